@@ -122,7 +122,7 @@ mod tests {
         let mut buf = [0u8; LEN];
         buf[0] = 1;
         assert!(Packet::new_checked(&buf[..LEN - 1]).is_err());
-        let mut long = vec![0u8; LEN + 1];
+        let mut long = [0u8; LEN + 1];
         long[0] = 1;
         assert!(Packet::new_checked(&long[..]).is_err());
         buf[0] = 2;

@@ -1,0 +1,102 @@
+//! `omni-dataplane`: the packet engine process. Usually started and supervised by
+//! `omni-daemon`; on an appliance the operator may start it and let the daemon attach.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use omni_dataplane::backend::socket::{SocketConfig, run};
+use omni_dataplane::shm::Params;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Backend {
+    /// UDP socket + TAP (runs anywhere).
+    Socket,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "omni-dataplane", version, about = "OmniNervous data plane (packet engine)")]
+struct Args {
+    /// Port backend.
+    #[arg(long, value_enum, default_value = "socket")]
+    backend: Backend,
+    /// Directory holding the shared-memory region, locks and doorbells.
+    #[arg(long, default_value = "/run/omni")]
+    run_dir: PathBuf,
+    /// Underlay UDP port.
+    #[arg(long, default_value_t = omni_proto::constants::DEFAULT_PORT)]
+    port: u16,
+    /// Underlay address to bind (default: all, IPv4 and IPv6).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Name of the TAP interface (the access port).
+    #[arg(long, default_value = "omni0")]
+    tap: String,
+    /// MTU of the TAP interface.
+    #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u32).range(576..=9202))]
+    tap_mtu: u32,
+    /// MAC address of the TAP interface (aa:bb:cc:dd:ee:ff).
+    #[arg(long, value_parser = parse_mac)]
+    tap_mac: Option<[u8; 6]>,
+    /// Peers the region has room for (only used when this process creates it).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16384))]
+    max_peers: u32,
+    /// FDB entries (a power of two; only used when this process creates the region).
+    #[arg(long, default_value_t = 8192)]
+    fdb_capacity: u32,
+    /// Underlay socket buffer size in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    socket_buffer: usize,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("{s:?} is a multicast address; a TAP needs a unicast MAC"));
+    }
+    Ok(mac)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMNI_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut params = Params::for_peers(args.max_peers);
+    params.fdb_capacity = args.fdb_capacity;
+    if let Err(e) = omni_dataplane::shm::layout::Layout::compute(params) {
+        eprintln!("omni-dataplane: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match args.backend {
+        Backend::Socket => run(SocketConfig {
+            run_dir: args.run_dir,
+            bind: args.bind,
+            port: args.port,
+            tap: args.tap,
+            tap_mtu: args.tap_mtu,
+            tap_mac: args.tap_mac,
+            params,
+            socket_buffer: args.socket_buffer,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("omni-dataplane: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Per-worker counters. Each worker owns its block in shared memory and is its only
+//! writer, so increments are plain load + store (no locked instruction); control sums the
+//! blocks when it reads them.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Why a packet was dropped. The names are the `reason` label of
+/// `omni_packets_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Not a fabric message: bad length, type, or truncated.
+    Malformed = 0,
+    /// A handshake message whose mac1 does not verify: silent drop (stealth).
+    BadMac1,
+    /// Transport message for a receiver index we do not have.
+    UnknownIndex,
+    /// Transport message for a session past its reject-after time or message limit.
+    Expired,
+    /// Transport message whose counter was already seen or is behind the window.
+    Replay,
+    /// Transport message whose tag does not verify.
+    AuthFailed,
+    /// A frame from the access port larger than the fabric carries, or too short.
+    BadFrame,
+    /// A frame for a peer without a usable session (staged queue full).
+    NoSession,
+    /// A peer with a session but no known endpoint.
+    NoEndpoint,
+    /// A handshake packet punted while the punt ring was full.
+    PuntRingFull,
+    /// The underlay socket refused a packet.
+    TxError,
+    /// The access port (TAP) refused a frame.
+    AccessError,
+    /// Flood copies beyond the configured flood limit.
+    FloodLimit,
+    /// A decrypted frame that is not a valid Ethernet frame.
+    BadInnerFrame,
+    /// Handshakes dropped by control's per-source-IP rate limit.
+    RateLimited,
+    /// Handshakes from identities not configured as peers (silent).
+    UnknownPeer,
+    /// Handshake messages that fail Noise, timestamp or index checks.
+    BadHandshake,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 17] = [
+        Self::Malformed,
+        Self::BadMac1,
+        Self::UnknownIndex,
+        Self::Expired,
+        Self::Replay,
+        Self::AuthFailed,
+        Self::BadFrame,
+        Self::NoSession,
+        Self::NoEndpoint,
+        Self::PuntRingFull,
+        Self::TxError,
+        Self::AccessError,
+        Self::FloodLimit,
+        Self::BadInnerFrame,
+        Self::RateLimited,
+        Self::UnknownPeer,
+        Self::BadHandshake,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::BadMac1 => "bad_mac1",
+            Self::UnknownIndex => "unknown_index",
+            Self::Expired => "expired",
+            Self::Replay => "replay",
+            Self::AuthFailed => "auth_failed",
+            Self::BadFrame => "bad_frame",
+            Self::NoSession => "no_session",
+            Self::NoEndpoint => "no_endpoint",
+            Self::PuntRingFull => "punt_ring_full",
+            Self::TxError => "tx_error",
+            Self::AccessError => "access_error",
+            Self::FloodLimit => "flood_limit",
+            Self::BadInnerFrame => "bad_inner_frame",
+            Self::RateLimited => "rate_limited",
+            Self::UnknownPeer => "unknown_peer",
+            Self::BadHandshake => "bad_handshake",
+        }
+    }
+}
+
+/// Counters other than drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// Sealed transport packets received and authenticated (keepalives included).
+    RxPackets = 32,
+    /// Bytes of inner frames received.
+    RxBytes,
+    /// Sealed transport packets sent.
+    TxPackets,
+    /// Bytes of inner frames sent.
+    TxBytes,
+    KeepalivesRx,
+    KeepalivesTx,
+    /// Handshake/Nucleus packets handed to control.
+    Punted,
+    /// Packets control asked us to send.
+    Injected,
+    /// Copies made to flood broadcast, multicast and unknown unicast.
+    FloodCopies,
+    /// Frames queued while a handshake was in flight.
+    Staged,
+    /// Events dropped because the event ring was full (they are re-raised later).
+    EventsDropped,
+    /// Commands that failed to decode or apply.
+    BadCommands,
+    /// Ring corruption detected (the ring was resynchronised).
+    RingCorrupt,
+    /// New FDB entries and MAC moves learned from decrypted frames.
+    FdbLearned,
+    /// Source MACs not learned because their FDB neighbourhood was full.
+    FdbFull,
+}
+
+/// Number of counter slots per worker (drops 0..32, others 32..64).
+pub const N_COUNTERS: usize = 64;
+
+/// One worker's counter block, as it lies in shared memory.
+#[repr(C, align(128))]
+pub struct WorkerCounters {
+    pub slots: [AtomicU64; N_COUNTERS],
+}
+
+impl WorkerCounters {
+    /// Adds `v` to slot `i`. Single writer per block: load + store, no lock prefix.
+    #[inline]
+    fn add(&self, i: usize, v: u64) {
+        let s = &self.slots[i];
+        s.store(s.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.add(reason as usize, 1);
+    }
+
+    #[inline]
+    pub fn drop_n(&self, reason: DropReason, n: u64) {
+        self.add(reason as usize, n);
+    }
+
+    #[inline]
+    pub fn inc(&self, c: Counter, v: u64) {
+        self.add(c as usize, v);
+    }
+
+    pub fn get_drop(&self, reason: DropReason) -> u64 {
+        self.slots[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.slots[c as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+impl WorkerCounters {
+    pub fn new_for_test() -> Box<Self> {
+        Box::new(Self { slots: std::array::from_fn(|_| AtomicU64::new(0)) })
+    }
+}

@@ -1,0 +1,655 @@
+//! The packet engine, independent of any port backend: the L2 switch over the full mesh,
+//! sealing frames from the access port, opening packets from the underlay, WireGuard's
+//! current / previous / next session rotation, frame staging while a handshake runs,
+//! roaming, and applying control's commands.
+//!
+//! It never does I/O: the backend hands it packets in [`PacketBuf`]s and a [`TxSink`] to
+//! queue packets on, and drains its events into the event ring. One engine belongs to one
+//! worker and is touched by that worker only.
+
+use std::net::SocketAddr;
+
+use omni_proto::constants::{
+    ETHERNET_HEADER_LEN, MAX_INNER_FRAME, MAX_TRANSPORT_PACKET, TRANSPORT_HEADER_LEN,
+};
+use omni_proto::wire::ethernet::{self, MacAddr};
+use omni_proto::wire::{
+    MessageType, cookie_reply, handshake_init, handshake_resp, macs, transport,
+};
+
+use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::fdb::{Fdb, Learn};
+use crate::session::{OpenError, Session};
+use crate::shm::layout::{PeerStats, SessionSlot};
+use crate::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
+use crate::shm::region::Region;
+use crate::sync::Ordering;
+
+/// Bytes in a packet buffer: the largest transport message plus slack.
+pub const BUF_SIZE: usize = MAX_TRANSPORT_PACKET + 64;
+/// Frames queued per peer while its handshake runs.
+pub const STAGE_MAX: usize = 16;
+/// Events held between two drains into the ring.
+pub const EVENT_QUEUE_MAX: usize = 512;
+
+/// One packet or frame and where it goes or came from.
+pub struct PacketBuf {
+    pub data: Box<[u8]>,
+    /// Bytes used: for a frame read from the access port, the frame length (the frame sits
+    /// at `data[16..]`); for a datagram, its whole length (at `data[0..]`).
+    pub len: usize,
+    pub addr: Option<SocketAddr>,
+}
+
+impl PacketBuf {
+    pub fn new() -> Self {
+        Self { data: vec![0u8; BUF_SIZE].into_boxed_slice(), len: 0, addr: None }
+    }
+
+    /// Where a frame read from the access port goes: after the transport header, leaving
+    /// room for the tag.
+    pub fn frame_area(&mut self) -> &mut [u8] {
+        &mut self.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MAX_INNER_FRAME]
+    }
+}
+
+impl Default for PacketBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where the engine queues packets for the underlay.
+pub trait TxSink {
+    /// A free buffer to build a packet in (the sink flushes first if it must).
+    fn buffer(&mut self) -> &mut PacketBuf;
+    /// Queues the buffer last returned by [`TxSink::buffer`].
+    fn commit(&mut self);
+    /// Queues `pkt` itself, leaving an empty buffer in its place (no copy).
+    fn commit_swap(&mut self, pkt: &mut PacketBuf);
+}
+
+/// What to do with a datagram from the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decap {
+    /// Write `data[16..16 + len]` to the access port.
+    Deliver {
+        len: usize,
+    },
+    /// An authenticated keepalive: nothing to deliver.
+    Keepalive,
+    /// A handshake or cookie message for control.
+    Punt,
+    Drop(DropReason),
+}
+
+struct Peer {
+    active: bool,
+    endpoint: Option<SocketAddr>,
+    current: Option<u32>,
+    previous: Option<u32>,
+    next: Option<u32>,
+    staged: Vec<Vec<u8>>,
+    last_handshake_event_ms: u64,
+}
+
+impl Peer {
+    fn empty() -> Self {
+        Self {
+            active: false,
+            endpoint: None,
+            current: None,
+            previous: None,
+            next: None,
+            staged: Vec::new(),
+            last_handshake_event_ms: 0,
+        }
+    }
+}
+
+pub struct Engine<'r> {
+    cfg: DataplaneConfig,
+    region: &'r Region,
+    worker: usize,
+    counters: &'r WorkerCounters,
+    fdb: Fdb<'r>,
+    peers: Vec<Peer>,
+    /// Peers in use, for flooding without scanning the whole table.
+    active: Vec<u16>,
+    sessions: Vec<Option<Box<Session>>>,
+    session_mask: u32,
+    events: Vec<Event>,
+    mac1_check: bool,
+}
+
+fn frame_dst(frame: &[u8]) -> MacAddr {
+    frame[ethernet::field::DST].try_into().expect("caller checked the frame length")
+}
+
+impl<'r> Engine<'r> {
+    pub fn new(region: &'r Region, worker: usize) -> Self {
+        let p = *region.params();
+        let cfg = DataplaneConfig::default();
+        Self {
+            fdb: Fdb::new(region.fdb_entries(), region.fdb_seed(), cfg.fdb_aging_ms),
+            cfg,
+            region,
+            worker,
+            counters: region.counters(worker),
+            peers: (0..p.max_peers).map(|_| Peer::empty()).collect(),
+            active: Vec::new(),
+            sessions: (0..p.max_sessions).map(|_| None).collect(),
+            session_mask: p.max_sessions - 1,
+            events: Vec::with_capacity(EVENT_QUEUE_MAX),
+            mac1_check: false,
+        }
+    }
+
+    pub fn counters(&self) -> &'r WorkerCounters {
+        self.counters
+    }
+
+    pub fn fdb(&self) -> &Fdb<'r> {
+        &self.fdb
+    }
+
+    /// Events raised since the last call.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() < EVENT_QUEUE_MAX {
+            self.events.push(e);
+        } else {
+            self.counters.inc(Counter::EventsDropped, 1);
+        }
+    }
+
+    fn stats(&self, peer: u16) -> &'r PeerStats {
+        self.region.peer_stats(self.worker, peer).expect("peer ids are checked against max_peers")
+    }
+
+    fn slot(&self, local_index: u32) -> &'r SessionSlot {
+        self.region
+            .session_slot((local_index & self.session_mask) as usize)
+            .expect("masked index is within max_sessions")
+    }
+
+    fn session(&self, local_index: u32) -> Option<&Session> {
+        self.sessions[(local_index & self.session_mask) as usize]
+            .as_deref()
+            .filter(|s| s.local_index == local_index)
+    }
+
+    fn expired(&self, s: &Session, now_ms: u64) -> bool {
+        now_ms.saturating_sub(s.created_ms) >= self.cfg.reject_after_ms
+    }
+
+    /// The peer's current session if it may be used to send now.
+    fn usable_current(&self, peer: u16, now_ms: u64) -> Option<u32> {
+        let idx = self.peers[peer as usize].current?;
+        let s = self.session(idx)?;
+        (!self.expired(s, now_ms) && s.tx_counter() < self.cfg.reject_after_messages).then_some(idx)
+    }
+
+    // ---- access port → underlay ------------------------------------------------------
+
+    /// Handles a frame read from the access port into `pkt` (at `data[16..16 + len]`).
+    pub fn encap(&mut self, now_ms: u64, pkt: &mut PacketBuf, tx: &mut impl TxSink) {
+        let len = pkt.len;
+        if !(ETHERNET_HEADER_LEN..=MAX_INNER_FRAME).contains(&len) {
+            self.counters.drop(DropReason::BadFrame);
+            return;
+        }
+        let dst = frame_dst(&pkt.data[TRANSPORT_HEADER_LEN..]);
+        if !ethernet::is_group(&dst)
+            && let Some(peer) = self.fdb.lookup(&dst, now_ms)
+            && self.peers.get(peer as usize).is_some_and(|p| p.active)
+        {
+            self.send_frame(now_ms, peer, pkt, tx);
+            return;
+        }
+        self.flood(now_ms, pkt, tx);
+    }
+
+    fn flood(&mut self, now_ms: u64, pkt: &mut PacketBuf, tx: &mut impl TxSink) {
+        let limit = self.cfg.flood_limit as usize;
+        let n = self.active.len();
+        if n == 0 {
+            return;
+        }
+        if n > limit {
+            self.counters.drop_n(DropReason::FloodLimit, (n - limit) as u64);
+        }
+        let targets = n.min(limit);
+        self.counters.inc(Counter::FloodCopies, targets as u64);
+        let len = pkt.len;
+        // Every target but the last gets a copy; the last takes the original in place.
+        for i in 0..targets {
+            let peer = self.active[i];
+            if i + 1 == targets {
+                self.send_frame(now_ms, peer, pkt, tx);
+            } else {
+                let Some(idx) = self.sendable(
+                    now_ms,
+                    peer,
+                    &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len],
+                ) else {
+                    continue;
+                };
+                let buf = tx.buffer();
+                buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]
+                    .copy_from_slice(&pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]);
+                buf.len = len;
+                if self.seal_to(now_ms, peer, idx, buf) {
+                    tx.commit();
+                }
+            }
+        }
+    }
+
+    /// Resolves the session for sending a frame to `peer`; when there is none, stages a copy
+    /// of the frame and asks for a handshake.
+    fn sendable(&mut self, now_ms: u64, peer: u16, frame: &[u8]) -> Option<u32> {
+        match self.usable_current(peer, now_ms) {
+            Some(idx) if self.peers[peer as usize].endpoint.is_some() => Some(idx),
+            Some(_) => {
+                self.counters.drop(DropReason::NoEndpoint);
+                None
+            }
+            None => {
+                self.stage(now_ms, peer, frame);
+                None
+            }
+        }
+    }
+
+    fn send_frame(&mut self, now_ms: u64, peer: u16, pkt: &mut PacketBuf, tx: &mut impl TxSink) {
+        let len = pkt.len;
+        let Some(idx) = self.sendable(
+            now_ms,
+            peer,
+            &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len],
+        ) else {
+            return;
+        };
+        if self.seal_to(now_ms, peer, idx, pkt) {
+            tx.commit_swap(pkt);
+        }
+    }
+
+    /// Seals the frame in `buf` (length `buf.len`) for `peer` under session `idx`; on
+    /// success `buf` holds the transport message and its destination.
+    fn seal_to(&mut self, now_ms: u64, peer: u16, idx: u32, buf: &mut PacketBuf) -> bool {
+        let slot = self.slot(idx);
+        let limit = self.cfg.reject_after_messages;
+        let rekey_at = self.cfg.rekey_after_messages;
+        let frame_len = buf.len;
+        let endpoint = self.peers[peer as usize].endpoint;
+        let sess = self.sessions[(idx & self.session_mask) as usize]
+            .as_deref_mut()
+            .expect("usable session exists");
+        let Some(n) = sess.seal(&mut buf.data, frame_len, limit, slot) else {
+            self.counters.drop(DropReason::Expired);
+            return false;
+        };
+        let want_rekey = sess.initiator && !sess.rekey_requested && sess.tx_counter() >= rekey_at;
+        if want_rekey {
+            sess.rekey_requested = true;
+            self.event(Event::RekeyNeeded { peer });
+        }
+        buf.len = n;
+        buf.addr = endpoint;
+        let st = self.stats(peer);
+        bump(&st.tx_packets, 1);
+        bump(&st.tx_bytes, frame_len as u64);
+        st.last_tx_ms.store(now_ms, Ordering::Relaxed);
+        self.counters.inc(Counter::TxPackets, 1);
+        self.counters.inc(Counter::TxBytes, frame_len as u64);
+        if frame_len == 0 {
+            self.counters.inc(Counter::KeepalivesTx, 1);
+        }
+        true
+    }
+
+    fn stage(&mut self, now_ms: u64, peer: u16, frame: &[u8]) {
+        let p = &mut self.peers[peer as usize];
+        if p.staged.len() >= STAGE_MAX {
+            p.staged.remove(0);
+            self.counters.drop(DropReason::NoSession);
+        }
+        p.staged.push(frame.to_vec());
+        self.counters.inc(Counter::Staged, 1);
+        self.request_handshake(now_ms, peer);
+    }
+
+    fn request_handshake(&mut self, now_ms: u64, peer: u16) {
+        let p = &mut self.peers[peer as usize];
+        if p.last_handshake_event_ms == 0
+            || now_ms.saturating_sub(p.last_handshake_event_ms)
+                >= self.cfg.handshake_event_interval_ms as u64
+        {
+            p.last_handshake_event_ms = now_ms.max(1);
+            self.event(Event::HandshakeNeeded { peer });
+        }
+    }
+
+    /// Sends the frames staged for `peer`, if it now has a usable session.
+    fn flush_staged(&mut self, now_ms: u64, peer: u16, tx: &mut impl TxSink) -> usize {
+        let Some(idx) = self.usable_current(peer, now_ms) else { return 0 };
+        if self.peers[peer as usize].endpoint.is_none() {
+            return 0;
+        }
+        let staged = std::mem::take(&mut self.peers[peer as usize].staged);
+        let n = staged.len();
+        for frame in &staged {
+            let buf = tx.buffer();
+            buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + frame.len()]
+                .copy_from_slice(frame);
+            buf.len = frame.len();
+            if self.seal_to(now_ms, peer, idx, buf) {
+                tx.commit();
+            }
+        }
+        n
+    }
+
+    /// Sends a keepalive (empty transport message) to `peer` if it has a usable session.
+    pub fn send_keepalive(&mut self, now_ms: u64, peer: u16, tx: &mut impl TxSink) -> bool {
+        if peer as usize >= self.peers.len() || self.peers[peer as usize].endpoint.is_none() {
+            return false;
+        }
+        let Some(idx) = self.usable_current(peer, now_ms) else { return false };
+        let buf = tx.buffer();
+        buf.len = 0;
+        if self.seal_to(now_ms, peer, idx, buf) {
+            tx.commit();
+            true
+        } else {
+            false
+        }
+    }
+
+    // ---- underlay → access port ------------------------------------------------------
+
+    /// Classifies and, for transport messages, opens a datagram `pkt.data[..pkt.len]` that
+    /// came from `src`.
+    pub fn decap(
+        &mut self,
+        now_ms: u64,
+        src: SocketAddr,
+        pkt: &mut PacketBuf,
+        tx: &mut impl TxSink,
+    ) -> Decap {
+        let verdict = self.decap_inner(now_ms, src, pkt, tx);
+        if let Decap::Drop(r) = verdict {
+            self.counters.drop(r);
+        }
+        verdict
+    }
+
+    fn decap_inner(
+        &mut self,
+        now_ms: u64,
+        src: SocketAddr,
+        pkt: &mut PacketBuf,
+        tx: &mut impl TxSink,
+    ) -> Decap {
+        let len = pkt.len;
+        let msg = &pkt.data[..len];
+        match MessageType::of(msg) {
+            Ok(MessageType::Transport) => {}
+            Ok(MessageType::HandshakeInitiation) => {
+                return self.check_handshake(msg, handshake_init::LEN);
+            }
+            Ok(MessageType::HandshakeResponse) => {
+                return self.check_handshake(msg, handshake_resp::LEN);
+            }
+            Ok(MessageType::CookieReply) => {
+                return if len == cookie_reply::LEN {
+                    Decap::Punt
+                } else {
+                    Decap::Drop(DropReason::Malformed)
+                };
+            }
+            Err(_) => return Decap::Drop(DropReason::Malformed),
+        }
+        let Ok(tp) = transport::Packet::new_checked(msg) else {
+            return Decap::Drop(DropReason::Malformed);
+        };
+        let (idx, counter) = (tp.receiver_index(), tp.counter());
+        let slot_i = (idx & self.session_mask) as usize;
+        let Some(sess) = self.sessions[slot_i].as_deref().filter(|s| s.local_index == idx) else {
+            return Decap::Drop(DropReason::UnknownIndex);
+        };
+        if self.expired(sess, now_ms) {
+            return Decap::Drop(DropReason::Expired);
+        }
+        let slot = self.slot(idx);
+        let sess = self.sessions[slot_i].as_deref_mut().expect("checked above");
+        let peer = sess.peer;
+        let n = match sess.open(&mut pkt.data[..len], counter, slot) {
+            Ok(n) => n,
+            Err(OpenError::Replay) => return Decap::Drop(DropReason::Replay),
+            Err(OpenError::Auth) => return Decap::Drop(DropReason::AuthFailed),
+        };
+        // Authenticated from here on.
+        if self.peers[peer as usize].next == Some(idx) {
+            self.confirm_next(now_ms, peer, tx);
+        }
+        if self.peers[peer as usize].endpoint != Some(src) {
+            self.peers[peer as usize].endpoint = Some(src);
+            self.event(Event::EndpointChanged { peer, endpoint: Some(src) });
+        }
+        let st = self.stats(peer);
+        bump(&st.rx_packets, 1);
+        bump(&st.rx_bytes, n as u64);
+        st.last_rx_ms.store(now_ms, Ordering::Relaxed);
+        self.counters.inc(Counter::RxPackets, 1);
+        self.counters.inc(Counter::RxBytes, n as u64);
+        if n == 0 {
+            self.counters.inc(Counter::KeepalivesRx, 1);
+            return Decap::Keepalive;
+        }
+        if n < ETHERNET_HEADER_LEN {
+            return Decap::Drop(DropReason::BadInnerFrame);
+        }
+        let frame = &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
+        let src_mac: MacAddr = frame[ethernet::field::SRC].try_into().expect("length checked");
+        if !ethernet::is_group(&src_mac) && src_mac != [0; 6] {
+            match self.fdb.learn(&src_mac, peer, now_ms) {
+                Learn::Known => {}
+                Learn::Learned => self.counters.inc(Counter::FdbLearned, 1),
+                Learn::Full => self.counters.inc(Counter::FdbFull, 1),
+            }
+        }
+        Decap::Deliver { len: n }
+    }
+
+    fn check_handshake(&self, msg: &[u8], expected: usize) -> Decap {
+        if msg.len() != expected {
+            return Decap::Drop(DropReason::Malformed);
+        }
+        if self.mac1_check && !macs::verify_mac1(msg, &self.cfg.mac1_key) {
+            return Decap::Drop(DropReason::BadMac1);
+        }
+        Decap::Punt
+    }
+
+    fn confirm_next(&mut self, now_ms: u64, peer: u16, tx: &mut impl TxSink) {
+        let p = &mut self.peers[peer as usize];
+        let Some(next) = p.next.take() else { return };
+        let old_prev = p.previous.take();
+        p.previous = p.current.replace(next);
+        if let Some(i) = old_prev {
+            self.retire(i);
+        }
+        self.event(Event::SessionConfirmed { peer, local_index: next });
+        self.flush_staged(now_ms, peer, tx);
+    }
+
+    // ---- commands --------------------------------------------------------------------
+
+    /// Applies a command from control. Returns `Some(remove_tap)` for `Shutdown`.
+    pub fn apply(&mut self, now_ms: u64, cmd: Command, tx: &mut impl TxSink) -> Option<bool> {
+        match cmd {
+            Command::Configure(c) => {
+                self.mac1_check = c.mac1_key != [0; 32];
+                self.fdb.set_aging_ms(c.fdb_aging_ms);
+                self.cfg = c;
+            }
+            Command::SetPeer { peer, endpoint } => {
+                if !self.valid_peer(peer) {
+                    return None;
+                }
+                let p = &mut self.peers[peer as usize];
+                if !p.active {
+                    p.active = true;
+                    self.active.push(peer);
+                }
+                p.endpoint = endpoint;
+                // New endpoint, staged frames may now go.
+                self.flush_staged(now_ms, peer, tx);
+            }
+            Command::RemovePeer { peer } => {
+                if !self.valid_peer(peer) {
+                    return None;
+                }
+                self.remove_peer(peer);
+                self.stats(peer).reset();
+            }
+            Command::InstallSession(s) => self.install(now_ms, s, tx),
+            Command::RemoveSession { local_index } => self.remove_session(local_index),
+            Command::SendKeepalive { peer } => {
+                self.send_keepalive(now_ms, peer, tx);
+            }
+            Command::ResetState => {
+                for peer in std::mem::take(&mut self.active) {
+                    self.remove_peer(peer);
+                }
+                self.fdb.clear();
+            }
+            Command::Shutdown { remove_tap } => return Some(remove_tap),
+        }
+        None
+    }
+
+    fn valid_peer(&self, peer: u16) -> bool {
+        if (peer as usize) < self.peers.len() {
+            true
+        } else {
+            self.counters.inc(Counter::BadCommands, 1);
+            false
+        }
+    }
+
+    fn remove_peer(&mut self, peer: u16) {
+        let p = &mut self.peers[peer as usize];
+        let ids = [p.current.take(), p.previous.take(), p.next.take()];
+        *p = Peer::empty();
+        for i in ids.into_iter().flatten() {
+            self.retire(i);
+        }
+        self.active.retain(|&x| x != peer);
+        self.fdb.forget_peer(peer);
+    }
+
+    fn install(&mut self, now_ms: u64, s: InstallSession, tx: &mut impl TxSink) {
+        if !self.valid_peer(s.peer) || !self.peers[s.peer as usize].active {
+            self.counters.inc(Counter::BadCommands, 1);
+            return;
+        }
+        let slot_i = (s.local_index & self.session_mask) as usize;
+        // A different session in the slot is retired first (control never does this on
+        // purpose; it keeps the slot table consistent if it ever does).
+        if let Some(old) = self.sessions[slot_i].as_ref().map(|o| o.local_index)
+            && old != s.local_index
+        {
+            self.remove_session(old);
+        }
+        let created = now_ms.saturating_sub(s.age_ms);
+        let slot = self.slot(s.local_index);
+        let sess = Session::new(
+            s.local_index,
+            s.remote_index,
+            s.peer,
+            s.initiator,
+            created,
+            &s.keys,
+            slot,
+        );
+        self.sessions[slot_i] = Some(Box::new(sess));
+        let p = &mut self.peers[s.peer as usize];
+        let displaced = match s.place {
+            SessionPlace::Current => {
+                let old_prev = p.previous.take();
+                p.previous = p.current.replace(s.local_index);
+                old_prev
+            }
+            SessionPlace::Previous => p.previous.replace(s.local_index),
+            SessionPlace::Next => p.next.replace(s.local_index),
+        };
+        if let Some(i) = displaced.filter(|&i| i != s.local_index) {
+            self.retire(i);
+        }
+        if s.place == SessionPlace::Current {
+            let sent = self.flush_staged(now_ms, s.peer, tx);
+            // A fresh initiator session is confirmed to the responder by the first packet;
+            // send a keepalive if nothing else goes right away.
+            if sent == 0 && s.initiator && s.age_ms == 0 {
+                self.send_keepalive(now_ms, s.peer, tx);
+            }
+        }
+    }
+
+    fn remove_session(&mut self, local_index: u32) {
+        let Some(peer) = self.session(local_index).map(|s| s.peer) else { return };
+        let p = &mut self.peers[peer as usize];
+        for place in [&mut p.current, &mut p.previous, &mut p.next] {
+            if *place == Some(local_index) {
+                *place = None;
+            }
+        }
+        self.retire(local_index);
+    }
+
+    /// Frees a session's slot. Its counter state is cleared: the index is never reused
+    /// with the same keys.
+    fn retire(&mut self, local_index: u32) {
+        let slot_i = (local_index & self.session_mask) as usize;
+        if self.sessions[slot_i].as_ref().is_some_and(|s| s.local_index == local_index) {
+            self.sessions[slot_i] = None;
+            self.slot(local_index).owner.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Periodic work (about once a second): retire sessions past their reject-after time.
+    pub fn housekeeping(&mut self, now_ms: u64) {
+        let expired: Vec<(u16, u32)> = self
+            .sessions
+            .iter()
+            .flatten()
+            .filter(|s| self.expired(s, now_ms))
+            .map(|s| (s.peer, s.local_index))
+            .collect();
+        for (peer, local_index) in expired {
+            self.remove_session(local_index);
+            self.event(Event::SessionExpired { peer, local_index });
+        }
+    }
+
+    /// The peer's endpoint as the engine knows it.
+    pub fn endpoint(&self, peer: u16) -> Option<SocketAddr> {
+        self.peers.get(peer as usize).and_then(|p| p.endpoint)
+    }
+}
+
+/// Adds to a single-writer counter without a locked instruction.
+#[inline]
+fn bump(a: &crate::sync::AtomicU64, v: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,372 @@
+//! Two engines wired back to back through vectors: switching, sessions, staging, replay,
+//! roaming and the command set.
+
+use super::*;
+use crate::shm::layout::Params;
+use omni_proto::noise::SessionKeys;
+use std::path::PathBuf;
+
+#[derive(Default)]
+struct VecSink {
+    queued: Vec<PacketBuf>,
+    spare: PacketBuf,
+}
+
+impl TxSink for VecSink {
+    fn buffer(&mut self) -> &mut PacketBuf {
+        &mut self.spare
+    }
+    fn commit(&mut self) {
+        let b = std::mem::take(&mut self.spare);
+        self.queued.push(b);
+    }
+    fn commit_swap(&mut self, pkt: &mut PacketBuf) {
+        let b = std::mem::take(pkt);
+        self.queued.push(b);
+    }
+}
+
+fn region(name: &str) -> &'static Region {
+    let d: PathBuf =
+        std::env::temp_dir().join(format!("omni-engine-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Box::leak(Box::new(Region::open(&d.join("r.shm"), Params::for_peers(8), true).unwrap()))
+}
+
+const A_EP: &str = "10.0.0.1:51820";
+const B_EP: &str = "10.0.0.2:51820";
+const MAC_A: MacAddr = [0x02, 0, 0, 0, 0, 0xa];
+const MAC_B: MacAddr = [0x02, 0, 0, 0, 0, 0xb];
+
+fn frame(dst: MacAddr, src: MacAddr, payload: &[u8]) -> PacketBuf {
+    let mut p = PacketBuf::new();
+    let f = p.frame_area();
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14..14 + payload.len()].copy_from_slice(payload);
+    p.len = 14 + payload.len();
+    p
+}
+
+/// A (peer 0 of B) and B (peer 0 of A) with one session: A initiator (current), B
+/// responder (next, confirmed by A's first packet).
+fn pair(name: &str) -> (Engine<'static>, Engine<'static>) {
+    let mut a = Engine::new(region(&format!("{name}-a")), 0);
+    let mut b = Engine::new(region(&format!("{name}-b")), 0);
+    let mut sink = VecSink::default();
+    a.apply(0, Command::SetPeer { peer: 0, endpoint: Some(B_EP.parse().unwrap()) }, &mut sink);
+    b.apply(0, Command::SetPeer { peer: 0, endpoint: Some(A_EP.parse().unwrap()) }, &mut sink);
+    install(&mut b, 0, 200, 100, SessionPlace::Next, false, [2; 32], [1; 32], &mut sink);
+    install(&mut a, 0, 100, 200, SessionPlace::Current, true, [1; 32], [2; 32], &mut sink);
+    // A's keepalive confirms B's session.
+    assert_eq!(sink.queued.len(), 1, "initiator sends a keepalive on install");
+    let mut ka = sink.queued.pop().unwrap();
+    assert_eq!(b.decap(1, A_EP.parse().unwrap(), &mut ka, &mut sink), Decap::Keepalive);
+    assert!(b.drain_events().any(|e| e == Event::SessionConfirmed { peer: 0, local_index: 200 }));
+    (a, b)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install(
+    e: &mut Engine,
+    peer: u16,
+    local: u32,
+    remote: u32,
+    place: SessionPlace,
+    initiator: bool,
+    send: [u8; 32],
+    recv: [u8; 32],
+    sink: &mut VecSink,
+) {
+    e.apply(
+        0,
+        Command::InstallSession(InstallSession {
+            peer,
+            place,
+            local_index: local,
+            remote_index: remote,
+            age_ms: 0,
+            initiator,
+            keys: SessionKeys { send, recv },
+        }),
+        sink,
+    );
+}
+
+fn deliver(to: &mut Engine, from_ep: &str, pkt: &mut PacketBuf) -> Decap {
+    to.decap(10, from_ep.parse().unwrap(), pkt, &mut VecSink::default())
+}
+
+#[test]
+fn unknown_unicast_floods_then_learned_unicast_goes_direct() {
+    let (mut a, mut b) = pair("learn");
+    let mut sink = VecSink::default();
+    // A → B's MAC: not learned yet, flooded (one peer).
+    let mut f = frame(MAC_B, MAC_A, b"ping");
+    a.encap(10, &mut f, &mut sink);
+    assert_eq!(sink.queued.len(), 1);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(pkt.addr, Some(B_EP.parse().unwrap()));
+    assert_eq!(deliver(&mut b, A_EP, &mut pkt), Decap::Deliver { len: 18 });
+    assert_eq!(&pkt.data[16 + 14..16 + 18], b"ping");
+    // B learned MAC_A behind peer 0.
+    assert_eq!(b.fdb().lookup(&MAC_A, 10), Some(0));
+    assert_eq!(a.counters().get(Counter::FloodCopies), 1);
+    // B → MAC_A is now known unicast: no flood copy counted.
+    let mut f = frame(MAC_A, MAC_B, b"pong");
+    b.encap(11, &mut f, &mut sink);
+    assert_eq!(b.counters().get(Counter::FloodCopies), 0);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(deliver(&mut a, B_EP, &mut pkt), Decap::Deliver { len: 18 });
+    assert_eq!(a.fdb().lookup(&MAC_B, 11), Some(0));
+}
+
+#[test]
+fn replayed_and_tampered_packets_are_dropped_and_counted() {
+    let (mut a, mut b) = pair("replay");
+    let mut sink = VecSink::default();
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"arp?");
+    a.encap(10, &mut f, &mut sink);
+    let pkt = sink.queued.pop().unwrap();
+    let mut copy = PacketBuf::new();
+    copy.data[..pkt.len].copy_from_slice(&pkt.data[..pkt.len]);
+    copy.len = pkt.len;
+    let mut tampered = PacketBuf::new();
+    tampered.data[..pkt.len].copy_from_slice(&pkt.data[..pkt.len]);
+    tampered.len = pkt.len;
+    tampered.data[pkt.len - 1] ^= 0x80;
+    let mut first = pkt;
+    assert_eq!(deliver(&mut b, A_EP, &mut tampered), Decap::Drop(DropReason::AuthFailed));
+    assert!(matches!(deliver(&mut b, A_EP, &mut first), Decap::Deliver { .. }));
+    assert_eq!(deliver(&mut b, A_EP, &mut copy), Decap::Drop(DropReason::Replay));
+    assert_eq!(b.counters().get_drop(DropReason::Replay), 1);
+    assert_eq!(b.counters().get_drop(DropReason::AuthFailed), 1);
+}
+
+#[test]
+fn replay_from_another_address_does_not_move_the_endpoint() {
+    let (mut a, mut b) = pair("roam");
+    let mut sink = VecSink::default();
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"x");
+    a.encap(10, &mut f, &mut sink);
+    let pkt = sink.queued.pop().unwrap();
+    let mut copy = PacketBuf::new();
+    copy.data[..pkt.len].copy_from_slice(&pkt.data[..pkt.len]);
+    copy.len = pkt.len;
+    let mut first = pkt;
+    let roamed = "192.0.2.77:4000";
+    assert!(matches!(deliver(&mut b, roamed, &mut first), Decap::Deliver { .. }));
+    assert_eq!(
+        b.endpoint(0),
+        Some(roamed.parse().unwrap()),
+        "authenticated packet moves the endpoint"
+    );
+    assert!(
+        b.drain_events()
+            .any(|e| e
+                == Event::EndpointChanged { peer: 0, endpoint: Some(roamed.parse().unwrap()) })
+    );
+    assert_eq!(deliver(&mut b, "198.51.100.1:1", &mut copy), Decap::Drop(DropReason::Replay));
+    assert_eq!(b.endpoint(0), Some(roamed.parse().unwrap()), "a replay does not");
+}
+
+#[test]
+fn frames_without_session_are_staged_and_sent_on_install() {
+    let mut a = Engine::new(region("stage-a"), 0);
+    let mut sink = VecSink::default();
+    a.apply(0, Command::SetPeer { peer: 3, endpoint: Some(B_EP.parse().unwrap()) }, &mut sink);
+    for i in 0..3u8 {
+        let mut f = frame(ethernet::BROADCAST, MAC_A, &[i]);
+        a.encap(10 + i as u64, &mut f, &mut sink);
+    }
+    assert!(sink.queued.is_empty());
+    let ev: Vec<_> = a.drain_events().collect();
+    assert_eq!(ev, vec![Event::HandshakeNeeded { peer: 3 }], "one event, rate limited");
+    install(&mut a, 3, 7, 8, SessionPlace::Current, true, [1; 32], [2; 32], &mut sink);
+    assert_eq!(sink.queued.len(), 3, "staged frames go out, no extra keepalive");
+    assert_eq!(a.counters().get(Counter::Staged), 3);
+}
+
+#[test]
+fn staging_is_bounded() {
+    let mut a = Engine::new(region("stagebound"), 0);
+    let mut sink = VecSink::default();
+    a.apply(0, Command::SetPeer { peer: 0, endpoint: Some(B_EP.parse().unwrap()) }, &mut sink);
+    for i in 0..(STAGE_MAX + 5) {
+        let mut f = frame(ethernet::BROADCAST, MAC_A, &[i as u8]);
+        a.encap(10, &mut f, &mut sink);
+    }
+    assert_eq!(a.counters().get_drop(DropReason::NoSession), 5);
+}
+
+#[test]
+fn rekey_keeps_old_sessions_for_packets_in_flight() {
+    let (mut a, mut b) = pair("rekey");
+    let mut sink = VecSink::default();
+    // A packet sealed under the first session, still in flight during the rekey.
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"old");
+    a.encap(10, &mut f, &mut sink);
+    let mut in_flight = sink.queued.pop().unwrap();
+    // New handshake: B installs next, A installs current (old current → previous).
+    install(&mut b, 0, 201, 101, SessionPlace::Next, false, [4; 32], [3; 32], &mut sink);
+    install(&mut a, 0, 101, 201, SessionPlace::Current, true, [3; 32], [4; 32], &mut sink);
+    let mut ka = sink.queued.pop().unwrap();
+    // The old packet still opens on B (its session is B's current until confirmation).
+    assert!(matches!(deliver(&mut b, A_EP, &mut in_flight), Decap::Deliver { .. }));
+    assert_eq!(deliver(&mut b, A_EP, &mut ka), Decap::Keepalive);
+    // B now sends on the new session; A (new current) opens it.
+    let mut f = frame(MAC_A, MAC_B, b"new");
+    b.encap(11, &mut f, &mut sink);
+    let mut p = sink.queued.pop().unwrap();
+    assert_eq!(u32::from_le_bytes(p.data[4..8].try_into().unwrap()), 101);
+    assert!(matches!(deliver(&mut a, B_EP, &mut p), Decap::Deliver { .. }));
+    // A packet B sealed under the old session before confirming still opens on A (previous).
+    // (Simulated by a keepalive sealed before the swap is impossible here; check A kept 100.)
+    assert!(a.session(100).is_some(), "old session kept as previous");
+    // A third handshake retires the oldest.
+    install(&mut a, 0, 102, 202, SessionPlace::Current, true, [5; 32], [6; 32], &mut sink);
+    assert!(a.session(100).is_none());
+    assert!(a.session(101).is_some());
+}
+
+#[test]
+fn expired_sessions_are_not_used_and_are_retired() {
+    let (mut a, _b) = pair("expire");
+    let mut sink = VecSink::default();
+    a.apply(
+        0,
+        Command::Configure(DataplaneConfig { reject_after_ms: 1000, ..Default::default() }),
+        &mut sink,
+    );
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"x");
+    a.encap(2000, &mut f, &mut sink);
+    assert!(sink.queued.is_empty(), "no sending on an expired session");
+    assert!(a.drain_events().any(|e| e == Event::HandshakeNeeded { peer: 0 }));
+    a.housekeeping(2000);
+    assert!(a.drain_events().any(|e| e == Event::SessionExpired { peer: 0, local_index: 100 }));
+    assert!(a.session(100).is_none());
+}
+
+#[test]
+fn rekey_event_after_message_limit() {
+    let (mut a, _b) = pair("rekeymsgs");
+    let mut sink = VecSink::default();
+    a.apply(
+        0,
+        Command::Configure(DataplaneConfig { rekey_after_messages: 3, ..Default::default() }),
+        &mut sink,
+    );
+    for _ in 0..5 {
+        let mut f = frame(ethernet::BROADCAST, MAC_A, b"x");
+        a.encap(10, &mut f, &mut sink);
+    }
+    let ev: Vec<_> = a.drain_events().filter(|e| matches!(e, Event::RekeyNeeded { .. })).collect();
+    assert_eq!(ev, vec![Event::RekeyNeeded { peer: 0 }], "asked once");
+}
+
+#[test]
+fn handshake_messages_are_punted_only_with_valid_mac1() {
+    let mut b = Engine::new(region("mac1"), 0);
+    let mut sink = VecSink::default();
+    let key = [7u8; 32];
+    b.apply(
+        0,
+        Command::Configure(DataplaneConfig { mac1_key: key, ..Default::default() }),
+        &mut sink,
+    );
+    let mut p = PacketBuf::new();
+    p.data[..4].copy_from_slice(&[1, 0, 0, 0]);
+    p.len = handshake_init::LEN;
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::BadMac1));
+    macs::seal(&mut p.data[..handshake_init::LEN], &key, None);
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt);
+    p.len = handshake_init::LEN - 1;
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::Malformed));
+    p.data[..4].copy_from_slice(&[3, 0, 0, 0]);
+    p.len = cookie_reply::LEN;
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt);
+    p.data[..4].copy_from_slice(&[9, 0, 0, 0]);
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::Malformed));
+    p.data[..4].copy_from_slice(&[4, 0, 0, 0]);
+    p.len = 40;
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::UnknownIndex));
+    p.len = 3;
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::Malformed));
+}
+
+#[test]
+fn flood_reaches_every_peer_with_a_session_and_respects_the_limit() {
+    let mut a = Engine::new(region("flood"), 0);
+    let mut sink = VecSink::default();
+    for peer in 0..4u16 {
+        a.apply(
+            0,
+            Command::SetPeer {
+                peer,
+                endpoint: Some(format!("10.0.0.{}:1", peer + 10).parse().unwrap()),
+            },
+            &mut sink,
+        );
+        install(
+            &mut a,
+            peer,
+            10 + peer as u32,
+            50 + peer as u32,
+            SessionPlace::Current,
+            false,
+            [peer as u8; 32],
+            [9; 32],
+            &mut sink,
+        );
+    }
+    sink.queued.clear();
+    let mut f = frame([0x33, 0x33, 0, 0, 0, 0xfb], MAC_A, b"mdns");
+    a.encap(10, &mut f, &mut sink);
+    let mut dests: Vec<_> = sink.queued.iter().map(|p| p.addr.unwrap()).collect();
+    dests.sort();
+    assert_eq!(dests.len(), 4);
+    let receivers: std::collections::BTreeSet<u32> =
+        sink.queued.iter().map(|p| u32::from_le_bytes(p.data[4..8].try_into().unwrap())).collect();
+    assert_eq!(receivers, [50, 51, 52, 53].into_iter().collect());
+    sink.queued.clear();
+    a.apply(
+        0,
+        Command::Configure(DataplaneConfig { flood_limit: 2, ..Default::default() }),
+        &mut sink,
+    );
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"arp");
+    a.encap(10, &mut f, &mut sink);
+    assert_eq!(sink.queued.len(), 2);
+    assert_eq!(a.counters().get_drop(DropReason::FloodLimit), 2);
+}
+
+#[test]
+fn bad_frames_and_commands_are_counted() {
+    let mut a = Engine::new(region("bad"), 0);
+    let mut sink = VecSink::default();
+    let mut f = PacketBuf::new();
+    f.len = 10;
+    a.encap(0, &mut f, &mut sink);
+    assert_eq!(a.counters().get_drop(DropReason::BadFrame), 1);
+    a.apply(0, Command::SetPeer { peer: 999, endpoint: None }, &mut sink);
+    install(&mut a, 5, 1, 2, SessionPlace::Current, true, [0; 32], [0; 32], &mut sink);
+    assert_eq!(
+        a.counters().get(Counter::BadCommands),
+        2,
+        "peer out of range; install for an inactive peer"
+    );
+}
+
+#[test]
+fn reset_state_forgets_everything() {
+    let (mut a, _b) = pair("reset");
+    let mut sink = VecSink::default();
+    a.apply(0, Command::ResetState, &mut sink);
+    assert!(a.session(100).is_none());
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"x");
+    a.encap(10, &mut f, &mut sink);
+    assert!(sink.queued.is_empty());
+    assert_eq!(a.apply(0, Command::Shutdown { remove_tap: true }, &mut sink), Some(true));
+}

@@ -1,0 +1,285 @@
+//! One transport session: its keys, send counter and replay window.
+//!
+//! Sealing and opening are in place: the caller's buffer holds the 16-byte transport
+//! header, then the frame, then room for the 16-byte tag, so no byte is copied.
+//!
+//! Send counters are reserved in blocks in the session's shared-memory slot before use, and
+//! the receive high-water mark is written there as it moves, so a restarted data plane
+//! resumes a session without reusing a nonce or accepting a packet it already delivered.
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+
+use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
+use omni_proto::noise::SessionKeys;
+use omni_proto::wire::transport::{self, Header};
+
+use crate::replay::ReplayWindow;
+use crate::shm::layout::SessionSlot;
+use crate::sync::Ordering;
+
+/// Send counters are reserved in shared memory this many at a time.
+pub const TX_RESERVE_BLOCK: u64 = 1 << 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Counter already seen, too old, or past the limit.
+    Replay,
+    /// Tag did not verify.
+    Auth,
+}
+
+pub struct Session {
+    pub local_index: u32,
+    pub remote_index: u32,
+    pub peer: u16,
+    pub initiator: bool,
+    pub created_ms: u64,
+    /// The data plane already asked control for a rekey of this session.
+    pub rekey_requested: bool,
+    send: LessSafeKey,
+    recv: LessSafeKey,
+    tx_next: u64,
+    tx_reserved: u64,
+    replay: ReplayWindow,
+}
+
+impl Session {
+    /// A session over `keys`. If `slot` already belongs to this session (same index: a
+    /// restart), sending resumes past every reserved counter and receiving refuses
+    /// everything up to the recorded high-water mark; otherwise the slot is claimed afresh.
+    pub fn new(
+        local_index: u32,
+        remote_index: u32,
+        peer: u16,
+        initiator: bool,
+        created_ms: u64,
+        keys: &SessionKeys,
+        slot: &SessionSlot,
+    ) -> Self {
+        let owner = 1u64 << 32 | local_index as u64;
+        let (tx_next, replay) = if slot.owner.load(Ordering::Relaxed) == owner {
+            let rx_next = slot.rx_next.load(Ordering::Relaxed);
+            let replay = match rx_next.checked_sub(1) {
+                Some(max) => ReplayWindow::rejecting_through(max),
+                None => ReplayWindow::default(),
+            };
+            (slot.tx_reserved.load(Ordering::Relaxed), replay)
+        } else {
+            slot.tx_reserved.store(0, Ordering::Relaxed);
+            slot.rx_next.store(0, Ordering::Relaxed);
+            slot.owner.store(owner, Ordering::Release);
+            (0, ReplayWindow::default())
+        };
+        let key = |k: &[u8; 32]| {
+            LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, k).expect("32-byte ChaCha20 key"))
+        };
+        Self {
+            local_index,
+            remote_index,
+            peer,
+            initiator,
+            created_ms,
+            rekey_requested: false,
+            send: key(&keys.send),
+            recv: key(&keys.recv),
+            tx_next,
+            tx_reserved: tx_next,
+            replay,
+        }
+    }
+
+    /// The next send counter.
+    pub fn tx_counter(&self) -> u64 {
+        self.tx_next
+    }
+
+    /// Seals the frame at `buf[16..16 + len]` in place: writes the header before it and the
+    /// tag after it. Returns the length of the transport message (`len + 32`). `buf` must be
+    /// at least `len + 32` bytes. `None` when the counter is exhausted (`limit`).
+    #[inline]
+    pub fn seal(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        limit: u64,
+        slot: &SessionSlot,
+    ) -> Option<usize> {
+        let counter = self.tx_next;
+        if counter >= limit {
+            return None;
+        }
+        if counter >= self.tx_reserved {
+            self.tx_reserved = counter.saturating_add(TX_RESERVE_BLOCK);
+            slot.tx_reserved.store(self.tx_reserved, Ordering::Relaxed);
+        }
+        self.tx_next = counter + 1;
+        Header { receiver_index: self.remote_index, counter }.emit(buf);
+        let end = TRANSPORT_HEADER_LEN + len;
+        let tag = self
+            .send
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(transport::nonce(counter)),
+                Aad::empty(),
+                &mut buf[TRANSPORT_HEADER_LEN..end],
+            )
+            .ok()?;
+        buf[end..end + AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
+        Some(end + AEAD_TAG_LEN)
+    }
+
+    /// Whether the counter could be accepted (before spending time on the AEAD).
+    #[inline]
+    pub fn replay_check(&self, counter: u64) -> bool {
+        self.replay.check(counter)
+    }
+
+    /// Opens a whole transport message in place (its header already parsed, the index
+    /// already matched). On success the frame is at `pkt[16..16 + n]`; returns `n`.
+    #[inline]
+    pub fn open(
+        &mut self,
+        pkt: &mut [u8],
+        counter: u64,
+        slot: &SessionSlot,
+    ) -> Result<usize, OpenError> {
+        if !self.replay.check(counter) {
+            return Err(OpenError::Replay);
+        }
+        let len = pkt.len();
+        let (body, tag) =
+            pkt[TRANSPORT_HEADER_LEN..].split_at_mut(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN);
+        let tag: [u8; AEAD_TAG_LEN] = tag.try_into().map_err(|_| OpenError::Auth)?;
+        self.recv
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(transport::nonce(counter)),
+                Aad::empty(),
+                Tag::from(tag),
+                body,
+                0..,
+            )
+            .map_err(|_| OpenError::Auth)?;
+        if !self.replay.update(counter) {
+            return Err(OpenError::Replay);
+        }
+        if let Some(max) = self.replay.max_accepted() {
+            slot.rx_next.store(max + 1, Ordering::Relaxed);
+        }
+        Ok(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (SessionKeys, SessionKeys) {
+        (SessionKeys { send: [1; 32], recv: [2; 32] }, SessionKeys { send: [2; 32], recv: [1; 32] })
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let (ka, kb) = keys();
+        let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
+        let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
+        let mut b = Session::new(2, 1, 0, false, 0, &kb, &sb);
+        let frame = b"hello fabric frame";
+        let mut buf = vec![0u8; 16 + frame.len() + 16];
+        buf[16..16 + frame.len()].copy_from_slice(frame);
+        let n = a.seal(&mut buf, frame.len(), u64::MAX, &sa).unwrap();
+        assert_eq!(n, buf.len());
+        assert_eq!(&buf[..4], &[4, 0, 0, 0]);
+        assert_eq!(
+            u32::from_le_bytes(buf[4..8].try_into().unwrap()),
+            2,
+            "receiver index is the peer's"
+        );
+        assert_ne!(&buf[16..16 + frame.len()], frame, "encrypted");
+
+        let mut tampered = buf.clone();
+        tampered[20] ^= 1;
+        assert_eq!(b.open(&mut tampered, 0, &sb), Err(OpenError::Auth));
+
+        let mut copy = buf.clone();
+        assert_eq!(b.open(&mut copy, 0, &sb), Ok(frame.len()));
+        assert_eq!(&copy[16..16 + frame.len()], frame);
+        // The same packet again is a replay.
+        let mut again = buf.clone();
+        assert_eq!(b.open(&mut again, 0, &sb), Err(OpenError::Replay));
+        // A forged packet did not consume a counter: counter 1 still opens.
+        let mut buf2 = vec![0u8; 16 + 3 + 16];
+        a.seal(&mut buf2, 3, u64::MAX, &sa).unwrap();
+        assert_eq!(b.open(&mut buf2, 1, &sb), Ok(3));
+        assert_eq!(sb.rx_next.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn matches_raw_ring_aead_with_noise_nonce() {
+        let (ka, _) = keys();
+        let sa = SessionSlot::default();
+        let mut a = Session::new(1, 9, 0, true, 0, &ka, &sa);
+        for _ in 0..5 {
+            let mut tmp = vec![0u8; 64];
+            a.seal(&mut tmp, 10, u64::MAX, &sa).unwrap();
+        }
+        let mut buf = vec![0u8; 16 + 4 + 16];
+        buf[16..20].copy_from_slice(b"abcd");
+        a.seal(&mut buf, 4, u64::MAX, &sa).unwrap();
+        // Independent computation: ChaCha20-Poly1305, nonce = 0^4 || LE64(5), no AAD.
+        let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[1; 32]).unwrap());
+        let mut expect = b"abcd".to_vec();
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&5u64.to_le_bytes());
+        k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut expect)
+            .unwrap();
+        assert_eq!(&buf[16..], &expect[..]);
+        assert_eq!(&buf[8..16], &5u64.to_le_bytes());
+    }
+
+    #[test]
+    fn counter_limit_stops_sending() {
+        let (ka, _) = keys();
+        let sa = SessionSlot::default();
+        let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
+        let mut buf = vec![0u8; 64];
+        assert!(a.seal(&mut buf, 1, 2, &sa).is_some());
+        assert!(a.seal(&mut buf, 1, 2, &sa).is_some());
+        assert!(a.seal(&mut buf, 1, 2, &sa).is_none());
+    }
+
+    #[test]
+    fn restart_resumes_without_nonce_reuse_or_replay() {
+        let (ka, kb) = keys();
+        let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
+        let mut a = Session::new(7, 8, 0, true, 0, &ka, &sa);
+        let mut b = Session::new(8, 7, 0, false, 0, &kb, &sb);
+        let mut sent = Vec::new();
+        for i in 0..10u8 {
+            let mut buf = vec![0u8; 16 + 1 + 16];
+            buf[16] = i;
+            a.seal(&mut buf, 1, u64::MAX, &sa).unwrap();
+            sent.push(buf);
+        }
+        for (i, p) in sent.iter().enumerate().take(6) {
+            assert_eq!(b.open(&mut p.clone(), i as u64, &sb), Ok(1));
+        }
+        // Both data planes restart and rebuild the sessions from their slots.
+        let mut a2 = Session::new(7, 8, 0, true, 0, &ka, &sa);
+        let mut b2 = Session::new(8, 7, 0, false, 0, &kb, &sb);
+        assert!(a2.tx_counter() >= 10, "sending resumes past every used counter");
+        assert_eq!(a2.tx_counter(), TX_RESERVE_BLOCK);
+        for (i, p) in sent.iter().enumerate() {
+            let expect = if i < 6 { Err(OpenError::Replay) } else { Ok(1) };
+            assert_eq!(
+                b2.open(&mut p.clone(), i as u64, &sb),
+                expect,
+                "{i}: delivered ones refused, others not"
+            );
+        }
+        let mut buf = vec![0u8; 16 + 1 + 16];
+        a2.seal(&mut buf, 1, u64::MAX, &sa).unwrap();
+        assert_eq!(b2.open(&mut buf, TX_RESERVE_BLOCK, &sb), Ok(1));
+        // A different session in the slot starts afresh.
+        let a3 = Session::new(99, 8, 0, true, 0, &ka, &sa);
+        assert_eq!(a3.tx_counter(), 0);
+    }
+}

@@ -1,0 +1,307 @@
+//! Layout of the shared-memory region (one file in the run directory):
+//!
+//! ```text
+//! header (4 KiB) | counters [worker] | peer stats [worker][peer] | session slots [session]
+//!   | FDB [capacity] | rings [worker] { cmd, inject, event, punt }
+//! ```
+//!
+//! The creator writes every header field, then publishes `magic` with a release store; an
+//! attacher checks magic and version, then derives the layout from the header, never from
+//! its own configuration, and checks it against the file size.
+
+use crate::counters::WorkerCounters;
+use crate::fdb::FdbEntry;
+use crate::shm::records::{COMMAND_SLOT, EVENT_SLOT, PACKET_SLOT};
+use crate::shm::ring::RingCtl;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+pub const MAGIC: u64 = u64::from_le_bytes(*b"OMNISHM\x01");
+/// Bumped whenever any layout or record format changes.
+pub const VERSION: u32 = 1;
+pub const HEADER_SIZE: usize = 4096;
+
+/// The region header. All fields are atomics: the region is shared with another process.
+#[repr(C, align(128))]
+pub struct Header {
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub n_workers: AtomicU32,
+    pub region_size: AtomicU64,
+    pub max_peers: AtomicU32,
+    pub max_sessions: AtomicU32,
+    pub fdb_capacity: AtomicU32,
+    pub cmd_cap: AtomicU32,
+    pub inject_cap: AtomicU32,
+    pub event_cap: AtomicU32,
+    pub punt_cap: AtomicU32,
+    pub _pad0: AtomicU32,
+    pub fdb_seed: AtomicU64,
+    /// Process id of the attached data plane (0 = none).
+    pub dp_pid: AtomicU32,
+    /// Bumped by each data plane once it is ready; control replays its state on a change.
+    pub dp_generation: AtomicU32,
+    /// The UDP port the data plane has bound.
+    pub dp_port: AtomicU32,
+    pub ctl_pid: AtomicU32,
+    /// Set by a consumer about to sleep; producers ring its doorbell when they see it.
+    pub dp_parked: AtomicU32,
+    pub ctl_parked: AtomicU32,
+    /// Interface index of the access port (TAP), 0 if none.
+    pub dp_access_ifindex: AtomicU32,
+    pub _pad1: AtomicU32,
+    /// Monotonic ms of the data plane's last loop pass (liveness for status).
+    pub dp_heartbeat_ms: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
+
+/// Per-peer traffic counters of one worker (single writer: that worker).
+#[repr(C, align(64))]
+#[derive(Default)]
+pub struct PeerStats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Monotonic ms of the last authenticated packet from the peer (0 = never).
+    pub last_rx_ms: AtomicU64,
+    /// Monotonic ms of the last packet sealed to the peer (0 = never).
+    pub last_tx_ms: AtomicU64,
+    pub _spare: [AtomicU64; 2],
+}
+
+impl PeerStats {
+    pub fn reset(&self) {
+        for a in [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.tx_packets,
+            &self.tx_bytes,
+            &self.last_rx_ms,
+            &self.last_tx_ms,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counter state of one session that must survive a data-plane restart: where sending
+/// may resume without reusing a nonce, and what receiving must refuse.
+#[repr(C)]
+#[derive(Default)]
+pub struct SessionSlot {
+    /// `1 << 32 | local_index` while a session occupies the slot, 0 otherwise.
+    pub owner: AtomicU64,
+    /// Every send counter below this may have been used.
+    pub tx_reserved: AtomicU64,
+    /// One more than the greatest counter received (0 = none).
+    pub rx_next: AtomicU64,
+    pub _spare: AtomicU64,
+}
+
+/// The sizes a region is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    pub n_workers: u32,
+    pub max_peers: u32,
+    pub max_sessions: u32,
+    pub fdb_capacity: u32,
+    pub cmd_cap: u32,
+    pub inject_cap: u32,
+    pub event_cap: u32,
+    pub punt_cap: u32,
+}
+
+impl Params {
+    /// Defaults for `max_peers` peers: four sessions each (current, previous, next, and
+    /// one handshake in flight).
+    pub fn for_peers(max_peers: u32) -> Self {
+        Self {
+            n_workers: 1,
+            max_peers,
+            max_sessions: (max_peers * 4).next_power_of_two().min(1 << 16),
+            fdb_capacity: 8192,
+            cmd_cap: 1024,
+            inject_cap: 256,
+            event_cap: 1024,
+            punt_cap: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingId {
+    Command = 0,
+    Inject = 1,
+    Event = 2,
+    Punt = 3,
+}
+
+impl RingId {
+    pub fn slot_size(self) -> usize {
+        match self {
+            RingId::Command => COMMAND_SLOT,
+            RingId::Event => EVENT_SLOT,
+            RingId::Inject | RingId::Punt => PACKET_SLOT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub params: Params,
+    pub off_counters: usize,
+    pub off_peer_stats: usize,
+    pub off_sessions: usize,
+    pub off_fdb: usize,
+    pub off_rings: usize,
+    pub ring_set_size: usize,
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid shared-memory layout: {0}")]
+pub struct LayoutError(pub String);
+
+fn align(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+impl Layout {
+    pub fn compute(p: Params) -> Result<Self, LayoutError> {
+        let bad = |m: &str| Err(LayoutError(m.to_string()));
+        if p.n_workers == 0 || p.n_workers > 64 {
+            return bad("workers must be 1..=64");
+        }
+        if p.max_peers == 0 || p.max_peers > 65_534 {
+            return bad("max peers must be 1..=65534");
+        }
+        if !p.max_sessions.is_power_of_two() || p.max_sessions > 1 << 16 {
+            return bad("max sessions must be a power of two up to 65536");
+        }
+        if !p.fdb_capacity.is_power_of_two() || p.fdb_capacity < 16 || p.fdb_capacity > 1 << 22 {
+            return bad("FDB capacity must be a power of two in 16..=4194304");
+        }
+        for c in [p.cmd_cap, p.inject_cap, p.event_cap, p.punt_cap] {
+            if !c.is_power_of_two() || !(4..=1 << 16).contains(&c) {
+                return bad("ring capacities must be powers of two in 4..=65536");
+            }
+        }
+        let w = p.n_workers as usize;
+        let off_counters = HEADER_SIZE;
+        let off_peer_stats = align(off_counters + w * std::mem::size_of::<WorkerCounters>(), 128);
+        let off_sessions = align(
+            off_peer_stats + w * p.max_peers as usize * std::mem::size_of::<PeerStats>(),
+            128,
+        );
+        let off_fdb =
+            align(off_sessions + p.max_sessions as usize * std::mem::size_of::<SessionSlot>(), 128);
+        let off_rings =
+            align(off_fdb + p.fdb_capacity as usize * std::mem::size_of::<FdbEntry>(), 4096);
+        let ctl = std::mem::size_of::<RingCtl>();
+        let ring_set_size = [
+            (RingId::Command, p.cmd_cap),
+            (RingId::Inject, p.inject_cap),
+            (RingId::Event, p.event_cap),
+            (RingId::Punt, p.punt_cap),
+        ]
+        .iter()
+        .map(|(id, cap)| align(ctl + id.slot_size() * *cap as usize, 128))
+        .sum::<usize>();
+        let size = align(off_rings + w * ring_set_size, 4096);
+        Ok(Self {
+            params: p,
+            off_counters,
+            off_peer_stats,
+            off_sessions,
+            off_fdb,
+            off_rings,
+            ring_set_size,
+            size,
+        })
+    }
+
+    /// Offset and capacity of one ring.
+    pub fn ring(&self, worker: usize, id: RingId) -> (usize, u64) {
+        let p = &self.params;
+        let caps = [p.cmd_cap, p.inject_cap, p.event_cap, p.punt_cap];
+        let ctl = std::mem::size_of::<RingCtl>();
+        let mut off = self.off_rings + worker * self.ring_set_size;
+        for (i, cap) in caps.iter().enumerate() {
+            if i == id as usize {
+                return (off, *cap as u64);
+            }
+            let rid = [RingId::Command, RingId::Inject, RingId::Event, RingId::Punt][i];
+            off += align(ctl + rid.slot_size() * *cap as usize, 128);
+        }
+        unreachable!("RingId covers the four rings")
+    }
+
+    /// Reads the layout a creator wrote into `h`.
+    pub fn from_header(h: &Header) -> Result<Self, LayoutError> {
+        let p = Params {
+            n_workers: h.n_workers.load(Ordering::Relaxed),
+            max_peers: h.max_peers.load(Ordering::Relaxed),
+            max_sessions: h.max_sessions.load(Ordering::Relaxed),
+            fdb_capacity: h.fdb_capacity.load(Ordering::Relaxed),
+            cmd_cap: h.cmd_cap.load(Ordering::Relaxed),
+            inject_cap: h.inject_cap.load(Ordering::Relaxed),
+            event_cap: h.event_cap.load(Ordering::Relaxed),
+            punt_cap: h.punt_cap.load(Ordering::Relaxed),
+        };
+        let l = Self::compute(p)?;
+        if h.region_size.load(Ordering::Relaxed) != l.size as u64 {
+            return Err(LayoutError("region size disagrees with its parameters".into()));
+        }
+        Ok(l)
+    }
+
+    /// Writes the layout into a fresh header (magic excluded: the caller publishes it).
+    pub fn write_header(&self, h: &Header, fdb_seed: u64) {
+        let p = &self.params;
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.n_workers.store(p.n_workers, Ordering::Relaxed);
+        h.region_size.store(self.size as u64, Ordering::Relaxed);
+        h.max_peers.store(p.max_peers, Ordering::Relaxed);
+        h.max_sessions.store(p.max_sessions, Ordering::Relaxed);
+        h.fdb_capacity.store(p.fdb_capacity, Ordering::Relaxed);
+        h.cmd_cap.store(p.cmd_cap, Ordering::Relaxed);
+        h.inject_cap.store(p.inject_cap, Ordering::Relaxed);
+        h.event_cap.store(p.event_cap, Ordering::Relaxed);
+        h.punt_cap.store(p.punt_cap, Ordering::Relaxed);
+        h.fdb_seed.store(fdb_seed, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_layout_is_ordered_aligned_and_modest() {
+        let l = Layout::compute(Params::for_peers(1024)).unwrap();
+        assert!(l.off_counters < l.off_peer_stats);
+        assert!(l.off_peer_stats < l.off_sessions);
+        assert!(l.off_sessions < l.off_fdb);
+        assert!(l.off_fdb < l.off_rings);
+        assert_eq!(l.off_rings % 4096, 0);
+        assert_eq!(l.size % 4096, 0);
+        let (last, cap) = l.ring(0, RingId::Punt);
+        assert_eq!(
+            last + std::mem::size_of::<RingCtl>() + cap as usize * PACKET_SLOT,
+            l.off_rings + l.ring_set_size
+        );
+        assert!(l.size < 16 << 20, "region is {} bytes", l.size);
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        let ok = Params::for_peers(8);
+        assert!(Layout::compute(Params { max_peers: 0, ..ok }).is_err());
+        assert!(Layout::compute(Params { max_peers: 70_000, ..ok }).is_err());
+        assert!(Layout::compute(Params { max_sessions: 100, ..ok }).is_err());
+        assert!(Layout::compute(Params { fdb_capacity: 1000, ..ok }).is_err());
+        assert!(Layout::compute(Params { punt_cap: 3, ..ok }).is_err());
+        assert!(Layout::compute(Params { n_workers: 0, ..ok }).is_err());
+    }
+}

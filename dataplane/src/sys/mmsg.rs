@@ -1,0 +1,408 @@
+//! The underlay UDP socket with batched I/O (recvmmsg / sendmmsg).
+//!
+//! One socket serves IPv4 and IPv6 (an AF_INET6 socket with IPV6_V6ONLY off) unless the
+//! kernel has no IPv6, in which case it is AF_INET. Received IPv4-mapped addresses are
+//! turned back into IPv4 so endpoints compare equal to configured ones.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::engine::PacketBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    #[error(
+        "UDP port {port} is already in use on {addr}; another omni-daemon (or WireGuard) may be running: stop it or choose another port with --port"
+    )]
+    InUse { port: u16, addr: IpAddr },
+    #[error("cannot bind UDP {addr}:{port}: {source}")]
+    Bind { addr: IpAddr, port: u16, source: io::Error },
+    #[error("cannot create UDP socket: {0}")]
+    Socket(io::Error),
+}
+
+pub struct UdpSocket {
+    fd: OwnedFd,
+    v6: bool,
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to one c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Converts an address for a socket of the given family (IPv4 mapped into IPv6 if needed).
+pub fn to_sockaddr(
+    addr: &SocketAddr,
+    v6_socket: bool,
+    out: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    match (addr, v6_socket) {
+        (SocketAddr::V4(a), false) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            sin.sin_zero = [0; 8];
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        _ => {
+            let (ip, port, scope) = match addr {
+                SocketAddr::V4(a) => (a.ip().to_ipv6_mapped(), a.port(), 0),
+                SocketAddr::V6(a) => (*a.ip(), a.port(), a.scope_id()),
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6 =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = port.to_be();
+            sin6.sin6_flowinfo = 0;
+            sin6.sin6_addr = libc::in6_addr { s6_addr: ip.octets() };
+            sin6.sin6_scope_id = scope;
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Converts a received address; IPv4-mapped IPv6 becomes IPv4.
+pub fn from_sockaddr(sa: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match sa.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin =
+                unsafe { &*(sa as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6 =
+                unsafe { &*(sa as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, sin6.sin6_scope_id)),
+            })
+        }
+        _ => None,
+    }
+}
+
+impl UdpSocket {
+    /// Binds `addr:port` (`None`: all addresses, both families when possible), non-blocking,
+    /// with socket buffers of `buf_bytes` (forced past the sysctl limit when root).
+    pub fn bind(addr: Option<IpAddr>, port: u16, buf_bytes: usize) -> Result<Self, UdpError> {
+        let want_v6 = !matches!(addr, Some(IpAddr::V4(_)));
+        let (fd, v6) = match Self::socket(want_v6) {
+            Ok(fd) => (fd, want_v6),
+            Err(e) if want_v6 && addr.is_none() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                (Self::socket(false).map_err(UdpError::Socket)?, false)
+            }
+            Err(e) => return Err(UdpError::Socket(e)),
+        };
+        let raw = fd.as_raw_fd();
+        if v6 {
+            setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
+                .map_err(UdpError::Socket)?;
+        }
+        for (force, plain) in
+            [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]
+        {
+            if setsockopt_int(raw, libc::SOL_SOCKET, force, buf_bytes as libc::c_int).is_err() {
+                let _ = setsockopt_int(raw, libc::SOL_SOCKET, plain, buf_bytes as libc::c_int);
+            }
+        }
+        let bind_ip = addr.unwrap_or(if v6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        });
+        // SAFETY: sockaddr_storage is plain data; zero is valid.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = to_sockaddr(&SocketAddr::new(bind_ip, port), v6, &mut ss);
+        // SAFETY: ss holds a valid address of length len.
+        if unsafe { libc::bind(raw, (&ss as *const libc::sockaddr_storage).cast(), len) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                UdpError::InUse { port, addr: bind_ip }
+            } else {
+                UdpError::Bind { addr: bind_ip, port, source: e }
+            });
+        }
+        Ok(Self { fd, v6 })
+    }
+
+    fn socket(v6: bool) -> io::Result<OwnedFd> {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        // SAFETY: creates a new descriptor that we own at once.
+        let fd = unsafe {
+            libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is fresh.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    pub fn local_port(&self) -> io::Result<u16> {
+        // SAFETY: getsockname writes at most len bytes into ss.
+        unsafe {
+            let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            if libc::getsockname(
+                self.fd.as_raw_fd(),
+                (&mut ss as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(from_sockaddr(&ss).map(|a| a.port()).unwrap_or(0))
+        }
+    }
+
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// Sends one datagram (injected control traffic).
+    pub fn send_to(&self, bytes: &[u8], addr: &SocketAddr) -> io::Result<usize> {
+        if !self.v6 && addr.is_ipv6() {
+            return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        }
+        // SAFETY: sockaddr_storage is plain data; zero is valid.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = to_sockaddr(addr, self.v6, &mut ss);
+        // SAFETY: bytes and ss are valid for the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&ss as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+}
+
+impl AsRawFd for UdpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Reusable headers for one recvmmsg / sendmmsg batch.
+pub struct MmsgBatch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+}
+
+// SAFETY: the raw pointers inside are rebuilt before each system call and point into
+// buffers the caller passes to that call.
+unsafe impl Send for MmsgBatch {}
+
+impl MmsgBatch {
+    pub fn new(n: usize) -> Self {
+        // SAFETY: mmsghdr, iovec and sockaddr_storage are plain data; zero is valid.
+        unsafe {
+            Self {
+                hdrs: (0..n).map(|_| std::mem::zeroed()).collect(),
+                iovs: (0..n).map(|_| std::mem::zeroed()).collect(),
+                addrs: (0..n).map(|_| std::mem::zeroed()).collect(),
+            }
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Receives up to `bufs.len()` datagrams; fills `len` and `addr` of each. Truncated
+    /// datagrams (larger than a buffer) get `len = usize::MAX`.
+    // Indexing walks four parallel arrays (headers, iovecs, addresses, buffers) in step.
+    #[allow(clippy::needless_range_loop)]
+    pub fn recv(&mut self, sock: &UdpSocket, bufs: &mut [PacketBuf]) -> io::Result<usize> {
+        let n = bufs.len().min(self.hdrs.len());
+        for i in 0..n {
+            self.iovs[i] = libc::iovec {
+                iov_base: bufs[i].data.as_mut_ptr().cast(),
+                iov_len: bufs[i].data.len(),
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY: n headers, each pointing at a live buffer and address storage above.
+        let r = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock
+                || e.kind() == io::ErrorKind::Interrupted
+            {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let r = r as usize;
+        for i in 0..r {
+            let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            bufs[i].len = if truncated { usize::MAX } else { self.hdrs[i].msg_len as usize };
+            bufs[i].addr = from_sockaddr(&self.addrs[i]);
+        }
+        Ok(r)
+    }
+
+    /// Sends `bufs` (each `data[..len]` to `addr`). Returns how many the kernel took; the
+    /// rest are the caller's to retry or drop. An error on the first datagram is returned.
+    #[allow(clippy::needless_range_loop)]
+    pub fn send(&mut self, sock: &UdpSocket, bufs: &[PacketBuf]) -> io::Result<usize> {
+        let n = bufs.len().min(self.hdrs.len());
+        for i in 0..n {
+            let b = &bufs[i];
+            self.iovs[i] =
+                libc::iovec { iov_base: b.data.as_ptr() as *mut libc::c_void, iov_len: b.len };
+            let alen = match &b.addr {
+                Some(a) => to_sockaddr(a, sock.v6, &mut self.addrs[i]),
+                None => 0,
+            };
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = alen;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+        }
+        // SAFETY: n headers, each pointing at a live buffer and address above.
+        let r = unsafe {
+            libc::sendmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT)
+        };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+    }
+}
+
+/// The MTU of the route towards `addr` (IP_MTU / IPV6_MTU of a connected socket), which
+/// is the underlay MTU the fabric must fit into.
+pub fn route_mtu(addr: &SocketAddr) -> Option<u32> {
+    let v6 = addr.is_ipv6();
+    let fd = UdpSocket::socket(v6).ok()?;
+    // SAFETY: sockaddr_storage is plain data; zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = to_sockaddr(addr, v6, &mut ss);
+    // SAFETY: ss holds a valid address of length len; connect on a UDP socket sends nothing.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) }
+        < 0
+    {
+        return None;
+    }
+    let (level, name) =
+        if v6 { (libc::IPPROTO_IPV6, libc::IPV6_MTU) } else { (libc::IPPROTO_IP, libc::IP_MTU) };
+    let mut mtu: libc::c_int = 0;
+    let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one c_int.
+    let r = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), level, name, (&mut mtu as *mut libc::c_int).cast(), &mut l)
+    };
+    (r == 0 && mtu > 0).then_some(mtu as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trips_and_maps_ipv4() {
+        for (a, v6) in [
+            ("10.1.2.3:51820", false),
+            ("10.1.2.3:51820", true),
+            ("[2001:db8::1]:9", true),
+            ("[fe80::1%2]:9", true),
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            // SAFETY: plain data.
+            let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            to_sockaddr(&addr, v6, &mut ss);
+            assert_eq!(from_sockaddr(&ss), Some(addr), "{a} v6={v6}");
+        }
+    }
+
+    #[test]
+    fn loopback_batch_round_trip() {
+        let a = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, 1 << 20).unwrap();
+        let b = UdpSocket::bind(None, 0, 1 << 20).unwrap();
+        let b_addr: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap()).parse().unwrap();
+        let mut out: Vec<PacketBuf> = (0..4).map(|_| PacketBuf::new()).collect();
+        for (i, p) in out.iter_mut().enumerate() {
+            p.data[0] = i as u8;
+            p.len = 100 + i;
+            p.addr = Some(b_addr);
+        }
+        let mut batch = MmsgBatch::new(8);
+        assert_eq!(batch.send(&a, &out).unwrap(), 4);
+        let mut inb: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new()).collect();
+        let mut got = 0;
+        for _ in 0..100 {
+            got += batch.recv(&b, &mut inb[got..]).unwrap();
+            if got == 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 4);
+        for (i, p) in inb.iter().take(4).enumerate() {
+            assert_eq!((p.data[0], p.len), (i as u8, 100 + i));
+            assert_eq!(
+                p.addr.unwrap().ip(),
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "mapped back to IPv4"
+            );
+        }
+        assert!(route_mtu(&"127.0.0.1:9".parse().unwrap()).unwrap() >= 1500);
+    }
+
+    #[test]
+    fn port_in_use_is_a_clear_error() {
+        let a = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, 1 << 16).unwrap();
+        let port = a.local_port().unwrap();
+        let err = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), port, 1 << 16).err().unwrap();
+        assert!(err.to_string().contains("already in use"), "{err}");
+    }
+}

@@ -309,6 +309,8 @@ impl<'r> Engine<'r> {
         self.counters.inc(Counter::TxBytes, frame_len as u64);
         if frame_len == 0 {
             self.counters.inc(Counter::KeepalivesTx, 1);
+        } else {
+            st.last_data_tx_ms.store(now_ms, Ordering::Relaxed);
         }
         true
     }
@@ -452,6 +454,7 @@ impl<'r> Engine<'r> {
             self.counters.inc(Counter::KeepalivesRx, 1);
             return Decap::Keepalive;
         }
+        st.last_data_rx_ms.store(now_ms, Ordering::Relaxed);
         if n < ETHERNET_HEADER_LEN {
             return Decap::Drop(DropReason::BadInnerFrame);
         }
@@ -614,13 +617,14 @@ impl<'r> Engine<'r> {
         self.retire(local_index);
     }
 
-    /// Frees a session's slot. Its counter state is cleared: the index is never reused
-    /// with the same keys.
+    /// Frees a session's slot. Its counter state in shared memory stays: if control
+    /// installs the same session again (a replay after `ResetState` or a restart), it
+    /// resumes past every counter used. Control never gives a new session the index the
+    /// slot's last session had, so stale state is never mistaken for a new session's.
     fn retire(&mut self, local_index: u32) {
         let slot_i = (local_index & self.session_mask) as usize;
         if self.sessions[slot_i].as_ref().is_some_and(|s| s.local_index == local_index) {
             self.sessions[slot_i] = None;
-            self.slot(local_index).owner.store(0, Ordering::Relaxed);
         }
     }
 

@@ -67,7 +67,10 @@ pub struct PeerStats {
     pub last_rx_ms: AtomicU64,
     /// Monotonic ms of the last packet sealed to the peer (0 = never).
     pub last_tx_ms: AtomicU64,
-    pub _spare: [AtomicU64; 2],
+    /// As `last_rx_ms` / `last_tx_ms`, counting data only (keepalives excluded): the
+    /// keepalive and dead-peer timers need to tell the two apart.
+    pub last_data_rx_ms: AtomicU64,
+    pub last_data_tx_ms: AtomicU64,
 }
 
 impl PeerStats {
@@ -79,6 +82,8 @@ impl PeerStats {
             &self.tx_bytes,
             &self.last_rx_ms,
             &self.last_tx_ms,
+            &self.last_data_rx_ms,
+            &self.last_data_tx_ms,
         ] {
             a.store(0, Ordering::Relaxed);
         }

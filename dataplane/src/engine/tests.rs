@@ -370,3 +370,37 @@ fn reset_state_forgets_everything() {
     assert!(sink.queued.is_empty());
     assert_eq!(a.apply(0, Command::Shutdown { remove_tap: true }, &mut sink), Some(true));
 }
+
+#[test]
+fn reset_and_replay_of_a_session_never_reuses_a_nonce() {
+    let (mut a, mut b) = pair("resetreplay");
+    let mut sink = VecSink::default();
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"before");
+    a.encap(10, &mut f, &mut sink);
+    let mut before = sink.queued.pop().unwrap();
+    let counter_before = u64::from_le_bytes(before.data[8..16].try_into().unwrap());
+    assert!(matches!(deliver(&mut b, A_EP, &mut before), Decap::Deliver { .. }));
+    // Control restarts the data plane's state and replays the same session.
+    a.apply(0, Command::ResetState, &mut sink);
+    a.apply(0, Command::SetPeer { peer: 0, endpoint: Some(B_EP.parse().unwrap()) }, &mut sink);
+    a.apply(
+        0,
+        Command::InstallSession(InstallSession {
+            peer: 0,
+            place: SessionPlace::Current,
+            local_index: 100,
+            remote_index: 200,
+            age_ms: 5,
+            initiator: true,
+            keys: SessionKeys { send: [1; 32], recv: [2; 32] },
+        }),
+        &mut sink,
+    );
+    assert!(sink.queued.is_empty(), "a replayed session sends no keepalive");
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"after");
+    a.encap(11, &mut f, &mut sink);
+    let mut after = sink.queued.pop().unwrap();
+    let counter_after = u64::from_le_bytes(after.data[8..16].try_into().unwrap());
+    assert!(counter_after > counter_before, "{counter_after} > {counter_before}");
+    assert!(matches!(deliver(&mut b, A_EP, &mut after), Decap::Deliver { .. }), "peer accepts it");
+}

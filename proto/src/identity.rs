@@ -99,6 +99,13 @@ pub struct Identity {
     public: PublicKey,
 }
 
+impl std::fmt::Debug for Identity {
+    /// Shows the public key only: secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.public)
+    }
+}
+
 impl Identity {
     /// A fresh identity from the operating system's RNG.
     pub fn generate() -> Self {

@@ -1,0 +1,610 @@
+//! Configuration: the TOML file, the command line over it, and validation.
+//!
+//! Every table rejects unknown keys, and every bad value is an error naming its key, so a
+//! typo never silently becomes a default. Without `--config`, `~/.omni/config.toml` is read
+//! if it exists. Command-line options override the file.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use omni_proto::PublicKey;
+use omni_proto::constants as c;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+// ---- the file -------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub daemon: DaemonSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+    #[serde(default)]
+    pub security: SecuritySection,
+    #[serde(default)]
+    pub timers: TimersSection,
+    #[serde(default)]
+    pub switch: SwitchSection,
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// Underlay UDP port.
+    pub port: Option<u16>,
+    /// Underlay interface; its MTU sizes omni0 when no peer route says otherwise.
+    pub interface: Option<String>,
+    /// Name of the TAP interface.
+    pub tap: Option<String>,
+    /// MTU of the TAP interface (default: derived from the underlay MTU).
+    pub mtu: Option<u32>,
+    /// Underlay address to bind.
+    pub bind: Option<IpAddr>,
+    pub identity: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    /// Path of the omni-dataplane binary (default: next to omni-daemon).
+    pub dataplane: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Nucleus address(es): one string or a list.
+    pub nucleus: Option<OneOrMany>,
+    pub cluster: Option<String>,
+    pub cluster_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    pub max_sessions_per_ip: Option<u32>,
+    pub handshake_timeout_secs: Option<f64>,
+    /// Handshake initiations per second above which mac2 (a cookie) is required.
+    pub cookie_threshold: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersSection {
+    pub rekey_after_secs: Option<f64>,
+    pub reject_after_secs: Option<f64>,
+    pub keepalive_secs: Option<f64>,
+    pub rekey_attempt_secs: Option<f64>,
+    pub idle_timeout_secs: Option<f64>,
+    pub rekey_after_messages: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSection {
+    pub fdb_aging_secs: Option<f64>,
+    pub fdb_capacity: Option<u32>,
+    pub flood_limit: Option<u32>,
+    pub max_peers: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port`, or `"off"` to disable.
+    pub listen: Option<String>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+}
+
+// ---- the command line's contribution ----------------------------------------------------
+
+/// What the command line sets; `None` leaves the file's value (or the default).
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub identity: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub tap: Option<String>,
+    pub mtu: Option<u32>,
+    pub bind: Option<IpAddr>,
+    pub interface: Option<String>,
+    pub run_dir: Option<PathBuf>,
+    pub dataplane: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub nucleus: Vec<String>,
+    pub cluster: Option<String>,
+    pub cluster_secret: Option<String>,
+    /// `(public key, endpoint)` pairs in command-line order.
+    pub peers: Vec<(String, Option<String>)>,
+    pub max_sessions_per_ip: Option<u32>,
+    pub handshake_timeout_secs: Option<f64>,
+    pub rekey_after_secs: Option<f64>,
+    pub reject_after_secs: Option<f64>,
+    pub keepalive_secs: Option<f64>,
+    pub fdb_aging_secs: Option<f64>,
+}
+
+// ---- the resolved settings ---------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    pub public_key: PublicKey,
+    /// As written (a host name is resolved again when it fails).
+    pub endpoint_text: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Protocol timers, all configurable so tests can shorten them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timers {
+    pub rekey_after: Duration,
+    pub reject_after: Duration,
+    pub rekey_timeout: Duration,
+    pub rekey_attempt: Duration,
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+    pub rekey_after_messages: u64,
+    pub reject_after_messages: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            rekey_after: c::REKEY_AFTER_TIME,
+            reject_after: c::REJECT_AFTER_TIME,
+            rekey_timeout: c::REKEY_TIMEOUT,
+            rekey_attempt: c::REKEY_ATTEMPT_TIME,
+            keepalive: c::KEEPALIVE_TIMEOUT,
+            idle_timeout: c::IDLE_PEER_TIMEOUT,
+            rekey_after_messages: c::REKEY_AFTER_MESSAGES,
+            reject_after_messages: c::REJECT_AFTER_MESSAGES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub identity_path: PathBuf,
+    pub run_dir: PathBuf,
+    pub port: u16,
+    pub bind: Option<IpAddr>,
+    pub interface: Option<String>,
+    pub tap: String,
+    pub tap_mtu: Option<u32>,
+    pub dataplane_bin: Option<PathBuf>,
+    pub nucleus: Vec<String>,
+    pub cluster: Option<String>,
+    pub cluster_secret: Option<String>,
+    pub max_sessions_per_ip: u32,
+    pub cookie_threshold: u32,
+    pub timers: Timers,
+    pub fdb_aging: Duration,
+    pub fdb_capacity: u32,
+    pub flood_limit: u32,
+    pub max_peers: u32,
+    pub peers: Vec<PeerConfig>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+pub const DEFAULT_IDENTITY: &str = "/etc/omni/identity.key";
+pub const DEFAULT_RUN_DIR: &str = "/run/omni";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";
+
+/// The config file used when `--config` is not given.
+pub fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".omni/config.toml"))
+}
+
+fn secs(
+    key: &str,
+    v: Option<f64>,
+    default: Duration,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s >= min && s <= max => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(invalid(key, format!("{s} is out of range ({min} to {max} seconds)"))),
+    }
+}
+
+/// Resolves `host:port` (names through the system resolver). Errors name `key`.
+pub fn resolve_endpoint(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !text.contains(':') {
+        return Err(invalid(
+            key,
+            format!("{text:?} has no port; write host:port, e.g. 10.0.0.2:51820"),
+        ));
+    }
+    text.to_socket_addrs()
+        .map_err(|e| invalid(key, format!("cannot resolve {text:?}: {e}")))?
+        .next()
+        .ok_or_else(|| invalid(key, format!("{text:?} resolves to no address")))
+}
+
+impl Settings {
+    /// Merges the file (if any) and the command line, then validates.
+    pub fn resolve(file: FileConfig, cli: CliOverrides) -> Result<Self, ConfigError> {
+        let d = file.daemon;
+        let port = cli.port.or(d.port).unwrap_or(c::DEFAULT_PORT);
+        let tap = cli.tap.or(d.tap).unwrap_or_else(|| "omni0".into());
+        if !omni_dataplane::sys::tap::valid_ifname(&tap) {
+            return Err(invalid(
+                "[daemon] tap",
+                format!(
+                    "{tap:?} is not a valid interface name (1-15 characters, no '/' or spaces)"
+                ),
+            ));
+        }
+        let tap_mtu = cli.mtu.or(d.mtu);
+        if let Some(m) = tap_mtu {
+            if !(576..=9202).contains(&m) {
+                return Err(invalid("[daemon] mtu", format!("{m} is out of range (576 to 9202)")));
+            }
+        }
+        let interface = cli.interface.or(d.interface);
+        if let Some(i) = &interface {
+            if !omni_dataplane::sys::tap::valid_ifname(i) {
+                return Err(invalid(
+                    "[daemon] interface",
+                    format!("{i:?} is not a valid interface name"),
+                ));
+            }
+        }
+
+        let s = file.security;
+        let max_sessions_per_ip = cli
+            .max_sessions_per_ip
+            .or(s.max_sessions_per_ip)
+            .unwrap_or(c::DEFAULT_HANDSHAKES_PER_IP_PER_SEC);
+        if max_sessions_per_ip == 0 {
+            return Err(invalid("[security] max_sessions_per_ip", "must be at least 1"));
+        }
+        let cookie_threshold = s.cookie_threshold.unwrap_or(256);
+        if cookie_threshold == 0 {
+            return Err(invalid("[security] cookie_threshold", "must be at least 1"));
+        }
+        let t = file.timers;
+        let mut timers = Timers {
+            rekey_timeout: secs(
+                "[security] handshake_timeout_secs",
+                cli.handshake_timeout_secs.or(s.handshake_timeout_secs),
+                c::REKEY_TIMEOUT,
+                0.05,
+                600.0,
+            )?,
+            rekey_after: secs(
+                "[timers] rekey_after_secs",
+                cli.rekey_after_secs.or(t.rekey_after_secs),
+                c::REKEY_AFTER_TIME,
+                0.1,
+                86_400.0,
+            )?,
+            reject_after: secs(
+                "[timers] reject_after_secs",
+                cli.reject_after_secs.or(t.reject_after_secs),
+                c::REJECT_AFTER_TIME,
+                0.2,
+                86_400.0,
+            )?,
+            keepalive: secs(
+                "[timers] keepalive_secs",
+                cli.keepalive_secs.or(t.keepalive_secs),
+                c::KEEPALIVE_TIMEOUT,
+                0.1,
+                3600.0,
+            )?,
+            rekey_attempt: secs(
+                "[timers] rekey_attempt_secs",
+                t.rekey_attempt_secs,
+                c::REKEY_ATTEMPT_TIME,
+                0.1,
+                86_400.0,
+            )?,
+            idle_timeout: secs(
+                "[timers] idle_timeout_secs",
+                t.idle_timeout_secs,
+                c::IDLE_PEER_TIMEOUT,
+                1.0,
+                864_000.0,
+            )?,
+            ..Timers::default()
+        };
+        if let Some(m) = t.rekey_after_messages {
+            if m == 0 || m >= c::REJECT_AFTER_MESSAGES {
+                return Err(invalid(
+                    "[timers] rekey_after_messages",
+                    "must be at least 1 and below the reject limit",
+                ));
+            }
+            timers.rekey_after_messages = m;
+        }
+        if timers.reject_after <= timers.rekey_after {
+            return Err(invalid(
+                "[timers] reject_after_secs",
+                format!(
+                    "must be greater than rekey_after_secs ({:?} <= {:?})",
+                    timers.reject_after, timers.rekey_after
+                ),
+            ));
+        }
+
+        let sw = file.switch;
+        let fdb_aging = secs(
+            "[switch] fdb_aging_secs",
+            cli.fdb_aging_secs.or(sw.fdb_aging_secs),
+            c::DEFAULT_FDB_AGING,
+            1.0,
+            86_400.0,
+        )?;
+        let fdb_capacity = sw.fdb_capacity.unwrap_or(8192);
+        if !fdb_capacity.is_power_of_two() || !(16..=1 << 22).contains(&fdb_capacity) {
+            return Err(invalid(
+                "[switch] fdb_capacity",
+                format!("{fdb_capacity} must be a power of two from 16 to 4194304"),
+            ));
+        }
+        let flood_limit = sw.flood_limit.unwrap_or(u32::MAX);
+        if flood_limit == 0 {
+            return Err(invalid("[switch] flood_limit", "must be at least 1"));
+        }
+        let max_peers = sw.max_peers.unwrap_or(1024);
+        if !(1..=16_384).contains(&max_peers) {
+            return Err(invalid(
+                "[switch] max_peers",
+                format!("{max_peers} is out of range (1 to 16384)"),
+            ));
+        }
+
+        let n = file.network;
+        let mut nucleus: Vec<String> = match n.nucleus {
+            None => vec![],
+            Some(OneOrMany::One(s)) => vec![s],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        if !cli.nucleus.is_empty() {
+            nucleus = cli.nucleus;
+        }
+        let cluster = cli.cluster.or(n.cluster);
+        let cluster_secret = cli.cluster_secret.or(n.cluster_secret);
+        if cluster_secret.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("[network] cluster_secret", "is empty"));
+        }
+        if cluster_secret.is_some() && cluster.is_none() {
+            return Err(invalid("[network] cluster", "a cluster secret needs a cluster name"));
+        }
+
+        let mut peers: Vec<PeerConfig> = Vec::new();
+        let mut add_peer =
+            |key_name: String, key: &str, ep: Option<String>| -> Result<(), ConfigError> {
+                let public_key: PublicKey =
+                    key.parse().map_err(|e| invalid(key_name.clone(), format!("{e}")))?;
+                let endpoint = match &ep {
+                    Some(t) => Some(resolve_endpoint(&format!("{key_name} endpoint"), t)?),
+                    None => None,
+                };
+                let pc = PeerConfig { public_key, endpoint_text: ep, endpoint };
+                match peers.iter_mut().find(|p| p.public_key == public_key) {
+                    Some(existing) => {
+                        if pc.endpoint.is_some() {
+                            *existing = pc;
+                        }
+                    }
+                    None => peers.push(pc),
+                }
+                Ok(())
+            };
+        for (i, p) in file.peers.into_iter().enumerate() {
+            add_peer(format!("[[peers]] #{} public_key", i + 1), &p.public_key, p.endpoint)?;
+        }
+        for (k, ep) in cli.peers {
+            add_peer("--peer".into(), &k, ep)?;
+        }
+        if peers.len() > max_peers as usize {
+            return Err(invalid(
+                "[[peers]]",
+                format!(
+                    "{} peers configured, more than [switch] max_peers = {max_peers}",
+                    peers.len()
+                ),
+            ));
+        }
+
+        let metrics_text =
+            cli.metrics_listen.or(file.metrics.listen).unwrap_or_else(|| DEFAULT_METRICS.into());
+        let metrics_listen = if metrics_text == "off" || metrics_text.is_empty() {
+            None
+        } else {
+            Some(metrics_text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "[metrics] listen",
+                    format!("{metrics_text:?} is not an address:port (or \"off\")"),
+                )
+            })?)
+        };
+
+        Ok(Settings {
+            identity_path: cli.identity.or(d.identity).unwrap_or_else(|| DEFAULT_IDENTITY.into()),
+            run_dir: cli.run_dir.or(d.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+            port,
+            bind: cli.bind.or(d.bind),
+            interface,
+            tap,
+            tap_mtu,
+            dataplane_bin: cli.dataplane.or(d.dataplane),
+            nucleus,
+            cluster,
+            cluster_secret,
+            max_sessions_per_ip,
+            cookie_threshold,
+            timers,
+            fdb_aging,
+            fdb_capacity,
+            flood_limit,
+            max_peers,
+            peers,
+            metrics_listen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
+    fn parse(s: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let f = parse(&format!(
+            r#"
+            [daemon]
+            port = 51999
+            interface = "eth1"
+            tap = "fab0"
+            [network]
+            nucleus = "nucleus.example:51820"
+            cluster = "fleet"
+            [security]
+            max_sessions_per_ip = 5
+            handshake_timeout_secs = 2
+            [[peers]]
+            public_key = "{KEY_A}"
+            endpoint = "10.0.0.2:51820"
+            [metrics]
+            listen = "127.0.0.1:9200"
+            "#
+        ))
+        .unwrap();
+        let s = Settings::resolve(f, CliOverrides::default()).unwrap();
+        assert_eq!(s.port, 51999);
+        assert_eq!(s.tap, "fab0");
+        assert_eq!(s.interface.as_deref(), Some("eth1"));
+        assert_eq!(s.nucleus, vec!["nucleus.example:51820".to_string()]);
+        assert_eq!(s.max_sessions_per_ip, 5);
+        assert_eq!(s.timers.rekey_timeout, Duration::from_secs(2));
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!(s.peers[0].endpoint, Some("10.0.0.2:51820".parse().unwrap()));
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9200".parse().unwrap()));
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::resolve(FileConfig::default(), CliOverrides::default()).unwrap();
+        assert_eq!(s.port, 51820);
+        assert_eq!(s.tap, "omni0");
+        assert_eq!(s.max_sessions_per_ip, 10);
+        assert_eq!(s.timers.rekey_timeout, Duration::from_secs(5));
+        assert_eq!(s.timers.rekey_after, Duration::from_secs(120));
+        assert_eq!(s.fdb_aging, Duration::from_secs(300));
+        assert_eq!(s.run_dir, PathBuf::from("/run/omni"));
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("[daemon]\nprot = 1\n").unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
+        let e = parse("[bogus]\n").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse(&format!("[[peers]]\npublic_key = \"{KEY_A}\"\nendpont = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("endpont"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("[daemon]\nport = \"abc\"\n").unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = parse("[daemon]\nport = 70000\n").unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+        let cases = [
+            ("[security]\nmax_sessions_per_ip = 0\n", "max_sessions_per_ip"),
+            ("[security]\nhandshake_timeout_secs = -1\n", "handshake_timeout_secs"),
+            ("[[peers]]\npublic_key = \"nope\"\n", "public_key"),
+            (
+                &format!("[[peers]]\npublic_key = \"{KEY_A}\"\nendpoint = \"10.0.0.2\"\n"),
+                "endpoint",
+            ),
+            ("[metrics]\nlisten = \"here\"\n", "listen"),
+            ("[daemon]\ntap = \"this-name-is-too-long\"\n", "tap"),
+            ("[daemon]\nmtu = 100\n", "mtu"),
+            ("[timers]\nrekey_after_secs = 10\nreject_after_secs = 5\n", "reject_after_secs"),
+            ("[switch]\nfdb_capacity = 1000\n", "fdb_capacity"),
+            ("[network]\ncluster_secret = \"s\"\n", "cluster"),
+        ];
+        for (text, key) in cases {
+            let e = Settings::resolve(parse(text).unwrap(), CliOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn command_line_overrides_file() {
+        let f = parse(&format!("[daemon]\nport = 1000\ntap = \"a0\"\n[[peers]]\npublic_key = \"{KEY_A}\"\nendpoint = \"10.0.0.2:1\"\n")).unwrap();
+        let cli = CliOverrides {
+            port: Some(2000),
+            peers: vec![(KEY_A.into(), Some("10.0.0.3:2".into()))],
+            metrics_listen: Some("off".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(f, cli).unwrap();
+        assert_eq!(s.port, 2000);
+        assert_eq!(s.tap, "a0");
+        assert_eq!(s.peers.len(), 1, "same key merged");
+        assert_eq!(s.peers[0].endpoint, Some("10.0.0.3:2".parse().unwrap()));
+        assert_eq!(s.metrics_listen, None);
+    }
+}

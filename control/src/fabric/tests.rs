@@ -1,0 +1,299 @@
+use super::*;
+use std::time::Duration;
+
+const A_EP: &str = "10.0.0.1:51820";
+const B_EP: &str = "10.0.0.2:51820";
+
+fn cfg() -> FabricConfig {
+    FabricConfig {
+        timers: Timers::default(),
+        psk: Psk::none(),
+        max_sessions_per_ip: 10,
+        cookie_threshold: 1000,
+        fdb_aging_ms: 300_000,
+        flood_limit: u32::MAX,
+        max_sessions: 64,
+    }
+}
+
+fn pair_with(cfg_a: FabricConfig, cfg_b: FabricConfig) -> (Fabric, Fabric) {
+    let ia = Identity::from_seed([1; 32]);
+    let ib = Identity::from_seed([2; 32]);
+    let (ka, kb) = (ia.public_key(), ib.public_key());
+    let mut a = Fabric::new(ia, cfg_a, 1);
+    let mut b = Fabric::new(ib, cfg_b, 1);
+    a.add_peer(kb, Some(B_EP.parse().unwrap()));
+    b.add_peer(ka, Some(A_EP.parse().unwrap()));
+    a.drain_outputs().for_each(drop);
+    b.drain_outputs().for_each(drop);
+    (a, b)
+}
+
+fn injects(f: &mut Fabric) -> Vec<(SocketAddr, Vec<u8>)> {
+    f.drain_outputs()
+        .filter_map(|o| match o {
+            Output::Inject { to, bytes } => Some((to, bytes)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn split_outputs(f: &mut Fabric) -> (Vec<Command>, Vec<(SocketAddr, Vec<u8>)>) {
+    let mut c = vec![];
+    let mut i = vec![];
+    for o in f.drain_outputs() {
+        match o {
+            Output::Command(x) => c.push(x),
+            Output::Inject { to, bytes } => i.push((to, bytes)),
+        }
+    }
+    (c, i)
+}
+
+fn installs(cmds: &[Command]) -> Vec<&InstallSession> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::InstallSession(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs a full handshake A → B; returns the sessions each installed.
+fn handshake(a: &mut Fabric, b: &mut Fabric, now: u64) -> (InstallSession, InstallSession) {
+    a.initiate(now, 0);
+    let init = injects(a);
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].0, B_EP.parse::<SocketAddr>().unwrap());
+    b.on_punt(now, A_EP.parse().unwrap(), &init[0].1);
+    let (bc, bi) = split_outputs(b);
+    assert_eq!(bi.len(), 1, "responder answers");
+    a.on_punt(now, B_EP.parse().unwrap(), &bi[0].1);
+    let (ac, _) = split_outputs(a);
+    let sb = installs(&bc)[0].clone();
+    let sa = installs(&ac)[0].clone();
+    (sa, sb)
+}
+
+#[test]
+fn handshake_installs_matching_sessions() {
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    let (sa, sb) = handshake(&mut a, &mut b, 10);
+    assert_eq!((sa.place, sb.place), (SessionPlace::Current, SessionPlace::Next));
+    assert!(sa.initiator && !sb.initiator);
+    assert_eq!(sa.remote_index, sb.local_index);
+    assert_eq!(sb.remote_index, sa.local_index);
+    assert_eq!(sa.keys.send, sb.keys.recv);
+    assert_eq!(sa.keys.recv, sb.keys.send);
+    assert_eq!(a.stats.handshakes_completed, 1);
+    assert_eq!(b.stats.handshakes_completed, 1);
+    assert!(a.peers()[0].current.is_some());
+    assert!(b.peers()[0].next.is_some());
+    // B's data plane confirms the session on A's first packet.
+    b.on_event(11, Event::SessionConfirmed { peer: 0, local_index: sb.local_index });
+    assert!(b.peers()[0].current.is_some() && b.peers()[0].next.is_none());
+}
+
+#[test]
+fn unknown_identity_gets_nothing_back() {
+    let ic = Identity::from_seed([3; 32]);
+    let mut b = Fabric::new(Identity::from_seed([2; 32]), cfg(), 1);
+    b.add_peer(Identity::from_seed([1; 32]).public_key(), None);
+    b.drain_outputs().for_each(drop);
+    let mut c = Fabric::new(ic, cfg(), 1);
+    c.add_peer(b.public_key(), Some(B_EP.parse().unwrap()));
+    c.initiate(5, 0);
+    let init = injects(&mut c);
+    b.on_punt(5, "10.0.0.3:51820".parse().unwrap(), &init[0].1);
+    assert!(b.drain_outputs().next().is_none(), "no reply, no command");
+    assert_eq!(b.stats.dropped_unknown_peer, 1);
+}
+
+#[test]
+fn replayed_initiation_is_refused() {
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    a.initiate(10, 0);
+    let init = injects(&mut a);
+    b.on_punt(10, A_EP.parse().unwrap(), &init[0].1);
+    assert_eq!(injects(&mut b).len(), 1);
+    b.on_punt(20, A_EP.parse().unwrap(), &init[0].1);
+    assert!(injects(&mut b).is_empty());
+    assert_eq!(b.stats.dropped_replayed_initiation, 1);
+}
+
+#[test]
+fn psk_mismatch_means_no_session() {
+    let mut ca = cfg();
+    ca.psk = Psk::for_cluster("c", b"one");
+    let mut cb = cfg();
+    cb.psk = Psk::for_cluster("c", b"two");
+    let (mut a, mut b) = pair_with(ca, cb);
+    a.initiate(10, 0);
+    let init = injects(&mut a);
+    b.on_punt(10, A_EP.parse().unwrap(), &init[0].1);
+    let (bc, bi) = split_outputs(&mut b);
+    // IKpsk2: the responder cannot tell before answering; the initiator refuses the answer.
+    if let Some((_, resp)) = bi.first() {
+        a.on_punt(10, B_EP.parse().unwrap(), resp);
+    }
+    assert!(installs(&split_outputs(&mut a).0).is_empty(), "initiator installs nothing");
+    assert!(a.stats.dropped_bad_handshake >= 1);
+    drop(bc);
+}
+
+#[test]
+fn rate_limit_per_source_ip() {
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    let mut answered = 0;
+    for _ in 0..30 {
+        // A later TAI64N label each time (they are whitened to ~16.8 ms), while the rate
+        // limiter's clock stays within one second.
+        std::thread::sleep(Duration::from_millis(18));
+        a.initiate(100, 0);
+        let init = injects(&mut a);
+        b.on_punt(100, A_EP.parse().unwrap(), &init[0].1);
+        answered += injects(&mut b).len();
+    }
+    assert_eq!(answered, 10);
+    assert_eq!(b.stats.dropped_rate_limited, 20);
+}
+
+#[test]
+fn cookie_under_load_then_mac2_passes() {
+    let mut cb = cfg();
+    cb.cookie_threshold = 1;
+    let (mut a, mut b) = pair_with(cfg(), cb);
+    // First initiation in the window is processed normally.
+    let (_sa, _sb) = handshake(&mut a, &mut b, 10);
+    // Second one: B is "under load", answers with a cookie reply.
+    a.initiate(20, 0);
+    let init = injects(&mut a);
+    b.on_punt(20, A_EP.parse().unwrap(), &init[0].1);
+    let reply = injects(&mut b);
+    assert_eq!(reply.len(), 1);
+    assert_eq!(reply[0].1.len(), cookie_reply::LEN);
+    assert_eq!(b.stats.cookie_replies_sent, 1);
+    a.on_punt(20, B_EP.parse().unwrap(), &reply[0].1);
+    assert_eq!(a.stats.cookies_received, 1);
+    // The retry carries mac2 and is accepted though B is still under load.
+    let retry_at = 20 + 5_000 + 400;
+    // TAI64N labels are whitened to ~16.8 ms: a retry must carry a later one.
+    std::thread::sleep(Duration::from_millis(20));
+    a.tick(retry_at, |_| Activity::default());
+    let init = injects(&mut a);
+    assert_eq!(init.len(), 1, "retried after the handshake timeout");
+    b.on_punt(retry_at - 4_000, A_EP.parse().unwrap(), &init[0].1);
+    let resp = injects(&mut b);
+    assert_eq!(resp.len(), 1);
+    assert_eq!(resp[0].1.len(), handshake_resp::LEN, "a response, not another cookie");
+}
+
+#[test]
+fn retries_then_gives_up() {
+    let mut c = cfg();
+    c.timers = Timers {
+        rekey_timeout: Duration::from_secs(5),
+        rekey_attempt: Duration::from_secs(20),
+        ..Timers::default()
+    };
+    let (mut a, _b) = pair_with(c, cfg());
+    a.initiate(0, 0);
+    assert_eq!(injects(&mut a).len(), 1);
+    let mut sent = 1;
+    for now in (100..40_000).step_by(100) {
+        a.tick(now, |_| Activity::default());
+        sent += injects(&mut a).len();
+    }
+    assert!((4..=5).contains(&sent), "{sent} attempts in 20 s at 5 s intervals");
+    assert!(!a.peers()[0].handshaking());
+}
+
+#[test]
+fn expiry_rekey_and_keepalive_timers() {
+    let t = Timers {
+        rekey_after: Duration::from_secs(120),
+        reject_after: Duration::from_secs(180),
+        keepalive: Duration::from_secs(10),
+        ..Timers::default()
+    };
+    let mut c = cfg();
+    c.timers = t;
+    let (mut a, mut b) = pair_with(c, cfg());
+    handshake(&mut a, &mut b, 1000);
+    // Data received at 2000, nothing sent: keepalive at 12000, once.
+    let act =
+        Activity { last_rx_ms: 2000, last_data_rx_ms: 2000, last_tx_ms: 1000, last_data_tx_ms: 0 };
+    a.tick(11_000, |_| act);
+    assert!(a.drain_outputs().next().is_none());
+    a.tick(12_000, |_| act);
+    let (cmds, _) = split_outputs(&mut a);
+    assert!(matches!(cmds[..], [Command::SendKeepalive { peer: 0 }]));
+    a.tick(12_100, |_| act);
+    assert!(a.drain_outputs().next().is_none(), "once per received burst");
+    // Active traffic at 121 s: the initiator rekeys.
+    let busy = Activity {
+        last_rx_ms: 120_900,
+        last_data_rx_ms: 120_900,
+        last_tx_ms: 120_900,
+        last_data_tx_ms: 120_900,
+    };
+    a.tick(121_000, |_| busy);
+    assert_eq!(injects(&mut a).len(), 1, "rekey initiation");
+    // An idle session just expires at 180 s.
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    let (sa, _) = handshake(&mut a, &mut b, 1000);
+    a.tick(181_000, |_| Activity::default());
+    let (cmds, inj) = split_outputs(&mut a);
+    assert!(inj.is_empty(), "idle: no rekey");
+    assert!(cmds.iter().any(
+        |c| matches!(c, Command::RemoveSession { local_index } if *local_index == sa.local_index)
+    ));
+    assert!(a.peers()[0].current.is_none());
+}
+
+#[test]
+fn dead_peer_triggers_a_new_handshake() {
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    handshake(&mut a, &mut b, 1000);
+    // We send data from 2 s on, hear nothing.
+    let act = |now: u64| Activity {
+        last_rx_ms: 1000,
+        last_tx_ms: now,
+        last_data_tx_ms: now,
+        last_data_rx_ms: 0,
+    };
+    a.tick(10_000, |_| act(10_000));
+    assert!(injects(&mut a).is_empty());
+    a.tick(16_100, |_| act(16_000));
+    assert_eq!(injects(&mut a).len(), 1);
+}
+
+#[test]
+fn replay_installs_current_before_previous() {
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    handshake(&mut a, &mut b, 1000);
+    handshake(&mut a, &mut b, 2000);
+    a.replay(3000);
+    let (cmds, _) = split_outputs(&mut a);
+    assert!(matches!(cmds[0], Command::ResetState));
+    assert!(matches!(cmds[1], Command::Configure(_)));
+    let inst = installs(&cmds);
+    assert_eq!(inst.len(), 2);
+    assert_eq!((inst[0].place, inst[1].place), (SessionPlace::Current, SessionPlace::Previous));
+    assert_eq!(inst[0].age_ms, 1000);
+}
+
+#[test]
+fn garbage_punts_are_counted_not_fatal() {
+    let (_a, mut b) = pair_with(cfg(), cfg());
+    let src: SocketAddr = A_EP.parse().unwrap();
+    for bytes in [&[][..], &[1, 0, 0, 0][..], &[2, 0, 0, 0, 1][..], &[9; 148][..]] {
+        b.on_punt(1, src, bytes);
+    }
+    let mut junk = [0u8; handshake_init::LEN];
+    junk[0] = 1;
+    macs::seal(&mut junk, &mac::mac1_key(&b.public_key()), None);
+    b.on_punt(1, src, &junk);
+    assert!(injects(&mut b).is_empty());
+    assert!(b.stats.dropped_bad_handshake >= 4);
+}

@@ -1,0 +1,108 @@
+//! The identity file on disk: created with mode 0600, refused when other users could read
+//! it, never overwritten without `--force`.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use omni_proto::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityStoreError {
+    #[error(
+        "identity file {0} already exists; pass --force to replace it (the old identity is lost)"
+    )]
+    Exists(String),
+    #[error("no identity at {0}; create one with: omni-daemon --init --identity {0}")]
+    Missing(String),
+    #[error(
+        "identity file {path} has mode {mode:04o}, readable by other users; fix it with: chmod 600 {path}"
+    )]
+    TooOpen { path: String, mode: u32 },
+    #[error("cannot {what} {path}: {source}")]
+    Io { what: &'static str, path: String, source: std::io::Error },
+    #[error(transparent)]
+    Malformed(#[from] omni_proto::IdentityError),
+}
+
+fn io<'p>(
+    what: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> IdentityStoreError + 'p {
+    move |source| IdentityStoreError::Io { what, path: path.display().to_string(), source }
+}
+
+/// Creates a new identity at `path`. Parent directories are created with mode 0700.
+pub fn init(path: &Path, force: bool) -> Result<Identity, IdentityStoreError> {
+    if path.exists() && !force {
+        return Err(IdentityStoreError::Exists(path.display().to_string()));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io("create directory", dir))?;
+        }
+    }
+    let id = Identity::generate();
+    // Write a temporary file with the final mode, then rename over: a crash never leaves a
+    // half-written identity, and the secret is never in a file with a looser mode.
+    let tmp = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
+    f.write_all(id.to_file_text().as_bytes()).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
+    Ok(id)
+}
+
+/// Loads the identity at `path`, refusing a file other users can read or write.
+pub fn load(path: &Path) -> Result<Identity, IdentityStoreError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(IdentityStoreError::Missing(path.display().to_string()));
+        }
+        Err(e) => return Err(io("read", path)(e)),
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityStoreError::TooOpen { path: path.display().to_string(), mode });
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io("read", path))?);
+    Ok(Identity::from_file_text(&text, &path.display().to_string())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_load_force_and_permissions() {
+        let d = std::env::temp_dir().join(format!("omni-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let p = d.join("sub/identity.key");
+        let id = init(&p, false).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load(&p).unwrap().public_key(), id.public_key());
+        assert!(matches!(init(&p, false), Err(IdentityStoreError::Exists(_))));
+        let id2 = init(&p, true).unwrap();
+        assert_ne!(id2.public_key(), id.public_key());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        assert!(matches!(load(&d.join("none")), Err(IdentityStoreError::Missing(_))));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&p, "garbage\n").unwrap();
+        assert!(matches!(load(&p), Err(IdentityStoreError::Malformed(_))));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,8 @@
+//! The OmniNervous control daemon (Ganglion): configuration, identity store, Noise IK
+//! handshakes and timers ([`fabric`], sans I/O), and the I/O around them: the data-plane
+//! supervisor, the shared-memory channel, status and metrics.
+
+pub mod config;
+pub mod fabric;
+pub mod handshake;
+pub mod identity_store;

@@ -2,7 +2,12 @@
 //! handshakes and timers ([`fabric`], sans I/O), and the I/O around them: the data-plane
 //! supervisor, the shared-memory channel, status and metrics.
 
+pub mod channel;
 pub mod config;
+pub mod daemon;
 pub mod fabric;
 pub mod handshake;
 pub mod identity_store;
+pub mod metrics;
+pub mod status;
+pub mod supervisor;

@@ -1,1 +1,236 @@
-fn main() {}
+//! `omni-daemon`: the OmniNervous control daemon and its command-line tools.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use omni_control::config::{self, CliOverrides, FileConfig, Settings};
+use omni_control::status::{self, Request, Status};
+use omni_control::{daemon, identity_store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "omni-daemon",
+    version,
+    about = "OmniNervous: an identity-addressed, encrypted L2 fabric",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the public key of an identity.
+    Pubkey {
+        #[arg(long, default_value = config::DEFAULT_IDENTITY)]
+        identity: PathBuf,
+    },
+    /// Show the running daemon's peers, sessions and FDB (like `wg show`).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Start a new handshake with one peer, or with every peer.
+    Rekey {
+        #[arg(long)]
+        peer: Option<String>,
+        #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Create a new identity (Ed25519, file mode 0600) and print its public key.
+    #[arg(long)]
+    init: bool,
+    /// With --init: replace an existing identity.
+    #[arg(long, requires = "init")]
+    force: bool,
+    /// TOML config file (default: ~/.omni/config.toml if it exists).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Identity file [default: /etc/omni/identity.key].
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Underlay UDP port [default: 51820].
+    #[arg(long)]
+    port: Option<u16>,
+    /// A peer's public key; repeatable, each optionally followed by --endpoint.
+    #[arg(long = "peer", action = ArgAction::Append, value_name = "KEY")]
+    peers: Vec<String>,
+    /// The preceding --peer's address (host:port).
+    #[arg(long = "endpoint", action = ArgAction::Append, value_name = "HOST:PORT")]
+    endpoints: Vec<String>,
+    /// TAP interface name [default: omni0].
+    #[arg(long)]
+    tap: Option<String>,
+    /// TAP MTU [default: underlay MTU minus overhead].
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Underlay address to bind [default: all].
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Underlay interface (sizes the MTU).
+    #[arg(long)]
+    interface: Option<String>,
+    /// Directory for the control socket and shared memory [default: /run/omni].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Path of omni-dataplane [default: next to omni-daemon].
+    #[arg(long)]
+    dataplane: Option<PathBuf>,
+    /// Prometheus listen address, or "off" [default: 127.0.0.1:9100].
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Nucleus address (repeatable).
+    #[arg(long, action = ArgAction::Append)]
+    nucleus: Vec<String>,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    cluster_secret: Option<String>,
+    #[arg(long)]
+    max_sessions_per_ip: Option<u32>,
+    #[arg(long)]
+    handshake_timeout_secs: Option<f64>,
+    #[arg(long)]
+    rekey_after_secs: Option<f64>,
+    #[arg(long)]
+    reject_after_secs: Option<f64>,
+    #[arg(long)]
+    keepalive_secs: Option<f64>,
+    #[arg(long)]
+    fdb_aging_secs: Option<f64>,
+}
+
+/// Pairs each `--endpoint` with the `--peer` before it, by position on the command line.
+fn pair_peers(
+    m: &clap::ArgMatches,
+    peers: &[String],
+    endpoints: &[String],
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let pi: Vec<usize> = m.indices_of("peers").map(|i| i.collect()).unwrap_or_default();
+    let ei: Vec<usize> = m.indices_of("endpoints").map(|i| i.collect()).unwrap_or_default();
+    let mut out: Vec<(String, Option<String>)> = peers.iter().map(|p| (p.clone(), None)).collect();
+    for (e, at) in endpoints.iter().zip(ei) {
+        let owner = pi.iter().rposition(|&p| p < at);
+        match owner {
+            None => bail!(
+                "--endpoint {e} comes before any --peer; write --peer KEY --endpoint HOST:PORT"
+            ),
+            Some(k) if out[k].1.is_some() => bail!("--peer {} has two --endpoint values", out[k].0),
+            Some(k) => out[k].1 = Some(e.clone()),
+        }
+    }
+    Ok(out)
+}
+
+fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::Result<Settings> {
+    let file = match &run.config {
+        Some(p) => FileConfig::load(p)?,
+        None => match config::default_config_path().filter(|p| p.exists()) {
+            Some(p) => FileConfig::load(&p)?,
+            None => FileConfig::default(),
+        },
+    };
+    let cli = CliOverrides {
+        identity: run.identity,
+        port: run.port,
+        tap: run.tap,
+        mtu: run.mtu,
+        bind: run.bind,
+        interface: run.interface,
+        run_dir: run.run_dir,
+        dataplane: run.dataplane,
+        metrics_listen: run.metrics_listen,
+        nucleus: run.nucleus,
+        cluster: run.cluster,
+        cluster_secret: run.cluster_secret,
+        peers,
+        max_sessions_per_ip: run.max_sessions_per_ip,
+        handshake_timeout_secs: run.handshake_timeout_secs,
+        rekey_after_secs: run.rekey_after_secs,
+        reject_after_secs: run.reject_after_secs,
+        keepalive_secs: run.keepalive_secs,
+        fdb_aging_secs: run.fdb_aging_secs,
+    };
+    Ok(Settings::resolve(file, cli)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.command {
+        Some(Cmd::Pubkey { identity }) => {
+            println!("{}", identity_store::load(&identity)?.public_key());
+            Ok(())
+        }
+        Some(Cmd::Status { json, run_dir }) => {
+            let v = runtime()?.block_on(status::query(&run_dir, &Request::Status))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let s: Status = serde_json::from_value(v).context("unexpected status reply")?;
+                print!("{}", status::render(&s));
+            }
+            Ok(())
+        }
+        Some(Cmd::Rekey { peer, run_dir }) => {
+            runtime()?.block_on(status::query(&run_dir, &Request::Rekey { peer }))?;
+            Ok(())
+        }
+        None => {
+            let run = cli.run;
+            if run.init {
+                let path = match (&run.identity, &run.config) {
+                    (Some(p), _) => p.clone(),
+                    (None, _) => {
+                        let force = run.force;
+                        let s = load_settings(run, vec![])?;
+                        let id = identity_store::init(&s.identity_path, force)?;
+                        println!("Your Public Identity: {}", id.public_key());
+                        return Ok(());
+                    }
+                };
+                let id = identity_store::init(&path, run.force)?;
+                println!("Your Public Identity: {}", id.public_key());
+                return Ok(());
+            }
+            let peers = pair_peers(&matches, &run.peers, &run.endpoints)?;
+            let settings = load_settings(run, peers)?;
+            let identity = identity_store::load(&settings.identity_path)?;
+            runtime()?.block_on(daemon::run(settings, identity))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMNI_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("omni-daemon: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

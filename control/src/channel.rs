@@ -1,0 +1,225 @@
+//! Control's side of the shared-memory channel: queue commands and injected packets, read
+//! events, punted packets, counters, per-peer statistics and the FDB, and sleep on the
+//! doorbell when there is nothing to read.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use omni_dataplane::counters::N_COUNTERS;
+use omni_dataplane::fdb::{Fdb, FdbRecord};
+use omni_dataplane::paths;
+use omni_dataplane::shm::Region;
+use omni_dataplane::shm::layout::Header;
+use omni_dataplane::shm::records::{Event, decode_packet, encode_packet};
+use omni_dataplane::shm::region::ControlEnds;
+use std::sync::atomic::{Ordering, fence};
+use tracing::warn;
+
+use crate::fabric::{Activity, Output};
+
+/// Outputs waiting for ring space are kept up to this many; beyond, the oldest are dropped
+/// (a data plane that stopped consuming gets everything again by replay when it returns).
+const BACKLOG_MAX: usize = 8192;
+
+pub struct Channel {
+    region: &'static Region,
+    ends: ControlEnds<'static>,
+    bell: tokio::net::UnixDatagram,
+    dp_bell: std::path::PathBuf,
+    backlog: VecDeque<Output>,
+    pub dropped_outputs: u64,
+}
+
+/// Per-peer traffic totals, summed over workers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeerTraffic {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl Channel {
+    pub fn new(region: &'static Region, run_dir: &Path) -> std::io::Result<Self> {
+        let own = run_dir.join(paths::DAEMON_BELL);
+        let _ = std::fs::remove_file(&own);
+        let std_sock = std::os::unix::net::UnixDatagram::bind(&own)?;
+        std_sock.set_nonblocking(true)?;
+        Ok(Self {
+            region,
+            ends: region.control_ends(0),
+            bell: tokio::net::UnixDatagram::from_std(std_sock)?,
+            dp_bell: run_dir.join(paths::DATAPLANE_BELL),
+            backlog: VecDeque::new(),
+            dropped_outputs: 0,
+        })
+    }
+
+    pub fn region(&self) -> &'static Region {
+        self.region
+    }
+
+    pub fn header(&self) -> &'static Header {
+        self.region.header()
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.header().dp_generation.load(Ordering::Acquire)
+    }
+
+    /// Queues outputs and moves as many as fit into the rings.
+    pub fn send(&mut self, outputs: impl IntoIterator<Item = Output>) {
+        for o in outputs {
+            if self.backlog.len() >= BACKLOG_MAX {
+                self.backlog.pop_front();
+                self.dropped_outputs += 1;
+            }
+            self.backlog.push_back(o);
+        }
+        self.flush();
+    }
+
+    /// Drops queued outputs (before a replay, which resends everything that matters).
+    pub fn clear_backlog(&mut self) {
+        self.backlog.clear();
+    }
+
+    pub fn flush(&mut self) {
+        let mut pushed = false;
+        while let Some(o) = self.backlog.front() {
+            let r = match o {
+                Output::Command(c) => self.ends.cmd.push_with(|slot| c.encode(slot)),
+                Output::Inject { to, bytes } => {
+                    let (to, bytes) = (*to, bytes.as_slice());
+                    self.ends.inject.push_with(|slot| {
+                        if !encode_packet(slot, to, bytes) {
+                            warn!(
+                                len = bytes.len(),
+                                "packet too large for the inject ring; dropped"
+                            );
+                        }
+                    })
+                }
+            };
+            match r {
+                Ok(()) => {
+                    self.backlog.pop_front();
+                    pushed = true;
+                }
+                Err(_) => break,
+            }
+        }
+        if pushed {
+            fence(Ordering::SeqCst);
+            if self.header().dp_parked.load(Ordering::Relaxed) != 0 {
+                let _ = self.bell.try_send_to(&[1], &self.dp_bell);
+            }
+        }
+    }
+
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Reads every pending event.
+    pub fn drain_events(&mut self, mut f: impl FnMut(Event)) {
+        for _ in 0..4096 {
+            match self.ends.event.pop_with(|slot| Event::decode(slot)) {
+                Ok(Some(Ok(e))) => f(e),
+                Ok(Some(Err(e))) => warn!("undecodable event from the data plane: {e}"),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("event ring: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads every pending punted packet.
+    pub fn drain_punts(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
+        for _ in 0..4096 {
+            match self.ends.punt.pop_with(|slot| match decode_packet(slot) {
+                Ok((src, bytes)) => {
+                    f(src, bytes);
+                    true
+                }
+                Err(_) => false,
+            }) {
+                Ok(Some(true)) => {}
+                Ok(Some(false)) => warn!("undecodable punted packet"),
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("punt ring: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sleeps until the data plane rings or `max` passes, unless something is waiting.
+    pub async fn wait(&mut self, max: Duration) {
+        let h = self.header();
+        h.ctl_parked.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !self.ends.event.is_empty() || !self.ends.punt.is_empty() {
+            h.ctl_parked.store(0, Ordering::Relaxed);
+            return;
+        }
+        let mut buf = [0u8; 64];
+        tokio::select! {
+            _ = self.bell.recv(&mut buf) => {
+                while self.bell.try_recv(&mut buf).is_ok() {}
+            }
+            _ = tokio::time::sleep(max) => {}
+        }
+        h.ctl_parked.store(0, Ordering::Relaxed);
+    }
+
+    /// The data plane's view of a peer's activity (latest over workers).
+    pub fn activity(&self, peer: u16) -> Activity {
+        let mut a = Activity::default();
+        for w in 0..self.region.params().n_workers as usize {
+            if let Some(s) = self.region.peer_stats(w, peer) {
+                a.last_rx_ms = a.last_rx_ms.max(s.last_rx_ms.load(Ordering::Relaxed));
+                a.last_tx_ms = a.last_tx_ms.max(s.last_tx_ms.load(Ordering::Relaxed));
+                a.last_data_rx_ms =
+                    a.last_data_rx_ms.max(s.last_data_rx_ms.load(Ordering::Relaxed));
+                a.last_data_tx_ms =
+                    a.last_data_tx_ms.max(s.last_data_tx_ms.load(Ordering::Relaxed));
+            }
+        }
+        a
+    }
+
+    pub fn traffic(&self, peer: u16) -> PeerTraffic {
+        let mut t = PeerTraffic::default();
+        for w in 0..self.region.params().n_workers as usize {
+            if let Some(s) = self.region.peer_stats(w, peer) {
+                t.rx_bytes += s.rx_bytes.load(Ordering::Relaxed);
+                t.tx_bytes += s.tx_bytes.load(Ordering::Relaxed);
+                t.rx_packets += s.rx_packets.load(Ordering::Relaxed);
+                t.tx_packets += s.tx_packets.load(Ordering::Relaxed);
+            }
+        }
+        t
+    }
+
+    /// Every counter slot summed over workers.
+    pub fn counters(&self) -> [u64; N_COUNTERS] {
+        let mut out = [0u64; N_COUNTERS];
+        for w in 0..self.region.params().n_workers as usize {
+            let c = self.region.counters(w);
+            for (o, s) in out.iter_mut().zip(c.slots.iter()) {
+                *o += s.load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
+    pub fn fdb(&self, now_ms: u64, aging_ms: u64) -> Vec<FdbRecord> {
+        Fdb::new(self.region.fdb_entries(), self.region.fdb_seed(), aging_ms).snapshot(now_ms)
+    }
+}

@@ -1,0 +1,483 @@
+//! The running daemon: wires the fabric core to the data plane (supervised child or an
+//! attached process), the status socket, metrics and signals.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use omni_dataplane::clock::monotonic_ms;
+use omni_dataplane::paths;
+use omni_dataplane::shm::region::RoleLock;
+use omni_dataplane::shm::{Params, Region};
+use omni_proto::noise::Psk;
+use omni_proto::wire::ethernet::format_mac;
+use omni_proto::{Identity, constants};
+use std::sync::atomic::Ordering;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::channel::Channel;
+use crate::config::Settings;
+use crate::fabric::{Fabric, FabricConfig};
+use crate::metrics::{Metrics, Sample};
+use crate::status::{self, DataplaneStatus, FdbStatus, PeerStatus, Request, Status};
+use crate::supervisor::{Supervisor, dataplane_binary};
+
+/// The MTU `omni0` gets: configured, or the underlay's minus the fabric's overhead. The
+/// underlay MTU is that of the route to the peers (the smallest), else the named
+/// interface's, else the largest of the host's interfaces.
+pub fn tap_mtu(settings: &Settings) -> anyhow::Result<u32> {
+    if let Some(m) = settings.tap_mtu {
+        return Ok(m);
+    }
+    let endpoints: Vec<SocketAddr> = settings.peers.iter().filter_map(|p| p.endpoint).collect();
+    let outer_v6 =
+        endpoints.iter().any(|e| e.is_ipv6()) || settings.bind.is_some_and(|b| b.is_ipv6());
+    let read_mtu = |name: &str| -> Option<u32> {
+        std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?.trim().parse().ok()
+    };
+    let underlay = if let Some(i) = &settings.interface {
+        read_mtu(i).with_context(|| {
+            format!("[daemon] interface {i:?} does not exist (no /sys/class/net/{i}/mtu)")
+        })?
+    } else if let Some(m) = endpoints.iter().filter_map(omni_dataplane::sys::mmsg::route_mtu).min()
+    {
+        m
+    } else {
+        std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != "lo" && n != &settings.tap)
+            .filter_map(|n| read_mtu(&n))
+            .max()
+            .unwrap_or(1500)
+    };
+    constants::tap_mtu_for_underlay(underlay, outer_v6).with_context(|| {
+        format!(
+            "the underlay MTU {underlay} is too small to carry the fabric (needs at least {})",
+            576 + constants::fabric_overhead(outer_v6)
+        )
+    })
+}
+
+fn psk(settings: &Settings) -> Psk {
+    match (&settings.cluster, &settings.cluster_secret) {
+        (Some(c), Some(s)) => Psk::for_cluster(c, s.as_bytes()),
+        _ => Psk::none(),
+    }
+}
+
+struct Daemon {
+    settings: Settings,
+    fabric: Fabric,
+    channel: Channel,
+    supervisor: Option<Supervisor>,
+    metrics: Metrics,
+    mtu: u32,
+    mac: [u8; 6],
+    last_generation: u32,
+    generation_since_ms: u64,
+}
+
+pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
+    let run_dir = settings.run_dir.clone();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run_dir)
+        .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
+    let _lock = RoleLock::acquire(&run_dir.join(paths::DAEMON_LOCK), "omni-daemon")?;
+    if !settings.nucleus.is_empty() {
+        warn!(
+            "[network] nucleus is set, but rendezvous through a Nucleus is not in this build yet; using static peers only"
+        );
+    }
+    let dp_alive = RoleLock::is_held(&run_dir.join(paths::DATAPLANE_LOCK));
+    let mut params = Params::for_peers(settings.max_peers);
+    params.fdb_capacity = settings.fdb_capacity;
+    let region: &'static Region =
+        Box::leak(Box::new(Region::open(&run_dir.join(paths::REGION), params, !dp_alive)?));
+    if (region.params().max_peers as usize) < settings.peers.len() {
+        bail!(
+            "the running data plane has room for {} peers but {} are configured; restart it with a larger --max-peers",
+            region.params().max_peers,
+            settings.peers.len()
+        );
+    }
+    let mtu = tap_mtu(&settings)?;
+    let mac = identity.public_key().tap_mac();
+    let channel = Channel::new(region, &run_dir).context("cannot bind the daemon doorbell")?;
+    region.header().ctl_pid.store(std::process::id(), Ordering::Relaxed);
+    let now = monotonic_ms();
+    let mut fabric = Fabric::new(
+        identity,
+        FabricConfig {
+            timers: settings.timers,
+            psk: psk(&settings),
+            max_sessions_per_ip: settings.max_sessions_per_ip,
+            cookie_threshold: settings.cookie_threshold,
+            fdb_aging_ms: settings.fdb_aging.as_millis() as u64,
+            flood_limit: settings.flood_limit,
+            max_sessions: region.params().max_sessions,
+        },
+        now,
+    );
+    for p in &settings.peers {
+        fabric.add_peer(p.public_key, p.endpoint);
+    }
+    fabric.drain_outputs().for_each(drop);
+
+    let generation_before = channel.generation();
+    let supervisor = if dp_alive {
+        info!(
+            pid = RoleLock::holder_pid(&run_dir.join(paths::DATAPLANE_LOCK)),
+            "attaching to the running data plane"
+        );
+        None
+    } else {
+        let mut s = Supervisor::new(
+            dataplane_binary(settings.dataplane_bin.as_deref()),
+            dataplane_args(&settings, mtu, &mac),
+        );
+        s.spawn()?;
+        Some(s)
+    };
+    let mut d = Daemon {
+        settings,
+        fabric,
+        channel,
+        supervisor,
+        metrics: Metrics::new(),
+        mtu,
+        mac,
+        last_generation: generation_before,
+        generation_since_ms: now,
+    };
+    if d.supervisor.is_some() {
+        d.wait_ready(generation_before, Duration::from_secs(20)).await?;
+    }
+    d.replay();
+
+    // Local status socket.
+    let sock_path = run_dir.join(paths::CONTROL_SOCKET);
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = tokio::net::UnixListener::bind(&sock_path)
+        .with_context(|| format!("cannot bind control socket {}", sock_path.display()))?;
+    let (req_tx, mut req_rx) = mpsc::channel::<status::Pending>(64);
+    tokio::spawn(status::serve(listener, req_tx));
+    // Metrics.
+    let (met_tx, mut met_rx) = mpsc::channel::<oneshot::Sender<String>>(16);
+    if let Some(addr) = d.settings.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for metrics on {addr}; is another daemon using it? set [metrics] listen to another address or \"off\"")
+        })?;
+        info!(%addr, "metrics at http://{addr}/metrics");
+        tokio::spawn(crate::metrics::serve(l, met_tx));
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    info!(identity = %d.fabric.public_key(), port = d.settings.port, tap = %d.settings.tap, mtu, "omni-daemon running");
+
+    let mut last_tick = 0u64;
+    let mut last_liveness = monotonic_ms();
+    loop {
+        let mut exited = None;
+        tokio::select! {
+            _ = d.channel.wait(Duration::from_millis(100)) => {}
+            Some((req, reply)) = req_rx.recv() => {
+                let v = d.handle(req);
+                let _ = reply.send(v);
+            }
+            Some(reply) = met_rx.recv() => {
+                let _ = reply.send(d.render_metrics());
+            }
+            status = async { d.supervisor.as_mut().expect("guarded").exited().await }, if d.supervisor.as_ref().is_some_and(|s| s.has_child()) => {
+                exited = Some(status);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        if let Some(status) = exited {
+            d.restart_dataplane(status).await;
+        }
+        let now = monotonic_ms();
+        d.pump(now);
+        if now.saturating_sub(last_tick) >= 100 {
+            let ch = &d.channel;
+            d.fabric.tick(now, |p| ch.activity(p));
+            last_tick = now;
+        }
+        if now.saturating_sub(last_liveness) >= 1000 {
+            d.check_liveness(now);
+            last_liveness = now;
+        }
+        d.flush();
+    }
+    info!("shutting down");
+    d.shutdown().await;
+    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(run_dir.join(paths::DAEMON_BELL));
+    Ok(())
+}
+
+fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
+    let mut a = vec![
+        "--backend".into(),
+        "socket".into(),
+        "--run-dir".into(),
+        s.run_dir.display().to_string(),
+        "--port".into(),
+        s.port.to_string(),
+        "--tap".into(),
+        s.tap.clone(),
+        "--tap-mtu".into(),
+        mtu.to_string(),
+        "--tap-mac".into(),
+        format_mac(mac),
+        "--max-peers".into(),
+        s.max_peers.to_string(),
+        "--fdb-capacity".into(),
+        s.fdb_capacity.to_string(),
+    ];
+    if let Some(b) = s.bind {
+        a.push("--bind".into());
+        a.push(b.to_string());
+    }
+    a
+}
+
+impl Daemon {
+    /// Waits for a data plane generation other than `before` (a started data plane bumps
+    /// it once ready). Fails if the child exits first.
+    async fn wait_ready(&mut self, before: u32, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.channel.generation() != before {
+                return Ok(());
+            }
+            if let Some(s) = self.supervisor.as_mut() {
+                if let Some(status) = s.try_exited() {
+                    bail!(
+                        "the data plane exited during startup ({status}); its error is printed above"
+                    );
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the data plane did not become ready within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn replay(&mut self) {
+        let now = monotonic_ms();
+        self.last_generation = self.channel.generation();
+        self.generation_since_ms = now;
+        self.channel.clear_backlog();
+        self.fabric.replay(now);
+        self.flush();
+        info!(generation = self.last_generation, "data plane state replayed");
+    }
+
+    fn flush(&mut self) {
+        let outs: Vec<_> = self.fabric.drain_outputs().collect();
+        self.channel.send(outs);
+    }
+
+    /// Reads everything the data plane produced and reacts to a new data-plane generation.
+    fn pump(&mut self, now: u64) {
+        if self.channel.generation() != self.last_generation {
+            self.replay();
+        }
+        let (fabric, channel) = (&mut self.fabric, &mut self.channel);
+        channel.drain_events(|e| fabric.on_event(now, e));
+        channel.drain_punts(|src, bytes| fabric.on_punt(now, src, bytes));
+        if let Some(s) = self.supervisor.as_mut() {
+            if now.saturating_sub(self.generation_since_ms) > 60_000 {
+                s.healthy();
+            }
+        }
+    }
+
+    async fn restart_dataplane(&mut self, status: std::process::ExitStatus) {
+        let before = self.channel.generation();
+        let Some(s) = self.supervisor.as_mut() else { return };
+        if let Err(e) = s.restart(status).await {
+            warn!("cannot restart the data plane: {e:#}");
+            return;
+        }
+        match self.wait_ready(before, Duration::from_secs(20)).await {
+            Ok(()) => self.replay(),
+            Err(e) => warn!("{e:#}"),
+        }
+    }
+
+    /// A data plane that stopped running its loop (hung) is killed and restarted.
+    fn check_liveness(&mut self, now: u64) {
+        let hb = self.channel.header().dp_heartbeat_ms.load(Ordering::Relaxed);
+        if let Some(s) = self.supervisor.as_mut() {
+            if s.has_child()
+                && self.channel.generation() == self.last_generation
+                && hb != 0
+                && now.saturating_sub(hb) > 10_000
+            {
+                warn!(stale_ms = now - hb, "data plane stopped responding; killing it");
+                s.kill();
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) -> serde_json::Value {
+        match req {
+            Request::Status => serde_json::to_value(self.status()).unwrap_or_default(),
+            Request::Rekey { peer } => {
+                let now = monotonic_ms();
+                let only = match peer {
+                    None => None,
+                    Some(k) => match k
+                        .parse::<omni_proto::PublicKey>()
+                        .ok()
+                        .and_then(|k| self.fabric.peer_id(&k))
+                    {
+                        Some(id) => Some(id),
+                        None => return serde_json::json!({"error": format!("no such peer: {k}")}),
+                    },
+                };
+                self.fabric.rekey(now, only);
+                self.flush();
+                serde_json::json!({"ok": true})
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = monotonic_ms();
+        let peers: Vec<PeerStatus> = self
+            .fabric
+            .peers()
+            .iter()
+            .enumerate()
+            .map(|(id, p)| {
+                let t = self.channel.traffic(id as u16);
+                let session = if p.current.is_some() {
+                    "established"
+                } else if p.next.is_some() {
+                    "confirming"
+                } else if p.handshaking() {
+                    "handshaking"
+                } else {
+                    "none"
+                };
+                PeerStatus {
+                    public_key: p.public_key.to_base64(),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    session: session.into(),
+                    path: "direct".into(),
+                    last_handshake_secs: p.last_handshake_ms.map(|t| now.saturating_sub(t) / 1000),
+                    session_age_secs: p
+                        .current
+                        .as_ref()
+                        .map(|s| now.saturating_sub(s.created_ms) / 1000),
+                    rx_bytes: t.rx_bytes,
+                    tx_bytes: t.tx_bytes,
+                    rx_packets: t.rx_packets,
+                    tx_packets: t.tx_packets,
+                }
+            })
+            .collect();
+        let fdb = self
+            .channel
+            .fdb(now, self.settings.fdb_aging.as_millis() as u64)
+            .into_iter()
+            .map(|r| FdbStatus {
+                mac: format_mac(&r.mac),
+                peer: self
+                    .fabric
+                    .peers()
+                    .get(r.peer as usize)
+                    .map(|p| p.public_key.to_base64())
+                    .unwrap_or_else(|| format!("#{}", r.peer)),
+                age_secs: r.age_ms / 1000,
+            })
+            .collect();
+        let h = self.channel.header();
+        let hb = h.dp_heartbeat_ms.load(Ordering::Relaxed);
+        let pid = h.dp_pid.load(Ordering::Relaxed);
+        let counters = self.channel.counters();
+        let st = &self.fabric.stats;
+        let mut drops = std::collections::BTreeMap::new();
+        for r in omni_dataplane::counters::DropReason::ALL {
+            let v = match r {
+                omni_dataplane::counters::DropReason::RateLimited => st.dropped_rate_limited,
+                omni_dataplane::counters::DropReason::UnknownPeer => st.dropped_unknown_peer,
+                omni_dataplane::counters::DropReason::BadHandshake => {
+                    st.dropped_bad_handshake + st.dropped_replayed_initiation
+                }
+                other => counters[other as usize],
+            };
+            drops.insert(r.name().to_string(), v);
+        }
+        Status {
+            identity: self.fabric.public_key().to_base64(),
+            listen_port: h.dp_port.load(Ordering::Relaxed) as u16,
+            interface: self.settings.tap.clone(),
+            mtu: self.mtu,
+            mac: format_mac(&self.mac),
+            dataplane: DataplaneStatus {
+                backend: "socket".into(),
+                pid: (pid != 0).then_some(pid),
+                generation: self.last_generation,
+                restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
+                heartbeat_age_ms: (hb != 0).then(|| now.saturating_sub(hb)),
+            },
+            peers,
+            fdb,
+            handshakes_completed: st.handshakes_completed,
+            drops,
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        let st = &self.fabric.stats;
+        let peers = self
+            .fabric
+            .peers()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let t = self.channel.traffic(i as u16);
+                (p.public_key.short(), t.rx_bytes, t.tx_bytes)
+            })
+            .collect();
+        let now = monotonic_ms();
+        let sample = Sample {
+            sessions_active: self.fabric.peers().iter().filter(|p| p.current.is_some()).count()
+                as u64,
+            dp_counters: self.channel.counters().to_vec(),
+            handshakes_completed: st.handshakes_completed,
+            handshakes_initiated: st.handshakes_initiated,
+            dropped_ratelimit: st.dropped_rate_limited,
+            dropped_unknown_peer: st.dropped_unknown_peer,
+            dropped_bad_handshake: st.dropped_bad_handshake + st.dropped_replayed_initiation,
+            cookie_replies: st.cookie_replies_sent,
+            dataplane_restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
+            fdb_entries: self.channel.fdb(now, self.settings.fdb_aging.as_millis() as u64).len()
+                as u64,
+            peers,
+        };
+        self.metrics.render(&sample)
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(s) = self.supervisor.as_mut() {
+            self.channel.send([crate::fabric::Output::Command(
+                omni_dataplane::shm::records::Command::Shutdown { remove_tap: true },
+            )]);
+            s.stop(Duration::from_secs(3)).await;
+        }
+        self.channel.header().ctl_pid.store(0, Ordering::Relaxed);
+    }
+}

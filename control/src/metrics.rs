@@ -1,0 +1,263 @@
+//! Prometheus metrics: a registry updated from control's counters and the data plane's
+//! shared-memory counters at each scrape, served over a minimal HTTP/1.0 endpoint.
+
+use std::time::Duration;
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use omni_dataplane::counters::{Counter, DropReason};
+
+pub struct Metrics {
+    registry: Registry,
+    sessions_active: IntGauge,
+    packets_rx: IntCounter,
+    packets_tx: IntCounter,
+    bytes_rx: IntCounter,
+    bytes_tx: IntCounter,
+    handshakes_completed: IntCounter,
+    handshakes_initiated: IntCounter,
+    dropped_ratelimit: IntCounter,
+    cookie_replies: IntCounter,
+    keepalives_tx: IntCounter,
+    keepalives_rx: IntCounter,
+    punted: IntCounter,
+    dataplane_restarts: IntCounter,
+    fdb_entries: IntGauge,
+    dropped: IntCounterVec,
+    peer_rx_bytes: IntCounterVec,
+    peer_tx_bytes: IntCounterVec,
+}
+
+/// What one scrape reports.
+#[derive(Debug, Default)]
+pub struct Sample {
+    pub sessions_active: u64,
+    pub dp_counters: Vec<u64>,
+    pub handshakes_completed: u64,
+    pub handshakes_initiated: u64,
+    pub dropped_ratelimit: u64,
+    pub dropped_unknown_peer: u64,
+    pub dropped_bad_handshake: u64,
+    pub cookie_replies: u64,
+    pub dataplane_restarts: u64,
+    pub fdb_entries: u64,
+    /// (short peer key, rx bytes, tx bytes)
+    pub peers: Vec<(String, u64, u64)>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric name");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric name");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// Moves a Prometheus counter up to `v` (sources are monotonic; they live in shared memory
+/// that survives data-plane restarts).
+fn catch_up(c: &IntCounter, v: u64) {
+    let cur = c.get();
+    if v > cur {
+        c.inc_by(v - cur);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            sessions_active: gauge(&r, "omni_sessions_active", "Peers with an established session"),
+            packets_rx: counter(
+                &r,
+                "omni_packets_rx_total",
+                "Authenticated transport packets received",
+            ),
+            packets_tx: counter(&r, "omni_packets_tx_total", "Transport packets sent"),
+            bytes_rx: counter(&r, "omni_bytes_rx_total", "Bytes of inner frames received"),
+            bytes_tx: counter(&r, "omni_bytes_tx_total", "Bytes of inner frames sent"),
+            handshakes_completed: counter(
+                &r,
+                "omni_handshakes_completed_total",
+                "Noise handshakes completed (either role)",
+            ),
+            handshakes_initiated: counter(
+                &r,
+                "omni_handshakes_initiated_total",
+                "Handshake initiations sent",
+            ),
+            dropped_ratelimit: counter(
+                &r,
+                "omni_sessions_dropped_ratelimit_total",
+                "Handshake initiations dropped by the per-IP rate limit",
+            ),
+            cookie_replies: counter(
+                &r,
+                "omni_cookie_replies_sent_total",
+                "Cookie replies sent under load",
+            ),
+            keepalives_tx: counter(&r, "omni_keepalives_tx_total", "Keepalives sent"),
+            keepalives_rx: counter(&r, "omni_keepalives_rx_total", "Keepalives received"),
+            punted: counter(&r, "omni_punted_total", "Packets the data plane handed to control"),
+            dataplane_restarts: counter(
+                &r,
+                "omni_dataplane_restarts_total",
+                "Times the data plane was restarted",
+            ),
+            fdb_entries: gauge(&r, "omni_fdb_entries", "Live FDB entries"),
+            dropped: counter_vec(
+                &r,
+                "omni_packets_dropped_total",
+                "Packets dropped, by reason",
+                "reason",
+            ),
+            peer_rx_bytes: counter_vec(
+                &r,
+                "omni_peer_rx_bytes_total",
+                "Bytes received from each peer",
+                "peer",
+            ),
+            peer_tx_bytes: counter_vec(
+                &r,
+                "omni_peer_tx_bytes_total",
+                "Bytes sent to each peer",
+                "peer",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Updates the registry from a sample and renders the text exposition.
+    pub fn render(&self, s: &Sample) -> String {
+        let dp = |c: Counter| s.dp_counters.get(c as usize).copied().unwrap_or(0);
+        self.sessions_active.set(s.sessions_active as i64);
+        catch_up(&self.packets_rx, dp(Counter::RxPackets));
+        catch_up(&self.packets_tx, dp(Counter::TxPackets));
+        catch_up(&self.bytes_rx, dp(Counter::RxBytes));
+        catch_up(&self.bytes_tx, dp(Counter::TxBytes));
+        catch_up(&self.keepalives_tx, dp(Counter::KeepalivesTx));
+        catch_up(&self.keepalives_rx, dp(Counter::KeepalivesRx));
+        catch_up(&self.punted, dp(Counter::Punted));
+        catch_up(&self.handshakes_completed, s.handshakes_completed);
+        catch_up(&self.handshakes_initiated, s.handshakes_initiated);
+        catch_up(&self.dropped_ratelimit, s.dropped_ratelimit);
+        catch_up(&self.cookie_replies, s.cookie_replies);
+        catch_up(&self.dataplane_restarts, s.dataplane_restarts);
+        self.fdb_entries.set(s.fdb_entries as i64);
+        for r in DropReason::ALL {
+            let v = match r {
+                DropReason::RateLimited => s.dropped_ratelimit,
+                DropReason::UnknownPeer => s.dropped_unknown_peer,
+                DropReason::BadHandshake => s.dropped_bad_handshake,
+                other => s.dp_counters.get(other as usize).copied().unwrap_or(0),
+            };
+            catch_up(&self.dropped.with_label_values(&[r.name()]), v);
+        }
+        for (peer, rx, tx) in &s.peers {
+            catch_up(&self.peer_rx_bytes.with_label_values(&[peer]), *rx);
+            catch_up(&self.peer_tx_bytes.with_label_values(&[peer]), *tx);
+        }
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serves `GET /metrics`; each scrape asks the daemon's loop for fresh text.
+pub async fn serve(listener: TcpListener, tx: mpsc::Sender<oneshot::Sender<String>>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let work = async {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while n < buf.len() {
+                    let k = stream.read(&mut buf[n..]).await?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let (status, ctype, body) = if req.starts_with("GET /metrics") {
+                    let (otx, orx) = oneshot::channel();
+                    let _ = tx.send(otx).await;
+                    ("200 OK", "text/plain; version=0.0.4", orx.await.unwrap_or_default())
+                } else if req.starts_with("GET / ") {
+                    ("200 OK", "text/plain", "omni-daemon: metrics at /metrics\n".to_string())
+                } else {
+                    ("404 Not Found", "text/plain", "not found\n".to_string())
+                };
+                let head = format!(
+                    "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(body.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), work).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_required_metrics() {
+        let m = Metrics::new();
+        let mut dp = vec![0u64; 64];
+        dp[Counter::RxPackets as usize] = 5;
+        dp[DropReason::Replay as usize] = 2;
+        let s = Sample {
+            sessions_active: 1,
+            dp_counters: dp,
+            handshakes_completed: 3,
+            dropped_ratelimit: 4,
+            peers: vec![("abcd".into(), 10, 20)],
+            ..Default::default()
+        };
+        let text = m.render(&s);
+        for needle in [
+            "omni_sessions_active 1",
+            "omni_packets_rx_total 5",
+            "omni_packets_tx_total 0",
+            "omni_bytes_rx_total 0",
+            "omni_bytes_tx_total 0",
+            "omni_handshakes_completed_total 3",
+            "omni_sessions_dropped_ratelimit_total 4",
+            "omni_packets_dropped_total{reason=\"replay\"} 2",
+            "omni_packets_dropped_total{reason=\"rate_limited\"} 4",
+            "omni_peer_rx_bytes_total{peer=\"abcd\"} 10",
+        ] {
+            assert!(text.contains(needle), "missing {needle}:\n{text}");
+        }
+        // Counters only move forward.
+        let s2 = Sample { handshakes_completed: 2, ..Default::default() };
+        assert!(m.render(&s2).contains("omni_handshakes_completed_total 3"));
+    }
+}

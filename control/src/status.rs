@@ -1,0 +1,246 @@
+//! The local status API: a Unix stream socket in the run directory speaking one JSON
+//! request line and one JSON reply, and the `wg show`-like rendering of the reply.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Start a new handshake with one peer (base64 key) or all.
+    Rekey {
+        peer: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    /// `established` (keys in use), `confirming` (handshake done, waiting for the
+    /// initiator's first packet), `handshaking`, or `none`.
+    pub session: String,
+    /// `direct` (static peers always are).
+    pub path: String,
+    pub last_handshake_secs: Option<u64>,
+    pub session_age_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FdbStatus {
+    pub mac: String,
+    pub peer: String,
+    pub age_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    pub backend: String,
+    pub pid: Option<u32>,
+    pub generation: u32,
+    pub restarts: u64,
+    pub heartbeat_age_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub identity: String,
+    pub listen_port: u16,
+    pub interface: String,
+    pub mtu: u32,
+    pub mac: String,
+    pub dataplane: DataplaneStatus,
+    pub peers: Vec<PeerStatus>,
+    pub fdb: Vec<FdbStatus>,
+    pub handshakes_completed: u64,
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+pub type Pending = (Request, oneshot::Sender<serde_json::Value>);
+
+/// Serves the control socket: each connection sends one request line and gets one reply.
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Pending>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, tx)).await;
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r.take(64 * 1024)).read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(req) => {
+            let (otx, orx) = oneshot::channel();
+            if tx.send((req, otx)).await.is_err() {
+                return Ok(());
+            }
+            orx.await.unwrap_or_else(|_| serde_json::json!({"error": "daemon is shutting down"}))
+        }
+        Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Sends a request to the daemon whose run directory is `run_dir`.
+pub async fn query(run_dir: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let path = run_dir.join(omni_dataplane::paths::CONTROL_SOCKET);
+    let mut s = UnixStream::connect(&path).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach omni-daemon at {} ({e}); is it running? (use --run-dir if it runs with another one)",
+            path.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| anyhow::anyhow!("omni-daemon did not answer within 10 s"))??;
+    let v: serde_json::Value = serde_json::from_slice(&buf)?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("omni-daemon: {e}");
+    }
+    Ok(v)
+}
+
+fn bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.2} {}", U[i]) }
+}
+
+fn ago(s: u64) -> String {
+    match s {
+        0 => "just now".into(),
+        1..=59 => format!("{s} seconds ago"),
+        60..=3599 => format!("{} minutes, {} seconds ago", s / 60, s % 60),
+        _ => format!("{} hours, {} minutes ago", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The human-readable rendering (`omni-daemon status`).
+pub fn render(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "interface: {}", s.interface);
+    let _ = writeln!(o, "  public key: {}", s.identity);
+    let _ = writeln!(o, "  listening port: {}", s.listen_port);
+    let _ = writeln!(o, "  mtu: {}  mac: {}", s.mtu, s.mac);
+    let dp = &s.dataplane;
+    let _ = writeln!(
+        o,
+        "  data plane: {} backend, pid {}, restarts {}",
+        dp.backend,
+        dp.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        dp.restarts
+    );
+    for p in &s.peers {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "peer: {}", p.public_key);
+        let _ = writeln!(o, "  endpoint: {}", p.endpoint.as_deref().unwrap_or("(none)"));
+        let _ = writeln!(o, "  session: {} ({})", p.session, p.path);
+        if let Some(h) = p.last_handshake_secs {
+            let _ = writeln!(o, "  latest handshake: {}", ago(h));
+        }
+        let _ =
+            writeln!(o, "  transfer: {} received, {} sent", bytes(p.rx_bytes), bytes(p.tx_bytes));
+    }
+    if !s.fdb.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "fdb:");
+        let _ = writeln!(o, "  {:<18} {:<12} {:>6}", "MAC", "PEER", "AGE");
+        for e in &s.fdb {
+            let _ = writeln!(
+                o,
+                "  {:<18} {:<12} {:>5}s",
+                e.mac,
+                &e.peer[..e.peer.len().min(8)],
+                e.age_secs
+            );
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json_lines() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"status"}"#).unwrap();
+        assert_eq!(r, Request::Status);
+        let r: Request = serde_json::from_str(r#"{"cmd":"rekey","peer":null}"#).unwrap();
+        assert_eq!(r, Request::Rekey { peer: None });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn renders_a_table() {
+        let s = Status {
+            identity: "KEY".into(),
+            listen_port: 51820,
+            interface: "omni0".into(),
+            mtu: 1426,
+            mac: "02:00:00:00:00:01".into(),
+            dataplane: DataplaneStatus {
+                backend: "socket".into(),
+                pid: Some(7),
+                generation: 1,
+                restarts: 0,
+                heartbeat_age_ms: Some(5),
+            },
+            peers: vec![PeerStatus {
+                public_key: "PEERKEY_PEERKEY".into(),
+                endpoint: Some("10.0.0.2:51820".into()),
+                session: "established".into(),
+                path: "direct".into(),
+                last_handshake_secs: Some(5),
+                session_age_secs: Some(5),
+                rx_bytes: 2048,
+                tx_bytes: 10,
+                rx_packets: 2,
+                tx_packets: 1,
+            }],
+            fdb: vec![FdbStatus {
+                mac: "02:00:00:00:00:02".into(),
+                peer: "PEERKEY_PEERKEY".into(),
+                age_secs: 3,
+            }],
+            handshakes_completed: 1,
+            drops: Default::default(),
+        };
+        let t = render(&s);
+        assert!(t.contains("peer: PEERKEY_PEERKEY"));
+        assert!(t.contains("session: established (direct)"));
+        assert!(t.contains("latest handshake: 5 seconds ago"));
+        assert!(t.contains("2.00 KiB received, 10 B sent"));
+        assert!(t.contains("02:00:00:00:00:02  PEERKEY_"));
+    }
+}

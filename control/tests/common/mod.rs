@@ -1,0 +1,367 @@
+//! Test hosts in network namespaces, and OmniNervous nodes running in them.
+//!
+//! Every namespace and process is owned by a guard whose `Drop` removes it, so a failing
+//! test (a panic) still tears everything down. Names carry the test process id so parallel
+//! or leftover runs never collide. Traffic stays inside the namespaces.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn bin(name: &str) -> PathBuf {
+    let daemon = PathBuf::from(env!("CARGO_BIN_EXE_omni-daemon"));
+    let p = daemon.with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --release --bins` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test early, with the fix, when not root or a tool is missing.
+pub fn require_root_and_tools(tools: &[&str]) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "network tests need root (they create network namespaces); run scripts/test.sh as root"
+    );
+    for t in tools {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "{t} is missing; run scripts/setup.sh (installs iproute2, iperf3, socat, tcpdump, nftables)"
+        );
+    }
+}
+
+pub fn run(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs")
+}
+
+pub fn run_ok(cmd: &str) -> String {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A network namespace, deleted (with every process in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "omt{}{}{tag}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok(&format!("ip netns add {name}"));
+        run_ok(&format!("ip -n {name} link set lo up"));
+        Self { name }
+    }
+
+    /// `ip netns exec` prefix.
+    pub fn exec(&self) -> String {
+        format!("ip netns exec {}", self.name)
+    }
+
+    pub fn sh(&self, cmd: &str) -> Output {
+        run(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', "'\\''")))
+    }
+
+    pub fn sh_ok(&self, cmd: &str) -> String {
+        let o = self.sh(cmd);
+        assert!(
+            o.status.success(),
+            "[{}] `{cmd}` failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn kill_all(&self) {
+        let _ = run(&format!("ip netns pids {} | xargs -r kill -9", self.name));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.kill_all();
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = run(&format!("ip netns del {}", self.name));
+    }
+}
+
+/// Two namespaces joined by a veth: A = 10.77.0.1, B = 10.77.0.2 (and fd77::1/2).
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+pub const UNDERLAY_A: &str = "10.77.0.1";
+pub const UNDERLAY_B: &str = "10.77.0.2";
+
+impl Pair {
+    pub fn new(mtu: u32) -> Self {
+        let a = Netns::new("a");
+        let b = Netns::new("b");
+        run_ok(&format!(
+            "ip link add ua netns {} mtu {mtu} type veth peer name ub netns {} mtu {mtu}",
+            a.name, b.name
+        ));
+        a.sh_ok(&format!("ip addr add {UNDERLAY_A}/24 dev ua && ip -6 addr add fd77::1/64 dev ua nodad && ip link set ua up"));
+        b.sh_ok(&format!("ip addr add {UNDERLAY_B}/24 dev ub && ip -6 addr add fd77::2/64 dev ub nodad && ip link set ub up"));
+        Self { a, b }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "omni-test-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An identity on disk.
+pub fn new_identity(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(format!("{name}.key"));
+    let out =
+        run_ok(&format!("{} --init --identity {}", bin("omni-daemon").display(), path.display()));
+    let key =
+        out.trim().strip_prefix("Your Public Identity: ").expect("init prints the key").to_string();
+    (path, key)
+}
+
+/// A running omni-daemon in a namespace; stopped on drop.
+pub struct Node {
+    pub ns_name: String,
+    pub run_dir: PathBuf,
+    pub key: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts `omni-daemon` in `ns` with `args` (identity, run dir and log are added).
+    pub fn start(
+        ns: &Netns,
+        dir: &Path,
+        name: &str,
+        identity: &Path,
+        key: &str,
+        args: &[String],
+    ) -> Self {
+        let run_dir = dir.join(format!("{name}-run"));
+        let log = dir.join(format!("{name}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin("omni-daemon"))
+            .arg("--identity")
+            .arg(identity)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(args)
+            .env("OMNI_LOG", "info,omni_control=debug")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn omni-daemon");
+        Self { ns_name: ns.name.clone(), run_dir, key: key.to_string(), log, child: Some(child) }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `omni-daemon status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let o = run(&format!(
+            "ip netns exec {} {} status --json --run-dir {}",
+            self.ns_name,
+            bin("omni-daemon").display(),
+            self.run_dir.display()
+        ));
+        assert!(
+            o.status.success(),
+            "status failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.log_text()
+        );
+        serde_json::from_slice(&o.stdout).expect("status --json is JSON")
+    }
+
+    pub fn try_status(&self) -> Option<serde_json::Value> {
+        let o = run(&format!(
+            "ip netns exec {} {} status --json --run-dir {}",
+            self.ns_name,
+            bin("omni-daemon").display(),
+            self.run_dir.display()
+        ));
+        o.status.success().then(|| serde_json::from_slice(&o.stdout).ok()).flatten()
+    }
+
+    /// Waits until `f(status)` holds, up to `limit`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                if f(&s) {
+                    return s;
+                }
+                if start.elapsed() > limit {
+                    panic!(
+                        "timed out after {limit:?} waiting for {what}; status: {s:#}\nlog:\n{}",
+                        self.log_text()
+                    );
+                }
+            } else if start.elapsed() > limit {
+                panic!(
+                    "timed out after {limit:?} waiting for the daemon ({what}); log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_running(&self) -> serde_json::Value {
+        self.wait_for("the daemon to answer", Duration::from_secs(20), |_| true)
+    }
+
+    pub fn wait_established(&self, peer_key: &str) -> serde_json::Value {
+        self.wait_for("an established session", Duration::from_secs(20), |s| {
+            s["peers"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| p["public_key"] == peer_key && p["session"] == "established")
+            })
+        })
+    }
+
+    /// The Prometheus text from the daemon's metrics endpoint.
+    pub fn metrics(&self, port: u16) -> String {
+        let o = run(&format!(
+            "ip netns exec {} bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3'",
+            self.ns_name
+        ));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn has_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = run(&format!("kill -TERM {}", c.id()));
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A metric's value from Prometheus text (`name` may include labels).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+pub fn endpoint(ip: &str, port: u16) -> String {
+    SocketAddr::new(ip.parse().unwrap(), port).to_string()
+}
+
+/// Two nodes, A and B, peered with each other over a fresh pair of namespaces, with
+/// omni0 addresses 192.168.77.1/2 and fd00:77::1/2. `extra` goes to both daemons.
+pub struct Fabric2 {
+    pub pair: Pair,
+    pub dir: TempDir,
+    pub a: Node,
+    pub b: Node,
+}
+
+impl Fabric2 {
+    pub fn new(mtu: u32, extra: &[&str]) -> Self {
+        let pair = Pair::new(mtu);
+        let dir = TempDir::new("fab");
+        let (ida, ka) = new_identity(&dir.0, "a");
+        let (idb, kb) = new_identity(&dir.0, "b");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut args_a =
+            vec!["--peer".into(), kb.clone(), "--endpoint".into(), endpoint(UNDERLAY_B, 51820)];
+        args_a.extend(extra.iter().cloned());
+        let mut args_b =
+            vec!["--peer".into(), ka.clone(), "--endpoint".into(), endpoint(UNDERLAY_A, 51820)];
+        args_b.extend(extra.iter().cloned());
+        let a = Node::start(&pair.a, &dir.0, "a", &ida, &ka, &args_a);
+        let b = Node::start(&pair.b, &dir.0, "b", &idb, &kb, &args_b);
+        a.wait_running();
+        b.wait_running();
+        pair.a.sh_ok(
+            "ip addr add 192.168.77.1/24 dev omni0 && ip -6 addr add fd00:77::1/64 dev omni0 nodad",
+        );
+        pair.b.sh_ok(
+            "ip addr add 192.168.77.2/24 dev omni0 && ip -6 addr add fd00:77::2/64 dev omni0 nodad",
+        );
+        Self { pair, dir, a, b }
+    }
+}

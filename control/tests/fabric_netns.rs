@@ -1,0 +1,347 @@
+//! End-to-end tests of two (or three) nodes in network namespaces joined by a veth.
+//! Run as root, one at a time (`--test-threads=1`): they measure nothing, but iperf3 on
+//! two cores needs the machine to itself to finish in time.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const TOOLS: &[&str] = &["ip", "ping", "iperf3", "socat", "tcpdump", "bash"];
+
+fn peer<'a>(status: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["public_key"] == key)
+        .expect("peer listed")
+}
+
+#[test]
+fn handshake_ping_arp_nd_and_status() {
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
+    f.pair.b.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.1");
+    // IPv6 over omni0: neighbour discovery runs across the fabric.
+    f.pair.a.sh_ok("ping -6 -c 3 -i 0.2 -W 2 fd00:77::2");
+    f.pair.b.sh_ok("ping -6 -c 3 -i 0.2 -W 2 fd00:77::1");
+    let neigh_a = f.pair.a.sh_ok("ip neigh show dev omni0");
+    assert!(neigh_a.contains("192.168.77.2 lladdr"), "ARP resolved: {neigh_a}");
+    assert!(neigh_a.contains("fd00:77::2 lladdr"), "ND resolved: {neigh_a}");
+    // The peer's omni0 MAC is the one derived from its identity.
+    let st_b = f.b.status();
+    let mac_b = st_b["mac"].as_str().unwrap();
+    assert!(neigh_a.contains(mac_b), "{neigh_a} has {mac_b}");
+
+    let st = f.a.status();
+    assert_eq!(st["identity"], f.a.key);
+    assert_eq!(st["mtu"], 1426, "1500 underlay minus 74 bytes of IPv4 fabric overhead");
+    let p = peer(&st, &f.b.key);
+    assert_eq!(p["session"], "established");
+    assert_eq!(p["path"], "direct");
+    assert_eq!(p["endpoint"], "10.77.0.2:51820");
+    assert!(p["last_handshake_secs"].as_u64().unwrap() < 60);
+    assert!(p["rx_bytes"].as_u64().unwrap() > 0 && p["tx_bytes"].as_u64().unwrap() > 0);
+    let fdb = st["fdb"].as_array().unwrap();
+    let e = fdb.iter().find(|e| e["mac"] == mac_b).expect("B's MAC learned");
+    assert_eq!(e["peer"], f.b.key);
+    assert!(e["age_secs"].as_u64().unwrap() < 300);
+    // The table rendering works too.
+    let table = f.pair.a.sh_ok(&format!(
+        "{} status --run-dir {}",
+        bin("omni-daemon").display(),
+        f.a.run_dir.display()
+    ));
+    assert!(table.contains("session: established (direct)"), "{table}");
+
+    // Prometheus metrics.
+    let m = f.a.metrics(9100);
+    for name in [
+        "omni_sessions_active",
+        "omni_packets_rx_total",
+        "omni_packets_tx_total",
+        "omni_bytes_rx_total",
+        "omni_bytes_tx_total",
+        "omni_handshakes_completed_total",
+        "omni_sessions_dropped_ratelimit_total",
+        "omni_packets_dropped_total{reason=\"replay\"}",
+    ] {
+        assert!(metric(&m, name).is_some(), "metric {name} missing:\n{m}");
+    }
+    assert_eq!(metric(&m, "omni_sessions_active"), Some(1.0));
+    assert!(metric(&m, "omni_packets_rx_total").unwrap() >= 6.0);
+}
+
+#[test]
+fn jumbo_underlay_carries_jumbo_frames() {
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(9000, &[]);
+    let st = f.a.status();
+    assert_eq!(st["mtu"], 8926, "9000 underlay minus 74");
+    // A full-size frame with DF set: 8926-byte IP packet, no fragmentation anywhere.
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 -M do -s 8898 192.168.77.2");
+    let m = f.b.metrics(9100);
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"bad_frame\"}"), Some(0.0));
+}
+
+#[test]
+fn multicast_reaches_the_other_side() {
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    let out = f.dir.0.join("mcast4.txt");
+    let out6 = f.dir.0.join("mcast6.txt");
+    // Receivers on B join an IPv4 group (DDS-style) and an IPv6 group (mDNS-style scope).
+    let r4 = std::process::Command::new("ip")
+        .args(["netns", "exec", &f.pair.b.name, "socat", "-u"])
+        .arg("UDP4-RECV:7400,ip-add-membership=239.255.0.1:omni0,reuseaddr")
+        .arg(format!("OPEN:{},creat,append", out.display()))
+        .spawn()
+        .unwrap();
+    let r6 = std::process::Command::new("ip")
+        .args(["netns", "exec", &f.pair.b.name, "socat", "-u"])
+        .arg("UDP6-RECV:5353,ipv6-join-group=[ff02::fb]:omni0,reuseaddr")
+        .arg(format!("OPEN:{},creat,append", out6.display()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..5 {
+        f.pair.a.sh_ok(&format!("echo dds-discovery-{i} | socat -u - UDP4-DATAGRAM:239.255.0.1:7400,ip-multicast-if=192.168.77.1,ip-multicast-ttl=1"));
+        f.pair.a.sh_ok(&format!("echo mdns-{i} | socat -u - UDP6-DATAGRAM:[ff02::fb%omni0]:5353"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = run(&format!("kill {} {}", r4.id(), r6.id()));
+    let got4 = std::fs::read_to_string(&out).unwrap_or_default();
+    let got6 = std::fs::read_to_string(&out6).unwrap_or_default();
+    assert!(got4.contains("dds-discovery-4"), "IPv4 multicast received: {got4:?}");
+    assert!(got6.contains("mdns-4"), "IPv6 multicast received: {got6:?}");
+}
+
+#[test]
+fn iperf3_tcp_over_the_fabric() {
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -t 3 -J");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    assert!(bps > 1e6, "iperf3 moved data: {bps} bit/s");
+    eprintln!("iperf3 TCP over omni0: {:.2} Gbit/s", bps / 1e9);
+}
+
+#[test]
+fn unconfigured_key_gets_no_packet_back() {
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(1500, &[]);
+    // C lives in A's namespace on another port, knows B, but B does not know C.
+    let (idc, kc) = new_identity(&f.dir.0, "c");
+    let c = Node::start(
+        &f.pair.a,
+        &f.dir.0,
+        "c",
+        &idc,
+        &kc,
+        &[
+            "--port".into(),
+            "51821".into(),
+            "--tap".into(),
+            "omni1".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:9101".into(),
+            "--peer".into(),
+            f.b.key.clone(),
+            "--endpoint".into(),
+            endpoint(UNDERLAY_B, 51820),
+            "--handshake-timeout-secs".into(),
+            "0.5".into(),
+        ],
+    );
+    c.wait_running();
+    // Capture everything B sends to A's host while C keeps trying. B's normal traffic to
+    // A (port 51820) is the capture's positive control.
+    let pcap = f.dir.0.join("c.pcap");
+    let cap = std::process::Command::new("ip")
+        .args(["netns", "exec", &f.pair.a.name, "tcpdump", "-i", "ua", "-n", "-U", "-w"])
+        .arg(&pcap)
+        .arg("src host 10.77.0.2")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    f.pair.a.sh_ok("ip link set omni1 up && ip addr add 192.168.78.1/24 dev omni1");
+    let _ = f.pair.a.sh("ping -c 4 -i 0.5 -W 1 -I omni1 192.168.78.2");
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
+    // Also plain garbage at B's port: no ICMP, no reply.
+    for _ in 0..5 {
+        f.pair.a.sh_ok("echo garbage | socat -u - UDP4-DATAGRAM:10.77.0.2:51820,sourceport=51821");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = run(&format!("kill -INT {}", cap.id()));
+    std::thread::sleep(Duration::from_millis(500));
+    let to_a = run_ok(&format!(
+        "tcpdump -r {} -n 'udp dst port 51820' 2>/dev/null | wc -l",
+        pcap.display()
+    ));
+    assert!(to_a.trim().parse::<u32>().unwrap() >= 3, "the capture sees B's traffic to A: {to_a}");
+    let to_c = run_ok(&format!(
+        "tcpdump -r {} -n 'udp dst port 51821 or icmp' 2>/dev/null | wc -l",
+        pcap.display()
+    ));
+    assert_eq!(to_c.trim(), "0", "B sent nothing to the unknown node (no reply, no ICMP)");
+    let m = f.b.metrics(9100);
+    assert!(
+        metric(&m, "omni_packets_dropped_total{reason=\"unknown_peer\"}").unwrap() >= 1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "omni_packets_dropped_total{reason=\"malformed\"}").unwrap() >= 5.0, "{m}");
+    let st = c.status();
+    assert_ne!(st["peers"][0]["session"], "established");
+    let st_b = f.b.status();
+    assert_eq!(st_b["peers"].as_array().unwrap().len(), 1, "B did not add C");
+    assert!(!f.b.log_text().contains(&kc), "no log line naming the refused key per packet");
+}
+
+/// Reads the UDP payloads of a pcap file (Ethernet, IPv4, UDP).
+fn pcap_udp_payloads(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap();
+    assert!(b.len() >= 24, "pcap header");
+    let mut at = 24;
+    let mut out = vec![];
+    while at + 16 <= b.len() {
+        let incl = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &b[at + 16..(at + 16 + incl).min(b.len())];
+        at += 16 + incl;
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ihl = (frame[14] & 0x0f) as usize * 4;
+        let udp = &frame[14 + ihl..];
+        if udp.len() >= 8 {
+            out.push(udp[8..].to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn replayed_data_packet_is_dropped_and_counted() {
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    let pcap = f.dir.0.join("data.pcap");
+    let cap = std::process::Command::new("ip")
+        .args(["netns", "exec", &f.pair.b.name, "tcpdump", "-i", "ub", "-n", "-U", "-c", "6", "-w"])
+        .arg(&pcap)
+        .arg("src host 10.77.0.1 and udp dst port 51820 and greater 100")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    f.pair.a.sh_ok("ping -c 6 -i 0.1 -W 2 192.168.77.2");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = run(&format!("kill -INT {}", cap.id()));
+    std::thread::sleep(Duration::from_millis(300));
+    let pkts: Vec<Vec<u8>> =
+        pcap_udp_payloads(&pcap).into_iter().filter(|p| p.first() == Some(&4)).collect();
+    assert!(pkts.len() >= 3, "captured transport packets: {}", pkts.len());
+    let before = f.b.metrics(9100);
+    let replay_before = metric(&before, "omni_packets_dropped_total{reason=\"replay\"}").unwrap();
+    let rx_before = metric(&before, "omni_packets_rx_total").unwrap();
+    // Replay three captured packets from another address of A's host (port 40000).
+    for (i, p) in pkts.iter().take(3).enumerate() {
+        let file = f.dir.0.join(format!("replay{i}.bin"));
+        std::fs::write(&file, p).unwrap();
+        f.pair.a.sh_ok(&format!(
+            "socat -u OPEN:{} UDP4-DATAGRAM:10.77.0.2:51820,sourceport=40000",
+            file.display()
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = f.b.metrics(9100);
+    assert_eq!(
+        metric(&after, "omni_packets_dropped_total{reason=\"replay\"}").unwrap() - replay_before,
+        3.0,
+        "{after}"
+    );
+    assert_eq!(metric(&after, "omni_packets_rx_total").unwrap(), rx_before, "nothing accepted");
+    let st = f.b.status();
+    assert_eq!(
+        peer(&st, &f.a.key)["endpoint"],
+        "10.77.0.1:51820",
+        "a replay does not move the endpoint"
+    );
+}
+
+#[test]
+fn rekey_during_iperf3_loses_nothing() {
+    require_root_and_tools(TOOLS);
+    // Sessions rekey every 2 s (and die at 6 s) during the transfer.
+    let f = Fabric2::new(1500, &["--rekey-after-secs", "2", "--reject-after-secs", "6"]);
+    f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    let hs_before = f.a.status()["handshakes_completed"].as_u64().unwrap();
+    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
+    std::thread::sleep(Duration::from_millis(300));
+    // UDP at a rate the machine sustains: every datagram must arrive.
+    let out = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -u -b 40M -l 1200 -t 8 -J");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let lost = v["end"]["sum"]["lost_packets"].as_u64().unwrap();
+    let total = v["end"]["sum"]["packets"].as_u64().unwrap();
+    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
+    std::thread::sleep(Duration::from_millis(300));
+    let tcp = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -t 5 -J");
+    let tv: serde_json::Value = serde_json::from_str(&tcp).unwrap();
+    assert!(tv["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() > 1e6);
+    let hs_after = f.a.status()["handshakes_completed"].as_u64().unwrap();
+    assert!(hs_after >= hs_before + 4, "rekeyed during the runs: {hs_before} -> {hs_after}");
+    for node in [&f.a, &f.b] {
+        let m = node.metrics(9100);
+        for reason in
+            ["auth_failed", "replay", "unknown_index", "expired", "no_session", "no_endpoint"]
+        {
+            assert_eq!(
+                metric(&m, &format!("omni_packets_dropped_total{{reason=\"{reason}\"}}")),
+                Some(0.0),
+                "{reason} drops on {}",
+                node.key
+            );
+        }
+    }
+    assert_eq!(lost, 0, "UDP datagrams lost across rekeys: {lost} of {total}");
+}
+
+#[test]
+fn dataplane_sigkill_is_survived_without_a_new_handshake() {
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    let st = f.a.wait_established(&f.b.key);
+    let hs = st["handshakes_completed"].as_u64().unwrap();
+    let hs_b = f.b.status()["handshakes_completed"].as_u64().unwrap();
+    let pid = st["dataplane"]["pid"].as_u64().unwrap();
+    run_ok(&format!("kill -9 {pid}"));
+    let st = f.a.wait_for("a new data plane", Duration::from_secs(15), |s| {
+        s["dataplane"]["pid"].as_u64().is_some_and(|p| p != pid) && s["dataplane"]["restarts"] == 1
+    });
+    assert!(st["dataplane"]["generation"].as_u64().unwrap() >= 2);
+    // Traffic resumes on the old session: ping works, no handshake happened.
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
+    f.pair.b.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.1");
+    assert_eq!(f.a.status()["handshakes_completed"].as_u64().unwrap(), hs, "no new handshake on A");
+    assert_eq!(
+        f.b.status()["handshakes_completed"].as_u64().unwrap(),
+        hs_b,
+        "no new handshake on B"
+    );
+    let m = f.b.metrics(9100);
+    assert_eq!(
+        metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"),
+        Some(0.0),
+        "no nonce reuse seen by B"
+    );
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0));
+}

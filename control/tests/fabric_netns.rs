@@ -20,6 +20,7 @@ fn peer<'a>(status: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 
 #[test]
 fn handshake_ping_arp_nd_and_status() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
@@ -76,6 +77,7 @@ fn handshake_ping_arp_nd_and_status() {
 
 #[test]
 fn jumbo_underlay_carries_jumbo_frames() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(9000, &[]);
     let st = f.a.status();
@@ -88,6 +90,7 @@ fn jumbo_underlay_carries_jumbo_frames() {
 
 #[test]
 fn multicast_reaches_the_other_side() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
@@ -122,6 +125,7 @@ fn multicast_reaches_the_other_side() {
 
 #[test]
 fn iperf3_tcp_over_the_fabric() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
@@ -136,6 +140,7 @@ fn iperf3_tcp_over_the_fabric() {
 
 #[test]
 fn unconfigured_key_gets_no_packet_back() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     // C lives in A's namespace on another port, knows B, but B does not know C.
@@ -230,6 +235,7 @@ fn pcap_udp_payloads(path: &std::path::Path) -> Vec<Vec<u8>> {
 
 #[test]
 fn replayed_data_packet_is_dropped_and_counted() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
@@ -279,6 +285,7 @@ fn replayed_data_packet_is_dropped_and_counted() {
 
 #[test]
 fn rekey_during_iperf3_loses_nothing() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     // Sessions rekey every 2 s (and die at 6 s) during the transfer.
     let f = Fabric2::new(1500, &["--rekey-after-secs", "2", "--reject-after-secs", "6"]);
@@ -316,6 +323,7 @@ fn rekey_during_iperf3_loses_nothing() {
 
 #[test]
 fn dataplane_sigkill_is_survived_without_a_new_handshake() {
+    let _serial = serial();
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");

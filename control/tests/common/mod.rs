@@ -25,6 +25,14 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Network tests run one at a time even when the harness runs tests in parallel: on two
+/// cores, two iperf3 runs at once would starve each other. Hold the guard for the test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Fails the test early, with the fix, when not root or a tool is missing.
 pub fn require_root_and_tools(tools: &[&str]) {
     // SAFETY: geteuid has no preconditions.

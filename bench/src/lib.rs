@@ -1,0 +1,76 @@
+//! Shared helpers for the benchmarks: an engine pair wired back to back.
+
+use omni_dataplane::engine::{Engine, PacketBuf, TxSink};
+use omni_dataplane::shm::records::{Command, InstallSession, SessionPlace};
+use omni_dataplane::shm::{Params, Region};
+use omni_proto::noise::SessionKeys;
+
+/// A sink that keeps the last packet (so the open benchmark can reuse it).
+pub struct LastPacket {
+    pub last: PacketBuf,
+    pub spare: PacketBuf,
+    pub count: u64,
+}
+
+impl Default for LastPacket {
+    fn default() -> Self {
+        Self { last: PacketBuf::new(), spare: PacketBuf::new(), count: 0 }
+    }
+}
+
+impl TxSink for LastPacket {
+    fn buffer(&mut self) -> &mut PacketBuf {
+        &mut self.spare
+    }
+    fn commit(&mut self) {
+        std::mem::swap(&mut self.last, &mut self.spare);
+        self.count += 1;
+    }
+    fn commit_swap(&mut self, pkt: &mut PacketBuf) {
+        std::mem::swap(&mut self.last, pkt);
+        self.count += 1;
+    }
+}
+
+pub fn region(tag: &str) -> &'static Region {
+    let p = std::env::temp_dir().join(format!("omni-bench-{}-{tag}.shm", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    Box::leak(Box::new(Region::open(&p, Params::for_peers(16), true).expect("region")))
+}
+
+/// An engine with one peer (id 0) at 10.0.0.2:51820 and an installed session, sealing with
+/// `send` and opening with `recv`.
+pub fn engine_with_session(
+    tag: &str,
+    send: [u8; 32],
+    recv: [u8; 32],
+    local: u32,
+    remote: u32,
+) -> Engine<'static> {
+    let mut e = Engine::new(region(tag), 0);
+    let mut sink = LastPacket::default();
+    e.apply(
+        0,
+        Command::SetPeer { peer: 0, endpoint: Some("10.0.0.2:51820".parse().unwrap()) },
+        &mut sink,
+    );
+    e.apply(
+        0,
+        Command::InstallSession(InstallSession {
+            peer: 0,
+            place: SessionPlace::Current,
+            local_index: local,
+            remote_index: remote,
+            age_ms: 1,
+            initiator: false,
+            keys: SessionKeys { send, recv },
+        }),
+        &mut sink,
+    );
+    e
+}
+
+/// Teaches `e` that `mac` lives behind peer 0, so frames to it are known unicast.
+pub fn learn(e: &Engine, mac: [u8; 6]) {
+    e.fdb().learn(&mac, 0, 1);
+}

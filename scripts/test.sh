@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit and property tests, loom
+# model checks of the shared-memory rings, the cross-process ring stress test, the network
+# tests in namespaces (serialised), and a short run of every fuzz target.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root "$@"
+cd "$OMNI_ROOT"
+
+scripts/setup.sh --fuzz
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+step "clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+step "build (release)"
+cargo build --release --workspace --bins -q
+step "tests (unit, property, cross-process, network)"
+cargo test --release --workspace -q
+step "loom model checks of the rings"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p omni-dataplane --lib
+step "fuzz targets (short runs)"
+scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-20}"
+step "all tests passed"

@@ -282,19 +282,19 @@ impl Settings {
             ));
         }
         let tap_mtu = cli.mtu.or(d.mtu);
-        if let Some(m) = tap_mtu {
-            if !(576..=9202).contains(&m) {
-                return Err(invalid("[daemon] mtu", format!("{m} is out of range (576 to 9202)")));
-            }
+        if let Some(m) = tap_mtu
+            && !(576..=9202).contains(&m)
+        {
+            return Err(invalid("[daemon] mtu", format!("{m} is out of range (576 to 9202)")));
         }
         let interface = cli.interface.or(d.interface);
-        if let Some(i) = &interface {
-            if !omni_dataplane::sys::tap::valid_ifname(i) {
-                return Err(invalid(
-                    "[daemon] interface",
-                    format!("{i:?} is not a valid interface name"),
-                ));
-            }
+        if let Some(i) = &interface
+            && !omni_dataplane::sys::tap::valid_ifname(i)
+        {
+            return Err(invalid(
+                "[daemon] interface",
+                format!("{i:?} is not a valid interface name"),
+            ));
         }
 
         let s = file.security;

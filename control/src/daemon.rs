@@ -258,12 +258,12 @@ impl Daemon {
             if self.channel.generation() != before {
                 return Ok(());
             }
-            if let Some(s) = self.supervisor.as_mut() {
-                if let Some(status) = s.try_exited() {
-                    bail!(
-                        "the data plane exited during startup ({status}); its error is printed above"
-                    );
-                }
+            if let Some(s) = self.supervisor.as_mut()
+                && let Some(status) = s.try_exited()
+            {
+                bail!(
+                    "the data plane exited during startup ({status}); its error is printed above"
+                );
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!("the data plane did not become ready within {limit:?}");
@@ -295,10 +295,10 @@ impl Daemon {
         let (fabric, channel) = (&mut self.fabric, &mut self.channel);
         channel.drain_events(|e| fabric.on_event(now, e));
         channel.drain_punts(|src, bytes| fabric.on_punt(now, src, bytes));
-        if let Some(s) = self.supervisor.as_mut() {
-            if now.saturating_sub(self.generation_since_ms) > 60_000 {
-                s.healthy();
-            }
+        if let Some(s) = self.supervisor.as_mut()
+            && now.saturating_sub(self.generation_since_ms) > 60_000
+        {
+            s.healthy();
         }
     }
 
@@ -318,15 +318,14 @@ impl Daemon {
     /// A data plane that stopped running its loop (hung) is killed and restarted.
     fn check_liveness(&mut self, now: u64) {
         let hb = self.channel.header().dp_heartbeat_ms.load(Ordering::Relaxed);
-        if let Some(s) = self.supervisor.as_mut() {
-            if s.has_child()
-                && self.channel.generation() == self.last_generation
-                && hb != 0
-                && now.saturating_sub(hb) > 10_000
-            {
-                warn!(stale_ms = now - hb, "data plane stopped responding; killing it");
-                s.kill();
-            }
+        if let Some(s) = self.supervisor.as_mut()
+            && s.has_child()
+            && self.channel.generation() == self.last_generation
+            && hb != 0
+            && now.saturating_sub(hb) > 10_000
+        {
+            warn!(stale_ms = now - hb, "data plane stopped responding; killing it");
+            s.kill();
         }
     }
 

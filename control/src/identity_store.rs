@@ -37,14 +37,14 @@ pub fn init(path: &Path, force: bool) -> Result<Identity, IdentityStoreError> {
     if path.exists() && !force {
         return Err(IdentityStoreError::Exists(path.display().to_string()));
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io("create directory", dir))?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("create directory", dir))?;
     }
     let id = Identity::generate();
     // Write a temporary file with the final mode, then rename over: a crash never leaves a

@@ -102,11 +102,11 @@ impl Supervisor {
 
     /// Waits up to `grace` for the child to exit on its own, then kills it.
     pub async fn stop(&mut self, grace: Duration) {
-        if let Some(mut c) = self.child.take() {
-            if tokio::time::timeout(grace, c.wait()).await.is_err() {
-                warn!("data plane did not stop in {grace:?}; killing it");
-                let _ = c.kill().await;
-            }
+        if let Some(mut c) = self.child.take()
+            && tokio::time::timeout(grace, c.wait()).await.is_err()
+        {
+            warn!("data plane did not stop in {grace:?}; killing it");
+            let _ = c.kill().await;
         }
     }
 }

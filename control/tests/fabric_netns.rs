@@ -97,18 +97,16 @@ fn multicast_reaches_the_other_side() {
     let out = f.dir.0.join("mcast4.txt");
     let out6 = f.dir.0.join("mcast6.txt");
     // Receivers on B join an IPv4 group (DDS-style) and an IPv6 group (mDNS-style scope).
-    let r4 = std::process::Command::new("ip")
-        .args(["netns", "exec", &f.pair.b.name, "socat", "-u"])
-        .arg("UDP4-RECV:7400,ip-add-membership=239.255.0.1:omni0,reuseaddr")
-        .arg(format!("OPEN:{},creat,append", out.display()))
-        .spawn()
-        .unwrap();
-    let r6 = std::process::Command::new("ip")
-        .args(["netns", "exec", &f.pair.b.name, "socat", "-u"])
-        .arg("UDP6-RECV:5353,ipv6-join-group=[ff02::fb]:omni0,reuseaddr")
-        .arg(format!("OPEN:{},creat,append", out6.display()))
-        .spawn()
-        .unwrap();
+    let sink4 = format!("OPEN:{},creat,append", out.display());
+    let sink6 = format!("OPEN:{},creat,append", out6.display());
+    let mut r4 = Background::spawn(
+        &f.pair.b,
+        &["socat", "-u", "UDP4-RECV:7400,ip-add-membership=239.255.0.1:omni0,reuseaddr", &sink4],
+    );
+    let mut r6 = Background::spawn(
+        &f.pair.b,
+        &["socat", "-u", "UDP6-RECV:5353,ipv6-join-group=[ff02::fb]:omni0,reuseaddr", &sink6],
+    );
     std::thread::sleep(Duration::from_millis(500));
     for i in 0..5 {
         f.pair.a.sh_ok(&format!("echo dds-discovery-{i} | socat -u - UDP4-DATAGRAM:239.255.0.1:7400,ip-multicast-if=192.168.77.1,ip-multicast-ttl=1"));
@@ -116,7 +114,8 @@ fn multicast_reaches_the_other_side() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let _ = run(&format!("kill {} {}", r4.id(), r6.id()));
+    r4.stop("TERM");
+    r6.stop("TERM");
     let got4 = std::fs::read_to_string(&out).unwrap_or_default();
     let got6 = std::fs::read_to_string(&out6).unwrap_or_default();
     assert!(got4.contains("dds-discovery-4"), "IPv4 multicast received: {got4:?}");
@@ -170,13 +169,11 @@ fn unconfigured_key_gets_no_packet_back() {
     // Capture everything B sends to A's host while C keeps trying. B's normal traffic to
     // A (port 51820) is the capture's positive control.
     let pcap = f.dir.0.join("c.pcap");
-    let cap = std::process::Command::new("ip")
-        .args(["netns", "exec", &f.pair.a.name, "tcpdump", "-i", "ua", "-n", "-U", "-w"])
-        .arg(&pcap)
-        .arg("src host 10.77.0.2")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let pcap_s = pcap.display().to_string();
+    let mut cap = Background::spawn(
+        &f.pair.a,
+        &["tcpdump", "-i", "ua", "-n", "-U", "-w", &pcap_s, "src host 10.77.0.2"],
+    );
     std::thread::sleep(Duration::from_millis(700));
     f.pair.a.sh_ok("ip link set omni1 up && ip addr add 192.168.78.1/24 dev omni1");
     let _ = f.pair.a.sh("ping -c 4 -i 0.5 -W 1 -I omni1 192.168.78.2");
@@ -186,8 +183,7 @@ fn unconfigured_key_gets_no_packet_back() {
         f.pair.a.sh_ok("echo garbage | socat -u - UDP4-DATAGRAM:10.77.0.2:51820,sourceport=51821");
     }
     std::thread::sleep(Duration::from_secs(2));
-    let _ = run(&format!("kill -INT {}", cap.id()));
-    std::thread::sleep(Duration::from_millis(500));
+    cap.stop("INT");
     let to_a = run_ok(&format!(
         "tcpdump -r {} -n 'udp dst port 51820' 2>/dev/null | wc -l",
         pcap.display()
@@ -240,18 +236,26 @@ fn replayed_data_packet_is_dropped_and_counted() {
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     let pcap = f.dir.0.join("data.pcap");
-    let cap = std::process::Command::new("ip")
-        .args(["netns", "exec", &f.pair.b.name, "tcpdump", "-i", "ub", "-n", "-U", "-c", "6", "-w"])
-        .arg(&pcap)
-        .arg("src host 10.77.0.1 and udp dst port 51820 and greater 100")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let pcap_s = pcap.display().to_string();
+    let mut cap = Background::spawn(
+        &f.pair.b,
+        &[
+            "tcpdump",
+            "-i",
+            "ub",
+            "-n",
+            "-U",
+            "-c",
+            "6",
+            "-w",
+            &pcap_s,
+            "src host 10.77.0.1 and udp dst port 51820 and greater 100",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(500));
     f.pair.a.sh_ok("ping -c 6 -i 0.1 -W 2 192.168.77.2");
     std::thread::sleep(Duration::from_millis(300));
-    let _ = run(&format!("kill -INT {}", cap.id()));
-    std::thread::sleep(Duration::from_millis(300));
+    cap.stop("INT");
     let pkts: Vec<Vec<u8>> =
         pcap_udp_payloads(&pcap).into_iter().filter(|p| p.first() == Some(&4)).collect();
     assert!(pkts.len() >= 3, "captured transport packets: {}", pkts.len());

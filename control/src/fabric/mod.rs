@@ -479,10 +479,10 @@ impl Fabric {
             }
             Event::EndpointChanged { peer, endpoint } => {
                 if let Some(p) = self.peers.get_mut(peer as usize) {
-                    if let Some(ep) = endpoint {
-                        if p.endpoint != Some(ep) {
-                            info!(peer = %p.public_key.short(), %ep, "peer roamed");
-                        }
+                    if let Some(ep) = endpoint
+                        && p.endpoint != Some(ep)
+                    {
+                        info!(peer = %p.public_key.short(), %ep, "peer roamed");
                     }
                     p.endpoint = endpoint.or(p.endpoint);
                 }
@@ -534,16 +534,16 @@ impl Fabric {
                 self.drop_session(id, idx, true);
             }
             // Retry or give up an unanswered handshake.
-            if let Some(pend) = &self.peers[id as usize].pending {
-                if now_ms >= pend.next_retry_ms {
-                    if now_ms.saturating_sub(pend.started_ms) >= ms(t.rekey_attempt) {
-                        let idx = pend.local_index;
-                        self.peers[id as usize].pending = None;
-                        self.forget_index(idx);
-                        info!(peer = %self.peers[id as usize].public_key.short(), "handshake gave up after {:?}", t.rekey_attempt);
-                    } else {
-                        self.initiate(now_ms, id);
-                    }
+            if let Some(pend) = &self.peers[id as usize].pending
+                && now_ms >= pend.next_retry_ms
+            {
+                if now_ms.saturating_sub(pend.started_ms) >= ms(t.rekey_attempt) {
+                    let idx = pend.local_index;
+                    self.peers[id as usize].pending = None;
+                    self.forget_index(idx);
+                    info!(peer = %self.peers[id as usize].public_key.short(), "handshake gave up after {:?}", t.rekey_attempt);
+                } else {
+                    self.initiate(now_ms, id);
                 }
             }
             let p = &self.peers[id as usize];

@@ -373,3 +373,42 @@ impl Fabric2 {
         Self { pair, dir, a, b }
     }
 }
+
+/// A background command in a namespace (a capture, a receiver), stopped and reaped on
+/// `stop` or drop. `ip netns exec` execs the command, so the child is the command itself.
+pub struct Background(Option<Child>);
+
+impl Background {
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn background command");
+        Self(Some(child))
+    }
+
+    /// Sends `signal` (e.g. "INT" so tcpdump flushes its file) and waits up to 5 s.
+    pub fn stop(&mut self, signal: &str) {
+        if let Some(mut c) = self.0.take() {
+            let _ = run(&format!("kill -{signal} {}", c.id()));
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop("KILL");
+    }
+}

@@ -1,0 +1,128 @@
+//! Command-line and configuration errors: each is a clear message naming the problem and
+//! the fix, with a failing exit status, never a panic.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn daemon(args: &[&str]) -> (bool, String) {
+    let o =
+        Command::new(bin("omni-daemon")).args(args).env("HOME", "/nonexistent").output().unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!text.contains("panicked"), "no panic: {text}");
+    (o.status.success(), text)
+}
+
+#[test]
+fn init_pubkey_and_refusing_to_overwrite() {
+    let d = TempDir::new("cli-init");
+    let key = d.0.join("id.key");
+    let (ok, out) = daemon(&["--init", "--identity", key.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let printed = out.trim().strip_prefix("Your Public Identity: ").unwrap().to_string();
+    assert_eq!(printed.len(), 44);
+    let (ok, out) = daemon(&["pubkey", "--identity", key.to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(out.trim(), printed);
+    let (ok, out) = daemon(&["--init", "--identity", key.to_str().unwrap()]);
+    assert!(!ok && out.contains("--force"), "{out}");
+    let (ok, out) = daemon(&["--init", "--force", "--identity", key.to_str().unwrap()]);
+    assert!(ok && !out.contains(&printed), "{out}");
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let d = TempDir::new("cli-bad");
+    let key = d.0.join("id.key");
+    daemon(&["--init", "--identity", key.to_str().unwrap()]);
+    let k = key.to_str().unwrap();
+    let cfg = d.0.join("bad.toml");
+    std::fs::write(&cfg, "[daemon]\nport = 51820\nprot = 1\n").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--identity", "/nonexistent/id.key"], "omni-daemon --init --identity"),
+        (vec!["--identity", k, "--peer", "not-a-key"], "--peer"),
+        (vec!["--identity", k, "--endpoint", "10.0.0.1:1"], "before any --peer"),
+        (
+            vec![
+                "--identity",
+                k,
+                "--peer",
+                "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+                "--endpoint",
+                "10.0.0.1",
+            ],
+            "has no port",
+        ),
+        (vec!["--config", cfg.to_str().unwrap(), "--identity", k], "prot"),
+        (vec!["--config", "/nonexistent.toml"], "cannot read config file"),
+        (vec!["--identity", k, "--tap", "way-too-long-interface-name"], "tap"),
+        (vec!["--identity", k, "--metrics-listen", "nowhere"], "listen"),
+        (vec!["--identity", k, "--port", "99999"], "port"),
+        (vec!["status", "--run-dir", "/nonexistent/run"], "is it running"),
+    ];
+    for (args, needle) in cases {
+        let (ok, out) = daemon(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(out.contains(needle), "{args:?}: expected {needle:?} in: {out}");
+    }
+    // A key file other users can read is refused.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (ok, out) = daemon(&["--identity", k]);
+    assert!(!ok && out.contains("chmod 600"), "{out}");
+}
+
+#[test]
+fn dataplane_reports_port_in_use_and_bad_arguments() {
+    let _serial = serial();
+    let d = TempDir::new("cli-dp");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port().to_string();
+    let o = Command::new(bin("omni-dataplane"))
+        .args([
+            "--run-dir",
+            d.0.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--tap",
+            "omnitestx0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("already in use") && err.contains("--port"), "{err}");
+    let o = Command::new(bin("omni-dataplane"))
+        .args(["--tap-mac", "01:00:00:00:00:01"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("multicast"));
+}
+
+#[test]
+fn dataplane_without_privileges_says_what_it_needs() {
+    let _serial = serial();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to drop to an unprivileged user");
+        return;
+    }
+    assert!(
+        run("command -v setpriv").status.success(),
+        "setpriv (util-linux) is missing; run scripts/setup.sh"
+    );
+    let d = TempDir::new("cli-noroot");
+    run_ok(&format!("chmod 0777 {}", d.0.display()));
+    let o = run(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} --run-dir {} --bind 127.0.0.1 --port 0 --tap omninoroot0",
+        bin("omni-dataplane").display(),
+        d.0.display()
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
+}

@@ -61,6 +61,9 @@ fn installs(cmds: &[Command]) -> Vec<&InstallSession> {
 
 /// Runs a full handshake A → B; returns the sessions each installed.
 fn handshake(a: &mut Fabric, b: &mut Fabric, now: u64) -> (InstallSession, InstallSession) {
+    // TAI64N labels are whitened to ~16.8 ms of wall-clock time: a second handshake in the
+    // same bucket would be (rightly) refused as a replay.
+    std::thread::sleep(Duration::from_millis(18));
     a.initiate(now, 0);
     let init = injects(a);
     assert_eq!(init.len(), 1);

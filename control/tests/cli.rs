@@ -126,3 +126,18 @@ fn dataplane_without_privileges_says_what_it_needs() {
     assert!(!o.status.success());
     assert!(err.contains("CAP_NET_ADMIN"), "{err}");
 }
+
+#[test]
+fn home_config_is_read_without_config_flag() {
+    let d = TempDir::new("cli-home");
+    std::fs::create_dir_all(d.0.join(".omni")).unwrap();
+    std::fs::write(d.0.join(".omni/config.toml"), "[security]\nmax_sessions_per_ip = 0\n").unwrap();
+    let o = Command::new(bin("omni-daemon"))
+        .args(["--identity", "/nonexistent/x.key"])
+        .env("HOME", &d.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("max_sessions_per_ip"), "~/.omni/config.toml was read: {err}");
+}

@@ -357,3 +357,70 @@ fn dataplane_sigkill_is_survived_without_a_new_handshake() {
     );
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0));
 }
+
+#[test]
+fn endpoint_roams_to_the_source_of_authenticated_packets() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    assert_eq!(peer(&f.b.status(), &f.a.key)["endpoint"], "10.77.0.1:51820");
+    // A's underlay address changes (DHCP renewal, Wi-Fi to LTE...). B only knows the old one.
+    // (Delete first: removing a primary address also removes its secondaries.)
+    f.pair.a.sh_ok("ip addr del 10.77.0.1/24 dev ua && ip addr add 10.77.0.3/24 dev ua");
+    // A's next packets come from the new address; B follows them, and replies reach A.
+    f.pair.a.sh_ok("ping -c 3 -i 0.3 -W 2 192.168.77.2");
+    let st = f.b.wait_for("B to follow A's new address", Duration::from_secs(10), |s| {
+        peer(s, &f.a.key)["endpoint"] == "10.77.0.3:51820"
+    });
+    assert_eq!(peer(&st, &f.a.key)["session"], "established");
+    f.pair.b.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.1");
+}
+
+#[test]
+fn handshake_flood_from_one_address_is_rate_limited() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    // B accepts 2 new handshakes per second per source address.
+    let f = Fabric2::new(1500, &["--max-sessions-per-ip", "2"]);
+    f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    // C (unknown to B, in A's namespace, same source IP) retries every 50 ms.
+    let (idc, kc) = new_identity(&f.dir.0, "c");
+    let c = Node::start(
+        &f.pair.a,
+        &f.dir.0,
+        "c",
+        &idc,
+        &kc,
+        &[
+            "--port".into(),
+            "51821".into(),
+            "--tap".into(),
+            "omni1".into(),
+            "--metrics-listen".into(),
+            "off".into(),
+            "--peer".into(),
+            f.b.key.clone(),
+            "--endpoint".into(),
+            endpoint(UNDERLAY_B, 51820),
+            "--handshake-timeout-secs".into(),
+            "0.05".into(),
+        ],
+    );
+    c.wait_running();
+    f.pair.a.sh_ok("ip link set omni1 up && ip addr add 192.168.78.1/24 dev omni1");
+    let _ = f.pair.a.sh("ping -c 1 -W 1 -I omni1 192.168.78.2");
+    // C retries on every 100 ms tick of its daemon: about 40 initiations in 4 s.
+    std::thread::sleep(Duration::from_secs(4));
+    let m = f.b.metrics(9100);
+    let limited = metric(&m, "omni_sessions_dropped_ratelimit_total").unwrap();
+    let unknown = metric(&m, "omni_packets_dropped_total{reason=\"unknown_peer\"}").unwrap();
+    assert!(limited >= 20.0, "most of ~40 initiations were rate limited: {limited}");
+    assert!(
+        unknown <= 12.0,
+        "at most 2/s (and a burst of 2) got through to the Noise check: {unknown}"
+    );
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"rate_limited\"}"), Some(limited));
+    // A legitimate peer from another address is unaffected: A's session still works.
+    f.pair.b.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.1");
+}

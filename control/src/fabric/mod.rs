@@ -441,9 +441,12 @@ impl Fabric {
             now_ms.saturating_sub(*t) < omni_proto::constants::COOKIE_LIFETIME.as_millis() as u64
         });
         let mac1 = macs::seal(&mut msg, &peer.mac1_key, cookie.as_ref().map(|(c, _)| c));
-        let jitter = rand::random::<u64>()
-            % (omni_proto::constants::REKEY_TIMEOUT_JITTER.as_millis() as u64 + 1);
-        let next_retry_ms = now_ms + self.timers.rekey_timeout.as_millis() as u64 + jitter;
+        // WireGuard's jitter is up to 333 ms on a 5 s timeout; keep that proportion when the
+        // timeout is configured shorter.
+        let timeout_ms = self.timers.rekey_timeout.as_millis() as u64;
+        let max_jitter =
+            (omni_proto::constants::REKEY_TIMEOUT_JITTER.as_millis() as u64).min(timeout_ms / 15);
+        let next_retry_ms = now_ms + timeout_ms + rand::random::<u64>() % (max_jitter + 1);
         self.peers[id as usize].pending =
             Some(Pending { local_index, hs, started_ms, next_retry_ms, mac1 });
         self.by_index.insert(local_index, id);

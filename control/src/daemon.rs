@@ -131,17 +131,27 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     fabric.drain_outputs().for_each(drop);
 
     let generation_before = channel.generation();
-    let supervisor = if dp_alive {
-        info!(
-            pid = RoleLock::holder_pid(&run_dir.join(paths::DATAPLANE_LOCK)),
-            "attaching to the running data plane"
-        );
-        None
-    } else {
-        let mut s = Supervisor::new(
+    let new_supervisor = || {
+        Supervisor::new(
             dataplane_binary(settings.dataplane_bin.as_deref()),
             dataplane_args(&settings, mtu, &mac),
-        );
+        )
+    };
+    let supervisor = if dp_alive {
+        let pid = RoleLock::holder_pid(&run_dir.join(paths::DATAPLANE_LOCK));
+        if region.header().dp_supervised.load(Ordering::Relaxed) == 1 {
+            // Started by an earlier daemon: adopt it, and replace it if it dies.
+            info!(pid, "adopting the running data plane started by an earlier omni-daemon");
+            Some(new_supervisor())
+        } else {
+            info!(
+                pid,
+                "attaching to the data plane the operator started (not restarted from here)"
+            );
+            None
+        }
+    } else {
+        let mut s = new_supervisor();
         s.spawn()?;
         Some(s)
     };
@@ -156,7 +166,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         last_generation: generation_before,
         generation_since_ms: now,
     };
-    if d.supervisor.is_some() {
+    if d.supervisor.as_ref().is_some_and(|s| s.has_child()) {
         d.wait_ready(generation_before, Duration::from_secs(20)).await?;
     }
     d.replay();
@@ -211,7 +221,9 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             last_tick = now;
         }
         if now.saturating_sub(last_liveness) >= 1000 {
-            d.check_liveness(now);
+            if d.check_liveness(now) {
+                d.replace_adopted().await;
+            }
             last_liveness = now;
         }
         d.flush();
@@ -241,6 +253,7 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
         s.max_peers.to_string(),
         "--fdb-capacity".into(),
         s.fdb_capacity.to_string(),
+        "--supervised".into(),
     ];
     if let Some(b) = s.bind {
         a.push("--bind".into());
@@ -315,8 +328,27 @@ impl Daemon {
         }
     }
 
-    /// A data plane that stopped running its loop (hung) is killed and restarted.
-    fn check_liveness(&mut self, now: u64) {
+    async fn replace_adopted(&mut self) {
+        let before = self.channel.generation();
+        let Some(s) = self.supervisor.as_mut() else { return };
+        if let Err(e) = s.replace_adopted().await {
+            warn!("cannot start the data plane: {e:#}");
+            return;
+        }
+        match self.wait_ready(before, Duration::from_secs(20)).await {
+            Ok(()) => self.replay(),
+            Err(e) => warn!("{e:#}"),
+        }
+    }
+
+    /// A data plane that stopped running its loop (hung) is killed and restarted. Returns
+    /// whether an adopted data plane (not our child) has died and must be replaced.
+    fn check_liveness(&mut self, now: u64) -> bool {
+        if self.supervisor.as_ref().is_some_and(|s| !s.has_child())
+            && !RoleLock::is_held(&self.settings.run_dir.join(paths::DATAPLANE_LOCK))
+        {
+            return true;
+        }
         let hb = self.channel.header().dp_heartbeat_ms.load(Ordering::Relaxed);
         if let Some(s) = self.supervisor.as_mut()
             && s.has_child()
@@ -327,6 +359,7 @@ impl Daemon {
             warn!(stale_ms = now - hb, "data plane stopped responding; killing it");
             s.kill();
         }
+        false
     }
 
     fn handle(&mut self, req: Request) -> serde_json::Value {

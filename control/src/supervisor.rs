@@ -59,6 +59,14 @@ impl Supervisor {
         self.child.is_some()
     }
 
+    /// Starts a replacement for a data plane this daemon adopted (started by an earlier
+    /// daemon) once it has died.
+    pub async fn replace_adopted(&mut self) -> anyhow::Result<()> {
+        self.restarts += 1;
+        warn!(restarts = self.restarts, "adopted data plane exited; starting a new one");
+        self.spawn()
+    }
+
     /// Waits for the child to exit (pending forever without a child). Cancel-safe.
     pub async fn exited(&mut self) -> std::process::ExitStatus {
         match self.child.as_mut() {

@@ -424,3 +424,29 @@ fn handshake_flood_from_one_address_is_rate_limited() {
     // A legitimate peer from another address is unaffected: A's session still works.
     f.pair.b.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.1");
 }
+
+#[test]
+fn daemon_sigkill_and_restart_adopts_the_running_dataplane() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let mut f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    let dp_pid = f.a.status()["dataplane"]["pid"].as_u64().unwrap();
+    run_ok(&format!("kill -9 {}", f.a.daemon_pid().unwrap()));
+    // Without its control daemon the data plane keeps forwarding on the sessions it has.
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
+    // A new daemon on the same run directory adopts that very process.
+    let (key, run_dir) = (f.a.key.clone(), f.a.run_dir.clone());
+    f.a = Node::start_in(&f.pair.a, &run_dir, &f.dir.0, "a-restarted", &f.id_a, &key, &f.args_a);
+    let st = f.a.wait_running();
+    assert_eq!(st["dataplane"]["pid"].as_u64(), Some(dp_pid), "the same data plane process");
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.2");
+    f.a.wait_established(&f.b.key);
+    // And it supervises it from now on: a crash is repaired.
+    run_ok(&format!("kill -9 {dp_pid}"));
+    f.a.wait_for("a replacement data plane", Duration::from_secs(15), |s| {
+        s["dataplane"]["pid"].as_u64().is_some_and(|p| p != dp_pid)
+            && s["dataplane"]["restarts"] == 1
+    });
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.2");
+}

@@ -196,7 +196,20 @@ impl Node {
         key: &str,
         args: &[String],
     ) -> Self {
-        let run_dir = dir.join(format!("{name}-run"));
+        Self::start_in(ns, &dir.join(format!("{name}-run")), dir, name, identity, key, args)
+    }
+
+    /// As `start`, with an explicit run directory (to restart a node on its old one).
+    pub fn start_in(
+        ns: &Netns,
+        run_dir: &Path,
+        dir: &Path,
+        name: &str,
+        identity: &Path,
+        key: &str,
+        args: &[String],
+    ) -> Self {
+        let run_dir = run_dir.to_path_buf();
         let log = dir.join(format!("{name}.log"));
         let logf = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
@@ -345,6 +358,9 @@ pub struct Fabric2 {
     pub dir: TempDir,
     pub a: Node,
     pub b: Node,
+    /// How A was started (identity file, arguments), to start it again.
+    pub id_a: PathBuf,
+    pub args_a: Vec<String>,
 }
 
 impl Fabric2 {
@@ -361,6 +377,7 @@ impl Fabric2 {
             vec!["--peer".into(), ka.clone(), "--endpoint".into(), endpoint(UNDERLAY_A, 51820)];
         args_b.extend(extra.iter().cloned());
         let a = Node::start(&pair.a, &dir.0, "a", &ida, &ka, &args_a);
+        let (id_a, args_a_kept) = (ida.clone(), args_a.clone());
         let b = Node::start(&pair.b, &dir.0, "b", &idb, &kb, &args_b);
         a.wait_running();
         b.wait_running();
@@ -370,7 +387,7 @@ impl Fabric2 {
         pair.b.sh_ok(
             "ip addr add 192.168.77.2/24 dev omni0 && ip -6 addr add fd00:77::2/64 dev omni0 nodad",
         );
-        Self { pair, dir, a, b }
+        Self { pair, dir, a, b, id_a, args_a: args_a_kept }
     }
 }
 

@@ -40,6 +40,8 @@ pub struct SocketConfig {
     /// Region sizes, used only if this process creates the region.
     pub params: Params,
     pub socket_buffer: usize,
+    /// Started by omni-daemon, which may restart it.
+    pub supervised: bool,
 }
 
 /// The underlay transmit batch: a [`TxSink`] over `sendmmsg`.
@@ -143,6 +145,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     h.dp_pid.store(std::process::id(), Ordering::Relaxed);
     h.dp_port.store(port as u32, Ordering::Relaxed);
     h.dp_access_ifindex.store(tap.ifindex(), Ordering::Relaxed);
+    h.dp_supervised.store(cfg.supervised as u32, Ordering::Relaxed);
     h.dp_heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
     let generation = h.dp_generation.load(Ordering::Relaxed).wrapping_add(1);
     h.dp_generation.store(generation, Ordering::Release);

@@ -48,6 +48,9 @@ struct Args {
     /// Underlay socket buffer size in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     socket_buffer: usize,
+    /// Set by omni-daemon when it starts this process (it may then restart it).
+    #[arg(long, hide = true)]
+    supervised: bool,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
             tap_mac: args.tap_mac,
             params,
             socket_buffer: args.socket_buffer,
+            supervised: args.supervised,
         }),
     };
     match result {

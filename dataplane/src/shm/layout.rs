@@ -48,7 +48,9 @@ pub struct Header {
     pub ctl_parked: AtomicU32,
     /// Interface index of the access port (TAP), 0 if none.
     pub dp_access_ifindex: AtomicU32,
-    pub _pad1: AtomicU32,
+    /// 1 when a daemon started this data plane (`--supervised`): a restarted daemon may
+    /// adopt it and restart it with the same settings. 0 when an operator started it.
+    pub dp_supervised: AtomicU32,
     /// Monotonic ms of the data plane's last loop pass (liveness for status).
     pub dp_heartbeat_ms: AtomicU64,
 }

@@ -450,3 +450,79 @@ fn daemon_sigkill_and_restart_adopts_the_running_dataplane() {
     });
     f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.2");
 }
+
+#[test]
+fn three_nodes_known_unicast_goes_to_one_peer_broadcast_to_all() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let m = Mesh3::new();
+    // Everyone learns everyone (ARP broadcasts reach both other nodes).
+    m.nss[0].sh_ok("ping -c 2 -i 0.2 -W 2 192.168.79.2");
+    m.nss[0].sh_ok("ping -c 2 -i 0.2 -W 2 192.168.79.3");
+    m.nss[1].sh_ok("ping -c 2 -i 0.2 -W 2 192.168.79.3");
+    let rx_from = |observer: usize, sender: usize| -> u64 {
+        let st = m.nodes[observer].status();
+        let key = &m.nodes[sender].key;
+        st["peers"].as_array().unwrap().iter().find(|p| p["public_key"] == *key).unwrap()["rx_packets"].as_u64().unwrap()
+    };
+    // 200 unicast pings 0 -> 1: node 2 must see none of them.
+    let c2_before = rx_from(2, 0);
+    let b1_before = rx_from(1, 0);
+    m.nss[0].sh_ok("ping -c 200 -i 0.005 -q -W 2 192.168.79.2");
+    let c2_after = rx_from(2, 0);
+    let b1_after = rx_from(1, 0);
+    assert!(b1_after - b1_before >= 200, "node 1 got the pings: {}", b1_after - b1_before);
+    assert!(
+        c2_after - c2_before <= 5,
+        "node 2 saw {} packets of a unicast flow not for it",
+        c2_after - c2_before
+    );
+    // The FDB of node 0 maps each peer's MAC to that peer.
+    let st0 = m.nodes[0].status();
+    for j in [1, 2] {
+        let mac = m.nodes[j].status()["mac"].as_str().unwrap().to_string();
+        let e = st0["fdb"].as_array().unwrap().iter().find(|e| e["mac"] == mac).expect("learned");
+        assert_eq!(e["peer"], m.nodes[j].key);
+    }
+    // A broadcast (ARP for an unused address) reaches both other nodes.
+    let (b, c) = (rx_from(1, 0), rx_from(2, 0));
+    let _ = m.nss[0].sh("arping -c 1 -w 1 -I omni0 192.168.79.99 || ping -c 1 -W 1 192.168.79.99");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx_from(1, 0) > b && rx_from(2, 0) > c, "flooded to every peer");
+}
+
+#[test]
+fn cookie_reply_under_load_then_handshake_with_mac2() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    // B demands cookies as soon as it sees more than one initiation per second.
+    let cfg = TempDir::new("cookie-cfg");
+    let path = cfg.0.join("b.toml");
+    std::fs::write(&path, "[security]\ncookie_threshold = 1\nhandshake_timeout_secs = 0.5\n")
+        .unwrap();
+    let p = path.display().to_string();
+    let f = Fabric2::new(1500, &["--config", &p]);
+    f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    f.a.wait_established(&f.b.key);
+    let hs_a = f.a.status()["handshakes_completed"].as_u64().unwrap();
+    // Two forced rekeys in quick succession, in a fresh one-second load window: B answers
+    // the second with a cookie.
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..2 {
+        run_ok(&format!(
+            "ip netns exec {} {} rekey --run-dir {}",
+            f.pair.a.name,
+            bin("omni-daemon").display(),
+            f.a.run_dir.display()
+        ));
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    // The first rekey lands in a fresh one-second window and completes; the second gets
+    // a cookie reply, and its retry (0.5 s later) carries mac2 and completes too.
+    f.a.wait_for("the handshake retried with mac2", Duration::from_secs(10), |s| {
+        s["handshakes_completed"].as_u64().unwrap() >= hs_a + 2
+    });
+    let mb = f.b.metrics(9100);
+    assert!(metric(&mb, "omni_cookie_replies_sent_total").unwrap() >= 1.0, "{mb}");
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+}

@@ -429,3 +429,53 @@ impl Drop for Background {
         self.stop("KILL");
     }
 }
+
+/// Three namespaces on one bridge (in a fourth, the "switch"), each with a node peered
+/// with the two others: omni0 addresses 192.168.79.{1,2,3}.
+pub struct Mesh3 {
+    pub nss: Vec<Netns>,
+    pub switch: Netns,
+    pub dir: TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Mesh3 {
+    pub fn new() -> Self {
+        let switch = Netns::new("s");
+        switch.sh_ok("ip link add br0 type bridge && ip link set br0 up");
+        let dir = TempDir::new("mesh");
+        let mut nss = vec![];
+        let mut ids = vec![];
+        for i in 0..3 {
+            let ns = Netns::new(&format!("m{i}"));
+            run_ok(&format!(
+                "ip link add u{i} netns {} type veth peer name p{i} netns {}",
+                ns.name, switch.name
+            ));
+            switch.sh_ok(&format!("ip link set p{i} master br0 && ip link set p{i} up"));
+            ns.sh_ok(&format!("ip addr add 10.79.0.{}/24 dev u{i} && ip link set u{i} up", i + 1));
+            ids.push(new_identity(&dir.0, &format!("n{i}")));
+            nss.push(ns);
+        }
+        let mut nodes = vec![];
+        for i in 0..3 {
+            let mut args = vec![];
+            for j in 0..3 {
+                if j != i {
+                    args.extend([
+                        "--peer".to_string(),
+                        ids[j].1.clone(),
+                        "--endpoint".into(),
+                        format!("10.79.0.{}:51820", j + 1),
+                    ]);
+                }
+            }
+            nodes.push(Node::start(&nss[i], &dir.0, &format!("n{i}"), &ids[i].0, &ids[i].1, &args));
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            n.wait_running();
+            nss[i].sh_ok(&format!("ip addr add 192.168.79.{}/24 dev omni0", i + 1));
+        }
+        Self { nss, switch, dir, nodes }
+    }
+}

@@ -19,40 +19,23 @@ done
 (cd "$OMNI_ROOT" && cargo build --release --bins -q)
 work=$(mktemp -d /tmp/omni-bench.XXXXXX)
 trap 'teardown; rm -rf "$work"' EXIT INT TERM
-A=omnibench-a B=omnibench-b
-add_ns $A
-add_ns $B
-ip link add ua netns $A mtu "$mtu" type veth peer name ub netns $B mtu "$mtu"
-ip -n $A addr add 10.98.0.1/24 dev ua && ip -n $A link set ua up
-ip -n $B addr add 10.98.0.2/24 dev ub && ip -n $B link set ub up
-KA=$("$BIN/omni-daemon" --init --identity "$work/a.key" | sed 's/^Your Public Identity: //')
-KB=$("$BIN/omni-daemon" --init --identity "$work/b.key" | sed 's/^Your Public Identity: //')
-ip netns exec $A "$BIN/omni-daemon" --identity "$work/a.key" --run-dir "$work/a" --peer "$KB" --endpoint 10.98.0.2:51820 >"$work/a.log" 2>&1 &
-PIDS+=($!)
-ip netns exec $B "$BIN/omni-daemon" --identity "$work/b.key" --run-dir "$work/b" --peer "$KA" --endpoint 10.98.0.1:51820 >"$work/b.log" 2>&1 &
-PIDS+=($!)
-wait_status $A "$work/a" "True" 20 && wait_status $B "$work/b" "True" 20
-ip -n $A addr add 192.168.98.1/24 dev omni0
-ip -n $B addr add 192.168.98.2/24 dev omni0
-ip netns exec $A ping -c 2 -i 0.2 192.168.98.2 >/dev/null
+two_node_fabric omnibench "$mtu" "$work" 98
+ip netns exec "$A" ping -c 2 -i 0.2 "$OMNI_B" >/dev/null
 
-tcp() { # server-ip -> Gbit/s
-  ip netns exec $B iperf3 -s -D -1 -B "$1" >/dev/null; sleep 0.3
-  ip netns exec $A iperf3 -c "$1" -t "$secs" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'
-}
+tcp() { iperf3_gbps "$A" "$B" "$1" "$secs"; }
 rtt() { # ip -> "p50 p99" in ms
-  ip netns exec $A ping -c 200 -i 0.005 -q "$1" >/dev/null 2>&1 || true
-  ip netns exec $A ping -c 500 -i 0.002 "$1" 2>/dev/null | python3 -c '
+  ip netns exec "$A" ping -c 200 -i 0.005 -q "$1" >/dev/null 2>&1 || true
+  ip netns exec "$A" ping -c 500 -i 0.002 "$1" 2>/dev/null | python3 -c '
 import re,sys
 v=sorted(float(m.group(1)) for m in re.finditer(r"time=([0-9.]+)", sys.stdin.read()))
 print("%.3f %.3f" % (v[len(v)//2], v[int(len(v)*0.99)-1]))'
 }
 fab=() raw=()
 for ((i = 0; i < reps; i++)); do
-  if ((i % 2 == 0)); then fab+=("$(tcp 192.168.98.2)"); raw+=("$(tcp 10.98.0.2)")
-  else raw+=("$(tcp 10.98.0.2)"); fab+=("$(tcp 192.168.98.2)"); fi
+  if ((i % 2 == 0)); then fab+=("$(tcp "$OMNI_B")"); raw+=("$(tcp "$UNDER_B")")
+  else raw+=("$(tcp "$UNDER_B")"); fab+=("$(tcp "$OMNI_B")"); fi
 done
-rf=$(rtt 192.168.98.2) rr=$(rtt 10.98.0.2)
+rf=$(rtt "$OMNI_B") rr=$(rtt "$UNDER_B")
 python3 - "$mtu" "$secs" "${fab[*]}" "${raw[*]}" "$rf" "$rr" <<'PY'
 import statistics, sys
 mtu, secs, fab, raw, rf, rr = sys.argv[1:]

@@ -43,3 +43,38 @@ wait_status() {
   done
   return 1
 }
+
+# two_node_fabric PREFIX MTU WORKDIR SUBNET
+# Two namespaces $PREFIX-a / $PREFIX-b joined by a veth of MTU (underlay $SUBNET.1/.2),
+# each running omni-daemon peered with the other, omni0 = 192.$SUBNET.1/.2 ... set as
+# A, B (namespaces), KA, KB (keys), RUN_A, RUN_B (run dirs), OMNI_A, OMNI_B (omni0 IPs),
+# UNDER_A, UNDER_B (underlay IPs). Logs in WORKDIR/{a,b}.log.
+two_node_fabric() {
+  local prefix=$1 mtu=$2 work=$3 net=$4
+  A=$prefix-a B=$prefix-b
+  UNDER_A=10.$net.0.1 UNDER_B=10.$net.0.2 OMNI_A=192.168.$net.1 OMNI_B=192.168.$net.2
+  RUN_A=$work/a RUN_B=$work/b
+  add_ns "$A"
+  add_ns "$B"
+  ip link add ua netns "$A" mtu "$mtu" type veth peer name ub netns "$B" mtu "$mtu"
+  ip -n "$A" addr add "$UNDER_A/24" dev ua && ip -n "$A" link set ua up
+  ip -n "$B" addr add "$UNDER_B/24" dev ub && ip -n "$B" link set ub up
+  KA=$("$BIN/omni-daemon" --init --identity "$work/a.key" | sed 's/^Your Public Identity: //')
+  KB=$("$BIN/omni-daemon" --init --identity "$work/b.key" | sed 's/^Your Public Identity: //')
+  ip netns exec "$A" "$BIN/omni-daemon" --identity "$work/a.key" --run-dir "$RUN_A" --peer "$KB" --endpoint "$UNDER_B:51820" >"$work/a.log" 2>&1 &
+  PIDS+=($!)
+  ip netns exec "$B" "$BIN/omni-daemon" --identity "$work/b.key" --run-dir "$RUN_B" --peer "$KA" --endpoint "$UNDER_A:51820" >"$work/b.log" 2>&1 &
+  PIDS+=($!)
+  wait_status "$A" "$RUN_A" "True" 20 || { cat "$work/a.log"; return 1; }
+  wait_status "$B" "$RUN_B" "True" 20 || { cat "$work/b.log"; return 1; }
+  ip -n "$A" addr add "$OMNI_A/24" dev omni0
+  ip -n "$B" addr add "$OMNI_B/24" dev omni0
+}
+
+# iperf3_gbps NS_CLIENT NS_SERVER SERVER_IP SECONDS -> Gbit/s received
+iperf3_gbps() {
+  ip netns exec "$2" iperf3 -s -D -1 -B "$3" >/dev/null
+  sleep 0.3
+  ip netns exec "$1" iperf3 -c "$3" -t "$4" -J |
+    python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+}

@@ -143,29 +143,7 @@ fn unconfigured_key_gets_no_packet_back() {
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     // C lives in A's namespace on another port, knows B, but B does not know C.
-    let (idc, kc) = new_identity(&f.dir.0, "c");
-    let c = Node::start(
-        &f.pair.a,
-        &f.dir.0,
-        "c",
-        &idc,
-        &kc,
-        &[
-            "--port".into(),
-            "51821".into(),
-            "--tap".into(),
-            "omni1".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:9101".into(),
-            "--peer".into(),
-            f.b.key.clone(),
-            "--endpoint".into(),
-            endpoint(UNDERLAY_B, 51820),
-            "--handshake-timeout-secs".into(),
-            "0.5".into(),
-        ],
-    );
-    c.wait_running();
+    let c = f.stranger("0.5");
     // Capture everything B sends to A's host while C keeps trying. B's normal traffic to
     // A (port 51820) is the capture's positive control.
     let pcap = f.dir.0.join("c.pcap");
@@ -175,7 +153,6 @@ fn unconfigured_key_gets_no_packet_back() {
         &["tcpdump", "-i", "ua", "-n", "-U", "-w", &pcap_s, "src host 10.77.0.2"],
     );
     std::thread::sleep(Duration::from_millis(700));
-    f.pair.a.sh_ok("ip link set omni1 up && ip addr add 192.168.78.1/24 dev omni1");
     let _ = f.pair.a.sh("ping -c 4 -i 0.5 -W 1 -I omni1 192.168.78.2");
     f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
     // Also plain garbage at B's port: no ICMP, no reply.
@@ -202,6 +179,7 @@ fn unconfigured_key_gets_no_packet_back() {
     assert!(metric(&m, "omni_packets_dropped_total{reason=\"malformed\"}").unwrap() >= 5.0, "{m}");
     let st = c.status();
     assert_ne!(st["peers"][0]["session"], "established");
+    let kc = c.key.clone();
     let st_b = f.b.status();
     assert_eq!(st_b["peers"].as_array().unwrap().len(), 1, "B did not add C");
     assert!(!f.b.log_text().contains(&kc), "no log line naming the refused key per packet");
@@ -385,30 +363,7 @@ fn handshake_flood_from_one_address_is_rate_limited() {
     let f = Fabric2::new(1500, &["--max-sessions-per-ip", "2"]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     // C (unknown to B, in A's namespace, same source IP) retries every 50 ms.
-    let (idc, kc) = new_identity(&f.dir.0, "c");
-    let c = Node::start(
-        &f.pair.a,
-        &f.dir.0,
-        "c",
-        &idc,
-        &kc,
-        &[
-            "--port".into(),
-            "51821".into(),
-            "--tap".into(),
-            "omni1".into(),
-            "--metrics-listen".into(),
-            "off".into(),
-            "--peer".into(),
-            f.b.key.clone(),
-            "--endpoint".into(),
-            endpoint(UNDERLAY_B, 51820),
-            "--handshake-timeout-secs".into(),
-            "0.05".into(),
-        ],
-    );
-    c.wait_running();
-    f.pair.a.sh_ok("ip link set omni1 up && ip addr add 192.168.78.1/24 dev omni1");
+    let _c = f.stranger("0.05"); // kept alive: it floods while we watch
     let _ = f.pair.a.sh("ping -c 1 -W 1 -I omni1 192.168.78.2");
     // C retries on every 100 ms tick of its daemon: about 40 initiations in 4 s.
     std::thread::sleep(Duration::from_secs(4));

@@ -430,6 +430,35 @@ impl Drop for Background {
     }
 }
 
+impl Fabric2 {
+    /// A third node, C, in A's namespace (port 51821, TAP omni1 = 192.168.78.1/24) that
+    /// knows B, while B does not know C. It retries its handshake every `retry_secs`.
+    pub fn stranger(&self, retry_secs: &str) -> Node {
+        let (idc, kc) = new_identity(&self.dir.0, "c");
+        let args: Vec<String> = [
+            "--port",
+            "51821",
+            "--tap",
+            "omni1",
+            "--metrics-listen",
+            "off",
+            "--handshake-timeout-secs",
+            retry_secs,
+            "--peer",
+            &self.b.key,
+            "--endpoint",
+            &endpoint(UNDERLAY_B, 51820),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let c = Node::start(&self.pair.a, &self.dir.0, "c", &idc, &kc, &args);
+        c.wait_running();
+        self.pair.a.sh_ok("ip addr add 192.168.78.1/24 dev omni1");
+        c
+    }
+}
+
 /// Three namespaces on one bridge (in a fourth, the "switch"), each with a node peered
 /// with the two others: omni0 addresses 192.168.79.{1,2,3}.
 pub struct Mesh3 {
@@ -460,15 +489,13 @@ impl Mesh3 {
         let mut nodes = vec![];
         for i in 0..3 {
             let mut args = vec![];
-            for j in 0..3 {
-                if j != i {
-                    args.extend([
-                        "--peer".to_string(),
-                        ids[j].1.clone(),
-                        "--endpoint".into(),
-                        format!("10.79.0.{}:51820", j + 1),
-                    ]);
-                }
+            for (j, (_, key)) in ids.iter().enumerate().filter(|(j, _)| *j != i) {
+                args.extend([
+                    "--peer".to_string(),
+                    key.clone(),
+                    "--endpoint".into(),
+                    format!("10.79.0.{}:51820", j + 1),
+                ]);
             }
             nodes.push(Node::start(&nss[i], &dir.0, &format!("n{i}"), &ids[i].0, &ids[i].1, &args));
         }

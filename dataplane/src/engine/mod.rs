@@ -23,7 +23,6 @@ use crate::session::{OpenError, Session};
 use crate::shm::layout::{PeerStats, SessionSlot};
 use crate::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
 use crate::shm::region::Region;
-use crate::sync::Ordering;
 
 /// Bytes in a packet buffer: the largest transport message plus slack.
 pub const BUF_SIZE: usize = MAX_TRANSPORT_PACKET + 64;
@@ -301,16 +300,11 @@ impl<'r> Engine<'r> {
         }
         buf.len = n;
         buf.addr = endpoint;
-        let st = self.stats(peer);
-        bump(&st.tx_packets, 1);
-        bump(&st.tx_bytes, frame_len as u64);
-        st.last_tx_ms.store(now_ms, Ordering::Relaxed);
+        self.stats(peer).record_tx(frame_len, now_ms);
         self.counters.inc(Counter::TxPackets, 1);
         self.counters.inc(Counter::TxBytes, frame_len as u64);
         if frame_len == 0 {
             self.counters.inc(Counter::KeepalivesTx, 1);
-        } else {
-            st.last_data_tx_ms.store(now_ms, Ordering::Relaxed);
         }
         true
     }
@@ -444,17 +438,13 @@ impl<'r> Engine<'r> {
             self.peers[peer as usize].endpoint = Some(src);
             self.event(Event::EndpointChanged { peer, endpoint: Some(src) });
         }
-        let st = self.stats(peer);
-        bump(&st.rx_packets, 1);
-        bump(&st.rx_bytes, n as u64);
-        st.last_rx_ms.store(now_ms, Ordering::Relaxed);
+        self.stats(peer).record_rx(n, now_ms);
         self.counters.inc(Counter::RxPackets, 1);
         self.counters.inc(Counter::RxBytes, n as u64);
         if n == 0 {
             self.counters.inc(Counter::KeepalivesRx, 1);
             return Decap::Keepalive;
         }
-        st.last_data_rx_ms.store(now_ms, Ordering::Relaxed);
         if n < ETHERNET_HEADER_LEN {
             return Decap::Drop(DropReason::BadInnerFrame);
         }
@@ -647,12 +637,6 @@ impl<'r> Engine<'r> {
     pub fn endpoint(&self, peer: u16) -> Option<SocketAddr> {
         self.peers.get(peer as usize).and_then(|p| p.endpoint)
     }
-}
-
-/// Adds to a single-writer counter without a locked instruction.
-#[inline]
-fn bump(a: &crate::sync::AtomicU64, v: u64) {
-    a.store(a.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
 }
 
 #[cfg(test)]

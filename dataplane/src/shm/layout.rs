@@ -75,7 +75,36 @@ pub struct PeerStats {
     pub last_data_tx_ms: AtomicU64,
 }
 
+/// Adds to a single-writer counter without a locked instruction.
+#[inline]
+fn bump(a: &AtomicU64, v: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+}
+
 impl PeerStats {
+    /// Records one packet of `bytes` inner bytes sent now (`bytes == 0`: a keepalive).
+    /// Only the owning worker calls this.
+    #[inline]
+    pub fn record_tx(&self, bytes: usize, now_ms: u64) {
+        bump(&self.tx_packets, 1);
+        bump(&self.tx_bytes, bytes as u64);
+        self.last_tx_ms.store(now_ms, Ordering::Relaxed);
+        if bytes > 0 {
+            self.last_data_tx_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one authenticated packet received now, as `record_tx`.
+    #[inline]
+    pub fn record_rx(&self, bytes: usize, now_ms: u64) {
+        bump(&self.rx_packets, 1);
+        bump(&self.rx_bytes, bytes as u64);
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+        if bytes > 0 {
+            self.last_data_rx_ms.store(now_ms, Ordering::Relaxed);
+        }
+    }
+
     pub fn reset(&self) {
         for a in [
             &self.rx_packets,

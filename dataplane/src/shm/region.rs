@@ -210,30 +210,28 @@ impl Region {
     /// The data plane's ends of worker `w`'s rings. Only the process holding the data-plane
     /// role lock may call this.
     pub fn dataplane_ends(&self, w: usize) -> DataplaneEnds<'_> {
-        let (c, s) = self.ring(w, RingId::Command);
-        let (i, is) = self.ring(w, RingId::Inject);
-        let (e, es) = self.ring(w, RingId::Event);
-        let (p, ps) = self.ring(w, RingId::Punt);
+        let [cmd, inject, event, punt] =
+            [RingId::Command, RingId::Inject, RingId::Event, RingId::Punt]
+                .map(|id| self.ring(w, id));
         DataplaneEnds {
-            cmd: Consumer::attach(c, s),
-            inject: Consumer::attach(i, is),
-            event: Producer::attach(e, es),
-            punt: Producer::attach(p, ps),
+            cmd: Consumer::attach(cmd.0, cmd.1),
+            inject: Consumer::attach(inject.0, inject.1),
+            event: Producer::attach(event.0, event.1),
+            punt: Producer::attach(punt.0, punt.1),
         }
     }
 
     /// Control's ends of worker `w`'s rings. Only the process holding the control role lock
     /// may call this.
     pub fn control_ends(&self, w: usize) -> ControlEnds<'_> {
-        let (c, s) = self.ring(w, RingId::Command);
-        let (i, is) = self.ring(w, RingId::Inject);
-        let (e, es) = self.ring(w, RingId::Event);
-        let (p, ps) = self.ring(w, RingId::Punt);
+        let [cmd, inject, event, punt] =
+            [RingId::Command, RingId::Inject, RingId::Event, RingId::Punt]
+                .map(|id| self.ring(w, id));
         ControlEnds {
-            cmd: Producer::attach(c, s),
-            inject: Producer::attach(i, is),
-            event: Consumer::attach(e, es),
-            punt: Consumer::attach(p, ps),
+            cmd: Producer::attach(cmd.0, cmd.1),
+            inject: Producer::attach(inject.0, inject.1),
+            event: Consumer::attach(event.0, event.1),
+            punt: Consumer::attach(punt.0, punt.1),
         }
     }
 }

@@ -240,6 +240,18 @@ impl MmsgBatch {
         self.hdrs.len()
     }
 
+    /// Points header `i` at iovec `i` and address storage `i` (address length `namelen`).
+    fn point(&mut self, i: usize, namelen: libc::socklen_t) {
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = namelen;
+        h.msg_iov = &mut self.iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+    }
+
     /// Receives up to `bufs.len()` datagrams; fills `len` and `addr` of each. Truncated
     /// datagrams (larger than a buffer) get `len = usize::MAX`.
     // Indexing walks four parallel arrays (headers, iovecs, addresses, buffers) in step.
@@ -251,14 +263,7 @@ impl MmsgBatch {
                 iov_base: bufs[i].data.as_mut_ptr().cast(),
                 iov_len: bufs[i].data.len(),
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            self.point(i, std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t);
         }
         // SAFETY: n headers, each pointing at a live buffer and address storage above.
         let r = unsafe {
@@ -302,14 +307,7 @@ impl MmsgBatch {
                 Some(a) => to_sockaddr(a, sock.v6, &mut self.addrs[i]),
                 None => 0,
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = alen;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            self.point(i, alen);
         }
         // SAFETY: n headers, each pointing at a live buffer and address above.
         let r = unsafe {

@@ -311,8 +311,9 @@ impl Worker<'_> {
         let n = match self.rx_mmsg.recv(self.sock, &mut self.rx) {
             Ok(n) => n,
             Err(e) => {
-                // ICMP errors from earlier sends surface here (ECONNREFUSED etc.): not fatal.
-                warn!("underlay receive: {e}");
+                // Transient socket errors are not fatal; count them, never log per packet.
+                tracing::debug!("underlay receive: {e}");
+                self.counters.drop(DropReason::Malformed);
                 return Ok(1);
             }
         };

@@ -13,6 +13,12 @@ pub const MSG_HANDSHAKE_RESPONSE: u8 = 2;
 pub const MSG_COOKIE_REPLY: u8 = 3;
 /// Message type of a transport (data) message.
 pub const MSG_TRANSPORT: u8 = 4;
+/// Message type of Nucleus signalling (registration, member lists, punches).
+pub const MSG_NUCLEUS: u8 = 5;
+/// Message type of a packet a node asks a Nucleus to relay.
+pub const MSG_RELAY: u8 = 6;
+/// Message type of a packet a Nucleus relays to a node.
+pub const MSG_RELAYED: u8 = 7;
 
 /// Default UDP port of the fabric.
 pub const DEFAULT_PORT: u16 = 51820;

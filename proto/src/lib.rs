@@ -5,6 +5,7 @@
 //! All integers on the wire are little-endian (TAI64N, which is big-endian by its own
 //! definition, is the one exception and lives inside an encrypted payload).
 
+pub mod cluster;
 pub mod constants;
 pub mod identity;
 pub mod mac;
@@ -25,4 +26,6 @@ pub enum WireError {
     UnknownType(u32),
     #[error("frame larger than the maximum of {max} bytes: {len}")]
     Oversize { len: usize, max: usize },
+    #[error("invalid field: {0}")]
+    BadField(&'static str),
 }

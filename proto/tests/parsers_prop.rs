@@ -22,6 +22,22 @@ fn parse_any(buf: &[u8]) {
     if let Ok(f) = ethernet::Frame::new_checked(buf) {
         let _ = (f.dst(), f.src(), f.ethertype());
     }
+    if let Ok(r) = nucleus::Register::parse(buf) {
+        let _ = r.verify(buf);
+    }
+    if let Ok(r) = nucleus::NodeRequest::parse(buf) {
+        let _ = r.verify(buf);
+    }
+    if let Ok(r) = nucleus::Registered::parse(buf) {
+        let _ = r.verify(buf);
+    }
+    if let Ok(r) = nucleus::Members::parse(buf) {
+        let _ = r.verify(buf);
+    }
+    if let Ok(p) = relay::Packet::new_checked(buf) {
+        let _ = (p.tag(), p.inner().len(), p.is_request());
+    }
+    let _ = omni_proto::cluster::parse_name_field(buf);
     let _ = omni_proto::wire::macs::verify_mac1(buf, &[0; 32]);
     let _ = omni_proto::wire::macs::verify_mac2(buf, &[0; 16]);
     let _ = omni_proto::tai64n::Tai64n::from_bytes(buf);
@@ -35,7 +51,7 @@ proptest! {
     }
 
     #[test]
-    fn typed_prefixes_never_panic(ty in 1u8..5, rest in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn typed_prefixes_never_panic(ty in 1u8..8, rest in proptest::collection::vec(any::<u8>(), 0..200)) {
         let mut buf = vec![ty, 0, 0, 0];
         buf.extend(rest);
         parse_any(&buf);

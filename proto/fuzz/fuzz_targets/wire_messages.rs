@@ -2,7 +2,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use omni_proto::wire::{MessageType, cookie_reply, ethernet, handshake_init, handshake_resp, macs, transport};
+use omni_proto::wire::{
+    MessageType, cookie_reply, ethernet, handshake_init, handshake_resp, macs, nucleus, relay, transport,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = MessageType::of(data);
@@ -30,6 +32,22 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(f) = ethernet::Frame::new_checked(data) {
         let _ = (f.dst(), f.src(), f.ethertype(), ethernet::is_group(&f.dst()));
+    }
+    if let Ok(r) = nucleus::Register::parse(data) {
+        let _ = r.verify(data);
+    }
+    if let Ok(r) = nucleus::NodeRequest::parse(data) {
+        let _ = r.verify(data);
+    }
+    if let Ok(r) = nucleus::Registered::parse(data) {
+        let _ = r.verify(data);
+    }
+    if let Ok(m) = nucleus::Members::parse(data) {
+        let _ = m.verify(data);
+        assert!(m.entries.iter().all(|e| e.endpoints.len() <= nucleus::MAX_MEMBER_ENDPOINTS));
+    }
+    if let Ok(p) = relay::Packet::new_checked(data) {
+        let _ = (p.tag(), p.inner(), p.is_request());
     }
     let _ = macs::verify_mac1(data, &[7; 32]);
     let _ = macs::verify_mac2(data, &[7; 16]);

@@ -6,6 +6,8 @@ pub mod cookie_reply;
 pub mod ethernet;
 pub mod handshake_init;
 pub mod handshake_resp;
+pub mod nucleus;
+pub mod relay;
 pub mod transport;
 
 use crate::WireError;
@@ -19,6 +21,9 @@ pub enum MessageType {
     HandshakeResponse,
     CookieReply,
     Transport,
+    Nucleus,
+    Relay,
+    Relayed,
 }
 
 impl MessageType {
@@ -33,6 +38,9 @@ impl MessageType {
             [MSG_HANDSHAKE_RESPONSE, 0, 0, 0] => Ok(Self::HandshakeResponse),
             [MSG_COOKIE_REPLY, 0, 0, 0] => Ok(Self::CookieReply),
             [MSG_TRANSPORT, 0, 0, 0] => Ok(Self::Transport),
+            [MSG_NUCLEUS, 0, 0, 0] => Ok(Self::Nucleus),
+            [MSG_RELAY, 0, 0, 0] => Ok(Self::Relay),
+            [MSG_RELAYED, 0, 0, 0] => Ok(Self::Relayed),
             _ => Err(WireError::UnknownType(u32::from_le_bytes(word))),
         }
     }
@@ -94,6 +102,8 @@ mod tests {
         assert_eq!(MessageType::of(&[4, 0, 0, 0]), Ok(MessageType::Transport));
         assert_eq!(MessageType::of(&[4, 0, 1, 0]), Err(WireError::UnknownType(0x10004)));
         assert_eq!(MessageType::of(&[9, 0, 0, 0]), Err(WireError::UnknownType(9)));
+        assert_eq!(MessageType::of(&[5, 0, 0, 0]), Ok(MessageType::Nucleus));
+        assert_eq!(MessageType::of(&[7, 0, 0, 0]), Ok(MessageType::Relayed));
         assert_eq!(MessageType::of(&[4, 0]), Err(WireError::Truncated { len: 2, need: 4 }));
     }
 

@@ -1,7 +1,7 @@
 //! Property tests: no parser panics on arbitrary bytes, and every message round-trips.
 
 use omni_proto::wire::{
-    MessageType, cookie_reply, ethernet, handshake_init, handshake_resp, transport,
+    MessageType, cookie_reply, ethernet, handshake_init, handshake_resp, nucleus, relay, transport,
 };
 use proptest::prelude::*;
 

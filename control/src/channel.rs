@@ -2,8 +2,8 @@
 //! events, punted packets, counters, per-peer statistics and the FDB, and sleep on the
 //! doorbell when there is nothing to read.
 
+use omni_dataplane::endpoint::Endpoint;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -91,6 +91,8 @@ impl Channel {
         while let Some(o) = self.backlog.front() {
             let r = match o {
                 Output::Command(c) => self.ends.cmd.push_with(|slot| c.encode(slot)),
+                // Handled by the daemon before outputs reach the channel.
+                Output::PunchRequest(_) => Ok(()),
                 Output::Inject { to, bytes } => {
                     let (to, bytes) = (*to, bytes.as_slice());
                     self.ends.inject.push_with(|slot| {
@@ -139,7 +141,7 @@ impl Channel {
     }
 
     /// Reads every pending punted packet.
-    pub fn drain_punts(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
+    pub fn drain_punts(&mut self, mut f: impl FnMut(Endpoint, &[u8])) {
         for _ in 0..4096 {
             match self.ends.punt.pop_with(|slot| match decode_packet(slot) {
                 Ok((src, bytes)) => {

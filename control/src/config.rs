@@ -73,6 +73,12 @@ pub struct NetworkSection {
     pub nucleus: Option<OneOrMany>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
+    /// Fall back to the Nucleus relay when punching found no path within this long.
+    pub relay_after_secs: Option<f64>,
+    /// While relayed, try for a direct path this often.
+    pub direct_retry_secs: Option<f64>,
+    /// Keepalive interval towards Nucleus-introduced peers (NAT mappings); 0 disables.
+    pub persistent_keepalive_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,9 +219,10 @@ pub struct Settings {
     pub tap: String,
     pub tap_mtu: Option<u32>,
     pub dataplane_bin: Option<PathBuf>,
-    pub nucleus: Vec<String>,
+    pub nucleus: Vec<crate::rendezvous::NucleusSpec>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
+    pub rendezvous: crate::fabric::RendezvousTimers,
     pub max_sessions_per_ip: u32,
     pub cookie_threshold: u32,
     pub timers: Timers,
@@ -418,6 +425,53 @@ impl Settings {
         if cluster_secret.is_some() && cluster.is_none() {
             return Err(invalid("[network] cluster", "a cluster secret needs a cluster name"));
         }
+        if let Some(c) = &cluster {
+            omni_proto::cluster::validate_name(c)
+                .map_err(|e| invalid("[network] cluster", e.to_string()))?;
+            if cluster_secret.is_none() {
+                return Err(invalid(
+                    "[network] cluster_secret",
+                    "a cluster needs its secret (omni-daemon cluster new NAME prints one)",
+                ));
+            }
+        }
+        if !nucleus.is_empty() && cluster.is_none() {
+            return Err(invalid(
+                "[network] nucleus",
+                "a Nucleus serves a cluster: set --cluster and --cluster-secret too",
+            ));
+        }
+        let nucleus = nucleus
+            .iter()
+            .map(|t| {
+                crate::rendezvous::NucleusSpec::parse(t)
+                    .map_err(|m| invalid("[network] nucleus", m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let d0 = crate::fabric::RendezvousTimers::default();
+        let ms = |key: &str, v: Option<f64>, dflt: u64, min: f64| -> Result<u64, ConfigError> {
+            Ok(secs(key, v, Duration::from_millis(dflt), min, 86_400.0)?.as_millis() as u64)
+        };
+        let rendezvous = crate::fabric::RendezvousTimers {
+            relay_after_ms: ms(
+                "[network] relay_after_secs",
+                n.relay_after_secs,
+                d0.relay_after_ms,
+                0.1,
+            )?,
+            direct_retry_ms: ms(
+                "[network] direct_retry_secs",
+                n.direct_retry_secs,
+                d0.direct_retry_ms,
+                1.0,
+            )?,
+            persistent_keepalive_ms: ms(
+                "[network] persistent_keepalive_secs",
+                n.persistent_keepalive_secs,
+                d0.persistent_keepalive_ms,
+                0.0,
+            )?,
+        };
 
         let mut peers: Vec<PeerConfig> = Vec::new();
         let mut add_peer =
@@ -480,6 +534,7 @@ impl Settings {
             nucleus,
             cluster,
             cluster_secret,
+            rendezvous,
             max_sessions_per_ip,
             cookie_threshold,
             timers,
@@ -512,8 +567,9 @@ mod tests {
             interface = "eth1"
             tap = "fab0"
             [network]
-            nucleus = "nucleus.example:51820"
+            nucleus = "127.0.0.1:51820"
             cluster = "fleet"
+            cluster_secret = "s3cret"
             [security]
             max_sessions_per_ip = 5
             handshake_timeout_secs = 2
@@ -529,7 +585,7 @@ mod tests {
         assert_eq!(s.port, 51999);
         assert_eq!(s.tap, "fab0");
         assert_eq!(s.interface.as_deref(), Some("eth1"));
-        assert_eq!(s.nucleus, vec!["nucleus.example:51820".to_string()]);
+        assert_eq!(s.nucleus[0].addr, "127.0.0.1:51820".parse().unwrap());
         assert_eq!(s.max_sessions_per_ip, 5);
         assert_eq!(s.timers.rekey_timeout, Duration::from_secs(2));
         assert_eq!(s.peers.len(), 1);
@@ -582,6 +638,13 @@ mod tests {
             ("[timers]\nrekey_after_secs = 10\nreject_after_secs = 5\n", "reject_after_secs"),
             ("[switch]\nfdb_capacity = 1000\n", "fdb_capacity"),
             ("[network]\ncluster_secret = \"s\"\n", "cluster"),
+            ("[network]\ncluster = \"a b\"\ncluster_secret = \"s\"\n", "cluster"),
+            ("[network]\ncluster = \"ab\"\n", "cluster_secret"),
+            ("[network]\nnucleus = \"127.0.0.1:1\"\n", "nucleus"),
+            (
+                "[network]\nnucleus = \"nokey@127.0.0.1:1\"\ncluster = \"c\"\ncluster_secret = \"s\"\n",
+                "nucleus",
+            ),
         ];
         for (text, key) in cases {
             let e = Settings::resolve(parse(text).unwrap(), CliOverrides::default())

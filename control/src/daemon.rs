@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use omni_dataplane::clock::monotonic_ms;
+use omni_dataplane::endpoint::Endpoint;
 use omni_dataplane::paths;
 use omni_dataplane::shm::region::RoleLock;
 use omni_dataplane::shm::{Params, Region};
+use omni_proto::cluster::Cluster;
 use omni_proto::noise::Psk;
 use omni_proto::wire::ethernet::format_mac;
 use omni_proto::{Identity, constants};
@@ -19,8 +21,9 @@ use tracing::{info, warn};
 
 use crate::channel::Channel;
 use crate::config::Settings;
-use crate::fabric::{Fabric, FabricConfig};
+use crate::fabric::{Fabric, FabricConfig, Output};
 use crate::metrics::{Metrics, Sample};
+use crate::rendezvous::Rendezvous;
 use crate::status::{self, DataplaneStatus, FdbStatus, PeerStatus, Request, Status};
 use crate::supervisor::{Supervisor, dataplane_binary};
 
@@ -63,14 +66,33 @@ pub fn tap_mtu(settings: &Settings) -> anyhow::Result<u32> {
     })
 }
 
-fn psk(settings: &Settings) -> Psk {
+fn cluster(settings: &Settings) -> anyhow::Result<Option<Cluster>> {
     match (&settings.cluster, &settings.cluster_secret) {
-        (Some(c), Some(s)) => Psk::for_cluster(c, s.as_bytes()),
-        _ => Psk::none(),
+        (Some(c), Some(s)) => {
+            if !omni_proto::cluster::is_token(s) {
+                warn!(
+                    "the cluster secret is not a generated token; it is only as strong as it is long (omni-daemon cluster new NAME makes one)"
+                );
+            }
+            Ok(Some(Cluster::new(c, s)?))
+        }
+        _ => Ok(None),
     }
 }
 
+/// The local endpoints announced to Nuclei: this host's addresses on the data port, so
+/// nodes behind the same NAT reach each other over their LAN.
+fn local_endpoints(settings: &Settings, port: u16) -> Vec<SocketAddr> {
+    omni_dataplane::sys::netif::local_addresses(&[&settings.tap])
+        .into_iter()
+        .filter(|ip| settings.bind.is_none_or(|b| b.is_unspecified() || b == *ip))
+        .map(|ip| SocketAddr::new(ip, port))
+        .take(omni_proto::wire::nucleus::MAX_LOCALS)
+        .collect()
+}
+
 struct Daemon {
+    rendezvous: Option<Rendezvous>,
     settings: Settings,
     fabric: Fabric,
     channel: Channel,
@@ -90,11 +112,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         .create(&run_dir)
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let _lock = RoleLock::acquire(&run_dir.join(paths::DAEMON_LOCK), "omni-daemon")?;
-    if !settings.nucleus.is_empty() {
-        warn!(
-            "[network] nucleus is set, but rendezvous through a Nucleus is not in this build yet; using static peers only"
-        );
-    }
+    let cluster = cluster(&settings)?;
     let dp_alive = RoleLock::is_held(&run_dir.join(paths::DATAPLANE_LOCK));
     let mut params = Params::for_peers(settings.max_peers);
     params.fdb_capacity = settings.fdb_capacity;
@@ -116,15 +134,17 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         identity,
         FabricConfig {
             timers: settings.timers,
-            psk: psk(&settings),
+            psk: cluster.as_ref().map(|c| c.psk()).unwrap_or_else(Psk::none),
             max_sessions_per_ip: settings.max_sessions_per_ip,
             cookie_threshold: settings.cookie_threshold,
             fdb_aging_ms: settings.fdb_aging.as_millis() as u64,
             flood_limit: settings.flood_limit,
             max_sessions: region.params().max_sessions,
+            rendezvous: settings.rendezvous,
         },
         now,
     );
+    fabric.set_max_peers(region.params().max_peers as usize);
     for p in &settings.peers {
         fabric.add_peer(p.public_key, p.endpoint);
     }
@@ -155,7 +175,15 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         s.spawn()?;
         Some(s)
     };
+    let rendezvous = match cluster {
+        Some(c) if !settings.nucleus.is_empty() => {
+            let locals = local_endpoints(&settings, settings.port);
+            Some(Rendezvous::new(c, fabric.public_key(), settings.nucleus.clone(), locals))
+        }
+        _ => None,
+    };
     let mut d = Daemon {
+        rendezvous,
         settings,
         fabric,
         channel,
@@ -218,6 +246,11 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         if now.saturating_sub(last_tick) >= 100 {
             let ch = &d.channel;
             d.fabric.tick(now, |p| ch.activity(p));
+            if let Some(r) = d.rendezvous.as_mut() {
+                let mut outs = Vec::new();
+                r.tick(now, d.fabric.identity(), &mut outs);
+                d.channel.send(outs);
+            }
             last_tick = now;
         }
         if now.saturating_sub(last_liveness) >= 1000 {
@@ -296,7 +329,19 @@ impl Daemon {
     }
 
     fn flush(&mut self) {
-        let outs: Vec<_> = self.fabric.drain_outputs().collect();
+        let now = monotonic_ms();
+        let mut outs = Vec::new();
+        let produced: Vec<Output> = self.fabric.drain_outputs().collect();
+        for o in produced {
+            match o {
+                Output::PunchRequest(key) => {
+                    if let Some(r) = &self.rendezvous {
+                        r.punch_request(now, self.fabric.identity(), &key, &mut outs);
+                    }
+                }
+                other => outs.push(other),
+            }
+        }
         self.channel.send(outs);
     }
 
@@ -305,9 +350,19 @@ impl Daemon {
         if self.channel.generation() != self.last_generation {
             self.replay();
         }
-        let (fabric, channel) = (&mut self.fabric, &mut self.channel);
+        let (fabric, channel, rdv) = (&mut self.fabric, &mut self.channel, &mut self.rendezvous);
         channel.drain_events(|e| fabric.on_event(now, e));
-        channel.drain_punts(|src, bytes| fabric.on_punt(now, src, bytes));
+        channel.drain_punts(|src, bytes| match (src, rdv.as_mut()) {
+            (Endpoint::Direct(a), Some(r))
+                if r.is_nucleus(&a)
+                    && bytes.first() == Some(&omni_proto::constants::MSG_NUCLEUS) =>
+            {
+                for m in r.on_message(now, a, bytes) {
+                    fabric.on_member(now, &m);
+                }
+            }
+            _ => fabric.on_punt(now, src, bytes),
+        });
         if let Some(s) = self.supervisor.as_mut()
             && now.saturating_sub(self.generation_since_ms) > 60_000
         {
@@ -407,7 +462,8 @@ impl Daemon {
                     public_key: p.public_key.to_base64(),
                     endpoint: p.endpoint.map(|e| e.to_string()),
                     session: session.into(),
-                    path: "direct".into(),
+                    path: p.path().into(),
+                    origin: if p.dynamic { "nucleus" } else { "static" }.into(),
                     last_handshake_secs: p.last_handshake_ms.map(|t| now.saturating_sub(t) / 1000),
                     session_age_secs: p
                         .current
@@ -469,6 +525,8 @@ impl Daemon {
             fdb,
             handshakes_completed: st.handshakes_completed,
             drops,
+            nuclei: self.rendezvous.as_ref().map(|r| r.status(now)).unwrap_or_default(),
+            cluster: self.settings.cluster.clone(),
         }
     }
 
@@ -504,6 +562,13 @@ impl Daemon {
     }
 
     async fn shutdown(&mut self) {
+        if let Some(r) = &self.rendezvous {
+            let mut outs = Vec::new();
+            r.unregister(self.fabric.identity(), &mut outs);
+            self.channel.send(outs);
+            // Let the data plane send them before it is told to stop.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         if let Some(s) = self.supervisor.as_mut() {
             self.channel.send([crate::fabric::Output::Command(
                 omni_dataplane::shm::records::Command::Shutdown { remove_tap: true },

@@ -7,7 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod fabric;
 pub mod handshake;
-pub mod identity_store;
 pub mod metrics;
+pub mod rendezvous;
 pub mod status;
 pub mod supervisor;

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use omni_control::config::{self, CliOverrides, FileConfig, Settings};
+use omni_control::daemon;
 use omni_control::status::{self, Request, Status};
-use omni_control::{daemon, identity_store};
+use omni_proto::store as identity_store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +40,11 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// Cluster secrets.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Start a new handshake with one peer, or with every peer.
     Rekey {
         #[arg(long)]
@@ -46,6 +52,13 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Make a new cluster secret: prints the secret (one token) on stdout, and on stderr
+    /// the cluster key a Nucleus may pin.
+    New { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +200,19 @@ fn real_main() -> anyhow::Result<()> {
                 let s: Status = serde_json::from_value(v).context("unexpected status reply")?;
                 print!("{}", status::render(&s));
             }
+            Ok(())
+        }
+        Some(Cmd::Cluster { command: ClusterCmd::New { name } }) => {
+            let secret = omni_proto::cluster::new_secret_token();
+            let cluster = omni_proto::cluster::Cluster::new(&name, &secret)?;
+            println!("{secret}");
+            eprintln!(
+                "cluster {name}: give the secret above to every node (--cluster {name} --cluster-secret <SECRET>); keep it private."
+            );
+            eprintln!(
+                "cluster key, for a Nucleus that pins its clusters ([[clusters]] name = \"{name}\", key = ...): {}",
+                cluster.public_key()
+            );
             Ok(())
         }
         Some(Cmd::Rekey { peer, run_dir }) => {

@@ -26,8 +26,11 @@ pub struct PeerStatus {
     /// `established` (keys in use), `confirming` (handshake done, waiting for the
     /// initiator's first packet), `handshaking`, or `none`.
     pub session: String,
-    /// `direct` (static peers always are).
+    /// `direct`, or `relay` (through a Nucleus).
     pub path: String,
+    /// `static` (configured) or `nucleus` (introduced by a Nucleus).
+    #[serde(default)]
+    pub origin: String,
     pub last_handshake_secs: Option<u64>,
     pub session_age_secs: Option<u64>,
     pub rx_bytes: u64,
@@ -64,6 +67,10 @@ pub struct Status {
     pub fdb: Vec<FdbStatus>,
     pub handshakes_completed: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub nuclei: Vec<crate::rendezvous::NucleusStatus>,
 }
 
 pub type Pending = (Request, oneshot::Sender<serde_json::Value>);
@@ -160,6 +167,18 @@ pub fn render(s: &Status) -> String {
         dp.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         dp.restarts
     );
+    if let Some(c) = &s.cluster {
+        let _ = writeln!(o, "  cluster: {c}");
+    }
+    for n in &s.nuclei {
+        let _ = writeln!(
+            o,
+            "  nucleus: {} ({}{})",
+            n.address,
+            if n.registered { "registered" } else { "not registered" },
+            n.reflexive.as_ref().map(|r| format!(", seen as {r}")).unwrap_or_default()
+        );
+    }
     for p in &s.peers {
         let _ = writeln!(o);
         let _ = writeln!(o, "peer: {}", p.public_key);
@@ -221,6 +240,7 @@ mod tests {
                 endpoint: Some("10.0.0.2:51820".into()),
                 session: "established".into(),
                 path: "direct".into(),
+                origin: "static".into(),
                 last_handshake_secs: Some(5),
                 session_age_secs: Some(5),
                 rx_bytes: 2048,
@@ -235,6 +255,8 @@ mod tests {
             }],
             handshakes_completed: 1,
             drops: Default::default(),
+            cluster: None,
+            nuclei: vec![],
         };
         let t = render(&s);
         assert!(t.contains("peer: PEERKEY_PEERKEY"));

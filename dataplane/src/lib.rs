@@ -14,6 +14,8 @@ pub mod clock;
 #[cfg(not(loom))]
 pub mod counters;
 #[cfg(not(loom))]
+pub mod endpoint;
+#[cfg(not(loom))]
 pub mod engine;
 #[cfg(not(loom))]
 pub mod fdb;

@@ -10,6 +10,9 @@ pub mod constants;
 pub mod identity;
 pub mod mac;
 pub mod noise;
+pub mod rate_limiter;
+#[cfg(feature = "store")]
+pub mod store;
 pub mod tai64n;
 pub mod wire;
 

@@ -32,6 +32,11 @@ impl Tai64n {
         Self { secs: TAI64_EPOCH.saturating_add(secs), nanos: nanos & !WHITENER_MASK }
     }
 
+    /// Seconds since the Unix epoch (0 for labels before it).
+    pub fn unix_secs(self) -> u64 {
+        self.secs.saturating_sub(TAI64_EPOCH)
+    }
+
     /// Big-endian seconds then big-endian nanoseconds.
     pub fn to_bytes(self) -> [u8; LEN] {
         let mut out = [0u8; LEN];
@@ -63,6 +68,7 @@ mod tests {
         // 123456789 & !0xffffff = 117440512 = 0x07000000
         assert_eq!(&b[8..], &[0x07, 0x00, 0x00, 0x00]);
         assert_eq!(Tai64n::from_bytes(&b), Some(t));
+        assert_eq!(t.unix_secs(), 1_700_000_000);
     }
 
     #[test]

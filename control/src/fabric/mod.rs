@@ -11,6 +11,8 @@ pub mod index;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use omni_dataplane::endpoint::Endpoint;
+
 use omni_dataplane::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
 use omni_proto::mac::{self, Cookie, Mac};
 use omni_proto::noise::{self, HandshakeState, Psk, SessionKeys};
@@ -22,14 +24,19 @@ use zeroize::Zeroizing;
 
 use crate::config::Timers;
 use crate::handshake::cookie::CookieChecker;
-use crate::handshake::rate_limiter::RateLimiter;
 use index::IndexAllocator;
+use omni_proto::rate_limiter::RateLimiter;
 
 /// Something for the I/O layer to do.
 #[derive(Debug)]
 pub enum Output {
     Command(Command),
-    Inject { to: SocketAddr, bytes: Vec<u8> },
+    Inject {
+        to: Endpoint,
+        bytes: Vec<u8>,
+    },
+    /// Ask the Nuclei to make this member and us punch towards each other now.
+    PunchRequest(PublicKey),
 }
 
 /// Per-peer timestamps and byte counts from the data plane's shared-memory statistics.
@@ -80,7 +87,20 @@ pub struct Peer {
     /// mac1 key for messages we send to this peer.
     mac1_key: [u8; 32],
     pub configured_endpoint: Option<SocketAddr>,
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Endpoint>,
+    /// Learned from a Nucleus (not configured).
+    pub dynamic: bool,
+    /// Listed by a Nucleus now (dynamic peers).
+    pub present: bool,
+    /// Direct addresses a Nucleus gave (reflexive first, then local ones).
+    pub candidates: Vec<SocketAddr>,
+    /// The way through a Nucleus relay.
+    pub relay: Option<Endpoint>,
+    /// When the current attempt to reach this peer (without a session) began.
+    punch_started_ms: Option<u64>,
+    relay_tried: bool,
+    last_upgrade_ms: u64,
+    last_persistent_keepalive_ms: u64,
     last_initiation: Option<Tai64n>,
     pending: Option<Pending>,
     cookie: Option<(Cookie, u64)>,
@@ -96,10 +116,17 @@ impl Peer {
     pub fn handshaking(&self) -> bool {
         self.pending.is_some()
     }
+
+    /// `direct` or `relay`, by the endpoint in use.
+    pub fn path(&self) -> &'static str {
+        if self.endpoint.is_some_and(|e| e.is_relay()) { "relay" } else { "direct" }
+    }
 }
 
 pub struct Fabric {
     identity: Identity,
+    rdv: RendezvousTimers,
+    max_peers: usize,
     x25519_secret: Zeroizing<[u8; 32]>,
     own_mac1_key: [u8; 32],
     psk: Psk,
@@ -128,6 +155,24 @@ pub struct FabricConfig {
     pub flood_limit: u32,
     /// The data plane's session table size (a power of two).
     pub max_sessions: u32,
+    pub rendezvous: RendezvousTimers,
+}
+
+/// How the fabric reaches peers a Nucleus introduced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RendezvousTimers {
+    /// Fall back to the relay when no direct handshake succeeded within this long.
+    pub relay_after_ms: u64,
+    /// While relayed, try for a direct path this often.
+    pub direct_retry_ms: u64,
+    /// Keep NAT mappings open: send a keepalive when nothing was sent for this long.
+    pub persistent_keepalive_ms: u64,
+}
+
+impl Default for RendezvousTimers {
+    fn default() -> Self {
+        Self { relay_after_ms: 3_000, direct_retry_ms: 30_000, persistent_keepalive_ms: 25_000 }
+    }
 }
 
 impl Fabric {
@@ -143,6 +188,8 @@ impl Fabric {
             mac1_key: mac::mac1_key(&own),
         };
         Self {
+            rdv: cfg.rendezvous,
+            max_peers: (cfg.max_sessions / 4).max(1) as usize,
             x25519_secret: identity.x25519_secret(),
             own_mac1_key: mac::mac1_key(&own),
             identity,
@@ -167,6 +214,15 @@ impl Fabric {
         self.identity.public_key()
     }
 
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Caps the number of peers (the data plane's table size).
+    pub fn set_max_peers(&mut self, n: usize) {
+        self.max_peers = n;
+    }
+
     pub fn peers(&self) -> &[Peer] {
         &self.peers
     }
@@ -181,16 +237,38 @@ impl Fabric {
 
     /// Adds a static peer; returns its id (its slot in the data plane's tables).
     pub fn add_peer(&mut self, key: PublicKey, endpoint: Option<SocketAddr>) -> u16 {
+        let id = self
+            .insert_peer(key, false)
+            .expect("static peers fit: checked against max_peers by config");
+        let p = &mut self.peers[id as usize];
+        p.configured_endpoint = endpoint;
+        p.endpoint = endpoint.map(Endpoint::Direct);
+        self.cmd(Command::SetPeer { peer: id, endpoint: endpoint.map(Endpoint::Direct) });
+        id
+    }
+
+    fn insert_peer(&mut self, key: PublicKey, dynamic: bool) -> Option<u16> {
         if let Some(&id) = self.by_x25519.get(&key.x25519()) {
-            return id;
+            return Some(id);
+        }
+        if self.peers.len() >= self.max_peers {
+            return None;
         }
         let id = self.peers.len() as u16;
         self.peers.push(Peer {
             public_key: key,
             x25519: key.x25519(),
             mac1_key: mac::mac1_key(&key),
-            configured_endpoint: endpoint,
-            endpoint,
+            configured_endpoint: None,
+            endpoint: None,
+            dynamic,
+            present: dynamic,
+            candidates: vec![],
+            relay: None,
+            punch_started_ms: None,
+            relay_tried: false,
+            last_upgrade_ms: 0,
+            last_persistent_keepalive_ms: 0,
             last_initiation: None,
             pending: None,
             cookie: None,
@@ -201,8 +279,70 @@ impl Fabric {
             keepalive_for_rx_ms: 0,
         });
         self.by_x25519.insert(key.x25519(), id);
-        self.cmd(Command::SetPeer { peer: id, endpoint });
-        id
+        Some(id)
+    }
+
+    /// A member as a Nucleus describes it: adds or updates the peer and, when asked to (or
+    /// when it is new and unreached), punches towards it at once.
+    pub fn on_member(&mut self, now_ms: u64, m: &crate::rendezvous::MemberUpdate) {
+        if m.key == self.public_key() {
+            return;
+        }
+        let known = self.by_x25519.contains_key(&m.key.x25519());
+        let Some(id) = self.insert_peer(m.key, true) else {
+            debug!(peer = %m.key.short(), "peer table full; member ignored");
+            return;
+        };
+        if !known {
+            self.cmd(Command::SetPeer { peer: id, endpoint: None });
+        }
+        let p = &mut self.peers[id as usize];
+        if !m.present {
+            // Left or silent at the Nucleus: stop trying, keep any session that works.
+            p.present = false;
+            p.candidates.clear();
+            return;
+        }
+        p.present = true;
+        p.candidates = m.endpoints.clone();
+        // Keep relaying through the first Nucleus that offered it.
+        if p.relay.is_none_or(|r| r.addr() == m.relay.addr()) {
+            p.relay = Some(m.relay);
+        }
+        let unreached = p.current.is_none();
+        let relayed = p.endpoint.is_some_and(|e| e.is_relay());
+        if (m.punch || !known) && (unreached || relayed) {
+            if unreached && p.punch_started_ms.is_none() {
+                p.punch_started_ms = Some(now_ms);
+                p.relay_tried = false;
+            }
+            self.initiate(now_ms, id);
+        }
+    }
+
+    /// Where a handshake initiation to peer `id` goes: the endpoint in use, every direct
+    /// candidate of a Nucleus-introduced peer not yet reached directly, and its relay once
+    /// punching has failed for `relay_after`.
+    fn destinations(&self, now_ms: u64, id: u16) -> Vec<Endpoint> {
+        let p = &self.peers[id as usize];
+        let mut d: Vec<Endpoint> = p.endpoint.into_iter().collect();
+        let direct = p.endpoint.is_some_and(|e| !e.is_relay()) && p.current.is_some();
+        if p.dynamic && !direct {
+            for c in &p.candidates {
+                let e = Endpoint::Direct(*c);
+                if !d.contains(&e) {
+                    d.push(e);
+                }
+            }
+        }
+        let punching_failed =
+            p.punch_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.rdv.relay_after_ms);
+        if let Some(r) = p.relay.filter(|_| p.dynamic && punching_failed && p.current.is_none()) {
+            if !d.contains(&r) {
+                d.push(r);
+            }
+        }
+        d
     }
 
     pub fn peer_id(&self, key: &PublicKey) -> Option<u16> {
@@ -234,7 +374,7 @@ impl Fabric {
     // ---- handshake packets ---------------------------------------------------------------
 
     /// A packet the data plane punted: a handshake message or cookie reply.
-    pub fn on_punt(&mut self, now_ms: u64, src: SocketAddr, msg: &[u8]) {
+    pub fn on_punt(&mut self, now_ms: u64, src: Endpoint, msg: &[u8]) {
         match MessageType::of(msg) {
             Ok(MessageType::HandshakeInitiation) => self.on_initiation(now_ms, src, msg),
             Ok(MessageType::HandshakeResponse) => self.on_response(now_ms, src, msg),
@@ -252,7 +392,7 @@ impl Fabric {
         self.load_count > self.cookie_threshold
     }
 
-    fn on_initiation(&mut self, now_ms: u64, src: SocketAddr, msg: &[u8]) {
+    fn on_initiation(&mut self, now_ms: u64, src: Endpoint, msg: &[u8]) {
         let Ok(pkt) = handshake_init::Packet::new_checked(msg) else {
             self.stats.dropped_bad_handshake += 1;
             return;
@@ -262,12 +402,12 @@ impl Fabric {
             self.stats.dropped_bad_handshake += 1;
             return;
         }
-        if !self.rate_limiter.allow(src.ip(), now_ms) {
+        if !self.rate_limiter.allow(src.addr().ip(), now_ms) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
-        if self.under_load(now_ms) && !self.cookies.verify_mac2(msg, &src, now_ms) {
-            let reply = self.cookies.reply(pkt.sender_index(), &pkt.mac1(), &src, now_ms);
+        if self.under_load(now_ms) && !self.cookies.verify_mac2(msg, &src.addr(), now_ms) {
+            let reply = self.cookies.reply(pkt.sender_index(), &pkt.mac1(), &src.addr(), now_ms);
             self.out.push(Output::Inject { to: src, bytes: reply.to_vec() });
             self.stats.cookie_replies_sent += 1;
             return;
@@ -334,7 +474,7 @@ impl Fabric {
         info!(peer = %self.peers[id as usize].public_key.short(), %src, "handshake completed (responder)");
     }
 
-    fn on_response(&mut self, now_ms: u64, src: SocketAddr, msg: &[u8]) {
+    fn on_response(&mut self, now_ms: u64, src: Endpoint, msg: &[u8]) {
         let Ok(pkt) = handshake_resp::Packet::new_checked(msg) else {
             self.stats.dropped_bad_handshake += 1;
             return;
@@ -396,8 +536,9 @@ impl Fabric {
         }
     }
 
-    fn set_endpoint(&mut self, id: u16, ep: SocketAddr) {
+    fn set_endpoint(&mut self, id: u16, ep: Endpoint) {
         let p = &mut self.peers[id as usize];
+        p.punch_started_ms = None;
         if p.endpoint != Some(ep) {
             p.endpoint = Some(ep);
             self.cmd(Command::SetPeer { peer: id, endpoint: Some(ep) });
@@ -409,9 +550,13 @@ impl Fabric {
         self.indices.release(idx);
     }
 
-    /// Starts (or restarts) a handshake towards peer `id`, if it has an endpoint.
+    /// Starts (or restarts) a handshake towards peer `id`, sent to every destination that
+    /// may reach it (the first that answers wins).
     pub fn initiate(&mut self, now_ms: u64, id: u16) {
-        let Some(endpoint) = self.peers[id as usize].endpoint else { return };
+        let dests = self.destinations(now_ms, id);
+        if dests.is_empty() {
+            return;
+        }
         let started_ms = match self.peers[id as usize].pending.take() {
             Some(old) => {
                 self.forget_index(old.local_index);
@@ -450,14 +595,21 @@ impl Fabric {
         self.peers[id as usize].pending =
             Some(Pending { local_index, hs, started_ms, next_retry_ms, mac1 });
         self.by_index.insert(local_index, id);
-        self.out.push(Output::Inject { to: endpoint, bytes: msg.to_vec() });
+        for to in &dests {
+            self.out.push(Output::Inject { to: *to, bytes: msg.to_vec() });
+        }
         self.stats.handshakes_initiated += 1;
-        debug!(peer = %self.peers[id as usize].public_key.short(), %endpoint, "handshake initiation sent");
+        debug!(peer = %self.peers[id as usize].public_key.short(), ?dests, "handshake initiation sent");
     }
 
     /// Starts a handshake now unless one is already running.
     pub fn request_handshake(&mut self, now_ms: u64, id: u16) {
         if (id as usize) < self.peers.len() && self.peers[id as usize].pending.is_none() {
+            let p = &mut self.peers[id as usize];
+            if p.dynamic && p.current.is_none() && p.punch_started_ms.is_none() {
+                p.punch_started_ms = Some(now_ms);
+                p.relay_tried = false;
+            }
             self.initiate(now_ms, id);
         }
     }
@@ -543,6 +695,7 @@ impl Fabric {
                 if now_ms.saturating_sub(pend.started_ms) >= ms(t.rekey_attempt) {
                     let idx = pend.local_index;
                     self.peers[id as usize].pending = None;
+                    self.peers[id as usize].punch_started_ms = None;
                     self.forget_index(idx);
                     info!(peer = %self.peers[id as usize].public_key.short(), "handshake gave up after {:?}", t.rekey_attempt);
                 } else {
@@ -593,12 +746,54 @@ impl Fabric {
                 debug!(peer = %p.public_key.short(), "no reply to data; new handshake");
                 self.initiate(now_ms, id);
             }
+            self.tick_rendezvous(now_ms, id, &act);
             // Idle peer: forget the dynamic state (cookies) after a long silence.
             let p = &mut self.peers[id as usize];
             let last = act.last_rx_ms.max(act.last_tx_ms).max(p.last_handshake_ms.unwrap_or(0));
             if p.cookie.is_some() && now_ms.saturating_sub(last) >= ms(t.idle_timeout) {
                 p.cookie = None;
             }
+        }
+    }
+
+    /// Nucleus-introduced peers: relay when punching fails, try for a direct path while
+    /// relayed, keep NAT mappings open.
+    fn tick_rendezvous(&mut self, now_ms: u64, id: u16, act: &Activity) {
+        let rdv = self.rdv;
+        let p = &mut self.peers[id as usize];
+        if !p.dynamic {
+            return;
+        }
+        if p.current.is_none()
+            && !p.relay_tried
+            && p.relay.is_some()
+            && p.punch_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= rdv.relay_after_ms)
+        {
+            p.relay_tried = true;
+            debug!(peer = %p.public_key.short(), "no direct path yet; trying the relay");
+            self.initiate(now_ms, id);
+            return;
+        }
+        let p = &mut self.peers[id as usize];
+        if p.present
+            && p.current.is_some()
+            && p.endpoint.is_some_and(|e| e.is_relay())
+            && now_ms.saturating_sub(p.last_upgrade_ms) >= rdv.direct_retry_ms
+        {
+            p.last_upgrade_ms = now_ms;
+            let key = p.public_key;
+            self.out.push(Output::PunchRequest(key));
+        }
+        let p = &mut self.peers[id as usize];
+        let quiet_since = act.last_tx_ms.max(p.last_persistent_keepalive_ms);
+        if p.current.is_some()
+            && rdv.persistent_keepalive_ms > 0
+            && act.last_tx_ms > 0
+            && now_ms.saturating_sub(quiet_since) >= rdv.persistent_keepalive_ms
+        {
+            p.last_persistent_keepalive_ms = now_ms;
+            self.stats.keepalives_requested += 1;
+            self.cmd(Command::SendKeepalive { peer: id });
         }
     }
 

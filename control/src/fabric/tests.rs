@@ -13,6 +13,7 @@ fn cfg() -> FabricConfig {
         fdb_aging_ms: 300_000,
         flood_limit: u32::MAX,
         max_sessions: 64,
+        rendezvous: RendezvousTimers::default(),
     }
 }
 
@@ -29,7 +30,7 @@ fn pair_with(cfg_a: FabricConfig, cfg_b: FabricConfig) -> (Fabric, Fabric) {
     (a, b)
 }
 
-fn injects(f: &mut Fabric) -> Vec<(SocketAddr, Vec<u8>)> {
+fn injects(f: &mut Fabric) -> Vec<(Endpoint, Vec<u8>)> {
     f.drain_outputs()
         .filter_map(|o| match o {
             Output::Inject { to, bytes } => Some((to, bytes)),
@@ -38,13 +39,14 @@ fn injects(f: &mut Fabric) -> Vec<(SocketAddr, Vec<u8>)> {
         .collect()
 }
 
-fn split_outputs(f: &mut Fabric) -> (Vec<Command>, Vec<(SocketAddr, Vec<u8>)>) {
+fn split_outputs(f: &mut Fabric) -> (Vec<Command>, Vec<(Endpoint, Vec<u8>)>) {
     let mut c = vec![];
     let mut i = vec![];
     for o in f.drain_outputs() {
         match o {
             Output::Command(x) => c.push(x),
             Output::Inject { to, bytes } => i.push((to, bytes)),
+            Output::PunchRequest(_) => {}
         }
     }
     (c, i)
@@ -67,7 +69,7 @@ fn handshake(a: &mut Fabric, b: &mut Fabric, now: u64) -> (InstallSession, Insta
     a.initiate(now, 0);
     let init = injects(a);
     assert_eq!(init.len(), 1);
-    assert_eq!(init[0].0, B_EP.parse::<SocketAddr>().unwrap());
+    assert_eq!(init[0].0, B_EP.parse::<Endpoint>().unwrap());
     b.on_punt(now, A_EP.parse().unwrap(), &init[0].1);
     let (bc, bi) = split_outputs(b);
     assert_eq!(bi.len(), 1, "responder answers");
@@ -289,7 +291,7 @@ fn replay_installs_current_before_previous() {
 #[test]
 fn garbage_punts_are_counted_not_fatal() {
     let (_a, mut b) = pair_with(cfg(), cfg());
-    let src: SocketAddr = A_EP.parse().unwrap();
+    let src: Endpoint = A_EP.parse().unwrap();
     for bytes in [&[][..], &[1, 0, 0, 0][..], &[2, 0, 0, 0, 1][..], &[9; 148][..]] {
         b.on_punt(1, src, bytes);
     }
@@ -299,4 +301,92 @@ fn garbage_punts_are_counted_not_fatal() {
     b.on_punt(1, src, &junk);
     assert!(injects(&mut b).is_empty());
     assert!(b.stats.dropped_bad_handshake >= 4);
+}
+
+fn member(key: PublicKey, eps: &[&str], punch: bool) -> crate::rendezvous::MemberUpdate {
+    crate::rendezvous::MemberUpdate {
+        key,
+        present: true,
+        endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
+        punch,
+        relay: Endpoint::Relay { via: "192.0.2.100:51820".parse().unwrap(), tag: [7; 8] },
+    }
+}
+
+#[test]
+fn members_are_punched_on_every_candidate_then_relayed() {
+    let ia = Identity::from_seed([1; 32]);
+    let kb = Identity::from_seed([2; 32]).public_key();
+    let mut a = Fabric::new(ia, cfg(), 1);
+    a.on_member(1000, &member(kb, &["203.0.113.2:40000", "192.168.1.2:51820"], true));
+    let (cmds, sent) = split_outputs(&mut a);
+    assert!(matches!(cmds[0], Command::SetPeer { peer: 0, endpoint: None }));
+    let dests: Vec<Endpoint> = sent.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        dests,
+        vec!["203.0.113.2:40000".parse().unwrap(), "192.168.1.2:51820".parse().unwrap()]
+    );
+    assert_eq!(sent[0].1, sent[1].1, "one initiation, sent to every candidate at once");
+    assert!(a.peers()[0].dynamic && a.peers()[0].handshaking());
+    // Nothing answered for relay_after (3 s): the next attempt includes the relay.
+    a.tick(4_100, |_| Activity::default());
+    let sent = injects(&mut a);
+    assert!(sent.iter().any(|(t, _)| t.is_relay()), "{sent:?}");
+    assert!(sent.iter().any(|(t, _)| !t.is_relay()), "direct candidates stay in the race");
+    // Only once per attempt round.
+    a.tick(4_200, |_| Activity::default());
+    assert!(injects(&mut a).is_empty());
+}
+
+#[test]
+fn a_handshake_through_the_relay_puts_the_peer_on_the_relay_path() {
+    let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let (ka, kb) = (ia.public_key(), ib.public_key());
+    let mut a = Fabric::new(ia, cfg(), 1);
+    let mut b = Fabric::new(ib, cfg(), 1);
+    a.on_member(0, &member(kb, &["203.0.113.2:40000"], true));
+    b.on_member(0, &member(ka, &["203.0.113.1:40000"], true));
+    a.drain_outputs().for_each(drop);
+    b.drain_outputs().for_each(drop);
+    // Direct packets never arrive (symmetric NAT); after 3 s A also tries the relay.
+    a.tick(3_100, |_| Activity::default());
+    let via_relay: Vec<_> = injects(&mut a).into_iter().filter(|(t, _)| t.is_relay()).collect();
+    assert_eq!(via_relay.len(), 1);
+    // B receives it relayed (its data plane reports the relay as the source).
+    let relay_src = Endpoint::Relay { via: "192.0.2.100:51820".parse().unwrap(), tag: [9; 8] };
+    b.on_punt(3_100, relay_src, &via_relay[0].1);
+    let (cmds, resp) = split_outputs(&mut b);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::SetPeer { endpoint: Some(e), .. } if *e == relay_src))
+    );
+    assert_eq!(resp[0].0, relay_src, "answered the way it came");
+    assert_eq!(b.peers()[0].path(), "relay");
+    a.on_punt(
+        3_101,
+        Endpoint::Relay { via: "192.0.2.100:51820".parse().unwrap(), tag: [7; 8] },
+        &resp[0].1,
+    );
+    assert_eq!(a.peers()[0].path(), "relay");
+    assert!(a.peers()[0].current.is_some());
+    // While relayed, A asks the Nuclei for a punch every direct_retry (30 s).
+    a.drain_outputs().for_each(drop);
+    a.tick(40_000, |_| Activity::default());
+    assert!(a.drain_outputs().any(|o| matches!(o, Output::PunchRequest(k) if k == kb)));
+}
+
+#[test]
+fn departed_members_keep_working_sessions() {
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    handshake(&mut a, &mut b, 10);
+    let kb = a.peers()[0].public_key;
+    let mut gone = member(kb, &[], false);
+    gone.present = false;
+    a.on_member(20, &gone);
+    assert!(a.peers()[0].current.is_some(), "losing the Nucleus never breaks a session");
+    assert!(!a.drain_outputs().any(|o| matches!(
+        o,
+        Output::Command(Command::RemovePeer { .. })
+            | Output::Command(Command::RemoveSession { .. })
+    )));
 }

@@ -1,5 +1,4 @@
-//! Handshake machinery that is not Noise itself: the responder's cookie mechanism and the
-//! per-source rate limiter (boringtun keeps these in separate files too).
+//! Handshake machinery that is not Noise itself: the responder's cookie mechanism (the
+//! per-source rate limiter is `omni_proto::rate_limiter`, shared with the Nucleus).
 
 pub mod cookie;
-pub mod rate_limiter;

@@ -286,8 +286,8 @@ impl Worker<'_> {
         let (sock, counters) = (self.sock, self.counters);
         for _ in 0..256 {
             let r = self.ends.inject.pop_with(|slot| match decode_packet(slot) {
-                Ok((addr, bytes)) => {
-                    if sock.send_to(bytes, &addr).is_ok() {
+                Ok((to, bytes)) => {
+                    if sock.send_via(bytes, &to).is_ok() {
                         counters.inc(Counter::Injected, 1);
                     } else {
                         counters.drop(DropReason::TxError);
@@ -331,10 +331,10 @@ impl Worker<'_> {
                         self.counters.drop(DropReason::AccessError);
                     }
                 }
-                Decap::Punt => {
+                Decap::Punt { from } => {
                     let bytes = &pkt.data[..pkt.len];
                     match self.ends.punt.push_with(|slot| {
-                        encode_packet(slot, src, bytes);
+                        encode_packet(slot, from, bytes);
                     }) {
                         Ok(()) => self.counters.inc(Counter::Punted, 1),
                         Err(_) => self.counters.drop(DropReason::PuntRingFull),

@@ -14,10 +14,11 @@ use omni_proto::constants::{
 };
 use omni_proto::wire::ethernet::{self, MacAddr};
 use omni_proto::wire::{
-    MessageType, cookie_reply, handshake_init, handshake_resp, macs, transport,
+    MessageType, cookie_reply, handshake_init, handshake_resp, macs, relay, transport,
 };
 
 use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::endpoint::Endpoint;
 use crate::fdb::{Fdb, Learn};
 use crate::session::{OpenError, Session};
 use crate::shm::layout::{PeerStats, SessionSlot};
@@ -37,12 +38,16 @@ pub struct PacketBuf {
     /// Bytes used: for a frame read from the access port, the frame length (the frame sits
     /// at `data[16..]`); for a datagram, its whole length (at `data[0..]`).
     pub len: usize,
+    /// The UDP peer: destination when sending, source when received.
     pub addr: Option<SocketAddr>,
+    /// When sending through a relay: the destination's relay tag (the sender puts the
+    /// relay header in front, as a separate iovec: no copy).
+    pub relay: Option<relay::Tag>,
 }
 
 impl PacketBuf {
     pub fn new() -> Self {
-        Self { data: vec![0u8; BUF_SIZE].into_boxed_slice(), len: 0, addr: None }
+        Self { data: vec![0u8; BUF_SIZE].into_boxed_slice(), len: 0, addr: None, relay: None }
     }
 
     /// Where a frame read from the access port goes: after the transport header, leaving
@@ -77,14 +82,17 @@ pub enum Decap {
     },
     /// An authenticated keepalive: nothing to deliver.
     Keepalive,
-    /// A handshake or cookie message for control.
-    Punt,
+    /// A message for control (handshake, cookie reply, Nucleus signalling), with where it
+    /// came from (a relayed one has been unwrapped to `data[..len]`).
+    Punt {
+        from: Endpoint,
+    },
     Drop(DropReason),
 }
 
 struct Peer {
     active: bool,
-    endpoint: Option<SocketAddr>,
+    endpoint: Option<Endpoint>,
     current: Option<u32>,
     previous: Option<u32>,
     next: Option<u32>,
@@ -299,7 +307,8 @@ impl<'r> Engine<'r> {
             self.event(Event::RekeyNeeded { peer });
         }
         buf.len = n;
-        buf.addr = endpoint;
+        buf.addr = endpoint.map(|e| e.addr());
+        buf.relay = endpoint.and_then(|e| e.relay_tag());
         self.stats(peer).record_tx(frame_len, now_ms);
         self.counters.inc(Counter::TxPackets, 1);
         self.counters.inc(Counter::TxBytes, frame_len as u64);
@@ -370,7 +379,8 @@ impl<'r> Engine<'r> {
     // ---- underlay → access port ------------------------------------------------------
 
     /// Classifies and, for transport messages, opens a datagram `pkt.data[..pkt.len]` that
-    /// came from `src`.
+    /// came from `src`. A relayed datagram is unwrapped first; its peer is then reached
+    /// through the relay it came by.
     pub fn decap(
         &mut self,
         now_ms: u64,
@@ -392,24 +402,39 @@ impl<'r> Engine<'r> {
         pkt: &mut PacketBuf,
         tx: &mut impl TxSink,
     ) -> Decap {
-        let len = pkt.len;
-        let msg = &pkt.data[..len];
-        match MessageType::of(msg) {
+        let mut from = Endpoint::Direct(src);
+        let mut ty = MessageType::of(&pkt.data[..pkt.len]);
+        if ty == Ok(MessageType::Relayed) {
+            let tag = match relay::Packet::new_checked(&pkt.data[..pkt.len]) {
+                Ok(p) if !p.is_request() => p.tag(),
+                _ => return Decap::Drop(DropReason::Malformed),
+            };
+            // Relay is the slow path: moving the inner message down is cheaper than making
+            // every buffer carry room for a header that is almost never there.
+            pkt.data.copy_within(relay::HEADER_LEN..pkt.len, 0);
+            pkt.len -= relay::HEADER_LEN;
+            from = Endpoint::Relay { via: src, tag };
+            ty = MessageType::of(&pkt.data[..pkt.len]);
+        }
+        let msg = &pkt.data[..pkt.len];
+        match ty {
             Ok(MessageType::Transport) => {}
             Ok(MessageType::HandshakeInitiation) => {
-                return self.check_handshake(msg, handshake_init::LEN);
+                return self.check_handshake(msg, handshake_init::LEN, from);
             }
             Ok(MessageType::HandshakeResponse) => {
-                return self.check_handshake(msg, handshake_resp::LEN);
+                return self.check_handshake(msg, handshake_resp::LEN, from);
             }
             Ok(MessageType::CookieReply) => {
-                return if len == cookie_reply::LEN {
-                    Decap::Punt
+                return if msg.len() == cookie_reply::LEN {
+                    Decap::Punt { from }
                 } else {
                     Decap::Drop(DropReason::Malformed)
                 };
             }
-            Err(_) => return Decap::Drop(DropReason::Malformed),
+            // Nucleus signalling is signed; control verifies it. It never comes relayed.
+            Ok(MessageType::Nucleus) if !from.is_relay() => return Decap::Punt { from },
+            _ => return Decap::Drop(DropReason::Malformed),
         }
         let Ok(tp) = transport::Packet::new_checked(msg) else {
             return Decap::Drop(DropReason::Malformed);
@@ -423,6 +448,7 @@ impl<'r> Engine<'r> {
             return Decap::Drop(DropReason::Expired);
         }
         let slot = self.slot(idx);
+        let len = pkt.len;
         let sess = self.sessions[slot_i].as_deref_mut().expect("checked above");
         let peer = sess.peer;
         let n = match sess.open(&mut pkt.data[..len], counter, slot) {
@@ -434,9 +460,9 @@ impl<'r> Engine<'r> {
         if self.peers[peer as usize].next == Some(idx) {
             self.confirm_next(now_ms, peer, tx);
         }
-        if self.peers[peer as usize].endpoint != Some(src) {
-            self.peers[peer as usize].endpoint = Some(src);
-            self.event(Event::EndpointChanged { peer, endpoint: Some(src) });
+        if self.peers[peer as usize].endpoint != Some(from) {
+            self.peers[peer as usize].endpoint = Some(from);
+            self.event(Event::EndpointChanged { peer, endpoint: Some(from) });
         }
         self.stats(peer).record_rx(n, now_ms);
         self.counters.inc(Counter::RxPackets, 1);
@@ -460,14 +486,14 @@ impl<'r> Engine<'r> {
         Decap::Deliver { len: n }
     }
 
-    fn check_handshake(&self, msg: &[u8], expected: usize) -> Decap {
+    fn check_handshake(&self, msg: &[u8], expected: usize, from: Endpoint) -> Decap {
         if msg.len() != expected {
             return Decap::Drop(DropReason::Malformed);
         }
         if self.mac1_check && !macs::verify_mac1(msg, &self.cfg.mac1_key) {
             return Decap::Drop(DropReason::BadMac1);
         }
-        Decap::Punt
+        Decap::Punt { from }
     }
 
     fn confirm_next(&mut self, now_ms: u64, peer: u16, tx: &mut impl TxSink) {
@@ -634,7 +660,7 @@ impl<'r> Engine<'r> {
     }
 
     /// The peer's endpoint as the engine knows it.
-    pub fn endpoint(&self, peer: u16) -> Option<SocketAddr> {
+    pub fn endpoint(&self, peer: u16) -> Option<Endpoint> {
         self.peers.get(peer as usize).and_then(|p| p.endpoint)
     }
 }

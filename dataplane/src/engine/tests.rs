@@ -281,12 +281,12 @@ fn handshake_messages_are_punted_only_with_valid_mac1() {
     p.len = handshake_init::LEN;
     assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::BadMac1));
     macs::seal(&mut p.data[..handshake_init::LEN], &key, None);
-    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt);
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt { from: A_EP.parse().unwrap() });
     p.len = handshake_init::LEN - 1;
     assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::Malformed));
     p.data[..4].copy_from_slice(&[3, 0, 0, 0]);
     p.len = cookie_reply::LEN;
-    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt);
+    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt { from: A_EP.parse().unwrap() });
     p.data[..4].copy_from_slice(&[9, 0, 0, 0]);
     assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::Malformed));
     p.data[..4].copy_from_slice(&[4, 0, 0, 0]);
@@ -403,4 +403,64 @@ fn reset_and_replay_of_a_session_never_reuses_a_nonce() {
     let counter_after = u64::from_le_bytes(after.data[8..16].try_into().unwrap());
     assert!(counter_after > counter_before, "{counter_after} > {counter_before}");
     assert!(matches!(deliver(&mut b, A_EP, &mut after), Decap::Deliver { .. }), "peer accepts it");
+}
+
+#[test]
+fn relayed_packets_are_unwrapped_and_the_path_follows_them() {
+    let (mut a, mut b) = pair("relay");
+    let mut sink = VecSink::default();
+    let nucleus = "198.51.100.10:51820";
+    let a_tag = [0xaa; 8];
+    // A's packet reaches B through the Nucleus: RELAYED(src tag = A) | transport.
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"via relay");
+    a.encap(10, &mut f, &mut sink);
+    let sealed = sink.queued.pop().unwrap();
+    let mut relayed = PacketBuf::new();
+    relayed.data[..12].copy_from_slice(&relay::header(true, &a_tag));
+    relayed.data[12..12 + sealed.len].copy_from_slice(&sealed.data[..sealed.len]);
+    relayed.len = 12 + sealed.len;
+    assert_eq!(deliver(&mut b, nucleus, &mut relayed), Decap::Deliver { len: 14 + 9 });
+    assert_eq!(&relayed.data[16 + 14..16 + 23], b"via relay");
+    let via_relay = Endpoint::Relay { via: nucleus.parse().unwrap(), tag: a_tag };
+    assert_eq!(b.endpoint(0), Some(via_relay));
+    // B's answers now go to the Nucleus with A's tag in front.
+    let mut f = frame(MAC_A, MAC_B, b"back");
+    b.encap(11, &mut f, &mut sink);
+    let out = sink.queued.pop().unwrap();
+    assert_eq!(out.addr, Some(nucleus.parse().unwrap()));
+    assert_eq!(out.relay, Some(a_tag));
+    // A later direct packet takes the path back to direct.
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"direct");
+    a.encap(12, &mut f, &mut sink);
+    let mut direct = sink.queued.pop().unwrap();
+    assert!(matches!(deliver(&mut b, A_EP, &mut direct), Decap::Deliver { .. }));
+    assert_eq!(b.endpoint(0), Some(A_EP.parse().unwrap()));
+    let mut f = frame(MAC_A, MAC_B, b"back");
+    b.encap(13, &mut f, &mut sink);
+    assert_eq!(sink.queued.pop().unwrap().relay, None);
+    // Handshakes can come relayed (punted with their relay origin); Nucleus signalling
+    // and nested relays cannot.
+    let mut hs = PacketBuf::new();
+    hs.data[..12].copy_from_slice(&relay::header(true, &a_tag));
+    hs.data[12..16].copy_from_slice(&[3, 0, 0, 0]);
+    hs.len = 12 + cookie_reply::LEN;
+    assert_eq!(deliver(&mut b, nucleus, &mut hs), Decap::Punt { from: via_relay });
+    let mut nested = PacketBuf::new();
+    nested.data[..12].copy_from_slice(&relay::header(true, &a_tag));
+    nested.data[12..24].copy_from_slice(&relay::header(true, &a_tag));
+    nested.data[24..28].copy_from_slice(&[4, 0, 0, 0]);
+    nested.len = 60;
+    assert_eq!(deliver(&mut b, nucleus, &mut nested), Decap::Drop(DropReason::Malformed));
+    let mut sig = PacketBuf::new();
+    sig.data[..12].copy_from_slice(&relay::header(true, &a_tag));
+    sig.data[12..16].copy_from_slice(&[5, 0, 0, 0]);
+    sig.len = 100;
+    assert_eq!(deliver(&mut b, nucleus, &mut sig), Decap::Drop(DropReason::Malformed));
+    let mut direct_sig = PacketBuf::new();
+    direct_sig.data[..8].copy_from_slice(&[5, 0, 0, 0, 3, 0, 0, 0]);
+    direct_sig.len = 172;
+    assert_eq!(
+        deliver(&mut b, nucleus, &mut direct_sig),
+        Decap::Punt { from: nucleus.parse().unwrap() }
+    );
 }

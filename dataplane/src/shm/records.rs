@@ -5,6 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use omni_proto::noise::SessionKeys;
+
+use crate::endpoint::Endpoint;
 use zeroize::Zeroize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -17,20 +19,28 @@ pub enum RecordError {
     BadField(&'static str),
 }
 
-/// Encoded endpoint: family (0 none, 4, 6), pad, port, IPv6 scope id, 16 address bytes.
-pub const ENDPOINT_LEN: usize = 24;
+/// Encoded endpoint: kind (0 none, 4, 6; +0x10 for relayed), pad, port, IPv6 scope id,
+/// 16 address bytes, 8 relay-tag bytes.
+pub const ENDPOINT_LEN: usize = 32;
+const RELAYED: u8 = 0x10;
 
-pub fn encode_endpoint(ep: Option<SocketAddr>, out: &mut [u8]) {
+pub fn encode_endpoint(ep: Option<Endpoint>, out: &mut [u8]) {
     out[..ENDPOINT_LEN].fill(0);
-    match ep {
-        None => {}
-        Some(SocketAddr::V4(a)) => {
-            out[0] = 4;
+    let Some(ep) = ep else { return };
+    let relay = if let Some(tag) = ep.relay_tag() {
+        out[24..32].copy_from_slice(&tag);
+        RELAYED
+    } else {
+        0
+    };
+    match ep.addr() {
+        SocketAddr::V4(a) => {
+            out[0] = 4 | relay;
             out[2..4].copy_from_slice(&a.port().to_le_bytes());
             out[8..12].copy_from_slice(&a.ip().octets());
         }
-        Some(SocketAddr::V6(a)) => {
-            out[0] = 6;
+        SocketAddr::V6(a) => {
+            out[0] = 6 | relay;
             out[2..4].copy_from_slice(&a.port().to_le_bytes());
             out[4..8].copy_from_slice(&a.scope_id().to_le_bytes());
             out[8..24].copy_from_slice(&a.ip().octets());
@@ -38,22 +48,27 @@ pub fn encode_endpoint(ep: Option<SocketAddr>, out: &mut [u8]) {
     }
 }
 
-pub fn decode_endpoint(b: &[u8]) -> Result<Option<SocketAddr>, RecordError> {
+pub fn decode_endpoint(b: &[u8]) -> Result<Option<Endpoint>, RecordError> {
     let b = b.get(..ENDPOINT_LEN).ok_or(RecordError::Truncated)?;
     let port = u16::from_le_bytes([b[2], b[3]]);
-    match b[0] {
-        0 => Ok(None),
-        4 => {
-            let ip = Ipv4Addr::new(b[8], b[9], b[10], b[11]);
-            Ok(Some(SocketAddr::new(IpAddr::V4(ip), port)))
-        }
+    let addr = match b[0] & !RELAYED {
+        0 if b[0] == 0 => return Ok(None),
+        4 => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(b[8], b[9], b[10], b[11])), port),
         6 => {
             let scope = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
             let octets: [u8; 16] = b[8..24].try_into().map_err(|_| RecordError::Truncated)?;
-            Ok(Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), port, 0, scope))))
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), port, 0, scope))
         }
-        _ => Err(RecordError::BadField("endpoint family")),
-    }
+        _ => return Err(RecordError::BadField("endpoint family")),
+    };
+    Ok(Some(if b[0] & RELAYED != 0 {
+        Endpoint::Relay {
+            via: addr,
+            tag: b[24..32].try_into().map_err(|_| RecordError::Truncated)?,
+        }
+    } else {
+        Endpoint::Direct(addr)
+    }))
 }
 
 struct Reader<'a> {
@@ -85,7 +100,7 @@ impl<'a> Reader<'a> {
     fn key(&mut self) -> Result<[u8; 32], RecordError> {
         self.take(32)?.try_into().map_err(|_| RecordError::Truncated)
     }
-    fn endpoint(&mut self) -> Result<Option<SocketAddr>, RecordError> {
+    fn endpoint(&mut self) -> Result<Option<Endpoint>, RecordError> {
         decode_endpoint(self.take(ENDPOINT_LEN)?)
     }
 }
@@ -115,7 +130,7 @@ impl<'a> Writer<'a> {
     fn u64(&mut self, v: u64) {
         self.put(&v.to_le_bytes());
     }
-    fn endpoint(&mut self, ep: Option<SocketAddr>) {
+    fn endpoint(&mut self, ep: Option<Endpoint>) {
         encode_endpoint(ep, &mut self.b[self.at..]);
         self.at += ENDPOINT_LEN;
     }
@@ -184,7 +199,7 @@ pub enum Command {
     Configure(DataplaneConfig),
     SetPeer {
         peer: u16,
-        endpoint: Option<SocketAddr>,
+        endpoint: Option<Endpoint>,
     },
     RemovePeer {
         peer: u16,
@@ -345,7 +360,7 @@ pub enum Event {
     /// A `Next` session received its first packet and became current.
     SessionConfirmed { peer: u16, local_index: u32 },
     /// An authenticated packet came from a new address (roaming).
-    EndpointChanged { peer: u16, endpoint: Option<SocketAddr> },
+    EndpointChanged { peer: u16, endpoint: Option<Endpoint> },
     /// The data plane retired a session past its reject-after limits.
     SessionExpired { peer: u16, local_index: u32 },
 }
@@ -399,8 +414,8 @@ impl Event {
     }
 }
 
-/// Packet records (punt and inject): `len u16 | pad u16 | pad u32 | endpoint (24) | bytes`.
-pub const PACKET_HEADER: usize = 32;
+/// Packet records (punt and inject): `len u16 | pad (6) | endpoint (32) | bytes`.
+pub const PACKET_HEADER: usize = 40;
 /// Size of a packet slot; handshake and Nucleus messages fit with room to spare.
 pub const PACKET_SLOT: usize = 2048;
 /// Largest packet a record carries.
@@ -408,7 +423,7 @@ pub const MAX_PACKET_RECORD: usize = PACKET_SLOT - PACKET_HEADER;
 
 /// Writes a packet record into a slot. Returns false (writing nothing useful) if it does
 /// not fit.
-pub fn encode_packet(slot: &mut [u8], addr: SocketAddr, bytes: &[u8]) -> bool {
+pub fn encode_packet(slot: &mut [u8], addr: Endpoint, bytes: &[u8]) -> bool {
     if PACKET_HEADER + bytes.len() > slot.len() {
         return false;
     }
@@ -420,7 +435,7 @@ pub fn encode_packet(slot: &mut [u8], addr: SocketAddr, bytes: &[u8]) -> bool {
 }
 
 /// Reads a packet record: its address and bytes.
-pub fn decode_packet(slot: &[u8]) -> Result<(SocketAddr, &[u8]), RecordError> {
+pub fn decode_packet(slot: &[u8]) -> Result<(Endpoint, &[u8]), RecordError> {
     let len = u16::from_le_bytes(
         slot.get(..2)
             .ok_or(RecordError::Truncated)?
@@ -451,10 +466,10 @@ mod tests {
         assert!(
             matches!(round_trip(&Command::Configure(cfg.clone())), Command::Configure(c) if c == cfg)
         );
-        let ep: SocketAddr = "[fe80::1%3]:51820".parse().unwrap();
+        let ep = Endpoint::Direct("[fe80::1%3]:51820".parse().unwrap());
         assert!(matches!(round_trip(&Command::SetPeer { peer: 5, endpoint: Some(ep) }),
             Command::SetPeer { peer: 5, endpoint: Some(e) } if e == ep));
-        let ep4: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let ep4 = Endpoint::Direct("10.0.0.2:1".parse().unwrap());
         assert!(matches!(round_trip(&Command::SetPeer { peer: 5, endpoint: Some(ep4) }),
             Command::SetPeer { endpoint: Some(e), .. } if e == ep4));
         assert!(matches!(
@@ -489,12 +504,13 @@ mod tests {
 
     #[test]
     fn byte_exact_set_peer() {
-        let mut slot = [0u8; 32];
-        Command::SetPeer { peer: 0x0102, endpoint: Some("1.2.3.4:258".parse().unwrap()) }
-            .encode(&mut slot);
+        let mut slot = [0u8; 40];
+        let ep = Endpoint::Relay { via: "1.2.3.4:258".parse().unwrap(), tag: [0xa; 8] };
+        Command::SetPeer { peer: 0x0102, endpoint: Some(ep) }.encode(&mut slot);
         assert_eq!(&slot[..3], &[2, 2, 1]);
-        assert_eq!(&slot[3..7], &[4, 0, 2, 1]);
+        assert_eq!(&slot[3..7], &[0x14, 0, 2, 1]);
         assert_eq!(&slot[11..15], &[1, 2, 3, 4]);
+        assert_eq!(&slot[27..35], &[0xa; 8]);
     }
 
     #[test]
@@ -518,7 +534,17 @@ mod tests {
             Event::HandshakeNeeded { peer: 1 },
             Event::RekeyNeeded { peer: 2 },
             Event::SessionConfirmed { peer: 3, local_index: 4 },
-            Event::EndpointChanged { peer: 5, endpoint: Some("[::1]:9".parse().unwrap()) },
+            Event::EndpointChanged {
+                peer: 5,
+                endpoint: Some(Endpoint::Direct("[::1]:9".parse().unwrap())),
+            },
+            Event::EndpointChanged {
+                peer: 5,
+                endpoint: Some(Endpoint::Relay {
+                    via: "192.0.2.9:51820".parse().unwrap(),
+                    tag: [1, 2, 3, 4, 5, 6, 7, 8],
+                }),
+            },
             Event::SessionExpired { peer: 6, local_index: 7 },
         ] {
             let mut slot = [0u8; EVENT_SLOT];
@@ -530,10 +556,13 @@ mod tests {
     #[test]
     fn packet_records() {
         let mut slot = [0u8; PACKET_SLOT];
-        let addr: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let addr = Endpoint::Direct("192.0.2.1:51820".parse().unwrap());
         assert!(encode_packet(&mut slot, addr, &[1, 2, 3]));
         let (a, b) = decode_packet(&slot).unwrap();
         assert_eq!((a, b), (addr, &[1u8, 2, 3][..]));
+        let relayed = Endpoint::Relay { via: "[2001:db8::1]:51820".parse().unwrap(), tag: [9; 8] };
+        assert!(encode_packet(&mut slot, relayed, &[4]));
+        assert_eq!(decode_packet(&slot).unwrap().0, relayed);
         assert!(!encode_packet(&mut slot, addr, &[0; MAX_PACKET_RECORD + 1]));
         slot[..2].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(decode_packet(&slot).unwrap_err(), RecordError::Truncated);

@@ -8,7 +8,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::endpoint::Endpoint;
 use crate::engine::PacketBuf;
+use omni_proto::wire::relay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
@@ -184,6 +186,19 @@ impl UdpSocket {
         self.v6
     }
 
+    /// Sends one datagram to an endpoint, wrapped in a relay header for a relayed one
+    /// (control traffic: the copy does not matter here).
+    pub fn send_via(&self, bytes: &[u8], to: &Endpoint) -> io::Result<usize> {
+        match to.relay_tag() {
+            None => self.send_to(bytes, &to.addr()),
+            Some(tag) => {
+                let mut v = relay::header(false, &tag).to_vec();
+                v.extend_from_slice(bytes);
+                self.send_to(&v, &to.addr())
+            }
+        }
+    }
+
     /// Sends one datagram (injected control traffic).
     pub fn send_to(&self, bytes: &[u8], addr: &SocketAddr) -> io::Result<usize> {
         if !self.v6 && addr.is_ipv6() {
@@ -216,8 +231,10 @@ impl AsRawFd for UdpSocket {
 /// Reusable headers for one recvmmsg / sendmmsg batch.
 pub struct MmsgBatch {
     hdrs: Vec<libc::mmsghdr>,
+    /// Two per message: [relay header, packet] (only the second for direct packets).
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
+    relay_hdrs: Vec<[u8; relay::HEADER_LEN]>,
 }
 
 // SAFETY: the raw pointers inside are rebuilt before each system call and point into
@@ -230,8 +247,9 @@ impl MmsgBatch {
         unsafe {
             Self {
                 hdrs: (0..n).map(|_| std::mem::zeroed()).collect(),
-                iovs: (0..n).map(|_| std::mem::zeroed()).collect(),
+                iovs: (0..2 * n).map(|_| std::mem::zeroed()).collect(),
                 addrs: (0..n).map(|_| std::mem::zeroed()).collect(),
+                relay_hdrs: vec![[0; relay::HEADER_LEN]; n],
             }
         }
     }
@@ -240,13 +258,14 @@ impl MmsgBatch {
         self.hdrs.len()
     }
 
-    /// Points header `i` at iovec `i` and address storage `i` (address length `namelen`).
-    fn point(&mut self, i: usize, namelen: libc::socklen_t) {
+    /// Points header `i` at its iovecs (`first`, `count` of them) and address storage `i`
+    /// (address length `namelen`).
+    fn point(&mut self, i: usize, first: usize, count: usize, namelen: libc::socklen_t) {
         let h = &mut self.hdrs[i].msg_hdr;
         h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
         h.msg_namelen = namelen;
-        h.msg_iov = &mut self.iovs[i];
-        h.msg_iovlen = 1;
+        h.msg_iov = &mut self.iovs[first];
+        h.msg_iovlen = count;
         h.msg_control = std::ptr::null_mut();
         h.msg_controllen = 0;
         h.msg_flags = 0;
@@ -259,11 +278,16 @@ impl MmsgBatch {
     pub fn recv(&mut self, sock: &UdpSocket, bufs: &mut [PacketBuf]) -> io::Result<usize> {
         let n = bufs.len().min(self.hdrs.len());
         for i in 0..n {
-            self.iovs[i] = libc::iovec {
+            self.iovs[2 * i] = libc::iovec {
                 iov_base: bufs[i].data.as_mut_ptr().cast(),
                 iov_len: bufs[i].data.len(),
             };
-            self.point(i, std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t);
+            self.point(
+                i,
+                2 * i,
+                1,
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+            );
         }
         // SAFETY: n headers, each pointing at a live buffer and address storage above.
         let r = unsafe {
@@ -301,13 +325,29 @@ impl MmsgBatch {
         let n = bufs.len().min(self.hdrs.len());
         for i in 0..n {
             let b = &bufs[i];
-            self.iovs[i] =
+            let packet =
                 libc::iovec { iov_base: b.data.as_ptr() as *mut libc::c_void, iov_len: b.len };
             let alen = match &b.addr {
                 Some(a) => to_sockaddr(a, sock.v6, &mut self.addrs[i]),
                 None => 0,
             };
-            self.point(i, alen);
+            match b.relay {
+                None => {
+                    self.iovs[2 * i] = packet;
+                    self.point(i, 2 * i, 1, alen);
+                }
+                Some(tag) => {
+                    // Relayed: the relay header goes out as its own iovec, ahead of the
+                    // sealed packet, so the packet is not moved.
+                    self.relay_hdrs[i] = relay::header(false, &tag);
+                    self.iovs[2 * i] = libc::iovec {
+                        iov_base: self.relay_hdrs[i].as_mut_ptr().cast(),
+                        iov_len: relay::HEADER_LEN,
+                    };
+                    self.iovs[2 * i + 1] = packet;
+                    self.point(i, 2 * i, 2, alen);
+                }
+            }
         }
         // SAFETY: n headers, each pointing at a live buffer and address above.
         let r = unsafe {

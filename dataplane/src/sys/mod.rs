@@ -3,6 +3,7 @@
 
 pub mod fd;
 pub mod mmsg;
+pub mod netif;
 pub mod tap;
 
 pub use fd::*;

@@ -1,5 +1,6 @@
-//! Per-source-IP token buckets for handshake initiations: `rate` per second, bursts of
-//! `rate`. The table is bounded: full buckets are forgotten, and when it is still full the
+//! Token buckets: [`TokenBucket`] for one flow, and [`RateLimiter`], per-source-IP buckets
+//! (handshake initiations at a node, registrations at a Nucleus): `rate` per second, bursts
+//! of `rate`. The table is bounded: full buckets are forgotten, and when it is still full the
 //! newcomers share one overflow bucket, so a flood from many addresses cannot grow memory.
 
 use std::collections::HashMap;
@@ -10,6 +11,34 @@ const MAX_TRACKED: usize = 65_536;
 struct Bucket {
     tokens: f64,
     last_ms: u64,
+}
+
+/// A token bucket of `rate` units per second holding at most `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last_ms: u64,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u64, burst: u64, now_ms: u64) -> Self {
+        Self { rate: rate as f64, burst: burst as f64, tokens: burst as f64, last_ms: now_ms }
+    }
+
+    /// Takes `n` units if available now.
+    pub fn take(&mut self, n: u64, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last_ms = now_ms;
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 pub struct RateLimiter {
@@ -92,6 +121,22 @@ mod tests {
             }
         }
         assert!((95..=110).contains(&passed), "{passed}");
+    }
+
+    #[test]
+    fn token_bucket_rate_and_burst() {
+        let mut b = TokenBucket::new(1000, 1500, 0);
+        assert!(b.take(1500, 0));
+        assert!(!b.take(1, 0));
+        assert!(!b.take(600, 500));
+        assert!(b.take(500, 500));
+        let mut sent = 0;
+        for ms in 1000..11_000 {
+            if b.take(100, ms) {
+                sent += 100;
+            }
+        }
+        assert!((9_900..=11_600).contains(&sent), "{sent} bytes in 10 s at 1000/s");
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! The identity file on disk: created with mode 0600, refused when other users could read
-//! it, never overwritten without `--force`.
+//! Identity files on disk (feature `store`, the only file I/O in this crate): created with
+//! mode 0600, refused when other users could read them, never overwritten without `force`.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use omni_proto::Identity;
+use crate::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityStoreError {
@@ -22,7 +22,7 @@ pub enum IdentityStoreError {
     #[error("cannot {what} {path}: {source}")]
     Io { what: &'static str, path: String, source: std::io::Error },
     #[error(transparent)]
-    Malformed(#[from] omni_proto::IdentityError),
+    Malformed(#[from] crate::IdentityError),
 }
 
 fn io<'p>(

@@ -1,0 +1,436 @@
+//! The Nucleus client, sans I/O: registration with every configured Nucleus (signed with
+//! the cluster key and the node key, timestamped), keep-alive re-registration, and the
+//! verification of what Nuclei send back (REGISTERED, MEMBERS). Member changes are handed
+//! to the fabric, which punches and, failing that, relays.
+//!
+//! Packets go out through the data plane's inject ring from the data port, so a Nucleus
+//! sees the same NAT mapping as peers do.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use omni_dataplane::endpoint::Endpoint;
+use omni_proto::cluster::{Cluster, relay_tag};
+use omni_proto::tai64n::Tai64n;
+use omni_proto::wire::nucleus::{self, Members, NodeRequest, Register, Registered, subtype};
+use omni_proto::{Identity, PublicKey};
+use tracing::{info, warn};
+
+use crate::fabric::Output;
+
+/// A configured Nucleus: `host:port`, optionally pinned as `KEY@host:port`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NucleusSpec {
+    pub text: String,
+    pub addr: SocketAddr,
+    pub pinned: Option<PublicKey>,
+}
+
+impl NucleusSpec {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (pinned, hostport) = match text.split_once('@') {
+            Some((k, h)) => {
+                (Some(k.parse::<PublicKey>().map_err(|e| format!("{text:?}: {e}"))?), h)
+            }
+            None => (None, text),
+        };
+        let addr =
+            crate::config::resolve_endpoint("--nucleus", hostport).map_err(|e| e.to_string())?;
+        Ok(Self { text: text.to_string(), addr, pinned })
+    }
+}
+
+/// A member as a Nucleus describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberUpdate {
+    pub key: PublicKey,
+    pub present: bool,
+    pub endpoints: Vec<SocketAddr>,
+    /// Send to it now (the Nucleus tells the other side the same).
+    pub punch: bool,
+    /// How to reach it through this Nucleus.
+    pub relay: Endpoint,
+}
+
+struct NucleusState {
+    spec: NucleusSpec,
+    key: Option<PublicKey>,
+    /// Timestamps of recent REGISTERs, to match answers to them.
+    sent: VecDeque<Tai64n>,
+    next_send_ms: u64,
+    last_ack_ms: Option<u64>,
+    interval_ms: u64,
+    retry_ms: u64,
+    reflexive: Option<SocketAddr>,
+    last_members: Option<Tai64n>,
+    members: u16,
+}
+
+/// What `status` shows of a Nucleus.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NucleusStatus {
+    pub address: String,
+    pub key: Option<String>,
+    pub registered: bool,
+    pub reflexive: Option<String>,
+    pub last_ack_secs: Option<u64>,
+    pub members: u16,
+}
+
+pub struct Rendezvous {
+    cluster: Cluster,
+    nuclei: Vec<NucleusState>,
+    locals: Vec<SocketAddr>,
+    own: PublicKey,
+    pub dropped: u64,
+}
+
+/// Retry an unanswered registration after this long (doubling up to the interval).
+const FIRST_RETRY_MS: u64 = 1000;
+/// A registration not refreshed for this many intervals counts as lost.
+const LOST_AFTER_INTERVALS: u64 = 3;
+
+impl Rendezvous {
+    pub fn new(
+        cluster: Cluster,
+        own: PublicKey,
+        nuclei: Vec<NucleusSpec>,
+        locals: Vec<SocketAddr>,
+    ) -> Self {
+        Self {
+            nuclei: nuclei
+                .into_iter()
+                .map(|spec| NucleusState {
+                    key: spec.pinned,
+                    spec,
+                    sent: VecDeque::new(),
+                    next_send_ms: 0,
+                    last_ack_ms: None,
+                    interval_ms: 20_000,
+                    retry_ms: FIRST_RETRY_MS,
+                    reflexive: None,
+                    last_members: None,
+                    members: 0,
+                })
+                .collect(),
+            cluster,
+            locals,
+            own,
+            dropped: 0,
+        }
+    }
+
+    pub fn cluster_key(&self) -> PublicKey {
+        self.cluster.public_key()
+    }
+
+    pub fn is_nucleus(&self, addr: &SocketAddr) -> bool {
+        self.nuclei.iter().any(|n| n.spec.addr == *addr)
+    }
+
+    pub fn registered_count(&self, now_ms: u64) -> usize {
+        self.nuclei.iter().filter(|n| self.live(n, now_ms)).count()
+    }
+
+    fn live(&self, n: &NucleusState, now_ms: u64) -> bool {
+        n.last_ack_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < LOST_AFTER_INTERVALS * n.interval_ms)
+    }
+
+    /// Registers (or re-registers) with every Nucleus that is due.
+    pub fn tick(&mut self, now_ms: u64, identity: &Identity, out: &mut Vec<Output>) {
+        for n in &mut self.nuclei {
+            if now_ms < n.next_send_ms {
+                continue;
+            }
+            let ts = Tai64n::now();
+            let msg = Register::build(&self.cluster, identity, n.key.as_ref(), ts, &self.locals);
+            n.sent.push_back(ts);
+            if n.sent.len() > 4 {
+                n.sent.pop_front();
+            }
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+            // Until answered, retry soon (doubling); once answered, the Nucleus's interval.
+            n.next_send_ms = now_ms + n.retry_ms;
+            n.retry_ms = (n.retry_ms * 2).min(n.interval_ms);
+        }
+    }
+
+    /// Tells every Nucleus we are leaving (on shutdown).
+    pub fn unregister(&self, identity: &Identity, out: &mut Vec<Output>) {
+        for n in &self.nuclei {
+            let msg = NodeRequest::build(
+                subtype::UNREGISTER,
+                &self.cluster.public_key(),
+                identity,
+                n.key.as_ref(),
+                Tai64n::now(),
+                None,
+            );
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+        }
+    }
+
+    /// Asks every live Nucleus to make `target` and us punch towards each other now.
+    pub fn punch_request(
+        &self,
+        now_ms: u64,
+        identity: &Identity,
+        target: &PublicKey,
+        out: &mut Vec<Output>,
+    ) {
+        for n in self.nuclei.iter().filter(|n| self.live(n, now_ms)) {
+            let msg = NodeRequest::build(
+                subtype::PUNCH_REQUEST,
+                &self.cluster.public_key(),
+                identity,
+                n.key.as_ref(),
+                Tai64n::now(),
+                Some(target),
+            );
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+        }
+    }
+
+    /// Handles a Nucleus message from `from`; returns the member changes it carried.
+    pub fn on_message(&mut self, now_ms: u64, from: SocketAddr, b: &[u8]) -> Vec<MemberUpdate> {
+        let cluster_key = self.cluster.public_key();
+        let own = self.own;
+        let Some(n) = self.nuclei.iter_mut().find(|n| n.spec.addr == from) else {
+            self.dropped += 1;
+            return vec![];
+        };
+        let accept_key = |n: &mut NucleusState, key: PublicKey| -> bool {
+            match (n.spec.pinned, n.key) {
+                (Some(p), _) => p == key,
+                (None, Some(k)) if k != key => {
+                    warn!(nucleus = %n.spec.text, old = %k.short(), new = %key.short(), "Nucleus key changed (not pinned: accepting; pin with KEY@host:port to refuse)");
+                    n.key = Some(key);
+                    true
+                }
+                (None, _) => {
+                    n.key = Some(key);
+                    true
+                }
+            }
+        };
+        match nucleus::classify(b) {
+            Ok((subtype::REGISTERED, _)) => {
+                let Ok(r) = Registered::parse(b) else {
+                    self.dropped += 1;
+                    return vec![];
+                };
+                if r.node_key != own
+                    || !n.sent.contains(&r.echo)
+                    || !r.verify(b)
+                    || !accept_key(n, r.nucleus_key)
+                {
+                    self.dropped += 1;
+                    return vec![];
+                }
+                let first = n.last_ack_ms.is_none() || n.reflexive != Some(r.reflexive);
+                n.last_ack_ms = Some(now_ms);
+                n.interval_ms = (r.interval_secs.max(1) as u64) * 1000;
+                n.retry_ms = FIRST_RETRY_MS;
+                n.next_send_ms = now_ms + n.interval_ms;
+                n.reflexive = Some(r.reflexive);
+                n.members = r.members;
+                if first {
+                    info!(nucleus = %n.spec.text, reflexive = %r.reflexive, members = r.members, "registered with Nucleus");
+                }
+                vec![]
+            }
+            Ok((subtype::MEMBERS, _)) => {
+                let Ok(m) = Members::parse(b) else {
+                    self.dropped += 1;
+                    return vec![];
+                };
+                if m.node_key != own || !m.verify(b) || !accept_key(n, m.nucleus_key) {
+                    self.dropped += 1;
+                    return vec![];
+                }
+                // Older than what we have: a replay or reordering; the newer one stands.
+                if n.last_members.is_some_and(|t| m.timestamp < t) {
+                    self.dropped += 1;
+                    return vec![];
+                }
+                n.last_members = Some(m.timestamp);
+                let via = n.spec.addr;
+                m.entries
+                    .into_iter()
+                    .filter(|e| e.key != own)
+                    .map(|e| MemberUpdate {
+                        relay: Endpoint::Relay { via, tag: relay_tag(&cluster_key, &e.key) },
+                        key: e.key,
+                        present: e.present,
+                        endpoints: e.endpoints,
+                        punch: m.punch,
+                    })
+                    .collect()
+            }
+            _ => {
+                self.dropped += 1;
+                vec![]
+            }
+        }
+    }
+
+    pub fn status(&self, now_ms: u64) -> Vec<NucleusStatus> {
+        self.nuclei
+            .iter()
+            .map(|n| NucleusStatus {
+                address: n.spec.text.clone(),
+                key: n.key.map(|k| k.to_base64()),
+                registered: self.live(n, now_ms),
+                reflexive: n.reflexive.map(|r| r.to_string()),
+                last_ack_secs: n.last_ack_ms.map(|t| now_ms.saturating_sub(t) / 1000),
+                members: n.members,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omni_proto::wire::nucleus::MemberEntry;
+
+    fn setup() -> (Rendezvous, Identity, Identity) {
+        let node = Identity::from_seed([1; 32]);
+        let nucleus = Identity::from_seed([50; 32]);
+        let c = Cluster::new("fleet", "s3cret").unwrap();
+        let spec = NucleusSpec {
+            text: "n".into(),
+            addr: "192.0.2.1:51820".parse().unwrap(),
+            pinned: None,
+        };
+        (
+            Rendezvous::new(
+                c,
+                node.public_key(),
+                vec![spec],
+                vec!["10.0.0.5:51820".parse().unwrap()],
+            ),
+            node,
+            nucleus,
+        )
+    }
+
+    fn sent(out: &mut Vec<Output>) -> Vec<Vec<u8>> {
+        out.drain(..)
+            .map(|o| match o {
+                Output::Inject { bytes, .. } => bytes,
+                Output::Command(_) | Output::PunchRequest(_) => panic!("only packets"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn registers_retries_and_accepts_only_matching_answers() {
+        let (mut r, node, nucleus) = setup();
+        let mut out = vec![];
+        r.tick(0, &node, &mut out);
+        let reg = sent(&mut out);
+        assert_eq!(reg.len(), 1);
+        let p = Register::parse(&reg[0]).unwrap();
+        assert!(p.verify(&reg[0]));
+        assert_eq!(p.cluster_key, r.cluster_key());
+        // No answer: retried after 1 s, then 2 s.
+        r.tick(500, &node, &mut out);
+        assert!(out.is_empty());
+        r.tick(1000, &node, &mut out);
+        assert_eq!(sent(&mut out).len(), 1);
+        r.tick(2500, &node, &mut out);
+        assert!(out.is_empty());
+        r.tick(3000, &node, &mut out);
+        let last = Register::parse(&sent(&mut out)[0]).unwrap();
+        assert_eq!(r.registered_count(3000), 0);
+        // An answer to a registration we did not send is ignored.
+        let stray = Registered {
+            nucleus_key: nucleus.public_key(),
+            node_key: node.public_key(),
+            echo: Tai64n::from_unix(1, 0),
+            reflexive: "203.0.113.9:4000".parse().unwrap(),
+            interval_secs: 20,
+            members: 0,
+        };
+        r.on_message(3100, "192.0.2.1:51820".parse().unwrap(), &stray.build(&nucleus));
+        assert_eq!(r.registered_count(3100), 0);
+        // A real one counts; the next registration is due an interval later.
+        let ok = Registered { echo: last.timestamp, ..stray };
+        r.on_message(3200, "192.0.2.1:51820".parse().unwrap(), &ok.build(&nucleus));
+        assert_eq!(r.registered_count(3200), 1);
+        assert_eq!(r.status(3200)[0].reflexive.as_deref(), Some("203.0.113.9:4000"));
+        r.tick(20_000, &node, &mut out);
+        assert!(out.is_empty());
+        r.tick(23_200, &node, &mut out);
+        assert_eq!(sent(&mut out).len(), 1);
+        // Lost after three intervals without answers.
+        assert_eq!(r.registered_count(63_300), 0);
+    }
+
+    #[test]
+    fn member_lists_are_verified_and_ordered() {
+        let (mut r, node, nucleus) = setup();
+        let from: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let peer = Identity::from_seed([2; 32]).public_key();
+        let entry = MemberEntry {
+            key: peer,
+            present: true,
+            endpoints: vec!["203.0.113.2:1".parse().unwrap()],
+        };
+        let msgs = Members::build_all(
+            &nucleus,
+            &node.public_key(),
+            Tai64n::from_unix(100, 0),
+            true,
+            &[entry.clone()],
+        );
+        let ups = r.on_message(1, from, &msgs[0]);
+        assert_eq!(ups.len(), 1);
+        assert!(ups[0].punch && ups[0].present);
+        assert_eq!(
+            ups[0].relay,
+            Endpoint::Relay { via: from, tag: relay_tag(&r.cluster_key(), &peer) }
+        );
+        // Older list: ignored. From elsewhere: ignored. Tampered: ignored.
+        let old = Members::build_all(
+            &nucleus,
+            &node.public_key(),
+            Tai64n::from_unix(50, 0),
+            false,
+            &[entry.clone()],
+        );
+        assert!(r.on_message(2, from, &old[0]).is_empty());
+        assert!(r.on_message(2, "192.0.2.2:51820".parse().unwrap(), &msgs[0]).is_empty());
+        let mut t = Members::build_all(
+            &nucleus,
+            &node.public_key(),
+            Tai64n::from_unix(200, 0),
+            false,
+            &[entry],
+        )[0]
+        .clone();
+        t[100] ^= 1;
+        assert!(r.on_message(2, from, &t).is_empty());
+        assert_eq!(r.dropped, 3);
+        // A pinned Nucleus: another key is refused.
+        let (mut r2, node2, _) = setup();
+        r2.nuclei[0].spec.pinned = Some(Identity::from_seed([51; 32]).public_key());
+        r2.nuclei[0].key = r2.nuclei[0].spec.pinned;
+        let m =
+            Members::build_all(&nucleus, &node2.public_key(), Tai64n::from_unix(100, 0), true, &[]);
+        r2.on_message(1, from, &m[0]);
+        assert_eq!(r2.dropped, 1);
+    }
+
+    #[test]
+    fn nucleus_specs() {
+        let k = Identity::from_seed([5; 32]).public_key();
+        let s = NucleusSpec::parse(&format!("{k}@127.0.0.1:51820")).unwrap();
+        assert_eq!(s.pinned, Some(k));
+        assert_eq!(s.addr, "127.0.0.1:51820".parse().unwrap());
+        assert!(NucleusSpec::parse("127.0.0.1").is_err());
+        assert!(NucleusSpec::parse("bad@127.0.0.1:1").is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! The Nucleus: rendezvous and relay for OmniNervous clusters.
+//!
+//! [`core`] is the whole protocol without I/O (registration, membership, member lists,
+//! punch coordination, relay, expiry); [`server`] runs it on a UDP socket and serves
+//! Prometheus metrics; [`config`] reads `nucleus.toml`.
+
+pub mod config;
+pub mod core;
+pub mod server;

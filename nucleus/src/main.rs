@@ -1,0 +1,105 @@
+//! `omni-nucleus`: the rendezvous and relay server of OmniNervous clusters.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use omni_nucleus::config::{Overrides, Settings};
+use omni_proto::store;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "omni-nucleus",
+    version,
+    about = "OmniNervous Nucleus: rendezvous, NAT hole punching and relay",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// UDP address to serve [default: 0.0.0.0:51820].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// nucleus.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Identity file; created (mode 0600) if missing [default: /etc/omni/nucleus.key].
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Prometheus address, or "off" [default: 127.0.0.1:9200].
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Drop members silent this long [default: 3 x register interval + 5].
+    #[arg(long)]
+    member_timeout_secs: Option<u64>,
+    /// Ask nodes to re-register this often [default: 20].
+    #[arg(long)]
+    register_interval_secs: Option<u16>,
+    /// Relay budget per node [default: 12500000].
+    #[arg(long)]
+    relay_bytes_per_sec: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the Nucleus public key (what nodes pin), creating the identity if missing.
+    Pubkey {
+        #[arg(long, default_value = "/etc/omni/nucleus.key")]
+        identity: PathBuf,
+    },
+}
+
+fn load_or_create(path: &std::path::Path) -> anyhow::Result<omni_proto::Identity> {
+    match store::load(path) {
+        Ok(id) => Ok(id),
+        Err(store::IdentityStoreError::Missing(_)) => {
+            let id = store::init(path, false)?;
+            info!(path = %path.display(), key = %id.public_key(), "created a new Nucleus identity");
+            Ok(id)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Cmd::Pubkey { identity }) = cli.command {
+        println!("{}", load_or_create(&identity)?.public_key());
+        return Ok(());
+    }
+    let settings = Settings::load(
+        cli.config.as_deref(),
+        Overrides {
+            listen: cli.listen,
+            identity: cli.identity,
+            metrics_listen: cli.metrics_listen,
+            member_timeout_secs: cli.member_timeout_secs,
+            register_interval_secs: cli.register_interval_secs,
+            relay_bytes_per_sec: cli.relay_bytes_per_sec,
+        },
+    )?;
+    let identity = load_or_create(&settings.identity)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(omni_nucleus::server::run(settings, identity))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMNI_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("omni-nucleus: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -78,3 +78,59 @@ iperf3_gbps() {
   ip netns exec "$1" iperf3 -c "$3" -t "$4" -J |
     python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
+
+# nat_cluster PREFIX EDGES SYMMETRIC_EDGE WORKDIR
+# An "internet" (namespace $PREFIX-inet with bridge br0, 10.200.0.0/24), a Nucleus
+# ($PREFIX-nuc, 10.200.0.10), and EDGES edges ($PREFIX-eI) each behind its own NAT router
+# ($PREFIX-rI: WAN 10.200.0.(20+I), LAN 192.168.(10+I).1/24, nftables masquerade;
+# "fully-random" port mapping, a symmetric NAT, for edge SYMMETRIC_EDGE, 0 for none).
+# Sets NUC_NS, EDGE_NS[], CLUSTER_SECRET, and starts nothing but the topology.
+nat_cluster() {
+  local prefix=$1 edges=$2 sym=$3 i mode
+  add_ns "$prefix-inet"
+  ip -n "$prefix-inet" link add br0 type bridge
+  ip -n "$prefix-inet" link set br0 up
+  NUC_NS=$prefix-nuc
+  add_ns "$NUC_NS"
+  ip link add wan netns "$NUC_NS" type veth peer name pnuc netns "$prefix-inet"
+  ip -n "$prefix-inet" link set pnuc master br0 up
+  ip -n "$NUC_NS" addr add 10.200.0.10/24 dev wan
+  ip -n "$NUC_NS" link set wan up
+  EDGE_NS=()
+  for ((i = 1; i <= edges; i++)); do
+    local r=$prefix-r$i e=$prefix-e$i
+    add_ns "$r"
+    add_ns "$e"
+    ip link add wan netns "$r" type veth peer name pr$i netns "$prefix-inet"
+    ip -n "$prefix-inet" link set pr$i master br0 up
+    ip -n "$r" addr add "10.200.0.$((20 + i))/24" dev wan
+    ip -n "$r" link set wan up
+    ip link add lan netns "$r" type veth peer name eth0 netns "$e"
+    ip -n "$r" addr add "192.168.$((10 + i)).1/24" dev lan
+    ip -n "$r" link set lan up
+    ip -n "$e" addr add "192.168.$((10 + i)).2/24" dev eth0
+    ip -n "$e" link set eth0 up
+    ip -n "$e" route add default via "192.168.$((10 + i)).1"
+    ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
+    mode=""
+    [ "$i" = "$sym" ] && mode=" fully-random"
+    # Like a home router: masquerade outbound, and drop unsolicited traffic to the router
+    # itself from the WAN (no ICMP answers). Dropping also keeps a stray inbound packet
+    # from leaving a confirmed conntrack entry that would later clash with a mapping.
+    ip netns exec "$r" nft -f - <<NFT
+table ip nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" masquerade$mode
+  }
+}
+table inet filter {
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state new drop
+  }
+}
+NFT
+    EDGE_NS+=("$e")
+  done
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The local cluster: a Nucleus on an "internet" and N edges, each behind its own NAT router
+# (nftables masquerade), finding each other through the Nucleus, punching through their NATs
+# (or relaying through the Nucleus when one NAT is symmetric), then ping and iperf3 over
+# omni0. Prints a table of checks and where each node's status and metrics are. Everything
+# is torn down on exit, even on failure.
+#   scripts/cluster.sh [--edges N] [--symmetric-nat EDGE] [--seconds S] [--keep]
+# --keep leaves it running until Ctrl-C, to look around.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root "$@"
+
+edges=2 sym=0 secs=5 keep=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --edges) edges=$2; shift 2 ;;
+    --symmetric-nat) sym=$2; shift 2 ;;
+    --seconds) secs=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "cluster.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if ! [[ "$edges" =~ ^[0-9]+$ ]] || [ "$edges" -lt 2 ] || [ "$edges" -gt 20 ]; then
+  echo "cluster.sh: --edges must be 2 to 20" >&2; exit 2
+fi
+if ! [[ "$sym" =~ ^[0-9]+$ ]] || [ "$sym" -gt "$edges" ]; then
+  echo "cluster.sh: --symmetric-nat must name an edge (1 to $edges) or be 0" >&2; exit 2
+fi
+
+"$OMNI_ROOT/scripts/setup.sh" >/dev/null
+echo "== building (release)"
+(cd "$OMNI_ROOT" && cargo build --release --bins -q)
+
+work=$(mktemp -d /tmp/omni-cluster.XXXXXX)
+trap 'teardown; rm -rf "$work"' EXIT INT TERM
+echo "== topology: internet, Nucleus, $edges edges behind NAT$([ "$sym" != 0 ] && echo ", edge $sym behind a symmetric NAT")"
+nat_cluster omnic "$edges" "$sym" "$work"
+
+echo "== Nucleus"
+NKEY=$("$BIN/omni-nucleus" pubkey --identity "$work/nucleus.key" 2>/dev/null)
+ip netns exec "$NUC_NS" "$BIN/omni-nucleus" --listen 10.200.0.10:51820 --identity "$work/nucleus.key" \
+  --metrics-listen 127.0.0.1:9200 >"$work/nucleus.log" 2>&1 &
+PIDS+=($!)
+SECRET=$("$BIN/omni-daemon" cluster new demo-fleet 2>/dev/null)
+
+metric() { # ns port name -> value
+  ip netns exec "$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3" 2>/dev/null |
+    awk -v n="$3" '$1 == n { print $2 }'
+}
+
+echo "== edges (omni-daemon --nucleus $NKEY@10.200.0.10:51820 --cluster demo-fleet)"
+for ((i = 1; i <= edges; i++)); do
+  e=${EDGE_NS[$((i - 1))]}
+  "$BIN/omni-daemon" --init --identity "$work/e$i.key" >/dev/null
+  ip netns exec "$e" "$BIN/omni-daemon" --identity "$work/e$i.key" --run-dir "$work/e$i" \
+    --nucleus "$NKEY@10.200.0.10:51820" --cluster demo-fleet --cluster-secret "$SECRET" >"$work/e$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for ((i = 1; i <= edges; i++)); do
+  e=${EDGE_NS[$((i - 1))]}
+  wait_status "$e" "$work/e$i" "True" 20 || { cat "$work/e$i.log"; exit 1; }
+  ip -n "$e" addr add "10.99.0.$i/24" dev omni0
+done
+registered=1
+for ((i = 1; i <= edges; i++)); do
+  wait_status "${EDGE_NS[$((i - 1))]}" "$work/e$i" "s['nuclei'] and s['nuclei'][0]['registered']" 15 || registered=0
+done
+# Each edge pings every other: the first packets trigger punching (or the relay).
+for ((i = 1; i <= edges; i++)); do
+  for ((j = 1; j <= edges; j++)); do
+    [ "$i" = "$j" ] && continue
+    ip netns exec "${EDGE_NS[$((i - 1))]}" ping -c 1 -W 8 "10.99.0.$j" >/dev/null 2>&1 || true
+  done
+done
+established=1 direct=0 relay=0
+for ((i = 1; i <= edges; i++)); do
+  cond="len([p for p in s['peers'] if p['session']=='established']) == $((edges - 1))"
+  wait_status "${EDGE_NS[$((i - 1))]}" "$work/e$i" "$cond" 15 || established=0
+  read -r d r < <(ip netns exec "${EDGE_NS[$((i - 1))]}" "$BIN/omni-daemon" status --json --run-dir "$work/e$i" |
+    python3 -c 'import json,sys; p=json.load(sys.stdin)["peers"]; print(sum(x["path"]=="direct" for x in p), sum(x["path"]=="relay" for x in p))')
+  direct=$((direct + d)) relay=$((relay + r))
+done
+ping_ok=1
+ip netns exec "${EDGE_NS[0]}" ping -c 3 -i 0.2 -W 2 10.99.0.2 >/dev/null || ping_ok=0
+gbps=$(iperf3_gbps "${EDGE_NS[0]}" "${EDGE_NS[1]}" 10.99.0.2 "$secs" 2>/dev/null || echo 0)
+fdb=$(ip netns exec "${EDGE_NS[0]}" "$BIN/omni-daemon" status --json --run-dir "$work/e1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["fdb"]))')
+relayed=$(metric "$NUC_NS" 9200 omni_nucleus_relayed_packets_total)
+punches=$(metric "$NUC_NS" 9200 omni_nucleus_punches_coordinated_total)
+
+ok() { [ "$1" = 1 ] && echo "$2" || echo "FAILED"; }
+echo
+echo "| check | result |"
+echo "|---|---|"
+echo "| Nucleus rendezvous | $([ -n "$punches" ] && echo online || echo FAILED) |"
+echo "| Edge registration ($edges edges) | $(ok $registered registered) |"
+echo "| NAT traversal | $([ "$direct" -gt 0 ] && echo "hole punch succeeded ($((direct / 2)) direct pairs)" || echo "no direct pair") |"
+echo "| Relay through the Nucleus | $([ "$relay" -gt 0 ] && echo "$((relay / 2)) relayed pairs, ${relayed:-0} packets relayed" || echo "not needed (${relayed:-0} packets relayed)") |"
+echo "| Direct P2P channel | $([ "$direct" -gt 0 ] && echo established || echo none) |"
+echo "| Noise IK handshake | $(ok $established "completed (full mesh of $edges)") |"
+echo "| FDB learning | $fdb entries |"
+echo "| ping over omni0 | $(ok $ping_ok ok) |"
+echo "| iperf3 over omni0 (edge 1 -> edge 2) | $gbps Gbit/s |"
+echo
+echo "Where to look (while running; --keep keeps it up):"
+for ((i = 1; i <= edges; i++)); do
+  echo "  edge $i: ip netns exec ${EDGE_NS[$((i - 1))]} $BIN/omni-daemon status --run-dir $work/e$i   (metrics: 127.0.0.1:9100 in that namespace)"
+done
+echo "  Nucleus: ip netns exec $NUC_NS curl -s 127.0.0.1:9200/metrics"
+if [ "$keep" = 1 ]; then
+  echo "== running; Ctrl-C tears it down"
+  while sleep 3600; do :; done
+fi
+[ "$registered" = 1 ] && [ "$established" = 1 ] && [ "$ping_ok" = 1 ]

@@ -506,3 +506,195 @@ impl Mesh3 {
         Self { nss, switch, dir, nodes }
     }
 }
+
+/// A running `omni-nucleus` in a namespace; killed on drop.
+pub struct NucleusProc {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl NucleusProc {
+    pub fn start(ns: &Netns, dir: &Path, identity: &Path, extra: &[&str]) -> Self {
+        let log = dir.join("nucleus.log");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin("omni-nucleus"))
+            .args([
+                "--listen",
+                "10.200.0.10:51820",
+                "--metrics-listen",
+                "127.0.0.1:9200",
+                "--identity",
+            ])
+            .arg(identity)
+            .args(extra)
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn omni-nucleus");
+        Self { child: Some(child), log }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NucleusProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An "internet" bridge, a Nucleus at 10.200.0.10, and edges each behind its own nftables
+/// NAT router (the same topology as scripts/cluster.sh). Edge i has omni0 = 10.99.0.i.
+pub struct NatCluster {
+    pub inet: Netns,
+    pub nucleus_ns: Netns,
+    pub routers: Vec<Netns>,
+    pub edges: Vec<Netns>,
+    pub dir: TempDir,
+    pub nucleus: NucleusProc,
+    pub nucleus_key: String,
+    pub secret: String,
+    pub nodes: Vec<Node>,
+}
+
+pub const CLUSTER: &str = "test-fleet";
+
+impl NatCluster {
+    /// `symmetric`: 1-based index of the edge behind a symmetric NAT. Starts every node.
+    pub fn new(n: usize, symmetric: Option<usize>, nucleus_args: &[&str]) -> Self {
+        let mut c = Self::topology(n, symmetric, nucleus_args);
+        for i in 1..=n {
+            let secret = c.secret.clone();
+            c.add_node(i, &secret);
+        }
+        c
+    }
+
+    /// The namespaces, NATs and the Nucleus; no node yet.
+    pub fn topology(n: usize, symmetric: Option<usize>, nucleus_args: &[&str]) -> Self {
+        let inet = Netns::new("i");
+        inet.sh_ok("ip link add br0 type bridge && ip link set br0 up");
+        let nucleus_ns = Netns::new("n");
+        run_ok(&format!(
+            "ip link add wan netns {} type veth peer name pnuc netns {}",
+            nucleus_ns.name, inet.name
+        ));
+        inet.sh_ok("ip link set pnuc master br0 && ip link set pnuc up");
+        nucleus_ns.sh_ok("ip addr add 10.200.0.10/24 dev wan && ip link set wan up");
+        let (mut routers, mut edges) = (vec![], vec![]);
+        for i in 1..=n {
+            let r = Netns::new(&format!("r{i}"));
+            let e = Netns::new(&format!("e{i}"));
+            run_ok(&format!(
+                "ip link add wan netns {} type veth peer name pr{i} netns {}",
+                r.name, inet.name
+            ));
+            inet.sh_ok(&format!("ip link set pr{i} master br0 && ip link set pr{i} up"));
+            run_ok(&format!(
+                "ip link add lan netns {} type veth peer name eth0 netns {}",
+                r.name, e.name
+            ));
+            r.sh_ok(&format!(
+                "ip addr add 10.200.0.{}/24 dev wan && ip link set wan up && ip addr add 192.168.{}.1/24 dev lan && ip link set lan up && sysctl -qw net.ipv4.ip_forward=1",
+                20 + i,
+                10 + i
+            ));
+            e.sh_ok(&format!("ip addr add 192.168.{}.2/24 dev eth0 && ip link set eth0 up && ip route add default via 192.168.{}.1", 10 + i, 10 + i));
+            let mode = if symmetric == Some(i) { " fully-random" } else { "" };
+            let rules = dir_file(&format!(
+                "table ip nat {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"wan\" masquerade{mode}\n }}\n}}\n\
+                 table inet filter {{\n chain input {{\n  type filter hook input priority filter; policy accept;\n  iifname \"wan\" ct state new drop\n }}\n}}\n"
+            ));
+            r.sh_ok(&format!("nft -f {}", rules.display()));
+            let _ = std::fs::remove_file(rules);
+            routers.push(r);
+            edges.push(e);
+        }
+        let dir = TempDir::new("nat");
+        let nid = dir.0.join("nucleus.key");
+        let nucleus_key = run_ok(&format!(
+            "{} pubkey --identity {}",
+            bin("omni-nucleus").display(),
+            nid.display()
+        ))
+        .trim()
+        .to_string();
+        let nucleus = NucleusProc::start(&nucleus_ns, &dir.0, &nid, nucleus_args);
+        let secret =
+            run_ok(&format!("{} cluster new {CLUSTER} 2>/dev/null", bin("omni-daemon").display()))
+                .trim()
+                .to_string();
+        Self { inet, nucleus_ns, routers, edges, dir, nucleus, nucleus_key, secret, nodes: vec![] }
+    }
+
+    /// Starts the node of edge `i` (1-based) with `secret`; omni0 = 10.99.0.i/24.
+    pub fn add_node(&mut self, i: usize, secret: &str) {
+        let (id, key) = new_identity(&self.dir.0, &format!("e{i}"));
+        let args: Vec<String> = [
+            "--nucleus",
+            &format!("{}@10.200.0.10:51820", self.nucleus_key),
+            "--cluster",
+            CLUSTER,
+            "--cluster-secret",
+            secret,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let node = Node::start(&self.edges[i - 1], &self.dir.0, &format!("e{i}"), &id, &key, &args);
+        node.wait_running();
+        self.edges[i - 1].sh_ok(&format!("ip addr add 10.99.0.{i}/24 dev omni0"));
+        self.nodes.push(node);
+    }
+
+    pub fn nucleus_metrics(&self) -> String {
+        let o = run(&format!(
+            "ip netns exec {} bash -c 'exec 3<>/dev/tcp/127.0.0.1/9200; printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3'",
+            self.nucleus_ns.name
+        ));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn wait_registered(&self, node: usize) {
+        self.nodes[node].wait_for("registration with the Nucleus", Duration::from_secs(20), |s| {
+            s["nuclei"]
+                .as_array()
+                .is_some_and(|n| n.first().is_some_and(|n| n["registered"] == true))
+        });
+    }
+
+    /// Waits until node `node` has an established session with every other started node.
+    pub fn wait_mesh(&self, node: usize) -> serde_json::Value {
+        let others: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != node)
+            .map(|(_, n)| n.key.clone())
+            .collect();
+        self.nodes[node].wait_for("sessions with every member", Duration::from_secs(30), |s| {
+            others.iter().all(|k| {
+                s["peers"].as_array().is_some_and(|ps| {
+                    ps.iter().any(|p| p["public_key"] == *k && p["session"] == "established")
+                })
+            })
+        })
+    }
+}
+
+fn dir_file(text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "omni-nft-{}-{}.nft",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&p, text).unwrap();
+    p
+}

@@ -4,6 +4,7 @@
 #   bench/iperf_veth.sh [--reps N] [--seconds S] [--mtu 1500|9000]
 # Prints a markdown table (median, min-max, ratio) and ping RTTs.
 set -euo pipefail
+# shellcheck source=../scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 need_root "$@"
 reps=3 secs=5 mtu=1500

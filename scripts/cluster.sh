@@ -7,6 +7,7 @@
 #   scripts/cluster.sh [--edges N] [--symmetric-nat EDGE] [--seconds S] [--keep]
 # --keep leaves it running until Ctrl-C, to look around.
 set -euo pipefail
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 

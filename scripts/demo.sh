@@ -4,6 +4,7 @@
 # down on exit, even on failure.
 #   scripts/demo.sh [--mtu 1500|9000] [--seconds N]
 set -euo pipefail
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 

@@ -15,7 +15,9 @@ need_root() {
 
 teardown() {
   local ns pid
-  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]:-}"; do
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+  done
   sleep 0.3
   for ns in "${NAMESPACES[@]:-}"; do
     [ -z "$ns" ] && continue

@@ -19,7 +19,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-pkgs=(build-essential pkg-config ca-certificates curl git iproute2 iputils-ping iperf3 socat tcpdump nftables procps bash util-linux)
+pkgs=(build-essential pkg-config ca-certificates curl git iproute2 iputils-ping iperf3 socat tcpdump nftables procps bash util-linux shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,6 +3,7 @@
 # model checks of the shared-memory rings, the cross-process ring stress test, the network
 # tests in namespaces (serialised), and a short run of every fuzz target.
 set -euo pipefail
+# shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 cd "$OMNI_ROOT"

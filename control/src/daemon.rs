@@ -465,6 +465,7 @@ impl Daemon {
                     path: p.path().into(),
                     origin: if p.dynamic { "nucleus" } else { "static" }.into(),
                     last_handshake_secs: p.last_handshake_ms.map(|t| now.saturating_sub(t) / 1000),
+                    handshaking: p.handshaking(),
                     session_age_secs: p
                         .current
                         .as_ref()

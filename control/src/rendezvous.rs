@@ -384,7 +384,7 @@ mod tests {
             &node.public_key(),
             Tai64n::from_unix(100, 0),
             true,
-            &[entry.clone()],
+            std::slice::from_ref(&entry),
         );
         let ups = r.on_message(1, from, &msgs[0]);
         assert_eq!(ups.len(), 1);
@@ -399,7 +399,7 @@ mod tests {
             &node.public_key(),
             Tai64n::from_unix(50, 0),
             false,
-            &[entry.clone()],
+            std::slice::from_ref(&entry),
         );
         assert!(r.on_message(2, from, &old[0]).is_empty());
         assert!(r.on_message(2, "192.0.2.2:51820".parse().unwrap(), &msgs[0]).is_empty());

@@ -32,6 +32,9 @@ pub struct PeerStatus {
     #[serde(default)]
     pub origin: String,
     pub last_handshake_secs: Option<u64>,
+    /// A handshake initiation of ours is waiting for its answer.
+    #[serde(default)]
+    pub handshaking: bool,
     pub session_age_secs: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -242,6 +245,7 @@ mod tests {
                 path: "direct".into(),
                 origin: "static".into(),
                 last_handshake_secs: Some(5),
+                handshaking: false,
                 session_age_secs: Some(5),
                 rx_bytes: 2048,
                 tx_bytes: 10,

@@ -141,3 +141,38 @@ fn home_config_is_read_without_config_flag() {
     assert!(!o.status.success());
     assert!(err.contains("max_sessions_per_ip"), "~/.omni/config.toml was read: {err}");
 }
+
+#[test]
+fn scripts_pass_shellcheck_and_deploy_has_a_dry_run() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    assert!(
+        run("command -v shellcheck").status.success(),
+        "shellcheck is missing; run scripts/setup.sh"
+    );
+    let o = run(&format!(
+        "cd {} && shellcheck -x --source-path=SCRIPTDIR scripts/*.sh bench/*.sh .ci/run",
+        root.display()
+    ));
+    assert!(o.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&o.stdout));
+    let o = run(&format!(
+        "{}/scripts/deploy_nucleus.sh admin@203.0.113.5 /nonexistent/key --port 443 --dry-run --binary /bin/true",
+        root.display()
+    ));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    for needle in [
+        "+ scp",
+        "admin@203.0.113.5:/tmp/omni-nucleus",
+        "systemctl enable --now omni-nucleus",
+        "--listen 0.0.0.0:443",
+        "CAP_NET_BIND_SERVICE",
+        "--nucleus <NUCLEUS-KEY>@203.0.113.5:443",
+    ] {
+        assert!(out.contains(needle), "dry run mentions {needle:?}:\n{out}");
+    }
+    let o = run(&format!("{}/scripts/deploy_nucleus.sh --dry-run", root.display()));
+    assert!(!o.status.success(), "a missing target is an error");
+    let o =
+        run(&format!("{}/scripts/deploy_nucleus.sh user@h --port 70000 --dry-run", root.display()));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--port"));
+}

@@ -80,6 +80,12 @@ fn nucleus_restart_keeps_sessions_and_nodes_register_again() {
     c.wait_registered(0);
     c.edges[0].sh_ok("ping -c 2 -i 0.3 -W 8 10.99.0.2");
     c.wait_mesh(0);
+    // Let the punch phase settle (both sides initiate; one may need its retry).
+    for n in &c.nodes {
+        n.wait_for("no handshake in flight", Duration::from_secs(15), |s| {
+            s["peers"].as_array().is_some_and(|ps| ps.iter().all(|p| p["handshaking"] == false))
+        });
+    }
     let hs = c.nodes[0].status()["handshakes_completed"].as_u64().unwrap();
     // Every Nucleus gone: established sessions carry on.
     c.nucleus.kill();
@@ -164,4 +170,33 @@ fn three_edges_form_a_full_mesh_and_broadcast_reaches_all() {
     let _ = c.edges[0].sh("ping -c 1 -W 1 10.99.0.77");
     std::thread::sleep(Duration::from_millis(300));
     assert!(rx_from(1, 0) > b && rx_from(2, 0) > d, "the ARP broadcast reached both others");
+}
+
+#[test]
+fn two_nuclei_losing_one_changes_nothing() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let mut c = NatCluster::topology(3, None, &[]).with_second_nucleus();
+    let s = c.secret.clone();
+    c.add_node(1, &s);
+    c.add_node(2, &s);
+    for i in 0..2 {
+        c.nodes[i].wait_for("registration with both Nuclei", Duration::from_secs(20), |st| {
+            st["nuclei"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2 && n.iter().all(|x| x["registered"] == true))
+        });
+    }
+    c.edges[0].sh_ok("ping -c 2 -i 0.3 -W 8 10.99.0.2");
+    c.wait_mesh(0);
+    let hs = c.nodes[0].status()["handshakes_completed"].as_u64().unwrap();
+    // The first Nucleus dies: the session carries on untouched...
+    c.nucleus.kill();
+    c.edges[0].sh_ok("ping -c 4 -i 0.3 -W 2 10.99.0.2");
+    assert_eq!(c.nodes[0].status()["handshakes_completed"].as_u64().unwrap(), hs);
+    // ...and a newcomer still finds everyone through the second one.
+    c.add_node(3, &s);
+    c.edges[2].sh_ok("ping -c 2 -i 0.3 -W 8 10.99.0.1");
+    c.edges[2].sh_ok("ping -c 2 -i 0.3 -W 8 10.99.0.2");
+    c.wait_mesh(2);
 }

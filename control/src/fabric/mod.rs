@@ -77,9 +77,16 @@ struct Pending {
     /// When the first attempt of this handshake round started.
     started_ms: u64,
     next_retry_ms: u64,
+    /// When this initiation went out.
+    sent_ms: u64,
     /// mac1 of the initiation sent, which a cookie reply is bound to.
     mac1: Mac,
 }
+
+/// A punch trigger does not restart a handshake sent less than this long ago (several
+/// Nuclei announce the same member at once; a restarted handshake would orphan the answer
+/// to the first and carry the same whitened timestamp).
+const PUNCH_DEBOUNCE_MS: u64 = 1_000;
 
 pub struct Peer {
     pub public_key: PublicKey,
@@ -311,7 +318,11 @@ impl Fabric {
         }
         let unreached = p.current.is_none();
         let relayed = p.endpoint.is_some_and(|e| e.is_relay());
-        if (m.punch || !known) && (unreached || relayed) {
+        let just_sent = p
+            .pending
+            .as_ref()
+            .is_some_and(|x| now_ms.saturating_sub(x.sent_ms) < PUNCH_DEBOUNCE_MS);
+        if (m.punch || !known) && (unreached || relayed) && !just_sent {
             if unreached && p.punch_started_ms.is_none() {
                 p.punch_started_ms = Some(now_ms);
                 p.relay_tried = false;
@@ -337,10 +348,10 @@ impl Fabric {
         }
         let punching_failed =
             p.punch_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.rdv.relay_after_ms);
-        if let Some(r) = p.relay.filter(|_| p.dynamic && punching_failed && p.current.is_none()) {
-            if !d.contains(&r) {
-                d.push(r);
-            }
+        if let Some(r) = p.relay.filter(|_| p.dynamic && punching_failed && p.current.is_none())
+            && !d.contains(&r)
+        {
+            d.push(r);
         }
         d
     }
@@ -467,6 +478,15 @@ impl Fabric {
             self.forget_index(old.local_index);
         }
         self.by_index.insert(local_index, id);
+        // Both sides punch at once, so often both initiate. Once we have answered theirs, our
+        // own attempt is redundant (and, if the other NAT dropped it, would only come back
+        // as another handshake after its retry). Exactly one side may give up its attempt,
+        // or each would drop the other's answer: the one with the lower key does.
+        if self.public_key() < self.peers[id as usize].public_key
+            && let Some(p) = self.peers[id as usize].pending.take()
+        {
+            self.forget_index(p.local_index);
+        }
         self.cmd(install_cmd(id, &session, SessionPlace::Next, now_ms));
         self.out.push(Output::Inject { to: src, bytes: out.to_vec() });
         self.peers[id as usize].last_handshake_ms = Some(now_ms);
@@ -593,7 +613,7 @@ impl Fabric {
             (omni_proto::constants::REKEY_TIMEOUT_JITTER.as_millis() as u64).min(timeout_ms / 15);
         let next_retry_ms = now_ms + timeout_ms + rand::random::<u64>() % (max_jitter + 1);
         self.peers[id as usize].pending =
-            Some(Pending { local_index, hs, started_ms, next_retry_ms, mac1 });
+            Some(Pending { local_index, hs, started_ms, next_retry_ms, sent_ms: now_ms, mac1 });
         self.by_index.insert(local_index, id);
         for to in &dests {
             self.out.push(Output::Inject { to: *to, bytes: msg.to_vec() });

@@ -390,3 +390,31 @@ fn departed_members_keep_working_sessions() {
             | Output::Command(Command::RemoveSession { .. })
     )));
 }
+
+#[test]
+fn simultaneous_initiations_end_with_one_working_pair_of_sessions() {
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    a.initiate(10, 0);
+    b.initiate(10, 0);
+    let ia = injects(&mut a);
+    let ib = injects(&mut b);
+    // Each gets the other's initiation and answers it.
+    a.on_punt(11, B_EP.parse().unwrap(), &ib[0].1);
+    b.on_punt(11, A_EP.parse().unwrap(), &ia[0].1);
+    let (ca, ra) = split_outputs(&mut a);
+    let (cb, rb) = split_outputs(&mut b);
+    // Each gets the other's answer.
+    a.on_punt(12, B_EP.parse().unwrap(), &rb[0].1);
+    b.on_punt(12, A_EP.parse().unwrap(), &ra[0].1);
+    let (ca2, _) = split_outputs(&mut a);
+    let (cb2, _) = split_outputs(&mut b);
+    let current =
+        |c: &[Command]| installs(c).iter().filter(|s| s.place == SessionPlace::Current).count();
+    // Exactly one side completed as initiator: it has a current session, the other a next
+    // one that the first packet confirms. Neither is left without a way forward.
+    assert_eq!(current(&ca) + current(&ca2) + current(&cb) + current(&cb2), 1);
+    let a_cur = a.peers()[0].current.is_some();
+    let b_cur = b.peers()[0].current.is_some();
+    assert!(a_cur ^ b_cur, "one initiator session: a {a_cur} b {b_cur}");
+    assert!(!a.peers()[0].handshaking() && !b.peers()[0].handshaking(), "nothing left to retry");
+}

@@ -515,18 +515,18 @@ pub struct NucleusProc {
 
 impl NucleusProc {
     pub fn start(ns: &Netns, dir: &Path, identity: &Path, extra: &[&str]) -> Self {
-        let log = dir.join("nucleus.log");
+        Self::start_at(ns, dir, identity, "10.200.0.10", extra)
+    }
+
+    pub fn start_at(ns: &Netns, dir: &Path, identity: &Path, ip: &str, extra: &[&str]) -> Self {
+        let log = dir.join(format!("nucleus-{ip}.log"));
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(bin("omni-nucleus"))
-            .args([
-                "--listen",
-                "10.200.0.10:51820",
-                "--metrics-listen",
-                "127.0.0.1:9200",
-                "--identity",
-            ])
+            .arg("--listen")
+            .arg(format!("{ip}:51820"))
+            .args(["--metrics-listen", "127.0.0.1:9200", "--identity"])
             .arg(identity)
             .args(extra)
             .stdout(logf.try_clone().unwrap())
@@ -562,6 +562,8 @@ pub struct NatCluster {
     pub nucleus_key: String,
     pub secret: String,
     pub nodes: Vec<Node>,
+    /// A second, independent Nucleus at 10.200.0.11 (`with_second_nucleus`).
+    pub second: Option<(Netns, NucleusProc, String)>,
 }
 
 pub const CLUSTER: &str = "test-fleet";
@@ -631,13 +633,47 @@ impl NatCluster {
             run_ok(&format!("{} cluster new {CLUSTER} 2>/dev/null", bin("omni-daemon").display()))
                 .trim()
                 .to_string();
-        Self { inet, nucleus_ns, routers, edges, dir, nucleus, nucleus_key, secret, nodes: vec![] }
+        Self {
+            inet,
+            nucleus_ns,
+            routers,
+            edges,
+            dir,
+            nucleus,
+            nucleus_key,
+            secret,
+            nodes: vec![],
+            second: None,
+        }
+    }
+
+    /// Adds a second Nucleus (its own namespace and identity) at 10.200.0.11; nodes started
+    /// afterwards register with both.
+    pub fn with_second_nucleus(mut self) -> Self {
+        let ns = Netns::new("n2");
+        run_ok(&format!(
+            "ip link add wan netns {} type veth peer name pnuc2 netns {}",
+            ns.name, self.inet.name
+        ));
+        self.inet.sh_ok("ip link set pnuc2 master br0 && ip link set pnuc2 up");
+        ns.sh_ok("ip addr add 10.200.0.11/24 dev wan && ip link set wan up");
+        let id = self.dir.0.join("nucleus2.key");
+        let key = run_ok(&format!(
+            "{} pubkey --identity {}",
+            bin("omni-nucleus").display(),
+            id.display()
+        ))
+        .trim()
+        .to_string();
+        let proc_ = NucleusProc::start_at(&ns, &self.dir.0, &id, "10.200.0.11", &[]);
+        self.second = Some((ns, proc_, key));
+        self
     }
 
     /// Starts the node of edge `i` (1-based) with `secret`; omni0 = 10.99.0.i/24.
     pub fn add_node(&mut self, i: usize, secret: &str) {
         let (id, key) = new_identity(&self.dir.0, &format!("e{i}"));
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--nucleus",
             &format!("{}@10.200.0.10:51820", self.nucleus_key),
             "--cluster",
@@ -648,6 +684,9 @@ impl NatCluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some((_, _, k2)) = &self.second {
+            args.extend(["--nucleus".to_string(), format!("{k2}@10.200.0.11:51820")]);
+        }
         let node = Node::start(&self.edges[i - 1], &self.dir.0, &format!("e{i}"), &id, &key, &args);
         node.wait_running();
         self.edges[i - 1].sh_ok(&format!("ip addr add 10.99.0.{i}/24 dev omni0"));

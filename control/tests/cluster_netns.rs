@@ -200,3 +200,51 @@ fn two_nuclei_losing_one_changes_nothing() {
     c.edges[2].sh_ok("ping -c 2 -i 0.3 -W 8 10.99.0.2");
     c.wait_mesh(2);
 }
+
+#[test]
+fn relay_while_udp_is_blocked_then_a_direct_path_takes_over() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let mut c = NatCluster::topology(2, None, &[]);
+    // Router 2 drops everything between the two NATs: only the Nucleus gets through.
+    c.routers[1].sh_ok(
+        "nft add table inet omniblock && nft add chain inet omniblock omnifwd '{ type filter hook forward priority -10; }' \
+         && nft add rule inet omniblock omnifwd ip saddr 10.200.0.21 drop && nft add rule inet omniblock omnifwd ip daddr 10.200.0.21 drop",
+    );
+    let cfg = c.dir.0.join("node.toml");
+    std::fs::write(&cfg, "[network]\ndirect_retry_secs = 2\n").unwrap();
+    let cfg = cfg.display().to_string();
+    let s = c.secret.clone();
+    c.add_node_with(1, &s, &["--config", &cfg]);
+    c.add_node_with(2, &s, &["--config", &cfg]);
+    c.wait_registered(0);
+    c.wait_registered(1);
+    c.edges[0].sh_ok("ping -c 2 -i 0.5 -W 10 10.99.0.2");
+    let st = c.wait_mesh(0);
+    assert_eq!(peer_of(&st, &c.nodes[1].key)["path"], "relay", "{st:#}");
+    // The way opens: within a couple of direct-retry periods the pair goes direct.
+    c.routers[1].sh_ok("nft delete table inet omniblock");
+    let key = c.nodes[1].key.clone();
+    c.nodes[0].wait_for("a direct path", Duration::from_secs(20), |s| {
+        s["peers"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["public_key"] == key && p["path"] == "direct"))
+    });
+    let key = c.nodes[0].key.clone();
+    c.nodes[1].wait_for("a direct path", Duration::from_secs(20), |s| {
+        s["peers"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["public_key"] == key && p["path"] == "direct"))
+    });
+    // (The Nucleus refreshes its metrics snapshot every second.)
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = metric(&c.nucleus_metrics(), "omni_nucleus_relayed_packets_total").unwrap();
+    assert!(before > 0.0, "the pair did go through the relay first");
+    c.edges[0].sh_ok("ping -c 20 -i 0.05 -W 2 10.99.0.2");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = metric(&c.nucleus_metrics(), "omni_nucleus_relayed_packets_total").unwrap();
+    assert!(
+        after - before < 5.0,
+        "traffic no longer goes through the Nucleus: {before} -> {after}"
+    );
+}

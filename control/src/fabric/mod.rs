@@ -79,6 +79,9 @@ struct Pending {
     next_retry_ms: u64,
     /// When this initiation went out.
     sent_ms: u64,
+    /// An attempt at a direct path while relayed: sent to direct candidates only (through
+    /// the relay it would just win the race and keep the relay).
+    probe: bool,
     /// mac1 of the initiation sent, which a cookie reply is bound to.
     mac1: Mac,
 }
@@ -327,15 +330,19 @@ impl Fabric {
                 p.punch_started_ms = Some(now_ms);
                 p.relay_tried = false;
             }
-            self.initiate(now_ms, id);
+            // Relayed with a working session: probe for a direct path only.
+            self.initiate_with(now_ms, id, !unreached && relayed);
         }
     }
 
     /// Where a handshake initiation to peer `id` goes: the endpoint in use, every direct
     /// candidate of a Nucleus-introduced peer not yet reached directly, and its relay once
     /// punching has failed for `relay_after`.
-    fn destinations(&self, now_ms: u64, id: u16) -> Vec<Endpoint> {
+    fn destinations(&self, now_ms: u64, id: u16, probe: bool) -> Vec<Endpoint> {
         let p = &self.peers[id as usize];
+        if probe {
+            return p.candidates.iter().map(|c| Endpoint::Direct(*c)).collect();
+        }
         let mut d: Vec<Endpoint> = p.endpoint.into_iter().collect();
         let direct = p.endpoint.is_some_and(|e| !e.is_relay()) && p.current.is_some();
         if p.dynamic && !direct {
@@ -573,7 +580,11 @@ impl Fabric {
     /// Starts (or restarts) a handshake towards peer `id`, sent to every destination that
     /// may reach it (the first that answers wins).
     pub fn initiate(&mut self, now_ms: u64, id: u16) {
-        let dests = self.destinations(now_ms, id);
+        self.initiate_with(now_ms, id, false);
+    }
+
+    fn initiate_with(&mut self, now_ms: u64, id: u16, probe: bool) {
+        let dests = self.destinations(now_ms, id, probe);
         if dests.is_empty() {
             return;
         }
@@ -612,8 +623,15 @@ impl Fabric {
         let max_jitter =
             (omni_proto::constants::REKEY_TIMEOUT_JITTER.as_millis() as u64).min(timeout_ms / 15);
         let next_retry_ms = now_ms + timeout_ms + rand::random::<u64>() % (max_jitter + 1);
-        self.peers[id as usize].pending =
-            Some(Pending { local_index, hs, started_ms, next_retry_ms, sent_ms: now_ms, mac1 });
+        self.peers[id as usize].pending = Some(Pending {
+            local_index,
+            hs,
+            started_ms,
+            next_retry_ms,
+            sent_ms: now_ms,
+            probe,
+            mac1,
+        });
         self.by_index.insert(local_index, id);
         for to in &dests {
             self.out.push(Output::Inject { to: *to, bytes: msg.to_vec() });
@@ -712,14 +730,16 @@ impl Fabric {
             if let Some(pend) = &self.peers[id as usize].pending
                 && now_ms >= pend.next_retry_ms
             {
-                if now_ms.saturating_sub(pend.started_ms) >= ms(t.rekey_attempt) {
+                let limit = if pend.probe { 3 * ms(t.rekey_timeout) } else { ms(t.rekey_attempt) };
+                if now_ms.saturating_sub(pend.started_ms) >= limit {
                     let idx = pend.local_index;
                     self.peers[id as usize].pending = None;
                     self.peers[id as usize].punch_started_ms = None;
                     self.forget_index(idx);
-                    info!(peer = %self.peers[id as usize].public_key.short(), "handshake gave up after {:?}", t.rekey_attempt);
+                    debug!(peer = %self.peers[id as usize].public_key.short(), "handshake gave up");
                 } else {
-                    self.initiate(now_ms, id);
+                    let probe = pend.probe;
+                    self.initiate_with(now_ms, id, probe);
                 }
             }
             let p = &self.peers[id as usize];

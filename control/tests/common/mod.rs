@@ -672,6 +672,10 @@ impl NatCluster {
 
     /// Starts the node of edge `i` (1-based) with `secret`; omni0 = 10.99.0.i/24.
     pub fn add_node(&mut self, i: usize, secret: &str) {
+        self.add_node_with(i, secret, &[]);
+    }
+
+    pub fn add_node_with(&mut self, i: usize, secret: &str, extra: &[&str]) {
         let (id, key) = new_identity(&self.dir.0, &format!("e{i}"));
         let mut args: Vec<String> = [
             "--nucleus",
@@ -687,6 +691,7 @@ impl NatCluster {
         if let Some((_, _, k2)) = &self.second {
             args.extend(["--nucleus".to_string(), format!("{k2}@10.200.0.11:51820")]);
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let node = Node::start(&self.edges[i - 1], &self.dir.0, &format!("e{i}"), &id, &key, &args);
         node.wait_running();
         self.edges[i - 1].sh_ok(&format!("ip addr add 10.99.0.{i}/24 dev omni0"));

@@ -5,20 +5,22 @@
 # omni0. Prints a table of checks and where each node's status and metrics are. Everything
 # is torn down on exit, even on failure.
 #   scripts/cluster.sh [--edges N] [--symmetric-nat EDGE] [--seconds S] [--keep]
+#                      [--relay-bytes-per-sec N]
 # --keep leaves it running until Ctrl-C, to look around.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 
-edges=2 sym=0 secs=5 keep=0
+edges=2 sym=0 secs=5 keep=0 relay_rate=12500000
 while [ $# -gt 0 ]; do
   case "$1" in
     --edges) edges=$2; shift 2 ;;
     --symmetric-nat) sym=$2; shift 2 ;;
     --seconds) secs=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --relay-bytes-per-sec) relay_rate=$2; shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "cluster.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +43,7 @@ nat_cluster omnic "$edges" "$sym" "$work"
 echo "== Nucleus"
 NKEY=$("$BIN/omni-nucleus" pubkey --identity "$work/nucleus.key" 2>/dev/null)
 ip netns exec "$NUC_NS" "$BIN/omni-nucleus" --listen 10.200.0.10:51820 --identity "$work/nucleus.key" \
-  --metrics-listen 127.0.0.1:9200 >"$work/nucleus.log" 2>&1 &
+  --metrics-listen 127.0.0.1:9200 --relay-bytes-per-sec "$relay_rate" >"$work/nucleus.log" 2>&1 &
 PIDS+=($!)
 SECRET=$("$BIN/omni-daemon" cluster new demo-fleet 2>/dev/null)
 

@@ -169,6 +169,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         rx: (0..BURST).map(|_| PacketBuf::new()).collect(),
         rx_mmsg: MmsgBatch::new(BURST),
         frame: PacketBuf::new(),
+        punted: false,
     };
     let mut tx = UdpTx::new(&sock, region.counters(0));
     let remove_tap = w.run(&epoll, &signals, &mut tx)?;
@@ -191,6 +192,8 @@ struct Worker<'r> {
     rx: Vec<PacketBuf>,
     rx_mmsg: MmsgBatch,
     frame: PacketBuf,
+    /// A packet was punted since control was last rung.
+    punted: bool,
 }
 
 impl Worker<'_> {
@@ -210,7 +213,7 @@ impl Worker<'_> {
             work += self.underlay_burst(now, tx)?;
             work += self.access_burst(now, tx)?;
             tx.flush();
-            let notify = self.publish_events();
+            let notify = self.publish_events() | std::mem::take(&mut self.punted);
             if now.saturating_sub(last_heartbeat) >= 100 {
                 self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
                 last_heartbeat = now;
@@ -219,7 +222,8 @@ impl Worker<'_> {
                 self.engine.housekeeping(now);
                 last_housekeeping = now;
             }
-            if notify || work > 0 {
+            // Only what control reads (events, punts) is worth waking it for.
+            if notify {
                 self.ring_control_if_parked();
             }
             if work > 0 {
@@ -336,7 +340,10 @@ impl Worker<'_> {
                     match self.ends.punt.push_with(|slot| {
                         encode_packet(slot, from, bytes);
                     }) {
-                        Ok(()) => self.counters.inc(Counter::Punted, 1),
+                        Ok(()) => {
+                            self.counters.inc(Counter::Punted, 1);
+                            self.punted = true;
+                        }
                         Err(_) => self.counters.drop(DropReason::PuntRingFull),
                     }
                 }

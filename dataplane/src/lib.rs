@@ -20,6 +20,8 @@ pub mod engine;
 #[cfg(not(loom))]
 pub mod fdb;
 #[cfg(not(loom))]
+pub mod offload;
+#[cfg(not(loom))]
 pub mod replay;
 #[cfg(not(loom))]
 pub mod session;

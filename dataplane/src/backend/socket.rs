@@ -1,32 +1,49 @@
 //! The portable backend: a UDP socket for the underlay and a TAP for the access port,
 //! driven by one worker thread.
 //!
-//! The worker polls without blocking while there is work (bursts of 32 from each side in
-//! turn) and sleeps in `epoll_wait` only when both sides and both incoming rings are empty.
+//! The worker polls without blocking while there is work (bursts from each side in turn)
+//! and sleeps in `epoll_wait` only when both sides and both incoming rings are empty.
 //! Before sleeping it marks itself parked in the region header so control rings its
 //! doorbell for new commands; traffic wakes it through the sockets themselves.
+//!
+//! Offloads (on by default) keep the kernel's per-packet work low: the TAP hands over TCP
+//! super-frames (TSO) that are cut here, frames for the TAP are joined again (GRO) and
+//! written with one `writev`, runs of equal-size datagrams go out as one UDP GSO send, and
+//! UDP GRO delivers several datagrams per receive. See [`crate::offload`].
 
+use std::io::IoSlice;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use omni_proto::constants::MAX_INNER_FRAME;
 use tracing::{info, warn};
 
 use crate::clock::monotonic_ms;
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::engine::{Decap, Engine, PacketBuf, TxSink};
+use crate::offload::gro::{self, Run};
+use crate::offload::tso::{self, Tso};
+use crate::offload::vnet::{self, VnetHdr};
 use crate::paths;
 use crate::shm::bell::Bell;
 use crate::shm::layout::{Header, Params};
 use crate::shm::records::{Command, decode_packet, encode_packet};
 use crate::shm::region::{DataplaneEnds, Region, RoleLock};
 use crate::sync::{Ordering, fence};
-use crate::sys::mmsg::{MmsgBatch, UdpSocket};
+use crate::sys::mmsg::{MmsgBatch, RxBuf, UdpSocket};
 use crate::sys::tap::Tap;
 use crate::sys::{Epoll, SignalFd, wait_writable};
 
+/// Frames read from the TAP (or datagram buffers received) per pass of the loop.
 pub const BURST: usize = 32;
+/// Size of a receive buffer: a whole UDP GRO train fits.
+const RX_BUF: usize = 65_536;
+/// Receive buffers per pass.
+const RX_BUFS: usize = 16;
+/// Room for one TAP read: virtio-net header and a 64 KB super-frame.
+const TAP_BUF: usize = vnet::LEN + 65_536;
 
 /// Everything the socket backend is started with.
 #[derive(Debug, Clone)]
@@ -42,6 +59,8 @@ pub struct SocketConfig {
     pub socket_buffer: usize,
     /// Started by omni-daemon, which may restart it.
     pub supervised: bool,
+    /// TAP TSO/GRO and UDP GSO/GRO.
+    pub offload: bool,
 }
 
 /// The underlay transmit batch: a [`TxSink`] over `sendmmsg`.
@@ -51,11 +70,12 @@ struct UdpTx<'a> {
     bufs: Vec<PacketBuf>,
     queued: usize,
     counters: &'a WorkerCounters,
+    gso: bool,
 }
 
 impl<'a> UdpTx<'a> {
-    fn new(sock: &'a UdpSocket, counters: &'a WorkerCounters) -> Self {
-        // Flood copies can queue more than a burst before a flush; the sink flushes itself.
+    fn new(sock: &'a UdpSocket, counters: &'a WorkerCounters, gso: bool) -> Self {
+        // A cut super-frame is ~48 frames; flood copies add more. The sink flushes itself.
         let cap = BURST * 2;
         Self {
             sock,
@@ -63,6 +83,7 @@ impl<'a> UdpTx<'a> {
             bufs: (0..cap).map(|_| PacketBuf::new()).collect(),
             queued: 0,
             counters,
+            gso,
         }
     }
 
@@ -72,7 +93,7 @@ impl<'a> UdpTx<'a> {
         let mut sent = 0;
         let mut stalls = 0;
         while sent < self.queued {
-            match self.mmsg.send(self.sock, &self.bufs[sent..self.queued]) {
+            match self.mmsg.send(self.sock, &self.bufs[sent..self.queued], self.gso) {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     stalls += 1;
@@ -81,6 +102,13 @@ impl<'a> UdpTx<'a> {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if self.gso
+                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+                {
+                    warn!("UDP GSO refused ({e}); sending datagrams one by one");
+                    self.gso = false;
+                }
                 Err(_) => {
                     // This datagram cannot go (no route, bad address); skip it.
                     self.counters.drop(DropReason::TxError);
@@ -130,7 +158,8 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     let signals = SignalFd::termination().context("cannot set up signal handling")?;
     let sock = UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?;
     let port = sock.local_port().context("cannot read the bound port")?;
-    let tap = Tap::open(&cfg.tap)?;
+    let gro = cfg.offload && sock.enable_gro();
+    let tap = Tap::open(&cfg.tap, cfg.offload)?;
     tap.configure(cfg.tap_mtu, cfg.tap_mac)?;
     let bell =
         Bell::bind(&cfg.run_dir.join(paths::DATAPLANE_BELL), &cfg.run_dir.join(paths::DAEMON_BELL))
@@ -154,6 +183,8 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         tap = tap.name(),
         mtu = cfg.tap_mtu,
         generation,
+        tap_offload = tap.vnet(),
+        udp_gro = gro,
         "data plane ready (socket backend)"
     );
     bell.ring();
@@ -166,12 +197,15 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         sock: &sock,
         tap: &tap,
         bell: &bell,
-        rx: (0..BURST).map(|_| PacketBuf::new()).collect(),
-        rx_mmsg: MmsgBatch::new(BURST),
+        rx: (0..RX_BUFS).map(|_| RxBuf::new(RX_BUF)).collect(),
+        rx_mmsg: MmsgBatch::new(RX_BUFS),
+        tap_buf: vec![0u8; TAP_BUF].into_boxed_slice(),
         frame: PacketBuf::new(),
+        deliveries: Vec::with_capacity(RX_BUFS * 48),
+        gro_hdr: Vec::with_capacity(256),
         punted: false,
     };
-    let mut tx = UdpTx::new(&sock, region.counters(0));
+    let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload);
     let remove_tap = w.run(&epoll, &signals, &mut tx)?;
     h.dp_pid.store(0, Ordering::Relaxed);
     if remove_tap && let Err(e) = tap.set_persist(false) {
@@ -189,12 +223,19 @@ struct Worker<'r> {
     sock: &'r UdpSocket,
     tap: &'r Tap,
     bell: &'r Bell,
-    rx: Vec<PacketBuf>,
+    rx: Vec<RxBuf>,
     rx_mmsg: MmsgBatch,
+    tap_buf: Box<[u8]>,
     frame: PacketBuf,
+    /// Frames opened in this pass, waiting to be written to the TAP: (buffer, start, len).
+    deliveries: Vec<(usize, usize, usize)>,
+    gro_hdr: Vec<u8>,
     /// A packet was punted since control was last rung.
     punted: bool,
 }
+
+/// The virtio-net header of a frame passed as is.
+const PLAIN: [u8; vnet::LEN] = [0; vnet::LEN];
 
 impl Worker<'_> {
     /// The event loop. Returns whether the TAP should be removed on exit.
@@ -311,6 +352,8 @@ impl Worker<'_> {
         n
     }
 
+    /// Receives a burst of datagram buffers, opens every datagram in place, punts what is
+    /// for control, and writes the frames to the TAP (joined where they can be).
     fn underlay_burst(&mut self, now: u64, tx: &mut UdpTx) -> anyhow::Result<usize> {
         let n = match self.rx_mmsg.recv(self.sock, &mut self.rx) {
             Ok(n) => n,
@@ -321,49 +364,156 @@ impl Worker<'_> {
                 return Ok(1);
             }
         };
-        for i in 0..n {
-            let pkt = &mut self.rx[i];
-            let Some(src) = pkt.addr else { continue };
-            if pkt.len == usize::MAX {
+        self.deliveries.clear();
+        let mut datagrams = 0;
+        for bi in 0..n {
+            let RxBuf { data, len, addr, seg } = &mut self.rx[bi];
+            let Some(src) = *addr else { continue };
+            if *len == usize::MAX {
                 self.counters.drop(DropReason::Malformed);
                 continue;
             }
-            match self.engine.decap(now, src, pkt, tx) {
-                Decap::Deliver { len } => {
-                    let frame = &pkt.data[omni_proto::constants::TRANSPORT_HEADER_LEN..][..len];
-                    if self.tap.write(frame).is_err() {
-                        self.counters.drop(DropReason::AccessError);
-                    }
-                }
-                Decap::Punt { from } => {
-                    let bytes = &pkt.data[..pkt.len];
-                    match self.ends.punt.push_with(|slot| {
-                        encode_packet(slot, from, bytes);
-                    }) {
-                        Ok(()) => {
-                            self.counters.inc(Counter::Punted, 1);
-                            self.punted = true;
+            let (len, step) = (*len, if *seg > 0 { *seg } else { *len });
+            let mut off = 0;
+            while off < len {
+                let dl = step.min(len - off);
+                datagrams += 1;
+                match self.engine.decap_slice(now, src, &mut data[off..off + dl], tx) {
+                    Decap::Deliver { offset, len } => self.deliveries.push((bi, off + offset, len)),
+                    Decap::Punt { from, offset, len } => {
+                        let bytes = &data[off + offset..off + offset + len];
+                        match self.ends.punt.push_with(|slot| {
+                            encode_packet(slot, from, bytes);
+                        }) {
+                            Ok(()) => {
+                                self.counters.inc(Counter::Punted, 1);
+                                self.punted = true;
+                            }
+                            Err(_) => self.counters.drop(DropReason::PuntRingFull),
                         }
-                        Err(_) => self.counters.drop(DropReason::PuntRingFull),
                     }
+                    Decap::Keepalive | Decap::Drop(_) => {}
                 }
-                Decap::Keepalive | Decap::Drop(_) => {}
+                off += dl.max(1);
             }
         }
-        Ok(n)
+        self.write_deliveries();
+        Ok(datagrams)
     }
 
+    /// Writes this pass's frames to the TAP, joining runs of one TCP flow into super-frames.
+    fn write_deliveries(&mut self) {
+        let vnet = self.tap.vnet();
+        let mut k = 0;
+        let mut next_candidate: Option<gro::Candidate> = None;
+        while k < self.deliveries.len() {
+            let (bi, st, ln) = self.deliveries[k];
+            let frame = &self.rx[bi].data[st..st + ln];
+            if !vnet {
+                if self.tap.write(frame).is_err() {
+                    self.counters.drop(DropReason::AccessError);
+                }
+                k += 1;
+                continue;
+            }
+            let first = next_candidate.take().or_else(|| gro::candidate(frame));
+            let mut end = k + 1;
+            let mut run = first.map(Run::start);
+            if let Some(r) = run.as_mut() {
+                while end < self.deliveries.len() {
+                    let (b2, s2, l2) = self.deliveries[end];
+                    let f2 = &self.rx[b2].data[s2..s2 + l2];
+                    match gro::candidate(f2) {
+                        Some(c) if r.accepts(frame, f2, &c) => {
+                            r.push(&c);
+                            end += 1;
+                        }
+                        other => {
+                            next_candidate = other;
+                            break;
+                        }
+                    }
+                }
+            }
+            let written = match run.filter(|r| r.frames > 1) {
+                Some(r) => {
+                    let hl = r.first.layout.hdr_len;
+                    self.gro_hdr.clear();
+                    self.gro_hdr.extend_from_slice(&frame[..hl]);
+                    let v = r.super_header(&mut self.gro_hdr).to_bytes();
+                    let mut parts: Vec<IoSlice> = Vec::with_capacity(2 + end - k);
+                    parts.push(IoSlice::new(&v));
+                    parts.push(IoSlice::new(&self.gro_hdr));
+                    for &(b, s, l) in &self.deliveries[k..end] {
+                        parts.push(IoSlice::new(&self.rx[b].data[s + hl..s + l]));
+                    }
+                    self.tap.writev(&parts)
+                }
+                None => {
+                    end = k + 1;
+                    self.tap.writev(&[IoSlice::new(&PLAIN), IoSlice::new(frame)])
+                }
+            };
+            if written.is_err() {
+                self.counters.drop_n(DropReason::AccessError, (end - k) as u64);
+            }
+            k = end;
+        }
+    }
+
+    /// Reads a burst of frames from the TAP and hands them to the engine; super-frames are
+    /// cut into MSS-sized frames first.
     fn access_burst(&mut self, now: u64, tx: &mut UdpTx) -> anyhow::Result<usize> {
         let mut n = 0;
         while n < BURST {
-            match self.tap.read(self.frame.frame_area()) {
-                Ok(Some(len)) => {
-                    self.frame.len = len;
-                    self.engine.encap(now, &mut self.frame, tx);
-                    n += 1;
+            if !self.tap.vnet() {
+                match self.tap.read(self.frame.frame_area()) {
+                    Ok(Some(len)) => {
+                        self.frame.len = len;
+                        self.engine.encap(now, &mut self.frame, tx);
+                        n += 1;
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(e) => bail!("access port {} failed: {e}", self.tap.name()),
                 }
+            }
+            let len = match self.tap.read(&mut self.tap_buf) {
+                Ok(Some(len)) => len,
                 Ok(None) => break,
                 Err(e) => bail!("access port {} failed: {e}", self.tap.name()),
+            };
+            n += 1;
+            let Some(hdr) = VnetHdr::parse(&self.tap_buf[..len.min(vnet::LEN)]) else {
+                self.counters.drop(DropReason::BadFrame);
+                continue;
+            };
+            let frame = &mut self.tap_buf[vnet::LEN..len];
+            match hdr.gso() {
+                vnet::GSO_NONE => {
+                    if frame.len() > MAX_INNER_FRAME || !tso::complete_checksum(frame, &hdr) {
+                        self.counters.drop(DropReason::BadFrame);
+                        continue;
+                    }
+                    self.frame.frame_area()[..frame.len()].copy_from_slice(frame);
+                    self.frame.len = frame.len();
+                    self.engine.encap(now, &mut self.frame, tx);
+                }
+                vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => {
+                    let Some(t) = Tso::new(frame, &hdr) else {
+                        self.counters.drop(DropReason::BadFrame);
+                        continue;
+                    };
+                    for i in 0..t.count() {
+                        if t.len(i) > MAX_INNER_FRAME {
+                            self.counters.drop(DropReason::BadFrame);
+                            continue;
+                        }
+                        self.frame.len = t.write(i, self.frame.frame_area());
+                        self.engine.encap(now, &mut self.frame, tx);
+                    }
+                }
+                _ => self.counters.drop(DropReason::BadFrame),
             }
         }
         Ok(n)

@@ -51,6 +51,9 @@ struct Args {
     /// Set by omni-daemon when it starts this process (it may then restart it).
     #[arg(long, hide = true)]
     supervised: bool,
+    /// Turn off TAP TSO/GRO and UDP GSO/GRO (one system call per frame, for comparison).
+    #[arg(long)]
+    no_offload: bool,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             params,
             socket_buffer: args.socket_buffer,
             supervised: args.supervised,
+            offload: !args.no_offload,
         }),
     };
     match result {

@@ -76,16 +76,19 @@ pub trait TxSink {
 /// What to do with a datagram from the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decap {
-    /// Write `data[16..16 + len]` to the access port.
+    /// Write the frame at `[offset..offset + len]` of the datagram to the access port.
     Deliver {
+        offset: usize,
         len: usize,
     },
     /// An authenticated keepalive: nothing to deliver.
     Keepalive,
-    /// A message for control (handshake, cookie reply, Nucleus signalling), with where it
-    /// came from (a relayed one has been unwrapped to `data[..len]`).
+    /// A message for control (handshake, cookie reply, Nucleus signalling) at
+    /// `[offset..offset + len]` of the datagram (past a relay header), and where it came from.
     Punt {
         from: Endpoint,
+        offset: usize,
+        len: usize,
     },
     Drop(DropReason),
 }
@@ -388,7 +391,37 @@ impl<'r> Engine<'r> {
         pkt: &mut PacketBuf,
         tx: &mut impl TxSink,
     ) -> Decap {
-        let verdict = self.decap_inner(now_ms, src, pkt, tx);
+        let len = pkt.len.min(pkt.data.len());
+        self.decap_slice(now_ms, src, &mut pkt.data[..len], tx)
+    }
+
+    /// As [`Engine::decap`], for a datagram anywhere in a buffer (UDP GRO hands several
+    /// in one): it is opened in place.
+    pub fn decap_slice(
+        &mut self,
+        now_ms: u64,
+        src: SocketAddr,
+        dgram: &mut [u8],
+        tx: &mut impl TxSink,
+    ) -> Decap {
+        let verdict = match MessageType::of(dgram) {
+            Ok(MessageType::Relayed) => match relay::Packet::new_checked(&*dgram) {
+                Ok(p) if !p.is_request() => {
+                    let from = Endpoint::Relay { via: src, tag: p.tag() };
+                    match self.decap_inner(now_ms, from, &mut dgram[relay::HEADER_LEN..], tx) {
+                        Decap::Deliver { offset, len } => {
+                            Decap::Deliver { offset: offset + relay::HEADER_LEN, len }
+                        }
+                        Decap::Punt { from, offset, len } => {
+                            Decap::Punt { from, offset: offset + relay::HEADER_LEN, len }
+                        }
+                        other => other,
+                    }
+                }
+                _ => Decap::Drop(DropReason::Malformed),
+            },
+            _ => self.decap_inner(now_ms, Endpoint::Direct(src), dgram, tx),
+        };
         if let Decap::Drop(r) = verdict {
             self.counters.drop(r);
         }
@@ -398,25 +431,12 @@ impl<'r> Engine<'r> {
     fn decap_inner(
         &mut self,
         now_ms: u64,
-        src: SocketAddr,
-        pkt: &mut PacketBuf,
+        from: Endpoint,
+        dgram: &mut [u8],
         tx: &mut impl TxSink,
     ) -> Decap {
-        let mut from = Endpoint::Direct(src);
-        let mut ty = MessageType::of(&pkt.data[..pkt.len]);
-        if ty == Ok(MessageType::Relayed) {
-            let tag = match relay::Packet::new_checked(&pkt.data[..pkt.len]) {
-                Ok(p) if !p.is_request() => p.tag(),
-                _ => return Decap::Drop(DropReason::Malformed),
-            };
-            // Relay is the slow path: moving the inner message down is cheaper than making
-            // every buffer carry room for a header that is almost never there.
-            pkt.data.copy_within(relay::HEADER_LEN..pkt.len, 0);
-            pkt.len -= relay::HEADER_LEN;
-            from = Endpoint::Relay { via: src, tag };
-            ty = MessageType::of(&pkt.data[..pkt.len]);
-        }
-        let msg = &pkt.data[..pkt.len];
+        let ty = MessageType::of(dgram);
+        let msg = &*dgram;
         match ty {
             Ok(MessageType::Transport) => {}
             Ok(MessageType::HandshakeInitiation) => {
@@ -427,13 +447,15 @@ impl<'r> Engine<'r> {
             }
             Ok(MessageType::CookieReply) => {
                 return if msg.len() == cookie_reply::LEN {
-                    Decap::Punt { from }
+                    Decap::Punt { from, offset: 0, len: msg.len() }
                 } else {
                     Decap::Drop(DropReason::Malformed)
                 };
             }
             // Nucleus signalling is signed; control verifies it. It never comes relayed.
-            Ok(MessageType::Nucleus) if !from.is_relay() => return Decap::Punt { from },
+            Ok(MessageType::Nucleus) if !from.is_relay() => {
+                return Decap::Punt { from, offset: 0, len: msg.len() };
+            }
             _ => return Decap::Drop(DropReason::Malformed),
         }
         let Ok(tp) = transport::Packet::new_checked(msg) else {
@@ -448,10 +470,9 @@ impl<'r> Engine<'r> {
             return Decap::Drop(DropReason::Expired);
         }
         let slot = self.slot(idx);
-        let len = pkt.len;
         let sess = self.sessions[slot_i].as_deref_mut().expect("checked above");
         let peer = sess.peer;
-        let n = match sess.open(&mut pkt.data[..len], counter, slot) {
+        let n = match sess.open(dgram, counter, slot) {
             Ok(n) => n,
             Err(OpenError::Replay) => return Decap::Drop(DropReason::Replay),
             Err(OpenError::Auth) => return Decap::Drop(DropReason::AuthFailed),
@@ -474,7 +495,7 @@ impl<'r> Engine<'r> {
         if n < ETHERNET_HEADER_LEN {
             return Decap::Drop(DropReason::BadInnerFrame);
         }
-        let frame = &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
+        let frame = &dgram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
         let src_mac: MacAddr = frame[ethernet::field::SRC].try_into().expect("length checked");
         if !ethernet::is_group(&src_mac) && src_mac != [0; 6] {
             match self.fdb.learn(&src_mac, peer, now_ms) {
@@ -483,7 +504,7 @@ impl<'r> Engine<'r> {
                 Learn::Full => self.counters.inc(Counter::FdbFull, 1),
             }
         }
-        Decap::Deliver { len: n }
+        Decap::Deliver { offset: TRANSPORT_HEADER_LEN, len: n }
     }
 
     fn check_handshake(&self, msg: &[u8], expected: usize, from: Endpoint) -> Decap {
@@ -493,7 +514,7 @@ impl<'r> Engine<'r> {
         if self.mac1_check && !macs::verify_mac1(msg, &self.cfg.mac1_key) {
             return Decap::Drop(DropReason::BadMac1);
         }
-        Decap::Punt { from }
+        Decap::Punt { from, offset: 0, len: msg.len() }
     }
 
     fn confirm_next(&mut self, now_ms: u64, peer: u16, tx: &mut impl TxSink) {

@@ -109,7 +109,7 @@ fn unknown_unicast_floods_then_learned_unicast_goes_direct() {
     assert_eq!(sink.queued.len(), 1);
     let mut pkt = sink.queued.pop().unwrap();
     assert_eq!(pkt.addr, Some(B_EP.parse().unwrap()));
-    assert_eq!(deliver(&mut b, A_EP, &mut pkt), Decap::Deliver { len: 18 });
+    assert_eq!(deliver(&mut b, A_EP, &mut pkt), Decap::Deliver { offset: 16, len: 18 });
     assert_eq!(&pkt.data[16 + 14..16 + 18], b"ping");
     // B learned MAC_A behind peer 0.
     assert_eq!(b.fdb().lookup(&MAC_A, 10), Some(0));
@@ -119,7 +119,7 @@ fn unknown_unicast_floods_then_learned_unicast_goes_direct() {
     b.encap(11, &mut f, &mut sink);
     assert_eq!(b.counters().get(Counter::FloodCopies), 0);
     let mut pkt = sink.queued.pop().unwrap();
-    assert_eq!(deliver(&mut a, B_EP, &mut pkt), Decap::Deliver { len: 18 });
+    assert_eq!(deliver(&mut a, B_EP, &mut pkt), Decap::Deliver { offset: 16, len: 18 });
     assert_eq!(a.fdb().lookup(&MAC_B, 11), Some(0));
 }
 
@@ -281,12 +281,18 @@ fn handshake_messages_are_punted_only_with_valid_mac1() {
     p.len = handshake_init::LEN;
     assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::BadMac1));
     macs::seal(&mut p.data[..handshake_init::LEN], &key, None);
-    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt { from: A_EP.parse().unwrap() });
+    assert_eq!(
+        deliver(&mut b, A_EP, &mut p),
+        Decap::Punt { from: A_EP.parse().unwrap(), offset: 0, len: handshake_init::LEN }
+    );
     p.len = handshake_init::LEN - 1;
     assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::Malformed));
     p.data[..4].copy_from_slice(&[3, 0, 0, 0]);
     p.len = cookie_reply::LEN;
-    assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Punt { from: A_EP.parse().unwrap() });
+    assert_eq!(
+        deliver(&mut b, A_EP, &mut p),
+        Decap::Punt { from: A_EP.parse().unwrap(), offset: 0, len: cookie_reply::LEN }
+    );
     p.data[..4].copy_from_slice(&[9, 0, 0, 0]);
     assert_eq!(deliver(&mut b, A_EP, &mut p), Decap::Drop(DropReason::Malformed));
     p.data[..4].copy_from_slice(&[4, 0, 0, 0]);
@@ -419,8 +425,11 @@ fn relayed_packets_are_unwrapped_and_the_path_follows_them() {
     relayed.data[..12].copy_from_slice(&relay::header(true, &a_tag));
     relayed.data[12..12 + sealed.len].copy_from_slice(&sealed.data[..sealed.len]);
     relayed.len = 12 + sealed.len;
-    assert_eq!(deliver(&mut b, nucleus, &mut relayed), Decap::Deliver { len: 14 + 9 });
-    assert_eq!(&relayed.data[16 + 14..16 + 23], b"via relay");
+    assert_eq!(
+        deliver(&mut b, nucleus, &mut relayed),
+        Decap::Deliver { offset: 12 + 16, len: 14 + 9 }
+    );
+    assert_eq!(&relayed.data[12 + 16 + 14..12 + 16 + 23], b"via relay");
     let via_relay = Endpoint::Relay { via: nucleus.parse().unwrap(), tag: a_tag };
     assert_eq!(b.endpoint(0), Some(via_relay));
     // B's answers now go to the Nucleus with A's tag in front.
@@ -444,7 +453,10 @@ fn relayed_packets_are_unwrapped_and_the_path_follows_them() {
     hs.data[..12].copy_from_slice(&relay::header(true, &a_tag));
     hs.data[12..16].copy_from_slice(&[3, 0, 0, 0]);
     hs.len = 12 + cookie_reply::LEN;
-    assert_eq!(deliver(&mut b, nucleus, &mut hs), Decap::Punt { from: via_relay });
+    assert_eq!(
+        deliver(&mut b, nucleus, &mut hs),
+        Decap::Punt { from: via_relay, offset: 12, len: cookie_reply::LEN }
+    );
     let mut nested = PacketBuf::new();
     nested.data[..12].copy_from_slice(&relay::header(true, &a_tag));
     nested.data[12..24].copy_from_slice(&relay::header(true, &a_tag));
@@ -461,6 +473,6 @@ fn relayed_packets_are_unwrapped_and_the_path_follows_them() {
     direct_sig.len = 172;
     assert_eq!(
         deliver(&mut b, nucleus, &mut direct_sig),
-        Decap::Punt { from: nucleus.parse().unwrap() }
+        Decap::Punt { from: nucleus.parse().unwrap(), offset: 0, len: 172 }
     );
 }

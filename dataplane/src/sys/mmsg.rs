@@ -29,6 +29,33 @@ pub struct UdpSocket {
     v6: bool,
 }
 
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Most datagrams in one UDP GSO send.
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one UDP GSO send.
+pub const GSO_MAX_BYTES: usize = 65_000;
+/// Control-message room per datagram (one UDP_GRO or UDP_SEGMENT option).
+const CTRL_LEN: usize = 64;
+
+/// A receive buffer for [`MmsgBatch::recv`]: with UDP GRO it may hold several datagrams of
+/// `seg` bytes each (the last may be shorter).
+pub struct RxBuf {
+    pub data: Box<[u8]>,
+    /// Bytes received; `usize::MAX` when the datagram(s) did not fit (truncated).
+    pub len: usize,
+    pub addr: Option<SocketAddr>,
+    /// Datagram size when GRO coalesced several, else 0.
+    pub seg: usize,
+}
+
+impl RxBuf {
+    pub fn new(size: usize) -> Self {
+        Self { data: vec![0u8; size].into_boxed_slice(), len: 0, addr: None, seg: 0 }
+    }
+}
+
 fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
@@ -186,6 +213,12 @@ impl UdpSocket {
         self.v6
     }
 
+    /// Asks the kernel to coalesce received datagrams of a flow (UDP GRO). False when the
+    /// kernel cannot.
+    pub fn enable_gro(&self) -> bool {
+        setsockopt_int(self.fd.as_raw_fd(), SOL_UDP, UDP_GRO, 1).is_ok()
+    }
+
     /// Sends one datagram to an endpoint, wrapped in a relay header for a relayed one
     /// (control traffic: the copy does not matter here).
     pub fn send_via(&self, bytes: &[u8], to: &Endpoint) -> io::Result<usize> {
@@ -235,6 +268,9 @@ pub struct MmsgBatch {
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
     relay_hdrs: Vec<[u8; relay::HEADER_LEN]>,
+    ctrl: Vec<[u8; CTRL_LEN]>,
+    /// Datagrams carried by each header of the last send.
+    group: Vec<usize>,
 }
 
 // SAFETY: the raw pointers inside are rebuilt before each system call and point into
@@ -250,6 +286,8 @@ impl MmsgBatch {
                 iovs: (0..2 * n).map(|_| std::mem::zeroed()).collect(),
                 addrs: (0..n).map(|_| std::mem::zeroed()).collect(),
                 relay_hdrs: vec![[0; relay::HEADER_LEN]; n],
+                ctrl: vec![[0; CTRL_LEN]; n],
+                group: vec![0; n],
             }
         }
     }
@@ -271,11 +309,64 @@ impl MmsgBatch {
         h.msg_flags = 0;
     }
 
-    /// Receives up to `bufs.len()` datagrams; fills `len` and `addr` of each. Truncated
-    /// datagrams (larger than a buffer) get `len = usize::MAX`.
-    // Indexing walks four parallel arrays (headers, iovecs, addresses, buffers) in step.
+    /// Gives header `i` its control buffer (for receiving options).
+    fn with_control(&mut self, i: usize) {
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+        h.msg_controllen = CTRL_LEN as _;
+    }
+
+    /// Puts a UDP_SEGMENT option (`seg` bytes per datagram) on header `i`.
+    fn with_segment(&mut self, i: usize, seg: u16) {
+        // SAFETY: the control buffer is CTRL_LEN bytes, aligned for cmsghdr (an array of u8
+        // inside a Vec of arrays may not be; we write through unaligned pointers), and
+        // CMSG_SPACE(2) fits in it.
+        unsafe {
+            let space = libc::CMSG_SPACE(2) as usize;
+            let buf = self.ctrl[i].as_mut_ptr();
+            let hdr = libc::cmsghdr {
+                cmsg_len: libc::CMSG_LEN(2) as _,
+                cmsg_level: SOL_UDP,
+                cmsg_type: UDP_SEGMENT,
+            };
+            std::ptr::write_unaligned(buf.cast::<libc::cmsghdr>(), hdr);
+            let data = buf.add(std::mem::size_of::<libc::cmsghdr>());
+            std::ptr::write_unaligned(data.cast::<u16>(), seg);
+            let h = &mut self.hdrs[i].msg_hdr;
+            h.msg_control = buf.cast();
+            h.msg_controllen = space as _;
+        }
+    }
+
+    /// The UDP_GRO segment size in header `i`'s received options, if any.
+    fn gro_size(&self, i: usize) -> usize {
+        let h = &self.hdrs[i].msg_hdr;
+        let len = (h.msg_controllen as usize).min(CTRL_LEN);
+        let buf = &self.ctrl[i][..len];
+        let mut at = 0;
+        let hdr_size = std::mem::size_of::<libc::cmsghdr>();
+        while at + hdr_size <= buf.len() {
+            // SAFETY: at + size_of::<cmsghdr>() <= len, read unaligned from our own buffer.
+            let c: libc::cmsghdr = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            let clen = c.cmsg_len as usize;
+            if clen < hdr_size || at + clen > buf.len() {
+                break;
+            }
+            if c.cmsg_level == SOL_UDP && c.cmsg_type == UDP_GRO && clen >= hdr_size + 4 {
+                let v = i32::from_ne_bytes(
+                    buf[at + hdr_size..at + hdr_size + 4].try_into().expect("4 bytes"),
+                );
+                return v.max(0) as usize;
+            }
+            at += clen.next_multiple_of(std::mem::size_of::<usize>());
+        }
+        0
+    }
+
+    /// Receives into up to `bufs.len()` buffers; fills `len`, `addr` and `seg` of each.
+    // Indexing walks parallel arrays (headers, iovecs, addresses, buffers) in step.
     #[allow(clippy::needless_range_loop)]
-    pub fn recv(&mut self, sock: &UdpSocket, bufs: &mut [PacketBuf]) -> io::Result<usize> {
+    pub fn recv(&mut self, sock: &UdpSocket, bufs: &mut [RxBuf]) -> io::Result<usize> {
         let n = bufs.len().min(self.hdrs.len());
         for i in 0..n {
             self.iovs[2 * i] = libc::iovec {
@@ -288,8 +379,9 @@ impl MmsgBatch {
                 1,
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
             );
+            self.with_control(i);
         }
-        // SAFETY: n headers, each pointing at a live buffer and address storage above.
+        // SAFETY: n headers, each pointing at a live buffer, address and control storage.
         let r = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -314,46 +406,80 @@ impl MmsgBatch {
             let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             bufs[i].len = if truncated { usize::MAX } else { self.hdrs[i].msg_len as usize };
             bufs[i].addr = from_sockaddr(&self.addrs[i]);
+            bufs[i].seg = self.gro_size(i);
         }
         Ok(r)
     }
 
-    /// Sends `bufs` (each `data[..len]` to `addr`). Returns how many the kernel took; the
-    /// rest are the caller's to retry or drop. An error on the first datagram is returned.
-    #[allow(clippy::needless_range_loop)]
-    pub fn send(&mut self, sock: &UdpSocket, bufs: &[PacketBuf]) -> io::Result<usize> {
-        let n = bufs.len().min(self.hdrs.len());
-        for i in 0..n {
-            let b = &bufs[i];
-            let packet =
-                libc::iovec { iov_base: b.data.as_ptr() as *mut libc::c_void, iov_len: b.len };
-            let alen = match &b.addr {
-                Some(a) => to_sockaddr(a, sock.v6, &mut self.addrs[i]),
+    /// Sends `bufs` (each `data[..len]` to `addr`, behind a relay header when `relay`). With
+    /// `gso`, runs of datagrams to one destination of equal size (the last may be shorter)
+    /// go as one UDP GSO send: the kernel cuts them, one trip through the stack for all.
+    /// Returns how many datagrams the kernel took; an error on the first is returned.
+    pub fn send(&mut self, sock: &UdpSocket, bufs: &[PacketBuf], gso: bool) -> io::Result<usize> {
+        let cap = self.hdrs.len().min(bufs.len());
+        let wire = |b: &PacketBuf| b.len + if b.relay.is_some() { relay::HEADER_LEN } else { 0 };
+        let (mut h, mut i) = (0, 0);
+        while i < cap {
+            let first = &bufs[i];
+            let seg = wire(first);
+            let mut j = i;
+            let mut total = 0;
+            while j < cap {
+                let b = &bufs[j];
+                if j > i {
+                    let prev_short = wire(&bufs[j - 1]) < seg;
+                    if !gso
+                        || prev_short
+                        || b.addr != first.addr
+                        || b.relay != first.relay
+                        || wire(b) > seg
+                        || j - i >= GSO_MAX_SEGMENTS
+                        || total + wire(b) > GSO_MAX_BYTES
+                    {
+                        break;
+                    }
+                }
+                let packet =
+                    libc::iovec { iov_base: b.data.as_ptr() as *mut libc::c_void, iov_len: b.len };
+                match b.relay {
+                    None => {
+                        self.iovs[2 * j] = packet;
+                        self.iovs[2 * j + 1] =
+                            libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+                    }
+                    Some(tag) => {
+                        // The relay header goes out as its own iovec: the packet is not moved.
+                        self.relay_hdrs[j] = relay::header(false, &tag);
+                        self.iovs[2 * j] = libc::iovec {
+                            iov_base: self.relay_hdrs[j].as_mut_ptr().cast(),
+                            iov_len: relay::HEADER_LEN,
+                        };
+                        self.iovs[2 * j + 1] = packet;
+                    }
+                }
+                total += wire(b);
+                j += 1;
+            }
+            let alen = match &first.addr {
+                Some(a) => to_sockaddr(a, sock.v6, &mut self.addrs[h]),
                 None => 0,
             };
-            match b.relay {
-                None => {
-                    self.iovs[2 * i] = packet;
-                    self.point(i, 2 * i, 1, alen);
-                }
-                Some(tag) => {
-                    // Relayed: the relay header goes out as its own iovec, ahead of the
-                    // sealed packet, so the packet is not moved.
-                    self.relay_hdrs[i] = relay::header(false, &tag);
-                    self.iovs[2 * i] = libc::iovec {
-                        iov_base: self.relay_hdrs[i].as_mut_ptr().cast(),
-                        iov_len: relay::HEADER_LEN,
-                    };
-                    self.iovs[2 * i + 1] = packet;
-                    self.point(i, 2 * i, 2, alen);
-                }
+            self.point(h, 2 * i, 2 * (j - i), alen);
+            if j - i > 1 {
+                self.with_segment(h, seg as u16);
             }
+            self.group[h] = j - i;
+            h += 1;
+            i = j;
         }
-        // SAFETY: n headers, each pointing at a live buffer and address above.
+        // SAFETY: h headers, each pointing at live iovecs, addresses and control buffers.
         let r = unsafe {
-            libc::sendmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT)
+            libc::sendmmsg(sock.as_raw_fd(), self.hdrs.as_mut_ptr(), h as u32, libc::MSG_DONTWAIT)
         };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(self.group[..r as usize].iter().sum())
     }
 }
 
@@ -414,8 +540,8 @@ mod tests {
             p.addr = Some(b_addr);
         }
         let mut batch = MmsgBatch::new(8);
-        assert_eq!(batch.send(&a, &out).unwrap(), 4);
-        let mut inb: Vec<PacketBuf> = (0..8).map(|_| PacketBuf::new()).collect();
+        assert_eq!(batch.send(&a, &out, false).unwrap(), 4);
+        let mut inb: Vec<RxBuf> = (0..8).map(|_| RxBuf::new(2048)).collect();
         let mut got = 0;
         for _ in 0..100 {
             got += batch.recv(&b, &mut inb[got..]).unwrap();
@@ -434,6 +560,44 @@ mod tests {
             );
         }
         assert!(route_mtu(&"127.0.0.1:9".parse().unwrap()).unwrap() >= 1500);
+    }
+
+    /// Equal-size datagrams to one destination go as one GSO send; the receiver, with GRO,
+    /// may get them coalesced and splits them by the segment size. Either way every
+    /// datagram arrives intact.
+    #[test]
+    fn gso_send_and_gro_receive() {
+        let a = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, 1 << 22).unwrap();
+        let b = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, 1 << 22).unwrap();
+        let gro = b.enable_gro();
+        let b_addr: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap()).parse().unwrap();
+        let mut out: Vec<PacketBuf> = (0..20).map(|_| PacketBuf::new()).collect();
+        for (i, p) in out.iter_mut().enumerate() {
+            p.len = if i == 19 { 300 } else { 1400 };
+            p.data[..p.len].fill(i as u8);
+            p.addr = Some(b_addr);
+        }
+        out[10].relay = None;
+        let mut batch = MmsgBatch::new(32);
+        assert_eq!(batch.send(&a, &out, true).unwrap(), 20);
+        let mut inb: Vec<RxBuf> = (0..8).map(|_| RxBuf::new(65_536)).collect();
+        let mut got: Vec<Vec<u8>> = vec![];
+        for _ in 0..200 {
+            let n = batch.recv(&b, &mut inb).unwrap();
+            for r in &inb[..n] {
+                let step = if r.seg > 0 { r.seg } else { r.len };
+                got.extend(r.data[..r.len].chunks(step).map(|c| c.to_vec()));
+            }
+            if got.len() >= 20 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got.len(), 20, "gro={gro}");
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d.len(), if i == 19 { 300 } else { 1400 });
+            assert!(d.iter().all(|&x| x == i as u8), "datagram {i}");
+        }
     }
 
     #[test]

@@ -341,6 +341,8 @@ impl MmsgBatch {
     /// The UDP_GRO segment size in header `i`'s received options, if any.
     fn gro_size(&self, i: usize) -> usize {
         let h = &self.hdrs[i].msg_hdr;
+        // msg_controllen is usize on glibc, u32 elsewhere: the cast is for portability.
+        #[allow(clippy::unnecessary_cast)]
         let len = (h.msg_controllen as usize).min(CTRL_LEN);
         let buf = &self.ctrl[i][..len];
         let mut at = 0;

@@ -6,13 +6,13 @@
 
 #![allow(dead_code)]
 
+#[allow(unused_imports)]
+pub use omni_testkit::{Background, Netns, TempDir, run, run_ok};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
 
 pub fn bin(name: &str) -> PathBuf {
     let daemon = PathBuf::from(env!("CARGO_BIN_EXE_omni-daemon"));
@@ -56,72 +56,6 @@ pub fn require_root_and_tools(tools: &[&str]) {
     }
 }
 
-pub fn run(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs")
-}
-
-pub fn run_ok(cmd: &str) -> String {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "`{cmd}` failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A network namespace, deleted (with every process in it) on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Self {
-        let name = format!(
-            "omt{}{}{tag}",
-            std::process::id() % 100_000,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ok(&format!("ip netns add {name}"));
-        run_ok(&format!("ip -n {name} link set lo up"));
-        Self { name }
-    }
-
-    /// `ip netns exec` prefix.
-    pub fn exec(&self) -> String {
-        format!("ip netns exec {}", self.name)
-    }
-
-    pub fn sh(&self, cmd: &str) -> Output {
-        run(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', "'\\''")))
-    }
-
-    pub fn sh_ok(&self, cmd: &str) -> String {
-        let o = self.sh(cmd);
-        assert!(
-            o.status.success(),
-            "[{}] `{cmd}` failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    pub fn kill_all(&self) {
-        let _ = run(&format!("ip netns pids {} | xargs -r kill -9", self.name));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.kill_all();
-        std::thread::sleep(Duration::from_millis(50));
-        let _ = run(&format!("ip netns del {}", self.name));
-    }
-}
-
 /// Two namespaces joined by a veth: A = 10.77.0.1, B = 10.77.0.2 (and fd77::1/2).
 pub struct Pair {
     pub a: Netns,
@@ -142,28 +76,6 @@ impl Pair {
         a.sh_ok(&format!("ip addr add {UNDERLAY_A}/24 dev ua && ip -6 addr add fd77::1/64 dev ua nodad && ip link set ua up"));
         b.sh_ok(&format!("ip addr add {UNDERLAY_B}/24 dev ub && ip -6 addr add fd77::2/64 dev ub nodad && ip link set ub up"));
         Self { a, b }
-    }
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "omni-test-{}-{}-{tag}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -388,45 +300,6 @@ impl Fabric2 {
             "ip addr add 192.168.77.2/24 dev omni0 && ip -6 addr add fd00:77::2/64 dev omni0 nodad",
         );
         Self { pair, dir, a, b, id_a, args_a: args_a_kept }
-    }
-}
-
-/// A background command in a namespace (a capture, a receiver), stopped and reaped on
-/// `stop` or drop. `ip netns exec` execs the command, so the child is the command itself.
-pub struct Background(Option<Child>);
-
-impl Background {
-    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn background command");
-        Self(Some(child))
-    }
-
-    /// Sends `signal` (e.g. "INT" so tcpdump flushes its file) and waits up to 5 s.
-    pub fn stop(&mut self, signal: &str) {
-        if let Some(mut c) = self.0.take() {
-            let _ = run(&format!("kill -{signal} {}", c.id()));
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.stop("KILL");
     }
 }
 
@@ -737,7 +610,7 @@ fn dir_file(text: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!(
         "omni-nft-{}-{}.nft",
         std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
+        omni_testkit::seq()
     ));
     std::fs::write(&p, text).unwrap();
     p

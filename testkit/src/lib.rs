@@ -1,0 +1,187 @@
+//! Scaffolding shared by the network tests and the benchmark harness: network namespaces,
+//! shell commands, background processes and temporary directories, each owned by a guard
+//! whose `Drop` removes it, so a failure (a panic) still tears everything down. Names carry
+//! the process id so parallel or leftover runs never collide.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique within this process.
+pub fn seq() -> u32 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn run(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs")
+}
+
+pub fn run_ok(cmd: &str) -> String {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A network namespace, deleted (with every process in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("omt{}{}{tag}", std::process::id() % 100_000, seq());
+        run_ok(&format!("ip netns add {name}"));
+        run_ok(&format!("ip -n {name} link set lo up"));
+        Self { name }
+    }
+
+    pub fn sh(&self, cmd: &str) -> Output {
+        run(&format!("ip netns exec {} sh -c '{}'", self.name, cmd.replace('\'', "'\\''")))
+    }
+
+    pub fn sh_ok(&self, cmd: &str) -> String {
+        let o = self.sh(cmd);
+        assert!(
+            o.status.success(),
+            "[{}] `{cmd}` failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn kill_all(&self) {
+        let _ = run(&format!("ip netns pids {} | xargs -r kill -9", self.name));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.kill_all();
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = run(&format!("ip netns del {}", self.name));
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p =
+            std::env::temp_dir().join(format!("omni-test-{}-{}-{tag}", std::process::id(), seq()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A background command in a namespace (a capture, a receiver, a tunnel), stopped and
+/// reaped on `stop` or drop. `ip netns exec` execs the command, so the child is the
+/// command itself.
+pub struct Background(Option<Child>);
+
+impl Background {
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn_logged(ns, args, None)
+    }
+
+    /// As `spawn`, with stdout and stderr appended to `log`.
+    pub fn spawn_logged(ns: &Netns, args: &[&str], log: Option<&Path>) -> Self {
+        let (out, err) = match log {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("open log");
+                (Stdio::from(f.try_clone().expect("dup log")), Stdio::from(f))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn background command");
+        Self(Some(child))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(|c| c.id())
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.0.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Sends `signal` (e.g. "INT" so tcpdump flushes its file) and waits up to 5 s.
+    pub fn stop(&mut self, signal: &str) {
+        if let Some(mut c) = self.0.take() {
+            let _ = run(&format!("kill -{signal} {}", c.id()));
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop("KILL");
+    }
+}
+
+/// Polls `f` every 50 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

@@ -3,12 +3,15 @@
 # every step checks first and does nothing when already done.
 #   scripts/setup.sh            build + test dependencies
 #   scripts/setup.sh --fuzz     also the nightly toolchain and cargo-fuzz
+#   scripts/setup.sh --bench    also what bench/compare compares against (wireguard-go, wg,
+#                               boringtun in bench/.tools) and gnuplot
 set -euo pipefail
 
-want_fuzz=0
+want_fuzz=0 want_bench=0
 for a in "$@"; do
   case "$a" in
     --fuzz) want_fuzz=1 ;;
+    --bench) want_bench=1 ;;
     -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
@@ -20,6 +23,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 pkgs=(build-essential pkg-config ca-certificates curl git iproute2 iputils-ping iperf3 socat tcpdump nftables procps bash util-linux shellcheck)
+[ "$want_bench" = 1 ] && pkgs+=(wireguard-go wireguard-tools gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -62,6 +66,14 @@ if [ "$want_fuzz" = 1 ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "setup.sh: installing cargo-fuzz"
     cargo install cargo-fuzz --locked >/dev/null 2>&1 || cargo install cargo-fuzz >/dev/null
+  fi
+fi
+
+if [ "$want_bench" = 1 ]; then
+  tools="$(cd "$(dirname "$0")/.." && pwd)/bench/.tools"
+  if [ ! -x "$tools/bin/boringtun-cli" ]; then
+    echo "setup.sh: building boringtun-cli into $tools (a comparison point, not part of OmniNervous)"
+    cargo install boringtun-cli --locked --root "$tools" >/dev/null 2>&1 || cargo install boringtun-cli --root "$tools" >/dev/null
   fi
 fi
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit and property tests, loom
 # model checks of the shared-memory rings, the cross-process ring stress test, the network
-# tests in namespaces (serialised), and a short run of every fuzz target.
+# tests in namespaces (serialised), a short run of every fuzz target, and the benchmark
+# harness in its short mode.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 cd "$OMNI_ROOT"
 
-scripts/setup.sh --fuzz
+scripts/setup.sh --fuzz --bench
 export PATH="$HOME/.cargo/bin:$PATH"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -25,4 +26,7 @@ step "loom model checks of the rings"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p omni-dataplane --lib
 step "fuzz targets (short runs)"
 scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-20}"
+step "benchmark harness (short mode: keeps it working; numbers are not asserted)"
+cargo build --release -q -p omni-bench --bin compare
+target/release/compare --short --out target/compare-short
 step "all tests passed"

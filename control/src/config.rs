@@ -64,6 +64,8 @@ pub struct DaemonSection {
     pub run_dir: Option<PathBuf>,
     /// Path of the omni-dataplane binary (default: next to omni-daemon).
     pub dataplane: Option<PathBuf>,
+    /// TAP TSO/GRO and UDP GSO/GRO in the data plane (default true).
+    pub offload: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +160,7 @@ pub struct CliOverrides {
     pub run_dir: Option<PathBuf>,
     pub dataplane: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    pub no_offload: bool,
     pub nucleus: Vec<String>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -219,6 +222,7 @@ pub struct Settings {
     pub tap: String,
     pub tap_mtu: Option<u32>,
     pub dataplane_bin: Option<PathBuf>,
+    pub offload: bool,
     pub nucleus: Vec<crate::rendezvous::NucleusSpec>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -531,6 +535,7 @@ impl Settings {
             tap,
             tap_mtu,
             dataplane_bin: cli.dataplane.or(d.dataplane),
+            offload: !cli.no_offload && d.offload.unwrap_or(true),
             nucleus,
             cluster,
             cluster_secret,

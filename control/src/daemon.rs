@@ -288,6 +288,9 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
         s.fdb_capacity.to_string(),
         "--supervised".into(),
     ];
+    if !s.offload {
+        a.push("--no-offload".into());
+    }
     if let Some(b) = s.bind {
         a.push("--bind".into());
         a.push(b.to_string());

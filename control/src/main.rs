@@ -105,6 +105,9 @@ struct RunArgs {
     /// Prometheus listen address, or "off" [default: 127.0.0.1:9100].
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Turn off the data plane's TAP and UDP offloads (for comparison).
+    #[arg(long)]
+    no_offload: bool,
     /// Nucleus address (repeatable).
     #[arg(long, action = ArgAction::Append)]
     nucleus: Vec<String>,
@@ -166,6 +169,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         run_dir: run.run_dir,
         dataplane: run.dataplane,
         metrics_listen: run.metrics_listen,
+        no_offload: run.no_offload,
         nucleus: run.nucleus,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,

@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use omni_proto::constants::MAX_INNER_FRAME;
 use tracing::{info, warn};
 
-use crate::clock::monotonic_ms;
+use crate::clock::{monotonic_ms, monotonic_us};
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::engine::{Decap, Engine, PacketBuf, TxSink};
 use crate::offload::gro::{self, Run};
@@ -61,6 +61,9 @@ pub struct SocketConfig {
     pub supervised: bool,
     /// TAP TSO/GRO and UDP GSO/GRO.
     pub offload: bool,
+    /// After work, keep polling this long before sleeping (0: sleep at once). An answer
+    /// that comes back within it costs no wake-up; idle, nothing spins.
+    pub spin_us: u64,
 }
 
 /// The underlay transmit batch: a [`TxSink`] over `sendmmsg`.
@@ -204,6 +207,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         deliveries: Vec::with_capacity(RX_BUFS * 48),
         gro_hdr: Vec::with_capacity(256),
         punted: false,
+        spin_us: cfg.spin_us,
     };
     let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload);
     let remove_tap = w.run(&epoll, &signals, &mut tx)?;
@@ -232,6 +236,7 @@ struct Worker<'r> {
     gro_hdr: Vec<u8>,
     /// A packet was punted since control was last rung.
     punted: bool,
+    spin_us: u64,
 }
 
 /// The virtio-net header of a frame passed as is.
@@ -243,6 +248,7 @@ impl Worker<'_> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
         let mut last_housekeeping = monotonic_ms();
         let mut last_heartbeat = 0;
+        let mut last_work_us = 0;
         loop {
             let now = monotonic_ms();
             let mut work = 0;
@@ -268,6 +274,11 @@ impl Worker<'_> {
                 self.ring_control_if_parked();
             }
             if work > 0 {
+                last_work_us = monotonic_us();
+                continue;
+            }
+            if self.spin_us > 0 && monotonic_us().saturating_sub(last_work_us) < self.spin_us {
+                std::hint::spin_loop();
                 continue;
             }
             // Park: announce it, re-check the rings (a command may have raced the flag),

@@ -54,6 +54,10 @@ struct Args {
     /// Turn off TAP TSO/GRO and UDP GSO/GRO (one system call per frame, for comparison).
     #[arg(long)]
     no_offload: bool,
+    /// After traffic, keep polling this many microseconds before sleeping (an answer that
+    /// comes back meanwhile costs no wake-up); 0 sleeps at once.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    spin_us: u64,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             socket_buffer: args.socket_buffer,
             supervised: args.supervised,
             offload: !args.no_offload,
+            spin_us: args.spin_us,
         }),
     };
     match result {

@@ -1,0 +1,165 @@
+//! Microbenchmarks of the parts on the packet path and of handshake processing:
+//! FDB lookup and learning, the replay window, the shared-memory ring, and how many
+//! handshakes per second a responder completes.
+//!
+//!   cargo bench -p omni-bench --bench components
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use omni_control::config::Timers;
+use omni_control::fabric::{Fabric, FabricConfig, Output, RendezvousTimers};
+use omni_dataplane::fdb::{Fdb, FdbEntry};
+use omni_dataplane::replay::ReplayWindow;
+use omni_dataplane::shm::ring::{Consumer, Producer, RawSlots, RingCtl};
+use omni_proto::Identity;
+use omni_proto::noise::Psk;
+
+fn fdb(c: &mut Criterion) {
+    let entries: Vec<FdbEntry> = (0..8192).map(|_| FdbEntry::default()).collect();
+    let f = Fdb::new(&entries, 0x1234, 300_000);
+    let macs: Vec<[u8; 6]> = (0..4000u32)
+        .map(|i| {
+            let b = (i * 2_654_435_761).to_be_bytes();
+            [0x02, 0x11, b[0], b[1], b[2], b[3]]
+        })
+        .collect();
+    for (i, m) in macs.iter().enumerate() {
+        f.learn(m, (i % 64) as u16, 1);
+    }
+    let mut g = c.benchmark_group("fdb");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("lookup_hit_4000_of_8192", |b| {
+        b.iter(|| {
+            i = (i + 1) % macs.len();
+            black_box(f.lookup(&macs[i], 2))
+        })
+    });
+    let miss = [0x02, 0xff, 0xff, 0xff, 0xff, 0x01];
+    g.bench_function("lookup_miss", |b| b.iter(|| black_box(f.lookup(black_box(&miss), 2))));
+    g.bench_function("learn_known_refresh", |b| {
+        b.iter(|| {
+            i = (i + 1) % macs.len();
+            black_box(f.learn(&macs[i], (i % 64) as u16, 3))
+        })
+    });
+    g.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replay_window");
+    g.throughput(Throughput::Elements(1));
+    let mut w = ReplayWindow::default();
+    let mut n = 0u64;
+    g.bench_function("in_order", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(w.update(n))
+        })
+    });
+    let mut w = ReplayWindow::default();
+    let mut n = 10_000u64;
+    g.bench_function("reordered_by_up_to_64", |b| {
+        b.iter(|| {
+            n += 1;
+            let c = n - (n.wrapping_mul(0x9e37_79b9) % 64);
+            black_box(w.update(c))
+        })
+    });
+    g.finish();
+}
+
+fn ring(c: &mut Criterion) {
+    let ctl = RingCtl::default();
+    let mut mem = vec![0u8; 1024 * 64];
+    // SAFETY: `mem` outlives both ring ends, which are dropped at the end of this function.
+    let slots = unsafe { RawSlots::new(mem.as_mut_ptr(), 64, 1024) };
+    let mut p = Producer::attach(&ctl, slots);
+    let mut q = Consumer::attach(&ctl, slots);
+    let rec = [7u8; 48];
+    let mut g = c.benchmark_group("ring");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("push_pop_48_bytes", |b| {
+        b.iter(|| {
+            p.push(black_box(&rec)).unwrap();
+            black_box(q.pop_with(|s| s[0]).unwrap())
+        })
+    });
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("burst_of_32", |b| {
+        b.iter(|| {
+            for _ in 0..32 {
+                p.push(&rec).unwrap();
+            }
+            for _ in 0..32 {
+                black_box(q.pop_with(|s| s[0]).unwrap());
+            }
+        })
+    });
+    g.finish();
+}
+
+fn cfg() -> FabricConfig {
+    FabricConfig {
+        timers: Timers::default(),
+        psk: Psk::none(),
+        max_sessions_per_ip: u32::MAX,
+        cookie_threshold: u32::MAX,
+        fdb_aging_ms: 300_000,
+        flood_limit: u32::MAX,
+        max_sessions: 1 << 16,
+        rendezvous: RendezvousTimers::default(),
+    }
+}
+
+fn handshake(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake");
+    g.throughput(Throughput::Elements(1));
+    // A responder answering initiations: Noise IK (3 DH + 1 for the response), mac1 check,
+    // TAI64N check, session install. Each initiation comes from a fresh initiator state so
+    // the timestamp check passes.
+    let ib = Identity::from_seed([2; 32]);
+    let kb = ib.public_key();
+    let mut b = Fabric::new(ib, cfg(), 0);
+    let initiators: Vec<Identity> = (0..64u8).map(|i| Identity::from_seed([100 + i; 32])).collect();
+    for i in &initiators {
+        b.add_peer(i.public_key(), None);
+    }
+    let src = "10.0.0.1:51820".parse().unwrap();
+    let mut inits: Vec<(usize, Vec<u8>)> = vec![];
+    let mut k = 0usize;
+    g.bench_function("responder_completes", |bn| {
+        bn.iter_batched(
+            || {
+                if inits.is_empty() {
+                    // Fresh initiations (new TAI64N) from each initiator.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    for (n, id) in initiators.iter().enumerate() {
+                        let mut a = Fabric::new(Identity::from_seed([100 + n as u8; 32]), cfg(), 0);
+                        let _ = id;
+                        a.add_peer(kb, Some("10.0.0.2:51820".parse().unwrap()));
+                        a.drain_outputs().for_each(drop);
+                        a.initiate(0, 0);
+                        for o in a.drain_outputs() {
+                            if let Output::Inject { bytes, .. } = o {
+                                inits.push((n, bytes));
+                            }
+                        }
+                    }
+                }
+                k += 1;
+                (k, inits.pop().expect("refilled").1)
+            },
+            |(now, msg)| {
+                b.on_punt(now as u64, src, &msg);
+                black_box(b.drain_outputs().count())
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, fdb, replay, ring, handshake);
+criterion_main!(benches);

@@ -1,0 +1,796 @@
+//! `bench/compare`: OmniNervous against the tunnels users would pick instead, side by side on
+//! one machine in one run.
+//!
+//! Two network namespaces joined by one veth (MTU 1500, then 9000). For every path (bare
+//! veth, kernel VXLAN, wireguard-go, boringtun, OmniNervous on each backend) and every
+//! repetition (the order alternates), a fresh pair of namespaces is built and measured:
+//! iperf3 TCP with 1 and 4 streams, UDP with 64-byte and MTU-sized datagrams at the highest
+//! rate losing under 0.1 % (a sweep), ping RTT idle and under load, and CPU per Gbit/s
+//! (whole machine, from /proc/stat; and the tunnel's own processes). Medians and min-max
+//! over repetitions go to a markdown table with ratios to wireguard-go and VXLAN, a JSON
+//! file and PNG plots (gnuplot).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use omni_testkit::{Background, Netns, TempDir, have, is_root, run, run_ok, wait_until};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "compare",
+    about = "OmniNervous against the tunnels users would pick instead, side by side"
+)]
+struct Args {
+    /// Seconds, not minutes: 1 repetition, MTU 1500, 1-second runs, short sweeps (CI).
+    #[arg(long)]
+    short: bool,
+    /// Repetitions (order alternates) [default: 3; short: 1].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Seconds per throughput run [default: 10; short: 1].
+    #[arg(long)]
+    seconds: Option<u32>,
+    /// Underlay MTUs [default: 1500,9000; short: 1500].
+    #[arg(long, value_delimiter = ',')]
+    mtu: Vec<u32>,
+    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-nooffload).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Output directory [default: bench/results/<timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Directory with omni-daemon and omni-dataplane [default: target/release].
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// boringtun-cli [default: bench/.tools/bin/boringtun-cli, else on PATH].
+    #[arg(long)]
+    boringtun: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Kind {
+    Veth,
+    Vxlan,
+    WireguardGo,
+    Boringtun,
+    OmniSocket,
+    OmniSocketNooffload,
+}
+
+impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Veth,
+        Kind::Vxlan,
+        Kind::WireguardGo,
+        Kind::Boringtun,
+        Kind::OmniSocket,
+        Kind::OmniSocketNooffload,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Veth => "veth",
+            Kind::Vxlan => "vxlan",
+            Kind::WireguardGo => "wireguard-go",
+            Kind::Boringtun => "boringtun",
+            Kind::OmniSocket => "omni-socket",
+            Kind::OmniSocketNooffload => "omni-socket-nooffload",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Veth => "bare veth",
+            Kind::Vxlan => "kernel VXLAN (L2, unencrypted)",
+            Kind::WireguardGo => "wireguard-go (L3)",
+            Kind::Boringtun => "boringtun (L3)",
+            Kind::OmniSocket => "OmniNervous socket backend",
+            Kind::OmniSocketNooffload => "OmniNervous socket, offloads off",
+        }
+    }
+
+    /// Bytes the path adds to a packet on a 1500/9000 underlay (its inner MTU = MTU - this).
+    fn overhead(self) -> u32 {
+        match self {
+            Kind::Veth => 0,
+            Kind::Vxlan => 50,
+            Kind::WireguardGo | Kind::Boringtun => 80,
+            Kind::OmniSocket | Kind::OmniSocketNooffload => 74,
+        }
+    }
+}
+
+/// One repetition's figures for one path.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Sample {
+    tcp1_gbps: f64,
+    tcp4_gbps: f64,
+    udp64_kpps: f64,
+    udp_mtu_gbps: f64,
+    ping_idle_p50_ms: f64,
+    ping_idle_p99_ms: f64,
+    ping_load_p50_ms: f64,
+    ping_load_p99_ms: f64,
+    /// Whole-machine cores busy per Gbit/s during the 1-stream TCP run.
+    cpu_cores_per_gbps: f64,
+    /// The tunnel's own processes (0 for kernel paths, whose work is in softirq).
+    tunnel_cores_per_gbps: f64,
+    #[serde(skip)]
+    idle_rtts: Vec<f64>,
+}
+
+const FIELDS: [&str; 10] = [
+    "tcp1_gbps",
+    "tcp4_gbps",
+    "udp64_kpps",
+    "udp_mtu_gbps",
+    "ping_idle_p50_ms",
+    "ping_idle_p99_ms",
+    "ping_load_p50_ms",
+    "ping_load_p99_ms",
+    "cpu_cores_per_gbps",
+    "tunnel_cores_per_gbps",
+];
+
+impl Sample {
+    fn get(&self, f: &str) -> f64 {
+        match f {
+            "tcp1_gbps" => self.tcp1_gbps,
+            "tcp4_gbps" => self.tcp4_gbps,
+            "udp64_kpps" => self.udp64_kpps,
+            "udp_mtu_gbps" => self.udp_mtu_gbps,
+            "ping_idle_p50_ms" => self.ping_idle_p50_ms,
+            "ping_idle_p99_ms" => self.ping_idle_p99_ms,
+            "ping_load_p50_ms" => self.ping_load_p50_ms,
+            "ping_load_p99_ms" => self.ping_load_p99_ms,
+            "cpu_cores_per_gbps" => self.cpu_cores_per_gbps,
+            "tunnel_cores_per_gbps" => self.tunnel_cores_per_gbps,
+            _ => f64::NAN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(v: &[f64]) -> Stat {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return Stat { median: f64::NAN, min: f64::NAN, max: f64::NAN };
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let median =
+        if s.len() % 2 == 1 { s[s.len() / 2] } else { (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0 };
+    Stat { median, min: s[0], max: s[s.len() - 1] }
+}
+
+/// Two namespaces on one veth: A = 10.10.0.1, B = 10.10.0.2.
+struct Pair {
+    a: Netns,
+    b: Netns,
+}
+
+impl Pair {
+    fn new(mtu: u32) -> Self {
+        let a = Netns::new("ca");
+        let b = Netns::new("cb");
+        run_ok(&format!(
+            "ip link add ua netns {} mtu {mtu} type veth peer name ub netns {} mtu {mtu}",
+            a.name, b.name
+        ));
+        a.sh_ok("ip addr add 10.10.0.1/24 dev ua && ip link set ua up");
+        b.sh_ok("ip addr add 10.10.0.2/24 dev ub && ip link set ub up");
+        Self { a, b }
+    }
+}
+
+/// A path set up on a pair: where B is, and the processes doing the tunnel's work.
+struct Path_ {
+    target: String,
+    inner_mtu: u32,
+    _procs: Vec<Background>,
+    pids: Vec<u32>,
+}
+
+struct Ctx {
+    bin: PathBuf,
+    boringtun: Option<PathBuf>,
+    dir: TempDir,
+}
+
+fn wg_keys(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{name}.wgkey"));
+    run_ok(&format!("umask 077; wg genkey > {}", key.display()));
+    let public = run_ok(&format!("wg pubkey < {}", key.display())).trim().to_string();
+    (key, public)
+}
+
+fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
+    let inner = mtu - kind.overhead();
+    match kind {
+        Kind::Veth => {
+            Ok(Path_ { target: "10.10.0.2".into(), inner_mtu: mtu, _procs: vec![], pids: vec![] })
+        }
+        Kind::Vxlan => {
+            for (ns, me, other) in [(&p.a, 1, 2), (&p.b, 2, 1)] {
+                let dev = if me == 1 { "ua" } else { "ub" };
+                ns.sh_ok(&format!(
+                    "ip link add vx0 type vxlan id 42 local 10.10.0.{me} remote 10.10.0.{other} dstport 4789 dev {dev} && \
+                     ip link set vx0 mtu {inner} up && ip addr add 10.11.0.{me}/24 dev vx0"
+                ));
+            }
+            Ok(Path_ { target: "10.11.0.2".into(), inner_mtu: inner, _procs: vec![], pids: vec![] })
+        }
+        Kind::WireguardGo | Kind::Boringtun => {
+            let (ka, pa) = wg_keys(ctx.dir.path(), "a");
+            let (kb, pb) = wg_keys(ctx.dir.path(), "b");
+            let mut procs = vec![];
+            let mut pids = vec![];
+            let tag = if kind == Kind::WireguardGo { "wg" } else { "bt" };
+            for (ns, me) in [(&p.a, 1u8), (&p.b, 2u8)] {
+                let ifname = format!("{tag}{}{me}", omni_testkit::seq());
+                let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+                let bg = match kind {
+                    Kind::WireguardGo => Background::spawn(
+                        ns,
+                        &["env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", "-f", &ifname],
+                    ),
+                    _ => {
+                        let bt = ctx.boringtun.as_ref().context("boringtun-cli not found")?;
+                        let bt = bt.display().to_string();
+                        Background::spawn(
+                            ns,
+                            &[&bt, "-f", "--disable-drop-privileges", "-t", "2", &ifname],
+                        )
+                    }
+                };
+                let sock = PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"));
+                if !wait_until(Duration::from_secs(10), || sock.exists()) {
+                    bail!("{} did not create {}", kind.name(), sock.display());
+                }
+                pids.extend(bg.pid());
+                procs.push(bg);
+                let (key, peer, other) = if me == 1 { (&ka, &pb, 2) } else { (&kb, &pa, 1) };
+                ns.sh_ok(&format!(
+                    "wg set {ifname} private-key {} listen-port 518{me}0 peer {peer} endpoint 10.10.0.{other}:518{other}0 allowed-ips 10.12.0.{other}/32 && \
+                     ip addr add 10.12.0.{me}/24 dev {ifname} && ip link set {ifname} mtu {inner} up",
+                    key.display()
+                ));
+            }
+            Ok(Path_ { target: "10.12.0.2".into(), inner_mtu: inner, _procs: procs, pids })
+        }
+        Kind::OmniSocket | Kind::OmniSocketNooffload => {
+            let daemon = ctx.bin.join("omni-daemon");
+            let mut keys = vec![];
+            for n in ["a", "b"] {
+                let id = ctx.dir.path().join(format!("omni-{n}-{}.key", omni_testkit::seq()));
+                let out =
+                    run_ok(&format!("{} --init --identity {}", daemon.display(), id.display()));
+                keys.push((
+                    id,
+                    out.trim().trim_start_matches("Your Public Identity: ").to_string(),
+                ));
+            }
+            let mut procs = vec![];
+            let mut runs = vec![];
+            for (i, (ns, me, other)) in [(&p.a, 1, 2), (&p.b, 2, 1)].into_iter().enumerate() {
+                let run_dir = ctx.dir.path().join(format!("run-{}-{me}", omni_testkit::seq()));
+                let mut args: Vec<String> = vec![
+                    daemon.display().to_string(),
+                    "--identity".into(),
+                    keys[i].0.display().to_string(),
+                    "--run-dir".into(),
+                    run_dir.display().to_string(),
+                    "--peer".into(),
+                    keys[1 - i].1.clone(),
+                    "--endpoint".into(),
+                    format!("10.10.0.{other}:51820"),
+                    "--metrics-listen".into(),
+                    "off".into(),
+                ];
+                if kind == Kind::OmniSocketNooffload {
+                    args.push("--no-offload".into());
+                }
+                let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+                procs.push(Background::spawn_logged(
+                    ns,
+                    &argv,
+                    Some(&ctx.dir.path().join(format!("omni-{me}.log"))),
+                ));
+                runs.push((ns, run_dir, me));
+            }
+            let mut pids = vec![];
+            for (ns, run_dir, me) in runs {
+                let status = format!(
+                    "ip netns exec {} {} status --json --run-dir {}",
+                    ns.name,
+                    daemon.display(),
+                    run_dir.display()
+                );
+                let mut pid = None;
+                wait_until(Duration::from_secs(20), || {
+                    let o = run(&status);
+                    pid = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                        .ok()
+                        .and_then(|v| v["dataplane"]["pid"].as_u64());
+                    pid.is_some()
+                });
+                let pid = pid.context("the OmniNervous node did not start (see its log)")?;
+                pids.push(pid as u32);
+                ns.sh_ok(&format!("ip addr add 10.13.0.{me}/24 dev omni0"));
+            }
+            p.a.sh_ok("ping -c 2 -i 0.2 -W 3 10.13.0.2");
+            Ok(Path_ { target: "10.13.0.2".into(), inner_mtu: inner, _procs: procs, pids })
+        }
+    }
+}
+
+/// Jiffies busy and total across all CPUs.
+fn cpu_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn proc_jiffies(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .map(|s| {
+            // Fields after the command name (which may contain spaces) start after ") ".
+            let rest = s.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+            let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+            f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+        })
+        .sum()
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf(_SC_CLK_TCK) only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn iperf_json(p: &Pair, args: &str) -> anyhow::Result<serde_json::Value> {
+    p.b.sh_ok("iperf3 -s -D -1 -B 0.0.0.0 >/dev/null 2>&1 || true");
+    std::thread::sleep(Duration::from_millis(250));
+    let o = p.a.sh(&format!("iperf3 {args} -J"));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("iperf3 output")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    Ok(v)
+}
+
+fn tcp(
+    p: &Pair,
+    target: &str,
+    streams: u32,
+    secs: u32,
+    pids: &[u32],
+) -> anyhow::Result<(f64, f64, f64)> {
+    let (b0, t0) = cpu_jiffies();
+    let j0 = proc_jiffies(pids);
+    let start = Instant::now();
+    let v = iperf_json(p, &format!("-c {target} -t {secs} -P {streams}"))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let (b1, t1) = cpu_jiffies();
+    let j1 = proc_jiffies(pids);
+    let gbps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cores = (b1 - b0) as f64 / ((t1 - t0).max(1) as f64) * ncpu;
+    let tunnel = (j1 - j0) as f64 / ticks_per_sec() / elapsed;
+    let per = |c: f64| if gbps > 0.0 { c / gbps } else { f64::NAN };
+    Ok((gbps, per(cores), per(tunnel)))
+}
+
+/// The highest UDP rate (bits/s of payload delivered) losing under 0.1 %: first an
+/// unbounded sender shows what gets through; then rates below that are probed downwards
+/// until one is loss-free, and the gap above it is bisected with the steps left.
+fn udp_sweep(p: &Pair, target: &str, size: u32, secs: u32, steps: u32) -> f64 {
+    let trial = |bps: f64| -> Option<(f64, f64)> {
+        let rate = if bps <= 0.0 { "0".to_string() } else { format!("{}", bps.max(1000.0) as u64) };
+        let v = iperf_json(p, &format!("-c {target} -u -l {size} -b {rate} -t {secs}")).ok()?;
+        let sum = &v["end"]["sum"];
+        let lost = sum["lost_percent"].as_f64()?;
+        let rx = sum["bits_per_second"].as_f64()? * (1.0 - lost / 100.0);
+        Some((lost, rx))
+    };
+    let Some((lost, through)) = trial(0.0) else { return f64::NAN };
+    if lost < 0.1 {
+        return through;
+    }
+    // Downwards from what got through, until loss-free.
+    let (mut lossy, mut ok, mut best) = (through, 0.0, 0.0);
+    let mut rate = through * 0.9;
+    let mut left = steps.max(2) * 2;
+    while left > 0 && rate > 1e5 {
+        left -= 1;
+        match trial(rate) {
+            Some((l, r)) if l < 0.1 => {
+                ok = rate;
+                best = r;
+                break;
+            }
+            _ => {
+                lossy = rate;
+                rate *= 0.6;
+            }
+        }
+    }
+    if ok == 0.0 {
+        return 0.0;
+    }
+    // Then bisect between the loss-free and the lossy rate.
+    for _ in 0..steps {
+        let mid = (ok + lossy) / 2.0;
+        match trial(mid) {
+            Some((l, r)) if l < 0.1 => {
+                ok = mid;
+                best = r;
+            }
+            _ => lossy = mid,
+        }
+    }
+    best
+}
+
+fn ping_rtts(ns: &Netns, target: &str, count: u32, interval: f64) -> Vec<f64> {
+    let o = ns.sh(&format!("ping -c {count} -i {interval} -W 1 {target}"));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut v: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("time=").and_then(|t| t.parse().ok()))
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn pct(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+fn measure(
+    kind: Kind,
+    mtu: u32,
+    ctx: &Ctx,
+    secs: u32,
+    steps: u32,
+    pings: u32,
+) -> anyhow::Result<Sample> {
+    let p = Pair::new(mtu);
+    let path = setup(kind, &p, mtu, ctx)?;
+    let t = &path.target;
+    let mut s = Sample::default();
+    let (g1, cpu, tun) = tcp(&p, t, 1, secs, &path.pids)?;
+    s.tcp1_gbps = g1;
+    s.cpu_cores_per_gbps = cpu;
+    s.tunnel_cores_per_gbps = tun;
+    s.tcp4_gbps = tcp(&p, t, 4, secs, &path.pids)?.0;
+    s.udp64_kpps = udp_sweep(&p, t, 64, secs.max(1), steps) / (64.0 * 8.0) / 1e3;
+    s.udp_mtu_gbps = udp_sweep(&p, t, path.inner_mtu - 28, secs.max(1), steps) / 1e9;
+    // Idle: a ping every 100 ms, so the machine is idle between them (as a user's is).
+    let idle = ping_rtts(&p.a, t, pings, 0.1);
+    s.ping_idle_p50_ms = pct(&idle, 0.5);
+    s.ping_idle_p99_ms = pct(&idle, 0.99);
+    s.idle_rtts = idle;
+    // Under load: a TCP stream runs while pinging.
+    p.b.sh_ok("iperf3 -s -D -1 -B 0.0.0.0 >/dev/null 2>&1 || true");
+    std::thread::sleep(Duration::from_millis(250));
+    let load_secs = (pings as f64 * 0.011).ceil() as u32 + 2;
+    let mut load = Background::spawn(&p.a, &["iperf3", "-c", t, "-t", &load_secs.to_string()]);
+    std::thread::sleep(Duration::from_millis(700));
+    let loaded = ping_rtts(&p.a, t, pings, 0.01);
+    load.stop("TERM");
+    s.ping_load_p50_ms = pct(&loaded, 0.5);
+    s.ping_load_p99_ms = pct(&loaded, 0.99);
+    Ok(s)
+}
+
+#[derive(Serialize)]
+struct PathResult {
+    path: Kind,
+    label: &'static str,
+    samples: Vec<Sample>,
+    stats: BTreeMap<&'static str, Stat>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: BTreeMap<&'static str, String>,
+    date: String,
+    args: String,
+    results: BTreeMap<u32, Vec<PathResult>>,
+}
+
+fn machine() -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::new();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    m.insert("cpu", model.unwrap_or_else(|| "?".into()));
+    m.insert(
+        "cores",
+        std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_default(),
+    );
+    m.insert(
+        "kernel",
+        run("uname -r").stdout.iter().map(|&b| b as char).collect::<String>().trim().to_string(),
+    );
+    m
+}
+
+fn fmt(x: f64, digits: usize) -> String {
+    if x.is_finite() { format!("{x:.digits$}") } else { "-".into() }
+}
+
+fn markdown(rep: &Report) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "Machine: {} ({} cores), kernel {}; {}.\n",
+        rep.machine["cpu"], rep.machine["cores"], rep.machine["kernel"], rep.args
+    ));
+    for (mtu, rows) in &rep.results {
+        let med = |k: Kind, f: &str| {
+            rows.iter()
+                .find(|r| r.path == k)
+                .and_then(|r| r.stats.get(f))
+                .map(|s| s.median)
+                .unwrap_or(f64::NAN)
+        };
+        let (wg, vx) = (med(Kind::WireguardGo, "tcp1_gbps"), med(Kind::Vxlan, "tcp1_gbps"));
+        o.push_str(&format!("\n**veth MTU {mtu}** (median, min-max over repetitions)\n\n"));
+        o.push_str("| path | TCP 1 stream Gbit/s | x wireguard-go | x VXLAN | TCP 4 streams Gbit/s | UDP 64 B kpps | UDP MTU Gbit/s | ping idle p50 / p99 ms | ping loaded p50 / p99 ms | CPU cores per Gbit/s (all / tunnel) |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in rows {
+            if let Some(e) = &r.error {
+                o.push_str(&format!("| {} | not measured: {e} | | | | | | | | |\n", r.label));
+                continue;
+            }
+            let s = |f: &str| {
+                r.stats.get(f).cloned().unwrap_or(Stat {
+                    median: f64::NAN,
+                    min: f64::NAN,
+                    max: f64::NAN,
+                })
+            };
+            let t1 = s("tcp1_gbps");
+            o.push_str(&format!(
+                "| {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
+                r.label,
+                fmt(t1.median, 2),
+                fmt(t1.min, 2),
+                fmt(t1.max, 2),
+                fmt(t1.median / wg, 2),
+                fmt(t1.median / vx, 2),
+                fmt(s("tcp4_gbps").median, 2),
+                fmt(s("udp64_kpps").median, 0),
+                fmt(s("udp_mtu_gbps").median, 2),
+                fmt(s("ping_idle_p50_ms").median, 3),
+                fmt(s("ping_idle_p99_ms").median, 3),
+                fmt(s("ping_load_p50_ms").median, 3),
+                fmt(s("ping_load_p99_ms").median, 3),
+                fmt(s("cpu_cores_per_gbps").median, 2),
+                fmt(s("tunnel_cores_per_gbps").median, 2),
+            ));
+        }
+    }
+    o
+}
+
+fn plots(rep: &Report, out: &Path) -> anyhow::Result<()> {
+    if !have("gnuplot") {
+        eprintln!(
+            "compare: gnuplot is missing; no PNG plots (scripts/setup.sh --bench installs it)"
+        );
+        return Ok(());
+    }
+    // Throughput bars: one cluster per path, TCP 1 and 4 streams, per MTU.
+    let mut dat = String::from("path");
+    let mtus: Vec<u32> = rep.results.keys().copied().collect();
+    for m in &mtus {
+        dat.push_str(&format!(" tcp1_{m} tcp4_{m}"));
+    }
+    dat.push('\n');
+    for k in Kind::ALL {
+        let mut line = format!("\"{}\"", k.name());
+        let mut any = false;
+        for m in &mtus {
+            let r = rep.results[m].iter().find(|r| r.path == k);
+            for f in ["tcp1_gbps", "tcp4_gbps"] {
+                let v = r.and_then(|r| r.stats.get(f)).map(|s| s.median).unwrap_or(f64::NAN);
+                any |= v.is_finite();
+                line.push_str(&format!(
+                    " {}",
+                    if v.is_finite() { format!("{v:.3}") } else { "NaN".into() }
+                ));
+            }
+        }
+        if any {
+            dat.push_str(&line);
+            dat.push('\n');
+        }
+    }
+    std::fs::write(out.join("throughput.dat"), &dat)?;
+    let mut using = vec![];
+    for (i, m) in mtus.iter().enumerate() {
+        using.push(format!(
+            "'throughput.dat' using {}:xtic(1) title 'TCP 1 stream, MTU {m}'",
+            2 + 2 * i
+        ));
+        using.push(format!("'throughput.dat' using {} title 'TCP 4 streams, MTU {m}'", 3 + 2 * i));
+    }
+    let gp = format!(
+        "set terminal pngcairo size 1100,520 font 'sans,10'\nset output 'throughput.png'\nset style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\nset ylabel 'Gbit/s'\nset title 'iperf3 throughput, two namespaces on one veth (same run)'\nset xtics rotate by -20\nset grid ytics\nset key top right\nplot {}\n",
+        using.join(", ")
+    );
+    std::fs::write(out.join("throughput.gp"), gp)?;
+    // Latency CDF of idle pings at the first MTU.
+    let mut lines = vec![];
+    if let Some(rows) = rep.results.get(&mtus[0]) {
+        for r in rows.iter().filter(|r| r.error.is_none()) {
+            let mut all: Vec<f64> =
+                r.samples.iter().flat_map(|s| s.idle_rtts.iter().copied()).collect();
+            all.sort_by(|a, b| a.total_cmp(b));
+            if all.is_empty() {
+                continue;
+            }
+            let file = format!("rtt_{}.dat", r.path.name());
+            let body: String = all
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("{v} {}\n", (i + 1) as f64 / all.len() as f64))
+                .collect();
+            std::fs::write(out.join(&file), body)?;
+            lines.push(format!("'{file}' using 1:2 with lines lw 2 title '{}'", r.path.name()));
+        }
+    }
+    let gp = format!(
+        "set terminal pngcairo size 900,520 font 'sans,10'\nset output 'latency_cdf.png'\nset xlabel 'ping RTT, ms (log)'\nset ylabel 'fraction'\nset logscale x\nset grid\nset key bottom right\nset title 'idle ping RTT CDF, MTU {}'\nplot {}\n",
+        mtus[0],
+        lines.join(", ")
+    );
+    std::fs::write(out.join("latency_cdf.gp"), gp)?;
+    for g in ["throughput.gp", "latency_cdf.gp"] {
+        let o = run(&format!("cd {} && gnuplot {g}", out.display()));
+        if !o.status.success() {
+            eprintln!("compare: gnuplot {g}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if !is_root() {
+        bail!("compare builds network namespaces: run it as root (sudo bench/compare)");
+    }
+    for t in ["ip", "iperf3", "ping"] {
+        if !have(t) {
+            bail!("{t} is missing; run scripts/setup.sh --bench");
+        }
+    }
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let reps = a.reps.unwrap_or(if a.short { 1 } else { 3 }).max(1);
+    let secs = a.seconds.unwrap_or(if a.short { 1 } else { 10 }).max(1);
+    let steps = if a.short { 2 } else { 6 };
+    let pings = if a.short { 30 } else { 150 };
+    let mtus = if a.mtu.is_empty() {
+        if a.short { vec![1500] } else { vec![1500, 9000] }
+    } else {
+        a.mtu.clone()
+    };
+    let boringtun = a.boringtun.clone().or_else(|| {
+        let local = root.join("bench/.tools/bin/boringtun-cli");
+        if local.exists() {
+            Some(local)
+        } else if have("boringtun-cli") {
+            Some("boringtun-cli".into())
+        } else {
+            None
+        }
+    });
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| a.only.is_empty() || a.only.iter().any(|o| o == k.name()))
+        .collect();
+    let out = a.out.clone().unwrap_or_else(|| {
+        let ts = run_ok("date -u +%Y%m%d-%H%M%S").trim().to_string();
+        root.join("bench/results").join(ts)
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let ctx = Ctx {
+        bin: a.bin.clone().unwrap_or_else(|| root.join("target/release")),
+        boringtun,
+        dir: TempDir::new("compare"),
+    };
+    if !ctx.bin.join("omni-daemon").exists() {
+        bail!("{} has no omni-daemon; build with cargo build --release --bins", ctx.bin.display());
+    }
+    let mut results: BTreeMap<u32, Vec<PathResult>> = BTreeMap::new();
+    for &mtu in &mtus {
+        let mut per: BTreeMap<Kind, (Vec<Sample>, Option<String>)> = BTreeMap::new();
+        for rep in 0..reps {
+            let order: Vec<Kind> =
+                if rep % 2 == 0 { kinds.clone() } else { kinds.iter().rev().copied().collect() };
+            for k in order {
+                let entry = per.entry(k).or_default();
+                if entry.1.is_some() {
+                    continue;
+                }
+                let why_not = match k {
+                    Kind::WireguardGo if !have("wireguard-go") || !have("wg") => {
+                        Some("wireguard-go or wg not installed")
+                    }
+                    Kind::Boringtun if ctx.boringtun.is_none() || !have("wg") => {
+                        Some("boringtun-cli not installed")
+                    }
+                    _ => None,
+                };
+                if let Some(w) = why_not {
+                    entry.1 = Some(w.into());
+                    continue;
+                }
+                eprintln!("compare: MTU {mtu}, repetition {}/{reps}: {}", rep + 1, k.name());
+                match measure(k, mtu, &ctx, secs, steps, pings) {
+                    Ok(s) => entry.0.push(s),
+                    Err(e) => {
+                        eprintln!("compare: {} failed: {e:#}", k.name());
+                        entry.1 = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        let rows = per
+            .into_iter()
+            .map(|(k, (samples, error))| {
+                let stats = FIELDS
+                    .iter()
+                    .map(|f| (*f, stat(&samples.iter().map(|s| s.get(f)).collect::<Vec<_>>())))
+                    .collect();
+                PathResult { path: k, label: k.label(), samples, stats, error }
+            })
+            .collect();
+        results.insert(mtu, rows);
+    }
+    let report = Report {
+        machine: machine(),
+        date: run_ok("date -u +%Y-%m-%dT%H:%M:%SZ").trim().to_string(),
+        args: format!("{reps} repetition(s), {secs} s runs, order alternating"),
+        results,
+    };
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&report)?)?;
+    let md = markdown(&report);
+    std::fs::write(out.join("report.md"), &md)?;
+    plots(&report, &out)?;
+    println!("{md}");
+    println!(
+        "\nresults in {} (report.md, results.json, throughput.png, latency_cdf.png)",
+        out.display()
+    );
+    Ok(())
+}

@@ -66,6 +66,8 @@ pub struct DaemonSection {
     pub dataplane: Option<PathBuf>,
     /// TAP TSO/GRO and UDP GSO/GRO in the data plane (default true).
     pub offload: Option<bool>,
+    /// Seal and send bulk traffic on a second data-plane thread (default: with 4+ cores).
+    pub crypto_thread: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +163,7 @@ pub struct CliOverrides {
     pub dataplane: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub no_offload: bool,
+    pub crypto_thread: Option<bool>,
     pub nucleus: Vec<String>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -223,6 +226,7 @@ pub struct Settings {
     pub tap_mtu: Option<u32>,
     pub dataplane_bin: Option<PathBuf>,
     pub offload: bool,
+    pub crypto_thread: bool,
     pub nucleus: Vec<crate::rendezvous::NucleusSpec>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -536,6 +540,9 @@ impl Settings {
             tap_mtu,
             dataplane_bin: cli.dataplane.or(d.dataplane),
             offload: !cli.no_offload && d.offload.unwrap_or(true),
+            crypto_thread: cli.crypto_thread.or(d.crypto_thread).unwrap_or_else(|| {
+                std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)
+            }),
             nucleus,
             cluster,
             cluster_secret,
@@ -571,6 +578,8 @@ mod tests {
             port = 51999
             interface = "eth1"
             tap = "fab0"
+            offload = false
+            crypto_thread = true
             [network]
             nucleus = "127.0.0.1:51820"
             cluster = "fleet"
@@ -596,6 +605,8 @@ mod tests {
         assert_eq!(s.peers.len(), 1);
         assert_eq!(s.peers[0].endpoint, Some("10.0.0.2:51820".parse().unwrap()));
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9200".parse().unwrap()));
+        assert!(!s.offload);
+        assert!(s.crypto_thread);
     }
 
     #[test]
@@ -661,14 +672,16 @@ mod tests {
 
     #[test]
     fn command_line_overrides_file() {
-        let f = parse(&format!("[daemon]\nport = 1000\ntap = \"a0\"\n[[peers]]\npublic_key = \"{KEY_A}\"\nendpoint = \"10.0.0.2:1\"\n")).unwrap();
+        let f = parse(&format!("[daemon]\nport = 1000\ntap = \"a0\"\ncrypto_thread = true\n[[peers]]\npublic_key = \"{KEY_A}\"\nendpoint = \"10.0.0.2:1\"\n")).unwrap();
         let cli = CliOverrides {
             port: Some(2000),
             peers: vec![(KEY_A.into(), Some("10.0.0.3:2".into()))],
             metrics_listen: Some("off".into()),
+            crypto_thread: Some(false),
             ..Default::default()
         };
         let s = Settings::resolve(f, cli).unwrap();
+        assert!(!s.crypto_thread);
         assert_eq!(s.port, 2000);
         assert_eq!(s.tap, "a0");
         assert_eq!(s.peers.len(), 1, "same key merged");

@@ -291,6 +291,9 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
     if !s.offload {
         a.push("--no-offload".into());
     }
+    // Explicit either way: the daemon has already resolved the default.
+    a.push("--crypto-thread".into());
+    a.push(s.crypto_thread.to_string());
     if let Some(b) = s.bind {
         a.push("--bind".into());
         a.push(b.to_string());

@@ -108,6 +108,10 @@ struct RunArgs {
     /// Turn off the data plane's TAP and UDP offloads (for comparison).
     #[arg(long)]
     no_offload: bool,
+    /// Seal and send bulk traffic on a second data-plane thread: true or false [default:
+    /// true with 4 cores or more].
+    #[arg(long)]
+    crypto_thread: Option<bool>,
     /// Nucleus address (repeatable).
     #[arg(long, action = ArgAction::Append)]
     nucleus: Vec<String>,
@@ -170,6 +174,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         dataplane: run.dataplane,
         metrics_listen: run.metrics_listen,
         no_offload: run.no_offload,
+        crypto_thread: run.crypto_thread,
         nucleus: run.nucleus,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,
@@ -255,6 +260,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs redirected to files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,

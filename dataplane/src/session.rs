@@ -7,6 +7,8 @@
 //! the receive high-water mark is written there as it moves, so a restarted data plane
 //! resumes a session without reusing a nonce or accepting a packet it already delivered.
 
+use std::sync::Arc;
+
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 
 use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
@@ -28,6 +30,42 @@ pub enum OpenError {
     Auth,
 }
 
+/// The AEAD part of sealing one transport message, prepared by
+/// [`Session::prepare_seal`]: the key, the counter (nonce) and the frame length.
+#[derive(Clone)]
+pub struct SealJob {
+    key: Arc<LessSafeKey>,
+    counter: u64,
+    len: usize,
+}
+
+impl SealJob {
+    /// Encrypts `buf[16..16 + len]` in place and appends the tag. Returns the message
+    /// length, or `None` if the buffer is too short.
+    #[inline]
+    pub fn run(&self, buf: &mut [u8]) -> Option<usize> {
+        let end = TRANSPORT_HEADER_LEN + self.len;
+        if buf.len() < end + AEAD_TAG_LEN {
+            return None;
+        }
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(transport::nonce(self.counter)),
+                Aad::empty(),
+                &mut buf[TRANSPORT_HEADER_LEN..end],
+            )
+            .ok()?;
+        buf[end..end + AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
+        Some(end + AEAD_TAG_LEN)
+    }
+
+    /// The length the sealed message will have.
+    pub fn sealed_len(&self) -> usize {
+        self.len + TRANSPORT_HEADER_LEN + AEAD_TAG_LEN
+    }
+}
+
 pub struct Session {
     pub local_index: u32,
     pub remote_index: u32,
@@ -36,7 +74,7 @@ pub struct Session {
     pub created_ms: u64,
     /// The data plane already asked control for a rekey of this session.
     pub rekey_requested: bool,
-    send: LessSafeKey,
+    send: Arc<LessSafeKey>,
     recv: LessSafeKey,
     tx_next: u64,
     tx_reserved: u64,
@@ -80,7 +118,7 @@ impl Session {
             initiator,
             created_ms,
             rekey_requested: false,
-            send: key(&keys.send),
+            send: Arc::new(key(&keys.send)),
             recv: key(&keys.recv),
             tx_next,
             tx_reserved: tx_next,
@@ -104,6 +142,21 @@ impl Session {
         limit: u64,
         slot: &SessionSlot,
     ) -> Option<usize> {
+        let job = self.prepare_seal(buf, len, limit, slot)?;
+        job.run(buf)
+    }
+
+    /// The part of sealing that must happen in order: takes the next counter (reserving
+    /// blocks in shared memory) and writes the header. The AEAD itself is the returned
+    /// job, which any thread may run later.
+    #[inline]
+    pub fn prepare_seal(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        limit: u64,
+        slot: &SessionSlot,
+    ) -> Option<SealJob> {
         let counter = self.tx_next;
         if counter >= limit {
             return None;
@@ -114,17 +167,7 @@ impl Session {
         }
         self.tx_next = counter + 1;
         Header { receiver_index: self.remote_index, counter }.emit(buf);
-        let end = TRANSPORT_HEADER_LEN + len;
-        let tag = self
-            .send
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(transport::nonce(counter)),
-                Aad::empty(),
-                &mut buf[TRANSPORT_HEADER_LEN..end],
-            )
-            .ok()?;
-        buf[end..end + AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
-        Some(end + AEAD_TAG_LEN)
+        Some(SealJob { key: self.send.clone(), counter, len })
     }
 
     /// Whether the counter could be accepted (before spending time on the AEAD).

@@ -64,84 +64,202 @@ pub struct SocketConfig {
     /// After work, keep polling this long before sleeping (0: sleep at once). An answer
     /// that comes back within it costs no wake-up; idle, nothing spins.
     pub spin_us: u64,
+    /// Seal and send bulk traffic on a second thread (the I/O thread goes on reading).
+    pub crypto_thread: bool,
 }
 
-/// The underlay transmit batch: a [`TxSink`] over `sendmmsg`.
+/// Packets on their way to the wire, handed between the I/O thread and the crypto thread.
+struct Batch {
+    bufs: Vec<PacketBuf>,
+    n: usize,
+    /// Datagrams the socket refused while this batch was last sent (counted by the I/O
+    /// thread, the only writer of the counters).
+    tx_errors: u64,
+}
+
+impl Batch {
+    fn new(cap: usize) -> Self {
+        Self { bufs: (0..cap).map(|_| PacketBuf::new()).collect(), n: 0, tx_errors: 0 }
+    }
+}
+
+/// Seals what the engine left to seal, then sends: runs of equal-size datagrams as UDP GSO
+/// sends. When the socket buffer is full it waits for room (bounded), which pushes back
+/// on the TAP side instead of dropping. Returns the datagrams that could not go.
+fn seal_and_send(
+    sock: &UdpSocket,
+    mmsg: &mut MmsgBatch,
+    bufs: &mut [PacketBuf],
+    gso: &mut bool,
+) -> u64 {
+    // A packet whose AEAD cannot run (never, with engine-sized buffers) must not go out
+    // in plaintext: such packets are moved past the end of the run that is sent.
+    let mut sealed = 0;
+    for k in 0..bufs.len() {
+        let ok = match bufs[k].seal.take() {
+            Some(job) => {
+                let p = &mut bufs[k];
+                job.run(&mut p.data).is_some()
+            }
+            None => true,
+        };
+        if ok {
+            bufs.swap(sealed, k);
+            sealed += 1;
+        }
+    }
+    let mut errors = (bufs.len() - sealed) as u64;
+    let bufs = &bufs[..sealed];
+    let mut sent = 0;
+    let mut stalls = 0;
+    while sent < bufs.len() {
+        match mmsg.send(sock, &bufs[sent..], *gso) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stalls += 1;
+                if stalls > 20 || !wait_writable(sock.as_raw_fd(), 5) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if *gso && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+                warn!("UDP GSO refused ({e}); sending datagrams one by one");
+                *gso = false;
+            }
+            Err(_) => {
+                // This datagram cannot go (no route, bad address); skip it.
+                errors += 1;
+                sent += 1;
+            }
+        }
+    }
+    errors + (bufs.len() - sent) as u64
+}
+
+/// Batches below this size are sealed and sent by the I/O thread itself when nothing is
+/// in flight: interactive traffic never waits for a thread hand-off.
+const INLINE_MAX: usize = 8;
+/// Packets per batch.
+const BATCH: usize = BURST * 2;
+
+/// The crypto thread's side of the pipeline.
+struct Pipeline {
+    full: std::sync::mpsc::SyncSender<Batch>,
+    empty: std::sync::mpsc::Receiver<Batch>,
+    spare: Vec<Batch>,
+    in_flight: usize,
+}
+
+/// The underlay transmit side: a [`TxSink`]. With a crypto thread, full batches are
+/// handed over (sealed and sent there) and the I/O thread goes on reading.
 struct UdpTx<'a> {
     sock: &'a UdpSocket,
     mmsg: MmsgBatch,
-    bufs: Vec<PacketBuf>,
-    queued: usize,
+    current: Batch,
     counters: &'a WorkerCounters,
     gso: bool,
+    pipeline: Option<Pipeline>,
 }
 
 impl<'a> UdpTx<'a> {
-    fn new(sock: &'a UdpSocket, counters: &'a WorkerCounters, gso: bool) -> Self {
-        // A cut super-frame is ~48 frames; flood copies add more. The sink flushes itself.
-        let cap = BURST * 2;
+    fn new(
+        sock: &'a UdpSocket,
+        counters: &'a WorkerCounters,
+        gso: bool,
+        pipeline: Option<Pipeline>,
+    ) -> Self {
         Self {
             sock,
-            mmsg: MmsgBatch::new(cap),
-            bufs: (0..cap).map(|_| PacketBuf::new()).collect(),
-            queued: 0,
+            mmsg: MmsgBatch::new(BATCH),
+            current: Batch::new(BATCH),
             counters,
             gso,
+            pipeline,
         }
     }
 
-    /// Sends everything queued. When the socket buffer is full it waits for room (bounded),
-    /// which pushes back on the TAP side instead of dropping.
+    fn account(&self, b: &mut Batch) {
+        if b.tx_errors > 0 {
+            self.counters.drop_n(DropReason::TxError, b.tx_errors);
+            b.tx_errors = 0;
+        }
+    }
+
     fn flush(&mut self) {
-        let mut sent = 0;
-        let mut stalls = 0;
-        while sent < self.queued {
-            match self.mmsg.send(self.sock, &self.bufs[sent..self.queued], self.gso) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    stalls += 1;
-                    if stalls > 20 || !wait_writable(self.sock.as_raw_fd(), 5) {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if self.gso
-                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
-                {
-                    warn!("UDP GSO refused ({e}); sending datagrams one by one");
-                    self.gso = false;
-                }
-                Err(_) => {
-                    // This datagram cannot go (no route, bad address); skip it.
-                    self.counters.drop(DropReason::TxError);
-                    sent += 1;
-                }
+        if self.current.n == 0 {
+            return;
+        }
+        if let Some(mut p) = self.pipeline.take() {
+            while let Ok(mut b) = p.empty.try_recv() {
+                p.in_flight -= 1;
+                self.account(&mut b);
+                p.spare.push(b);
             }
+            let handoff = p.in_flight > 0 || self.current.n >= INLINE_MAX;
+            if handoff {
+                let mut next = match p.spare.pop() {
+                    Some(b) => b,
+                    None => {
+                        // Every batch is in flight: wait for one (back pressure).
+                        let mut b =
+                            p.empty.recv().expect("crypto thread alive while the pipeline exists");
+                        p.in_flight -= 1;
+                        self.account(&mut b);
+                        b
+                    }
+                };
+                std::mem::swap(&mut next, &mut self.current);
+                p.in_flight += 1;
+                let _ = p.full.send(next);
+                self.pipeline = Some(p);
+                return;
+            }
+            self.pipeline = Some(p);
         }
-        if sent < self.queued {
-            self.counters.drop_n(DropReason::TxError, (self.queued - sent) as u64);
+        let n = self.current.n;
+        let errors =
+            seal_and_send(self.sock, &mut self.mmsg, &mut self.current.bufs[..n], &mut self.gso);
+        if errors > 0 {
+            self.counters.drop_n(DropReason::TxError, errors);
         }
-        self.queued = 0;
+        self.current.n = 0;
     }
 }
 
 impl TxSink for UdpTx<'_> {
     fn buffer(&mut self) -> &mut PacketBuf {
-        if self.queued == self.bufs.len() {
+        if self.current.n == self.current.bufs.len() {
             self.flush();
         }
-        &mut self.bufs[self.queued]
+        &mut self.current.bufs[self.current.n]
     }
     fn commit(&mut self) {
-        self.queued += 1;
+        self.current.n += 1;
     }
     fn commit_swap(&mut self, pkt: &mut PacketBuf) {
-        if self.queued == self.bufs.len() {
+        if self.current.n == self.current.bufs.len() {
             self.flush();
         }
-        std::mem::swap(&mut self.bufs[self.queued], pkt);
-        self.queued += 1;
+        std::mem::swap(&mut self.current.bufs[self.current.n], pkt);
+        self.current.n += 1;
+    }
+}
+
+/// The crypto thread: seals and sends the batches it is handed, returns them empty.
+fn crypto_thread(
+    sock: &UdpSocket,
+    full: std::sync::mpsc::Receiver<Batch>,
+    empty: std::sync::mpsc::SyncSender<Batch>,
+    mut gso: bool,
+) {
+    let mut mmsg = MmsgBatch::new(BATCH);
+    while let Ok(mut b) = full.recv() {
+        let n = b.n;
+        b.tx_errors += seal_and_send(sock, &mut mmsg, &mut b.bufs[..n], &mut gso);
+        b.n = 0;
+        if empty.send(b).is_err() {
+            return;
+        }
     }
 }
 
@@ -188,6 +306,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         generation,
         tap_offload = tap.vnet(),
         udp_gro = gro,
+        crypto_thread = cfg.crypto_thread,
         "data plane ready (socket backend)"
     );
     bell.ring();
@@ -209,8 +328,32 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         punted: false,
         spin_us: cfg.spin_us,
     };
-    let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload);
-    let remove_tap = w.run(&epoll, &signals, &mut tx)?;
+    let remove_tap = std::thread::scope(|scope| -> anyhow::Result<bool> {
+        let pipeline = if cfg.crypto_thread {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+            let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+            let gso = cfg.offload;
+            let sock = &sock;
+            std::thread::Builder::new()
+                .name("omni-crypto".into())
+                .spawn_scoped(scope, move || crypto_thread(sock, full_rx, empty_tx, gso))
+                .context("cannot start the crypto thread")?;
+            w.engine.set_deferred_seal(true);
+            Some(Pipeline {
+                full: full_tx,
+                empty: empty_rx,
+                spare: (0..2).map(|_| Batch::new(BATCH)).collect(),
+                in_flight: 0,
+            })
+        } else {
+            None
+        };
+        let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload, pipeline);
+        let r = w.run(&epoll, &signals, &mut tx);
+        // Dropping the sink closes the pipeline; the crypto thread finishes and exits.
+        drop(tx);
+        r
+    })?;
     h.dp_pid.store(0, Ordering::Relaxed);
     if remove_tap && let Err(e) = tap.set_persist(false) {
         warn!("cannot clear persistence of {}: {e}", tap.name());

@@ -58,6 +58,13 @@ struct Args {
     /// comes back meanwhile costs no wake-up); 0 sleeps at once.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     spin_us: u64,
+    /// Seal and send bulk traffic on a second thread: true or false [default: true with 4
+    /// cores or more; with fewer, the thread competes with everything else and costs].
+    #[arg(long)]
+    crypto_thread: Option<bool>,
+    /// Same as --crypto-thread false.
+    #[arg(long)]
+    no_crypto_thread: bool,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -82,6 +89,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs redirected to files stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let mut params = Params::for_peers(args.max_peers);
@@ -103,6 +112,10 @@ fn main() -> ExitCode {
             supervised: args.supervised,
             offload: !args.no_offload,
             spin_us: args.spin_us,
+            crypto_thread: !args.no_crypto_thread
+                && args.crypto_thread.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)
+                }),
         }),
     };
     match result {

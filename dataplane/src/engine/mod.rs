@@ -20,7 +20,7 @@ use omni_proto::wire::{
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
 use crate::fdb::{Fdb, Learn};
-use crate::session::{OpenError, Session};
+use crate::session::{OpenError, SealJob, Session};
 use crate::shm::layout::{PeerStats, SessionSlot};
 use crate::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
 use crate::shm::region::Region;
@@ -43,11 +43,20 @@ pub struct PacketBuf {
     /// When sending through a relay: the destination's relay tag (the sender puts the
     /// relay header in front, as a separate iovec: no copy).
     pub relay: Option<relay::Tag>,
+    /// Set when the engine defers the AEAD ([`Engine::set_deferred_seal`]): the sender must
+    /// run it before the packet goes out. `len` is already the sealed length.
+    pub seal: Option<SealJob>,
 }
 
 impl PacketBuf {
     pub fn new() -> Self {
-        Self { data: vec![0u8; BUF_SIZE].into_boxed_slice(), len: 0, addr: None, relay: None }
+        Self {
+            data: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            len: 0,
+            addr: None,
+            relay: None,
+            seal: None,
+        }
     }
 
     /// Where a frame read from the access port goes: after the transport header, leaving
@@ -130,6 +139,7 @@ pub struct Engine<'r> {
     session_mask: u32,
     events: Vec<Event>,
     mac1_check: bool,
+    defer_seal: bool,
 }
 
 fn frame_dst(frame: &[u8]) -> MacAddr {
@@ -152,7 +162,14 @@ impl<'r> Engine<'r> {
             session_mask: p.max_sessions - 1,
             events: Vec::with_capacity(EVENT_QUEUE_MAX),
             mac1_check: false,
+            defer_seal: false,
         }
+    }
+
+    /// Leaves the AEAD of outgoing packets to the sender (`PacketBuf::seal`), so it can run
+    /// on another thread; counters and headers are still assigned here, in order.
+    pub fn set_deferred_seal(&mut self, on: bool) {
+        self.defer_seal = on;
     }
 
     pub fn counters(&self) -> &'r WorkerCounters {
@@ -300,10 +317,20 @@ impl<'r> Engine<'r> {
         let sess = self.sessions[(idx & self.session_mask) as usize]
             .as_deref_mut()
             .expect("usable session exists");
-        let Some(n) = sess.seal(&mut buf.data, frame_len, limit, slot) else {
+        let Some(job) = sess.prepare_seal(&mut buf.data, frame_len, limit, slot) else {
             self.counters.drop(DropReason::Expired);
             return false;
         };
+        let n = job.sealed_len();
+        if self.defer_seal {
+            buf.seal = Some(job);
+        } else {
+            buf.seal = None;
+            if job.run(&mut buf.data).is_none() {
+                self.counters.drop(DropReason::TxError);
+                return false;
+            }
+        }
         let want_rekey = sess.initiator && !sess.rekey_requested && sess.tx_counter() >= rekey_at;
         if want_rekey {
             sess.rekey_requested = true;

@@ -34,6 +34,9 @@ struct Args {
     /// Seconds per throughput run [default: 10; short: 1].
     #[arg(long)]
     seconds: Option<u32>,
+    /// Seconds per UDP sweep trial [default: 3; short: 1].
+    #[arg(long)]
+    udp_seconds: Option<u32>,
     /// Underlay MTUs [default: 1500,9000; short: 1500].
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
@@ -407,10 +410,16 @@ fn tcp(
 fn udp_sweep(p: &Pair, target: &str, size: u32, secs: u32, steps: u32) -> f64 {
     let trial = |bps: f64| -> Option<(f64, f64)> {
         let rate = if bps <= 0.0 { "0".to_string() } else { format!("{}", bps.max(1000.0) as u64) };
-        let v = iperf_json(p, &format!("-c {target} -u -l {size} -b {rate} -t {secs}")).ok()?;
+        let v =
+            iperf_json(p, &format!("-c {target} -u -l {size} -b {rate} -t {secs} -w 4M")).ok()?;
         let sum = &v["end"]["sum"];
         let lost = sum["lost_percent"].as_f64()?;
         let rx = sum["bits_per_second"].as_f64()? * (1.0 - lost / 100.0);
+        eprintln!(
+            "compare:   UDP {size} B at {}: {:.3} Mbit/s through, {lost:.3}% lost",
+            if bps <= 0.0 { "unbounded".to_string() } else { format!("{:.3} Mbit/s", bps / 1e6) },
+            rx / 1e6
+        );
         Some((lost, rx))
     };
     let Some((lost, through)) = trial(0.0) else { return f64::NAN };
@@ -470,14 +479,20 @@ fn pct(v: &[f64], q: f64) -> f64 {
     v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-fn measure(
-    kind: Kind,
-    mtu: u32,
-    ctx: &Ctx,
+/// How long and how finely each path is measured.
+struct Plan {
+    /// Seconds per TCP run.
     secs: u32,
+    /// Seconds per UDP sweep trial.
+    udp_secs: u32,
+    /// Bisection steps of a UDP sweep.
     steps: u32,
+    /// Pings per latency series.
     pings: u32,
-) -> anyhow::Result<Sample> {
+}
+
+fn measure(kind: Kind, mtu: u32, ctx: &Ctx, plan: &Plan) -> anyhow::Result<Sample> {
+    let Plan { secs, udp_secs, steps, pings } = *plan;
     let p = Pair::new(mtu);
     let path = setup(kind, &p, mtu, ctx)?;
     let t = &path.target;
@@ -487,8 +502,8 @@ fn measure(
     s.cpu_cores_per_gbps = cpu;
     s.tunnel_cores_per_gbps = tun;
     s.tcp4_gbps = tcp(&p, t, 4, secs, &path.pids)?.0;
-    s.udp64_kpps = udp_sweep(&p, t, 64, secs.max(1), steps) / (64.0 * 8.0) / 1e3;
-    s.udp_mtu_gbps = udp_sweep(&p, t, path.inner_mtu - 28, secs.max(1), steps) / 1e9;
+    s.udp64_kpps = udp_sweep(&p, t, 64, udp_secs, steps) / (64.0 * 8.0) / 1e3;
+    s.udp_mtu_gbps = udp_sweep(&p, t, path.inner_mtu - 28, udp_secs, steps) / 1e9;
     // Idle: a ping every 100 ms, so the machine is idle between them (as a user's is).
     let idle = ping_rtts(&p.a, t, pings, 0.1);
     s.ping_idle_p50_ms = pct(&idle, 0.5);
@@ -697,8 +712,12 @@ fn main() -> anyhow::Result<()> {
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
     let reps = a.reps.unwrap_or(if a.short { 1 } else { 3 }).max(1);
     let secs = a.seconds.unwrap_or(if a.short { 1 } else { 10 }).max(1);
-    let steps = if a.short { 2 } else { 6 };
-    let pings = if a.short { 30 } else { 150 };
+    let plan = Plan {
+        secs,
+        udp_secs: a.udp_seconds.unwrap_or(if a.short { 1 } else { 3 }).max(1),
+        steps: if a.short { 2 } else { 5 },
+        pings: if a.short { 30 } else { 150 },
+    };
     let mtus = if a.mtu.is_empty() {
         if a.short { vec![1500] } else { vec![1500, 9000] }
     } else {
@@ -756,7 +775,7 @@ fn main() -> anyhow::Result<()> {
                     continue;
                 }
                 eprintln!("compare: MTU {mtu}, repetition {}/{reps}: {}", rep + 1, k.name());
-                match measure(k, mtu, &ctx, secs, steps, pings) {
+                match measure(k, mtu, &ctx, &plan) {
                     Ok(s) => entry.0.push(s),
                     Err(e) => {
                         eprintln!("compare: {} failed: {e:#}", k.name());
@@ -780,7 +799,10 @@ fn main() -> anyhow::Result<()> {
     let report = Report {
         machine: machine(),
         date: run_ok("date -u +%Y-%m-%dT%H:%M:%SZ").trim().to_string(),
-        args: format!("{reps} repetition(s), {secs} s runs, order alternating"),
+        args: format!(
+            "{reps} repetition(s), {secs} s TCP runs, {} s UDP trials, order alternating",
+            plan.udp_secs
+        ),
         results,
     };
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&report)?)?;

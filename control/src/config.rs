@@ -68,6 +68,10 @@ pub struct DaemonSection {
     pub offload: Option<bool>,
     /// Seal and send bulk traffic on a second data-plane thread (default: with 4+ cores).
     pub crypto_thread: Option<bool>,
+    /// Data-plane backend: "socket" (default) or "xdp" (on `interface`).
+    pub backend: Option<String>,
+    /// xdp backend: "auto" (native where the driver can), "native" or "skb".
+    pub xdp_mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +168,8 @@ pub struct CliOverrides {
     pub metrics_listen: Option<String>,
     pub no_offload: bool,
     pub crypto_thread: Option<bool>,
+    pub backend: Option<String>,
+    pub xdp_mode: Option<String>,
     pub nucleus: Vec<String>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -227,6 +233,10 @@ pub struct Settings {
     pub dataplane_bin: Option<PathBuf>,
     pub offload: bool,
     pub crypto_thread: bool,
+    /// "socket" or "xdp".
+    pub backend: String,
+    /// xdp backend: "auto", "native" or "skb".
+    pub xdp_mode: String,
     pub nucleus: Vec<crate::rendezvous::NucleusSpec>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -530,6 +540,26 @@ impl Settings {
             })?)
         };
 
+        let backend = cli.backend.or(d.backend).unwrap_or_else(|| "socket".into());
+        if backend != "socket" && backend != "xdp" {
+            return Err(invalid(
+                "[daemon] backend",
+                format!("{backend:?} is not a backend (\"socket\" or \"xdp\")"),
+            ));
+        }
+        if backend == "xdp" && interface.is_none() {
+            return Err(invalid(
+                "[daemon] interface",
+                "the xdp backend needs the NIC the underlay arrives on (--interface eth0)",
+            ));
+        }
+        let xdp_mode = cli.xdp_mode.or(d.xdp_mode).unwrap_or_else(|| "auto".into());
+        if !["auto", "native", "skb"].contains(&xdp_mode.as_str()) {
+            return Err(invalid(
+                "[daemon] xdp_mode",
+                format!("{xdp_mode:?} is not \"auto\", \"native\" or \"skb\""),
+            ));
+        }
         Ok(Settings {
             identity_path: cli.identity.or(d.identity).unwrap_or_else(|| DEFAULT_IDENTITY.into()),
             run_dir: cli.run_dir.or(d.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
@@ -543,6 +573,8 @@ impl Settings {
             crypto_thread: cli.crypto_thread.or(d.crypto_thread).unwrap_or_else(|| {
                 std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)
             }),
+            backend,
+            xdp_mode,
             nucleus,
             cluster,
             cluster_secret,

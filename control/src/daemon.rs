@@ -271,7 +271,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
 fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
     let mut a = vec![
         "--backend".into(),
-        "socket".into(),
+        s.backend.clone(),
         "--run-dir".into(),
         s.run_dir.display().to_string(),
         "--port".into(),
@@ -294,6 +294,14 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
     // Explicit either way: the daemon has already resolved the default.
     a.push("--crypto-thread".into());
     a.push(s.crypto_thread.to_string());
+    if s.backend == "xdp" {
+        // Checked by the configuration: the xdp backend has an interface.
+        if let Some(i) = &s.interface {
+            a.extend(["--iface".into(), i.clone()]);
+        }
+        a.extend(["--xdp-mode".into(), s.xdp_mode.clone()]);
+        a.extend(["--handshake-rate".into(), s.max_sessions_per_ip.to_string()]);
+    }
     if let Some(b) = s.bind {
         a.push("--bind".into());
         a.push(b.to_string());
@@ -522,7 +530,7 @@ impl Daemon {
             mtu: self.mtu,
             mac: format_mac(&self.mac),
             dataplane: DataplaneStatus {
-                backend: "socket".into(),
+                backend: self.settings.backend.clone(),
                 pid: (pid != 0).then_some(pid),
                 generation: self.last_generation,
                 restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),

@@ -112,6 +112,13 @@ struct RunArgs {
     /// true with 4 cores or more].
     #[arg(long)]
     crypto_thread: Option<bool>,
+    /// Data-plane backend: socket (UDP socket + TAP, anywhere) or xdp (XDP + AF_XDP on
+    /// --interface) [default: socket].
+    #[arg(long, value_parser = ["socket", "xdp"])]
+    backend: Option<String>,
+    /// xdp backend: how the XDP program is attached [default: auto].
+    #[arg(long, value_parser = ["auto", "native", "skb"])]
+    xdp_mode: Option<String>,
     /// Nucleus address (repeatable).
     #[arg(long, action = ArgAction::Append)]
     nucleus: Vec<String>,
@@ -175,6 +182,8 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         metrics_listen: run.metrics_listen,
         no_offload: run.no_offload,
         crypto_thread: run.crypto_thread,
+        backend: run.backend,
+        xdp_mode: run.xdp_mode,
         nucleus: run.nucleus,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,

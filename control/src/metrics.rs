@@ -24,6 +24,10 @@ pub struct Metrics {
     keepalives_tx: IntCounter,
     keepalives_rx: IntCounter,
     punted: IntCounter,
+    xdp_redirected: IntCounter,
+    xdp_passed: IntCounter,
+    xdp_kernel_path: IntCounter,
+    xdp_socket_dropped: IntCounter,
     dataplane_restarts: IntCounter,
     fdb_entries: IntGauge,
     dropped: IntCounterVec,
@@ -117,6 +121,26 @@ impl Metrics {
             keepalives_tx: counter(&r, "omni_keepalives_tx_total", "Keepalives sent"),
             keepalives_rx: counter(&r, "omni_keepalives_rx_total", "Keepalives received"),
             punted: counter(&r, "omni_punted_total", "Packets the data plane handed to control"),
+            xdp_redirected: counter(
+                &r,
+                "omni_xdp_redirected_total",
+                "Fabric packets the XDP program handed to the AF_XDP sockets",
+            ),
+            xdp_passed: counter(
+                &r,
+                "omni_xdp_passed_total",
+                "Packets the XDP program passed to the kernel (not for the fabric port)",
+            ),
+            xdp_kernel_path: counter(
+                &r,
+                "omni_xdp_kernel_path_total",
+                "Fabric packets that reached the kernel socket instead of AF_XDP (fragments)",
+            ),
+            xdp_socket_dropped: counter(
+                &r,
+                "omni_xdp_socket_dropped_total",
+                "Packets the AF_XDP sockets dropped (ring full or no free frame)",
+            ),
             dataplane_restarts: counter(
                 &r,
                 "omni_dataplane_restarts_total",
@@ -156,6 +180,10 @@ impl Metrics {
         catch_up(&self.keepalives_tx, dp(Counter::KeepalivesTx));
         catch_up(&self.keepalives_rx, dp(Counter::KeepalivesRx));
         catch_up(&self.punted, dp(Counter::Punted));
+        catch_up(&self.xdp_redirected, dp(Counter::XdpRedirected));
+        catch_up(&self.xdp_passed, dp(Counter::XdpPassed));
+        catch_up(&self.xdp_kernel_path, dp(Counter::XdpKernelPath));
+        catch_up(&self.xdp_socket_dropped, dp(Counter::XdpSocketDropped));
         catch_up(&self.handshakes_completed, s.handshakes_completed);
         catch_up(&self.handshakes_initiated, s.handshakes_initiated);
         catch_up(&self.dropped_ratelimit, s.dropped_ratelimit);

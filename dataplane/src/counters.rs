@@ -43,10 +43,18 @@ pub enum DropReason {
     UnknownPeer,
     /// Handshake messages that fail Noise, timestamp or index checks.
     BadHandshake,
+    /// XDP: packets to the fabric port that are no fabric message (dropped in the kernel).
+    XdpMalformed,
+    /// XDP: transport messages for no live session.
+    XdpUnknownIndex,
+    /// XDP: handshake or Nucleus messages over their source's rate.
+    XdpRateLimited,
+    /// XDP: fabric packets on a queue without an AF_XDP socket.
+    XdpNoSocket,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 21] = [
         Self::Malformed,
         Self::BadMac1,
         Self::UnknownIndex,
@@ -64,6 +72,10 @@ impl DropReason {
         Self::RateLimited,
         Self::UnknownPeer,
         Self::BadHandshake,
+        Self::XdpMalformed,
+        Self::XdpUnknownIndex,
+        Self::XdpRateLimited,
+        Self::XdpNoSocket,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +97,10 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::UnknownPeer => "unknown_peer",
             Self::BadHandshake => "bad_handshake",
+            Self::XdpMalformed => "xdp_malformed",
+            Self::XdpUnknownIndex => "xdp_unknown_index",
+            Self::XdpRateLimited => "xdp_rate_limited",
+            Self::XdpNoSocket => "xdp_no_socket",
         }
     }
 }
@@ -121,6 +137,14 @@ pub enum Counter {
     FdbLearned,
     /// Source MACs not learned because their FDB neighbourhood was full.
     FdbFull,
+    /// XDP: fabric packets the program handed to the AF_XDP sockets.
+    XdpRedirected,
+    /// XDP: packets the program passed to the kernel (not for the fabric port).
+    XdpPassed,
+    /// Fabric packets that reached the kernel's UDP socket instead of AF_XDP (fragments).
+    XdpKernelPath,
+    /// Packets the AF_XDP sockets dropped (ring full, no free frame).
+    XdpSocketDropped,
 }
 
 /// Number of counter slots per worker (drops 0..32, others 32..64).
@@ -153,6 +177,16 @@ impl WorkerCounters {
     #[inline]
     pub fn inc(&self, c: Counter, v: u64) {
         self.add(c as usize, v);
+    }
+
+    /// Sets a slot that mirrors a total kept elsewhere (the XDP program's counters).
+    pub fn set_drop(&self, reason: DropReason, v: u64) {
+        self.slots[reason as usize].store(v, Ordering::Relaxed);
+    }
+
+    /// As [`WorkerCounters::set_drop`], for other counters.
+    pub fn set(&self, c: Counter, v: u64) {
+        self.slots[c as usize].store(v, Ordering::Relaxed);
     }
 
     pub fn get_drop(&self, reason: DropReason) -> u64 {

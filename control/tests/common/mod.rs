@@ -277,17 +277,21 @@ pub struct Fabric2 {
 
 impl Fabric2 {
     pub fn new(mtu: u32, extra: &[&str]) -> Self {
+        Self::with_args(mtu, extra, extra)
+    }
+
+    /// As `new`, with arguments for each node (`extra_a` for A, `extra_b` for B).
+    pub fn with_args(mtu: u32, extra_a: &[&str], extra_b: &[&str]) -> Self {
         let pair = Pair::new(mtu);
         let dir = TempDir::new("fab");
         let (ida, ka) = new_identity(&dir.0, "a");
         let (idb, kb) = new_identity(&dir.0, "b");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut args_a =
             vec!["--peer".into(), kb.clone(), "--endpoint".into(), endpoint(UNDERLAY_B, 51820)];
-        args_a.extend(extra.iter().cloned());
+        args_a.extend(extra_a.iter().map(|s| s.to_string()));
         let mut args_b =
             vec!["--peer".into(), ka.clone(), "--endpoint".into(), endpoint(UNDERLAY_A, 51820)];
-        args_b.extend(extra.iter().cloned());
+        args_b.extend(extra_b.iter().map(|s| s.to_string()));
         let a = Node::start(&pair.a, &dir.0, "a", &ida, &ka, &args_a);
         let (id_a, args_a_kept) = (ida.clone(), args_a.clone());
         let b = Node::start(&pair.b, &dir.0, "b", &idb, &kb, &args_b);

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::clock::{monotonic_ms, monotonic_us};
 use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::endpoint::Endpoint;
 use crate::engine::{Decap, Engine, PacketBuf, TxSink};
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
@@ -35,6 +36,8 @@ use crate::sync::{Ordering, fence};
 use crate::sys::mmsg::{MmsgBatch, RxBuf, UdpSocket};
 use crate::sys::tap::Tap;
 use crate::sys::{Epoll, SignalFd, wait_writable};
+
+use super::xdp::{self, XdpRx, XdpSettings, XdpTx};
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
 pub const BURST: usize = 32;
@@ -66,6 +69,10 @@ pub struct SocketConfig {
     pub spin_us: u64,
     /// Seal and send bulk traffic on a second thread (the I/O thread goes on reading).
     pub crypto_thread: bool,
+    /// Take the underlay through XDP and AF_XDP on this NIC (the `xdp` backend); the UDP
+    /// socket stays for what the program passes to the kernel and for packets to
+    /// endpoints whose outer headers are not known yet.
+    pub xdp: Option<XdpSettings>,
 }
 
 /// Packets on their way to the wire, handed between the I/O thread and the crypto thread.
@@ -159,6 +166,8 @@ struct UdpTx<'a> {
     counters: &'a WorkerCounters,
     gso: bool,
     pipeline: Option<Pipeline>,
+    /// The AF_XDP TX ring (xdp backend): preferred where the endpoint's route is known.
+    xdp: Option<XdpTx>,
 }
 
 impl<'a> UdpTx<'a> {
@@ -175,6 +184,7 @@ impl<'a> UdpTx<'a> {
             counters,
             gso,
             pipeline,
+            xdp: None,
         }
     }
 
@@ -216,7 +226,23 @@ impl<'a> UdpTx<'a> {
             }
             self.pipeline = Some(p);
         }
-        let n = self.current.n;
+        let mut n = self.current.n;
+        if let Some(x) = self.xdp.as_mut() {
+            // What the TX ring takes is gone; the rest (no route yet) goes to the socket.
+            let now = monotonic_ms();
+            let bufs = &mut self.current.bufs[..n];
+            let mut keep = 0;
+            for k in 0..n {
+                if bufs[k].seal.is_some() || !x.send(&bufs[k], now) {
+                    bufs.swap(keep, k);
+                    keep += 1;
+                }
+            }
+            if let Err(e) = x.sock.flush() {
+                tracing::debug!("AF_XDP send: {e}");
+            }
+            n = keep;
+        }
         let errors =
             seal_and_send(self.sock, &mut self.mmsg, &mut self.current.bufs[..n], &mut self.gso);
         if errors > 0 {
@@ -267,6 +293,8 @@ const TOKEN_UDP: u64 = 0;
 const TOKEN_TAP: u64 = 1;
 const TOKEN_BELL: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
+/// AF_XDP socket of RX queue `q`: `TOKEN_XSK + q`.
+const TOKEN_XSK: u64 = 16;
 
 /// Runs the socket backend until shutdown. Errors here are startup errors with a message
 /// meant for the operator.
@@ -290,6 +318,18 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     epoll.add(tap.as_raw_fd(), TOKEN_TAP)?;
     epoll.add(bell.as_raw_fd(), TOKEN_BELL)?;
     epoll.add(signals.as_raw_fd(), TOKEN_SIGNAL)?;
+    let (xdp_rx, xdp_tx) = match &cfg.xdp {
+        Some(x) => {
+            let (rx, tx) = xdp::open(x, port, region.counters(0))?;
+            for (q, s) in rx.socks.iter().enumerate() {
+                epoll.add(s.as_raw_fd(), TOKEN_XSK + q as u64)?;
+            }
+            (Some(rx), Some(tx))
+        }
+        None => (None, None),
+    };
+    // With AF_XDP the I/O thread sends through the TX ring itself.
+    let use_crypto_thread = cfg.crypto_thread && xdp_rx.is_none();
 
     let h = region.header();
     h.dp_pid.store(std::process::id(), Ordering::Relaxed);
@@ -306,8 +346,10 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         generation,
         tap_offload = tap.vnet(),
         udp_gro = gro,
-        crypto_thread = cfg.crypto_thread,
-        "data plane ready (socket backend)"
+        crypto_thread = use_crypto_thread,
+        backend = if xdp_rx.is_some() { "xdp" } else { "socket" },
+        xdp_mode = xdp_rx.as_ref().map(|x| x.filter.mode().name()).unwrap_or("none"),
+        "data plane ready"
     );
     bell.ring();
 
@@ -327,9 +369,13 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         gro_hdr: Vec::with_capacity(256),
         punted: false,
         spin_us: cfg.spin_us,
+        xdp: xdp_rx,
     };
+    if w.xdp.is_some() {
+        w.engine.track_sessions();
+    }
     let remove_tap = std::thread::scope(|scope| -> anyhow::Result<bool> {
-        let pipeline = if cfg.crypto_thread {
+        let pipeline = if use_crypto_thread {
             let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
             let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
             let gso = cfg.offload;
@@ -349,6 +395,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             None
         };
         let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload, pipeline);
+        tx.xdp = xdp_tx;
         let r = w.run(&epoll, &signals, &mut tx);
         // Dropping the sink closes the pipeline; the crypto thread finishes and exits.
         drop(tx);
@@ -380,6 +427,8 @@ struct Worker<'r> {
     /// A packet was punted since control was last rung.
     punted: bool,
     spin_us: u64,
+    /// The AF_XDP receive side (xdp backend).
+    xdp: Option<XdpRx>,
 }
 
 /// The virtio-net header of a frame passed as is.
@@ -399,7 +448,10 @@ impl Worker<'_> {
                 tx.flush();
                 return Ok(remove_tap);
             }
+            // Before the next packet: the program must let a new session's packets in.
+            self.sync_sessions();
             work += self.injects();
+            work += self.xdp_burst(now, tx);
             work += self.underlay_burst(now, tx)?;
             work += self.access_burst(now, tx)?;
             tx.flush();
@@ -407,11 +459,17 @@ impl Worker<'_> {
             if now.saturating_sub(last_heartbeat) >= 100 {
                 self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
                 last_heartbeat = now;
+                if let Some(x) = &self.xdp {
+                    x.sync_counters(self.counters);
+                    let dropped: u64 = x.socks.iter().map(|s| s.dropped()).sum();
+                    self.counters.set(Counter::XdpSocketDropped, dropped);
+                }
             }
             if now.saturating_sub(last_housekeeping) >= 1000 {
                 self.engine.housekeeping(now);
                 last_housekeeping = now;
             }
+            self.sync_sessions();
             // Only what control reads (events, punts) is worth waking it for.
             if notify {
                 self.ring_control_if_parked();
@@ -445,6 +503,15 @@ impl Worker<'_> {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// Mirrors the engine's session installs and removals into the XDP session map.
+    fn sync_sessions(&mut self) {
+        if let Some(x) = self.xdp.as_mut() {
+            for (index, live) in self.engine.drain_session_changes() {
+                x.session_changed(index, live);
             }
         }
     }
@@ -506,6 +573,64 @@ impl Worker<'_> {
         n
     }
 
+    /// Receives a burst from each AF_XDP socket, opens every datagram in place in the UMEM,
+    /// punts what is for control, writes the frames to the TAP, and gives the frames back.
+    fn xdp_burst(&mut self, now: u64, tx: &mut UdpTx) -> usize {
+        let Some(x) = self.xdp.as_mut() else { return 0 };
+        let Some(port) = tx.xdp.as_ref().map(|t| t.port) else { return 0 };
+        let mut total = 0;
+        for si in 0..x.socks.len() {
+            let XdpRx { socks, descs, .. } = &mut *x;
+            let sock = &mut socks[si];
+            let n = sock.burst(descs);
+            if n == 0 {
+                continue;
+            }
+            total += n;
+            self.deliveries.clear();
+            for (k, d) in descs.iter().enumerate().take(n) {
+                let Some(frame) = sock.frame_mut(*d) else {
+                    self.counters.drop(DropReason::Malformed);
+                    continue;
+                };
+                let Some(u) = xdp::parse_underlay(frame, port) else {
+                    self.counters.drop(DropReason::Malformed);
+                    continue;
+                };
+                let (p0, src) = (u.payload.start, u.src);
+                match self.engine.decap_slice(now, src, &mut frame[u.payload], tx) {
+                    Decap::Deliver { offset, len } => {
+                        self.deliveries.push((k, p0 + offset, len));
+                        if let Some(t) = tx.xdp.as_mut() {
+                            t.learn(src, u.route, now);
+                        }
+                    }
+                    Decap::Keepalive => {
+                        if let Some(t) = tx.xdp.as_mut() {
+                            t.learn(src, u.route, now);
+                        }
+                    }
+                    Decap::Punt { from, offset, len } => {
+                        let bytes = &frame[p0 + offset..p0 + offset + len];
+                        self.punted |= punt(&mut self.ends, self.counters, from, bytes);
+                    }
+                    Decap::Drop(_) => {}
+                }
+            }
+            let sock = &x.socks[si];
+            let descs = &x.descs;
+            write_frames(
+                self.tap,
+                self.counters,
+                &mut self.gro_hdr,
+                &self.deliveries,
+                |k, st, ln| sock.frame(descs[k]).map(|f| &f[st..st + ln]).unwrap_or(&[]),
+            );
+            x.socks[si].release(&x.descs[..n]);
+        }
+        total
+    }
+
     /// Receives a burst of datagram buffers, opens every datagram in place, punts what is
     /// for control, and writes the frames to the TAP (joined where they can be).
     fn underlay_burst(&mut self, now: u64, tx: &mut UdpTx) -> anyhow::Result<usize> {
@@ -536,83 +661,22 @@ impl Worker<'_> {
                     Decap::Deliver { offset, len } => self.deliveries.push((bi, off + offset, len)),
                     Decap::Punt { from, offset, len } => {
                         let bytes = &data[off + offset..off + offset + len];
-                        match self.ends.punt.push_with(|slot| {
-                            encode_packet(slot, from, bytes);
-                        }) {
-                            Ok(()) => {
-                                self.counters.inc(Counter::Punted, 1);
-                                self.punted = true;
-                            }
-                            Err(_) => self.counters.drop(DropReason::PuntRingFull),
-                        }
+                        self.punted |= punt(&mut self.ends, self.counters, from, bytes);
                     }
                     Decap::Keepalive | Decap::Drop(_) => {}
                 }
                 off += dl.max(1);
             }
         }
-        self.write_deliveries();
-        Ok(datagrams)
-    }
-
-    /// Writes this pass's frames to the TAP, joining runs of one TCP flow into super-frames.
-    fn write_deliveries(&mut self) {
-        let vnet = self.tap.vnet();
-        let mut k = 0;
-        let mut next_candidate: Option<gro::Candidate> = None;
-        while k < self.deliveries.len() {
-            let (bi, st, ln) = self.deliveries[k];
-            let frame = &self.rx[bi].data[st..st + ln];
-            if !vnet {
-                if self.tap.write(frame).is_err() {
-                    self.counters.drop(DropReason::AccessError);
-                }
-                k += 1;
-                continue;
-            }
-            let first = next_candidate.take().or_else(|| gro::candidate(frame));
-            let mut end = k + 1;
-            let mut run = first.map(Run::start);
-            if let Some(r) = run.as_mut() {
-                while end < self.deliveries.len() {
-                    let (b2, s2, l2) = self.deliveries[end];
-                    let f2 = &self.rx[b2].data[s2..s2 + l2];
-                    match gro::candidate(f2) {
-                        Some(c) if r.accepts(frame, f2, &c) => {
-                            r.push(&c);
-                            end += 1;
-                        }
-                        other => {
-                            next_candidate = other;
-                            break;
-                        }
-                    }
-                }
-            }
-            let written = match run.filter(|r| r.frames > 1) {
-                Some(r) => {
-                    let hl = r.first.layout.hdr_len;
-                    self.gro_hdr.clear();
-                    self.gro_hdr.extend_from_slice(&frame[..hl]);
-                    let v = r.super_header(&mut self.gro_hdr).to_bytes();
-                    let mut parts: Vec<IoSlice> = Vec::with_capacity(2 + end - k);
-                    parts.push(IoSlice::new(&v));
-                    parts.push(IoSlice::new(&self.gro_hdr));
-                    for &(b, s, l) in &self.deliveries[k..end] {
-                        parts.push(IoSlice::new(&self.rx[b].data[s + hl..s + l]));
-                    }
-                    self.tap.writev(&parts)
-                }
-                None => {
-                    end = k + 1;
-                    self.tap.writev(&[IoSlice::new(&PLAIN), IoSlice::new(frame)])
-                }
-            };
-            if written.is_err() {
-                self.counters.drop_n(DropReason::AccessError, (end - k) as u64);
-            }
-            k = end;
+        if datagrams > 0 && self.xdp.is_some() {
+            // The program passed these to the kernel (fragments): counted, still served.
+            self.counters.inc(Counter::XdpKernelPath, datagrams as u64);
         }
+        let rx = &self.rx;
+        write_frames(self.tap, self.counters, &mut self.gro_hdr, &self.deliveries, |b, st, ln| {
+            &rx[b].data[st..st + ln]
+        });
+        Ok(datagrams)
     }
 
     /// Reads a burst of frames from the TAP and hands them to the engine; super-frames are
@@ -684,5 +748,90 @@ impl Worker<'_> {
             }
         }
         any
+    }
+}
+
+/// Hands a message for control to the punt ring. Returns whether it went.
+fn punt(ends: &mut DataplaneEnds, counters: &WorkerCounters, from: Endpoint, bytes: &[u8]) -> bool {
+    match ends.punt.push_with(|slot| {
+        encode_packet(slot, from, bytes);
+    }) {
+        Ok(()) => {
+            counters.inc(Counter::Punted, 1);
+            true
+        }
+        Err(_) => {
+            counters.drop(DropReason::PuntRingFull);
+            false
+        }
+    }
+}
+
+/// Writes opened frames to the TAP, joining runs of one TCP flow into super-frames.
+/// `deliveries` are `(buffer, start, len)`; `frame` resolves one to its bytes.
+fn write_frames<'a>(
+    tap: &Tap,
+    counters: &WorkerCounters,
+    gro_hdr: &mut Vec<u8>,
+    deliveries: &[(usize, usize, usize)],
+    frame: impl Fn(usize, usize, usize) -> &'a [u8],
+) {
+    let vnet = tap.vnet();
+    let at = |k: usize| {
+        let (b, s, l) = deliveries[k];
+        frame(b, s, l)
+    };
+    let mut k = 0;
+    let mut next_candidate: Option<gro::Candidate> = None;
+    while k < deliveries.len() {
+        let first_frame = at(k);
+        if !vnet {
+            if tap.write(first_frame).is_err() {
+                counters.drop(DropReason::AccessError);
+            }
+            k += 1;
+            continue;
+        }
+        let first = next_candidate.take().or_else(|| gro::candidate(first_frame));
+        let mut end = k + 1;
+        let mut run = first.map(Run::start);
+        if let Some(r) = run.as_mut() {
+            while end < deliveries.len() {
+                let f2 = at(end);
+                match gro::candidate(f2) {
+                    Some(c) if r.accepts(first_frame, f2, &c) => {
+                        r.push(&c);
+                        end += 1;
+                    }
+                    other => {
+                        next_candidate = other;
+                        break;
+                    }
+                }
+            }
+        }
+        let written = match run.filter(|r| r.frames > 1) {
+            Some(r) => {
+                let hl = r.first.layout.hdr_len;
+                gro_hdr.clear();
+                gro_hdr.extend_from_slice(&first_frame[..hl]);
+                let v = r.super_header(gro_hdr).to_bytes();
+                let mut parts: Vec<IoSlice> = Vec::with_capacity(2 + end - k);
+                parts.push(IoSlice::new(&v));
+                parts.push(IoSlice::new(gro_hdr));
+                for j in k..end {
+                    parts.push(IoSlice::new(&at(j)[hl..]));
+                }
+                tap.writev(&parts)
+            }
+            None => {
+                end = k + 1;
+                tap.writev(&[IoSlice::new(&PLAIN), IoSlice::new(first_frame)])
+            }
+        };
+        if written.is_err() {
+            counters.drop_n(DropReason::AccessError, (end - k) as u64);
+        }
+        k = end;
     }
 }

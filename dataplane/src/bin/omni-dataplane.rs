@@ -7,12 +7,33 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use omni_dataplane::backend::socket::{SocketConfig, run};
+use omni_dataplane::backend::xdp::XdpSettings;
 use omni_dataplane::shm::Params;
+use omni_xdp::AttachMode;
+use omni_xdp::xsk::XskModeRequest;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Backend {
     /// UDP socket + TAP (runs anywhere).
     Socket,
+    /// XDP program + AF_XDP sockets on an ordinary NIC (--iface), TAP access port.
+    Xdp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum XdpModeArg {
+    /// Native where the driver supports it, SKB (generic) otherwise.
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum XskModeArg {
+    /// Zero-copy where the driver supports it, copy otherwise.
+    Auto,
+    Copy,
+    ZeroCopy,
 }
 
 #[derive(Debug, Parser)]
@@ -65,6 +86,19 @@ struct Args {
     /// Same as --crypto-thread false.
     #[arg(long)]
     no_crypto_thread: bool,
+    /// xdp backend: the NIC the underlay arrives on (required with --backend xdp).
+    #[arg(long)]
+    iface: Option<String>,
+    /// xdp backend: how the XDP program is attached.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpModeArg,
+    /// xdp backend: AF_XDP copy or zero-copy.
+    #[arg(long, value_enum, default_value = "auto")]
+    xsk_mode: XskModeArg,
+    /// xdp backend: handshake messages per second per source address let through XDP
+    /// (omni-daemon passes its max_sessions_per_ip).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    handshake_rate: u32,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -99,8 +133,37 @@ fn main() -> ExitCode {
         eprintln!("omni-dataplane: {e}");
         return ExitCode::from(2);
     }
+    let xdp = match (args.backend, &args.iface) {
+        (Backend::Socket, None) => None,
+        (Backend::Socket, Some(_)) => {
+            eprintln!(
+                "omni-dataplane: --iface is for --backend xdp (the socket backend uses the kernel's routing)"
+            );
+            return ExitCode::from(2);
+        }
+        (Backend::Xdp, None) => {
+            eprintln!(
+                "omni-dataplane: --backend xdp needs --iface <NIC> (the interface the underlay traffic arrives on)"
+            );
+            return ExitCode::from(2);
+        }
+        (Backend::Xdp, Some(iface)) => Some(XdpSettings {
+            iface: iface.clone(),
+            mode: match args.xdp_mode {
+                XdpModeArg::Auto => None,
+                XdpModeArg::Native => Some(AttachMode::Native),
+                XdpModeArg::Skb => Some(AttachMode::Skb),
+            },
+            xsk_mode: match args.xsk_mode {
+                XskModeArg::Auto => XskModeRequest::Auto,
+                XskModeArg::Copy => XskModeRequest::Copy,
+                XskModeArg::ZeroCopy => XskModeRequest::ZeroCopy,
+            },
+            handshake_rate: args.handshake_rate,
+        }),
+    };
     let result = match args.backend {
-        Backend::Socket => run(SocketConfig {
+        Backend::Socket | Backend::Xdp => run(SocketConfig {
             run_dir: args.run_dir,
             bind: args.bind,
             port: args.port,
@@ -116,6 +179,7 @@ fn main() -> ExitCode {
                 && args.crypto_thread.unwrap_or_else(|| {
                     std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)
                 }),
+            xdp,
         }),
     };
     match result {

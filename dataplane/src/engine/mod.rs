@@ -140,6 +140,9 @@ pub struct Engine<'r> {
     events: Vec<Event>,
     mac1_check: bool,
     defer_seal: bool,
+    /// Sessions installed (true) and retired (false) since the last drain, for a backend
+    /// that mirrors them (the XDP filter's session map). `None`: nobody asked.
+    session_log: Option<Vec<(u32, bool)>>,
 }
 
 fn frame_dst(frame: &[u8]) -> MacAddr {
@@ -163,7 +166,18 @@ impl<'r> Engine<'r> {
             events: Vec::with_capacity(EVENT_QUEUE_MAX),
             mac1_check: false,
             defer_seal: false,
+            session_log: None,
         }
+    }
+
+    /// Starts recording session installs and removals for [`Engine::drain_session_changes`].
+    pub fn track_sessions(&mut self) {
+        self.session_log.get_or_insert_with(Vec::new);
+    }
+
+    /// Receiver indices installed (true) or retired (false) since the last call, in order.
+    pub fn drain_session_changes(&mut self) -> std::vec::Drain<'_, (u32, bool)> {
+        self.session_log.get_or_insert_with(Vec::new).drain(..)
     }
 
     /// Leaves the AEAD of outgoing packets to the sender (`PacketBuf::seal`), so it can run
@@ -647,6 +661,9 @@ impl<'r> Engine<'r> {
             slot,
         );
         self.sessions[slot_i] = Some(Box::new(sess));
+        if let Some(log) = self.session_log.as_mut() {
+            log.push((s.local_index, true));
+        }
         let p = &mut self.peers[s.peer as usize];
         let displaced = match s.place {
             SessionPlace::Current => {
@@ -689,6 +706,9 @@ impl<'r> Engine<'r> {
         let slot_i = (local_index & self.session_mask) as usize;
         if self.sessions[slot_i].as_ref().is_some_and(|s| s.local_index == local_index) {
             self.sessions[slot_i] = None;
+            if let Some(log) = self.session_log.as_mut() {
+                log.push((local_index, false));
+            }
         }
     }
 

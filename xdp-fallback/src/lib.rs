@@ -1,0 +1,11 @@
+//! OmniNervous on ordinary NICs: the XDP program's loader ([`XdpFilter`]) and AF_XDP
+//! sockets ([`xsk::XskSocket`]) for the data plane's `xdp` backend.
+//!
+//! The program itself is `ebpf/` (aya-ebpf), built by `build.rs`; the types both sides
+//! share are in `omni-xdp-common`.
+
+pub mod loader;
+pub mod xsk;
+
+pub use loader::{AttachMode, XdpFilter, XdpLoadError};
+pub use omni_xdp_common::{MAX_QUEUES, XdpConfig, counter};

@@ -273,6 +273,9 @@ fn program_is_gone_after_a_crash_and_a_restart_attaches_it_again() {
     f.a.wait_for("a new data plane", Duration::from_secs(15), |s| {
         s["dataplane"]["pid"].as_u64().is_some_and(|p| p != pid)
     });
-    assert!(omni_testkit::wait_until(Duration::from_secs(5), attached), "the restart attached it again");
+    assert!(
+        omni_testkit::wait_until(Duration::from_secs(5), attached),
+        "the restart attached it again"
+    );
     f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
 }

@@ -203,6 +203,11 @@ impl<T: Copy> Ring<T> {
         self.producer().store(self.cached_prod, Ordering::Release);
     }
 
+    /// Whether the kernel has taken every entry published.
+    fn consumed_all(&self) -> bool {
+        self.consumer().load(Ordering::Acquire) == self.cached_prod
+    }
+
     // -- this side consumes (RX, completion) --
 
     /// Entries ready, up to `want`.
@@ -516,7 +521,12 @@ impl XskTx {
         }
         self.queued = 0;
         self.tx.publish();
-        if self.tx.needs_wakeup() {
+        // In copy mode each kick sends at most a batch (32) and answers EAGAIN while more
+        // is queued: kick until the ring is drained or the kernel is busy for real.
+        for _ in 0..64 {
+            if !self.tx.needs_wakeup() {
+                break;
+            }
             // SAFETY: a zero-length send on our socket, the AF_XDP way to kick TX.
             let r = unsafe {
                 libc::sendto(
@@ -528,15 +538,19 @@ impl XskTx {
                     0,
                 )
             };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                // Busy: the kernel is still sending; what is queued goes with the next kick.
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)
-                ) {
-                    return Err(e);
+            if r >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    if self.tx.consumed_all() {
+                        break;
+                    }
                 }
+                // Busy: the driver is still sending; what is queued goes with the next kick.
+                Some(libc::EBUSY) | Some(libc::ENOBUFS) => break,
+                _ => return Err(e),
             }
         }
         Ok(())

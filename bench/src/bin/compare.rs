@@ -40,7 +40,7 @@ struct Args {
     /// Underlay MTUs [default: 1500,9000; short: 1500].
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
-    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-nooffload).
+    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-nooffload, omni-xdp).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory [default: bench/results/<timestamp>].
@@ -63,16 +63,18 @@ enum Kind {
     Boringtun,
     OmniSocket,
     OmniSocketNooffload,
+    OmniXdp,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
         Kind::Boringtun,
         Kind::OmniSocket,
         Kind::OmniSocketNooffload,
+        Kind::OmniXdp,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +85,7 @@ impl Kind {
             Kind::Boringtun => "boringtun",
             Kind::OmniSocket => "omni-socket",
             Kind::OmniSocketNooffload => "omni-socket-nooffload",
+            Kind::OmniXdp => "omni-xdp",
         }
     }
 
@@ -94,6 +97,7 @@ impl Kind {
             Kind::Boringtun => "boringtun (L3)",
             Kind::OmniSocket => "OmniNervous socket backend",
             Kind::OmniSocketNooffload => "OmniNervous socket, offloads off",
+            Kind::OmniXdp => "OmniNervous XDP backend (AF_XDP, copy mode on veth)",
         }
     }
 
@@ -103,7 +107,7 @@ impl Kind {
             Kind::Veth => 0,
             Kind::Vxlan => 50,
             Kind::WireguardGo | Kind::Boringtun => 80,
-            Kind::OmniSocket | Kind::OmniSocketNooffload => 74,
+            Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp => 74,
         }
     }
 }
@@ -271,7 +275,7 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
             }
             Ok(Path_ { target: "10.12.0.2".into(), inner_mtu: inner, _procs: procs, pids })
         }
-        Kind::OmniSocket | Kind::OmniSocketNooffload => {
+        Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp => {
             let daemon = ctx.bin.join("omni-daemon");
             let mut keys = vec![];
             for n in ["a", "b"] {
@@ -302,6 +306,10 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                 ];
                 if kind == Kind::OmniSocketNooffload {
                     args.push("--no-offload".into());
+                }
+                if kind == Kind::OmniXdp {
+                    let iface = if me == 1 { "ua" } else { "ub" };
+                    args.extend(["--backend", "xdp", "--interface", iface].map(String::from));
                 }
                 let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
                 procs.push(Background::spawn_logged(
@@ -767,6 +775,9 @@ fn main() -> anyhow::Result<()> {
                     }
                     Kind::Boringtun if ctx.boringtun.is_none() || !have("wg") => {
                         Some("boringtun-cli not installed")
+                    }
+                    Kind::OmniXdp if mtu > 3000 => {
+                        Some("the XDP backend takes underlay MTUs up to 4078 (one page per frame)")
                     }
                     _ => None,
                 };

@@ -441,6 +441,10 @@ impl Worker<'_> {
         let mut last_housekeeping = monotonic_ms();
         let mut last_heartbeat = 0;
         let mut last_work_us = 0;
+        // With AF_XDP the kernel socket only gets what the program passes (fragments):
+        // read it when epoll says so, and once a millisecond under load, not every pass.
+        let mut udp_pending = true;
+        let mut last_udp_poll = 0;
         loop {
             let now = monotonic_ms();
             let mut work = 0;
@@ -452,7 +456,12 @@ impl Worker<'_> {
             self.sync_sessions();
             work += self.injects();
             work += self.xdp_burst(now, tx);
-            work += self.underlay_burst(now, tx)?;
+            if self.xdp.is_none() || udp_pending || now != last_udp_poll {
+                last_udp_poll = now;
+                let n = self.underlay_burst(now, tx)?;
+                udp_pending = n > 0;
+                work += n;
+            }
             work += self.access_burst(now, tx)?;
             tx.flush();
             let notify = self.publish_events() | std::mem::take(&mut self.punted);
@@ -495,6 +504,7 @@ impl Worker<'_> {
             for ev in &events[..n] {
                 match ev.u64 {
                     TOKEN_BELL => self.bell.drain(),
+                    TOKEN_UDP => udp_pending = true,
                     TOKEN_SIGNAL => {
                         if let Some(sig) = signals.read() {
                             info!(sig, "signal received, shutting down");

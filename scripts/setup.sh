@@ -77,6 +77,35 @@ if [ "$want_bench" = 1 ]; then
   fi
 fi
 
+# The XDP program (xdp-fallback/ebpf) is built by the workspace build with a nightly
+# toolchain (rust-src for build-std) and bpf-linker, linked against the system LLVM.
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "setup.sh: installing the nightly toolchain (for the eBPF program)"
+    rustup toolchain install nightly --profile minimal >/dev/null
+  fi
+  if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    rustup component add rust-src --toolchain nightly >/dev/null
+  fi
+fi
+if ! command -v bpf-linker >/dev/null 2>&1; then
+  llvm=()
+  for p in llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || llvm+=("$p")
+  done
+  if [ ${#llvm[@]} -gt 0 ]; then
+    echo "setup.sh: installing ${llvm[*]} (bpf-linker links against LLVM 22)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${llvm[@]}" >/dev/null || true
+  fi
+  echo "setup.sh: building bpf-linker (a few minutes, once)"
+  if [ -d /usr/lib/llvm-22 ]; then
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22 >/dev/null 2>&1 \
+      || cargo install bpf-linker >/dev/null
+  else
+    cargo install bpf-linker >/dev/null
+  fi
+fi
+
 # The TUN/TAP driver.
 [ -e /dev/net/tun ] || modprobe tun 2>/dev/null || true
 if [ ! -e /dev/net/tun ]; then

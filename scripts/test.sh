@@ -11,6 +11,8 @@ cd "$OMNI_ROOT"
 
 scripts/setup.sh --fuzz --bench
 export PATH="$HOME/.cargo/bin:$PATH"
+# CI builds the XDP program: a missing eBPF toolchain is an error here, not a skip.
+export OMNI_XDP_REQUIRED=1
 
 step() { printf '\n== %s\n' "$*"; }
 

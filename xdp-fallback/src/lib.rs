@@ -5,6 +5,7 @@
 //! share are in `omni-xdp-common`.
 
 pub mod loader;
+pub mod test_run;
 pub mod xsk;
 
 pub use loader::{AttachMode, XdpFilter, XdpLoadError};

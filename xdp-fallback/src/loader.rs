@@ -17,10 +17,10 @@ use tracing::{info, warn};
 
 /// The program object, when this build has it (see build.rs).
 #[cfg(omni_xdp_program)]
-static OBJECT: Option<&[u8]> =
+pub(crate) static OBJECT: Option<&[u8]> =
     Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/omni-xdp")));
 #[cfg(not(omni_xdp_program))]
-static OBJECT: Option<&[u8]> = None;
+pub(crate) static OBJECT: Option<&[u8]> = None;
 
 /// Whether this build carries the XDP program.
 pub fn program_built() -> bool {

@@ -305,3 +305,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 11] = *b"Apache-2.0\0";
+
+/// The baseline for benchmarks: drops everything, does nothing else.
+#[xdp]
+pub fn omni_xdp_drop_all(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}

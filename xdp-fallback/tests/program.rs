@@ -1,0 +1,160 @@
+//! The XDP program's decisions, packet by packet, run in the kernel with
+//! BPF_PROG_TEST_RUN (no NIC needed). Root only; skipped otherwise, and skipped when this
+//! build has no program unless OMNI_XDP_REQUIRED=1.
+
+use omni_xdp::XdpConfig;
+use omni_xdp::counter as c;
+use omni_xdp::test_run::{Program, TestBed};
+
+const PORT: u16 = 51820;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+fn bed(rate: u32) -> Option<TestBed> {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (loads a BPF program)");
+        return None;
+    }
+    if !omni_xdp::loader::program_built() {
+        assert!(
+            !std::env::var("OMNI_XDP_REQUIRED").is_ok_and(|v| v == "1"),
+            "OMNI_XDP_REQUIRED=1 but the program is not built"
+        );
+        eprintln!("skipped: this build has no XDP program");
+        return None;
+    }
+    Some(TestBed::load(XdpConfig::with_rate(PORT, rate, rate)).expect("load"))
+}
+
+/// Ethernet (optionally one VLAN tag) + IPv4 or IPv6 + UDP from port 4000 to `dport`.
+fn frame(v6: bool, vlan: bool, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    if vlan {
+        f.extend([0x81, 0x00, 0x00, 0x07]);
+    }
+    let udp_len = (8 + payload.len()) as u16;
+    if v6 {
+        f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend(udp_len.to_be_bytes());
+        f.extend([17, 64]);
+        f.extend([0xfd; 16]);
+        f.extend([0xfe; 16]);
+    } else {
+        f.extend([0x08, 0x00, 0x45, 0]);
+        f.extend((20 + udp_len).to_be_bytes());
+        f.extend([0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    }
+    f.extend(4000u16.to_be_bytes());
+    f.extend(dport.to_be_bytes());
+    f.extend(udp_len.to_be_bytes());
+    f.extend([0, 0]);
+    f.extend(payload);
+    f
+}
+
+fn transport(index: u32) -> Vec<u8> {
+    let mut p = vec![4, 0, 0, 0];
+    p.extend(index.to_le_bytes());
+    p.extend([0u8; 8 + 16 + 40]);
+    p
+}
+
+fn init() -> Vec<u8> {
+    let mut p = vec![1, 0, 0, 0];
+    p.extend([0x5a; 144]);
+    p
+}
+
+/// Runs the filter once; returns its verdict and which counter moved.
+fn judge(b: &TestBed, pkt: &[u8]) -> (u32, u32) {
+    let before = b.counters();
+    let r = b.run(Program::Filter, pkt, 1).expect("test run");
+    let after = b.counters();
+    let moved: Vec<u32> =
+        (0..c::COUNT).filter(|&i| after[i as usize] != before[i as usize]).collect();
+    assert_eq!(moved.len(), 1, "exactly one counter per packet: {moved:?}");
+    (r.verdict, moved[0])
+}
+
+#[test]
+fn ordinary_traffic_passes_untouched() {
+    let Some(b) = bed(10) else { return };
+    for (v6, vlan) in [(false, false), (true, false), (false, true), (true, true)] {
+        assert_eq!(judge(&b, &frame(v6, vlan, 53, b"dns")), (XDP_PASS, c::PASS));
+    }
+    let mut tcp = frame(false, false, PORT, &transport(1));
+    tcp[14 + 9] = 6;
+    assert_eq!(judge(&b, &tcp), (XDP_PASS, c::PASS), "TCP to the fabric port number");
+    let mut arp = frame(false, false, PORT, b"");
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(judge(&b, &arp), (XDP_PASS, c::PASS));
+    assert_eq!(judge(&b, &[0u8; 14]), (XDP_PASS, c::PASS), "header-only frame");
+    // A later IPv4 fragment carries no port: the kernel's business.
+    let mut later = frame(false, false, PORT, &transport(1));
+    later[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+    assert_eq!(judge(&b, &later), (XDP_PASS, c::PASS));
+}
+
+#[test]
+fn unauthorised_fabric_port_traffic_is_dropped_by_reason() {
+    let Some(mut b) = bed(10) else { return };
+    b.add_session(0x1234).unwrap();
+    for (v6, vlan) in [(false, false), (true, false), (false, true), (true, true)] {
+        let drop = |p: &[u8]| judge(&b, &frame(v6, vlan, PORT, p));
+        assert_eq!(drop(&[0xff; 40]), (XDP_DROP, c::DROP_MALFORMED), "no fabric type");
+        assert_eq!(drop(&[1, 0, 0, 0, 9]), (XDP_DROP, c::DROP_MALFORMED), "short initiation");
+        assert_eq!(drop(&[4, 0, 0, 0]), (XDP_DROP, c::DROP_MALFORMED), "truncated transport");
+        assert_eq!(drop(&transport(0x9999)), (XDP_DROP, c::DROP_UNKNOWN_INDEX));
+        assert_eq!(
+            drop(&[6, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 0, 0, 0]),
+            (XDP_DROP, c::DROP_MALFORMED),
+            "relay requests are for the Nucleus"
+        );
+        // A live session's packet is for the socket; with none bound it is counted so.
+        assert_eq!(drop(&transport(0x1234)), (XDP_DROP, c::DROP_NO_SOCKET));
+        // Relayed: judged by the inner message.
+        let mut relayed = vec![7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        relayed.extend(transport(0x1234));
+        assert_eq!(drop(&relayed), (XDP_DROP, c::DROP_NO_SOCKET));
+        let mut relayed_bad = vec![7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        relayed_bad.extend(transport(0x4321));
+        assert_eq!(drop(&relayed_bad), (XDP_DROP, c::DROP_UNKNOWN_INDEX));
+    }
+    // A UDP length that claims more than the frame holds.
+    let mut lying = frame(false, false, PORT, &transport(0x1234));
+    let l4 = 14 + 20;
+    lying[l4 + 4..l4 + 6].copy_from_slice(&2000u16.to_be_bytes());
+    assert_eq!(judge(&b, &lying), (XDP_DROP, c::DROP_MALFORMED));
+    // A first IPv4 fragment to the fabric port: the fabric never sends one.
+    let mut first = frame(false, false, PORT, &transport(0x1234));
+    first[14 + 6..14 + 8].copy_from_slice(&0x2000u16.to_be_bytes());
+    assert_eq!(judge(&b, &first), (XDP_DROP, c::DROP_MALFORMED));
+}
+
+#[test]
+fn handshakes_are_limited_per_source_address() {
+    let Some(b) = bed(3) else { return };
+    let from_a = frame(false, false, PORT, &init());
+    // A burst of 3 gets through (to the socket: none bound here), then the rate cuts in.
+    for _ in 0..3 {
+        assert_eq!(judge(&b, &from_a), (XDP_DROP, c::DROP_NO_SOCKET));
+    }
+    for _ in 0..5 {
+        assert_eq!(judge(&b, &from_a), (XDP_DROP, c::DROP_RATE_LIMITED));
+    }
+    // Another source address has its own bucket.
+    let mut from_b = from_a.clone();
+    from_b[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 9]);
+    assert_eq!(judge(&b, &from_b), (XDP_DROP, c::DROP_NO_SOCKET));
+    // After a third of a second (3/s), one more from A.
+    std::thread::sleep(std::time::Duration::from_millis(350));
+    assert_eq!(judge(&b, &from_a), (XDP_DROP, c::DROP_NO_SOCKET));
+    assert_eq!(judge(&b, &from_a), (XDP_DROP, c::DROP_RATE_LIMITED));
+}
+
+#[test]
+fn the_baseline_drops_everything() {
+    let Some(b) = bed(10) else { return };
+    let r = b.run(Program::DropAll, &frame(false, false, 53, b"x"), 1000).unwrap();
+    assert_eq!(r.verdict, XDP_DROP);
+}

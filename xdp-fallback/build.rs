@@ -22,7 +22,7 @@ fn main() {
     }
     if let Some(missing) = missing_tools() {
         let msg = format!(
-            "the XDP program is not built: {missing}. Install them with `scripts/setup.sh` \
+            "the XDP program is not built (missing: {missing}). Install them with `scripts/setup.sh` \
              (or `rustup toolchain install nightly --component rust-src` and `cargo install \
              bpf-linker`), then rebuild. The XDP backend refuses to start until then."
         );

@@ -267,6 +267,9 @@ pub fn open(
     counters: &WorkerCounters,
 ) -> anyhow::Result<(XdpRx, XdpTx)> {
     use anyhow::Context;
+    if !omni_xdp::loader::program_built() {
+        return Err(omni_xdp::XdpLoadError::NotBuilt.into());
+    }
     let ifindex = omni_xdp::loader::interface_index(&s.iface).with_context(|| {
         format!("no network interface named {:?} (see `ip link`; --iface names the NIC)", s.iface)
     })?;

@@ -70,7 +70,8 @@ pub struct XdpFilter {
     sockets: XskMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     _config: Array<MapData, XdpConfig>,
-    ebpf: Ebpf,
+    /// Owns the program and its link: dropping it detaches the program.
+    _ebpf: Ebpf,
     iface: String,
     mode: AttachMode,
 }
@@ -117,7 +118,15 @@ impl XdpFilter {
         prog.load().map_err(|e| XdpLoadError::Load(format!("{e}{}", verifier_log(&e))))?;
         let mode = attach_prog(prog, iface, want)?;
         info!(iface, mode = mode.name(), "XDP program attached ({} mode)", mode.name());
-        Ok(Self { sessions, sockets, counters, _config: config, ebpf, iface: iface.into(), mode })
+        Ok(Self {
+            sessions,
+            sockets,
+            counters,
+            _config: config,
+            _ebpf: ebpf,
+            iface: iface.into(),
+            mode,
+        })
     }
 
     pub fn mode(&self) -> AttachMode {
@@ -157,9 +166,9 @@ impl XdpFilter {
 
 impl Drop for XdpFilter {
     fn drop(&mut self) {
-        // The link goes with the object; say so, since the NIC's filtering changes here.
+        // The link goes with `_ebpf`, dropped after this; say so, since the NIC's
+        // filtering changes here.
         info!(iface = self.iface, "detaching the XDP program");
-        let _ = &self.ebpf;
     }
 }
 

@@ -430,6 +430,21 @@ impl XskRx {
         self.fill.publish();
         self.rx.release(n);
         self.held = 0;
+        // A zero-copy driver that ran out of fill frames waits for a wake-up.
+        if self.fill.needs_wakeup() {
+            // SAFETY: a zero-length, non-blocking receive on our socket: the AF_XDP way to
+            // wake the driver; no buffer is touched.
+            unsafe {
+                libc::recvfrom(
+                    self.shared.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
     }
 
     /// The bytes of a packet of the current burst, if its descriptor lies inside the UMEM.
@@ -445,11 +460,6 @@ impl XskRx {
         let p = self.shared.frame_ptr(d.addr, d.len as usize)?;
         // SAFETY: as for `frame_mut`; shared borrows of `self` exclude `frame_mut`.
         Some(unsafe { std::slice::from_raw_parts(p, d.len as usize) })
-    }
-
-    /// Whether the kernel wants a wake-up to take frames from the fill ring (zero-copy).
-    pub fn fill_needs_wakeup(&self) -> bool {
-        self.fill.needs_wakeup()
     }
 
     /// Packets the kernel dropped for this socket (RX ring full, no fill frame).

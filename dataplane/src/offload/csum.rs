@@ -1,23 +1,32 @@
 //! Internet checksums (RFC 1071): a 32-bit one's-complement accumulator, folded at the end.
 
 /// Adds `data` to a running sum (big-endian 16-bit words; an odd tail is padded).
+///
+/// The one's-complement sum does not depend on byte order (RFC 1071 §2(B)): the bytes are
+/// summed as little-endian 64-bit words with end-around carry (one add and one carry per
+/// 8 bytes), folded to 16 bits, and byte-swapped into the big-endian running sum.
 #[inline]
-pub fn add(mut acc: u64, data: &[u8]) -> u64 {
+pub fn add(acc: u64, data: &[u8]) -> u64 {
+    let mut s: u64 = 0;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
-        // Sum the four 16-bit words of w without losing carries.
-        acc += (w >> 48) + ((w >> 32) & 0xffff) + ((w >> 16) & 0xffff) + (w & 0xffff);
+        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        let (r, carry) = s.overflowing_add(w);
+        // With a carry r is at most 2^64 - 2: adding it back cannot overflow.
+        s = r + carry as u64;
     }
     let rest = chunks.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u16::from_be_bytes([p[0], p[1]]) as u64;
+    if !rest.is_empty() {
+        let mut tail = [0u8; 8];
+        tail[..rest.len()].copy_from_slice(rest);
+        let (r, carry) = s.overflowing_add(u64::from_le_bytes(tail));
+        s = r + carry as u64;
     }
-    if let [last] = pairs.remainder() {
-        acc += (*last as u64) << 8;
-    }
-    acc
+    let mut f = (s & 0xffff_ffff) + (s >> 32);
+    f = (f & 0xffff) + (f >> 16);
+    f = (f & 0xffff) + (f >> 16);
+    f = (f & 0xffff) + (f >> 16);
+    acc + (f as u16).swap_bytes() as u64
 }
 
 /// Folds a sum to 16 bits (not complemented).
@@ -75,6 +84,13 @@ mod tests {
                 })
                 .collect();
             assert_eq!(finish(add(0, &data)), reference(&data), "len {len}");
+        }
+        // Carries everywhere.
+        for len in 0..300 {
+            let ones = vec![0xffu8; len];
+            assert_eq!(finish(add(0, &ones)), reference(&ones), "0xff * {len}");
+            let high = vec![0x80u8; len];
+            assert_eq!(finish(add(0, &high)), reference(&high), "0x80 * {len}");
         }
         // Split sums add up.
         let d: Vec<u8> = (0..100u8).collect();

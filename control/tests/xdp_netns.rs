@@ -296,4 +296,10 @@ fn program_is_gone_after_a_crash_and_a_restart_attaches_it_again() {
         "the restart attached it again"
     );
     f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
+    // A clean stop (SIGTERM to the daemon) detaches it as well.
+    let mut f = f;
+    f.a.stop();
+    let ns = &f.pair.a;
+    let still = || ns.sh_ok("ip -d link show dev ua").contains("prog/xdp");
+    assert!(omni_testkit::wait_until(Duration::from_secs(5), || !still()), "detached on exit");
 }

@@ -181,6 +181,12 @@ fn stealth_drops_in_xdp_with_exact_counters_and_no_reply() {
     assert_eq!(from_b.trim(), "0", "B answered nothing: no reply, no ICMP");
     // The fabric itself is untouched.
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    reliability_row(
+        "stealth (xdp)",
+        "10 random UDP + 10 bad-length handshakes + 10 unknown indices",
+        "dropped in XDP, nothing back, nothing reached a socket",
+        "xdp_malformed +20, xdp_unknown_index +10, 0 packets back",
+    );
 }
 
 #[test]
@@ -234,6 +240,12 @@ fn handshake_flood_is_cut_in_xdp_while_a_peer_rekeys() {
     );
     assert!(limited >= sent as f64 - 100.0, "the flood was cut in XDP: {limited}\n{after}");
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    reliability_row(
+        "handshake flood (xdp)",
+        &format!("{sent} initiations from one address, limit 5/s"),
+        "a peer at another address completed its handshake meanwhile",
+        &format!("{limited} cut in XDP, {bad_mac1} by mac1, {lost_on_the_wire} lost on the veth"),
+    );
 }
 
 /// Packets the veth pair dropped before B's XDP program ran (its queue was full).
@@ -302,4 +314,10 @@ fn program_is_gone_after_a_crash_and_a_restart_attaches_it_again() {
     let ns = &f.pair.a;
     let still = || ns.sh_ok("ip -d link show dev ua").contains("prog/xdp");
     assert!(omni_testkit::wait_until(Duration::from_secs(5), || !still()), "detached on exit");
+    reliability_row(
+        "data plane SIGKILL (xdp)",
+        "kill -9 omni-dataplane with the program attached",
+        "no stale program; the restart attaches it again; clean stop detaches",
+        "-",
+    );
 }

@@ -56,6 +56,12 @@ pub fn require_root_and_tools(tools: &[&str]) {
     }
 }
 
+/// One row of `scripts/reliability.sh`'s table, printed by a test that passed; the script
+/// runs the tests with `--nocapture` and collects these lines.
+pub fn reliability_row(check: &str, load: &str, result: &str, figure: &str) {
+    eprintln!("RELIABILITY|{check}|{load}|{result}|{figure}");
+}
+
 /// Two namespaces joined by a veth: A = 10.77.0.1, B = 10.77.0.2 (and fd77::1/2).
 pub struct Pair {
     pub a: Netns,

@@ -11,6 +11,14 @@ use std::time::Duration;
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3", "socat", "tcpdump", "bash", "python3"];
 
+/// The start of every test here: one at a time, root and the tools, and a build with the
+/// program. `None`: skip (said on stderr).
+fn start() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let serial = serial();
+    require_root_and_tools(TOOLS);
+    require_xdp().then_some(serial)
+}
+
 fn require_xdp() -> bool {
     if omni_xdp_built() {
         return true;
@@ -44,11 +52,7 @@ fn xdp_fabric(mode: &str) -> Fabric2 {
 /// Handshake, ping both ways, IPv6 ND, multicast and iperf3 over omni0, while ordinary
 /// traffic on the same NIC (ping and TCP to the underlay address) keeps working.
 fn two_xdp_nodes(mode: &str) {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
-    if !require_xdp() {
-        return;
-    }
+    let Some(_serial) = start() else { return };
     let f = xdp_fabric(mode);
     let want = if mode == "skb" { "xdp_mode=\"skb\"" } else { "xdp_mode=\"native\"" };
     for n in [&f.a, &f.b] {
@@ -140,11 +144,7 @@ fn settled_metrics(n: &Node) -> String {
 
 #[test]
 fn stealth_drops_in_xdp_with_exact_counters_and_no_reply() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
-    if !require_xdp() {
-        return;
-    }
+    let Some(_serial) = start() else { return };
     let f = xdp_fabric("native");
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     let before = settled_metrics(&f.b);
@@ -191,11 +191,7 @@ fn stealth_drops_in_xdp_with_exact_counters_and_no_reply() {
 
 #[test]
 fn handshake_flood_is_cut_in_xdp_while_a_peer_rekeys() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
-    if !require_xdp() {
-        return;
-    }
+    let Some(_serial) = start() else { return };
     // B lets 5 handshake messages a second (burst 5) through per source address.
     let mut a_args = xdp_args("ua", "native").to_vec();
     a_args.extend(["--max-sessions-per-ip", "5"]);
@@ -259,11 +255,7 @@ fn veth_drops(f: &Fabric2) -> u64 {
 
 #[test]
 fn xdp_node_and_socket_node_in_one_fabric() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
-    if !require_xdp() {
-        return;
-    }
+    let Some(_serial) = start() else { return };
     let f = Fabric2::with_args(1500, &xdp_args("ua", "native"), &[]);
     assert_eq!(f.a.status()["dataplane"]["backend"], "xdp");
     assert_eq!(f.b.status()["dataplane"]["backend"], "socket");
@@ -281,11 +273,7 @@ fn xdp_node_and_socket_node_in_one_fabric() {
 
 #[test]
 fn program_is_gone_after_a_crash_and_a_restart_attaches_it_again() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
-    if !require_xdp() {
-        return;
-    }
+    let Some(_serial) = start() else { return };
     let f = xdp_fabric("native");
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     let attached = || f.pair.a.sh_ok("ip -d link show dev ua").contains("prog/xdp");

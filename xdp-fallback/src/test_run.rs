@@ -153,3 +153,31 @@ impl TestBed {
         Ok(RunResult { verdict: attr.retval, ns_per_run: attr.duration })
     }
 }
+
+/// A test packet: Ethernet (optionally one VLAN tag), IPv4 (10.0.0.1 to 10.0.0.2) or IPv6,
+/// and UDP from port 4000 to `dport`, carrying `payload`. Checksums are left zero (the
+/// program does not look at them).
+pub fn udp_frame(v6: bool, vlan: bool, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+    if vlan {
+        f.extend([0x81, 0x00, 0x00, 0x07]);
+    }
+    let udp_len = (8 + payload.len()) as u16;
+    if v6 {
+        f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend(udp_len.to_be_bytes());
+        f.extend([17, 64]);
+        f.extend([0xfd; 16]);
+        f.extend([0xfe; 16]);
+    } else {
+        f.extend([0x08, 0x00, 0x45, 0]);
+        f.extend((20 + udp_len).to_be_bytes());
+        f.extend([0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    }
+    f.extend(4000u16.to_be_bytes());
+    f.extend(dport.to_be_bytes());
+    f.extend(udp_len.to_be_bytes());
+    f.extend([0, 0]);
+    f.extend(payload);
+    f
+}

@@ -4,7 +4,7 @@
 
 use omni_xdp::XdpConfig;
 use omni_xdp::counter as c;
-use omni_xdp::test_run::{Program, TestBed};
+use omni_xdp::test_run::{Program, TestBed, udp_frame as frame};
 
 const PORT: u16 = 51820;
 const XDP_DROP: u32 = 1;
@@ -24,32 +24,6 @@ fn bed(rate: u32) -> Option<TestBed> {
         return None;
     }
     Some(TestBed::load(XdpConfig::with_rate(PORT, rate, rate)).expect("load"))
-}
-
-/// Ethernet (optionally one VLAN tag) + IPv4 or IPv6 + UDP from port 4000 to `dport`.
-fn frame(v6: bool, vlan: bool, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
-    if vlan {
-        f.extend([0x81, 0x00, 0x00, 0x07]);
-    }
-    let udp_len = (8 + payload.len()) as u16;
-    if v6 {
-        f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
-        f.extend(udp_len.to_be_bytes());
-        f.extend([17, 64]);
-        f.extend([0xfd; 16]);
-        f.extend([0xfe; 16]);
-    } else {
-        f.extend([0x08, 0x00, 0x45, 0]);
-        f.extend((20 + udp_len).to_be_bytes());
-        f.extend([0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
-    }
-    f.extend(4000u16.to_be_bytes());
-    f.extend(dport.to_be_bytes());
-    f.extend(udp_len.to_be_bytes());
-    f.extend([0, 0]);
-    f.extend(payload);
-    f
 }
 
 fn transport(index: u32) -> Vec<u8> {

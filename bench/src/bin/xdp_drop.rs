@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use omni_xdp::XdpConfig;
-use omni_xdp::test_run::{Program, TestBed};
+use omni_xdp::test_run::{Program, TestBed, udp_frame};
 
 #[derive(Parser)]
 #[command(about = "XDP drop rate of unauthorised packets against a plain XDP_DROP")]
@@ -25,16 +25,7 @@ struct Args {
 const PORT: u16 = 51820;
 
 fn udp4(dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00, 0x45, 0];
-    let udp_len = (8 + payload.len()) as u16;
-    f.extend((20 + udp_len).to_be_bytes());
-    f.extend([0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
-    f.extend(4000u16.to_be_bytes());
-    f.extend(dport.to_be_bytes());
-    f.extend(udp_len.to_be_bytes());
-    f.extend([0, 0]);
-    f.extend(payload);
-    f
+    udp_frame(false, false, dport, payload)
 }
 
 fn main() -> ExitCode {

@@ -238,6 +238,9 @@ pub struct XdpTx {
     pub sock: XskTx,
     pub routes: HashMap<SocketAddr, (L2Route, u64)>,
     pub port: u16,
+    /// The route used last: bulk traffic goes to one endpoint, so most packets skip the
+    /// hash lookup.
+    last: Option<(SocketAddr, L2Route, u64)>,
 }
 
 const XDP_DROPS: [(DropReason, u32); 4] = [
@@ -317,7 +320,8 @@ pub fn open(
         base_redirected: counters.get(Counter::XdpRedirected),
         base_passed: counters.get(Counter::XdpPassed),
     };
-    let tx = XdpTx { sock: tx.expect("at least one queue"), routes: HashMap::new(), port };
+    let tx =
+        XdpTx { sock: tx.expect("at least one queue"), routes: HashMap::new(), port, last: None };
     Ok((rx, tx))
 }
 
@@ -349,6 +353,10 @@ impl XdpRx {
 impl XdpTx {
     /// Remembers how `src` reached us (after its packet authenticated).
     pub fn learn(&mut self, src: SocketAddr, route: L2Route, now_ms: u64) {
+        if self.last.is_some_and(|(a, r, t)| a == src && r == route && t == now_ms) {
+            return; // the same packet train: nothing new
+        }
+        self.last = None;
         match self.routes.get_mut(&src) {
             Some(e) => *e = (route, now_ms),
             None => {
@@ -365,7 +373,14 @@ impl XdpTx {
     /// it must go through the kernel socket instead.
     pub fn send(&mut self, pkt: &PacketBuf, now_ms: u64) -> bool {
         let Some(dst) = pkt.addr else { return false };
-        let Some(&(route, t)) = self.routes.get(&dst) else { return false };
+        let (route, t) = match self.last {
+            Some((a, r, t)) if a == dst => (r, t),
+            _ => {
+                let Some(&(r, t)) = self.routes.get(&dst) else { return false };
+                self.last = Some((dst, r, t));
+                (r, t)
+            }
+        };
         if now_ms.saturating_sub(t) >= ROUTE_MAX_AGE_MS {
             return false;
         }

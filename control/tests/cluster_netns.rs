@@ -13,11 +13,7 @@ fn peer_of<'a>(s: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 }
 
 fn iperf3(c: &NatCluster, client: usize, server_ip: &str, secs: u32) -> f64 {
-    c.edges[1].sh_ok(&format!("iperf3 -s -D -1 -B {server_ip}"));
-    std::thread::sleep(Duration::from_millis(300));
-    let out = c.edges[client].sh_ok(&format!("iperf3 -c {server_ip} -t {secs} -J"));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap()
+    iperf3_tcp(&c.edges[client], &c.edges[1], server_ip, secs)
 }
 
 #[test]

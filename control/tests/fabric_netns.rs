@@ -128,11 +128,7 @@ fn iperf3_tcp_over_the_fabric() {
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
-    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -t 3 -J");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    let bps = iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 3);
     assert!(bps > 1e6, "iperf3 moved data: {bps} bit/s");
     eprintln!("iperf3 TCP over omni0: {:.2} Gbit/s", bps / 1e9);
 }
@@ -294,11 +290,7 @@ fn rekey_during_iperf3_loses_nothing() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let lost = v["end"]["sum"]["lost_packets"].as_u64().unwrap();
     let total = v["end"]["sum"]["packets"].as_u64().unwrap();
-    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
-    std::thread::sleep(Duration::from_millis(300));
-    let tcp = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -t 5 -J");
-    let tv: serde_json::Value = serde_json::from_str(&tcp).unwrap();
-    assert!(tv["end"]["sum_received"]["bits_per_second"].as_f64().unwrap() > 1e6);
+    assert!(iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 5) > 1e6);
     let hs_after = f.a.status()["handshakes_completed"].as_u64().unwrap();
     assert!(hs_after >= hs_before + 4, "rekeyed during the runs: {hs_before} -> {hs_after}");
     for node in [&f.a, &f.b] {

@@ -55,11 +55,7 @@ fn five_percent_underlay_loss_handshakes_complete_and_tcp_flows() {
         });
     }
     // TCP over omni0 recovers what the underlay loses.
-    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -t 3 -J");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    let bps = iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 3);
     assert!(bps > 1e6, "TCP flows over a 5% lossy underlay: {bps} bit/s");
     eprintln!("iperf3 TCP over omni0 with 5% underlay loss: {:.1} Mbit/s", bps / 1e6);
     let mut loss_figure = Vec::new();

@@ -86,11 +86,7 @@ fn two_xdp_nodes(mode: &str) {
     std::thread::sleep(Duration::from_millis(300));
     f.pair.a.sh_ok(&format!("iperf3 -c {UNDERLAY_B} -t 1 -J > /dev/null"));
     // iperf3 over the fabric.
-    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
-    std::thread::sleep(Duration::from_millis(300));
-    let out = f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -t 3 -J");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    let bps = iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 3);
     assert!(bps > 1e6, "iperf3 moved data: {bps} bit/s");
     eprintln!("iperf3 TCP over omni0 ({mode} XDP): {:.2} Gbit/s", bps / 1e9);
     // The fabric's packets went through AF_XDP, not the kernel's socket.
@@ -261,12 +257,8 @@ fn xdp_node_and_socket_node_in_one_fabric() {
     assert_eq!(f.b.status()["dataplane"]["backend"], "socket");
     f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
     f.pair.b.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.1");
-    f.pair.b.sh_ok("iperf3 -s -D -1 -B 192.168.77.2");
-    std::thread::sleep(Duration::from_millis(300));
-    f.pair.a.sh_ok("iperf3 -c 192.168.77.2 -t 2 -J > /dev/null");
-    f.pair.a.sh_ok("iperf3 -s -D -1 -B 192.168.77.1");
-    std::thread::sleep(Duration::from_millis(300));
-    f.pair.b.sh_ok("iperf3 -c 192.168.77.1 -t 2 -J > /dev/null");
+    assert!(iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 2) > 1e6, "XDP -> socket");
+    assert!(iperf3_tcp(&f.pair.b, &f.pair.a, "192.168.77.1", 2) > 1e6, "socket -> XDP");
     let m = settled_metrics(&f.a);
     assert!(metric(&m, "omni_xdp_redirected_total").unwrap() > 100.0, "{m}");
 }

@@ -154,18 +154,23 @@ impl Background {
     /// Sends `signal` (e.g. "INT" so tcpdump flushes its file) and waits up to 5 s.
     pub fn stop(&mut self, signal: &str) {
         if let Some(mut c) = self.0.take() {
-            let _ = run(&format!("kill -{signal} {}", c.id()));
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            stop_child(&mut c, signal);
         }
     }
+}
+
+/// Sends `signal` to `child`, waits up to 5 s for it to exit, then kills it.
+pub fn stop_child(child: &mut std::process::Child, signal: &str) {
+    let _ = run(&format!("kill -{signal} {}", child.id()));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Background {

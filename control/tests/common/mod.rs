@@ -56,6 +56,16 @@ pub fn require_root_and_tools(tools: &[&str]) {
     }
 }
 
+/// Runs an iperf3 TCP test from `client` to a one-shot server started in `server` on
+/// `server_ip`, for `secs` seconds. Returns the received bit rate.
+pub fn iperf3_tcp(client: &Netns, server: &Netns, server_ip: &str, secs: u32) -> f64 {
+    server.sh_ok(&format!("iperf3 -s -D -1 -B {server_ip}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.sh_ok(&format!("iperf3 -c {server_ip} -t {secs} -J"));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"].as_f64().expect("iperf3 reports a rate")
+}
+
 /// One row of `scripts/reliability.sh`'s table, printed by a test that passed; the script
 /// runs the tests with `--nocapture` and collects these lines.
 pub fn reliability_row(check: &str, load: &str, result: &str, figure: &str) {
@@ -237,16 +247,7 @@ impl Node {
 
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = run(&format!("kill -TERM {}", c.id()));
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            omni_testkit::stop_child(&mut c, "TERM");
         }
     }
 }

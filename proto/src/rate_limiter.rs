@@ -45,12 +45,20 @@ pub struct RateLimiter {
     rate: f64,
     buckets: HashMap<IpAddr, Bucket>,
     overflow: Bucket,
+    next_sweep_ms: u64,
+    sweeps: u64,
 }
 
 impl RateLimiter {
     pub fn new(per_second: u32) -> Self {
         let rate = per_second.max(1) as f64;
-        Self { rate, buckets: HashMap::new(), overflow: Bucket { tokens: rate, last_ms: 0 } }
+        Self {
+            rate,
+            buckets: HashMap::new(),
+            overflow: Bucket { tokens: rate, last_ms: 0 },
+            next_sweep_ms: 0,
+            sweeps: 0,
+        }
     }
 
     fn take(rate: f64, b: &mut Bucket, now_ms: u64) -> bool {
@@ -75,7 +83,10 @@ impl RateLimiter {
         if let Some(b) = self.buckets.get_mut(&ip) {
             return Self::take(rate, b, now_ms);
         }
-        if self.buckets.len() >= MAX_TRACKED {
+        // A full table under a flood from many addresses: sweep it at most every 100 ms,
+        // not per packet (a sweep walks every entry).
+        if self.buckets.len() >= MAX_TRACKED && now_ms >= self.next_sweep_ms {
+            self.next_sweep_ms = now_ms + 100;
             self.gc(now_ms);
         }
         if self.buckets.len() >= MAX_TRACKED {
@@ -89,8 +100,14 @@ impl RateLimiter {
 
     /// Forgets buckets that have refilled completely (they behave like new ones).
     pub fn gc(&mut self, now_ms: u64) {
+        self.sweeps += 1;
         let full_after_ms = 1000.0;
         self.buckets.retain(|_, b| (now_ms.saturating_sub(b.last_ms) as f64) < full_after_ms);
+    }
+
+    /// How many times the table was swept ([`Self::gc`]).
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps
     }
 
     pub fn tracked(&self) -> usize {
@@ -155,5 +172,16 @@ mod tests {
         assert!(rl.tracked() <= MAX_TRACKED);
         rl.gc(5000);
         assert_eq!(rl.tracked(), 0);
+    }
+
+    #[test]
+    fn a_full_table_is_not_swept_per_packet() {
+        let mut rl = RateLimiter::new(10);
+        // A million distinct sources in one second, as a spoofed flood sends them.
+        for i in 0..1_000_000u32 {
+            rl.allow(IpAddr::V4(i.into()), u64::from(i / 1000));
+        }
+        assert!(rl.tracked() <= MAX_TRACKED);
+        assert!(rl.sweeps() <= 11, "{} sweeps of a full table", rl.sweeps());
     }
 }

@@ -157,6 +157,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             dataplane_args(&settings, mtu, &mac),
         )
     };
+    let adopted = dp_alive;
     let supervisor = if dp_alive {
         let pid = RoleLock::holder_pid(&run_dir.join(paths::DATAPLANE_LOCK));
         if region.header().dp_supervised.load(Ordering::Relaxed) == 1 {
@@ -198,6 +199,10 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         d.wait_ready(generation_before, Duration::from_secs(20)).await?;
     }
     d.replay();
+    if adopted {
+        d.fabric.handshake_known_peers(monotonic_ms());
+        d.flush();
+    }
 
     // Local status socket.
     let sock_path = run_dir.join(paths::CONTROL_SOCKET);

@@ -641,6 +641,18 @@ impl Fabric {
     }
 
     /// Starts a handshake now unless one is already running.
+    /// Starts a handshake with every peer whose endpoint is known. A daemon that adopts a
+    /// running data plane calls it: the sessions there were its predecessor's (their keys
+    /// died with it) and were reset; without this the peers would keep sending on them
+    /// until something on this side had a frame to send.
+    pub fn handshake_known_peers(&mut self, now_ms: u64) {
+        for id in 0..self.peers.len() {
+            if self.peers[id].endpoint.is_some() {
+                self.request_handshake(now_ms, id as u16);
+            }
+        }
+    }
+
     pub fn request_handshake(&mut self, now_ms: u64, id: u16) {
         if (id as usize) < self.peers.len() && self.peers[id as usize].pending.is_none() {
             let p = &mut self.peers[id as usize];

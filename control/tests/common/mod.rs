@@ -66,6 +66,43 @@ pub fn iperf3_tcp(client: &Netns, server: &Netns, server_ip: &str, secs: u32) ->
     v["end"]["sum_received"]["bits_per_second"].as_f64().expect("iperf3 reports a rate")
 }
 
+/// Runs iperf3 TCP for `secs` seconds with `server` sending to `client` (`-R`: the client
+/// measures what arrives), in a thread. Join it for the received bit rate of every 100 ms.
+pub fn iperf3_timeline(
+    client: &Netns,
+    server: &Netns,
+    server_ip: &str,
+    secs: u32,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    server.sh_ok(&format!("iperf3 -s -D -1 -B {server_ip}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (ns, ip) = (client.name.clone(), server_ip.to_string());
+    std::thread::spawn(move || {
+        let out = run_ok(&format!("ip netns exec {ns} iperf3 -c {ip} -t {secs} -R -i 0.1 -J"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+        v["intervals"]
+            .as_array()
+            .expect("iperf3 intervals")
+            .iter()
+            .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap_or(0.0))
+            .collect()
+    })
+}
+
+/// The longest run of 100 ms intervals in which less than a tenth of the median rate
+/// arrived, in seconds: how long the traffic stopped.
+pub fn longest_outage(timeline: &[f64]) -> f64 {
+    let mut sorted = timeline.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let (mut longest, mut run) = (0usize, 0usize);
+    for &r in timeline {
+        run = if r < median / 10.0 { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest as f64 * 0.1
+}
+
 /// One row of `scripts/reliability.sh`'s table, printed by a test that passed; the script
 /// runs the tests with `--nocapture` and collects these lines.
 pub fn reliability_row(check: &str, load: &str, result: &str, figure: &str) {

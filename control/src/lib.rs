@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod fabric;
 pub mod handshake;
 pub mod metrics;
+pub mod privileges;
 pub mod rendezvous;
 pub mod status;
 pub mod supervisor;

@@ -257,6 +257,8 @@ fn real_main() -> anyhow::Result<()> {
             let peers = pair_peers(&matches, &run.peers, &run.endpoints)?;
             let settings = load_settings(run, peers)?;
             let identity = identity_store::load(&settings.identity_path)?;
+            // Before the runtime: capabilities are per thread.
+            omni_control::privileges::drop_for_daemon(&settings);
             runtime()?.block_on(daemon::run(settings, identity))
         }
     }

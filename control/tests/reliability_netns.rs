@@ -348,3 +348,52 @@ fn sigkill_of_daemon_and_data_planes_during_iperf3_recovers_by_itself() {
         &figure,
     );
 }
+
+const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_SETPCAP: u64 = 1 << 8;
+
+#[test]
+fn daemon_and_socket_data_plane_drop_their_capabilities() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let mut f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    let st = f.a.status();
+    let dp = st["dataplane"]["pid"].as_u64().unwrap();
+    let daemon = f.a.daemon_pid().unwrap() as u64;
+    // The data plane (every thread: I/O and crypto): nothing at all, and no way back.
+    let dp_caps = thread_caps(dp);
+    assert!(!dp_caps.is_empty());
+    for t in &dp_caps {
+        assert_eq!(*t, (0, 0, 0, true), "data plane thread (eff, prm, bnd, nnp) {dp_caps:x?}");
+    }
+    // The daemon: nothing in force; what a data plane needs for setup only permitted
+    // (it starts a new one after a crash), and nothing more for any program it runs.
+    let needs = CAP_NET_ADMIN | CAP_NET_BIND_SERVICE | CAP_SETPCAP;
+    for t in thread_caps(daemon) {
+        assert_eq!(t, (0, needs, needs, true), "daemon thread (eff, prm, bnd, nnp) {t:x?}");
+    }
+    // And a crash is still repaired: the new data plane sets up (TAP, forced socket
+    // buffers) with what the daemon passed on, then drops it too.
+    run_ok(&format!("kill -9 {dp}"));
+    let st = f.a.wait_for("a new data plane", Duration::from_secs(15), |s| {
+        s["dataplane"]["pid"].as_u64().is_some_and(|p| p != dp)
+    });
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    let dp2 = st["dataplane"]["pid"].as_u64().unwrap();
+    assert!(thread_caps(dp2).iter().all(|t| *t == (0, 0, 0, true)));
+    assert!(!f.a.log_text().contains("capabilities not dropped"), "{}", f.a.log_text());
+    // Without privileges the data plane still removes its TAP on a clean stop.
+    f.a.stop();
+    assert!(
+        !f.pair.a.sh("ip link show omni0").status.success(),
+        "omni0 is gone after a clean stop"
+    );
+    reliability_row(
+        "privileges (socket)",
+        "capabilities of every thread after setup, and after a data plane restart",
+        "data plane: none; daemon: none in force; NET_ADMIN, NET_BIND_SERVICE, SETPCAP permitted and bounding",
+        "no_new_privs on both",
+    );
+}

@@ -58,6 +58,17 @@ fn two_xdp_nodes(mode: &str) {
     for n in [&f.a, &f.b] {
         let log = n.log_text();
         assert!(log.contains(want), "log says the mode ({want}):\n{log}");
+        // Set up, the XDP data plane keeps CAP_BPF alone (its maps); the daemon keeps what
+        // a new data plane needs for setup, permitted but not in force.
+        let dp = n.status()["dataplane"]["pid"].as_u64().unwrap();
+        for t in thread_caps(dp) {
+            assert_eq!(t, (1 << 39, 1 << 39, 1 << 39, true), "data plane (eff, prm, bnd, nnp)");
+        }
+        // NET_ADMIN, NET_RAW, IPC_LOCK, NET_BIND_SERVICE, SETPCAP, PERFMON, BPF.
+        let needs = 1 << 12 | 1 << 13 | 1 << 14 | 1 << 10 | 1 << 8 | 1 << 38 | 1 << 39;
+        for t in thread_caps(n.daemon_pid().unwrap() as u64) {
+            assert_eq!(t, (0, needs, needs, true), "daemon (eff, prm, bnd, nnp)");
+        }
         assert!(log.contains("backend=\"xdp\""), "{log}");
     }
     assert_eq!(f.a.status()["dataplane"]["backend"], "xdp");

@@ -28,6 +28,10 @@ pub enum XskError {
     Socket(io::Error),
     #[error("cannot set up the AF_XDP {what}: {err}")]
     Setup { what: &'static str, err: io::Error },
+    #[error(
+        "cannot register the AF_XDP UMEM: {0} (its pages count against RLIMIT_MEMLOCK: run as root with CAP_IPC_LOCK, or raise the limit, e.g. LimitMEMLOCK=infinity in the systemd unit)"
+    )]
+    UmemLimit(io::Error),
     #[error("cannot bind the AF_XDP socket to queue {queue} of interface index {ifindex}: {err}")]
     Bind { ifindex: u32, queue: u32, err: io::Error },
 }
@@ -319,7 +323,10 @@ fn open_mode(
         flags: 0,
         tx_metadata_len: 0,
     };
-    setsockopt(&fd, libc::XDP_UMEM_REG, &reg).map_err(setup("UMEM registration"))?;
+    setsockopt(&fd, libc::XDP_UMEM_REG, &reg).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOBUFS) | Some(libc::EPERM) => XskError::UmemLimit(e),
+        _ => XskError::Setup { what: "UMEM registration", err: e },
+    })?;
     for opt in [
         libc::XDP_UMEM_FILL_RING,
         libc::XDP_UMEM_COMPLETION_RING,

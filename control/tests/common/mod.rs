@@ -103,6 +103,23 @@ pub fn longest_outage(timeline: &[f64]) -> f64 {
     longest as f64 * 0.1
 }
 
+/// (CapEff, CapPrm, CapBnd, NoNewPrivs) of every thread of `pid`.
+pub fn thread_caps(pid: u64) -> Vec<(u64, u64, u64, bool)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let hex = |k: &str| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap_or(u64::MAX)
+        };
+        let nnp = s.lines().any(|l| l == "NoNewPrivs:\t1");
+        out.push((hex("CapEff:"), hex("CapPrm:"), hex("CapBnd:"), nnp));
+    }
+    out
+}
+
 /// One row of `scripts/reliability.sh`'s table, printed by a test that passed; the script
 /// runs the tests with `--nocapture` and collects these lines.
 pub fn reliability_row(check: &str, load: &str, result: &str, figure: &str) {

@@ -339,6 +339,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     h.dp_heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
     let generation = h.dp_generation.load(Ordering::Relaxed).wrapping_add(1);
     h.dp_generation.store(generation, Ordering::Release);
+    let privileges = drop_privileges(xdp_rx.is_some());
     info!(
         port,
         tap = tap.name(),
@@ -349,6 +350,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         crypto_thread = use_crypto_thread,
         backend = if xdp_rx.is_some() { "xdp" } else { "socket" },
         xdp_mode = xdp_rx.as_ref().map(|x| x.filter.mode().name()).unwrap_or("none"),
+        capabilities = %privileges,
         "data plane ready"
     );
     bell.ring();
@@ -407,6 +409,30 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     }
     info!(remove_tap, "data plane stopped");
     Ok(())
+}
+
+/// Setup is done (sockets bound, TAP open and configured, XDP attached): keeps only what
+/// the running data plane still uses. The socket backend needs nothing; the XDP backend
+/// updates its BPF maps (the session map, counter reads), which needs CAP_BPF. Returns
+/// what is kept, for the log.
+fn drop_privileges(xdp: bool) -> String {
+    use crate::sys::caps::{self, Cap, CapSet};
+    let keep = match (xdp, caps::kernel_has(Cap::Bpf)) {
+        (false, _) => CapSet::EMPTY,
+        (true, true) => CapSet::of(&[Cap::Bpf]),
+        (true, false) => CapSet::of(&[Cap::SysAdmin]),
+    };
+    if caps::thread_count() > 1 {
+        warn!("capabilities not dropped: other threads already run (they would keep theirs)");
+        return "unchanged".into();
+    }
+    match caps::restrict(keep, keep, keep) {
+        Ok(()) => keep.to_string(),
+        Err(e) => {
+            warn!("capabilities not dropped: {e}");
+            "unchanged".into()
+        }
+    }
 }
 
 struct Worker<'r> {

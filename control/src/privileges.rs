@@ -6,7 +6,7 @@
 //! needs what its backend needs during setup: those stay permitted (not effective) and
 //! are all a program it executes can ever get (the bounding set); no_new_privs is set.
 
-use omni_dataplane::sys::caps::{self, Cap, CapSet};
+use omni_caps::{self as caps, Cap, CapSet};
 use tracing::{info, warn};
 
 use crate::config::Settings;

@@ -45,6 +45,9 @@ fn two_edges_behind_nat_punch_through_and_the_nucleus_carries_no_data() {
     );
     assert!(metric(&m, "omni_nucleus_punches_coordinated_total").unwrap() >= 1.0);
     assert_eq!(metric(&m, "omni_nucleus_nodes_registered{cluster=\"test-fleet\"}"), Some(2.0));
+    // The Nucleus runs with no capability at all (it binds unprivileged ports).
+    let caps = thread_caps(c.nucleus.pid().unwrap());
+    assert!(caps.iter().all(|t| *t == (0, 0, 0, true)), "Nucleus (eff, prm, bnd, nnp) {caps:x?}");
 }
 
 #[test]

@@ -81,10 +81,33 @@ fn real_main() -> anyhow::Result<()> {
         },
     )?;
     let identity = load_or_create(&settings.identity)?;
+    // Before the runtime (capabilities are per thread).
+    drop_privileges(&settings);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(omni_nucleus::server::run(settings, identity))
+}
+
+/// The Nucleus needs no capability once its identity is read, except to bind a port
+/// below 1024 if told to. Everything else goes, for good (bounding set, no_new_privs).
+fn drop_privileges(settings: &Settings) {
+    use omni_caps::{Cap, CapSet};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let low = |port: u16| port != 0 && port < 1024;
+    let keep =
+        if low(settings.listen.port()) || settings.metrics_listen.is_some_and(|a| low(a.port())) {
+            CapSet::of(&[Cap::NetBindService])
+        } else {
+            CapSet::EMPTY
+        };
+    match omni_caps::restrict(keep, keep, keep) {
+        Ok(()) => tracing::info!(kept = %keep, "capabilities dropped"),
+        Err(e) => tracing::warn!("capabilities not dropped: {e}"),
+    }
 }
 
 fn main() -> ExitCode {

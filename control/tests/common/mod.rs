@@ -474,6 +474,10 @@ impl NucleusProc {
         Self { child: Some(child), log }
     }
 
+    pub fn pid(&self) -> Option<u64> {
+        self.child.as_ref().map(|c| u64::from(c.id()))
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

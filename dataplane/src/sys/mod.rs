@@ -1,7 +1,7 @@
 //! Thin wrappers over the system calls the data plane needs. Every `unsafe` block of the
 //! crate outside the ring's slot storage lives in this module, each with its `SAFETY` line.
 
-pub mod caps;
+pub use omni_caps as caps;
 pub mod fd;
 pub mod mmsg;
 pub mod netif;

@@ -1,4 +1,6 @@
-//! Dropping Linux capabilities once setup is done (issue 7, "Privileges").
+//! Dropping Linux capabilities once setup is done (issue 7, "Privileges"): used by the
+//! data plane, the control daemon and the Nucleus. All of its `unsafe` (capget/capset,
+//! prctl) is here, each with its `SAFETY` line.
 //!
 //! Capabilities belong to a thread, not a process: [`restrict`] changes the calling
 //! thread's sets, and threads started afterwards inherit them. Call it before starting

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+use ring::aead::{Aad, Nonce, Tag};
 
 use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::noise::SessionKeys;
@@ -18,6 +18,7 @@ use omni_proto::wire::transport::{self, Header};
 use crate::replay::ReplayWindow;
 use crate::shm::layout::SessionSlot;
 use crate::sync::Ordering;
+use crate::sys::secret::AeadKey;
 
 /// Send counters are reserved in shared memory this many at a time.
 pub const TX_RESERVE_BLOCK: u64 = 1 << 16;
@@ -34,7 +35,7 @@ pub enum OpenError {
 /// [`Session::prepare_seal`]: the key, the counter (nonce) and the frame length.
 #[derive(Clone)]
 pub struct SealJob {
-    key: Arc<LessSafeKey>,
+    key: Arc<AeadKey>,
     counter: u64,
     len: usize,
 }
@@ -74,8 +75,9 @@ pub struct Session {
     pub created_ms: u64,
     /// The data plane already asked control for a rekey of this session.
     pub rekey_requested: bool,
-    send: Arc<LessSafeKey>,
-    recv: LessSafeKey,
+    /// Keys are wiped from memory when the session goes (the `Arc`'s last holder).
+    send: Arc<AeadKey>,
+    recv: AeadKey,
     tx_next: u64,
     tx_reserved: u64,
     replay: ReplayWindow,
@@ -108,9 +110,6 @@ impl Session {
             slot.owner.store(owner, Ordering::Release);
             (0, ReplayWindow::default())
         };
-        let key = |k: &[u8; 32]| {
-            LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, k).expect("32-byte ChaCha20 key"))
-        };
         Self {
             local_index,
             remote_index,
@@ -118,8 +117,8 @@ impl Session {
             initiator,
             created_ms,
             rekey_requested: false,
-            send: Arc::new(key(&keys.send)),
-            recv: key(&keys.recv),
+            send: Arc::new(AeadKey::new(&keys.send)),
+            recv: AeadKey::new(&keys.recv),
             tx_next,
             tx_reserved: tx_next,
             replay,
@@ -214,6 +213,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::aead::{CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 
     fn keys() -> (SessionKeys, SessionKeys) {
         (SessionKeys { send: [1; 32], recv: [2; 32] }, SessionKeys { send: [2; 32], recv: [1; 32] })

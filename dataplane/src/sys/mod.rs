@@ -5,6 +5,7 @@ pub use omni_caps as caps;
 pub mod fd;
 pub mod mmsg;
 pub mod netif;
+pub mod secret;
 pub mod tap;
 
 pub use fd::*;

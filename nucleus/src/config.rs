@@ -94,6 +94,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+impl File {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+}
+
 /// Command-line values that override the file.
 #[derive(Debug, Default)]
 pub struct Overrides {
@@ -111,8 +118,7 @@ impl Settings {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                toml::from_str::<File>(&text)
-                    .map_err(|e| ConfigError::Parse { path: p.into(), message: e.to_string() })?
+                File::parse(&text, p)?
             }
             None => File::default(),
         };

@@ -2,8 +2,16 @@
 # The reliability checks that fit in CI, run one at a time, and a table of what each
 # applied and found (issue 7). Each test prints a `RELIABILITY|check|load|result|figure`
 # line when it passes; a failing test fails this script.
-#   sudo scripts/reliability.sh
+#   sudo scripts/reliability.sh [--quick]
+# --quick leaves out the 10-minute soak (OMNI_SOAK_SECS sets its length).
 set -euo pipefail
+quick=0
+case "${1:-}" in
+  --quick) quick=1; shift ;;
+  -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+  "") ;;
+  *) echo "reliability.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+esac
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
@@ -17,6 +25,10 @@ for t in reliability_netns fabric_netns cluster_netns xdp_netns; do
   echo "reliability.sh: $t" >&2
   cargo test --release -q -p omni-control --test "$t" -- --test-threads=1 --nocapture >>"$log" 2>&1 || status=$?
 done
+if [ "$quick" = 0 ]; then
+  echo "reliability.sh: soak (${OMNI_SOAK_SECS:-600} s)" >&2
+  cargo test --release -q -p omni-control --test reliability_netns soak_ten_minutes -- --ignored --nocapture >>"$log" 2>&1 || status=$?
+fi
 echo
 echo "| check | load applied | result | figure |"
 echo "|---|---|---|---|"

@@ -49,33 +49,14 @@ if [ -z "$binary" ]; then
 fi
 [ "$dry" = 1 ] || [ -x "$binary" ] || { echo "deploy_nucleus.sh: $binary is not an executable" >&2; exit 1; }
 
-unit=$(cat <<UNIT
-[Unit]
-Description=OmniNervous Nucleus (rendezvous and relay)
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-ExecStart=/usr/local/bin/omni-nucleus --listen 0.0.0.0:$port --identity /var/lib/omni-nucleus/nucleus.key --metrics-listen 127.0.0.1:9200
-Restart=always
-RestartSec=1
-DynamicUser=yes
-StateDirectory=omni-nucleus
-StateDirectoryMode=0700
-AmbientCapabilities=$([ "$port" -lt 1024 ] && echo CAP_NET_BIND_SERVICE)
-CapabilityBoundingSet=$([ "$port" -lt 1024 ] && echo CAP_NET_BIND_SERVICE)
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
-SystemCallArchitectures=native
-
-[Install]
-WantedBy=multi-user.target
-UNIT
-)
+# The unit is packaging/systemd/omni-nucleus.service, with this port (and, below 1024,
+# the one capability binding it needs).
+cap=""
+if [ "$port" -lt 1024 ]; then cap=CAP_NET_BIND_SERVICE; fi
+unit=$(sed -e "s/--listen 0.0.0.0:51820/--listen 0.0.0.0:$port/" \
+  -e "s/^AmbientCapabilities=\$/AmbientCapabilities=$cap/" \
+  -e "s/^CapabilityBoundingSet=\$/CapabilityBoundingSet=$cap/" \
+  "$root/packaging/systemd/omni-nucleus.service")
 
 echo "== copying omni-nucleus to $target"
 run scp "${ssh_opts[@]}" "$binary" "$target:/tmp/omni-nucleus"

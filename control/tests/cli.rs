@@ -176,3 +176,27 @@ fn scripts_pass_shellcheck_and_deploy_has_a_dry_run() {
         run(&format!("{}/scripts/deploy_nucleus.sh user@h --port 70000 --dry-run", root.display()));
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--port"));
 }
+
+#[test]
+fn systemd_units_verify_cleanly() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    if !run("command -v systemd-analyze").status.success() {
+        eprintln!("skipped: no systemd-analyze");
+        return;
+    }
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_omni-daemon")).parent().unwrap();
+    let dir = omni_testkit::TempDir::new("units");
+    for unit in ["omni-daemon.service", "omni-nucleus.service"] {
+        let text = std::fs::read_to_string(root.join("packaging/systemd").join(unit)).unwrap();
+        // deploy_nucleus.sh hands the unit to a remote shell in single quotes.
+        assert!(!text.contains('\''), "{unit} has no single quote");
+        // The binaries as built here, so verify can check ExecStart.
+        let text = text.replace("/usr/local/bin/", &format!("{}/", bin_dir.display()));
+        let path = dir.0.join(unit);
+        std::fs::write(&path, text).unwrap();
+        let o = run(&format!("systemd-analyze verify {}", path.display()));
+        let err = String::from_utf8_lossy(&o.stderr);
+        // Unknown keys are only warnings: any output at all fails the test.
+        assert!(o.status.success() && err.trim().is_empty(), "{unit}: {err}");
+    }
+}

@@ -45,7 +45,8 @@ NKEY=$("$BIN/omni-nucleus" pubkey --identity "$work/nucleus.key" 2>/dev/null)
 ip netns exec "$NUC_NS" "$BIN/omni-nucleus" --listen 10.200.0.10:51820 --identity "$work/nucleus.key" \
   --metrics-listen 127.0.0.1:9200 --relay-bytes-per-sec "$relay_rate" >"$work/nucleus.log" 2>&1 &
 PIDS+=($!)
-SECRET=$("$BIN/omni-daemon" cluster new demo-fleet 2>/dev/null)
+# The secret goes in a file of mode 0600 (not on the command line, where ps shows it).
+(umask 077 && "$BIN/omni-daemon" cluster new demo-fleet 2>/dev/null >"$work/cluster.secret")
 
 metric() { # ns port name -> value
   ip netns exec "$1" bash -c "exec 3<>/dev/tcp/127.0.0.1/$2; printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3; cat <&3" 2>/dev/null |
@@ -57,7 +58,7 @@ for ((i = 1; i <= edges; i++)); do
   e=${EDGE_NS[$((i - 1))]}
   "$BIN/omni-daemon" --init --identity "$work/e$i.key" >/dev/null
   ip netns exec "$e" "$BIN/omni-daemon" --identity "$work/e$i.key" --run-dir "$work/e$i" \
-    --nucleus "$NKEY@10.200.0.10:51820" --cluster demo-fleet --cluster-secret "$SECRET" >"$work/e$i.log" 2>&1 &
+    --nucleus "$NKEY@10.200.0.10:51820" --cluster demo-fleet --cluster-secret-file "$work/cluster.secret" >"$work/e$i.log" 2>&1 &
   PIDS+=($!)
 done
 for ((i = 1; i <= edges; i++)); do

@@ -79,5 +79,5 @@ else
 fi
 echo
 echo "Nucleus running on $host:$port (UDP). Point nodes at it, pinning its key:"
-echo "  omni-daemon --nucleus $nkey@$host:$port --cluster <NAME> --cluster-secret <SECRET> ..."
+echo "  omni-daemon --nucleus $nkey@$host:$port --cluster <NAME> --cluster-secret-file <FILE, mode 0600> ..."
 echo "Metrics on the server: curl -s 127.0.0.1:9200/metrics"

@@ -81,6 +81,8 @@ pub struct NetworkSection {
     pub nucleus: Option<OneOrMany>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (mode 0600), instead of `cluster_secret`.
+    pub cluster_secret_file: Option<PathBuf>,
     /// Fall back to the Nucleus relay when punching found no path within this long.
     pub relay_after_secs: Option<f64>,
     /// While relayed, try for a direct path this often.
@@ -148,7 +150,15 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text, path)
+        let file = Self::parse(&text, path)?;
+        // A file that holds the cluster secret must be as private as an identity file.
+        if file.network.cluster_secret.is_some() {
+            let meta = std::fs::metadata(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            omni_proto::store::check_private(&meta, "config file (it holds cluster_secret)", path)
+                .map_err(|e| invalid("[network] cluster_secret", e.to_string()))?;
+        }
+        Ok(file)
     }
 }
 
@@ -173,6 +183,7 @@ pub struct CliOverrides {
     pub nucleus: Vec<String>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
     /// `(public key, endpoint)` pairs in command-line order.
     pub peers: Vec<(String, Option<String>)>,
     pub max_sessions_per_ip: Option<u32>,
@@ -436,7 +447,22 @@ impl Settings {
             nucleus = cli.nucleus;
         }
         let cluster = cli.cluster.or(n.cluster);
-        let cluster_secret = cli.cluster_secret.or(n.cluster_secret);
+        let secret_file = cli.cluster_secret_file.or(n.cluster_secret_file);
+        let cluster_secret = match (cli.cluster_secret.or(n.cluster_secret), secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "[network] cluster_secret_file",
+                    "give the cluster secret or a file holding it, not both",
+                ));
+            }
+            (Some(s), None) => Some(s),
+            (None, Some(path)) => Some(
+                omni_proto::store::read_private(&path, "cluster secret file")
+                    .map_err(|e| invalid("[network] cluster_secret_file", e.to_string()))?
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
         if cluster_secret.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("[network] cluster_secret", "is empty"));
         }
@@ -719,5 +745,47 @@ mod tests {
         assert_eq!(s.peers.len(), 1, "same key merged");
         assert_eq!(s.peers[0].endpoint, Some("10.0.0.3:2".parse().unwrap()));
         assert_eq!(s.metrics_listen, None);
+    }
+
+    #[test]
+    fn cluster_secret_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("omni-cfg-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        // A secret file: read (trimmed) at 0600, refused with the fix at 0644.
+        let secret = dir.join("cluster.secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        chmod(&secret, 0o600);
+        let text = format!(
+            "[network]\ncluster = \"fleet\"\ncluster_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let s = Settings::resolve(parse(&text).unwrap(), CliOverrides::default()).unwrap();
+        assert_eq!(s.cluster_secret.as_deref(), Some("s3cret"));
+        chmod(&secret, 0o644);
+        let e = Settings::resolve(parse(&text).unwrap(), CliOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("readable by other users") && e.contains("chmod 600"), "{e}");
+        // Not both.
+        let cli = CliOverrides { cluster_secret: Some("x".into()), ..Default::default() };
+        let e = Settings::resolve(parse(&text).unwrap(), cli).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        // A config file holding the secret itself: refused when others can read it.
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, "[network]\ncluster = \"fleet\"\ncluster_secret = \"s\"\n").unwrap();
+        chmod(&cfg, 0o644);
+        let e = FileConfig::load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        chmod(&cfg, 0o600);
+        assert!(FileConfig::load(&cfg).is_ok());
+        // Without a secret in it, a readable config file is fine.
+        std::fs::write(&cfg, "[daemon]\nport = 1\n").unwrap();
+        chmod(&cfg, 0o644);
+        assert!(FileConfig::load(&cfg).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

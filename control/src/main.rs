@@ -124,8 +124,13 @@ struct RunArgs {
     nucleus: Vec<String>,
     #[arg(long)]
     cluster: Option<String>,
+    /// The cluster secret (visible to other users in the process list: prefer
+    /// --cluster-secret-file or the config file).
     #[arg(long)]
     cluster_secret: Option<String>,
+    /// A file (mode 0600) holding the cluster secret.
+    #[arg(long, conflicts_with = "cluster_secret")]
+    cluster_secret_file: Option<PathBuf>,
     #[arg(long)]
     max_sessions_per_ip: Option<u32>,
     #[arg(long)]
@@ -187,6 +192,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         nucleus: run.nucleus,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,
+        cluster_secret_file: run.cluster_secret_file,
         peers,
         max_sessions_per_ip: run.max_sessions_per_ip,
         handshake_timeout_secs: run.handshake_timeout_secs,

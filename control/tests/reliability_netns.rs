@@ -456,7 +456,9 @@ fn soak(secs: u64) {
     let rekeys = f.a.status()["handshakes_completed"].as_u64().unwrap()
         + f.b.status()["handshakes_completed"].as_u64().unwrap()
         - hs0;
-    eprintln!("soak samples (s, [(pid, RSS KiB, fds); daemon A, data plane A, daemon B, data plane B]):");
+    eprintln!(
+        "soak samples (s, [(pid, RSS KiB, fds); daemon A, data plane A, daemon B, data plane B]):"
+    );
     for s in &samples {
         eprintln!("  {s:?}");
     }

@@ -16,9 +16,9 @@ pub enum IdentityStoreError {
     #[error("no identity at {0}; create one with: omni-daemon --init --identity {0}")]
     Missing(String),
     #[error(
-        "identity file {path} has mode {mode:04o}, readable by other users; fix it with: chmod 600 {path}"
+        "{what} {path} has mode {mode:04o}, readable by other users; fix it with: chmod 600 {path}"
     )]
-    TooOpen { path: String, mode: u32 },
+    TooOpen { what: &'static str, path: String, mode: u32 },
     #[error("cannot {what} {path}: {source}")]
     Io { what: &'static str, path: String, source: std::io::Error },
     #[error(transparent)]
@@ -72,12 +72,34 @@ pub fn load(path: &Path) -> Result<Identity, IdentityStoreError> {
         }
         Err(e) => return Err(io("read", path)(e)),
     };
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(IdentityStoreError::TooOpen { path: path.display().to_string(), mode });
-    }
+    check_private(&meta, "identity file", path)?;
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io("read", path))?);
     Ok(Identity::from_file_text(&text, &path.display().to_string())?)
+}
+
+/// Refuses a file that holds a secret (`what`) when other users can read or write it.
+pub fn check_private(
+    meta: &std::fs::Metadata,
+    what: &'static str,
+    path: &Path,
+) -> Result<(), IdentityStoreError> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityStoreError::TooOpen { what, path: path.display().to_string(), mode });
+    }
+    Ok(())
+}
+
+/// Reads a file holding a secret (`what`, e.g. "cluster secret file"), refusing it when
+/// other users can read or write it. Surrounding whitespace is trimmed.
+pub fn read_private(
+    path: &Path,
+    what: &'static str,
+) -> Result<zeroize::Zeroizing<String>, IdentityStoreError> {
+    let meta = std::fs::metadata(path).map_err(io("read", path))?;
+    check_private(&meta, what, path)?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io("read", path))?);
+    Ok(zeroize::Zeroizing::new(text.trim().to_string()))
 }
 
 #[cfg(test)]

@@ -160,7 +160,17 @@ fn stealth_drops_in_xdp_with_exact_counters_and_no_reply() {
     // Everything B sends towards the prober's port, and any ICMP at all.
     let mut cap = Background::spawn(
         &f.pair.a,
-        &["tcpdump", "-i", "ua", "-n", "-U", "-w", &pcap_s, "udp port 40001 or icmp"],
+        &[
+            "tcpdump",
+            "-i",
+            "ua",
+            "-n",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            &pcap_s,
+            "udp port 40001 or icmp",
+        ],
     );
     std::thread::sleep(Duration::from_millis(700));
     // 10 random datagrams (no fabric type), 10 initiations of the wrong length, 10

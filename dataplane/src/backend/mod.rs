@@ -1,2 +1,3 @@
+pub mod arp;
 pub mod socket;
 pub mod xdp;

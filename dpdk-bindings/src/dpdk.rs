@@ -562,6 +562,12 @@ impl EthPort {
         n
     }
 
+    /// Sets the port's MTU (for `net_tap`, the kernel interface's).
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), DpdkError> {
+        // SAFETY: plain integer arguments.
+        self.check("set_mtu", unsafe { sys::rte_eth_dev_set_mtu(self.id, mtu) })
+    }
+
     pub fn mac(&self) -> Result<[u8; 6], DpdkError> {
         let mut a = sys::rte_ether_addr::default();
         // SAFETY: a is a valid out-parameter.

@@ -39,8 +39,20 @@ pub enum ArpAction {
 }
 
 impl Neighbours {
-    pub fn new(our_ip: Ipv4Addr, prefix_len: u8, our_mac: [u8; 6], gateway: Option<Ipv4Addr>) -> Self {
-        Self { our_ip, prefix_len, our_mac, gateway, entries: HashMap::new(), asked: HashMap::new() }
+    pub fn new(
+        our_ip: Ipv4Addr,
+        prefix_len: u8,
+        our_mac: [u8; 6],
+        gateway: Option<Ipv4Addr>,
+    ) -> Self {
+        Self {
+            our_ip,
+            prefix_len,
+            our_mac,
+            gateway,
+            entries: HashMap::new(),
+            asked: HashMap::new(),
+        }
     }
 
     fn on_link(&self, ip: Ipv4Addr) -> bool {

@@ -788,7 +788,12 @@ impl Worker<'_> {
 }
 
 /// Hands a message for control to the punt ring. Returns whether it went.
-fn punt(ends: &mut DataplaneEnds, counters: &WorkerCounters, from: Endpoint, bytes: &[u8]) -> bool {
+pub(crate) fn punt(
+    ends: &mut DataplaneEnds,
+    counters: &WorkerCounters,
+    from: Endpoint,
+    bytes: &[u8],
+) -> bool {
     match ends.punt.push_with(|slot| {
         encode_packet(slot, from, bytes);
     }) {

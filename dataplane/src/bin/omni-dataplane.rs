@@ -18,6 +18,8 @@ enum Backend {
     Socket,
     /// XDP program + AF_XDP sockets on an ordinary NIC (--iface), TAP access port.
     Xdp,
+    /// DPDK poll-mode ports: --underlay and --access (PCI addresses or vdevs).
+    Dpdk,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -99,6 +101,32 @@ struct Args {
     /// (omni-daemon passes its max_sessions_per_ip).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     handshake_rate: u32,
+    /// dpdk backend: the underlay port (a PCI address, or a vdev such as
+    /// net_memif0,role=server,socket=/run/omni/memif.sock).
+    #[arg(long)]
+    underlay: Option<String>,
+    /// dpdk backend: the access port (net_tap0,iface=omni0 gives the kernel an interface).
+    #[arg(long)]
+    access: Option<String>,
+    /// dpdk backend: our address on the underlay, with its prefix (10.0.0.1/24).
+    #[arg(long)]
+    underlay_ip: Option<String>,
+    /// dpdk backend: next hop for underlay addresses off that prefix.
+    #[arg(long)]
+    gateway: Option<std::net::Ipv4Addr>,
+    /// dpdk backend: EAL lcores (-l); the first runs the worker.
+    #[arg(long, default_value = "0")]
+    cores: String,
+    /// dpdk backend: keep polling when idle (a dedicated core; lowest latency). Without
+    /// it an idle worker sleeps up to 1 ms between polls.
+    #[arg(long)]
+    busy_poll: bool,
+    /// dpdk backend: IP MTU of the underlay.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(576..=9216))]
+    underlay_mtu: u16,
+    /// dpdk backend: extra EAL arguments, after `--`.
+    #[arg(last = true)]
+    eal: Vec<String>,
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -134,7 +162,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let xdp = match (args.backend, &args.iface) {
-        (Backend::Socket, None) => None,
+        (Backend::Socket | Backend::Dpdk, None) => None,
+        (Backend::Dpdk, Some(_)) => {
+            eprintln!(
+                "omni-dataplane: --iface is for --backend xdp (dpdk takes --underlay and --access)"
+            );
+            return ExitCode::from(2);
+        }
         (Backend::Socket, Some(_)) => {
             eprintln!(
                 "omni-dataplane: --iface is for --backend xdp (the socket backend uses the kernel's routing)"
@@ -162,7 +196,20 @@ fn main() -> ExitCode {
             handshake_rate: args.handshake_rate,
         }),
     };
+    if !matches!(args.backend, Backend::Dpdk)
+        && (args.underlay.is_some() || args.access.is_some() || args.underlay_ip.is_some())
+    {
+        eprintln!("omni-dataplane: --underlay, --access and --underlay-ip are for --backend dpdk");
+        return ExitCode::from(2);
+    }
     let result = match args.backend {
+        Backend::Dpdk => match dpdk_config(&args, params) {
+            Ok(cfg) => run_dpdk(cfg),
+            Err(e) => {
+                eprintln!("omni-dataplane: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Backend::Socket | Backend::Xdp => run(SocketConfig {
             run_dir: args.run_dir,
             bind: args.bind,
@@ -189,4 +236,54 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "dpdk")]
+fn dpdk_config(
+    args: &Args,
+    params: Params,
+) -> Result<omni_dataplane::backend::dpdk::DpdkConfig, String> {
+    use omni_dataplane::backend::dpdk::{DpdkConfig, PortSpec, parse_cidr};
+    let need = |v: &Option<String>, flag: &str, example: &str| {
+        v.clone().ok_or_else(|| format!("--backend dpdk needs {flag} (e.g. {flag} {example})"))
+    };
+    let underlay = PortSpec::parse(&need(&args.underlay, "--underlay", "0000:3b:00.0")?)
+        .map_err(|e| format!("--underlay: {e}"))?;
+    let access = PortSpec::parse(&need(&args.access, "--access", "net_tap0,iface=omni0")?)
+        .map_err(|e| format!("--access: {e}"))?;
+    let (ip, prefix) = parse_cidr(&need(&args.underlay_ip, "--underlay-ip", "10.0.0.1/24")?)
+        .map_err(|e| format!("--underlay-ip: {e}"))?;
+    if underlay.name() == access.name() {
+        return Err("--underlay and --access must be different ports".into());
+    }
+    Ok(DpdkConfig {
+        run_dir: args.run_dir.clone(),
+        params,
+        supervised: args.supervised,
+        port: args.port,
+        underlay,
+        access,
+        underlay_ip: ip,
+        prefix_len: prefix,
+        gateway: args.gateway,
+        cores: args.cores.clone(),
+        eal_extra: args.eal.clone(),
+        busy_poll: args.busy_poll,
+        underlay_mtu: args.underlay_mtu,
+    })
+}
+
+#[cfg(feature = "dpdk")]
+fn run_dpdk(cfg: omni_dataplane::backend::dpdk::DpdkConfig) -> anyhow::Result<()> {
+    omni_dataplane::backend::dpdk::run(cfg)
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn dpdk_config(_: &Args, _: Params) -> Result<(), String> {
+    Err("this build has no DPDK backend (built without the dpdk feature: install libdpdk-dev and libclang-dev, then rebuild)".into())
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn run_dpdk(_: ()) -> anyhow::Result<()> {
+    unreachable!("dpdk_config refuses first")
 }

@@ -1,0 +1,764 @@
+//! The DPDK backend: the data plane owns two DPDK ports. The *underlay* port carries the
+//! sealed fabric (UDP/IPv4 to and from our `--underlay-ip`; the data plane answers ARP for
+//! it and resolves next hops itself, since the kernel no longer sees that NIC). The
+//! *access* port carries the user's plain Ethernet frames: `net_tap` (a kernel `omni0`), a
+//! second NIC (gateway box), or memif to a local application.
+//!
+//! One worker, run to completion on the EAL main lcore (pinned by EAL), in bursts of
+//! [`BURST`]: underlay RX is opened in place in the mbuf and handed to the access port by
+//! trimming the mbuf (no copy); access RX is sealed by the shared engine and written into
+//! mbufs behind freshly built outer headers. The control channel (commands, injects,
+//! punts, events, counters, heartbeat) is the socket backend's, polled each pass. When
+//! idle the worker backs off with short sleeps (`--busy-poll` keeps it spinning), so a test
+//! machine with two cores is not starved.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
+use tracing::{info, warn};
+
+use crate::clock::monotonic_ms;
+use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::endpoint::Endpoint;
+use crate::engine::{Decap, Engine, PacketBuf, TxSink};
+use crate::paths;
+use crate::shm::bell::Bell;
+use crate::shm::layout::{Header, Params};
+use crate::shm::records::{Command, decode_packet};
+use crate::shm::region::{DataplaneEnds, Region, RoleLock};
+use crate::sync::{Ordering, fence};
+
+use super::arp::{ArpAction, Neighbours};
+use super::socket::punt;
+use super::xdp::{L2Route, build_frame, parse_underlay};
+
+/// A port as the user names it: a PCI address, or a virtual device with its arguments
+/// (`net_memif0,role=server,socket=/run/omni/memif.sock`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    Pci(String),
+    Vdev { name: String, args: String },
+}
+
+impl PortSpec {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty port".into());
+        }
+        if s.starts_with("net_") {
+            let (name, args) = s.split_once(',').unwrap_or((s, ""));
+            if name.len() <= 4 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("{s:?}: a vdev name is net_<driver><n>, e.g. net_memif0"));
+            }
+            return Ok(PortSpec::Vdev { name: name.into(), args: args.into() });
+        }
+        // 0000:3b:00.0 or 3b:00.0
+        let ok =
+            s.split([':', '.']).all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()))
+                && s.contains(':')
+                && s.contains('.');
+        if ok {
+            Ok(PortSpec::Pci(s.into()))
+        } else {
+            Err(format!(
+                "{s:?} is neither a PCI address (0000:3b:00.0) nor a DPDK virtual device (net_memif0,...)"
+            ))
+        }
+    }
+
+    /// The name DPDK knows the port by once probed.
+    pub fn name(&self) -> &str {
+        match self {
+            PortSpec::Pci(a) => a,
+            PortSpec::Vdev { name, .. } => name,
+        }
+    }
+
+    fn eal_args(&self) -> Vec<String> {
+        match self {
+            PortSpec::Pci(a) => vec!["-a".into(), a.clone()],
+            PortSpec::Vdev { name, args } => {
+                let mut args = args.clone();
+                // memif defaults to an abstract socket, which lives in one network
+                // namespace: a path is what people (and the tests) mean.
+                if name.starts_with("net_memif") && !args.contains("socket-abstract") {
+                    args = if args.is_empty() {
+                        "socket-abstract=no".into()
+                    } else {
+                        format!("{args},socket-abstract=no")
+                    };
+                }
+                if args.is_empty() {
+                    vec![format!("--vdev={name}")]
+                } else {
+                    vec![format!("--vdev={name},{args}")]
+                }
+            }
+        }
+    }
+}
+
+/// Settings of the DPDK backend.
+#[derive(Debug, Clone)]
+pub struct DpdkConfig {
+    pub run_dir: PathBuf,
+    pub params: Params,
+    pub supervised: bool,
+    /// The fabric's UDP port on `underlay_ip`.
+    pub port: u16,
+    pub underlay: PortSpec,
+    pub access: PortSpec,
+    pub underlay_ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    /// EAL lcores (`-l`): the first is the worker.
+    pub cores: String,
+    /// Extra EAL arguments (after `--` on the command line).
+    pub eal_extra: Vec<String>,
+    /// Spin even when idle (lowest latency; a dedicated core).
+    pub busy_poll: bool,
+    /// Underlay MTU (IP packet size) the sealed packets must fit.
+    pub underlay_mtu: u16,
+}
+
+/// Free 2 MiB hugepages (from /proc/meminfo).
+fn free_hugepages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The EAL arguments for `cfg`: lcores, memory (hugepages when free, else `--no-huge` with
+/// a warning), one file prefix per process, the two ports, then the user's extras.
+pub fn eal_args(cfg: &DpdkConfig, hugepages_free: u64) -> Vec<String> {
+    let mut a = vec!["-l".to_string(), cfg.cores.clone()];
+    a.push(format!("--file-prefix=omni-{}", std::process::id()));
+    a.extend(["--no-telemetry".into(), "--log-level=warning".into()]);
+    let user_mem = cfg.eal_extra.iter().any(|x| x == "--no-huge" || x == "--in-memory");
+    if !user_mem {
+        if hugepages_free >= 256 {
+            a.push("--in-memory".into());
+        } else {
+            a.extend(["--no-huge".into(), "-m".into(), "512".into(), "--no-shconf".into()]);
+        }
+    }
+    let pci = [&cfg.underlay, &cfg.access].iter().any(|p| matches!(p, PortSpec::Pci(_)));
+    if !pci {
+        a.push("--no-pci".into());
+    }
+    a.extend(cfg.underlay.eal_args());
+    a.extend(cfg.access.eal_args());
+    a.extend(cfg.eal_extra.iter().cloned());
+    a
+}
+
+/// Runs the DPDK backend until shutdown. Errors are startup errors meant for the operator.
+pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the DPDK backend needs root (hugepages, device access): run omni-dataplane as root");
+    }
+    std::fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("cannot create run directory {}", cfg.run_dir.display()))?;
+    let _role = RoleLock::acquire(&cfg.run_dir.join(paths::DATAPLANE_LOCK), "omni-dataplane")?;
+    let daemon_alive = RoleLock::is_held(&cfg.run_dir.join(paths::DAEMON_LOCK));
+    let region = Region::open(&cfg.run_dir.join(paths::REGION), cfg.params, !daemon_alive)?;
+    let huge = free_hugepages();
+    let args = eal_args(&cfg, huge);
+    if args.iter().any(|a| a == "--no-huge") {
+        warn!(
+            free_hugepages = huge,
+            "no hugepages free: DPDK runs on ordinary memory (--no-huge; fine for virtual devices, \
+             not for a physical NIC's DMA); reserve some with: sudo scripts/setup-host.sh --hugepages 1024"
+        );
+    }
+    for p in [&cfg.underlay, &cfg.access] {
+        remove_stale_memif_socket(p);
+    }
+    let eal = Eal::init(&args).context("cannot start DPDK")?;
+    let pool = Mempool::new(&eal, "omni_mbufs", 8191, 256, 2048 + 128)?;
+    let mut underlay = EthPort::by_name(&eal, cfg.underlay.name())
+        .with_context(|| format!("underlay port {}", cfg.underlay.name()))?;
+    let mut access = EthPort::by_name(&eal, cfg.access.name())
+        .with_context(|| format!("access port {}", cfg.access.name()))?;
+    start_port(&mut underlay, &pool, "underlay")?;
+    start_port(&mut access, &pool, "access")?;
+    // Frames from the access side must fit a sealed packet in one underlay datagram.
+    let access_mtu = access_mtu(cfg.underlay_mtu);
+    if let Err(e) = access.set_mtu(access_mtu) {
+        warn!("cannot set the access port's MTU to {access_mtu}: {e}; larger frames are dropped");
+    }
+    let our_mac = underlay.mac()?;
+    let bell =
+        Bell::bind(&cfg.run_dir.join(paths::DATAPLANE_BELL), &cfg.run_dir.join(paths::DAEMON_BELL))
+            .with_context(|| format!("cannot bind doorbell in {}", cfg.run_dir.display()))?;
+    let signals = crate::sys::SignalFd::termination().context("cannot set up signal handling")?;
+
+    let h = region.header();
+    h.dp_pid.store(std::process::id(), Ordering::Relaxed);
+    h.dp_port.store(cfg.port as u32, Ordering::Relaxed);
+    h.dp_access_ifindex.store(0, Ordering::Relaxed);
+    h.dp_supervised.store(cfg.supervised as u32, Ordering::Relaxed);
+    h.dp_heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
+    let generation = h.dp_generation.load(Ordering::Relaxed).wrapping_add(1);
+    h.dp_generation.store(generation, Ordering::Release);
+    info!(
+        underlay = cfg.underlay.name(),
+        access = cfg.access.name(),
+        ip = %cfg.underlay_ip,
+        access_mtu,
+        port = cfg.port,
+        mac = ?our_mac,
+        lcore = omni_dpdk::lcore_id(),
+        generation,
+        backend = "dpdk",
+        "data plane ready"
+    );
+    bell.ring();
+
+    let mut w = DpdkWorker {
+        engine: Engine::new(&region, 0),
+        ends: region.dataplane_ends(0),
+        header: h,
+        counters: region.counters(0),
+        bell: &bell,
+        frame: PacketBuf::new(),
+        punted: false,
+        busy_poll: cfg.busy_poll,
+    };
+    let mut tx = DpdkTx {
+        pool: &pool,
+        port: &underlay,
+        out: MbufBurst::new(),
+        bufs: (0..BURST).map(|_| PacketBuf::new()).collect(),
+        n: 0,
+        neighbours: Neighbours::new(cfg.underlay_ip, cfg.prefix_len, our_mac, cfg.gateway),
+        udp_port: cfg.port,
+        counters: region.counters(0),
+        max_ip: cfg.underlay_mtu as usize,
+    };
+    let remove = w.run(&signals, &pool, &underlay, &access, &mut tx);
+    h.dp_pid.store(0, Ordering::Relaxed);
+    info!("data plane stopped");
+    drop(tx);
+    drop(access);
+    drop(underlay);
+    drop(pool);
+    drop(eal);
+    remove.map(|_| ())
+}
+
+/// A memif server cannot listen where a socket file is left from a process that died;
+/// DPDK does not remove it. Removes it when nothing answers there.
+fn remove_stale_memif_socket(p: &PortSpec) {
+    let PortSpec::Vdev { name, args } = p else { return };
+    if !name.starts_with("net_memif") {
+        return;
+    }
+    let kv =
+        |k: &str| args.split(',').find_map(|a| a.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
+    if kv("role").is_some_and(|r| r != "server") || kv("socket-abstract") == Some("yes") {
+        return;
+    }
+    let path = kv("socket").unwrap_or("/run/memif.sock");
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        .unwrap_or(false);
+    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+        info!(path, "removing a stale memif socket (nothing listens there)");
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Starts a port, retrying for a while: a memif client cannot start before its server
+/// (another process, maybe starting too) listens.
+fn start_port(port: &mut EthPort, pool: &Mempool, role: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut logged = false;
+    loop {
+        match port.start(1, 1024, pool) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                if !logged {
+                    info!(port = port.name(), "{role} port not ready ({e}); retrying for 15 s");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{role} port {} did not start", port.name()));
+            }
+        }
+    }
+}
+
+/// Sealed packets on their way to the underlay port: a [`TxSink`] of `PacketBuf`s, flushed
+/// into mbufs behind outer headers built from the neighbour table.
+struct DpdkTx<'a> {
+    pool: &'a Mempool,
+    port: &'a EthPort,
+    out: MbufBurst<'a>,
+    bufs: Vec<PacketBuf>,
+    n: usize,
+    neighbours: Neighbours,
+    udp_port: u16,
+    counters: &'a WorkerCounters,
+    max_ip: usize,
+}
+
+impl<'a> DpdkTx<'a> {
+    /// Queues a raw Ethernet frame (ARP) for the underlay.
+    fn raw(&mut self, frame: &[u8]) {
+        let Some(mut m) = self.pool.alloc() else {
+            self.counters.drop(DropReason::TxError);
+            return;
+        };
+        if !m.set(frame) {
+            return;
+        }
+        if let Err(m) = self.out.push(m) {
+            self.send_out();
+            let _ = self.out.push(m);
+        }
+    }
+
+    /// Frames one datagram `parts` to `dst` into an mbuf, resolving the next hop.
+    fn datagram(&mut self, now: u64, dst: SocketAddr, parts: &[&[u8]]) -> bool {
+        let SocketAddr::V4(d4) = dst else {
+            // The DPDK underlay is IPv4 for now.
+            self.counters.drop(DropReason::TxError);
+            return false;
+        };
+        let Some(peer_mac) = self.neighbours.lookup(now, *d4.ip()) else {
+            if let Some(req) = self.neighbours.request(now, *d4.ip()) {
+                self.raw(&req);
+            }
+            self.counters.drop(DropReason::TxError);
+            return false;
+        };
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if 28 + len > self.max_ip {
+            self.counters.drop(DropReason::TxError);
+            return false;
+        }
+        let route = L2Route {
+            peer_mac,
+            our_mac: self.neighbours.our_mac,
+            our_ip: IpAddr::V4(self.neighbours.our_ip),
+            vlan: None,
+        };
+        let Some(mut m) = self.pool.alloc() else {
+            self.counters.drop(DropReason::TxError);
+            return false;
+        };
+        let total = 14 + 28 + len;
+        if !m.append(total) {
+            self.counters.drop(DropReason::TxError);
+            return false;
+        }
+        if build_frame(m.data_mut(), &route, self.udp_port, dst, parts).is_none() {
+            self.counters.drop(DropReason::TxError);
+            return false;
+        }
+        if let Err(m) = self.out.push(m) {
+            self.send_out();
+            let _ = self.out.push(m);
+        }
+        true
+    }
+
+    fn send_out(&mut self) {
+        // A full TX ring drops what it cannot take now (counted), like a NIC would.
+        for _ in 0..4 {
+            if self.out.is_empty() {
+                return;
+            }
+            self.port.tx_burst(0, &mut self.out);
+        }
+        let left = self.out.len();
+        if left > 0 {
+            self.counters.drop_n(DropReason::TxError, left as u64);
+            drop(std::mem::take(&mut self.out));
+        }
+    }
+
+    fn flush(&mut self) {
+        let now = monotonic_ms();
+        // The buffers stay allocated: take the vector out for the loop (no copy, no alloc).
+        let mut bufs = std::mem::take(&mut self.bufs);
+        for pkt in &mut bufs[..self.n] {
+            if let Some(job) = pkt.seal.take()
+                && job.run(&mut pkt.data[..]).is_none()
+            {
+                self.counters.drop(DropReason::TxError);
+                continue;
+            }
+            let Some(dst) = pkt.addr else { continue };
+            let body = &pkt.data[..pkt.len.min(pkt.data.len())];
+            // A packet without a next hop is counted (tx_error) and gone, as on a NIC.
+            let _ = match pkt.relay {
+                Some(tag) => {
+                    let hdr = omni_proto::wire::relay::header(false, &tag);
+                    self.datagram(now, dst, &[&hdr, body])
+                }
+                None => self.datagram(now, dst, &[body]),
+            };
+        }
+        self.bufs = bufs;
+        self.n = 0;
+        self.send_out();
+    }
+}
+
+impl TxSink for DpdkTx<'_> {
+    fn buffer(&mut self) -> &mut PacketBuf {
+        if self.n == self.bufs.len() {
+            self.flush();
+        }
+        &mut self.bufs[self.n]
+    }
+    fn commit(&mut self) {
+        self.n += 1;
+    }
+    fn commit_swap(&mut self, pkt: &mut PacketBuf) {
+        if self.n == self.bufs.len() {
+            self.flush();
+        }
+        std::mem::swap(&mut self.bufs[self.n], pkt);
+        self.n += 1;
+    }
+}
+
+struct DpdkWorker<'r> {
+    engine: Engine<'r>,
+    ends: DataplaneEnds<'r>,
+    header: &'r Header,
+    counters: &'r WorkerCounters,
+    bell: &'r Bell,
+    frame: PacketBuf,
+    punted: bool,
+    busy_poll: bool,
+}
+
+impl DpdkWorker<'_> {
+    fn run<'p>(
+        &mut self,
+        signals: &crate::sys::SignalFd,
+        pool: &'p Mempool,
+        underlay: &EthPort,
+        access: &EthPort,
+        tx: &mut DpdkTx<'_>,
+    ) -> anyhow::Result<bool> {
+        let mut last_housekeeping = monotonic_ms();
+        let mut last_heartbeat = 0;
+        let mut last_signal_check = 0;
+        let mut idle_passes = 0u32;
+        let mut rx: MbufBurst<'p> = MbufBurst::new();
+        let mut deliver: MbufBurst<'p> = MbufBurst::new();
+        loop {
+            let now = monotonic_ms();
+            let mut work = 0;
+            if let Some(remove) = self.commands(now, tx) {
+                tx.flush();
+                return Ok(remove);
+            }
+            work += self.injects(now, tx);
+            work += self.underlay_burst(now, underlay, access, pool, tx, &mut rx, &mut deliver);
+            work += self.access_burst(now, access, pool, tx, &mut rx);
+            tx.flush();
+            let notify = self.publish_events() | std::mem::take(&mut self.punted);
+            if now.saturating_sub(last_heartbeat) >= 100 {
+                self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
+                last_heartbeat = now;
+            }
+            if now.saturating_sub(last_housekeeping) >= 1000 {
+                self.engine.housekeeping(now);
+                last_housekeeping = now;
+            }
+            if notify {
+                fence(Ordering::SeqCst);
+                if self.header.ctl_parked.load(Ordering::Relaxed) != 0 {
+                    self.bell.ring();
+                }
+            }
+            if now.saturating_sub(last_signal_check) >= 50 {
+                last_signal_check = now;
+                self.bell.drain();
+                if let Some(sig) = signals.read() {
+                    info!(sig, "signal received, shutting down");
+                    return Ok(true);
+                }
+            }
+            if work > 0 {
+                idle_passes = 0;
+                continue;
+            }
+            idle_passes = idle_passes.saturating_add(1);
+            if !self.busy_poll && idle_passes > 64 {
+                // Idle: sleep a little, longer the longer it stays idle (at most 1 ms), so
+                // a shared core is not burnt. The first packet after costs up to that.
+                let us = (idle_passes as u64 - 64).clamp(20, 1000);
+                std::thread::sleep(Duration::from_micros(us));
+            }
+        }
+    }
+
+    fn commands(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> Option<bool> {
+        for _ in 0..256 {
+            match self.ends.cmd.pop_with(Command::decode_and_scrub) {
+                Ok(Some(Ok(cmd))) => {
+                    if let Some(remove) = self.engine.apply(now, cmd, tx) {
+                        return Some(remove);
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    warn!("undecodable command: {e}");
+                    self.counters.inc(Counter::BadCommands, 1);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!("command ring: {e}");
+                    self.counters.inc(Counter::RingCorrupt, 1);
+                    break;
+                }
+            }
+        }
+        None
+    }
+
+    /// Control's packets (handshakes, Nucleus messages): framed and sent as they come.
+    fn injects(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> usize {
+        let mut n = 0;
+        let counters = self.counters;
+        for _ in 0..256 {
+            let r = self.ends.inject.pop_with(|slot| match decode_packet(slot) {
+                Ok((to, bytes)) => {
+                    let sent = match to {
+                        Endpoint::Direct(a) => tx.datagram(now, a, &[bytes]),
+                        Endpoint::Relay { via, tag } => {
+                            let hdr = omni_proto::wire::relay::header(false, &tag);
+                            tx.datagram(now, via, &[&hdr, bytes])
+                        }
+                    };
+                    if sent {
+                        counters.inc(Counter::Injected, 1);
+                    }
+                }
+                Err(_) => counters.inc(Counter::BadCommands, 1),
+            });
+            match r {
+                Ok(Some(())) => n += 1,
+                Ok(None) => break,
+                Err(_) => {
+                    counters.inc(Counter::RingCorrupt, 1);
+                    break;
+                }
+            }
+        }
+        tx.send_out();
+        n
+    }
+
+    /// A burst from the underlay: ARP answered, fabric datagrams opened in place and the
+    /// frames passed to the access port in the same mbufs.
+    #[allow(clippy::too_many_arguments)]
+    fn underlay_burst<'p>(
+        &mut self,
+        now: u64,
+        underlay: &EthPort,
+        access: &EthPort,
+        pool: &'p Mempool,
+        tx: &mut DpdkTx<'_>,
+        rx: &mut MbufBurst<'p>,
+        deliver: &mut MbufBurst<'p>,
+    ) -> usize {
+        let n = underlay.rx_burst(0, rx, pool);
+        if n == 0 {
+            return 0;
+        }
+        let port = tx.udp_port;
+        for mut m in rx.drain() {
+            let data = m.data_mut();
+            if data.len() >= 14 && data[12..14] == [0x08, 0x06] {
+                if let ArpAction::Reply(r) = tx.neighbours.on_frame(now, data) {
+                    tx.raw(&r);
+                }
+                continue;
+            }
+            let Some(u) = parse_underlay(data, port) else {
+                // Not the fabric's (other traffic on a dedicated NIC): dropped, counted.
+                self.counters.drop(DropReason::Malformed);
+                continue;
+            };
+            if u.route.our_ip != IpAddr::V4(tx.neighbours.our_ip) {
+                self.counters.drop(DropReason::Malformed);
+                continue;
+            }
+            let (p0, src) = (u.payload.start, u.src);
+            let peer_mac = u.route.peer_mac;
+            match self.engine.decap_slice(now, src, &mut data[u.payload], tx) {
+                Decap::Deliver { offset, len } => {
+                    if let IpAddr::V4(ip) = src.ip() {
+                        tx.neighbours.learn(now, ip, peer_mac);
+                    }
+                    let total = m.len();
+                    // A full burst cannot happen (one in, at most one out); dropped if so.
+                    if m.adj(p0 + offset)
+                        && m.trim(total - (p0 + offset) - len)
+                        && let Err(m) = deliver.push(m)
+                    {
+                        drop(m);
+                    }
+                }
+                Decap::Keepalive => {
+                    if let IpAddr::V4(ip) = src.ip() {
+                        tx.neighbours.learn(now, ip, peer_mac);
+                    }
+                }
+                Decap::Punt { from, offset, len } => {
+                    let bytes = &m.data()[p0 + offset..p0 + offset + len];
+                    self.punted |= punt(&mut self.ends, self.counters, from, bytes);
+                }
+                Decap::Drop(_) => {}
+            }
+        }
+        for _ in 0..4 {
+            if deliver.is_empty() {
+                break;
+            }
+            access.tx_burst(0, deliver);
+        }
+        if !deliver.is_empty() {
+            self.counters.drop_n(DropReason::AccessError, deliver.len() as u64);
+            drop(std::mem::take(deliver));
+        }
+        n
+    }
+
+    /// A burst of frames from the access port, sealed and queued for the underlay.
+    fn access_burst<'p>(
+        &mut self,
+        now: u64,
+        access: &EthPort,
+        pool: &'p Mempool,
+        tx: &mut DpdkTx<'_>,
+        rx: &mut MbufBurst<'p>,
+    ) -> usize {
+        let n = access.rx_burst(0, rx, pool);
+        for m in rx.drain() {
+            let f = m.data();
+            if !m.is_contiguous() || f.len() > self.frame.frame_area().len() {
+                self.counters.drop(DropReason::BadFrame);
+                continue;
+            }
+            self.frame.frame_area()[..f.len()].copy_from_slice(f);
+            self.frame.len = f.len();
+            drop(m);
+            self.engine.encap(now, &mut self.frame, tx);
+        }
+        n
+    }
+
+    fn publish_events(&mut self) -> bool {
+        let mut any = false;
+        let counters = self.counters;
+        for ev in self.engine.drain_events() {
+            match self.ends.event.push_with(|slot| ev.encode(slot)) {
+                Ok(()) => any = true,
+                Err(_) => counters.inc(Counter::EventsDropped, 1),
+            }
+        }
+        any
+    }
+}
+
+/// The largest IP MTU of the access side whose frames still fit one underlay datagram:
+/// IPv4 (20) + UDP (8) + transport header (16) + tag (16) + inner Ethernet header (14).
+pub fn access_mtu(underlay_mtu: u16) -> u16 {
+    underlay_mtu.saturating_sub(20 + 8 + 16 + 16 + 14)
+}
+
+/// Parses `10.0.0.1/24`.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: not an IPv4 address"))?;
+    let len: u8 = len.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
+    if len > 32 {
+        return Err(format!("{s:?}: prefix length above 32"));
+    }
+    Ok((ip, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        assert_eq!(
+            PortSpec::parse("net_memif0,role=server,socket=/tmp/m.sock").unwrap(),
+            PortSpec::Vdev {
+                name: "net_memif0".into(),
+                args: "role=server,socket=/tmp/m.sock".into()
+            }
+        );
+        assert_eq!(PortSpec::parse("0000:3b:00.0").unwrap(), PortSpec::Pci("0000:3b:00.0".into()));
+        assert_eq!(PortSpec::parse("3b:00.1").unwrap(), PortSpec::Pci("3b:00.1".into()));
+        for bad in ["", "eth0", "net_", "net_tap 0", "0000:zz:00.0", "3b00"] {
+            let e = PortSpec::parse(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad:?}");
+        }
+    }
+
+    fn cfg() -> DpdkConfig {
+        DpdkConfig {
+            run_dir: "/run/omni".into(),
+            params: Params::for_peers(16),
+            supervised: false,
+            port: 51820,
+            underlay: PortSpec::parse("net_memif0,role=server").unwrap(),
+            access: PortSpec::parse("net_tap0,iface=omni0").unwrap(),
+            underlay_ip: Ipv4Addr::new(10, 0, 0, 1),
+            prefix_len: 24,
+            gateway: None,
+            cores: "1".into(),
+            eal_extra: vec![],
+            busy_poll: false,
+            underlay_mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn eal_arguments_follow_hugepages_and_ports() {
+        let a = eal_args(&cfg(), 1024);
+        assert!(a.contains(&"--in-memory".to_string()) && !a.contains(&"--no-huge".to_string()));
+        assert!(a.contains(&"--no-pci".to_string()));
+        assert!(a.contains(&"--vdev=net_memif0,role=server,socket-abstract=no".to_string()));
+        assert!(a.contains(&"--vdev=net_tap0,iface=omni0".to_string()));
+        let a = eal_args(&cfg(), 0);
+        assert!(a.contains(&"--no-huge".to_string()) && !a.contains(&"--in-memory".to_string()));
+        let mut c = cfg();
+        c.underlay = PortSpec::parse("0000:3b:00.0").unwrap();
+        c.eal_extra = vec!["--in-memory".into()];
+        let a = eal_args(&c, 0);
+        assert!(!a.contains(&"--no-pci".to_string()) && !a.contains(&"--no-huge".to_string()));
+        assert!(a.windows(2).any(|w| w == ["-a", "0000:3b:00.0"]));
+    }
+
+    #[test]
+    fn cidr() {
+        assert_eq!(parse_cidr("10.0.0.1/24").unwrap(), (Ipv4Addr::new(10, 0, 0, 1), 24));
+        assert_eq!(parse_cidr("10.0.0.1").unwrap().1, 32);
+        assert!(parse_cidr("10.0.0.1/33").is_err() && parse_cidr("x/1").is_err());
+    }
+}

@@ -245,6 +245,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         udp_port: cfg.port,
         counters: region.counters(0),
         max_ip: cfg.underlay_mtu as usize,
+        pending: std::collections::VecDeque::new(),
     };
     let remove = w.run(&signals, &pool, &underlay, &access, &mut tx);
     h.dp_pid.store(0, Ordering::Relaxed);
@@ -314,7 +315,13 @@ struct DpdkTx<'a> {
     udp_port: u16,
     counters: &'a WorkerCounters,
     max_ip: usize,
+    /// Datagrams waiting for ARP: (queued at, destination, bytes).
+    pending: std::collections::VecDeque<(u64, SocketAddr, Vec<u8>)>,
 }
+
+/// Datagrams held while their next hop is being resolved.
+const PENDING_MAX: usize = 64;
+const PENDING_MAX_AGE_MS: u64 = 3_000;
 
 impl<'a> DpdkTx<'a> {
     /// Queues a raw Ethernet frame (ARP) for the underlay.
@@ -343,7 +350,12 @@ impl<'a> DpdkTx<'a> {
             if let Some(req) = self.neighbours.request(now, *d4.ip()) {
                 self.raw(&req);
             }
-            self.counters.drop(DropReason::TxError);
+            // Held until the answer (a first handshake is not lost to ARP); bounded.
+            if self.pending.len() >= PENDING_MAX {
+                self.pending.pop_front();
+                self.counters.drop(DropReason::TxError);
+            }
+            self.pending.push_back((now, dst, parts.concat()));
             return false;
         };
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -375,6 +387,25 @@ impl<'a> DpdkTx<'a> {
             let _ = self.out.push(m);
         }
         true
+    }
+
+    /// Sends what waited for a neighbour that is now resolved; forgets what waited longer
+    /// than [`PENDING_MAX_AGE_MS`] (counted).
+    fn retry_pending(&mut self, now: u64) {
+        for _ in 0..self.pending.len() {
+            let Some((t, dst, bytes)) = self.pending.pop_front() else { break };
+            let ip = match dst {
+                SocketAddr::V4(a) => *a.ip(),
+                SocketAddr::V6(_) => continue,
+            };
+            if self.neighbours.lookup(now, ip).is_some() {
+                self.datagram(now, dst, &[&bytes]);
+            } else if now.saturating_sub(t) < PENDING_MAX_AGE_MS {
+                self.pending.push_back((t, dst, bytes));
+            } else {
+                self.counters.drop(DropReason::TxError);
+            }
+        }
     }
 
     fn send_out(&mut self) {
@@ -590,8 +621,12 @@ impl DpdkWorker<'_> {
         for mut m in rx.drain() {
             let data = m.data_mut();
             if data.len() >= 14 && data[12..14] == [0x08, 0x06] {
-                if let ArpAction::Reply(r) = tx.neighbours.on_frame(now, data) {
-                    tx.raw(&r);
+                match tx.neighbours.on_frame(now, data) {
+                    ArpAction::Reply(r) => tx.raw(&r),
+                    ArpAction::Learned | ArpAction::Ignore => {}
+                }
+                if !tx.pending.is_empty() {
+                    tx.retry_pending(now);
                 }
                 continue;
             }

@@ -22,7 +22,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-pkgs=(build-essential pkg-config ca-certificates curl git iproute2 iputils-ping iperf3 socat tcpdump nftables procps bash util-linux shellcheck libdpdk-dev dpdk libclang-dev)
+pkgs=(build-essential pkg-config ca-certificates curl git iproute2 iputils-ping iperf3 socat tcpdump nftables procps bash util-linux shellcheck ethtool libdpdk-dev dpdk libclang-dev)
 [ "$want_bench" = 1 ] && pkgs+=(wireguard-go wireguard-tools gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -184,6 +184,9 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     for p in [&cfg.underlay, &cfg.access] {
         remove_stale_memif_socket(p);
     }
+    // Before EAL starts its threads: they inherit the blocked termination signals, so
+    // SIGTERM reaches this worker's signalfd (a clean stop) instead of killing the process.
+    let signals = crate::sys::SignalFd::termination().context("cannot set up signal handling")?;
     let eal = Eal::init(&args).context("cannot start DPDK")?;
     let pool = Mempool::new(&eal, "omni_mbufs", 8191, 256, 2048 + 128)?;
     let mut underlay = EthPort::by_name(&eal, cfg.underlay.name())
@@ -201,7 +204,6 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     let bell =
         Bell::bind(&cfg.run_dir.join(paths::DATAPLANE_BELL), &cfg.run_dir.join(paths::DAEMON_BELL))
             .with_context(|| format!("cannot bind doorbell in {}", cfg.run_dir.display()))?;
-    let signals = crate::sys::SignalFd::termination().context("cannot set up signal handling")?;
 
     let h = region.header();
     h.dp_pid.store(std::process::id(), Ordering::Relaxed);

@@ -1,0 +1,180 @@
+//! The DPDK backend end to end: `omni-dataplane --backend dpdk` processes (each DPDK
+//! process is its own process: EAL initialises once per process) started by the operator,
+//! each with an `omni-daemon` attached, access ports `net_tap` (a kernel `omni0`) in
+//! their own namespaces. Root only, one at a time.
+
+mod common;
+
+use common::*;
+use omni_testkit::wait_until;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const TOOLS: &[&str] = &["ip", "ping", "iperf3", "socat", "bash", "ethtool"];
+
+/// Starts a DPDK data plane in `ns` (access port `net_tap` named omni0) and waits until it
+/// is ready. Returns it, its run directory and its log.
+fn start_dp(
+    ns: &Netns,
+    dir: &Path,
+    name: &str,
+    underlay: &str,
+    underlay_ip: &str,
+    cores: &str,
+) -> (Background, PathBuf, PathBuf) {
+    let run_dir = dir.join(format!("{name}-run"));
+    let log = dir.join(format!("{name}-dp.log"));
+    let (dp_bin, run) =
+        (bin("omni-dataplane").display().to_string(), run_dir.display().to_string());
+    let access = format!("net_tap_{name},iface=omni0");
+    let dp = Background::spawn_logged(
+        ns,
+        &[
+            &dp_bin,
+            "--backend",
+            "dpdk",
+            "--run-dir",
+            &run,
+            "--underlay",
+            underlay,
+            "--access",
+            &access,
+            "--underlay-ip",
+            underlay_ip,
+            "--cores",
+            cores,
+        ],
+        Some(&log),
+    );
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let ready = wait_until(Duration::from_secs(40), || text().contains("data plane ready"));
+    assert!(ready, "{name}: DPDK data plane not ready:\n{}", text());
+    (dp, run_dir, log)
+}
+
+fn peer_args(key: &str, endpoint: &str) -> Vec<String> {
+    ["--peer", key, "--endpoint", endpoint].iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let dir = TempDir::new("dpdk");
+    let (a_ns, b_ns) = (Netns::new("da"), Netns::new("db"));
+    let sock = dir.0.join("memif.sock").display().to_string();
+    let (id_a, ka) = new_identity(&dir.0, "a");
+    let (id_b, kb) = new_identity(&dir.0, "b");
+    // The memif server first; the client's start waits for it anyway.
+    let (mut dpa, run_a, log_a) = start_dp(
+        &a_ns,
+        &dir.0,
+        "a",
+        &format!("net_memif0,role=server,socket={sock}"),
+        "10.98.0.1/24",
+        "0",
+    );
+    let (mut dpb, run_b, _) = start_dp(
+        &b_ns,
+        &dir.0,
+        "b",
+        &format!("net_memif1,role=client,socket={sock}"),
+        "10.98.0.2/24",
+        "1",
+    );
+    let na =
+        Node::start_in(&a_ns, &run_a, &dir.0, "a", &id_a, &ka, &peer_args(&kb, "10.98.0.2:51820"));
+    let nb =
+        Node::start_in(&b_ns, &run_b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "10.98.0.1:51820"));
+    na.wait_running();
+    nb.wait_running();
+    assert!(
+        na.log_text().contains("attaching to the data plane the operator started"),
+        "{}",
+        na.log_text()
+    );
+    a_ns.sh_ok("ip addr add 192.168.98.1/24 dev omni0 && ip -6 addr add fd00:98::1/64 dev omni0 nodad && ip link set omni0 up");
+    b_ns.sh_ok("ip addr add 192.168.98.2/24 dev omni0 && ip -6 addr add fd00:98::2/64 dev omni0 nodad && ip link set omni0 up");
+    // Handshake (through the data planes' own ARP on the underlay), then ping both ways:
+    // ARP and ND on omni0 cross the fabric too.
+    a_ns.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.98.2");
+    b_ns.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.98.1");
+    b_ns.sh_ok("ping -6 -c 2 -i 0.2 -W 2 fd00:98::1");
+    let st = na.wait_established(&kb);
+    assert!(st["handshakes_completed"].as_u64().unwrap() >= 1);
+    assert!(a_ns.sh_ok("ip neigh show dev omni0").contains("192.168.98.2"));
+    // Multicast (DDS discovery's group) reaches the other side.
+    let sink = dir.0.join("mcast.txt");
+    let sink_s = format!("OPEN:{},creat,append", sink.display());
+    let _rx = Background::spawn(
+        &b_ns,
+        &["socat", "-u", "UDP4-RECV:7400,ip-add-membership=239.255.0.1:omni0,reuseaddr", &sink_s],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..3 {
+        a_ns.sh_ok(&format!("echo dds-{i} | socat -u - UDP4-DATAGRAM:239.255.0.1:7400,ip-multicast-if=192.168.98.1,ip-multicast-ttl=1"));
+    }
+    let got = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&sink).unwrap_or_default().contains("dds-2")
+    });
+    assert!(got, "multicast crossed: {:?}", std::fs::read_to_string(&sink));
+    // Bulk TCP.
+    let bps = iperf3_tcp(&a_ns, &b_ns, "192.168.98.2", 3);
+    assert!(bps > 10e6, "iperf3 over the DPDK fabric: {bps}");
+    eprintln!("iperf3 TCP over two DPDK data planes (memif): {:.2} Gbit/s", bps / 1e9);
+    let m = nb.metrics(9100);
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0), "{m}");
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
+    drop((na, nb));
+    dpa.stop("TERM");
+    dpb.stop("TERM");
+    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert!(log.contains("data plane stopped"), "clean stop on SIGTERM:\n{log}");
+}
+
+#[test]
+fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let pair = Pair::new(1500);
+    // The DPDK data plane owns A's NIC: the kernel must not answer there any more.
+    pair.a.sh_ok("ip addr flush dev ua");
+    // B's UDP GSO would cross the veth as one 64 KB packet (veth does not segment; a real
+    // NIC would): net_af_packet cannot take those. Segment in B's stack instead.
+    pair.b.sh_ok("ethtool -K ub tx-udp-segmentation off");
+    let dir = TempDir::new("dpdk-mixed");
+    let (id_a, ka) = new_identity(&dir.0, "a");
+    let (id_b, kb) = new_identity(&dir.0, "b");
+    let (_dpa, run_a, log_a) =
+        start_dp(&pair.a, &dir.0, "a", "net_af_packet0,iface=ua", "10.77.0.1/24", "0");
+    let a = Node::start_in(
+        &pair.a,
+        &run_a,
+        &dir.0,
+        "a",
+        &id_a,
+        &ka,
+        &peer_args(&kb, "10.77.0.2:51820"),
+    );
+    let b = Node::start(&pair.b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "10.77.0.1:51820"));
+    a.wait_running();
+    b.wait_running();
+    pair.a.sh_ok("ip addr add 192.168.77.1/24 dev omni0 && ip link set omni0 up");
+    pair.b.sh_ok("ip addr add 192.168.77.2/24 dev omni0");
+    pair.b.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.1");
+    pair.a.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.2");
+    // B's kernel resolved A's underlay address through the DPDK data plane's ARP.
+    let neigh = pair.b.sh_ok("ip neigh show dev ub");
+    assert!(neigh.contains("10.77.0.1") && !neigh.contains("FAILED"), "{neigh}");
+    let bps = iperf3_tcp(&pair.a, &pair.b, "192.168.77.2", 2);
+    assert!(bps > 1e6, "DPDK -> socket: {bps}");
+    let bps_back = iperf3_tcp(&pair.b, &pair.a, "192.168.77.1", 2);
+    assert!(bps_back > 1e6, "socket -> DPDK: {bps_back}");
+    eprintln!(
+        "iperf3 TCP DPDK (af_packet) -> socket {:.2} Gbit/s, back {:.2} Gbit/s",
+        bps / 1e9,
+        bps_back / 1e9
+    );
+    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert!(log.contains("backend=\"dpdk\""), "{log}");
+}

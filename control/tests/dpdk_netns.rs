@@ -126,10 +126,15 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0), "{m}");
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
     drop((na, nb));
+    let pid_a = dpa.pid().unwrap();
     dpa.stop("TERM");
     dpb.stop("TERM");
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("data plane stopped"), "clean stop on SIGTERM:\n{log}");
+    assert!(
+        !Path::new(&format!("/var/run/dpdk/omni-{pid_a}")).exists(),
+        "EAL's runtime directory is gone after a clean stop"
+    );
 }
 
 #[test]

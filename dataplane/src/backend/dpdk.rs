@@ -184,6 +184,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     for p in [&cfg.underlay, &cfg.access] {
         remove_stale_memif_socket(p);
     }
+    remove_stale_runtime_dirs();
     // Before EAL starts its threads: they inherit the blocked termination signals, so
     // SIGTERM reaches this worker's signalfd (a clean stop) instead of killing the process.
     let signals = crate::sys::SignalFd::termination().context("cannot set up signal handling")?;
@@ -258,6 +259,22 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     drop(pool);
     drop(eal);
     remove.map(|_| ())
+}
+
+/// EAL's runtime directories (`/var/run/dpdk/omni-<pid>`) of data planes that died without
+/// cleaning up (SIGKILL). Hugepage memory needs no cleanup: `--in-memory` keeps it in
+/// memory-backed files that go with the process.
+fn remove_stale_runtime_dirs() {
+    let Ok(entries) = std::fs::read_dir("/var/run/dpdk") else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("omni-").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A memif server cannot listen where a socket file is left from a process that died;

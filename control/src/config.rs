@@ -42,6 +42,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub switch: SwitchSection,
     #[serde(default)]
+    pub dpdk: DpdkSection,
+    #[serde(default)]
     pub peers: Vec<PeerSection>,
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -68,7 +70,7 @@ pub struct DaemonSection {
     pub offload: Option<bool>,
     /// Seal and send bulk traffic on a second data-plane thread (default: with 4+ cores).
     pub crypto_thread: Option<bool>,
-    /// Data-plane backend: "socket" (default) or "xdp" (on `interface`).
+    /// Data-plane backend: "socket" (default), "xdp" (on `interface`) or "dpdk" ([dpdk]).
     pub backend: Option<String>,
     /// xdp backend: "auto" (native where the driver can), "native" or "skb".
     pub xdp_mode: Option<String>,
@@ -116,6 +118,29 @@ pub struct TimersSection {
     pub rekey_attempt_secs: Option<f64>,
     pub idle_timeout_secs: Option<f64>,
     pub rekey_after_messages: Option<u64>,
+}
+
+/// The DPDK backend's ports (`[daemon] backend = "dpdk"`).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// The underlay port: a PCI address, or a vdev (`net_memif0,role=server,socket=...`).
+    pub underlay: Option<String>,
+    /// The access port (default: `net_tap0,iface=<tap>`: a kernel interface).
+    pub access: Option<String>,
+    /// Our underlay address with its prefix (`10.0.0.1/24`).
+    pub underlay_ip: Option<String>,
+    /// Next hop for underlay addresses off that prefix.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// EAL lcores (`-l`), e.g. "2-5"; the first runs the worker.
+    pub cores: Option<String>,
+    /// Keep polling when idle (a dedicated core).
+    pub busy_poll: Option<bool>,
+    /// IP MTU of the underlay (default 1500).
+    pub underlay_mtu: Option<u16>,
+    /// Extra EAL arguments.
+    #[serde(default)]
+    pub eal_args: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +271,8 @@ pub struct Settings {
     pub crypto_thread: bool,
     /// "socket" or "xdp".
     pub backend: String,
+    /// dpdk backend: its ports and cores.
+    pub dpdk: DpdkSection,
     /// xdp backend: "auto", "native" or "skb".
     pub xdp_mode: String,
     pub nucleus: Vec<crate::rendezvous::NucleusSpec>,
@@ -567,11 +594,39 @@ impl Settings {
         };
 
         let backend = cli.backend.or(d.backend).unwrap_or_else(|| "socket".into());
-        if backend != "socket" && backend != "xdp" {
+        if !["socket", "xdp", "dpdk"].contains(&backend.as_str()) {
             return Err(invalid(
                 "[daemon] backend",
-                format!("{backend:?} is not a backend (\"socket\" or \"xdp\")"),
+                format!("{backend:?} is not a backend (\"socket\", \"xdp\" or \"dpdk\")"),
             ));
+        }
+        let dpdk = file.dpdk.clone();
+        if backend == "dpdk" {
+            if dpdk.underlay.is_none() {
+                return Err(invalid(
+                    "[dpdk] underlay",
+                    "the dpdk backend needs its underlay port (a PCI address such as 0000:3b:00.0, or a vdev)",
+                ));
+            }
+            match &dpdk.underlay_ip {
+                None => {
+                    return Err(invalid(
+                        "[dpdk] underlay_ip",
+                        "the dpdk backend needs its own underlay address, e.g. \"10.0.0.1/24\" (the kernel no longer sees that NIC)",
+                    ));
+                }
+                Some(ip) => {
+                    let (a, len) = ip.split_once('/').unwrap_or((ip, "32"));
+                    if a.parse::<std::net::Ipv4Addr>().is_err()
+                        || len.parse::<u8>().map_or(true, |l| l > 32)
+                    {
+                        return Err(invalid(
+                            "[dpdk] underlay_ip",
+                            format!("{ip:?} is not an IPv4 address with a prefix (10.0.0.1/24)"),
+                        ));
+                    }
+                }
+            }
         }
         if backend == "xdp" && interface.is_none() {
             return Err(invalid(
@@ -601,6 +656,7 @@ impl Settings {
             }),
             backend,
             xdp_mode,
+            dpdk,
             nucleus,
             cluster,
             cluster_secret,

@@ -299,6 +299,29 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
     // Explicit either way: the daemon has already resolved the default.
     a.push("--crypto-thread".into());
     a.push(s.crypto_thread.to_string());
+    if s.backend == "dpdk" {
+        let d = &s.dpdk;
+        // Checked by the configuration: underlay and underlay_ip are set.
+        a.extend(["--underlay".into(), d.underlay.clone().unwrap_or_default()]);
+        let access = d.access.clone().unwrap_or_else(|| format!("net_tap0,iface={}", s.tap));
+        a.extend(["--access".into(), access]);
+        a.extend(["--underlay-ip".into(), d.underlay_ip.clone().unwrap_or_default()]);
+        if let Some(g) = d.gateway {
+            a.extend(["--gateway".into(), g.to_string()]);
+        }
+        a.extend(["--cores".into(), d.cores.clone().unwrap_or_else(|| "0".into())]);
+        if d.busy_poll.unwrap_or(false) {
+            a.push("--busy-poll".into());
+        }
+        if let Some(m) = d.underlay_mtu {
+            a.extend(["--underlay-mtu".into(), m.to_string()]);
+        }
+        if !d.eal_args.is_empty() {
+            a.push("--".into());
+            a.extend(d.eal_args.iter().cloned());
+        }
+        return a;
+    }
     if s.backend == "xdp" {
         // Checked by the configuration: the xdp backend has an interface.
         if let Some(i) = &s.interface {

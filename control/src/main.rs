@@ -112,9 +112,9 @@ struct RunArgs {
     /// true with 4 cores or more].
     #[arg(long)]
     crypto_thread: Option<bool>,
-    /// Data-plane backend: socket (UDP socket + TAP, anywhere) or xdp (XDP + AF_XDP on
-    /// --interface) [default: socket].
-    #[arg(long, value_parser = ["socket", "xdp"])]
+    /// Data-plane backend: socket (UDP socket + TAP, anywhere), xdp (XDP + AF_XDP on
+    /// --interface) or dpdk (ports from the config's [dpdk] section) [default: socket].
+    #[arg(long, value_parser = ["socket", "xdp", "dpdk"])]
     backend: Option<String>,
     /// xdp backend: how the XDP program is attached [default: auto].
     #[arg(long, value_parser = ["auto", "native", "skb"])]

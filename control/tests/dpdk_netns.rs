@@ -52,6 +52,16 @@ fn start_dp(
     (dp, run_dir, log)
 }
 
+/// Pings `ip` from `ns` until one answer comes (the fabric is up: memif connected, ARP
+/// on both layers, handshake), within 20 s.
+fn ping_until(ns: &Netns, ip: &str, logs: &[&Node]) {
+    let up = wait_until(Duration::from_secs(20), || {
+        ns.sh(&format!("ping -c 1 -W 1 {ip}")).status.success()
+    });
+    let text: Vec<String> = logs.iter().map(|n| n.log_text()).collect();
+    assert!(up, "no answer from {ip} within 20 s; logs:\n{}", text.join("\n-----\n"));
+}
+
 fn peer_args(key: &str, endpoint: &str) -> Vec<String> {
     ["--peer", key, "--endpoint", endpoint].iter().map(|s| s.to_string()).collect()
 }
@@ -97,6 +107,7 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     b_ns.sh_ok("ip addr add 192.168.98.2/24 dev omni0 && ip -6 addr add fd00:98::2/64 dev omni0 nodad && ip link set omni0 up");
     // Handshake (through the data planes' own ARP on the underlay), then ping both ways:
     // ARP and ND on omni0 cross the fabric too.
+    ping_until(&a_ns, "192.168.98.2", &[&na, &nb]);
     a_ns.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.98.2");
     b_ns.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.98.1");
     b_ns.sh_ok("ping -6 -c 2 -i 0.2 -W 2 fd00:98::1");
@@ -166,6 +177,7 @@ fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
     b.wait_running();
     pair.a.sh_ok("ip addr add 192.168.77.1/24 dev omni0 && ip link set omni0 up");
     pair.b.sh_ok("ip addr add 192.168.77.2/24 dev omni0");
+    ping_until(&pair.b, "192.168.77.1", &[&a, &b]);
     pair.b.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.1");
     pair.a.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.2");
     // B's kernel resolved A's underlay address through the DPDK data plane's ARP.
@@ -182,4 +194,57 @@ fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
     );
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("backend=\"dpdk\""), "{log}");
+}
+
+#[test]
+fn daemons_start_supervise_and_restart_their_dpdk_data_planes() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let dir = TempDir::new("dpdk-sup");
+    let (a_ns, b_ns) = (Netns::new("sa"), Netns::new("sb"));
+    let sock = dir.0.join("memif.sock").display().to_string();
+    let (id_a, ka) = new_identity(&dir.0, "a");
+    let (id_b, kb) = new_identity(&dir.0, "b");
+    // Each daemon starts its DPDK data plane from its config file.
+    let config = |name: &str, role: &str, n: u32, ip: &str, core: &str| {
+        let path = dir.0.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"net_memif{n},role={role},socket={sock}\"\n\
+                 access = \"net_tap_{name},iface=omni0\"\nunderlay_ip = \"{ip}\"\ncores = \"{core}\"\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    // A is the memif client: the side that is killed and restarted below connects again
+    // by itself (a restarted memif *server* waits for its client to reconnect).
+    let ca = config("a", "client", 0, "10.97.0.1/24", "0");
+    let cb = config("b", "server", 1, "10.97.0.2/24", "1");
+    let args = |cfg: &str, key: &str, ep: &str| -> Vec<String> {
+        ["--config", cfg, "--peer", key, "--endpoint", ep].iter().map(|s| s.to_string()).collect()
+    };
+    let na = Node::start(&a_ns, &dir.0, "a", &id_a, &ka, &args(&ca, &kb, "10.97.0.2:51820"));
+    let nb = Node::start(&b_ns, &dir.0, "b", &id_b, &kb, &args(&cb, &ka, "10.97.0.1:51820"));
+    let st = na.wait_running();
+    nb.wait_running();
+    assert_eq!(st["dataplane"]["backend"], "dpdk", "{st:#}");
+    a_ns.sh_ok("ip addr add 192.168.97.1/24 dev omni0 && ip link set omni0 up");
+    b_ns.sh_ok("ip addr add 192.168.97.2/24 dev omni0 && ip link set omni0 up");
+    ping_until(&a_ns, "192.168.97.2", &[&na, &nb]);
+    let st = na.wait_established(&kb);
+    let (pid, hs) =
+        (st["dataplane"]["pid"].as_u64().unwrap(), st["handshakes_completed"].as_u64().unwrap());
+    // SIGKILL of A's DPDK data plane: its daemon starts a new one, which resumes the
+    // session (no handshake): the crash safety of the socket backend, on DPDK.
+    run_ok(&format!("kill -9 {pid}"));
+    na.wait_for("a new DPDK data plane", Duration::from_secs(30), |s| {
+        s["dataplane"]["pid"].as_u64().is_some_and(|p| p != pid) && s["dataplane"]["restarts"] == 1
+    });
+    a_ns.sh_ok("ping -c 3 -i 0.2 -W 5 192.168.97.2");
+    assert_eq!(na.status()["handshakes_completed"].as_u64(), Some(hs), "the same session");
+    let m = nb.metrics(9100);
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0), "{m}");
 }

@@ -562,6 +562,14 @@ impl EthPort {
         n
     }
 
+    /// Stops and starts a started port again (a memif client connects anew).
+    pub fn restart(&self) -> Result<(), DpdkError> {
+        // SAFETY: our port id; stop then start with the configuration already set.
+        self.check("stop", unsafe { sys::rte_eth_dev_stop(self.id) })?;
+        // SAFETY: as above.
+        self.check("start", unsafe { sys::rte_eth_dev_start(self.id) })
+    }
+
     /// Sets the port's MTU (for `net_tap`, the kernel interface's).
     pub fn set_mtu(&self, mtu: u16) -> Result<(), DpdkError> {
         // SAFETY: plain integer arguments.

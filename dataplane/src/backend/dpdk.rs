@@ -92,6 +92,12 @@ impl PortSpec {
                         format!("{args},socket-abstract=no")
                     };
                 }
+                // The kernel interface of net_tap outlives a crashed data plane (as the
+                // socket backend's TAP does): its addresses survive a restart.
+                if name.starts_with("net_tap") && !args.split(',').any(|a| a == "persist") {
+                    args =
+                        if args.is_empty() { "persist".into() } else { format!("{args},persist") };
+                }
                 if args.is_empty() {
                     vec![format!("--vdev={name}")]
                 } else {
@@ -123,6 +129,8 @@ pub struct DpdkConfig {
     pub busy_poll: bool,
     /// Underlay MTU (IP packet size) the sealed packets must fit.
     pub underlay_mtu: u16,
+    /// MAC for a `net_tap` access port (the daemon's stable one), unless its args set one.
+    pub tap_mac: Option<[u8; 6]>,
 }
 
 /// Free 2 MiB hugepages (from /proc/meminfo).
@@ -156,7 +164,15 @@ pub fn eal_args(cfg: &DpdkConfig, hugepages_free: u64) -> Vec<String> {
         a.push("--no-pci".into());
     }
     a.extend(cfg.underlay.eal_args());
-    a.extend(cfg.access.eal_args());
+    let mut access = cfg.access.clone();
+    if let (PortSpec::Vdev { name, args }, Some(m)) = (&mut access, cfg.tap_mac)
+        && name.starts_with("net_tap")
+        && !args.contains("mac=")
+    {
+        let mac = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        *args = if args.is_empty() { format!("mac={mac}") } else { format!("{args},mac={mac}") };
+    }
+    a.extend(access.eal_args());
     a.extend(cfg.eal_extra.iter().cloned());
     a
 }
@@ -237,6 +253,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         frame: PacketBuf::new(),
         punted: false,
         busy_poll: cfg.busy_poll,
+        link_down_since: None,
     };
     let mut tx = DpdkTx {
         pool: &pool,
@@ -252,12 +269,25 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     };
     let remove = w.run(&signals, &pool, &underlay, &access, &mut tx);
     h.dp_pid.store(0, Ordering::Relaxed);
-    info!("data plane stopped");
     drop(tx);
     drop(access);
     drop(underlay);
     drop(pool);
     drop(eal);
+    // A clean stop removes the persistent kernel interface of a net_tap access port.
+    if let (Ok(true), PortSpec::Vdev { name, args }) = (&remove, &cfg.access)
+        && name.starts_with("net_tap")
+    {
+        let iface = args.split(',').find_map(|a| a.strip_prefix("iface=")).unwrap_or("dtap0");
+        let ok = std::process::Command::new("ip")
+            .args(["link", "del", iface])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            warn!(iface, "cannot remove the access interface");
+        }
+    }
+    info!("data plane stopped");
     remove.map(|_| ())
 }
 
@@ -498,6 +528,8 @@ struct DpdkWorker<'r> {
     frame: PacketBuf,
     punted: bool,
     busy_poll: bool,
+    /// When the underlay link went down (None: up).
+    link_down_since: Option<u64>,
 }
 
 impl DpdkWorker<'_> {
@@ -534,6 +566,7 @@ impl DpdkWorker<'_> {
             if now.saturating_sub(last_housekeeping) >= 1000 {
                 self.engine.housekeeping(now);
                 last_housekeeping = now;
+                self.watch_link(now, underlay);
             }
             if notify {
                 fence(Ordering::SeqCst);
@@ -560,6 +593,30 @@ impl DpdkWorker<'_> {
                 let us = (idle_passes as u64 - 64).clamp(20, 1000);
                 std::thread::sleep(Duration::from_micros(us));
             }
+        }
+    }
+
+    /// Once a second: logs underlay link changes; a link down for 3 s gets its port
+    /// restarted (a memif client whose server came back connects again; a NIC renegotiates).
+    fn watch_link(&mut self, now: u64, underlay: &EthPort) {
+        let up = underlay.link().map(|l| l.up).unwrap_or(false);
+        match (up, self.link_down_since) {
+            (true, Some(_)) => {
+                info!(port = underlay.name(), "underlay link up");
+                self.link_down_since = None;
+            }
+            (false, None) => {
+                warn!(port = underlay.name(), "underlay link down");
+                self.link_down_since = Some(now);
+            }
+            (false, Some(t)) if now.saturating_sub(t) >= 3000 => {
+                info!(port = underlay.name(), "underlay link still down: restarting the port");
+                if let Err(e) = underlay.restart() {
+                    warn!(port = underlay.name(), "port restart failed: {e}");
+                }
+                self.link_down_since = Some(now);
+            }
+            _ => {}
         }
     }
 
@@ -789,6 +846,7 @@ mod tests {
             eal_extra: vec![],
             busy_poll: false,
             underlay_mtu: 1500,
+            tap_mac: None,
         }
     }
 
@@ -798,7 +856,14 @@ mod tests {
         assert!(a.contains(&"--in-memory".to_string()) && !a.contains(&"--no-huge".to_string()));
         assert!(a.contains(&"--no-pci".to_string()));
         assert!(a.contains(&"--vdev=net_memif0,role=server,socket-abstract=no".to_string()));
-        assert!(a.contains(&"--vdev=net_tap0,iface=omni0".to_string()));
+        assert!(a.contains(&"--vdev=net_tap0,iface=omni0,persist".to_string()));
+        let mut c = cfg();
+        c.tap_mac = Some([2, 0, 0, 0, 0, 0xab]);
+        let a = eal_args(&c, 0);
+        assert!(
+            a.contains(&"--vdev=net_tap0,iface=omni0,mac=02:00:00:00:00:ab,persist".to_string()),
+            "{a:?}"
+        );
         let a = eal_args(&cfg(), 0);
         assert!(a.contains(&"--no-huge".to_string()) && !a.contains(&"--in-memory".to_string()));
         let mut c = cfg();

@@ -270,6 +270,7 @@ fn dpdk_config(
         eal_extra: args.eal.clone(),
         busy_poll: args.busy_poll,
         underlay_mtu: args.underlay_mtu,
+        tap_mac: args.tap_mac,
     })
 }
 

@@ -200,3 +200,62 @@ fn systemd_units_verify_cleanly() {
         assert!(o.status.success() && err.trim().is_empty(), "{unit}: {err}");
     }
 }
+
+#[test]
+fn dpdk_backend_errors_name_the_problem() {
+    let _serial = serial();
+    let d = TempDir::new("cli-dpdk");
+    let run_dir = d.0.display().to_string();
+    let dp = |args: &[&str]| {
+        let o = Command::new(bin("omni-dataplane"))
+            .args(["--backend", "dpdk", "--run-dir", &run_dir])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // Missing or malformed arguments: said before DPDK starts.
+    let e = dp(&["--access", "net_tap0", "--underlay-ip", "10.0.0.1/24"]);
+    assert!(e.contains("--underlay") && e.contains("0000:3b:00.0"), "{e}");
+    let e = dp(&["--underlay", "eth0", "--access", "net_tap0", "--underlay-ip", "10.0.0.1/24"]);
+    assert!(e.contains("neither a PCI address") && e.contains("net_memif0"), "{e}");
+    let e =
+        dp(&["--underlay", "net_null0", "--access", "net_tap0", "--underlay-ip", "10.0.0.1/33"]);
+    assert!(e.contains("--underlay-ip") && e.contains("prefix"), "{e}");
+    let e =
+        dp(&["--underlay", "net_null0", "--access", "net_null0", "--underlay-ip", "10.0.0.1/24"]);
+    assert!(e.contains("different ports"), "{e}");
+    let e = dp(&["--iface", "eth0", "--underlay", "net_null0"]);
+    assert!(e.contains("--iface is for --backend xdp"), "{e}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // A port DPDK has no driver for: EAL or the port lookup says which.
+        let e = dp(&[
+            "--underlay",
+            "net_bogus0",
+            "--access",
+            "net_null1",
+            "--underlay-ip",
+            "10.0.0.1/24",
+        ]);
+        assert!(e.contains("net_bogus0") || e.contains("cannot start DPDK"), "{e}");
+        // Without root: said first.
+        let e = run(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} --backend dpdk --run-dir {run_dir} --underlay net_null0 --access net_null1 --underlay-ip 10.0.0.1/24",
+            bin("omni-dataplane").display()
+        ));
+        let err = String::from_utf8_lossy(&e.stderr);
+        assert!(!e.status.success() && err.contains("needs root"), "{err}");
+    }
+    // The daemon checks its [dpdk] section.
+    let cfg = d.0.join("dpdk.toml");
+    std::fs::write(&cfg, "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"net_null0\"\n")
+        .unwrap();
+    let o = Command::new(bin("omni-daemon"))
+        .args(["--config", cfg.to_str().unwrap(), "--identity", "/nonexistent/x.key"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("[dpdk] underlay_ip"), "{err}");
+}

@@ -40,7 +40,7 @@ struct Args {
     /// Underlay MTUs [default: 1500,9000; short: 1500].
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
-    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-nooffload, omni-xdp).
+    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-nooffload, omni-xdp, omni-dpdk).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory [default: bench/results/<timestamp>].
@@ -64,10 +64,11 @@ enum Kind {
     OmniSocket,
     OmniSocketNooffload,
     OmniXdp,
+    OmniDpdk,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
@@ -75,6 +76,7 @@ impl Kind {
         Kind::OmniSocket,
         Kind::OmniSocketNooffload,
         Kind::OmniXdp,
+        Kind::OmniDpdk,
     ];
 
     fn name(self) -> &'static str {
@@ -86,6 +88,7 @@ impl Kind {
             Kind::OmniSocket => "omni-socket",
             Kind::OmniSocketNooffload => "omni-socket-nooffload",
             Kind::OmniXdp => "omni-xdp",
+            Kind::OmniDpdk => "omni-dpdk",
         }
     }
 
@@ -98,6 +101,9 @@ impl Kind {
             Kind::OmniSocket => "OmniNervous socket backend",
             Kind::OmniSocketNooffload => "OmniNervous socket, offloads off",
             Kind::OmniXdp => "OmniNervous XDP backend (AF_XDP, copy mode on veth)",
+            Kind::OmniDpdk => {
+                "OmniNervous DPDK backend (net_af_packet on the veth, net_tap access)"
+            }
         }
     }
 
@@ -107,7 +113,7 @@ impl Kind {
             Kind::Veth => 0,
             Kind::Vxlan => 50,
             Kind::WireguardGo | Kind::Boringtun => 80,
-            Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp => 74,
+            Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp | Kind::OmniDpdk => 74,
         }
     }
 }
@@ -275,7 +281,7 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
             }
             Ok(Path_ { target: "10.12.0.2".into(), inner_mtu: inner, _procs: procs, pids })
         }
-        Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp => {
+        Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp | Kind::OmniDpdk => {
             let daemon = ctx.bin.join("omni-daemon");
             let mut keys = vec![];
             for n in ["a", "b"] {
@@ -310,6 +316,23 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                 if kind == Kind::OmniXdp {
                     let iface = if me == 1 { "ua" } else { "ub" };
                     args.extend(["--backend", "xdp", "--interface", iface].map(String::from));
+                }
+                if kind == Kind::OmniDpdk {
+                    // The DPDK data plane owns the veth end (net_af_packet) with its own
+                    // address; the kernel's goes. One lcore each, on different cores.
+                    let iface = if me == 1 { "ua" } else { "ub" };
+                    ns.sh_ok(&format!("ip addr flush dev {iface}"));
+                    let cfg =
+                        ctx.dir.path().join(format!("dpdk-{me}-{}.toml", omni_testkit::seq()));
+                    std::fs::write(
+                        &cfg,
+                        format!(
+                            "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"net_af_packet{me},iface={iface}\"\n\
+                             access = \"net_tap{me},iface=omni0\"\nunderlay_ip = \"10.10.0.{me}/24\"\ncores = \"{}\"\n",
+                            me - 1
+                        ),
+                    )?;
+                    args.extend(["--config".to_string(), cfg.display().to_string()]);
                 }
                 let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
                 procs.push(Background::spawn_logged(
@@ -779,6 +802,9 @@ fn main() -> anyhow::Result<()> {
                     Kind::OmniXdp if mtu > 3000 => {
                         Some("the XDP backend takes underlay MTUs up to 4078 (one page per frame)")
                     }
+                    Kind::OmniDpdk if mtu > 1500 => Some(
+                        "the DPDK backend takes one mbuf (2 KiB) per packet: no jumbo underlay yet",
+                    ),
                     _ => None,
                 };
                 if let Some(w) = why_not {

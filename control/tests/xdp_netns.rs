@@ -156,22 +156,8 @@ fn stealth_drops_in_xdp_with_exact_counters_and_no_reply() {
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     let before = settled_metrics(&f.b);
     let pcap = f.dir.0.join("stealth.pcap");
-    let pcap_s = pcap.display().to_string();
     // Everything B sends towards the prober's port, and any ICMP at all.
-    let mut cap = Background::spawn(
-        &f.pair.a,
-        &[
-            "tcpdump",
-            "-i",
-            "ua",
-            "-n",
-            "--immediate-mode",
-            "-U",
-            "-w",
-            &pcap_s,
-            "udp port 40001 or icmp",
-        ],
-    );
+    let mut cap = capture(&f.pair.a, "ua", &pcap, "udp port 40001 or icmp", None);
     std::thread::sleep(Duration::from_millis(700));
     // 10 random datagrams (no fabric type), 10 initiations of the wrong length, 10
     // transport messages for a receiver index B never gave out.

@@ -120,6 +120,26 @@ pub fn thread_caps(pid: u64) -> Vec<(u64, u64, u64, bool)> {
     out
 }
 
+/// A packet capture in `ns` on `iface` into `path` (`filter`: a pcap expression), after
+/// `count` packets or until stopped (stop it with "INT" so tcpdump flushes). Immediate mode:
+/// libpcap's buffer timeout would otherwise hold packets back for up to a second.
+pub fn capture(
+    ns: &Netns,
+    iface: &str,
+    path: &Path,
+    filter: &str,
+    count: Option<u32>,
+) -> Background {
+    let path = path.display().to_string();
+    let count = count.map(|c| c.to_string());
+    let mut args = vec!["tcpdump", "-i", iface, "-n", "--immediate-mode", "-U", "-w", &path];
+    if let Some(c) = &count {
+        args.extend(["-c", c]);
+    }
+    args.push(filter);
+    Background::spawn(ns, &args)
+}
+
 /// One row of `scripts/reliability.sh`'s table, printed by a test that passed; the script
 /// runs the tests with `--nocapture` and collects these lines.
 pub fn reliability_row(check: &str, load: &str, result: &str, figure: &str) {

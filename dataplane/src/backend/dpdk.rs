@@ -21,18 +21,17 @@ use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
 use tracing::{info, warn};
 
 use crate::clock::monotonic_ms;
-use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::counters::{DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
 use crate::engine::{Decap, Engine, PacketBuf, TxSink};
 use crate::paths;
 use crate::shm::bell::Bell;
 use crate::shm::layout::{Header, Params};
-use crate::shm::records::{Command, decode_packet};
 use crate::shm::region::{DataplaneEnds, Region, RoleLock};
 use crate::sync::{Ordering, fence};
 
 use super::arp::{ArpAction, Neighbours};
-use super::socket::punt;
+use super::channel::{self, punt};
 use super::xdp::{L2Route, build_frame, parse_underlay};
 
 /// A port as the user names it: a PCI address, or a virtual device with its arguments
@@ -621,57 +620,18 @@ impl DpdkWorker<'_> {
     }
 
     fn commands(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> Option<bool> {
-        for _ in 0..256 {
-            match self.ends.cmd.pop_with(Command::decode_and_scrub) {
-                Ok(Some(Ok(cmd))) => {
-                    if let Some(remove) = self.engine.apply(now, cmd, tx) {
-                        return Some(remove);
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    warn!("undecodable command: {e}");
-                    self.counters.inc(Counter::BadCommands, 1);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!("command ring: {e}");
-                    self.counters.inc(Counter::RingCorrupt, 1);
-                    break;
-                }
-            }
-        }
-        None
+        channel::apply_commands(&mut self.engine, &mut self.ends, self.counters, now, tx)
     }
 
     /// Control's packets (handshakes, Nucleus messages): framed and sent as they come.
     fn injects(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> usize {
-        let mut n = 0;
-        let counters = self.counters;
-        for _ in 0..256 {
-            let r = self.ends.inject.pop_with(|slot| match decode_packet(slot) {
-                Ok((to, bytes)) => {
-                    let sent = match to {
-                        Endpoint::Direct(a) => tx.datagram(now, a, &[bytes]),
-                        Endpoint::Relay { via, tag } => {
-                            let hdr = omni_proto::wire::relay::header(false, &tag);
-                            tx.datagram(now, via, &[&hdr, bytes])
-                        }
-                    };
-                    if sent {
-                        counters.inc(Counter::Injected, 1);
-                    }
-                }
-                Err(_) => counters.inc(Counter::BadCommands, 1),
-            });
-            match r {
-                Ok(Some(())) => n += 1,
-                Ok(None) => break,
-                Err(_) => {
-                    counters.inc(Counter::RingCorrupt, 1);
-                    break;
-                }
+        let n = channel::take_injects(&mut self.ends, self.counters, |to, bytes| match to {
+            Endpoint::Direct(a) => tx.datagram(now, a, &[bytes]),
+            Endpoint::Relay { via, tag } => {
+                let hdr = omni_proto::wire::relay::header(false, &tag);
+                tx.datagram(now, via, &[&hdr, bytes])
             }
-        }
+        });
         tx.send_out();
         n
     }
@@ -781,15 +741,7 @@ impl DpdkWorker<'_> {
     }
 
     fn publish_events(&mut self) -> bool {
-        let mut any = false;
-        let counters = self.counters;
-        for ev in self.engine.drain_events() {
-            match self.ends.event.push_with(|slot| ev.encode(slot)) {
-                Ok(()) => any = true,
-                Err(_) => counters.inc(Counter::EventsDropped, 1),
-            }
-        }
-        any
+        channel::publish_events(&mut self.engine, &mut self.ends, self.counters)
     }
 }
 

@@ -1,4 +1,5 @@
 pub mod arp;
+pub mod channel;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod socket;

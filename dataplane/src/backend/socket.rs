@@ -22,7 +22,6 @@ use tracing::{info, warn};
 
 use crate::clock::{monotonic_ms, monotonic_us};
 use crate::counters::{Counter, DropReason, WorkerCounters};
-use crate::endpoint::Endpoint;
 use crate::engine::{Decap, Engine, PacketBuf, TxSink};
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
@@ -30,13 +29,13 @@ use crate::offload::vnet::{self, VnetHdr};
 use crate::paths;
 use crate::shm::bell::Bell;
 use crate::shm::layout::{Header, Params};
-use crate::shm::records::{Command, decode_packet, encode_packet};
 use crate::shm::region::{DataplaneEnds, Region, RoleLock};
 use crate::sync::{Ordering, fence};
 use crate::sys::mmsg::{MmsgBatch, RxBuf, UdpSocket};
 use crate::sys::tap::Tap;
 use crate::sys::{Epoll, SignalFd, wait_writable};
 
+use super::channel::{self, punt};
 use super::xdp::{self, XdpRx, XdpSettings, XdpTx};
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
@@ -561,52 +560,18 @@ impl Worker<'_> {
 
     /// Applies pending commands. `Some(remove_tap)` on shutdown.
     fn commands(&mut self, now: u64, tx: &mut UdpTx) -> Option<bool> {
-        for _ in 0..256 {
-            match self.ends.cmd.pop_with(Command::decode_and_scrub) {
-                Ok(Some(Ok(cmd))) => {
-                    if let Some(remove_tap) = self.engine.apply(now, cmd, tx) {
-                        return Some(remove_tap);
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    warn!("undecodable command: {e}");
-                    self.counters.inc(Counter::BadCommands, 1);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!("command ring: {e}");
-                    self.counters.inc(Counter::RingCorrupt, 1);
-                    break;
-                }
-            }
-        }
-        None
+        channel::apply_commands(&mut self.engine, &mut self.ends, self.counters, now, tx)
     }
 
     fn injects(&mut self) -> usize {
-        let mut n = 0;
         let (sock, counters) = (self.sock, self.counters);
-        for _ in 0..256 {
-            let r = self.ends.inject.pop_with(|slot| match decode_packet(slot) {
-                Ok((to, bytes)) => {
-                    if sock.send_via(bytes, &to).is_ok() {
-                        counters.inc(Counter::Injected, 1);
-                    } else {
-                        counters.drop(DropReason::TxError);
-                    }
-                }
-                Err(_) => counters.inc(Counter::BadCommands, 1),
-            });
-            match r {
-                Ok(Some(())) => n += 1,
-                Ok(None) => break,
-                Err(_) => {
-                    counters.inc(Counter::RingCorrupt, 1);
-                    break;
-                }
+        channel::take_injects(&mut self.ends, counters, |to, bytes| {
+            let ok = sock.send_via(bytes, &to).is_ok();
+            if !ok {
+                counters.drop(DropReason::TxError);
             }
-        }
-        n
+            ok
+        })
     }
 
     /// Receives a burst from each AF_XDP socket, opens every datagram in place in the UMEM,
@@ -773,38 +738,8 @@ impl Worker<'_> {
         Ok(n)
     }
 
-    /// Moves the engine's events into the event ring. Returns whether any were published.
     fn publish_events(&mut self) -> bool {
-        let mut any = false;
-        let counters = self.counters;
-        for ev in self.engine.drain_events() {
-            match self.ends.event.push_with(|slot| ev.encode(slot)) {
-                Ok(()) => any = true,
-                Err(_) => counters.inc(Counter::EventsDropped, 1),
-            }
-        }
-        any
-    }
-}
-
-/// Hands a message for control to the punt ring. Returns whether it went.
-pub(crate) fn punt(
-    ends: &mut DataplaneEnds,
-    counters: &WorkerCounters,
-    from: Endpoint,
-    bytes: &[u8],
-) -> bool {
-    match ends.punt.push_with(|slot| {
-        encode_packet(slot, from, bytes);
-    }) {
-        Ok(()) => {
-            counters.inc(Counter::Punted, 1);
-            true
-        }
-        Err(_) => {
-            counters.drop(DropReason::PuntRingFull);
-            false
-        }
+        channel::publish_events(&mut self.engine, &mut self.ends, self.counters)
     }
 }
 

@@ -1,0 +1,110 @@
+//! The data plane's end of the control channel, the same for every backend: commands
+//! applied to the engine, events published, messages punted to control, and the packets
+//! control injects taken out for the backend to send.
+
+use tracing::warn;
+
+use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::endpoint::Endpoint;
+use crate::engine::{Engine, TxSink};
+use crate::shm::records::{Command, decode_packet, encode_packet};
+use crate::shm::region::DataplaneEnds;
+
+/// Records taken from a ring per call: the loop gets back to packets in between.
+const PER_CALL: usize = 256;
+
+/// Applies pending commands. `Some(remove_access)` when control asked for shutdown.
+pub fn apply_commands(
+    engine: &mut Engine,
+    ends: &mut DataplaneEnds,
+    counters: &WorkerCounters,
+    now: u64,
+    tx: &mut impl TxSink,
+) -> Option<bool> {
+    for _ in 0..PER_CALL {
+        match ends.cmd.pop_with(Command::decode_and_scrub) {
+            Ok(Some(Ok(cmd))) => {
+                if let Some(remove) = engine.apply(now, cmd, tx) {
+                    return Some(remove);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                warn!("undecodable command: {e}");
+                counters.inc(Counter::BadCommands, 1);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                warn!("command ring: {e}");
+                counters.inc(Counter::RingCorrupt, 1);
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// Takes the packets control injected and hands each to `send`, which returns whether it
+/// went (and counts its own failures). Returns how many were taken.
+pub fn take_injects(
+    ends: &mut DataplaneEnds,
+    counters: &WorkerCounters,
+    mut send: impl FnMut(Endpoint, &[u8]) -> bool,
+) -> usize {
+    let mut n = 0;
+    for _ in 0..PER_CALL {
+        let r = ends.inject.pop_with(|slot| match decode_packet(slot) {
+            Ok((to, bytes)) => {
+                if send(to, bytes) {
+                    counters.inc(Counter::Injected, 1);
+                }
+            }
+            Err(_) => counters.inc(Counter::BadCommands, 1),
+        });
+        match r {
+            Ok(Some(())) => n += 1,
+            Ok(None) => break,
+            Err(_) => {
+                counters.inc(Counter::RingCorrupt, 1);
+                break;
+            }
+        }
+    }
+    n
+}
+
+/// Moves the engine's events into the event ring. Returns whether any were published.
+pub fn publish_events(
+    engine: &mut Engine,
+    ends: &mut DataplaneEnds,
+    counters: &WorkerCounters,
+) -> bool {
+    let mut any = false;
+    for ev in engine.drain_events() {
+        match ends.event.push_with(|slot| ev.encode(slot)) {
+            Ok(()) => any = true,
+            Err(_) => counters.inc(Counter::EventsDropped, 1),
+        }
+    }
+    any
+}
+
+/// Hands a message for control to the punt ring. Returns whether it went.
+pub fn punt(
+    ends: &mut DataplaneEnds,
+    counters: &WorkerCounters,
+    from: Endpoint,
+    bytes: &[u8],
+) -> bool {
+    match ends.punt.push_with(|slot| {
+        encode_packet(slot, from, bytes);
+    }) {
+        Ok(()) => {
+            counters.inc(Counter::Punted, 1);
+            true
+        }
+        Err(_) => {
+            counters.drop(DropReason::PuntRingFull);
+            false
+        }
+    }
+}

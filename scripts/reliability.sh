@@ -21,7 +21,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-for t in reliability_netns fabric_netns cluster_netns xdp_netns; do
+for t in reliability_netns fabric_netns cluster_netns xdp_netns dpdk_netns; do
   echo "reliability.sh: $t" >&2
   cargo test --release -q -p omni-control --test "$t" -- --test-threads=1 --nocapture >>"$log" 2>&1 || status=$?
 done

@@ -194,6 +194,40 @@ fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
     );
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("backend=\"dpdk\""), "{log}");
+    // Stealth: garbage to the fabric port and to a closed port of the DPDK node gets
+    // nothing back (no cookie, no ICMP: there is no kernel stack behind that address).
+    let pcap = dir.0.join("dpdk-stealth.pcap");
+    let mut cap = capture(&pair.b, "ub", &pcap, "src host 10.77.0.1 and (udp or icmp)", None);
+    std::thread::sleep(Duration::from_millis(500));
+    for port in [51820, 9999] {
+        for _ in 0..5 {
+            pair.b.sh_ok(&format!(
+                "echo garbage | socat -u - UDP4-DATAGRAM:10.77.0.1:{port},sourceport=40002"
+            ));
+        }
+    }
+    // An initiation of the right length with a wrong mac1 too.
+    pair.b.sh_ok(&format!(
+        "printf '\\001\\000\\000\\000%s' \"$(head -c 144 /dev/zero | tr '\\0' 'Z')\" | socat -u - UDP4-DATAGRAM:10.77.0.1:51820,sourceport=40002"
+    ));
+    std::thread::sleep(Duration::from_millis(700));
+    cap.stop("INT");
+    let back = run_ok(&format!(
+        "tcpdump -r {} -n 'udp port 40002 or icmp' 2>/dev/null | wc -l",
+        pcap.display()
+    ));
+    assert_eq!(back.trim(), "0", "the DPDK node answered nothing");
+    // They did arrive: dropped and counted.
+    let m = a.metrics(9100);
+    let malformed = metric(&m, "omni_packets_dropped_total{reason=\"malformed\"}").unwrap_or(0.0);
+    let bad_mac1 = metric(&m, "omni_packets_dropped_total{reason=\"bad_mac1\"}").unwrap_or(0.0);
+    assert!(malformed >= 10.0 && bad_mac1 >= 1.0, "dropped and counted: {m}");
+    reliability_row(
+        "stealth (dpdk)",
+        "5 garbage datagrams to the fabric port, 5 to a closed port, 1 initiation with a bad mac1",
+        "nothing sent back, no ICMP (no kernel stack behind the address)",
+        &format!("malformed {malformed}, bad_mac1 {bad_mac1}, 0 packets back"),
+    );
 }
 
 #[test]

@@ -482,8 +482,7 @@ fn soak(secs: u64) {
         assert_eq!(dropped(&m, "replay"), 0, "no replay, across rekeys and the restart\n{m}");
     }
     // Flat: after a 30 s warm-up, a process's private memory grows by less than 1 MiB and
-    // its fds do not change (the restarted data plane is judged from its own first sample
-    // on).
+    // its fds stay put (the restarted data plane is judged from its own first sample on).
     let mut figure = Vec::new();
     for (k, name) in ["daemon A", "data plane A", "daemon B", "data plane B"].iter().enumerate() {
         let warm: Vec<_> = samples.iter().filter(|s| s.0 >= 30).map(|s| s.1[k]).collect();
@@ -493,8 +492,11 @@ fn soak(secs: u64) {
         let max_rss = mine.iter().map(|p| p.1).max().unwrap();
         let (min_fd, max_fd) =
             (mine.iter().map(|p| p.2).min().unwrap(), mine.iter().map(|p| p.2).max().unwrap());
+        // A daemon may hold a status connection of this very test for a moment: it may
+        // differ by up to 2 (a leak over 60 rekeys or a restart would be far more).
+        let fd_slack = if name.starts_with("daemon") { 2 } else { 0 };
         assert!(
-            max_rss < first.1 + 1024 && min_fd == max_fd,
+            max_rss < first.1 + 1024 && max_fd - min_fd <= fd_slack,
             "{name}: private RSS {} -> max {max_rss} KiB, fds {min_fd}..{max_fd}",
             first.1
         );

@@ -290,11 +290,7 @@ fn replayed_handshake_and_tampered_packets_are_dropped_and_counted() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let hs_b = f.b.status()["handshakes_completed"].as_u64().unwrap();
-    f.pair.a.sh_ok(&format!(
-        "{} rekey --run-dir {}",
-        bin("omni-daemon").display(),
-        f.a.run_dir.display()
-    ));
+    f.a.rekey();
     f.b.wait_for("B answers A's handshake", Duration::from_secs(10), |s| {
         s["handshakes_completed"].as_u64().is_some_and(|n| n > hs_b)
     });
@@ -613,12 +609,7 @@ fn cookie_reply_under_load_then_handshake_with_mac2() {
     // the second with a cookie.
     std::thread::sleep(Duration::from_millis(1100));
     for _ in 0..2 {
-        run_ok(&format!(
-            "ip netns exec {} {} rekey --run-dir {}",
-            f.pair.a.name,
-            bin("omni-daemon").display(),
-            f.a.run_dir.display()
-        ));
+        f.a.rekey();
         std::thread::sleep(Duration::from_millis(40));
     }
     // The first rekey lands in a fresh one-second window and completes; the second gets

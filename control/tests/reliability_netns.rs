@@ -45,11 +45,7 @@ fn five_percent_underlay_loss_handshakes_complete_and_tcp_flows() {
     // response is retried after the handshake timeout).
     for round in 1..=3u64 {
         let hs = f.a.status()["handshakes_completed"].as_u64().unwrap();
-        f.pair.a.sh_ok(&format!(
-            "{} rekey --run-dir {}",
-            bin("omni-daemon").display(),
-            f.a.run_dir.display()
-        ));
+        f.a.rekey();
         f.a.wait_for(&format!("handshake {round} under loss"), Duration::from_secs(20), |s| {
             s["handshakes_completed"].as_u64().is_some_and(|n| n > hs)
         });
@@ -91,11 +87,7 @@ fn private_keys_never_appear_in_logs_status_or_metrics() {
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
-    f.pair.a.sh_ok(&format!(
-        "{} rekey --run-dir {}",
-        bin("omni-daemon").display(),
-        f.a.run_dir.display()
-    ));
+    f.a.rekey();
     std::thread::sleep(Duration::from_secs(1));
     for (node, id) in [(&f.a, f.dir.0.join("a.key")), (&f.b, f.dir.0.join("b.key"))] {
         let file = std::fs::read_to_string(&id).unwrap();
@@ -198,11 +190,7 @@ fn spoofed_handshake_flood_engages_cookies_and_a_peer_still_gets_through() {
     // In the thick of it, A starts a new handshake with B.
     std::thread::sleep(Duration::from_secs(1));
     let rekeyed = std::time::Instant::now();
-    f.pair.a.sh_ok(&format!(
-        "{} rekey --run-dir {}",
-        bin("omni-daemon").display(),
-        f.a.run_dir.display()
-    ));
+    f.a.rekey();
     f.a.wait_for("A's handshake during the flood", Duration::from_secs(20), |s| {
         s["handshakes_completed"].as_u64().is_some_and(|n| n > hs)
     });

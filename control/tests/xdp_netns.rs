@@ -215,11 +215,7 @@ fn handshake_flood_is_cut_in_xdp_while_a_peer_rekeys() {
         std::thread::spawn(move || blast(&ns, "10.77.0.3", 40002, &init, sent))
     };
     // Meanwhile A (10.77.0.1) starts a new handshake with B.
-    f.pair.a.sh_ok(&format!(
-        "{} rekey --run-dir {}",
-        bin("omni-daemon").display(),
-        f.a.run_dir.display()
-    ));
+    f.a.rekey();
     f.a.wait_for("A's new handshake", Duration::from_secs(15), |s| {
         s["handshakes_completed"].as_u64().is_some_and(|n| n > hs)
     });

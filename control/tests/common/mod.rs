@@ -230,6 +230,16 @@ impl Node {
         Self { ns_name: ns.name.clone(), run_dir, key: key.to_string(), log, child: Some(child) }
     }
 
+    /// `omni-daemon rekey`: a new handshake with every peer, now.
+    pub fn rekey(&self) {
+        run_ok(&format!(
+            "ip netns exec {} {} rekey --run-dir {}",
+            self.ns_name,
+            bin("omni-daemon").display(),
+            self.run_dir.display()
+        ));
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

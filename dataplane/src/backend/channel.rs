@@ -4,11 +4,14 @@
 
 use tracing::warn;
 
+use crate::clock::monotonic_ms;
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
 use crate::engine::{Engine, TxSink};
+use crate::shm::layout::Header;
 use crate::shm::records::{Command, decode_packet, encode_packet};
 use crate::shm::region::DataplaneEnds;
+use crate::sync::Ordering;
 
 /// Records taken from a ring per call: the loop gets back to packets in between.
 const PER_CALL: usize = 256;
@@ -107,4 +110,19 @@ pub fn punt(
             false
         }
     }
+}
+
+/// Tells control a data plane is up (set up, about to serve): its pid, fabric port, access
+/// interface index (0 when the kernel has none), whether its daemon started it, a first
+/// heartbeat, and a new generation, published last: control replays its state when the
+/// generation changes. Returns the generation.
+pub fn announce(h: &Header, port: u16, access_ifindex: u32, supervised: bool) -> u32 {
+    h.dp_pid.store(std::process::id(), Ordering::Relaxed);
+    h.dp_port.store(port as u32, Ordering::Relaxed);
+    h.dp_access_ifindex.store(access_ifindex, Ordering::Relaxed);
+    h.dp_supervised.store(supervised as u32, Ordering::Relaxed);
+    h.dp_heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
+    let generation = h.dp_generation.load(Ordering::Relaxed).wrapping_add(1);
+    h.dp_generation.store(generation, Ordering::Release);
+    generation
 }

@@ -222,13 +222,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot bind doorbell in {}", cfg.run_dir.display()))?;
 
     let h = region.header();
-    h.dp_pid.store(std::process::id(), Ordering::Relaxed);
-    h.dp_port.store(cfg.port as u32, Ordering::Relaxed);
-    h.dp_access_ifindex.store(0, Ordering::Relaxed);
-    h.dp_supervised.store(cfg.supervised as u32, Ordering::Relaxed);
-    h.dp_heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
-    let generation = h.dp_generation.load(Ordering::Relaxed).wrapping_add(1);
-    h.dp_generation.store(generation, Ordering::Release);
+    let generation = channel::announce(h, cfg.port, 0, cfg.supervised);
     info!(
         underlay = cfg.underlay.name(),
         access = cfg.access.name(),

@@ -331,13 +331,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     let use_crypto_thread = cfg.crypto_thread && xdp_rx.is_none();
 
     let h = region.header();
-    h.dp_pid.store(std::process::id(), Ordering::Relaxed);
-    h.dp_port.store(port as u32, Ordering::Relaxed);
-    h.dp_access_ifindex.store(tap.ifindex(), Ordering::Relaxed);
-    h.dp_supervised.store(cfg.supervised as u32, Ordering::Relaxed);
-    h.dp_heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
-    let generation = h.dp_generation.load(Ordering::Relaxed).wrapping_add(1);
-    h.dp_generation.store(generation, Ordering::Release);
+    let generation = channel::announce(h, port, tap.ifindex(), cfg.supervised);
     let privileges = drop_privileges(xdp_rx.is_some());
     info!(
         port,

@@ -241,14 +241,8 @@ fn replayed_data_packet_is_dropped_and_counted() {
     let before = f.b.metrics(9100);
     let replay_before = metric(&before, "omni_packets_dropped_total{reason=\"replay\"}").unwrap();
     // Replay three captured packets from another address of A's host (port 40000).
-    for (i, p) in pkts.iter().take(3).enumerate() {
-        let file = f.dir.0.join(format!("replay{i}.bin"));
-        std::fs::write(&file, p).unwrap();
-        f.pair.a.sh_ok(&format!(
-            "socat -u OPEN:{} UDP4-DATAGRAM:10.77.0.2:51820,sourceport=40000",
-            file.display()
-        ));
-    }
+    let replays: Vec<&[u8]> = pkts.iter().take(3).map(|p| p.as_slice()).collect();
+    send_datagrams(&f.pair.a, &f.dir.0, &replays, "10.77.0.2:51820", 40000);
     std::thread::sleep(Duration::from_millis(500));
     let after = f.b.metrics(9100);
     assert_eq!(
@@ -322,14 +316,9 @@ fn replayed_handshake_and_tampered_packets_are_dropped_and_counted() {
     let icmp = f.dir.0.join("omni0.pcap");
     let mut watch = capture(&f.pair.b, "omni0", &icmp, "icmp and src host 192.168.77.1", None);
     std::thread::sleep(Duration::from_millis(500));
-    for (i, p) in std::iter::once(&init).chain(&tampered).enumerate() {
-        let file = f.dir.0.join(format!("forged{i}.bin"));
-        std::fs::write(&file, p).unwrap();
-        f.pair.a.sh_ok(&format!(
-            "socat -u OPEN:{} UDP4-DATAGRAM:10.77.0.2:51820,sourceport=40001",
-            file.display()
-        ));
-    }
+    let forged: Vec<&[u8]> =
+        std::iter::once(&init).chain(&tampered).map(|p| p.as_slice()).collect();
+    send_datagrams(&f.pair.a, &f.dir.0, &forged, "10.77.0.2:51820", 40001);
     std::thread::sleep(Duration::from_millis(700));
     let after = f.b.metrics(9100);
     // Positive control for the capture: one genuine ping, the only packet it may hold.
@@ -419,15 +408,7 @@ fn rekey_during_iperf3_loses_nothing() {
 fn kernel_queue_drops(f: &Fabric2) -> u64 {
     let mut total = 0;
     for ns in [&f.pair.a, &f.pair.b] {
-        let snmp = ns.sh_ok("cat /proc/net/snmp");
-        let mut lines = snmp.lines().filter(|l| l.starts_with("Udp: "));
-        if let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
-                if name == "RcvbufErrors" || name == "SndbufErrors" {
-                    total += value.parse::<u64>().unwrap_or(0);
-                }
-            }
-        }
+        total += udp_snmp(ns, "RcvbufErrors") + udp_snmp(ns, "SndbufErrors");
         for stat in ["tx_dropped", "rx_dropped"] {
             total += ns
                 .sh_ok(&format!("cat /sys/class/net/omni0/statistics/{stat}"))

@@ -134,19 +134,6 @@ fn anon_kib(pid: u64) -> u64 {
     mem_kib(pid, "RssAnon:")
 }
 
-/// A field of the `Udp:` line of /proc/net/snmp in `ns`.
-fn udp_snmp(ns: &Netns, field: &str) -> u64 {
-    let snmp = ns.sh_ok("cat /proc/net/snmp");
-    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == field)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn counter(m: &str, name: &str) -> u64 {
     metric(m, name).unwrap_or(0.0) as u64
 }
@@ -246,32 +233,10 @@ fn spoofed_handshake_flood_engages_cookies_and_a_peer_still_gets_through() {
     );
 }
 
-/// Packets the veth pair dropped on their way to B (its queue was full).
-fn veth_drops(f: &Fabric2) -> u64 {
-    let read = |ns: &Netns, path: &str| -> u64 {
-        ns.sh_ok(&format!("cat {path}")).trim().parse().unwrap_or(0)
-    };
-    read(&f.pair.a, "/sys/class/net/ua/statistics/tx_dropped")
-        + read(&f.pair.b, "/sys/class/net/ub/statistics/rx_dropped")
-}
-
 /// The longest outage in the timeline's 100 ms intervals between `from` and `to` seconds.
 fn outage_between(timeline: &[f64], from: f64, to: f64) -> f64 {
     let (a, b) = ((from * 10.0).max(0.0) as usize, ((to * 10.0) as usize).min(timeline.len()));
-    longest_outage_with(&timeline[a.min(b)..b], timeline)
-}
-
-/// As `longest_outage`, judged against the median of the whole run.
-fn longest_outage_with(window: &[f64], whole: &[f64]) -> f64 {
-    let mut sorted = whole.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    let (mut longest, mut run) = (0usize, 0usize);
-    for &r in window {
-        run = if r < median / 10.0 { run + 1 } else { 0 };
-        longest = longest.max(run);
-    }
-    longest as f64 * 0.1
+    longest_outage_in(&timeline[a.min(b)..b], timeline)
 }
 
 #[test]

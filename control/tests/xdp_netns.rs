@@ -243,15 +243,6 @@ fn handshake_flood_is_cut_in_xdp_while_a_peer_rekeys() {
     );
 }
 
-/// Packets the veth pair dropped before B's XDP program ran (its queue was full).
-fn veth_drops(f: &Fabric2) -> u64 {
-    let read = |ns: &Netns, path: &str| -> u64 {
-        ns.sh_ok(&format!("cat {path}")).trim().parse().unwrap_or(0)
-    };
-    read(&f.pair.a, "/sys/class/net/ua/statistics/tx_dropped")
-        + read(&f.pair.b, "/sys/class/net/ub/statistics/rx_dropped")
-}
-
 #[test]
 fn xdp_node_and_socket_node_in_one_fabric() {
     let Some(_serial) = start() else { return };

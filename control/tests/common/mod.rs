@@ -92,15 +92,54 @@ pub fn iperf3_timeline(
 /// The longest run of 100 ms intervals in which less than a tenth of the median rate
 /// arrived, in seconds: how long the traffic stopped.
 pub fn longest_outage(timeline: &[f64]) -> f64 {
-    let mut sorted = timeline.to_vec();
+    longest_outage_in(timeline, timeline)
+}
+
+/// As `longest_outage`, over `window`, judged against the median of `whole`.
+pub fn longest_outage_in(window: &[f64], whole: &[f64]) -> f64 {
+    let mut sorted = whole.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
     let (mut longest, mut run) = (0usize, 0usize);
-    for &r in timeline {
-        run = if r < median / 10.0 { run + 1 } else { 0 };
+    for &v in window {
+        run = if v < median / 10.0 { run + 1 } else { 0 };
         longest = longest.max(run);
     }
     longest as f64 * 0.1
+}
+
+/// A field of the `Udp:` line of /proc/net/snmp in `ns`.
+pub fn udp_snmp(ns: &Netns, field: &str) -> u64 {
+    let snmp = ns.sh_ok("cat /proc/net/snmp");
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Packets the veth pair dropped on their way from A to B (B's queue was full).
+pub fn veth_drops(f: &Fabric2) -> u64 {
+    let read = |ns: &Netns, path: &str| -> u64 {
+        ns.sh_ok(&format!("cat {path}")).trim().parse().unwrap_or(0)
+    };
+    read(&f.pair.a, "/sys/class/net/ua/statistics/tx_dropped")
+        + read(&f.pair.b, "/sys/class/net/ub/statistics/rx_dropped")
+}
+
+/// Sends each of `payloads` as one UDP datagram from `ns` (source port `sport`) to `dst`.
+pub fn send_datagrams(ns: &Netns, dir: &Path, payloads: &[&[u8]], dst: &str, sport: u16) {
+    for (i, p) in payloads.iter().enumerate() {
+        let file = dir.join(format!("datagram-{}-{i}.bin", omni_testkit::seq()));
+        std::fs::write(&file, p).unwrap();
+        ns.sh_ok(&format!(
+            "socat -u OPEN:{} UDP4-DATAGRAM:{dst},sourceport={sport}",
+            file.display()
+        ));
+    }
 }
 
 /// (CapEff, CapPrm, CapBnd, NoNewPrivs) of every thread of `pid`.

@@ -17,13 +17,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
+use omni_dpdk::{BURST, Eal, EthPort, Mbuf, MbufBurst, Mempool};
+use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
+use omni_proto::wire::relay;
 use tracing::{info, warn};
 
 use crate::clock::monotonic_ms;
 use crate::counters::{DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
-use crate::engine::{Decap, Engine, PacketBuf, TxSink};
+use crate::engine::{Decap, Engine, InPlace, PacketBuf, TxSink};
 use crate::paths;
 use crate::shm::bell::Bell;
 use crate::shm::layout::{Header, Params};
@@ -32,7 +34,7 @@ use crate::sync::{Ordering, fence};
 
 use super::arp::{ArpAction, Neighbours};
 use super::channel::{self, punt};
-use super::xdp::{L2Route, build_frame, parse_underlay};
+use super::xdp::{L2Route, build_frame, build_headers, parse_underlay};
 
 /// A port as the user names it: a PCI address, or a virtual device with its arguments
 /// (`net_memif0,role=server,socket=/run/omni/memif.sock`).
@@ -361,6 +363,12 @@ struct DpdkTx<'a> {
     pending: std::collections::VecDeque<(u64, SocketAddr, Vec<u8>)>,
 }
 
+/// Ethernet + IPv4 + UDP in front of a sealed message on the underlay.
+const OUTER_V4: usize = 14 + 20 + 8;
+/// Headroom an access frame is given to be sealed in place: outer headers and the
+/// transport header (a relay header, when needed, is prepended after).
+const IN_PLACE_HEAD: usize = OUTER_V4 + TRANSPORT_HEADER_LEN;
+
 /// Datagrams held while their next hop is being resolved.
 const PENDING_MAX: usize = 64;
 const PENDING_MAX_AGE_MS: u64 = 3_000;
@@ -429,6 +437,50 @@ impl<'a> DpdkTx<'a> {
             let _ = self.out.push(m);
         }
         true
+    }
+
+    /// Sends a message the engine sealed in place in `m` (`[outer headers][message of
+    /// msg_len]`): a relay header is slid in front of it when the peer is relayed, the
+    /// outer headers are written and the mbuf queued, with no copy. Without a resolved
+    /// next hop the message takes [`DpdkTx::datagram`]'s path (ARP, held while pending).
+    fn sealed_in_place(&mut self, now: u64, mut m: Mbuf<'a>, msg_len: usize, to: Endpoint) {
+        let dst = to.addr();
+        let mut payload = msg_len;
+        if let Some(tag) = to.relay_tag() {
+            if !m.prepend(relay::HEADER_LEN) {
+                self.counters.drop(DropReason::TxError);
+                return;
+            }
+            m.data_mut()[OUTER_V4..OUTER_V4 + relay::HEADER_LEN]
+                .copy_from_slice(&relay::header(false, &tag));
+            payload += relay::HEADER_LEN;
+        }
+        let peer_mac = match dst {
+            SocketAddr::V4(d4) => self.neighbours.lookup(now, *d4.ip()),
+            SocketAddr::V6(_) => None,
+        };
+        let Some(peer_mac) = peer_mac else {
+            self.datagram(now, dst, &[&m.data()[OUTER_V4..OUTER_V4 + payload]]);
+            return;
+        };
+        if 28 + payload > self.max_ip {
+            self.counters.drop(DropReason::TxError);
+            return;
+        }
+        let route = L2Route {
+            peer_mac,
+            our_mac: self.neighbours.our_mac,
+            our_ip: IpAddr::V4(self.neighbours.our_ip),
+            vlan: None,
+        };
+        if build_headers(m.data_mut(), &route, self.udp_port, dst, payload).is_none() {
+            self.counters.drop(DropReason::TxError);
+            return;
+        }
+        if let Err(m) = self.out.push(m) {
+            self.send_out();
+            let _ = self.out.push(m);
+        }
     }
 
     /// Sends what waited for a neighbour that is now resolved; forgets what waited longer
@@ -532,7 +584,7 @@ impl DpdkWorker<'_> {
         pool: &'p Mempool,
         underlay: &EthPort,
         access: &EthPort,
-        tx: &mut DpdkTx<'_>,
+        tx: &mut DpdkTx<'p>,
     ) -> anyhow::Result<bool> {
         let mut last_housekeeping = monotonic_ms();
         let mut last_heartbeat = 0;
@@ -710,22 +762,44 @@ impl DpdkWorker<'_> {
         n
     }
 
-    /// A burst of frames from the access port, sealed and queued for the underlay.
+    /// A burst of frames from the access port, sealed and queued for the underlay. A
+    /// unicast frame to a peer with a session is sealed where it lies: outer headers and
+    /// the transport header go into the mbuf's headroom, the tag into its tailroom, and the
+    /// same mbuf is sent (no copy). Anything else (flooding, staging, short rooms) takes
+    /// the engine's buffer path.
     fn access_burst<'p>(
         &mut self,
         now: u64,
         access: &EthPort,
         pool: &'p Mempool,
-        tx: &mut DpdkTx<'_>,
+        tx: &mut DpdkTx<'p>,
         rx: &mut MbufBurst<'p>,
     ) -> usize {
         let n = access.rx_burst(0, rx, pool);
-        for m in rx.drain() {
-            let f = m.data();
-            if !m.is_contiguous() || f.len() > self.frame.frame_area().len() {
+        for mut m in rx.drain() {
+            let flen = m.len();
+            if !m.is_contiguous() || flen > self.frame.frame_area().len() {
                 self.counters.drop(DropReason::BadFrame);
                 continue;
             }
+            if m.headroom() >= IN_PLACE_HEAD + relay::HEADER_LEN
+                && m.tailroom() >= AEAD_TAG_LEN
+                && m.prepend(IN_PLACE_HEAD)
+                && m.append(AEAD_TAG_LEN)
+            {
+                match self.engine.encap_in_place(now, &mut m.data_mut()[OUTER_V4..], flen) {
+                    InPlace::Sealed { len, to } => {
+                        tx.sealed_in_place(now, m, len, to);
+                        continue;
+                    }
+                    InPlace::Dropped => continue,
+                    InPlace::Fallback => {
+                        // Untouched: back to the bare frame.
+                        let _ = m.adj(IN_PLACE_HEAD) && m.trim(AEAD_TAG_LEN);
+                    }
+                }
+            }
+            let f = m.data();
             self.frame.frame_area()[..f.len()].copy_from_slice(f);
             self.frame.len = f.len();
             drop(m);

@@ -140,6 +140,17 @@ fn csum_fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// Bytes of Ethernet (+ VLAN) + IP + UDP headers in front of a datagram to `dst` over
+/// `route`, or `None` when the address families of the route and `dst` differ.
+pub fn headers_len(route: &L2Route, dst: SocketAddr) -> Option<usize> {
+    let l3 = if route.vlan.is_some() { 18 } else { 14 };
+    match (route.our_ip, dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => Some(l3 + 20 + 8),
+        (IpAddr::V6(_), IpAddr::V6(_)) => Some(l3 + 40 + 8),
+        _ => None,
+    }
+}
+
 /// Writes an Ethernet + IP + UDP frame to `dst` carrying `parts` (concatenated) into
 /// `out`. Returns its length, or `None` if it does not fit or the address families of
 /// the route and `dst` differ.
@@ -151,12 +162,29 @@ pub fn build_frame(
     parts: &[&[u8]],
 ) -> Option<usize> {
     let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut off = headers_len(route, dst)?;
+    if off + payload_len > out.len() {
+        return None;
+    }
+    for p in parts {
+        out[off..off + p.len()].copy_from_slice(p);
+        off += p.len();
+    }
+    build_headers(out, route, local_port, dst, payload_len)
+}
+
+/// Writes the Ethernet + IP + UDP headers to `dst` in front of a payload of `payload_len`
+/// bytes already at `out[headers_len(..)..]` (where a backend built it in place). Returns
+/// the frame's length, or `None` if it does not fit or the families differ.
+pub fn build_headers(
+    out: &mut [u8],
+    route: &L2Route,
+    local_port: u16,
+    dst: SocketAddr,
+    payload_len: usize,
+) -> Option<usize> {
     let l3 = if route.vlan.is_some() { 18 } else { 14 };
-    let l4 = match (route.our_ip, dst.ip()) {
-        (IpAddr::V4(_), IpAddr::V4(_)) => l3 + 20,
-        (IpAddr::V6(_), IpAddr::V6(_)) => l3 + 40,
-        _ => return None,
-    };
+    let l4 = headers_len(route, dst)? - 8;
     let total = l4 + 8 + payload_len;
     if total > out.len() || 8 + payload_len > u16::MAX as usize {
         return None;
@@ -172,11 +200,6 @@ pub fn build_frame(
         out[12..14].copy_from_slice(&ethertype.to_be_bytes());
     }
     let udp_len = (8 + payload_len) as u16;
-    let mut off = l4 + 8;
-    for p in parts {
-        out[off..off + p.len()].copy_from_slice(p);
-        off += p.len();
-    }
     out[l4..l4 + 2].copy_from_slice(&local_port.to_be_bytes());
     out[l4 + 2..l4 + 4].copy_from_slice(&dst.port().to_be_bytes());
     out[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());

@@ -102,6 +102,17 @@ pub enum Decap {
     Drop(DropReason),
 }
 
+/// What [`Engine::encap_in_place`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InPlace {
+    /// Sealed where it lies: the message is the first `len` bytes of the slice given, for `to`.
+    Sealed { len: usize, to: Endpoint },
+    /// Counted and dropped (the session may send no more).
+    Dropped,
+    /// Not for the fast path: hand the frame to [`Engine::encap`].
+    Fallback,
+}
+
 struct Peer {
     active: bool,
     endpoint: Option<Endpoint>,
@@ -323,43 +334,91 @@ impl<'r> Engine<'r> {
     /// Seals the frame in `buf` (length `buf.len`) for `peer` under session `idx`; on
     /// success `buf` holds the transport message and its destination.
     fn seal_to(&mut self, now_ms: u64, peer: u16, idx: u32, buf: &mut PacketBuf) -> bool {
+        let defer = self.defer_seal;
+        let Some((n, job)) = self.seal_slice(now_ms, peer, idx, &mut buf.data, buf.len, defer)
+        else {
+            return false;
+        };
+        let endpoint = self.peers[peer as usize].endpoint;
+        buf.seal = job;
+        buf.len = n;
+        buf.addr = endpoint.map(|e| e.addr());
+        buf.relay = endpoint.and_then(|e| e.relay_tag());
+        true
+    }
+
+    /// Seals the frame at `data[16..16 + frame_len]` for `peer` under session `idx`: writes
+    /// the transport header, and either runs the AEAD (the tag goes after the frame) or,
+    /// when `defer`, returns it as a job for the caller. Returns the sealed length.
+    fn seal_slice(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        idx: u32,
+        data: &mut [u8],
+        frame_len: usize,
+        defer: bool,
+    ) -> Option<(usize, Option<SealJob>)> {
         let slot = self.slot(idx);
         let limit = self.cfg.reject_after_messages;
         let rekey_at = self.cfg.rekey_after_messages;
-        let frame_len = buf.len;
-        let endpoint = self.peers[peer as usize].endpoint;
         let sess = self.sessions[(idx & self.session_mask) as usize]
             .as_deref_mut()
             .expect("usable session exists");
-        let Some(job) = sess.prepare_seal(&mut buf.data, frame_len, limit, slot) else {
+        let Some(job) = sess.prepare_seal(data, frame_len, limit, slot) else {
             self.counters.drop(DropReason::Expired);
-            return false;
+            return None;
         };
         let n = job.sealed_len();
-        if self.defer_seal {
-            buf.seal = Some(job);
+        let job = if defer {
+            Some(job)
         } else {
-            buf.seal = None;
-            if job.run(&mut buf.data).is_none() {
+            if job.run(data).is_none() {
                 self.counters.drop(DropReason::TxError);
-                return false;
+                return None;
             }
-        }
+            None
+        };
         let want_rekey = sess.initiator && !sess.rekey_requested && sess.tx_counter() >= rekey_at;
         if want_rekey {
             sess.rekey_requested = true;
             self.event(Event::RekeyNeeded { peer });
         }
-        buf.len = n;
-        buf.addr = endpoint.map(|e| e.addr());
-        buf.relay = endpoint.and_then(|e| e.relay_tag());
         self.stats(peer).record_tx(frame_len, now_ms);
         self.counters.inc(Counter::TxPackets, 1);
         self.counters.inc(Counter::TxBytes, frame_len as u64);
         if frame_len == 0 {
             self.counters.inc(Counter::KeepalivesTx, 1);
         }
-        true
+        Some((n, job))
+    }
+
+    /// The fast path of a backend that can build the packet around the frame where it lies
+    /// (DPDK: outer headers in the mbuf's headroom, the tag in its tailroom). `msg` is
+    /// `[16 bytes of room for the transport header][frame_len bytes of frame][16 bytes of
+    /// room for the tag]`. A unicast frame for a peer with a usable session and an endpoint
+    /// is sealed in place; anything else (group address, unknown destination, no session
+    /// yet) is left untouched for [`Engine::encap`], which floods, stages or drops it.
+    pub fn encap_in_place(&mut self, now_ms: u64, msg: &mut [u8], frame_len: usize) -> InPlace {
+        if !(ETHERNET_HEADER_LEN..=MAX_INNER_FRAME).contains(&frame_len)
+            || msg.len() < TRANSPORT_HEADER_LEN + frame_len + omni_proto::constants::AEAD_TAG_LEN
+        {
+            return InPlace::Fallback;
+        }
+        let dst = frame_dst(&msg[TRANSPORT_HEADER_LEN..]);
+        if ethernet::is_group(&dst) {
+            return InPlace::Fallback;
+        }
+        let Some(peer) = self.fdb.lookup(&dst, now_ms) else { return InPlace::Fallback };
+        let Some(p) = self.peers.get(peer as usize).filter(|p| p.active) else {
+            return InPlace::Fallback;
+        };
+        let Some(to) = p.endpoint else { return InPlace::Fallback };
+        let Some(idx) = self.usable_current(peer, now_ms) else { return InPlace::Fallback };
+        match self.seal_slice(now_ms, peer, idx, msg, frame_len, false) {
+            Some((len, _)) => InPlace::Sealed { len, to },
+            None => InPlace::Dropped,
+        }
     }
 
     fn stage(&mut self, now_ms: u64, peer: u16, frame: &[u8]) {

@@ -476,3 +476,48 @@ fn relayed_packets_are_unwrapped_and_the_path_follows_them() {
         Decap::Punt { from: nucleus.parse().unwrap(), offset: 0, len: 172 }
     );
 }
+
+#[test]
+fn in_place_seal_matches_the_buffer_path_and_falls_back_for_the_rest() {
+    let (mut a, mut b) = pair("inplace");
+    let mut sink = VecSink::default();
+    // B learns MAC_A from one packet, so B → MAC_A is known unicast.
+    let mut f = frame(MAC_B, MAC_A, b"hello");
+    a.encap(10, &mut f, &mut sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert!(matches!(deliver(&mut b, A_EP, &mut pkt), Decap::Deliver { .. }));
+
+    // A frame laid out as a backend with head- and tailroom has it.
+    let payload = b"in place, no copy";
+    let frame_len = 14 + payload.len();
+    let mut msg = vec![0xeeu8; 16 + frame_len + 16];
+    msg[16..22].copy_from_slice(&MAC_A);
+    msg[22..28].copy_from_slice(&MAC_B);
+    msg[28..30].copy_from_slice(&0x0800u16.to_be_bytes());
+    msg[30..30 + payload.len()].copy_from_slice(payload);
+    let tx_before = b.counters().get(Counter::TxPackets);
+    let r = b.encap_in_place(11, &mut msg, frame_len);
+    let InPlace::Sealed { len, to } = r else { panic!("{r:?}") };
+    assert_eq!(len, 16 + frame_len + 16);
+    assert_eq!(to, Endpoint::Direct(A_EP.parse().unwrap()));
+    assert_eq!(b.counters().get(Counter::TxPackets), tx_before + 1);
+    assert_ne!(&msg[30..30 + payload.len()], payload, "the frame is encrypted");
+    // A opens it like any other packet.
+    let mut p = PacketBuf::new();
+    p.data[..len].copy_from_slice(&msg[..len]);
+    p.len = len;
+    assert_eq!(deliver(&mut a, B_EP, &mut p), Decap::Deliver { offset: 16, len: frame_len });
+    assert_eq!(&p.data[30..30 + payload.len()], payload);
+
+    // Broadcast, an unknown destination and a short buffer are left alone for encap.
+    for (dst, room) in [([0xff; 6], 16), ([0x02, 9, 9, 9, 9, 9], 16), (MAC_A, 15)] {
+        let mut m = vec![0u8; 16 + frame_len + room];
+        m[16..22].copy_from_slice(&dst);
+        let before = m.clone();
+        assert_eq!(b.encap_in_place(12, &mut m, frame_len), InPlace::Fallback);
+        assert_eq!(m, before, "untouched");
+    }
+    // No session to the peer yet (after a reset): left to encap, which stages it.
+    b.apply(13, Command::ResetState, &mut sink);
+    assert_eq!(b.encap_in_place(13, &mut msg, frame_len), InPlace::Fallback);
+}

@@ -1,0 +1,861 @@
+//! `dpdk_pktgen`: a pktgen-style benchmark of the DPDK data plane, per worker core.
+//!
+//! ```text
+//!  gen ──memif──▶ [A: seal] ──memif──▶ [B: open] ──memif──▶ gen (counted)
+//! ```
+//!
+//! A generator (a DPDK process: `dpdk_pktgen gen`) transmits frames of a chosen size at a
+//! chosen rate into the access port of data plane A, which seals them and sends them over a
+//! memif underlay to data plane B, which opens them and hands them to its access port, where
+//! the generator counts them. Both data planes run under their own `omni-daemon` (static
+//! peers, the real handshake). The same run repeats with two plain DPDK forwarders
+//! (`dpdk_pktgen fwd`: same ports, same hops, no crypto) as the limit of the plumbing, and
+//! measures the raw AEAD (ring's ChaCha20-Poly1305, the fabric's cipher) on one core.
+//!
+//! Per-core figures divide the packets a worker handled (its own counters) by the CPU time
+//! its thread used (`/proc/<pid>/task/<tid>/stat`), so they hold on a machine with fewer
+//! cores than processes (this one has two, for three pollers); end-to-end rates are wall
+//! clock. Run as root: `sudo target/release/dpdk_pktgen` (see `--help`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
+use omni_testkit::{Netns, TempDir, run_ok, wait_until};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "pktgen-style benchmark of the DPDK data plane (see the module docs)")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The measurement (the default).
+    Run(RunArgs),
+    /// The generator and counter (a DPDK process; started by `run`).
+    Gen(GenArgs),
+    /// A plain forwarder between two ports, both ways (a DPDK process; started by `run`).
+    Fwd(FwdArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Frame sizes in bytes (Ethernet header included, FCS not).
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 512, 1420])]
+    sizes: Vec<usize>,
+    /// Seconds measured per size and path.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Frames per second offered (0: as fast as the generator can).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// A few seconds in all (sizes 64 and 1420, 1.5 s each): keeps the harness working in CI.
+    #[arg(long)]
+    short: bool,
+    /// Only one path: `forward` or `omni`.
+    #[arg(long)]
+    only: Option<String>,
+    /// The generator's core.
+    #[arg(long, default_value = "0")]
+    gen_core: String,
+    /// The two workers' cores (A, B): data planes or forwarders.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 1])]
+    worker_cores: Vec<u32>,
+    /// Where omni-daemon and omni-dataplane are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// memif socket of the port frames are sent on (the generator is its server).
+    #[arg(long)]
+    tx_sock: PathBuf,
+    /// memif socket of the port frames are counted on (server).
+    #[arg(long)]
+    rx_sock: PathBuf,
+    #[arg(long, default_value_t = 1420)]
+    size: usize,
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value = "0")]
+    core: String,
+    /// How long the fabric may take to carry the first frames (handshake, ARP, learning).
+    #[arg(long, default_value_t = 40.0)]
+    warmup_secs: f64,
+}
+
+#[derive(Args)]
+struct FwdArgs {
+    /// One port (a DPDK vdev spec, e.g. net_memif0,role=client,socket=/tmp/a.sock).
+    #[arg(long)]
+    a: String,
+    /// The other port.
+    #[arg(long)]
+    b: String,
+    #[arg(long, default_value = "1")]
+    core: String,
+}
+
+const MAC_X: [u8; 6] = [0x02, 0x70, 0x67, 0, 0, 0xaa];
+const MAC_Y: [u8; 6] = [0x02, 0x70, 0x67, 0, 0, 0xbb];
+const MIN_FRAME: usize = 14 + 20 + 8;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Gen(a)) => gen_main(a),
+        Some(Cmd::Fwd(a)) => fwd_main(a),
+        Some(Cmd::Run(r)) => run_main(r),
+        None => run_main(cli.run),
+    }
+}
+
+// ---- the DPDK processes -------------------------------------------------------------
+
+/// EAL arguments shared by the generator and the forwarder: ordinary memory (they run
+/// beside data planes that may want the hugepages), no PCI, one lcore.
+fn eal_args(core: &str, ports: &[String]) -> Vec<String> {
+    let mut a = vec![
+        "-l".to_string(),
+        core.to_string(),
+        // The data plane's prefix, so its sweep of dead processes' runtime dirs covers ours.
+        format!("--file-prefix=omni-{}", std::process::id()),
+        "--no-telemetry".into(),
+        "--log-level=warning".into(),
+        "--no-huge".into(),
+        "-m".into(),
+        "256".into(),
+        "--no-shconf".into(),
+        "--no-pci".into(),
+    ];
+    // Extra EAL arguments for debugging (e.g. --log-level=pmd.net.memif:debug).
+    if let Ok(extra) = std::env::var("OMNI_PKTGEN_EAL") {
+        a.extend(extra.split_whitespace().map(String::from));
+    }
+    for p in ports {
+        let p = if p.contains("socket-abstract") { p.clone() } else { format!("{p},socket-abstract=no") };
+        a.push(format!("--vdev={p}"));
+    }
+    a
+}
+
+fn start_with_retry(port: &mut EthPort, pool: &Mempool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match port.start(1, 1024, pool) {
+            Ok(()) => return Ok(()),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e).with_context(|| format!("port {} did not start", port.name())),
+        }
+    }
+}
+
+fn wait_link(ports: &[&EthPort], limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ports.iter().all(|p| p.link().map(|l| l.up).unwrap_or(false)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("memif links did not come up within {limit:?}")
+}
+
+/// An IPv4/UDP frame of `size` bytes from `src` to `dst` (payload zero).
+fn frame(size: usize, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; size];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (size - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[198, 18, 0, 1]);
+    f[30..34].copy_from_slice(&[198, 18, 0, 2]);
+    f[34..36].copy_from_slice(&9u16.to_be_bytes());
+    f[36..38].copy_from_slice(&9u16.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f
+}
+
+fn src_mac(data: &[u8]) -> Option<[u8; 6]> {
+    data.get(6..12).and_then(|s| s.try_into().ok())
+}
+
+fn gen_main(a: GenArgs) -> anyhow::Result<()> {
+    if a.size < MIN_FRAME || a.size > 1514 {
+        bail!("--size {} out of range: {MIN_FRAME}..=1514", a.size);
+    }
+    let ports = [
+        format!("net_memif0,role=server,socket={}", a.tx_sock.display()),
+        format!("net_memif1,role=server,socket={}", a.rx_sock.display()),
+    ];
+    let eal = Eal::init(&eal_args(&a.core, &ports))?;
+    // Buffers that are sent keep the template they were filled with once: an mbuf freed and
+    // allocated again has its data where it was, so the generator writes no bytes per frame.
+    let txpool = Mempool::new(&eal, "gen_tx", 4095, 256, 2048 + 128)?;
+    let rxpool = Mempool::new(&eal, "gen_rx", 4095, 256, 2048 + 128)?;
+    let mut txp = EthPort::by_name(&eal, "net_memif0")?;
+    let mut rxp = EthPort::by_name(&eal, "net_memif1")?;
+    start_with_retry(&mut txp, &rxpool)?;
+    start_with_retry(&mut rxp, &rxpool)?;
+    say("listening");
+    wait_link(&[&txp, &rxp], Duration::from_secs(60))?;
+    let fwd = frame(a.size, MAC_Y, MAC_X);
+    let rev = frame(MIN_FRAME + 22, MAC_X, MAC_Y);
+    {
+        let mut all = vec![];
+        while let Some(mut m) = txpool.alloc() {
+            m.set(&fwd);
+            all.push(m);
+        }
+    }
+
+    let send = |port: &EthPort, pool: &Mempool, n: usize, template: Option<&[u8]>| -> u64 {
+        let mut b = MbufBurst::new();
+        if !pool.alloc_burst(&mut b, n) {
+            return 0;
+        }
+        for i in 0..b.len() {
+            let mut m = b.get_mut(i).expect("in burst");
+            match template {
+                Some(t) => {
+                    m.set(t);
+                }
+                None => {
+                    m.append(a.size);
+                }
+            }
+        }
+        port.tx_burst(0, &mut b) as u64
+        // Unsent mbufs are freed with the burst.
+    };
+    // Counts frames from `want` on `port`, returns (frames, bytes).
+    let count = |port: &EthPort, want: [u8; 6]| -> (u64, u64) {
+        let mut b = MbufBurst::new();
+        port.rx_burst(0, &mut b, &rxpool);
+        let (mut n, mut bytes) = (0, 0);
+        for m in b.drain() {
+            if src_mac(m.data()) == Some(want) {
+                n += 1;
+                bytes += m.len() as u64;
+            }
+        }
+        (n, bytes)
+    };
+
+    // Warm-up: forward frames until they arrive (handshake, ARP), and reverse frames so the
+    // sending side learns the receiver's MAC (the fast path is unicast to a known MAC).
+    let deadline = Instant::now() + Duration::from_secs_f64(a.warmup_secs);
+    let (mut fwd_seen, mut rev_seen) = (0, 0);
+    let mut last = Instant::now() - Duration::from_secs(1);
+    while fwd_seen < 8 || rev_seen < 2 {
+        if Instant::now() > deadline {
+            bail!(
+                "the fabric carried {fwd_seen} frames forward and {rev_seen} back within {} s \
+                 (tx port {:?} {:?}; rx port {:?} {:?})",
+                a.warmup_secs,
+                txp.link(),
+                txp.stats(),
+                rxp.link(),
+                rxp.stats()
+            );
+        }
+        if last.elapsed() >= Duration::from_millis(50) {
+            last = Instant::now();
+            send(&txp, &txpool, 1, None);
+            send(&rxp, &rxpool, 1, Some(&rev));
+        }
+        fwd_seen += count(&rxp, MAC_X).0;
+        rev_seen += count(&txp, MAC_Y).0;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // Let what is in flight arrive before the window opens.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_millis(300) {
+        count(&rxp, MAC_X);
+        count(&txp, MAC_Y);
+    }
+
+    say("start");
+    let secs = a.secs;
+    let t0 = Instant::now();
+    let (mut sent, mut got, mut bytes) = (0u64, 0u64, 0u64);
+    loop {
+        let el = t0.elapsed().as_secs_f64();
+        if el >= secs {
+            break;
+        }
+        let n = if a.rate == 0 {
+            BURST
+        } else {
+            ((a.rate as f64 * el) as u64).saturating_sub(sent).min(BURST as u64) as usize
+        };
+        if n > 0 {
+            sent += send(&txp, &txpool, n, None);
+        }
+        let (g, b) = count(&rxp, MAC_X);
+        got += g;
+        bytes += b;
+        count(&txp, MAC_Y);
+    }
+    let el = t0.elapsed().as_secs_f64();
+    say(&format!("end sent={sent} received={got} bytes={bytes} secs={el:.6}"));
+    drop((txp, rxp, txpool, rxpool));
+    drop(eal);
+    Ok(())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// The calling thread's CPU time in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-parameter; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn fwd_main(a: FwdArgs) -> anyhow::Result<()> {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+    }
+    let name = |s: &str| s.split(',').next().unwrap_or(s).to_string();
+    let eal = Eal::init(&eal_args(&a.core, &[a.a.clone(), a.b.clone()]))?;
+    let pool = Mempool::new(&eal, "fwd", 8191, 256, 2048 + 128)?;
+    let mut pa = EthPort::by_name(&eal, &name(&a.a))?;
+    let mut pb = EthPort::by_name(&eal, &name(&a.b))?;
+    start_with_retry(&mut pa, &pool)?;
+    start_with_retry(&mut pb, &pool)?;
+    say("listening");
+    let (mut ab, mut ba, mut idle) = (0u64, 0u64, 0u32);
+    let mut last_report = Instant::now();
+    let (mut down_a, mut down_b) = (None, None);
+    let mut burst = MbufBurst::new();
+    while !STOP.load(Ordering::Relaxed) {
+        let mut work = 0;
+        for (from, to, n) in [(&pa, &pb, &mut ab), (&pb, &pa, &mut ba)] {
+            let got = from.rx_burst(0, &mut burst, &pool);
+            if got > 0 {
+                work += got;
+                *n += to.tx_burst(0, &mut burst) as u64;
+                drop(std::mem::take(&mut burst));
+            }
+        }
+        if last_report.elapsed() >= Duration::from_millis(100) {
+            last_report = Instant::now();
+            say(&format!("fwd {ab} {ba} {}", thread_cpu_ns()));
+            // A memif client started before its server listens never connects by itself:
+            // a port down for a second is restarted (as the data plane does).
+            for (p, since) in [(&pa, &mut down_a), (&pb, &mut down_b)] {
+                if p.link().map(|l| l.up).unwrap_or(false) {
+                    *since = None;
+                } else if since.is_some_and(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    let _ = p.restart();
+                    *since = Some(Instant::now());
+                } else if since.is_none() {
+                    *since = Some(Instant::now());
+                }
+            }
+        }
+        // Idle back-off as the data plane's, so both paths poll alike.
+        if work > 0 {
+            idle = 0;
+        } else {
+            idle = idle.saturating_add(1);
+            if idle > 64 {
+                std::thread::sleep(Duration::from_micros((idle as u64 - 64).clamp(20, 1000)));
+            }
+        }
+    }
+    drop(burst);
+    drop((pa, pb, pool));
+    drop(eal);
+    Ok(())
+}
+
+fn say(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+// ---- the measurement ----------------------------------------------------------------
+
+/// A child whose stdout lines are collected; killed on drop.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    what: String,
+}
+
+impl Proc {
+    fn spawn(ns: &Netns, args: &[String], log: &Path, what: &str) -> anyhow::Result<Self> {
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        let lines = Arc::new(Mutex::new(vec![]));
+        let out = child.stdout.take().context("stdout")?;
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().expect("lines").push(line);
+            }
+        });
+        Ok(Self { child, lines, what: what.into() })
+    }
+
+    fn find(&self, prefix: &str) -> Option<String> {
+        self.lines.lock().expect("lines").iter().find(|l| l.starts_with(prefix)).cloned()
+    }
+
+    fn last(&self, prefix: &str) -> Option<String> {
+        self.lines.lock().expect("lines").iter().rev().find(|l| l.starts_with(prefix)).cloned()
+    }
+
+    fn wait_line(&mut self, prefix: &str, limit: Duration, log: &Path) -> anyhow::Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.find(prefix) {
+                return Ok(l);
+            }
+            if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+                bail!(
+                    "{} did not say {prefix:?} (log {}):\n{}",
+                    self.what,
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) {
+        omni_testkit::stop_child(&mut self.child, "TERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Rate {
+    /// Frames per second.
+    pps: f64,
+    /// Frame bits per second.
+    bps: f64,
+}
+
+impl Rate {
+    fn of(frames: f64, secs: f64, size: usize) -> Self {
+        if secs <= 0.0 {
+            return Self::default();
+        }
+        Self { pps: frames / secs, bps: frames * size as f64 * 8.0 / secs }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct PathResult {
+    /// Generator to counter, wall clock.
+    end_to_end: Rate,
+    sent: u64,
+    received: u64,
+    /// Per CPU-second of the sending worker (seal, or plain forward).
+    per_core_tx: Rate,
+    /// Per CPU-second of the receiving worker (open, or plain forward).
+    per_core_rx: Rate,
+    /// CPU seconds the two workers used in the window.
+    cpu_secs: [f64; 2],
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SizeResult {
+    size: usize,
+    raw_aead: Rate,
+    forward: Option<PathResult>,
+    omni: Option<PathResult>,
+    /// The slower OmniNervous worker's per-core rate over the raw AEAD's.
+    ratio_to_aead: Option<f64>,
+}
+
+fn parse_end(line: &str) -> anyhow::Result<(u64, u64, f64)> {
+    let kv = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .with_context(|| format!("no {k} in {line:?}"))
+    };
+    Ok((kv("sent")?.parse()?, kv("received")?.parse()?, kv("secs")?.parse()?))
+}
+
+/// ring's ChaCha20-Poly1305 sealing `size`-byte buffers on this thread for about `secs`.
+fn raw_aead(size: usize, secs: f64) -> Rate {
+    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7u8; 32]).expect("key"));
+    let mut buf = vec![0u8; size];
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    loop {
+        for _ in 0..256 {
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&n.to_le_bytes());
+            let tag = key
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    &mut buf,
+                )
+                .expect("seal");
+            std::hint::black_box(&tag);
+            n += 1;
+        }
+        if t0.elapsed().as_secs_f64() >= secs {
+            break;
+        }
+    }
+    Rate::of(n as f64, t0.elapsed().as_secs_f64(), size)
+}
+
+/// utime + stime of a thread, in seconds.
+fn task_cpu_secs(pid: u32, tid: u32) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = s.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+struct Ctx {
+    args: RunArgs,
+    me: PathBuf,
+    bin: PathBuf,
+    dir: TempDir,
+}
+
+impl Ctx {
+    fn generator(&self, ns: &Netns, size: usize, tag: &str) -> anyhow::Result<(Proc, PathBuf, PathBuf)> {
+        let tx = self.dir.path().join(format!("{tag}-gen-tx.sock"));
+        let rx = self.dir.path().join(format!("{tag}-gen-rx.sock"));
+        let args = vec![
+            self.me.display().to_string(),
+            "gen".into(),
+            "--tx-sock".into(),
+            tx.display().to_string(),
+            "--rx-sock".into(),
+            rx.display().to_string(),
+            "--size".into(),
+            size.to_string(),
+            "--secs".into(),
+            self.args.secs.to_string(),
+            "--rate".into(),
+            self.args.rate.to_string(),
+            "--core".into(),
+            self.args.gen_core.clone(),
+        ];
+        let log = self.dir.path().join(format!("{tag}-gen.log"));
+        let mut p = Proc::spawn(ns, &args, &log, "the generator")?;
+        p.wait_line("listening", Duration::from_secs(30), &log)?;
+        Ok((p, tx, rx))
+    }
+
+    fn measure_window(&self, generator: &mut Proc, tag: &str) -> anyhow::Result<()> {
+        let log = self.dir.path().join(format!("{tag}-gen.log"));
+        generator.wait_line("start", Duration::from_secs(60), &log)?;
+        Ok(())
+    }
+
+    fn forward(&self, size: usize) -> anyhow::Result<PathResult> {
+        let ns = Netns::new("pgf");
+        let tag = format!("fwd{size}");
+        let (mut generator, tx, rx) = self.generator(&ns, size, &tag)?;
+        let mid = self.dir.path().join(format!("{tag}-mid.sock"));
+        let mut fwds = vec![];
+        for (i, (a, b)) in [
+            (format!("net_memif0,role=client,socket={}", tx.display()),
+             format!("net_memif1,role=server,socket={}", mid.display())),
+            (format!("net_memif0,role=client,socket={}", mid.display()),
+             format!("net_memif1,role=client,socket={}", rx.display())),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let args = vec![
+                self.me.display().to_string(),
+                "fwd".into(),
+                "--a".into(),
+                a,
+                "--b".into(),
+                b,
+                "--core".into(),
+                self.args.worker_cores[i].to_string(),
+            ];
+            let log = self.dir.path().join(format!("{tag}-fwd{i}.log"));
+            fwds.push(Proc::spawn(&ns, &args, &log, "a forwarder")?);
+        }
+        self.measure_window(&mut generator, &tag)?;
+        let snap = |p: &Proc| -> anyhow::Result<(f64, f64)> {
+            let l = p.last("fwd ").context("no report from a forwarder")?;
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Ok((f[1].parse()?, f[3].parse::<f64>()? / 1e9))
+        };
+        let s0 = [snap(&fwds[0])?, snap(&fwds[1])?];
+        let log = self.dir.path().join(format!("{tag}-gen.log"));
+        let end = generator.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
+        let s1 = [snap(&fwds[0])?, snap(&fwds[1])?];
+        let (sent, received, secs) = parse_end(&end)?;
+        for f in &mut fwds {
+            f.stop();
+        }
+        let cpu = [s1[0].1 - s0[0].1, s1[1].1 - s0[1].1];
+        Ok(PathResult {
+            end_to_end: Rate::of(received as f64, secs, size),
+            sent,
+            received,
+            per_core_tx: Rate::of(s1[0].0 - s0[0].0, cpu[0], size),
+            per_core_rx: Rate::of(s1[1].0 - s0[1].0, cpu[1], size),
+            cpu_secs: cpu,
+        })
+    }
+
+    fn omni(&self, size: usize) -> anyhow::Result<PathResult> {
+        let ns = Netns::new("pgo");
+        let tag = format!("omni{size}");
+        let daemon = self.bin.join("omni-daemon");
+        let (mut generator, tx, rx) = self.generator(&ns, size, &tag)?;
+        let under = self.dir.path().join(format!("{tag}-underlay.sock"));
+        let mut keys = vec![];
+        for n in ["a", "b"] {
+            let id = self.dir.path().join(format!("{tag}-{n}.key"));
+            let out = run_ok(&format!("{} --init --identity {}", daemon.display(), id.display()));
+            keys.push((id, out.trim().trim_start_matches("Your Public Identity: ").to_string()));
+        }
+        let mut daemons = vec![];
+        let mut run_dirs = vec![];
+        for i in 0..2 {
+            let run_dir = self.dir.path().join(format!("{tag}-run-{i}"));
+            let (underlay, access) = if i == 0 {
+                (
+                    format!("net_memif0,role=server,socket={}", under.display()),
+                    format!("net_memif1,role=client,socket={}", tx.display()),
+                )
+            } else {
+                (
+                    format!("net_memif0,role=client,socket={}", under.display()),
+                    format!("net_memif1,role=client,socket={}", rx.display()),
+                )
+            };
+            let cfg = self.dir.path().join(format!("{tag}-{i}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"{underlay}\"\naccess = \"{access}\"\n\
+                     underlay_ip = \"10.77.0.{}/24\"\ncores = \"{}\"\n",
+                    i + 1,
+                    self.args.worker_cores[i]
+                ),
+            )?;
+            let args = vec![
+                daemon.display().to_string(),
+                "--identity".into(),
+                keys[i].0.display().to_string(),
+                "--run-dir".into(),
+                run_dir.display().to_string(),
+                "--peer".into(),
+                keys[1 - i].1.clone(),
+                "--endpoint".into(),
+                format!("10.77.0.{}:51820", 2 - i),
+                "--metrics-listen".into(),
+                "off".into(),
+                "--config".into(),
+                cfg.display().to_string(),
+            ];
+            let log = self.dir.path().join(format!("{tag}-daemon{i}.log"));
+            daemons.push(Proc::spawn(&ns, &args, &log, "a daemon")?);
+            run_dirs.push(run_dir);
+        }
+        let status = |i: usize| -> Option<serde_json::Value> {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .arg(&daemon)
+                .args(["status", "--json", "--run-dir"])
+                .arg(&run_dirs[i])
+                .output()
+                .ok()?;
+            serde_json::from_slice(&o.stdout).ok()
+        };
+        let mut pids = [0u32; 2];
+        for (i, pid) in pids.iter_mut().enumerate() {
+            let ok = wait_until(Duration::from_secs(30), || {
+                *pid = status(i)
+                    .and_then(|v| v["dataplane"]["pid"].as_u64())
+                    .unwrap_or(0) as u32;
+                *pid != 0
+            });
+            if !ok {
+                bail!("data plane {i} did not start (logs in {})", self.dir.path().display());
+            }
+        }
+        self.measure_window(&mut generator, &tag)?;
+        let snap = |i: usize, key: &str| -> anyhow::Result<(f64, f64)> {
+            let v = status(i).context("status")?;
+            let pkts = v["peers"][0][key].as_u64().context("peer counters")? as f64;
+            Ok((pkts, task_cpu_secs(pids[i], pids[i])?))
+        };
+        let s0 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
+        let log = self.dir.path().join(format!("{tag}-gen.log"));
+        let end = generator.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
+        let s1 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
+        let (sent, received, secs) = parse_end(&end)?;
+        for d in &mut daemons {
+            d.stop();
+        }
+        let cpu = [s1[0].1 - s0[0].1, s1[1].1 - s0[1].1];
+        Ok(PathResult {
+            end_to_end: Rate::of(received as f64, secs, size),
+            sent,
+            received,
+            per_core_tx: Rate::of(s1[0].0 - s0[0].0, cpu[0], size),
+            per_core_rx: Rate::of(s1[1].0 - s0[1].0, cpu[1], size),
+            cpu_secs: cpu,
+        })
+    }
+}
+
+fn mpps(r: &Rate) -> String {
+    format!("{:.2} Mpps / {:.2} Gbit/s", r.pps / 1e6, r.bps / 1e9)
+}
+
+fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
+    if !omni_testkit::is_root() {
+        bail!("dpdk_pktgen needs root (DPDK, network namespaces): run it with sudo");
+    }
+    if args.short {
+        args.sizes = vec![64, 1420];
+        args.secs = 1.5;
+    }
+    if args.worker_cores.len() != 2 {
+        bail!("--worker-cores takes two cores (A,B), e.g. 1,1");
+    }
+    if let Some(s) = args.sizes.iter().find(|s| **s < MIN_FRAME || **s > 1420) {
+        bail!("frame size {s} out of range: {MIN_FRAME}..=1420 (the access MTU of a 1500-byte underlay)");
+    }
+    let only = args.only.clone();
+    if let Some(o) = &only
+        && o != "forward"
+        && o != "omni"
+    {
+        bail!("--only takes forward or omni, not {o:?}");
+    }
+    let me = std::env::current_exe()?;
+    let bin = args
+        .bin_dir
+        .clone()
+        .unwrap_or_else(|| me.parent().map(Path::to_path_buf).unwrap_or_default());
+    for b in ["omni-daemon", "omni-dataplane"] {
+        if !bin.join(b).exists() {
+            bail!("{} not found: build with `cargo build --release --bins` or pass --bin-dir", bin.join(b).display());
+        }
+    }
+    let ctx = Ctx { args: args.clone(), me, bin, dir: TempDir::new("pktgen") };
+    let mut results = vec![];
+    for (k, &size) in args.sizes.iter().enumerate() {
+        let raw = raw_aead(size, 1.0);
+        // Alternate which path goes first, so neither always gets the cooler machine.
+        let mut forward = None;
+        let mut omni = None;
+        let order: [&str; 2] = if k % 2 == 0 { ["forward", "omni"] } else { ["omni", "forward"] };
+        for p in order {
+            if only.as_deref().is_some_and(|o| o != p) {
+                continue;
+            }
+            let r = if p == "forward" { ctx.forward(size) } else { ctx.omni(size) };
+            let r = r.with_context(|| format!("{p} path at {size} bytes"))?;
+            eprintln!(
+                "{size} B {p}: end to end {}, per core tx {} rx {}",
+                mpps(&r.end_to_end),
+                mpps(&r.per_core_tx),
+                mpps(&r.per_core_rx)
+            );
+            if p == "forward" { forward = Some(r) } else { omni = Some(r) }
+        }
+        let ratio = omni
+            .as_ref()
+            .map(|o| o.per_core_tx.pps.min(o.per_core_rx.pps) / raw.pps);
+        results.push(SizeResult { size, raw_aead: raw, forward, omni, ratio_to_aead: ratio });
+    }
+    println!(
+        "| frame | raw AEAD, 1 core | plain DPDK forward, per core | OmniNervous seal, per core | OmniNervous open, per core | slower worker / raw AEAD | end to end (wall; fwd / omni) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in &results {
+        let f = r.forward.as_ref();
+        let o = r.omni.as_ref();
+        let fwd_core = f.map(|f| {
+            let slow = if f.per_core_tx.pps < f.per_core_rx.pps { &f.per_core_tx } else { &f.per_core_rx };
+            mpps(slow)
+        });
+        println!(
+            "| {} B | {} | {} | {} | {} | {} | {} / {} |",
+            r.size,
+            mpps(&r.raw_aead),
+            fwd_core.unwrap_or_else(|| "-".into()),
+            o.map(|o| mpps(&o.per_core_tx)).unwrap_or_else(|| "-".into()),
+            o.map(|o| mpps(&o.per_core_rx)).unwrap_or_else(|| "-".into()),
+            r.ratio_to_aead.map(|x| format!("{:.0} %", x * 100.0)).unwrap_or_else(|| "-".into()),
+            f.map(|f| format!("{:.2} Mpps", f.end_to_end.pps / 1e6)).unwrap_or_else(|| "-".into()),
+            o.map(|o| format!("{:.2} Mpps", o.end_to_end.pps / 1e6)).unwrap_or_else(|| "-".into()),
+        );
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&results)?)?;
+    }
+    for r in &results {
+        if let Some(o) = &r.omni
+            && o.received == 0
+        {
+            bail!("nothing crossed the fabric at {} bytes", r.size);
+        }
+    }
+    Ok(())
+}

@@ -45,26 +45,32 @@ impl SealJob {
     /// length, or `None` if the buffer is too short.
     #[inline]
     pub fn run(&self, buf: &mut [u8]) -> Option<usize> {
-        let end = TRANSPORT_HEADER_LEN + self.len;
-        if buf.len() < end + AEAD_TAG_LEN {
-            return None;
-        }
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(transport::nonce(self.counter)),
-                Aad::empty(),
-                &mut buf[TRANSPORT_HEADER_LEN..end],
-            )
-            .ok()?;
-        buf[end..end + AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
-        Some(end + AEAD_TAG_LEN)
+        seal_with(&self.key, self.counter, self.len, buf)
     }
 
     /// The length the sealed message will have.
     pub fn sealed_len(&self) -> usize {
         self.len + TRANSPORT_HEADER_LEN + AEAD_TAG_LEN
     }
+}
+
+/// Encrypts `buf[16..16 + len]` in place under `key` and nonce `counter`, appending the
+/// tag. Returns the message length, or `None` if the buffer is too short.
+#[inline]
+fn seal_with(key: &AeadKey, counter: u64, len: usize, buf: &mut [u8]) -> Option<usize> {
+    let end = TRANSPORT_HEADER_LEN + len;
+    if buf.len() < end + AEAD_TAG_LEN {
+        return None;
+    }
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(transport::nonce(counter)),
+            Aad::empty(),
+            &mut buf[TRANSPORT_HEADER_LEN..end],
+        )
+        .ok()?;
+    buf[end..end + AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
+    Some(end + AEAD_TAG_LEN)
 }
 
 pub struct Session {
@@ -141,8 +147,12 @@ impl Session {
         limit: u64,
         slot: &SessionSlot,
     ) -> Option<usize> {
-        let job = self.prepare_seal(buf, len, limit, slot)?;
-        job.run(buf)
+        if buf.len() < TRANSPORT_HEADER_LEN + len + AEAD_TAG_LEN {
+            return None;
+        }
+        // The key is used where it is (no reference-count traffic per packet).
+        let counter = self.take_counter(buf, limit, slot)?;
+        seal_with(&self.send, counter, len, buf)
     }
 
     /// The part of sealing that must happen in order: takes the next counter (reserving
@@ -156,6 +166,14 @@ impl Session {
         limit: u64,
         slot: &SessionSlot,
     ) -> Option<SealJob> {
+        let counter = self.take_counter(buf, limit, slot)?;
+        Some(SealJob { key: self.send.clone(), counter, len })
+    }
+
+    /// Takes the next send counter (reserving a block in shared memory when the reserved
+    /// ones run out) and writes the transport header with it. `None` at `limit`.
+    #[inline]
+    fn take_counter(&mut self, buf: &mut [u8], limit: u64, slot: &SessionSlot) -> Option<u64> {
         let counter = self.tx_next;
         if counter >= limit {
             return None;
@@ -166,7 +184,7 @@ impl Session {
         }
         self.tx_next = counter + 1;
         Header { receiver_index: self.remote_index, counter }.emit(buf);
-        Some(SealJob { key: self.send.clone(), counter, len })
+        Some(counter)
     }
 
     /// Whether the counter could be accepted (before spending time on the AEAD).

@@ -79,6 +79,10 @@ struct RunArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// memif zero-copy on the data planes' client ports (needs hugepages: the peer writes
+    /// straight into the data plane's mbufs, as a NIC's DMA would).
+    #[arg(long)]
+    zero_copy: bool,
 }
 
 #[derive(Args)]
@@ -151,7 +155,11 @@ fn eal_args(core: &str, ports: &[String]) -> Vec<String> {
         a.extend(extra.split_whitespace().map(String::from));
     }
     for p in ports {
-        let p = if p.contains("socket-abstract") { p.clone() } else { format!("{p},socket-abstract=no") };
+        let p = if p.contains("socket-abstract") {
+            p.clone()
+        } else {
+            format!("{p},socket-abstract=no")
+        };
         a.push(format!("--vdev={p}"));
     }
     a
@@ -574,7 +582,37 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn generator(&self, ns: &Netns, size: usize, tag: &str) -> anyhow::Result<(Proc, PathBuf, PathBuf)> {
+    /// The last lines of every log of one measurement, for an error report.
+    fn log_tails(&self, tag: &str) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else { return out };
+        let mut logs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                n.starts_with(&format!("{tag}-")) && n.ends_with(".log")
+            })
+            .collect();
+        logs.sort();
+        for l in logs {
+            let text = std::fs::read_to_string(&l).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!("--- {}\n", l.display());
+            for line in &lines[lines.len().saturating_sub(8)..] {
+                out += line;
+                out += "\n";
+            }
+        }
+        out
+    }
+
+    fn generator(
+        &self,
+        ns: &Netns,
+        size: usize,
+        tag: &str,
+    ) -> anyhow::Result<(Proc, PathBuf, PathBuf)> {
         let tx = self.dir.path().join(format!("{tag}-gen-tx.sock"));
         let rx = self.dir.path().join(format!("{tag}-gen-rx.sock"));
         let args = vec![
@@ -612,10 +650,14 @@ impl Ctx {
         let mid = self.dir.path().join(format!("{tag}-mid.sock"));
         let mut fwds = vec![];
         for (i, (a, b)) in [
-            (format!("net_memif0,role=client,socket={}", tx.display()),
-             format!("net_memif1,role=server,socket={}", mid.display())),
-            (format!("net_memif0,role=client,socket={}", mid.display()),
-             format!("net_memif1,role=client,socket={}", rx.display())),
+            (
+                format!("net_memif0,role=client,socket={}", tx.display()),
+                format!("net_memif1,role=server,socket={}", mid.display()),
+            ),
+            (
+                format!("net_memif0,role=client,socket={}", mid.display()),
+                format!("net_memif1,role=client,socket={}", rx.display()),
+            ),
         ]
         .into_iter()
         .enumerate()
@@ -641,7 +683,8 @@ impl Ctx {
         };
         let s0 = [snap(&fwds[0])?, snap(&fwds[1])?];
         let log = self.dir.path().join(format!("{tag}-gen.log"));
-        let end = generator.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
+        let end =
+            generator.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
         let s1 = [snap(&fwds[0])?, snap(&fwds[1])?];
         let (sent, received, secs) = parse_end(&end)?;
         for f in &mut fwds {
@@ -674,23 +717,28 @@ impl Ctx {
         let mut run_dirs = vec![];
         for i in 0..2 {
             let run_dir = self.dir.path().join(format!("{tag}-run-{i}"));
+            // A is the client on both its ports: with --zero-copy the generator and B write
+            // into A's buffers and A's worker copies nothing.
+            let zc = if self.args.zero_copy { ",zero-copy=yes" } else { "" };
             let (underlay, access) = if i == 0 {
                 (
-                    format!("net_memif0,role=server,socket={}", under.display()),
-                    format!("net_memif1,role=client,socket={}", tx.display()),
+                    format!("net_memif0,role=client,socket={}{zc}", under.display()),
+                    format!("net_memif1,role=client,socket={}{zc}", tx.display()),
                 )
             } else {
                 (
-                    format!("net_memif0,role=client,socket={}", under.display()),
-                    format!("net_memif1,role=client,socket={}", rx.display()),
+                    format!("net_memif0,role=server,socket={}", under.display()),
+                    format!("net_memif1,role=client,socket={}{zc}", rx.display()),
                 )
             };
+            let eal =
+                if self.args.zero_copy { "eal_args = [\"--single-file-segments\"]\n" } else { "" };
             let cfg = self.dir.path().join(format!("{tag}-{i}.toml"));
             std::fs::write(
                 &cfg,
                 format!(
                     "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"{underlay}\"\naccess = \"{access}\"\n\
-                     underlay_ip = \"10.77.0.{}/24\"\ncores = \"{}\"\n",
+                     underlay_ip = \"10.77.0.{}/24\"\ncores = \"{}\"\n{eal}",
                     i + 1,
                     self.args.worker_cores[i]
                 ),
@@ -727,9 +775,7 @@ impl Ctx {
         let mut pids = [0u32; 2];
         for (i, pid) in pids.iter_mut().enumerate() {
             let ok = wait_until(Duration::from_secs(30), || {
-                *pid = status(i)
-                    .and_then(|v| v["dataplane"]["pid"].as_u64())
-                    .unwrap_or(0) as u32;
+                *pid = status(i).and_then(|v| v["dataplane"]["pid"].as_u64()).unwrap_or(0) as u32;
                 *pid != 0
             });
             if !ok {
@@ -744,7 +790,8 @@ impl Ctx {
         };
         let s0 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
         let log = self.dir.path().join(format!("{tag}-gen.log"));
-        let end = generator.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
+        let end =
+            generator.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
         let s1 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
         let (sent, received, secs) = parse_end(&end)?;
         for d in &mut daemons {
@@ -778,7 +825,9 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
         bail!("--worker-cores takes two cores (A,B), e.g. 1,1");
     }
     if let Some(s) = args.sizes.iter().find(|s| **s < MIN_FRAME || **s > 1420) {
-        bail!("frame size {s} out of range: {MIN_FRAME}..=1420 (the access MTU of a 1500-byte underlay)");
+        bail!(
+            "frame size {s} out of range: {MIN_FRAME}..=1420 (the access MTU of a 1500-byte underlay)"
+        );
     }
     let only = args.only.clone();
     if let Some(o) = &only
@@ -794,7 +843,10 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| me.parent().map(Path::to_path_buf).unwrap_or_default());
     for b in ["omni-daemon", "omni-dataplane"] {
         if !bin.join(b).exists() {
-            bail!("{} not found: build with `cargo build --release --bins` or pass --bin-dir", bin.join(b).display());
+            bail!(
+                "{} not found: build with `cargo build --release --bins` or pass --bin-dir",
+                bin.join(b).display()
+            );
         }
     }
     let ctx = Ctx { args: args.clone(), me, bin, dir: TempDir::new("pktgen") };
@@ -810,7 +862,10 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
                 continue;
             }
             let r = if p == "forward" { ctx.forward(size) } else { ctx.omni(size) };
-            let r = r.with_context(|| format!("{p} path at {size} bytes"))?;
+            let r = r.with_context(|| {
+                let tag = if p == "forward" { format!("fwd{size}") } else { format!("omni{size}") };
+                format!("{p} path at {size} bytes; the logs end:\n{}", ctx.log_tails(&tag))
+            })?;
             eprintln!(
                 "{size} B {p}: end to end {}, per core tx {} rx {}",
                 mpps(&r.end_to_end),
@@ -819,9 +874,7 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
             );
             if p == "forward" { forward = Some(r) } else { omni = Some(r) }
         }
-        let ratio = omni
-            .as_ref()
-            .map(|o| o.per_core_tx.pps.min(o.per_core_rx.pps) / raw.pps);
+        let ratio = omni.as_ref().map(|o| o.per_core_tx.pps.min(o.per_core_rx.pps) / raw.pps);
         results.push(SizeResult { size, raw_aead: raw, forward, omni, ratio_to_aead: ratio });
     }
     println!(
@@ -832,7 +885,8 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
         let f = r.forward.as_ref();
         let o = r.omni.as_ref();
         let fwd_core = f.map(|f| {
-            let slow = if f.per_core_tx.pps < f.per_core_rx.pps { &f.per_core_tx } else { &f.per_core_rx };
+            let slow =
+                if f.per_core_tx.pps < f.per_core_rx.pps { &f.per_core_tx } else { &f.per_core_rx };
             mpps(slow)
         });
         println!(

@@ -10,6 +10,8 @@ const ETH_P_ARP: u16 = 0x0806;
 const ARP_LEN: usize = 28;
 /// An entry is trusted this long after it was last confirmed.
 pub const ENTRY_TTL_MS: u64 = 300_000;
+/// A neighbour learned again from packets is written to the table at most this often.
+const LEARN_REFRESH_MS: u64 = 1_000;
 /// One request per address per this interval while unresolved.
 pub const REQUEST_INTERVAL_MS: u64 = 1_000;
 /// Addresses remembered at most (a flood of ARP from many senders cannot grow memory).
@@ -25,6 +27,9 @@ pub struct Neighbours {
     pub gateway: Option<Ipv4Addr>,
     entries: HashMap<Ipv4Addr, ([u8; 6], u64)>,
     asked: HashMap<Ipv4Addr, u64>,
+    /// The last neighbour learned and when: learning from every authenticated packet would
+    /// otherwise cost a table update per packet.
+    last_learned: Option<(Ipv4Addr, [u8; 6], u64)>,
 }
 
 /// What an ARP frame asks of us.
@@ -52,6 +57,7 @@ impl Neighbours {
             gateway,
             entries: HashMap::new(),
             asked: HashMap::new(),
+            last_learned: None,
         }
     }
 
@@ -90,6 +96,13 @@ impl Neighbours {
 
     /// Remembers `mac` for `ip` (from ARP, or from an authenticated packet's source).
     pub fn learn(&mut self, now_ms: u64, ip: Ipv4Addr, mac: [u8; 6]) {
+        if let Some((i, m, t)) = self.last_learned
+            && i == ip
+            && m == mac
+            && now_ms.saturating_sub(t) < LEARN_REFRESH_MS
+        {
+            return;
+        }
         if !self.on_link(ip) || mac[0] & 1 != 0 || ip == self.our_ip {
             return;
         }
@@ -101,6 +114,7 @@ impl Neighbours {
         }
         self.entries.insert(ip, (mac, now_ms));
         self.asked.remove(&ip);
+        self.last_learned = Some((ip, mac, now_ms));
     }
 
     /// Handles a received Ethernet frame carrying ARP (ethertype 0x0806, no VLAN).

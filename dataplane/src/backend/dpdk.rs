@@ -34,7 +34,7 @@ use crate::sync::{Ordering, fence};
 
 use super::arp::{ArpAction, Neighbours};
 use super::channel::{self, punt};
-use super::xdp::{L2Route, build_frame, build_headers, parse_underlay};
+use super::xdp::{L2Route, build_frame, build_headers, csum_add, csum_fold, parse_underlay};
 
 /// A port as the user names it: a PCI address, or a virtual device with its arguments
 /// (`net_memif0,role=server,socket=/run/omni/memif.sock`).
@@ -261,6 +261,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         counters: region.counters(0),
         max_ip: cfg.underlay_mtu as usize,
         pending: std::collections::VecDeque::new(),
+        outer: None,
     };
     let remove = w.run(&signals, &pool, &underlay, &access, &mut tx);
     h.dp_pid.store(0, Ordering::Relaxed);
@@ -361,6 +362,8 @@ struct DpdkTx<'a> {
     max_ip: usize,
     /// Datagrams waiting for ARP: (queued at, destination, bytes).
     pending: std::collections::VecDeque<(u64, SocketAddr, Vec<u8>)>,
+    /// The outer headers last built for a packet sealed in place.
+    outer: Option<OuterHeaders>,
 }
 
 /// Ethernet + IPv4 + UDP in front of a sealed message on the underlay.
@@ -368,6 +371,49 @@ const OUTER_V4: usize = 14 + 20 + 8;
 /// Headroom an access frame is given to be sealed in place: outer headers and the
 /// transport header (a relay header, when needed, is prepended after).
 const IN_PLACE_HEAD: usize = OUTER_V4 + TRANSPORT_HEADER_LEN;
+
+/// Outer headers to one destination, built once and patched per packet (the two lengths and
+/// an incremental IP checksum) while they are fresh, instead of a neighbour lookup and a
+/// full header build per packet.
+#[derive(Clone, Copy)]
+struct OuterHeaders {
+    dst: SocketAddr,
+    built_ms: u64,
+    bytes: [u8; OUTER_V4],
+    /// Ones' complement sum of the IP header without its total length and checksum.
+    ip_sum: u32,
+}
+
+/// How long built headers are reused before the neighbour table is asked again.
+const OUTER_HEADERS_FRESH_MS: u64 = 100;
+
+impl OuterHeaders {
+    fn new(route: &L2Route, udp_port: u16, dst: SocketAddr, now_ms: u64) -> Option<Self> {
+        let mut bytes = [0u8; OUTER_V4];
+        if build_headers(&mut bytes, route, udp_port, dst, 0)? != OUTER_V4 {
+            return None;
+        }
+        let mut ip = [0u8; 20];
+        ip.copy_from_slice(&bytes[14..34]);
+        ip[2..4].fill(0);
+        ip[10..12].fill(0);
+        Some(Self { dst, built_ms: now_ms, bytes, ip_sum: csum_add(0, &ip) })
+    }
+
+    fn fresh(&self, dst: SocketAddr, now_ms: u64) -> bool {
+        self.dst == dst && now_ms.saturating_sub(self.built_ms) < OUTER_HEADERS_FRESH_MS
+    }
+
+    /// Writes the headers for a payload of `payload_len` bytes into `out[..OUTER_V4]`.
+    fn write(&self, out: &mut [u8], payload_len: usize) {
+        out[..OUTER_V4].copy_from_slice(&self.bytes);
+        let ip_len = (20 + 8 + payload_len) as u16;
+        out[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        out[38..40].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        let c = csum_fold(self.ip_sum + ip_len as u32);
+        out[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+}
 
 /// Datagrams held while their next hop is being resolved.
 const PENDING_MAX: usize = 64;
@@ -455,28 +501,36 @@ impl<'a> DpdkTx<'a> {
                 .copy_from_slice(&relay::header(false, &tag));
             payload += relay::HEADER_LEN;
         }
-        let peer_mac = match dst {
-            SocketAddr::V4(d4) => self.neighbours.lookup(now, *d4.ip()),
-            SocketAddr::V6(_) => None,
-        };
-        let Some(peer_mac) = peer_mac else {
-            self.datagram(now, dst, &[&m.data()[OUTER_V4..OUTER_V4 + payload]]);
-            return;
-        };
         if 28 + payload > self.max_ip {
             self.counters.drop(DropReason::TxError);
             return;
         }
-        let route = L2Route {
-            peer_mac,
-            our_mac: self.neighbours.our_mac,
-            our_ip: IpAddr::V4(self.neighbours.our_ip),
-            vlan: None,
+        let headers = match self.outer {
+            Some(h) if h.fresh(dst, now) => h,
+            _ => {
+                let peer_mac = match dst {
+                    SocketAddr::V4(d4) => self.neighbours.lookup(now, *d4.ip()),
+                    SocketAddr::V6(_) => None,
+                };
+                let Some(peer_mac) = peer_mac else {
+                    self.datagram(now, dst, &[&m.data()[OUTER_V4..OUTER_V4 + payload]]);
+                    return;
+                };
+                let route = L2Route {
+                    peer_mac,
+                    our_mac: self.neighbours.our_mac,
+                    our_ip: IpAddr::V4(self.neighbours.our_ip),
+                    vlan: None,
+                };
+                let Some(h) = OuterHeaders::new(&route, self.udp_port, dst, now) else {
+                    self.counters.drop(DropReason::TxError);
+                    return;
+                };
+                self.outer = Some(h);
+                h
+            }
         };
-        if build_headers(m.data_mut(), &route, self.udp_port, dst, payload).is_none() {
-            self.counters.drop(DropReason::TxError);
-            return;
-        }
+        headers.write(m.data_mut(), payload);
         if let Err(m) = self.out.push(m) {
             self.send_out();
             let _ = self.out.push(m);
@@ -892,6 +946,27 @@ mod tests {
         let a = eal_args(&c, 0);
         assert!(!a.contains(&"--no-pci".to_string()) && !a.contains(&"--no-huge".to_string()));
         assert!(a.windows(2).any(|w| w == ["-a", "0000:3b:00.0"]));
+    }
+
+    #[test]
+    fn patched_outer_headers_equal_built_ones() {
+        let route = L2Route {
+            peer_mac: [2, 0, 0, 0, 0, 2],
+            our_mac: [2, 0, 0, 0, 0, 1],
+            our_ip: "10.0.0.1".parse().unwrap(),
+            vlan: None,
+        };
+        let dst: SocketAddr = "10.0.0.2:51821".parse().unwrap();
+        let h = OuterHeaders::new(&route, 51820, dst, 1000).unwrap();
+        for len in [0usize, 1, 32, 100, 1452, 9000] {
+            let mut built = vec![0u8; OUTER_V4 + len];
+            build_headers(&mut built, &route, 51820, dst, len).unwrap();
+            let mut patched = vec![0u8; OUTER_V4 + len];
+            h.write(&mut patched, len);
+            assert_eq!(patched[..OUTER_V4], built[..OUTER_V4], "payload {len}");
+        }
+        assert!(h.fresh(dst, 1099) && !h.fresh(dst, 1100));
+        assert!(!h.fresh("10.0.0.3:51821".parse().unwrap(), 1000));
     }
 
     #[test]

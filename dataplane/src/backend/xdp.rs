@@ -122,7 +122,7 @@ pub fn parse_underlay(f: &[u8], port: u16) -> Option<Underlay> {
 }
 
 /// Internet checksum of `data` added to `sum` (not yet folded).
-fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+pub(crate) fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         sum += u16::from_be_bytes([c[0], c[1]]) as u32;
@@ -133,7 +133,7 @@ fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-fn csum_fold(mut sum: u32) -> u16 {
+pub(crate) fn csum_fold(mut sum: u32) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

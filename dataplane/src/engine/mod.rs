@@ -365,19 +365,19 @@ impl<'r> Engine<'r> {
         let sess = self.sessions[(idx & self.session_mask) as usize]
             .as_deref_mut()
             .expect("usable session exists");
-        let Some(job) = sess.prepare_seal(data, frame_len, limit, slot) else {
+        if sess.tx_counter() >= limit {
             self.counters.drop(DropReason::Expired);
             return None;
-        };
-        let n = job.sealed_len();
-        let job = if defer {
-            Some(job)
+        }
+        let (n, job) = if defer {
+            let job = sess.prepare_seal(data, frame_len, limit, slot)?;
+            (job.sealed_len(), Some(job))
         } else {
-            if job.run(data).is_none() {
+            let Some(n) = sess.seal(data, frame_len, limit, slot) else {
                 self.counters.drop(DropReason::TxError);
                 return None;
-            }
-            None
+            };
+            (n, None)
         };
         let want_rekey = sess.initiator && !sess.rekey_requested && sess.tx_counter() >= rekey_at;
         if want_rekey {

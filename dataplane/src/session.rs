@@ -83,7 +83,7 @@ pub struct Session {
     pub rekey_requested: bool,
     /// Keys are wiped from memory when the session goes (the `Arc`'s last holder).
     send: Arc<AeadKey>,
-    recv: AeadKey,
+    recv: Arc<AeadKey>,
     tx_next: u64,
     tx_reserved: u64,
     replay: ReplayWindow,
@@ -124,7 +124,7 @@ impl Session {
             created_ms,
             rekey_requested: false,
             send: Arc::new(AeadKey::new(&keys.send)),
-            recv: AeadKey::new(&keys.recv),
+            recv: Arc::new(AeadKey::new(&keys.recv)),
             tx_next,
             tx_reserved: tx_next,
             replay,
@@ -205,27 +205,71 @@ impl Session {
         if !self.replay.check(counter) {
             return Err(OpenError::Replay);
         }
-        let len = pkt.len();
-        let (body, tag) =
-            pkt[TRANSPORT_HEADER_LEN..].split_at_mut(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN);
-        let tag: [u8; AEAD_TAG_LEN] = tag.try_into().map_err(|_| OpenError::Auth)?;
-        self.recv
-            .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(transport::nonce(counter)),
-                Aad::empty(),
-                Tag::from(tag),
-                body,
-                0..,
-            )
-            .map_err(|_| OpenError::Auth)?;
-        if !self.replay.update(counter) {
+        let n = open_with(&self.recv, counter, pkt)?;
+        if !self.accept(counter, slot) {
             return Err(OpenError::Replay);
+        }
+        Ok(n)
+    }
+
+    /// The AEAD part of opening, for another thread to run: `None` when the counter is
+    /// already refused by the replay window (checked again by [`Session::accept`] once
+    /// the tag verified, since a copy of the packet may have been accepted meanwhile).
+    pub fn open_job(&self, counter: u64) -> Option<OpenJob> {
+        self.replay.check(counter).then(|| OpenJob { key: self.recv.clone(), counter })
+    }
+
+    /// Marks an authenticated counter as received (and the high-water mark in shared
+    /// memory). `false`: a replay, to be dropped.
+    pub fn accept(&mut self, counter: u64, slot: &SessionSlot) -> bool {
+        if !self.replay.update(counter) {
+            return false;
         }
         if let Some(max) = self.replay.max_accepted() {
             slot.rx_next.store(max + 1, Ordering::Relaxed);
         }
-        Ok(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN)
+        true
     }
+}
+
+/// The AEAD of opening one transport message, made by [`Session::open_job`]. Running it
+/// does not touch the session: the replay window is updated by [`Session::accept`].
+pub struct OpenJob {
+    key: Arc<AeadKey>,
+    counter: u64,
+}
+
+impl OpenJob {
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Opens the transport message `pkt` in place; returns the frame length.
+    #[inline]
+    pub fn run(&self, pkt: &mut [u8]) -> Result<usize, OpenError> {
+        open_with(&self.key, self.counter, pkt)
+    }
+}
+
+/// Verifies and decrypts the transport message `pkt` (header, body, tag) in place.
+#[inline]
+fn open_with(key: &AeadKey, counter: u64, pkt: &mut [u8]) -> Result<usize, OpenError> {
+    let len = pkt.len();
+    if len < TRANSPORT_HEADER_LEN + AEAD_TAG_LEN {
+        return Err(OpenError::Auth);
+    }
+    let (body, tag) =
+        pkt[TRANSPORT_HEADER_LEN..].split_at_mut(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN);
+    let tag: [u8; AEAD_TAG_LEN] = tag.try_into().map_err(|_| OpenError::Auth)?;
+    key.open_in_place_separate_tag(
+        Nonce::assume_unique_for_key(transport::nonce(counter)),
+        Aad::empty(),
+        Tag::from(tag),
+        body,
+        0..,
+    )
+    .map_err(|_| OpenError::Auth)?;
+    Ok(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN)
 }
 
 #[cfg(test)]

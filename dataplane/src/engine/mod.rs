@@ -20,7 +20,7 @@ use omni_proto::wire::{
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
 use crate::fdb::{Fdb, Learn};
-use crate::session::{OpenError, SealJob, Session};
+use crate::session::{OpenError, OpenJob, SealJob, Session};
 use crate::shm::layout::{PeerStats, SessionSlot};
 use crate::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
 use crate::shm::region::Region;
@@ -100,6 +100,48 @@ pub enum Decap {
         len: usize,
     },
     Drop(DropReason),
+}
+
+impl Decap {
+    /// The same verdict with its offsets moved `by` bytes further into the datagram.
+    fn shifted(self, by: usize) -> Self {
+        match self {
+            Decap::Deliver { offset, len } => Decap::Deliver { offset: offset + by, len },
+            Decap::Punt { from, offset, len } => Decap::Punt { from, offset: offset + by, len },
+            other => other,
+        }
+    }
+}
+
+/// A datagram sorted by [`Engine::decap_start`].
+pub enum DecapStart {
+    /// A transport message whose AEAD is still to run.
+    Open(PendingOpen),
+    /// Decided (punt, drop).
+    Done(Decap),
+}
+
+/// A transport message waiting for its AEAD ([`PendingOpen::run`], on any thread) and
+/// then [`Engine::decap_finish`].
+pub struct PendingOpen {
+    job: OpenJob,
+    local_index: u32,
+    from: Endpoint,
+    /// Where the transport message starts in the datagram (past a relay header).
+    msg_off: usize,
+}
+
+impl PendingOpen {
+    /// Opens the message in place in `dgram` (the datagram given to `decap_start`).
+    /// Returns the frame length, or `None` when the tag does not verify.
+    pub fn run(&self, dgram: &mut [u8]) -> Option<usize> {
+        self.job.run(dgram.get_mut(self.msg_off..)?).ok()
+    }
+}
+
+enum Classified {
+    Transport { idx: u32, counter: u64, from: Endpoint, msg_off: usize },
+    Done(Decap),
 }
 
 /// What [`Engine::encap_in_place`] did with a frame.
@@ -504,23 +546,20 @@ impl<'r> Engine<'r> {
         dgram: &mut [u8],
         tx: &mut impl TxSink,
     ) -> Decap {
-        let verdict = match MessageType::of(dgram) {
-            Ok(MessageType::Relayed) => match relay::Packet::new_checked(&*dgram) {
-                Ok(p) if !p.is_request() => {
-                    let from = Endpoint::Relay { via: src, tag: p.tag() };
-                    match self.decap_inner(now_ms, from, &mut dgram[relay::HEADER_LEN..], tx) {
-                        Decap::Deliver { offset, len } => {
-                            Decap::Deliver { offset: offset + relay::HEADER_LEN, len }
-                        }
-                        Decap::Punt { from, offset, len } => {
-                            Decap::Punt { from, offset: offset + relay::HEADER_LEN, len }
-                        }
-                        other => other,
-                    }
+        let verdict = match self.classify(now_ms, src, dgram) {
+            Classified::Done(d) => d,
+            Classified::Transport { idx, counter, from, msg_off } => {
+                let slot_i = (idx & self.session_mask) as usize;
+                let slot = self.slot(idx);
+                let sess = self.sessions[slot_i].as_deref_mut().expect("classify checked it");
+                let peer = sess.peer;
+                match sess.open(&mut dgram[msg_off..], counter, slot) {
+                    Ok(n) => self.authenticated(now_ms, peer, idx, from, n, &dgram[msg_off..], tx),
+                    Err(OpenError::Replay) => Decap::Drop(DropReason::Replay),
+                    Err(OpenError::Auth) => Decap::Drop(DropReason::AuthFailed),
                 }
-                _ => Decap::Drop(DropReason::Malformed),
-            },
-            _ => self.decap_inner(now_ms, Endpoint::Direct(src), dgram, tx),
+                .shifted(msg_off)
+            }
         };
         if let Decap::Drop(r) = verdict {
             self.counters.drop(r);
@@ -528,56 +567,132 @@ impl<'r> Engine<'r> {
         verdict
     }
 
-    fn decap_inner(
+    /// The first half of [`Engine::decap_slice`] for a backend that runs the AEAD on
+    /// other cores: classifies the datagram and, for a transport message whose counter
+    /// the replay window still accepts, returns the AEAD to run ([`PendingOpen::run`])
+    /// before [`Engine::decap_finish`]. Everything else is decided here (drops counted).
+    pub fn decap_start(&mut self, now_ms: u64, src: SocketAddr, dgram: &[u8]) -> DecapStart {
+        let verdict = match self.classify(now_ms, src, dgram) {
+            Classified::Done(d) => d,
+            Classified::Transport { idx, counter, from, msg_off } => {
+                let sess = self.session(idx).expect("classify checked it");
+                match sess.open_job(counter) {
+                    Some(job) => {
+                        return DecapStart::Open(PendingOpen {
+                            job,
+                            local_index: idx,
+                            from,
+                            msg_off,
+                        });
+                    }
+                    None => Decap::Drop(DropReason::Replay),
+                }
+            }
+        };
+        if let Decap::Drop(r) = verdict {
+            self.counters.drop(r);
+        }
+        DecapStart::Done(verdict)
+    }
+
+    /// The second half: `opened` is what [`PendingOpen::run`] returned on `dgram` (the
+    /// same datagram, now opened in place). The session may have gone meanwhile, and a
+    /// copy of the packet may have been accepted first: both are checked here, in order.
+    pub fn decap_finish(
         &mut self,
         now_ms: u64,
-        from: Endpoint,
-        dgram: &mut [u8],
+        p: PendingOpen,
+        opened: Option<usize>,
+        dgram: &[u8],
         tx: &mut impl TxSink,
     ) -> Decap {
-        let ty = MessageType::of(dgram);
-        let msg = &*dgram;
-        match ty {
+        let idx = p.local_index;
+        let verdict = match self.session(idx) {
+            None => Decap::Drop(DropReason::UnknownIndex),
+            Some(s) if self.expired(s, now_ms) => Decap::Drop(DropReason::Expired),
+            Some(_) => match opened {
+                None => Decap::Drop(DropReason::AuthFailed),
+                Some(n) => {
+                    let slot = self.slot(idx);
+                    let slot_i = (idx & self.session_mask) as usize;
+                    let sess = self.sessions[slot_i].as_deref_mut().expect("looked up above");
+                    let peer = sess.peer;
+                    if sess.accept(p.job.counter(), slot) {
+                        self.authenticated(now_ms, peer, idx, p.from, n, &dgram[p.msg_off..], tx)
+                            .shifted(p.msg_off)
+                    } else {
+                        Decap::Drop(DropReason::Replay)
+                    }
+                }
+            },
+        };
+        if let Decap::Drop(r) = verdict {
+            self.counters.drop(r);
+        }
+        verdict
+    }
+
+    /// Unwraps a relay header and sorts the message: handshakes and signalling are
+    /// punted (after the mac1 check), a transport message is matched to a live session.
+    fn classify(&mut self, now_ms: u64, src: SocketAddr, dgram: &[u8]) -> Classified {
+        let (from, msg_off) = match MessageType::of(dgram) {
+            Ok(MessageType::Relayed) => match relay::Packet::new_checked(dgram) {
+                Ok(p) if !p.is_request() => {
+                    (Endpoint::Relay { via: src, tag: p.tag() }, relay::HEADER_LEN)
+                }
+                _ => return Classified::Done(Decap::Drop(DropReason::Malformed)),
+            },
+            _ => (Endpoint::Direct(src), 0),
+        };
+        let msg = &dgram[msg_off..];
+        let done = |d: Decap| Classified::Done(d.shifted(msg_off));
+        match MessageType::of(msg) {
             Ok(MessageType::Transport) => {}
             Ok(MessageType::HandshakeInitiation) => {
-                return self.check_handshake(msg, handshake_init::LEN, from);
+                return done(self.check_handshake(msg, handshake_init::LEN, from));
             }
             Ok(MessageType::HandshakeResponse) => {
-                return self.check_handshake(msg, handshake_resp::LEN, from);
+                return done(self.check_handshake(msg, handshake_resp::LEN, from));
             }
             Ok(MessageType::CookieReply) => {
-                return if msg.len() == cookie_reply::LEN {
+                return done(if msg.len() == cookie_reply::LEN {
                     Decap::Punt { from, offset: 0, len: msg.len() }
                 } else {
                     Decap::Drop(DropReason::Malformed)
-                };
+                });
             }
             // Nucleus signalling is signed; control verifies it. It never comes relayed.
             Ok(MessageType::Nucleus) if !from.is_relay() => {
-                return Decap::Punt { from, offset: 0, len: msg.len() };
+                return done(Decap::Punt { from, offset: 0, len: msg.len() });
             }
-            _ => return Decap::Drop(DropReason::Malformed),
+            _ => return done(Decap::Drop(DropReason::Malformed)),
         }
         let Ok(tp) = transport::Packet::new_checked(msg) else {
-            return Decap::Drop(DropReason::Malformed);
+            return done(Decap::Drop(DropReason::Malformed));
         };
         let (idx, counter) = (tp.receiver_index(), tp.counter());
-        let slot_i = (idx & self.session_mask) as usize;
-        let Some(sess) = self.sessions[slot_i].as_deref().filter(|s| s.local_index == idx) else {
-            return Decap::Drop(DropReason::UnknownIndex);
+        let Some(sess) = self.session(idx) else {
+            return done(Decap::Drop(DropReason::UnknownIndex));
         };
         if self.expired(sess, now_ms) {
-            return Decap::Drop(DropReason::Expired);
+            return done(Decap::Drop(DropReason::Expired));
         }
-        let slot = self.slot(idx);
-        let sess = self.sessions[slot_i].as_deref_mut().expect("checked above");
-        let peer = sess.peer;
-        let n = match sess.open(dgram, counter, slot) {
-            Ok(n) => n,
-            Err(OpenError::Replay) => return Decap::Drop(DropReason::Replay),
-            Err(OpenError::Auth) => return Decap::Drop(DropReason::AuthFailed),
-        };
-        // Authenticated from here on.
+        Classified::Transport { idx, counter, from, msg_off }
+    }
+
+    /// What follows an authenticated transport message of `n` frame bytes (`msg` is the
+    /// opened message): session confirmation, roaming, counters, FDB learning.
+    #[allow(clippy::too_many_arguments)]
+    fn authenticated(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        idx: u32,
+        from: Endpoint,
+        n: usize,
+        msg: &[u8],
+        tx: &mut impl TxSink,
+    ) -> Decap {
         if self.peers[peer as usize].next == Some(idx) {
             self.confirm_next(now_ms, peer, tx);
         }
@@ -595,7 +710,7 @@ impl<'r> Engine<'r> {
         if n < ETHERNET_HEADER_LEN {
             return Decap::Drop(DropReason::BadInnerFrame);
         }
-        let frame = &dgram[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
+        let frame = &msg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
         let src_mac: MacAddr = frame[ethernet::field::SRC].try_into().expect("length checked");
         if !ethernet::is_group(&src_mac) && src_mac != [0; 6] {
             match self.fdb.learn(&src_mac, peer, now_ms) {

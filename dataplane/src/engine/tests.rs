@@ -521,3 +521,60 @@ fn in_place_seal_matches_the_buffer_path_and_falls_back_for_the_rest() {
     b.apply(13, Command::ResetState, &mut sink);
     assert_eq!(b.encap_in_place(13, &mut msg, frame_len), InPlace::Fallback);
 }
+
+#[test]
+fn deferred_open_checks_replay_and_session_again_when_it_finishes() {
+    let (mut a, mut b) = pair("deferred");
+    let mut sink = VecSink::default();
+    let a_ep: SocketAddr = A_EP.parse().unwrap();
+    let mut f = frame(MAC_B, MAC_A, b"deferred open");
+    a.encap(10, &mut f, &mut sink);
+    let pkt = sink.queued.pop().unwrap();
+    let msg = pkt.data[..pkt.len].to_vec();
+
+    // Two copies in flight at once: both pass the pre-check, only the first is accepted.
+    let (mut c1, mut c2) = (msg.clone(), msg.clone());
+    let DecapStart::Open(p1) = b.decap_start(11, a_ep, &c1) else { panic!("not deferred") };
+    let DecapStart::Open(p2) = b.decap_start(11, a_ep, &c2) else { panic!("not deferred") };
+    let r1 = p1.run(&mut c1);
+    let r2 = p2.run(&mut c2);
+    assert_eq!(r1, Some(18 + 13 - 4));
+    assert_eq!(b.decap_finish(11, p1, r1, &c1, &mut sink), Decap::Deliver { offset: 16, len: 27 });
+    assert_eq!(&c1[16 + 14..16 + 27], b"deferred open");
+    assert_eq!(b.decap_finish(11, p2, r2, &c2, &mut sink), Decap::Drop(DropReason::Replay));
+    assert_eq!(b.counters().get_drop(DropReason::Replay), 1);
+    // Once accepted, a third copy is refused before any AEAD runs.
+    let c3 = msg.clone();
+    assert!(matches!(
+        b.decap_start(12, a_ep, &c3),
+        DecapStart::Done(Decap::Drop(DropReason::Replay))
+    ));
+
+    // A tampered packet fails on the crypto side and is counted when it finishes.
+    a.encap(13, &mut frame(MAC_B, MAC_A, b"x"), &mut sink);
+    let mut t = sink.queued.pop().unwrap().data[..pkt.len - 12].to_vec();
+    let last = t.len() - 1;
+    t[last] ^= 1;
+    let DecapStart::Open(p) = b.decap_start(13, a_ep, &t) else { panic!() };
+    let r = p.run(&mut t);
+    assert_eq!(r, None);
+    assert_eq!(b.decap_finish(13, p, r, &t, &mut sink), Decap::Drop(DropReason::AuthFailed));
+
+    // The session goes while the AEAD runs: dropped as unknown, not delivered.
+    a.encap(14, &mut frame(MAC_B, MAC_A, b"late"), &mut sink);
+    let mut late = sink.queued.pop().unwrap();
+    let len = late.len;
+    let DecapStart::Open(p) = b.decap_start(14, a_ep, &late.data[..len]) else { panic!() };
+    let r = p.run(&mut late.data[..len]);
+    assert!(r.is_some());
+    b.apply(14, Command::ResetState, &mut sink);
+    assert_eq!(
+        b.decap_finish(14, p, r, &late.data[..len], &mut sink),
+        Decap::Drop(DropReason::UnknownIndex)
+    );
+    // Non-transport messages are decided at once.
+    assert!(matches!(
+        b.decap_start(15, a_ep, &[9u8; 40]),
+        DecapStart::Done(Decap::Drop(DropReason::Malformed))
+    ));
+}

@@ -75,14 +75,15 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     let sock = dir.0.join("memif.sock").display().to_string();
     let (id_a, ka) = new_identity(&dir.0, "a");
     let (id_b, kb) = new_identity(&dir.0, "b");
-    // The memif server first; the client's start waits for it anyway.
+    // The memif server first; the client's start waits for it anyway. A has a crypto
+    // worker on a second core (sealing and opening there, in order); B has one worker.
     let (mut dpa, run_a, log_a) = start_dp(
         &a_ns,
         &dir.0,
         "a",
         &format!("net_memif0,role=server,socket={sock}"),
         "10.98.0.1/24",
-        "0",
+        "0-1",
     );
     let (mut dpb, run_b, _) = start_dp(
         &b_ns,
@@ -133,9 +134,15 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     let bps = iperf3_tcp(&a_ns, &b_ns, "192.168.98.2", 3);
     assert!(bps > 10e6, "iperf3 over the DPDK fabric: {bps}");
     eprintln!("iperf3 TCP over two DPDK data planes (memif): {:.2} Gbit/s", bps / 1e9);
-    let m = nb.metrics(9100);
-    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0), "{m}");
-    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
+    for n in [&na, &nb] {
+        let m = n.metrics(9100);
+        for reason in ["auth_failed", "replay"] {
+            let key = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
+            assert_eq!(metric(&m, &key), Some(0.0), "{key}: {m}");
+        }
+    }
+    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert!(log.contains("crypto workers started"), "A runs a crypto worker:\n{log}");
     drop((na, nb));
     let pid_a = dpa.pid().unwrap();
     dpa.stop("TERM");

@@ -25,8 +25,9 @@ use tracing::{info, warn};
 use crate::clock::monotonic_ms;
 use crate::counters::{DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
-use crate::engine::{Decap, Engine, InPlace, PacketBuf, TxSink};
+use crate::engine::{Decap, DecapStart, Engine, InPlace, PacketBuf, PendingOpen, TxSink};
 use crate::paths;
+use crate::session::SealJob;
 use crate::shm::bell::Bell;
 use crate::shm::layout::{Header, Params};
 use crate::shm::region::{DataplaneEnds, Region, RoleLock};
@@ -34,6 +35,7 @@ use crate::sync::{Ordering, fence};
 
 use super::arp::{ArpAction, Neighbours};
 use super::channel::{self, punt};
+use super::crypto_pool::{Batch, Buf, CryptoPool, Item, Job};
 use super::xdp::{L2Route, build_frame, build_headers, csum_add, csum_fold, parse_underlay};
 
 /// A port as the user names it: a PCI address, or a virtual device with its arguments
@@ -189,6 +191,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     let _role = RoleLock::acquire(&cfg.run_dir.join(paths::DATAPLANE_LOCK), "omni-dataplane")?;
     let daemon_alive = RoleLock::is_held(&cfg.run_dir.join(paths::DAEMON_LOCK));
     let region = Region::open(&cfg.run_dir.join(paths::REGION), cfg.params, !daemon_alive)?;
+    let cores = parse_cores(&cfg.cores).map_err(|e| anyhow::anyhow!("--cores: {e}"))?;
     let huge = free_hugepages();
     let args = eal_args(&cfg, huge);
     if args.iter().any(|a| a == "--no-huge") {
@@ -263,7 +266,18 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         pending: std::collections::VecDeque::new(),
         outer: None,
     };
-    let remove = w.run(&signals, &pool, &underlay, &access, &mut tx);
+    // The first core runs this worker (EAL pins it); each further one a crypto worker.
+    let crypto_cpus: Vec<Option<u32>> = cores[1..].iter().map(|&c| Some(c)).collect();
+    let remove = std::thread::scope(|scope| {
+        if crypto_cpus.is_empty() {
+            return w.run(&signals, &pool, &underlay, &access, &mut tx, None);
+        }
+        let mut crypto: Crypto<'_> = CryptoPool::start(scope, &crypto_cpus, cfg.busy_poll)
+            .context("cannot start the crypto workers")?;
+        info!(workers = crypto.workers(), cpus = ?&cores[1..], "crypto workers started");
+        w.run(&signals, &pool, &underlay, &access, &mut tx, Some(&mut crypto))
+        // Dropping the pool stops its workers; the scope joins them.
+    });
     h.dp_pid.store(0, Ordering::Relaxed);
     drop(tx);
     drop(access);
@@ -364,6 +378,43 @@ struct DpdkTx<'a> {
     pending: std::collections::VecDeque<(u64, SocketAddr, Vec<u8>)>,
     /// The outer headers last built for a packet sealed in place.
     outer: Option<OuterHeaders>,
+}
+
+/// The crypto workers of a DPDK data plane with more than one core.
+type Crypto<'p> = CryptoPool<Mbuf<'p>, CryptoJob>;
+
+impl Buf for Mbuf<'_> {
+    fn bytes(&mut self) -> &mut [u8] {
+        self.data_mut()
+    }
+}
+
+/// What a crypto worker does to one packet.
+enum CryptoJob {
+    /// Seal the message at `at..` of a packet whose headers are written.
+    Seal { job: SealJob, at: usize, ok: bool },
+    /// Open the datagram at `payload`; where it came from, for after.
+    Open {
+        pending: Option<PendingOpen>,
+        payload: std::ops::Range<usize>,
+        src: SocketAddr,
+        peer_mac: [u8; 6],
+        opened: Option<usize>,
+    },
+}
+
+impl Job for CryptoJob {
+    fn run(&mut self, bytes: &mut [u8]) {
+        match self {
+            CryptoJob::Seal { job, at, ok } => {
+                *ok = bytes.get_mut(*at..).and_then(|b| job.run(b)).is_some();
+            }
+            CryptoJob::Open { pending: Some(p), payload, opened, .. } => {
+                *opened = bytes.get_mut(payload.clone()).and_then(|d| p.run(d));
+            }
+            CryptoJob::Open { pending: None, .. } => {}
+        }
+    }
 }
 
 /// Ethernet + IPv4 + UDP in front of a sealed message on the underlay.
@@ -485,25 +536,35 @@ impl<'a> DpdkTx<'a> {
         true
     }
 
-    /// Sends a message the engine sealed in place in `m` (`[outer headers][message of
-    /// msg_len]`): a relay header is slid in front of it when the peer is relayed, the
-    /// outer headers are written and the mbuf queued, with no copy. Without a resolved
-    /// next hop the message takes [`DpdkTx::datagram`]'s path (ARP, held while pending).
-    fn sealed_in_place(&mut self, now: u64, mut m: Mbuf<'a>, msg_len: usize, to: Endpoint) {
+    /// Frames a message the engine sealed (or, with `job`, prepared) in place in `m`
+    /// (`[outer headers][message of msg_len]`): a relay header is slid in front of it when
+    /// the peer is relayed and the outer headers are written, with no copy. Returns the
+    /// mbuf and where the message starts. Without a resolved next hop the message is
+    /// sealed now if it was not and takes [`DpdkTx::datagram`]'s path (ARP, held while
+    /// pending); `None` then, or when dropped (counted).
+    fn frame_in_place(
+        &mut self,
+        now: u64,
+        mut m: Mbuf<'a>,
+        msg_len: usize,
+        to: Endpoint,
+        job: Option<&SealJob>,
+    ) -> Option<(Mbuf<'a>, usize)> {
         let dst = to.addr();
         let mut payload = msg_len;
         if let Some(tag) = to.relay_tag() {
             if !m.prepend(relay::HEADER_LEN) {
                 self.counters.drop(DropReason::TxError);
-                return;
+                return None;
             }
             m.data_mut()[OUTER_V4..OUTER_V4 + relay::HEADER_LEN]
                 .copy_from_slice(&relay::header(false, &tag));
             payload += relay::HEADER_LEN;
         }
+        let at = OUTER_V4 + payload - msg_len;
         if 28 + payload > self.max_ip {
             self.counters.drop(DropReason::TxError);
-            return;
+            return None;
         }
         let headers = match self.outer {
             Some(h) if h.fresh(dst, now) => h,
@@ -513,8 +574,14 @@ impl<'a> DpdkTx<'a> {
                     SocketAddr::V6(_) => None,
                 };
                 let Some(peer_mac) = peer_mac else {
+                    if let Some(job) = job
+                        && job.run(&mut m.data_mut()[at..]).is_none()
+                    {
+                        self.counters.drop(DropReason::TxError);
+                        return None;
+                    }
                     self.datagram(now, dst, &[&m.data()[OUTER_V4..OUTER_V4 + payload]]);
-                    return;
+                    return None;
                 };
                 let route = L2Route {
                     peer_mac,
@@ -524,13 +591,18 @@ impl<'a> DpdkTx<'a> {
                 };
                 let Some(h) = OuterHeaders::new(&route, self.udp_port, dst, now) else {
                     self.counters.drop(DropReason::TxError);
-                    return;
+                    return None;
                 };
                 self.outer = Some(h);
                 h
             }
         };
         headers.write(m.data_mut(), payload);
+        Some((m, at))
+    }
+
+    /// Queues a finished packet for the underlay port.
+    fn push_out(&mut self, m: Mbuf<'a>) {
         if let Err(m) = self.out.push(m) {
             self.send_out();
             let _ = self.out.push(m);
@@ -639,6 +711,29 @@ impl DpdkWorker<'_> {
         underlay: &EthPort,
         access: &EthPort,
         tx: &mut DpdkTx<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
+    ) -> anyhow::Result<bool> {
+        let r = self.poll(signals, pool, underlay, access, tx, crypto.as_deref_mut());
+        // Whatever the crypto workers still hold is finished (delivered or sent) before
+        // they stop, so no packet is lost to a clean stop.
+        if let Some(c) = crypto {
+            let mut deliver = MbufBurst::new();
+            while let Some(b) = c.ready(true) {
+                self.finish_batch(monotonic_ms(), c, b, access, tx, &mut deliver);
+            }
+        }
+        tx.flush();
+        r
+    }
+
+    fn poll<'p>(
+        &mut self,
+        signals: &crate::sys::SignalFd,
+        pool: &'p Mempool,
+        underlay: &EthPort,
+        access: &EthPort,
+        tx: &mut DpdkTx<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
     ) -> anyhow::Result<bool> {
         let mut last_housekeeping = monotonic_ms();
         let mut last_heartbeat = 0;
@@ -650,12 +745,28 @@ impl DpdkWorker<'_> {
             let now = monotonic_ms();
             let mut work = 0;
             if let Some(remove) = self.commands(now, tx) {
-                tx.flush();
                 return Ok(remove);
             }
             work += self.injects(now, tx);
-            work += self.underlay_burst(now, underlay, access, pool, tx, &mut rx, &mut deliver);
-            work += self.access_burst(now, access, pool, tx, &mut rx);
+            work += self.underlay_burst(
+                now,
+                underlay,
+                access,
+                pool,
+                tx,
+                &mut rx,
+                &mut deliver,
+                crypto.as_deref_mut(),
+            );
+            work += self.access_burst(now, access, pool, tx, &mut rx, crypto.as_deref_mut());
+            if let Some(c) = crypto.as_deref_mut() {
+                while let Some(b) = c.ready(false) {
+                    work += b.len();
+                    self.finish_batch(now, c, b, access, tx, &mut deliver);
+                }
+                // Batches in flight come back within microseconds: no sleeping meanwhile.
+                work += c.in_flight();
+            }
             tx.flush();
             let notify = self.publish_events() | std::mem::take(&mut self.punted);
             if now.saturating_sub(last_heartbeat) >= 100 {
@@ -737,7 +848,8 @@ impl DpdkWorker<'_> {
     }
 
     /// A burst from the underlay: ARP answered, fabric datagrams opened in place and the
-    /// frames passed to the access port in the same mbufs.
+    /// frames passed to the access port in the same mbufs. With crypto workers, transport
+    /// messages go to them as one batch (opened there, finished here in order).
     #[allow(clippy::too_many_arguments)]
     fn underlay_burst<'p>(
         &mut self,
@@ -745,15 +857,17 @@ impl DpdkWorker<'_> {
         underlay: &EthPort,
         access: &EthPort,
         pool: &'p Mempool,
-        tx: &mut DpdkTx<'_>,
+        tx: &mut DpdkTx<'p>,
         rx: &mut MbufBurst<'p>,
         deliver: &mut MbufBurst<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
     ) -> usize {
         let n = underlay.rx_burst(0, rx, pool);
         if n == 0 {
             return 0;
         }
         let port = tx.udp_port;
+        let mut batch = crypto.as_deref_mut().map(|c| c.batch());
         for mut m in rx.drain() {
             let data = m.data_mut();
             if data.len() >= 14 && data[12..14] == [0x08, 0x06] {
@@ -775,34 +889,76 @@ impl DpdkWorker<'_> {
                 self.counters.drop(DropReason::Malformed);
                 continue;
             }
-            let (p0, src) = (u.payload.start, u.src);
-            let peer_mac = u.route.peer_mac;
-            match self.engine.decap_slice(now, src, &mut data[u.payload], tx) {
-                Decap::Deliver { offset, len } => {
-                    if let IpAddr::V4(ip) = src.ip() {
-                        tx.neighbours.learn(now, ip, peer_mac);
+            let (payload, src, peer_mac) = (u.payload, u.src, u.route.peer_mac);
+            let verdict = match batch.as_mut() {
+                Some(b) => match self.engine.decap_start(now, src, &data[payload.clone()]) {
+                    DecapStart::Open(p) => {
+                        let job = CryptoJob::Open {
+                            pending: Some(p),
+                            payload,
+                            src,
+                            peer_mac,
+                            opened: None,
+                        };
+                        b.push(Item { buf: m, job });
+                        continue;
                     }
-                    let total = m.len();
-                    // A full burst cannot happen (one in, at most one out); dropped if so.
-                    if m.adj(p0 + offset)
-                        && m.trim(total - (p0 + offset) - len)
-                        && let Err(m) = deliver.push(m)
-                    {
-                        drop(m);
-                    }
-                }
-                Decap::Keepalive => {
-                    if let IpAddr::V4(ip) = src.ip() {
-                        tx.neighbours.learn(now, ip, peer_mac);
-                    }
-                }
-                Decap::Punt { from, offset, len } => {
-                    let bytes = &m.data()[p0 + offset..p0 + offset + len];
-                    self.punted |= punt(&mut self.ends, self.counters, from, bytes);
-                }
-                Decap::Drop(_) => {}
-            }
+                    DecapStart::Done(d) => d,
+                },
+                None => self.engine.decap_slice(now, src, &mut data[payload.clone()], tx),
+            };
+            self.after_decap(now, verdict, m, payload.start, src, peer_mac, tx, deliver);
         }
+        self.deliver(access, deliver);
+        if let (Some(c), Some(b)) = (crypto, batch) {
+            self.dispatch(now, c, b, access, tx, deliver);
+        }
+        n
+    }
+
+    /// Acts on the engine's verdict for the datagram at `p0..` of `m`.
+    #[allow(clippy::too_many_arguments)]
+    fn after_decap<'p>(
+        &mut self,
+        now: u64,
+        verdict: Decap,
+        mut m: Mbuf<'p>,
+        p0: usize,
+        src: SocketAddr,
+        peer_mac: [u8; 6],
+        tx: &mut DpdkTx<'p>,
+        deliver: &mut MbufBurst<'p>,
+    ) {
+        match verdict {
+            Decap::Deliver { offset, len } => {
+                if let IpAddr::V4(ip) = src.ip() {
+                    tx.neighbours.learn(now, ip, peer_mac);
+                }
+                let total = m.len();
+                // The caller empties the burst before it can fill (at most one out per
+                // packet in, bursts of at most BURST); dropped if it ever were full.
+                if m.adj(p0 + offset)
+                    && m.trim(total - (p0 + offset) - len)
+                    && let Err(m) = deliver.push(m)
+                {
+                    drop(m);
+                }
+            }
+            Decap::Keepalive => {
+                if let IpAddr::V4(ip) = src.ip() {
+                    tx.neighbours.learn(now, ip, peer_mac);
+                }
+            }
+            Decap::Punt { from, offset, len } => {
+                let bytes = &m.data()[p0 + offset..p0 + offset + len];
+                self.punted |= punt(&mut self.ends, self.counters, from, bytes);
+            }
+            Decap::Drop(_) => {}
+        }
+    }
+
+    /// Sends the frames in `deliver` to the access port (what it cannot take is counted).
+    fn deliver(&mut self, access: &EthPort, deliver: &mut MbufBurst<'_>) {
         for _ in 0..4 {
             if deliver.is_empty() {
                 break;
@@ -813,14 +969,60 @@ impl DpdkWorker<'_> {
             self.counters.drop_n(DropReason::AccessError, deliver.len() as u64);
             drop(std::mem::take(deliver));
         }
-        n
+    }
+
+    /// Hands a batch to the crypto workers, first finishing the oldest ones while all
+    /// their room is taken.
+    fn dispatch<'p>(
+        &mut self,
+        now: u64,
+        c: &mut Crypto<'p>,
+        b: Batch<Mbuf<'p>, CryptoJob>,
+        access: &EthPort,
+        tx: &mut DpdkTx<'p>,
+        deliver: &mut MbufBurst<'p>,
+    ) {
+        while !c.has_room() {
+            let Some(done) = c.ready(true) else { break };
+            self.finish_batch(now, c, done, access, tx, deliver);
+        }
+        c.dispatch(b);
+    }
+
+    /// A batch back from a crypto worker, in the order batches went out: sealed packets
+    /// go to the underlay, opened ones are checked again (replay, session) and delivered.
+    fn finish_batch<'p>(
+        &mut self,
+        now: u64,
+        c: &mut Crypto<'p>,
+        mut b: Batch<Mbuf<'p>, CryptoJob>,
+        access: &EthPort,
+        tx: &mut DpdkTx<'p>,
+        deliver: &mut MbufBurst<'p>,
+    ) {
+        for Item { buf: m, job } in b.drain(..) {
+            match job {
+                CryptoJob::Seal { ok: true, .. } => tx.push_out(m),
+                CryptoJob::Seal { ok: false, .. } => self.counters.drop(DropReason::TxError),
+                CryptoJob::Open { pending, payload, src, peer_mac, opened } => {
+                    let Some(p) = pending else { continue };
+                    let verdict =
+                        self.engine.decap_finish(now, p, opened, &m.data()[payload.clone()], tx);
+                    self.after_decap(now, verdict, m, payload.start, src, peer_mac, tx, deliver);
+                }
+            }
+        }
+        c.recycle(b);
+        self.deliver(access, deliver);
+        tx.send_out();
     }
 
     /// A burst of frames from the access port, sealed and queued for the underlay. A
     /// unicast frame to a peer with a session is sealed where it lies: outer headers and
     /// the transport header go into the mbuf's headroom, the tag into its tailroom, and the
-    /// same mbuf is sent (no copy). Anything else (flooding, staging, short rooms) takes
-    /// the engine's buffer path.
+    /// same mbuf is sent (no copy); with crypto workers its AEAD runs there, in one batch
+    /// per burst. Anything else (flooding, staging, short rooms) takes the engine's buffer
+    /// path.
     fn access_burst<'p>(
         &mut self,
         now: u64,
@@ -828,8 +1030,13 @@ impl DpdkWorker<'_> {
         pool: &'p Mempool,
         tx: &mut DpdkTx<'p>,
         rx: &mut MbufBurst<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
     ) -> usize {
         let n = access.rx_burst(0, rx, pool);
+        if n == 0 {
+            return 0;
+        }
+        let mut batch = crypto.as_deref_mut().map(|c| c.batch());
         for mut m in rx.drain() {
             let flen = m.len();
             if !m.is_contiguous() || flen > self.frame.frame_area().len() {
@@ -841,13 +1048,26 @@ impl DpdkWorker<'_> {
                 && m.prepend(IN_PLACE_HEAD)
                 && m.append(AEAD_TAG_LEN)
             {
-                match self.engine.encap_in_place(now, &mut m.data_mut()[OUTER_V4..], flen) {
-                    InPlace::Sealed { len, to } => {
-                        tx.sealed_in_place(now, m, len, to);
+                let msg = &mut m.data_mut()[OUTER_V4..];
+                let (verdict, job) = match batch {
+                    Some(_) => self.engine.encap_in_place_deferred(now, msg, flen),
+                    None => (self.engine.encap_in_place(now, msg, flen), None),
+                };
+                match (verdict, job, batch.as_mut()) {
+                    (InPlace::Sealed { len, to }, Some(job), Some(b)) => {
+                        if let Some((m, at)) = tx.frame_in_place(now, m, len, to, Some(&job)) {
+                            b.push(Item { buf: m, job: CryptoJob::Seal { job, at, ok: false } });
+                        }
                         continue;
                     }
-                    InPlace::Dropped => continue,
-                    InPlace::Fallback => {
+                    (InPlace::Sealed { len, to }, _, _) => {
+                        if let Some((m, _)) = tx.frame_in_place(now, m, len, to, None) {
+                            tx.push_out(m);
+                        }
+                        continue;
+                    }
+                    (InPlace::Dropped, _, _) => continue,
+                    (InPlace::Fallback, _, _) => {
                         // Untouched: back to the bare frame.
                         let _ = m.adj(IN_PLACE_HEAD) && m.trim(AEAD_TAG_LEN);
                     }
@@ -858,6 +1078,10 @@ impl DpdkWorker<'_> {
             self.frame.len = f.len();
             drop(m);
             self.engine.encap(now, &mut self.frame, tx);
+        }
+        if let (Some(c), Some(b)) = (crypto, batch) {
+            let mut deliver = MbufBurst::new();
+            self.dispatch(now, c, b, access, tx, &mut deliver);
         }
         n
     }
@@ -871,6 +1095,35 @@ impl DpdkWorker<'_> {
 /// IPv4 (20) + UDP (8) + transport header (16) + tag (16) + inner Ethernet header (14).
 pub fn access_mtu(underlay_mtu: u16) -> u16 {
     underlay_mtu.saturating_sub(20 + 8 + 16 + 16 + 14)
+}
+
+/// The CPUs of an EAL core list (`2`, `2-5`, `1,3`, `0-1,4`), in order, without repeats.
+pub fn parse_cores(s: &str) -> Result<Vec<u32>, String> {
+    let mut out: Vec<u32> = vec![];
+    for part in s.split(',') {
+        let part = part.trim();
+        let num = |x: &str| {
+            x.trim().parse::<u32>().ok().filter(|&c| c < 1024).ok_or_else(|| {
+                format!("{s:?}: {x:?} is not a CPU number (a list like 2-5 or 1,3 is expected)")
+            })
+        };
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if a > b {
+            return Err(format!("{s:?}: range {a}-{b} runs backwards"));
+        }
+        for c in a..=b {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    if out.len() > 64 {
+        return Err(format!("{s:?}: at most 64 cores"));
+    }
+    Ok(out)
 }
 
 /// Parses `10.0.0.1/24`.
@@ -967,6 +1220,17 @@ mod tests {
         }
         assert!(h.fresh(dst, 1099) && !h.fresh(dst, 1100));
         assert!(!h.fresh("10.0.0.3:51821".parse().unwrap(), 1000));
+    }
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_cores("2").unwrap(), vec![2]);
+        assert_eq!(parse_cores("2-5").unwrap(), vec![2, 3, 4, 5]);
+        assert_eq!(parse_cores("1,3").unwrap(), vec![1, 3]);
+        assert_eq!(parse_cores("0-1,4,1").unwrap(), vec![0, 1, 4]);
+        for bad in ["", "x", "3-1", "1-", "1,,2", "5000", "0-100"] {
+            assert!(parse_cores(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -442,24 +442,47 @@ impl<'r> Engine<'r> {
     /// is sealed in place; anything else (group address, unknown destination, no session
     /// yet) is left untouched for [`Engine::encap`], which floods, stages or drops it.
     pub fn encap_in_place(&mut self, now_ms: u64, msg: &mut [u8], frame_len: usize) -> InPlace {
+        self.in_place(now_ms, msg, frame_len, false).0
+    }
+
+    /// As [`Engine::encap_in_place`], leaving the AEAD to the caller (another core): a
+    /// `Sealed` frame has its transport header written and its job returned, to be run
+    /// on `msg` before the packet goes out.
+    pub fn encap_in_place_deferred(
+        &mut self,
+        now_ms: u64,
+        msg: &mut [u8],
+        frame_len: usize,
+    ) -> (InPlace, Option<SealJob>) {
+        self.in_place(now_ms, msg, frame_len, true)
+    }
+
+    fn in_place(
+        &mut self,
+        now_ms: u64,
+        msg: &mut [u8],
+        frame_len: usize,
+        defer: bool,
+    ) -> (InPlace, Option<SealJob>) {
+        const FALLBACK: (InPlace, Option<SealJob>) = (InPlace::Fallback, None);
         if !(ETHERNET_HEADER_LEN..=MAX_INNER_FRAME).contains(&frame_len)
             || msg.len() < TRANSPORT_HEADER_LEN + frame_len + omni_proto::constants::AEAD_TAG_LEN
         {
-            return InPlace::Fallback;
+            return FALLBACK;
         }
         let dst = frame_dst(&msg[TRANSPORT_HEADER_LEN..]);
         if ethernet::is_group(&dst) {
-            return InPlace::Fallback;
+            return FALLBACK;
         }
-        let Some(peer) = self.fdb.lookup(&dst, now_ms) else { return InPlace::Fallback };
+        let Some(peer) = self.fdb.lookup(&dst, now_ms) else { return FALLBACK };
         let Some(p) = self.peers.get(peer as usize).filter(|p| p.active) else {
-            return InPlace::Fallback;
+            return FALLBACK;
         };
-        let Some(to) = p.endpoint else { return InPlace::Fallback };
-        let Some(idx) = self.usable_current(peer, now_ms) else { return InPlace::Fallback };
-        match self.seal_slice(now_ms, peer, idx, msg, frame_len, false) {
-            Some((len, _)) => InPlace::Sealed { len, to },
-            None => InPlace::Dropped,
+        let Some(to) = p.endpoint else { return FALLBACK };
+        let Some(idx) = self.usable_current(peer, now_ms) else { return FALLBACK };
+        match self.seal_slice(now_ms, peer, idx, msg, frame_len, defer) {
+            Some((len, job)) => (InPlace::Sealed { len, to }, job),
+            None => (InPlace::Dropped, None),
         }
     }
 

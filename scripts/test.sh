@@ -31,4 +31,5 @@ scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-20}"
 step "benchmark harness (short mode: keeps it working; numbers are not asserted)"
 cargo build --release -q -p omni-bench --bin compare
 target/release/compare --short --out target/compare-short
+target/release/dpdk_pktgen --short --json target/dpdk-pktgen-short.json
 step "all tests passed"

@@ -70,9 +70,15 @@ struct RunArgs {
     /// The generator's core.
     #[arg(long, default_value = "0")]
     gen_core: String,
-    /// The two workers' cores (A, B): data planes or forwarders.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 1])]
+    /// The two workers' cores (A, B): data planes or forwarders. The default gives the
+    /// sealing data plane a core of its own and lets the opening one share the
+    /// generator's, so both are saturated on a two-core machine.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 0])]
     worker_cores: Vec<u32>,
+    /// EAL cores of data plane A (overrides its --worker-cores entry), e.g. 2-5: the first
+    /// runs the I/O worker, each further one a crypto worker.
+    #[arg(long)]
+    a_cores: Option<String>,
     /// Where omni-daemon and omni-dataplane are (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -562,6 +568,22 @@ fn raw_aead(size: usize, secs: f64) -> Rate {
     Rate::of(n as f64, t0.elapsed().as_secs_f64(), size)
 }
 
+/// CPU seconds of a data plane's workers: its main thread (the I/O worker, on the first
+/// EAL lcore) and its crypto workers.
+fn workers_cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let mut total = task_cpu_secs(pid, pid)?;
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if tid != pid && comm.starts_with("omni-crypto") {
+            total += task_cpu_secs(pid, tid)?;
+        }
+    }
+    Ok(total)
+}
+
 /// utime + stime of a thread, in seconds.
 fn task_cpu_secs(pid: u32, tid: u32) -> anyhow::Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
@@ -740,7 +762,10 @@ impl Ctx {
                     "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"{underlay}\"\naccess = \"{access}\"\n\
                      underlay_ip = \"10.77.0.{}/24\"\ncores = \"{}\"\n{eal}",
                     i + 1,
-                    self.args.worker_cores[i]
+                    match (&self.args.a_cores, i) {
+                        (Some(c), 0) => c.clone(),
+                        _ => self.args.worker_cores[i].to_string(),
+                    }
                 ),
             )?;
             let args = vec![
@@ -786,7 +811,7 @@ impl Ctx {
         let snap = |i: usize, key: &str| -> anyhow::Result<(f64, f64)> {
             let v = status(i).context("status")?;
             let pkts = v["peers"][0][key].as_u64().context("peer counters")? as f64;
-            Ok((pkts, task_cpu_secs(pids[i], pids[i])?))
+            Ok((pkts, workers_cpu_secs(pids[i])?))
         };
         let s0 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
         let log = self.dir.path().join(format!("{tag}-gen.log"));

@@ -22,30 +22,40 @@ fn start_dp(
     underlay_ip: &str,
     cores: &str,
 ) -> (Background, PathBuf, PathBuf) {
+    start_dp_with(ns, dir, name, underlay, underlay_ip, cores, &[])
+}
+
+fn start_dp_with(
+    ns: &Netns,
+    dir: &Path,
+    name: &str,
+    underlay: &str,
+    underlay_ip: &str,
+    cores: &str,
+    extra: &[&str],
+) -> (Background, PathBuf, PathBuf) {
     let run_dir = dir.join(format!("{name}-run"));
     let log = dir.join(format!("{name}-dp.log"));
     let (dp_bin, run) =
         (bin("omni-dataplane").display().to_string(), run_dir.display().to_string());
     let access = format!("net_tap_{name},iface=omni0");
-    let dp = Background::spawn_logged(
-        ns,
-        &[
-            &dp_bin,
-            "--backend",
-            "dpdk",
-            "--run-dir",
-            &run,
-            "--underlay",
-            underlay,
-            "--access",
-            &access,
-            "--underlay-ip",
-            underlay_ip,
-            "--cores",
-            cores,
-        ],
-        Some(&log),
-    );
+    let mut args = vec![
+        dp_bin.as_str(),
+        "--backend",
+        "dpdk",
+        "--run-dir",
+        &run,
+        "--underlay",
+        underlay,
+        "--access",
+        &access,
+        "--underlay-ip",
+        underlay_ip,
+        "--cores",
+        cores,
+    ];
+    args.extend_from_slice(extra);
+    let dp = Background::spawn_logged(ns, &args, Some(&log));
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     let ready = wait_until(Duration::from_secs(40), || text().contains("data plane ready"));
     assert!(ready, "{name}: DPDK data plane not ready:\n{}", text());
@@ -288,4 +298,74 @@ fn daemons_start_supervise_and_restart_their_dpdk_data_planes() {
     let m = nb.metrics(9100);
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0), "{m}");
+}
+
+#[test]
+fn dpdk_node_behind_nat_registers_with_the_nucleus_and_reaches_a_peer_through_its_relay() {
+    let _serial = serial();
+    require_root_and_tools(&[TOOLS, &["nft"]].concat());
+    // Edge 2 is behind a symmetric NAT: punching fails and the pair falls back to the
+    // Nucleus's relay, so the DPDK node does everything the daemon does with a Nucleus.
+    let mut c = NatCluster::topology(2, Some(2), &[]);
+    // The DPDK data plane owns edge 1's NIC, reaching the Nucleus through the NAT router
+    // (its gateway, resolved by its own ARP).
+    c.edges[0].sh_ok("ip addr flush dev eth0");
+    // Forwarded UDP must reach net_af_packet as single datagrams (see the af_packet test).
+    for dev in ["wan", "lan"] {
+        let _ = c.routers[0].sh(&format!("ethtool -K {dev} gro off tx-udp-segmentation off"));
+    }
+    let (_dp, run_dir, dp_log) = start_dp_with(
+        &c.edges[0],
+        &c.dir.0,
+        "e1",
+        "net_af_packet0,iface=eth0",
+        "192.168.11.2/24",
+        "0",
+        &["--gateway", "192.168.11.1"],
+    );
+    let (id, key) = new_identity(&c.dir.0, "e1");
+    let args: Vec<String> = [
+        "--nucleus",
+        &format!("{}@10.200.0.10:51820", c.nucleus_key),
+        "--cluster",
+        CLUSTER,
+        "--cluster-secret",
+        &c.secret,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let node = Node::start_in(&c.edges[0], &run_dir, &c.dir.0, "e1", &id, &key, &args);
+    node.wait_running();
+    c.edges[0].sh_ok("ip addr add 10.99.0.1/24 dev omni0 && ip link set omni0 up");
+    c.nodes.push(node);
+    let s = c.secret.clone();
+    c.add_node(2, &s);
+    c.wait_registered(0);
+    c.wait_registered(1);
+    let st = c.nodes[0].status();
+    assert_eq!(
+        st["nuclei"][0]["reflexive"], "10.200.0.21:51820",
+        "the Nucleus saw the DPDK node through its NAT: {st:#}"
+    );
+    ping_until(&c.edges[0], "10.99.0.2", &[&c.nodes[0], &c.nodes[1]]);
+    c.edges[1].sh_ok("ping -c 3 -i 0.2 -W 3 10.99.0.1");
+    let st = c.wait_mesh(0);
+    let peer = st["peers"].as_array().unwrap().iter().find(|p| p["public_key"] == c.nodes[1].key);
+    let peer = peer.expect("edge 2 listed");
+    assert_eq!(peer["path"], "relay", "{st:#}");
+    assert_eq!(peer["origin"], "nucleus", "{st:#}");
+    let bps = iperf3_tcp(&c.edges[0], &c.edges[1], "10.99.0.2", 2);
+    assert!(bps > 1e6, "DPDK node through the relay: {bps}");
+    eprintln!("iperf3 TCP DPDK node -> relay -> socket node: {:.2} Gbit/s", bps / 1e9);
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = c.nucleus_metrics();
+    assert!(metric(&m, "omni_nucleus_relayed_packets_total").unwrap_or(0.0) > 100.0, "{m}");
+    let m = c.nodes[0].metrics(9100);
+    for reason in ["auth_failed", "replay"] {
+        let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
+    }
+    let log = std::fs::read_to_string(&dp_log).unwrap_or_default();
+    assert!(log.contains("backend=\"dpdk\""), "{log}");
 }

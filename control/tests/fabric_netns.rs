@@ -38,7 +38,7 @@ fn handshake_ping_arp_nd_and_status() {
 
     let st = f.a.status();
     assert_eq!(st["identity"], f.a.key);
-    assert_eq!(st["mtu"], 1426, "1500 underlay minus 74 bytes of IPv4 fabric overhead");
+    assert_eq!(st["mtu"], 1414, "1500 underlay minus 86 bytes of IPv4 fabric overhead");
     let p = peer(&st, &f.b.key);
     assert_eq!(p["session"], "established");
     assert_eq!(p["path"], "direct");
@@ -81,9 +81,9 @@ fn jumbo_underlay_carries_jumbo_frames() {
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(9000, &[]);
     let st = f.a.status();
-    assert_eq!(st["mtu"], 8926, "9000 underlay minus 74");
-    // A full-size frame with DF set: 8926-byte IP packet, no fragmentation anywhere.
-    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 -M do -s 8898 192.168.77.2");
+    assert_eq!(st["mtu"], 8914, "9000 underlay minus 86");
+    // A full-size frame with DF set: 8914-byte IP packet, no fragmentation anywhere.
+    f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 -M do -s 8886 192.168.77.2");
     let m = f.b.metrics(9100);
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"bad_frame\"}"), Some(0.0));
 }

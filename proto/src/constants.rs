@@ -81,11 +81,17 @@ pub const LABEL_COOKIE: &[u8] = b"omni-cookie-v1";
 pub const LABEL_TAP_MAC: &[u8] = b"omni-tap-mac-v1";
 pub const LABEL_PSK: &[u8] = b"omni-cluster-psk-v1";
 
+/// The header a packet relayed by a Nucleus carries in front of its message.
+pub const RELAY_HEADER_LEN: usize = 12;
+
 /// The overhead the fabric adds to an inner frame's IP payload on the underlay, per outer
-/// IP version: outer IP + UDP + transport header + tag + inner Ethernet header.
+/// IP version: outer IP + UDP + relay header + transport header + tag + inner Ethernet
+/// header. The relay header is counted on every path so that a full-size frame fits one
+/// underlay datagram even when it is relayed: a relayed datagram is never fragmented
+/// (NATs often drop fragments, and the DPDK data plane has no IP stack to reassemble).
 pub const fn fabric_overhead(outer_ipv6: bool) -> usize {
     let ip = if outer_ipv6 { IPV6_HEADER_LEN } else { IPV4_HEADER_LEN };
-    ip + UDP_HEADER_LEN + TRANSPORT_OVERHEAD + ETHERNET_HEADER_LEN
+    ip + UDP_HEADER_LEN + RELAY_HEADER_LEN + TRANSPORT_OVERHEAD + ETHERNET_HEADER_LEN
 }
 
 /// MTU of `omni0` for a given underlay MTU, or `None` when the underlay is too small to
@@ -102,12 +108,12 @@ mod tests {
 
     #[test]
     fn mtu_for_common_underlays() {
-        assert_eq!(fabric_overhead(false), 74);
-        assert_eq!(fabric_overhead(true), 94);
-        assert_eq!(tap_mtu_for_underlay(1500, false), Some(1426));
-        assert_eq!(tap_mtu_for_underlay(1500, true), Some(1406));
-        assert_eq!(tap_mtu_for_underlay(9000, false), Some(8926));
-        assert_eq!(tap_mtu_for_underlay(9000, true), Some(8906));
+        assert_eq!(fabric_overhead(false), 86);
+        assert_eq!(fabric_overhead(true), 106);
+        assert_eq!(tap_mtu_for_underlay(1500, false), Some(1414));
+        assert_eq!(tap_mtu_for_underlay(1500, true), Some(1394));
+        assert_eq!(tap_mtu_for_underlay(9000, false), Some(8914));
+        assert_eq!(tap_mtu_for_underlay(9000, true), Some(8894));
         assert_eq!(tap_mtu_for_underlay(600, false), None);
         assert_eq!(tap_mtu_for_underlay(65535, false), Some(9202));
     }

@@ -113,7 +113,9 @@ impl Kind {
             Kind::Veth => 0,
             Kind::Vxlan => 50,
             Kind::WireguardGo | Kind::Boringtun => 80,
-            Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp | Kind::OmniDpdk => 74,
+            Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp | Kind::OmniDpdk => {
+                omni_proto::constants::fabric_overhead(false) as u32
+            }
         }
     }
 }

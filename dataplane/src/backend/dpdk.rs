@@ -1091,10 +1091,10 @@ impl DpdkWorker<'_> {
     }
 }
 
-/// The largest IP MTU of the access side whose frames still fit one underlay datagram:
-/// IPv4 (20) + UDP (8) + transport header (16) + tag (16) + inner Ethernet header (14).
+/// The largest IP MTU of the access side whose frames still fit one underlay datagram on
+/// every path, relayed included (the fabric's own rule: `tap_mtu_for_underlay`).
 pub fn access_mtu(underlay_mtu: u16) -> u16 {
-    underlay_mtu.saturating_sub(20 + 8 + 16 + 16 + 14)
+    omni_proto::constants::tap_mtu_for_underlay(underlay_mtu as u32, false).unwrap_or(576) as u16
 }
 
 /// The CPUs of an EAL core list (`2`, `2-5`, `1,3`, `0-1,4`), in order, without repeats.

@@ -56,8 +56,8 @@ struct Args {
     /// Name of the TAP interface (the access port).
     #[arg(long, default_value = "omni0")]
     tap: String,
-    /// MTU of the TAP interface.
-    #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u32).range(576..=9202))]
+    /// MTU of the TAP interface (the default fits a 1500-byte IPv4 underlay, relay included).
+    #[arg(long, default_value_t = 1414, value_parser = clap::value_parser!(u32).range(576..=9202))]
     tap_mtu: u32,
     /// MAC address of the TAP interface (aa:bb:cc:dd:ee:ff).
     #[arg(long, value_parser = parse_mac)]

@@ -14,7 +14,7 @@ pub mod field {
     pub const INNER: RangeFrom<usize> = 12..;
 }
 
-pub const HEADER_LEN: usize = 12;
+pub const HEADER_LEN: usize = crate::constants::RELAY_HEADER_LEN;
 
 pub type Tag = [u8; 8];
 

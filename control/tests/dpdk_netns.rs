@@ -369,3 +369,67 @@ fn dpdk_node_behind_nat_registers_with_the_nucleus_and_reaches_a_peer_through_it
     let log = std::fs::read_to_string(&dp_log).unwrap_or_default();
     assert!(log.contains("backend=\"dpdk\""), "{log}");
 }
+
+#[test]
+fn underlay_interface_removed_then_restored_the_data_plane_comes_back_by_itself() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let pair = Pair::new(1500);
+    pair.a.sh_ok("ip addr flush dev ua");
+    pair.b.sh_ok("ethtool -K ub tx-udp-segmentation off");
+    let dir = TempDir::new("dpdk-gone");
+    let (id_a, ka) = new_identity(&dir.0, "a");
+    let (id_b, kb) = new_identity(&dir.0, "b");
+    let cfg = dir.0.join("a.toml");
+    std::fs::write(
+        &cfg,
+        "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"net_af_packet0,iface=ua\"\n\
+         access = \"net_tap_a,iface=omni0\"\nunderlay_ip = \"10.77.0.1/24\"\ncores = \"0\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let mut a_args = vec!["--config".to_string(), cfg];
+    a_args.extend(peer_args(&kb, "10.77.0.2:51820"));
+    let a = Node::start(&pair.a, &dir.0, "a", &id_a, &ka, &a_args);
+    let b = Node::start(&pair.b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "10.77.0.1:51820"));
+    let st = a.wait_running();
+    b.wait_running();
+    let pid = st["dataplane"]["pid"].as_u64().unwrap();
+    pair.a.sh_ok("ip addr add 192.168.76.1/24 dev omni0 && ip link set omni0 up");
+    pair.b.sh_ok("ip addr add 192.168.76.2/24 dev omni0");
+    ping_until(&pair.a, "192.168.76.2", &[&a, &b]);
+    // The NIC goes (both veth ends do): the data plane says so and exits; its daemon keeps
+    // starting new ones, which cannot start while the port is missing.
+    pair.a.sh_ok("ip link del ua");
+    a.wait_for("the data plane to exit", Duration::from_secs(15), |s| {
+        s["dataplane"]["restarts"].as_u64().is_some_and(|r| r >= 1)
+    });
+    let log = a.log_text();
+    assert!(log.contains("data plane exited; restarting"), "{log}");
+    std::thread::sleep(Duration::from_secs(3));
+    // It comes back: the data plane that starts next takes it, the session resumes.
+    run_ok(&format!(
+        "ip link add ua netns {} mtu 1500 type veth peer name ub netns {} mtu 1500",
+        pair.a.name, pair.b.name
+    ));
+    pair.a.sh_ok("ip link set ua up");
+    pair.b.sh_ok("ip addr add 10.77.0.2/24 dev ub && ip link set ub up && ethtool -K ub tx-udp-segmentation off");
+    a.wait_for("a new data plane on the restored port", Duration::from_secs(40), |s| {
+        s["dataplane"]["pid"].as_u64().is_some_and(|p| p != pid)
+            && s["dataplane"]["heartbeat_age_ms"].as_u64().is_some_and(|h| h < 1000)
+    });
+    ping_until(&pair.a, "192.168.76.2", &[&a, &b]);
+    pair.b.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.76.1");
+    let dp_logs: String = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("a"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        dp_logs.contains("the underlay port's interface ua is gone"),
+        "the reason is logged:\n{dp_logs}"
+    );
+    let m = b.metrics(9100);
+    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
+}

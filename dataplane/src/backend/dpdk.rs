@@ -73,6 +73,16 @@ impl PortSpec {
         }
     }
 
+    /// The kernel interface a vdev drives (`iface=` of net_af_packet, net_af_xdp, net_tap),
+    /// which can vanish under a running data plane.
+    pub fn kernel_iface(&self) -> Option<&str> {
+        let PortSpec::Vdev { name, args } = self else { return None };
+        if !["net_af_packet", "net_af_xdp", "net_tap"].iter().any(|d| name.starts_with(d)) {
+            return None;
+        }
+        args.split(',').find_map(|a| a.strip_prefix("iface="))
+    }
+
     /// The name DPDK knows the port by once probed.
     pub fn name(&self) -> &str {
         match self {
@@ -252,6 +262,14 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         punted: false,
         busy_poll: cfg.busy_poll,
         link_down_since: None,
+        watched: [("underlay", &cfg.underlay), ("access", &cfg.access)]
+            .into_iter()
+            .filter_map(|(role, p)| {
+                let name = p.kernel_iface()?;
+                Some((role, name.to_string(), crate::sys::netif::if_index(name)))
+            })
+            .collect(),
+        link_errors: 0,
     };
     let mut tx = DpdkTx {
         pool: &pool,
@@ -701,6 +719,11 @@ struct DpdkWorker<'r> {
     busy_poll: bool,
     /// When the underlay link went down (None: up).
     link_down_since: Option<u64>,
+    /// Kernel interfaces behind the ports (role, name, index when started): one that goes
+    /// or is replaced takes its port with it.
+    watched: Vec<(&'static str, String, u32)>,
+    /// Consecutive seconds the underlay port failed to report its link.
+    link_errors: u32,
 }
 
 impl DpdkWorker<'_> {
@@ -777,6 +800,13 @@ impl DpdkWorker<'_> {
                 self.engine.housekeeping(now);
                 last_housekeeping = now;
                 self.watch_link(now, underlay);
+                // A port that is gone cannot come back inside this process (DPDK probed
+                // it once): exit with the reason, and whoever supervises the data plane
+                // (omni-daemon, systemd) starts a new one, which waits for the port.
+                if let Err(e) = self.ports_present(underlay) {
+                    tracing::error!("{e}; stopping so that a new data plane can take the port when it returns");
+                    anyhow::bail!(e);
+                }
             }
             if notify {
                 fence(Ordering::SeqCst);
@@ -828,6 +858,32 @@ impl DpdkWorker<'_> {
             }
             _ => {}
         }
+    }
+
+    /// Whether the ports are still there: their kernel interfaces (same index as at start)
+    /// and, for any port, a link status DPDK can still read.
+    fn ports_present(&mut self, underlay: &EthPort) -> Result<(), String> {
+        for (role, name, index) in &self.watched {
+            match crate::sys::netif::if_index(name) {
+                0 => return Err(format!("the {role} port's interface {name} is gone")),
+                i if i != *index => {
+                    return Err(format!("the {role} port's interface {name} was replaced"));
+                }
+                _ => {}
+            }
+        }
+        if underlay.link().is_err() {
+            self.link_errors += 1;
+            if self.link_errors >= 3 {
+                return Err(format!(
+                    "the underlay port {} no longer answers (removed?)",
+                    underlay.name()
+                ));
+            }
+        } else {
+            self.link_errors = 0;
+        }
+        Ok(())
     }
 
     fn commands(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> Option<bool> {
@@ -1220,6 +1276,17 @@ mod tests {
         }
         assert!(h.fresh(dst, 1099) && !h.fresh(dst, 1100));
         assert!(!h.fresh("10.0.0.3:51821".parse().unwrap(), 1000));
+    }
+
+    #[test]
+    fn kernel_interfaces_behind_ports() {
+        let iface = |s: &str| PortSpec::parse(s).unwrap().kernel_iface().map(String::from);
+        assert_eq!(iface("net_af_packet0,iface=eth1").as_deref(), Some("eth1"));
+        assert_eq!(iface("net_af_xdp0,iface=ens5,start_queue=0").as_deref(), Some("ens5"));
+        assert_eq!(iface("net_tap0,iface=omni0,persist").as_deref(), Some("omni0"));
+        assert_eq!(iface("net_memif0,role=server"), None);
+        assert_eq!(iface("0000:3b:00.0"), None);
+        assert_eq!(iface("net_tap0"), None);
     }
 
     #[test]

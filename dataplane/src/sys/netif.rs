@@ -62,3 +62,23 @@ mod tests {
         assert!(a.iter().all(|ip| !ip.is_loopback()));
     }
 }
+
+/// The kernel's index of interface `name` in this network namespace, or 0 when there is
+/// none (as `if_nametoindex`).
+pub fn if_index(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
+    // SAFETY: c is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+#[cfg(test)]
+mod if_index_tests {
+    use super::*;
+
+    #[test]
+    fn loopback_has_an_index_and_nonsense_has_none() {
+        assert!(if_index("lo") > 0);
+        assert_eq!(if_index("no-such-if0"), 0);
+        assert_eq!(if_index("bad\0name"), 0);
+    }
+}

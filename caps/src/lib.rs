@@ -26,7 +26,9 @@ pub enum Cap {
     NetRaw = 13,
     /// UMEM registration beyond RLIMIT_MEMLOCK.
     IpcLock = 14,
-    /// BPF on kernels without CAP_BPF.
+    /// Port I/O (legacy virtio PCI devices under DPDK).
+    SysRawio = 17,
+    /// BPF on kernels without CAP_BPF; physical addresses for DPDK's PA-mode PCI drivers.
     SysAdmin = 21,
     /// The verifier accepts the XDP program's packet pointer arithmetic only with it.
     Perfmon = 38,
@@ -42,18 +44,20 @@ impl Cap {
             Cap::NetAdmin => "cap_net_admin",
             Cap::NetRaw => "cap_net_raw",
             Cap::IpcLock => "cap_ipc_lock",
+            Cap::SysRawio => "cap_sys_rawio",
             Cap::SysAdmin => "cap_sys_admin",
             Cap::Perfmon => "cap_perfmon",
             Cap::Bpf => "cap_bpf",
         }
     }
 
-    const ALL: [Cap; 8] = [
+    const ALL: [Cap; 9] = [
         Cap::SetPcap,
         Cap::NetBindService,
         Cap::NetAdmin,
         Cap::NetRaw,
         Cap::IpcLock,
+        Cap::SysRawio,
         Cap::SysAdmin,
         Cap::Perfmon,
         Cap::Bpf,

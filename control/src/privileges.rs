@@ -11,8 +11,12 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 
-/// What a data plane of `backend` needs while it sets up.
-pub fn dataplane_needs(backend: &str) -> CapSet {
+/// What a data plane of `backend` needs while it sets up (`pci`: a DPDK data plane with
+/// a PCI port).
+pub fn dataplane_needs(backend: &str, pci: bool) -> CapSet {
+    if backend == "dpdk" {
+        return omni_dataplane::backend::dpdk_capabilities(pci);
+    }
     // CAP_SETPCAP lets it empty its own bounding set when done.
     let mut need = vec![Cap::NetAdmin, Cap::NetBindService, Cap::SetPcap];
     if backend == "xdp" {
@@ -33,13 +37,12 @@ pub fn drop_for_daemon(settings: &Settings) {
         info!("not running as root: capabilities left as given");
         return;
     }
-    if settings.backend == "dpdk" {
-        // DPDK's drivers want more at run time than this code can list per PMD (hugepage
-        // mappings, VFIO, interrupts): the DPDK path keeps root's capabilities for now.
-        info!("dpdk backend: capabilities left as given (not narrowed for DPDK yet)");
-        return;
-    }
-    let permitted = dataplane_needs(&settings.backend);
+    let d = &settings.dpdk;
+    let pci = [&d.underlay, &d.access]
+        .into_iter()
+        .flatten()
+        .any(|p| omni_dataplane::backend::dpdk_port_is_pci(p));
+    let permitted = dataplane_needs(&settings.backend, pci);
     let effective = match settings.metrics_listen {
         Some(a) if a.port() != 0 && a.port() < 1024 => CapSet::of(&[Cap::NetBindService]),
         _ => CapSet::EMPTY,

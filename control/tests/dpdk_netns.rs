@@ -153,6 +153,18 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     }
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("crypto workers started"), "A runs a crypto worker:\n{log}");
+    // Privileges: DPDK's threads hold NET_ADMIN, NET_RAW, IPC_LOCK and SETPCAP at most;
+    // the worker and its crypto worker NET_ADMIN only (to remove the TAP on a clean stop).
+    let setup: u64 = (1 << 8) | (1 << 12) | (1 << 13) | (1 << 14);
+    let worker: u64 = 1 << 12;
+    let caps = thread_caps(dpa.pid().unwrap() as u64);
+    assert!(
+        caps.iter()
+            .all(|&(e, p, b, nnp)| e & !setup == 0 && p & !setup == 0 && b & !setup == 0 && nnp),
+        "every thread within the DPDK set, no_new_privs: {caps:x?}"
+    );
+    let narrow = caps.iter().filter(|&&c| c == (worker, worker, worker, true)).count();
+    assert!(narrow >= 2, "worker and crypto worker hold NET_ADMIN only: {caps:x?}");
     drop((na, nb));
     let pid_a = dpa.pid().unwrap();
     dpa.stop("TERM");

@@ -215,6 +215,11 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         remove_stale_memif_socket(p);
     }
     remove_stale_runtime_dirs();
+    // Before EAL starts its threads, which inherit what this thread holds: root's
+    // capabilities narrowed to what DPDK may use (see `dpdk_capabilities`).
+    let pci = [&cfg.underlay, &cfg.access].iter().any(|p| matches!(p, PortSpec::Pci(_)));
+    let setup_caps = super::dpdk_capabilities(pci);
+    narrow_capabilities(setup_caps, "for DPDK (its threads keep these)");
     // Before EAL starts its threads: they inherit the blocked termination signals, so
     // SIGTERM reaches this worker's signalfd (a clean stop) instead of killing the process.
     let signals = crate::sys::SignalFd::termination().context("cannot set up signal handling")?;
@@ -236,6 +241,12 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         Bell::bind(&cfg.run_dir.join(paths::DATAPLANE_BELL), &cfg.run_dir.join(paths::DAEMON_BELL))
             .with_context(|| format!("cannot bind doorbell in {}", cfg.run_dir.display()))?;
 
+    // Set up: this thread (the worker, and the crypto workers it starts) keeps only
+    // NET_ADMIN, to remove the net_tap interface on a clean stop.
+    narrow_capabilities(
+        crate::sys::caps::CapSet::of(&[crate::sys::caps::Cap::NetAdmin]),
+        "for the worker",
+    );
     let h = region.header();
     let generation = channel::announce(h, cfg.port, 0, cfg.supervised);
     info!(
@@ -317,6 +328,20 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     }
     info!("data plane stopped");
     remove.map(|_| ())
+}
+
+/// Narrows the calling thread's capabilities (permitted, effective and bounding) to `keep`
+/// and sets no_new_privs; logs what it did. Not running as root: nothing to narrow.
+fn narrow_capabilities(keep: crate::sys::caps::CapSet, what: &str) {
+    use crate::sys::caps;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    match caps::restrict(keep, keep, keep) {
+        Ok(()) => info!(capabilities = %keep, "capabilities narrowed {what}"),
+        Err(e) => warn!("capabilities not narrowed {what}: {e}"),
+    }
 }
 
 /// EAL's runtime directories (`/var/run/dpdk/omni-<pid>`) of data planes that died without
@@ -804,7 +829,9 @@ impl DpdkWorker<'_> {
                 // it once): exit with the reason, and whoever supervises the data plane
                 // (omni-daemon, systemd) starts a new one, which waits for the port.
                 if let Err(e) = self.ports_present(underlay) {
-                    tracing::error!("{e}; stopping so that a new data plane can take the port when it returns");
+                    tracing::error!(
+                        "{e}; stopping so that a new data plane can take the port when it returns"
+                    );
                     anyhow::bail!(e);
                 }
             }

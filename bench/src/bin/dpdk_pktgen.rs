@@ -85,6 +85,11 @@ struct RunArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Use an external generator (pktgen-dpdk, testpmd): it serves memif on DIR/gen-tx.sock
+    /// (frames into data plane A) and DIR/gen-rx.sock (frames out of B); only the
+    /// OmniNervous path is measured, from the data planes' own counters.
+    #[arg(long, value_name = "DIR")]
+    external: Option<PathBuf>,
     /// memif zero-copy on the data planes' client ports (needs hugepages: the peer writes
     /// straight into the data plane's mbufs, as a NIC's DMA would).
     #[arg(long)]
@@ -727,7 +732,27 @@ impl Ctx {
         let ns = Netns::new("pgo");
         let tag = format!("omni{size}");
         let daemon = self.bin.join("omni-daemon");
-        let (mut generator, tx, rx) = self.generator(&ns, size, &tag)?;
+        let (mut generator, tx, rx) = match &self.args.external {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                let (tx, rx) = (d.join("gen-tx.sock"), d.join("gen-rx.sock"));
+                eprintln!(
+                    "waiting for an external generator serving memif on {} (into A) and {} (out of B), \
+                     sending {size}-byte frames both ways, e.g.:\n  pktgen -l 0-2 --no-huge -m 512 --file-prefix=pg \
+                     --vdev=net_memif0,role=server,socket={},socket-abstract=no \
+                     --vdev=net_memif1,role=server,socket={},socket-abstract=no -- -P -m '1.0,2.1'",
+                    tx.display(),
+                    rx.display(),
+                    tx.display(),
+                    rx.display()
+                );
+                (None, tx, rx)
+            }
+            None => {
+                let (g, tx, rx) = self.generator(&ns, size, &tag)?;
+                (Some(g), tx, rx)
+            }
+        };
         let under = self.dir.path().join(format!("{tag}-underlay.sock"));
         let mut keys = vec![];
         for n in ["a", "b"] {
@@ -807,18 +832,42 @@ impl Ctx {
                 bail!("data plane {i} did not start (logs in {})", self.dir.path().display());
             }
         }
-        self.measure_window(&mut generator, &tag)?;
         let snap = |i: usize, key: &str| -> anyhow::Result<(f64, f64)> {
             let v = status(i).context("status")?;
             let pkts = v["peers"][0][key].as_u64().context("peer counters")? as f64;
             Ok((pkts, workers_cpu_secs(pids[i])?))
         };
-        let s0 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
         let log = self.dir.path().join(format!("{tag}-gen.log"));
-        let end =
-            generator.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
-        let s1 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
-        let (sent, received, secs) = parse_end(&end)?;
+        let (s0, s1, sent, received, secs) = match generator.as_mut() {
+            Some(g) => {
+                self.measure_window(g, &tag)?;
+                let s0 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
+                let end =
+                    g.wait_line("end", Duration::from_secs_f64(self.args.secs + 30.0), &log)?;
+                let s1 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
+                let (sent, received, secs) = parse_end(&end)?;
+                (s0, s1, sent, received, secs)
+            }
+            None => {
+                // The external generator's traffic: wait until it flows, then one window.
+                let first = snap(0, "tx_packets")?.0;
+                let flowing = wait_until(Duration::from_secs(300), || {
+                    snap(0, "tx_packets").is_ok_and(|(p, _)| p > first + 10_000.0)
+                });
+                if !flowing {
+                    bail!("no traffic from the external generator within 300 s");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                let s0 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
+                let t0 = Instant::now();
+                std::thread::sleep(Duration::from_secs_f64(self.args.secs));
+                let s1 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
+                let secs = t0.elapsed().as_secs_f64();
+                let sent = (s1[0].0 - s0[0].0) as u64;
+                let received = (s1[1].0 - s0[1].0) as u64;
+                (s0, s1, sent, received, secs)
+            }
+        };
         for d in &mut daemons {
             d.stop();
         }
@@ -853,6 +902,9 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
         bail!(
             "frame size {s} out of range: {MIN_FRAME}..=1420 (the access MTU of a 1500-byte underlay)"
         );
+    }
+    if args.external.is_some() {
+        args.only = Some("omni".into());
     }
     let only = args.only.clone();
     if let Some(o) = &only

@@ -131,7 +131,7 @@ pub struct DpdkSection {
     /// Our underlay address with its prefix (`10.0.0.1/24`).
     pub underlay_ip: Option<String>,
     /// Next hop for underlay addresses off that prefix.
-    pub gateway: Option<std::net::Ipv4Addr>,
+    pub gateway: Option<std::net::IpAddr>,
     /// EAL lcores (`-l`), e.g. "2-5"; the first runs the worker.
     pub cores: Option<String>,
     /// Keep polling when idle (a dedicated core).
@@ -616,13 +616,18 @@ impl Settings {
                     ));
                 }
                 Some(ip) => {
-                    let (a, len) = ip.split_once('/').unwrap_or((ip, "32"));
-                    if a.parse::<std::net::Ipv4Addr>().is_err()
-                        || len.parse::<u8>().map_or(true, |l| l > 32)
+                    let (addr, _) = omni_dataplane::backend::parse_cidr(ip).map_err(|e| {
+                        invalid(
+                            "[dpdk] underlay_ip",
+                            format!("{e}: an IP address with a prefix is expected"),
+                        )
+                    })?;
+                    if let Some(g) = dpdk.gateway
+                        && g.is_ipv4() != addr.is_ipv4()
                     {
                         return Err(invalid(
-                            "[dpdk] underlay_ip",
-                            format!("{ip:?} is not an IPv4 address with a prefix (10.0.0.1/24)"),
+                            "[dpdk] gateway",
+                            format!("{g} is not of the IP version of underlay_ip {ip:?}"),
                         ));
                     }
                 }

@@ -445,3 +445,58 @@ fn underlay_interface_removed_then_restored_the_data_plane_comes_back_by_itself(
     let m = b.metrics(9100);
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
 }
+
+#[test]
+fn dpdk_node_on_an_ipv6_underlay_resolves_its_peer_by_neighbour_discovery() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let pair = Pair::new(1500);
+    // The DPDK data plane owns A's NIC and its IPv6 address; B's kernel finds it by ND.
+    pair.a.sh_ok("ip addr flush dev ua");
+    pair.b.sh_ok("ethtool -K ub tx-udp-segmentation off");
+    let dir = TempDir::new("dpdk-v6");
+    let (id_a, ka) = new_identity(&dir.0, "a");
+    let (id_b, kb) = new_identity(&dir.0, "b");
+    let (_dpa, run_a, log_a) =
+        start_dp(&pair.a, &dir.0, "a", "net_af_packet0,iface=ua", "fd77::1/64", "0");
+    let a = Node::start_in(
+        &pair.a,
+        &run_a,
+        &dir.0,
+        "a",
+        &id_a,
+        &ka,
+        &peer_args(&kb, "[fd77::2]:51820"),
+    );
+    let b = Node::start(&pair.b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "[fd77::1]:51820"));
+    a.wait_running();
+    b.wait_running();
+    pair.a.sh_ok("ip addr add 192.168.75.1/24 dev omni0 && ip link set omni0 up");
+    pair.b.sh_ok("ip addr add 192.168.75.2/24 dev omni0");
+    ping_until(&pair.a, "192.168.75.2", &[&a, &b]);
+    pair.b.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.75.1");
+    // B's kernel resolved the DPDK node's address through our neighbour advertisement.
+    let neigh = pair.b.sh_ok("ip -6 neigh show dev ub");
+    assert!(neigh.contains("fd77::1") && !neigh.contains("FAILED"), "{neigh}");
+    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert!(log.contains("access_mtu=1394"), "IPv6 outer headers leave 1394: {log}");
+    let st = b.wait_established(&ka);
+    let peer = st["peers"].as_array().unwrap().iter().find(|p| p["public_key"] == ka).unwrap();
+    assert_eq!(peer["endpoint"], "[fd77::1]:51820", "{st:#}");
+    let bps = iperf3_tcp(&pair.a, &pair.b, "192.168.75.2", 2);
+    assert!(bps > 1e6, "DPDK -> socket over IPv6: {bps}");
+    let back = iperf3_tcp(&pair.b, &pair.a, "192.168.75.1", 2);
+    assert!(back > 1e6, "socket -> DPDK over IPv6: {back}");
+    eprintln!(
+        "iperf3 TCP over an IPv6 underlay: DPDK -> socket {:.2} Gbit/s, back {:.2}",
+        bps / 1e9,
+        back / 1e9
+    );
+    for n in [&a, &b] {
+        let m = n.metrics(9100);
+        for reason in ["auth_failed", "replay"] {
+            let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
+            assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
+        }
+    }
+}

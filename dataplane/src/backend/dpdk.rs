@@ -12,7 +12,7 @@
 //! idle the worker backs off with short sleeps (`--busy-poll` keeps it spinning), so a test
 //! machine with two cores is not starved.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,9 +33,9 @@ use crate::shm::layout::{Header, Params};
 use crate::shm::region::{DataplaneEnds, Region, RoleLock};
 use crate::sync::{Ordering, fence};
 
-use super::arp::{ArpAction, Neighbours};
 use super::channel::{self, punt};
 use super::crypto_pool::{Batch, Buf, CryptoPool, Item, Job};
+use super::neighbours::{ArpAction, Neighbours};
 use super::xdp::{L2Route, build_frame, build_headers, csum_add, csum_fold, parse_underlay};
 
 /// A port as the user names it: a PCI address, or a virtual device with its arguments
@@ -131,9 +131,9 @@ pub struct DpdkConfig {
     pub port: u16,
     pub underlay: PortSpec,
     pub access: PortSpec,
-    pub underlay_ip: Ipv4Addr,
+    pub underlay_ip: IpAddr,
     pub prefix_len: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// EAL lcores (`-l`): the first is the worker.
     pub cores: String,
     /// Extra EAL arguments (after `--` on the command line).
@@ -202,6 +202,11 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     let daemon_alive = RoleLock::is_held(&cfg.run_dir.join(paths::DAEMON_LOCK));
     let region = Region::open(&cfg.run_dir.join(paths::REGION), cfg.params, !daemon_alive)?;
     let cores = parse_cores(&cfg.cores).map_err(|e| anyhow::anyhow!("--cores: {e}"))?;
+    if let Some(g) = cfg.gateway
+        && g.is_ipv4() != cfg.underlay_ip.is_ipv4()
+    {
+        bail!("--gateway {g} and --underlay-ip {} are of different IP versions", cfg.underlay_ip);
+    }
     let huge = free_hugepages();
     let args = eal_args(&cfg, huge);
     if args.iter().any(|a| a == "--no-huge") {
@@ -232,7 +237,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     start_port(&mut underlay, &pool, "underlay")?;
     start_port(&mut access, &pool, "access")?;
     // Frames from the access side must fit a sealed packet in one underlay datagram.
-    let access_mtu = access_mtu(cfg.underlay_mtu);
+    let access_mtu = access_mtu(cfg.underlay_mtu, cfg.underlay_ip.is_ipv6());
     if let Err(e) = access.set_mtu(access_mtu) {
         warn!("cannot set the access port's MTU to {access_mtu}: {e}; larger frames are dropped");
     }
@@ -294,6 +299,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         max_ip: cfg.underlay_mtu as usize,
         pending: std::collections::VecDeque::new(),
         outer: None,
+        outer_len: if cfg.underlay_ip.is_ipv4() { OUTER_V4 } else { OUTER_V6 },
     };
     // The first core runs this worker (EAL pins it); each further one a crypto worker.
     let crypto_cpus: Vec<Option<u32>> = cores[1..].iter().map(|&c| Some(c)).collect();
@@ -421,6 +427,8 @@ struct DpdkTx<'a> {
     pending: std::collections::VecDeque<(u64, SocketAddr, Vec<u8>)>,
     /// The outer headers last built for a packet sealed in place.
     outer: Option<OuterHeaders>,
+    /// Bytes of outer headers for our address family (Ethernet + IPv4/IPv6 + UDP).
+    outer_len: usize,
 }
 
 /// The crypto workers of a DPDK data plane with more than one core.
@@ -451,6 +459,8 @@ impl Job for CryptoJob {
         match self {
             CryptoJob::Seal { job, at, ok } => {
                 *ok = bytes.get_mut(*at..).and_then(|b| job.run(b)).is_some();
+                // Over IPv6 the UDP checksum covers the sealed payload: computed here.
+                udp6_checksum(bytes);
             }
             CryptoJob::Open { pending: Some(p), payload, opened, .. } => {
                 *opened = bytes.get_mut(payload.clone()).and_then(|d| p.run(d));
@@ -462,19 +472,20 @@ impl Job for CryptoJob {
 
 /// Ethernet + IPv4 + UDP in front of a sealed message on the underlay.
 const OUTER_V4: usize = 14 + 20 + 8;
-/// Headroom an access frame is given to be sealed in place: outer headers and the
-/// transport header (a relay header, when needed, is prepended after).
-const IN_PLACE_HEAD: usize = OUTER_V4 + TRANSPORT_HEADER_LEN;
+/// Ethernet + IPv6 + UDP.
+const OUTER_V6: usize = 14 + 40 + 8;
 
-/// Outer headers to one destination, built once and patched per packet (the two lengths and
-/// an incremental IP checksum) while they are fresh, instead of a neighbour lookup and a
-/// full header build per packet.
+/// Outer headers to one destination, built once and patched per packet (the lengths, and
+/// over IPv4 an incremental IP checksum) while they are fresh, instead of a neighbour
+/// lookup and a full header build per packet. Over IPv6 the UDP checksum, which covers the
+/// sealed payload, is [`udp6_checksum`]'s once the payload is final.
 #[derive(Clone, Copy)]
 struct OuterHeaders {
     dst: SocketAddr,
     built_ms: u64,
-    bytes: [u8; OUTER_V4],
-    /// Ones' complement sum of the IP header without its total length and checksum.
+    bytes: [u8; OUTER_V6],
+    len: usize,
+    /// IPv4: ones' complement sum of the IP header without its total length and checksum.
     ip_sum: u32,
 }
 
@@ -483,30 +494,63 @@ const OUTER_HEADERS_FRESH_MS: u64 = 100;
 
 impl OuterHeaders {
     fn new(route: &L2Route, udp_port: u16, dst: SocketAddr, now_ms: u64) -> Option<Self> {
-        let mut bytes = [0u8; OUTER_V4];
-        if build_headers(&mut bytes, route, udp_port, dst, 0)? != OUTER_V4 {
+        let len = if dst.is_ipv4() { OUTER_V4 } else { OUTER_V6 };
+        let mut bytes = [0u8; OUTER_V6];
+        if build_headers(&mut bytes[..len], route, udp_port, dst, 0)? != len {
             return None;
         }
-        let mut ip = [0u8; 20];
-        ip.copy_from_slice(&bytes[14..34]);
-        ip[2..4].fill(0);
-        ip[10..12].fill(0);
-        Some(Self { dst, built_ms: now_ms, bytes, ip_sum: csum_add(0, &ip) })
+        let mut ip_sum = 0;
+        if len == OUTER_V4 {
+            let mut ip = [0u8; 20];
+            ip.copy_from_slice(&bytes[14..34]);
+            ip[2..4].fill(0);
+            ip[10..12].fill(0);
+            ip_sum = csum_add(0, &ip);
+        }
+        Some(Self { dst, built_ms: now_ms, bytes, len, ip_sum })
     }
 
     fn fresh(&self, dst: SocketAddr, now_ms: u64) -> bool {
         self.dst == dst && now_ms.saturating_sub(self.built_ms) < OUTER_HEADERS_FRESH_MS
     }
 
-    /// Writes the headers for a payload of `payload_len` bytes into `out[..OUTER_V4]`.
+    /// Writes the headers for a payload of `payload_len` bytes into `out[..self.len]`.
     fn write(&self, out: &mut [u8], payload_len: usize) {
-        out[..OUTER_V4].copy_from_slice(&self.bytes);
-        let ip_len = (20 + 8 + payload_len) as u16;
-        out[16..18].copy_from_slice(&ip_len.to_be_bytes());
-        out[38..40].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
-        let c = csum_fold(self.ip_sum + ip_len as u32);
-        out[24..26].copy_from_slice(&c.to_be_bytes());
+        let udp_len = ((8 + payload_len) as u16).to_be_bytes();
+        out[..self.len].copy_from_slice(&self.bytes[..self.len]);
+        if self.len == OUTER_V4 {
+            let ip_len = (20 + 8 + payload_len) as u16;
+            out[16..18].copy_from_slice(&ip_len.to_be_bytes());
+            out[38..40].copy_from_slice(&udp_len);
+            let c = csum_fold(self.ip_sum + ip_len as u32);
+            out[24..26].copy_from_slice(&c.to_be_bytes());
+        } else {
+            out[18..20].copy_from_slice(&udp_len);
+            out[58..60].copy_from_slice(&udp_len);
+            out[60..62].fill(0);
+        }
     }
+}
+
+/// Writes the UDP checksum of an Ethernet + IPv6 + UDP frame whose headers and payload
+/// are final (IPv6 requires it; 0 is sent as 0xffff). Frames of other kinds are left alone.
+fn udp6_checksum(frame: &mut [u8]) {
+    if frame.len() < OUTER_V6 || frame[12..14] != [0x86, 0xdd] {
+        return;
+    }
+    let udp_len = u16::from_be_bytes([frame[58], frame[59]]) as usize;
+    if frame.len() < 54 + udp_len || udp_len < 8 {
+        return;
+    }
+    frame[60..62].fill(0);
+    let mut sum = csum_add(0, &frame[22..54]);
+    sum += udp_len as u32 + 17;
+    sum = csum_add(sum, &frame[54..54 + udp_len]);
+    let c = match csum_fold(sum) {
+        0 => 0xffff,
+        c => c,
+    };
+    frame[60..62].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Datagrams held while their next hop is being resolved.
@@ -531,16 +575,16 @@ impl<'a> DpdkTx<'a> {
 
     /// Frames one datagram `parts` to `dst` into an mbuf, resolving the next hop.
     fn datagram(&mut self, now: u64, dst: SocketAddr, parts: &[&[u8]]) -> bool {
-        let SocketAddr::V4(d4) = dst else {
-            // The DPDK underlay is IPv4 for now.
+        if dst.is_ipv4() != self.neighbours.our_ip.is_ipv4() {
+            // An endpoint of the other IP version than our underlay address.
             self.counters.drop(DropReason::TxError);
             return false;
-        };
-        let Some(peer_mac) = self.neighbours.lookup(now, *d4.ip()) else {
-            if let Some(req) = self.neighbours.request(now, *d4.ip()) {
+        }
+        let Some(peer_mac) = self.neighbours.lookup(now, dst.ip()) else {
+            if let Some(req) = self.neighbours.request(now, dst.ip()) {
                 self.raw(&req);
             }
-            // Held until the answer (a first handshake is not lost to ARP); bounded.
+            // Held until the answer (a first handshake is not lost to ARP/ND); bounded.
             if self.pending.len() >= PENDING_MAX {
                 self.pending.pop_front();
                 self.counters.drop(DropReason::TxError);
@@ -549,21 +593,22 @@ impl<'a> DpdkTx<'a> {
             return false;
         };
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        if 28 + len > self.max_ip {
+        let ip_overhead = self.outer_len - 14;
+        if ip_overhead + len > self.max_ip {
             self.counters.drop(DropReason::TxError);
             return false;
         }
         let route = L2Route {
             peer_mac,
             our_mac: self.neighbours.our_mac,
-            our_ip: IpAddr::V4(self.neighbours.our_ip),
+            our_ip: self.neighbours.our_ip,
             vlan: None,
         };
         let Some(mut m) = self.pool.alloc() else {
             self.counters.drop(DropReason::TxError);
             return false;
         };
-        let total = 14 + 28 + len;
+        let total = self.outer_len + len;
         if !m.append(total) {
             self.counters.drop(DropReason::TxError);
             return false;
@@ -594,42 +639,39 @@ impl<'a> DpdkTx<'a> {
         job: Option<&SealJob>,
     ) -> Option<(Mbuf<'a>, usize)> {
         let dst = to.addr();
+        let outer = self.outer_len;
         let mut payload = msg_len;
         if let Some(tag) = to.relay_tag() {
             if !m.prepend(relay::HEADER_LEN) {
                 self.counters.drop(DropReason::TxError);
                 return None;
             }
-            m.data_mut()[OUTER_V4..OUTER_V4 + relay::HEADER_LEN]
+            m.data_mut()[outer..outer + relay::HEADER_LEN]
                 .copy_from_slice(&relay::header(false, &tag));
             payload += relay::HEADER_LEN;
         }
-        let at = OUTER_V4 + payload - msg_len;
-        if 28 + payload > self.max_ip {
+        let at = outer + payload - msg_len;
+        if outer - 14 + payload > self.max_ip || dst.is_ipv4() != self.neighbours.our_ip.is_ipv4() {
             self.counters.drop(DropReason::TxError);
             return None;
         }
         let headers = match self.outer {
             Some(h) if h.fresh(dst, now) => h,
             _ => {
-                let peer_mac = match dst {
-                    SocketAddr::V4(d4) => self.neighbours.lookup(now, *d4.ip()),
-                    SocketAddr::V6(_) => None,
-                };
-                let Some(peer_mac) = peer_mac else {
+                let Some(peer_mac) = self.neighbours.lookup(now, dst.ip()) else {
                     if let Some(job) = job
                         && job.run(&mut m.data_mut()[at..]).is_none()
                     {
                         self.counters.drop(DropReason::TxError);
                         return None;
                     }
-                    self.datagram(now, dst, &[&m.data()[OUTER_V4..OUTER_V4 + payload]]);
+                    self.datagram(now, dst, &[&m.data()[outer..outer + payload]]);
                     return None;
                 };
                 let route = L2Route {
                     peer_mac,
                     our_mac: self.neighbours.our_mac,
-                    our_ip: IpAddr::V4(self.neighbours.our_ip),
+                    our_ip: self.neighbours.our_ip,
                     vlan: None,
                 };
                 let Some(h) = OuterHeaders::new(&route, self.udp_port, dst, now) else {
@@ -641,6 +683,10 @@ impl<'a> DpdkTx<'a> {
             }
         };
         headers.write(m.data_mut(), payload);
+        if job.is_none() {
+            // Sealed already: an IPv6 checksum can be computed now (else after the AEAD).
+            udp6_checksum(m.data_mut());
+        }
         Some((m, at))
     }
 
@@ -657,11 +703,7 @@ impl<'a> DpdkTx<'a> {
     fn retry_pending(&mut self, now: u64) {
         for _ in 0..self.pending.len() {
             let Some((t, dst, bytes)) = self.pending.pop_front() else { break };
-            let ip = match dst {
-                SocketAddr::V4(a) => *a.ip(),
-                SocketAddr::V6(_) => continue,
-            };
-            if self.neighbours.lookup(now, ip).is_some() {
+            if self.neighbours.lookup(now, dst.ip()).is_some() {
                 self.datagram(now, dst, &[&bytes]);
             } else if now.saturating_sub(t) < PENDING_MAX_AGE_MS {
                 self.pending.push_back((t, dst, bytes));
@@ -953,7 +995,7 @@ impl DpdkWorker<'_> {
         let mut batch = crypto.as_deref_mut().map(|c| c.batch());
         for mut m in rx.drain() {
             let data = m.data_mut();
-            if data.len() >= 14 && data[12..14] == [0x08, 0x06] {
+            if Neighbours::wants(data) {
                 match tx.neighbours.on_frame(now, data) {
                     ArpAction::Reply(r) => tx.raw(&r),
                     ArpAction::Learned | ArpAction::Ignore => {}
@@ -968,7 +1010,7 @@ impl DpdkWorker<'_> {
                 self.counters.drop(DropReason::Malformed);
                 continue;
             };
-            if u.route.our_ip != IpAddr::V4(tx.neighbours.our_ip) {
+            if u.route.our_ip != tx.neighbours.our_ip {
                 self.counters.drop(DropReason::Malformed);
                 continue;
             }
@@ -1014,9 +1056,7 @@ impl DpdkWorker<'_> {
     ) {
         match verdict {
             Decap::Deliver { offset, len } => {
-                if let IpAddr::V4(ip) = src.ip() {
-                    tx.neighbours.learn(now, ip, peer_mac);
-                }
+                tx.neighbours.learn(now, src.ip(), peer_mac);
                 let total = m.len();
                 // The caller empties the burst before it can fill (at most one out per
                 // packet in, bursts of at most BURST); dropped if it ever were full.
@@ -1027,11 +1067,7 @@ impl DpdkWorker<'_> {
                     drop(m);
                 }
             }
-            Decap::Keepalive => {
-                if let IpAddr::V4(ip) = src.ip() {
-                    tx.neighbours.learn(now, ip, peer_mac);
-                }
-            }
+            Decap::Keepalive => tx.neighbours.learn(now, src.ip(), peer_mac),
             Decap::Punt { from, offset, len } => {
                 let bytes = &m.data()[p0 + offset..p0 + offset + len];
                 self.punted |= punt(&mut self.ends, self.counters, from, bytes);
@@ -1126,12 +1162,13 @@ impl DpdkWorker<'_> {
                 self.counters.drop(DropReason::BadFrame);
                 continue;
             }
-            if m.headroom() >= IN_PLACE_HEAD + relay::HEADER_LEN
+            let head = tx.outer_len + TRANSPORT_HEADER_LEN;
+            if m.headroom() >= head + relay::HEADER_LEN
                 && m.tailroom() >= AEAD_TAG_LEN
-                && m.prepend(IN_PLACE_HEAD)
+                && m.prepend(head)
                 && m.append(AEAD_TAG_LEN)
             {
-                let msg = &mut m.data_mut()[OUTER_V4..];
+                let msg = &mut m.data_mut()[tx.outer_len..];
                 let (verdict, job) = match batch {
                     Some(_) => self.engine.encap_in_place_deferred(now, msg, flen),
                     None => (self.engine.encap_in_place(now, msg, flen), None),
@@ -1152,7 +1189,7 @@ impl DpdkWorker<'_> {
                     (InPlace::Dropped, _, _) => continue,
                     (InPlace::Fallback, _, _) => {
                         // Untouched: back to the bare frame.
-                        let _ = m.adj(IN_PLACE_HEAD) && m.trim(AEAD_TAG_LEN);
+                        let _ = m.adj(head) && m.trim(AEAD_TAG_LEN);
                     }
                 }
             }
@@ -1176,8 +1213,9 @@ impl DpdkWorker<'_> {
 
 /// The largest IP MTU of the access side whose frames still fit one underlay datagram on
 /// every path, relayed included (the fabric's own rule: `tap_mtu_for_underlay`).
-pub fn access_mtu(underlay_mtu: u16) -> u16 {
-    omni_proto::constants::tap_mtu_for_underlay(underlay_mtu as u32, false).unwrap_or(576) as u16
+pub fn access_mtu(underlay_mtu: u16, outer_ipv6: bool) -> u16 {
+    omni_proto::constants::tap_mtu_for_underlay(underlay_mtu as u32, outer_ipv6).unwrap_or(576)
+        as u16
 }
 
 /// The CPUs of an EAL core list (`2`, `2-5`, `1,3`, `0-1,4`), in order, without repeats.
@@ -1209,16 +1247,7 @@ pub fn parse_cores(s: &str) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
-/// Parses `10.0.0.1/24`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
-    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: not an IPv4 address"))?;
-    let len: u8 = len.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
-    if len > 32 {
-        return Err(format!("{s:?}: prefix length above 32"));
-    }
-    Ok((ip, len))
-}
+pub use super::parse_cidr;
 
 #[cfg(test)]
 mod tests {
@@ -1249,7 +1278,7 @@ mod tests {
             port: 51820,
             underlay: PortSpec::parse("net_memif0,role=server").unwrap(),
             access: PortSpec::parse("net_tap0,iface=omni0").unwrap(),
-            underlay_ip: Ipv4Addr::new(10, 0, 0, 1),
+            underlay_ip: "10.0.0.1".parse().unwrap(),
             prefix_len: 24,
             gateway: None,
             cores: "1".into(),
@@ -1301,6 +1330,20 @@ mod tests {
             h.write(&mut patched, len);
             assert_eq!(patched[..OUTER_V4], built[..OUTER_V4], "payload {len}");
         }
+        // IPv6: the headers, then the checksum over the final payload, equal a full build.
+        let route6 = L2Route { our_ip: "fd00::1".parse().unwrap(), ..route };
+        let dst6: SocketAddr = "[fd00::2]:51821".parse().unwrap();
+        let h6 = OuterHeaders::new(&route6, 51820, dst6, 1000).unwrap();
+        for len in [0usize, 1, 33, 1452] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut built = vec![0u8; OUTER_V6 + len];
+            build_frame(&mut built, &route6, 51820, dst6, &[&payload]).unwrap();
+            let mut patched = vec![0u8; OUTER_V6 + len];
+            patched[OUTER_V6..].copy_from_slice(&payload);
+            h6.write(&mut patched, len);
+            udp6_checksum(&mut patched);
+            assert_eq!(patched, built, "IPv6 payload {len}");
+        }
         assert!(h.fresh(dst, 1099) && !h.fresh(dst, 1100));
         assert!(!h.fresh("10.0.0.3:51821".parse().unwrap(), 1000));
     }
@@ -1329,8 +1372,11 @@ mod tests {
 
     #[test]
     fn cidr() {
-        assert_eq!(parse_cidr("10.0.0.1/24").unwrap(), (Ipv4Addr::new(10, 0, 0, 1), 24));
+        assert_eq!(parse_cidr("10.0.0.1/24").unwrap(), ("10.0.0.1".parse().unwrap(), 24));
         assert_eq!(parse_cidr("10.0.0.1").unwrap().1, 32);
+        assert_eq!(parse_cidr("fd00::1/64").unwrap(), ("fd00::1".parse().unwrap(), 64));
+        assert_eq!(parse_cidr("fd00::1").unwrap().1, 128);
         assert!(parse_cidr("10.0.0.1/33").is_err() && parse_cidr("x/1").is_err());
+        assert!(parse_cidr("fd00::1/129").is_err());
     }
 }

@@ -1,8 +1,8 @@
-pub mod arp;
 pub mod channel;
 pub mod crypto_pool;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod neighbours;
 pub mod socket;
 pub mod xdp;
 
@@ -23,4 +23,23 @@ pub fn dpdk_capabilities(pci: bool) -> crate::sys::caps::CapSet {
 /// Whether a DPDK port as the user names it is a PCI device (not a `net_*` vdev).
 pub fn dpdk_port_is_pci(spec: &str) -> bool {
     !spec.trim().starts_with("net_")
+}
+
+/// Parses `10.0.0.1/24` or `fd00::1/64` (no prefix: a host route).
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr =
+        ip.parse().map_err(|_| format!("{s:?}: not an IP address (10.0.0.1/24 or fd00::1/64)"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l.parse::<u8>().map_err(|_| format!("{s:?}: bad prefix length"))?,
+    };
+    if len > max {
+        return Err(format!("{s:?}: prefix length above {max}"));
+    }
+    Ok((ip, len))
 }

@@ -108,12 +108,13 @@ struct Args {
     /// dpdk backend: the access port (net_tap0,iface=omni0 gives the kernel an interface).
     #[arg(long)]
     access: Option<String>,
-    /// dpdk backend: our address on the underlay, with its prefix (10.0.0.1/24).
+    /// dpdk backend: our address on the underlay, with its prefix (10.0.0.1/24 or
+    /// fd00::1/64).
     #[arg(long)]
     underlay_ip: Option<String>,
     /// dpdk backend: next hop for underlay addresses off that prefix.
     #[arg(long)]
-    gateway: Option<std::net::Ipv4Addr>,
+    gateway: Option<std::net::IpAddr>,
     /// dpdk backend: EAL lcores (-l); the first runs the worker.
     #[arg(long, default_value = "0")]
     cores: String,

@@ -85,6 +85,10 @@ struct RunArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// IP MTU of the memif underlay between the data planes (9000: jumbo frames, sizes up
+    /// to 8928).
+    #[arg(long, default_value_t = 1500)]
+    underlay_mtu: u16,
     /// Use an external generator (pktgen-dpdk, testpmd): it serves memif on DIR/gen-tx.sock
     /// (frames into data plane A) and DIR/gen-rx.sock (frames out of B); only the
     /// OmniNervous path is measured, from the data planes' own counters.
@@ -127,11 +131,21 @@ struct FwdArgs {
     b: String,
     #[arg(long, default_value = "1")]
     core: String,
+    /// The largest frame it forwards (sizes its buffers).
+    #[arg(long, default_value_t = 1514)]
+    frame: usize,
 }
 
 const MAC_X: [u8; 6] = [0x02, 0x70, 0x67, 0, 0, 0xaa];
 const MAC_Y: [u8; 6] = [0x02, 0x70, 0x67, 0, 0, 0xbb];
 const MIN_FRAME: usize = 14 + 20 + 8;
+/// A 9000-byte underlay's access MTU (8914) plus the Ethernet header.
+const MAX_FRAME: usize = 8928;
+
+/// Data room of an mbuf that holds a `size`-byte frame whole (with DPDK's headroom).
+fn data_room(size: usize) -> u16 {
+    (size.max(2048) + 128) as u16
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -147,7 +161,7 @@ fn main() -> anyhow::Result<()> {
 
 /// EAL arguments shared by the generator and the forwarder: ordinary memory (they run
 /// beside data planes that may want the hugepages), no PCI, one lcore.
-fn eal_args(core: &str, ports: &[String]) -> Vec<String> {
+fn eal_args(core: &str, ports: &[String], frame: usize) -> Vec<String> {
     let mut a = vec![
         "-l".to_string(),
         core.to_string(),
@@ -166,11 +180,14 @@ fn eal_args(core: &str, ports: &[String]) -> Vec<String> {
         a.extend(extra.split_whitespace().map(String::from));
     }
     for p in ports {
-        let p = if p.contains("socket-abstract") {
+        let mut p = if p.contains("socket-abstract") {
             p.clone()
         } else {
             format!("{p},socket-abstract=no")
         };
+        if frame > 2048 && !p.contains("bsize=") {
+            p = format!("{p},bsize={}", frame.div_ceil(1024) * 1024);
+        }
         a.push(format!("--vdev={p}"));
     }
     a
@@ -222,18 +239,18 @@ fn src_mac(data: &[u8]) -> Option<[u8; 6]> {
 }
 
 fn gen_main(a: GenArgs) -> anyhow::Result<()> {
-    if a.size < MIN_FRAME || a.size > 1514 {
-        bail!("--size {} out of range: {MIN_FRAME}..=1514", a.size);
+    if a.size < MIN_FRAME || a.size > MAX_FRAME {
+        bail!("--size {} out of range: {MIN_FRAME}..={MAX_FRAME}", a.size);
     }
     let ports = [
         format!("net_memif0,role=server,socket={}", a.tx_sock.display()),
         format!("net_memif1,role=server,socket={}", a.rx_sock.display()),
     ];
-    let eal = Eal::init(&eal_args(&a.core, &ports))?;
+    let eal = Eal::init(&eal_args(&a.core, &ports, a.size))?;
     // Buffers that are sent keep the template they were filled with once: an mbuf freed and
     // allocated again has its data where it was, so the generator writes no bytes per frame.
-    let txpool = Mempool::new(&eal, "gen_tx", 4095, 256, 2048 + 128)?;
-    let rxpool = Mempool::new(&eal, "gen_rx", 4095, 256, 2048 + 128)?;
+    let txpool = Mempool::new(&eal, "gen_tx", 4095, 256, data_room(a.size))?;
+    let rxpool = Mempool::new(&eal, "gen_rx", 4095, 256, data_room(a.size))?;
     let mut txp = EthPort::by_name(&eal, "net_memif0")?;
     let mut rxp = EthPort::by_name(&eal, "net_memif1")?;
     start_with_retry(&mut txp, &rxpool)?;
@@ -366,8 +383,8 @@ fn fwd_main(a: FwdArgs) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
     }
     let name = |s: &str| s.split(',').next().unwrap_or(s).to_string();
-    let eal = Eal::init(&eal_args(&a.core, &[a.a.clone(), a.b.clone()]))?;
-    let pool = Mempool::new(&eal, "fwd", 8191, 256, 2048 + 128)?;
+    let eal = Eal::init(&eal_args(&a.core, &[a.a.clone(), a.b.clone()], a.frame))?;
+    let pool = Mempool::new(&eal, "fwd", 8191, 256, data_room(a.frame))?;
     let mut pa = EthPort::by_name(&eal, &name(&a.a))?;
     let mut pb = EthPort::by_name(&eal, &name(&a.b))?;
     start_with_retry(&mut pa, &pool)?;
@@ -698,6 +715,8 @@ impl Ctx {
                 b,
                 "--core".into(),
                 self.args.worker_cores[i].to_string(),
+                "--frame".into(),
+                size.to_string(),
             ];
             let log = self.dir.path().join(format!("{tag}-fwd{i}.log"));
             fwds.push(Proc::spawn(&ns, &args, &log, "a forwarder")?);
@@ -785,12 +804,13 @@ impl Ctx {
                 &cfg,
                 format!(
                     "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"{underlay}\"\naccess = \"{access}\"\n\
-                     underlay_ip = \"10.77.0.{}/24\"\ncores = \"{}\"\n{eal}",
+                     underlay_ip = \"10.77.0.{}/24\"\ncores = \"{}\"\nunderlay_mtu = {}\n{eal}",
                     i + 1,
                     match (&self.args.a_cores, i) {
                         (Some(c), 0) => c.clone(),
                         _ => self.args.worker_cores[i].to_string(),
-                    }
+                    },
+                    self.args.underlay_mtu
                 ),
             )?;
             let args = vec![
@@ -898,9 +918,14 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
     if args.worker_cores.len() != 2 {
         bail!("--worker-cores takes two cores (A,B), e.g. 1,1");
     }
-    if let Some(s) = args.sizes.iter().find(|s| **s < MIN_FRAME || **s > 1420) {
+    let most = omni_proto::constants::tap_mtu_for_underlay(args.underlay_mtu as u32, false)
+        .map(|m| m as usize + 14)
+        .filter(|_| args.underlay_mtu <= 9000)
+        .context("--underlay-mtu: 1280 to 9000")?;
+    if let Some(s) = args.sizes.iter().find(|s| **s < MIN_FRAME || **s > most) {
         bail!(
-            "frame size {s} out of range: {MIN_FRAME}..=1420 (the access MTU of a 1500-byte underlay)"
+            "frame size {s} out of range: {MIN_FRAME}..={most} (the access MTU of a {}-byte underlay, plus 14)",
+            args.underlay_mtu
         );
     }
     if args.external.is_some() {

@@ -91,11 +91,30 @@ impl PortSpec {
         }
     }
 
-    fn eal_args(&self) -> Vec<String> {
+    /// EAL arguments that create or allow the port; `frame_room` is the largest frame it
+    /// must carry (a jumbo underlay gets buffers to match where the driver sizes its own).
+    fn eal_args(&self, frame_room: usize) -> Vec<String> {
         match self {
             PortSpec::Pci(a) => vec!["-a".into(), a.clone()],
             PortSpec::Vdev { name, args } => {
                 let mut args = args.clone();
+                let has = |k: &str| args.split(',').any(|a| a.starts_with(&format!("{k}=")));
+                if frame_room > 2048 {
+                    // net_af_packet's PACKET_MMAP frames and net_memif's buffers are 2 KiB by
+                    // default: a jumbo frame would not fit (or arrive in pieces).
+                    let round = |n: usize, to: usize| n.div_ceil(to) * to;
+                    let extra = if name.starts_with("net_af_packet") && !has("framesz") {
+                        let sz = round(frame_room + 128, 4096);
+                        format!("framesz={sz},blocksz={sz},framecnt=256")
+                    } else if name.starts_with("net_memif") && !has("bsize") {
+                        format!("bsize={}", round(frame_room, 1024))
+                    } else {
+                        String::new()
+                    };
+                    if !extra.is_empty() {
+                        args = if args.is_empty() { extra } else { format!("{args},{extra}") };
+                    }
+                }
                 // memif defaults to an abstract socket, which lives in one network
                 // namespace: a path is what people (and the tests) mean.
                 if name.starts_with("net_memif") && !args.contains("socket-abstract") {
@@ -176,7 +195,8 @@ pub fn eal_args(cfg: &DpdkConfig, hugepages_free: u64) -> Vec<String> {
     if !pci {
         a.push("--no-pci".into());
     }
-    a.extend(cfg.underlay.eal_args());
+    let room = frame_room(cfg.underlay_mtu);
+    a.extend(cfg.underlay.eal_args(room));
     let mut access = cfg.access.clone();
     if let (PortSpec::Vdev { name, args }, Some(m)) = (&mut access, cfg.tap_mac)
         && name.starts_with("net_tap")
@@ -185,7 +205,7 @@ pub fn eal_args(cfg: &DpdkConfig, hugepages_free: u64) -> Vec<String> {
         let mac = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         *args = if args.is_empty() { format!("mac={mac}") } else { format!("{args},mac={mac}") };
     }
-    a.extend(access.eal_args());
+    a.extend(access.eal_args(room));
     a.extend(cfg.eal_extra.iter().cloned());
     a
 }
@@ -229,18 +249,46 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     // SIGTERM reaches this worker's signalfd (a clean stop) instead of killing the process.
     let signals = crate::sys::SignalFd::termination().context("cannot set up signal handling")?;
     let eal = Eal::init(&args).context("cannot start DPDK")?;
-    let pool = Mempool::new(&eal, "omni_mbufs", 8191, 256, 2048 + 128)?;
+    // One frame per mbuf, jumbo included: headroom (outer headers go there) + the frame.
+    let data_room = (frame_room(cfg.underlay_mtu).max(2048) + 128) as u16;
+    let pool = Mempool::new(&eal, "omni_mbufs", 8191, 256, data_room)?;
     let mut underlay = EthPort::by_name(&eal, cfg.underlay.name())
         .with_context(|| format!("underlay port {}", cfg.underlay.name()))?;
     let mut access = EthPort::by_name(&eal, cfg.access.name())
         .with_context(|| format!("access port {}", cfg.access.name()))?;
     start_port(&mut underlay, &pool, "underlay")?;
     start_port(&mut access, &pool, "access")?;
-    // Frames from the access side must fit a sealed packet in one underlay datagram.
-    let access_mtu = access_mtu(cfg.underlay_mtu, cfg.underlay_ip.is_ipv6());
-    if let Err(e) = access.set_mtu(access_mtu) {
-        warn!("cannot set the access port's MTU to {access_mtu}: {e}; larger frames are dropped");
+    if cfg.underlay_mtu != 1500
+        && let Err(e) = underlay.set_mtu(cfg.underlay_mtu)
+    {
+        warn!(mtu = cfg.underlay_mtu, "cannot set the underlay port's MTU: {e}");
     }
+    // Frames from the access side must fit a sealed packet in one underlay datagram.
+    let mut access_mtu = access_mtu(cfg.underlay_mtu, cfg.underlay_ip.is_ipv6());
+    if let Err(e) = access.set_mtu(access_mtu) {
+        // net_tap (DPDK 22.11) takes frames of at most 1522 bytes (and refuses larger MTUs):
+        // its kernel interface is set to what it can carry, so nothing is dropped silently.
+        match cfg.access.kernel_iface().filter(|_| cfg.access.name().starts_with("net_tap")) {
+            Some(iface) => {
+                let carried = access_mtu.min(1500);
+                if carried < access_mtu {
+                    warn!(
+                        iface,
+                        "net_tap carries frames up to 1522 bytes: {iface} gets MTU {carried}, not \
+                         {access_mtu} (a memif or NIC access port carries jumbo frames)"
+                    );
+                }
+                access_mtu = carried;
+                if let Err(e) = access.set_mtu(carried) {
+                    warn!(iface, "cannot set the access interface's MTU to {carried}: {e}");
+                }
+            }
+            None => warn!(
+                "cannot set the access port's MTU to {access_mtu}: {e}; larger frames are dropped"
+            ),
+        }
+    }
+
     let our_mac = underlay.mac()?;
     let bell =
         Bell::bind(&cfg.run_dir.join(paths::DATAPLANE_BELL), &cfg.run_dir.join(paths::DAEMON_BELL))
@@ -348,6 +396,11 @@ fn narrow_capabilities(keep: crate::sys::caps::CapSet, what: &str) {
         Ok(()) => info!(capabilities = %keep, "capabilities narrowed {what}"),
         Err(e) => warn!("capabilities not narrowed {what}: {e}"),
     }
+}
+
+/// The largest Ethernet frame an underlay of IP MTU `mtu` carries (a VLAN tag included).
+fn frame_room(mtu: u16) -> usize {
+    mtu as usize + 14 + 4
 }
 
 /// EAL's runtime directories (`/var/run/dpdk/omni-<pid>`) of data planes that died without
@@ -1287,6 +1340,39 @@ mod tests {
             underlay_mtu: 1500,
             tap_mac: None,
         }
+    }
+
+    #[test]
+    fn a_jumbo_underlay_gets_driver_buffers_to_match() {
+        let mut c = cfg();
+        c.underlay_mtu = 9000;
+        c.underlay = PortSpec::parse("net_af_packet0,iface=eth1").unwrap();
+        let a = eal_args(&c, 0);
+        assert!(
+            a.contains(
+                &"--vdev=net_af_packet0,iface=eth1,framesz=12288,blocksz=12288,framecnt=256"
+                    .to_string()
+            ),
+            "{a:?}"
+        );
+        c.underlay = PortSpec::parse("net_memif0,role=server").unwrap();
+        let a = eal_args(&c, 0);
+        assert!(
+            a.contains(&"--vdev=net_memif0,role=server,bsize=9216,socket-abstract=no".to_string()),
+            "{a:?}"
+        );
+        // The user's own sizes win; a 1500 underlay changes nothing.
+        c.underlay = PortSpec::parse("net_memif0,role=server,bsize=16384").unwrap();
+        assert!(
+            eal_args(&c, 0)
+                .iter()
+                .any(|x| x == "--vdev=net_memif0,role=server,bsize=16384,socket-abstract=no")
+        );
+        let a = eal_args(&cfg(), 0);
+        assert!(
+            a.contains(&"--vdev=net_memif0,role=server,socket-abstract=no".to_string()),
+            "{a:?}"
+        );
     }
 
     #[test]

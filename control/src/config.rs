@@ -132,6 +132,8 @@ pub struct DpdkSection {
     pub underlay_ip: Option<String>,
     /// Next hop for underlay addresses off that prefix.
     pub gateway: Option<std::net::IpAddr>,
+    /// The 802.1Q VLAN (1-4094) the underlay is on.
+    pub vlan: Option<u16>,
     /// EAL lcores (`-l`), e.g. "2-5"; the first runs the worker.
     pub cores: Option<String>,
     /// Keep polling when idle (a dedicated core).
@@ -602,6 +604,11 @@ impl Settings {
         }
         let dpdk = file.dpdk.clone();
         if backend == "dpdk" {
+            if let Some(v) = dpdk.vlan
+                && !(1..=4094).contains(&v)
+            {
+                return Err(invalid("[dpdk] vlan", format!("{v} is not a VLAN id (1 to 4094)")));
+            }
             if dpdk.underlay.is_none() {
                 return Err(invalid(
                     "[dpdk] underlay",

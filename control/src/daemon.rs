@@ -306,6 +306,9 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
         let access = d.access.clone().unwrap_or_else(|| format!("net_tap0,iface={}", s.tap));
         a.extend(["--access".into(), access]);
         a.extend(["--underlay-ip".into(), d.underlay_ip.clone().unwrap_or_default()]);
+        if let Some(v) = d.vlan {
+            a.extend(["--underlay-vlan".into(), v.to_string()]);
+        }
         if let Some(g) = d.gateway {
             a.extend(["--gateway".into(), g.to_string()]);
         }

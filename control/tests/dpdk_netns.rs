@@ -576,3 +576,88 @@ fn jumbo_underlay_between_two_dpdk_data_planes_carries_jumbo_frames() {
         assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
     }
 }
+
+#[test]
+fn dpdk_nodes_on_a_vlan_tag_everything_and_ignore_other_vlans() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    // (This kernel has no 802.1Q support, so both ends are DPDK data planes: memif carries
+    // the tagged frames as they are.)
+    let dir = TempDir::new("dpdk-vlan");
+    let pair_up = |tag: &str, vlan_a: Option<&str>, vlan_b: Option<&str>| {
+        let (a_ns, b_ns) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}b")));
+        let sock = dir.0.join(format!("{tag}.sock")).display().to_string();
+        let (id_a, ka) = new_identity(&dir.0, &format!("{tag}a"));
+        let (id_b, kb) = new_identity(&dir.0, &format!("{tag}b"));
+        fn extra(v: Option<&str>) -> Vec<&str> {
+            v.map(|v| vec!["--underlay-vlan", v]).unwrap_or_default()
+        }
+        let (dpa, run_a, _) = start_dp_with(
+            &a_ns,
+            &dir.0,
+            &format!("{tag}a"),
+            &format!("net_memif0,role=server,socket={sock}"),
+            "10.74.0.1/24",
+            "0",
+            &extra(vlan_a),
+        );
+        let (dpb, run_b, _) = start_dp_with(
+            &b_ns,
+            &dir.0,
+            &format!("{tag}b"),
+            &format!("net_memif1,role=client,socket={sock}"),
+            "10.74.0.2/24",
+            "1",
+            &extra(vlan_b),
+        );
+        let na = Node::start_in(
+            &a_ns,
+            &run_a,
+            &dir.0,
+            &format!("{tag}a"),
+            &id_a,
+            &ka,
+            &peer_args(&kb, "10.74.0.2:51820"),
+        );
+        let nb = Node::start_in(
+            &b_ns,
+            &run_b,
+            &dir.0,
+            &format!("{tag}b"),
+            &id_b,
+            &kb,
+            &peer_args(&ka, "10.74.0.1:51820"),
+        );
+        na.wait_running();
+        nb.wait_running();
+        a_ns.sh_ok("ip addr add 192.168.74.1/24 dev omni0 && ip link set omni0 up");
+        b_ns.sh_ok("ip addr add 192.168.74.2/24 dev omni0 && ip link set omni0 up");
+        (a_ns, b_ns, na, nb, dpa, dpb)
+    };
+    // Both on VLAN 42: ARP, handshake and data, all tagged, cross.
+    {
+        let (a_ns, b_ns, na, nb, _dpa, _dpb) = pair_up("v", Some("42"), Some("42"));
+        ping_until(&a_ns, "192.168.74.2", &[&na, &nb]);
+        b_ns.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.74.1");
+        let bps = iperf3_tcp(&a_ns, &b_ns, "192.168.74.2", 2);
+        assert!(bps > 1e6, "over VLAN 42: {bps}");
+        eprintln!("iperf3 TCP between two DPDK data planes on VLAN 42: {:.2} Gbit/s", bps / 1e9);
+        for n in [&na, &nb] {
+            let m = n.metrics(9100);
+            for reason in ["auth_failed", "replay", "malformed"] {
+                let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
+                assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
+            }
+        }
+    }
+    // VLAN 42 against an untagged peer: neither takes the other's frames, nothing crosses.
+    let (a_ns, _b_ns, _na, nb, _dpa, _dpb) = pair_up("u", Some("42"), None);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = a_ns.sh("ping -c 3 -i 0.3 -W 1 192.168.74.2");
+    assert!(!out.status.success(), "a VLAN mismatch must not carry traffic");
+    assert_eq!(
+        nb.status()["handshakes_completed"].as_u64(),
+        Some(0),
+        "no handshake across the VLAN mismatch"
+    );
+}

@@ -153,6 +153,8 @@ pub struct DpdkConfig {
     pub underlay_ip: IpAddr,
     pub prefix_len: u8,
     pub gateway: Option<IpAddr>,
+    /// The 802.1Q VLAN (1-4094) the underlay is on, if any.
+    pub vlan: Option<u16>,
     /// EAL lcores (`-l`): the first is the worker.
     pub cores: String,
     /// Extra EAL arguments (after `--` on the command line).
@@ -347,8 +349,10 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         max_ip: cfg.underlay_mtu as usize,
         pending: std::collections::VecDeque::new(),
         outer: None,
-        outer_len: if cfg.underlay_ip.is_ipv4() { OUTER_V4 } else { OUTER_V6 },
+        outer_len: if cfg.underlay_ip.is_ipv4() { OUTER_V4 } else { OUTER_V6 }
+            + if cfg.vlan.is_some() { VLAN_TAG } else { 0 },
     };
+    tx.neighbours.vlan = cfg.vlan;
     // The first core runs this worker (EAL pins it); each further one a crypto worker.
     let crypto_cpus: Vec<Option<u32>> = cores[1..].iter().map(|&c| Some(c)).collect();
     let remove = std::thread::scope(|scope| {
@@ -527,6 +531,8 @@ impl Job for CryptoJob {
 const OUTER_V4: usize = 14 + 20 + 8;
 /// Ethernet + IPv6 + UDP.
 const OUTER_V6: usize = 14 + 40 + 8;
+/// An 802.1Q tag.
+const VLAN_TAG: usize = 4;
 
 /// Outer headers to one destination, built once and patched per packet (the lengths, and
 /// over IPv4 an incremental IP checksum) while they are fresh, instead of a neighbour
@@ -536,8 +542,10 @@ const OUTER_V6: usize = 14 + 40 + 8;
 struct OuterHeaders {
     dst: SocketAddr,
     built_ms: u64,
-    bytes: [u8; OUTER_V6],
+    bytes: [u8; OUTER_V6 + VLAN_TAG],
     len: usize,
+    /// Where the IP header starts (after a VLAN tag, if any).
+    l3: usize,
     /// IPv4: ones' complement sum of the IP header without its total length and checksum.
     ip_sum: u32,
 }
@@ -547,20 +555,21 @@ const OUTER_HEADERS_FRESH_MS: u64 = 100;
 
 impl OuterHeaders {
     fn new(route: &L2Route, udp_port: u16, dst: SocketAddr, now_ms: u64) -> Option<Self> {
-        let len = if dst.is_ipv4() { OUTER_V4 } else { OUTER_V6 };
-        let mut bytes = [0u8; OUTER_V6];
+        let l3 = if route.vlan.is_some() { 14 + VLAN_TAG } else { 14 };
+        let len = l3 + if dst.is_ipv4() { 20 + 8 } else { 40 + 8 };
+        let mut bytes = [0u8; OUTER_V6 + VLAN_TAG];
         if build_headers(&mut bytes[..len], route, udp_port, dst, 0)? != len {
             return None;
         }
         let mut ip_sum = 0;
-        if len == OUTER_V4 {
+        if dst.is_ipv4() {
             let mut ip = [0u8; 20];
-            ip.copy_from_slice(&bytes[14..34]);
+            ip.copy_from_slice(&bytes[l3..l3 + 20]);
             ip[2..4].fill(0);
             ip[10..12].fill(0);
             ip_sum = csum_add(0, &ip);
         }
-        Some(Self { dst, built_ms: now_ms, bytes, len, ip_sum })
+        Some(Self { dst, built_ms: now_ms, bytes, len, l3, ip_sum })
     }
 
     fn fresh(&self, dst: SocketAddr, now_ms: u64) -> bool {
@@ -569,18 +578,18 @@ impl OuterHeaders {
 
     /// Writes the headers for a payload of `payload_len` bytes into `out[..self.len]`.
     fn write(&self, out: &mut [u8], payload_len: usize) {
+        let (l3, l4) = (self.l3, self.len - 8);
         let udp_len = ((8 + payload_len) as u16).to_be_bytes();
         out[..self.len].copy_from_slice(&self.bytes[..self.len]);
-        if self.len == OUTER_V4 {
+        out[l4 + 4..l4 + 6].copy_from_slice(&udp_len);
+        if l4 - l3 == 20 {
             let ip_len = (20 + 8 + payload_len) as u16;
-            out[16..18].copy_from_slice(&ip_len.to_be_bytes());
-            out[38..40].copy_from_slice(&udp_len);
+            out[l3 + 2..l3 + 4].copy_from_slice(&ip_len.to_be_bytes());
             let c = csum_fold(self.ip_sum + ip_len as u32);
-            out[24..26].copy_from_slice(&c.to_be_bytes());
+            out[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
         } else {
-            out[18..20].copy_from_slice(&udp_len);
-            out[58..60].copy_from_slice(&udp_len);
-            out[60..62].fill(0);
+            out[l3 + 4..l3 + 6].copy_from_slice(&udp_len);
+            out[l4 + 6..l4 + 8].fill(0);
         }
     }
 }
@@ -588,22 +597,24 @@ impl OuterHeaders {
 /// Writes the UDP checksum of an Ethernet + IPv6 + UDP frame whose headers and payload
 /// are final (IPv6 requires it; 0 is sent as 0xffff). Frames of other kinds are left alone.
 fn udp6_checksum(frame: &mut [u8]) {
-    if frame.len() < OUTER_V6 || frame[12..14] != [0x86, 0xdd] {
+    let l3 = if frame.get(12..14) == Some(&[0x81, 0x00]) { 14 + VLAN_TAG } else { 14 };
+    if frame.len() < l3 + 48 || frame[l3 - 2..l3] != [0x86, 0xdd] {
         return;
     }
-    let udp_len = u16::from_be_bytes([frame[58], frame[59]]) as usize;
-    if frame.len() < 54 + udp_len || udp_len < 8 {
+    let l4 = l3 + 40;
+    let udp_len = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]) as usize;
+    if frame.len() < l4 + udp_len || udp_len < 8 {
         return;
     }
-    frame[60..62].fill(0);
-    let mut sum = csum_add(0, &frame[22..54]);
+    frame[l4 + 6..l4 + 8].fill(0);
+    let mut sum = csum_add(0, &frame[l3 + 8..l3 + 40]);
     sum += udp_len as u32 + 17;
-    sum = csum_add(sum, &frame[54..54 + udp_len]);
+    sum = csum_add(sum, &frame[l4..l4 + udp_len]);
     let c = match csum_fold(sum) {
         0 => 0xffff,
         c => c,
     };
-    frame[60..62].copy_from_slice(&c.to_be_bytes());
+    frame[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Datagrams held while their next hop is being resolved.
@@ -646,7 +657,7 @@ impl<'a> DpdkTx<'a> {
             return false;
         };
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let ip_overhead = self.outer_len - 14;
+        let ip_overhead = self.outer_len - self.l3();
         if ip_overhead + len > self.max_ip {
             self.counters.drop(DropReason::TxError);
             return false;
@@ -655,7 +666,7 @@ impl<'a> DpdkTx<'a> {
             peer_mac,
             our_mac: self.neighbours.our_mac,
             our_ip: self.neighbours.our_ip,
-            vlan: None,
+            vlan: self.neighbours.vlan,
         };
         let Some(mut m) = self.pool.alloc() else {
             self.counters.drop(DropReason::TxError);
@@ -704,7 +715,9 @@ impl<'a> DpdkTx<'a> {
             payload += relay::HEADER_LEN;
         }
         let at = outer + payload - msg_len;
-        if outer - 14 + payload > self.max_ip || dst.is_ipv4() != self.neighbours.our_ip.is_ipv4() {
+        if outer - self.l3() + payload > self.max_ip
+            || dst.is_ipv4() != self.neighbours.our_ip.is_ipv4()
+        {
             self.counters.drop(DropReason::TxError);
             return None;
         }
@@ -725,7 +738,7 @@ impl<'a> DpdkTx<'a> {
                     peer_mac,
                     our_mac: self.neighbours.our_mac,
                     our_ip: self.neighbours.our_ip,
-                    vlan: None,
+                    vlan: self.neighbours.vlan,
                 };
                 let Some(h) = OuterHeaders::new(&route, self.udp_port, dst, now) else {
                     self.counters.drop(DropReason::TxError);
@@ -741,6 +754,11 @@ impl<'a> DpdkTx<'a> {
             udp6_checksum(m.data_mut());
         }
         Some((m, at))
+    }
+
+    /// Where the IP header starts in our frames.
+    fn l3(&self) -> usize {
+        if self.neighbours.vlan.is_some() { 14 + VLAN_TAG } else { 14 }
     }
 
     /// Queues a finished packet for the underlay port.
@@ -1063,7 +1081,9 @@ impl DpdkWorker<'_> {
                 self.counters.drop(DropReason::Malformed);
                 continue;
             };
-            if u.route.our_ip != tx.neighbours.our_ip {
+            if u.route.our_ip != tx.neighbours.our_ip
+                || u.route.vlan.map(|t| t & 0x0fff) != tx.neighbours.vlan
+            {
                 self.counters.drop(DropReason::Malformed);
                 continue;
             }
@@ -1334,6 +1354,7 @@ mod tests {
             underlay_ip: "10.0.0.1".parse().unwrap(),
             prefix_len: 24,
             gateway: None,
+            vlan: None,
             cores: "1".into(),
             eal_extra: vec![],
             busy_poll: false,
@@ -1431,6 +1452,24 @@ mod tests {
             assert_eq!(patched, built, "IPv6 payload {len}");
         }
         assert!(h.fresh(dst, 1099) && !h.fresh(dst, 1100));
+        // On a VLAN, IPv4 and IPv6: the tag in, every offset moved by four.
+        for (our, to) in [("10.0.0.1", "10.0.0.2:51821"), ("fd00::1", "[fd00::2]:51821")] {
+            let r = L2Route { our_ip: our.parse().unwrap(), vlan: Some(42), ..route };
+            let to: SocketAddr = to.parse().unwrap();
+            let hv = OuterHeaders::new(&r, 51820, to, 0).unwrap();
+            for len in [0usize, 40, 1400] {
+                let payload: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
+                let n = hv.len;
+                let mut built = vec![0u8; n + len];
+                build_frame(&mut built, &r, 51820, to, &[&payload]).unwrap();
+                let mut patched = vec![0u8; n + len];
+                patched[n..].copy_from_slice(&payload);
+                hv.write(&mut patched, len);
+                udp6_checksum(&mut patched);
+                assert_eq!(&patched[12..16], &[0x81, 0, 0, 42]);
+                assert_eq!(patched, built, "{our} VLAN payload {len}");
+            }
+        }
         assert!(!h.fresh("10.0.0.3:51821".parse().unwrap(), 1000));
     }
 

@@ -10,6 +10,7 @@ use super::xdp::{csum_add, csum_fold};
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
 const ARP_LEN: usize = 28;
 const IPPROTO_ICMPV6: u8 = 58;
 const ND_NEIGHBOR_SOLICIT: u8 = 135;
@@ -33,6 +34,8 @@ pub struct Neighbours {
     pub our_mac: [u8; 6],
     /// Where everything off our subnet goes.
     pub gateway: Option<IpAddr>,
+    /// The 802.1Q VLAN the underlay is on: frames in must carry it, frames out get it.
+    pub vlan: Option<u16>,
     entries: HashMap<IpAddr, ([u8; 6], u64)>,
     asked: HashMap<IpAddr, u64>,
     /// The last neighbour learned and when: learning from every authenticated packet would
@@ -58,6 +61,7 @@ impl Neighbours {
             prefix_len,
             our_mac,
             gateway,
+            vlan: None,
             entries: HashMap::new(),
             asked: HashMap::new(),
             last_learned: None,
@@ -112,14 +116,15 @@ impl Neighbours {
             self.asked.retain(|_, t| now_ms.saturating_sub(*t) < REQUEST_INTERVAL_MS);
         }
         self.asked.insert(hop, now_ms);
-        match (hop, self.our_ip) {
-            (IpAddr::V4(h), IpAddr::V4(o)) => Some(self.arp_frame(1, [0xff; 6], [0; 6], o, h)),
+        let f = match (hop, self.our_ip) {
+            (IpAddr::V4(h), IpAddr::V4(o)) => self.arp_frame(1, [0xff; 6], [0; 6], o, h),
             (IpAddr::V6(h), IpAddr::V6(o)) => {
                 let group = solicited_node(h);
-                Some(self.nd_frame(ND_NEIGHBOR_SOLICIT, multicast_mac(group), o, group, h, 1))
+                self.nd_frame(ND_NEIGHBOR_SOLICIT, multicast_mac(group), o, group, h, 1)
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        Some(self.tagged(f))
     }
 
     /// Remembers `mac` for `ip` (from ARP/ND, or from an authenticated packet's source).
@@ -145,29 +150,66 @@ impl Neighbours {
         self.last_learned = Some((ip, mac, now_ms));
     }
 
-    /// Whether `f` is an ARP or ICMPv6 frame this table should see (not the fabric's).
+    /// Whether `f` is an ARP or ICMPv6 frame (tagged or not) this table should see (not
+    /// the fabric's).
     pub fn wants(f: &[u8]) -> bool {
         if f.len() < 14 {
             return false;
         }
-        match u16::from_be_bytes([f[12], f[13]]) {
+        let (ethertype, l3) = match u16::from_be_bytes([f[12], f[13]]) {
+            ETH_P_8021Q if f.len() >= 18 => (u16::from_be_bytes([f[16], f[17]]), 18),
+            t => (t, 14),
+        };
+        match ethertype {
             ETH_P_ARP => true,
-            ETH_P_IPV6 => f.len() >= 54 && f[20] == IPPROTO_ICMPV6,
+            ETH_P_IPV6 => f.len() >= l3 + 40 && f[l3 + 6] == IPPROTO_ICMPV6,
             _ => false,
         }
     }
 
     /// Handles a received Ethernet frame carrying ARP (0x0806) or ICMPv6 neighbour
-    /// discovery (no VLAN, no extension headers).
+    /// discovery (no extension headers): untagged, or tagged with our VLAN when we have one.
     pub fn on_frame(&mut self, now_ms: u64, f: &[u8]) -> ArpAction {
         if f.len() < 14 {
             return ArpAction::Ignore;
         }
+        let tagged = u16::from_be_bytes([f[12], f[13]]) == ETH_P_8021Q;
+        let action = match (tagged, self.vlan) {
+            (false, None) => self.on_untagged(now_ms, f),
+            (true, Some(vid))
+                if f.len() >= 18 && u16::from_be_bytes([f[14], f[15]]) & 0x0fff == vid =>
+            {
+                // The tag out: the same frame as an untagged one (ARP/ND only: rare).
+                let mut plain = Vec::with_capacity(f.len() - 4);
+                plain.extend_from_slice(&f[..12]);
+                plain.extend_from_slice(&f[16..]);
+                self.on_untagged(now_ms, &plain)
+            }
+            _ => ArpAction::Ignore,
+        };
+        match action {
+            ArpAction::Reply(r) => ArpAction::Reply(self.tagged(r)),
+            other => other,
+        }
+    }
+
+    fn on_untagged(&mut self, now_ms: u64, f: &[u8]) -> ArpAction {
         match (u16::from_be_bytes([f[12], f[13]]), self.our_ip) {
             (ETH_P_ARP, IpAddr::V4(o)) => self.on_arp(now_ms, f, o),
             (ETH_P_IPV6, IpAddr::V6(o)) => self.on_nd(now_ms, f, o),
             _ => ArpAction::Ignore,
         }
+    }
+
+    /// `f` with our VLAN's 802.1Q tag after its MAC addresses, when we have one.
+    fn tagged(&self, f: Vec<u8>) -> Vec<u8> {
+        let Some(vid) = self.vlan else { return f };
+        let mut t = Vec::with_capacity(f.len() + 4);
+        t.extend_from_slice(&f[..12]);
+        t.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        t.extend_from_slice(&vid.to_be_bytes());
+        t.extend_from_slice(&f[12..]);
+        t
     }
 
     fn on_arp(&mut self, now_ms: u64, f: &[u8], our: Ipv4Addr) -> ArpAction {
@@ -520,6 +562,41 @@ mod tests {
         assert_eq!(n().on_frame(4, &na), ArpAction::Ignore);
         let arp = request_from(PEER_MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
         assert_eq!(fresh.on_frame(4, &arp), ArpAction::Ignore);
+    }
+
+    #[test]
+    fn on_a_vlan_only_tagged_frames_of_it_count_and_answers_are_tagged() {
+        let tag = |f: &[u8], vid: u16| {
+            let mut t = f[..12].to_vec();
+            t.extend_from_slice(&[0x81, 0x00]);
+            t.extend_from_slice(&vid.to_be_bytes());
+            t.extend_from_slice(&f[12..]);
+            t
+        };
+        let mut nb = n();
+        nb.vlan = Some(42);
+        let req = request_from(PEER_MAC, [10, 0, 0, 2], [10, 0, 0, 1]);
+        assert_eq!(nb.on_frame(1, &req), ArpAction::Ignore, "untagged on a VLAN underlay");
+        assert_eq!(nb.on_frame(1, &tag(&req, 7)), ArpAction::Ignore, "another VLAN");
+        assert!(Neighbours::wants(&tag(&req, 42)));
+        let ArpAction::Reply(r) = nb.on_frame(2, &tag(&req, 42)) else { panic!("a reply") };
+        // The untagged answer with the tag inserted after the MACs.
+        let mut plain = n();
+        let ArpAction::Reply(want) = plain.on_frame(2, &req) else { panic!() };
+        assert_eq!(r, tag(&want, 42));
+        let ask = nb.request(3, v4([10, 0, 0, 3])).unwrap();
+        assert_eq!(&ask[12..16], &[0x81, 0x00, 0, 42]);
+        assert_eq!(&ask[16..18], &[0x08, 0x06]);
+        // Without a VLAN, tagged frames are not ours.
+        assert_eq!(n().on_frame(1, &tag(&req, 42)), ArpAction::Ignore);
+        // IPv6 ND on a VLAN too.
+        let mut nb6 = n6();
+        nb6.vlan = Some(42);
+        let ns = solicitation("fd77::2", PEER_MAC, "fd77::1");
+        assert!(Neighbours::wants(&tag(&ns, 42)));
+        let ArpAction::Reply(na) = nb6.on_frame(4, &tag(&ns, 42)) else { panic!("an advert") };
+        assert_eq!(&na[12..16], &[0x81, 0x00, 0, 42]);
+        assert_eq!(na[18 + 40], ND_NEIGHBOR_ADVERT);
     }
 
     #[test]

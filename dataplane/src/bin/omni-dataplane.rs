@@ -115,6 +115,10 @@ struct Args {
     /// dpdk backend: next hop for underlay addresses off that prefix.
     #[arg(long)]
     gateway: Option<std::net::IpAddr>,
+    /// dpdk backend: the 802.1Q VLAN the underlay is on (frames out are tagged with it,
+    /// frames in must carry it).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+    underlay_vlan: Option<u16>,
     /// dpdk backend: EAL lcores (-l); the first runs the worker.
     #[arg(long, default_value = "0")]
     cores: String,
@@ -267,6 +271,7 @@ fn dpdk_config(
         underlay_ip: ip,
         prefix_len: prefix,
         gateway: args.gateway,
+        vlan: args.underlay_vlan,
         cores: args.cores.clone(),
         eal_extra: args.eal.clone(),
         busy_poll: args.busy_poll,

@@ -74,3 +74,48 @@ pub fn engine_with_session(
 pub fn learn(e: &Engine, mac: [u8; 6]) {
     e.fdb().learn(&mac, 0, 1);
 }
+
+/// Two node identities (`<dir>/<prefix>-a.key`, `-b.key`) made by `daemon --init`: their
+/// paths and public keys.
+pub fn two_identities(
+    daemon: &std::path::Path,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> Vec<(std::path::PathBuf, String)> {
+    ["a", "b"]
+        .iter()
+        .map(|n| {
+            let id = dir.join(format!("{prefix}-{n}.key"));
+            let out = omni_testkit::run_ok(&format!(
+                "{} --init --identity {}",
+                daemon.display(),
+                id.display()
+            ));
+            (id, out.trim().trim_start_matches("Your Public Identity: ").to_string())
+        })
+        .collect()
+}
+
+/// `omni-daemon` arguments for a node of identity `identity` in `run_dir` with one static
+/// peer (`peer` at `endpoint`), metrics off.
+pub fn daemon_args(
+    daemon: &std::path::Path,
+    identity: &std::path::Path,
+    run_dir: &std::path::Path,
+    peer: &str,
+    endpoint: &str,
+) -> Vec<String> {
+    vec![
+        daemon.display().to_string(),
+        "--identity".into(),
+        identity.display().to_string(),
+        "--run-dir".into(),
+        run_dir.display().to_string(),
+        "--peer".into(),
+        peer.to_string(),
+        "--endpoint".into(),
+        endpoint.to_string(),
+        "--metrics-listen".into(),
+        "off".into(),
+    ]
+}

@@ -72,6 +72,41 @@ fn ping_until(ns: &Netns, ip: &str, logs: &[&Node]) {
     assert!(up, "no answer from {ip} within 20 s; logs:\n{}", text.join("\n-----\n"));
 }
 
+/// A DPDK node (its data plane on `net_af_packet` over A's veth end, with `a_ip`) and a
+/// socket-backend node on B, each the other's static peer; omni0 is 192.168.`net`.1 / .2.
+struct MixedPair {
+    pair: Pair,
+    dir: TempDir,
+    a: Node,
+    b: Node,
+    ka: String,
+    log_a: PathBuf,
+    _dp: Background,
+}
+
+impl MixedPair {
+    fn new(tag: &str, a_ip: &str, a_ep: &str, b_ep: &str, net: u8) -> Self {
+        let pair = Pair::new(1500);
+        // The DPDK data plane owns A's NIC: the kernel must not answer there any more.
+        pair.a.sh_ok("ip addr flush dev ua");
+        // B's UDP GSO would cross the veth as one 64 KB packet (veth does not segment; a
+        // real NIC would): net_af_packet cannot take those. Segment in B's stack instead.
+        pair.b.sh_ok("ethtool -K ub tx-udp-segmentation off");
+        let dir = TempDir::new(tag);
+        let (id_a, ka) = new_identity(&dir.0, "a");
+        let (id_b, kb) = new_identity(&dir.0, "b");
+        let (dp, run_a, log_a) =
+            start_dp(&pair.a, &dir.0, "a", "net_af_packet0,iface=ua", a_ip, "0");
+        let a = Node::start_in(&pair.a, &run_a, &dir.0, "a", &id_a, &ka, &peer_args(&kb, b_ep));
+        let b = Node::start(&pair.b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, a_ep));
+        a.wait_running();
+        b.wait_running();
+        pair.a.sh_ok(&format!("ip addr add 192.168.{net}.1/24 dev omni0 && ip link set omni0 up"));
+        pair.b.sh_ok(&format!("ip addr add 192.168.{net}.2/24 dev omni0"));
+        Self { pair, dir, a, b, ka, log_a, _dp: dp }
+    }
+}
+
 fn peer_args(key: &str, endpoint: &str) -> Vec<String> {
     ["--peer", key, "--endpoint", endpoint].iter().map(|s| s.to_string()).collect()
 }
@@ -181,31 +216,8 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
 fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
     let _serial = serial();
     require_root_and_tools(TOOLS);
-    let pair = Pair::new(1500);
-    // The DPDK data plane owns A's NIC: the kernel must not answer there any more.
-    pair.a.sh_ok("ip addr flush dev ua");
-    // B's UDP GSO would cross the veth as one 64 KB packet (veth does not segment; a real
-    // NIC would): net_af_packet cannot take those. Segment in B's stack instead.
-    pair.b.sh_ok("ethtool -K ub tx-udp-segmentation off");
-    let dir = TempDir::new("dpdk-mixed");
-    let (id_a, ka) = new_identity(&dir.0, "a");
-    let (id_b, kb) = new_identity(&dir.0, "b");
-    let (_dpa, run_a, log_a) =
-        start_dp(&pair.a, &dir.0, "a", "net_af_packet0,iface=ua", "10.77.0.1/24", "0");
-    let a = Node::start_in(
-        &pair.a,
-        &run_a,
-        &dir.0,
-        "a",
-        &id_a,
-        &ka,
-        &peer_args(&kb, "10.77.0.2:51820"),
-    );
-    let b = Node::start(&pair.b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "10.77.0.1:51820"));
-    a.wait_running();
-    b.wait_running();
-    pair.a.sh_ok("ip addr add 192.168.77.1/24 dev omni0 && ip link set omni0 up");
-    pair.b.sh_ok("ip addr add 192.168.77.2/24 dev omni0");
+    let MixedPair { pair, dir, a, b, ka: _, log_a, _dp: _data_plane } =
+        MixedPair::new("dpdk-mixed", "10.77.0.1/24", "10.77.0.1:51820", "10.77.0.2:51820", 77);
     ping_until(&pair.b, "192.168.77.1", &[&a, &b]);
     pair.b.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.1");
     pair.a.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.77.2");
@@ -450,29 +462,9 @@ fn underlay_interface_removed_then_restored_the_data_plane_comes_back_by_itself(
 fn dpdk_node_on_an_ipv6_underlay_resolves_its_peer_by_neighbour_discovery() {
     let _serial = serial();
     require_root_and_tools(TOOLS);
-    let pair = Pair::new(1500);
     // The DPDK data plane owns A's NIC and its IPv6 address; B's kernel finds it by ND.
-    pair.a.sh_ok("ip addr flush dev ua");
-    pair.b.sh_ok("ethtool -K ub tx-udp-segmentation off");
-    let dir = TempDir::new("dpdk-v6");
-    let (id_a, ka) = new_identity(&dir.0, "a");
-    let (id_b, kb) = new_identity(&dir.0, "b");
-    let (_dpa, run_a, log_a) =
-        start_dp(&pair.a, &dir.0, "a", "net_af_packet0,iface=ua", "fd77::1/64", "0");
-    let a = Node::start_in(
-        &pair.a,
-        &run_a,
-        &dir.0,
-        "a",
-        &id_a,
-        &ka,
-        &peer_args(&kb, "[fd77::2]:51820"),
-    );
-    let b = Node::start(&pair.b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "[fd77::1]:51820"));
-    a.wait_running();
-    b.wait_running();
-    pair.a.sh_ok("ip addr add 192.168.75.1/24 dev omni0 && ip link set omni0 up");
-    pair.b.sh_ok("ip addr add 192.168.75.2/24 dev omni0");
+    let MixedPair { pair, dir: _dir, a, b, ka, log_a, _dp: _data_plane } =
+        MixedPair::new("dpdk-v6", "fd77::1/64", "[fd77::1]:51820", "[fd77::2]:51820", 75);
     ping_until(&pair.a, "192.168.75.2", &[&a, &b]);
     pair.b.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.75.1");
     // B's kernel resolved the DPDK node's address through our neighbour advertisement.

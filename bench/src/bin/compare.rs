@@ -285,33 +285,22 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
         }
         Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp | Kind::OmniDpdk => {
             let daemon = ctx.bin.join("omni-daemon");
-            let mut keys = vec![];
-            for n in ["a", "b"] {
-                let id = ctx.dir.path().join(format!("omni-{n}-{}.key", omni_testkit::seq()));
-                let out =
-                    run_ok(&format!("{} --init --identity {}", daemon.display(), id.display()));
-                keys.push((
-                    id,
-                    out.trim().trim_start_matches("Your Public Identity: ").to_string(),
-                ));
-            }
+            let keys = omni_bench::two_identities(
+                &daemon,
+                ctx.dir.path(),
+                &format!("omni-{}", omni_testkit::seq()),
+            );
             let mut procs = vec![];
             let mut runs = vec![];
             for (i, (ns, me, other)) in [(&p.a, 1, 2), (&p.b, 2, 1)].into_iter().enumerate() {
                 let run_dir = ctx.dir.path().join(format!("run-{}-{me}", omni_testkit::seq()));
-                let mut args: Vec<String> = vec![
-                    daemon.display().to_string(),
-                    "--identity".into(),
-                    keys[i].0.display().to_string(),
-                    "--run-dir".into(),
-                    run_dir.display().to_string(),
-                    "--peer".into(),
-                    keys[1 - i].1.clone(),
-                    "--endpoint".into(),
-                    format!("10.10.0.{other}:51820"),
-                    "--metrics-listen".into(),
-                    "off".into(),
-                ];
+                let mut args = omni_bench::daemon_args(
+                    &daemon,
+                    &keys[i].0,
+                    &run_dir,
+                    &keys[1 - i].1,
+                    &format!("10.10.0.{other}:51820"),
+                );
                 if kind == Kind::OmniSocketNooffload {
                     args.push("--no-offload".into());
                 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
-use omni_testkit::{Netns, TempDir, run_ok, wait_until};
+use omni_testkit::{Netns, TempDir, wait_until};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -553,6 +553,32 @@ struct SizeResult {
     ratio_to_aead: Option<f64>,
 }
 
+/// A worker's (packets, CPU seconds) at one moment.
+type Snapshot = (f64, f64);
+
+impl PathResult {
+    /// The result of one window: the two workers' snapshots at its start and end (sending
+    /// worker first), and what the generator sent and counted over `secs`.
+    fn from_window(
+        size: usize,
+        s0: [Snapshot; 2],
+        s1: [Snapshot; 2],
+        sent: u64,
+        received: u64,
+        secs: f64,
+    ) -> Self {
+        let cpu = [s1[0].1 - s0[0].1, s1[1].1 - s0[1].1];
+        PathResult {
+            end_to_end: Rate::of(received as f64, secs, size),
+            sent,
+            received,
+            per_core_tx: Rate::of(s1[0].0 - s0[0].0, cpu[0], size),
+            per_core_rx: Rate::of(s1[1].0 - s0[1].0, cpu[1], size),
+            cpu_secs: cpu,
+        }
+    }
+}
+
 fn parse_end(line: &str) -> anyhow::Result<(u64, u64, f64)> {
     let kv = |k: &str| {
         line.split_whitespace()
@@ -736,15 +762,7 @@ impl Ctx {
         for f in &mut fwds {
             f.stop();
         }
-        let cpu = [s1[0].1 - s0[0].1, s1[1].1 - s0[1].1];
-        Ok(PathResult {
-            end_to_end: Rate::of(received as f64, secs, size),
-            sent,
-            received,
-            per_core_tx: Rate::of(s1[0].0 - s0[0].0, cpu[0], size),
-            per_core_rx: Rate::of(s1[1].0 - s0[1].0, cpu[1], size),
-            cpu_secs: cpu,
-        })
+        Ok(PathResult::from_window(size, s0, s1, sent, received, secs))
     }
 
     fn omni(&self, size: usize) -> anyhow::Result<PathResult> {
@@ -773,12 +791,7 @@ impl Ctx {
             }
         };
         let under = self.dir.path().join(format!("{tag}-underlay.sock"));
-        let mut keys = vec![];
-        for n in ["a", "b"] {
-            let id = self.dir.path().join(format!("{tag}-{n}.key"));
-            let out = run_ok(&format!("{} --init --identity {}", daemon.display(), id.display()));
-            keys.push((id, out.trim().trim_start_matches("Your Public Identity: ").to_string()));
-        }
+        let keys = omni_bench::two_identities(&daemon, self.dir.path(), &tag);
         let mut daemons = vec![];
         let mut run_dirs = vec![];
         for i in 0..2 {
@@ -813,21 +826,14 @@ impl Ctx {
                     self.args.underlay_mtu
                 ),
             )?;
-            let args = vec![
-                daemon.display().to_string(),
-                "--identity".into(),
-                keys[i].0.display().to_string(),
-                "--run-dir".into(),
-                run_dir.display().to_string(),
-                "--peer".into(),
-                keys[1 - i].1.clone(),
-                "--endpoint".into(),
-                format!("10.77.0.{}:51820", 2 - i),
-                "--metrics-listen".into(),
-                "off".into(),
-                "--config".into(),
-                cfg.display().to_string(),
-            ];
+            let mut args = omni_bench::daemon_args(
+                &daemon,
+                &keys[i].0,
+                &run_dir,
+                &keys[1 - i].1,
+                &format!("10.77.0.{}:51820", 2 - i),
+            );
+            args.extend(["--config".to_string(), cfg.display().to_string()]);
             let log = self.dir.path().join(format!("{tag}-daemon{i}.log"));
             daemons.push(Proc::spawn(&ns, &args, &log, "a daemon")?);
             run_dirs.push(run_dir);
@@ -891,15 +897,7 @@ impl Ctx {
         for d in &mut daemons {
             d.stop();
         }
-        let cpu = [s1[0].1 - s0[0].1, s1[1].1 - s0[1].1];
-        Ok(PathResult {
-            end_to_end: Rate::of(received as f64, secs, size),
-            sent,
-            received,
-            per_core_tx: Rate::of(s1[0].0 - s0[0].0, cpu[0], size),
-            per_core_rx: Rate::of(s1[1].0 - s0[1].0, cpu[1], size),
-            cpu_secs: cpu,
-        })
+        Ok(PathResult::from_window(size, s0, s1, sent, received, secs))
     }
 }
 

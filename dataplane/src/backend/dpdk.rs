@@ -662,12 +662,7 @@ impl<'a> DpdkTx<'a> {
             self.counters.drop(DropReason::TxError);
             return false;
         }
-        let route = L2Route {
-            peer_mac,
-            our_mac: self.neighbours.our_mac,
-            our_ip: self.neighbours.our_ip,
-            vlan: self.neighbours.vlan,
-        };
+        let route = self.route(peer_mac);
         let Some(mut m) = self.pool.alloc() else {
             self.counters.drop(DropReason::TxError);
             return false;
@@ -734,13 +729,8 @@ impl<'a> DpdkTx<'a> {
                     self.datagram(now, dst, &[&m.data()[outer..outer + payload]]);
                     return None;
                 };
-                let route = L2Route {
-                    peer_mac,
-                    our_mac: self.neighbours.our_mac,
-                    our_ip: self.neighbours.our_ip,
-                    vlan: self.neighbours.vlan,
-                };
-                let Some(h) = OuterHeaders::new(&route, self.udp_port, dst, now) else {
+                let Some(h) = OuterHeaders::new(&self.route(peer_mac), self.udp_port, dst, now)
+                else {
                     self.counters.drop(DropReason::TxError);
                     return None;
                 };
@@ -754,6 +744,16 @@ impl<'a> DpdkTx<'a> {
             udp6_checksum(m.data_mut());
         }
         Some((m, at))
+    }
+
+    /// Our side of the underlay towards a next hop of `peer_mac`.
+    fn route(&self, peer_mac: [u8; 6]) -> L2Route {
+        L2Route {
+            peer_mac,
+            our_mac: self.neighbours.our_mac,
+            our_ip: self.neighbours.our_ip,
+            vlan: self.neighbours.vlan,
+        }
     }
 
     /// Where the IP header starts in our frames.

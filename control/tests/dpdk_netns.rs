@@ -107,6 +107,15 @@ impl MixedPair {
     }
 }
 
+/// `n` dropped no packet for any of `reasons` (its metrics).
+fn assert_no_drops(n: &Node, reasons: &[&str]) {
+    let m = n.metrics(9100);
+    for reason in reasons {
+        let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
+    }
+}
+
 fn peer_args(key: &str, endpoint: &str) -> Vec<String> {
     ["--peer", key, "--endpoint", endpoint].iter().map(|s| s.to_string()).collect()
 }
@@ -180,11 +189,7 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     assert!(bps > 10e6, "iperf3 over the DPDK fabric: {bps}");
     eprintln!("iperf3 TCP over two DPDK data planes (memif): {:.2} Gbit/s", bps / 1e9);
     for n in [&na, &nb] {
-        let m = n.metrics(9100);
-        for reason in ["auth_failed", "replay"] {
-            let key = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
-            assert_eq!(metric(&m, &key), Some(0.0), "{key}: {m}");
-        }
+        assert_no_drops(n, &["auth_failed", "replay"]);
     }
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("crypto workers started"), "A runs a crypto worker:\n{log}");
@@ -319,9 +324,7 @@ fn daemons_start_supervise_and_restart_their_dpdk_data_planes() {
     });
     a_ns.sh_ok("ping -c 3 -i 0.2 -W 5 192.168.97.2");
     assert_eq!(na.status()["handshakes_completed"].as_u64(), Some(hs), "the same session");
-    let m = nb.metrics(9100);
-    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
-    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"auth_failed\"}"), Some(0.0), "{m}");
+    assert_no_drops(&nb, &["replay", "auth_failed"]);
 }
 
 #[test]
@@ -385,11 +388,7 @@ fn dpdk_node_behind_nat_registers_with_the_nucleus_and_reaches_a_peer_through_it
     std::thread::sleep(Duration::from_millis(1500));
     let m = c.nucleus_metrics();
     assert!(metric(&m, "omni_nucleus_relayed_packets_total").unwrap_or(0.0) > 100.0, "{m}");
-    let m = c.nodes[0].metrics(9100);
-    for reason in ["auth_failed", "replay"] {
-        let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
-        assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
-    }
+    assert_no_drops(&c.nodes[0], &["auth_failed", "replay"]);
     let log = std::fs::read_to_string(&dp_log).unwrap_or_default();
     assert!(log.contains("backend=\"dpdk\""), "{log}");
 }
@@ -454,8 +453,7 @@ fn underlay_interface_removed_then_restored_the_data_plane_comes_back_by_itself(
         dp_logs.contains("the underlay port's interface ua is gone"),
         "the reason is logged:\n{dp_logs}"
     );
-    let m = b.metrics(9100);
-    assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"replay\"}"), Some(0.0), "{m}");
+    assert_no_drops(&b, &["replay"]);
 }
 
 #[test]
@@ -485,11 +483,7 @@ fn dpdk_node_on_an_ipv6_underlay_resolves_its_peer_by_neighbour_discovery() {
         back / 1e9
     );
     for n in [&a, &b] {
-        let m = n.metrics(9100);
-        for reason in ["auth_failed", "replay"] {
-            let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
-            assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
-        }
+        assert_no_drops(n, &["auth_failed", "replay"]);
     }
 }
 
@@ -562,11 +556,7 @@ fn jumbo_underlay_between_two_dpdk_data_planes_carries_jumbo_frames() {
     ping_until(&a_ns, "192.168.96.2", &[&na, &nb]);
     a_ns.sh_ok("ping -c 3 -i 0.2 -W 3 -M do -s 1472 192.168.96.2");
     b_ns.sh_ok("ping -c 3 -i 0.2 -W 3 -M do -s 1472 192.168.96.1");
-    let m = nb.metrics(9100);
-    for reason in ["auth_failed", "replay", "bad_frame", "access_error"] {
-        let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
-        assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
-    }
+    assert_no_drops(&nb, &["auth_failed", "replay", "bad_frame", "access_error"]);
 }
 
 #[test]
@@ -635,11 +625,7 @@ fn dpdk_nodes_on_a_vlan_tag_everything_and_ignore_other_vlans() {
         assert!(bps > 1e6, "over VLAN 42: {bps}");
         eprintln!("iperf3 TCP between two DPDK data planes on VLAN 42: {:.2} Gbit/s", bps / 1e9);
         for n in [&na, &nb] {
-            let m = n.metrics(9100);
-            for reason in ["auth_failed", "replay", "malformed"] {
-                let k = format!("omni_packets_dropped_total{{reason=\"{reason}\"}}");
-                assert_eq!(metric(&m, &k), Some(0.0), "{k}: {m}");
-            }
+            assert_no_drops(n, &["auth_failed", "replay", "malformed"]);
         }
     }
     // VLAN 42 against an untagged peer: neither takes the other's frames, nothing crosses.

@@ -107,6 +107,63 @@ impl MixedPair {
     }
 }
 
+/// Two DPDK data planes joined by `net_memif` (A the server), `net_tap` access ports named
+/// omni0 in their own namespaces, each with an attached `omni-daemon`, peers of each other:
+/// underlay 10.`net`.0.1 / .2, omni0 192.168.`net`.1 / .2 (up). `extra_*`: data-plane
+/// arguments of each side.
+struct MemifPair {
+    a_ns: Netns,
+    b_ns: Netns,
+    na: Node,
+    nb: Node,
+    dpa: Background,
+    dpb: Background,
+    log_a: PathBuf,
+}
+
+impl MemifPair {
+    fn new(
+        dir: &Path,
+        tag: &str,
+        net: u8,
+        (cores_a, extra_a): (&str, &[&str]),
+        (cores_b, extra_b): (&str, &[&str]),
+    ) -> Self {
+        let (a_ns, b_ns) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}b")));
+        let sock = dir.join(format!("{tag}-memif.sock")).display().to_string();
+        let (name_a, name_b) = (format!("{tag}a"), format!("{tag}b"));
+        let (id_a, ka) = new_identity(dir, &name_a);
+        let (id_b, kb) = new_identity(dir, &name_b);
+        // The memif server first; the client's start waits for it anyway.
+        let (dpa, run_a, log_a) = start_dp_with(
+            &a_ns,
+            dir,
+            &name_a,
+            &format!("net_memif0,role=server,socket={sock}"),
+            &format!("10.{net}.0.1/24"),
+            cores_a,
+            extra_a,
+        );
+        let (dpb, run_b, _) = start_dp_with(
+            &b_ns,
+            dir,
+            &name_b,
+            &format!("net_memif1,role=client,socket={sock}"),
+            &format!("10.{net}.0.2/24"),
+            cores_b,
+            extra_b,
+        );
+        let ep = |i: u8| format!("10.{net}.0.{i}:51820");
+        let na = Node::start_in(&a_ns, &run_a, dir, &name_a, &id_a, &ka, &peer_args(&kb, &ep(2)));
+        let nb = Node::start_in(&b_ns, &run_b, dir, &name_b, &id_b, &kb, &peer_args(&ka, &ep(1)));
+        na.wait_running();
+        nb.wait_running();
+        a_ns.sh_ok(&format!("ip addr add 192.168.{net}.1/24 dev omni0 && ip link set omni0 up"));
+        b_ns.sh_ok(&format!("ip addr add 192.168.{net}.2/24 dev omni0 && ip link set omni0 up"));
+        Self { a_ns, b_ns, na, nb, dpa, dpb, log_a }
+    }
+}
+
 /// `n` dropped no packet for any of `reasons` (its metrics).
 fn assert_no_drops(n: &Node, reasons: &[&str]) {
     let m = n.metrics(9100);
@@ -125,41 +182,18 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     let _serial = serial();
     require_root_and_tools(TOOLS);
     let dir = TempDir::new("dpdk");
-    let (a_ns, b_ns) = (Netns::new("da"), Netns::new("db"));
-    let sock = dir.0.join("memif.sock").display().to_string();
-    let (id_a, ka) = new_identity(&dir.0, "a");
-    let (id_b, kb) = new_identity(&dir.0, "b");
-    // The memif server first; the client's start waits for it anyway. A has a crypto
-    // worker on a second core (sealing and opening there, in order); B has one worker.
-    let (mut dpa, run_a, log_a) = start_dp(
-        &a_ns,
-        &dir.0,
-        "a",
-        &format!("net_memif0,role=server,socket={sock}"),
-        "10.98.0.1/24",
-        "0-1",
-    );
-    let (mut dpb, run_b, _) = start_dp(
-        &b_ns,
-        &dir.0,
-        "b",
-        &format!("net_memif1,role=client,socket={sock}"),
-        "10.98.0.2/24",
-        "1",
-    );
-    let na =
-        Node::start_in(&a_ns, &run_a, &dir.0, "a", &id_a, &ka, &peer_args(&kb, "10.98.0.2:51820"));
-    let nb =
-        Node::start_in(&b_ns, &run_b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "10.98.0.1:51820"));
-    na.wait_running();
-    nb.wait_running();
+    // A has a crypto worker on a second core (sealing and opening there, in order); B has
+    // one worker.
+    let MemifPair { a_ns, b_ns, na, nb, mut dpa, mut dpb, log_a } =
+        MemifPair::new(&dir.0, "d", 98, ("0-1", &[]), ("1", &[]));
+    let kb = nb.key.clone();
     assert!(
         na.log_text().contains("attaching to the data plane the operator started"),
         "{}",
         na.log_text()
     );
-    a_ns.sh_ok("ip addr add 192.168.98.1/24 dev omni0 && ip -6 addr add fd00:98::1/64 dev omni0 nodad && ip link set omni0 up");
-    b_ns.sh_ok("ip addr add 192.168.98.2/24 dev omni0 && ip -6 addr add fd00:98::2/64 dev omni0 nodad && ip link set omni0 up");
+    a_ns.sh_ok("ip -6 addr add fd00:98::1/64 dev omni0 nodad");
+    b_ns.sh_ok("ip -6 addr add fd00:98::2/64 dev omni0 nodad");
     // Handshake (through the data planes' own ARP on the underlay), then ping both ways:
     // ARP and ND on omni0 cross the fabric too.
     ping_until(&a_ns, "192.168.98.2", &[&na, &nb]);
@@ -516,37 +550,9 @@ fn jumbo_underlay_between_two_dpdk_data_planes_carries_jumbo_frames() {
 
     // A net_tap access port (DPDK 22.11) carries at most 1522-byte frames: on a jumbo
     // underlay its omni0 gets MTU 1500, said in the log, and full 1500-byte frames cross.
-    let (a_ns, b_ns) = (Netns::new("ja"), Netns::new("jb"));
-    let sock = dir.0.join("memif.sock").display().to_string();
-    let (id_a, ka) = new_identity(&dir.0, "a");
-    let (id_b, kb) = new_identity(&dir.0, "b");
-    let jumbo = ["--underlay-mtu", "9000"];
-    let (_dpa, run_a, log_a) = start_dp_with(
-        &a_ns,
-        &dir.0,
-        "a",
-        &format!("net_memif0,role=server,socket={sock}"),
-        "10.96.0.1/24",
-        "0",
-        &jumbo,
-    );
-    let (_dpb, run_b, _) = start_dp_with(
-        &b_ns,
-        &dir.0,
-        "b",
-        &format!("net_memif1,role=client,socket={sock}"),
-        "10.96.0.2/24",
-        "1",
-        &jumbo,
-    );
-    let na =
-        Node::start_in(&a_ns, &run_a, &dir.0, "a", &id_a, &ka, &peer_args(&kb, "10.96.0.2:51820"));
-    let nb =
-        Node::start_in(&b_ns, &run_b, &dir.0, "b", &id_b, &kb, &peer_args(&ka, "10.96.0.1:51820"));
-    na.wait_running();
-    nb.wait_running();
-    a_ns.sh_ok("ip addr add 192.168.96.1/24 dev omni0 && ip link set omni0 up");
-    b_ns.sh_ok("ip addr add 192.168.96.2/24 dev omni0 && ip link set omni0 up");
+    let jumbo: &[&str] = &["--underlay-mtu", "9000"];
+    let MemifPair { a_ns, b_ns, na, nb, dpa: _dpa, dpb: _dpb, log_a } =
+        MemifPair::new(&dir.0, "j", 96, ("0", jumbo), ("1", jumbo));
     assert!(a_ns.sh_ok("ip link show omni0").contains("mtu 1500"));
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(
@@ -566,59 +572,11 @@ fn dpdk_nodes_on_a_vlan_tag_everything_and_ignore_other_vlans() {
     // (This kernel has no 802.1Q support, so both ends are DPDK data planes: memif carries
     // the tagged frames as they are.)
     let dir = TempDir::new("dpdk-vlan");
-    let pair_up = |tag: &str, vlan_a: Option<&str>, vlan_b: Option<&str>| {
-        let (a_ns, b_ns) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}b")));
-        let sock = dir.0.join(format!("{tag}.sock")).display().to_string();
-        let (id_a, ka) = new_identity(&dir.0, &format!("{tag}a"));
-        let (id_b, kb) = new_identity(&dir.0, &format!("{tag}b"));
-        fn extra(v: Option<&str>) -> Vec<&str> {
-            v.map(|v| vec!["--underlay-vlan", v]).unwrap_or_default()
-        }
-        let (dpa, run_a, _) = start_dp_with(
-            &a_ns,
-            &dir.0,
-            &format!("{tag}a"),
-            &format!("net_memif0,role=server,socket={sock}"),
-            "10.74.0.1/24",
-            "0",
-            &extra(vlan_a),
-        );
-        let (dpb, run_b, _) = start_dp_with(
-            &b_ns,
-            &dir.0,
-            &format!("{tag}b"),
-            &format!("net_memif1,role=client,socket={sock}"),
-            "10.74.0.2/24",
-            "1",
-            &extra(vlan_b),
-        );
-        let na = Node::start_in(
-            &a_ns,
-            &run_a,
-            &dir.0,
-            &format!("{tag}a"),
-            &id_a,
-            &ka,
-            &peer_args(&kb, "10.74.0.2:51820"),
-        );
-        let nb = Node::start_in(
-            &b_ns,
-            &run_b,
-            &dir.0,
-            &format!("{tag}b"),
-            &id_b,
-            &kb,
-            &peer_args(&ka, "10.74.0.1:51820"),
-        );
-        na.wait_running();
-        nb.wait_running();
-        a_ns.sh_ok("ip addr add 192.168.74.1/24 dev omni0 && ip link set omni0 up");
-        b_ns.sh_ok("ip addr add 192.168.74.2/24 dev omni0 && ip link set omni0 up");
-        (a_ns, b_ns, na, nb, dpa, dpb)
-    };
+    let vlan42: &[&str] = &["--underlay-vlan", "42"];
     // Both on VLAN 42: ARP, handshake and data, all tagged, cross.
     {
-        let (a_ns, b_ns, na, nb, _dpa, _dpb) = pair_up("v", Some("42"), Some("42"));
+        let MemifPair { a_ns, b_ns, na, nb, dpa: _dpa, dpb: _dpb, .. } =
+            MemifPair::new(&dir.0, "v", 74, ("0", vlan42), ("1", vlan42));
         ping_until(&a_ns, "192.168.74.2", &[&na, &nb]);
         b_ns.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.74.1");
         let bps = iperf3_tcp(&a_ns, &b_ns, "192.168.74.2", 2);
@@ -629,7 +587,8 @@ fn dpdk_nodes_on_a_vlan_tag_everything_and_ignore_other_vlans() {
         }
     }
     // VLAN 42 against an untagged peer: neither takes the other's frames, nothing crosses.
-    let (a_ns, _b_ns, _na, nb, _dpa, _dpb) = pair_up("u", Some("42"), None);
+    let MemifPair { a_ns, b_ns: _b_ns, na: _na, nb, dpa: _dpa, dpb: _dpb, .. } =
+        MemifPair::new(&dir.0, "u", 74, ("0", vlan42), ("1", &[]));
     std::thread::sleep(Duration::from_secs(1));
     let out = a_ns.sh("ping -c 3 -i 0.3 -W 1 192.168.74.2");
     assert!(!out.status.success(), "a VLAN mismatch must not carry traffic");

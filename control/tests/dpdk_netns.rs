@@ -164,6 +164,14 @@ impl MemifPair {
     }
 }
 
+/// iperf3 TCP from A's omni0 (192.168.`net`.1) to B's and back; each must carry data.
+fn iperf3_both_ways(pair: &Pair, net: u8, what: &str) {
+    let there = iperf3_tcp(&pair.a, &pair.b, &format!("192.168.{net}.2"), 2);
+    let back = iperf3_tcp(&pair.b, &pair.a, &format!("192.168.{net}.1"), 2);
+    assert!(there > 1e6 && back > 1e6, "{what}: {there} there, {back} back");
+    eprintln!("iperf3 TCP {what}: {:.2} Gbit/s there, {:.2} back", there / 1e9, back / 1e9);
+}
+
 /// `n` dropped no packet for any of `reasons` (its metrics).
 fn assert_no_drops(n: &Node, reasons: &[&str]) {
     let m = n.metrics(9100);
@@ -263,15 +271,7 @@ fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
     // B's kernel resolved A's underlay address through the DPDK data plane's ARP.
     let neigh = pair.b.sh_ok("ip neigh show dev ub");
     assert!(neigh.contains("10.77.0.1") && !neigh.contains("FAILED"), "{neigh}");
-    let bps = iperf3_tcp(&pair.a, &pair.b, "192.168.77.2", 2);
-    assert!(bps > 1e6, "DPDK -> socket: {bps}");
-    let bps_back = iperf3_tcp(&pair.b, &pair.a, "192.168.77.1", 2);
-    assert!(bps_back > 1e6, "socket -> DPDK: {bps_back}");
-    eprintln!(
-        "iperf3 TCP DPDK (af_packet) -> socket {:.2} Gbit/s, back {:.2} Gbit/s",
-        bps / 1e9,
-        bps_back / 1e9
-    );
+    iperf3_both_ways(&pair, 77, "DPDK (af_packet) <-> socket");
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("backend=\"dpdk\""), "{log}");
     // Stealth: garbage to the fabric port and to a closed port of the DPDK node gets
@@ -507,15 +507,7 @@ fn dpdk_node_on_an_ipv6_underlay_resolves_its_peer_by_neighbour_discovery() {
     let st = b.wait_established(&ka);
     let peer = st["peers"].as_array().unwrap().iter().find(|p| p["public_key"] == ka).unwrap();
     assert_eq!(peer["endpoint"], "[fd77::1]:51820", "{st:#}");
-    let bps = iperf3_tcp(&pair.a, &pair.b, "192.168.75.2", 2);
-    assert!(bps > 1e6, "DPDK -> socket over IPv6: {bps}");
-    let back = iperf3_tcp(&pair.b, &pair.a, "192.168.75.1", 2);
-    assert!(back > 1e6, "socket -> DPDK over IPv6: {back}");
-    eprintln!(
-        "iperf3 TCP over an IPv6 underlay: DPDK -> socket {:.2} Gbit/s, back {:.2}",
-        bps / 1e9,
-        back / 1e9
-    );
+    iperf3_both_ways(&pair, 75, "DPDK <-> socket over an IPv6 underlay");
     for n in [&a, &b] {
         assert_no_drops(n, &["auth_failed", "replay"]);
     }

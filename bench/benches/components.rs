@@ -110,6 +110,7 @@ fn cfg() -> FabricConfig {
         flood_limit: u32::MAX,
         max_sessions: 1 << 16,
         rendezvous: RendezvousTimers::default(),
+        ciphers: omni_proto::aead::AeadSet::hardware(),
     }
 }
 

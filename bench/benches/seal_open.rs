@@ -1,13 +1,22 @@
 //! Seal and open of 64, 256, 1420 and 8900-byte frames through the data plane's path
-//! (FDB lookup, session, header, in-place AEAD, counters) against ring's raw
-//! ChaCha20-Poly1305 on the same buffers, in the same run.
+//! (FDB lookup, session, header, in-place AEAD, counters) against ring's raw AEAD on the
+//! same buffers, in the same run, for each transport AEAD (ChaCha20-Poly1305, AES-256-GCM).
 //!
 //!   cargo bench -p omni-bench --bench seal_open
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use omni_bench::{LastPacket, engine_with_session, learn};
 use omni_dataplane::engine::{Decap, PacketBuf};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+use omni_proto::aead::Aead;
+use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+
+fn raw_key(aead: Aead) -> LessSafeKey {
+    let alg = match aead {
+        Aead::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+        Aead::Aes256Gcm => &AES_256_GCM,
+    };
+    LessSafeKey::new(UnboundKey::new(alg, &[1; 32]).unwrap())
+}
 
 const SIZES: [usize; 4] = [64, 256, 1420, 8900];
 const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
@@ -28,10 +37,16 @@ fn nonce(c: u64) -> Nonce {
 }
 
 fn seal(c: &mut Criterion) {
-    let mut g = c.benchmark_group("seal");
+    for aead in Aead::ALL {
+        seal_with(c, aead);
+    }
+}
+
+fn seal_with(c: &mut Criterion, aead: Aead) {
+    let mut g = c.benchmark_group(format!("seal/{aead}"));
     for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
-        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[1; 32]).unwrap());
+        let key = raw_key(aead);
         let mut buf = vec![0u8; 16 + size + 16];
         let mut ctr = 0u64;
         g.bench_with_input(BenchmarkId::new("raw_aead", size), &size, |b, &size| {
@@ -43,7 +58,8 @@ fn seal(c: &mut Criterion) {
                 buf[16 + size..].copy_from_slice(tag.as_ref());
             })
         });
-        let mut e = engine_with_session(&format!("seal{size}"), [1; 32], [2; 32], 5, 6);
+        let mut e =
+            engine_with_session(&format!("seal{size}{}", aead.id()), aead, [1; 32], [2; 32], 5, 6);
         learn(&e, DST);
         let mut sink = LastPacket::default();
         let mut pkt = PacketBuf::new();
@@ -59,11 +75,17 @@ fn seal(c: &mut Criterion) {
 }
 
 fn open(c: &mut Criterion) {
-    let mut g = c.benchmark_group("open");
+    for aead in Aead::ALL {
+        open_with(c, aead);
+    }
+}
+
+fn open_with(c: &mut Criterion, aead: Aead) {
+    let mut g = c.benchmark_group(format!("open/{aead}"));
     for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
         // Raw: open the same sealed buffer again each iteration (ring does not track nonces).
-        let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[1; 32]).unwrap());
+        let key = raw_key(aead);
         let mut sealed = vec![0u8; size + 16];
         let tag =
             key.seal_in_place_separate_tag(nonce(1), Aad::empty(), &mut sealed[..size]).unwrap();
@@ -86,9 +108,11 @@ fn open(c: &mut Criterion) {
         // Data plane: a stream of fresh packets from the peer, opened in place (header
         // parse, index lookup, replay window, AEAD, FDB learning, counters). Sealing them
         // happens outside the timed part.
-        let mut tx = engine_with_session(&format!("otx{size}"), [1; 32], [2; 32], 5, 6);
+        let mut tx =
+            engine_with_session(&format!("otx{size}{}", aead.id()), aead, [1; 32], [2; 32], 5, 6);
         learn(&tx, DST);
-        let mut rx = engine_with_session(&format!("orx{size}"), [2; 32], [1; 32], 6, 5);
+        let mut rx =
+            engine_with_session(&format!("orx{size}{}", aead.id()), aead, [2; 32], [1; 32], 6, 5);
         let mut sink = LastPacket::default();
         let mut rx_sink = LastPacket::default();
         let src = "10.0.0.2:51820".parse().unwrap();

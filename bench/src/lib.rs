@@ -38,10 +38,11 @@ pub fn region(tag: &str) -> &'static Region {
     Box::leak(Box::new(Region::open(&p, Params::for_peers(16), true).expect("region")))
 }
 
-/// An engine with one peer (id 0) at 10.0.0.2:51820 and an installed session, sealing with
-/// `send` and opening with `recv`.
+/// An engine with one peer (id 0) at 10.0.0.2:51820 and an installed `aead` session,
+/// sealing with `send` and opening with `recv`.
 pub fn engine_with_session(
     tag: &str,
+    aead: omni_proto::aead::Aead,
     send: [u8; 32],
     recv: [u8; 32],
     local: u32,
@@ -63,7 +64,7 @@ pub fn engine_with_session(
             remote_index: remote,
             age_ms: 1,
             initiator: false,
-            keys: SessionKeys { send, recv },
+            keys: SessionKeys { send, recv, aead },
         }),
         &mut sink,
     );

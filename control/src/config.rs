@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use omni_proto::PublicKey;
+use omni_proto::aead::{CipherChoice, CipherConfigError};
 use omni_proto::constants as c;
 use serde::Deserialize;
 
@@ -74,6 +75,9 @@ pub struct DaemonSection {
     pub backend: Option<String>,
     /// xdp backend: "auto" (native where the driver can), "native" or "skb".
     pub xdp_mode: Option<String>,
+    /// Transport cipher: "auto" (AES-256-GCM where the CPU has AES instructions, and
+    /// ChaCha20-Poly1305), "chacha20-poly1305" or "aes-256-gcm" (only that one).
+    pub cipher: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +211,7 @@ pub struct CliOverrides {
     pub crypto_thread: Option<bool>,
     pub backend: Option<String>,
     pub xdp_mode: Option<String>,
+    pub cipher: Option<String>,
     pub nucleus: Vec<String>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -277,6 +282,8 @@ pub struct Settings {
     pub dpdk: DpdkSection,
     /// xdp backend: "auto", "native" or "skb".
     pub xdp_mode: String,
+    /// Transport AEADs offered and accepted.
+    pub cipher: CipherChoice,
     pub nucleus: Vec<crate::rendezvous::NucleusSpec>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
@@ -653,6 +660,12 @@ impl Settings {
                 format!("{xdp_mode:?} is not \"auto\", \"native\" or \"skb\""),
             ));
         }
+        let cipher = match cli.cipher.or(d.cipher) {
+            None => CipherChoice::Auto,
+            Some(c) => c
+                .parse()
+                .map_err(|e: CipherConfigError| invalid("[daemon] cipher", e.to_string()))?,
+        };
         Ok(Settings {
             identity_path: cli.identity.or(d.identity).unwrap_or_else(|| DEFAULT_IDENTITY.into()),
             run_dir: cli.run_dir.or(d.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
@@ -668,6 +681,7 @@ impl Settings {
             }),
             backend,
             xdp_mode,
+            cipher,
             dpdk,
             nucleus,
             cluster,
@@ -746,6 +760,7 @@ mod tests {
         assert_eq!(s.fdb_aging, Duration::from_secs(300));
         assert_eq!(s.run_dir, PathBuf::from("/run/omni"));
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(s.cipher, CipherChoice::Auto);
     }
 
     #[test]
@@ -777,6 +792,7 @@ mod tests {
             ("[metrics]\nlisten = \"here\"\n", "listen"),
             ("[daemon]\ntap = \"this-name-is-too-long\"\n", "tap"),
             ("[daemon]\nmtu = 100\n", "mtu"),
+            ("[daemon]\ncipher = \"aes-128-cbc\"\n", "cipher"),
             ("[timers]\nrekey_after_secs = 10\nreject_after_secs = 5\n", "reject_after_secs"),
             ("[switch]\nfdb_capacity = 1000\n", "fdb_capacity"),
             ("[network]\ncluster_secret = \"s\"\n", "cluster"),
@@ -798,16 +814,18 @@ mod tests {
 
     #[test]
     fn command_line_overrides_file() {
-        let f = parse(&format!("[daemon]\nport = 1000\ntap = \"a0\"\ncrypto_thread = true\n[[peers]]\npublic_key = \"{KEY_A}\"\nendpoint = \"10.0.0.2:1\"\n")).unwrap();
+        let f = parse(&format!("[daemon]\nport = 1000\ntap = \"a0\"\ncrypto_thread = true\ncipher = \"aes-256-gcm\"\n[[peers]]\npublic_key = \"{KEY_A}\"\nendpoint = \"10.0.0.2:1\"\n")).unwrap();
         let cli = CliOverrides {
             port: Some(2000),
             peers: vec![(KEY_A.into(), Some("10.0.0.3:2".into()))],
             metrics_listen: Some("off".into()),
             crypto_thread: Some(false),
+            cipher: Some("chacha20-poly1305".into()),
             ..Default::default()
         };
         let s = Settings::resolve(f, cli).unwrap();
         assert!(!s.crypto_thread);
+        assert_eq!(s.cipher, CipherChoice::Only(omni_proto::aead::Aead::ChaCha20Poly1305));
         assert_eq!(s.port, 2000);
         assert_eq!(s.tap, "a0");
         assert_eq!(s.peers.len(), 1, "same key merged");

@@ -141,6 +141,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             flood_limit: settings.flood_limit,
             max_sessions: region.params().max_sessions,
             rendezvous: settings.rendezvous,
+            ciphers: settings.cipher.accepted(),
         },
         now,
     );
@@ -222,7 +223,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    info!(identity = %d.fabric.public_key(), port = d.settings.port, tap = %d.settings.tap, mtu, "omni-daemon running");
+    info!(identity = %d.fabric.public_key(), port = d.settings.port, tap = %d.settings.tap, mtu, ciphers = %d.settings.cipher.accepted(), "omni-daemon running");
 
     let mut last_tick = 0u64;
     let mut last_liveness = monotonic_ms();
@@ -515,6 +516,11 @@ impl Daemon {
                         .current
                         .as_ref()
                         .map(|s| now.saturating_sub(s.created_ms) / 1000),
+                    cipher: p
+                        .current
+                        .as_ref()
+                        .or(p.next.as_ref())
+                        .map(|s| s.keys.aead.name().to_string()),
                     rx_bytes: t.rx_bytes,
                     tx_bytes: t.tx_bytes,
                     rx_packets: t.rx_packets,
@@ -548,7 +554,9 @@ impl Daemon {
                 omni_dataplane::counters::DropReason::RateLimited => st.dropped_rate_limited,
                 omni_dataplane::counters::DropReason::UnknownPeer => st.dropped_unknown_peer,
                 omni_dataplane::counters::DropReason::BadHandshake => {
-                    st.dropped_bad_handshake + st.dropped_replayed_initiation
+                    st.dropped_bad_handshake
+                        + st.dropped_replayed_initiation
+                        + st.dropped_no_common_cipher
                 }
                 other => counters[other as usize],
             };
@@ -597,7 +605,9 @@ impl Daemon {
             handshakes_initiated: st.handshakes_initiated,
             dropped_ratelimit: st.dropped_rate_limited,
             dropped_unknown_peer: st.dropped_unknown_peer,
-            dropped_bad_handshake: st.dropped_bad_handshake + st.dropped_replayed_initiation,
+            dropped_bad_handshake: st.dropped_bad_handshake
+                + st.dropped_replayed_initiation
+                + st.dropped_no_common_cipher,
             cookie_replies: st.cookie_replies_sent,
             dataplane_restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
             fdb_entries: self.channel.fdb(now, self.settings.fdb_aging.as_millis() as u64).len()

@@ -119,6 +119,10 @@ struct RunArgs {
     /// xdp backend: how the XDP program is attached [default: auto].
     #[arg(long, value_parser = ["auto", "native", "skb"])]
     xdp_mode: Option<String>,
+    /// Transport cipher: auto (AES-256-GCM where both CPUs have AES instructions, else
+    /// ChaCha20-Poly1305), chacha20-poly1305 or aes-256-gcm (only that one) [default: auto].
+    #[arg(long)]
+    cipher: Option<String>,
     /// Nucleus address (repeatable).
     #[arg(long, action = ArgAction::Append)]
     nucleus: Vec<String>,
@@ -189,6 +193,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         crypto_thread: run.crypto_thread,
         backend: run.backend,
         xdp_mode: run.xdp_mode,
+        cipher: run.cipher,
         nucleus: run.nucleus,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,

@@ -36,6 +36,9 @@ pub struct PeerStatus {
     #[serde(default)]
     pub handshaking: bool,
     pub session_age_secs: Option<u64>,
+    /// The transport AEAD of the session in use (or the newest one being confirmed).
+    #[serde(default)]
+    pub cipher: Option<String>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -186,7 +189,14 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(o);
         let _ = writeln!(o, "peer: {}", p.public_key);
         let _ = writeln!(o, "  endpoint: {}", p.endpoint.as_deref().unwrap_or("(none)"));
-        let _ = writeln!(o, "  session: {} ({})", p.session, p.path);
+        match &p.cipher {
+            Some(c) => {
+                let _ = writeln!(o, "  session: {} ({}, {c})", p.session, p.path);
+            }
+            None => {
+                let _ = writeln!(o, "  session: {} ({})", p.session, p.path);
+            }
+        }
         if let Some(h) = p.last_handshake_secs {
             let _ = writeln!(o, "  latest handshake: {}", ago(h));
         }
@@ -247,6 +257,7 @@ mod tests {
                 last_handshake_secs: Some(5),
                 handshaking: false,
                 session_age_secs: Some(5),
+                cipher: Some("aes-256-gcm".into()),
                 rx_bytes: 2048,
                 tx_bytes: 10,
                 rx_packets: 2,
@@ -264,7 +275,7 @@ mod tests {
         };
         let t = render(&s);
         assert!(t.contains("peer: PEERKEY_PEERKEY"));
-        assert!(t.contains("session: established (direct)"));
+        assert!(t.contains("session: established (direct, aes-256-gcm)"));
         assert!(t.contains("latest handshake: 5 seconds ago"));
         assert!(t.contains("2.00 KiB received, 10 B sent"));
         assert!(t.contains("02:00:00:00:00:02  PEERKEY_"));

@@ -287,9 +287,10 @@ fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
         }
     }
     // An initiation of the right length with a wrong mac1 too.
-    pair.b.sh_ok(
-        "printf '\\001\\000\\000\\000%s' \"$(head -c 144 /dev/zero | tr '\\0' 'Z')\" | socat -u - UDP4-DATAGRAM:10.77.0.1:51820,sourceport=40002",
-    );
+    pair.b.sh_ok(&format!(
+        "printf '\\001\\000\\000\\000%s' \"$(head -c {} /dev/zero | tr '\\0' 'Z')\" | socat -u - UDP4-DATAGRAM:10.77.0.1:51820,sourceport=40002",
+        omni_proto::wire::handshake_init::LEN - 4
+    ));
     std::thread::sleep(Duration::from_millis(700));
     cap.stop("INT");
     let back = run_ok(&format!(

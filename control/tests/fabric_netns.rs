@@ -45,6 +45,13 @@ fn handshake_ping_arp_nd_and_status() {
     assert_eq!(p["endpoint"], "10.77.0.2:51820");
     assert!(p["last_handshake_secs"].as_u64().unwrap() < 60);
     assert!(p["rx_bytes"].as_u64().unwrap() > 0 && p["tx_bytes"].as_u64().unwrap() > 0);
+    // Both ends offer what their CPU runs in hardware; with AES instructions that is AES.
+    let expect_cipher = if omni_proto::aead::Aead::Aes256Gcm.hardware_accelerated() {
+        "aes-256-gcm"
+    } else {
+        "chacha20-poly1305"
+    };
+    assert_eq!(p["cipher"], expect_cipher);
     let fdb = st["fdb"].as_array().unwrap();
     let e = fdb.iter().find(|e| e["mac"] == mac_b).expect("B's MAC learned");
     assert_eq!(e["peer"], f.b.key);
@@ -55,7 +62,7 @@ fn handshake_ping_arp_nd_and_status() {
         bin("omni-daemon").display(),
         f.a.run_dir.display()
     ));
-    assert!(table.contains("session: established (direct)"), "{table}");
+    assert!(table.contains(&format!("session: established (direct, {expect_cipher})")), "{table}");
 
     // Prometheus metrics.
     let m = f.a.metrics(9100);
@@ -615,6 +622,41 @@ fn bulk_tcp_data_arrives_intact_with_the_crypto_thread_across_rekeys() {
     bulk_tcp_data_arrives_intact(
         &["--crypto-thread", "true", "--rekey-after-secs", "2", "--reject-after-secs", "6"],
         2,
+    );
+}
+
+/// With ChaCha20-Poly1305 on one side (`cipher`), both use it: the other AEAD, same data.
+#[test]
+fn bulk_tcp_data_arrives_intact_with_chacha20_poly1305() {
+    bulk_tcp_data_arrives_intact(&["--cipher", "chacha20-poly1305"], 0);
+}
+
+/// Nodes whose `cipher` settings have nothing in common never get a session, and the
+/// responder says why.
+#[test]
+fn nodes_without_a_common_cipher_do_not_connect_and_say_why() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::with_args(
+        1500,
+        &["--cipher", "chacha20-poly1305", "--handshake-timeout-secs", "1"],
+        &["--cipher", "aes-256-gcm"],
+    );
+    assert!(!f.pair.a.sh("ping -c 3 -i 0.3 -W 1 192.168.77.2").status.success(), "no ping");
+    let st = f.a.status();
+    let p = peer(&st, &f.b.key);
+    assert_ne!(p["session"], "established");
+    assert!(p["cipher"].is_null());
+    let log = f.b.log_text();
+    assert!(log.contains("no transport cipher in common"), "{log}");
+    assert!(
+        log.contains("offered=chacha20-poly1305") && log.contains("accepted=aes-256-gcm"),
+        "{log}"
+    );
+    let m = f.b.metrics(9100);
+    assert!(
+        metric(&m, "omni_packets_dropped_total{reason=\"bad_handshake\"}").unwrap() >= 1.0,
+        "{m}"
     );
 }
 

@@ -123,8 +123,8 @@ impl Session {
             initiator,
             created_ms,
             rekey_requested: false,
-            send: Arc::new(AeadKey::new(&keys.send)),
-            recv: Arc::new(AeadKey::new(&keys.recv)),
+            send: Arc::new(AeadKey::new(keys.aead, &keys.send)),
+            recv: Arc::new(AeadKey::new(keys.aead, &keys.recv)),
             tx_next,
             tx_reserved: tx_next,
             replay,
@@ -275,15 +275,29 @@ fn open_with(key: &AeadKey, counter: u64, pkt: &mut [u8]) -> Result<usize, OpenE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::aead::{CHACHA20_POLY1305, LessSafeKey, UnboundKey};
+    use omni_proto::aead::Aead;
+    use ring::aead::{AES_256_GCM, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
+
+    fn keys_for(aead: Aead) -> (SessionKeys, SessionKeys) {
+        (
+            SessionKeys { send: [1; 32], recv: [2; 32], aead },
+            SessionKeys { send: [2; 32], recv: [1; 32], aead },
+        )
+    }
 
     fn keys() -> (SessionKeys, SessionKeys) {
-        (SessionKeys { send: [1; 32], recv: [2; 32] }, SessionKeys { send: [2; 32], recv: [1; 32] })
+        keys_for(Aead::ChaCha20Poly1305)
     }
 
     #[test]
     fn seal_open_round_trip_and_tamper() {
-        let (ka, kb) = keys();
+        for aead in Aead::ALL {
+            seal_open_round_trip_and_tamper_with(aead);
+        }
+    }
+
+    fn seal_open_round_trip_and_tamper_with(aead: Aead) {
+        let (ka, kb) = keys_for(aead);
         let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
         let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
         let mut b = Session::new(2, 1, 0, false, 0, &kb, &sb);
@@ -319,7 +333,24 @@ mod tests {
 
     #[test]
     fn matches_raw_ring_aead_with_noise_nonce() {
-        let (ka, _) = keys();
+        matches_raw_ring_aead_with(Aead::ChaCha20Poly1305, &CHACHA20_POLY1305);
+        matches_raw_ring_aead_with(Aead::Aes256Gcm, &AES_256_GCM);
+    }
+
+    #[test]
+    fn sessions_of_different_aeads_do_not_open_each_others_packets() {
+        let (ka, _) = keys_for(Aead::Aes256Gcm);
+        let (_, kb) = keys_for(Aead::ChaCha20Poly1305);
+        let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
+        let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
+        let mut b = Session::new(2, 1, 0, false, 0, &kb, &sb);
+        let mut buf = vec![0u8; 16 + 5 + 16];
+        a.seal(&mut buf, 5, u64::MAX, &sa).unwrap();
+        assert_eq!(b.open(&mut buf, 0, &sb), Err(OpenError::Auth));
+    }
+
+    fn matches_raw_ring_aead_with(aead: Aead, alg: &'static ring::aead::Algorithm) {
+        let (ka, _) = keys_for(aead);
         let sa = SessionSlot::default();
         let mut a = Session::new(1, 9, 0, true, 0, &ka, &sa);
         for _ in 0..5 {
@@ -329,8 +360,8 @@ mod tests {
         let mut buf = vec![0u8; 16 + 4 + 16];
         buf[16..20].copy_from_slice(b"abcd");
         a.seal(&mut buf, 4, u64::MAX, &sa).unwrap();
-        // Independent computation: ChaCha20-Poly1305, nonce = 0^4 || LE64(5), no AAD.
-        let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[1; 32]).unwrap());
+        // Independent computation: the AEAD, nonce = 0^4 || LE64(5), no AAD.
+        let k = LessSafeKey::new(UnboundKey::new(alg, &[1; 32]).unwrap());
         let mut expect = b"abcd".to_vec();
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&5u64.to_le_bytes());

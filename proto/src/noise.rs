@@ -5,23 +5,31 @@
 //! secret, zeros without one) is mixed into the second message. The static keys are the
 //! X25519 forms of the nodes' Ed25519 identities.
 //!
-//! The transport keys from the split are handed to the data plane, which seals with ring's
-//! ChaCha20-Poly1305 using the Noise nonce layout (4 zero bytes + 64-bit LE counter).
+//! The initiation's payload is the TAI64N timestamp and the AEADs the initiator accepts
+//! for transport; the response's payload names the one the responder chose (see
+//! [`crate::aead`]). The transport keys from the split are handed to the data plane, which
+//! seals with that AEAD (ring) using the Noise nonce layout (4 zero bytes + 64-bit LE
+//! counter).
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 pub use snow::HandshakeState;
 
+use crate::aead::{Aead, AeadSet};
 use crate::constants::LABEL_PSK;
 use crate::tai64n;
 
 pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 /// Mixed into the handshake hash so OmniNervous handshakes never verify as anything else.
 pub const PROLOGUE: &[u8] = b"OmniNervous v1 L2 fabric";
-/// Noise message 1: ephemeral (32) + encrypted static (32+16) + encrypted TAI64N (12+16).
-pub const INITIATION_NOISE_LEN: usize = 32 + 48 + tai64n::LEN + 16;
-/// Noise message 2: ephemeral (32) + encrypted empty payload (16).
-pub const RESPONSE_NOISE_LEN: usize = 32 + 16;
+/// Payload of message 1: TAI64N timestamp, then the offered AEADs (u32 LE bit set).
+pub const INITIATION_PAYLOAD_LEN: usize = tai64n::LEN + 4;
+/// Noise message 1: ephemeral (32) + encrypted static (32+16) + encrypted payload (16+16).
+pub const INITIATION_NOISE_LEN: usize = 32 + 48 + INITIATION_PAYLOAD_LEN + 16;
+/// Payload of message 2: the chosen AEAD's id, then 3 reserved bytes (zero, ignored).
+pub const RESPONSE_PAYLOAD_LEN: usize = 4;
+/// Noise message 2: ephemeral (32) + encrypted payload (4+16).
+pub const RESPONSE_NOISE_LEN: usize = 32 + RESPONSE_PAYLOAD_LEN + 16;
 
 /// A 32-byte pre-shared key; zeroised on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -58,6 +66,10 @@ impl std::fmt::Debug for Psk {
 pub enum NoiseError {
     #[error("noise: {0}")]
     Snow(#[from] snow::Error),
+    #[error("handshake payload of {0} bytes, expected {1}")]
+    BadPayload(usize, usize),
+    #[error("the responder chose AEAD id {0}, which was not offered")]
+    AeadNotOffered(u8),
 }
 
 fn params() -> snow::params::NoiseParams {
@@ -87,73 +99,112 @@ pub fn responder(local_secret: &[u8; 32], psk: &Psk) -> Result<HandshakeState, N
         .build_responder()?)
 }
 
-/// Transport keys of one session, from this node's point of view. Zeroised on drop.
+/// Transport keys of one session, from this node's point of view, and the AEAD they are
+/// for. Zeroised on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SessionKeys {
     pub send: [u8; 32],
     pub recv: [u8; 32],
+    #[zeroize(skip)]
+    pub aead: Aead,
 }
 
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionKeys(<redacted>)")
+        write!(f, "SessionKeys({}, <redacted>)", self.aead)
     }
 }
 
-/// Splits a finished handshake into transport keys.
-pub fn split(hs: &mut HandshakeState) -> SessionKeys {
+/// Splits a finished handshake into transport keys for `aead` (what the response named).
+pub fn split(hs: &mut HandshakeState, aead: Aead) -> SessionKeys {
     let (mut a, mut b) = hs.dangerously_get_raw_split();
     let keys = if hs.is_initiator() {
-        SessionKeys { send: a, recv: b }
+        SessionKeys { send: a, recv: b, aead }
     } else {
-        SessionKeys { send: b, recv: a }
+        SessionKeys { send: b, recv: a, aead }
     };
     a.zeroize();
     b.zeroize();
     keys
 }
 
-/// Writes Noise message 1 with the timestamp payload. Returns the message bytes.
+/// Writes Noise message 1 with the timestamp and the AEADs offered. Returns the bytes.
 pub fn write_initiation(
     hs: &mut HandshakeState,
     timestamp: &tai64n::Tai64n,
+    offer: AeadSet,
 ) -> Result<[u8; INITIATION_NOISE_LEN], NoiseError> {
+    let mut payload = [0u8; INITIATION_PAYLOAD_LEN];
+    payload[..tai64n::LEN].copy_from_slice(&timestamp.to_bytes());
+    payload[tai64n::LEN..].copy_from_slice(&offer.bits().to_le_bytes());
     let mut out = [0u8; INITIATION_NOISE_LEN];
-    let n = hs.write_message(&timestamp.to_bytes(), &mut out)?;
+    let n = hs.write_message(&payload, &mut out)?;
     debug_assert_eq!(n, INITIATION_NOISE_LEN);
     Ok(out)
 }
 
-/// Reads Noise message 1; returns the initiator's X25519 static key and its timestamp.
+/// What an authenticated initiation says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Initiation {
+    /// The initiator's X25519 static key.
+    pub remote: [u8; 32],
+    /// `None` for a timestamp that is not valid TAI64N.
+    pub timestamp: Option<tai64n::Tai64n>,
+    pub offer: AeadSet,
+}
+
+/// Reads Noise message 1.
 pub fn read_initiation(
     hs: &mut HandshakeState,
     msg: &[u8; INITIATION_NOISE_LEN],
-) -> Result<([u8; 32], Option<tai64n::Tai64n>), NoiseError> {
+) -> Result<Initiation, NoiseError> {
     let mut payload = Zeroizing::new([0u8; INITIATION_NOISE_LEN]);
     let n = hs.read_message(msg, &mut payload[..])?;
+    if n != INITIATION_PAYLOAD_LEN {
+        return Err(NoiseError::BadPayload(n, INITIATION_PAYLOAD_LEN));
+    }
     let mut remote = [0u8; 32];
     if let Some(rs) = hs.get_remote_static() {
         remote.copy_from_slice(rs);
     }
-    Ok((remote, tai64n::Tai64n::from_bytes(&payload[..n])))
+    let mut bits = [0u8; 4];
+    bits.copy_from_slice(&payload[tai64n::LEN..n]);
+    Ok(Initiation {
+        remote,
+        timestamp: tai64n::Tai64n::from_bytes(&payload[..tai64n::LEN]),
+        offer: AeadSet::from_bits(u32::from_le_bytes(bits)),
+    })
 }
 
-/// Writes Noise message 2 (empty payload).
-pub fn write_response(hs: &mut HandshakeState) -> Result<[u8; RESPONSE_NOISE_LEN], NoiseError> {
+/// Writes Noise message 2, naming the AEAD chosen for the session.
+pub fn write_response(
+    hs: &mut HandshakeState,
+    chosen: Aead,
+) -> Result<[u8; RESPONSE_NOISE_LEN], NoiseError> {
+    let mut payload = [0u8; RESPONSE_PAYLOAD_LEN];
+    payload[0] = chosen.id();
     let mut out = [0u8; RESPONSE_NOISE_LEN];
-    let n = hs.write_message(&[], &mut out)?;
+    let n = hs.write_message(&payload, &mut out)?;
     debug_assert_eq!(n, RESPONSE_NOISE_LEN);
     Ok(out)
 }
 
-/// Reads Noise message 2.
+/// Reads Noise message 2; returns the AEAD the responder chose, which must be one of
+/// `offered` (what our initiation offered).
 pub fn read_response(
     hs: &mut HandshakeState,
     msg: &[u8; RESPONSE_NOISE_LEN],
-) -> Result<(), NoiseError> {
+    offered: AeadSet,
+) -> Result<Aead, NoiseError> {
     let mut payload = [0u8; RESPONSE_NOISE_LEN];
-    hs.read_message(msg, &mut payload)?;
-    Ok(())
+    let n = hs.read_message(msg, &mut payload)?;
+    if n != RESPONSE_PAYLOAD_LEN {
+        return Err(NoiseError::BadPayload(n, RESPONSE_PAYLOAD_LEN));
+    }
+    match Aead::from_id(payload[0]) {
+        Some(a) if offered.contains(a) => Ok(a),
+        _ => Err(NoiseError::AeadNotOffered(payload[0])),
+    }
 }
 
 #[cfg(test)]
@@ -162,21 +213,36 @@ mod tests {
     use crate::identity::Identity;
     use crate::tai64n::Tai64n;
 
-    fn handshake(
+    const BOTH: [Aead; 2] = [Aead::ChaCha20Poly1305, Aead::Aes256Gcm];
+
+    /// A whole handshake: the initiator offers `offer`, the responder accepts `accept`.
+    fn handshake_with(
         psk_i: &Psk,
         psk_r: &Psk,
+        offer: AeadSet,
+        accept: AeadSet,
     ) -> Result<(SessionKeys, SessionKeys, [u8; 32]), NoiseError> {
         let a = Identity::from_seed([1; 32]);
         let b = Identity::from_seed([2; 32]);
         let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), psk_i)?;
         let mut r = responder(&b.x25519_secret(), psk_r)?;
         let ts = Tai64n::from_unix(1000, 0);
-        let m1 = write_initiation(&mut i, &ts)?;
-        let (remote, got_ts) = read_initiation(&mut r, &m1)?;
-        assert_eq!(got_ts, Some(ts));
-        let m2 = write_response(&mut r)?;
-        read_response(&mut i, &m2)?;
-        Ok((split(&mut i), split(&mut r), remote))
+        let m1 = write_initiation(&mut i, &ts, offer)?;
+        let init = read_initiation(&mut r, &m1)?;
+        assert_eq!(init.timestamp, Some(ts));
+        assert_eq!(init.offer, offer);
+        let chosen = accept.choose(init.offer).expect("a common AEAD");
+        let m2 = write_response(&mut r, chosen)?;
+        let got = read_response(&mut i, &m2, offer)?;
+        assert_eq!(got, chosen);
+        Ok((split(&mut i, got), split(&mut r, chosen), init.remote))
+    }
+
+    fn handshake(
+        psk_i: &Psk,
+        psk_r: &Psk,
+    ) -> Result<(SessionKeys, SessionKeys, [u8; 32]), NoiseError> {
+        handshake_with(psk_i, psk_r, AeadSet::of(&BOTH), AeadSet::of(&BOTH))
     }
 
     #[test]
@@ -185,7 +251,45 @@ mod tests {
         assert_eq!(ki.send, kr.recv);
         assert_eq!(ki.recv, kr.send);
         assert_ne!(ki.send, ki.recv);
+        assert_eq!((ki.aead, kr.aead), (Aead::Aes256Gcm, Aead::Aes256Gcm));
         assert_eq!(remote, Identity::from_seed([1; 32]).public_key().x25519());
+    }
+
+    #[test]
+    fn both_sides_agree_on_the_aead_the_responder_chose() {
+        let chacha = AeadSet::of(&[Aead::ChaCha20Poly1305]);
+        let (ki, kr, _) =
+            handshake_with(&Psk::none(), &Psk::none(), AeadSet::of(&BOTH), chacha).unwrap();
+        assert_eq!((ki.aead, kr.aead), (Aead::ChaCha20Poly1305, Aead::ChaCha20Poly1305));
+        let (ki, kr, _) =
+            handshake_with(&Psk::none(), &Psk::none(), chacha, AeadSet::of(&BOTH)).unwrap();
+        assert_eq!((ki.aead, kr.aead), (Aead::ChaCha20Poly1305, Aead::ChaCha20Poly1305));
+    }
+
+    #[test]
+    fn the_initiator_refuses_an_aead_it_did_not_offer() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let chacha = AeadSet::of(&[Aead::ChaCha20Poly1305]);
+        let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
+        let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
+        let m1 = write_initiation(&mut i, &Tai64n::from_unix(1, 0), chacha).unwrap();
+        read_initiation(&mut r, &m1).unwrap();
+        let m2 = write_response(&mut r, Aead::Aes256Gcm).unwrap();
+        assert!(matches!(read_response(&mut i, &m2, chacha), Err(NoiseError::AeadNotOffered(1))));
+    }
+
+    #[test]
+    fn a_tampered_offer_breaks_the_handshake() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
+        let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
+        let mut m1 =
+            write_initiation(&mut i, &Tai64n::from_unix(1, 0), AeadSet::of(&BOTH)).unwrap();
+        // The offer's bytes sit just before the last tag.
+        m1[INITIATION_NOISE_LEN - 16 - 4] ^= 0x02;
+        assert!(read_initiation(&mut r, &m1).is_err());
     }
 
     #[test]

@@ -59,7 +59,7 @@ proptest! {
 
     #[test]
     fn initiation_round_trips(sender: u32, noise in proptest::array::uniform32(any::<u8>()), m1: [u8; 16], m2: [u8; 16]) {
-        let mut n = [0u8; 108];
+        let mut n = [0u8; omni_proto::noise::INITIATION_NOISE_LEN];
         for (i, b) in n.iter_mut().enumerate() { *b = noise[i % 32] ^ i as u8; }
         let repr = handshake_init::Repr { sender_index: sender, noise: n, mac1: m1, mac2: m2 };
         let mut buf = [0u8; handshake_init::LEN];
@@ -70,7 +70,7 @@ proptest! {
 
     #[test]
     fn response_round_trips(sender: u32, receiver: u32, m1: [u8; 16], m2: [u8; 16]) {
-        let repr = handshake_resp::Repr { sender_index: sender, receiver_index: receiver, noise: [sender as u8; 48], mac1: m1, mac2: m2 };
+        let repr = handshake_resp::Repr { sender_index: sender, receiver_index: receiver, noise: [sender as u8; omni_proto::noise::RESPONSE_NOISE_LEN], mac1: m1, mac2: m2 };
         let mut buf = [0u8; handshake_resp::LEN];
         repr.emit(&mut buf);
         prop_assert_eq!(handshake_resp::Repr::parse(&handshake_resp::Packet::new_checked(&buf[..]).unwrap()), repr);

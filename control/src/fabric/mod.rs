@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use omni_dataplane::endpoint::Endpoint;
 
 use omni_dataplane::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
+use omni_proto::aead::AeadSet;
 use omni_proto::mac::{self, Cookie, Mac};
 use omni_proto::noise::{self, HandshakeState, Psk, SessionKeys};
 use omni_proto::tai64n::Tai64n;
 use omni_proto::wire::{MessageType, cookie_reply, handshake_init, handshake_resp, macs};
 use omni_proto::{Identity, PublicKey};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::config::Timers;
@@ -57,6 +58,8 @@ pub struct FabricStats {
     pub dropped_unknown_peer: u64,
     pub dropped_bad_handshake: u64,
     pub dropped_replayed_initiation: u64,
+    /// Initiations whose offered AEADs and ours have none in common.
+    pub dropped_no_common_cipher: u64,
     pub cookie_replies_sent: u64,
     pub cookies_received: u64,
     pub keepalives_requested: u64,
@@ -84,6 +87,8 @@ struct Pending {
     probe: bool,
     /// mac1 of the initiation sent, which a cookie reply is bound to.
     mac1: Mac,
+    /// The AEADs it offered (the response must name one of them).
+    offer: AeadSet,
 }
 
 /// A punch trigger does not restart a handshake sent less than this long ago (several
@@ -140,6 +145,7 @@ pub struct Fabric {
     x25519_secret: Zeroizing<[u8; 32]>,
     own_mac1_key: [u8; 32],
     psk: Psk,
+    ciphers: AeadSet,
     pub timers: Timers,
     dp_config: DataplaneConfig,
     peers: Vec<Peer>,
@@ -166,6 +172,8 @@ pub struct FabricConfig {
     /// The data plane's session table size (a power of two).
     pub max_sessions: u32,
     pub rendezvous: RendezvousTimers,
+    /// Transport AEADs offered as initiator and accepted as responder.
+    pub ciphers: AeadSet,
 }
 
 /// How the fabric reaches peers a Nucleus introduced.
@@ -204,6 +212,7 @@ impl Fabric {
             own_mac1_key: mac::mac1_key(&own),
             identity,
             psk: cfg.psk,
+            ciphers: cfg.ciphers,
             timers: cfg.timers,
             dp_config,
             peers: Vec::new(),
@@ -431,10 +440,11 @@ impl Fabric {
             return;
         }
         let Ok(mut hs) = noise::responder(&self.x25519_secret, &self.psk) else { return };
-        let Ok((remote, ts)) = noise::read_initiation(&mut hs, pkt.noise()) else {
+        let Ok(init) = noise::read_initiation(&mut hs, pkt.noise()) else {
             self.stats.dropped_bad_handshake += 1;
             return;
         };
+        let (remote, ts) = (init.remote, init.timestamp);
         let Some(&id) = self.by_x25519.get(&remote) else {
             // A valid handshake from a key we do not know: silent, counted.
             self.stats.dropped_unknown_peer += 1;
@@ -448,7 +458,18 @@ impl Fabric {
             self.stats.dropped_replayed_initiation += 1;
             return;
         }
-        let Ok(resp_noise) = noise::write_response(&mut hs) else {
+        let Some(aead) = self.ciphers.choose(init.offer) else {
+            // Authenticated, so worth saying why this peer cannot connect.
+            self.stats.dropped_no_common_cipher += 1;
+            warn!(
+                peer = %self.peers[id as usize].public_key.short(),
+                offered = %init.offer,
+                accepted = %self.ciphers,
+                "handshake refused: no transport cipher in common (see the `cipher` setting)"
+            );
+            return;
+        };
+        let Ok(resp_noise) = noise::write_response(&mut hs, aead) else {
             self.stats.dropped_bad_handshake += 1;
             return;
         };
@@ -456,7 +477,7 @@ impl Fabric {
             debug!("session table full; dropping handshake");
             return;
         };
-        let keys = noise::split(&mut hs);
+        let keys = noise::split(&mut hs, aead);
         let mut out = [0u8; handshake_resp::LEN];
         handshake_resp::Repr {
             sender_index: local_index,
@@ -498,7 +519,7 @@ impl Fabric {
         self.out.push(Output::Inject { to: src, bytes: out.to_vec() });
         self.peers[id as usize].last_handshake_ms = Some(now_ms);
         self.stats.handshakes_completed += 1;
-        info!(peer = %self.peers[id as usize].public_key.short(), %src, "handshake completed (responder)");
+        info!(peer = %self.peers[id as usize].public_key.short(), %src, cipher = %aead, "handshake completed (responder)");
     }
 
     fn on_response(&mut self, now_ms: u64, src: Endpoint, msg: &[u8]) {
@@ -520,12 +541,18 @@ impl Fabric {
             self.stats.dropped_bad_handshake += 1;
             return;
         };
-        if noise::read_response(&mut pending.hs, pkt.noise()).is_err() {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        }
+        let aead = match noise::read_response(&mut pending.hs, pkt.noise(), pending.offer) {
+            Ok(a) => a,
+            Err(e) => {
+                if matches!(e, noise::NoiseError::AeadNotOffered(_)) {
+                    warn!(peer = %peer.public_key.short(), "handshake response refused: {e}");
+                }
+                self.stats.dropped_bad_handshake += 1;
+                return;
+            }
+        };
         let mut pending = peer.pending.take().expect("checked above");
-        let keys = noise::split(&mut pending.hs);
+        let keys = noise::split(&mut pending.hs, aead);
         let session = SessionInfo {
             local_index: idx,
             remote_index: pkt.sender_index(),
@@ -543,7 +570,7 @@ impl Fabric {
         }
         self.cmd(install_cmd(id, &session, SessionPlace::Current, now_ms));
         self.stats.handshakes_completed += 1;
-        info!(peer = %self.peers[id as usize].public_key.short(), %src, "handshake completed (initiator)");
+        info!(peer = %self.peers[id as usize].public_key.short(), %src, cipher = %aead, "handshake completed (initiator)");
     }
 
     fn on_cookie_reply(&mut self, now_ms: u64, msg: &[u8]) {
@@ -601,7 +628,8 @@ impl Fabric {
             self.indices.release(local_index);
             return;
         };
-        let Ok(noise_bytes) = noise::write_initiation(&mut hs, &Tai64n::now()) else {
+        let offer = self.ciphers;
+        let Ok(noise_bytes) = noise::write_initiation(&mut hs, &Tai64n::now(), offer) else {
             self.indices.release(local_index);
             return;
         };
@@ -631,6 +659,7 @@ impl Fabric {
             sent_ms: now_ms,
             probe,
             mac1,
+            offer,
         });
         self.by_index.insert(local_index, id);
         for to in &dests {

@@ -1,4 +1,5 @@
 use super::*;
+use omni_proto::aead::Aead;
 use std::time::Duration;
 
 const A_EP: &str = "10.0.0.1:51820";
@@ -14,6 +15,7 @@ fn cfg() -> FabricConfig {
         flood_limit: u32::MAX,
         max_sessions: 64,
         rendezvous: RendezvousTimers::default(),
+        ciphers: AeadSet::of(&Aead::ALL),
     }
 }
 
@@ -97,6 +99,34 @@ fn handshake_installs_matching_sessions() {
     // B's data plane confirms the session on A's first packet.
     b.on_event(11, Event::SessionConfirmed { peer: 0, local_index: sb.local_index });
     assert!(b.peers()[0].current.is_some() && b.peers()[0].next.is_none());
+}
+
+#[test]
+fn the_cipher_is_negotiated_and_both_sides_install_the_same() {
+    let only = |a: Aead| FabricConfig { ciphers: AeadSet::of(&[a]), ..cfg() };
+    // Both accept both: the responder picks AES-256-GCM.
+    let (mut a, mut b) = pair_with(cfg(), cfg());
+    let (sa, sb) = handshake(&mut a, &mut b, 10);
+    assert_eq!((sa.keys.aead, sb.keys.aead), (Aead::Aes256Gcm, Aead::Aes256Gcm));
+    // Either side limited to ChaCha20-Poly1305: both use it.
+    for (ca, cb) in [(only(Aead::ChaCha20Poly1305), cfg()), (cfg(), only(Aead::ChaCha20Poly1305))] {
+        let (mut a, mut b) = pair_with(ca, cb);
+        let (sa, sb) = handshake(&mut a, &mut b, 10);
+        assert_eq!((sa.keys.aead, sb.keys.aead), (Aead::ChaCha20Poly1305, Aead::ChaCha20Poly1305));
+    }
+}
+
+#[test]
+fn no_cipher_in_common_means_no_session_and_a_counted_refusal() {
+    let only = |a: Aead| FabricConfig { ciphers: AeadSet::of(&[a]), ..cfg() };
+    let (mut a, mut b) = pair_with(only(Aead::ChaCha20Poly1305), only(Aead::Aes256Gcm));
+    a.initiate(10, 0);
+    let init = injects(&mut a);
+    b.on_punt(10, A_EP.parse().unwrap(), &init[0].1);
+    let (bc, bi) = split_outputs(&mut b);
+    assert!(bi.is_empty() && installs(&bc).is_empty(), "no answer, no session");
+    assert_eq!(b.stats.dropped_no_common_cipher, 1);
+    assert_eq!(b.stats.handshakes_completed, 0);
 }
 
 #[test]

@@ -76,7 +76,7 @@ mod tests {
         let responder = Identity::from_seed([1; 32]).public_key();
         let mut cc = CookieChecker::new(responder, 0);
         let src: SocketAddr = "10.0.0.9:4444".parse().unwrap();
-        let mut msg = [0x5au8; 148];
+        let mut msg = [0x5au8; omni_proto::wire::handshake_init::LEN];
         let m1 = macs::seal(&mut msg, &mac::mac1_key(&responder), None);
         assert!(!cc.verify_mac2(&msg, &src, 0));
         let reply = cc.reply(77, &m1, &src, 0);

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::shm::layout::Params;
+use omni_proto::aead::Aead;
 use omni_proto::noise::SessionKeys;
 use std::path::PathBuf;
 
@@ -89,7 +90,7 @@ fn install(
             remote_index: remote,
             age_ms: 0,
             initiator,
-            keys: SessionKeys { send, recv },
+            keys: SessionKeys { send, recv, aead: Aead::ChaCha20Poly1305 },
         }),
         sink,
     );
@@ -398,7 +399,7 @@ fn reset_and_replay_of_a_session_never_reuses_a_nonce() {
             remote_index: 200,
             age_ms: 5,
             initiator: true,
-            keys: SessionKeys { send: [1; 32], recv: [2; 32] },
+            keys: SessionKeys { send: [1; 32], recv: [2; 32], aead: Aead::ChaCha20Poly1305 },
         }),
         &mut sink,
     );

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
+use omni_proto::aead::Aead;
 use omni_proto::noise::SessionKeys;
 
 use crate::endpoint::Endpoint;
@@ -275,6 +276,7 @@ impl Command {
                 w.u64(s.age_ms);
                 w.put(&s.keys.send);
                 w.put(&s.keys.recv);
+                w.u8(s.keys.aead.id());
             }
             Command::RemoveSession { local_index } => {
                 w.u8(kind::REMOVE_SESSION);
@@ -333,7 +335,11 @@ impl Command {
                     local_index: r.u32()?,
                     remote_index: r.u32()?,
                     age_ms: r.u64()?,
-                    keys: SessionKeys { send: r.key()?, recv: r.key()? },
+                    keys: SessionKeys {
+                        send: r.key()?,
+                        recv: r.key()?,
+                        aead: Aead::from_id(r.u8()?).ok_or(RecordError::BadField("aead"))?,
+                    },
                 })
             }
             kind::REMOVE_SESSION => Command::RemoveSession { local_index: r.u32()? },
@@ -483,7 +489,7 @@ mod tests {
             remote_index: 0x9abc_def0,
             age_ms: 777,
             initiator: true,
-            keys: SessionKeys { send: [1; 32], recv: [2; 32] },
+            keys: SessionKeys { send: [1; 32], recv: [2; 32], aead: Aead::Aes256Gcm },
         };
         match round_trip(&Command::InstallSession(inst)) {
             Command::InstallSession(s) => {
@@ -492,6 +498,7 @@ mod tests {
                     (3, SessionPlace::Next, 0x1234_5678, 0x9abc_def0, 777, true)
                 );
                 assert_eq!((s.keys.send, s.keys.recv), ([1; 32], [2; 32]));
+                assert_eq!(s.keys.aead, Aead::Aes256Gcm);
             }
             other => panic!("{other:?}"),
         }

@@ -1,16 +1,18 @@
 //! AEAD keys that are wiped when dropped. ring's `LessSafeKey` keeps the key (for
-//! ChaCha20, the key words themselves) in plain memory and does not clear it on drop;
-//! [`AeadKey`] owns one and overwrites every byte of it before the memory is released.
+//! ChaCha20, the key words themselves; for AES, the expanded round keys) in plain memory
+//! and does not clear it on drop; [`AeadKey`] owns one and overwrites every byte of it
+//! before the memory is released.
 
 use std::mem::{MaybeUninit, size_of};
 use std::ops::Deref;
 
-use ring::aead::{CHACHA20_POLY1305, LessSafeKey, UnboundKey};
+use omni_proto::aead::Aead;
+use ring::aead::{AES_256_GCM, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 
 // Overwriting the key in place is only sound if dropping it has nothing else to do.
 const _: () = assert!(!std::mem::needs_drop::<LessSafeKey>());
 
-/// A ChaCha20-Poly1305 key, zeroised on drop.
+/// A transport AEAD key (ChaCha20-Poly1305 or AES-256-GCM), zeroised on drop.
 pub struct AeadKey {
     // Always initialised until `drop`, which overwrites it with zeros (MaybeUninit: zero
     // bytes need not be a valid `LessSafeKey`).
@@ -18,8 +20,13 @@ pub struct AeadKey {
 }
 
 impl AeadKey {
-    pub fn new(bytes: &[u8; 32]) -> Self {
-        let key = UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("a 32-byte ChaCha20 key");
+    pub fn new(aead: Aead, bytes: &[u8; 32]) -> Self {
+        let alg = match aead {
+            Aead::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+            Aead::Aes256Gcm => &AES_256_GCM,
+        };
+        // Both take 32-byte keys, so this cannot fail.
+        let key = UnboundKey::new(alg, bytes).expect("a 32-byte AEAD key");
         Self { key: MaybeUninit::new(LessSafeKey::new(key)) }
     }
 }
@@ -60,25 +67,46 @@ mod tests {
     #[test]
     fn key_bytes_are_gone_after_drop() {
         let secret: [u8; 32] = std::array::from_fn(|i| 0xa0 ^ i as u8);
-        let mut slot = MaybeUninit::new(AeadKey::new(&secret));
-        // The key is in there (the check below can fail)...
-        let before = raw(&slot);
-        assert!(before.windows(32).any(|w| w == secret), "key words in the struct");
-        // ...and after the drop, not a byte of the struct is left.
-        // SAFETY: initialised above, dropped once, not used afterwards.
-        unsafe { slot.assume_init_drop() };
-        assert!(raw(&slot).iter().all(|b| *b == 0));
+        for aead in Aead::ALL {
+            let mut slot = MaybeUninit::new(AeadKey::new(aead, &secret));
+            // The key is in there (the check below can fail): ChaCha20 keeps the key words,
+            // AES-NI's schedule starts with the key itself (bitsliced AES without the
+            // instructions stores it transformed, so only check where it is plain).
+            let before = raw(&slot);
+            if aead == Aead::ChaCha20Poly1305 || aead.hardware_accelerated() {
+                assert!(before.windows(32).any(|w| w == secret), "{aead}: key in the struct");
+            }
+            // ...and after the drop, not a byte of the struct is left.
+            // SAFETY: initialised above, dropped once, not used afterwards.
+            unsafe { slot.assume_init_drop() };
+            assert!(raw(&slot).iter().all(|b| *b == 0), "{aead}");
+        }
     }
 
     #[test]
     fn seals_like_ring() {
-        let k = AeadKey::new(&[7; 32]);
-        let nonce = || ring::aead::Nonce::assume_unique_for_key([1; 12]);
-        let mut a = b"frame".to_vec();
-        k.seal_in_place_append_tag(nonce(), ring::aead::Aad::empty(), &mut a).unwrap();
-        let plain = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7; 32]).unwrap());
-        let mut b = b"frame".to_vec();
-        plain.seal_in_place_append_tag(nonce(), ring::aead::Aad::empty(), &mut b).unwrap();
-        assert_eq!(a, b);
+        for (aead, alg) in
+            [(Aead::ChaCha20Poly1305, &CHACHA20_POLY1305), (Aead::Aes256Gcm, &AES_256_GCM)]
+        {
+            let k = AeadKey::new(aead, &[7; 32]);
+            let nonce = || ring::aead::Nonce::assume_unique_for_key([1; 12]);
+            let mut a = b"frame".to_vec();
+            k.seal_in_place_append_tag(nonce(), ring::aead::Aad::empty(), &mut a).unwrap();
+            let plain = LessSafeKey::new(UnboundKey::new(alg, &[7; 32]).unwrap());
+            let mut b = b"frame".to_vec();
+            plain.seal_in_place_append_tag(nonce(), ring::aead::Aad::empty(), &mut b).unwrap();
+            assert_eq!(a, b, "{aead}");
+        }
+        // The two are different ciphers (a key is never usable under the other).
+        let mut c = b"frame".to_vec();
+        let mut g = b"frame".to_vec();
+        let nonce = ring::aead::Nonce::assume_unique_for_key;
+        AeadKey::new(Aead::ChaCha20Poly1305, &[7; 32])
+            .seal_in_place_append_tag(nonce([1; 12]), ring::aead::Aad::empty(), &mut c)
+            .unwrap();
+        AeadKey::new(Aead::Aes256Gcm, &[7; 32])
+            .seal_in_place_append_tag(nonce([1; 12]), ring::aead::Aad::empty(), &mut g)
+            .unwrap();
+        assert_ne!(c, g);
     }
 }

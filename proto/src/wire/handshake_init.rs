@@ -1,8 +1,8 @@
-//! Handshake initiation (type 1), 148 bytes:
+//! Handshake initiation (type 1), 152 bytes:
 //!
 //! ```text
-//! 0      4              8                     116     132     148
-//! | 1 0 0 0 | sender u32 | noise message 1 (108) | mac1 | mac2 |
+//! 0      4              8                     120     136     152
+//! | 1 0 0 0 | sender u32 | noise message 1 (112) | mac1 | mac2 |
 //! ```
 
 use super::{read_u32, write_type};
@@ -15,9 +15,9 @@ pub mod field {
     use core::ops::Range;
     pub const TYPE: Range<usize> = 0..4;
     pub const SENDER: Range<usize> = 4..8;
-    pub const NOISE: Range<usize> = 8..116;
-    pub const MAC1: Range<usize> = 116..132;
-    pub const MAC2: Range<usize> = 132..148;
+    pub const NOISE: Range<usize> = 8..120;
+    pub const MAC1: Range<usize> = 120..136;
+    pub const MAC2: Range<usize> = 136..152;
 }
 
 pub const LEN: usize = field::MAC2.end;
@@ -110,9 +110,9 @@ mod tests {
         let mut buf = [0u8; LEN];
         repr.emit(&mut buf);
         assert_eq!(&buf[..8], &[1, 0, 0, 0, 1, 2, 3, 4]);
-        assert!(buf[8..116].iter().all(|&b| b == 0x11));
-        assert!(buf[116..132].iter().all(|&b| b == 0x22));
-        assert!(buf[132..148].iter().all(|&b| b == 0x33));
+        assert!(buf[8..120].iter().all(|&b| b == 0x11));
+        assert!(buf[120..136].iter().all(|&b| b == 0x22));
+        assert!(buf[136..152].iter().all(|&b| b == 0x33));
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert_eq!(Repr::parse(&p), repr);
     }

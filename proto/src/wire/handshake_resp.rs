@@ -1,8 +1,8 @@
-//! Handshake response (type 2), 92 bytes:
+//! Handshake response (type 2), 96 bytes:
 //!
 //! ```text
-//! 0      4            8              12                   60     76     92
-//! | 2 0 0 0 | sender u32 | receiver u32 | noise message 2 (48) | mac1 | mac2 |
+//! 0      4            8              12                   64     80     96
+//! | 2 0 0 0 | sender u32 | receiver u32 | noise message 2 (52) | mac1 | mac2 |
 //! ```
 
 use super::{read_u32, write_type};
@@ -16,9 +16,9 @@ pub mod field {
     pub const TYPE: Range<usize> = 0..4;
     pub const SENDER: Range<usize> = 4..8;
     pub const RECEIVER: Range<usize> = 8..12;
-    pub const NOISE: Range<usize> = 12..60;
-    pub const MAC1: Range<usize> = 60..76;
-    pub const MAC2: Range<usize> = 76..92;
+    pub const NOISE: Range<usize> = 12..64;
+    pub const MAC1: Range<usize> = 64..80;
+    pub const MAC2: Range<usize> = 80..96;
 }
 
 pub const LEN: usize = field::MAC2.end;
@@ -108,9 +108,9 @@ mod tests {
         let mut buf = [0u8; LEN];
         repr.emit(&mut buf);
         assert_eq!(&buf[..12], &[2, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde, 2, 1, 0, 0]);
-        assert!(buf[12..60].iter().all(|&b| b == 0x44));
-        assert!(buf[60..76].iter().all(|&b| b == 0x55));
-        assert!(buf[76..92].iter().all(|&b| b == 0x66));
+        assert!(buf[12..64].iter().all(|&b| b == 0x44));
+        assert!(buf[64..80].iter().all(|&b| b == 0x55));
+        assert!(buf[80..96].iter().all(|&b| b == 0x66));
         assert_eq!(Repr::parse(&Packet::new_checked(&buf[..]).unwrap()), repr);
     }
 
@@ -119,7 +119,7 @@ mod tests {
         let mut buf = [0u8; LEN];
         buf[0] = 2;
         assert!(Packet::new_checked(&buf[..]).is_ok());
-        assert!(Packet::new_checked(&buf[..91]).is_err());
+        assert!(Packet::new_checked(&buf[..95]).is_err());
         buf[0] = 1;
         assert!(Packet::new_checked(&buf[..]).is_err());
     }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
+use omni_proto::aead::Aead;
 use omni_testkit::{Netns, TempDir, wait_until};
 use serde::Serialize;
 
@@ -98,6 +99,10 @@ struct RunArgs {
     /// straight into the data plane's mbufs, as a NIC's DMA would).
     #[arg(long)]
     zero_copy: bool,
+    /// Transport cipher of the two nodes (auto: what they negotiate on this CPU,
+    /// chacha20-poly1305, aes-256-gcm); the raw AEAD column measures the same one.
+    #[arg(long, default_value = "auto")]
+    cipher: omni_proto::aead::CipherChoice,
 }
 
 #[derive(Args)]
@@ -588,10 +593,14 @@ fn parse_end(line: &str) -> anyhow::Result<(u64, u64, f64)> {
     Ok((kv("sent")?.parse()?, kv("received")?.parse()?, kv("secs")?.parse()?))
 }
 
-/// ring's ChaCha20-Poly1305 sealing `size`-byte buffers on this thread for about `secs`.
-fn raw_aead(size: usize, secs: f64) -> Rate {
-    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7u8; 32]).expect("key"));
+/// ring's `aead` sealing `size`-byte buffers on this thread for about `secs`.
+fn raw_aead(aead: Aead, size: usize, secs: f64) -> Rate {
+    use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    let alg = match aead {
+        Aead::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+        Aead::Aes256Gcm => &AES_256_GCM,
+    };
+    let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).expect("key"));
     let mut buf = vec![0u8; size];
     let t0 = Instant::now();
     let mut n = 0u64;
@@ -834,6 +843,7 @@ impl Ctx {
                 &format!("10.77.0.{}:51820", 2 - i),
             );
             args.extend(["--config".to_string(), cfg.display().to_string()]);
+            args.extend(["--cipher".to_string(), self.args.cipher.to_string()]);
             let log = self.dir.path().join(format!("{tag}-daemon{i}.log"));
             daemons.push(Proc::spawn(&ns, &args, &log, "a daemon")?);
             run_dirs.push(run_dir);
@@ -949,10 +959,13 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let offered = args.cipher.accepted();
+    let aead = offered.choose(offered).context("no transport cipher (cannot happen)")?;
+    eprintln!("transport cipher: {aead}");
     let ctx = Ctx { args: args.clone(), me, bin, dir: TempDir::new("pktgen") };
     let mut results = vec![];
     for (k, &size) in args.sizes.iter().enumerate() {
-        let raw = raw_aead(size, 1.0);
+        let raw = raw_aead(aead, size, 1.0);
         // Alternate which path goes first, so neither always gets the cooler machine.
         let mut forward = None;
         let mut omni = None;
@@ -977,6 +990,8 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
         let ratio = omni.as_ref().map(|o| o.per_core_tx.pps.min(o.per_core_rx.pps) / raw.pps);
         results.push(SizeResult { size, raw_aead: raw, forward, omni, ratio_to_aead: ratio });
     }
+    println!("Transport cipher: {aead} (raw AEAD: ring's {aead} on one core).");
+    println!();
     println!(
         "| frame | raw AEAD, 1 core | plain DPDK forward, per core | OmniNervous seal, per core | OmniNervous open, per core | slower worker / raw AEAD | end to end (wall; fwd / omni) |"
     );

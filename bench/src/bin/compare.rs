@@ -40,7 +40,10 @@ struct Args {
     /// Underlay MTUs [default: 1500,9000; short: 1500].
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
-    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-nooffload, omni-xdp, omni-dpdk).
+    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-chacha,
+    /// omni-socket-nooffload, omni-xdp, omni-dpdk). OmniNervous paths use the cipher the
+    /// nodes negotiate on this CPU (AES-256-GCM with AES instructions); omni-socket-chacha
+    /// forces ChaCha20-Poly1305.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory [default: bench/results/<timestamp>].
@@ -62,18 +65,20 @@ enum Kind {
     WireguardGo,
     Boringtun,
     OmniSocket,
+    OmniSocketChacha,
     OmniSocketNooffload,
     OmniXdp,
     OmniDpdk,
 }
 
 impl Kind {
-    const ALL: [Kind; 8] = [
+    const ALL: [Kind; 9] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
         Kind::Boringtun,
         Kind::OmniSocket,
+        Kind::OmniSocketChacha,
         Kind::OmniSocketNooffload,
         Kind::OmniXdp,
         Kind::OmniDpdk,
@@ -86,6 +91,7 @@ impl Kind {
             Kind::WireguardGo => "wireguard-go",
             Kind::Boringtun => "boringtun",
             Kind::OmniSocket => "omni-socket",
+            Kind::OmniSocketChacha => "omni-socket-chacha",
             Kind::OmniSocketNooffload => "omni-socket-nooffload",
             Kind::OmniXdp => "omni-xdp",
             Kind::OmniDpdk => "omni-dpdk",
@@ -99,6 +105,7 @@ impl Kind {
             Kind::WireguardGo => "wireguard-go (L3)",
             Kind::Boringtun => "boringtun (L3)",
             Kind::OmniSocket => "OmniNervous socket backend",
+            Kind::OmniSocketChacha => "OmniNervous socket, ChaCha20-Poly1305",
             Kind::OmniSocketNooffload => "OmniNervous socket, offloads off",
             Kind::OmniXdp => "OmniNervous XDP backend (AF_XDP, copy mode on veth)",
             Kind::OmniDpdk => {
@@ -113,9 +120,11 @@ impl Kind {
             Kind::Veth => 0,
             Kind::Vxlan => 50,
             Kind::WireguardGo | Kind::Boringtun => 80,
-            Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp | Kind::OmniDpdk => {
-                omni_proto::constants::fabric_overhead(false) as u32
-            }
+            Kind::OmniSocket
+            | Kind::OmniSocketChacha
+            | Kind::OmniSocketNooffload
+            | Kind::OmniXdp
+            | Kind::OmniDpdk => omni_proto::constants::fabric_overhead(false) as u32,
         }
     }
 }
@@ -283,7 +292,11 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
             }
             Ok(Path_ { target: "10.12.0.2".into(), inner_mtu: inner, _procs: procs, pids })
         }
-        Kind::OmniSocket | Kind::OmniSocketNooffload | Kind::OmniXdp | Kind::OmniDpdk => {
+        Kind::OmniSocket
+        | Kind::OmniSocketChacha
+        | Kind::OmniSocketNooffload
+        | Kind::OmniXdp
+        | Kind::OmniDpdk => {
             let daemon = ctx.bin.join("omni-daemon");
             let keys = omni_bench::two_identities(
                 &daemon,
@@ -303,6 +316,9 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                 );
                 if kind == Kind::OmniSocketNooffload {
                     args.push("--no-offload".into());
+                }
+                if kind == Kind::OmniSocketChacha {
+                    args.extend(["--cipher", "chacha20-poly1305"].map(String::from));
                 }
                 if kind == Kind::OmniXdp {
                     let iface = if me == 1 { "ua" } else { "ub" };

@@ -5,10 +5,65 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Namespaces and temporary directories that exist now, for [`clean_up_on_signals`].
+static LIVE_NETNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static LIVE_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live_add<T>(set: &Mutex<Vec<T>>, v: T) {
+    set.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+}
+
+fn live_remove<T: PartialEq>(set: &Mutex<Vec<T>>, v: &T) {
+    set.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| x != v);
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP tear down what this process set up (every [`Netns`],
+/// with whatever runs in it, and every [`TempDir`]) before it exits with 128 + the signal,
+/// as a panic does through the guards' `Drop`. A harness killed by Ctrl-C, `timeout` or
+/// a CI runner leaves nothing behind. Call it first thing in `main`, before any thread
+/// starts: the signals are blocked in every thread and taken by one that waits for them.
+/// SIGINT is also un-ignored (a shell starts background jobs with it ignored).
+pub fn clean_up_on_signals() {
+    const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    extern "C" fn unreachable_handler(_: libc::c_int) {}
+    // SAFETY: plain libc calls on a local, zero-initialised sigset_t; the handler installed
+    // does nothing and is never run (the signals are blocked and taken by sigwait).
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in SIGNALS {
+            libc::signal(sig, unreachable_handler as *const () as libc::sighandler_t);
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid, initialised sigset_t; `sig` is a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        eprintln!("signal {sig}: removing this run's namespaces and temporary files");
+        let names = std::mem::take(&mut *LIVE_NETNS.lock().unwrap_or_else(|e| e.into_inner()));
+        for name in names {
+            let _ = run(&format!("ip netns pids {name} | xargs -r kill -9"));
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = run(&format!("ip netns del {name}"));
+        }
+        let dirs = std::mem::take(&mut *LIVE_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        std::process::exit(128 + sig);
+    });
+}
 
 /// A number unique within this process.
 pub fn seq() -> u32 {
@@ -54,6 +109,7 @@ impl Netns {
     pub fn new(tag: &str) -> Self {
         let name = format!("omt{}{}{tag}", std::process::id() % 100_000, seq());
         run_ok(&format!("ip netns add {name}"));
+        live_add(&LIVE_NETNS, name.clone());
         run_ok(&format!("ip -n {name} link set lo up"));
         Self { name }
     }
@@ -84,6 +140,7 @@ impl Drop for Netns {
         self.kill_all();
         std::thread::sleep(Duration::from_millis(50));
         let _ = run(&format!("ip netns del {}", self.name));
+        live_remove(&LIVE_NETNS, &self.name);
     }
 }
 
@@ -96,6 +153,7 @@ impl TempDir {
             std::env::temp_dir().join(format!("omni-test-{}-{}-{tag}", std::process::id(), seq()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
+        live_add(&LIVE_DIRS, p.clone());
         Self(p)
     }
 
@@ -107,6 +165,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        live_remove(&LIVE_DIRS, &self.0);
     }
 }
 

@@ -737,6 +737,7 @@ fn plots(rep: &Report, out: &Path) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    omni_testkit::clean_up_on_signals();
     let a = Args::parse();
     if !is_root() {
         bail!("compare builds network namespaces: run it as root (sudo bench/compare)");

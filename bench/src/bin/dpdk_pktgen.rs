@@ -916,6 +916,7 @@ fn mpps(r: &Rate) -> String {
 }
 
 fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
+    omni_testkit::clean_up_on_signals();
     if !omni_testkit::is_root() {
         bail!("dpdk_pktgen needs root (DPDK, network namespaces): run it with sudo");
     }

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use omni_testkit::{Netns, TempDir, clean_up_on_signals, is_root, run};
+use omni_testkit::{Background, Netns, TempDir, clean_up_on_signals, is_root, run};
 
 const CHILD: &str = "OMNI_SIGNALS_TEST_CHILD";
 
@@ -17,10 +17,7 @@ fn child() {
     let dir = TempDir::new("sig");
     std::fs::write(dir.0.join("file"), b"x").unwrap();
     // A process in the namespace, as a tunnel or iperf3 would be.
-    let _sleeper = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "sleep", "60"])
-        .spawn()
-        .expect("sleep starts");
+    let _sleeper = Background::spawn(&ns, &["sleep", "60"]);
     println!("ready {} {}", ns.name, dir.0.display());
     std::thread::sleep(Duration::from_secs(60));
     panic!("not signalled within 60 s");

@@ -208,7 +208,7 @@ fn handshake_flood_is_cut_in_xdp_while_a_peer_rekeys() {
     let veth_before = veth_drops(&f);
     let hs = f.a.status()["handshakes_completed"].as_u64().unwrap();
     let sent = 5000;
-    let init = format!("01000000{}", "5a".repeat(144));
+    let init = format!("01000000{}", "5a".repeat(omni_proto::wire::handshake_init::LEN - 4));
     let flood = {
         let ns = f.pair.a.name.clone();
         let init = init.clone();

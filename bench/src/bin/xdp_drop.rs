@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let mut transport = vec![4, 0, 0, 0, 0xef, 0xbe, 0xad, 0xde];
     transport.extend([0u8; 56]);
     let mut init = vec![1, 0, 0, 0];
-    init.extend([0x5a; 144]);
+    init.extend([0x5a; omni_proto::wire::handshake_init::LEN - 4]);
     let cases: Vec<(&str, Program, Vec<u8>)> = vec![
         ("plain XDP_DROP (baseline)", Program::DropAll, udp4(PORT, &transport)),
         ("transport, unknown receiver index", Program::Filter, udp4(PORT, &transport)),

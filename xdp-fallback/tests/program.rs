@@ -35,7 +35,7 @@ fn transport(index: u32) -> Vec<u8> {
 
 fn init() -> Vec<u8> {
     let mut p = vec![1, 0, 0, 0];
-    p.extend([0x5a; 144]);
+    p.extend([0x5a; omni_proto::wire::handshake_init::LEN - 4]);
     p
 }
 

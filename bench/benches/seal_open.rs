@@ -7,15 +7,12 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use omni_bench::{LastPacket, engine_with_session, learn};
 use omni_dataplane::engine::{Decap, PacketBuf};
+use omni_dataplane::sys::secret::ring_algorithm;
 use omni_proto::aead::Aead;
-use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
 fn raw_key(aead: Aead) -> LessSafeKey {
-    let alg = match aead {
-        Aead::ChaCha20Poly1305 => &CHACHA20_POLY1305,
-        Aead::Aes256Gcm => &AES_256_GCM,
-    };
-    LessSafeKey::new(UnboundKey::new(alg, &[1; 32]).unwrap())
+    LessSafeKey::new(UnboundKey::new(ring_algorithm(aead), &[1; 32]).unwrap())
 }
 
 const SIZES: [usize; 4] = [64, 256, 1420, 8900];

@@ -811,7 +811,7 @@ fn main() -> anyhow::Result<()> {
                         Some("the XDP backend takes underlay MTUs up to 4078 (one page per frame)")
                     }
                     Kind::OmniDpdk if mtu > 1500 => Some(
-                        "the DPDK backend takes one mbuf (2 KiB) per packet: no jumbo underlay yet",
+                        "the DPDK backend's net_tap access port carries at most 1522-byte frames (DPDK 22.11), so omni0 would stay at 1500; jumbo frames end to end need a memif or NIC access port (dpdk_pktgen --underlay-mtu 9000)",
                     ),
                     _ => None,
                 };

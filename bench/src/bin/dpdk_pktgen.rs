@@ -595,11 +595,8 @@ fn parse_end(line: &str) -> anyhow::Result<(u64, u64, f64)> {
 
 /// ring's `aead` sealing `size`-byte buffers on this thread for about `secs`.
 fn raw_aead(aead: Aead, size: usize, secs: f64) -> Rate {
-    use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-    let alg = match aead {
-        Aead::ChaCha20Poly1305 => &CHACHA20_POLY1305,
-        Aead::Aes256Gcm => &AES_256_GCM,
-    };
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+    let alg = omni_dataplane::sys::secret::ring_algorithm(aead);
     let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).expect("key"));
     let mut buf = vec![0u8; size];
     let t0 = Instant::now();

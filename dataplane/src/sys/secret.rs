@@ -7,7 +7,7 @@ use std::mem::{MaybeUninit, size_of};
 use std::ops::Deref;
 
 use omni_proto::aead::Aead;
-use ring::aead::{AES_256_GCM, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
+use ring::aead::{AES_256_GCM, Algorithm, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 
 // Overwriting the key in place is only sound if dropping it has nothing else to do.
 const _: () = assert!(!std::mem::needs_drop::<LessSafeKey>());
@@ -19,14 +19,18 @@ pub struct AeadKey {
     key: MaybeUninit<LessSafeKey>,
 }
 
+/// ring's implementation of `aead`.
+pub fn ring_algorithm(aead: Aead) -> &'static Algorithm {
+    match aead {
+        Aead::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+        Aead::Aes256Gcm => &AES_256_GCM,
+    }
+}
+
 impl AeadKey {
     pub fn new(aead: Aead, bytes: &[u8; 32]) -> Self {
-        let alg = match aead {
-            Aead::ChaCha20Poly1305 => &CHACHA20_POLY1305,
-            Aead::Aes256Gcm => &AES_256_GCM,
-        };
         // Both take 32-byte keys, so this cannot fail.
-        let key = UnboundKey::new(alg, bytes).expect("a 32-byte AEAD key");
+        let key = UnboundKey::new(ring_algorithm(aead), bytes).expect("a 32-byte AEAD key");
         Self { key: MaybeUninit::new(LessSafeKey::new(key)) }
     }
 }

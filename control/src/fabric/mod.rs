@@ -125,6 +125,9 @@ pub struct Peer {
     pub last_handshake_ms: Option<u64>,
     /// The `last_data_rx_ms` a keepalive was already requested for.
     keepalive_for_rx_ms: u64,
+    /// When a refusal for want of a common cipher was last logged (it retries every few
+    /// seconds; one line a minute says it).
+    cipher_refusal_logged_ms: Option<u64>,
 }
 
 impl Peer {
@@ -296,6 +299,7 @@ impl Fabric {
             next: None,
             last_handshake_ms: None,
             keepalive_for_rx_ms: 0,
+            cipher_refusal_logged_ms: None,
         });
         self.by_x25519.insert(key.x25519(), id);
         Some(id)
@@ -461,12 +465,17 @@ impl Fabric {
         let Some(aead) = self.ciphers.choose(init.offer) else {
             // Authenticated, so worth saying why this peer cannot connect.
             self.stats.dropped_no_common_cipher += 1;
-            warn!(
-                peer = %self.peers[id as usize].public_key.short(),
-                offered = %init.offer,
-                accepted = %self.ciphers,
-                "handshake refused: no transport cipher in common (see the `cipher` setting)"
-            );
+            let peer = &mut self.peers[id as usize];
+            if peer.cipher_refusal_logged_ms.is_none_or(|t| now_ms.saturating_sub(t) >= 60_000) {
+                peer.cipher_refusal_logged_ms = Some(now_ms);
+                warn!(
+                    peer = %peer.public_key.short(),
+                    offered = %init.offer,
+                    accepted = %self.ciphers,
+                    refused = self.stats.dropped_no_common_cipher,
+                    "handshake refused: no transport cipher in common (see the `cipher` setting)"
+                );
+            }
             return;
         };
         let Ok(resp_noise) = noise::write_response(&mut hs, aead) else {

@@ -127,6 +127,17 @@ fn no_cipher_in_common_means_no_session_and_a_counted_refusal() {
     assert!(bi.is_empty() && installs(&bc).is_empty(), "no answer, no session");
     assert_eq!(b.stats.dropped_no_common_cipher, 1);
     assert_eq!(b.stats.handshakes_completed, 0);
+    assert_eq!(b.peers()[0].cipher_refusal_logged_ms, Some(10), "said once");
+    // Its retries are refused and counted too; the log line is not repeated within a minute.
+    for (i, (now, logged)) in [(5_010, 10), (60_009, 10), (60_010, 60_010)].into_iter().enumerate()
+    {
+        std::thread::sleep(Duration::from_millis(18));
+        a.initiate(now, 0);
+        let init = injects(&mut a);
+        b.on_punt(now, A_EP.parse().unwrap(), &init[0].1);
+        assert_eq!(b.stats.dropped_no_common_cipher, 2 + i as u64);
+        assert_eq!(b.peers()[0].cipher_refusal_logged_ms, Some(logged), "at {now} ms");
+    }
 }
 
 #[test]

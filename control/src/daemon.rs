@@ -553,11 +553,7 @@ impl Daemon {
             let v = match r {
                 omni_dataplane::counters::DropReason::RateLimited => st.dropped_rate_limited,
                 omni_dataplane::counters::DropReason::UnknownPeer => st.dropped_unknown_peer,
-                omni_dataplane::counters::DropReason::BadHandshake => {
-                    st.dropped_bad_handshake
-                        + st.dropped_replayed_initiation
-                        + st.dropped_no_common_cipher
-                }
+                omni_dataplane::counters::DropReason::BadHandshake => st.bad_handshakes(),
                 other => counters[other as usize],
             };
             drops.insert(r.name().to_string(), v);
@@ -605,9 +601,7 @@ impl Daemon {
             handshakes_initiated: st.handshakes_initiated,
             dropped_ratelimit: st.dropped_rate_limited,
             dropped_unknown_peer: st.dropped_unknown_peer,
-            dropped_bad_handshake: st.dropped_bad_handshake
-                + st.dropped_replayed_initiation
-                + st.dropped_no_common_cipher,
+            dropped_bad_handshake: st.bad_handshakes(),
             cookie_replies: st.cookie_replies_sent,
             dataplane_restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
             fdb_entries: self.channel.fdb(now, self.settings.fdb_aging.as_millis() as u64).len()

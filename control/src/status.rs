@@ -189,14 +189,8 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(o);
         let _ = writeln!(o, "peer: {}", p.public_key);
         let _ = writeln!(o, "  endpoint: {}", p.endpoint.as_deref().unwrap_or("(none)"));
-        match &p.cipher {
-            Some(c) => {
-                let _ = writeln!(o, "  session: {} ({}, {c})", p.session, p.path);
-            }
-            None => {
-                let _ = writeln!(o, "  session: {} ({})", p.session, p.path);
-            }
-        }
+        let cipher = p.cipher.as_ref().map(|c| format!(", {c}")).unwrap_or_default();
+        let _ = writeln!(o, "  session: {} ({}{cipher})", p.session, p.path);
         if let Some(h) = p.last_handshake_secs {
             let _ = writeln!(o, "  latest handshake: {}", ago(h));
         }

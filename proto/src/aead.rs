@@ -95,7 +95,12 @@ impl AeadSet {
 
     /// What a node offers by default: every AEAD this CPU runs in hardware.
     pub fn hardware() -> Self {
-        Self::of(&Aead::ALL.into_iter().filter(|a| a.hardware_accelerated()).collect::<Vec<_>>())
+        Self(
+            Aead::ALL
+                .into_iter()
+                .filter(|a| a.hardware_accelerated())
+                .fold(0, |bits, a| bits | 1 << a.id()),
+        )
     }
 
     pub fn from_bits(bits: u32) -> Self {

@@ -65,6 +65,16 @@ pub struct FabricStats {
     pub keepalives_requested: u64,
 }
 
+impl FabricStats {
+    /// Handshake messages refused after parsing (malformed, replayed, no common cipher):
+    /// the `bad_handshake` drop reason of status and metrics.
+    pub fn bad_handshakes(&self) -> u64 {
+        self.dropped_bad_handshake
+            + self.dropped_replayed_initiation
+            + self.dropped_no_common_cipher
+    }
+}
+
 #[derive(Clone)]
 pub struct SessionInfo {
     pub local_index: u32,

@@ -10,7 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use omni_control::config::Timers;
 use omni_control::fabric::{Fabric, FabricConfig, Output, RendezvousTimers};
 use omni_dataplane::fdb::{Fdb, FdbEntry};
-use omni_dataplane::replay::ReplayWindow;
+use omni_dataplane::shm::layout::SessionSlot;
 use omni_dataplane::shm::ring::{Consumer, Producer, RawSlots, RingCtl};
 use omni_proto::Identity;
 use omni_proto::noise::Psk;
@@ -50,7 +50,9 @@ fn fdb(c: &mut Criterion) {
 fn replay(c: &mut Criterion) {
     let mut g = c.benchmark_group("replay_window");
     g.throughput(Throughput::Elements(1));
-    let mut w = ReplayWindow::default();
+    // The window the data plane uses: lock-free, in a session's shared-memory slot.
+    let slot = SessionSlot::default();
+    let w = slot.replay();
     let mut n = 0u64;
     g.bench_function("in_order", |b| {
         b.iter(|| {
@@ -58,7 +60,8 @@ fn replay(c: &mut Criterion) {
             black_box(w.update(n))
         })
     });
-    let mut w = ReplayWindow::default();
+    let slot = SessionSlot::default();
+    let w = slot.replay();
     let mut n = 10_000u64;
     g.bench_function("reordered_by_up_to_64", |b| {
         b.iter(|| {

@@ -25,7 +25,8 @@ const BACKLOG_MAX: usize = 8192;
 
 pub struct Channel {
     region: &'static Region,
-    ends: ControlEnds<'static>,
+    /// Every worker's rings the region has room for; commands go to the ones running.
+    ends: Vec<ControlEnds<'static>>,
     bell: tokio::net::UnixDatagram,
     dp_bell: std::path::PathBuf,
     backlog: VecDeque<Output>,
@@ -49,7 +50,7 @@ impl Channel {
         std_sock.set_nonblocking(true)?;
         Ok(Self {
             region,
-            ends: region.control_ends(0),
+            ends: (0..region.params().n_workers as usize).map(|w| region.control_ends(w)).collect(),
             bell: tokio::net::UnixDatagram::from_std(std_sock)?,
             dp_bell: run_dir.join(paths::DATAPLANE_BELL),
             backlog: VecDeque::new(),
@@ -67,6 +68,11 @@ impl Channel {
 
     pub fn generation(&self) -> u32 {
         self.header().dp_generation.load(Ordering::Acquire)
+    }
+
+    /// Workers the data plane runs (as it announced): each gets every command.
+    pub fn workers(&self) -> usize {
+        (self.header().dp_workers.load(Ordering::Relaxed) as usize).clamp(1, self.ends.len())
     }
 
     /// Queues outputs and moves as many as fit into the rings.
@@ -88,14 +94,26 @@ impl Channel {
 
     pub fn flush(&mut self) {
         let mut pushed = false;
+        let workers = self.workers();
         while let Some(o) = self.backlog.front() {
             let r = match o {
-                Output::Command(c) => self.ends.cmd.push_with(|slot| c.encode(slot)),
+                // Every worker holds the whole state: a command goes to all of them, or
+                // waits until all have room.
+                Output::Command(c) => {
+                    if self.ends[..workers].iter_mut().all(|e| e.cmd.has_room()) {
+                        self.ends[..workers]
+                            .iter_mut()
+                            .try_for_each(|e| e.cmd.push_with(|slot| c.encode(slot)))
+                    } else {
+                        Err(omni_dataplane::shm::ring::RingError::Full)
+                    }
+                }
                 // Handled by the daemon before outputs reach the channel.
                 Output::PunchRequest(_) => Ok(()),
+                // Any worker can send a packet: the first takes them all.
                 Output::Inject { to, bytes } => {
                     let (to, bytes) = (*to, bytes.as_slice());
-                    self.ends.inject.push_with(|slot| {
+                    self.ends[0].inject.push_with(|slot| {
                         if !encode_packet(slot, to, bytes) {
                             warn!(
                                 len = bytes.len(),
@@ -125,25 +143,33 @@ impl Channel {
         self.backlog.len()
     }
 
-    /// Reads every pending event.
+    /// Reads every pending event, from every worker.
     pub fn drain_events(&mut self, mut f: impl FnMut(Event)) {
-        for _ in 0..4096 {
-            match self.ends.event.pop_with(|slot| Event::decode(slot)) {
-                Ok(Some(Ok(e))) => f(e),
-                Ok(Some(Err(e))) => warn!("undecodable event from the data plane: {e}"),
-                Ok(None) => break,
-                Err(e) => {
-                    warn!("event ring: {e}");
-                    break;
+        for ends in &mut self.ends {
+            for _ in 0..4096 {
+                match ends.event.pop_with(|slot| Event::decode(slot)) {
+                    Ok(Some(Ok(e))) => f(e),
+                    Ok(Some(Err(e))) => warn!("undecodable event from the data plane: {e}"),
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!("event ring: {e}");
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// Reads every pending punted packet.
+    /// Reads every pending punted packet, from every worker.
     pub fn drain_punts(&mut self, mut f: impl FnMut(Endpoint, &[u8])) {
+        for ends in &mut self.ends {
+            Self::drain_punts_of(ends, &mut f);
+        }
+    }
+
+    fn drain_punts_of(ends: &mut ControlEnds<'static>, f: &mut impl FnMut(Endpoint, &[u8])) {
         for _ in 0..4096 {
-            match self.ends.punt.pop_with(|slot| match decode_packet(slot) {
+            match ends.punt.pop_with(|slot| match decode_packet(slot) {
                 Ok((src, bytes)) => {
                     f(src, bytes);
                     true
@@ -166,7 +192,7 @@ impl Channel {
         let h = self.header();
         h.ctl_parked.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if !self.ends.event.is_empty() || !self.ends.punt.is_empty() {
+        if self.ends.iter_mut().any(|e| !e.event.is_empty() || !e.punt.is_empty()) {
             h.ctl_parked.store(0, Ordering::Relaxed);
             return;
         }

@@ -21,7 +21,6 @@ pub mod engine;
 pub mod fdb;
 #[cfg(not(loom))]
 pub mod offload;
-#[cfg(not(loom))]
 pub mod replay;
 #[cfg(not(loom))]
 pub mod session;
@@ -30,7 +29,7 @@ pub mod shm;
 #[cfg(not(loom))]
 pub mod sys;
 
-/// Under loom only the ring is built and model-checked.
+/// Under loom only the ring and the replay window are built and model-checked.
 #[cfg(loom)]
 pub mod shm {
     pub mod ring;

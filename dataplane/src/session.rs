@@ -1,11 +1,15 @@
-//! One transport session: its keys, send counter and replay window.
+//! One transport session: its keys and its view of the session's shared counter state.
 //!
 //! Sealing and opening are in place: the caller's buffer holds the 16-byte transport
 //! header, then the frame, then room for the 16-byte tag, so no byte is copied.
 //!
-//! Send counters are reserved in blocks in the session's shared-memory slot before use, and
-//! the receive high-water mark is written there as it moves, so a restarted data plane
-//! resumes a session without reusing a nonce or accepting a packet it already delivered.
+//! Several workers may hold the same session (one [`Session`] each, over one shared-memory
+//! [`SessionSlot`]): send counters are taken from the slot in small blocks (one atomic add
+//! per block, so no two workers ever use the same nonce and their counters stay close
+//! together for the receiver's window), and the receive window is the slot's lock-free
+//! [`crate::replay::ReplayWindow`]. Because the slot outlives the process, a restarted data
+//! plane resumes a session without reusing a nonce or accepting a packet it already
+//! delivered.
 
 use std::sync::Arc;
 
@@ -15,13 +19,17 @@ use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::noise::SessionKeys;
 use omni_proto::wire::transport::{self, Header};
 
-use crate::replay::ReplayWindow;
+use crate::replay::WINDOW;
 use crate::shm::layout::SessionSlot;
 use crate::sync::Ordering;
 use crate::sys::secret::AeadKey;
 
-/// Send counters are reserved in shared memory this many at a time.
-pub const TX_RESERVE_BLOCK: u64 = 1 << 16;
+/// Send counters are taken from the shared slot this many at a time.
+pub const TX_BLOCK: u64 = 64;
+/// A worker drops the rest of its block once the others have taken counters this far
+/// past it (it sent little meanwhile): its next packets would land too far behind the
+/// receiver's window.
+const TX_BLOCK_STALE: u64 = WINDOW / 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenError {
@@ -84,15 +92,21 @@ pub struct Session {
     /// Keys are wiped from memory when the session goes (the `Arc`'s last holder).
     send: Arc<AeadKey>,
     recv: Arc<AeadKey>,
+    /// This worker's next send counter and the end of its block.
     tx_next: u64,
-    tx_reserved: u64,
-    replay: ReplayWindow,
+    tx_end: u64,
+}
+
+/// `owner` while a worker resets the slot for a new session.
+fn claiming(local_index: u32) -> u64 {
+    2u64 << 32 | local_index as u64
 }
 
 impl Session {
-    /// A session over `keys`. If `slot` already belongs to this session (same index: a
-    /// restart), sending resumes past every reserved counter and receiving refuses
-    /// everything up to the recorded high-water mark; otherwise the slot is claimed afresh.
+    /// A session over `keys`. If `slot` already belongs to this session (the same index:
+    /// another worker holds it too, or the data plane restarted), it is joined as it is:
+    /// sending continues past every counter taken, receiving refuses everything already
+    /// accepted. Otherwise the slot is claimed and emptied first.
     pub fn new(
         local_index: u32,
         remote_index: u32,
@@ -103,19 +117,35 @@ impl Session {
         slot: &SessionSlot,
     ) -> Self {
         let owner = 1u64 << 32 | local_index as u64;
-        let (tx_next, replay) = if slot.owner.load(Ordering::Relaxed) == owner {
-            let rx_next = slot.rx_next.load(Ordering::Relaxed);
-            let replay = match rx_next.checked_sub(1) {
-                Some(max) => ReplayWindow::rejecting_through(max),
-                None => ReplayWindow::default(),
-            };
-            (slot.tx_reserved.load(Ordering::Relaxed), replay)
-        } else {
+        // Bounded: a claimer resets 2 KiB and publishes; a claimer that died mid-way (its
+        // process gone) leaves `claiming`, which the next claim simply takes over.
+        for _ in 0..1_000_000 {
+            let held = slot.owner.load(Ordering::Acquire);
+            if held == owner {
+                break;
+            }
+            if held == claiming(local_index) {
+                std::hint::spin_loop();
+                continue;
+            }
+            if slot
+                .owner
+                .compare_exchange(held, claiming(local_index), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                slot.tx_reserved.store(0, Ordering::Relaxed);
+                slot.replay().reset();
+                slot.owner.store(owner, Ordering::Release);
+                break;
+            }
+        }
+        if slot.owner.load(Ordering::Acquire) != owner {
+            // Only a claimer that died half-way leaves this: take the slot over.
             slot.tx_reserved.store(0, Ordering::Relaxed);
-            slot.rx_next.store(0, Ordering::Relaxed);
+            slot.replay().reset();
             slot.owner.store(owner, Ordering::Release);
-            (0, ReplayWindow::default())
-        };
+        }
+        let tx_next = slot.tx_reserved.load(Ordering::Relaxed);
         Self {
             local_index,
             remote_index,
@@ -126,12 +156,11 @@ impl Session {
             send: Arc::new(AeadKey::new(keys.aead, &keys.send)),
             recv: Arc::new(AeadKey::new(keys.aead, &keys.recv)),
             tx_next,
-            tx_reserved: tx_next,
-            replay,
+            tx_end: tx_next,
         }
     }
 
-    /// The next send counter.
+    /// This worker's next send counter (at least every counter it used).
     pub fn tx_counter(&self) -> u64 {
         self.tx_next
     }
@@ -155,9 +184,8 @@ impl Session {
         seal_with(&self.send, counter, len, buf)
     }
 
-    /// The part of sealing that must happen in order: takes the next counter (reserving
-    /// blocks in shared memory) and writes the header. The AEAD itself is the returned
-    /// job, which any thread may run later.
+    /// The part of sealing that must happen in order: takes the next counter and writes the
+    /// header. The AEAD itself is the returned job, which any thread may run later.
     #[inline]
     pub fn prepare_seal(
         &mut self,
@@ -170,17 +198,20 @@ impl Session {
         Some(SealJob { key: self.send.clone(), counter, len })
     }
 
-    /// Takes the next send counter (reserving a block in shared memory when the reserved
-    /// ones run out) and writes the transport header with it. `None` at `limit`.
+    /// Takes the next send counter (a new block from the slot when this worker's runs out
+    /// or fell too far behind) and writes the transport header with it. `None` at `limit`.
     #[inline]
     fn take_counter(&mut self, buf: &mut [u8], limit: u64, slot: &SessionSlot) -> Option<u64> {
+        if self.tx_next >= self.tx_end
+            || slot.tx_reserved.load(Ordering::Relaxed) > self.tx_next + TX_BLOCK_STALE
+        {
+            let block = slot.tx_reserved.fetch_add(TX_BLOCK, Ordering::Relaxed);
+            self.tx_next = block;
+            self.tx_end = block.saturating_add(TX_BLOCK);
+        }
         let counter = self.tx_next;
         if counter >= limit {
             return None;
-        }
-        if counter >= self.tx_reserved {
-            self.tx_reserved = counter.saturating_add(TX_RESERVE_BLOCK);
-            slot.tx_reserved.store(self.tx_reserved, Ordering::Relaxed);
         }
         self.tx_next = counter + 1;
         Header { receiver_index: self.remote_index, counter }.emit(buf);
@@ -189,24 +220,25 @@ impl Session {
 
     /// Whether the counter could be accepted (before spending time on the AEAD).
     #[inline]
-    pub fn replay_check(&self, counter: u64) -> bool {
-        self.replay.check(counter)
+    pub fn replay_check(&self, counter: u64, slot: &SessionSlot) -> bool {
+        slot.replay().check(counter)
     }
 
     /// Opens a whole transport message in place (its header already parsed, the index
     /// already matched). On success the frame is at `pkt[16..16 + n]`; returns `n`.
     #[inline]
     pub fn open(
-        &mut self,
+        &self,
         pkt: &mut [u8],
         counter: u64,
         slot: &SessionSlot,
     ) -> Result<usize, OpenError> {
-        if !self.replay.check(counter) {
+        let window = slot.replay();
+        if !window.check(counter) {
             return Err(OpenError::Replay);
         }
         let n = open_with(&self.recv, counter, pkt)?;
-        if !self.accept(counter, slot) {
+        if !window.update(counter) {
             return Err(OpenError::Replay);
         }
         Ok(n)
@@ -215,20 +247,13 @@ impl Session {
     /// The AEAD part of opening, for another thread to run: `None` when the counter is
     /// already refused by the replay window (checked again by [`Session::accept`] once
     /// the tag verified, since a copy of the packet may have been accepted meanwhile).
-    pub fn open_job(&self, counter: u64) -> Option<OpenJob> {
-        self.replay.check(counter).then(|| OpenJob { key: self.recv.clone(), counter })
+    pub fn open_job(&self, counter: u64, slot: &SessionSlot) -> Option<OpenJob> {
+        slot.replay().check(counter).then(|| OpenJob { key: self.recv.clone(), counter })
     }
 
-    /// Marks an authenticated counter as received (and the high-water mark in shared
-    /// memory). `false`: a replay, to be dropped.
-    pub fn accept(&mut self, counter: u64, slot: &SessionSlot) -> bool {
-        if !self.replay.update(counter) {
-            return false;
-        }
-        if let Some(max) = self.replay.max_accepted() {
-            slot.rx_next.store(max + 1, Ordering::Relaxed);
-        }
-        true
+    /// Marks an authenticated counter as received. `false`: a replay, to be dropped.
+    pub fn accept(&self, counter: u64, slot: &SessionSlot) -> bool {
+        slot.replay().update(counter)
     }
 }
 
@@ -402,7 +427,7 @@ mod tests {
         let mut a2 = Session::new(7, 8, 0, true, 0, &ka, &sa);
         let mut b2 = Session::new(8, 7, 0, false, 0, &kb, &sb);
         assert!(a2.tx_counter() >= 10, "sending resumes past every used counter");
-        assert_eq!(a2.tx_counter(), TX_RESERVE_BLOCK);
+        assert_eq!(a2.tx_counter(), TX_BLOCK);
         for (i, p) in sent.iter().enumerate() {
             let expect = if i < 6 { Err(OpenError::Replay) } else { Ok(1) };
             assert_eq!(
@@ -413,7 +438,7 @@ mod tests {
         }
         let mut buf = vec![0u8; 16 + 1 + 16];
         a2.seal(&mut buf, 1, u64::MAX, &sa).unwrap();
-        assert_eq!(b2.open(&mut buf, TX_RESERVE_BLOCK, &sb), Ok(1));
+        assert_eq!(b2.open(&mut buf, TX_BLOCK, &sb), Ok(1));
         // A different session in the slot starts afresh.
         let a3 = Session::new(99, 8, 0, true, 0, &ka, &sa);
         assert_eq!(a3.tx_counter(), 0);

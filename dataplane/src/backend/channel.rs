@@ -113,11 +113,12 @@ pub fn punt(
 }
 
 /// Tells control a data plane is up (set up, about to serve): its pid, fabric port, access
-/// interface index (0 when the kernel has none), whether its daemon started it, a first
-/// heartbeat, and a new generation, published last: control replays its state when the
-/// generation changes. Returns the generation.
-pub fn announce(h: &Header, port: u16, access_ifindex: u32, supervised: bool) -> u32 {
+/// interface index (0 when the kernel has none), whether its daemon started it, how many
+/// workers it runs, a first heartbeat, and a new generation, published last: control
+/// replays its state (to every worker) when the generation changes. Returns the generation.
+pub fn announce(h: &Header, port: u16, access_ifindex: u32, supervised: bool, workers: u32) -> u32 {
     h.dp_pid.store(std::process::id(), Ordering::Relaxed);
+    h.dp_workers.store(workers, Ordering::Relaxed);
     h.dp_port.store(port as u32, Ordering::Relaxed);
     h.dp_access_ifindex.store(access_ifindex, Ordering::Relaxed);
     h.dp_supervised.store(supervised as u32, Ordering::Relaxed);

@@ -303,7 +303,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         "for the worker",
     );
     let h = region.header();
-    let generation = channel::announce(h, cfg.port, 0, cfg.supervised);
+    let generation = channel::announce(h, cfg.port, 0, cfg.supervised, 1);
     info!(
         underlay = cfg.underlay.name(),
         access = cfg.access.name(),

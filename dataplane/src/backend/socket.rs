@@ -331,7 +331,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     let use_crypto_thread = cfg.crypto_thread && xdp_rx.is_none();
 
     let h = region.header();
-    let generation = channel::announce(h, port, tap.ifindex(), cfg.supervised);
+    let generation = channel::announce(h, port, tap.ifindex(), cfg.supervised, 1);
     let privileges = drop_privileges(xdp_rx.is_some());
     info!(
         port,

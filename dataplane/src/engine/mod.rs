@@ -599,7 +599,7 @@ impl<'r> Engine<'r> {
             Classified::Done(d) => d,
             Classified::Transport { idx, counter, from, msg_off } => {
                 let sess = self.session(idx).expect("classify checked it");
-                match sess.open_job(counter) {
+                match sess.open_job(counter, self.slot(idx)) {
                     Some(job) => {
                         return DecapStart::Open(PendingOpen {
                             job,

@@ -17,7 +17,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"OMNISHM\x01");
 /// Bumped whenever any layout or record format changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 4096;
 
 /// The region header. All fields are atomics: the region is shared with another process.
@@ -53,6 +53,9 @@ pub struct Header {
     pub dp_supervised: AtomicU32,
     /// Monotonic ms of the data plane's last loop pass (liveness for status).
     pub dp_heartbeat_ms: AtomicU64,
+    /// Workers the data plane runs (each with its own rings, counters and peer
+    /// statistics; at most `n_workers`): control sends every command to each of them.
+    pub dp_workers: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
@@ -124,7 +127,6 @@ impl PeerStats {
 /// Counter state of one session that must survive a data-plane restart: where sending
 /// may resume without reusing a nonce, and what receiving must refuse.
 #[repr(C)]
-#[derive(Default)]
 pub struct SessionSlot {
     /// `1 << 32 | local_index` while a session occupies the slot, 0 otherwise.
     pub owner: AtomicU64,
@@ -133,7 +135,33 @@ pub struct SessionSlot {
     /// One more than the greatest counter received (0 = none).
     pub rx_next: AtomicU64,
     pub _spare: AtomicU64,
+    /// The receive window ([`crate::replay::ReplayWindow`]), shared by every worker.
+    pub replay: [AtomicU64; crate::replay::WORDS],
 }
+
+impl Default for SessionSlot {
+    fn default() -> Self {
+        Self {
+            owner: AtomicU64::new(0),
+            tx_reserved: AtomicU64::new(0),
+            rx_next: AtomicU64::new(0),
+            _spare: AtomicU64::new(0),
+            replay: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl SessionSlot {
+    /// The session's receive window.
+    pub fn replay(&self) -> crate::replay::ReplayWindow<'_> {
+        crate::replay::ReplayWindow::new(&self.rx_next, &self.replay)
+    }
+}
+
+/// Workers a region has room for by default: a DPDK data plane may run up to this many
+/// (`--workers`), whichever process creates the region. Rings of workers that do not run
+/// are never touched (the file is sparse).
+pub const WORKER_ROOM: u32 = 8;
 
 /// The sizes a region is created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +181,7 @@ impl Params {
     /// one handshake in flight).
     pub fn for_peers(max_peers: u32) -> Self {
         Self {
-            n_workers: 1,
+            n_workers: WORKER_ROOM,
             max_peers,
             max_sessions: (max_peers * 4).next_power_of_two().min(1 << 16),
             fdb_capacity: 8192,
@@ -327,7 +355,9 @@ mod tests {
             last + std::mem::size_of::<RingCtl>() + cap as usize * PACKET_SLOT,
             l.off_rings + l.ring_set_size
         );
-        assert!(l.size < 16 << 20, "region is {} bytes", l.size);
+        // Room for WORKER_ROOM workers' rings and a 2 KiB replay window per session: the
+        // file is sparse, and only what running workers and live sessions touch is memory.
+        assert!(l.size < 40 << 20, "region is {} bytes", l.size);
     }
 
     #[test]

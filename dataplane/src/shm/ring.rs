@@ -114,6 +114,11 @@ impl<'a, S: Slots> Producer<'a, S> {
         self.push_with(|s| s[..bytes.len()].copy_from_slice(bytes))
     }
 
+    /// Whether one more record fits now.
+    pub fn has_room(&mut self) -> bool {
+        self.pending() < self.slots.capacity()
+    }
+
     /// Records waiting to be consumed, as far as this side knows.
     pub fn pending(&mut self) -> u64 {
         self.cached_tail = self.ctl.tail.load(Ordering::Acquire);

@@ -71,7 +71,7 @@ fn main() {
         .allowlist_function("rte_eth_promiscuous_enable|rte_eth_dev_count_avail")
         .allowlist_function("rte_ring_create|rte_ring_free")
         .allowlist_function("rte_vdev_init|rte_vdev_uninit")
-        .allowlist_function("rte_lcore_count|rte_get_tsc_hz")
+        .allowlist_function("rte_lcore_count|rte_get_tsc_hz|rte_thread_register|rte_thread_unregister")
         .allowlist_var("RTE_ETH_.*|RING_F_.*|RTE_PKTMBUF_HEADROOM|RTE_MBUF_DEFAULT_BUF_SIZE|SOCKET_ID_ANY|RTE_MAX_ETHPORTS")
         .opaque_type("rte_l2tpv2_combined_msg_hdr")
         .derive_default(true)

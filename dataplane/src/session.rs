@@ -325,7 +325,7 @@ mod tests {
         let (ka, kb) = keys_for(aead);
         let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
         let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
-        let mut b = Session::new(2, 1, 0, false, 0, &kb, &sb);
+        let b = Session::new(2, 1, 0, false, 0, &kb, &sb);
         let frame = b"hello fabric frame";
         let mut buf = vec![0u8; 16 + frame.len() + 16];
         buf[16..16 + frame.len()].copy_from_slice(frame);
@@ -368,7 +368,7 @@ mod tests {
         let (_, kb) = keys_for(Aead::ChaCha20Poly1305);
         let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
         let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
-        let mut b = Session::new(2, 1, 0, false, 0, &kb, &sb);
+        let b = Session::new(2, 1, 0, false, 0, &kb, &sb);
         let mut buf = vec![0u8; 16 + 5 + 16];
         a.seal(&mut buf, 5, u64::MAX, &sa).unwrap();
         assert_eq!(b.open(&mut buf, 0, &sb), Err(OpenError::Auth));
@@ -407,12 +407,46 @@ mod tests {
         assert!(a.seal(&mut buf, 1, 2, &sa).is_none());
     }
 
+    /// Two workers holding the same session over one slot: they never use the same
+    /// counter, and the receiver (itself two workers over one slot) takes every packet
+    /// exactly once, whichever worker each copy reaches.
+    #[test]
+    fn workers_share_a_session_without_nonce_reuse_or_double_delivery() {
+        let (ka, kb) = keys();
+        let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
+        let mut senders =
+            [Session::new(3, 4, 0, true, 0, &ka, &sa), Session::new(3, 4, 0, true, 0, &ka, &sa)];
+        let receivers =
+            [Session::new(4, 3, 0, false, 0, &kb, &sb), Session::new(4, 3, 0, false, 0, &kb, &sb)];
+        let mut seen = std::collections::HashSet::new();
+        let mut packets = Vec::new();
+        for i in 0..1000usize {
+            // Uneven interleaving: worker 1 sends one packet for every three of worker 0.
+            let w = usize::from(i % 4 == 3);
+            let mut buf = vec![0u8; 16 + 2 + 16];
+            buf[16..18].copy_from_slice(&(i as u16).to_le_bytes());
+            senders[w].seal(&mut buf, 2, u64::MAX, &sa).unwrap();
+            let counter = u64::from_le_bytes(buf[8..16].try_into().unwrap());
+            assert!(seen.insert(counter), "counter {counter} used twice");
+            packets.push((counter, buf));
+        }
+        for (n, (counter, p)) in packets.iter().enumerate() {
+            // Each packet reaches one receiving worker, and a copy (a replay) the other.
+            let (first, second) = (&receivers[n % 2], &receivers[(n + 1) % 2]);
+            assert_eq!(first.open(&mut p.clone(), *counter, &sb), Ok(2));
+            assert_eq!(second.open(&mut p.clone(), *counter, &sb), Err(OpenError::Replay));
+        }
+        // A third worker joining later continues past every counter taken.
+        let late = Session::new(3, 4, 0, true, 0, &ka, &sa);
+        assert!(late.tx_counter() > *seen.iter().max().unwrap());
+    }
+
     #[test]
     fn restart_resumes_without_nonce_reuse_or_replay() {
         let (ka, kb) = keys();
         let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
         let mut a = Session::new(7, 8, 0, true, 0, &ka, &sa);
-        let mut b = Session::new(8, 7, 0, false, 0, &kb, &sb);
+        let b = Session::new(8, 7, 0, false, 0, &kb, &sb);
         let mut sent = Vec::new();
         for i in 0..10u8 {
             let mut buf = vec![0u8; 16 + 1 + 16];
@@ -425,7 +459,7 @@ mod tests {
         }
         // Both data planes restart and rebuild the sessions from their slots.
         let mut a2 = Session::new(7, 8, 0, true, 0, &ka, &sa);
-        let mut b2 = Session::new(8, 7, 0, false, 0, &kb, &sb);
+        let b2 = Session::new(8, 7, 0, false, 0, &kb, &sb);
         assert!(a2.tx_counter() >= 10, "sending resumes past every used counter");
         assert_eq!(a2.tx_counter(), TX_BLOCK);
         for (i, p) in sent.iter().enumerate() {

@@ -91,6 +91,28 @@ pub fn lcore_id() -> u32 {
     unsafe { sys::omni_rte_lcore_id() }
 }
 
+/// Makes the calling thread (started outside EAL, after [`Eal::init`]) an EAL thread with
+/// an lcore id of its own, so that mempool caches and per-lcore state work for it as for
+/// EAL's own workers. Returns the lcore id.
+pub fn register_thread() -> Result<u32, DpdkError> {
+    // SAFETY: registers the calling thread only; DPDK checks that EAL is initialised.
+    let r = unsafe { sys::rte_thread_register() };
+    if r != 0 {
+        return Err(DpdkError::Port {
+            port: u16::MAX,
+            what: "thread_register",
+            reason: errno_text(rte_errno()),
+        });
+    }
+    Ok(lcore_id())
+}
+
+/// Gives back the lcore id [`register_thread`] took (before the thread ends).
+pub fn unregister_thread() {
+    // SAFETY: no-op for a thread that is not registered.
+    unsafe { sys::rte_thread_unregister() }
+}
+
 /// Ticks per second of the TSC that `rte_rdtsc` reads.
 pub fn tsc_hz() -> u64 {
     // SAFETY: no preconditions once EAL is up.
@@ -486,15 +508,29 @@ impl EthPort {
         pool: &Mempool,
     ) -> Result<(), DpdkError> {
         let mut conf = sys::rte_eth_conf::default();
-        if queues > 1 {
-            conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
-            // SAFETY: returns a constant.
-            conf.rx_adv_conf.rss_conf.rss_hf = unsafe { sys::omni_rte_rss_ip_udp() };
-        }
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: info is a valid out-parameter.
         self.check("dev_info_get", unsafe { sys::rte_eth_dev_info_get(self.id, &mut info) })?;
-        conf.rx_adv_conf.rss_conf.rss_hf &= info.flow_type_rss_offloads;
+        if queues > info.max_rx_queues.min(info.max_tx_queues) {
+            return Err(DpdkError::Port {
+                port: self.id,
+                what: "configure",
+                reason: format!(
+                    "{queues} queues asked, the driver has at most {} RX and {} TX queues \
+                     (for a vdev, give it more: net_af_packet qpairs=N, net_tap queues=N)",
+                    info.max_rx_queues, info.max_tx_queues
+                ),
+            });
+        }
+        // SAFETY: returns a constant.
+        let rss_hf = unsafe { sys::omni_rte_rss_ip_udp() } & info.flow_type_rss_offloads;
+        // Hardware RSS where the driver has it; a virtual device spreads flows over its
+        // queues by its own means (af_packet fanout, the kernel's TAP queue choice, memif's
+        // peer writing to each queue).
+        if queues > 1 && rss_hf != 0 {
+            conf.rxmode.mq_mode = sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+        }
         // SAFETY: conf is a valid configuration for the duration of the call.
         self.check("configure", unsafe {
             sys::rte_eth_dev_configure(self.id, queues, queues, &conf)

@@ -10,7 +10,7 @@ mod dpdk;
 
 pub use dpdk::{
     BURST, Eal, EthPort, LinkStatus, Mbuf, MbufBurst, MbufRef, Mempool, PortStats, Ring, lcore_id,
-    tsc_hz,
+    register_thread, tsc_hz, unregister_thread,
 };
 
 /// bindgen's output: raw DPDK. Use the wrappers instead where they exist.

@@ -81,8 +81,20 @@ pub fn publish_events(
     ends: &mut DataplaneEnds,
     counters: &WorkerCounters,
 ) -> bool {
+    publish_events_with(engine, ends, counters, |_| {})
+}
+
+/// As [`publish_events`], showing each event to `also` first (a backend with several
+/// workers passes them on to the others).
+pub fn publish_events_with(
+    engine: &mut Engine,
+    ends: &mut DataplaneEnds,
+    counters: &WorkerCounters,
+    mut also: impl FnMut(&crate::shm::records::Event),
+) -> bool {
     let mut any = false;
     for ev in engine.drain_events() {
+        also(&ev);
         match ends.event.push_with(|slot| ev.encode(slot)) {
             Ok(()) => any = true,
             Err(_) => counters.inc(Counter::EventsDropped, 1),

@@ -30,8 +30,11 @@ use crate::paths;
 use crate::session::SealJob;
 use crate::shm::bell::Bell;
 use crate::shm::layout::{Header, Params};
+use crate::shm::records::Event;
 use crate::shm::region::{DataplaneEnds, Region, RoleLock};
 use crate::sync::{Ordering, fence};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 use super::channel::{self, punt};
 use super::crypto_pool::{Batch, Buf, CryptoPool, Item, Job};
@@ -155,8 +158,12 @@ pub struct DpdkConfig {
     pub gateway: Option<IpAddr>,
     /// The 802.1Q VLAN (1-4094) the underlay is on, if any.
     pub vlan: Option<u16>,
-    /// EAL lcores (`-l`): the first is the worker.
+    /// EAL lcores (`-l`): the first `workers` run I/O workers; with one worker, any
+    /// further ones run crypto workers.
     pub cores: String,
+    /// I/O workers (1..=[`crate::shm::layout::WORKER_ROOM`]): one RX/TX queue pair each
+    /// on both ports.
+    pub workers: u16,
     /// Extra EAL arguments (after `--` on the command line).
     pub eal_extra: Vec<String>,
     /// Spin even when idle (lowest latency; a dedicated core).
@@ -224,6 +231,30 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     let daemon_alive = RoleLock::is_held(&cfg.run_dir.join(paths::DAEMON_LOCK));
     let region = Region::open(&cfg.run_dir.join(paths::REGION), cfg.params, !daemon_alive)?;
     let cores = parse_cores(&cfg.cores).map_err(|e| anyhow::anyhow!("--cores: {e}"))?;
+    let workers = cfg.workers as usize;
+    if workers == 0 || workers > region.params().n_workers as usize {
+        bail!(
+            "--workers {workers}: this data plane has room for 1 to {} workers",
+            region.params().n_workers
+        );
+    }
+    if cores.len() < workers {
+        bail!(
+            "--workers {workers} needs as many cores, --cores {} names {}: give one core per \
+             worker (e.g. --cores 2-{})",
+            cfg.cores,
+            cores.len(),
+            2 + workers - 1
+        );
+    }
+    if workers > 1 && cores.len() > workers {
+        bail!(
+            "--cores {} names {} cores for {workers} workers: crypto workers go with a single \
+             I/O worker only; name exactly one core per worker",
+            cfg.cores,
+            cores.len()
+        );
+    }
     if let Some(g) = cfg.gateway
         && g.is_ipv4() != cfg.underlay_ip.is_ipv4()
     {
@@ -253,13 +284,15 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     let eal = Eal::init(&args).context("cannot start DPDK")?;
     // One frame per mbuf, jumbo included: headroom (outer headers go there) + the frame.
     let data_room = (frame_room(cfg.underlay_mtu).max(2048) + 128) as u16;
-    let pool = Mempool::new(&eal, "omni_mbufs", 8191, 256, data_room)?;
+    // Every queue's RX and TX descriptors full at once, with room to spare.
+    let mbufs = (8191u32).max(cfg.workers as u32 * 4 * PORT_DESCRIPTORS as u32 + 2047);
+    let pool = Mempool::new(&eal, "omni_mbufs", mbufs, 256, data_room)?;
     let mut underlay = EthPort::by_name(&eal, cfg.underlay.name())
         .with_context(|| format!("underlay port {}", cfg.underlay.name()))?;
     let mut access = EthPort::by_name(&eal, cfg.access.name())
         .with_context(|| format!("access port {}", cfg.access.name()))?;
-    start_port(&mut underlay, &pool, "underlay")?;
-    start_port(&mut access, &pool, "access")?;
+    start_port(&mut underlay, &pool, "underlay", cfg.workers)?;
+    start_port(&mut access, &pool, "access", cfg.workers)?;
     if cfg.underlay_mtu != 1500
         && let Err(e) = underlay.set_mtu(cfg.underlay_mtu)
     {
@@ -303,7 +336,13 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         "for the worker",
     );
     let h = region.header();
-    let generation = channel::announce(h, cfg.port, 0, cfg.supervised, 1);
+    // Commands left in the rings of workers an earlier data plane ran are stale: control
+    // replays the whole state to every worker once it sees this generation.
+    for w in 1..workers {
+        let mut ends = region.dataplane_ends(w);
+        while let Ok(Some(())) = ends.cmd.pop_with(|_| ()) {}
+    }
+    let generation = channel::announce(h, cfg.port, 0, cfg.supervised, workers as u32);
     info!(
         underlay = cfg.underlay.name(),
         access = cfg.access.name(),
@@ -318,52 +357,72 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     );
     bell.ring();
 
-    let mut w = DpdkWorker {
-        engine: Engine::new(&region, 0),
-        ends: region.dataplane_ends(0),
-        header: h,
-        counters: region.counters(0),
+    let bus = Bus::new(workers);
+    let stop = AtomicBool::new(false);
+    let shared = Shared {
+        region: &region,
         bell: &bell,
-        frame: PacketBuf::new(),
-        punted: false,
-        busy_poll: cfg.busy_poll,
-        link_down_since: None,
-        watched: [("underlay", &cfg.underlay), ("access", &cfg.access)]
-            .into_iter()
-            .filter_map(|(role, p)| {
-                let name = p.kernel_iface()?;
-                Some((role, name.to_string(), crate::sys::netif::if_index(name)))
-            })
-            .collect(),
-        link_errors: 0,
-    };
-    let mut tx = DpdkTx {
         pool: &pool,
-        port: &underlay,
-        out: MbufBurst::new(),
-        bufs: (0..BURST).map(|_| PacketBuf::new()).collect(),
-        n: 0,
-        neighbours: Neighbours::new(cfg.underlay_ip, cfg.prefix_len, our_mac, cfg.gateway),
-        udp_port: cfg.port,
-        counters: region.counters(0),
-        max_ip: cfg.underlay_mtu as usize,
-        pending: std::collections::VecDeque::new(),
-        outer: None,
-        outer_len: if cfg.underlay_ip.is_ipv4() { OUTER_V4 } else { OUTER_V6 }
-            + if cfg.vlan.is_some() { VLAN_TAG } else { 0 },
+        underlay: &underlay,
+        access: &access,
+        cfg: &cfg,
+        our_mac,
+        bus: &bus,
+        stop: &stop,
     };
-    tx.neighbours.vlan = cfg.vlan;
-    // The first core runs this worker (EAL pins it); each further one a crypto worker.
-    let crypto_cpus: Vec<Option<u32>> = cores[1..].iter().map(|&c| Some(c)).collect();
+    let mut w = shared.worker(0);
+    w.watched = [("underlay", &cfg.underlay), ("access", &cfg.access)]
+        .into_iter()
+        .filter_map(|(role, p)| {
+            let name = p.kernel_iface()?;
+            Some((role, name.to_string(), crate::sys::netif::if_index(name)))
+        })
+        .collect();
+    let mut tx = shared.tx(0);
+    // With one I/O worker, each further core runs a crypto worker.
+    let crypto_cpus: Vec<Option<u32>> =
+        if workers == 1 { cores[1..].iter().map(|&c| Some(c)).collect() } else { vec![] };
     let remove = std::thread::scope(|scope| {
-        if crypto_cpus.is_empty() {
-            return w.run(&signals, &pool, &underlay, &access, &mut tx, None);
+        // Workers 1.. run on threads of their own, pinned to their cores and registered
+        // with EAL (mempool caches); the first runs here, on EAL's main lcore.
+        let mut others = Vec::new();
+        for (i, &cpu) in cores.iter().enumerate().take(workers).skip(1) {
+            let shared = &shared;
+            let spawned = std::thread::Builder::new()
+                .name(format!("omni-io-{i}"))
+                .spawn_scoped(scope, move || shared.run_other(i, cpu));
+            match spawned {
+                Ok(h) => others.push(h),
+                Err(e) => {
+                    stop.store(true, Ordering::Release);
+                    return Err(anyhow::anyhow!("cannot start I/O worker {i}: {e}"));
+                }
+            }
         }
-        let mut crypto: Crypto<'_> = CryptoPool::start(scope, &crypto_cpus, cfg.busy_poll)
-            .context("cannot start the crypto workers")?;
-        info!(workers = crypto.workers(), cpus = ?&cores[1..], "crypto workers started");
-        w.run(&signals, &pool, &underlay, &access, &mut tx, Some(&mut crypto))
-        // Dropping the pool stops its workers; the scope joins them.
+        if workers > 1 {
+            info!(workers, cpus = ?&cores[..workers], "I/O workers started");
+        }
+        let r = if crypto_cpus.is_empty() {
+            w.run(Some(&signals), &pool, &underlay, &access, &mut tx, None)
+        } else {
+            match CryptoPool::start(scope, &crypto_cpus, cfg.busy_poll) {
+                Ok(mut crypto) => {
+                    info!(workers = crypto.workers(), cpus = ?&cores[1..], "crypto workers started");
+                    w.run(Some(&signals), &pool, &underlay, &access, &mut tx, Some(&mut crypto))
+                    // Dropping the pool stops its workers; the scope joins them.
+                }
+                Err(e) => Err(anyhow::Error::from(e).context("cannot start the crypto workers")),
+            }
+        };
+        stop.store(true, Ordering::Release);
+        for (i, h) in others.into_iter().enumerate() {
+            match h.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(worker = i + 1, "I/O worker stopped: {e:#}"),
+                Err(_) => tracing::error!(worker = i + 1, "I/O worker panicked"),
+            }
+        }
+        r
     });
     h.dp_pid.store(0, Ordering::Relaxed);
     drop(tx);
@@ -447,11 +506,11 @@ fn remove_stale_memif_socket(p: &PortSpec) {
 
 /// Starts a port, retrying for a while: a memif client cannot start before its server
 /// (another process, maybe starting too) listens.
-fn start_port(port: &mut EthPort, pool: &Mempool, role: &str) -> anyhow::Result<()> {
+fn start_port(port: &mut EthPort, pool: &Mempool, role: &str, queues: u16) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let mut logged = false;
     loop {
-        match port.start(1, 1024, pool) {
+        match port.start(queues, PORT_DESCRIPTORS, pool) {
             Ok(()) => return Ok(()),
             Err(e) if std::time::Instant::now() < deadline => {
                 if !logged {
@@ -473,6 +532,8 @@ fn start_port(port: &mut EthPort, pool: &Mempool, role: &str) -> anyhow::Result<
 struct DpdkTx<'a> {
     pool: &'a Mempool,
     port: &'a EthPort,
+    /// This worker's TX queue on the underlay port.
+    queue: u16,
     out: MbufBurst<'a>,
     bufs: Vec<PacketBuf>,
     n: usize,
@@ -528,6 +589,8 @@ impl Job for CryptoJob {
 }
 
 /// Ethernet + IPv4 + UDP in front of a sealed message on the underlay.
+/// RX and TX descriptors per queue.
+const PORT_DESCRIPTORS: u16 = 1024;
 const OUTER_V4: usize = 14 + 20 + 8;
 /// Ethernet + IPv6 + UDP.
 const OUTER_V6: usize = 14 + 40 + 8;
@@ -790,7 +853,7 @@ impl<'a> DpdkTx<'a> {
             if self.out.is_empty() {
                 return;
             }
-            self.port.tx_burst(0, &mut self.out);
+            self.port.tx_burst(self.queue, &mut self.out);
         }
         let left = self.out.len();
         if left > 0 {
@@ -846,7 +909,150 @@ impl TxSink for DpdkTx<'_> {
     }
 }
 
+/// What one I/O worker tells the others. Rare (events, ARP/ND), never per data packet.
+enum BusMsg {
+    /// An event the worker's engine raised: the others apply it ([`Engine::observe`]).
+    Event(Event),
+    /// An ARP or ND frame from the underlay: the others learn from it too (the reply to
+    /// one worker's request may come in on another's queue).
+    Neighbour(Vec<u8>),
+}
+
+/// Messages waiting per message box before more are dropped (counted).
+const BUS_MAX: usize = 4096;
+
+/// One message box per I/O worker. A worker looks at its flag every loop pass and takes
+/// the lock only when mail came.
+struct Bus {
+    boxes: Vec<(AtomicBool, Mutex<Vec<BusMsg>>)>,
+}
+
+impl Bus {
+    fn new(workers: usize) -> Self {
+        Self { boxes: (0..workers).map(|_| (AtomicBool::new(false), Mutex::new(vec![]))).collect() }
+    }
+
+    /// Posts `msg()` to every worker but `from`. Returns false if a box was full.
+    fn post_others(&self, from: usize, msg: impl Fn() -> BusMsg) -> bool {
+        let mut all = true;
+        for (i, (flag, q)) in self.boxes.iter().enumerate() {
+            if i == from {
+                continue;
+            }
+            let mut q = q.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() < BUS_MAX {
+                q.push(msg());
+                flag.store(true, Ordering::Release);
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Takes `to`'s mail, if any came.
+    fn take(&self, to: usize, into: &mut Vec<BusMsg>) {
+        let (flag, q) = &self.boxes[to];
+        if flag.load(Ordering::Acquire) {
+            flag.store(false, Ordering::Relaxed);
+            std::mem::swap(&mut *q.lock().unwrap_or_else(|p| p.into_inner()), into);
+        }
+    }
+}
+
+/// What every I/O worker of one data plane shares.
+struct Shared<'r> {
+    region: &'r Region,
+    bell: &'r Bell,
+    pool: &'r Mempool,
+    underlay: &'r EthPort,
+    access: &'r EthPort,
+    cfg: &'r DpdkConfig,
+    our_mac: [u8; 6],
+    bus: &'r Bus,
+    /// Set when the data plane stops (by the first worker, or one that failed).
+    stop: &'r AtomicBool,
+}
+
+impl<'r> Shared<'r> {
+    fn worker(&self, i: usize) -> DpdkWorker<'r> {
+        DpdkWorker {
+            index: i,
+            queue: i as u16,
+            engine: Engine::new(self.region, i),
+            ends: self.region.dataplane_ends(i),
+            header: self.region.header(),
+            counters: self.region.counters(i),
+            bell: self.bell,
+            bus: self.bus,
+            stop: self.stop,
+            mail: Vec::new(),
+            frame: PacketBuf::new(),
+            punted: false,
+            busy_poll: self.cfg.busy_poll,
+            link_down_since: None,
+            watched: Vec::new(),
+            link_errors: 0,
+        }
+    }
+
+    fn tx(&self, i: usize) -> DpdkTx<'r> {
+        let cfg = self.cfg;
+        let mut neighbours =
+            Neighbours::new(cfg.underlay_ip, cfg.prefix_len, self.our_mac, cfg.gateway);
+        neighbours.vlan = cfg.vlan;
+        DpdkTx {
+            pool: self.pool,
+            port: self.underlay,
+            queue: i as u16,
+            out: MbufBurst::new(),
+            bufs: (0..BURST).map(|_| PacketBuf::new()).collect(),
+            n: 0,
+            neighbours,
+            udp_port: cfg.port,
+            counters: self.region.counters(i),
+            max_ip: cfg.underlay_mtu as usize,
+            pending: std::collections::VecDeque::new(),
+            outer: None,
+            outer_len: if cfg.underlay_ip.is_ipv4() { OUTER_V4 } else { OUTER_V6 }
+                + if cfg.vlan.is_some() { VLAN_TAG } else { 0 },
+        }
+    }
+
+    /// The life of I/O worker `i` (not the first) on its own thread, pinned to `cpu`.
+    fn run_other(&self, i: usize, cpu: u32) -> anyhow::Result<bool> {
+        let r = self.run_other_inner(i, cpu);
+        // However it ends, the others stop too: a data plane missing a worker would drop
+        // every flow the NIC hands that worker's queues.
+        self.stop.store(true, Ordering::Release);
+        r
+    }
+
+    fn run_other_inner(&self, i: usize, cpu: u32) -> anyhow::Result<bool> {
+        if let Err(e) = crate::sys::affinity::pin_current_thread(cpu) {
+            warn!(worker = i, cpu, "cannot pin the I/O worker to its core: {e}");
+        }
+        let lcore = omni_dpdk::register_thread()
+            .with_context(|| format!("I/O worker {i} cannot register with EAL"))?;
+        info!(worker = i, cpu, lcore, "I/O worker ready");
+        let mut w = self.worker(i);
+        let mut tx = self.tx(i);
+        let r = w.run(None, self.pool, self.underlay, self.access, &mut tx, None);
+        drop(tx);
+        omni_dpdk::unregister_thread();
+        r
+    }
+}
+
 struct DpdkWorker<'r> {
+    /// Which worker this is (0: the first, which also watches ports, signals and time).
+    index: usize,
+    /// The RX and TX queue it owns on both ports.
+    queue: u16,
+    bus: &'r Bus,
+    stop: &'r AtomicBool,
+    /// Mail taken from the bus, applied each pass (kept to reuse its allocation).
+    mail: Vec<BusMsg>,
     engine: Engine<'r>,
     ends: DataplaneEnds<'r>,
     header: &'r Header,
@@ -867,7 +1073,7 @@ struct DpdkWorker<'r> {
 impl DpdkWorker<'_> {
     fn run<'p>(
         &mut self,
-        signals: &crate::sys::SignalFd,
+        signals: Option<&crate::sys::SignalFd>,
         pool: &'p Mempool,
         underlay: &EthPort,
         access: &EthPort,
@@ -889,7 +1095,7 @@ impl DpdkWorker<'_> {
 
     fn poll<'p>(
         &mut self,
-        signals: &crate::sys::SignalFd,
+        signals: Option<&crate::sys::SignalFd>,
         pool: &'p Mempool,
         underlay: &EthPort,
         access: &EthPort,
@@ -902,9 +1108,17 @@ impl DpdkWorker<'_> {
         let mut idle_passes = 0u32;
         let mut rx: MbufBurst<'p> = MbufBurst::new();
         let mut deliver: MbufBurst<'p> = MbufBurst::new();
+        let first = self.index == 0;
         loop {
             let now = monotonic_ms();
             let mut work = 0;
+            if self.stop.load(Ordering::Acquire) {
+                if first {
+                    anyhow::bail!("an I/O worker stopped");
+                }
+                return Ok(false);
+            }
+            work += self.read_mail(now, tx);
             if let Some(remove) = self.commands(now, tx) {
                 return Ok(remove);
             }
@@ -930,11 +1144,13 @@ impl DpdkWorker<'_> {
             }
             tx.flush();
             let notify = self.publish_events() | std::mem::take(&mut self.punted);
-            if now.saturating_sub(last_heartbeat) >= 100 {
+            if first && now.saturating_sub(last_heartbeat) >= 100 {
                 self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
                 last_heartbeat = now;
             }
-            if now.saturating_sub(last_housekeeping) >= 1000 {
+            // The first worker keeps time for all: sessions it retires go from the others
+            // through its SessionExpired events.
+            if first && now.saturating_sub(last_housekeeping) >= 1000 {
                 self.engine.housekeeping(now);
                 last_housekeeping = now;
                 self.watch_link(now, underlay);
@@ -954,7 +1170,9 @@ impl DpdkWorker<'_> {
                     self.bell.ring();
                 }
             }
-            if now.saturating_sub(last_signal_check) >= 50 {
+            if let Some(signals) = signals
+                && now.saturating_sub(last_signal_check) >= 50
+            {
                 last_signal_check = now;
                 self.bell.drain();
                 if let Some(sig) = signals.read() {
@@ -1058,7 +1276,7 @@ impl DpdkWorker<'_> {
         deliver: &mut MbufBurst<'p>,
         mut crypto: Option<&mut Crypto<'p>>,
     ) -> usize {
-        let n = underlay.rx_burst(0, rx, pool);
+        let n = underlay.rx_burst(self.queue, rx, pool);
         if n == 0 {
             return 0;
         }
@@ -1070,6 +1288,9 @@ impl DpdkWorker<'_> {
                 match tx.neighbours.on_frame(now, data) {
                     ArpAction::Reply(r) => tx.raw(&r),
                     ArpAction::Learned | ArpAction::Ignore => {}
+                }
+                if self.bus.boxes.len() > 1 {
+                    self.bus.post_others(self.index, || BusMsg::Neighbour(data.to_vec()));
                 }
                 if !tx.pending.is_empty() {
                     tx.retry_pending(now);
@@ -1155,7 +1376,7 @@ impl DpdkWorker<'_> {
             if deliver.is_empty() {
                 break;
             }
-            access.tx_burst(0, deliver);
+            access.tx_burst(self.queue, deliver);
         }
         if !deliver.is_empty() {
             self.counters.drop_n(DropReason::AccessError, deliver.len() as u64);
@@ -1224,7 +1445,7 @@ impl DpdkWorker<'_> {
         rx: &mut MbufBurst<'p>,
         mut crypto: Option<&mut Crypto<'p>>,
     ) -> usize {
-        let n = access.rx_burst(0, rx, pool);
+        let n = access.rx_burst(self.queue, rx, pool);
         if n == 0 {
             return 0;
         }
@@ -1279,8 +1500,34 @@ impl DpdkWorker<'_> {
         n
     }
 
+    /// Moves the engine's events to control and, with several workers, to the others.
     fn publish_events(&mut self) -> bool {
-        channel::publish_events(&mut self.engine, &mut self.ends, self.counters)
+        let (bus, index, counters) = (self.bus, self.index, self.counters);
+        let several = bus.boxes.len() > 1;
+        channel::publish_events_with(&mut self.engine, &mut self.ends, self.counters, |ev| {
+            if several && !bus.post_others(index, || BusMsg::Event(ev.clone())) {
+                counters.inc(crate::counters::Counter::EventsDropped, 1);
+            }
+        })
+    }
+
+    /// Applies what the other workers posted. Returns how many messages there were.
+    fn read_mail(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> usize {
+        self.bus.take(self.index, &mut self.mail);
+        let n = self.mail.len();
+        for msg in self.mail.drain(..) {
+            match msg {
+                BusMsg::Event(ev) => self.engine.observe(now, &ev, tx),
+                BusMsg::Neighbour(frame) => {
+                    // Learning only: the worker that received it answered it.
+                    let _ = tx.neighbours.on_frame(now, &frame);
+                }
+            }
+        }
+        if n > 0 && !tx.pending.is_empty() {
+            tx.retry_pending(now);
+        }
+        n
     }
 }
 
@@ -1356,6 +1603,7 @@ mod tests {
             gateway: None,
             vlan: None,
             cores: "1".into(),
+            workers: 1,
             eal_extra: vec![],
             busy_poll: false,
             underlay_mtu: 1500,

@@ -119,9 +119,14 @@ struct Args {
     /// frames in must carry it).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
     underlay_vlan: Option<u16>,
-    /// dpdk backend: EAL lcores (-l); the first runs the worker.
+    /// dpdk backend: EAL lcores (-l). The first --workers of them run I/O workers; with one
+    /// worker, any further ones run its crypto workers.
     #[arg(long, default_value = "0")]
     cores: String,
+    /// dpdk backend: I/O workers, each with its own RX/TX queue pair on both ports (RSS, or
+    /// the virtual device's own spreading, shares flows among them) and its own core.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    workers: u16,
     /// dpdk backend: keep polling when idle (a dedicated core; lowest latency). Without
     /// it an idle worker sleeps up to 1 ms between polls.
     #[arg(long)]
@@ -273,6 +278,7 @@ fn dpdk_config(
         gateway: args.gateway,
         vlan: args.underlay_vlan,
         cores: args.cores.clone(),
+        workers: args.workers,
         eal_extra: args.eal.clone(),
         busy_poll: args.busy_poll,
         underlay_mtu: args.underlay_mtu,

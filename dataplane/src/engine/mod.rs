@@ -718,6 +718,7 @@ impl<'r> Engine<'r> {
     ) -> Decap {
         if self.peers[peer as usize].next == Some(idx) {
             self.confirm_next(now_ms, peer, tx);
+            self.event(Event::SessionConfirmed { peer, local_index: idx });
         }
         if self.peers[peer as usize].endpoint != Some(from) {
             self.peers[peer as usize].endpoint = Some(from);
@@ -763,8 +764,45 @@ impl<'r> Engine<'r> {
         if let Some(i) = old_prev {
             self.retire(i);
         }
-        self.event(Event::SessionConfirmed { peer, local_index: next });
         self.flush_staged(now_ms, peer, tx);
+    }
+
+    // ---- other workers -----------------------------------------------------------------
+
+    /// Applies what another worker's engine raised (its events, in order), so that every
+    /// worker holding the same sessions agrees on them: a session confirmed there is
+    /// current here too, a peer that roamed is sent to at its new address, an expired
+    /// session goes, and a handshake or rekey already asked for is not asked for again.
+    pub fn observe(&mut self, now_ms: u64, event: &Event, tx: &mut impl TxSink) {
+        match *event {
+            Event::SessionConfirmed { peer, local_index } => {
+                if self.peers.get(peer as usize).is_some_and(|p| p.next == Some(local_index)) {
+                    self.confirm_next(now_ms, peer, tx);
+                }
+            }
+            Event::EndpointChanged { peer, endpoint } => {
+                if let Some(p) = self.peers.get_mut(peer as usize).filter(|p| p.active) {
+                    p.endpoint = endpoint;
+                }
+            }
+            Event::SessionExpired { local_index, .. } => self.remove_session(local_index),
+            Event::HandshakeNeeded { peer } => {
+                if let Some(p) = self.peers.get_mut(peer as usize) {
+                    p.last_handshake_event_ms = now_ms.max(1);
+                }
+            }
+            Event::RekeyNeeded { peer } => {
+                let Some(idx) = self.peers.get(peer as usize).and_then(|p| p.current) else {
+                    return;
+                };
+                let slot_i = (idx & self.session_mask) as usize;
+                if let Some(s) = self.sessions[slot_i].as_deref_mut()
+                    && s.local_index == idx
+                {
+                    s.rekey_requested = true;
+                }
+            }
+        }
     }
 
     // ---- commands --------------------------------------------------------------------

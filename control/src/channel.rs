@@ -235,6 +235,18 @@ impl Channel {
         t
     }
 
+    /// (rx packets, tx packets) of each worker the data plane runs.
+    pub fn worker_packets(&self) -> Vec<(u64, u64)> {
+        use omni_dataplane::counters::Counter;
+        (0..self.workers())
+            .map(|w| {
+                let c = self.region.counters(w);
+                let get = |k: Counter| c.slots[k as usize].load(Ordering::Relaxed);
+                (get(Counter::RxPackets), get(Counter::TxPackets))
+            })
+            .collect()
+    }
+
     /// Every counter slot summed over workers.
     pub fn counters(&self) -> [u64; N_COUNTERS] {
         let mut out = [0u64; N_COUNTERS];

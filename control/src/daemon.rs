@@ -607,6 +607,7 @@ impl Daemon {
             fdb_entries: self.channel.fdb(now, self.settings.fdb_aging.as_millis() as u64).len()
                 as u64,
             peers,
+            workers: self.channel.worker_packets(),
         };
         self.metrics.render(&sample)
     }

@@ -33,6 +33,8 @@ pub struct Metrics {
     dropped: IntCounterVec,
     peer_rx_bytes: IntCounterVec,
     peer_tx_bytes: IntCounterVec,
+    worker_rx_packets: IntCounterVec,
+    worker_tx_packets: IntCounterVec,
 }
 
 /// What one scrape reports.
@@ -50,6 +52,8 @@ pub struct Sample {
     pub fdb_entries: u64,
     /// (short peer key, rx bytes, tx bytes)
     pub peers: Vec<(String, u64, u64)>,
+    /// (rx packets, tx packets) of each data-plane worker running.
+    pub workers: Vec<(u64, u64)>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -165,6 +169,18 @@ impl Metrics {
                 "Bytes sent to each peer",
                 "peer",
             ),
+            worker_rx_packets: counter_vec(
+                &r,
+                "omni_worker_rx_packets_total",
+                "Transport packets opened by each data-plane worker (how RSS spreads flows)",
+                "worker",
+            ),
+            worker_tx_packets: counter_vec(
+                &r,
+                "omni_worker_tx_packets_total",
+                "Transport packets sealed by each data-plane worker",
+                "worker",
+            ),
             registry: r,
         }
     }
@@ -202,6 +218,11 @@ impl Metrics {
         for (peer, rx, tx) in &s.peers {
             catch_up(&self.peer_rx_bytes.with_label_values(&[peer]), *rx);
             catch_up(&self.peer_tx_bytes.with_label_values(&[peer]), *tx);
+        }
+        for (w, (rx, tx)) in s.workers.iter().enumerate() {
+            let w = w.to_string();
+            catch_up(&self.worker_rx_packets.with_label_values(&[&w]), *rx);
+            catch_up(&self.worker_tx_packets.with_label_values(&[&w]), *tx);
         }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

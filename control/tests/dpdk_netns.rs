@@ -259,6 +259,59 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
     );
 }
 
+/// `name`'s value for each of two workers in `n`'s metrics.
+fn per_worker(n: &Node, name: &str) -> [f64; 2] {
+    let m = n.metrics(9100);
+    [0, 1].map(|w| metric(&m, &format!("{name}{{worker=\"{w}\"}}")).unwrap_or(0.0))
+}
+
+#[test]
+fn two_dpdk_nodes_with_two_io_workers_each_spread_flows_over_both() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let dir = TempDir::new("dpdk-workers");
+    // Two I/O workers per data plane, one core each: two RX/TX queue pairs on the memif
+    // underlay and on the TAP (the kernel spreads flows over a multi-queue TAP by hash; a
+    // worker's packets leave on its memif queue and reach the peer's worker of that queue).
+    let two: &[&str] = &["--workers", "2"];
+    let MemifPair { a_ns, b_ns, na, nb, mut dpa, mut dpb, log_a } =
+        MemifPair::new(&dir.0, "w", 97, ("0-1", two), ("0-1", two));
+    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert!(log.contains("I/O workers started"), "A runs two I/O workers:\n{log}");
+    ping_until(&a_ns, "192.168.97.2", &[&na, &nb]);
+    a_ns.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.97.2");
+    b_ns.sh_ok("ping -c 3 -i 0.2 -W 3 192.168.97.1");
+    na.wait_established(&nb.key);
+    // Sixteen TCP flows each way: all on one queue by chance is 2^-15.
+    for (from, to, ip) in [(&a_ns, &b_ns, "192.168.97.2"), (&b_ns, &a_ns, "192.168.97.1")] {
+        to.sh_ok(&format!("iperf3 -s -D -1 -B {ip}"));
+        std::thread::sleep(Duration::from_millis(300));
+        let out = from.sh_ok(&format!("iperf3 -c {ip} -t 2 -P 16 -J"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+        assert!(bps > 10e6, "16 flows over two workers each: {bps}");
+        eprintln!(
+            "iperf3 TCP, 16 flows, two I/O workers per DPDK data plane: {:.2} Gbit/s",
+            bps / 1e9
+        );
+    }
+    for n in [&na, &nb] {
+        let tx = per_worker(n, "omni_worker_tx_packets_total");
+        let rx = per_worker(n, "omni_worker_rx_packets_total");
+        eprintln!("{}: sealed per worker {tx:?}, opened per worker {rx:?}", n.ns_name);
+        assert!(tx.iter().all(|&p| p > 100.0), "{}: both workers seal: {tx:?}", n.ns_name);
+        assert!(rx.iter().all(|&p| p > 100.0), "{}: both workers open: {rx:?}", n.ns_name);
+        // One session, both workers sending on it and both receiving it: no counter used
+        // twice (the peer would refuse it as a replay) and none refused by the window.
+        assert_no_drops(n, &["auth_failed", "replay"]);
+    }
+    drop((na, nb));
+    dpa.stop("TERM");
+    dpb.stop("TERM");
+    let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert!(log.contains("data plane stopped"), "clean stop of both workers:\n{log}");
+}
+
 #[test]
 fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
     let _serial = serial();

@@ -716,13 +716,15 @@ impl<'r> Engine<'r> {
         msg: &[u8],
         tx: &mut impl TxSink,
     ) -> Decap {
-        if self.peers[peer as usize].next == Some(idx) {
-            self.confirm_next(now_ms, peer, tx);
-            self.event(Event::SessionConfirmed { peer, local_index: idx });
-        }
+        // The new address first: frames staged for a session confirmed now go there, and
+        // other workers learn of both in the same order.
         if self.peers[peer as usize].endpoint != Some(from) {
             self.peers[peer as usize].endpoint = Some(from);
             self.event(Event::EndpointChanged { peer, endpoint: Some(from) });
+        }
+        if self.peers[peer as usize].next == Some(idx) {
+            self.confirm_next(now_ms, peer, tx);
+            self.event(Event::SessionConfirmed { peer, local_index: idx });
         }
         self.stats(peer).record_rx(n, now_ms);
         self.counters.inc(Counter::RxPackets, 1);

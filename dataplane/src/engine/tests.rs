@@ -579,3 +579,46 @@ fn deferred_open_checks_replay_and_session_again_when_it_finishes() {
         DecapStart::Done(Decap::Drop(DropReason::Malformed))
     ));
 }
+
+/// B runs two workers (two engines over one region, each told of the other's events):
+/// a session confirmed and a roam seen by one are known to the other, which then sends on
+/// the confirmed session to the new address; a packet one worker took is a replay to the
+/// other.
+#[test]
+fn a_second_worker_follows_the_first_through_observed_events() {
+    let r = region("workers-b");
+    let mut a = Engine::new(region("workers-a"), 0);
+    let mut b0 = Engine::new(r, 0);
+    let mut b1 = Engine::new(r, 1);
+    let mut sink = VecSink::default();
+    a.apply(0, Command::SetPeer { peer: 0, endpoint: Some(B_EP.parse().unwrap()) }, &mut sink);
+    for b in [&mut b0, &mut b1] {
+        b.apply(0, Command::SetPeer { peer: 0, endpoint: Some(A_EP.parse().unwrap()) }, &mut sink);
+        install(b, 0, 200, 100, SessionPlace::Next, false, [2; 32], [1; 32], &mut sink);
+    }
+    install(&mut a, 0, 100, 200, SessionPlace::Current, true, [1; 32], [2; 32], &mut sink);
+    let mut keepalive = sink.queued.pop().unwrap();
+    // A roamed: its keepalive comes from a new address, to worker 0.
+    let roamed = "10.0.0.9:4000";
+    let copy = keepalive.data.clone();
+    assert_eq!(deliver(&mut b0, roamed, &mut keepalive), Decap::Keepalive);
+    // Worker 1 has not confirmed the session yet: nothing to send A on.
+    let mut p = frame(MAC_A, MAC_B, b"to a");
+    b1.encap(2, &mut p, &mut sink);
+    assert!(sink.queued.is_empty(), "staged until a session is current");
+    let events: Vec<Event> = b0.drain_events().collect();
+    assert!(events.contains(&Event::SessionConfirmed { peer: 0, local_index: 200 }));
+    for e in &events {
+        b1.observe(3, e, &mut sink);
+    }
+    // The staged frame went, sealed on the confirmed session, to A's new address.
+    assert_eq!(sink.queued.len(), 1, "{:?}", sink.queued.len());
+    assert_eq!(sink.queued[0].addr, Some(roamed.parse().unwrap()));
+    let mut out = sink.queued.pop().unwrap();
+    assert!(matches!(deliver(&mut a, B_EP, &mut out), Decap::Deliver { .. }));
+    // The keepalive worker 0 took is a replay to worker 1 (one window for both).
+    let mut again = PacketBuf::new();
+    again.data = copy;
+    again.len = keepalive.len;
+    assert_eq!(deliver(&mut b1, roamed, &mut again), Decap::Drop(DropReason::Replay));
+}

@@ -138,8 +138,11 @@ pub struct DpdkSection {
     pub gateway: Option<std::net::IpAddr>,
     /// The 802.1Q VLAN (1-4094) the underlay is on.
     pub vlan: Option<u16>,
-    /// EAL lcores (`-l`), e.g. "2-5"; the first runs the worker.
+    /// EAL lcores (`-l`), e.g. "2-5": the first `workers` run I/O workers; with one
+    /// worker, any further ones run crypto workers.
     pub cores: Option<String>,
+    /// I/O workers, one RX/TX queue pair each on both ports (default 1).
+    pub workers: Option<u16>,
     /// Keep polling when idle (a dedicated core).
     pub busy_poll: Option<bool>,
     /// IP MTU of the underlay (default 1500).
@@ -615,6 +618,17 @@ impl Settings {
                 && !(1..=4094).contains(&v)
             {
                 return Err(invalid("[dpdk] vlan", format!("{v} is not a VLAN id (1 to 4094)")));
+            }
+            if let Some(w) = dpdk.workers
+                && !(1..=omni_dataplane::shm::layout::WORKER_ROOM as u16).contains(&w)
+            {
+                return Err(invalid(
+                    "[dpdk] workers",
+                    format!(
+                        "{w} I/O workers: 1 to {} (one core each, named in cores)",
+                        omni_dataplane::shm::layout::WORKER_ROOM
+                    ),
+                ));
             }
             if dpdk.underlay.is_none() {
                 return Err(invalid(

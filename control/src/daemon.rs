@@ -314,6 +314,9 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
             a.extend(["--gateway".into(), g.to_string()]);
         }
         a.extend(["--cores".into(), d.cores.clone().unwrap_or_else(|| "0".into())]);
+        if let Some(w) = d.workers {
+            a.extend(["--workers".into(), w.to_string()]);
+        }
         if d.busy_poll.unwrap_or(false) {
             a.push("--busy-poll".into());
         }

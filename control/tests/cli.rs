@@ -228,6 +228,8 @@ fn dpdk_backend_errors_name_the_problem() {
     assert!(e.contains("different ports"), "{e}");
     let e = dp(&["--iface", "eth0", "--underlay", "net_null0"]);
     assert!(e.contains("--iface is for --backend xdp"), "{e}");
+    let e = dp(&["--workers", "9", "--underlay", "net_null0"]);
+    assert!(e.contains("--workers") && e.contains("1..=8"), "{e}");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         // A port DPDK has no driver for: EAL or the port lookup says which.
@@ -240,6 +242,13 @@ fn dpdk_backend_errors_name_the_problem() {
             "10.0.0.1/24",
         ]);
         assert!(e.contains("net_bogus0") || e.contains("cannot start DPDK"), "{e}");
+        // Workers without a core each, or with crypto cores beside them: said before EAL.
+        let ports =
+            ["--underlay", "net_null0", "--access", "net_null1", "--underlay-ip", "10.0.0.1/24"];
+        let e = dp(&[&ports[..], &["--workers", "2", "--cores", "0"]].concat());
+        assert!(e.contains("needs as many cores"), "{e}");
+        let e = dp(&[&ports[..], &["--workers", "2", "--cores", "0-2"]].concat());
+        assert!(e.contains("crypto workers go with a single"), "{e}");
         // Without root: said first.
         let e = run(&format!(
             "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} --backend dpdk --run-dir {run_dir} --underlay net_null0 --access net_null1 --underlay-ip 10.0.0.1/24",
@@ -258,4 +267,15 @@ fn dpdk_backend_errors_name_the_problem() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("[dpdk] underlay_ip"), "{err}");
+    std::fs::write(
+        &cfg,
+        "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"net_null0\"\nunderlay_ip = \"10.0.0.1/24\"\nworkers = 0\n",
+    )
+    .unwrap();
+    let o = Command::new(bin("omni-daemon"))
+        .args(["--config", cfg.to_str().unwrap(), "--identity", "/nonexistent/x.key"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("[dpdk] workers"), "{err}");
 }

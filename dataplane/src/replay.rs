@@ -78,43 +78,40 @@ impl<'a> ReplayWindow<'a> {
         (slot, word as u32, 1 << (counter % WORD_COUNTERS))
     }
 
-    /// How the word `held` relates to the counter's word `tag`. `ahead`: the counter is
-    /// past every one accepted when the window was read, so no word can cover newer ones.
+    /// How the word `held` relates to the counter's word `tag`. `far_ahead`: the counter is
+    /// so far past every one accepted (when the window was read) that a word with its
+    /// truncated tag can only be an older one that happens to share it.
     #[inline]
-    fn compare(held: u64, tag: u32, ahead: bool) -> Tag {
-        // Tags wrap after 2^37 counters. The signed distance orders words less than 2^30
-        // words apart (a sender moves through its counters in order; a worker accepting a
-        // newer counter of the same word at this moment is always that close). A word
-        // "newer" by more than that, for a counter ahead of all accepted, is one left from
-        // long ago, before a jump: it is older.
-        if held & BITS_MASK == 0 {
-            // Nothing accepted in it (a new window): nothing to lose by taking it.
+    fn compare(held: u64, tag: u32, far_ahead: bool) -> Tag {
+        if held & BITS_MASK == 0 || far_ahead {
+            // Nothing accepted in it (a new window), or older: nothing to lose by taking it.
             return Tag::Older;
         }
+        // Tags wrap after 2^37 counters; within 2^31 words of each other (a sender moves
+        // through its counters in order, in blocks) the signed distance orders them.
         match (tag.wrapping_sub((held >> 32) as u32)) as i32 {
             0 => Tag::Same,
             d if d > 0 => Tag::Older,
-            d if ahead && d < -(1 << 30) => Tag::Older,
             _ => Tag::Newer,
         }
     }
 
-    /// `Some(ahead)` when `counter` is not past the limit and not older than the window;
-    /// `ahead`: it is newer than every counter accepted so far.
+    /// `Some(far_ahead)` when `counter` is not past the limit and not older than the
+    /// window; `far_ahead`: it is more than 2^30 words past the newest counter accepted.
     #[inline]
     fn in_range(&self, counter: u64) -> Option<bool> {
         let next = self.next.load(Ordering::Relaxed);
         (counter < REJECT_AFTER_MESSAGES && counter + 1 + self.window >= next)
-            .then_some(counter >= next)
+            .then(|| counter / WORD_COUNTERS >= (next / WORD_COUNTERS).saturating_add(1 << 30))
     }
 
     /// Whether `counter` could be accepted (not too old, not seen, not past the limit).
     #[inline]
     pub fn check(&self, counter: u64) -> bool {
-        let Some(ahead) = self.in_range(counter) else { return false };
+        let Some(far_ahead) = self.in_range(counter) else { return false };
         let (word, tag, bit) = self.position(counter);
         let held = word.load(Ordering::Relaxed);
-        match Self::compare(held, tag, ahead) {
+        match Self::compare(held, tag, far_ahead) {
             Tag::Older => true,
             Tag::Same => held & bit == 0,
             Tag::Newer => false,
@@ -124,11 +121,11 @@ impl<'a> ReplayWindow<'a> {
     /// Marks `counter` as received. Returns false if it was a replay (or too old).
     #[inline]
     pub fn update(&self, counter: u64) -> bool {
-        let Some(ahead) = self.in_range(counter) else { return false };
+        let Some(far_ahead) = self.in_range(counter) else { return false };
         let (word, tag, bit) = self.position(counter);
         let mut held = word.load(Ordering::Relaxed);
         loop {
-            let new = match Self::compare(held, tag, ahead) {
+            let new = match Self::compare(held, tag, far_ahead) {
                 Tag::Older => (tag as u64) << 32 | bit,
                 Tag::Same if held & bit == 0 => held | bit,
                 Tag::Same | Tag::Newer => return false,
@@ -221,6 +218,23 @@ mod tests {
         assert!(!w.update(REJECT_AFTER_MESSAGES));
         assert!(!w.update(u64::MAX));
         assert!(w.update(REJECT_AFTER_MESSAGES - 1));
+    }
+
+    /// A counter 2^62 past the window shares a word's truncated tag with one inside it
+    /// (a forged counter; no sender jumps like that): it is still unseen, so it goes on to
+    /// the AEAD, and were it genuine it would be accepted once.
+    #[test]
+    fn a_counter_far_ahead_is_unseen_whatever_its_truncated_tag() {
+        let o = Owned::new();
+        let w = o.w();
+        for c in 0..40 {
+            assert!(w.update(c));
+        }
+        let far = (1u64 << 62) + 5;
+        assert!(w.check(far), "never seen");
+        assert!(w.update(far));
+        assert!(!w.update(far), "once");
+        assert!(!w.update(5), "far behind now");
     }
 
     #[test]

@@ -257,25 +257,20 @@ fn dpdk_backend_errors_name_the_problem() {
         let err = String::from_utf8_lossy(&e.stderr);
         assert!(!e.status.success() && err.contains("needs root"), "{err}");
     }
-    // The daemon checks its [dpdk] section.
+    // The daemon checks its [dpdk] section: `section` refused, naming `key`.
     let cfg = d.0.join("dpdk.toml");
-    std::fs::write(&cfg, "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"net_null0\"\n")
-        .unwrap();
-    let o = Command::new(bin("omni-daemon"))
-        .args(["--config", cfg.to_str().unwrap(), "--identity", "/nonexistent/x.key"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("[dpdk] underlay_ip"), "{err}");
-    std::fs::write(
-        &cfg,
-        "[daemon]\nbackend = \"dpdk\"\n[dpdk]\nunderlay = \"net_null0\"\nunderlay_ip = \"10.0.0.1/24\"\nworkers = 0\n",
-    )
-    .unwrap();
-    let o = Command::new(bin("omni-daemon"))
-        .args(["--config", cfg.to_str().unwrap(), "--identity", "/nonexistent/x.key"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("[dpdk] workers"), "{err}");
+    let refused = |section: &str, key: &str| {
+        std::fs::write(&cfg, format!("[daemon]\nbackend = \"dpdk\"\n[dpdk]\n{section}")).unwrap();
+        let o = Command::new(bin("omni-daemon"))
+            .args(["--config", cfg.to_str().unwrap(), "--identity", "/nonexistent/x.key"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(key), "{section}: {err}");
+    };
+    refused("underlay = \"net_null0\"\n", "[dpdk] underlay_ip");
+    refused(
+        "underlay = \"net_null0\"\nunderlay_ip = \"10.0.0.1/24\"\nworkers = 0\n",
+        "[dpdk] workers",
+    );
 }

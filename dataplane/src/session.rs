@@ -97,6 +97,13 @@ pub struct Session {
     tx_end: u64,
 }
 
+/// Empties a claimed slot (no counter taken, nothing received) and gives it to `owner`.
+fn empty_for(slot: &SessionSlot, owner: u64) {
+    slot.tx_reserved.store(0, Ordering::Relaxed);
+    slot.replay().reset();
+    slot.owner.store(owner, Ordering::Release);
+}
+
 /// `owner` while a worker resets the slot for a new session.
 fn claiming(local_index: u32) -> u64 {
     2u64 << 32 | local_index as u64
@@ -133,17 +140,13 @@ impl Session {
                 .compare_exchange(held, claiming(local_index), Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                slot.tx_reserved.store(0, Ordering::Relaxed);
-                slot.replay().reset();
-                slot.owner.store(owner, Ordering::Release);
+                empty_for(slot, owner);
                 break;
             }
         }
         if slot.owner.load(Ordering::Acquire) != owner {
             // Only a claimer that died half-way leaves this: take the slot over.
-            slot.tx_reserved.store(0, Ordering::Relaxed);
-            slot.replay().reset();
-            slot.owner.store(owner, Ordering::Release);
+            empty_for(slot, owner);
         }
         let tx_next = slot.tx_reserved.load(Ordering::Relaxed);
         Self {

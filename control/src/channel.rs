@@ -33,6 +33,20 @@ pub struct Channel {
     pub dropped_outputs: u64,
 }
 
+/// One data-plane worker's totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerSample {
+    /// Transport packets it opened.
+    pub rx_packets: u64,
+    /// Transport packets it sealed.
+    pub tx_packets: u64,
+    /// Nanoseconds of loop passes that found work (poll-mode workers; 0 for a worker
+    /// that sleeps when idle, whose CPU time is its load).
+    pub busy_ns: u64,
+    /// Loop passes that found work.
+    pub busy_passes: u64,
+}
+
 /// Per-peer traffic totals, summed over workers.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PeerTraffic {
@@ -235,14 +249,19 @@ impl Channel {
         t
     }
 
-    /// (rx packets, tx packets) of each worker the data plane runs.
-    pub fn worker_packets(&self) -> Vec<(u64, u64)> {
+    /// What each worker the data plane runs has done, from its counter block.
+    pub fn worker_samples(&self) -> Vec<WorkerSample> {
         use omni_dataplane::counters::Counter;
         (0..self.workers())
             .map(|w| {
                 let c = self.region.counters(w);
                 let get = |k: Counter| c.slots[k as usize].load(Ordering::Relaxed);
-                (get(Counter::RxPackets), get(Counter::TxPackets))
+                WorkerSample {
+                    rx_packets: get(Counter::RxPackets),
+                    tx_packets: get(Counter::TxPackets),
+                    busy_ns: get(Counter::BusyNs),
+                    busy_passes: get(Counter::BusyPasses),
+                }
             })
             .collect()
     }

@@ -580,6 +580,7 @@ impl Daemon {
             drops,
             nuclei: self.rendezvous.as_ref().map(|r| r.status(now)).unwrap_or_default(),
             cluster: self.settings.cluster.clone(),
+            workers: self.channel.worker_samples(),
         }
     }
 
@@ -610,7 +611,7 @@ impl Daemon {
             fdb_entries: self.channel.fdb(now, self.settings.fdb_aging.as_millis() as u64).len()
                 as u64,
             peers,
-            workers: self.channel.worker_packets(),
+            workers: self.channel.worker_samples(),
         };
         self.metrics.render(&sample)
     }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +37,7 @@ pub struct Metrics {
     peer_tx_bytes: IntCounterVec,
     worker_rx_packets: IntCounterVec,
     worker_tx_packets: IntCounterVec,
+    worker_busy_seconds: CounterVec,
 }
 
 /// What one scrape reports.
@@ -52,8 +55,8 @@ pub struct Sample {
     pub fdb_entries: u64,
     /// (short peer key, rx bytes, tx bytes)
     pub peers: Vec<(String, u64, u64)>,
-    /// (rx packets, tx packets) of each data-plane worker running.
-    pub workers: Vec<(u64, u64)>,
+    /// Each data-plane worker running.
+    pub workers: Vec<crate::channel::WorkerSample>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -181,6 +184,19 @@ impl Metrics {
                 "Transport packets sealed by each data-plane worker",
                 "worker",
             ),
+            worker_busy_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "omni_worker_busy_seconds_total",
+                        "Seconds each poll-mode (DPDK) worker spent in loop passes that found \
+                         work: its load, since its CPU time is always ~100 %",
+                    ),
+                    &["worker"],
+                )
+                .expect("valid metric name");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             registry: r,
         }
     }
@@ -219,10 +235,15 @@ impl Metrics {
             catch_up(&self.peer_rx_bytes.with_label_values(&[peer]), *rx);
             catch_up(&self.peer_tx_bytes.with_label_values(&[peer]), *tx);
         }
-        for (w, (rx, tx)) in s.workers.iter().enumerate() {
+        for (w, ws) in s.workers.iter().enumerate() {
             let w = w.to_string();
-            catch_up(&self.worker_rx_packets.with_label_values(&[&w]), *rx);
-            catch_up(&self.worker_tx_packets.with_label_values(&[&w]), *tx);
+            catch_up(&self.worker_rx_packets.with_label_values(&[&w]), ws.rx_packets);
+            catch_up(&self.worker_tx_packets.with_label_values(&[&w]), ws.tx_packets);
+            let busy = self.worker_busy_seconds.with_label_values(&[&w]);
+            let secs = ws.busy_ns as f64 / 1e9;
+            if secs > busy.get() {
+                busy.inc_by(secs - busy.get());
+            }
         }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -288,6 +309,12 @@ mod tests {
             handshakes_completed: 3,
             dropped_ratelimit: 4,
             peers: vec![("abcd".into(), 10, 20)],
+            workers: vec![crate::channel::WorkerSample {
+                rx_packets: 5,
+                tx_packets: 6,
+                busy_ns: 1_500_000_000,
+                busy_passes: 2,
+            }],
             ..Default::default()
         };
         let text = m.render(&s);
@@ -302,6 +329,8 @@ mod tests {
             "omni_packets_dropped_total{reason=\"replay\"} 2",
             "omni_packets_dropped_total{reason=\"rate_limited\"} 4",
             "omni_peer_rx_bytes_total{peer=\"abcd\"} 10",
+            "omni_worker_tx_packets_total{worker=\"0\"} 6",
+            "omni_worker_busy_seconds_total{worker=\"0\"} 1.5",
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
         }

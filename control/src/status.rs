@@ -77,6 +77,10 @@ pub struct Status {
     pub cluster: Option<String>,
     #[serde(default)]
     pub nuclei: Vec<crate::rendezvous::NucleusStatus>,
+    /// The data plane's workers: packets each sealed and opened, and (poll-mode workers)
+    /// time spent on work.
+    #[serde(default)]
+    pub workers: Vec<crate::channel::WorkerSample>,
 }
 
 pub type Pending = (Request, oneshot::Sender<serde_json::Value>);
@@ -173,6 +177,19 @@ pub fn render(s: &Status) -> String {
         dp.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         dp.restarts
     );
+    // One line per worker where there is something to tell: several workers (how RSS
+    // spreads the load) or a poll-mode one (its busy time is its real load).
+    if s.workers.len() > 1 || s.workers.iter().any(|w| w.busy_ns > 0) {
+        for (i, w) in s.workers.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "  worker {i}: {} sealed, {} opened, busy {:.1} s",
+                w.tx_packets,
+                w.rx_packets,
+                w.busy_ns as f64 / 1e9
+            );
+        }
+    }
     if let Some(c) = &s.cluster {
         let _ = writeln!(o, "  cluster: {c}");
     }
@@ -266,8 +283,19 @@ mod tests {
             drops: Default::default(),
             cluster: None,
             nuclei: vec![],
+            workers: vec![
+                crate::channel::WorkerSample {
+                    rx_packets: 7,
+                    tx_packets: 9,
+                    busy_ns: 2_500_000_000,
+                    busy_passes: 3,
+                },
+                Default::default(),
+            ],
         };
         let t = render(&s);
+        assert!(t.contains("worker 0: 9 sealed, 7 opened, busy 2.5 s"), "{t}");
+        assert!(t.contains("worker 1: 0 sealed, 0 opened, busy 0.0 s"), "{t}");
         assert!(t.contains("peer: PEERKEY_PEERKEY"));
         assert!(t.contains("session: established (direct, aes-256-gcm)"));
         assert!(t.contains("latest handshake: 5 seconds ago"));

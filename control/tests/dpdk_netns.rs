@@ -301,6 +301,10 @@ fn two_dpdk_nodes_with_two_io_workers_each_spread_flows_over_both() {
         eprintln!("{}: sealed per worker {tx:?}, opened per worker {rx:?}", n.ns_name);
         assert!(tx.iter().all(|&p| p > 100.0), "{}: both workers seal: {tx:?}", n.ns_name);
         assert!(rx.iter().all(|&p| p > 100.0), "{}: both workers open: {rx:?}", n.ns_name);
+        // Each poll-mode worker accounts the time it spent on work (its real load): some
+        // after two seconds of iperf3, and never more than the run has lasted.
+        let busy = per_worker(n, "omni_worker_busy_seconds_total");
+        assert!(busy.iter().all(|&b| b > 0.0 && b < 300.0), "{}: busy {busy:?}", n.ns_name);
         // One session, both workers sending on it and both receiving it: no counter used
         // twice (the peer would refuse it as a replay) and none refused by the window.
         assert_no_drops(n, &["auth_failed", "replay"]);

@@ -11,11 +11,17 @@ pub fn monotonic_ms() -> u64 {
 /// Microseconds of `CLOCK_MONOTONIC`.
 #[inline]
 pub fn monotonic_us() -> u64 {
+    monotonic_ns() / 1000
+}
+
+/// Nanoseconds of `CLOCK_MONOTONIC`.
+#[inline]
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into the valid pointer we pass; it cannot
     // fail for CLOCK_MONOTONIC on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -145,6 +145,11 @@ pub enum Counter {
     XdpKernelPath,
     /// Packets the AF_XDP sockets dropped (ring full, no free frame).
     XdpSocketDropped,
+    /// Nanoseconds a poll-mode worker spent in loop passes that found work. Its CPU time
+    /// is always ~100 %, so this is its real load (and, per packet, its cost).
+    BusyNs,
+    /// Loop passes that found work (busy packets / busy passes: the average batch).
+    BusyPasses,
 }
 
 /// Number of counter slots per worker (drops 0..32, others 32..64).

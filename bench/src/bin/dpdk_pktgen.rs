@@ -12,10 +12,14 @@
 //! (`dpdk_pktgen fwd`: same ports, same hops, no crypto) as the limit of the plumbing, and
 //! measures the raw AEAD (ring's ChaCha20-Poly1305, the fabric's cipher) on one core.
 //!
-//! Per-core figures divide the packets a worker handled (its own counters) by the CPU time
-//! its thread used (`/proc/<pid>/task/<tid>/stat`), so they hold on a machine with fewer
-//! cores than processes (this one has two, for three pollers); end-to-end rates are wall
-//! clock. Run as root: `sudo target/release/dpdk_pktgen` (see `--help`).
+//! Per-core figures divide the packets a worker handled (its own counters) by the time its
+//! loop spent in passes that found work (the data plane's `busy_ns` counter; the
+//! forwarder's own), so they hold on a machine with fewer cores than processes (this one
+//! has two, for three pollers) and do not count polls of an empty queue as work; the
+//! packets per busy pass (32: full bursts) say whether the worker was kept saturated. CPU
+//! time per packet (`/proc/<pid>/task/<tid>/stat`) is in the JSON and the log lines.
+//! End-to-end rates are wall clock. Run as root: `sudo target/release/dpdk_pktgen` (see
+//! `--help`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -396,10 +400,17 @@ fn fwd_main(a: FwdArgs) -> anyhow::Result<()> {
     start_with_retry(&mut pb, &pool)?;
     say("listening");
     let (mut ab, mut ba, mut idle) = (0u64, 0u64, 0u32);
+    // Time and passes spent on work, accounted as the data plane does (see its worker loop).
+    let (mut busy_ns, mut busy_passes, mut busy_since) = (0u64, 0u64, None::<Instant>);
     let mut last_report = Instant::now();
     let (mut down_a, mut down_b) = (None, None);
     let mut burst = MbufBurst::new();
     while !STOP.load(Ordering::Relaxed) {
+        let pass_start = Instant::now();
+        if let Some(t) = busy_since.take() {
+            busy_ns += pass_start.duration_since(t).as_nanos() as u64;
+            busy_passes += 1;
+        }
         let mut work = 0;
         for (from, to, n) in [(&pa, &pb, &mut ab), (&pb, &pa, &mut ba)] {
             let got = from.rx_burst(0, &mut burst, &pool);
@@ -411,7 +422,7 @@ fn fwd_main(a: FwdArgs) -> anyhow::Result<()> {
         }
         if last_report.elapsed() >= Duration::from_millis(100) {
             last_report = Instant::now();
-            say(&format!("fwd {ab} {ba} {}", thread_cpu_ns()));
+            say(&format!("fwd {ab} {ba} {} {busy_ns} {busy_passes}", thread_cpu_ns()));
             // A memif client started before its server listens never connects by itself:
             // a port down for a second is restarted (as the data plane does).
             for (p, since) in [(&pa, &mut down_a), (&pb, &mut down_b)] {
@@ -428,6 +439,7 @@ fn fwd_main(a: FwdArgs) -> anyhow::Result<()> {
         // Idle back-off as the data plane's, so both paths poll alike.
         if work > 0 {
             idle = 0;
+            busy_since = Some(pass_start);
         } else {
             idle = idle.saturating_add(1);
             if idle > 64 {
@@ -546,6 +558,15 @@ struct PathResult {
     per_core_rx: Rate,
     /// CPU seconds the two workers used in the window.
     cpu_secs: [f64; 2],
+    /// Per second of the sending worker's loop passes that found work: what the core
+    /// does while it has packets, whether or not the generator keeps it saturated.
+    per_busy_core_tx: Option<Rate>,
+    /// As `per_busy_core_tx`, for the receiving worker.
+    per_busy_core_rx: Option<Rate>,
+    /// Seconds each worker spent on work in the window.
+    busy_secs: [f64; 2],
+    /// Packets per loop pass that found work (32 is a full burst every pass).
+    batch: [f64; 2],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -554,14 +575,48 @@ struct SizeResult {
     raw_aead: Rate,
     forward: Option<PathResult>,
     omni: Option<PathResult>,
-    /// The slower OmniNervous worker's per-core rate over the raw AEAD's.
+    /// The slower OmniNervous worker's capacity (per busy second where known, else per
+    /// CPU-second) over the raw AEAD's rate.
     ratio_to_aead: Option<f64>,
+    /// The best ratio memif ports allow: a worker that cost nothing but the AEAD and the
+    /// plain forwarder's port work (raw AEAD ns / (raw AEAD ns + forwarder ns)).
+    memif_bound: Option<f64>,
 }
 
-/// A worker's (packets, CPU seconds) at one moment.
-type Snapshot = (f64, f64);
+/// A worker's counts at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    packets: f64,
+    cpu_secs: f64,
+    /// Seconds of loop passes that found work (None: not known for this worker).
+    busy_secs: Option<f64>,
+    busy_passes: f64,
+}
 
 impl PathResult {
+    /// The sending and receiving workers' capacities: per busy second where known (the
+    /// core's rate while it has packets), else per CPU-second.
+    fn capacity(&self) -> [(Rate, f64); 2] {
+        [
+            (self.per_busy_core_tx.unwrap_or(self.per_core_tx), self.batch[0]),
+            (self.per_busy_core_rx.unwrap_or(self.per_core_rx), self.batch[1]),
+        ]
+    }
+
+    /// The slower worker's capacity (what a path sustains per core).
+    fn slower(&self) -> (Rate, f64) {
+        let [a, b] = self.capacity();
+        if a.0.pps <= b.0.pps { a } else { b }
+    }
+
+    /// The capacity of the better-fed worker (fuller bursts): a worker that is not kept
+    /// saturated handles short bursts, which cost more per packet, so the fuller one is
+    /// the closer estimate of what the plumbing allows.
+    fn fed(&self) -> (Rate, f64) {
+        let [a, b] = self.capacity();
+        if a.1 >= b.1 { a } else { b }
+    }
+
     /// The result of one window: the two workers' snapshots at its start and end (sending
     /// worker first), and what the generator sent and counted over `secs`.
     fn from_window(
@@ -572,14 +627,21 @@ impl PathResult {
         received: u64,
         secs: f64,
     ) -> Self {
-        let cpu = [s1[0].1 - s0[0].1, s1[1].1 - s0[1].1];
+        let cpu = [0, 1].map(|i| s1[i].cpu_secs - s0[i].cpu_secs);
+        let pkts = [0, 1].map(|i| s1[i].packets - s0[i].packets);
+        let busy = [0, 1].map(|i| Some(s1[i].busy_secs? - s0[i].busy_secs?));
+        let passes = [0, 1].map(|i| s1[i].busy_passes - s0[i].busy_passes);
         PathResult {
             end_to_end: Rate::of(received as f64, secs, size),
             sent,
             received,
-            per_core_tx: Rate::of(s1[0].0 - s0[0].0, cpu[0], size),
-            per_core_rx: Rate::of(s1[1].0 - s0[1].0, cpu[1], size),
+            per_core_tx: Rate::of(pkts[0], cpu[0], size),
+            per_core_rx: Rate::of(pkts[1], cpu[1], size),
             cpu_secs: cpu,
+            per_busy_core_tx: busy[0].map(|b| Rate::of(pkts[0], b, size)),
+            per_busy_core_rx: busy[1].map(|b| Rate::of(pkts[1], b, size)),
+            busy_secs: busy.map(|b| b.unwrap_or(0.0)),
+            batch: [0, 1].map(|i| if passes[i] > 0.0 { pkts[i] / passes[i] } else { 0.0 }),
         }
     }
 }
@@ -754,10 +816,15 @@ impl Ctx {
             fwds.push(Proc::spawn(&ns, &args, &log, "a forwarder")?);
         }
         self.measure_window(&mut generator, &tag)?;
-        let snap = |p: &Proc| -> anyhow::Result<(f64, f64)> {
+        let snap = |p: &Proc| -> anyhow::Result<Snapshot> {
             let l = p.last("fwd ").context("no report from a forwarder")?;
             let f: Vec<&str> = l.split_whitespace().collect();
-            Ok((f[1].parse()?, f[3].parse::<f64>()? / 1e9))
+            Ok(Snapshot {
+                packets: f[1].parse()?,
+                cpu_secs: f[3].parse::<f64>()? / 1e9,
+                busy_secs: Some(f[4].parse::<f64>()? / 1e9),
+                busy_passes: f[5].parse()?,
+            })
         };
         let s0 = [snap(&fwds[0])?, snap(&fwds[1])?];
         let log = self.dir.path().join(format!("{tag}-gen.log"));
@@ -865,10 +932,23 @@ impl Ctx {
                 bail!("data plane {i} did not start (logs in {})", self.dir.path().display());
             }
         }
-        let snap = |i: usize, key: &str| -> anyhow::Result<(f64, f64)> {
+        // Busy time is the I/O workers' own; with crypto workers (--a-cores) the sealing
+        // happens on other threads, so A's figure is CPU time only.
+        let crypto_workers = self.args.a_cores.is_some();
+        let snap = |i: usize, key: &str| -> anyhow::Result<Snapshot> {
             let v = status(i).context("status")?;
             let pkts = v["peers"][0][key].as_u64().context("peer counters")? as f64;
-            Ok((pkts, workers_cpu_secs(pids[i])?))
+            let workers = v["workers"].as_array().cloned().unwrap_or_default();
+            let sum = |k: &str| workers.iter().filter_map(|w| w[k].as_u64()).sum::<u64>() as f64;
+            let sealing_elsewhere = crypto_workers && i == 0;
+            let busy_known = !workers.is_empty() && !sealing_elsewhere;
+            Ok(Snapshot {
+                packets: pkts,
+                cpu_secs: workers_cpu_secs(pids[i])?,
+                busy_secs: busy_known
+                    .then(|| sum("busy_ns") / 1e9),
+                busy_passes: sum("busy_passes"),
+            })
         };
         let log = self.dir.path().join(format!("{tag}-gen.log"));
         let (s0, s1, sent, received, secs) = match generator.as_mut() {
@@ -883,9 +963,9 @@ impl Ctx {
             }
             None => {
                 // The external generator's traffic: wait until it flows, then one window.
-                let first = snap(0, "tx_packets")?.0;
+                let first = snap(0, "tx_packets")?.packets;
                 let flowing = wait_until(Duration::from_secs(300), || {
-                    snap(0, "tx_packets").is_ok_and(|(p, _)| p > first + 10_000.0)
+                    snap(0, "tx_packets").is_ok_and(|s| s.packets > first + 10_000.0)
                 });
                 if !flowing {
                     bail!("no traffic from the external generator within 300 s");
@@ -896,8 +976,8 @@ impl Ctx {
                 std::thread::sleep(Duration::from_secs_f64(self.args.secs));
                 let s1 = [snap(0, "tx_packets")?, snap(1, "rx_packets")?];
                 let secs = t0.elapsed().as_secs_f64();
-                let sent = (s1[0].0 - s0[0].0) as u64;
-                let received = (s1[1].0 - s0[1].0) as u64;
+                let sent = (s1[0].packets - s0[0].packets) as u64;
+                let received = (s1[1].packets - s0[1].packets) as u64;
                 (s0, s1, sent, received, secs)
             }
         };
@@ -977,41 +1057,67 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
                 let tag = if p == "forward" { format!("fwd{size}") } else { format!("omni{size}") };
                 format!("{p} path at {size} bytes; the logs end:\n{}", ctx.log_tails(&tag))
             })?;
+            let busy = |b: &Option<Rate>| b.as_ref().map(mpps).unwrap_or_else(|| "-".into());
             eprintln!(
-                "{size} B {p}: end to end {}, per core tx {} rx {}",
+                "{size} B {p}: end to end {}, per CPU-second tx {} rx {}, per busy second tx {} \
+                 rx {} (busy {:.2} / {:.2} s of CPU {:.2} / {:.2} s; {:.1} / {:.1} packets a pass)",
                 mpps(&r.end_to_end),
                 mpps(&r.per_core_tx),
-                mpps(&r.per_core_rx)
+                mpps(&r.per_core_rx),
+                busy(&r.per_busy_core_tx),
+                busy(&r.per_busy_core_rx),
+                r.busy_secs[0],
+                r.busy_secs[1],
+                r.cpu_secs[0],
+                r.cpu_secs[1],
+                r.batch[0],
+                r.batch[1],
             );
             if p == "forward" { forward = Some(r) } else { omni = Some(r) }
         }
-        let ratio = omni.as_ref().map(|o| o.per_core_tx.pps.min(o.per_core_rx.pps) / raw.pps);
-        results.push(SizeResult { size, raw_aead: raw, forward, omni, ratio_to_aead: ratio });
+        let ratio = omni.as_ref().map(|o| o.slower().0.pps / raw.pps);
+        let memif_bound = forward.as_ref().map(|f| {
+            let (aead_ns, port_ns) = (1e9 / raw.pps, 1e9 / f.fed().0.pps);
+            aead_ns / (aead_ns + port_ns)
+        });
+        results.push(SizeResult {
+            size,
+            raw_aead: raw,
+            forward,
+            omni,
+            ratio_to_aead: ratio,
+            memif_bound,
+        });
     }
     println!("Transport cipher: {aead} (raw AEAD: ring's {aead} on one core).");
     println!();
     println!(
-        "| frame | raw AEAD, 1 core | plain DPDK forward, per core | OmniNervous seal, per core | OmniNervous open, per core | slower worker / raw AEAD | end to end (wall; fwd / omni) |"
+        "Per core: packets per second of the worker's loop passes that found work (busy \
+         time; the batch is packets per such pass, 32 = full bursts)."
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!();
+    println!(
+        "| frame | raw AEAD, 1 core | plain DPDK forward, per core | OmniNervous seal, per core | OmniNervous open, per core | slower worker / raw AEAD | memif bound | end to end (wall; fwd / omni) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let with_batch = |(r, b): (Rate, f64)| format!("{} ({b:.0})", mpps(&r));
+    let pct =
+        |x: Option<f64>| x.map(|x| format!("{:.0} %", x * 100.0)).unwrap_or_else(|| "-".into());
     for r in &results {
         let f = r.forward.as_ref();
         let o = r.omni.as_ref();
-        let fwd_core = f.map(|f| {
-            let slow =
-                if f.per_core_tx.pps < f.per_core_rx.pps { &f.per_core_tx } else { &f.per_core_rx };
-            mpps(slow)
-        });
+        let dash = || "-".to_string();
         println!(
-            "| {} B | {} | {} | {} | {} | {} | {} / {} |",
+            "| {} B | {} | {} | {} | {} | {} | {} | {} / {} |",
             r.size,
             mpps(&r.raw_aead),
-            fwd_core.unwrap_or_else(|| "-".into()),
-            o.map(|o| mpps(&o.per_core_tx)).unwrap_or_else(|| "-".into()),
-            o.map(|o| mpps(&o.per_core_rx)).unwrap_or_else(|| "-".into()),
-            r.ratio_to_aead.map(|x| format!("{:.0} %", x * 100.0)).unwrap_or_else(|| "-".into()),
-            f.map(|f| format!("{:.2} Mpps", f.end_to_end.pps / 1e6)).unwrap_or_else(|| "-".into()),
-            o.map(|o| format!("{:.2} Mpps", o.end_to_end.pps / 1e6)).unwrap_or_else(|| "-".into()),
+            f.map(|f| with_batch(f.fed())).unwrap_or_else(dash),
+            o.map(|o| with_batch(o.capacity()[0])).unwrap_or_else(dash),
+            o.map(|o| with_batch(o.capacity()[1])).unwrap_or_else(dash),
+            pct(r.ratio_to_aead),
+            pct(r.memif_bound),
+            f.map(|f| format!("{:.2} Mpps", f.end_to_end.pps / 1e6)).unwrap_or_else(dash),
+            o.map(|o| format!("{:.2} Mpps", o.end_to_end.pps / 1e6)).unwrap_or_else(dash),
         );
     }
     if let Some(p) = &args.json {

@@ -22,8 +22,8 @@ use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::wire::relay;
 use tracing::{info, warn};
 
-use crate::clock::monotonic_ms;
-use crate::counters::{DropReason, WorkerCounters};
+use crate::clock::{monotonic_ms, monotonic_ns};
+use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
 use crate::engine::{Decap, DecapStart, Engine, InPlace, PacketBuf, PendingOpen, TxSink};
 use crate::paths;
@@ -1109,8 +1109,16 @@ impl DpdkWorker<'_> {
         let mut rx: MbufBurst<'p> = MbufBurst::new();
         let mut deliver: MbufBurst<'p> = MbufBurst::new();
         let first = self.index == 0;
+        // Start of the last pass that found work, accounted when the next pass begins:
+        // one clock read per pass serves both the engine's milliseconds and the load.
+        let mut busy_since: Option<u64> = None;
         loop {
-            let now = monotonic_ms();
+            let pass_start = monotonic_ns();
+            if let Some(t) = busy_since.take() {
+                self.counters.inc(Counter::BusyNs, pass_start.saturating_sub(t));
+                self.counters.inc(Counter::BusyPasses, 1);
+            }
+            let now = pass_start / 1_000_000;
             let mut work = 0;
             if self.stop.load(Ordering::Acquire) {
                 if first {
@@ -1182,6 +1190,7 @@ impl DpdkWorker<'_> {
             }
             if work > 0 {
                 idle_passes = 0;
+                busy_since = Some(pass_start);
                 continue;
             }
             idle_passes = idle_passes.saturating_add(1);

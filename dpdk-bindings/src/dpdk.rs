@@ -218,9 +218,28 @@ impl<'p> Mbuf<'p> {
         p
     }
 
+    // The accessors below read and write the first segment's fields directly, as DPDK's
+    // static-inline functions do, instead of calling the C shim: they run several times
+    // per packet, and a call across the language boundary is never inlined.
+
+    /// The mbuf's header, shared.
+    #[inline]
+    fn raw(&self) -> &sys::rte_mbuf {
+        // SAFETY: the mbuf is alive and ours for as long as `self` is borrowed.
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// The mbuf's header, exclusive.
+    #[inline]
+    fn raw_mut(&mut self) -> &mut sys::rte_mbuf {
+        // SAFETY: as `raw`; `&mut self` makes the access exclusive.
+        unsafe { self.ptr.as_mut() }
+    }
+
+    /// Bytes in the first segment (`rte_pktmbuf_data_len`).
+    #[inline]
     pub fn len(&self) -> usize {
-        // SAFETY: the mbuf is alive and ours.
-        unsafe { sys::omni_rte_pktmbuf_data_len(self.ptr.as_ptr()) as usize }
+        self.raw().data_len as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -228,72 +247,92 @@ impl<'p> Mbuf<'p> {
     }
 
     /// Whether the packet is in one segment (the data plane handles only those).
+    #[inline]
     pub fn is_contiguous(&self) -> bool {
-        // SAFETY: the mbuf is alive and ours.
-        unsafe { sys::omni_rte_mbuf_is_contiguous(self.ptr.as_ptr()) != 0 }
+        self.raw().nb_segs == 1
     }
 
+    /// Where the first segment's data starts (`rte_pktmbuf_mtod`).
+    #[inline]
+    fn data_ptr(&self) -> *mut u8 {
+        let m = self.raw();
+        // SAFETY: data_off stays within the buffer of buf_len bytes at buf_addr (DPDK's
+        // invariant, kept by every method here).
+        unsafe { m.buf_addr.cast::<u8>().add(m.data_off as usize) }
+    }
+
+    #[inline]
     pub fn data(&self) -> &[u8] {
-        // SAFETY: mtod points at data_len initialised bytes of this (single-segment) mbuf,
-        // which we own for the borrow's duration.
-        unsafe {
-            std::slice::from_raw_parts(
-                sys::omni_rte_pktmbuf_mtod(self.ptr.as_ptr()).cast::<u8>(),
-                self.first_segment_len(),
-            )
-        }
+        // SAFETY: the first segment holds data_len initialised bytes from data_ptr, which
+        // we own for the borrow's duration.
+        unsafe { std::slice::from_raw_parts(self.data_ptr(), self.len()) }
     }
 
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: as `data`, and `&mut self` makes the access exclusive.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                sys::omni_rte_pktmbuf_mtod(self.ptr.as_ptr()).cast::<u8>(),
-                self.first_segment_len(),
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.data_ptr(), self.len()) }
     }
 
-    fn first_segment_len(&self) -> usize {
-        self.len()
-    }
-
+    /// Bytes free before the data (`rte_pktmbuf_headroom`).
+    #[inline]
     pub fn headroom(&self) -> usize {
-        // SAFETY: the mbuf is alive and ours.
-        unsafe { sys::omni_rte_pktmbuf_headroom(self.ptr.as_ptr()) as usize }
+        self.raw().data_off as usize
     }
 
+    /// Bytes free after the first segment's data (`rte_pktmbuf_tailroom`, which a
+    /// single-segment packet has at its end).
+    #[inline]
     pub fn tailroom(&self) -> usize {
-        // SAFETY: the mbuf is alive and ours.
-        unsafe { sys::omni_rte_pktmbuf_tailroom(self.ptr.as_ptr()) as usize }
+        let m = self.raw();
+        (m.buf_len as usize).saturating_sub(m.data_off as usize + m.data_len as usize)
     }
 
     /// Grows the packet by `n` bytes at the front (into the headroom). `false` if there is
     /// not enough headroom; the packet is then unchanged.
+    #[inline]
     pub fn prepend(&mut self, n: usize) -> bool {
         if n > self.headroom() {
             return false;
         }
-        // SAFETY: checked against the headroom; the mbuf is ours.
-        !unsafe { sys::omni_rte_pktmbuf_prepend(self.ptr.as_ptr(), n as u16) }.is_null()
+        // As rte_pktmbuf_prepend: the first segment and the packet grow.
+        let m = self.raw_mut();
+        m.data_off -= n as u16;
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        true
     }
 
     /// Grows the packet by `n` bytes at the end. `false` if there is not enough tailroom.
+    #[inline]
     pub fn append(&mut self, n: usize) -> bool {
+        if !self.is_contiguous() {
+            // DPDK appends to the last segment: its own function walks the chain.
+            // SAFETY: the mbuf is ours; DPDK checks the last segment's tailroom.
+            return !unsafe { sys::omni_rte_pktmbuf_append(self.ptr.as_ptr(), n as u16) }
+                .is_null();
+        }
         if n > self.tailroom() {
             return false;
         }
-        // SAFETY: checked against the tailroom; the mbuf is ours.
-        !unsafe { sys::omni_rte_pktmbuf_append(self.ptr.as_ptr(), n as u16) }.is_null()
+        let m = self.raw_mut();
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        true
     }
 
     /// Removes `n` bytes from the front. `false` if the packet is shorter.
+    #[inline]
     pub fn adj(&mut self, n: usize) -> bool {
         if n > self.len() {
             return false;
         }
-        // SAFETY: checked against the length; the mbuf is ours.
-        !unsafe { sys::omni_rte_pktmbuf_adj(self.ptr.as_ptr(), n as u16) }.is_null()
+        // As rte_pktmbuf_adj: from the first segment.
+        let m = self.raw_mut();
+        m.data_off += n as u16;
+        m.data_len -= n as u16;
+        m.pkt_len -= n as u32;
+        true
     }
 
     /// Removes `n` bytes from the end. `false` if the packet is shorter.

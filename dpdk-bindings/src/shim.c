@@ -21,16 +21,9 @@ void omni_rte_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
 void omni_rte_pktmbuf_free_bulk(struct rte_mbuf **mbufs, unsigned count) {
     rte_pktmbuf_free_bulk(mbufs, count);
 }
-void *omni_rte_pktmbuf_mtod(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, void *); }
-uint16_t omni_rte_pktmbuf_data_len(const struct rte_mbuf *m) { return rte_pktmbuf_data_len(m); }
-uint16_t omni_rte_pktmbuf_headroom(const struct rte_mbuf *m) { return rte_pktmbuf_headroom(m); }
-uint16_t omni_rte_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
-char *omni_rte_pktmbuf_prepend(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_prepend(m, len); }
 char *omni_rte_pktmbuf_append(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_append(m, len); }
-char *omni_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_adj(m, len); }
 int omni_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_trim(m, len); }
 void omni_rte_pktmbuf_reset(struct rte_mbuf *m) { rte_pktmbuf_reset(m); }
-int omni_rte_mbuf_is_contiguous(const struct rte_mbuf *m) { return rte_pktmbuf_is_contiguous(m); }
 
 unsigned omni_rte_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned n) {
     return rte_ring_enqueue_burst(r, objs, n, NULL);

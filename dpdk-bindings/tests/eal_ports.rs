@@ -47,6 +47,14 @@ fn eal_pool_ports_and_ring() {
         assert_eq!(m.data(), b"fra");
         assert!(!m.prepend(4096), "more than the headroom is refused");
         assert!(m.is_contiguous());
+        // The room on both sides adds up to the data room the pool was made with.
+        assert_eq!(m.headroom() + m.len() + m.tailroom(), 2048 + 128);
+        let room = m.tailroom();
+        assert!(!m.append(room + 1), "more than the tailroom is refused");
+        assert_eq!(m.data(), b"fra", "a refused append changes nothing");
+        assert!(m.append(room) && m.tailroom() == 0 && m.len() == 3 + room);
+        assert!(!m.adj(m.len() + 1), "more than the data is refused");
+        assert!(m.adj(m.len()) && m.is_empty());
     }
 
     // net_ring0 loops its TX back to its RX: 32 frames out, the same 32 in, in order.

@@ -779,7 +779,9 @@ impl<'a> DpdkTx<'a> {
             self.counters.drop(DropReason::TxError);
             return None;
         }
-        let headers = match self.outer {
+        // Headers are used where they lie (a copy of the struct per packet costs more than
+        // writing them).
+        let headers = match &self.outer {
             Some(h) if h.fresh(dst, now) => h,
             _ => {
                 let Some(peer_mac) = self.neighbours.lookup(now, dst.ip()) else {
@@ -797,8 +799,7 @@ impl<'a> DpdkTx<'a> {
                     self.counters.drop(DropReason::TxError);
                     return None;
                 };
-                self.outer = Some(h);
-                h
+                self.outer.insert(h)
             }
         };
         headers.write(m.data_mut(), payload);

@@ -14,6 +14,10 @@
 //!
 //! `check` runs before decryption (cheap reject, no state change); `update` runs after the
 //! tag verified, so forged packets cannot move the window.
+//!
+//! A window whose session only one worker receives on ([`ReplayWindow::sole`]: one data
+//! plane worker, the usual case) is updated with plain stores instead: the same words and
+//! answers, without the two locked instructions per packet that sharing needs.
 
 use omni_proto::constants::{REJECT_AFTER_MESSAGES, REPLAY_WINDOW_BITS};
 
@@ -40,6 +44,8 @@ pub struct ReplayWindow<'a> {
     next: &'a AtomicU64,
     words: &'a [AtomicU64],
     window: u64,
+    /// Only this thread updates the window (see [`ReplayWindow::sole`]).
+    sole: bool,
 }
 
 enum Tag {
@@ -54,7 +60,14 @@ impl<'a> ReplayWindow<'a> {
     /// `words` must not be empty; its length sets the window ([`window_for`]).
     pub fn new(next: &'a AtomicU64, words: &'a [AtomicU64]) -> Self {
         assert!(words.len() >= 4, "a replay window needs at least four words");
-        Self { next, words, window: window_for(words.len()) }
+        Self { next, words, window: window_for(words.len()), sole: false }
+    }
+
+    /// The same window for a caller that is the only one to update it while it uses this
+    /// view (no other worker receives on the session): updates are plain stores. Any
+    /// number of threads may still `check` it.
+    pub fn sole(self) -> Self {
+        Self { sole: true, ..self }
     }
 
     /// Empties the window (a new session takes the slot). Only while no other worker can
@@ -130,13 +143,22 @@ impl<'a> ReplayWindow<'a> {
                 Tag::Same if held & bit == 0 => held | bit,
                 Tag::Same | Tag::Newer => return false,
             };
+            if self.sole {
+                // Nobody else writes the word: what was read is still there.
+                word.store(new, Ordering::Relaxed);
+                break;
+            }
             match word.compare_exchange_weak(held, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => held = now,
             }
         }
         if counter + 1 > self.next.load(Ordering::Relaxed) {
-            self.next.fetch_max(counter + 1, Ordering::Relaxed);
+            if self.sole {
+                self.next.store(counter + 1, Ordering::Relaxed);
+            } else {
+                self.next.fetch_max(counter + 1, Ordering::Relaxed);
+            }
         }
         true
     }
@@ -160,64 +182,74 @@ mod tests {
         }
     }
 
+    /// Runs a single-threaded test on a shared view and on a sole one: both must answer
+    /// alike.
+    fn both(test: impl Fn(ReplayWindow<'_>)) {
+        for sole in [false, true] {
+            let o = Owned::new();
+            let w = o.w();
+            test(if sole { w.sole() } else { w });
+        }
+    }
+
     #[test]
     fn accepts_in_order_and_rejects_duplicates() {
-        let o = Owned::new();
-        let w = o.w();
-        for c in 0..20_000 {
-            assert!(w.update(c), "{c}");
-            assert!(!w.update(c), "{c} twice");
-        }
-        assert_eq!(w.max_accepted(), Some(19_999));
+        both(|w| {
+            for c in 0..20_000 {
+                assert!(w.update(c), "{c}");
+                assert!(!w.update(c), "{c} twice");
+            }
+            assert_eq!(w.max_accepted(), Some(19_999));
+        });
     }
 
     #[test]
     fn accepts_reordering_within_window_once() {
-        let o = Owned::new();
-        let w = o.w();
-        assert!(w.update(10_000));
-        assert!(w.update(10_000 - WINDOW + 1));
-        assert!(!w.update(10_000 - WINDOW + 1));
-        assert!(!w.check(10_000 - WINDOW - 1));
-        assert!(!w.update(10_000 - WINDOW - 1));
-        for c in (9_000..10_000).rev() {
-            assert!(w.update(c));
-        }
-        for c in 9_000..=10_000 {
-            assert!(!w.update(c));
-        }
+        both(|w| {
+            assert!(w.update(10_000));
+            assert!(w.update(10_000 - WINDOW + 1));
+            assert!(!w.update(10_000 - WINDOW + 1));
+            assert!(!w.check(10_000 - WINDOW - 1));
+            assert!(!w.update(10_000 - WINDOW - 1));
+            for c in (9_000..10_000).rev() {
+                assert!(w.update(c));
+            }
+            for c in 9_000..=10_000 {
+                assert!(!w.update(c));
+            }
+        });
     }
 
     #[test]
     fn big_jump_clears_the_window() {
-        let o = Owned::new();
-        let w = o.w();
-        for c in 0..100 {
-            w.update(c);
-        }
-        assert!(w.update(1_000_000));
-        assert!(w.update(1_000_000 - 1));
-        assert!(w.update(1_000_000 - 50));
-        assert!(!w.update(99));
+        both(|w| {
+            for c in 0..100 {
+                w.update(c);
+            }
+            assert!(w.update(1_000_000));
+            assert!(w.update(1_000_000 - 1));
+            assert!(w.update(1_000_000 - 50));
+            assert!(!w.update(99));
+        });
     }
 
     #[test]
     fn check_does_not_mutate() {
-        let o = Owned::new();
-        let w = o.w();
-        assert!(w.check(5));
-        assert!(w.check(5));
-        assert!(w.update(5));
-        assert!(!w.check(5));
+        both(|w| {
+            assert!(w.check(5));
+            assert!(w.check(5));
+            assert!(w.update(5));
+            assert!(!w.check(5));
+        });
     }
 
     #[test]
     fn limit_is_enforced() {
-        let o = Owned::new();
-        let w = o.w();
-        assert!(!w.update(REJECT_AFTER_MESSAGES));
-        assert!(!w.update(u64::MAX));
-        assert!(w.update(REJECT_AFTER_MESSAGES - 1));
+        both(|w| {
+            assert!(!w.update(REJECT_AFTER_MESSAGES));
+            assert!(!w.update(u64::MAX));
+            assert!(w.update(REJECT_AFTER_MESSAGES - 1));
+        });
     }
 
     /// A counter 2^62 past the window shares a word's truncated tag with one inside it
@@ -225,52 +257,52 @@ mod tests {
     /// the AEAD, and were it genuine it would be accepted once.
     #[test]
     fn a_counter_far_ahead_is_unseen_whatever_its_truncated_tag() {
-        let o = Owned::new();
-        let w = o.w();
-        for c in 0..40 {
-            assert!(w.update(c));
-        }
-        let far = (1u64 << 62) + 5;
-        assert!(w.check(far), "never seen");
-        assert!(w.update(far));
-        assert!(!w.update(far), "once");
-        assert!(!w.update(5), "far behind now");
+        both(|w| {
+            for c in 0..40 {
+                assert!(w.update(c));
+            }
+            let far = (1u64 << 62) + 5;
+            assert!(w.check(far), "never seen");
+            assert!(w.update(far));
+            assert!(!w.update(far), "once");
+            assert!(!w.update(5), "far behind now");
+        });
     }
 
     #[test]
     fn reset_empties_it() {
-        let o = Owned::new();
-        let w = o.w();
-        for c in 0..500 {
-            assert!(w.update(c));
-        }
-        w.reset();
-        assert_eq!(w.max_accepted(), None);
-        assert!(w.update(3));
+        both(|w| {
+            for c in 0..500 {
+                assert!(w.update(c));
+            }
+            w.reset();
+            assert_eq!(w.max_accepted(), None);
+            assert!(w.update(3));
+        });
     }
 
     /// Against a model (a set), for pseudo-random bursts with reordering: inside the
     /// window the answer is exact; a counter older than the window is always refused.
     #[test]
     fn matches_a_set_model() {
-        let o = Owned::new();
-        let w = o.w();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut max: i64 = -1;
-        let mut x: u64 = 0x9e3779b97f4a7c15;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let jitter = (x % 9000) as i64 - 8500;
-            let c = (max + jitter).max(0) as u64;
-            let expect = !seen.contains(&c) && (c as i64) + (WINDOW as i64) >= max;
-            assert_eq!(w.update(c), expect, "counter {c} max {max}");
-            if expect {
-                seen.insert(c);
-                max = max.max(c as i64);
+        both(|w| {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut max: i64 = -1;
+            let mut x: u64 = 0x9e3779b97f4a7c15;
+            for _ in 0..200_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let jitter = (x % 9000) as i64 - 8500;
+                let c = (max + jitter).max(0) as u64;
+                let expect = !seen.contains(&c) && (c as i64) + (WINDOW as i64) >= max;
+                assert_eq!(w.update(c), expect, "counter {c} max {max}");
+                if expect {
+                    seen.insert(c);
+                    max = max.max(c as i64);
+                }
             }
-        }
+        });
     }
 
     /// Several threads offered the same counters in different orders: each counter is

@@ -229,14 +229,17 @@ impl Session {
 
     /// Opens a whole transport message in place (its header already parsed, the index
     /// already matched). On success the frame is at `pkt[16..16 + n]`; returns `n`.
+    /// `sole`: this is the only worker receiving on the session (the window is then
+    /// updated without locked instructions).
     #[inline]
     pub fn open(
         &self,
         pkt: &mut [u8],
         counter: u64,
         slot: &SessionSlot,
+        sole: bool,
     ) -> Result<usize, OpenError> {
-        let window = slot.replay();
+        let window = slot.replay_for(sole);
         if !window.check(counter) {
             return Err(OpenError::Replay);
         }
@@ -255,8 +258,9 @@ impl Session {
     }
 
     /// Marks an authenticated counter as received. `false`: a replay, to be dropped.
-    pub fn accept(&self, counter: u64, slot: &SessionSlot) -> bool {
-        slot.replay().update(counter)
+    /// `sole` as for [`Session::open`].
+    pub fn accept(&self, counter: u64, slot: &SessionSlot, sole: bool) -> bool {
+        slot.replay_for(sole).update(counter)
     }
 }
 
@@ -344,18 +348,18 @@ mod tests {
 
         let mut tampered = buf.clone();
         tampered[20] ^= 1;
-        assert_eq!(b.open(&mut tampered, 0, &sb), Err(OpenError::Auth));
+        assert_eq!(b.open(&mut tampered, 0, &sb, true), Err(OpenError::Auth));
 
         let mut copy = buf.clone();
-        assert_eq!(b.open(&mut copy, 0, &sb), Ok(frame.len()));
+        assert_eq!(b.open(&mut copy, 0, &sb, true), Ok(frame.len()));
         assert_eq!(&copy[16..16 + frame.len()], frame);
         // The same packet again is a replay.
         let mut again = buf.clone();
-        assert_eq!(b.open(&mut again, 0, &sb), Err(OpenError::Replay));
+        assert_eq!(b.open(&mut again, 0, &sb, true), Err(OpenError::Replay));
         // A forged packet did not consume a counter: counter 1 still opens.
         let mut buf2 = vec![0u8; 16 + 3 + 16];
         a.seal(&mut buf2, 3, u64::MAX, &sa).unwrap();
-        assert_eq!(b.open(&mut buf2, 1, &sb), Ok(3));
+        assert_eq!(b.open(&mut buf2, 1, &sb, true), Ok(3));
         assert_eq!(sb.rx_next.load(Ordering::Relaxed), 2);
     }
 
@@ -374,7 +378,7 @@ mod tests {
         let b = Session::new(2, 1, 0, false, 0, &kb, &sb);
         let mut buf = vec![0u8; 16 + 5 + 16];
         a.seal(&mut buf, 5, u64::MAX, &sa).unwrap();
-        assert_eq!(b.open(&mut buf, 0, &sb), Err(OpenError::Auth));
+        assert_eq!(b.open(&mut buf, 0, &sb, true), Err(OpenError::Auth));
     }
 
     fn matches_raw_ring_aead_with(aead: Aead, alg: &'static ring::aead::Algorithm) {
@@ -436,8 +440,8 @@ mod tests {
         for (n, (counter, p)) in packets.iter().enumerate() {
             // Each packet reaches one receiving worker, and a copy (a replay) the other.
             let (first, second) = (&receivers[n % 2], &receivers[(n + 1) % 2]);
-            assert_eq!(first.open(&mut p.clone(), *counter, &sb), Ok(2));
-            assert_eq!(second.open(&mut p.clone(), *counter, &sb), Err(OpenError::Replay));
+            assert_eq!(first.open(&mut p.clone(), *counter, &sb, false), Ok(2));
+            assert_eq!(second.open(&mut p.clone(), *counter, &sb, false), Err(OpenError::Replay));
         }
         // A third worker joining later continues past every counter taken.
         let late = Session::new(3, 4, 0, true, 0, &ka, &sa);
@@ -458,7 +462,7 @@ mod tests {
             sent.push(buf);
         }
         for (i, p) in sent.iter().enumerate().take(6) {
-            assert_eq!(b.open(&mut p.clone(), i as u64, &sb), Ok(1));
+            assert_eq!(b.open(&mut p.clone(), i as u64, &sb, true), Ok(1));
         }
         // Both data planes restart and rebuild the sessions from their slots.
         let mut a2 = Session::new(7, 8, 0, true, 0, &ka, &sa);
@@ -468,14 +472,14 @@ mod tests {
         for (i, p) in sent.iter().enumerate() {
             let expect = if i < 6 { Err(OpenError::Replay) } else { Ok(1) };
             assert_eq!(
-                b2.open(&mut p.clone(), i as u64, &sb),
+                b2.open(&mut p.clone(), i as u64, &sb, true),
                 expect,
                 "{i}: delivered ones refused, others not"
             );
         }
         let mut buf = vec![0u8; 16 + 1 + 16];
         a2.seal(&mut buf, 1, u64::MAX, &sa).unwrap();
-        assert_eq!(b2.open(&mut buf, TX_BLOCK, &sb), Ok(1));
+        assert_eq!(b2.open(&mut buf, TX_BLOCK, &sb, true), Ok(1));
         // A different session in the slot starts afresh.
         let a3 = Session::new(99, 8, 0, true, 0, &ka, &sa);
         assert_eq!(a3.tx_counter(), 0);

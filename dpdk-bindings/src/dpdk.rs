@@ -309,8 +309,7 @@ impl<'p> Mbuf<'p> {
         if !self.is_contiguous() {
             // DPDK appends to the last segment: its own function walks the chain.
             // SAFETY: the mbuf is ours; DPDK checks the last segment's tailroom.
-            return !unsafe { sys::omni_rte_pktmbuf_append(self.ptr.as_ptr(), n as u16) }
-                .is_null();
+            return !unsafe { sys::omni_rte_pktmbuf_append(self.ptr.as_ptr(), n as u16) }.is_null();
         }
         if n > self.tailroom() {
             return false;

@@ -945,8 +945,7 @@ impl Ctx {
             Ok(Snapshot {
                 packets: pkts,
                 cpu_secs: workers_cpu_secs(pids[i])?,
-                busy_secs: busy_known
-                    .then(|| sum("busy_ns") / 1e9),
+                busy_secs: busy_known.then(|| sum("busy_ns") / 1e9),
                 busy_passes: sum("busy_passes"),
             })
         };

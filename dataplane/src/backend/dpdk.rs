@@ -977,10 +977,14 @@ struct Shared<'r> {
 
 impl<'r> Shared<'r> {
     fn worker(&self, i: usize) -> DpdkWorker<'r> {
+        let mut engine = Engine::new(self.region, i);
+        // One I/O worker receives everything (crypto workers only run the AEAD; the
+        // window is updated back on the I/O worker): no other engine shares its windows.
+        engine.set_sole_receiver(self.cfg.workers == 1);
         DpdkWorker {
             index: i,
             queue: i as u16,
-            engine: Engine::new(self.region, i),
+            engine,
             ends: self.region.dataplane_ends(i),
             header: self.region.header(),
             counters: self.region.counters(i),

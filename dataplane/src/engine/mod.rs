@@ -196,6 +196,9 @@ pub struct Engine<'r> {
     /// Sessions installed (true) and retired (false) since the last drain, for a backend
     /// that mirrors them (the XDP filter's session map). `None`: nobody asked.
     session_log: Option<Vec<(u32, bool)>>,
+    /// No other engine receives on this engine's sessions (see
+    /// [`Engine::set_sole_receiver`]).
+    sole_receiver: bool,
 }
 
 fn frame_dst(frame: &[u8]) -> MacAddr {
@@ -220,6 +223,7 @@ impl<'r> Engine<'r> {
             mac1_check: false,
             defer_seal: false,
             session_log: None,
+            sole_receiver: false,
         }
     }
 
@@ -237,6 +241,14 @@ impl<'r> Engine<'r> {
     /// on another thread; counters and headers are still assigned here, in order.
     pub fn set_deferred_seal(&mut self, on: bool) {
         self.defer_seal = on;
+    }
+
+    /// Declares this engine the only one receiving on its sessions (the data plane runs
+    /// one worker): replay windows are then updated with plain stores instead of locked
+    /// instructions. Off by default, which is always correct; turning it on while another
+    /// engine receives on the same sessions could accept a replayed packet twice.
+    pub fn set_sole_receiver(&mut self, on: bool) {
+        self.sole_receiver = on;
     }
 
     pub fn counters(&self) -> &'r WorkerCounters {
@@ -580,7 +592,7 @@ impl<'r> Engine<'r> {
                 let slot = self.slot(idx);
                 let sess = self.sessions[slot_i].as_deref_mut().expect("classify checked it");
                 let peer = sess.peer;
-                match sess.open(&mut dgram[msg_off..], counter, slot) {
+                match sess.open(&mut dgram[msg_off..], counter, slot, self.sole_receiver) {
                     Ok(n) => self.authenticated(now_ms, peer, idx, from, n, &dgram[msg_off..], tx),
                     Err(OpenError::Replay) => Decap::Drop(DropReason::Replay),
                     Err(OpenError::Auth) => Decap::Drop(DropReason::AuthFailed),
@@ -644,7 +656,7 @@ impl<'r> Engine<'r> {
                     let slot_i = (idx & self.session_mask) as usize;
                     let sess = self.sessions[slot_i].as_deref_mut().expect("looked up above");
                     let peer = sess.peer;
-                    if sess.accept(p.job.counter(), slot) {
+                    if sess.accept(p.job.counter(), slot, self.sole_receiver) {
                         self.authenticated(now_ms, peer, idx, p.from, n, &dgram[p.msg_off..], tx)
                             .shifted(p.msg_off)
                     } else {

@@ -156,6 +156,13 @@ impl SessionSlot {
     pub fn replay(&self) -> crate::replay::ReplayWindow<'_> {
         crate::replay::ReplayWindow::new(&self.rx_next, &self.replay)
     }
+
+    /// The window as `replay`, for the only worker that receives on the session (`sole`;
+    /// see [`crate::replay::ReplayWindow::sole`]).
+    pub fn replay_for(&self, sole: bool) -> crate::replay::ReplayWindow<'_> {
+        let w = self.replay();
+        if sole { w.sole() } else { w }
+    }
 }
 
 /// Workers a region has room for by default: a DPDK data plane may run up to this many

@@ -335,9 +335,17 @@ impl<'p> Mbuf<'p> {
     }
 
     /// Removes `n` bytes from the end. `false` if the packet is shorter.
+    #[inline]
     pub fn trim(&mut self, n: usize) -> bool {
         if n > self.len() {
             return false;
+        }
+        if self.is_contiguous() {
+            // As rte_pktmbuf_trim, whose last segment is the first here.
+            let m = self.raw_mut();
+            m.data_len -= n as u16;
+            m.pkt_len -= n as u32;
+            return true;
         }
         // SAFETY: checked against the length; the mbuf is ours.
         unsafe { sys::omni_rte_pktmbuf_trim(self.ptr.as_ptr(), n as u16) == 0 }

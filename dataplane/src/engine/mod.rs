@@ -673,6 +673,7 @@ impl<'r> Engine<'r> {
 
     /// Unwraps a relay header and sorts the message: handshakes and signalling are
     /// punted (after the mac1 check), a transport message is matched to a live session.
+    #[inline(always)]
     fn classify(&mut self, now_ms: u64, src: SocketAddr, dgram: &[u8]) -> Classified {
         let (from, msg_off) = match MessageType::of(dgram) {
             Ok(MessageType::Relayed) => match relay::Packet::new_checked(dgram) {

@@ -306,6 +306,9 @@ impl<'p> Mbuf<'p> {
     /// Grows the packet by `n` bytes at the end. `false` if there is not enough tailroom.
     #[inline]
     pub fn append(&mut self, n: usize) -> bool {
+        if n > u16::MAX as usize {
+            return false;
+        }
         if !self.is_contiguous() {
             // DPDK appends to the last segment: its own function walks the chain.
             // SAFETY: the mbuf is ours; DPDK checks the last segment's tailroom.

@@ -51,6 +51,7 @@ fn eal_pool_ports_and_ring() {
         assert_eq!(m.headroom() + m.len() + m.tailroom(), 2048 + 128);
         let room = m.tailroom();
         assert!(!m.append(room + 1), "more than the tailroom is refused");
+        assert!(!m.append(70_000), "more than an mbuf can count is refused");
         assert_eq!(m.data(), b"fra", "a refused append changes nothing");
         assert!(m.append(room) && m.tailroom() == 0 && m.len() == 3 + room);
         assert!(!m.adj(m.len() + 1), "more than the data is refused");

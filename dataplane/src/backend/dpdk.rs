@@ -1125,6 +1125,7 @@ impl DpdkWorker<'_> {
             }
             let now = pass_start / 1_000_000;
             let mut work = 0;
+            let mut waiting = 0;
             if self.stop.load(Ordering::Acquire) {
                 if first {
                     anyhow::bail!("an I/O worker stopped");
@@ -1152,8 +1153,9 @@ impl DpdkWorker<'_> {
                     work += b.len();
                     self.finish_batch(now, c, b, access, tx, &mut deliver);
                 }
-                // Batches in flight come back within microseconds: no sleeping meanwhile.
-                work += c.in_flight();
+                // Batches in flight come back within microseconds: no sleeping meanwhile
+                // (but waiting for them is not work: it stays out of the busy time).
+                waiting = c.in_flight();
             }
             tx.flush();
             let notify = self.publish_events() | std::mem::take(&mut self.punted);
@@ -1194,8 +1196,10 @@ impl DpdkWorker<'_> {
                 }
             }
             if work > 0 {
-                idle_passes = 0;
                 busy_since = Some(pass_start);
+            }
+            if work + waiting > 0 {
+                idle_passes = 0;
                 continue;
             }
             idle_passes = idle_passes.saturating_add(1);

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use omni_dataplane::clock::{BusyMeter, monotonic_ns};
 use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
 use omni_proto::aead::Aead;
 use omni_testkit::{Netns, TempDir, wait_until};
@@ -400,15 +401,15 @@ fn fwd_main(a: FwdArgs) -> anyhow::Result<()> {
     start_with_retry(&mut pb, &pool)?;
     say("listening");
     let (mut ab, mut ba, mut idle) = (0u64, 0u64, 0u32);
-    // Time and passes spent on work, accounted as the data plane does (see its worker loop).
-    let (mut busy_ns, mut busy_passes, mut busy_since) = (0u64, 0u64, None::<Instant>);
+    // Time and passes spent on work, accounted as the data plane's workers do.
+    let (mut busy_ns, mut busy_passes, mut busy) = (0u64, 0u64, BusyMeter::default());
     let mut last_report = Instant::now();
     let (mut down_a, mut down_b) = (None, None);
     let mut burst = MbufBurst::new();
     while !STOP.load(Ordering::Relaxed) {
-        let pass_start = Instant::now();
-        if let Some(t) = busy_since.take() {
-            busy_ns += pass_start.duration_since(t).as_nanos() as u64;
+        let pass_start = monotonic_ns();
+        if let Some(ns) = busy.pass(pass_start) {
+            busy_ns += ns;
             busy_passes += 1;
         }
         let mut work = 0;
@@ -439,7 +440,7 @@ fn fwd_main(a: FwdArgs) -> anyhow::Result<()> {
         // Idle back-off as the data plane's, so both paths poll alike.
         if work > 0 {
             idle = 0;
-            busy_since = Some(pass_start);
+            busy.worked(pass_start);
         } else {
             idle = idle.saturating_add(1);
             if idle > 64 {

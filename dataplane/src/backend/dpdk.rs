@@ -22,7 +22,7 @@ use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::wire::relay;
 use tracing::{info, warn};
 
-use crate::clock::{monotonic_ms, monotonic_ns};
+use crate::clock::{BusyMeter, monotonic_ms, monotonic_ns};
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::endpoint::Endpoint;
 use crate::engine::{Decap, DecapStart, Engine, InPlace, PacketBuf, PendingOpen, TxSink};
@@ -1114,13 +1114,11 @@ impl DpdkWorker<'_> {
         let mut rx: MbufBurst<'p> = MbufBurst::new();
         let mut deliver: MbufBurst<'p> = MbufBurst::new();
         let first = self.index == 0;
-        // Start of the last pass that found work, accounted when the next pass begins:
-        // one clock read per pass serves both the engine's milliseconds and the load.
-        let mut busy_since: Option<u64> = None;
+        let mut busy = BusyMeter::default();
         loop {
             let pass_start = monotonic_ns();
-            if let Some(t) = busy_since.take() {
-                self.counters.inc(Counter::BusyNs, pass_start.saturating_sub(t));
+            if let Some(ns) = busy.pass(pass_start) {
+                self.counters.inc(Counter::BusyNs, ns);
                 self.counters.inc(Counter::BusyPasses, 1);
             }
             let now = pass_start / 1_000_000;
@@ -1196,7 +1194,7 @@ impl DpdkWorker<'_> {
                 }
             }
             if work > 0 {
-                busy_since = Some(pass_start);
+                busy.worked(pass_start);
             }
             if work + waiting > 0 {
                 idle_passes = 0;

@@ -2,25 +2,32 @@
 
 /// Adds `data` to a running sum (big-endian 16-bit words; an odd tail is padded).
 ///
-/// The one's-complement sum does not depend on byte order (RFC 1071 §2(B)): the bytes are
-/// summed as little-endian 64-bit words with end-around carry (one add and one carry per
-/// 8 bytes), folded to 16 bits, and byte-swapped into the big-endian running sum.
+/// The one's-complement sum does not depend on byte order (RFC 1071 §2(B)), and 2^16 ≡ 1
+/// modulo 2^16 - 1, so summing the bytes as little-endian 32-bit words into 64-bit lanes and
+/// folding at the end gives the same sum. Unlike a 64-bit add-with-carry chain (one carry
+/// dependency per 8 bytes), the eight lanes have no carries to propagate and vectorise:
+/// this runs several times faster, and it is on every TCP byte the offloads touch (the
+/// segments cut from a TAP super-frame, the frames checked before they are joined).
+/// No lane can overflow below 2^34 bytes.
 #[inline]
 pub fn add(acc: u64, data: &[u8]) -> u64 {
-    let mut s: u64 = 0;
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        let (r, carry) = s.overflowing_add(w);
-        // With a carry r is at most 2^64 - 2: adding it back cannot overflow.
-        s = r + carry as u64;
+    let mut lanes = [0u64; 8];
+    let mut blocks = data.chunks_exact(32);
+    for b in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(b.chunks_exact(4)) {
+            *lane += u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64;
+        }
     }
-    let rest = chunks.remainder();
+    let mut s: u64 = lanes.iter().sum();
+    let mut words = blocks.remainder().chunks_exact(4);
+    for w in &mut words {
+        s += u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64;
+    }
+    let rest = words.remainder();
     if !rest.is_empty() {
-        let mut tail = [0u8; 8];
+        let mut tail = [0u8; 4];
         tail[..rest.len()].copy_from_slice(rest);
-        let (r, carry) = s.overflowing_add(u64::from_le_bytes(tail));
-        s = r + carry as u64;
+        s += u32::from_le_bytes(tail) as u64;
     }
     let mut f = (s & 0xffff_ffff) + (s >> 32);
     f = (f & 0xffff) + (f >> 16);
@@ -91,6 +98,14 @@ mod tests {
             assert_eq!(finish(add(0, &ones)), reference(&ones), "0xff * {len}");
             let high = vec![0x80u8; len];
             assert_eq!(finish(add(0, &high)), reference(&high), "0x80 * {len}");
+        }
+        // Long runs of all-ones, where every lane carries the most (a 64 KB super-frame).
+        let big = vec![0xffu8; 65_535];
+        assert_eq!(finish(add(0, &big)), reference(&big));
+        let mixed: Vec<u8> =
+            (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for len in [65_536, 65_535, 1448, 1449, 33, 31] {
+            assert_eq!(finish(add(0, &mixed[..len])), reference(&mixed[..len]), "mixed {len}");
         }
         // Split sums add up.
         let d: Vec<u8> = (0..100u8).collect();

@@ -71,6 +71,9 @@ pub struct DaemonSection {
     pub offload: Option<bool>,
     /// Seal and send bulk traffic on a second data-plane thread (default: with 4+ cores).
     pub crypto_thread: Option<bool>,
+    /// socket/xdp backends: when the data plane keeps idle CPUs polling through
+    /// /dev/cpu_dma_latency: "busy" (default: while bulk traffic flows), "always" or "off".
+    pub cpu_latency: Option<String>,
     /// Data-plane backend: "socket" (default), "xdp" (on `interface`) or "dpdk" ([dpdk]).
     pub backend: Option<String>,
     /// xdp backend: "auto" (native where the driver can), "native" or "skb".
@@ -212,6 +215,7 @@ pub struct CliOverrides {
     pub metrics_listen: Option<String>,
     pub no_offload: bool,
     pub crypto_thread: Option<bool>,
+    pub cpu_latency: Option<String>,
     pub backend: Option<String>,
     pub xdp_mode: Option<String>,
     pub cipher: Option<String>,
@@ -279,6 +283,8 @@ pub struct Settings {
     pub dataplane_bin: Option<PathBuf>,
     pub offload: bool,
     pub crypto_thread: bool,
+    /// socket/xdp backends: when idle CPUs are kept polling while the data plane runs.
+    pub cpu_latency: omni_dataplane::cpu_latency::Mode,
     /// "socket" or "xdp".
     pub backend: String,
     /// dpdk backend: its ports and cores.
@@ -667,6 +673,10 @@ impl Settings {
                 "the xdp backend needs the NIC the underlay arrives on (--interface eth0)",
             ));
         }
+        let cpu_latency = match cli.cpu_latency.or(d.cpu_latency) {
+            None => Default::default(),
+            Some(v) => v.parse().map_err(|e: String| invalid("[daemon] cpu_latency", e))?,
+        };
         let xdp_mode = cli.xdp_mode.or(d.xdp_mode).unwrap_or_else(|| "auto".into());
         if !["auto", "native", "skb"].contains(&xdp_mode.as_str()) {
             return Err(invalid(
@@ -693,6 +703,7 @@ impl Settings {
             crypto_thread: cli.crypto_thread.or(d.crypto_thread).unwrap_or_else(|| {
                 std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)
             }),
+            cpu_latency,
             backend,
             xdp_mode,
             cipher,
@@ -734,6 +745,7 @@ mod tests {
             tap = "fab0"
             offload = false
             crypto_thread = true
+            cpu_latency = "always"
             [network]
             nucleus = "127.0.0.1:51820"
             cluster = "fleet"
@@ -761,6 +773,7 @@ mod tests {
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9200".parse().unwrap()));
         assert!(!s.offload);
         assert!(s.crypto_thread);
+        assert_eq!(s.cpu_latency, omni_dataplane::cpu_latency::Mode::Always);
     }
 
     #[test]
@@ -807,6 +820,7 @@ mod tests {
             ("[daemon]\ntap = \"this-name-is-too-long\"\n", "tap"),
             ("[daemon]\nmtu = 100\n", "mtu"),
             ("[daemon]\ncipher = \"aes-128-cbc\"\n", "cipher"),
+            ("[daemon]\ncpu_latency = \"sometimes\"\n", "cpu_latency"),
             ("[timers]\nrekey_after_secs = 10\nreject_after_secs = 5\n", "reject_after_secs"),
             ("[switch]\nfdb_capacity = 1000\n", "fdb_capacity"),
             ("[network]\ncluster_secret = \"s\"\n", "cluster"),
@@ -835,10 +849,12 @@ mod tests {
             metrics_listen: Some("off".into()),
             crypto_thread: Some(false),
             cipher: Some("chacha20-poly1305".into()),
+            cpu_latency: Some("off".into()),
             ..Default::default()
         };
         let s = Settings::resolve(f, cli).unwrap();
         assert!(!s.crypto_thread);
+        assert_eq!(s.cpu_latency, omni_dataplane::cpu_latency::Mode::Off);
         assert_eq!(s.cipher, CipherChoice::Only(omni_proto::aead::Aead::ChaCha20Poly1305));
         assert_eq!(s.port, 2000);
         assert_eq!(s.tap, "a0");

@@ -300,6 +300,9 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
     // Explicit either way: the daemon has already resolved the default.
     a.push("--crypto-thread".into());
     a.push(s.crypto_thread.to_string());
+    if s.backend != "dpdk" {
+        a.extend(["--cpu-latency".into(), s.cpu_latency.name().into()]);
+    }
     if s.backend == "dpdk" {
         let d = &s.dpdk;
         // Checked by the configuration: underlay and underlay_ip are set.

@@ -112,6 +112,11 @@ struct RunArgs {
     /// true with 4 cores or more].
     #[arg(long)]
     crypto_thread: Option<bool>,
+    /// socket/xdp backends: when the data plane holds /dev/cpu_dma_latency at 0 so idle CPUs
+    /// poll instead of sleeping deeply (machine-wide while held): busy (while bulk traffic
+    /// flows), always or off [default: busy].
+    #[arg(long, value_parser = ["off", "busy", "always"])]
+    cpu_latency: Option<String>,
     /// Data-plane backend: socket (UDP socket + TAP, anywhere), xdp (XDP + AF_XDP on
     /// --interface) or dpdk (ports from the config's [dpdk] section) [default: socket].
     #[arg(long, value_parser = ["socket", "xdp", "dpdk"])]
@@ -191,6 +196,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         metrics_listen: run.metrics_listen,
         no_offload: run.no_offload,
         crypto_thread: run.crypto_thread,
+        cpu_latency: run.cpu_latency,
         backend: run.backend,
         xdp_mode: run.xdp_mode,
         cipher: run.cipher,

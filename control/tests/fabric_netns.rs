@@ -135,9 +135,33 @@ fn iperf3_tcp_over_the_fabric() {
     require_root_and_tools(TOOLS);
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
-    let bps = iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 3);
+    let before = cpu_latency_bound();
+    let (bps, during) = std::thread::scope(|s| {
+        let run = s.spawn(|| iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 3));
+        std::thread::sleep(Duration::from_millis(2000));
+        let during = cpu_latency_bound();
+        (run.join().expect("iperf3 ran"), during)
+    });
     assert!(bps > 1e6, "iperf3 moved data: {bps} bit/s");
     eprintln!("iperf3 TCP over omni0: {:.2} Gbit/s", bps / 1e9);
+    // The data planes' default (cpu_latency = "busy"): idle CPUs poll while bulk traffic
+    // flows, and the request ends about a second after it stops.
+    match before {
+        Some(v) if v > 0 => {
+            assert_eq!(during, Some(0), "bound during bulk traffic (before: {v} µs)");
+            std::thread::sleep(Duration::from_millis(2500));
+            assert_eq!(cpu_latency_bound(), Some(v), "bound back once traffic stopped");
+        }
+        other => eprintln!("cpu latency request not checked: the bound was {other:?} before"),
+    }
+}
+
+/// The machine-wide CPU latency bound now in force (µs), from the PM QoS device.
+fn cpu_latency_bound() -> Option<i32> {
+    use std::io::Read;
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/cpu_dma_latency").ok()?.read_exact(&mut b).ok()?;
+    Some(i32::from_ne_bytes(b))
 }
 
 #[test]

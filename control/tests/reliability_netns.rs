@@ -169,7 +169,7 @@ fn spoofed_handshake_flood_engages_cookies_and_a_peer_still_gets_through() {
         let ns = f.pair.a.name.clone();
         let cmd = format!(
             "ip netns exec {ns} {} --target 10.77.0.2:51820 --responder {} --sources 10.192.0.0/12 --rate {rate} --seconds {seconds}",
-            bin("handshake_flood").display(),
+            generator("handshake_flood").display(),
             f.b.key
         );
         std::thread::spawn(move || run_ok(&cmd))
@@ -197,8 +197,11 @@ fn spoofed_handshake_flood_engages_cookies_and_a_peer_still_gets_through() {
     let (limited, bad_hs, unknown) = (dr("rate_limited"), dr("bad_handshake"), dr("unknown_peer"));
     let accounted = kernel + bad_mac1 + ring_full + limited + bad_hs + unknown + cookies;
     // A's own initiations land in the same counters (a cookie reply, or a drop) before one
-    // completes: at most one per attempt.
+    // completes: at most one per attempt. A's other packets to B in those seconds (keepalives,
+    // the first data after the rekey) can be dropped by the same full socket queue, which the
+    // kernel's count does not tell apart: a few a second.
     let a_attempts = counter(&f.a.metrics(9100), "omni_handshakes_initiated_total") - a_init0;
+    let a_other = 4 * (seconds as u64 + 3);
     let figure = format!(
         "sent {sent} ({achieved:.0}/s): cookie replies {cookies}, per-IP limit {limited}, ring full {ring_full}, \
          kernel queue {kernel}, bad handshake {bad_hs}, bad mac1 {bad_mac1}, unknown peer {unknown}; \
@@ -206,7 +209,7 @@ fn spoofed_handshake_flood_engages_cookies_and_a_peer_still_gets_through() {
     );
     eprintln!("{figure}\nmetrics after:\n{m1}");
     assert!(
-        accounted >= sent && accounted <= sent + a_attempts,
+        accounted >= sent && accounted <= sent + a_attempts + a_other,
         "every flood packet is counted once: {accounted} vs {sent}: {figure}"
     );
     assert_eq!(bad_mac1, 0, "the flood carries a valid mac1: {figure}");

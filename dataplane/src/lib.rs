@@ -14,6 +14,8 @@ pub mod clock;
 #[cfg(not(loom))]
 pub mod counters;
 #[cfg(not(loom))]
+pub mod cpu_latency;
+#[cfg(not(loom))]
 pub mod endpoint;
 #[cfg(not(loom))]
 pub mod engine;

@@ -25,6 +25,18 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A load generator: the optimised build when there is one (`scripts/test.sh` builds it
+/// first), since a generator's own speed is not under test and a debug build of it cannot
+/// send as fast as the data plane under test receives; else the build beside the daemon.
+pub fn generator(name: &str) -> PathBuf {
+    let debug = PathBuf::from(env!("CARGO_BIN_EXE_omni-daemon"));
+    let release = debug.parent().and_then(|d| d.parent()).map(|t| t.join("release").join(name));
+    match release {
+        Some(p) if p.exists() => p,
+        _ => bin(name),
+    }
+}
+
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Network tests run one at a time even when the harness runs tests in parallel: on two

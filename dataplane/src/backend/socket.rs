@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::clock::{monotonic_ms, monotonic_us};
 use crate::counters::{Counter, DropReason, WorkerCounters};
+use crate::cpu_latency::{self, CpuLatency};
 use crate::engine::{Decap, Engine, PacketBuf, TxSink};
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
@@ -66,6 +67,8 @@ pub struct SocketConfig {
     /// After work, keep polling this long before sleeping (0: sleep at once). An answer
     /// that comes back within it costs no wake-up; idle, nothing spins.
     pub spin_us: u64,
+    /// When to ask the kernel to keep idle CPUs polling (see [`crate::cpu_latency`]).
+    pub cpu_latency: cpu_latency::Mode,
     /// Seal and send bulk traffic on a second thread (the I/O thread goes on reading).
     pub crypto_thread: bool,
     /// Take the underlay through XDP and AF_XDP on this NIC (the `xdp` backend); the UDP
@@ -332,6 +335,8 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
 
     let h = region.header();
     let generation = channel::announce(h, port, tap.ifindex(), cfg.supervised, 1);
+    // Opened before the capabilities go: the device needs root.
+    let cpu_latency = CpuLatency::open(cfg.cpu_latency);
     let privileges = drop_privileges(xdp_rx.is_some());
     info!(
         port,
@@ -341,6 +346,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         tap_offload = tap.vnet(),
         udp_gro = gro,
         crypto_thread = use_crypto_thread,
+        cpu_latency = %cfg.cpu_latency,
         backend = if xdp_rx.is_some() { "xdp" } else { "socket" },
         xdp_mode = xdp_rx.as_ref().map(|x| x.filter.mode().name()).unwrap_or("none"),
         capabilities = %privileges,
@@ -368,6 +374,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         gro_hdr: Vec::with_capacity(256),
         punted: false,
         spin_us: cfg.spin_us,
+        cpu_latency,
         xdp: xdp_rx,
     };
     if w.xdp.is_some() {
@@ -450,6 +457,7 @@ struct Worker<'r> {
     /// A packet was punted since control was last rung.
     punted: bool,
     spin_us: u64,
+    cpu_latency: CpuLatency,
     /// The AF_XDP receive side (xdp backend).
     xdp: Option<XdpRx>,
 }
@@ -502,6 +510,7 @@ impl Worker<'_> {
                 last_housekeeping = now;
             }
             self.sync_sessions();
+            self.cpu_latency.note(now, work);
             // Only what control reads (events, punts) is worth waking it for.
             if notify {
                 self.ring_control_if_parked();

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use omni_dataplane::backend::socket::{SocketConfig, run};
 use omni_dataplane::backend::xdp::XdpSettings;
+use omni_dataplane::cpu_latency;
 use omni_dataplane::shm::Params;
 use omni_xdp::AttachMode;
 use omni_xdp::xsk::XskModeRequest;
@@ -28,6 +29,17 @@ enum XdpModeArg {
     Auto,
     Native,
     Skb,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CpuLatencyArg {
+    /// Never ask the kernel to keep idle CPUs polling.
+    Off,
+    /// Ask while bulk traffic flows (held from the first busy 100 ms, dropped after 1 s of
+    /// light traffic).
+    Busy,
+    /// Ask for as long as the data plane runs (lowest idle latency; CPUs never sleep deeply).
+    Always,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,6 +93,10 @@ struct Args {
     /// comes back meanwhile costs no wake-up); 0 sleeps at once.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     spin_us: u64,
+    /// socket and xdp backends: when to hold /dev/cpu_dma_latency at 0 so idle CPUs poll
+    /// instead of sleeping in states slow to leave (a halted vCPU); machine-wide while held.
+    #[arg(long, value_enum, default_value = "busy")]
+    cpu_latency: CpuLatencyArg,
     /// Seal and send bulk traffic on a second thread: true or false [default: true with 4
     /// cores or more; with fewer, the thread competes with everything else and costs].
     #[arg(long)]
@@ -232,6 +248,11 @@ fn main() -> ExitCode {
             supervised: args.supervised,
             offload: !args.no_offload,
             spin_us: args.spin_us,
+            cpu_latency: match args.cpu_latency {
+                CpuLatencyArg::Off => cpu_latency::Mode::Off,
+                CpuLatencyArg::Busy => cpu_latency::Mode::Busy,
+                CpuLatencyArg::Always => cpu_latency::Mode::Always,
+            },
             crypto_thread: !args.no_crypto_thread
                 && args.crypto_thread.unwrap_or_else(|| {
                     std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)

@@ -55,6 +55,10 @@ struct Args {
     /// boringtun-cli [default: bench/.tools/bin/boringtun-cli, else on PATH].
     #[arg(long)]
     boringtun: Option<PathBuf>,
+    /// More omni-daemon arguments for every OmniNervous path, space-separated (to measure
+    /// a setting: --omni-args="--cpu-latency off").
+    #[arg(long, allow_hyphen_values = true)]
+    omni_args: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -227,6 +231,7 @@ struct Path_ {
 
 struct Ctx {
     bin: PathBuf,
+    omni_args: Vec<String>,
     boringtun: Option<PathBuf>,
     dir: TempDir,
 }
@@ -314,6 +319,7 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                     &keys[1 - i].1,
                     &format!("10.10.0.{other}:51820"),
                 );
+                args.extend(ctx.omni_args.iter().cloned());
                 if kind == Kind::OmniSocketNooffload {
                     args.push("--no-offload".into());
                 }
@@ -783,6 +789,12 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let ctx = Ctx {
         bin: a.bin.clone().unwrap_or_else(|| root.join("target/release")),
+        omni_args: a
+            .omni_args
+            .iter()
+            .flat_map(|s| s.split_whitespace())
+            .map(String::from)
+            .collect(),
         boringtun,
         dir: TempDir::new("compare"),
     };

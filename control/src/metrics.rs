@@ -38,6 +38,7 @@ pub struct Metrics {
     worker_rx_packets: IntCounterVec,
     worker_tx_packets: IntCounterVec,
     worker_busy_seconds: CounterVec,
+    cpu_latency_held_seconds: prometheus::Counter,
 }
 
 /// What one scrape reports.
@@ -197,6 +198,16 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            cpu_latency_held_seconds: {
+                let c = prometheus::Counter::new(
+                    "omni_cpu_latency_held_seconds_total",
+                    "Seconds the data plane held the machine's CPU idle latency at 0 \
+                     (cpu_latency: idle CPUs poll while bulk traffic flows)",
+                )
+                .expect("valid metric name");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             registry: r,
         }
     }
@@ -216,6 +227,10 @@ impl Metrics {
         catch_up(&self.xdp_passed, dp(Counter::XdpPassed));
         catch_up(&self.xdp_kernel_path, dp(Counter::XdpKernelPath));
         catch_up(&self.xdp_socket_dropped, dp(Counter::XdpSocketDropped));
+        let held = dp(Counter::CpuLatencyHeldMs) as f64 / 1e3;
+        if held > self.cpu_latency_held_seconds.get() {
+            self.cpu_latency_held_seconds.inc_by(held - self.cpu_latency_held_seconds.get());
+        }
         catch_up(&self.handshakes_completed, s.handshakes_completed);
         catch_up(&self.handshakes_initiated, s.handshakes_initiated);
         catch_up(&self.dropped_ratelimit, s.dropped_ratelimit);
@@ -303,6 +318,7 @@ mod tests {
         let mut dp = vec![0u64; 64];
         dp[Counter::RxPackets as usize] = 5;
         dp[DropReason::Replay as usize] = 2;
+        dp[Counter::CpuLatencyHeldMs as usize] = 2500;
         let s = Sample {
             sessions_active: 1,
             dp_counters: dp,
@@ -331,6 +347,7 @@ mod tests {
             "omni_peer_rx_bytes_total{peer=\"abcd\"} 10",
             "omni_worker_tx_packets_total{worker=\"0\"} 6",
             "omni_worker_busy_seconds_total{worker=\"0\"} 1.5",
+            "omni_cpu_latency_held_seconds_total 2.5",
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
         }

@@ -149,8 +149,12 @@ fn iperf3_tcp_over_the_fabric() {
     match before {
         Some(v) if v > 0 => {
             assert_eq!(during, Some(0), "bound during bulk traffic (before: {v} µs)");
-            std::thread::sleep(Duration::from_millis(2500));
+            // Released a second after the last busy 100 ms, at the first loop pass after
+            // that: within 2 s, since an idle data plane still passes once a second.
+            std::thread::sleep(Duration::from_millis(3000));
             assert_eq!(cpu_latency_bound(), Some(v), "bound back once traffic stopped");
+            let held = metric(&f.a.metrics(9100), "omni_cpu_latency_held_seconds_total");
+            assert!(held.is_some_and(|s| s >= 0.5), "held time in the metrics: {held:?}");
         }
         other => eprintln!("cpu latency request not checked: the bound was {other:?} before"),
     }

@@ -150,6 +150,9 @@ pub enum Counter {
     BusyNs,
     /// Loop passes that found work (busy packets / busy passes: the average batch).
     BusyPasses,
+    /// Milliseconds the data plane held the machine's CPU latency bound at 0 (idle CPUs
+    /// polling; see `cpu_latency`).
+    CpuLatencyHeldMs,
 }
 
 /// Number of counter slots per worker (drops 0..32, others 32..64).

@@ -497,6 +497,9 @@ impl Worker<'_> {
             tx.flush();
             let notify = self.publish_events() | std::mem::take(&mut self.punted);
             if now.saturating_sub(last_heartbeat) >= 100 {
+                if self.cpu_latency.held() && last_heartbeat != 0 {
+                    self.counters.inc(Counter::CpuLatencyHeldMs, now - last_heartbeat);
+                }
                 self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
                 last_heartbeat = now;
                 if let Some(x) = &self.xdp {

@@ -35,15 +35,16 @@ pub const DEVICE: &str = "/dev/cpu_dma_latency";
 /// The value that means "no bound" (`PM_QOS_CPU_LATENCY_DEFAULT_VALUE`, µs).
 const NO_BOUND_US: i32 = 2_000_000_000;
 
-/// When the data plane asks for polling idle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// When the data plane asks for polling idle (also `omni-dataplane --cpu-latency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Mode {
-    /// Never.
+    /// Never ask the kernel to keep idle CPUs polling.
     Off,
-    /// While traffic flows (the default).
+    /// Ask while bulk traffic flows (held from the first busy 100 ms, dropped after 1 s of
+    /// light traffic).
     #[default]
     Busy,
-    /// For as long as the data plane runs.
+    /// Ask for as long as the data plane runs (lowest idle latency; CPUs never sleep deeply).
     Always,
 }
 

@@ -32,17 +32,6 @@ enum XdpModeArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum CpuLatencyArg {
-    /// Never ask the kernel to keep idle CPUs polling.
-    Off,
-    /// Ask while bulk traffic flows (held from the first busy 100 ms, dropped after 1 s of
-    /// light traffic).
-    Busy,
-    /// Ask for as long as the data plane runs (lowest idle latency; CPUs never sleep deeply).
-    Always,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 enum XskModeArg {
     /// Zero-copy where the driver supports it, copy otherwise.
     Auto,
@@ -96,7 +85,7 @@ struct Args {
     /// socket and xdp backends: when to hold /dev/cpu_dma_latency at 0 so idle CPUs poll
     /// instead of sleeping in states slow to leave (a halted vCPU); machine-wide while held.
     #[arg(long, value_enum, default_value = "busy")]
-    cpu_latency: CpuLatencyArg,
+    cpu_latency: cpu_latency::Mode,
     /// Seal and send bulk traffic on a second thread: true or false [default: true with 4
     /// cores or more; with fewer, the thread competes with everything else and costs].
     #[arg(long)]
@@ -248,11 +237,7 @@ fn main() -> ExitCode {
             supervised: args.supervised,
             offload: !args.no_offload,
             spin_us: args.spin_us,
-            cpu_latency: match args.cpu_latency {
-                CpuLatencyArg::Off => cpu_latency::Mode::Off,
-                CpuLatencyArg::Busy => cpu_latency::Mode::Busy,
-                CpuLatencyArg::Always => cpu_latency::Mode::Always,
-            },
+            cpu_latency: args.cpu_latency,
             crypto_thread: !args.no_crypto_thread
                 && args.crypto_thread.unwrap_or_else(|| {
                     std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)

@@ -115,7 +115,9 @@ struct RunArgs {
     /// socket/xdp backends: when the data plane holds /dev/cpu_dma_latency at 0 so idle CPUs
     /// poll instead of sleeping deeply (machine-wide while held): busy (while bulk traffic
     /// flows), always or off [default: busy].
-    #[arg(long, value_parser = ["off", "busy", "always"])]
+    #[arg(long, value_parser = clap::builder::TypedValueParser::map(
+        clap::builder::EnumValueParser::<omni_dataplane::cpu_latency::Mode>::new(),
+        |m| m.name().to_string()))]
     cpu_latency: Option<String>,
     /// Data-plane backend: socket (UDP socket + TAP, anywhere), xdp (XDP + AF_XDP on
     /// --interface) or dpdk (ports from the config's [dpdk] section) [default: socket].

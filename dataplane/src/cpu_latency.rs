@@ -49,6 +49,8 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The name used on command lines and in the config file (clap derives the same from
+    /// the variant; `names_round_trip` checks they agree).
     pub fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
@@ -61,12 +63,8 @@ impl Mode {
 impl std::str::FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(Mode::Off),
-            "busy" => Ok(Mode::Busy),
-            "always" => Ok(Mode::Always),
-            _ => Err(format!("unknown cpu latency mode {s:?}: expected off, busy or always")),
-        }
+        <Self as clap::ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("unknown cpu latency mode {s:?}: expected off, busy or always"))
     }
 }
 
@@ -183,10 +181,6 @@ impl CpuLatency {
         self.held
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     fn set(&mut self, hold: bool) {
         let Some(f) = self.request.as_mut() else { return };
         // The device takes a binary s32 (µs) when written exactly 4 bytes.
@@ -242,6 +236,15 @@ mod tests {
         // with what it handled.
         assert_eq!(d.note(7000, 5000), Some(true));
         assert_eq!(d.note(7100, 0), None);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in [Mode::Off, Mode::Busy, Mode::Always] {
+            assert_eq!(m.name().parse::<Mode>(), Ok(m));
+        }
+        assert_eq!(Mode::Busy.name(), "busy");
+        assert!("sometimes".parse::<Mode>().unwrap_err().contains("off, busy or always"));
     }
 
     #[test]

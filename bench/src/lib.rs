@@ -64,7 +64,12 @@ pub fn engine_with_session(
             remote_index: remote,
             age_ms: 1,
             initiator: false,
-            keys: SessionKeys { send, recv, aead },
+            keys: SessionKeys {
+                send,
+                recv,
+                aead,
+                features: omni_proto::features::Features::SUPPORTED,
+            },
         }),
         &mut sink,
     );

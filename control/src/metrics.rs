@@ -30,6 +30,8 @@ pub struct Metrics {
     xdp_passed: IntCounter,
     xdp_kernel_path: IntCounter,
     xdp_socket_dropped: IntCounter,
+    checksum_partial_tx: IntCounter,
+    checksum_partial_rx: IntCounter,
     dataplane_restarts: IntCounter,
     fdb_entries: IntGauge,
     dropped: IntCounterVec,
@@ -149,6 +151,16 @@ impl Metrics {
                 "omni_xdp_socket_dropped_total",
                 "Packets the AF_XDP sockets dropped (ring full or no free frame)",
             ),
+            checksum_partial_tx: counter(
+                &r,
+                "omni_checksum_partial_tx_total",
+                "Frames sealed with their TCP/UDP checksum left partial for the peer's end",
+            ),
+            checksum_partial_rx: counter(
+                &r,
+                "omni_checksum_partial_rx_total",
+                "Frames received whose sender left the TCP/UDP checksum partial",
+            ),
             dataplane_restarts: counter(
                 &r,
                 "omni_dataplane_restarts_total",
@@ -227,6 +239,8 @@ impl Metrics {
         catch_up(&self.xdp_passed, dp(Counter::XdpPassed));
         catch_up(&self.xdp_kernel_path, dp(Counter::XdpKernelPath));
         catch_up(&self.xdp_socket_dropped, dp(Counter::XdpSocketDropped));
+        catch_up(&self.checksum_partial_tx, dp(Counter::ChecksumPartialTx));
+        catch_up(&self.checksum_partial_rx, dp(Counter::ChecksumPartialRx));
         let held = dp(Counter::CpuLatencyHeldMs) as f64 / 1e3;
         if held > self.cpu_latency_held_seconds.get() {
             self.cpu_latency_held_seconds.inc_by(held - self.cpu_latency_held_seconds.get());
@@ -319,6 +333,7 @@ mod tests {
         dp[Counter::RxPackets as usize] = 5;
         dp[DropReason::Replay as usize] = 2;
         dp[Counter::CpuLatencyHeldMs as usize] = 2500;
+        dp[Counter::ChecksumPartialRx as usize] = 7;
         let s = Sample {
             sessions_active: 1,
             dp_counters: dp,
@@ -348,6 +363,8 @@ mod tests {
             "omni_worker_tx_packets_total{worker=\"0\"} 6",
             "omni_worker_busy_seconds_total{worker=\"0\"} 1.5",
             "omni_cpu_latency_held_seconds_total 2.5",
+            "omni_checksum_partial_rx_total 7",
+            "omni_checksum_partial_tx_total 0",
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
         }

@@ -144,6 +144,11 @@ fn iperf3_tcp_over_the_fabric() {
     });
     assert!(bps > 1e6, "iperf3 moved data: {bps} bit/s");
     eprintln!("iperf3 TCP over omni0: {:.2} Gbit/s", bps / 1e9);
+    // Both ends agreed to checksum state: A's TCP segments leave with the checksum the
+    // kernel left partial, and B hands them on so.
+    let tx = metric(&f.a.metrics(9100), "omni_checksum_partial_tx_total").unwrap_or(0.0);
+    let rx = metric(&f.b.metrics(9100), "omni_checksum_partial_rx_total").unwrap_or(0.0);
+    assert!(tx > 1000.0 && rx > 1000.0, "partial checksums sent {tx}, received {rx}");
     // The data planes' default (cpu_latency = "busy"): idle CPUs poll while bulk traffic
     // flows, and the request ends about a second after it stops.
     match before {
@@ -157,6 +162,37 @@ fn iperf3_tcp_over_the_fabric() {
             assert!(held.is_some_and(|s| s >= 0.5), "held time in the metrics: {held:?}");
         }
         other => eprintln!("cpu latency request not checked: the bound was {other:?} before"),
+    }
+}
+
+/// A sender with TAP offloads leaves TCP and UDP checksums partial; a receiver whose TAP
+/// takes only complete frames (`--no-offload`) finishes them, and its kernel finds every
+/// checksum right.
+#[test]
+fn partial_checksums_are_finished_for_a_plain_tap() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let f = Fabric2::with_args(1500, &[], &["--no-offload"]);
+    f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
+    let bps = iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 2);
+    assert!(bps > 1e8, "TCP through finished checksums: {bps} bit/s");
+    let out = f.dir.0.join("udp.txt");
+    let sink = format!("OPEN:{},creat,append", out.display());
+    let mut r = Background::spawn(&f.pair.b, &["socat", "-u", "UDP4-RECV:7411,reuseaddr", &sink]);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..5 {
+        f.pair.a.sh_ok(&format!("echo udp-partial-{i} | socat -u - UDP4-SENDTO:192.168.77.2:7411"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    r.stop("TERM");
+    let got = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(got.contains("udp-partial-4"), "UDP received: {got:?}");
+    let rx = metric(&f.b.metrics(9100), "omni_checksum_partial_rx_total").unwrap_or(0.0);
+    assert!(rx > 100.0, "B received partial checksums: {rx}");
+    let nstat = f.pair.b.sh_ok("nstat -az TcpInCsumErrors UdpInCsumErrors");
+    for line in nstat.lines().filter(|l| l.contains("CsumErrors")) {
+        let n: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(1);
+        assert_eq!(n, 0, "checksum errors in B's kernel: {line}");
     }
 }
 

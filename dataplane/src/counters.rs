@@ -153,6 +153,11 @@ pub enum Counter {
     /// Milliseconds the data plane held the machine's CPU latency bound at 0 (idle CPUs
     /// polling; see `cpu_latency`).
     CpuLatencyHeldMs,
+    /// Frames sealed with their TCP/UDP checksum left partial, for the peer's end (the
+    /// checksum-state feature).
+    ChecksumPartialTx,
+    /// Frames opened whose sender left the checksum partial.
+    ChecksumPartialRx,
 }
 
 /// Number of counter slots per worker (drops 0..32, others 32..64).

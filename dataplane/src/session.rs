@@ -16,8 +16,9 @@ use std::sync::Arc;
 use ring::aead::{Aad, Nonce, Tag};
 
 use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
+use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
-use omni_proto::wire::transport::{self, Header};
+use omni_proto::wire::transport::{self, ChecksumPartial, Header};
 
 use crate::replay::WINDOW;
 use crate::shm::layout::SessionSlot;
@@ -70,11 +71,12 @@ fn seal_with(key: &AeadKey, counter: u64, len: usize, buf: &mut [u8]) -> Option<
     if buf.len() < end + AEAD_TAG_LEN {
         return None;
     }
+    let (header, body) = buf[..end].split_at_mut(TRANSPORT_HEADER_LEN);
     let tag = key
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(transport::nonce(counter)),
-            Aad::empty(),
-            &mut buf[TRANSPORT_HEADER_LEN..end],
+            Aad::from(transport::associated_data(header)),
+            body,
         )
         .ok()?;
     buf[end..end + AEAD_TAG_LEN].copy_from_slice(tag.as_ref());
@@ -89,6 +91,9 @@ pub struct Session {
     pub created_ms: u64,
     /// The data plane already asked control for a rekey of this session.
     pub rekey_requested: bool,
+    /// The peer takes frames with partial checksums (both ends agreed to
+    /// [`Features::CHECKSUM_STATE`]).
+    pub checksum_state: bool,
     /// Keys are wiped from memory when the session goes (the `Arc`'s last holder).
     send: Arc<AeadKey>,
     recv: Arc<AeadKey>,
@@ -156,6 +161,7 @@ impl Session {
             initiator,
             created_ms,
             rekey_requested: false,
+            checksum_state: keys.features.contains(Features::CHECKSUM_STATE),
             send: Arc::new(AeadKey::new(keys.aead, &keys.send)),
             recv: Arc::new(AeadKey::new(keys.aead, &keys.recv)),
             tx_next,
@@ -171,11 +177,14 @@ impl Session {
     /// Seals the frame at `buf[16..16 + len]` in place: writes the header before it and the
     /// tag after it. Returns the length of the transport message (`len + 32`). `buf` must be
     /// at least `len + 32` bytes. `None` when the counter is exhausted (`limit`).
+    /// `checksum`: the frame's checksum state for the header; only for a session with
+    /// [`Session::checksum_state`] (the caller completes the checksum otherwise).
     #[inline]
     pub fn seal(
         &mut self,
         buf: &mut [u8],
         len: usize,
+        checksum: Option<ChecksumPartial>,
         limit: u64,
         slot: &SessionSlot,
     ) -> Option<usize> {
@@ -183,7 +192,7 @@ impl Session {
             return None;
         }
         // The key is used where it is (no reference-count traffic per packet).
-        let counter = self.take_counter(buf, limit, slot)?;
+        let counter = self.take_counter(buf, checksum, limit, slot)?;
         seal_with(&self.send, counter, len, buf)
     }
 
@@ -194,17 +203,25 @@ impl Session {
         &mut self,
         buf: &mut [u8],
         len: usize,
+        checksum: Option<ChecksumPartial>,
         limit: u64,
         slot: &SessionSlot,
     ) -> Option<SealJob> {
-        let counter = self.take_counter(buf, limit, slot)?;
+        let counter = self.take_counter(buf, checksum, limit, slot)?;
         Some(SealJob { key: self.send.clone(), counter, len })
     }
 
     /// Takes the next send counter (a new block from the slot when this worker's runs out
     /// or fell too far behind) and writes the transport header with it. `None` at `limit`.
     #[inline]
-    fn take_counter(&mut self, buf: &mut [u8], limit: u64, slot: &SessionSlot) -> Option<u64> {
+    fn take_counter(
+        &mut self,
+        buf: &mut [u8],
+        checksum: Option<ChecksumPartial>,
+        limit: u64,
+        slot: &SessionSlot,
+    ) -> Option<u64> {
+        debug_assert!(checksum.is_none() || self.checksum_state, "peer did not agree");
         if self.tx_next >= self.tx_end
             || slot.tx_reserved.load(Ordering::Relaxed) > self.tx_next + TX_BLOCK_STALE
         {
@@ -217,7 +234,7 @@ impl Session {
             return None;
         }
         self.tx_next = counter + 1;
-        Header { receiver_index: self.remote_index, counter }.emit(buf);
+        Header { receiver_index: self.remote_index, counter, checksum }.emit(buf);
         Some(counter)
     }
 
@@ -290,12 +307,12 @@ fn open_with(key: &AeadKey, counter: u64, pkt: &mut [u8]) -> Result<usize, OpenE
     if len < TRANSPORT_HEADER_LEN + AEAD_TAG_LEN {
         return Err(OpenError::Auth);
     }
-    let (body, tag) =
-        pkt[TRANSPORT_HEADER_LEN..].split_at_mut(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN);
+    let (header, rest) = pkt.split_at_mut(TRANSPORT_HEADER_LEN);
+    let (body, tag) = rest.split_at_mut(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN);
     let tag: [u8; AEAD_TAG_LEN] = tag.try_into().map_err(|_| OpenError::Auth)?;
     key.open_in_place_separate_tag(
         Nonce::assume_unique_for_key(transport::nonce(counter)),
-        Aad::empty(),
+        Aad::from(transport::associated_data(header)),
         Tag::from(tag),
         body,
         0..,
@@ -312,8 +329,8 @@ mod tests {
 
     fn keys_for(aead: Aead) -> (SessionKeys, SessionKeys) {
         (
-            SessionKeys { send: [1; 32], recv: [2; 32], aead },
-            SessionKeys { send: [2; 32], recv: [1; 32], aead },
+            SessionKeys { send: [1; 32], recv: [2; 32], aead, features: Features::SUPPORTED },
+            SessionKeys { send: [2; 32], recv: [1; 32], aead, features: Features::SUPPORTED },
         )
     }
 
@@ -336,7 +353,7 @@ mod tests {
         let frame = b"hello fabric frame";
         let mut buf = vec![0u8; 16 + frame.len() + 16];
         buf[16..16 + frame.len()].copy_from_slice(frame);
-        let n = a.seal(&mut buf, frame.len(), u64::MAX, &sa).unwrap();
+        let n = a.seal(&mut buf, frame.len(), None, u64::MAX, &sa).unwrap();
         assert_eq!(n, buf.len());
         assert_eq!(&buf[..4], &[4, 0, 0, 0]);
         assert_eq!(
@@ -358,9 +375,44 @@ mod tests {
         assert_eq!(b.open(&mut again, 0, &sb, true), Err(OpenError::Replay));
         // A forged packet did not consume a counter: counter 1 still opens.
         let mut buf2 = vec![0u8; 16 + 3 + 16];
-        a.seal(&mut buf2, 3, u64::MAX, &sa).unwrap();
+        a.seal(&mut buf2, 3, None, u64::MAX, &sa).unwrap();
         assert_eq!(b.open(&mut buf2, 1, &sb, true), Ok(3));
         assert_eq!(sb.rx_next.load(Ordering::Relaxed), 2);
+    }
+
+    /// Checksum state travels in the header's bytes 1-3 and is authenticated (it is the
+    /// AEAD's associated data): changing it, adding it or removing it fails the tag.
+    #[test]
+    fn checksum_state_is_authenticated() {
+        for aead in Aead::ALL {
+            let (ka, kb) = keys_for(aead);
+            let (sa, sb) = (SessionSlot::default(), SessionSlot::default());
+            let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
+            let b = Session::new(2, 1, 0, false, 0, &kb, &sb);
+            assert!(a.checksum_state && b.checksum_state);
+            let c = ChecksumPartial { start: 34, offset: 16 };
+            let mut buf = vec![0u8; 16 + 60 + 16];
+            let n = a.seal(&mut buf, 60, Some(c), u64::MAX, &sa).unwrap();
+            assert_eq!(&buf[..4], &[4, 16, 34, 0]);
+            for state in [[6, 34, 0], [16, 35, 0], [16, 34, 1], [0, 0, 0]] {
+                let mut forged = buf[..n].to_vec();
+                forged[1..4].copy_from_slice(&state);
+                assert_eq!(b.open(&mut forged, 0, &sb, true), Err(OpenError::Auth), "{state:?}");
+            }
+            let mut ok = buf[..n].to_vec();
+            assert_eq!(b.open(&mut ok, 0, &sb, true), Ok(60));
+            // A message sealed without state does not open once state is added.
+            let mut plain = vec![0u8; 16 + 60 + 16];
+            a.seal(&mut plain, 60, None, u64::MAX, &sa).unwrap();
+            plain[1..4].copy_from_slice(&[16, 34, 0]);
+            assert_eq!(b.open(&mut plain, 1, &sb, true), Err(OpenError::Auth));
+        }
+        // Without the feature agreed, the session says so (the engine then completes
+        // checksums itself).
+        let (mut ka, _) = keys();
+        ka.features = Features::NONE;
+        let sa = SessionSlot::default();
+        assert!(!Session::new(1, 2, 0, true, 0, &ka, &sa).checksum_state);
     }
 
     #[test]
@@ -377,7 +429,7 @@ mod tests {
         let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
         let b = Session::new(2, 1, 0, false, 0, &kb, &sb);
         let mut buf = vec![0u8; 16 + 5 + 16];
-        a.seal(&mut buf, 5, u64::MAX, &sa).unwrap();
+        a.seal(&mut buf, 5, None, u64::MAX, &sa).unwrap();
         assert_eq!(b.open(&mut buf, 0, &sb, true), Err(OpenError::Auth));
     }
 
@@ -387,11 +439,11 @@ mod tests {
         let mut a = Session::new(1, 9, 0, true, 0, &ka, &sa);
         for _ in 0..5 {
             let mut tmp = vec![0u8; 64];
-            a.seal(&mut tmp, 10, u64::MAX, &sa).unwrap();
+            a.seal(&mut tmp, 10, None, u64::MAX, &sa).unwrap();
         }
         let mut buf = vec![0u8; 16 + 4 + 16];
         buf[16..20].copy_from_slice(b"abcd");
-        a.seal(&mut buf, 4, u64::MAX, &sa).unwrap();
+        a.seal(&mut buf, 4, None, u64::MAX, &sa).unwrap();
         // Independent computation: the AEAD, nonce = 0^4 || LE64(5), no AAD.
         let k = LessSafeKey::new(UnboundKey::new(alg, &[1; 32]).unwrap());
         let mut expect = b"abcd".to_vec();
@@ -409,9 +461,9 @@ mod tests {
         let sa = SessionSlot::default();
         let mut a = Session::new(1, 2, 0, true, 0, &ka, &sa);
         let mut buf = vec![0u8; 64];
-        assert!(a.seal(&mut buf, 1, 2, &sa).is_some());
-        assert!(a.seal(&mut buf, 1, 2, &sa).is_some());
-        assert!(a.seal(&mut buf, 1, 2, &sa).is_none());
+        assert!(a.seal(&mut buf, 1, None, 2, &sa).is_some());
+        assert!(a.seal(&mut buf, 1, None, 2, &sa).is_some());
+        assert!(a.seal(&mut buf, 1, None, 2, &sa).is_none());
     }
 
     /// Two workers holding the same session over one slot: they never use the same
@@ -432,7 +484,7 @@ mod tests {
             let w = usize::from(i % 4 == 3);
             let mut buf = vec![0u8; 16 + 2 + 16];
             buf[16..18].copy_from_slice(&(i as u16).to_le_bytes());
-            senders[w].seal(&mut buf, 2, u64::MAX, &sa).unwrap();
+            senders[w].seal(&mut buf, 2, None, u64::MAX, &sa).unwrap();
             let counter = u64::from_le_bytes(buf[8..16].try_into().unwrap());
             assert!(seen.insert(counter), "counter {counter} used twice");
             packets.push((counter, buf));
@@ -458,7 +510,7 @@ mod tests {
         for i in 0..10u8 {
             let mut buf = vec![0u8; 16 + 1 + 16];
             buf[16] = i;
-            a.seal(&mut buf, 1, u64::MAX, &sa).unwrap();
+            a.seal(&mut buf, 1, None, u64::MAX, &sa).unwrap();
             sent.push(buf);
         }
         for (i, p) in sent.iter().enumerate().take(6) {
@@ -478,7 +530,7 @@ mod tests {
             );
         }
         let mut buf = vec![0u8; 16 + 1 + 16];
-        a2.seal(&mut buf, 1, u64::MAX, &sa).unwrap();
+        a2.seal(&mut buf, 1, None, u64::MAX, &sa).unwrap();
         assert_eq!(b2.open(&mut buf, TX_BLOCK, &sb, true), Ok(1));
         // A different session in the slot starts afresh.
         let a3 = Session::new(99, 8, 0, true, 0, &ka, &sa);

@@ -8,6 +8,7 @@
 pub mod aead;
 pub mod cluster;
 pub mod constants;
+pub mod features;
 pub mod identity;
 pub mod mac;
 pub mod noise;

@@ -5,9 +5,10 @@
 //! secret, zeros without one) is mixed into the second message. The static keys are the
 //! X25519 forms of the nodes' Ed25519 identities.
 //!
-//! The initiation's payload is the TAI64N timestamp and the AEADs the initiator accepts
-//! for transport; the response's payload names the one the responder chose (see
-//! [`crate::aead`]). The transport keys from the split are handed to the data plane, which
+//! The initiation's payload is the TAI64N timestamp, the AEADs the initiator accepts
+//! for transport and the features it understands; the response's payload names the AEAD
+//! the responder chose (see [`crate::aead`]) and the features both understand (see
+//! [`crate::features`]). The transport keys from the split are handed to the data plane, which
 //! seals with that AEAD (ring) using the Noise nonce layout (4 zero bytes + 64-bit LE
 //! counter).
 
@@ -17,16 +18,19 @@ pub use snow::HandshakeState;
 
 use crate::aead::{Aead, AeadSet};
 use crate::constants::LABEL_PSK;
+use crate::features::Features;
 use crate::tai64n;
 
 pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 /// Mixed into the handshake hash so OmniNervous handshakes never verify as anything else.
 pub const PROLOGUE: &[u8] = b"OmniNervous v1 L2 fabric";
-/// Payload of message 1: TAI64N timestamp, then the offered AEADs (u32 LE bit set).
+/// Payload of message 1: TAI64N timestamp, then a u32 LE word: the offered AEADs (bit set,
+/// bits 0-15) and the features understood (bits 16-23).
 pub const INITIATION_PAYLOAD_LEN: usize = tai64n::LEN + 4;
 /// Noise message 1: ephemeral (32) + encrypted static (32+16) + encrypted payload (16+16).
 pub const INITIATION_NOISE_LEN: usize = 32 + 48 + INITIATION_PAYLOAD_LEN + 16;
-/// Payload of message 2: the chosen AEAD's id, then 3 reserved bytes (zero, ignored).
+/// Payload of message 2: the chosen AEAD's id, the features both ends understand, then 2
+/// reserved bytes (zero, ignored).
 pub const RESPONSE_PAYLOAD_LEN: usize = 4;
 /// Noise message 2: ephemeral (32) + encrypted payload (4+16).
 pub const RESPONSE_NOISE_LEN: usize = 32 + RESPONSE_PAYLOAD_LEN + 16;
@@ -99,44 +103,49 @@ pub fn responder(local_secret: &[u8; 32], psk: &Psk) -> Result<HandshakeState, N
         .build_responder()?)
 }
 
-/// Transport keys of one session, from this node's point of view, and the AEAD they are
-/// for. Zeroised on drop.
+/// Transport keys of one session, from this node's point of view, the AEAD they are for
+/// and the features both ends understand. Zeroised on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SessionKeys {
     pub send: [u8; 32],
     pub recv: [u8; 32],
     #[zeroize(skip)]
     pub aead: Aead,
+    #[zeroize(skip)]
+    pub features: Features,
 }
 
 impl std::fmt::Debug for SessionKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SessionKeys({}, <redacted>)", self.aead)
+        write!(f, "SessionKeys({}, {}, <redacted>)", self.aead, self.features)
     }
 }
 
 /// Splits a finished handshake into transport keys for `aead` (what the response named).
-pub fn split(hs: &mut HandshakeState, aead: Aead) -> SessionKeys {
+pub fn split(hs: &mut HandshakeState, aead: Aead, features: Features) -> SessionKeys {
     let (mut a, mut b) = hs.dangerously_get_raw_split();
     let keys = if hs.is_initiator() {
-        SessionKeys { send: a, recv: b, aead }
+        SessionKeys { send: a, recv: b, aead, features }
     } else {
-        SessionKeys { send: b, recv: a, aead }
+        SessionKeys { send: b, recv: a, aead, features }
     };
     a.zeroize();
     b.zeroize();
     keys
 }
 
-/// Writes Noise message 1 with the timestamp and the AEADs offered. Returns the bytes.
+/// Writes Noise message 1 with the timestamp, the AEADs offered and the features
+/// understood. Returns the bytes.
 pub fn write_initiation(
     hs: &mut HandshakeState,
     timestamp: &tai64n::Tai64n,
     offer: AeadSet,
+    features: Features,
 ) -> Result<[u8; INITIATION_NOISE_LEN], NoiseError> {
     let mut payload = [0u8; INITIATION_PAYLOAD_LEN];
     payload[..tai64n::LEN].copy_from_slice(&timestamp.to_bytes());
-    payload[tai64n::LEN..].copy_from_slice(&offer.bits().to_le_bytes());
+    let word = offer.bits() & 0xffff | (features.bits() as u32) << 16;
+    payload[tai64n::LEN..].copy_from_slice(&word.to_le_bytes());
     let mut out = [0u8; INITIATION_NOISE_LEN];
     let n = hs.write_message(&payload, &mut out)?;
     debug_assert_eq!(n, INITIATION_NOISE_LEN);
@@ -151,6 +160,8 @@ pub struct Initiation {
     /// `None` for a timestamp that is not valid TAI64N.
     pub timestamp: Option<tai64n::Tai64n>,
     pub offer: AeadSet,
+    /// What the initiator understands (unknown bits included).
+    pub features: Features,
 }
 
 /// Reads Noise message 1.
@@ -169,20 +180,25 @@ pub fn read_initiation(
     }
     let mut bits = [0u8; 4];
     bits.copy_from_slice(&payload[tai64n::LEN..n]);
+    let word = u32::from_le_bytes(bits);
     Ok(Initiation {
         remote,
         timestamp: tai64n::Tai64n::from_bytes(&payload[..tai64n::LEN]),
-        offer: AeadSet::from_bits(u32::from_le_bytes(bits)),
+        offer: AeadSet::from_bits(word & 0xffff),
+        features: Features::from_bits((word >> 16) as u8),
     })
 }
 
-/// Writes Noise message 2, naming the AEAD chosen for the session.
+/// Writes Noise message 2, naming the AEAD chosen for the session and the features both
+/// ends understand.
 pub fn write_response(
     hs: &mut HandshakeState,
     chosen: Aead,
+    agreed: Features,
 ) -> Result<[u8; RESPONSE_NOISE_LEN], NoiseError> {
     let mut payload = [0u8; RESPONSE_PAYLOAD_LEN];
     payload[0] = chosen.id();
+    payload[1] = agreed.bits();
     let mut out = [0u8; RESPONSE_NOISE_LEN];
     let n = hs.write_message(&payload, &mut out)?;
     debug_assert_eq!(n, RESPONSE_NOISE_LEN);
@@ -190,19 +206,22 @@ pub fn write_response(
 }
 
 /// Reads Noise message 2; returns the AEAD the responder chose, which must be one of
-/// `offered` (what our initiation offered).
+/// `offered` (what our initiation offered), and the features agreed (never more than
+/// `understood`, what our initiation announced).
 pub fn read_response(
     hs: &mut HandshakeState,
     msg: &[u8; RESPONSE_NOISE_LEN],
     offered: AeadSet,
-) -> Result<Aead, NoiseError> {
+    understood: Features,
+) -> Result<(Aead, Features), NoiseError> {
     let mut payload = [0u8; RESPONSE_NOISE_LEN];
     let n = hs.read_message(msg, &mut payload)?;
     if n != RESPONSE_PAYLOAD_LEN {
         return Err(NoiseError::BadPayload(n, RESPONSE_PAYLOAD_LEN));
     }
+    let agreed = Features::from_bits(payload[1]).intersect(understood);
     match Aead::from_id(payload[0]) {
-        Some(a) if offered.contains(a) => Ok(a),
+        Some(a) if offered.contains(a) => Ok((a, agreed)),
         _ => Err(NoiseError::AeadNotOffered(payload[0])),
     }
 }
@@ -227,15 +246,17 @@ mod tests {
         let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), psk_i)?;
         let mut r = responder(&b.x25519_secret(), psk_r)?;
         let ts = Tai64n::from_unix(1000, 0);
-        let m1 = write_initiation(&mut i, &ts, offer)?;
+        let m1 = write_initiation(&mut i, &ts, offer, Features::SUPPORTED)?;
         let init = read_initiation(&mut r, &m1)?;
         assert_eq!(init.timestamp, Some(ts));
         assert_eq!(init.offer, offer);
+        assert_eq!(init.features, Features::SUPPORTED);
         let chosen = accept.choose(init.offer).expect("a common AEAD");
-        let m2 = write_response(&mut r, chosen)?;
-        let got = read_response(&mut i, &m2, offer)?;
-        assert_eq!(got, chosen);
-        Ok((split(&mut i, got), split(&mut r, chosen), init.remote))
+        let agreed = init.features.intersect(Features::SUPPORTED);
+        let m2 = write_response(&mut r, chosen, agreed)?;
+        let (got, got_features) = read_response(&mut i, &m2, offer, Features::SUPPORTED)?;
+        assert_eq!((got, got_features), (chosen, agreed));
+        Ok((split(&mut i, got, got_features), split(&mut r, chosen, agreed), init.remote))
     }
 
     fn handshake(
@@ -273,10 +294,14 @@ mod tests {
         let chacha = AeadSet::of(&[Aead::ChaCha20Poly1305]);
         let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
         let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
-        let m1 = write_initiation(&mut i, &Tai64n::from_unix(1, 0), chacha).unwrap();
+        let m1 =
+            write_initiation(&mut i, &Tai64n::from_unix(1, 0), chacha, Features::NONE).unwrap();
         read_initiation(&mut r, &m1).unwrap();
-        let m2 = write_response(&mut r, Aead::Aes256Gcm).unwrap();
-        assert!(matches!(read_response(&mut i, &m2, chacha), Err(NoiseError::AeadNotOffered(1))));
+        let m2 = write_response(&mut r, Aead::Aes256Gcm, Features::NONE).unwrap();
+        assert!(matches!(
+            read_response(&mut i, &m2, chacha, Features::NONE),
+            Err(NoiseError::AeadNotOffered(1))
+        ));
     }
 
     #[test]
@@ -285,11 +310,52 @@ mod tests {
         let b = Identity::from_seed([2; 32]);
         let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
         let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
-        let mut m1 =
-            write_initiation(&mut i, &Tai64n::from_unix(1, 0), AeadSet::of(&BOTH)).unwrap();
+        let mut m1 = write_initiation(
+            &mut i,
+            &Tai64n::from_unix(1, 0),
+            AeadSet::of(&BOTH),
+            Features::SUPPORTED,
+        )
+        .unwrap();
         // The offer's bytes sit just before the last tag.
         m1[INITIATION_NOISE_LEN - 16 - 4] ^= 0x02;
         assert!(read_initiation(&mut r, &m1).is_err());
+    }
+
+    /// Features are agreed only when both ends announce them; a node that knows none (an
+    /// older build: zeros) gets none, whichever side it is on.
+    #[test]
+    fn features_are_what_both_ends_understand() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let run = |initiator_knows: Features, responder_knows: Features| {
+            let mut i =
+                initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
+            let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
+            let offer = AeadSet::of(&BOTH);
+            let m1 =
+                write_initiation(&mut i, &Tai64n::from_unix(1, 0), offer, initiator_knows).unwrap();
+            let init = read_initiation(&mut r, &m1).unwrap();
+            assert_eq!(init.offer, offer, "features do not leak into the AEAD set");
+            let agreed = init.features.intersect(responder_knows);
+            let m2 = write_response(&mut r, Aead::Aes256Gcm, agreed).unwrap();
+            let (_, got) = read_response(&mut i, &m2, offer, initiator_knows).unwrap();
+            (agreed, got)
+        };
+        let s = Features::SUPPORTED;
+        assert_eq!(run(s, s), (s, s));
+        assert_eq!(run(Features::NONE, s), (Features::NONE, Features::NONE));
+        assert_eq!(run(s, Features::NONE), (Features::NONE, Features::NONE));
+        // A responder claiming more than was announced gets only what was announced.
+        let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
+        let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
+        let m1 =
+            write_initiation(&mut i, &Tai64n::from_unix(1, 0), AeadSet::of(&BOTH), Features::NONE)
+                .unwrap();
+        read_initiation(&mut r, &m1).unwrap();
+        let m2 = write_response(&mut r, Aead::Aes256Gcm, Features::from_bits(0xff)).unwrap();
+        let got = read_response(&mut i, &m2, AeadSet::of(&BOTH), Features::NONE).unwrap();
+        assert_eq!(got, (Aead::Aes256Gcm, Features::NONE));
     }
 
     #[test]

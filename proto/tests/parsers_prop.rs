@@ -85,9 +85,11 @@ proptest! {
     }
 
     #[test]
-    fn transport_header_round_trips(receiver: u32, counter: u64, payload in 0usize..2000) {
+    fn transport_header_round_trips(receiver: u32, counter: u64, payload in 0usize..2000, start in 14u16..200, offset in 1u8..=255) {
         let mut buf = vec![0u8; transport::MIN_LEN + payload];
-        let h = transport::Header { receiver_index: receiver, counter };
+        let fits = start as usize + offset as usize + 2 <= payload;
+        let checksum = fits.then_some(transport::ChecksumPartial { start, offset });
+        let h = transport::Header { receiver_index: receiver, counter, checksum };
         h.emit(&mut buf);
         let p = transport::Packet::new_checked(&buf[..]).unwrap();
         prop_assert_eq!(transport::Header::parse(&p), h);

@@ -79,6 +79,14 @@ fn unauthorised_fabric_port_traffic_is_dropped_by_reason() {
         assert_eq!(drop(&[1, 0, 0, 0, 9]), (XDP_DROP, c::DROP_MALFORMED), "short initiation");
         assert_eq!(drop(&[4, 0, 0, 0]), (XDP_DROP, c::DROP_MALFORMED), "truncated transport");
         assert_eq!(drop(&transport(0x9999)), (XDP_DROP, c::DROP_UNKNOWN_INDEX));
+        // Checksum state in bytes 1-3 does not make a transport message malformed, and
+        // does not let an unknown index through; other types must keep them zero.
+        let mut flagged = transport(0x9999);
+        flagged[1..4].copy_from_slice(&[16, 34, 0]);
+        assert_eq!(drop(&flagged), (XDP_DROP, c::DROP_UNKNOWN_INDEX));
+        let mut init = vec![0u8; 152];
+        init[..4].copy_from_slice(&[1, 16, 0, 0]);
+        assert_eq!(drop(&init), (XDP_DROP, c::DROP_MALFORMED), "flags on a handshake");
         assert_eq!(
             drop(&[6, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 4, 0, 0, 0]),
             (XDP_DROP, c::DROP_MALFORMED),
@@ -86,6 +94,9 @@ fn unauthorised_fabric_port_traffic_is_dropped_by_reason() {
         );
         // A live session's packet is for the socket; with none bound it is counted so.
         assert_eq!(drop(&transport(0x1234)), (XDP_DROP, c::DROP_NO_SOCKET));
+        let mut flagged = transport(0x1234);
+        flagged[1..4].copy_from_slice(&[16, 34, 0]);
+        assert_eq!(drop(&flagged), (XDP_DROP, c::DROP_NO_SOCKET));
         // Relayed: judged by the inner message.
         let mut relayed = vec![7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
         relayed.extend(transport(0x1234));

@@ -15,6 +15,7 @@ use omni_dataplane::endpoint::Endpoint;
 
 use omni_dataplane::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
 use omni_proto::aead::AeadSet;
+use omni_proto::features::Features;
 use omni_proto::mac::{self, Cookie, Mac};
 use omni_proto::noise::{self, HandshakeState, Psk, SessionKeys};
 use omni_proto::tai64n::Tai64n;
@@ -488,7 +489,8 @@ impl Fabric {
             }
             return;
         };
-        let Ok(resp_noise) = noise::write_response(&mut hs, aead) else {
+        let agreed = init.features.intersect(Features::SUPPORTED);
+        let Ok(resp_noise) = noise::write_response(&mut hs, aead, agreed) else {
             self.stats.dropped_bad_handshake += 1;
             return;
         };
@@ -496,7 +498,7 @@ impl Fabric {
             debug!("session table full; dropping handshake");
             return;
         };
-        let keys = noise::split(&mut hs, aead);
+        let keys = noise::split(&mut hs, aead, agreed);
         let mut out = [0u8; handshake_resp::LEN];
         handshake_resp::Repr {
             sender_index: local_index,
@@ -560,8 +562,13 @@ impl Fabric {
             self.stats.dropped_bad_handshake += 1;
             return;
         };
-        let aead = match noise::read_response(&mut pending.hs, pkt.noise(), pending.offer) {
-            Ok(a) => a,
+        let (aead, agreed) = match noise::read_response(
+            &mut pending.hs,
+            pkt.noise(),
+            pending.offer,
+            Features::SUPPORTED,
+        ) {
+            Ok(r) => r,
             Err(e) => {
                 if matches!(e, noise::NoiseError::AeadNotOffered(_)) {
                     warn!(peer = %peer.public_key.short(), "handshake response refused: {e}");
@@ -571,7 +578,7 @@ impl Fabric {
             }
         };
         let mut pending = peer.pending.take().expect("checked above");
-        let keys = noise::split(&mut pending.hs, aead);
+        let keys = noise::split(&mut pending.hs, aead, agreed);
         let session = SessionInfo {
             local_index: idx,
             remote_index: pkt.sender_index(),
@@ -648,7 +655,9 @@ impl Fabric {
             return;
         };
         let offer = self.ciphers;
-        let Ok(noise_bytes) = noise::write_initiation(&mut hs, &Tai64n::now(), offer) else {
+        let Ok(noise_bytes) =
+            noise::write_initiation(&mut hs, &Tai64n::now(), offer, Features::SUPPORTED)
+        else {
             self.indices.release(local_index);
             return;
         };

@@ -42,7 +42,12 @@ fuzz_target!(|data: &[u8]| {
             remote_index: 6,
             age_ms: 1,
             initiator: false,
-            keys: SessionKeys { send: [1; 32], recv: [2; 32], aead: omni_proto::aead::Aead::ChaCha20Poly1305 },
+            keys: SessionKeys {
+                send: [1; 32],
+                recv: [2; 32],
+                aead: omni_proto::aead::Aead::ChaCha20Poly1305,
+                features: omni_proto::features::Features::SUPPORTED,
+            },
         }),
         &mut sink,
     );

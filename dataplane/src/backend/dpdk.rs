@@ -1365,8 +1365,18 @@ impl DpdkWorker<'_> {
         deliver: &mut MbufBurst<'p>,
     ) {
         match verdict {
-            Decap::Deliver { offset, len } => {
+            Decap::Deliver { offset, len, checksum } => {
                 tx.neighbours.learn(now, src.ip(), peer_mac);
+                if let Some(c) = checksum {
+                    // The access port takes complete frames: finish what the sender left.
+                    let at = p0 + offset;
+                    let frame = &mut m.data_mut()[at..at + len];
+                    crate::offload::csum::complete_partial(
+                        frame,
+                        c.start as usize,
+                        c.offset as usize,
+                    );
+                }
                 let total = m.len();
                 // The caller empties the burst before it can fill (at most one out per
                 // packet in, bursts of at most BURST); dropped if it ever were full.

@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use crate::clock::{monotonic_ms, monotonic_us};
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::cpu_latency::{self, CpuLatency};
-use crate::engine::{Decap, Engine, PacketBuf, TxSink};
+use crate::engine::{ChecksumPartial, Decap, Engine, PacketBuf, TxSink};
+use crate::offload::csum;
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
@@ -451,8 +452,8 @@ struct Worker<'r> {
     rx_mmsg: MmsgBatch,
     tap_buf: Box<[u8]>,
     frame: PacketBuf,
-    /// Frames opened in this pass, waiting to be written to the TAP: (buffer, start, len).
-    deliveries: Vec<(usize, usize, usize)>,
+    /// Frames opened in this pass, waiting to be written to the TAP.
+    deliveries: Vec<Delivery>,
     gro_hdr: Vec<u8>,
     /// A packet was punted since control was last rung.
     punted: bool,
@@ -609,9 +610,12 @@ impl Worker<'_> {
                     continue;
                 };
                 let (p0, src) = (u.payload.start, u.src);
-                match self.engine.decap_slice(now, src, &mut frame[u.payload], tx) {
-                    Decap::Deliver { offset, len } => {
-                        self.deliveries.push((k, p0 + offset, len));
+                match self.engine.decap_slice(now, src, &mut frame[u.payload.clone()], tx) {
+                    Decap::Deliver { offset, len, checksum } => {
+                        let at = p0 + offset;
+                        let checksum =
+                            settle_checksum(self.tap, &mut frame[at..at + len], checksum);
+                        self.deliveries.push(Delivery { buf: k, start: at, len, checksum });
                         if let Some(t) = tx.xdp.as_mut() {
                             t.learn(src, u.route, now);
                         }
@@ -669,7 +673,11 @@ impl Worker<'_> {
                 let dl = step.min(len - off);
                 datagrams += 1;
                 match self.engine.decap_slice(now, src, &mut data[off..off + dl], tx) {
-                    Decap::Deliver { offset, len } => self.deliveries.push((bi, off + offset, len)),
+                    Decap::Deliver { offset, len, checksum } => {
+                        let at = off + offset;
+                        let checksum = settle_checksum(self.tap, &mut data[at..at + len], checksum);
+                        self.deliveries.push(Delivery { buf: bi, start: at, len, checksum });
+                    }
                     Decap::Punt { from, offset, len } => {
                         let bytes = &data[off + offset..off + offset + len];
                         self.punted |= punt(&mut self.ends, self.counters, from, bytes);
@@ -720,26 +728,48 @@ impl Worker<'_> {
             let frame = &mut self.tap_buf[vnet::LEN..len];
             match hdr.gso() {
                 vnet::GSO_NONE => {
-                    if frame.len() > MAX_INNER_FRAME || !tso::complete_checksum(frame, &hdr) {
+                    // A checksum the kernel left to us stays partial for the engine, which
+                    // finishes it unless the peer's end takes it so.
+                    let partial = hdr.flags & vnet::F_NEEDS_CSUM != 0;
+                    let checksum = match u8::try_from(hdr.csum_offset) {
+                        Ok(offset) if partial && offset != 0 => {
+                            Some(ChecksumPartial { start: hdr.csum_start, offset })
+                        }
+                        _ if partial => {
+                            if !tso::complete_checksum(frame, &hdr) {
+                                self.counters.drop(DropReason::BadFrame);
+                                continue;
+                            }
+                            None
+                        }
+                        _ => None,
+                    };
+                    if frame.len() > MAX_INNER_FRAME {
                         self.counters.drop(DropReason::BadFrame);
                         continue;
                     }
                     self.frame.frame_area()[..frame.len()].copy_from_slice(frame);
                     self.frame.len = frame.len();
-                    self.engine.encap(now, &mut self.frame, tx);
+                    self.engine.encap_partial(now, &mut self.frame, checksum, tx);
                 }
                 vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => {
                     let Some(t) = Tso::new(frame, &hdr) else {
                         self.counters.drop(DropReason::BadFrame);
                         continue;
                     };
+                    // Segments leave with the checksum partial, as the kernel handed the
+                    // super-frame over: no pass over the payload here (the engine finishes
+                    // it for a peer that cannot take it so).
+                    let (start, offset) = t.checksum_field();
+                    let checksum =
+                        Some(ChecksumPartial { start: start as u16, offset: offset as u8 });
                     for i in 0..t.count() {
                         if t.len(i) > MAX_INNER_FRAME {
                             self.counters.drop(DropReason::BadFrame);
                             continue;
                         }
-                        self.frame.len = t.write(i, self.frame.frame_area());
-                        self.engine.encap(now, &mut self.frame, tx);
+                        self.frame.len = t.write_partial(i, self.frame.frame_area());
+                        self.engine.encap_partial(now, &mut self.frame, checksum, tx);
                     }
                 }
                 _ => self.counters.drop(DropReason::BadFrame),
@@ -753,19 +783,47 @@ impl Worker<'_> {
     }
 }
 
+/// An opened frame waiting to be written to the TAP.
+#[derive(Debug, Clone, Copy)]
+struct Delivery {
+    /// Which receive buffer (or UMEM descriptor) it is in, and where.
+    buf: usize,
+    start: usize,
+    len: usize,
+    /// Its checksum is partial (only with a TAP that takes it so; see [`settle_checksum`]).
+    checksum: Option<ChecksumPartial>,
+}
+
+/// What becomes of a delivered frame's partial checksum: a TAP with virtio-net headers
+/// takes the frame marked partial (the kernel finishes the checksum if the frame leaves
+/// the host, and trusts it if it is for the host, as for its own traffic); for a plain TAP
+/// it is finished here.
+fn settle_checksum(
+    tap: &Tap,
+    frame: &mut [u8],
+    checksum: Option<ChecksumPartial>,
+) -> Option<ChecksumPartial> {
+    let c = checksum?;
+    if tap.vnet() {
+        return Some(c);
+    }
+    csum::complete_partial(frame, c.start as usize, c.offset as usize);
+    None
+}
+
 /// Writes opened frames to the TAP, joining runs of one TCP flow into super-frames.
-/// `deliveries` are `(buffer, start, len)`; `frame` resolves one to its bytes.
+/// `frame` resolves a delivery's `(buf, start, len)` to its bytes.
 fn write_frames<'a>(
     tap: &Tap,
     counters: &WorkerCounters,
     gro_hdr: &mut Vec<u8>,
-    deliveries: &[(usize, usize, usize)],
+    deliveries: &[Delivery],
     frame: impl Fn(usize, usize, usize) -> &'a [u8],
 ) {
     let vnet = tap.vnet();
     let at = |k: usize| {
-        let (b, s, l) = deliveries[k];
-        frame(b, s, l)
+        let d = deliveries[k];
+        frame(d.buf, d.start, d.len)
     };
     let mut k = 0;
     let mut next_candidate: Option<gro::Candidate> = None;
@@ -778,13 +836,14 @@ fn write_frames<'a>(
             k += 1;
             continue;
         }
-        let first = next_candidate.take().or_else(|| gro::candidate(first_frame));
+        let first =
+            next_candidate.take().or_else(|| gro::candidate(first_frame, deliveries[k].checksum));
         let mut end = k + 1;
         let mut run = first.map(Run::start);
         if let Some(r) = run.as_mut() {
             while end < deliveries.len() {
                 let f2 = at(end);
-                match gro::candidate(f2) {
+                match gro::candidate(f2, deliveries[end].checksum) {
                     Some(c) if r.accepts(first_frame, f2, &c) => {
                         r.push(&c);
                         end += 1;
@@ -812,7 +871,17 @@ fn write_frames<'a>(
             }
             None => {
                 end = k + 1;
-                tap.writev(&[IoSlice::new(&PLAIN), IoSlice::new(first_frame)])
+                let v = match deliveries[k].checksum {
+                    None => PLAIN,
+                    Some(c) => VnetHdr {
+                        flags: vnet::F_NEEDS_CSUM,
+                        csum_start: c.start,
+                        csum_offset: c.offset as u16,
+                        ..Default::default()
+                    }
+                    .to_bytes(),
+                };
+                tap.writev(&[IoSlice::new(&v), IoSlice::new(first_frame)])
             }
         };
         if written.is_err() {

@@ -13,6 +13,7 @@ use omni_proto::constants::{
     ETHERNET_HEADER_LEN, MAX_INNER_FRAME, MAX_TRANSPORT_PACKET, TRANSPORT_HEADER_LEN,
 };
 use omni_proto::wire::ethernet::{self, MacAddr};
+pub use omni_proto::wire::transport::ChecksumPartial;
 use omni_proto::wire::{
     MessageType, cookie_reply, handshake_init, handshake_resp, macs, relay, transport,
 };
@@ -86,9 +87,13 @@ pub trait TxSink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decap {
     /// Write the frame at `[offset..offset + len]` of the datagram to the access port.
+    /// With `checksum`, its TCP/UDP checksum is partial (the sender left it, see
+    /// [`ChecksumPartial`]): hand it on marked so, or finish it
+    /// ([`crate::offload::csum::complete_partial`]) before it leaves the data plane.
     Deliver {
         offset: usize,
         len: usize,
+        checksum: Option<ChecksumPartial>,
     },
     /// An authenticated keepalive: nothing to deliver.
     Keepalive,
@@ -106,7 +111,9 @@ impl Decap {
     /// The same verdict with its offsets moved `by` bytes further into the datagram.
     fn shifted(self, by: usize) -> Self {
         match self {
-            Decap::Deliver { offset, len } => Decap::Deliver { offset: offset + by, len },
+            Decap::Deliver { offset, len, checksum } => {
+                Decap::Deliver { offset: offset + by, len, checksum }
+            }
             Decap::Punt { from, offset, len } => Decap::Punt { from, offset: offset + by, len },
             other => other,
         }
@@ -199,6 +206,12 @@ pub struct Engine<'r> {
     /// No other engine receives on this engine's sessions (see
     /// [`Engine::set_sole_receiver`]).
     sole_receiver: bool,
+}
+
+/// Finishes the partial checksum of the frame in `pkt` (bounds checked by the caller).
+fn finish_checksum(pkt: &mut PacketBuf, c: ChecksumPartial) {
+    let frame = &mut pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + pkt.len];
+    crate::offload::csum::complete_partial(frame, c.start as usize, c.offset as usize);
 }
 
 fn frame_dst(frame: &[u8]) -> MacAddr {
@@ -303,20 +316,58 @@ impl<'r> Engine<'r> {
 
     /// Handles a frame read from the access port into `pkt` (at `data[16..16 + len]`).
     pub fn encap(&mut self, now_ms: u64, pkt: &mut PacketBuf, tx: &mut impl TxSink) {
+        self.encap_partial(now_ms, pkt, None, tx);
+    }
+
+    /// As [`Engine::encap`], for a frame whose TCP/UDP checksum may be partial (`checksum`:
+    /// where it is; the field holds the pseudo-header sum). It stays partial towards a
+    /// peer that agreed to take it so, for that peer's end to finish or hand on; for any
+    /// other destination (a peer without the feature, a flood, a frame staged for a
+    /// handshake) it is finished here. Returns false, counting a drop, if `checksum` does
+    /// not fit the frame.
+    pub fn encap_partial(
+        &mut self,
+        now_ms: u64,
+        pkt: &mut PacketBuf,
+        checksum: Option<ChecksumPartial>,
+        tx: &mut impl TxSink,
+    ) -> bool {
         let len = pkt.len;
         if !(ETHERNET_HEADER_LEN..=MAX_INNER_FRAME).contains(&len) {
             self.counters.drop(DropReason::BadFrame);
-            return;
+            return false;
+        }
+        if let Some(c) = checksum
+            && (c.offset == 0
+                || (c.start as usize) < ETHERNET_HEADER_LEN
+                || c.start as usize + c.offset as usize + 2 > len)
+        {
+            self.counters.drop(DropReason::BadFrame);
+            return false;
         }
         let dst = frame_dst(&pkt.data[TRANSPORT_HEADER_LEN..]);
         if !ethernet::is_group(&dst)
             && let Some(peer) = self.fdb.lookup(&dst, now_ms)
             && self.peers.get(peer as usize).is_some_and(|p| p.active)
         {
-            self.send_frame(now_ms, peer, pkt, tx);
-            return;
+            let checksum = checksum.filter(|&c| {
+                let peer_takes_it = self
+                    .usable_current(peer, now_ms)
+                    .and_then(|i| self.session(i))
+                    .is_some_and(|s| s.checksum_state);
+                if !peer_takes_it {
+                    finish_checksum(pkt, c);
+                }
+                peer_takes_it
+            });
+            self.send_frame(now_ms, peer, pkt, checksum, tx);
+            return true;
+        }
+        if let Some(c) = checksum {
+            finish_checksum(pkt, c);
         }
         self.flood(now_ms, pkt, tx);
+        true
     }
 
     fn flood(&mut self, now_ms: u64, pkt: &mut PacketBuf, tx: &mut impl TxSink) {
@@ -335,7 +386,7 @@ impl<'r> Engine<'r> {
         for i in 0..targets {
             let peer = self.active[i];
             if i + 1 == targets {
-                self.send_frame(now_ms, peer, pkt, tx);
+                self.send_frame(now_ms, peer, pkt, None, tx);
             } else {
                 let Some(idx) = self.sendable(
                     now_ms,
@@ -348,7 +399,7 @@ impl<'r> Engine<'r> {
                 buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]
                     .copy_from_slice(&pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]);
                 buf.len = len;
-                if self.seal_to(now_ms, peer, idx, buf) {
+                if self.seal_to(now_ms, peer, idx, buf, None) {
                     tx.commit();
                 }
             }
@@ -371,7 +422,15 @@ impl<'r> Engine<'r> {
         }
     }
 
-    fn send_frame(&mut self, now_ms: u64, peer: u16, pkt: &mut PacketBuf, tx: &mut impl TxSink) {
+    /// `checksum`: the frame's checksum is partial, and `peer`'s current session takes it so.
+    fn send_frame(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        pkt: &mut PacketBuf,
+        checksum: Option<ChecksumPartial>,
+        tx: &mut impl TxSink,
+    ) {
         let len = pkt.len;
         let Some(idx) = self.sendable(
             now_ms,
@@ -380,16 +439,24 @@ impl<'r> Engine<'r> {
         ) else {
             return;
         };
-        if self.seal_to(now_ms, peer, idx, pkt) {
+        if self.seal_to(now_ms, peer, idx, pkt, checksum) {
             tx.commit_swap(pkt);
         }
     }
 
     /// Seals the frame in `buf` (length `buf.len`) for `peer` under session `idx`; on
     /// success `buf` holds the transport message and its destination.
-    fn seal_to(&mut self, now_ms: u64, peer: u16, idx: u32, buf: &mut PacketBuf) -> bool {
+    fn seal_to(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        idx: u32,
+        buf: &mut PacketBuf,
+        checksum: Option<ChecksumPartial>,
+    ) -> bool {
         let defer = self.defer_seal;
-        let Some((n, job)) = self.seal_slice(now_ms, peer, idx, &mut buf.data, buf.len, defer)
+        let Some((n, job)) =
+            self.seal_slice(now_ms, peer, idx, &mut buf.data, buf.len, checksum, defer)
         else {
             return false;
         };
@@ -407,6 +474,7 @@ impl<'r> Engine<'r> {
     // Inlined into the fast path: the (length, job) it returns then stays in registers
     // instead of being stored and reloaded in pieces (a store-forwarding stall per packet).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn seal_slice(
         &mut self,
         now_ms: u64,
@@ -414,6 +482,7 @@ impl<'r> Engine<'r> {
         idx: u32,
         data: &mut [u8],
         frame_len: usize,
+        checksum: Option<ChecksumPartial>,
         defer: bool,
     ) -> Option<(usize, Option<SealJob>)> {
         let slot = self.slot(idx);
@@ -427,10 +496,10 @@ impl<'r> Engine<'r> {
             return None;
         }
         let (n, job) = if defer {
-            let job = sess.prepare_seal(data, frame_len, limit, slot)?;
+            let job = sess.prepare_seal(data, frame_len, checksum, limit, slot)?;
             (job.sealed_len(), Some(job))
         } else {
-            let Some(n) = sess.seal(data, frame_len, limit, slot) else {
+            let Some(n) = sess.seal(data, frame_len, checksum, limit, slot) else {
                 self.counters.drop(DropReason::TxError);
                 return None;
             };
@@ -442,6 +511,9 @@ impl<'r> Engine<'r> {
             self.event(Event::RekeyNeeded { peer });
         }
         self.stats(peer).record_tx(frame_len, now_ms);
+        if checksum.is_some() {
+            self.counters.inc(Counter::ChecksumPartialTx, 1);
+        }
         self.counters.inc(Counter::TxPackets, 1);
         self.counters.inc(Counter::TxBytes, frame_len as u64);
         if frame_len == 0 {
@@ -496,7 +568,7 @@ impl<'r> Engine<'r> {
         };
         let Some(to) = p.endpoint else { return FALLBACK };
         let Some(idx) = self.usable_current(peer, now_ms) else { return FALLBACK };
-        match self.seal_slice(now_ms, peer, idx, msg, frame_len, defer) {
+        match self.seal_slice(now_ms, peer, idx, msg, frame_len, None, defer) {
             Some((len, job)) => (InPlace::Sealed { len, to }, job),
             None => (InPlace::Dropped, None),
         }
@@ -537,7 +609,7 @@ impl<'r> Engine<'r> {
             buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + frame.len()]
                 .copy_from_slice(frame);
             buf.len = frame.len();
-            if self.seal_to(now_ms, peer, idx, buf) {
+            if self.seal_to(now_ms, peer, idx, buf, None) {
                 tx.commit();
             }
         }
@@ -552,7 +624,7 @@ impl<'r> Engine<'r> {
         let Some(idx) = self.usable_current(peer, now_ms) else { return false };
         let buf = tx.buffer();
         buf.len = 0;
-        if self.seal_to(now_ms, peer, idx, buf) {
+        if self.seal_to(now_ms, peer, idx, buf, None) {
             tx.commit();
             true
         } else {
@@ -762,7 +834,12 @@ impl<'r> Engine<'r> {
                 Learn::Full => self.counters.inc(Counter::FdbFull, 1),
             }
         }
-        Decap::Deliver { offset: TRANSPORT_HEADER_LEN, len: n }
+        // Checked against the frame when the message was classified.
+        let checksum = transport::ChecksumPartial::from_type_word(msg).ok().flatten();
+        if checksum.is_some() {
+            self.counters.inc(Counter::ChecksumPartialRx, 1);
+        }
+        Decap::Deliver { offset: TRANSPORT_HEADER_LEN, len: n, checksum }
     }
 
     fn check_handshake(&self, msg: &[u8], expected: usize, from: Endpoint) -> Decap {

@@ -4,6 +4,7 @@
 use super::*;
 use crate::shm::layout::Params;
 use omni_proto::aead::Aead;
+use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
 use std::path::PathBuf;
 
@@ -81,6 +82,22 @@ fn install(
     recv: [u8; 32],
     sink: &mut VecSink,
 ) {
+    let keys = [send, recv];
+    install_with(e, peer, local, remote, place, initiator, keys, Features::SUPPORTED, sink);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install_with(
+    e: &mut Engine,
+    peer: u16,
+    local: u32,
+    remote: u32,
+    place: SessionPlace,
+    initiator: bool,
+    [send, recv]: [[u8; 32]; 2],
+    features: Features,
+    sink: &mut VecSink,
+) {
     e.apply(
         0,
         Command::InstallSession(InstallSession {
@@ -90,7 +107,7 @@ fn install(
             remote_index: remote,
             age_ms: 0,
             initiator,
-            keys: SessionKeys { send, recv, aead: Aead::ChaCha20Poly1305 },
+            keys: SessionKeys { send, recv, aead: Aead::ChaCha20Poly1305, features },
         }),
         sink,
     );
@@ -110,7 +127,10 @@ fn unknown_unicast_floods_then_learned_unicast_goes_direct() {
     assert_eq!(sink.queued.len(), 1);
     let mut pkt = sink.queued.pop().unwrap();
     assert_eq!(pkt.addr, Some(B_EP.parse().unwrap()));
-    assert_eq!(deliver(&mut b, A_EP, &mut pkt), Decap::Deliver { offset: 16, len: 18 });
+    assert_eq!(
+        deliver(&mut b, A_EP, &mut pkt),
+        Decap::Deliver { offset: 16, len: 18, checksum: None }
+    );
     assert_eq!(&pkt.data[16 + 14..16 + 18], b"ping");
     // B learned MAC_A behind peer 0.
     assert_eq!(b.fdb().lookup(&MAC_A, 10), Some(0));
@@ -120,7 +140,10 @@ fn unknown_unicast_floods_then_learned_unicast_goes_direct() {
     b.encap(11, &mut f, &mut sink);
     assert_eq!(b.counters().get(Counter::FloodCopies), 0);
     let mut pkt = sink.queued.pop().unwrap();
-    assert_eq!(deliver(&mut a, B_EP, &mut pkt), Decap::Deliver { offset: 16, len: 18 });
+    assert_eq!(
+        deliver(&mut a, B_EP, &mut pkt),
+        Decap::Deliver { offset: 16, len: 18, checksum: None }
+    );
     assert_eq!(a.fdb().lookup(&MAC_B, 11), Some(0));
 }
 
@@ -399,7 +422,12 @@ fn reset_and_replay_of_a_session_never_reuses_a_nonce() {
             remote_index: 200,
             age_ms: 5,
             initiator: true,
-            keys: SessionKeys { send: [1; 32], recv: [2; 32], aead: Aead::ChaCha20Poly1305 },
+            keys: SessionKeys {
+                send: [1; 32],
+                recv: [2; 32],
+                aead: Aead::ChaCha20Poly1305,
+                features: Features::SUPPORTED,
+            },
         }),
         &mut sink,
     );
@@ -428,7 +456,7 @@ fn relayed_packets_are_unwrapped_and_the_path_follows_them() {
     relayed.len = 12 + sealed.len;
     assert_eq!(
         deliver(&mut b, nucleus, &mut relayed),
-        Decap::Deliver { offset: 12 + 16, len: 14 + 9 }
+        Decap::Deliver { offset: 12 + 16, len: 14 + 9, checksum: None }
     );
     assert_eq!(&relayed.data[12 + 16 + 14..12 + 16 + 23], b"via relay");
     let via_relay = Endpoint::Relay { via: nucleus.parse().unwrap(), tag: a_tag };
@@ -507,7 +535,10 @@ fn in_place_seal_matches_the_buffer_path_and_falls_back_for_the_rest() {
     let mut p = PacketBuf::new();
     p.data[..len].copy_from_slice(&msg[..len]);
     p.len = len;
-    assert_eq!(deliver(&mut a, B_EP, &mut p), Decap::Deliver { offset: 16, len: frame_len });
+    assert_eq!(
+        deliver(&mut a, B_EP, &mut p),
+        Decap::Deliver { offset: 16, len: frame_len, checksum: None }
+    );
     assert_eq!(&p.data[30..30 + payload.len()], payload);
 
     // Broadcast, an unknown destination and a short buffer are left alone for encap.
@@ -540,7 +571,10 @@ fn deferred_open_checks_replay_and_session_again_when_it_finishes() {
     let r1 = p1.run(&mut c1);
     let r2 = p2.run(&mut c2);
     assert_eq!(r1, Some(18 + 13 - 4));
-    assert_eq!(b.decap_finish(11, p1, r1, &c1, &mut sink), Decap::Deliver { offset: 16, len: 27 });
+    assert_eq!(
+        b.decap_finish(11, p1, r1, &c1, &mut sink),
+        Decap::Deliver { offset: 16, len: 27, checksum: None }
+    );
     assert_eq!(&c1[16 + 14..16 + 27], b"deferred open");
     assert_eq!(b.decap_finish(11, p2, r2, &c2, &mut sink), Decap::Drop(DropReason::Replay));
     assert_eq!(b.counters().get_drop(DropReason::Replay), 1);
@@ -621,4 +655,99 @@ fn a_second_worker_follows_the_first_through_observed_events() {
     again.data = copy;
     again.len = keepalive.len;
     assert_eq!(deliver(&mut b1, roamed, &mut again), Decap::Drop(DropReason::Replay));
+}
+
+/// A TCP frame (02:..:01 → 02:..:02, IPv4, TCP at 34) whose checksum is partial, as a TAP
+/// hands it over with `NEEDS_CSUM`, in a buffer for `encap_partial`.
+fn partial_tcp_frame(payload: &[u8]) -> (PacketBuf, ChecksumPartial) {
+    use crate::offload::csum;
+    let mut f = crate::offload::tso::tests::tcp_frame(false, payload, 1, 0x18);
+    let pseudo = csum::fold(csum::pseudo(&f[14..], 4, 6, f.len() - 34));
+    f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    let mut p = PacketBuf::new();
+    p.frame_area()[..f.len()].copy_from_slice(&f);
+    p.len = f.len();
+    (p, ChecksumPartial { start: 34, offset: 16 })
+}
+
+/// Teaches A that 02:..:02 (the TCP frames' destination) is behind B.
+fn teach_tcp_destination(a: &mut Engine, b: &mut Engine, sink: &mut VecSink) {
+    let mut f = frame([0x02, 9, 9, 9, 9, 9], [2, 0, 0, 0, 0, 2], b"hello");
+    b.encap(5, &mut f, sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert!(matches!(deliver(a, B_EP, &mut pkt), Decap::Deliver { .. }));
+}
+
+fn tcp_checksum_ok(frame: &[u8]) -> bool {
+    crate::offload::tso::tests::tcp_checksum_ok(frame)
+}
+
+/// Towards a peer that agreed to checksum state, a partial checksum travels as it is (in
+/// the header, authenticated) and comes out marked partial; the receiver finishing it gets
+/// the right checksum.
+#[test]
+fn partial_checksums_travel_to_a_peer_that_takes_them() {
+    let (mut a, mut b) = pair("csum-state");
+    let mut sink = VecSink::default();
+    teach_tcp_destination(&mut a, &mut b, &mut sink);
+    let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    let (mut f, c) = partial_tcp_frame(&payload);
+    let sent = f.data[16..16 + f.len].to_vec();
+    assert!(a.encap_partial(20, &mut f, Some(c), &mut sink));
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(&pkt.data[..4], &[4, 16, 34, 0], "state in the header");
+    assert_eq!(a.counters().get(Counter::ChecksumPartialTx), 1);
+    let d = deliver(&mut b, A_EP, &mut pkt);
+    assert_eq!(d, Decap::Deliver { offset: 16, len: sent.len(), checksum: Some(c) });
+    assert_eq!(b.counters().get(Counter::ChecksumPartialRx), 1);
+    let got = &mut pkt.data[16..16 + sent.len()];
+    assert_eq!(got, &sent[..], "the frame as the sender's kernel left it");
+    assert!(!tcp_checksum_ok(got));
+    assert!(crate::offload::csum::complete_partial(got, 34, 16));
+    assert!(tcp_checksum_ok(got));
+}
+
+/// Anywhere else the engine finishes the checksum before sealing: a flood, and a peer
+/// whose session did not agree to the feature (an older node).
+#[test]
+fn partial_checksums_are_finished_for_floods_and_older_peers() {
+    // Flood: the destination is not known yet.
+    let (mut a, mut b) = pair("csum-flood");
+    let mut sink = VecSink::default();
+    let (mut f, c) = partial_tcp_frame(b"flooded segment");
+    assert!(a.encap_partial(20, &mut f, Some(c), &mut sink));
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(&pkt.data[..4], &[4, 0, 0, 0]);
+    let Decap::Deliver { offset, len, checksum: None } = deliver(&mut b, A_EP, &mut pkt) else {
+        panic!("not delivered complete")
+    };
+    assert!(tcp_checksum_ok(&pkt.data[offset..offset + len]));
+    assert_eq!(a.counters().get(Counter::ChecksumPartialTx), 0);
+
+    // A peer without the feature.
+    let mut a = Engine::new(region("csum-old-a"), 0);
+    let mut b = Engine::new(region("csum-old-b"), 0);
+    a.apply(0, Command::SetPeer { peer: 0, endpoint: Some(B_EP.parse().unwrap()) }, &mut sink);
+    b.apply(0, Command::SetPeer { peer: 0, endpoint: Some(A_EP.parse().unwrap()) }, &mut sink);
+    let (ka, kb) = ([[1; 32], [2; 32]], [[2; 32], [1; 32]]);
+    install_with(&mut b, 0, 200, 100, SessionPlace::Next, false, kb, Features::NONE, &mut sink);
+    install_with(&mut a, 0, 100, 200, SessionPlace::Current, true, ka, Features::NONE, &mut sink);
+    let mut ka_pkt = sink.queued.pop().unwrap();
+    assert_eq!(deliver(&mut b, A_EP, &mut ka_pkt), Decap::Keepalive);
+    teach_tcp_destination(&mut a, &mut b, &mut sink);
+    let (mut f, c) = partial_tcp_frame(b"to an older node");
+    assert!(a.encap_partial(20, &mut f, Some(c), &mut sink));
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(&pkt.data[..4], &[4, 0, 0, 0], "no state for a peer that did not agree");
+    let Decap::Deliver { offset, len, checksum: None } = deliver(&mut b, A_EP, &mut pkt) else {
+        panic!("not delivered complete")
+    };
+    assert!(tcp_checksum_ok(&pkt.data[offset..offset + len]));
+
+    // State that does not fit the frame is refused.
+    let (mut f, _) = partial_tcp_frame(b"x");
+    let len = f.len;
+    let bad = ChecksumPartial { start: (len - 2) as u16, offset: 16 };
+    assert!(!a.encap_partial(20, &mut f, Some(bad), &mut sink));
+    assert_eq!(a.counters().get_drop(DropReason::BadFrame), 1);
 }

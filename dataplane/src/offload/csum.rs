@@ -60,6 +60,23 @@ pub fn pseudo(ip: &[u8], version: u8, proto: u8, len: usize) -> u64 {
     acc
 }
 
+/// Finishes a partial TCP/UDP checksum (virtio's `NEEDS_CSUM`, the kernel's
+/// `CHECKSUM_PARTIAL`): the field at `start + offset` holds the pseudo-header sum; the
+/// checksum covers `frame[start..]`. A UDP result of zero is sent as 0xffff (zero means "no
+/// checksum"). Returns false, changing nothing, if the field does not fit the frame.
+pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
+    let field = start + offset;
+    if field + 2 > frame.len() {
+        return false;
+    }
+    let mut c = finish(add(0, &frame[start..]));
+    if offset == 6 && c == 0 {
+        c = 0xffff;
+    }
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
 /// The IPv4 header checksum, computed over `hdr` with its checksum field treated as zero.
 ///
 /// Word by word: a header is 20-60 bytes, too short for [`add`]'s lanes to pay off, and this

@@ -6,7 +6,11 @@
 //! sequence numbers; equal sizes but the last; flags ACK, PSH only last) is written with one
 //! `writev`: a virtio-net header asking for GSO, one rewritten header, and every payload
 //! where it lies. Checksums of joined frames are verified first, so nothing invalid is
-//! passed on as valid.
+//! passed on as valid; a frame whose sender left its checksum partial (the transport
+//! header said so, authenticated) has none to verify: its bytes are what the sender's kernel
+//! handed over, and the joined frame's checksum is left partial for the kernel anyway.
+
+use omni_proto::wire::transport::ChecksumPartial;
 
 use super::csum;
 use super::tso::{TcpLayout, tcp_layout};
@@ -22,8 +26,8 @@ pub struct Candidate {
 }
 
 /// Looks at a decrypted frame: a TCP segment carrying data, with ACK (and maybe PSH) only,
-/// and a valid checksum.
-pub fn candidate(frame: &[u8]) -> Option<Candidate> {
+/// and a valid checksum, or a partial one (`checksum`) in the TCP checksum field.
+pub fn candidate(frame: &[u8], checksum: Option<ChecksumPartial>) -> Option<Candidate> {
     let layout = tcp_layout(frame)?;
     let l4 = layout.l4;
     let flags = frame[l4 + 13];
@@ -37,12 +41,18 @@ pub fn candidate(frame: &[u8]) -> Option<Candidate> {
             return None; // Ethernet padding or a lying length
         }
     }
-    let acc = csum::add(
-        csum::pseudo(&frame[layout.l3..], layout.version, 6, frame.len() - l4),
-        &frame[l4..],
-    );
-    if csum::fold(acc) != 0xffff {
-        return None;
+    match checksum {
+        Some(c) if c.start as usize == l4 && c.offset == 16 => {}
+        Some(_) => return None,
+        None => {
+            let acc = csum::add(
+                csum::pseudo(&frame[layout.l3..], layout.version, 6, frame.len() - l4),
+                &frame[l4..],
+            );
+            if csum::fold(acc) != 0xffff {
+                return None;
+            }
+        }
     }
     let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
     Some(Candidate { layout, seq, payload, flags })
@@ -151,6 +161,48 @@ mod tests {
     use super::super::tso::tests::{tcp_checksum_ok, tcp_frame};
     use super::*;
 
+    fn candidate_full(frame: &[u8]) -> Option<Candidate> {
+        candidate(frame, None)
+    }
+
+    /// Partial segments (as a sender with the feature seals them) join like complete ones,
+    /// without a checksum to verify; the joined frame finishes to a valid checksum.
+    /// A partial checksum anywhere but the TCP field is not joined.
+    #[test]
+    fn partial_segments_join_without_verification() {
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 3) as u8).collect();
+        let sup = tcp_frame(false, &payload, 9, 0x18);
+        let hdr = VnetHdr { gso_type: vnet::GSO_TCPV4, gso_size: 1000, ..Default::default() };
+        let t = Tso::new(&sup, &hdr).unwrap();
+        let segs: Vec<Vec<u8>> = (0..t.count())
+            .map(|i| {
+                let mut o = vec![0u8; 1200];
+                let n = t.write_partial(i, &mut o);
+                o.truncate(n);
+                o
+            })
+            .collect();
+        let c = ChecksumPartial { start: 34, offset: 16 };
+        assert!(candidate(&segs[0], None).is_none(), "a partial checksum does not verify");
+        assert!(candidate(&segs[0], Some(ChecksumPartial { start: 34, offset: 6 })).is_none());
+        let c0 = candidate(&segs[0], Some(c)).unwrap();
+        let mut run = Run::start(c0);
+        for s in &segs[1..] {
+            let cand = candidate(s, Some(c)).unwrap();
+            assert!(run.accepts(&segs[0], s, &cand));
+            run.push(&cand);
+        }
+        let mut h = segs[0][..c0.layout.hdr_len].to_vec();
+        let v = run.super_header(&mut h);
+        let mut whole = h.clone();
+        for s in &segs {
+            whole.extend_from_slice(&s[c0.layout.hdr_len..]);
+        }
+        assert!(super::super::tso::complete_checksum(&mut whole, &v));
+        assert!(tcp_checksum_ok(&whole));
+        assert_eq!(&whole[c0.layout.hdr_len..], &payload[..]);
+    }
+
     fn segments(v6: bool, len: usize, flags: u8) -> (Vec<u8>, Vec<Vec<u8>>) {
         let payload: Vec<u8> = (0..len as u32).map(|i| (i * 13) as u8).collect();
         let sup = tcp_frame(v6, &payload, 77, flags);
@@ -175,10 +227,10 @@ mod tests {
     fn segments_join_back_into_the_super_frame() {
         for v6 in [false, true] {
             let (payload, segs) = segments(v6, 4500, 0x18);
-            let c0 = candidate(&segs[0]).unwrap();
+            let c0 = candidate_full(&segs[0]).unwrap();
             let mut run = Run::start(c0);
             for s in &segs[1..] {
-                let c = candidate(s).unwrap();
+                let c = candidate_full(s).unwrap();
                 assert!(run.accepts(&segs[0], s, &c));
                 run.push(&c);
             }
@@ -205,10 +257,10 @@ mod tests {
     #[test]
     fn runs_break_where_they_must() {
         let (_, segs) = segments(false, 3000, 0x10);
-        let c0 = candidate(&segs[0]).unwrap();
+        let c0 = candidate_full(&segs[0]).unwrap();
         let run = Run::start(c0);
         // A gap in sequence numbers.
-        let c2 = candidate(&segs[2]).unwrap();
+        let c2 = candidate_full(&segs[2]).unwrap();
         assert!(!run.accepts(&segs[0], &segs[2], &c2));
         // A different flow (port).
         let mut other = segs[1].clone();
@@ -217,22 +269,22 @@ mod tests {
         other[l4 + 16..l4 + 18].fill(0);
         let acc = csum::add(csum::pseudo(&other[14..], 4, 6, other.len() - l4), &other[l4..]);
         other[l4 + 16..l4 + 18].copy_from_slice(&csum::finish(acc).to_be_bytes());
-        let co = candidate(&other).unwrap();
+        let co = candidate_full(&other).unwrap();
         assert!(!run.accepts(&segs[0], &other, &co));
         // A corrupted checksum is not a candidate; nor are SYN, FIN, pure ACKs.
         let mut bad = segs[1].clone();
         bad[100] ^= 1;
-        assert!(candidate(&bad).is_none());
-        assert!(candidate(&tcp_frame(false, &[1; 10], 1, 0x12)).is_none());
-        assert!(candidate(&tcp_frame(false, &[1; 10], 1, 0x11)).is_none());
-        assert!(candidate(&tcp_frame(false, &[], 1, 0x10)).is_none());
+        assert!(candidate_full(&bad).is_none());
+        assert!(candidate_full(&tcp_frame(false, &[1; 10], 1, 0x12)).is_none());
+        assert!(candidate_full(&tcp_frame(false, &[1; 10], 1, 0x11)).is_none());
+        assert!(candidate_full(&tcp_frame(false, &[], 1, 0x10)).is_none());
         // Nothing follows a short frame or a PSH.
         let (_, short) = segments(false, 1500, 0x18);
-        let mut r = Run::start(candidate(&short[0]).unwrap());
-        let c1 = candidate(&short[1]).unwrap();
+        let mut r = Run::start(candidate_full(&short[0]).unwrap());
+        let c1 = candidate_full(&short[1]).unwrap();
         r.push(&c1);
         let (_, more) = segments(false, 2000, 0x10);
-        let cm = candidate(&more[0]).unwrap();
+        let cm = candidate_full(&more[0]).unwrap();
         assert!(!r.accepts(&short[0], &more[0], &cm));
     }
 }

@@ -99,6 +99,22 @@ impl<'a> Tso<'a> {
 
     /// Writes frame `i` (complete headers, checksums computed) into `out`; returns its length.
     pub fn write(&self, i: usize, out: &mut [u8]) -> usize {
+        self.write_segment(i, out, true)
+    }
+
+    /// As [`Tso::write`], leaving the TCP checksum partial: the field holds the
+    /// pseudo-header sum (as the kernel hands a frame with `NEEDS_CSUM`), for whoever
+    /// finishes it; it is at [`Tso::checksum_field`]. Nothing sums the payload.
+    pub fn write_partial(&self, i: usize, out: &mut [u8]) -> usize {
+        self.write_segment(i, out, false)
+    }
+
+    /// Where the TCP header starts and where its checksum field is from there.
+    pub fn checksum_field(&self) -> (usize, usize) {
+        (self.l4, 16)
+    }
+
+    fn write_segment(&self, i: usize, out: &mut [u8], full_checksum: bool) -> usize {
         let (h, l3, l4) = (self.hdr_len, self.l3, self.l4);
         let start = i * self.mss;
         let chunk = &self.frame[h + start..h + start + (self.len(i) - h)];
@@ -122,9 +138,14 @@ impl<'a> Tso<'a> {
         if i > 0 {
             out[l4 + 13] &= !0x80; // CWR only on the first
         }
-        out[l4 + 16..l4 + 18].fill(0);
-        let acc = csum::add(csum::pseudo(&out[l3..], self.version, 6, n - l4), &out[l4..n]);
-        out[l4 + 16..l4 + 18].copy_from_slice(&csum::finish(acc).to_be_bytes());
+        let pseudo = csum::pseudo(&out[l3..], self.version, 6, n - l4);
+        let c = if full_checksum {
+            out[l4 + 16..l4 + 18].fill(0);
+            csum::finish(csum::add(pseudo, &out[l4..n]))
+        } else {
+            csum::fold(pseudo)
+        };
+        out[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
         n
     }
 }
@@ -136,17 +157,7 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &VnetHdr) -> bool {
     if hdr.flags & vnet::F_NEEDS_CSUM == 0 {
         return true;
     }
-    let start = hdr.csum_start as usize;
-    let field = start + hdr.csum_offset as usize;
-    if field + 2 > frame.len() {
-        return false;
-    }
-    let mut c = csum::finish(csum::add(0, &frame[start..]));
-    if hdr.csum_offset == 6 && c == 0 {
-        c = 0xffff; // UDP: zero means "no checksum"
-    }
-    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
-    true
+    csum::complete_partial(frame, hdr.csum_start as usize, hdr.csum_offset as usize)
 }
 
 #[cfg(test)]
@@ -234,6 +245,34 @@ pub(crate) mod tests {
                 joined.extend_from_slice(&seg[l.hdr_len..]);
             }
             assert_eq!(joined, payload);
+        }
+    }
+
+    /// Partial segments are the full ones with the payload left unsummed: finishing their
+    /// checksum gives exactly the segment `write` makes.
+    #[test]
+    fn partial_segments_finish_to_the_full_ones() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..3000u32).map(|i| (i * 11) as u8).collect();
+            let sup = tcp_frame(v6, &payload, 5, 0x18);
+            let hdr = VnetHdr {
+                flags: vnet::F_NEEDS_CSUM,
+                gso_type: if v6 { vnet::GSO_TCPV6 } else { vnet::GSO_TCPV4 },
+                gso_size: 1000,
+                ..Default::default()
+            };
+            let t = Tso::new(&sup, &hdr).unwrap();
+            let (start, offset) = t.checksum_field();
+            assert_eq!((start, offset), (if v6 { 54 } else { 34 }, 16));
+            for i in 0..t.count() {
+                let (mut full, mut part) = (vec![0u8; 1200], vec![0u8; 1200]);
+                let n = t.write(i, &mut full);
+                assert_eq!(t.write_partial(i, &mut part), n);
+                assert_ne!(full[..n], part[..n], "segment {i} left partial");
+                assert!(!tcp_checksum_ok(&part[..n]));
+                assert!(csum::complete_partial(&mut part[..n], start, offset));
+                assert_eq!(full[..n], part[..n], "v6={v6} segment {i}");
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use omni_proto::aead::Aead;
+use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
 
 use crate::endpoint::Endpoint;
@@ -277,6 +278,7 @@ impl Command {
                 w.put(&s.keys.send);
                 w.put(&s.keys.recv);
                 w.u8(s.keys.aead.id());
+                w.u8(s.keys.features.bits());
             }
             Command::RemoveSession { local_index } => {
                 w.u8(kind::REMOVE_SESSION);
@@ -339,6 +341,7 @@ impl Command {
                         send: r.key()?,
                         recv: r.key()?,
                         aead: Aead::from_id(r.u8()?).ok_or(RecordError::BadField("aead"))?,
+                        features: Features::from_bits(r.u8()?),
                     },
                 })
             }
@@ -489,7 +492,12 @@ mod tests {
             remote_index: 0x9abc_def0,
             age_ms: 777,
             initiator: true,
-            keys: SessionKeys { send: [1; 32], recv: [2; 32], aead: Aead::Aes256Gcm },
+            keys: SessionKeys {
+                send: [1; 32],
+                recv: [2; 32],
+                aead: Aead::Aes256Gcm,
+                features: Features::CHECKSUM_STATE,
+            },
         };
         match round_trip(&Command::InstallSession(inst)) {
             Command::InstallSession(s) => {
@@ -499,6 +507,7 @@ mod tests {
                 );
                 assert_eq!((s.keys.send, s.keys.recv), ([1; 32], [2; 32]));
                 assert_eq!(s.keys.aead, Aead::Aes256Gcm);
+                assert_eq!(s.keys.features, Features::CHECKSUM_STATE);
             }
             other => panic!("{other:?}"),
         }

@@ -37,7 +37,8 @@ impl MessageType {
             [MSG_HANDSHAKE_INITIATION, 0, 0, 0] => Ok(Self::HandshakeInitiation),
             [MSG_HANDSHAKE_RESPONSE, 0, 0, 0] => Ok(Self::HandshakeResponse),
             [MSG_COOKIE_REPLY, 0, 0, 0] => Ok(Self::CookieReply),
-            [MSG_TRANSPORT, 0, 0, 0] => Ok(Self::Transport),
+            // Bytes 1-3 of a transport message carry its checksum state.
+            [MSG_TRANSPORT, ..] => Ok(Self::Transport),
             [MSG_NUCLEUS, 0, 0, 0] => Ok(Self::Nucleus),
             [MSG_RELAY, 0, 0, 0] => Ok(Self::Relay),
             [MSG_RELAYED, 0, 0, 0] => Ok(Self::Relayed),
@@ -100,7 +101,8 @@ mod tests {
     fn classifies_type_words() {
         assert_eq!(MessageType::of(&[1, 0, 0, 0, 9]), Ok(MessageType::HandshakeInitiation));
         assert_eq!(MessageType::of(&[4, 0, 0, 0]), Ok(MessageType::Transport));
-        assert_eq!(MessageType::of(&[4, 0, 1, 0]), Err(WireError::UnknownType(0x10004)));
+        assert_eq!(MessageType::of(&[4, 16, 34, 0]), Ok(MessageType::Transport), "checksum state");
+        assert_eq!(MessageType::of(&[1, 0, 1, 0]), Err(WireError::UnknownType(0x10001)));
         assert_eq!(MessageType::of(&[9, 0, 0, 0]), Err(WireError::UnknownType(9)));
         assert_eq!(MessageType::of(&[5, 0, 0, 0]), Ok(MessageType::Nucleus));
         assert_eq!(MessageType::of(&[7, 0, 0, 0]), Ok(MessageType::Relayed));

@@ -1,20 +1,33 @@
 //! Transport message (type 4): a sealed inner Ethernet frame.
 //!
 //! ```text
-//! 0      4              8             16                        len-16   len
-//! | 4 0 0 0 | receiver u32 | counter u64 | ciphertext (inner frame) | tag (16) |
+//! 0   1             2                4              8             16               len-16  len
+//! | 4 | csum offset | csum start u16 | receiver u32 | counter u64 | ciphertext (frame) | tag |
 //! ```
 //!
-//! The AEAD nonce is 4 zero bytes followed by the counter, little-endian; there is no
-//! associated data. A payload of zero bytes is a keepalive.
+//! The AEAD nonce is 4 zero bytes followed by the counter, little-endian. A payload of zero
+//! bytes is a keepalive.
+//!
+//! Bytes 1-3 carry the inner frame's checksum state ([`ChecksumPartial`], only towards a
+//! peer that agreed to [`crate::features::Features::CHECKSUM_STATE`]): all zero, the frame is
+//! complete (the only form before the feature existed); otherwise its TCP/UDP checksum is
+//! partial, as virtio's `NEEDS_CSUM`: the 16-bit field at `start + offset` holds the
+//! pseudo-header sum and the receiver finishes it over `frame[start..]`, or hands the frame
+//! on marked partial. When bytes 1-3 are not all zero, the AEAD's associated data is the
+//! type word (bytes 0-3), so the state is authenticated with the frame; otherwise there is
+//! none, exactly as before.
 
 use super::{read_u32, write_type};
 use crate::WireError;
-use crate::constants::{AEAD_TAG_LEN, MAX_TRANSPORT_PACKET, MSG_TRANSPORT, TRANSPORT_HEADER_LEN};
+use crate::constants::{
+    AEAD_TAG_LEN, ETHERNET_HEADER_LEN, MAX_TRANSPORT_PACKET, MSG_TRANSPORT, TRANSPORT_HEADER_LEN,
+};
 
 pub mod field {
     use core::ops::{Range, RangeFrom};
     pub const TYPE: Range<usize> = 0..4;
+    pub const CSUM_OFFSET: usize = 1;
+    pub const CSUM_START: Range<usize> = 2..4;
     pub const RECEIVER: Range<usize> = 4..8;
     pub const COUNTER: Range<usize> = 8..16;
     pub const PAYLOAD: RangeFrom<usize> = 16..;
@@ -42,10 +55,24 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if b.len() > MAX_TRANSPORT_PACKET {
             return Err(WireError::Oversize { len: b.len(), max: MAX_TRANSPORT_PACKET });
         }
-        if b[field::TYPE] != [MSG_TRANSPORT, 0, 0, 0] {
+        if b[0] != MSG_TRANSPORT {
             return Err(WireError::UnknownType(read_u32(b, 0)));
         }
-        Ok(Self { buffer })
+        let p = Self { buffer };
+        if let Some(c) = p.checksum_state()? {
+            // The field must lie inside the frame, past its Ethernet header.
+            if (c.start as usize) < ETHERNET_HEADER_LEN
+                || c.start as usize + c.offset as usize + 2 > p.plaintext_len()
+            {
+                return Err(WireError::BadField("checksum state outside the frame"));
+            }
+        }
+        Ok(p)
+    }
+
+    /// The inner frame's checksum state: `None` when it is complete.
+    pub fn checksum_state(&self) -> Result<Option<ChecksumPartial>, WireError> {
+        ChecksumPartial::from_type_word(self.buffer.as_ref())
     }
 
     pub fn receiver_index(&self) -> u32 {
@@ -71,22 +98,66 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 }
 
+/// A partial TCP/UDP checksum in the inner frame (virtio's `NEEDS_CSUM`): the 16-bit field
+/// at `start + offset` holds the pseudo-header sum; the checksum covers `frame[start..]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChecksumPartial {
+    /// Where the summed part (the TCP or UDP header) starts in the frame.
+    pub start: u16,
+    /// Where the checksum field is, from `start` (TCP 16, UDP 6); never 0.
+    pub offset: u8,
+}
+
+impl ChecksumPartial {
+    /// Reads bytes 1-3 of a transport message (at least 4 bytes).
+    #[inline]
+    pub fn from_type_word(b: &[u8]) -> Result<Option<Self>, WireError> {
+        let offset = b[field::CSUM_OFFSET];
+        let start = u16::from_le_bytes([b[field::CSUM_START.start], b[field::CSUM_START.end - 1]]);
+        match (offset, start) {
+            (0, 0) => Ok(None),
+            (0, _) => Err(WireError::BadField("checksum start without offset")),
+            _ => Ok(Some(Self { start, offset })),
+        }
+    }
+}
+
+/// The associated data of the AEAD for a transport message whose header is at the start
+/// of `msg`: its type word when that carries checksum state, nothing otherwise.
+#[inline]
+pub fn associated_data(msg: &[u8]) -> &[u8] {
+    match msg.get(field::TYPE) {
+        Some(w) if w[1..] != [0, 0, 0] => w,
+        _ => &[],
+    }
+}
+
 /// The transport header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub receiver_index: u32,
     pub counter: u64,
+    /// The inner frame's checksum state (`None`: complete).
+    pub checksum: Option<ChecksumPartial>,
 }
 
 impl Header {
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Self {
-        Self { receiver_index: p.receiver_index(), counter: p.counter() }
+        Self {
+            receiver_index: p.receiver_index(),
+            counter: p.counter(),
+            checksum: p.checksum_state().ok().flatten(),
+        }
     }
 
     /// Writes the 16-byte header at the start of `buf` (which must hold at least 16 bytes).
     #[inline]
     pub fn emit(&self, buf: &mut [u8]) {
         write_type(buf, MSG_TRANSPORT);
+        if let Some(c) = self.checksum {
+            buf[field::CSUM_OFFSET] = c.offset;
+            buf[field::CSUM_START].copy_from_slice(&c.start.to_le_bytes());
+        }
         buf[field::RECEIVER].copy_from_slice(&self.receiver_index.to_le_bytes());
         buf[field::COUNTER].copy_from_slice(&self.counter.to_le_bytes());
     }
@@ -107,14 +178,47 @@ mod tests {
     #[test]
     fn byte_exact_header() {
         let mut buf = [0u8; 40];
-        Header { receiver_index: 0x1122_3344, counter: 0x0102_0304_0506_0708 }.emit(&mut buf);
+        Header { receiver_index: 0x1122_3344, counter: 0x0102_0304_0506_0708, checksum: None }
+            .emit(&mut buf);
         assert_eq!(&buf[..16], &[4, 0, 0, 0, 0x44, 0x33, 0x22, 0x11, 8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(associated_data(&buf), &[] as &[u8], "no state: no associated data");
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert_eq!(p.receiver_index(), 0x1122_3344);
         assert_eq!(p.counter(), 0x0102_0304_0506_0708);
         assert_eq!(p.plaintext_len(), 8);
         assert_eq!(p.sealed_payload().len(), 24);
         assert_eq!(nonce(0x0102_0304_0506_0708), [0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn checksum_state_round_trip_and_bounds() {
+        // A 100-byte frame: TCP at 34, checksum field at 50.
+        let mut buf = vec![0u8; 16 + 100 + 16];
+        let c = ChecksumPartial { start: 34, offset: 16 };
+        let h = Header { receiver_index: 7, counter: 9, checksum: Some(c) };
+        h.emit(&mut buf);
+        assert_eq!(&buf[..4], &[4, 16, 34, 0]);
+        assert_eq!(associated_data(&buf), &[4, 16, 34, 0], "state is authenticated");
+        let p = Packet::new_checked(&buf[..]).unwrap();
+        assert_eq!(p.checksum_state(), Ok(Some(c)));
+        assert_eq!(Header::parse(&p), h);
+        // The field must fit the frame: 98 + 2 = 100 fits, 99 + 2 does not.
+        buf[1..4].copy_from_slice(&[16, 82, 0]);
+        assert!(Packet::new_checked(&buf[..]).is_ok());
+        buf[1..4].copy_from_slice(&[16, 83, 0]);
+        assert_eq!(
+            Packet::new_checked(&buf[..]).err(),
+            Some(WireError::BadField("checksum state outside the frame"))
+        );
+        // Inside the Ethernet header, or a start without an offset: malformed.
+        buf[1..4].copy_from_slice(&[6, 10, 0]);
+        assert!(Packet::new_checked(&buf[..]).is_err());
+        buf[1..4].copy_from_slice(&[0, 34, 0]);
+        assert!(Packet::new_checked(&buf[..]).is_err());
+        // A keepalive cannot carry state.
+        let mut ka = vec![0u8; MIN_LEN];
+        Header { receiver_index: 1, counter: 1, checksum: Some(c) }.emit(&mut ka);
+        assert!(Packet::new_checked(&ka[..]).is_err());
     }
 
     #[test]

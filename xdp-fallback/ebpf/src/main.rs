@@ -194,7 +194,9 @@ fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) 
         return Verdict::Drop(counter::DROP_MALFORMED);
     }
     let len = udp_len - UDP_HLEN;
-    if word[1] != 0 || word[2] != 0 || word[3] != 0 {
+    // Bytes 1-3 are zero but in a transport message, where they carry checksum state
+    // (checked, with the rest, by the data plane).
+    if word[0] != wire::TRANSPORT && (word[1] != 0 || word[2] != 0 || word[3] != 0) {
         return Verdict::Drop(counter::DROP_MALFORMED);
     }
     match word[0] {
@@ -221,7 +223,7 @@ fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) 
                 return Verdict::Drop(counter::DROP_MALFORMED);
             }
             let ilen = len - wire::RELAY_HEADER_LEN;
-            if iw[1] != 0 || iw[2] != 0 || iw[3] != 0 {
+            if iw[0] != wire::TRANSPORT && (iw[1] != 0 || iw[2] != 0 || iw[3] != 0) {
                 return Verdict::Drop(counter::DROP_MALFORMED);
             }
             match iw[0] {

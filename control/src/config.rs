@@ -74,6 +74,9 @@ pub struct DaemonSection {
     /// socket/xdp backends: when the data plane keeps idle CPUs polling through
     /// /dev/cpu_dma_latency: "busy" (default: while bulk traffic flows), "always" or "off".
     pub cpu_latency: Option<String>,
+    /// socket/xdp backends: the CPU the data plane's I/O thread is pinned to (default: the
+    /// scheduler places it). The dpdk backend takes `[dpdk] cores`.
+    pub dataplane_cpu: Option<u32>,
     /// Data-plane backend: "socket" (default), "xdp" (on `interface`) or "dpdk" ([dpdk]).
     pub backend: Option<String>,
     /// xdp backend: "auto" (native where the driver can), "native" or "skb".
@@ -216,6 +219,7 @@ pub struct CliOverrides {
     pub no_offload: bool,
     pub crypto_thread: Option<bool>,
     pub cpu_latency: Option<String>,
+    pub dataplane_cpu: Option<u32>,
     pub backend: Option<String>,
     pub xdp_mode: Option<String>,
     pub cipher: Option<String>,
@@ -285,6 +289,8 @@ pub struct Settings {
     pub crypto_thread: bool,
     /// socket/xdp backends: when idle CPUs are kept polling while the data plane runs.
     pub cpu_latency: omni_dataplane::cpu_latency::Mode,
+    /// socket/xdp backends: the CPU the data plane's I/O thread runs on.
+    pub dataplane_cpu: Option<u32>,
     /// "socket" or "xdp".
     pub backend: String,
     /// dpdk backend: its ports and cores.
@@ -677,6 +683,25 @@ impl Settings {
             None => Default::default(),
             Some(v) => v.parse().map_err(|e: String| invalid("[daemon] cpu_latency", e))?,
         };
+        let dataplane_cpu = cli.dataplane_cpu.or(d.dataplane_cpu);
+        if let Some(cpu) = dataplane_cpu {
+            if backend == "dpdk" {
+                return Err(invalid(
+                    "[daemon] dataplane_cpu",
+                    "the dpdk backend places its lcores itself: set [dpdk] cores instead",
+                ));
+            }
+            let allowed = omni_dataplane::sys::affinity::allowed_cpus();
+            if !allowed.is_empty() && !allowed.contains(&cpu) {
+                return Err(invalid(
+                    "[daemon] dataplane_cpu",
+                    format!(
+                        "CPU {cpu} is not one this process may run on (allowed: {})",
+                        omni_dataplane::sys::affinity::format_cpus(&allowed)
+                    ),
+                ));
+            }
+        }
         let xdp_mode = cli.xdp_mode.or(d.xdp_mode).unwrap_or_else(|| "auto".into());
         if !["auto", "native", "skb"].contains(&xdp_mode.as_str()) {
             return Err(invalid(
@@ -704,6 +729,7 @@ impl Settings {
                 std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)
             }),
             cpu_latency,
+            dataplane_cpu,
             backend,
             xdp_mode,
             cipher,
@@ -821,6 +847,11 @@ mod tests {
             ("[daemon]\nmtu = 100\n", "mtu"),
             ("[daemon]\ncipher = \"aes-128-cbc\"\n", "cipher"),
             ("[daemon]\ncpu_latency = \"sometimes\"\n", "cpu_latency"),
+            ("[daemon]\ndataplane_cpu = 100000\n", "dataplane_cpu"),
+            (
+                "[daemon]\nbackend = \"dpdk\"\ndataplane_cpu = 0\n[dpdk]\nunderlay = \"net_af_packet0,iface=u\"\nunderlay_ip = \"10.0.0.1/24\"\n",
+                "[dpdk] cores",
+            ),
             ("[timers]\nrekey_after_secs = 10\nreject_after_secs = 5\n", "reject_after_secs"),
             ("[switch]\nfdb_capacity = 1000\n", "fdb_capacity"),
             ("[network]\ncluster_secret = \"s\"\n", "cluster"),
@@ -837,6 +868,34 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn dataplane_cpu_is_checked_against_the_allowed_cpus() {
+        let cpu = omni_dataplane::sys::affinity::allowed_cpus()[0];
+        let s = Settings::resolve(
+            parse(&format!("[daemon]\ndataplane_cpu = {cpu}\n")).unwrap(),
+            CliOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.dataplane_cpu, Some(cpu));
+        assert_eq!(dataplane_args_tail(&s), vec!["--cpu".to_string(), cpu.to_string()]);
+        let e = Settings::resolve(
+            parse("[daemon]\ndataplane_cpu = 4000\n").unwrap(),
+            CliOverrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dataplane_cpu") && e.contains("allowed:"), "{e}");
+    }
+
+    /// The `--cpu` argument the daemon passes to the data plane, if any.
+    fn dataplane_args_tail(s: &Settings) -> Vec<String> {
+        let a = crate::daemon::dataplane_args(s, 1400, &[2, 0, 0, 0, 0, 1]);
+        match a.iter().position(|x| x == "--cpu") {
+            Some(i) => a[i..i + 2].to_vec(),
+            None => vec![],
         }
     }
 

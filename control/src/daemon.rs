@@ -274,7 +274,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
+pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
     let mut a = vec![
         "--backend".into(),
         s.backend.clone(),
@@ -302,6 +302,9 @@ fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
     a.push(s.crypto_thread.to_string());
     if s.backend != "dpdk" {
         a.extend(["--cpu-latency".into(), s.cpu_latency.name().into()]);
+        if let Some(cpu) = s.dataplane_cpu {
+            a.extend(["--cpu".into(), cpu.to_string()]);
+        }
     }
     if s.backend == "dpdk" {
         let d = &s.dpdk;

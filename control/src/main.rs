@@ -119,6 +119,10 @@ struct RunArgs {
         clap::builder::EnumValueParser::<omni_dataplane::cpu_latency::Mode>::new(),
         |m| m.name().to_string()))]
     cpu_latency: Option<String>,
+    /// socket/xdp backends: pin the data plane's I/O thread to this CPU (keep it off the
+    /// cores your applications use) [default: the scheduler places it].
+    #[arg(long)]
+    dataplane_cpu: Option<u32>,
     /// Data-plane backend: socket (UDP socket + TAP, anywhere), xdp (XDP + AF_XDP on
     /// --interface) or dpdk (ports from the config's [dpdk] section) [default: socket].
     #[arg(long, value_parser = ["socket", "xdp", "dpdk"])]
@@ -199,6 +203,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         no_offload: run.no_offload,
         crypto_thread: run.crypto_thread,
         cpu_latency: run.cpu_latency,
+        dataplane_cpu: run.dataplane_cpu,
         backend: run.backend,
         xdp_mode: run.xdp_mode,
         cipher: run.cipher,

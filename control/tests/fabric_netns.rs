@@ -196,6 +196,23 @@ fn partial_checksums_are_finished_for_a_plain_tap() {
     }
 }
 
+/// `--dataplane-cpu` pins each node's data-plane I/O thread to the CPU named, and the
+/// fabric works as before.
+#[test]
+fn dataplane_cpu_pins_the_io_thread() {
+    let _serial = serial();
+    require_root_and_tools(TOOLS);
+    let last = std::thread::available_parallelism().map(|n| n.get() - 1).unwrap_or(0).to_string();
+    let f = Fabric2::with_args(1500, &["--dataplane-cpu", "0"], &["--dataplane-cpu", &last]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    for (node, cpu) in [(&f.a, "0"), (&f.b, last.as_str())] {
+        let pid = node.status()["dataplane"]["pid"].as_u64().expect("data plane pid");
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let allowed = st.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"));
+        assert_eq!(allowed.map(str::trim), Some(cpu), "{}: {st}", node.ns_name);
+    }
+}
+
 /// The machine-wide CPU latency bound now in force (µs), from the PM QoS device.
 fn cpu_latency_bound() -> Option<i32> {
     use std::io::Read;

@@ -40,10 +40,11 @@ struct Args {
     /// Underlay MTUs [default: 1500,9000; short: 1500].
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
-    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket, omni-socket-chacha,
-    /// omni-socket-nooffload, omni-xdp, omni-dpdk). OmniNervous paths use the cipher the
-    /// nodes negotiate on this CPU (AES-256-GCM with AES instructions); omni-socket-chacha
-    /// forces ChaCha20-Poly1305.
+    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket,
+    /// omni-socket-pinned, omni-socket-chacha, omni-socket-nooffload, omni-xdp, omni-dpdk).
+    /// OmniNervous paths use the cipher the nodes negotiate on this CPU (AES-256-GCM with AES
+    /// instructions); omni-socket-chacha forces ChaCha20-Poly1305; omni-socket-pinned puts
+    /// node A's data plane on CPU 0 and node B's on the last CPU (--dataplane-cpu).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Output directory [default: bench/results/<timestamp>].
@@ -69,6 +70,7 @@ enum Kind {
     WireguardGo,
     Boringtun,
     OmniSocket,
+    OmniSocketPinned,
     OmniSocketChacha,
     OmniSocketNooffload,
     OmniXdp,
@@ -76,12 +78,13 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 9] = [
+    const ALL: [Kind; 10] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
         Kind::Boringtun,
         Kind::OmniSocket,
+        Kind::OmniSocketPinned,
         Kind::OmniSocketChacha,
         Kind::OmniSocketNooffload,
         Kind::OmniXdp,
@@ -95,6 +98,7 @@ impl Kind {
             Kind::WireguardGo => "wireguard-go",
             Kind::Boringtun => "boringtun",
             Kind::OmniSocket => "omni-socket",
+            Kind::OmniSocketPinned => "omni-socket-pinned",
             Kind::OmniSocketChacha => "omni-socket-chacha",
             Kind::OmniSocketNooffload => "omni-socket-nooffload",
             Kind::OmniXdp => "omni-xdp",
@@ -109,6 +113,7 @@ impl Kind {
             Kind::WireguardGo => "wireguard-go (L3)",
             Kind::Boringtun => "boringtun (L3)",
             Kind::OmniSocket => "OmniNervous socket backend",
+            Kind::OmniSocketPinned => "OmniNervous socket, data planes pinned (A: CPU 0, B: last)",
             Kind::OmniSocketChacha => "OmniNervous socket, ChaCha20-Poly1305",
             Kind::OmniSocketNooffload => "OmniNervous socket, offloads off",
             Kind::OmniXdp => "OmniNervous XDP backend (AF_XDP, copy mode on veth)",
@@ -125,6 +130,7 @@ impl Kind {
             Kind::Vxlan => 50,
             Kind::WireguardGo | Kind::Boringtun => 80,
             Kind::OmniSocket
+            | Kind::OmniSocketPinned
             | Kind::OmniSocketChacha
             | Kind::OmniSocketNooffload
             | Kind::OmniXdp
@@ -298,6 +304,7 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
             Ok(Path_ { target: "10.12.0.2".into(), inner_mtu: inner, _procs: procs, pids })
         }
         Kind::OmniSocket
+        | Kind::OmniSocketPinned
         | Kind::OmniSocketChacha
         | Kind::OmniSocketNooffload
         | Kind::OmniXdp
@@ -322,6 +329,13 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                 args.extend(ctx.omni_args.iter().cloned());
                 if kind == Kind::OmniSocketNooffload {
                     args.push("--no-offload".into());
+                }
+                if kind == Kind::OmniSocketPinned {
+                    // Each node's data plane on a CPU of its own, as on two machines with
+                    // a core set aside for the fabric; iperf3 still goes where it likes.
+                    let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+                    let cpu = if me == 1 { 0 } else { last };
+                    args.extend(["--dataplane-cpu".to_string(), cpu.to_string()]);
                 }
                 if kind == Kind::OmniSocketChacha {
                     args.extend(["--cipher", "chacha20-poly1305"].map(String::from));
@@ -778,6 +792,10 @@ fn main() -> anyhow::Result<()> {
             None
         }
     });
+    if let Some(bad) = a.only.iter().find(|o| !Kind::ALL.iter().any(|k| k.name() == o.as_str())) {
+        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        bail!("--only: unknown path {bad:?} (paths: {})", names.join(", "));
+    }
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| a.only.is_empty() || a.only.iter().any(|o| o == k.name()))

@@ -70,6 +70,8 @@ pub struct SocketConfig {
     pub spin_us: u64,
     /// When to ask the kernel to keep idle CPUs polling (see [`crate::cpu_latency`]).
     pub cpu_latency: cpu_latency::Mode,
+    /// The CPU the I/O thread is pinned to (`None`: wherever the scheduler puts it).
+    pub cpu: Option<u32>,
     /// Seal and send bulk traffic on a second thread (the I/O thread goes on reading).
     pub crypto_thread: bool,
     /// Take the underlay through XDP and AF_XDP on this NIC (the `xdp` backend); the UDP
@@ -308,6 +310,18 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     let daemon_alive = RoleLock::is_held(&cfg.run_dir.join(paths::DAEMON_LOCK));
     let region = Region::open(&cfg.run_dir.join(paths::REGION), cfg.params, !daemon_alive)?;
     let signals = SignalFd::termination().context("cannot set up signal handling")?;
+    // The crypto thread (started below, inheriting this thread's affinity) gets every CPU
+    // allowed but the I/O thread's.
+    let crypto_cpus: Vec<u32> =
+        crate::sys::affinity::allowed_cpus().into_iter().filter(|&c| Some(c) != cfg.cpu).collect();
+    if let Some(cpu) = cfg.cpu {
+        crate::sys::affinity::pin_current_thread(cpu).with_context(|| {
+            format!(
+                "cannot pin the data plane to CPU {cpu} (allowed: {}): choose another --cpu / [daemon] dataplane_cpu",
+                crate::sys::affinity::format_cpus(&crate::sys::affinity::allowed_cpus())
+            )
+        })?;
+    }
     let sock = UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?;
     let port = sock.local_port().context("cannot read the bound port")?;
     let gro = cfg.offload && sock.enable_gro();
@@ -348,6 +362,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         udp_gro = gro,
         crypto_thread = use_crypto_thread,
         cpu_latency = %cfg.cpu_latency,
+        cpu = cfg.cpu.map_or("any".to_string(), |c| c.to_string()),
         backend = if xdp_rx.is_some() { "xdp" } else { "socket" },
         xdp_mode = xdp_rx.as_ref().map(|x| x.filter.mode().name()).unwrap_or("none"),
         capabilities = %privileges,
@@ -389,7 +404,12 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             let sock = &sock;
             std::thread::Builder::new()
                 .name("omni-crypto".into())
-                .spawn_scoped(scope, move || crypto_thread(sock, full_rx, empty_tx, gso))
+                .spawn_scoped(scope, move || {
+                    if cfg.cpu.is_some() && !crypto_cpus.is_empty() {
+                        let _ = crate::sys::affinity::set_current_thread(&crypto_cpus);
+                    }
+                    crypto_thread(sock, full_rx, empty_tx, gso)
+                })
                 .context("cannot start the crypto thread")?;
             w.engine.set_deferred_seal(true);
             Some(Pipeline {

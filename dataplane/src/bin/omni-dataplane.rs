@@ -86,6 +86,10 @@ struct Args {
     /// instead of sleeping in states slow to leave (a halted vCPU); machine-wide while held.
     #[arg(long, value_enum, default_value = "busy")]
     cpu_latency: cpu_latency::Mode,
+    /// socket and xdp backends: pin the I/O thread to this CPU [default: the scheduler
+    /// places it]. The dpdk backend takes --cores.
+    #[arg(long)]
+    cpu: Option<u32>,
     /// Seal and send bulk traffic on a second thread: true or false [default: true with 4
     /// cores or more; with fewer, the thread competes with everything else and costs].
     #[arg(long)]
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
             offload: !args.no_offload,
             spin_us: args.spin_us,
             cpu_latency: args.cpu_latency,
+            cpu: args.cpu,
             crypto_thread: !args.no_crypto_thread
                 && args.crypto_thread.unwrap_or_else(|| {
                     std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)

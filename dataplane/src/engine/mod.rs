@@ -350,16 +350,6 @@ impl<'r> Engine<'r> {
             && let Some(peer) = self.fdb.lookup(&dst, now_ms)
             && self.peers.get(peer as usize).is_some_and(|p| p.active)
         {
-            let checksum = checksum.filter(|&c| {
-                let peer_takes_it = self
-                    .usable_current(peer, now_ms)
-                    .and_then(|i| self.session(i))
-                    .is_some_and(|s| s.checksum_state);
-                if !peer_takes_it {
-                    finish_checksum(pkt, c);
-                }
-                peer_takes_it
-            });
             self.send_frame(now_ms, peer, pkt, checksum, tx);
             return true;
         }
@@ -388,9 +378,11 @@ impl<'r> Engine<'r> {
             if i + 1 == targets {
                 self.send_frame(now_ms, peer, pkt, None, tx);
             } else {
+                let current = self.usable_current(peer, now_ms);
                 let Some(idx) = self.sendable(
                     now_ms,
                     peer,
+                    current,
                     &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len],
                 ) else {
                     continue;
@@ -408,8 +400,15 @@ impl<'r> Engine<'r> {
 
     /// Resolves the session for sending a frame to `peer`; when there is none, stages a copy
     /// of the frame and asks for a handshake.
-    fn sendable(&mut self, now_ms: u64, peer: u16, frame: &[u8]) -> Option<u32> {
-        match self.usable_current(peer, now_ms) {
+    /// `current`: [`Engine::usable_current`] for `peer`, looked up by the caller.
+    fn sendable(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        current: Option<u32>,
+        frame: &[u8],
+    ) -> Option<u32> {
+        match current {
             Some(idx) if self.peers[peer as usize].endpoint.is_some() => Some(idx),
             Some(_) => {
                 self.counters.drop(DropReason::NoEndpoint);
@@ -422,7 +421,9 @@ impl<'r> Engine<'r> {
         }
     }
 
-    /// `checksum`: the frame's checksum is partial, and `peer`'s current session takes it so.
+    /// `checksum`: the frame's checksum is partial. It stays so only under a current session
+    /// whose peer agreed to take it so; otherwise (an older peer, a frame staged for a
+    /// handshake) it is finished here first.
     fn send_frame(
         &mut self,
         now_ms: u64,
@@ -432,9 +433,19 @@ impl<'r> Engine<'r> {
         tx: &mut impl TxSink,
     ) {
         let len = pkt.len;
+        let current = self.usable_current(peer, now_ms);
+        let checksum = checksum.filter(|&c| {
+            let peer_takes_it =
+                current.and_then(|i| self.session(i)).is_some_and(|s| s.checksum_state);
+            if !peer_takes_it {
+                finish_checksum(pkt, c);
+            }
+            peer_takes_it
+        });
         let Some(idx) = self.sendable(
             now_ms,
             peer,
+            current,
             &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len],
         ) else {
             return;

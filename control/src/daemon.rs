@@ -530,6 +530,11 @@ impl Daemon {
                         .as_ref()
                         .or(p.next.as_ref())
                         .map(|s| s.keys.aead.name().to_string()),
+                    features: p
+                        .current
+                        .as_ref()
+                        .or(p.next.as_ref())
+                        .map(|s| s.keys.features.to_string()),
                     rx_bytes: t.rx_bytes,
                     tx_bytes: t.tx_bytes,
                     rx_packets: t.rx_packets,

@@ -39,6 +39,9 @@ pub struct PeerStatus {
     /// The transport AEAD of the session in use (or the newest one being confirmed).
     #[serde(default)]
     pub cipher: Option<String>,
+    /// The protocol features that session agreed to ("checksum-state", or "none").
+    #[serde(default)]
+    pub features: Option<String>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -207,6 +210,10 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(o, "peer: {}", p.public_key);
         let _ = writeln!(o, "  endpoint: {}", p.endpoint.as_deref().unwrap_or("(none)"));
         let cipher = p.cipher.as_ref().map(|c| format!(", {c}")).unwrap_or_default();
+        let cipher = match p.features.as_deref() {
+            Some(f) if f != "none" => format!("{cipher}, {f}"),
+            _ => cipher,
+        };
         let _ = writeln!(o, "  session: {} ({}{cipher})", p.session, p.path);
         if let Some(h) = p.last_handshake_secs {
             let _ = writeln!(o, "  latest handshake: {}", ago(h));
@@ -269,6 +276,7 @@ mod tests {
                 handshaking: false,
                 session_age_secs: Some(5),
                 cipher: Some("aes-256-gcm".into()),
+                features: Some("checksum-state".into()),
                 rx_bytes: 2048,
                 tx_bytes: 10,
                 rx_packets: 2,
@@ -297,7 +305,7 @@ mod tests {
         assert!(t.contains("worker 0: 9 sealed, 7 opened, busy 2.5 s"), "{t}");
         assert!(t.contains("worker 1: 0 sealed, 0 opened, busy 0.0 s"), "{t}");
         assert!(t.contains("peer: PEERKEY_PEERKEY"));
-        assert!(t.contains("session: established (direct, aes-256-gcm)"));
+        assert!(t.contains("session: established (direct, aes-256-gcm, checksum-state)"), "{t}");
         assert!(t.contains("latest handshake: 5 seconds ago"));
         assert!(t.contains("2.00 KiB received, 10 B sent"));
         assert!(t.contains("02:00:00:00:00:02  PEERKEY_"));

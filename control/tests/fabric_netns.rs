@@ -52,6 +52,7 @@ fn handshake_ping_arp_nd_and_status() {
         "chacha20-poly1305"
     };
     assert_eq!(p["cipher"], expect_cipher);
+    assert_eq!(p["features"], "checksum-state", "both ends of this build agree to it");
     let fdb = st["fdb"].as_array().unwrap();
     let e = fdb.iter().find(|e| e["mac"] == mac_b).expect("B's MAC learned");
     assert_eq!(e["peer"], f.b.key);
@@ -62,7 +63,8 @@ fn handshake_ping_arp_nd_and_status() {
         bin("omni-daemon").display(),
         f.a.run_dir.display()
     ));
-    assert!(table.contains(&format!("session: established (direct, {expect_cipher})")), "{table}");
+    let line = format!("session: established (direct, {expect_cipher}, checksum-state)");
+    assert!(table.contains(&line), "{table}");
 
     // Prometheus metrics.
     let m = f.a.metrics(9100);

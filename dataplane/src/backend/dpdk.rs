@@ -1370,12 +1370,7 @@ impl DpdkWorker<'_> {
                 if let Some(c) = checksum {
                     // The access port takes complete frames: finish what the sender left.
                     let at = p0 + offset;
-                    let frame = &mut m.data_mut()[at..at + len];
-                    crate::offload::csum::complete_partial(
-                        frame,
-                        c.start as usize,
-                        c.offset as usize,
-                    );
+                    crate::offload::csum::finish_state(&mut m.data_mut()[at..at + len], c);
                 }
                 let total = m.len();
                 // The caller empties the burst before it can fill (at most one out per

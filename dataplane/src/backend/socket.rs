@@ -750,19 +750,16 @@ impl Worker<'_> {
                 vnet::GSO_NONE => {
                     // A checksum the kernel left to us stays partial for the engine, which
                     // finishes it unless the peer's end takes it so.
-                    let partial = hdr.flags & vnet::F_NEEDS_CSUM != 0;
-                    let checksum = match u8::try_from(hdr.csum_offset) {
-                        Ok(offset) if partial && offset != 0 => {
-                            Some(ChecksumPartial { start: hdr.csum_start, offset })
-                        }
-                        _ if partial => {
-                            if !tso::complete_checksum(frame, &hdr) {
-                                self.counters.drop(DropReason::BadFrame);
-                                continue;
-                            }
-                            None
-                        }
-                        _ => None,
+                    // (An offset the header cannot carry is finished here.)
+                    let checksum = if hdr.flags & vnet::F_NEEDS_CSUM == 0 {
+                        None
+                    } else if let Ok(offset @ 1..) = u8::try_from(hdr.csum_offset) {
+                        Some(ChecksumPartial { start: hdr.csum_start, offset })
+                    } else if tso::complete_checksum(frame, &hdr) {
+                        None
+                    } else {
+                        self.counters.drop(DropReason::BadFrame);
+                        continue;
                     };
                     if frame.len() > MAX_INNER_FRAME {
                         self.counters.drop(DropReason::BadFrame);
@@ -780,9 +777,7 @@ impl Worker<'_> {
                     // Segments leave with the checksum partial, as the kernel handed the
                     // super-frame over: no pass over the payload here (the engine finishes
                     // it for a peer that cannot take it so).
-                    let (start, offset) = t.checksum_field();
-                    let checksum =
-                        Some(ChecksumPartial { start: start as u16, offset: offset as u8 });
+                    let checksum = Some(t.checksum_partial());
                     for i in 0..t.count() {
                         if t.len(i) > MAX_INNER_FRAME {
                             self.counters.drop(DropReason::BadFrame);
@@ -827,7 +822,7 @@ fn settle_checksum(
     if tap.vnet() {
         return Some(c);
     }
-    csum::complete_partial(frame, c.start as usize, c.offset as usize);
+    csum::finish_state(frame, c);
     None
 }
 

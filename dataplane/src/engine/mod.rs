@@ -89,7 +89,7 @@ pub enum Decap {
     /// Write the frame at `[offset..offset + len]` of the datagram to the access port.
     /// With `checksum`, its TCP/UDP checksum is partial (the sender left it, see
     /// [`ChecksumPartial`]): hand it on marked so, or finish it
-    /// ([`crate::offload::csum::complete_partial`]) before it leaves the data plane.
+    /// ([`crate::offload::csum::finish_state`]) before it leaves the data plane.
     Deliver {
         offset: usize,
         len: usize,
@@ -210,8 +210,10 @@ pub struct Engine<'r> {
 
 /// Finishes the partial checksum of the frame in `pkt` (bounds checked by the caller).
 fn finish_checksum(pkt: &mut PacketBuf, c: ChecksumPartial) {
-    let frame = &mut pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + pkt.len];
-    crate::offload::csum::complete_partial(frame, c.start as usize, c.offset as usize);
+    crate::offload::csum::finish_state(
+        &mut pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + pkt.len],
+        c,
+    );
 }
 
 fn frame_dst(frame: &[u8]) -> MacAddr {
@@ -337,11 +339,7 @@ impl<'r> Engine<'r> {
             self.counters.drop(DropReason::BadFrame);
             return false;
         }
-        if let Some(c) = checksum
-            && (c.offset == 0
-                || (c.start as usize) < ETHERNET_HEADER_LEN
-                || c.start as usize + c.offset as usize + 2 > len)
-        {
+        if checksum.is_some_and(|c| !c.fits(len)) {
             self.counters.drop(DropReason::BadFrame);
             return false;
         }

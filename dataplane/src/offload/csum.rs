@@ -77,6 +77,11 @@ pub fn complete_partial(frame: &mut [u8], start: usize, offset: usize) -> bool {
     true
 }
 
+/// [`complete_partial`] for the checksum state a transport message carried.
+pub fn finish_state(frame: &mut [u8], c: omni_proto::wire::transport::ChecksumPartial) -> bool {
+    complete_partial(frame, c.start as usize, c.offset as usize)
+}
+
 /// The IPv4 header checksum, computed over `hdr` with its checksum field treated as zero.
 ///
 /// Word by word: a header is 20-60 bytes, too short for [`add`]'s lanes to pay off, and this

@@ -1,6 +1,8 @@
 //! Segmentation of TCP super-frames read from a TAP with TSO enabled, and completion of
 //! checksums the kernel left to us (`NEEDS_CSUM`).
 
+use omni_proto::wire::transport::ChecksumPartial;
+
 use super::csum;
 use super::vnet::{self, VnetHdr};
 
@@ -104,14 +106,15 @@ impl<'a> Tso<'a> {
 
     /// As [`Tso::write`], leaving the TCP checksum partial: the field holds the
     /// pseudo-header sum (as the kernel hands a frame with `NEEDS_CSUM`), for whoever
-    /// finishes it; it is at [`Tso::checksum_field`]. Nothing sums the payload.
+    /// finishes it; it is at [`Tso::checksum_partial`]. Nothing sums the payload.
     pub fn write_partial(&self, i: usize, out: &mut [u8]) -> usize {
         self.write_segment(i, out, false)
     }
 
-    /// Where the TCP header starts and where its checksum field is from there.
-    pub fn checksum_field(&self) -> (usize, usize) {
-        (self.l4, 16)
+    /// Where the partial checksum of [`Tso::write_partial`]'s segments is: the TCP
+    /// header (at most 78 bytes in), its field 16 bytes on.
+    pub fn checksum_partial(&self) -> ChecksumPartial {
+        ChecksumPartial { start: self.l4 as u16, offset: 16 }
     }
 
     fn write_segment(&self, i: usize, out: &mut [u8], full_checksum: bool) -> usize {
@@ -262,15 +265,15 @@ pub(crate) mod tests {
                 ..Default::default()
             };
             let t = Tso::new(&sup, &hdr).unwrap();
-            let (start, offset) = t.checksum_field();
-            assert_eq!((start, offset), (if v6 { 54 } else { 34 }, 16));
+            let c = t.checksum_partial();
+            assert_eq!((c.start, c.offset), (if v6 { 54 } else { 34 }, 16));
             for i in 0..t.count() {
                 let (mut full, mut part) = (vec![0u8; 1200], vec![0u8; 1200]);
                 let n = t.write(i, &mut full);
                 assert_eq!(t.write_partial(i, &mut part), n);
                 assert_ne!(full[..n], part[..n], "segment {i} left partial");
                 assert!(!tcp_checksum_ok(&part[..n]));
-                assert!(csum::complete_partial(&mut part[..n], start, offset));
+                assert!(csum::finish_state(&mut part[..n], c));
                 assert_eq!(full[..n], part[..n], "v6={v6} segment {i}");
             }
         }

@@ -59,13 +59,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(WireError::UnknownType(read_u32(b, 0)));
         }
         let p = Self { buffer };
-        if let Some(c) = p.checksum_state()? {
-            // The field must lie inside the frame, past its Ethernet header.
-            if (c.start as usize) < ETHERNET_HEADER_LEN
-                || c.start as usize + c.offset as usize + 2 > p.plaintext_len()
-            {
-                return Err(WireError::BadField("checksum state outside the frame"));
-            }
+        if let Some(c) = p.checksum_state()?
+            && !c.fits(p.plaintext_len())
+        {
+            return Err(WireError::BadField("checksum state outside the frame"));
         }
         Ok(p)
     }
@@ -109,6 +106,14 @@ pub struct ChecksumPartial {
 }
 
 impl ChecksumPartial {
+    /// Whether the state makes sense for a frame of `frame_len` bytes: an offset, and the
+    /// 16-bit field inside the frame, past its Ethernet header.
+    pub fn fits(&self, frame_len: usize) -> bool {
+        self.offset != 0
+            && self.start as usize >= ETHERNET_HEADER_LEN
+            && self.start as usize + self.offset as usize + 2 <= frame_len
+    }
+
     /// Reads bytes 1-3 of a transport message (at least 4 bytes).
     #[inline]
     pub fn from_type_word(b: &[u8]) -> Result<Option<Self>, WireError> {

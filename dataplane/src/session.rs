@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use ring::aead::{Aad, Nonce, Tag};
+use aws_lc_rs::aead::{Aad, Nonce};
 
 use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::features::Features;
@@ -307,15 +307,11 @@ fn open_with(key: &AeadKey, counter: u64, pkt: &mut [u8]) -> Result<usize, OpenE
     if len < TRANSPORT_HEADER_LEN + AEAD_TAG_LEN {
         return Err(OpenError::Auth);
     }
-    let (header, rest) = pkt.split_at_mut(TRANSPORT_HEADER_LEN);
-    let (body, tag) = rest.split_at_mut(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN);
-    let tag: [u8; AEAD_TAG_LEN] = tag.try_into().map_err(|_| OpenError::Auth)?;
-    key.open_in_place_separate_tag(
+    let (header, body_and_tag) = pkt.split_at_mut(TRANSPORT_HEADER_LEN);
+    key.open_in_place(
         Nonce::assume_unique_for_key(transport::nonce(counter)),
         Aad::from(transport::associated_data(header)),
-        Tag::from(tag),
-        body,
-        0..,
+        body_and_tag,
     )
     .map_err(|_| OpenError::Auth)?;
     Ok(len - TRANSPORT_HEADER_LEN - AEAD_TAG_LEN)
@@ -324,8 +320,8 @@ fn open_with(key: &AeadKey, counter: u64, pkt: &mut [u8]) -> Result<usize, OpenE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_lc_rs::aead::{AES_256_GCM, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
     use omni_proto::aead::Aead;
-    use ring::aead::{AES_256_GCM, CHACHA20_POLY1305, LessSafeKey, UnboundKey};
 
     fn keys_for(aead: Aead) -> (SessionKeys, SessionKeys) {
         (
@@ -416,9 +412,9 @@ mod tests {
     }
 
     #[test]
-    fn matches_raw_ring_aead_with_noise_nonce() {
-        matches_raw_ring_aead_with(Aead::ChaCha20Poly1305, &CHACHA20_POLY1305);
-        matches_raw_ring_aead_with(Aead::Aes256Gcm, &AES_256_GCM);
+    fn matches_raw_aead_with_noise_nonce() {
+        matches_raw_aead_with(Aead::ChaCha20Poly1305, &CHACHA20_POLY1305);
+        matches_raw_aead_with(Aead::Aes256Gcm, &AES_256_GCM);
     }
 
     #[test]
@@ -433,7 +429,7 @@ mod tests {
         assert_eq!(b.open(&mut buf, 0, &sb, true), Err(OpenError::Auth));
     }
 
-    fn matches_raw_ring_aead_with(aead: Aead, alg: &'static ring::aead::Algorithm) {
+    fn matches_raw_aead_with(aead: Aead, alg: &'static aws_lc_rs::aead::Algorithm) {
         let (ka, _) = keys_for(aead);
         let sa = SessionSlot::default();
         let mut a = Session::new(1, 9, 0, true, 0, &ka, &sa);

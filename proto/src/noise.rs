@@ -9,7 +9,7 @@
 //! for transport and the features it understands; the response's payload names the AEAD
 //! the responder chose (see [`crate::aead`]) and the features both understand (see
 //! [`crate::features`]). The transport keys from the split are handed to the data plane, which
-//! seals with that AEAD (ring) using the Noise nonce layout (4 zero bytes + 64-bit LE
+//! seals with that AEAD (AWS-LC) using the Noise nonce layout (4 zero bytes + 64-bit LE
 //! counter).
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};

@@ -10,7 +10,7 @@
 //! the generator counts them. Both data planes run under their own `omni-daemon` (static
 //! peers, the real handshake). The same run repeats with two plain DPDK forwarders
 //! (`dpdk_pktgen fwd`: same ports, same hops, no crypto) as the limit of the plumbing, and
-//! measures the raw AEAD (ring's ChaCha20-Poly1305, the fabric's cipher) on one core.
+//! measures the raw AEAD (AWS-LC's, the cipher the fabric negotiates) on one core.
 //!
 //! Per-core figures divide the packets a worker handled (its own counters) by the time its
 //! loop spent in passes that found work (the data plane's `busy_ns` counter; the
@@ -656,10 +656,10 @@ fn parse_end(line: &str) -> anyhow::Result<(u64, u64, f64)> {
     Ok((kv("sent")?.parse()?, kv("received")?.parse()?, kv("secs")?.parse()?))
 }
 
-/// ring's `aead` sealing `size`-byte buffers on this thread for about `secs`.
+/// AWS-LC's `aead` sealing `size`-byte buffers on this thread for about `secs`.
 fn raw_aead(aead: Aead, size: usize, secs: f64) -> Rate {
-    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-    let alg = omni_dataplane::sys::secret::ring_algorithm(aead);
+    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
+    let alg = omni_dataplane::sys::secret::algorithm(aead);
     let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).expect("key"));
     let mut buf = vec![0u8; size];
     let t0 = Instant::now();
@@ -1089,7 +1089,7 @@ fn run_main(mut args: RunArgs) -> anyhow::Result<()> {
             memif_bound,
         });
     }
-    println!("Transport cipher: {aead} (raw AEAD: ring's {aead} on one core).");
+    println!("Transport cipher: {aead} (raw AEAD: AWS-LC's {aead} on one core).");
     println!();
     println!(
         "Per core: packets per second of the worker's loop passes that found work (busy \

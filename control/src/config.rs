@@ -77,6 +77,9 @@ pub struct DaemonSection {
     /// socket/xdp backends: the CPU the data plane's I/O thread is pinned to (default: the
     /// scheduler places it). The dpdk backend takes `[dpdk] cores`.
     pub dataplane_cpu: Option<u32>,
+    /// socket/xdp backends: microseconds the data plane keeps polling after traffic before
+    /// it sleeps, so that an answer costs no wake-up (default 200; 0 sleeps at once).
+    pub spin_us: Option<u64>,
     /// Data-plane backend: "socket" (default), "xdp" (on `interface`) or "dpdk" ([dpdk]).
     pub backend: Option<String>,
     /// xdp backend: "auto" (native where the driver can), "native" or "skb".
@@ -220,6 +223,7 @@ pub struct CliOverrides {
     pub crypto_thread: Option<bool>,
     pub cpu_latency: Option<String>,
     pub dataplane_cpu: Option<u32>,
+    pub spin_us: Option<u64>,
     pub backend: Option<String>,
     pub xdp_mode: Option<String>,
     pub cipher: Option<String>,
@@ -291,6 +295,8 @@ pub struct Settings {
     pub cpu_latency: omni_dataplane::cpu_latency::Mode,
     /// socket/xdp backends: the CPU the data plane's I/O thread runs on.
     pub dataplane_cpu: Option<u32>,
+    /// socket/xdp backends: the data plane's polling window after traffic (µs).
+    pub spin_us: u64,
     /// "socket" or "xdp".
     pub backend: String,
     /// dpdk backend: its ports and cores.
@@ -702,6 +708,17 @@ impl Settings {
                 ));
             }
         }
+        let spin_us =
+            cli.spin_us.or(d.spin_us).unwrap_or(omni_dataplane::backend::spin::DEFAULT_US);
+        if spin_us > omni_dataplane::backend::spin::MAX_US {
+            return Err(invalid(
+                "[daemon] spin_us",
+                format!(
+                    "{spin_us} µs is more than the {} µs allowed (0 turns polling off)",
+                    omni_dataplane::backend::spin::MAX_US
+                ),
+            ));
+        }
         let xdp_mode = cli.xdp_mode.or(d.xdp_mode).unwrap_or_else(|| "auto".into());
         if !["auto", "native", "skb"].contains(&xdp_mode.as_str()) {
             return Err(invalid(
@@ -730,6 +747,7 @@ impl Settings {
             }),
             cpu_latency,
             dataplane_cpu,
+            spin_us,
             backend,
             xdp_mode,
             cipher,
@@ -848,6 +866,7 @@ mod tests {
             ("[daemon]\ncipher = \"aes-128-cbc\"\n", "cipher"),
             ("[daemon]\ncpu_latency = \"sometimes\"\n", "cpu_latency"),
             ("[daemon]\ndataplane_cpu = 100000\n", "dataplane_cpu"),
+            ("[daemon]\nspin_us = 10001\n", "spin_us"),
             (
                 "[daemon]\nbackend = \"dpdk\"\ndataplane_cpu = 0\n[dpdk]\nunderlay = \"net_af_packet0,iface=u\"\nunderlay_ip = \"10.0.0.1/24\"\n",
                 "[dpdk] cores",
@@ -909,10 +928,12 @@ mod tests {
             crypto_thread: Some(false),
             cipher: Some("chacha20-poly1305".into()),
             cpu_latency: Some("off".into()),
+            spin_us: Some(0),
             ..Default::default()
         };
         let s = Settings::resolve(f, cli).unwrap();
         assert!(!s.crypto_thread);
+        assert_eq!(s.spin_us, 0);
         assert_eq!(s.cpu_latency, omni_dataplane::cpu_latency::Mode::Off);
         assert_eq!(s.cipher, CipherChoice::Only(omni_proto::aead::Aead::ChaCha20Poly1305));
         assert_eq!(s.port, 2000);

@@ -302,6 +302,7 @@ pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<Strin
     a.push(s.crypto_thread.to_string());
     if s.backend != "dpdk" {
         a.extend(["--cpu-latency".into(), s.cpu_latency.name().into()]);
+        a.extend(["--spin-us".into(), s.spin_us.to_string()]);
         if let Some(cpu) = s.dataplane_cpu {
             a.extend(["--cpu".into(), cpu.to_string()]);
         }

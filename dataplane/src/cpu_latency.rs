@@ -168,12 +168,18 @@ impl CpuLatency {
     /// Called once per loop pass with the packets it handled.
     #[inline]
     pub fn note(&mut self, now_ms: u64, packets: usize) {
-        if self.mode != Mode::Busy || self.request.is_none() {
-            return;
-        }
-        if let Some(busy) = self.detector.note(now_ms, packets) {
+        // The detector runs in every mode: the loop's polling asks it too.
+        if let Some(busy) = self.detector.note(now_ms, packets)
+            && self.mode == Mode::Busy
+            && self.request.is_some()
+        {
             self.set(busy);
         }
+    }
+
+    /// Whether bulk traffic flows (by the detector, whatever the mode).
+    pub fn bulk_traffic(&self) -> bool {
+        self.detector.busy()
     }
 
     /// Whether the bound of 0 is in force.

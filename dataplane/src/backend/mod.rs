@@ -4,6 +4,7 @@ pub mod crypto_pool;
 pub mod dpdk;
 pub mod neighbours;
 pub mod socket;
+pub mod spin;
 pub mod xdp;
 
 /// What a DPDK data plane may hold for its whole life (DPDK's own threads start with it

@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use omni_proto::constants::MAX_INNER_FRAME;
 use tracing::{info, warn};
 
+use super::spin::SpinPolicy;
 use crate::clock::{monotonic_ms, monotonic_us};
 use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::cpu_latency::{self, CpuLatency};
@@ -389,7 +390,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         deliveries: Vec::with_capacity(RX_BUFS * 48),
         gro_hdr: Vec::with_capacity(256),
         punted: false,
-        spin_us: cfg.spin_us,
+        spin: SpinPolicy::new(cfg.spin_us),
         cpu_latency,
         xdp: xdp_rx,
     };
@@ -477,7 +478,7 @@ struct Worker<'r> {
     gro_hdr: Vec<u8>,
     /// A packet was punted since control was last rung.
     punted: bool,
-    spin_us: u64,
+    spin: SpinPolicy,
     cpu_latency: CpuLatency,
     /// The AF_XDP receive side (xdp backend).
     xdp: Option<XdpRx>,
@@ -493,6 +494,8 @@ impl Worker<'_> {
         let mut last_housekeeping = monotonic_ms();
         let mut last_heartbeat = 0;
         let mut last_work_us = 0;
+        // A polling window is running (see `spin`).
+        let mut polling = false;
         // With AF_XDP the kernel socket only gets what the program passes (fragments):
         // read it when epoll says so, and once a millisecond under load, not every pass.
         let mut udp_pending = true;
@@ -552,15 +555,24 @@ impl Worker<'_> {
                 self.ring_control_if_parked();
             }
             if work > 0 {
+                if std::mem::take(&mut polling) {
+                    self.spin.caught();
+                }
                 last_work_us = monotonic_us();
                 if more {
                     continue;
                 }
             }
-            if self.spin_us > 0 && monotonic_us().saturating_sub(last_work_us) < self.spin_us {
-                std::hint::spin_loop();
+            // Poll a while for an answer before sleeping (see `spin`), except under bulk
+            // traffic, where the loop seldom sleeps for long and idle CPUs poll anyway.
+            if !self.cpu_latency.bulk_traffic()
+                && monotonic_us().saturating_sub(last_work_us) < self.spin.window_us()
+            {
+                polling = true;
+                std::thread::yield_now();
                 continue;
             }
+            self.spin.parked(std::mem::take(&mut polling));
             // Park: announce it, re-check the rings (a command may have raced the flag),
             // then sleep until a socket, the doorbell or a signal wakes us.
             self.header.dp_parked.store(1, Ordering::Relaxed);

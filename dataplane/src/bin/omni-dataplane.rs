@@ -78,9 +78,11 @@ struct Args {
     /// Turn off TAP TSO/GRO and UDP GSO/GRO (one system call per frame, for comparison).
     #[arg(long)]
     no_offload: bool,
-    /// After traffic, keep polling this many microseconds before sleeping (an answer that
-    /// comes back meanwhile costs no wake-up); 0 sleeps at once.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    /// socket and xdp backends: after traffic, keep polling this many microseconds
+    /// (yielding the CPU each time) before sleeping, so an answer that comes back meanwhile
+    /// costs no wake-up; backs off where it catches nothing, off under bulk traffic; 0
+    /// sleeps at once.
+    #[arg(long, default_value_t = omni_dataplane::backend::spin::DEFAULT_US, value_parser = clap::value_parser!(u64).range(0..=omni_dataplane::backend::spin::MAX_US))]
     spin_us: u64,
     /// socket and xdp backends: when to hold /dev/cpu_dma_latency at 0 so idle CPUs poll
     /// instead of sleeping in states slow to leave (a halted vCPU); machine-wide while held.

@@ -2,7 +2,8 @@
 //! one machine in one run.
 //!
 //! Two network namespaces joined by one veth (MTU 1500, then 9000). For every path (bare
-//! veth, kernel VXLAN, wireguard-go, boringtun, OmniNervous on each backend) and every
+//! veth, kernel VXLAN, wireguard-go, boringtun, a plain user-space TAP relay as the latency
+//! floor, OmniNervous on each backend) and every
 //! repetition (the order alternates), a fresh pair of namespaces is built and measured:
 //! iperf3 TCP with 1 and 4 streams, UDP with 64-byte and MTU-sized datagrams at the highest
 //! rate losing under 0.1 % (a sweep), ping RTT idle and under load, and CPU per Gbit/s
@@ -40,8 +41,10 @@ struct Args {
     /// Underlay MTUs [default: 1500,9000; short: 1500].
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
-    /// Only these paths (veth, vxlan, wireguard-go, boringtun, omni-socket,
+    /// Only these paths (veth, vxlan, wireguard-go, boringtun, floor, omni-socket,
     /// omni-socket-pinned, omni-socket-chacha, omni-socket-nooffload, omni-xdp, omni-dpdk).
+    /// floor is a plain TAP-UDP relay without crypto (bench/src/bin/tap_relay.rs): the
+    /// latency floor of any user-space TAP tunnel here, with OmniNervous' polling window.
     /// OmniNervous paths use the cipher the nodes negotiate on this CPU (AES-256-GCM with AES
     /// instructions); omni-socket-chacha forces ChaCha20-Poly1305; omni-socket-pinned puts
     /// node A's data plane on CPU 0 and node B's on the last CPU (--dataplane-cpu).
@@ -69,6 +72,7 @@ enum Kind {
     Vxlan,
     WireguardGo,
     Boringtun,
+    Floor,
     OmniSocket,
     OmniSocketPinned,
     OmniSocketChacha,
@@ -78,11 +82,12 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 11] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
         Kind::Boringtun,
+        Kind::Floor,
         Kind::OmniSocket,
         Kind::OmniSocketPinned,
         Kind::OmniSocketChacha,
@@ -97,6 +102,7 @@ impl Kind {
             Kind::Vxlan => "vxlan",
             Kind::WireguardGo => "wireguard-go",
             Kind::Boringtun => "boringtun",
+            Kind::Floor => "floor",
             Kind::OmniSocket => "omni-socket",
             Kind::OmniSocketPinned => "omni-socket-pinned",
             Kind::OmniSocketChacha => "omni-socket-chacha",
@@ -112,6 +118,7 @@ impl Kind {
             Kind::Vxlan => "kernel VXLAN (L2, unencrypted)",
             Kind::WireguardGo => "wireguard-go (L3)",
             Kind::Boringtun => "boringtun (L3)",
+            Kind::Floor => "user-space floor: plain TAP-UDP relay, no crypto (latency reference)",
             Kind::OmniSocket => "OmniNervous socket backend",
             Kind::OmniSocketPinned => "OmniNervous socket, data planes pinned (A: CPU 0, B: last)",
             Kind::OmniSocketChacha => "OmniNervous socket, ChaCha20-Poly1305",
@@ -129,6 +136,8 @@ impl Kind {
             Kind::Veth => 0,
             Kind::Vxlan => 50,
             Kind::WireguardGo | Kind::Boringtun => 80,
+            // Outer IPv4 and UDP headers, the inner Ethernet header.
+            Kind::Floor => 42,
             Kind::OmniSocket
             | Kind::OmniSocketPinned
             | Kind::OmniSocketChacha
@@ -302,6 +311,42 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                 ));
             }
             Ok(Path_ { target: "10.12.0.2".into(), inner_mtu: inner, _procs: procs, pids })
+        }
+        Kind::Floor => {
+            let relay = ctx.bin.join("tap_relay");
+            if !relay.exists() {
+                bail!("{} is missing; build with cargo build --release --bins", relay.display());
+            }
+            let relay = relay.display().to_string();
+            let mut procs = vec![];
+            let mut pids = vec![];
+            for (ns, me, other) in [(&p.a, 1, 2), (&p.b, 2, 1)] {
+                let bg = Background::spawn_logged(
+                    ns,
+                    &[
+                        &relay,
+                        "--tap",
+                        "rl0",
+                        "--mtu",
+                        &inner.to_string(),
+                        "--bind",
+                        &format!("10.10.0.{me}:6100"),
+                        "--peer",
+                        &format!("10.10.0.{other}:6100"),
+                    ],
+                    Some(&ctx.dir.path().join(format!("tap_relay-{me}.log"))),
+                );
+                if !wait_until(Duration::from_secs(10), || {
+                    ns.sh("ip link show rl0").status.success()
+                }) {
+                    bail!("tap_relay did not create its TAP (see its log)");
+                }
+                pids.extend(bg.pid());
+                procs.push(bg);
+                ns.sh_ok(&format!("ip addr add 10.15.0.{me}/24 dev rl0 && ip link set rl0 up"));
+            }
+            p.a.sh_ok("ping -c 2 -i 0.2 -W 3 10.15.0.2");
+            Ok(Path_ { target: "10.15.0.2".into(), inner_mtu: inner, _procs: procs, pids })
         }
         Kind::OmniSocket
         | Kind::OmniSocketPinned
@@ -635,12 +680,13 @@ fn markdown(rep: &Report) -> String {
                 .unwrap_or(f64::NAN)
         };
         let (wg, vx) = (med(Kind::WireguardGo, "tcp1_gbps"), med(Kind::Vxlan, "tcp1_gbps"));
+        let vx_p99 = med(Kind::Vxlan, "ping_idle_p99_ms");
         o.push_str(&format!("\n**veth MTU {mtu}** (median, min-max over repetitions)\n\n"));
-        o.push_str("| path | TCP 1 stream Gbit/s | x wireguard-go | x VXLAN | TCP 4 streams Gbit/s | UDP 64 B kpps | UDP MTU Gbit/s | ping idle p50 / p99 ms | ping loaded p50 / p99 ms | CPU cores per Gbit/s (all / tunnel) |\n");
-        o.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        o.push_str("| path | TCP 1 stream Gbit/s | x wireguard-go | x VXLAN | TCP 4 streams Gbit/s | UDP 64 B kpps | UDP MTU Gbit/s | ping idle p50 / p99 ms | idle p99 x VXLAN | ping loaded p50 / p99 ms | CPU cores per Gbit/s (all / tunnel) |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in rows {
             if let Some(e) = &r.error {
-                o.push_str(&format!("| {} | not measured: {e} | | | | | | | | |\n", r.label));
+                o.push_str(&format!("| {} | not measured: {e} | | | | | | | | | |\n", r.label));
                 continue;
             }
             let s = |f: &str| {
@@ -652,7 +698,7 @@ fn markdown(rep: &Report) -> String {
             };
             let t1 = s("tcp1_gbps");
             o.push_str(&format!(
-                "| {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
+                "| {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} / {} |\n",
                 r.label,
                 fmt(t1.median, 2),
                 fmt(t1.min, 2),
@@ -664,6 +710,7 @@ fn markdown(rep: &Report) -> String {
                 fmt(s("udp_mtu_gbps").median, 2),
                 fmt(s("ping_idle_p50_ms").median, 3),
                 fmt(s("ping_idle_p99_ms").median, 3),
+                fmt(s("ping_idle_p99_ms").median / vx_p99, 2),
                 fmt(s("ping_load_p50_ms").median, 3),
                 fmt(s("ping_load_p99_ms").median, 3),
                 fmt(s("cpu_cores_per_gbps").median, 2),

@@ -29,7 +29,7 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p o
 step "fuzz targets (short runs)"
 scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-20}"
 step "benchmark harness (short mode: keeps it working; numbers are not asserted)"
-cargo build --release -q -p omni-bench --bin compare
+cargo build --release -q -p omni-bench --bin compare --bin tap_relay
 target/release/compare --short --out target/compare-short
 target/release/dpdk_pktgen --short --json target/dpdk-pktgen-short.json
 step "all tests passed"

@@ -29,7 +29,14 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p o
 step "fuzz targets (short runs)"
 scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-20}"
 step "benchmark harness (short mode: keeps it working; numbers are not asserted)"
-cargo build --release -q -p omni-bench --bin compare --bin tap_relay
+cargo build --release -q -p omni-bench --bin compare --bin tap_relay --bin udp_echo
 target/release/compare --short --out target/compare-short
+# The paths every machine has must have been measured, and the two-process echo under them
+# (basic regular expressions: '|' and '(' are literal).
+for row in '^| bare veth | [0-9]' '^| kernel VXLAN (L2, unencrypted) | [0-9]' \
+  '^| OmniNervous socket backend | [0-9]' 'udp_echo: no TAP.*RTT p50 / p99 [0-9]'; do
+  grep -q -- "$row" target/compare-short/report.md \
+    || { echo "compare --short: report.md has no line matching '$row'" >&2; exit 1; }
+done
 target/release/dpdk_pktgen --short --json target/dpdk-pktgen-short.json
 step "all tests passed"

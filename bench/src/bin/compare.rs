@@ -163,11 +163,15 @@ struct Sample {
     cpu_cores_per_gbps: f64,
     /// The tunnel's own processes (0 for kernel paths, whose work is in softirq).
     tunnel_cores_per_gbps: f64,
+    /// Bare veth only: a UDP round trip between two sleeping processes (`udp_echo`), the
+    /// lower bound of any tunnel with a user-space process at each end.
+    echo_idle_p50_ms: Option<f64>,
+    echo_idle_p99_ms: Option<f64>,
     #[serde(skip)]
     idle_rtts: Vec<f64>,
 }
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 12] = [
     "tcp1_gbps",
     "tcp4_gbps",
     "udp64_kpps",
@@ -178,6 +182,8 @@ const FIELDS: [&str; 10] = [
     "ping_load_p99_ms",
     "cpu_cores_per_gbps",
     "tunnel_cores_per_gbps",
+    "echo_idle_p50_ms",
+    "echo_idle_p99_ms",
 ];
 
 impl Sample {
@@ -193,6 +199,8 @@ impl Sample {
             "ping_load_p99_ms" => self.ping_load_p99_ms,
             "cpu_cores_per_gbps" => self.cpu_cores_per_gbps,
             "tunnel_cores_per_gbps" => self.tunnel_cores_per_gbps,
+            "echo_idle_p50_ms" => self.echo_idle_p50_ms.unwrap_or(f64::NAN),
+            "echo_idle_p99_ms" => self.echo_idle_p99_ms.unwrap_or(f64::NAN),
             _ => f64::NAN,
         }
     }
@@ -575,6 +583,37 @@ fn ping_rtts(ns: &Netns, target: &str, count: u32, interval: f64) -> Vec<f64> {
     v
 }
 
+/// Round trips of a 64-byte UDP datagram between two processes on the bare veth, one every
+/// 100 ms like the idle ping (bench/src/bin/udp_echo.rs). Empty if it could not run.
+fn udp_echo_rtts(p: &Pair, ctx: &Ctx, count: u32) -> Vec<f64> {
+    let echo = ctx.bin.join("udp_echo");
+    if !echo.exists() {
+        eprintln!(
+            "compare: {} is missing; build with cargo build --release --bins",
+            echo.display()
+        );
+        return vec![];
+    }
+    let echo = echo.display().to_string();
+    let mut server = Background::spawn_logged(
+        &p.b,
+        &[&echo, "serve", "--bind", "10.10.0.2:6200"],
+        Some(&ctx.dir.path().join("udp_echo.log")),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let o = p.a.sh(&format!(
+        "{echo} ping --bind 10.10.0.1:6200 --peer 10.10.0.2:6200 --count {count} --interval-ms 100"
+    ));
+    server.stop("TERM");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut v: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("time=").and_then(|t| t.parse().ok()))
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
 fn pct(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -612,6 +651,18 @@ fn measure(kind: Kind, mtu: u32, ctx: &Ctx, plan: &Plan) -> anyhow::Result<Sampl
     s.ping_idle_p50_ms = pct(&idle, 0.5);
     s.ping_idle_p99_ms = pct(&idle, 0.99);
     s.idle_rtts = idle;
+    if kind == Kind::Veth {
+        let echo = udp_echo_rtts(&p, ctx, pings);
+        if echo.is_empty() {
+            eprintln!(
+                "compare: udp_echo measured nothing (see its log in {})",
+                ctx.dir.path().display()
+            );
+        } else {
+            s.echo_idle_p50_ms = Some(pct(&echo, 0.5));
+            s.echo_idle_p99_ms = Some(pct(&echo, 0.99));
+        }
+    }
     // Under load: a TCP stream runs while pinging.
     p.b.sh_ok("iperf3 -s -D -1 -B 0.0.0.0 >/dev/null 2>&1 || true");
     std::thread::sleep(Duration::from_millis(250));
@@ -715,6 +766,22 @@ fn markdown(rep: &Report) -> String {
                 fmt(s("ping_load_p99_ms").median, 3),
                 fmt(s("cpu_cores_per_gbps").median, 2),
                 fmt(s("tunnel_cores_per_gbps").median, 2),
+            ));
+        }
+        let echo = |f: &str| {
+            rows.iter()
+                .find(|r| r.path == Kind::Veth)
+                .and_then(|r| r.stats.get(f))
+                .map(|s| s.median)
+                .unwrap_or(f64::NAN)
+        };
+        let (e50, e99) = (echo("echo_idle_p50_ms"), echo("echo_idle_p99_ms"));
+        if e50.is_finite() {
+            o.push_str(&format!(
+                "\nTwo sleeping processes echoing a 64-byte UDP datagram over the bare veth every 100 ms (udp_echo: no TAP, no tunnel, no polling): RTT p50 / p99 {} / {} ms, p99 {} x VXLAN's idle p99. A ping through any tunnel with a user-space process at each end wakes two such processes; kernel VXLAN wakes none.\n",
+                fmt(e50, 3),
+                fmt(e99, 3),
+                fmt(e99 / vx_p99, 2),
             ));
         }
     }

@@ -169,6 +169,8 @@ struct Sample {
     echo_idle_p99_ms: Option<f64>,
     #[serde(skip)]
     idle_rtts: Vec<f64>,
+    #[serde(skip)]
+    echo_rtts: Vec<f64>,
 }
 
 const FIELDS: [&str; 12] = [
@@ -661,6 +663,7 @@ fn measure(kind: Kind, mtu: u32, ctx: &Ctx, plan: &Plan) -> anyhow::Result<Sampl
         } else {
             s.echo_idle_p50_ms = Some(pct(&echo, 0.5));
             s.echo_idle_p99_ms = Some(pct(&echo, 0.99));
+            s.echo_rtts = echo;
         }
     }
     // Under load: a TCP stream runs while pinging.
@@ -838,25 +841,31 @@ fn plots(rep: &Report, out: &Path) -> anyhow::Result<()> {
     // Latency CDF of idle pings at the first MTU.
     let mut lines = vec![];
     if let Some(rows) = rep.results.get(&mtus[0]) {
-        for r in rows.iter().filter(|r| r.error.is_none()) {
-            let mut all: Vec<f64> =
+        // Each path's pings, and under the bare veth the two-process UDP echo.
+        let series = rows.iter().filter(|r| r.error.is_none()).flat_map(|r| {
+            let ping: Vec<f64> =
                 r.samples.iter().flat_map(|s| s.idle_rtts.iter().copied()).collect();
+            let echo: Vec<f64> =
+                r.samples.iter().flat_map(|s| s.echo_rtts.iter().copied()).collect();
+            [(r.path.name().to_string(), ping), ("udp-echo (no tunnel)".to_string(), echo)]
+        });
+        for (name, mut all) in series {
             all.sort_by(|a, b| a.total_cmp(b));
             if all.is_empty() {
                 continue;
             }
-            let file = format!("rtt_{}.dat", r.path.name());
+            let file = format!("rtt_{}.dat", name.split(' ').next().unwrap_or("x"));
             let body: String = all
                 .iter()
                 .enumerate()
                 .map(|(i, v)| format!("{v} {}\n", (i + 1) as f64 / all.len() as f64))
                 .collect();
             std::fs::write(out.join(&file), body)?;
-            lines.push(format!("'{file}' using 1:2 with lines lw 2 title '{}'", r.path.name()));
+            lines.push(format!("'{file}' using 1:2 with lines lw 2 title '{name}'"));
         }
     }
     let gp = format!(
-        "set terminal pngcairo size 900,520 font 'sans,10'\nset output 'latency_cdf.png'\nset xlabel 'ping RTT, ms (log)'\nset ylabel 'fraction'\nset logscale x\nset grid\nset key bottom right\nset title 'idle ping RTT CDF, MTU {}'\nplot {}\n",
+        "set terminal pngcairo size 900,520 font 'sans,10'\nset output 'latency_cdf.png'\nset xlabel 'ping RTT, ms (log)'\nset ylabel 'fraction'\nset logscale x\nset grid\nset key bottom right\nset title 'idle RTT CDF (ping every 100 ms), MTU {}'\nplot {}\n",
         mtus[0],
         lines.join(", ")
     );

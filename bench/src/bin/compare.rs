@@ -574,15 +574,19 @@ fn udp_sweep(p: &Pair, target: &str, size: u32, secs: u32, steps: u32) -> f64 {
     best
 }
 
-fn ping_rtts(ns: &Netns, target: &str, count: u32, interval: f64) -> Vec<f64> {
-    let o = ns.sh(&format!("ping -c {count} -i {interval} -W 1 {target}"));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let mut v: Vec<f64> = text
+/// The round trips (ms) in `time=<ms>` words of ping's (or udp_echo's) output, sorted.
+fn sorted_rtts(stdout: &[u8]) -> Vec<f64> {
+    let mut v: Vec<f64> = String::from_utf8_lossy(stdout)
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("time=").and_then(|t| t.parse().ok()))
         .collect();
     v.sort_by(|a, b| a.total_cmp(b));
     v
+}
+
+fn ping_rtts(ns: &Netns, target: &str, count: u32, interval: f64) -> Vec<f64> {
+    let o = ns.sh(&format!("ping -c {count} -i {interval} -W 1 {target}"));
+    sorted_rtts(&o.stdout)
 }
 
 /// Round trips of a 64-byte UDP datagram between two processes on the bare veth, one every
@@ -607,13 +611,7 @@ fn udp_echo_rtts(p: &Pair, ctx: &Ctx, count: u32) -> Vec<f64> {
         "{echo} ping --bind 10.10.0.1:6200 --peer 10.10.0.2:6200 --count {count} --interval-ms 100"
     ));
     server.stop("TERM");
-    let text = String::from_utf8_lossy(&o.stdout);
-    let mut v: Vec<f64> = text
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("time=").and_then(|t| t.parse().ok()))
-        .collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v
+    sorted_rtts(&o.stdout)
 }
 
 fn pct(v: &[f64], q: f64) -> f64 {

@@ -769,14 +769,7 @@ fn markdown(rep: &Report) -> String {
                 fmt(s("tunnel_cores_per_gbps").median, 2),
             ));
         }
-        let echo = |f: &str| {
-            rows.iter()
-                .find(|r| r.path == Kind::Veth)
-                .and_then(|r| r.stats.get(f))
-                .map(|s| s.median)
-                .unwrap_or(f64::NAN)
-        };
-        let (e50, e99) = (echo("echo_idle_p50_ms"), echo("echo_idle_p99_ms"));
+        let (e50, e99) = (med(Kind::Veth, "echo_idle_p50_ms"), med(Kind::Veth, "echo_idle_p99_ms"));
         if e50.is_finite() {
             o.push_str(&format!(
                 "\nTwo sleeping processes echoing a 64-byte UDP datagram over the bare veth every 100 ms (udp_echo: no TAP, no tunnel, no polling): RTT p50 / p99 {} / {} ms, p99 {} x VXLAN's idle p99. A ping through any tunnel with a user-space process at each end wakes two such processes; kernel VXLAN wakes none.\n",
@@ -845,21 +838,21 @@ fn plots(rep: &Report, out: &Path) -> anyhow::Result<()> {
                 r.samples.iter().flat_map(|s| s.idle_rtts.iter().copied()).collect();
             let echo: Vec<f64> =
                 r.samples.iter().flat_map(|s| s.echo_rtts.iter().copied()).collect();
-            [(r.path.name().to_string(), ping), ("udp-echo (no tunnel)".to_string(), echo)]
+            [(r.path.name(), r.path.name(), ping), ("udp-echo", "udp-echo (no tunnel)", echo)]
         });
-        for (name, mut all) in series {
+        for (stem, title, mut all) in series {
             all.sort_by(|a, b| a.total_cmp(b));
             if all.is_empty() {
                 continue;
             }
-            let file = format!("rtt_{}.dat", name.split(' ').next().unwrap_or("x"));
+            let file = format!("rtt_{stem}.dat");
             let body: String = all
                 .iter()
                 .enumerate()
                 .map(|(i, v)| format!("{v} {}\n", (i + 1) as f64 / all.len() as f64))
                 .collect();
             std::fs::write(out.join(&file), body)?;
-            lines.push(format!("'{file}' using 1:2 with lines lw 2 title '{name}'"));
+            lines.push(format!("'{file}' using 1:2 with lines lw 2 title '{title}'"));
         }
     }
     let gp = format!(

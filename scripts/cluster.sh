@@ -35,6 +35,13 @@ fi
 echo "== building (release)"
 (cd "$OMNI_ROOT" && cargo build --release --bins -q)
 
+# One cluster at a time: the namespaces have fixed names. Under the lock, whatever an
+# earlier run left (it was killed before its teardown) is ours to remove.
+exec 9>/run/omni-cluster.lock
+flock -n 9 || { echo "cluster.sh: another cluster.sh is running (/run/omni-cluster.lock)" >&2; exit 1; }
+echo "== cleanup of leftovers"
+cleanup_leftovers omnic
+rm -rf /tmp/omni-cluster.*
 work=$(mktemp -d /tmp/omni-cluster.XXXXXX)
 trap 'teardown; rm -rf "$work"' EXIT INT TERM
 echo "== topology: internet, Nucleus, $edges edges behind NAT$([ "$sym" != 0 ] && echo ", edge $sym behind a symmetric NAT")"
@@ -67,8 +74,11 @@ for ((i = 1; i <= edges; i++)); do
   ip -n "$e" addr add "10.99.0.$i/24" dev omni0
 done
 registered=1
+declare -A edge_registered
 for ((i = 1; i <= edges; i++)); do
-  wait_status "${EDGE_NS[$((i - 1))]}" "$work/e$i" "s['nuclei'] and s['nuclei'][0]['registered']" 15 || registered=0
+  edge_registered[$i]=1
+  wait_status "${EDGE_NS[$((i - 1))]}" "$work/e$i" "s['nuclei'] and s['nuclei'][0]['registered']" 15 ||
+    edge_registered[$i]=0 registered=0
 done
 # Each edge pings every other: the first packets trigger punching (or the relay).
 for ((i = 1; i <= edges; i++)); do
@@ -92,19 +102,28 @@ fdb=$(ip netns exec "${EDGE_NS[0]}" "$BIN/omni-daemon" status --json --run-dir "
 relayed=$(metric "$NUC_NS" 9200 omni_nucleus_relayed_packets_total)
 punches=$(metric "$NUC_NS" 9200 omni_nucleus_punches_coordinated_total)
 
-ok() { [ "$1" = 1 ] && echo "$2" || echo "FAILED"; }
+# The original README's result table, with what this run measured.
+mark() { [ "$1" = 1 ] && echo "✅ $2" || echo "❌ $3"; }
+nucleus_up=0 && [ -n "$punches" ] && nucleus_up=1
+direct_ok=0 && [ "$direct" -gt 0 ] && direct_ok=1
+fdb_ok=0 && [ "${fdb:-0}" -gt 0 ] && fdb_ok=1
+iperf_ok=$(python3 -c "print(1 if float('${gbps:-0}') > 0 else 0)")
 echo
-echo "| check | result |"
-echo "|---|---|"
-echo "| Nucleus rendezvous | $([ -n "$punches" ] && echo online || echo FAILED) |"
-echo "| Edge registration ($edges edges) | $(ok $registered registered) |"
-echo "| NAT traversal | $([ "$direct" -gt 0 ] && echo "hole punch succeeded ($((direct / 2)) direct pairs)" || echo "no direct pair") |"
-echo "| Relay through the Nucleus | $([ "$relay" -gt 0 ] && echo "$((relay / 2)) relayed pairs, ${relayed:-0} packets relayed" || echo "not needed (${relayed:-0} packets relayed)") |"
-echo "| Direct P2P channel | $([ "$direct" -gt 0 ] && echo established || echo none) |"
-echo "| Noise IK handshake | $(ok $established "completed (full mesh of $edges)") |"
-echo "| FDB learning | $fdb entries |"
-echo "| ping over omni0 | $(ok $ping_ok ok) |"
-echo "| iperf3 over omni0 (edge 1 -> edge 2) | $gbps Gbit/s |"
+echo "| Test | Status |"
+echo "|:---|:---|"
+echo "| **Nucleus Rendezvous** | $(mark $nucleus_up ONLINE "no answer from its metrics") |"
+for ((i = 1; i <= edges; i++)); do
+  echo "| **Edge $i Registration** | $(mark "${edge_registered[$i]}" Registered "not registered") |"
+done
+echo "| **NAT Traversal** | $(mark $direct_ok "UDP Hole Punch SUCCESS ($((direct / 2)) direct pairs)" "no direct pair") |"
+echo "| **Direct P2P Channel** | $(mark $direct_ok ESTABLISHED none) |"
+if [ "$relay" -gt 0 ]; then
+  echo "| **Nucleus Relay** | ✅ $((relay / 2)) relayed pairs, ${relayed:-0} packets relayed |"
+fi
+echo "| **Noise_IK Handshake** | $(mark $established "COMPLETED (full mesh of $edges)" "not every session established") |"
+echo "| **FDB Learning** | $(mark $fdb_ok "$fdb entries learned" "nothing learned") |"
+echo "| **ping over omni0** | $(mark $ping_ok "3 of 3 answered" "lost") |"
+echo "| **iperf3 (edge 1 -> edge 2)** | $(mark "$iperf_ok" "$gbps Gbit/s" "no throughput") |"
 echo
 echo "Where to look (while running; --keep keeps it up):"
 for ((i = 1; i <= edges; i++)); do
@@ -115,4 +134,6 @@ if [ "$keep" = 1 ]; then
   echo "== running; Ctrl-C tears it down"
   while sleep 3600; do :; done
 fi
-[ "$registered" = 1 ] && [ "$established" = 1 ] && [ "$ping_ok" = 1 ]
+# Every check must pass; a direct path is required unless an edge's NAT is symmetric.
+[ "$nucleus_up" = 1 ] && [ "$registered" = 1 ] && [ "$established" = 1 ] && [ "$ping_ok" = 1 ] &&
+  [ "$fdb_ok" = 1 ] && [ "$iperf_ok" = 1 ] && { [ "$direct_ok" = 1 ] || [ "$sym" != 0 ]; }

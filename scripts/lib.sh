@@ -26,6 +26,20 @@ teardown() {
   done
 }
 
+# cleanup_leftovers PREFIX: what an earlier run killed before its teardown left behind
+# (namespaces named PREFIX-*, the processes in them, their work directories).
+cleanup_leftovers() {
+  local prefix=$1 ns found=0
+  while read -r ns _; do
+    case "$ns" in "$prefix"-*) ;; *) continue ;; esac
+    found=$((found + 1))
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done < <(ip netns list 2>/dev/null)
+  [ "$found" -gt 0 ] && echo "   removed $found namespaces left by an earlier run ($prefix-*)"
+  return 0
+}
+
 add_ns() {
   ip netns del "$1" 2>/dev/null || true
   ip netns add "$1"

@@ -23,11 +23,11 @@ trap 'rm -f "$log"' EXIT
 status=0
 for t in reliability_netns fabric_netns cluster_netns xdp_netns dpdk_netns; do
   echo "reliability.sh: $t" >&2
-  cargo test --release -q -p omni-control --test "$t" -- --test-threads=1 --nocapture >>"$log" 2>&1 || status=$?
+  cargo test --release -q -p omni-daemon --test "$t" -- --test-threads=1 --nocapture >>"$log" 2>&1 || status=$?
 done
 if [ "$quick" = 0 ]; then
   echo "reliability.sh: soak (${OMNI_SOAK_SECS:-600} s)" >&2
-  cargo test --release -q -p omni-control --test reliability_netns soak_ten_minutes -- --ignored --nocapture >>"$log" 2>&1 || status=$?
+  cargo test --release -q -p omni-daemon --test reliability_netns soak_ten_minutes -- --ignored --nocapture >>"$log" 2>&1 || status=$?
 fi
 echo
 echo "| check | load applied | result | figure |"

@@ -8,8 +8,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use omni_control::config::Timers;
-use omni_control::fabric::{Fabric, FabricConfig, Output, RendezvousTimers};
+use omni_daemon::config::Timers;
+use omni_daemon::fabric::{Fabric, FabricConfig, Output, RendezvousTimers};
 use omni_dataplane::fdb::{Fdb, FdbEntry};
 use omni_dataplane::offload::csum;
 use omni_dataplane::shm::layout::SessionSlot;

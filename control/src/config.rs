@@ -205,6 +205,56 @@ impl FileConfig {
     }
 }
 
+// ---- the keys the parser knows --------------------------------------------------------
+
+/// Every table of the file and the keys it takes, read from the parser's own types, so the
+/// example config and the documentation can be checked against what is really accepted.
+/// The section list is checked against [`FileConfig`]'s fields by a test.
+pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("daemon", field_names::<DaemonSection>()),
+        ("network", field_names::<NetworkSection>()),
+        ("security", field_names::<SecuritySection>()),
+        ("timers", field_names::<TimersSection>()),
+        ("switch", field_names::<SwitchSection>()),
+        ("dpdk", field_names::<DpdkSection>()),
+        ("peers", field_names::<PeerSection>()),
+        ("metrics", field_names::<MetricsSection>()),
+    ]
+}
+
+/// The field names serde's derive hands to `deserialize_struct`, captured by a
+/// deserializer that reads nothing else.
+pub fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Names(&'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for &mut Names {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(serde::de::Error::custom("only the field names were wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut names = Names(&[]);
+    let _ = T::deserialize(&mut names);
+    names.0
+}
+
 // ---- the command line's contribution ----------------------------------------------------
 
 /// What the command line sets; `None` leaves the file's value (or the default).
@@ -343,18 +393,31 @@ fn secs(
     }
 }
 
-/// Resolves `host:port` (names through the system resolver). Errors name `key`.
-pub fn resolve_endpoint(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+/// Resolves `host:port` (names through the system resolver). Errors name `key`. With a
+/// `default_port`, a bare host or address (`nucleus.example`, `10.0.0.1`, `fd00::1`,
+/// `[fd00::1]`) takes that port; without one, a missing port is an error.
+pub fn resolve_endpoint(
+    key: &str,
+    text: &str,
+    default_port: Option<u16>,
+) -> Result<SocketAddr, ConfigError> {
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(a);
     }
-    if !text.contains(':') {
-        return Err(invalid(
-            key,
-            format!("{text:?} has no port; write host:port, e.g. 10.0.0.2:51820"),
-        ));
-    }
-    text.to_socket_addrs()
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let host_port = match (default_port, bare.parse::<IpAddr>()) {
+        (Some(port), Ok(ip)) => return Ok(SocketAddr::new(ip, port)),
+        (Some(port), Err(_)) if !text.contains(':') => format!("{text}:{port}"),
+        (None, _) if !text.contains(':') => {
+            return Err(invalid(
+                key,
+                format!("{text:?} has no port; write host:port, e.g. 10.0.0.2:51820"),
+            ));
+        }
+        _ => text.to_string(),
+    };
+    host_port
+        .to_socket_addrs()
         .map_err(|e| invalid(key, format!("cannot resolve {text:?}: {e}")))?
         .next()
         .ok_or_else(|| invalid(key, format!("{text:?} resolves to no address")))
@@ -580,7 +643,7 @@ impl Settings {
                 let public_key: PublicKey =
                     key.parse().map_err(|e| invalid(key_name.clone(), format!("{e}")))?;
                 let endpoint = match &ep {
-                    Some(t) => Some(resolve_endpoint(&format!("{key_name} endpoint"), t)?),
+                    Some(t) => Some(resolve_endpoint(&format!("{key_name} endpoint"), t, None)?),
                     None => None,
                 };
                 let pc = PeerConfig { public_key, endpoint_text: ep, endpoint };
@@ -630,7 +693,19 @@ impl Settings {
                 format!("{backend:?} is not a backend (\"socket\", \"xdp\" or \"dpdk\")"),
             ));
         }
-        let dpdk = file.dpdk.clone();
+        let mut dpdk = file.dpdk.clone();
+        // Defaults resolved here, so the data plane is told them explicitly.
+        dpdk.workers.get_or_insert(1);
+        dpdk.busy_poll.get_or_insert(false);
+        dpdk.underlay_mtu.get_or_insert(1500);
+        if let Some(m) = dpdk.underlay_mtu
+            && !(576..=9216).contains(&m)
+        {
+            return Err(invalid(
+                "[dpdk] underlay_mtu",
+                format!("{m} is out of range (576 to 9216)"),
+            ));
+        }
         if backend == "dpdk" {
             if let Some(v) = dpdk.vlan
                 && !(1..=4094).contains(&v)
@@ -767,6 +842,33 @@ impl Settings {
             metrics_listen,
         })
     }
+}
+
+/// What `omni-daemon --check` prints of settings that validated: enough to see that the
+/// file says what was meant.
+pub fn summary(s: &Settings, public_key: &PublicKey, tap_mtu: u32) -> String {
+    let mut lines = vec![
+        "configuration is valid; omni-daemon would start with:".to_string(),
+        format!("  identity   {} (public key {public_key})", s.identity_path.display()),
+        format!(
+            "  data plane {} backend, UDP port {}, TAP {} (MTU {tap_mtu}){}",
+            s.backend,
+            s.port,
+            s.tap,
+            s.interface.as_deref().map(|i| format!(", underlay interface {i}")).unwrap_or_default()
+        ),
+        format!("  peers      {} static", s.peers.len()),
+    ];
+    if let Some(cluster) = &s.cluster {
+        let nuclei: Vec<&str> = s.nucleus.iter().map(|n| n.text.as_str()).collect();
+        let via = if nuclei.is_empty() { "no Nucleus".into() } else { nuclei.join(", ") };
+        lines.push(format!("  cluster    {cluster} via {via}"));
+    }
+    lines.push(format!(
+        "  metrics    {}",
+        s.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+    ));
+    lines.join("\n")
 }
 
 #[cfg(test)]

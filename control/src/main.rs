@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use omni_control::config::{self, CliOverrides, FileConfig, Settings};
-use omni_control::daemon;
-use omni_control::status::{self, Request, Status};
+use omni_daemon::config::{self, CliOverrides, FileConfig, Settings};
+use omni_daemon::daemon;
+use omni_daemon::status::{self, Request, Status};
 use omni_proto::store as identity_store;
 
 #[derive(Debug, Parser)]
@@ -52,6 +52,14 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// Print a shell completion script (e.g. `omni-daemon completions bash >
+    /// /etc/bash_completion.d/omni-daemon`).
+    Completions { shell: omni_cli::Shell },
+    /// Print the manual page, or with --out write one page per command into a directory.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +77,11 @@ struct RunArgs {
     /// With --init: replace an existing identity.
     #[arg(long, requires = "init")]
     force: bool,
+    /// Validate the configuration (the file and the options given with it) and the
+    /// identity, print what would run, and exit without starting anything: 0 when it
+    /// would start, 1 with the key that is wrong.
+    #[arg(long, conflicts_with = "init")]
+    check: bool,
     /// TOML config file (default: ~/.omni/config.toml if it exists).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -93,8 +106,8 @@ struct RunArgs {
     /// Underlay address to bind [default: all].
     #[arg(long)]
     bind: Option<IpAddr>,
-    /// Underlay interface (sizes the MTU).
-    #[arg(long)]
+    /// Underlay interface (sizes the MTU; the NIC of the xdp backend).
+    #[arg(long, visible_alias = "iface")]
     interface: Option<String>,
     /// Directory for the control socket and shared memory [default: /run/omni].
     #[arg(long)]
@@ -264,6 +277,11 @@ fn real_main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Cmd::Completions { shell }) => {
+            omni_cli::print_completions(shell, Cli::command());
+            Ok(())
+        }
+        Some(Cmd::Man { out }) => Ok(omni_cli::write_man_pages(Cli::command(), out.as_deref())?),
         Some(Cmd::Rekey { peer, run_dir }) => {
             runtime()?.block_on(status::query(&run_dir, &Request::Rekey { peer }))?;
             Ok(())
@@ -285,30 +303,30 @@ fn real_main() -> anyhow::Result<()> {
                 println!("Your Public Identity: {}", id.public_key());
                 return Ok(());
             }
+            let check = run.check;
             let peers = pair_peers(&matches, &run.peers, &run.endpoints)?;
             let settings = load_settings(run, peers)?;
             let identity = identity_store::load(&settings.identity_path)?;
+            if check {
+                // What the daemon reads of the machine before it starts: the MTU (and so
+                // the interface it is sized from).
+                let mtu = daemon::tap_mtu(&settings)?;
+                println!("{}", config::summary(&settings, &identity.public_key(), mtu));
+                return Ok(());
+            }
             // Before the runtime: capabilities are per thread.
-            omni_control::privileges::drop_for_daemon(&settings);
+            omni_daemon::privileges::drop_for_daemon(&settings);
             runtime()?.block_on(daemon::run(settings, identity))
         }
     }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OMNI_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs redirected to files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    omni_cli::init_logging();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("omni-daemon: error: {e:#}");
+            eprintln!("omni-daemon: error: {}", omni_cli::report::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

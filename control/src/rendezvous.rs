@@ -18,7 +18,8 @@ use tracing::{info, warn};
 
 use crate::fabric::Output;
 
-/// A configured Nucleus: `host:port`, optionally pinned as `KEY@host:port`.
+/// A configured Nucleus: `host[:port]` (port 51820 by default), optionally pinned as
+/// `KEY@host[:port]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NucleusSpec {
     pub text: String,
@@ -34,8 +35,12 @@ impl NucleusSpec {
             }
             None => (None, text),
         };
-        let addr =
-            crate::config::resolve_endpoint("--nucleus", hostport).map_err(|e| e.to_string())?;
+        let addr = crate::config::resolve_endpoint(
+            "--nucleus",
+            hostport,
+            Some(omni_proto::constants::DEFAULT_PORT),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Self { text: text.to_string(), addr, pinned })
     }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use omni_nucleus::config::{Overrides, Settings};
 use omni_proto::store;
 use tracing::info;
@@ -49,6 +49,13 @@ enum Cmd {
         #[arg(long, default_value = "/etc/omni/nucleus.key")]
         identity: PathBuf,
     },
+    /// Print a shell completion script (e.g. `omni-nucleus completions bash`).
+    Completions { shell: omni_cli::Shell },
+    /// Print the manual page, or with --out write one page per command into a directory.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn load_or_create(path: &std::path::Path) -> anyhow::Result<omni_proto::Identity> {
@@ -65,9 +72,19 @@ fn load_or_create(path: &std::path::Path) -> anyhow::Result<omni_proto::Identity
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Cmd::Pubkey { identity }) = cli.command {
-        println!("{}", load_or_create(&identity)?.public_key());
-        return Ok(());
+    match cli.command {
+        Some(Cmd::Pubkey { identity }) => {
+            println!("{}", load_or_create(&identity)?.public_key());
+            return Ok(());
+        }
+        Some(Cmd::Completions { shell }) => {
+            omni_cli::print_completions(shell, Cli::command());
+            return Ok(());
+        }
+        Some(Cmd::Man { out }) => {
+            return Ok(omni_cli::write_man_pages(Cli::command(), out.as_deref())?);
+        }
+        None => {}
     }
     let settings = Settings::load(
         cli.config.as_deref(),
@@ -111,19 +128,11 @@ fn drop_privileges(settings: &Settings) {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OMNI_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs redirected to files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    omni_cli::init_logging();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("omni-nucleus: error: {e:#}");
+            eprintln!("omni-nucleus: error: {}", omni_cli::report::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
 //! OmniNervous on ordinary NICs: the XDP program's loader ([`XdpFilter`]) and AF_XDP
 //! sockets ([`xsk::XskSocket`]) for the data plane's `xdp` backend.
 //!
-//! The program itself is `ebpf/` (aya-ebpf), built by `build.rs`; the types both sides
+//! The program itself is `ebpf/` (aya-ebpf), built by `omni-ebpf-core`; the types both sides
 //! share are in `omni-xdp-common`.
 
 pub mod loader;

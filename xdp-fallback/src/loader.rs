@@ -15,12 +15,8 @@ use aya::programs::{Xdp, XdpMode};
 use omni_xdp_common::{XdpConfig, counter, maps};
 use tracing::{info, warn};
 
-/// The program object, when this build has it (see build.rs).
-#[cfg(omni_xdp_program)]
-pub(crate) static OBJECT: Option<&[u8]> =
-    Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/omni-xdp")));
-#[cfg(not(omni_xdp_program))]
-pub(crate) static OBJECT: Option<&[u8]> = None;
+/// The program object, when this build has it (built by `omni-ebpf-core`).
+pub(crate) static OBJECT: Option<&[u8]> = omni_ebpf_core::OBJECT;
 
 /// Whether this build carries the XDP program.
 pub fn program_built() -> bool {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use omni_control::config::{CliOverrides, FileConfig, Settings};
+use omni_daemon::config::{CliOverrides, FileConfig, Settings};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -273,7 +273,7 @@ impl Node {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(args)
-            .env("OMNI_LOG", "info,omni_control=debug")
+            .env("OMNI_LOG", "info,omni_daemon=debug")
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()

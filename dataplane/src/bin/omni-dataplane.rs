@@ -166,15 +166,7 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OMNI_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs redirected to files stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    omni_cli::init_logging();
     let args = Args::parse();
     let mut params = Params::for_peers(args.max_peers);
     params.fdb_capacity = args.fdb_capacity;
@@ -255,7 +247,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("omni-dataplane: error: {e:#}");
+            eprintln!("omni-dataplane: error: {}", omni_cli::report::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

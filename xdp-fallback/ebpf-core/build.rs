@@ -1,5 +1,7 @@
-//! Builds the XDP program (`ebpf/`, its own workspace) for the BPF target with aya-build,
-//! which needs a nightly toolchain with rust-src and `bpf-linker`.
+//! Builds the XDP program (`../ebpf/`, its own workspace) for the BPF target with
+//! aya-build, which needs a nightly toolchain with rust-src and `bpf-linker`, and copies the
+//! object to `target/bpfel-unknown-none/<profile>/omni-ebpf`, where the original README
+//! said `cargo build -p omni-ebpf-core` leaves it.
 //!
 //! Without them the rest of the workspace still builds: the loader then reports, at run
 //! time, how to get the program. `OMNI_XDP_REQUIRED=1` (CI sets it) turns that into a build
@@ -16,7 +18,7 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(omni_xdp_program)");
     let required = std::env::var(REQUIRED).is_ok_and(|v| v == "1" || v == "true");
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let ebpf = manifest.join("ebpf");
+    let ebpf = manifest.join("../ebpf");
     for p in ["src", "Cargo.toml", "Cargo.lock", "../common/src", "../common/Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", ebpf.join(p).display());
     }
@@ -44,6 +46,29 @@ fn main() {
         panic!("building the XDP program failed: {e:#}");
     }
     println!("cargo:rustc-cfg=omni_xdp_program");
+    copy_to_target_dir();
+}
+
+/// `OUT_DIR` is `<target>/[<triple>/]<profile>/build/<package>-<hash>/out`: the object goes
+/// to `<target>/bpfel-unknown-none/<profile>/omni-ebpf`, a stable path outside the hashed
+/// directories (for tools and the Debian package). A copy that cannot be made is only a
+/// warning: the loader embeds the object from `OUT_DIR` either way.
+fn copy_to_target_dir() {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
+    let Some(profile_dir) = out.ancestors().nth(3) else { return };
+    let Some(profile) = profile_dir.file_name() else { return };
+    // With --target, the profile directory sits one level deeper, under the triple.
+    let mut target = profile_dir.parent();
+    if std::env::var("TARGET").ok() != std::env::var("HOST").ok() {
+        target = target.and_then(|t| t.parent());
+    }
+    let Some(target) = target else { return };
+    let dir = target.join("bpfel-unknown-none").join(profile);
+    let copied = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::copy(out.join("omni-xdp"), dir.join("omni-ebpf")));
+    if let Err(e) = copied {
+        println!("cargo:warning=cannot copy the XDP object to {}: {e}", dir.display());
+    }
 }
 
 /// What the eBPF build needs and this machine lacks, if anything.

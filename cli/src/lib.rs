@@ -1,0 +1,52 @@
+//! The edge of every OmniNervous binary: how it logs, how it reports an error, and the
+//! manual pages and shell completions made from its clap definition (so they never drift
+//! from the real options).
+
+#![forbid(unsafe_code)]
+
+pub mod report;
+
+pub use clap_complete::Shell;
+
+use std::io::Write;
+use std::path::Path;
+
+/// Logs to stderr, filtered by `OMNI_LOG` (default `info`); colour only on a terminal, so
+/// logs redirected to files stay plain text.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMNI_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The completion script for `shell`, written to stdout.
+pub fn print_completions(shell: clap_complete::Shell, mut cmd: clap::Command) {
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+}
+
+/// The manual pages of `cmd`: with a directory, one page per command and subcommand
+/// (`omni-daemon.1`, `omni-daemon-status.1`, ...) written into it; without, the top page
+/// on stdout.
+pub fn write_man_pages(cmd: clap::Command, dir: Option<&Path>) -> std::io::Result<()> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cmd, dir)
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let written = clap_mangen::Man::new(cmd).render(&mut out).and_then(|()| out.flush());
+            // `omni-daemon man | head` is not an error.
+            match written {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other,
+            }
+        }
+    }
+}

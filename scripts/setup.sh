@@ -5,14 +5,16 @@
 #   scripts/setup.sh --fuzz     also the nightly toolchain and cargo-fuzz
 #   scripts/setup.sh --bench    also what bench/compare compares against (wireguard-go, wg,
 #                               boringtun in bench/.tools) and gnuplot
+#   scripts/setup.sh --package  also cargo-deb and man-db (scripts/package.sh, its test)
 set -euo pipefail
 
-want_fuzz=0 want_bench=0
+want_fuzz=0 want_bench=0 want_package=0
 for a in "$@"; do
   case "$a" in
     --fuzz) want_fuzz=1 ;;
     --bench) want_bench=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --package) want_package=1 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -24,6 +26,7 @@ fi
 
 pkgs=(build-essential pkg-config ca-certificates curl git iproute2 iputils-ping iperf3 socat tcpdump nftables procps bash util-linux shellcheck ethtool libdpdk-dev dpdk libclang-dev)
 [ "$want_bench" = 1 ] && pkgs+=(wireguard-go wireguard-tools gnuplot-nox)
+[ "$want_package" = 1 ] && pkgs+=(man-db dpkg-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -67,6 +70,11 @@ if [ "$want_fuzz" = 1 ]; then
     echo "setup.sh: installing cargo-fuzz"
     cargo install cargo-fuzz --locked >/dev/null 2>&1 || cargo install cargo-fuzz >/dev/null
   fi
+fi
+
+if [ "$want_package" = 1 ] && ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup.sh: installing cargo-deb"
+  cargo install cargo-deb --locked >/dev/null 2>&1 || cargo install cargo-deb >/dev/null
 fi
 
 if [ "$want_bench" = 1 ]; then

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit and property tests, loom
 # model checks of the shared-memory rings, the cross-process ring stress test, the network
-# tests in namespaces (serialised), a short run of every fuzz target, and the benchmark
-# harness in its short mode.
+# tests in namespaces (serialised), the local cluster as the original README runs it
+# (run_local_autotest.sh), the Debian packages installed and purged for real, a short run of
+# every fuzz target, and the benchmark harness in its short mode.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need_root "$@"
 cd "$OMNI_ROOT"
 
-scripts/setup.sh --fuzz --bench
+scripts/setup.sh --fuzz --bench --package
 export PATH="$HOME/.cargo/bin:$PATH"
 # CI builds the XDP program: a missing eBPF toolchain is an error here, not a skip.
 export OMNI_XDP_REQUIRED=1
@@ -26,6 +27,10 @@ step "tests (unit, property, cross-process, network)"
 cargo test --release --workspace -q
 step "loom model checks of the rings"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p omni-dataplane --lib
+step "the local cluster, as the original README runs it (Nucleus, two edges behind NAT)"
+scripts/run_local_autotest.sh --seconds 3
+step "Debian packages: build, dpkg -i, run, dpkg -r / -P"
+scripts/package_test.sh
 step "fuzz targets (short runs)"
 scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-20}"
 step "benchmark harness (short mode: keeps it working; numbers are not asserted)"

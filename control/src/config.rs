@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use omni_cli::field_names;
 use omni_proto::PublicKey;
 use omni_proto::aead::{CipherChoice, CipherConfigError};
 use omni_proto::constants as c;
@@ -221,38 +222,6 @@ pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("peers", field_names::<PeerSection>()),
         ("metrics", field_names::<MetricsSection>()),
     ]
-}
-
-/// The field names serde's derive hands to `deserialize_struct`, captured by a
-/// deserializer that reads nothing else.
-pub fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
-    struct Names(&'static [&'static str]);
-    impl<'de> serde::Deserializer<'de> for &mut Names {
-        type Error = serde::de::value::Error;
-        fn deserialize_any<V: serde::de::Visitor<'de>>(
-            self,
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            Err(serde::de::Error::custom("not a struct"))
-        }
-        fn deserialize_struct<V: serde::de::Visitor<'de>>(
-            self,
-            _name: &'static str,
-            fields: &'static [&'static str],
-            _visitor: V,
-        ) -> Result<V::Value, Self::Error> {
-            self.0 = fields;
-            Err(serde::de::Error::custom("only the field names were wanted"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-    let mut names = Names(&[]);
-    let _ = T::deserialize(&mut names);
-    names.0
 }
 
 // ---- the command line's contribution ----------------------------------------------------
@@ -860,7 +829,11 @@ pub fn summary(s: &Settings, public_key: &PublicKey, tap_mtu: u32) -> String {
         format!("  peers      {} static", s.peers.len()),
     ];
     if let Some(cluster) = &s.cluster {
-        let nuclei: Vec<&str> = s.nucleus.iter().map(|n| n.text.as_str()).collect();
+        let nuclei: Vec<String> = s
+            .nucleus
+            .iter()
+            .map(|n| format!("{}{}", n.addr, if n.pinned.is_some() { " (key pinned)" } else { "" }))
+            .collect();
         let via = if nuclei.is_empty() { "no Nucleus".into() } else { nuclei.join(", ") };
         lines.push(format!("  cluster    {cluster} via {via}"));
     }

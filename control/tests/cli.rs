@@ -274,3 +274,46 @@ fn dpdk_backend_errors_name_the_problem() {
         "[dpdk] workers",
     );
 }
+
+#[test]
+fn errors_print_each_cause_once() {
+    let (ok, out) = daemon(&["--config", "/nonexistent/missing.toml"]);
+    assert!(!ok);
+    let os = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    assert_eq!(out.matches(&os).count(), 1, "{out}");
+    assert!(out.contains("cannot read config file /nonexistent/missing.toml"), "{out}");
+}
+
+#[test]
+fn check_validates_without_starting_and_names_the_wrong_key() {
+    let d = TempDir::new("cli-check");
+    let key = d.0.join("id.key");
+    let k = key.to_str().unwrap();
+    daemon(&["--init", "--identity", k]);
+    let good = d.0.join("good.toml");
+    // The original README's file, with the secret it needs and a real peer key; `--iface`
+    // and a Nucleus without a port as it wrote them.
+    std::fs::write(
+        &good,
+        "[daemon]\nport = 51820\ninterface = \"lo\"\n[network]\nnucleus = \"127.0.0.1\"\n\
+         cluster = \"ai-robot-fleet\"\ncluster_secret = \"s3cret\"\n[security]\n\
+         max_sessions_per_ip = 10\nhandshake_timeout_secs = 5\n[[peers]]\n\
+         public_key = \"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"\nendpoint = \"192.168.1.100:51820\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&good, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let run_dir = d.0.join("run");
+    let g = good.to_str().unwrap();
+    let rd = run_dir.to_str().unwrap();
+    let (ok, out) = daemon(&["--config", g, "--identity", k, "--run-dir", rd, "--check"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("configuration is valid") && out.contains("127.0.0.1:51820"), "{out}");
+    assert!(out.contains("1 static"), "{out}");
+    assert!(!run_dir.exists(), "--check started nothing (no run directory)");
+    let (ok, out) = daemon(&["--config", g, "--identity", k, "--iface", "nope0", "--check"]);
+    assert!(!ok && out.contains("[daemon] interface \"nope0\" does not exist"), "{out}");
+    let bad = d.0.join("bad.toml");
+    std::fs::write(&bad, "[switch]\nfdb_capacity = 1000\n").unwrap();
+    let (ok, out) = daemon(&["--config", bad.to_str().unwrap(), "--identity", k, "--check"]);
+    assert!(!ok && out.contains("[switch] fdb_capacity"), "{out}");
+}

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use omni_daemon::config::{CliOverrides, FileConfig, Settings, field_names, file_keys};
+use omni_cli::field_names;
+use omni_daemon::config::{CliOverrides, FileConfig, Settings, file_keys};
 
 /// A `# key = value   # comment` line of the example, in its section.
 #[derive(Debug)]
@@ -126,4 +127,13 @@ fn every_value_shown_parses_and_defaults_are_the_defaults() {
         checked += 1;
     }
     assert!(checked >= 25, "only {checked} lines show a default");
+}
+
+#[test]
+fn docs_configuration_shows_every_key() {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"),
+    )
+    .expect("docs/configuration.md");
+    omni_testkit::docs::assert_documents(&page, "omni-daemon", &file_keys());
 }

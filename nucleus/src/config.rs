@@ -67,6 +67,17 @@ pub struct MetricsSection {
     pub listen: Option<String>,
 }
 
+/// Every table of `nucleus.toml` and the keys it takes, read from the parser's own types
+/// (the documentation is checked against it).
+pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    use omni_cli::field_names;
+    vec![
+        ("nucleus", field_names::<NucleusSection>()),
+        ("clusters", field_names::<ClusterSection>()),
+        ("metrics", field_names::<MetricsSection>()),
+    ]
+}
+
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {

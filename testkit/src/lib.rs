@@ -3,6 +3,8 @@
 //! whose `Drop` removes it, so a failure (a panic) still tears everything down. Names carry
 //! the process id so parallel or leftover runs never collide.
 
+pub mod docs;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;

@@ -23,6 +23,9 @@ step "clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
 step "build (release)"
 cargo build --release --workspace --bins -q
+# The original README's build commands, by their package names (no-ops after the line above).
+cargo build --release -q -p omni-daemon -p omni-ebpf-core
+test -s target/bpfel-unknown-none/release/omni-ebpf || { echo "omni-ebpf-core left no target/bpfel-unknown-none/release/omni-ebpf" >&2; exit 1; }
 step "tests (unit, property, cross-process, network)"
 cargo test --release --workspace -q
 step "loom model checks of the rings"

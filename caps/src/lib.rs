@@ -6,8 +6,8 @@
 //! thread's sets, and threads started afterwards inherit them. Call it before starting
 //! any other thread ([`thread_count`] says whether that still holds).
 //!
-//! What each process keeps is decided by its caller; see the README's "Privileges"
-//! section for the table per backend.
+//! What each process keeps is decided by its caller; see "Privileges" in
+//! docs/reliability.md for the table per backend.
 
 use std::fmt;
 use std::io;

@@ -299,7 +299,7 @@ fn sigkill_of_daemon_and_data_planes_during_iperf3_recovers_by_itself() {
         "{figure}; timeline (Mbit/s per 100 ms): {:?}",
         timeline.iter().map(|r| (r / 1e6) as u64).collect::<Vec<_>>()
     );
-    // The stated bounds (README, Reliability): a control daemon crash does not stop the
+    // The stated bounds (docs/reliability.md): a control daemon crash does not stop the
     // traffic; a data plane crash stops it for at most 3 s.
     assert!(daemon_gap <= 0.3, "{figure}");
     assert!(dp_a_gap <= 3.0 && dp_b_gap <= 3.0, "{figure}");

@@ -136,6 +136,13 @@ fn last_cap() -> u8 {
         .unwrap_or(40)
 }
 
+/// Whether this process runs as root (effective user 0): what decides, before anything
+/// else, whether there are capabilities to drop.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Whether this kernel has a capability (CAP_BPF and CAP_PERFMON came in Linux 5.8).
 pub fn kernel_has(cap: Cap) -> bool {
     cap as u8 <= last_cap()

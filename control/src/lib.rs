@@ -2,6 +2,8 @@
 //! handshakes and timers ([`fabric`], sans I/O), and the I/O around them: the data-plane
 //! supervisor, the shared-memory channel, status and metrics.
 
+#![forbid(unsafe_code)]
+
 pub mod channel;
 pub mod config;
 pub mod daemon;

@@ -1,5 +1,7 @@
 //! `omni-daemon`: the OmniNervous control daemon and its command-line tools.
 
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

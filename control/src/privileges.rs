@@ -32,8 +32,7 @@ pub fn dataplane_needs(backend: &str, pci: bool) -> CapSet {
 
 /// Drops what the daemon does not need. Call before any other thread starts.
 pub fn drop_for_daemon(settings: &Settings) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !omni_caps::is_root() {
         info!("not running as root: capabilities left as given");
         return;
     }

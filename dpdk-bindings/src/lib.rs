@@ -15,7 +15,9 @@ pub use dpdk::{
 
 /// bindgen's output: raw DPDK. Use the wrappers instead where they exist.
 #[allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
+// Generated code: its unsafe blocks carry no SAFETY lines of ours.
 #[allow(unsafe_op_in_unsafe_fn, missing_docs, unnecessary_transmutes)]
+#[allow(clippy::undocumented_unsafe_blocks)]
 pub mod sys {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 }

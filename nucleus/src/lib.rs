@@ -4,6 +4,8 @@
 //! punch coordination, relay, expiry); [`server`] runs it on a UDP socket and serves
 //! Prometheus metrics; [`config`] reads `nucleus.toml`.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod core;
 pub mod server;

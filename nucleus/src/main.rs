@@ -1,5 +1,7 @@
 //! `omni-nucleus`: the rendezvous and relay server of OmniNervous clusters.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,8 +112,7 @@ fn real_main() -> anyhow::Result<()> {
 /// below 1024 if told to. Everything else goes, for good (bounding set, no_new_privs).
 fn drop_privileges(settings: &Settings) {
     use omni_caps::{Cap, CapSet};
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !omni_caps::is_root() {
         return;
     }
     let low = |port: u16| port != 0 && port < 1024;

@@ -5,6 +5,8 @@
 //! All integers on the wire are little-endian (TAI64N, which is big-endian by its own
 //! definition, is the one exception and lives inside an encrypted payload).
 
+#![forbid(unsafe_code)]
+
 pub mod aead;
 pub mod cluster;
 pub mod constants;

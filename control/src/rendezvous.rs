@@ -435,7 +435,18 @@ mod tests {
         let s = NucleusSpec::parse(&format!("{k}@127.0.0.1:51820")).unwrap();
         assert_eq!(s.pinned, Some(k));
         assert_eq!(s.addr, "127.0.0.1:51820".parse().unwrap());
-        assert!(NucleusSpec::parse("127.0.0.1").is_err());
+        // Without a port (as the original README wrote it): the fabric's port.
+        for (text, addr) in [
+            ("127.0.0.1", "127.0.0.1:51820"),
+            ("::1", "[::1]:51820"),
+            ("[::1]", "[::1]:51820"),
+            ("[::1]:7", "[::1]:7"),
+        ] {
+            let s = NucleusSpec::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(s.addr, addr.parse().unwrap(), "{text}");
+        }
+        assert!(NucleusSpec::parse(&format!("{k}@127.0.0.1")).unwrap().pinned.is_some());
         assert!(NucleusSpec::parse("bad@127.0.0.1:1").is_err());
+        assert!(NucleusSpec::parse("127.0.0.1:notaport").is_err());
     }
 }

@@ -29,7 +29,7 @@ test -s target/bpfel-unknown-none/release/omni-ebpf || { echo "omni-ebpf-core le
 step "tests (unit, property, cross-process, network)"
 cargo test --release --workspace -q
 step "loom model checks of the rings"
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p omni-dataplane --lib
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -q -p omni-shm --lib
 step "the local cluster, as the original README runs it (Nucleus, two edges behind NAT)"
 scripts/run_local_autotest.sh --seconds 3
 step "Debian packages: build, dpkg -i, run, dpkg -r / -P"

@@ -8,14 +8,14 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use omni_daemon::config::Timers;
-use omni_daemon::fabric::{Fabric, FabricConfig, Output, RendezvousTimers};
-use omni_dataplane::fdb::{Fdb, FdbEntry};
+
+use omni_daemon::fabric::{Fabric, FabricConfig, Output, RendezvousTimers, Timers};
 use omni_dataplane::offload::csum;
-use omni_dataplane::shm::layout::SessionSlot;
-use omni_dataplane::shm::ring::{Consumer, Producer, RawSlots, RingCtl};
 use omni_proto::Identity;
 use omni_proto::noise::Psk;
+use omni_shm::fdb::{Fdb, FdbEntry};
+use omni_shm::layout::SessionSlot;
+use omni_shm::ring::{Consumer, Producer, RawSlots, RingCtl};
 
 fn fdb(c: &mut Criterion) {
     let entries: Vec<FdbEntry> = (0..8192).map(|_| FdbEntry::default()).collect();

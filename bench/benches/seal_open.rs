@@ -8,7 +8,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use omni_bench::{LastPacket, engine_with_session, learn};
 use omni_dataplane::engine::{Decap, PacketBuf};
-use omni_dataplane::sys::secret::algorithm;
+use omni_dataplane::secret::algorithm;
 use omni_proto::aead::Aead;
 
 fn raw_key(aead: Aead) -> LessSafeKey {

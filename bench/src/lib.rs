@@ -1,9 +1,9 @@
 //! Shared helpers for the benchmarks: an engine pair wired back to back.
 
 use omni_dataplane::engine::{Engine, PacketBuf, TxSink};
-use omni_dataplane::shm::records::{Command, InstallSession, SessionPlace};
-use omni_dataplane::shm::{Params, Region};
 use omni_proto::noise::SessionKeys;
+use omni_shm::records::{Command, InstallSession, SessionPlace};
+use omni_shm::{Params, Region};
 
 /// A sink that keeps the last packet (so the open benchmark can reuse it).
 pub struct LastPacket {

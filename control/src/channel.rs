@@ -2,18 +2,18 @@
 //! events, punted packets, counters, per-peer statistics and the FDB, and sleep on the
 //! doorbell when there is nothing to read.
 
-use omni_dataplane::endpoint::Endpoint;
+use omni_shm::endpoint::Endpoint;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Duration;
 
-use omni_dataplane::counters::N_COUNTERS;
-use omni_dataplane::fdb::{Fdb, FdbRecord};
-use omni_dataplane::paths;
-use omni_dataplane::shm::Region;
-use omni_dataplane::shm::layout::Header;
-use omni_dataplane::shm::records::{Event, decode_packet, encode_packet};
-use omni_dataplane::shm::region::ControlEnds;
+use omni_shm::Region;
+use omni_shm::counters::N_COUNTERS;
+use omni_shm::fdb::{Fdb, FdbRecord};
+use omni_shm::layout::Header;
+use omni_shm::paths;
+use omni_shm::records::{Event, decode_packet, encode_packet};
+use omni_shm::region::ControlEnds;
 use std::sync::atomic::{Ordering, fence};
 use tracing::warn;
 
@@ -119,7 +119,7 @@ impl Channel {
                             .iter_mut()
                             .try_for_each(|e| e.cmd.push_with(|slot| c.encode(slot)))
                     } else {
-                        Err(omni_dataplane::shm::ring::RingError::Full)
+                        Err(omni_shm::ring::RingError::Full)
                     }
                 }
                 // Handled by the daemon before outputs reach the channel.
@@ -251,7 +251,7 @@ impl Channel {
 
     /// What each worker the data plane runs has done, from its counter block.
     pub fn worker_samples(&self) -> Vec<WorkerSample> {
-        use omni_dataplane::counters::Counter;
+        use omni_shm::counters::Counter;
         (0..self.workers())
             .map(|w| {
                 let c = self.region.counters(w);

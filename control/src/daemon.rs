@@ -6,15 +6,16 @@ use std::os::unix::fs::DirBuilderExt;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use omni_dataplane::clock::monotonic_ms;
-use omni_dataplane::endpoint::Endpoint;
-use omni_dataplane::paths;
-use omni_dataplane::shm::region::RoleLock;
-use omni_dataplane::shm::{Params, Region};
 use omni_proto::cluster::Cluster;
 use omni_proto::noise::Psk;
 use omni_proto::wire::ethernet::format_mac;
 use omni_proto::{Identity, constants};
+use omni_shm::clock::monotonic_ms;
+use omni_shm::endpoint::Endpoint;
+use omni_shm::paths;
+use omni_shm::region::RoleLock;
+use omni_shm::settings::{Backend, DataplaneArgs};
+use omni_shm::{Params, Region};
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -44,8 +45,7 @@ pub fn tap_mtu(settings: &Settings) -> anyhow::Result<u32> {
         read_mtu(i).with_context(|| {
             format!("[daemon] interface {i:?} does not exist (no /sys/class/net/{i}/mtu)")
         })?
-    } else if let Some(m) = endpoints.iter().filter_map(omni_dataplane::sys::mmsg::route_mtu).min()
-    {
+    } else if let Some(m) = endpoints.iter().filter_map(omni_sys::netif::route_mtu).min() {
         m
     } else {
         std::fs::read_dir("/sys/class/net")
@@ -83,7 +83,7 @@ fn cluster(settings: &Settings) -> anyhow::Result<Option<Cluster>> {
 /// The local endpoints announced to Nuclei: this host's addresses on the data port, so
 /// nodes behind the same NAT reach each other over their LAN.
 fn local_endpoints(settings: &Settings, port: u16) -> Vec<SocketAddr> {
-    omni_dataplane::sys::netif::local_addresses(&[&settings.tap])
+    omni_sys::netif::local_addresses(&[&settings.tap])
         .into_iter()
         .filter(|ip| settings.bind.is_none_or(|b| b.is_unspecified() || b == *ip))
         .map(|ip| SocketAddr::new(ip, port))
@@ -155,7 +155,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     let new_supervisor = || {
         Supervisor::new(
             dataplane_binary(settings.dataplane_bin.as_deref()),
-            dataplane_args(&settings, mtu, &mac),
+            dataplane_args(&settings, mtu, &mac).to_argv(),
         )
     };
     let adopted = dp_alive;
@@ -274,79 +274,50 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Vec<String> {
-    let mut a = vec![
-        "--backend".into(),
-        s.backend.clone(),
-        "--run-dir".into(),
-        s.run_dir.display().to_string(),
-        "--port".into(),
-        s.port.to_string(),
-        "--tap".into(),
-        s.tap.clone(),
-        "--tap-mtu".into(),
-        mtu.to_string(),
-        "--tap-mac".into(),
-        format_mac(mac),
-        "--max-peers".into(),
-        s.max_peers.to_string(),
-        "--fdb-capacity".into(),
-        s.fdb_capacity.to_string(),
-        "--supervised".into(),
-    ];
-    if !s.offload {
-        a.push("--no-offload".into());
-    }
-    // Explicit either way: the daemon has already resolved the default.
-    a.push("--crypto-thread".into());
-    a.push(s.crypto_thread.to_string());
-    if s.backend != "dpdk" {
-        a.extend(["--cpu-latency".into(), s.cpu_latency.name().into()]);
-        a.extend(["--spin-us".into(), s.spin_us.to_string()]);
-        if let Some(cpu) = s.dataplane_cpu {
-            a.extend(["--cpu".into(), cpu.to_string()]);
-        }
-    }
-    if s.backend == "dpdk" {
-        let d = &s.dpdk;
-        // Checked by the configuration: underlay and underlay_ip are set.
-        a.extend(["--underlay".into(), d.underlay.clone().unwrap_or_default()]);
-        let access = d.access.clone().unwrap_or_else(|| format!("net_tap0,iface={}", s.tap));
-        a.extend(["--access".into(), access]);
-        a.extend(["--underlay-ip".into(), d.underlay_ip.clone().unwrap_or_default()]);
-        if let Some(v) = d.vlan {
-            a.extend(["--underlay-vlan".into(), v.to_string()]);
-        }
-        if let Some(g) = d.gateway {
-            a.extend(["--gateway".into(), g.to_string()]);
-        }
-        a.extend(["--cores".into(), d.cores.clone().unwrap_or_else(|| "0".into())]);
-        if let Some(w) = d.workers {
-            a.extend(["--workers".into(), w.to_string()]);
-        }
-        if d.busy_poll.unwrap_or(false) {
-            a.push("--busy-poll".into());
-        }
-        if let Some(m) = d.underlay_mtu {
-            a.extend(["--underlay-mtu".into(), m.to_string()]);
-        }
-        if !d.eal_args.is_empty() {
-            a.push("--".into());
-            a.extend(d.eal_args.iter().cloned());
-        }
-        return a;
-    }
-    if s.backend == "xdp" {
+/// What a data plane this daemon starts is told: the resolved settings, typed as the data
+/// plane's own command line (omni-shm), which the supervisor turns into its argv.
+pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> DataplaneArgs {
+    let socket_like = s.backend != Backend::Dpdk;
+    let d = &s.dpdk;
+    let mut a = DataplaneArgs {
+        backend: s.backend,
+        run_dir: s.run_dir.clone(),
+        port: s.port,
+        bind: s.bind.filter(|_| socket_like),
+        tap: s.tap.clone(),
+        tap_mtu: mtu,
+        tap_mac: Some(*mac),
+        max_peers: s.max_peers,
+        fdb_capacity: s.fdb_capacity,
+        supervised: true,
+        no_offload: !s.offload,
+        // Explicit either way: the daemon has already resolved the default.
+        crypto_thread: Some(s.crypto_thread),
+        spin_us: s.spin_us,
+        cpu_latency: s.cpu_latency,
+        cpu: s.dataplane_cpu.filter(|_| socket_like),
+        xdp_mode: s.xdp_mode,
+        handshake_rate: s.max_sessions_per_ip,
+        ..DataplaneArgs::defaults()
+    };
+    match s.backend {
         // Checked by the configuration: the xdp backend has an interface.
-        if let Some(i) = &s.interface {
-            a.extend(["--iface".into(), i.clone()]);
+        Backend::Xdp => a.iface = s.interface.clone(),
+        // Checked by the configuration: underlay and underlay_ip are set.
+        Backend::Dpdk => {
+            a.underlay = d.underlay.clone();
+            a.access =
+                Some(d.access.clone().unwrap_or_else(|| format!("net_tap0,iface={}", s.tap)));
+            a.underlay_ip = d.underlay_ip.clone();
+            a.underlay_vlan = d.vlan;
+            a.gateway = d.gateway;
+            a.cores = d.cores.clone().unwrap_or_else(|| "0".into());
+            a.workers = d.workers.unwrap_or(1);
+            a.busy_poll = d.busy_poll.unwrap_or(false);
+            a.underlay_mtu = d.underlay_mtu.unwrap_or(1500);
+            a.eal = d.eal_args.clone();
         }
-        a.extend(["--xdp-mode".into(), s.xdp_mode.clone()]);
-        a.extend(["--handshake-rate".into(), s.max_sessions_per_ip.to_string()]);
-    }
-    if let Some(b) = s.bind {
-        a.push("--bind".into());
-        a.push(b.to_string());
+        Backend::Socket => {}
     }
     a
 }
@@ -564,11 +535,11 @@ impl Daemon {
         let counters = self.channel.counters();
         let st = &self.fabric.stats;
         let mut drops = std::collections::BTreeMap::new();
-        for r in omni_dataplane::counters::DropReason::ALL {
+        for r in omni_shm::counters::DropReason::ALL {
             let v = match r {
-                omni_dataplane::counters::DropReason::RateLimited => st.dropped_rate_limited,
-                omni_dataplane::counters::DropReason::UnknownPeer => st.dropped_unknown_peer,
-                omni_dataplane::counters::DropReason::BadHandshake => st.bad_handshakes(),
+                omni_shm::counters::DropReason::RateLimited => st.dropped_rate_limited,
+                omni_shm::counters::DropReason::UnknownPeer => st.dropped_unknown_peer,
+                omni_shm::counters::DropReason::BadHandshake => st.bad_handshakes(),
                 other => counters[other as usize],
             };
             drops.insert(r.name().to_string(), v);
@@ -580,7 +551,7 @@ impl Daemon {
             mtu: self.mtu,
             mac: format_mac(&self.mac),
             dataplane: DataplaneStatus {
-                backend: self.settings.backend.clone(),
+                backend: self.settings.backend.name().into(),
                 pid: (pid != 0).then_some(pid),
                 generation: self.last_generation,
                 restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
@@ -638,7 +609,7 @@ impl Daemon {
         }
         if let Some(s) = self.supervisor.as_mut() {
             self.channel.send([crate::fabric::Output::Command(
-                omni_dataplane::shm::records::Command::Shutdown { remove_tap: true },
+                omni_shm::records::Command::Shutdown { remove_tap: true },
             )]);
             s.stop(Duration::from_secs(3)).await;
         }

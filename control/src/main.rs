@@ -131,7 +131,7 @@ struct RunArgs {
     /// poll instead of sleeping deeply (machine-wide while held): busy (while bulk traffic
     /// flows), always or off [default: busy].
     #[arg(long, value_parser = clap::builder::TypedValueParser::map(
-        clap::builder::EnumValueParser::<omni_dataplane::cpu_latency::Mode>::new(),
+        clap::builder::EnumValueParser::<omni_shm::settings::CpuLatency>::new(),
         |m| m.name().to_string()))]
     cpu_latency: Option<String>,
     /// socket/xdp backends: pin the data plane's I/O thread to this CPU (keep it off the
@@ -142,7 +142,7 @@ struct RunArgs {
     /// (yielding the CPU) before it sleeps, so an answer costs no wake-up; it backs off
     /// where it catches nothing and is off under bulk traffic; 0 sleeps at once [default:
     /// 200].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=omni_dataplane::backend::spin::MAX_US))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=omni_shm::settings::SPIN_MAX_US))]
     spin_us: Option<u64>,
     /// Data-plane backend: socket (UDP socket + TAP, anywhere), xdp (XDP + AF_XDP on
     /// --interface) or dpdk (ports from the config's [dpdk] section) [default: socket].

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use omni_dataplane::counters::{Counter, DropReason};
+use omni_shm::counters::{Counter, DropReason};
 
 pub struct Metrics {
     registry: Registry,

@@ -7,19 +7,20 @@
 //! are all a program it executes can ever get (the bounding set); no_new_privs is set.
 
 use omni_caps::{self as caps, Cap, CapSet};
+use omni_shm::settings::Backend;
 use tracing::{info, warn};
 
 use crate::config::Settings;
 
 /// What a data plane of `backend` needs while it sets up (`pci`: a DPDK data plane with
 /// a PCI port).
-pub fn dataplane_needs(backend: &str, pci: bool) -> CapSet {
-    if backend == "dpdk" {
-        return omni_dataplane::backend::dpdk_capabilities(pci);
+pub fn dataplane_needs(backend: Backend, pci: bool) -> CapSet {
+    if backend == Backend::Dpdk {
+        return omni_shm::settings::dpdk_capabilities(pci);
     }
     // CAP_SETPCAP lets it empty its own bounding set when done.
     let mut need = vec![Cap::NetAdmin, Cap::NetBindService, Cap::SetPcap];
-    if backend == "xdp" {
+    if backend == Backend::Xdp {
         need.extend([Cap::NetRaw, Cap::IpcLock]);
         if caps::kernel_has(Cap::Bpf) {
             need.extend([Cap::Bpf, Cap::Perfmon]);
@@ -40,8 +41,8 @@ pub fn drop_for_daemon(settings: &Settings) {
     let pci = [&d.underlay, &d.access]
         .into_iter()
         .flatten()
-        .any(|p| omni_dataplane::backend::dpdk_port_is_pci(p));
-    let permitted = dataplane_needs(&settings.backend, pci);
+        .any(|p| omni_shm::settings::dpdk_port_is_pci(p));
+    let permitted = dataplane_needs(settings.backend, pci);
     let effective = match settings.metrics_listen {
         Some(a) if a.port() != 0 && a.port() < 1024 => CapSet::of(&[Cap::NetBindService]),
         _ => CapSet::EMPTY,

@@ -9,52 +9,22 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use omni_dataplane::endpoint::Endpoint;
 use omni_proto::cluster::{Cluster, relay_tag};
 use omni_proto::tai64n::Tai64n;
 use omni_proto::wire::nucleus::{self, Members, NodeRequest, Register, Registered, subtype};
 use omni_proto::{Identity, PublicKey};
+use omni_shm::endpoint::Endpoint;
 use tracing::{info, warn};
 
-use crate::fabric::Output;
+use crate::fabric::{MemberUpdate, Output};
 
-/// A configured Nucleus: `host[:port]` (port 51820 by default), optionally pinned as
-/// `KEY@host[:port]`.
+/// A configured Nucleus, its address resolved (by the configuration, at the edge):
+/// written `host[:port]` (port 51820 by default), optionally pinned as `KEY@host[:port]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NucleusSpec {
     pub text: String,
     pub addr: SocketAddr,
     pub pinned: Option<PublicKey>,
-}
-
-impl NucleusSpec {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (pinned, hostport) = match text.split_once('@') {
-            Some((k, h)) => {
-                (Some(k.parse::<PublicKey>().map_err(|e| format!("{text:?}: {e}"))?), h)
-            }
-            None => (None, text),
-        };
-        let addr = crate::config::resolve_endpoint(
-            "--nucleus",
-            hostport,
-            Some(omni_proto::constants::DEFAULT_PORT),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Self { text: text.to_string(), addr, pinned })
-    }
-}
-
-/// A member as a Nucleus describes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemberUpdate {
-    pub key: PublicKey,
-    pub present: bool,
-    pub endpoints: Vec<SocketAddr>,
-    /// Send to it now (the Nucleus tells the other side the same).
-    pub punch: bool,
-    /// How to reach it through this Nucleus.
-    pub relay: Endpoint,
 }
 
 struct NucleusState {
@@ -427,26 +397,5 @@ mod tests {
             Members::build_all(&nucleus, &node2.public_key(), Tai64n::from_unix(100, 0), true, &[]);
         r2.on_message(1, from, &m[0]);
         assert_eq!(r2.dropped, 1);
-    }
-
-    #[test]
-    fn nucleus_specs() {
-        let k = Identity::from_seed([5; 32]).public_key();
-        let s = NucleusSpec::parse(&format!("{k}@127.0.0.1:51820")).unwrap();
-        assert_eq!(s.pinned, Some(k));
-        assert_eq!(s.addr, "127.0.0.1:51820".parse().unwrap());
-        // Without a port (as the original README wrote it): the fabric's port.
-        for (text, addr) in [
-            ("127.0.0.1", "127.0.0.1:51820"),
-            ("::1", "[::1]:51820"),
-            ("[::1]", "[::1]:51820"),
-            ("[::1]:7", "[::1]:7"),
-        ] {
-            let s = NucleusSpec::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(s.addr, addr.parse().unwrap(), "{text}");
-        }
-        assert!(NucleusSpec::parse(&format!("{k}@127.0.0.1")).unwrap().pinned.is_some());
-        assert!(NucleusSpec::parse("bad@127.0.0.1:1").is_err());
-        assert!(NucleusSpec::parse("127.0.0.1:notaport").is_err());
     }
 }

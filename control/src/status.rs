@@ -123,7 +123,7 @@ use tokio::io::AsyncReadExt as _;
 
 /// Sends a request to the daemon whose run directory is `run_dir`.
 pub async fn query(run_dir: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
-    let path = run_dir.join(omni_dataplane::paths::CONTROL_SOCKET);
+    let path = run_dir.join(omni_shm::paths::CONTROL_SOCKET);
     let mut s = UnixStream::connect(&path).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot reach omni-daemon at {} ({e}); is it running? (use --run-dir if it runs with another one)",

@@ -35,44 +35,7 @@ pub const DEVICE: &str = "/dev/cpu_dma_latency";
 /// The value that means "no bound" (`PM_QOS_CPU_LATENCY_DEFAULT_VALUE`, µs).
 const NO_BOUND_US: i32 = 2_000_000_000;
 
-/// When the data plane asks for polling idle (also `omni-dataplane --cpu-latency`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Mode {
-    /// Never ask the kernel to keep idle CPUs polling.
-    Off,
-    /// Ask while bulk traffic flows (held from the first busy 100 ms, dropped after 1 s of
-    /// light traffic).
-    #[default]
-    Busy,
-    /// Ask for as long as the data plane runs (lowest idle latency; CPUs never sleep deeply).
-    Always,
-}
-
-impl Mode {
-    /// The name used on command lines and in the config file (clap derives the same from
-    /// the variant; `names_round_trip` checks they agree).
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Busy => "busy",
-            Mode::Always => "always",
-        }
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        <Self as clap::ValueEnum>::from_str(s, false)
-            .map_err(|_| format!("unknown cpu latency mode {s:?}: expected off, busy or always"))
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use omni_shm::settings::CpuLatency as Mode;
 
 /// Decides from the work each loop pass did whether traffic is flowing.
 ///
@@ -242,15 +205,6 @@ mod tests {
         // with what it handled.
         assert_eq!(d.note(7000, 5000), Some(true));
         assert_eq!(d.note(7100, 0), None);
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for m in [Mode::Off, Mode::Busy, Mode::Always] {
-            assert_eq!(m.name().parse::<Mode>(), Ok(m));
-        }
-        assert_eq!(Mode::Busy.name(), "busy");
-        assert!("sometimes".parse::<Mode>().unwrap_err().contains("off, busy or always"));
     }
 
     #[test]

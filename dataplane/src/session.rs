@@ -7,7 +7,7 @@
 //! [`SessionSlot`]): send counters are taken from the slot in small blocks (one atomic add
 //! per block, so no two workers ever use the same nonce and their counters stay close
 //! together for the receiver's window), and the receive window is the slot's lock-free
-//! [`crate::replay::ReplayWindow`]. Because the slot outlives the process, a restarted data
+//! [`omni_shm::replay::ReplayWindow`]. Because the slot outlives the process, a restarted data
 //! plane resumes a session without reusing a nonce or accepting a packet it already
 //! delivered.
 
@@ -20,10 +20,10 @@ use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
 use omni_proto::wire::transport::{self, ChecksumPartial, Header};
 
-use crate::replay::WINDOW;
-use crate::shm::layout::SessionSlot;
-use crate::sync::Ordering;
-use crate::sys::secret::AeadKey;
+use crate::secret::AeadKey;
+use omni_shm::layout::SessionSlot;
+use omni_shm::replay::WINDOW;
+use std::sync::atomic::Ordering;
 
 /// Send counters are taken from the shared slot this many at a time.
 pub const TX_BLOCK: u64 = 64;

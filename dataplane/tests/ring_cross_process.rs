@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use omni_dataplane::shm::{Params, Region};
+use omni_shm::{Params, Region};
 
 const N: u64 = 200_000;
 const CHILD_ENV: &str = "OMNI_RING_CHILD_REGION";
@@ -28,8 +28,8 @@ fn check(expect: u64, slot: &[u8]) {
 
 /// Both directions at once from one side: produce on `tx`, consume on `rx`.
 fn pump(
-    tx: &mut omni_dataplane::shm::ring::Producer<'_, omni_dataplane::shm::ring::RawSlots>,
-    rx: &mut omni_dataplane::shm::ring::Consumer<'_, omni_dataplane::shm::ring::RawSlots>,
+    tx: &mut omni_shm::ring::Producer<'_, omni_shm::ring::RawSlots>,
+    rx: &mut omni_shm::ring::Consumer<'_, omni_shm::ring::RawSlots>,
 ) {
     let (mut sent, mut got) = (0u64, 0u64);
     let start = Instant::now();

@@ -1,4 +1,4 @@
-//! Protocol constants and the default timer values (WireGuard's, see DESIGN.md).
+//! Protocol constants and the default timer values (WireGuard's).
 //!
 //! Timers are defaults only: control takes them from its configuration so tests can
 //! shorten them. The data plane enforces the hard limits it is handed.
@@ -44,7 +44,7 @@ pub const MAX_INNER_FRAME: usize = 9216;
 /// The largest sealed UDP payload: a maximal frame plus header and tag.
 pub const MAX_TRANSPORT_PACKET: usize = MAX_INNER_FRAME + TRANSPORT_OVERHEAD;
 
-/// Replay window size in bits (RFC 6479 style, as in DESIGN.md).
+/// Replay window size in bits (RFC 6479 style).
 pub const REPLAY_WINDOW_BITS: u64 = 8192;
 
 /// Rekey after this many messages sent on one session.

@@ -1,5 +1,6 @@
 //! OmniNervous on ordinary NICs: the XDP program's loader ([`XdpFilter`]) and AF_XDP
-//! sockets ([`xsk::XskSocket`]) for the data plane's `xdp` backend.
+//! sockets ([`xsk::open`], giving an [`xsk::XskRx`] and an [`xsk::XskTx`]) for the data
+//! plane's `xdp` backend.
 //!
 //! The program itself is `ebpf/` (aya-ebpf), built by `omni-ebpf-core`; the types both sides
 //! share are in `omni-xdp-common`.

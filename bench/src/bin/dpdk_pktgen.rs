@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use omni_dataplane::clock::{BusyMeter, monotonic_ns};
 use omni_dpdk::{BURST, Eal, EthPort, MbufBurst, Mempool};
 use omni_proto::aead::Aead;
+use omni_shm::clock::{BusyMeter, monotonic_ns};
 use omni_testkit::{Netns, TempDir, wait_until};
 use serde::Serialize;
 
@@ -659,7 +659,7 @@ fn parse_end(line: &str) -> anyhow::Result<(u64, u64, f64)> {
 /// AWS-LC's `aead` sealing `size`-byte buffers on this thread for about `secs`.
 fn raw_aead(aead: Aead, size: usize, secs: f64) -> Rate {
     use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-    let alg = omni_dataplane::sys::secret::algorithm(aead);
+    let alg = omni_dataplane::secret::algorithm(aead);
     let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).expect("key"));
     let mut buf = vec![0u8; size];
     let t0 = Instant::now();

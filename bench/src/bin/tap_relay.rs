@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use omni_dataplane::sys::tap::Tap;
+use omni_sys::tap::Tap;
 
 #[derive(Debug, Parser)]
 #[command(name = "tap_relay", about = "Plain TAP <-> UDP relay: a latency floor for bench/compare")]

@@ -1,19 +1,28 @@
 //! The control plane's core, sans I/O: peers, Noise IK handshakes, the session rotation
-//! (mirroring the data plane's), and WireGuard's timers.
+//! (mirroring the data plane's), and WireGuard's timers. Split by concern: this file holds
+//! the peers, their sessions and the dispatch of what comes in; [`handshake`] the Noise IK
+//! messages (initiation, response, cookie reply) and the rate limit; [`timers`] the periodic
+//! tick (rekey, retry, keepalive, expiry) and the relay fallback; [`members`] the peers a
+//! Nucleus introduces.
 //!
 //! Inputs: punted handshake packets, data-plane events, a periodic tick with per-peer
 //! activity read from shared memory, and operator requests. Outputs: commands for the data
 //! plane and packets to inject, collected in [`Fabric::drain_outputs`]. Time is the shared
 //! monotonic clock in milliseconds, so tests drive it directly.
 
+mod handshake;
 pub mod index;
+mod members;
+mod timers;
+
+pub use members::MemberUpdate;
+pub use timers::{RendezvousTimers, Timers};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use omni_dataplane::endpoint::Endpoint;
+use omni_shm::endpoint::Endpoint;
 
-use omni_dataplane::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
 use omni_proto::aead::AeadSet;
 use omni_proto::features::Features;
 use omni_proto::mac::{self, Cookie, Mac};
@@ -21,10 +30,10 @@ use omni_proto::noise::{self, HandshakeState, Psk, SessionKeys};
 use omni_proto::tai64n::Tai64n;
 use omni_proto::wire::{MessageType, cookie_reply, handshake_init, handshake_resp, macs};
 use omni_proto::{Identity, PublicKey};
+use omni_shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::Timers;
 use crate::handshake::cookie::CookieChecker;
 use index::IndexAllocator;
 use omni_proto::rate_limiter::RateLimiter;
@@ -190,23 +199,6 @@ pub struct FabricConfig {
     pub ciphers: AeadSet,
 }
 
-/// How the fabric reaches peers a Nucleus introduced.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RendezvousTimers {
-    /// Fall back to the relay when no direct handshake succeeded within this long.
-    pub relay_after_ms: u64,
-    /// While relayed, try for a direct path this often.
-    pub direct_retry_ms: u64,
-    /// Keep NAT mappings open: send a keepalive when nothing was sent for this long.
-    pub persistent_keepalive_ms: u64,
-}
-
-impl Default for RendezvousTimers {
-    fn default() -> Self {
-        Self { relay_after_ms: 3_000, direct_retry_ms: 30_000, persistent_keepalive_ms: 25_000 }
-    }
-}
-
 impl Fabric {
     pub fn new(identity: Identity, cfg: FabricConfig, now_ms: u64) -> Self {
         let own = identity.public_key();
@@ -316,77 +308,6 @@ impl Fabric {
         Some(id)
     }
 
-    /// A member as a Nucleus describes it: adds or updates the peer and, when asked to (or
-    /// when it is new and unreached), punches towards it at once.
-    pub fn on_member(&mut self, now_ms: u64, m: &crate::rendezvous::MemberUpdate) {
-        if m.key == self.public_key() {
-            return;
-        }
-        let known = self.by_x25519.contains_key(&m.key.x25519());
-        let Some(id) = self.insert_peer(m.key, true) else {
-            debug!(peer = %m.key.short(), "peer table full; member ignored");
-            return;
-        };
-        if !known {
-            self.cmd(Command::SetPeer { peer: id, endpoint: None });
-        }
-        let p = &mut self.peers[id as usize];
-        if !m.present {
-            // Left or silent at the Nucleus: stop trying, keep any session that works.
-            p.present = false;
-            p.candidates.clear();
-            return;
-        }
-        p.present = true;
-        p.candidates = m.endpoints.clone();
-        // Keep relaying through the first Nucleus that offered it.
-        if p.relay.is_none_or(|r| r.addr() == m.relay.addr()) {
-            p.relay = Some(m.relay);
-        }
-        let unreached = p.current.is_none();
-        let relayed = p.endpoint.is_some_and(|e| e.is_relay());
-        let just_sent = p
-            .pending
-            .as_ref()
-            .is_some_and(|x| now_ms.saturating_sub(x.sent_ms) < PUNCH_DEBOUNCE_MS);
-        if (m.punch || !known) && (unreached || relayed) && !just_sent {
-            if unreached && p.punch_started_ms.is_none() {
-                p.punch_started_ms = Some(now_ms);
-                p.relay_tried = false;
-            }
-            // Relayed with a working session: probe for a direct path only.
-            self.initiate_with(now_ms, id, !unreached && relayed);
-        }
-    }
-
-    /// Where a handshake initiation to peer `id` goes: the endpoint in use, every direct
-    /// candidate of a Nucleus-introduced peer not yet reached directly, and its relay once
-    /// punching has failed for `relay_after`.
-    fn destinations(&self, now_ms: u64, id: u16, probe: bool) -> Vec<Endpoint> {
-        let p = &self.peers[id as usize];
-        if probe {
-            return p.candidates.iter().map(|c| Endpoint::Direct(*c)).collect();
-        }
-        let mut d: Vec<Endpoint> = p.endpoint.into_iter().collect();
-        let direct = p.endpoint.is_some_and(|e| !e.is_relay()) && p.current.is_some();
-        if p.dynamic && !direct {
-            for c in &p.candidates {
-                let e = Endpoint::Direct(*c);
-                if !d.contains(&e) {
-                    d.push(e);
-                }
-            }
-        }
-        let punching_failed =
-            p.punch_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.rdv.relay_after_ms);
-        if let Some(r) = p.relay.filter(|_| p.dynamic && punching_failed && p.current.is_none())
-            && !d.contains(&r)
-        {
-            d.push(r);
-        }
-        d
-    }
-
     pub fn peer_id(&self, key: &PublicKey) -> Option<u16> {
         self.by_x25519.get(&key.x25519()).copied()
     }
@@ -413,8 +334,6 @@ impl Fabric {
         }
     }
 
-    // ---- handshake packets ---------------------------------------------------------------
-
     /// A packet the data plane punted: a handshake message or cookie reply.
     pub fn on_punt(&mut self, now_ms: u64, src: Endpoint, msg: &[u8]) {
         match MessageType::of(msg) {
@@ -422,197 +341,6 @@ impl Fabric {
             Ok(MessageType::HandshakeResponse) => self.on_response(now_ms, src, msg),
             Ok(MessageType::CookieReply) => self.on_cookie_reply(now_ms, msg),
             _ => self.stats.dropped_bad_handshake += 1,
-        }
-    }
-
-    fn under_load(&mut self, now_ms: u64) -> bool {
-        if now_ms.saturating_sub(self.load_window_ms) >= 1000 {
-            self.load_window_ms = now_ms;
-            self.load_count = 0;
-        }
-        self.load_count += 1;
-        self.load_count > self.cookie_threshold
-    }
-
-    fn on_initiation(&mut self, now_ms: u64, src: Endpoint, msg: &[u8]) {
-        let Ok(pkt) = handshake_init::Packet::new_checked(msg) else {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        };
-        // The data plane checked mac1; check again: the ring is another process's output.
-        if !macs::verify_mac1(msg, &self.own_mac1_key) {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        }
-        if !self.rate_limiter.allow(src.addr().ip(), now_ms) {
-            self.stats.dropped_rate_limited += 1;
-            return;
-        }
-        if self.under_load(now_ms) && !self.cookies.verify_mac2(msg, &src.addr(), now_ms) {
-            let reply = self.cookies.reply(pkt.sender_index(), &pkt.mac1(), &src.addr(), now_ms);
-            self.out.push(Output::Inject { to: src, bytes: reply.to_vec() });
-            self.stats.cookie_replies_sent += 1;
-            return;
-        }
-        let Ok(mut hs) = noise::responder(&self.x25519_secret, &self.psk) else { return };
-        let Ok(init) = noise::read_initiation(&mut hs, pkt.noise()) else {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        };
-        let (remote, ts) = (init.remote, init.timestamp);
-        let Some(&id) = self.by_x25519.get(&remote) else {
-            // A valid handshake from a key we do not know: silent, counted.
-            self.stats.dropped_unknown_peer += 1;
-            return;
-        };
-        let Some(ts) = ts else {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        };
-        if self.peers[id as usize].last_initiation.is_some_and(|last| ts <= last) {
-            self.stats.dropped_replayed_initiation += 1;
-            return;
-        }
-        let Some(aead) = self.ciphers.choose(init.offer) else {
-            // Authenticated, so worth saying why this peer cannot connect.
-            self.stats.dropped_no_common_cipher += 1;
-            let peer = &mut self.peers[id as usize];
-            if peer.cipher_refusal_logged_ms.is_none_or(|t| now_ms.saturating_sub(t) >= 60_000) {
-                peer.cipher_refusal_logged_ms = Some(now_ms);
-                warn!(
-                    peer = %peer.public_key.short(),
-                    offered = %init.offer,
-                    accepted = %self.ciphers,
-                    refused = self.stats.dropped_no_common_cipher,
-                    "handshake refused: no transport cipher in common (see the `cipher` setting)"
-                );
-            }
-            return;
-        };
-        let agreed = init.features.intersect(Features::SUPPORTED);
-        let Ok(resp_noise) = noise::write_response(&mut hs, aead, agreed) else {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        };
-        let Some(local_index) = self.indices.alloc() else {
-            debug!("session table full; dropping handshake");
-            return;
-        };
-        let keys = noise::split(&mut hs, aead, agreed);
-        let mut out = [0u8; handshake_resp::LEN];
-        handshake_resp::Repr {
-            sender_index: local_index,
-            receiver_index: pkt.sender_index(),
-            noise: resp_noise,
-            mac1: [0; 16],
-            mac2: [0; 16],
-        }
-        .emit(&mut out);
-        let peer = &mut self.peers[id as usize];
-        let cookie = peer.cookie.filter(|(_, t)| {
-            now_ms.saturating_sub(*t) < omni_proto::constants::COOKIE_LIFETIME.as_millis() as u64
-        });
-        macs::seal(&mut out, &peer.mac1_key, cookie.as_ref().map(|(c, _)| c));
-        peer.last_initiation = Some(ts);
-        let session = SessionInfo {
-            local_index,
-            remote_index: pkt.sender_index(),
-            keys,
-            created_ms: now_ms,
-            initiator: false,
-        };
-        self.set_endpoint(id, src);
-        let displaced = self.peers[id as usize].next.replace(session.clone());
-        if let Some(old) = displaced {
-            self.forget_index(old.local_index);
-        }
-        self.by_index.insert(local_index, id);
-        // Both sides punch at once, so often both initiate. Once we have answered theirs, our
-        // own attempt is redundant (and, if the other NAT dropped it, would only come back
-        // as another handshake after its retry). Exactly one side may give up its attempt,
-        // or each would drop the other's answer: the one with the lower key does.
-        if self.public_key() < self.peers[id as usize].public_key
-            && let Some(p) = self.peers[id as usize].pending.take()
-        {
-            self.forget_index(p.local_index);
-        }
-        self.cmd(install_cmd(id, &session, SessionPlace::Next, now_ms));
-        self.out.push(Output::Inject { to: src, bytes: out.to_vec() });
-        self.peers[id as usize].last_handshake_ms = Some(now_ms);
-        self.stats.handshakes_completed += 1;
-        info!(peer = %self.peers[id as usize].public_key.short(), %src, cipher = %aead, "handshake completed (responder)");
-    }
-
-    fn on_response(&mut self, now_ms: u64, src: Endpoint, msg: &[u8]) {
-        let Ok(pkt) = handshake_resp::Packet::new_checked(msg) else {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        };
-        if !macs::verify_mac1(msg, &self.own_mac1_key) {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        }
-        let idx = pkt.receiver_index();
-        let Some(&id) = self.by_index.get(&idx) else {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        };
-        let peer = &mut self.peers[id as usize];
-        let Some(pending) = peer.pending.as_mut().filter(|p| p.local_index == idx) else {
-            self.stats.dropped_bad_handshake += 1;
-            return;
-        };
-        let (aead, agreed) = match noise::read_response(
-            &mut pending.hs,
-            pkt.noise(),
-            pending.offer,
-            Features::SUPPORTED,
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                if matches!(e, noise::NoiseError::AeadNotOffered(_)) {
-                    warn!(peer = %peer.public_key.short(), "handshake response refused: {e}");
-                }
-                self.stats.dropped_bad_handshake += 1;
-                return;
-            }
-        };
-        let mut pending = peer.pending.take().expect("checked above");
-        let keys = noise::split(&mut pending.hs, aead, agreed);
-        let session = SessionInfo {
-            local_index: idx,
-            remote_index: pkt.sender_index(),
-            keys,
-            created_ms: now_ms,
-            initiator: true,
-        };
-        self.set_endpoint(id, src);
-        let peer = &mut self.peers[id as usize];
-        let old_prev = peer.previous.take();
-        peer.previous = peer.current.replace(session.clone());
-        peer.last_handshake_ms = Some(now_ms);
-        if let Some(old) = old_prev {
-            self.forget_index(old.local_index);
-        }
-        self.cmd(install_cmd(id, &session, SessionPlace::Current, now_ms));
-        self.stats.handshakes_completed += 1;
-        info!(peer = %self.peers[id as usize].public_key.short(), %src, cipher = %aead, "handshake completed (initiator)");
-    }
-
-    fn on_cookie_reply(&mut self, now_ms: u64, msg: &[u8]) {
-        let Ok(pkt) = cookie_reply::Packet::new_checked(msg) else { return };
-        let Some(&id) = self.by_index.get(&pkt.receiver_index()) else { return };
-        let peer = &mut self.peers[id as usize];
-        let Some(pending) = peer.pending.as_ref().filter(|p| p.local_index == pkt.receiver_index())
-        else {
-            return;
-        };
-        if let Some(cookie) =
-            mac::open_cookie(&peer.public_key, pkt.nonce(), &pending.mac1, pkt.sealed_cookie())
-        {
-            peer.cookie = Some((cookie, now_ms));
-            self.stats.cookies_received += 1;
-            debug!(peer = %peer.public_key.short(), "cookie received; next initiation carries mac2");
         }
     }
 
@@ -629,99 +357,6 @@ impl Fabric {
         self.by_index.remove(&idx);
         self.indices.release(idx);
     }
-
-    /// Starts (or restarts) a handshake towards peer `id`, sent to every destination that
-    /// may reach it (the first that answers wins).
-    pub fn initiate(&mut self, now_ms: u64, id: u16) {
-        self.initiate_with(now_ms, id, false);
-    }
-
-    fn initiate_with(&mut self, now_ms: u64, id: u16, probe: bool) {
-        let dests = self.destinations(now_ms, id, probe);
-        if dests.is_empty() {
-            return;
-        }
-        let started_ms = match self.peers[id as usize].pending.take() {
-            Some(old) => {
-                self.forget_index(old.local_index);
-                old.started_ms
-            }
-            None => now_ms,
-        };
-        let Some(local_index) = self.indices.alloc() else { return };
-        let peer = &self.peers[id as usize];
-        let Ok(mut hs) = noise::initiator(&self.x25519_secret, &peer.x25519, &self.psk) else {
-            self.indices.release(local_index);
-            return;
-        };
-        let offer = self.ciphers;
-        let Ok(noise_bytes) =
-            noise::write_initiation(&mut hs, &Tai64n::now(), offer, Features::SUPPORTED)
-        else {
-            self.indices.release(local_index);
-            return;
-        };
-        let mut msg = [0u8; handshake_init::LEN];
-        handshake_init::Repr {
-            sender_index: local_index,
-            noise: noise_bytes,
-            mac1: [0; 16],
-            mac2: [0; 16],
-        }
-        .emit(&mut msg);
-        let cookie = peer.cookie.filter(|(_, t)| {
-            now_ms.saturating_sub(*t) < omni_proto::constants::COOKIE_LIFETIME.as_millis() as u64
-        });
-        let mac1 = macs::seal(&mut msg, &peer.mac1_key, cookie.as_ref().map(|(c, _)| c));
-        // WireGuard's jitter is up to 333 ms on a 5 s timeout; keep that proportion when the
-        // timeout is configured shorter.
-        let timeout_ms = self.timers.rekey_timeout.as_millis() as u64;
-        let max_jitter =
-            (omni_proto::constants::REKEY_TIMEOUT_JITTER.as_millis() as u64).min(timeout_ms / 15);
-        let next_retry_ms = now_ms + timeout_ms + rand::random::<u64>() % (max_jitter + 1);
-        self.peers[id as usize].pending = Some(Pending {
-            local_index,
-            hs,
-            started_ms,
-            next_retry_ms,
-            sent_ms: now_ms,
-            probe,
-            mac1,
-            offer,
-        });
-        self.by_index.insert(local_index, id);
-        for to in &dests {
-            self.out.push(Output::Inject { to: *to, bytes: msg.to_vec() });
-        }
-        self.stats.handshakes_initiated += 1;
-        debug!(peer = %self.peers[id as usize].public_key.short(), ?dests, "handshake initiation sent");
-    }
-
-    /// Starts a handshake now unless one is already running.
-    /// Starts a handshake with every peer whose endpoint is known. A daemon that adopts a
-    /// running data plane calls it: the sessions there were its predecessor's (their keys
-    /// died with it) and were reset; without this the peers would keep sending on them
-    /// until something on this side had a frame to send.
-    pub fn handshake_known_peers(&mut self, now_ms: u64) {
-        for id in 0..self.peers.len() {
-            if self.peers[id].endpoint.is_some() {
-                self.request_handshake(now_ms, id as u16);
-            }
-        }
-    }
-
-    pub fn request_handshake(&mut self, now_ms: u64, id: u16) {
-        if (id as usize) < self.peers.len() && self.peers[id as usize].pending.is_none() {
-            let p = &mut self.peers[id as usize];
-            if p.dynamic && p.current.is_none() && p.punch_started_ms.is_none() {
-                p.punch_started_ms = Some(now_ms);
-                p.relay_tried = false;
-            }
-            self.initiate(now_ms, id);
-        }
-    }
-
-    // ---- data-plane events ---------------------------------------------------------------
 
     pub fn on_event(&mut self, now_ms: u64, ev: Event) {
         match ev {
@@ -768,149 +403,6 @@ impl Fabric {
             self.forget_index(local_index);
             if tell_dataplane {
                 self.cmd(Command::RemoveSession { local_index });
-            }
-        }
-    }
-
-    // ---- timers --------------------------------------------------------------------------
-
-    /// Periodic work (every ~100 ms): session expiry, handshake retries, rekeying,
-    /// keepalives, dead-peer detection, idle cleanup.
-    pub fn tick(&mut self, now_ms: u64, activity: impl Fn(u16) -> Activity) {
-        let t = self.timers;
-        let ms = |d: std::time::Duration| d.as_millis() as u64;
-        self.rate_limiter.gc(now_ms);
-        for id in 0..self.peers.len() as u16 {
-            let act = activity(id);
-            // Expire sessions past reject-after.
-            let expired: Vec<u32> = {
-                let p = &self.peers[id as usize];
-                [&p.current, &p.previous, &p.next]
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| now_ms.saturating_sub(s.created_ms) >= ms(t.reject_after))
-                    .map(|s| s.local_index)
-                    .collect()
-            };
-            for idx in expired {
-                self.drop_session(id, idx, true);
-            }
-            // Retry or give up an unanswered handshake.
-            if let Some(pend) = &self.peers[id as usize].pending
-                && now_ms >= pend.next_retry_ms
-            {
-                let limit = if pend.probe { 3 * ms(t.rekey_timeout) } else { ms(t.rekey_attempt) };
-                if now_ms.saturating_sub(pend.started_ms) >= limit {
-                    let idx = pend.local_index;
-                    self.peers[id as usize].pending = None;
-                    self.peers[id as usize].punch_started_ms = None;
-                    self.forget_index(idx);
-                    debug!(peer = %self.peers[id as usize].public_key.short(), "handshake gave up");
-                } else {
-                    let probe = pend.probe;
-                    self.initiate_with(now_ms, id, probe);
-                }
-            }
-            let p = &self.peers[id as usize];
-            let recently_active = act.last_data_tx_ms.max(act.last_data_rx_ms)
-                + ms(t.keepalive)
-                + ms(t.rekey_timeout)
-                >= now_ms
-                && act.last_data_tx_ms.max(act.last_data_rx_ms) > 0;
-            // Rekey by age: the initiator at rekey-after; the responder later, in case the
-            // initiator went quiet (WireGuard's rule), never both at once by design.
-            if let Some(cur) = &p.current {
-                let age = now_ms.saturating_sub(cur.created_ms);
-                let threshold = if cur.initiator {
-                    ms(t.rekey_after)
-                } else {
-                    ms(t.reject_after)
-                        .saturating_sub(ms(t.keepalive) + ms(t.rekey_timeout))
-                        .max(ms(t.rekey_after) + ms(t.rekey_timeout))
-                };
-                if age >= threshold && recently_active && p.pending.is_none() {
-                    self.initiate(now_ms, id);
-                }
-            }
-            let p = &mut self.peers[id as usize];
-            // Passive keepalive: data came in, nothing went back for a keepalive interval.
-            if p.current.is_some()
-                && act.last_data_rx_ms > act.last_tx_ms
-                && now_ms.saturating_sub(act.last_data_rx_ms) >= ms(t.keepalive)
-                && p.keepalive_for_rx_ms != act.last_data_rx_ms
-            {
-                p.keepalive_for_rx_ms = act.last_data_rx_ms;
-                self.stats.keepalives_requested += 1;
-                self.cmd(Command::SendKeepalive { peer: id });
-            }
-            // Dead peer: we keep sending data and hear nothing back.
-            let p = &self.peers[id as usize];
-            let heard = act.last_rx_ms.max(p.last_handshake_ms.unwrap_or(0));
-            if p.pending.is_none()
-                && act.last_data_tx_ms > act.last_rx_ms
-                && now_ms.saturating_sub(heard) >= ms(t.keepalive) + ms(t.rekey_timeout)
-                && now_ms.saturating_sub(act.last_data_tx_ms)
-                    < ms(t.keepalive) + ms(t.rekey_timeout)
-            {
-                debug!(peer = %p.public_key.short(), "no reply to data; new handshake");
-                self.initiate(now_ms, id);
-            }
-            self.tick_rendezvous(now_ms, id, &act);
-            // Idle peer: forget the dynamic state (cookies) after a long silence.
-            let p = &mut self.peers[id as usize];
-            let last = act.last_rx_ms.max(act.last_tx_ms).max(p.last_handshake_ms.unwrap_or(0));
-            if p.cookie.is_some() && now_ms.saturating_sub(last) >= ms(t.idle_timeout) {
-                p.cookie = None;
-            }
-        }
-    }
-
-    /// Nucleus-introduced peers: relay when punching fails, try for a direct path while
-    /// relayed, keep NAT mappings open.
-    fn tick_rendezvous(&mut self, now_ms: u64, id: u16, act: &Activity) {
-        let rdv = self.rdv;
-        let p = &mut self.peers[id as usize];
-        if !p.dynamic {
-            return;
-        }
-        if p.current.is_none()
-            && !p.relay_tried
-            && p.relay.is_some()
-            && p.punch_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= rdv.relay_after_ms)
-        {
-            p.relay_tried = true;
-            debug!(peer = %p.public_key.short(), "no direct path yet; trying the relay");
-            self.initiate(now_ms, id);
-            return;
-        }
-        let p = &mut self.peers[id as usize];
-        if p.present
-            && p.current.is_some()
-            && p.endpoint.is_some_and(|e| e.is_relay())
-            && now_ms.saturating_sub(p.last_upgrade_ms) >= rdv.direct_retry_ms
-        {
-            p.last_upgrade_ms = now_ms;
-            let key = p.public_key;
-            self.out.push(Output::PunchRequest(key));
-        }
-        let p = &mut self.peers[id as usize];
-        let quiet_since = act.last_tx_ms.max(p.last_persistent_keepalive_ms);
-        if p.current.is_some()
-            && rdv.persistent_keepalive_ms > 0
-            && act.last_tx_ms > 0
-            && now_ms.saturating_sub(quiet_since) >= rdv.persistent_keepalive_ms
-        {
-            p.last_persistent_keepalive_ms = now_ms;
-            self.stats.keepalives_requested += 1;
-            self.cmd(Command::SendKeepalive { peer: id });
-        }
-    }
-
-    /// Forces a new handshake with every peer (or one).
-    pub fn rekey(&mut self, now_ms: u64, only: Option<u16>) {
-        for id in 0..self.peers.len() as u16 {
-            if only.is_none_or(|o| o == id) {
-                self.initiate(now_ms, id);
             }
         }
     }

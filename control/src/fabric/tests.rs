@@ -344,8 +344,8 @@ fn garbage_punts_are_counted_not_fatal() {
     assert!(b.stats.dropped_bad_handshake >= 4);
 }
 
-fn member(key: PublicKey, eps: &[&str], punch: bool) -> crate::rendezvous::MemberUpdate {
-    crate::rendezvous::MemberUpdate {
+fn member(key: PublicKey, eps: &[&str], punch: bool) -> MemberUpdate {
+    MemberUpdate {
         key,
         present: true,
         endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use omni_dataplane::engine::{Decap, Engine, PacketBuf, TxSink};
-use omni_dataplane::shm::records::{Command, DataplaneConfig, InstallSession, SessionPlace};
-use omni_dataplane::shm::{Params, Region};
+use omni_shm::records::{Command, DataplaneConfig, InstallSession, SessionPlace};
+use omni_shm::{Params, Region};
 use omni_proto::noise::SessionKeys;
 
 struct Sink(PacketBuf);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use omni_dataplane::shm::records::{COMMAND_SLOT, Command, EVENT_SLOT, Event, decode_packet};
+use omni_shm::records::{COMMAND_SLOT, Command, EVENT_SLOT, Event, decode_packet};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = Command::decode(data) {

@@ -4,14 +4,14 @@
 
 use tracing::warn;
 
-use crate::clock::monotonic_ms;
-use crate::counters::{Counter, DropReason, WorkerCounters};
-use crate::endpoint::Endpoint;
 use crate::engine::{Engine, TxSink};
-use crate::shm::layout::Header;
-use crate::shm::records::{Command, decode_packet, encode_packet};
-use crate::shm::region::DataplaneEnds;
-use crate::sync::Ordering;
+use omni_shm::clock::monotonic_ms;
+use omni_shm::counters::{Counter, DropReason, WorkerCounters};
+use omni_shm::endpoint::Endpoint;
+use omni_shm::layout::Header;
+use omni_shm::records::{Command, decode_packet, encode_packet};
+use omni_shm::region::DataplaneEnds;
+use std::sync::atomic::Ordering;
 
 /// Records taken from a ring per call: the loop gets back to packets in between.
 const PER_CALL: usize = 256;
@@ -90,7 +90,7 @@ pub fn publish_events_with(
     engine: &mut Engine,
     ends: &mut DataplaneEnds,
     counters: &WorkerCounters,
-    mut also: impl FnMut(&crate::shm::records::Event),
+    mut also: impl FnMut(&omni_shm::records::Event),
 ) -> bool {
     let mut any = false;
     for ev in engine.drain_events() {

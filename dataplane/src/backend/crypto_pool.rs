@@ -73,7 +73,7 @@ impl<B: Buf, J: Job> CryptoPool<B, J> {
                 scope,
                 move || {
                     if let Some(cpu) = cpu
-                        && let Err(e) = crate::sys::pin_current_thread(cpu)
+                        && let Err(e) = omni_sys::pin_current_thread(cpu)
                     {
                         tracing::warn!(cpu, "cannot pin crypto worker: {e}");
                     }

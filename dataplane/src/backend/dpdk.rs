@@ -1,10 +1,12 @@
 //! The DPDK backend: the data plane owns two DPDK ports. The *underlay* port carries the
-//! sealed fabric (UDP/IPv4 to and from our `--underlay-ip`; the data plane answers ARP for
-//! it and resolves next hops itself, since the kernel no longer sees that NIC). The
+//! sealed fabric (UDP over IPv4 or IPv6, optionally in an 802.1Q VLAN, to and from our
+//! `--underlay-ip`; the data plane answers ARP or neighbour solicitations for it and
+//! resolves next hops itself, since the kernel no longer sees that NIC). The
 //! *access* port carries the user's plain Ethernet frames: `net_tap` (a kernel `omni0`), a
 //! second NIC (gateway box), or memif to a local application.
 //!
-//! One worker, run to completion on the EAL main lcore (pinned by EAL), in bursts of
+//! Each I/O worker (one by default, on the EAL main lcore; `--workers N` for more, one RX/TX
+//! queue pair each) runs to completion in bursts of
 //! [`BURST`]: underlay RX is opened in place in the mbuf and handed to the access port by
 //! trimming the mbuf (no copy); access RX is sealed by the shared engine and written into
 //! mbufs behind freshly built outer headers. The control channel (commands, injects,
@@ -22,19 +24,19 @@ use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::wire::relay;
 use tracing::{info, warn};
 
-use crate::clock::{BusyMeter, monotonic_ms, monotonic_ns};
-use crate::counters::{Counter, DropReason, WorkerCounters};
-use crate::endpoint::Endpoint;
 use crate::engine::{Decap, DecapStart, Engine, InPlace, PacketBuf, PendingOpen, TxSink};
-use crate::paths;
 use crate::session::SealJob;
-use crate::shm::bell::Bell;
-use crate::shm::layout::{Header, Params};
-use crate::shm::records::Event;
-use crate::shm::region::{DataplaneEnds, Region, RoleLock};
-use crate::sync::{Ordering, fence};
+use omni_shm::bell::Bell;
+use omni_shm::clock::{BusyMeter, monotonic_ms, monotonic_ns};
+use omni_shm::counters::{Counter, DropReason, WorkerCounters};
+use omni_shm::endpoint::Endpoint;
+use omni_shm::layout::{Header, Params};
+use omni_shm::paths;
+use omni_shm::records::Event;
+use omni_shm::region::{DataplaneEnds, Region, RoleLock};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{Ordering, fence};
 
 use super::channel::{self, punt};
 use super::crypto_pool::{Batch, Buf, CryptoPool, Item, Job};
@@ -161,7 +163,7 @@ pub struct DpdkConfig {
     /// EAL lcores (`-l`): the first `workers` run I/O workers; with one worker, any
     /// further ones run crypto workers.
     pub cores: String,
-    /// I/O workers (1..=[`crate::shm::layout::WORKER_ROOM`]): one RX/TX queue pair each
+    /// I/O workers (1..=[`omni_shm::layout::WORKER_ROOM`]): one RX/TX queue pair each
     /// on both ports.
     pub workers: u16,
     /// Extra EAL arguments (after `--` on the command line).
@@ -280,7 +282,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     narrow_capabilities(setup_caps, "for DPDK (its threads keep these)");
     // Before EAL starts its threads: they inherit the blocked termination signals, so
     // SIGTERM reaches this worker's signalfd (a clean stop) instead of killing the process.
-    let signals = crate::sys::SignalFd::termination().context("cannot set up signal handling")?;
+    let signals = omni_sys::SignalFd::termination().context("cannot set up signal handling")?;
     let eal = Eal::init(&args).context("cannot start DPDK")?;
     // One frame per mbuf, jumbo included: headroom (outer headers go there) + the frame.
     let data_room = (frame_room(cfg.underlay_mtu).max(2048) + 128) as u16;
@@ -331,10 +333,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
 
     // Set up: this thread (the worker, and the crypto workers it starts) keeps only
     // NET_ADMIN, to remove the net_tap interface on a clean stop.
-    narrow_capabilities(
-        crate::sys::caps::CapSet::of(&[crate::sys::caps::Cap::NetAdmin]),
-        "for the worker",
-    );
+    narrow_capabilities(omni_caps::CapSet::of(&[omni_caps::Cap::NetAdmin]), "for the worker");
     let h = region.header();
     // Commands left in the rings of workers an earlier data plane ran are stale: control
     // replays the whole state to every worker once it sees this generation.
@@ -375,7 +374,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|(role, p)| {
             let name = p.kernel_iface()?;
-            Some((role, name.to_string(), crate::sys::netif::if_index(name)))
+            Some((role, name.to_string(), omni_sys::netif::if_index(name)))
         })
         .collect();
     let mut tx = shared.tx(0);
@@ -449,8 +448,8 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
 
 /// Narrows the calling thread's capabilities (permitted, effective and bounding) to `keep`
 /// and sets no_new_privs; logs what it did. Not running as root: nothing to narrow.
-fn narrow_capabilities(keep: crate::sys::caps::CapSet, what: &str) {
-    use crate::sys::caps;
+fn narrow_capabilities(keep: omni_caps::CapSet, what: &str) {
+    use omni_caps as caps;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return;
@@ -876,7 +875,8 @@ impl<'a> DpdkTx<'a> {
             }
             let Some(dst) = pkt.addr else { continue };
             let body = &pkt.data[..pkt.len.min(pkt.data.len())];
-            // A packet without a next hop is counted (tx_error) and gone, as on a NIC.
+            // A packet whose next hop is not resolved yet waits (bounded) in `datagram`
+            // for the ARP / ND answer; the result says only whether it left now.
             let _ = match pkt.relay {
                 Some(tag) => {
                     let hdr = omni_proto::wire::relay::header(false, &tag);
@@ -1034,7 +1034,7 @@ impl<'r> Shared<'r> {
     }
 
     fn run_other_inner(&self, i: usize, cpu: u32) -> anyhow::Result<bool> {
-        if let Err(e) = crate::sys::affinity::pin_current_thread(cpu) {
+        if let Err(e) = omni_sys::affinity::pin_current_thread(cpu) {
             warn!(worker = i, cpu, "cannot pin the I/O worker to its core: {e}");
         }
         let lcore = omni_dpdk::register_thread()
@@ -1078,7 +1078,7 @@ struct DpdkWorker<'r> {
 impl DpdkWorker<'_> {
     fn run<'p>(
         &mut self,
-        signals: Option<&crate::sys::SignalFd>,
+        signals: Option<&omni_sys::SignalFd>,
         pool: &'p Mempool,
         underlay: &EthPort,
         access: &EthPort,
@@ -1100,7 +1100,7 @@ impl DpdkWorker<'_> {
 
     fn poll<'p>(
         &mut self,
-        signals: Option<&crate::sys::SignalFd>,
+        signals: Option<&omni_sys::SignalFd>,
         pool: &'p Mempool,
         underlay: &EthPort,
         access: &EthPort,
@@ -1238,7 +1238,7 @@ impl DpdkWorker<'_> {
     /// and, for any port, a link status DPDK can still read.
     fn ports_present(&mut self, underlay: &EthPort) -> Result<(), String> {
         for (role, name, index) in &self.watched {
-            match crate::sys::netif::if_index(name) {
+            match omni_sys::netif::if_index(name) {
                 0 => return Err(format!("the {role} port's interface {name} is gone")),
                 i if i != *index => {
                     return Err(format!("the {role} port's interface {name} was replaced"));
@@ -1527,7 +1527,7 @@ impl DpdkWorker<'_> {
         let several = bus.boxes.len() > 1;
         channel::publish_events_with(&mut self.engine, &mut self.ends, self.counters, |ev| {
             if several && !bus.post_others(index, || BusMsg::Event(ev.clone())) {
-                counters.inc(crate::counters::Counter::EventsDropped, 1);
+                counters.inc(omni_shm::counters::Counter::EventsDropped, 1);
             }
         })
     }

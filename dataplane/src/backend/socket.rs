@@ -21,22 +21,22 @@ use omni_proto::constants::MAX_INNER_FRAME;
 use tracing::{info, warn};
 
 use super::spin::{Awaits, SpinPolicy};
-use crate::clock::{monotonic_ms, monotonic_us};
-use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::cpu_latency::{self, CpuLatency};
 use crate::engine::{ChecksumPartial, Decap, Engine, PacketBuf, TxSink};
+use crate::mmsg::{MmsgBatch, RxBuf, UdpSocket};
 use crate::offload::csum;
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
-use crate::paths;
-use crate::shm::bell::Bell;
-use crate::shm::layout::{Header, Params};
-use crate::shm::region::{DataplaneEnds, Region, RoleLock};
-use crate::sync::{Ordering, fence};
-use crate::sys::mmsg::{MmsgBatch, RxBuf, UdpSocket};
-use crate::sys::tap::Tap;
-use crate::sys::{Epoll, SignalFd, wait_writable};
+use omni_shm::bell::Bell;
+use omni_shm::clock::{monotonic_ms, monotonic_us};
+use omni_shm::counters::{Counter, DropReason, WorkerCounters};
+use omni_shm::layout::{Header, Params};
+use omni_shm::paths;
+use omni_shm::region::{DataplaneEnds, Region, RoleLock};
+use omni_sys::tap::Tap;
+use omni_sys::{Epoll, SignalFd, wait_writable};
+use std::sync::atomic::{Ordering, fence};
 
 use super::channel::{self, punt};
 use super::xdp::{self, XdpRx, XdpSettings, XdpTx};
@@ -319,12 +319,12 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     // The crypto thread (started below, inheriting this thread's affinity) gets every CPU
     // allowed but the I/O thread's.
     let crypto_cpus: Vec<u32> =
-        crate::sys::affinity::allowed_cpus().into_iter().filter(|&c| Some(c) != cfg.cpu).collect();
+        omni_sys::affinity::allowed_cpus().into_iter().filter(|&c| Some(c) != cfg.cpu).collect();
     if let Some(cpu) = cfg.cpu {
-        crate::sys::affinity::pin_current_thread(cpu).with_context(|| {
+        omni_sys::affinity::pin_current_thread(cpu).with_context(|| {
             format!(
                 "cannot pin the data plane to CPU {cpu} (allowed: {}): choose another --cpu / [daemon] dataplane_cpu",
-                crate::sys::affinity::format_cpus(&crate::sys::affinity::allowed_cpus())
+                omni_sys::affinity::format_cpus(&omni_sys::affinity::allowed_cpus())
             )
         })?;
     }
@@ -412,7 +412,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
                 .name("omni-crypto".into())
                 .spawn_scoped(scope, move || {
                     if cfg.cpu.is_some() && !crypto_cpus.is_empty() {
-                        let _ = crate::sys::affinity::set_current_thread(&crypto_cpus);
+                        let _ = omni_sys::affinity::set_current_thread(&crypto_cpus);
                     }
                     crypto_thread(sock, full_rx, empty_tx, gso)
                 })
@@ -447,7 +447,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
 /// updates its BPF maps (the session map, counter reads), which needs CAP_BPF. Returns
 /// what is kept, for the log.
 fn drop_privileges(xdp: bool) -> String {
-    use crate::sys::caps::{self, Cap, CapSet};
+    use omni_caps::{self as caps, Cap, CapSet};
     let keep = match (xdp, caps::kernel_has(Cap::Bpf)) {
         (false, _) => CapSet::EMPTY,
         (true, true) => CapSet::of(&[Cap::Bpf]),

@@ -25,10 +25,7 @@
 //! traffic, stops polling either way. While bulk traffic flows the loop does not poll at
 //! all (the caller asks only when idle CPUs are not already kept polling for it).
 
-/// The default window (`omni-dataplane --spin-us`, `[daemon] spin_us`).
-pub const DEFAULT_US: u64 = 200;
-/// The largest window accepted.
-pub const MAX_US: u64 = 10_000;
+pub use omni_shm::settings::{SPIN_DEFAULT_US as DEFAULT_US, SPIN_MAX_US as MAX_US};
 
 /// What a polling window waits for, from the work that came before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

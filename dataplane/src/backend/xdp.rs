@@ -17,8 +17,8 @@ use omni_xdp::xsk::{self, RxDesc, XskConfig, XskMode, XskModeRequest, XskRx, Xsk
 use omni_xdp::{AttachMode, XdpConfig, XdpFilter, counter};
 use tracing::{info, warn};
 
-use crate::counters::{Counter, DropReason, WorkerCounters};
 use crate::engine::PacketBuf;
+use omni_shm::counters::{Counter, DropReason, WorkerCounters};
 
 /// Settings of the XDP backend.
 #[derive(Debug, Clone)]

@@ -18,13 +18,13 @@ use omni_proto::wire::{
     MessageType, cookie_reply, handshake_init, handshake_resp, macs, relay, transport,
 };
 
-use crate::counters::{Counter, DropReason, WorkerCounters};
-use crate::endpoint::Endpoint;
-use crate::fdb::{Fdb, Learn};
 use crate::session::{OpenError, OpenJob, SealJob, Session};
-use crate::shm::layout::{PeerStats, SessionSlot};
-use crate::shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
-use crate::shm::region::Region;
+use omni_shm::counters::{Counter, DropReason, WorkerCounters};
+use omni_shm::endpoint::Endpoint;
+use omni_shm::fdb::{Fdb, Learn};
+use omni_shm::layout::{PeerStats, SessionSlot};
+use omni_shm::records::{Command, DataplaneConfig, Event, InstallSession, SessionPlace};
+use omni_shm::region::Region;
 
 /// Bytes in a packet buffer: the largest transport message plus slack.
 pub const BUF_SIZE: usize = MAX_TRANSPORT_PACKET + 64;

@@ -2,10 +2,10 @@
 //! roaming and the command set.
 
 use super::*;
-use crate::shm::layout::Params;
 use omni_proto::aead::Aead;
 use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
+use omni_shm::layout::Params;
 use std::path::PathBuf;
 
 #[derive(Default)]

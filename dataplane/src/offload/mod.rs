@@ -3,13 +3,15 @@
 //!
 //! - [`vnet`]: the virtio-net header the TAP puts in front of every frame (`IFF_VNET_HDR`);
 //! - [`csum`]: Internet checksums (RFC 1071) and pseudo headers;
-//! - [`tso`]: cutting a TCP super-frame read from the TAP into MSS-sized frames, each a
-//!   complete, checksummed Ethernet frame the fabric seals on its own;
+//! - [`tso`]: cutting a TCP super-frame read from the TAP into MSS-sized frames, each an
+//!   Ethernet frame the fabric seals on its own: its checksum left partial towards peers
+//!   that agreed to carry checksum state, finished for the others;
 //! - [`gro`]: joining consecutive TCP frames of one flow, decrypted from the fabric, into one
 //!   super-frame written to the TAP with a single `writev` (headers rewritten, payloads not
 //!   copied).
 //!
-//! Frames on the wire stay ordinary Ethernet frames, so peers need not use offloads.
+//! Frames on the wire stay Ethernet frames (with their checksum state where the peer agreed
+//! to it), so peers need not use offloads.
 
 pub mod csum;
 pub mod gro;

@@ -8,9 +8,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::endpoint::Endpoint;
 use crate::engine::PacketBuf;
 use omni_proto::wire::relay;
+use omni_shm::endpoint::Endpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
@@ -485,31 +485,6 @@ impl MmsgBatch {
     }
 }
 
-/// The MTU of the route towards `addr` (IP_MTU / IPV6_MTU of a connected socket), which
-/// is the underlay MTU the fabric must fit into.
-pub fn route_mtu(addr: &SocketAddr) -> Option<u32> {
-    let v6 = addr.is_ipv6();
-    let fd = UdpSocket::socket(v6).ok()?;
-    // SAFETY: sockaddr_storage is plain data; zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = to_sockaddr(addr, v6, &mut ss);
-    // SAFETY: ss holds a valid address of length len; connect on a UDP socket sends nothing.
-    if unsafe { libc::connect(fd.as_raw_fd(), (&ss as *const libc::sockaddr_storage).cast(), len) }
-        < 0
-    {
-        return None;
-    }
-    let (level, name) =
-        if v6 { (libc::IPPROTO_IPV6, libc::IPV6_MTU) } else { (libc::IPPROTO_IP, libc::IP_MTU) };
-    let mut mtu: libc::c_int = 0;
-    let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes one c_int.
-    let r = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), level, name, (&mut mtu as *mut libc::c_int).cast(), &mut l)
-    };
-    (r == 0 && mtu > 0).then_some(mtu as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,7 +536,6 @@ mod tests {
                 "mapped back to IPv4"
             );
         }
-        assert!(route_mtu(&"127.0.0.1:9".parse().unwrap()).unwrap() >= 1500);
     }
 
     /// Equal-size datagrams to one destination go as one GSO send; the receiver, with GRO,

@@ -11,8 +11,8 @@
 
 use crate::counters::WorkerCounters;
 use crate::fdb::FdbEntry;
-use crate::shm::records::{COMMAND_SLOT, EVENT_SLOT, PACKET_SLOT};
-use crate::shm::ring::RingCtl;
+use crate::records::{COMMAND_SLOT, EVENT_SLOT, PACKET_SLOT};
+use crate::ring::RingCtl;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"OMNISHM\x01");

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 use crate::counters::WorkerCounters;
 use crate::fdb::FdbEntry;
-use crate::shm::layout::{
+use crate::layout::{
     HEADER_SIZE, Header, Layout, LayoutError, MAGIC, Params, PeerStats, RingId, SessionSlot,
     VERSION,
 };
-use crate::shm::ring::{Consumer, Producer, RawSlots, RingCtl};
+use crate::ring::{Consumer, Producer, RawSlots, RingCtl};
 use crate::sync::Ordering;
-use crate::sys::{Mapping, flock};
+use omni_sys::{Mapping, flock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {

@@ -5,7 +5,7 @@
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A value alone on its cache line (two, in fact: adjacent-line prefetch pairs lines), so
 /// the producer's and the consumer's indices never share one.

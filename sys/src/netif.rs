@@ -1,6 +1,8 @@
-//! The host's interface addresses (getifaddrs).
+//! The host's interfaces: their addresses (getifaddrs), their indices, and the MTU of the
+//! route towards an address.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 
 /// Unicast addresses of interfaces that are up, except loopback, IPv6 link-local, and the
 /// interfaces named in `exclude` (the fabric's own TAP).
@@ -54,15 +56,6 @@ pub fn local_addresses(exclude: &[&str]) -> Vec<IpAddr> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lists_no_loopback() {
-        let a = super::local_addresses(&[]);
-        assert!(a.iter().all(|ip| !ip.is_loopback()));
-    }
-}
-
 /// The kernel's index of interface `name` in this network namespace, or 0 when there is
 /// none (as `if_nametoindex`).
 pub fn if_index(name: &str) -> u32 {
@@ -71,14 +64,45 @@ pub fn if_index(name: &str) -> u32 {
     unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
+/// The MTU of the route towards `addr` (IP_MTU / IPV6_MTU of a connected UDP socket: the
+/// connect sends nothing), which is the underlay MTU the fabric must fit into.
+pub fn route_mtu(addr: &SocketAddr) -> Option<u32> {
+    let local: SocketAddr =
+        if addr.is_ipv6() { "[::]:0".parse().ok()? } else { "0.0.0.0:0".parse().ok()? };
+    let socket = std::net::UdpSocket::bind(local).ok()?;
+    socket.connect(addr).ok()?;
+    let (level, name) = if addr.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes, one c_int, into `mtu`.
+    let r = unsafe {
+        libc::getsockopt(socket.as_raw_fd(), level, name, (&raw mut mtu).cast(), &mut len)
+    };
+    (r == 0 && mtu > 0).then_some(mtu as u32)
+}
+
 #[cfg(test)]
-mod if_index_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn lists_no_loopback() {
+        assert!(local_addresses(&[]).iter().all(|ip| !ip.is_loopback()));
+    }
 
     #[test]
     fn loopback_has_an_index_and_nonsense_has_none() {
         assert!(if_index("lo") > 0);
         assert_eq!(if_index("no-such-if0"), 0);
         assert_eq!(if_index("bad\0name"), 0);
+    }
+
+    #[test]
+    fn loopback_route_has_an_mtu() {
+        assert!(route_mtu(&"127.0.0.1:9".parse().unwrap()).unwrap() >= 1500);
     }
 }

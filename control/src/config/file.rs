@@ -1,0 +1,236 @@
+//! The file as written (every table rejects unknown keys) and what the command line sets
+//! over it. Nothing here validates values: that is [`super::sections`].
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use omni_cli::field_names;
+use serde::Deserialize;
+
+use super::{ConfigError, invalid};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub daemon: DaemonSection,
+    #[serde(default)]
+    pub network: NetworkSection,
+    #[serde(default)]
+    pub security: SecuritySection,
+    #[serde(default)]
+    pub timers: TimersSection,
+    #[serde(default)]
+    pub switch: SwitchSection,
+    #[serde(default)]
+    pub dpdk: DpdkSection,
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// Underlay UDP port.
+    pub port: Option<u16>,
+    /// Underlay interface; its MTU sizes omni0 when no peer route says otherwise.
+    pub interface: Option<String>,
+    /// Name of the TAP interface.
+    pub tap: Option<String>,
+    /// MTU of the TAP interface (default: derived from the underlay MTU).
+    pub mtu: Option<u32>,
+    /// Underlay address to bind.
+    pub bind: Option<IpAddr>,
+    pub identity: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    /// Path of the omni-dataplane binary (default: next to omni-daemon).
+    pub dataplane: Option<PathBuf>,
+    /// TAP TSO/GRO and UDP GSO/GRO in the data plane (default true).
+    pub offload: Option<bool>,
+    /// Seal and send bulk traffic on a second data-plane thread (default: with 4+ cores).
+    pub crypto_thread: Option<bool>,
+    /// socket/xdp backends: when the data plane keeps idle CPUs polling through
+    /// /dev/cpu_dma_latency: "busy" (default: while bulk traffic flows), "always" or "off".
+    pub cpu_latency: Option<String>,
+    /// socket/xdp backends: the CPU the data plane's I/O thread is pinned to (default: the
+    /// scheduler places it). The dpdk backend takes `[dpdk] cores`.
+    pub dataplane_cpu: Option<u32>,
+    /// socket/xdp backends: microseconds the data plane keeps polling after traffic before
+    /// it sleeps, so that an answer costs no wake-up (default 200; 0 sleeps at once).
+    pub spin_us: Option<u64>,
+    /// Data-plane backend: "socket" (default), "xdp" (on `interface`) or "dpdk" ([dpdk]).
+    pub backend: Option<String>,
+    /// xdp backend: "auto" (native where the driver can), "native" or "skb".
+    pub xdp_mode: Option<String>,
+    /// Transport cipher: "auto" (AES-256-GCM where the CPU has AES instructions, and
+    /// ChaCha20-Poly1305), "chacha20-poly1305" or "aes-256-gcm" (only that one).
+    pub cipher: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Nucleus address(es): one string or a list.
+    pub nucleus: Option<OneOrMany>,
+    pub cluster: Option<String>,
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (mode 0600), instead of `cluster_secret`.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Fall back to the Nucleus relay when punching found no path within this long.
+    pub relay_after_secs: Option<f64>,
+    /// While relayed, try for a direct path this often.
+    pub direct_retry_secs: Option<f64>,
+    /// Keepalive interval towards Nucleus-introduced peers (NAT mappings); 0 disables.
+    pub persistent_keepalive_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    pub max_sessions_per_ip: Option<u32>,
+    pub handshake_timeout_secs: Option<f64>,
+    /// Handshake initiations per second above which mac2 (a cookie) is required.
+    pub cookie_threshold: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersSection {
+    pub rekey_after_secs: Option<f64>,
+    pub reject_after_secs: Option<f64>,
+    pub keepalive_secs: Option<f64>,
+    pub rekey_attempt_secs: Option<f64>,
+    pub idle_timeout_secs: Option<f64>,
+    pub rekey_after_messages: Option<u64>,
+}
+
+/// The DPDK backend's ports (`[daemon] backend = "dpdk"`).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// The underlay port: a PCI address, or a vdev (`net_memif0,role=server,socket=...`).
+    pub underlay: Option<String>,
+    /// The access port (default: `net_tap0,iface=<tap>`: a kernel interface).
+    pub access: Option<String>,
+    /// Our underlay address with its prefix (`10.0.0.1/24`).
+    pub underlay_ip: Option<String>,
+    /// Next hop for underlay addresses off that prefix.
+    pub gateway: Option<std::net::IpAddr>,
+    /// The 802.1Q VLAN (1-4094) the underlay is on.
+    pub vlan: Option<u16>,
+    /// EAL lcores (`-l`), e.g. "2-5": the first `workers` run I/O workers; with one
+    /// worker, any further ones run crypto workers.
+    pub cores: Option<String>,
+    /// I/O workers, one RX/TX queue pair each on both ports (default 1).
+    pub workers: Option<u16>,
+    /// Keep polling when idle (a dedicated core).
+    pub busy_poll: Option<bool>,
+    /// IP MTU of the underlay (default 1500).
+    pub underlay_mtu: Option<u16>,
+    /// Extra EAL arguments.
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSection {
+    pub fdb_aging_secs: Option<f64>,
+    pub fdb_capacity: Option<u32>,
+    pub flood_limit: Option<u32>,
+    pub max_peers: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `host:port`, or `"off"` to disable.
+    pub listen: Option<String>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let file = Self::parse(&text, path)?;
+        // A file that holds the cluster secret must be as private as an identity file.
+        if file.network.cluster_secret.is_some() {
+            let meta = std::fs::metadata(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            omni_proto::store::check_private(&meta, "config file (it holds cluster_secret)", path)
+                .map_err(|e| invalid("[network] cluster_secret", e.to_string()))?;
+        }
+        Ok(file)
+    }
+}
+
+/// Every table of the file and the keys it takes, read from the parser's own types, so the
+/// example config and the documentation can be checked against what is really accepted.
+/// The section list is checked against [`FileConfig`]'s fields by a test.
+pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("daemon", field_names::<DaemonSection>()),
+        ("network", field_names::<NetworkSection>()),
+        ("security", field_names::<SecuritySection>()),
+        ("timers", field_names::<TimersSection>()),
+        ("switch", field_names::<SwitchSection>()),
+        ("dpdk", field_names::<DpdkSection>()),
+        ("peers", field_names::<PeerSection>()),
+        ("metrics", field_names::<MetricsSection>()),
+    ]
+}
+
+/// What the command line sets; `None` leaves the file's value (or the default).
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub identity: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub tap: Option<String>,
+    pub mtu: Option<u32>,
+    pub bind: Option<IpAddr>,
+    pub interface: Option<String>,
+    pub run_dir: Option<PathBuf>,
+    pub dataplane: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub no_offload: bool,
+    pub crypto_thread: Option<bool>,
+    pub cpu_latency: Option<String>,
+    pub dataplane_cpu: Option<u32>,
+    pub spin_us: Option<u64>,
+    pub backend: Option<String>,
+    pub xdp_mode: Option<String>,
+    pub cipher: Option<String>,
+    pub nucleus: Vec<String>,
+    pub cluster: Option<String>,
+    pub cluster_secret: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
+    /// `(public key, endpoint)` pairs in command-line order.
+    pub peers: Vec<(String, Option<String>)>,
+    pub max_sessions_per_ip: Option<u32>,
+    pub handshake_timeout_secs: Option<f64>,
+    pub rekey_after_secs: Option<f64>,
+    pub reject_after_secs: Option<f64>,
+    pub keepalive_secs: Option<f64>,
+    pub fdb_aging_secs: Option<f64>,
+}

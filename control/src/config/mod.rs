@@ -1,0 +1,211 @@
+//! Configuration: the TOML file, the command line over it, and validation.
+//!
+//! Every table rejects unknown keys, and every bad value is an error naming its key, so a
+//! typo never silently becomes a default. Without `--config`, `~/.omni/config.toml` is read
+//! if it exists. Command-line options override the file.
+//!
+//! [`file`] is the file as written and the command line's contribution; [`sections`]
+//! validates each table with a pure function; [`host`] is the edge where names are
+//! resolved and secret files read, once, when [`Settings::resolve`] runs.
+
+mod file;
+pub mod host;
+mod sections;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use omni_proto::PublicKey;
+use omni_proto::aead::CipherChoice;
+use omni_proto::constants as c;
+use omni_shm::settings::{Backend, XdpMode};
+
+pub use file::{
+    CliOverrides, DaemonSection, DpdkSection, FileConfig, MetricsSection, NetworkSection,
+    OneOrMany, PeerSection, SecuritySection, SwitchSection, TimersSection, file_keys,
+};
+pub use host::{Host, System};
+
+use crate::fabric::{RendezvousTimers, Timers};
+use crate::rendezvous::NucleusSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    pub public_key: PublicKey,
+    /// As written (a host name is resolved again when it fails).
+    pub endpoint_text: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub identity_path: PathBuf,
+    pub run_dir: PathBuf,
+    pub port: u16,
+    pub bind: Option<IpAddr>,
+    pub interface: Option<String>,
+    pub tap: String,
+    pub tap_mtu: Option<u32>,
+    pub dataplane_bin: Option<PathBuf>,
+    pub offload: bool,
+    pub crypto_thread: bool,
+    /// socket/xdp backends: when idle CPUs are kept polling while the data plane runs.
+    pub cpu_latency: omni_shm::settings::CpuLatency,
+    /// socket/xdp backends: the CPU the data plane's I/O thread runs on.
+    pub dataplane_cpu: Option<u32>,
+    /// socket/xdp backends: the data plane's polling window after traffic (µs).
+    pub spin_us: u64,
+    /// The data plane's backend.
+    pub backend: Backend,
+    /// dpdk backend: its ports and cores.
+    pub dpdk: DpdkSection,
+    /// xdp backend: how the XDP program is attached.
+    pub xdp_mode: XdpMode,
+    /// Transport AEADs offered and accepted.
+    pub cipher: CipherChoice,
+    pub nucleus: Vec<NucleusSpec>,
+    pub cluster: Option<String>,
+    pub cluster_secret: Option<String>,
+    pub rendezvous: RendezvousTimers,
+    pub max_sessions_per_ip: u32,
+    pub cookie_threshold: u32,
+    pub timers: Timers,
+    pub fdb_aging: Duration,
+    pub fdb_capacity: u32,
+    pub flood_limit: u32,
+    pub max_peers: u32,
+    pub peers: Vec<PeerConfig>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+pub const DEFAULT_IDENTITY: &str = "/etc/omni/identity.key";
+pub const DEFAULT_RUN_DIR: &str = "/run/omni";
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";
+
+/// The config file used when `--config` is not given.
+pub fn default_config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".omni/config.toml"))
+}
+
+/// Resolves `host:port` on this machine (see [`Host::resolve`]).
+pub fn resolve_endpoint(
+    key: &str,
+    text: &str,
+    default_port: Option<u16>,
+) -> Result<SocketAddr, ConfigError> {
+    System.resolve(key, text, default_port)
+}
+
+/// Parses and resolves a Nucleus as written: `host[:port]` or `KEY@host[:port]`.
+pub fn nucleus_spec(text: &str, host: &dyn Host) -> Result<NucleusSpec, String> {
+    let (pinned, hostport) = match text.split_once('@') {
+        Some((k, h)) => (Some(k.parse::<PublicKey>().map_err(|e| format!("{text:?}: {e}"))?), h),
+        None => (None, text),
+    };
+    let addr =
+        host.resolve("--nucleus", hostport, Some(c::DEFAULT_PORT)).map_err(|e| e.to_string())?;
+    Ok(NucleusSpec { text: text.to_string(), addr, pinned })
+}
+
+impl Settings {
+    /// Merges the file (if any) and the command line, then validates, on this machine.
+    pub fn resolve(file: FileConfig, cli: CliOverrides) -> Result<Self, ConfigError> {
+        Self::resolve_on(file, cli, &System)
+    }
+
+    /// [`Self::resolve`] against `host`: every table through its own pure function.
+    pub fn resolve_on(
+        file: FileConfig,
+        cli: CliOverrides,
+        host: &dyn Host,
+    ) -> Result<Self, ConfigError> {
+        let d = sections::daemon(file.daemon, &cli, host)?;
+        let sec = sections::security(file.security, file.timers, &cli)?;
+        let sw = sections::switch(file.switch, &cli)?;
+        let net = sections::network(file.network, &cli, host)?;
+        let peers = sections::peers(file.peers, &cli, sw.max_peers, host)?;
+        let metrics_listen = sections::metrics(file.metrics, &cli)?;
+        let dpdk = sections::dpdk(file.dpdk, d.backend)?;
+        Ok(Settings {
+            identity_path: d.identity_path,
+            run_dir: d.run_dir,
+            port: d.port,
+            bind: d.bind,
+            interface: d.interface,
+            tap: d.tap,
+            tap_mtu: d.tap_mtu,
+            dataplane_bin: d.dataplane_bin,
+            offload: d.offload,
+            crypto_thread: d.crypto_thread,
+            cpu_latency: d.cpu_latency,
+            dataplane_cpu: d.dataplane_cpu,
+            spin_us: d.spin_us,
+            backend: d.backend,
+            xdp_mode: d.xdp_mode,
+            cipher: d.cipher,
+            dpdk,
+            nucleus: net.nucleus,
+            cluster: net.cluster,
+            cluster_secret: net.cluster_secret,
+            rendezvous: net.rendezvous,
+            max_sessions_per_ip: sec.max_sessions_per_ip,
+            cookie_threshold: sec.cookie_threshold,
+            timers: sec.timers,
+            fdb_aging: sw.fdb_aging,
+            fdb_capacity: sw.fdb_capacity,
+            flood_limit: sw.flood_limit,
+            max_peers: sw.max_peers,
+            peers,
+            metrics_listen,
+        })
+    }
+}
+
+/// What `omni-daemon --check` prints of settings that validated: enough to see that the
+/// file says what was meant.
+pub fn summary(s: &Settings, public_key: &PublicKey, tap_mtu: u32) -> String {
+    let mut lines = vec![
+        "configuration is valid; omni-daemon would start with:".to_string(),
+        format!("  identity   {} (public key {public_key})", s.identity_path.display()),
+        format!(
+            "  data plane {} backend, UDP port {}, TAP {} (MTU {tap_mtu}){}",
+            s.backend,
+            s.port,
+            s.tap,
+            s.interface.as_deref().map(|i| format!(", underlay interface {i}")).unwrap_or_default()
+        ),
+        format!("  peers      {} static", s.peers.len()),
+    ];
+    if let Some(cluster) = &s.cluster {
+        let nuclei: Vec<String> = s
+            .nucleus
+            .iter()
+            .map(|n| format!("{}{}", n.addr, if n.pinned.is_some() { " (key pinned)" } else { "" }))
+            .collect();
+        let via = if nuclei.is_empty() { "no Nucleus".into() } else { nuclei.join(", ") };
+        lines.push(format!("  cluster    {cluster} via {via}"));
+    }
+    lines.push(format!(
+        "  metrics    {}",
+        s.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+    ));
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests;

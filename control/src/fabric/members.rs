@@ -1,0 +1,89 @@
+//! Peers a Nucleus introduces: what it says of a member, and where the fabric sends to it
+//! (its candidates directly, or the relay).
+
+use super::*;
+
+/// A member as a Nucleus describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberUpdate {
+    pub key: PublicKey,
+    pub present: bool,
+    pub endpoints: Vec<SocketAddr>,
+    /// Send to it now (the Nucleus tells the other side the same).
+    pub punch: bool,
+    /// How to reach it through this Nucleus.
+    pub relay: Endpoint,
+}
+
+impl Fabric {
+    /// A member as a Nucleus describes it: adds or updates the peer and, when asked to (or
+    /// when it is new and unreached), punches towards it at once.
+    pub fn on_member(&mut self, now_ms: u64, m: &MemberUpdate) {
+        if m.key == self.public_key() {
+            return;
+        }
+        let known = self.by_x25519.contains_key(&m.key.x25519());
+        let Some(id) = self.insert_peer(m.key, true) else {
+            debug!(peer = %m.key.short(), "peer table full; member ignored");
+            return;
+        };
+        if !known {
+            self.cmd(Command::SetPeer { peer: id, endpoint: None });
+        }
+        let p = &mut self.peers[id as usize];
+        if !m.present {
+            // Left or silent at the Nucleus: stop trying, keep any session that works.
+            p.present = false;
+            p.candidates.clear();
+            return;
+        }
+        p.present = true;
+        p.candidates = m.endpoints.clone();
+        // Keep relaying through the first Nucleus that offered it.
+        if p.relay.is_none_or(|r| r.addr() == m.relay.addr()) {
+            p.relay = Some(m.relay);
+        }
+        let unreached = p.current.is_none();
+        let relayed = p.endpoint.is_some_and(|e| e.is_relay());
+        let just_sent = p
+            .pending
+            .as_ref()
+            .is_some_and(|x| now_ms.saturating_sub(x.sent_ms) < PUNCH_DEBOUNCE_MS);
+        if (m.punch || !known) && (unreached || relayed) && !just_sent {
+            if unreached && p.punch_started_ms.is_none() {
+                p.punch_started_ms = Some(now_ms);
+                p.relay_tried = false;
+            }
+            // Relayed with a working session: probe for a direct path only.
+            self.initiate_with(now_ms, id, !unreached && relayed);
+        }
+    }
+
+    /// Where a handshake initiation to peer `id` goes: the endpoint in use, every direct
+    /// candidate of a Nucleus-introduced peer not yet reached directly, and its relay once
+    /// punching has failed for `relay_after`.
+    pub(super) fn destinations(&self, now_ms: u64, id: u16, probe: bool) -> Vec<Endpoint> {
+        let p = &self.peers[id as usize];
+        if probe {
+            return p.candidates.iter().map(|c| Endpoint::Direct(*c)).collect();
+        }
+        let mut d: Vec<Endpoint> = p.endpoint.into_iter().collect();
+        let direct = p.endpoint.is_some_and(|e| !e.is_relay()) && p.current.is_some();
+        if p.dynamic && !direct {
+            for c in &p.candidates {
+                let e = Endpoint::Direct(*c);
+                if !d.contains(&e) {
+                    d.push(e);
+                }
+            }
+        }
+        let punching_failed =
+            p.punch_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= self.rdv.relay_after_ms);
+        if let Some(r) = p.relay.filter(|_| p.dynamic && punching_failed && p.current.is_none())
+            && !d.contains(&r)
+        {
+            d.push(r);
+        }
+        d
+    }
+}

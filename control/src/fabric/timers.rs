@@ -1,0 +1,197 @@
+//! Time in the fabric: the protocol timers (WireGuard's values by default) and the
+//! periodic tick that acts on them, and the timers of the Nucleus-introduced peers (relay
+//! fallback, direct retries, keepalives for NAT mappings).
+
+use std::time::Duration;
+
+use omni_proto::constants as c;
+
+use super::*;
+
+/// Protocol timers, all configurable so tests can shorten them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timers {
+    pub rekey_after: Duration,
+    pub reject_after: Duration,
+    pub rekey_timeout: Duration,
+    pub rekey_attempt: Duration,
+    pub keepalive: Duration,
+    pub idle_timeout: Duration,
+    pub rekey_after_messages: u64,
+    pub reject_after_messages: u64,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self {
+            rekey_after: c::REKEY_AFTER_TIME,
+            reject_after: c::REJECT_AFTER_TIME,
+            rekey_timeout: c::REKEY_TIMEOUT,
+            rekey_attempt: c::REKEY_ATTEMPT_TIME,
+            keepalive: c::KEEPALIVE_TIMEOUT,
+            idle_timeout: c::IDLE_PEER_TIMEOUT,
+            rekey_after_messages: c::REKEY_AFTER_MESSAGES,
+            reject_after_messages: c::REJECT_AFTER_MESSAGES,
+        }
+    }
+}
+
+/// How the fabric reaches peers a Nucleus introduced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RendezvousTimers {
+    /// Fall back to the relay when no direct handshake succeeded within this long.
+    pub relay_after_ms: u64,
+    /// While relayed, try for a direct path this often.
+    pub direct_retry_ms: u64,
+    /// Keep NAT mappings open: send a keepalive when nothing was sent for this long.
+    pub persistent_keepalive_ms: u64,
+}
+
+impl Default for RendezvousTimers {
+    fn default() -> Self {
+        Self { relay_after_ms: 3_000, direct_retry_ms: 30_000, persistent_keepalive_ms: 25_000 }
+    }
+}
+
+impl Fabric {
+    /// Periodic work (every ~100 ms): session expiry, handshake retries, rekeying,
+    /// keepalives, dead-peer detection, idle cleanup.
+    pub fn tick(&mut self, now_ms: u64, activity: impl Fn(u16) -> Activity) {
+        let t = self.timers;
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        self.rate_limiter.gc(now_ms);
+        for id in 0..self.peers.len() as u16 {
+            let act = activity(id);
+            // Expire sessions past reject-after.
+            let expired: Vec<u32> = {
+                let p = &self.peers[id as usize];
+                [&p.current, &p.previous, &p.next]
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| now_ms.saturating_sub(s.created_ms) >= ms(t.reject_after))
+                    .map(|s| s.local_index)
+                    .collect()
+            };
+            for idx in expired {
+                self.drop_session(id, idx, true);
+            }
+            // Retry or give up an unanswered handshake.
+            if let Some(pend) = &self.peers[id as usize].pending
+                && now_ms >= pend.next_retry_ms
+            {
+                let limit = if pend.probe { 3 * ms(t.rekey_timeout) } else { ms(t.rekey_attempt) };
+                if now_ms.saturating_sub(pend.started_ms) >= limit {
+                    let idx = pend.local_index;
+                    self.peers[id as usize].pending = None;
+                    self.peers[id as usize].punch_started_ms = None;
+                    self.forget_index(idx);
+                    debug!(peer = %self.peers[id as usize].public_key.short(), "handshake gave up");
+                } else {
+                    let probe = pend.probe;
+                    self.initiate_with(now_ms, id, probe);
+                }
+            }
+            let p = &self.peers[id as usize];
+            let recently_active = act.last_data_tx_ms.max(act.last_data_rx_ms)
+                + ms(t.keepalive)
+                + ms(t.rekey_timeout)
+                >= now_ms
+                && act.last_data_tx_ms.max(act.last_data_rx_ms) > 0;
+            // Rekey by age: the initiator at rekey-after; the responder later, in case the
+            // initiator went quiet (WireGuard's rule), never both at once by design.
+            if let Some(cur) = &p.current {
+                let age = now_ms.saturating_sub(cur.created_ms);
+                let threshold = if cur.initiator {
+                    ms(t.rekey_after)
+                } else {
+                    ms(t.reject_after)
+                        .saturating_sub(ms(t.keepalive) + ms(t.rekey_timeout))
+                        .max(ms(t.rekey_after) + ms(t.rekey_timeout))
+                };
+                if age >= threshold && recently_active && p.pending.is_none() {
+                    self.initiate(now_ms, id);
+                }
+            }
+            let p = &mut self.peers[id as usize];
+            // Passive keepalive: data came in, nothing went back for a keepalive interval.
+            if p.current.is_some()
+                && act.last_data_rx_ms > act.last_tx_ms
+                && now_ms.saturating_sub(act.last_data_rx_ms) >= ms(t.keepalive)
+                && p.keepalive_for_rx_ms != act.last_data_rx_ms
+            {
+                p.keepalive_for_rx_ms = act.last_data_rx_ms;
+                self.stats.keepalives_requested += 1;
+                self.cmd(Command::SendKeepalive { peer: id });
+            }
+            // Dead peer: we keep sending data and hear nothing back.
+            let p = &self.peers[id as usize];
+            let heard = act.last_rx_ms.max(p.last_handshake_ms.unwrap_or(0));
+            if p.pending.is_none()
+                && act.last_data_tx_ms > act.last_rx_ms
+                && now_ms.saturating_sub(heard) >= ms(t.keepalive) + ms(t.rekey_timeout)
+                && now_ms.saturating_sub(act.last_data_tx_ms)
+                    < ms(t.keepalive) + ms(t.rekey_timeout)
+            {
+                debug!(peer = %p.public_key.short(), "no reply to data; new handshake");
+                self.initiate(now_ms, id);
+            }
+            self.tick_rendezvous(now_ms, id, &act);
+            // Idle peer: forget the dynamic state (cookies) after a long silence.
+            let p = &mut self.peers[id as usize];
+            let last = act.last_rx_ms.max(act.last_tx_ms).max(p.last_handshake_ms.unwrap_or(0));
+            if p.cookie.is_some() && now_ms.saturating_sub(last) >= ms(t.idle_timeout) {
+                p.cookie = None;
+            }
+        }
+    }
+
+    /// Nucleus-introduced peers: relay when punching fails, try for a direct path while
+    /// relayed, keep NAT mappings open.
+    fn tick_rendezvous(&mut self, now_ms: u64, id: u16, act: &Activity) {
+        let rdv = self.rdv;
+        let p = &mut self.peers[id as usize];
+        if !p.dynamic {
+            return;
+        }
+        if p.current.is_none()
+            && !p.relay_tried
+            && p.relay.is_some()
+            && p.punch_started_ms.is_some_and(|t| now_ms.saturating_sub(t) >= rdv.relay_after_ms)
+        {
+            p.relay_tried = true;
+            debug!(peer = %p.public_key.short(), "no direct path yet; trying the relay");
+            self.initiate(now_ms, id);
+            return;
+        }
+        let p = &mut self.peers[id as usize];
+        if p.present
+            && p.current.is_some()
+            && p.endpoint.is_some_and(|e| e.is_relay())
+            && now_ms.saturating_sub(p.last_upgrade_ms) >= rdv.direct_retry_ms
+        {
+            p.last_upgrade_ms = now_ms;
+            let key = p.public_key;
+            self.out.push(Output::PunchRequest(key));
+        }
+        let p = &mut self.peers[id as usize];
+        let quiet_since = act.last_tx_ms.max(p.last_persistent_keepalive_ms);
+        if p.current.is_some()
+            && rdv.persistent_keepalive_ms > 0
+            && act.last_tx_ms > 0
+            && now_ms.saturating_sub(quiet_since) >= rdv.persistent_keepalive_ms
+        {
+            p.last_persistent_keepalive_ms = now_ms;
+            self.stats.keepalives_requested += 1;
+            self.cmd(Command::SendKeepalive { peer: id });
+        }
+    }
+
+    /// Forces a new handshake with every peer (or one).
+    pub fn rekey(&mut self, now_ms: u64, only: Option<u16>) {
+        for id in 0..self.peers.len() as u16 {
+            if only.is_none_or(|o| o == id) {
+                self.initiate(now_ms, id);
+            }
+        }
+    }
+}

@@ -14,6 +14,8 @@ scripts/setup.sh --fuzz --bench --package
 export PATH="$HOME/.cargo/bin:$PATH"
 # CI builds the XDP program: a missing eBPF toolchain is an error here, not a skip.
 export OMNI_XDP_REQUIRED=1
+# ... and every test that needs root runs: not being root is a failure, not a skip.
+export OMNI_ROOT_TESTS_REQUIRED=1
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -32,16 +32,16 @@ use crate::supervisor::{Supervisor, dataplane_binary};
 /// underlay MTU is that of the route to the peers (the smallest), else the named
 /// interface's, else the largest of the host's interfaces.
 pub fn tap_mtu(settings: &Settings) -> anyhow::Result<u32> {
-    if let Some(m) = settings.tap_mtu {
+    if let Some(m) = settings.daemon.tap_mtu {
         return Ok(m);
     }
     let endpoints: Vec<SocketAddr> = settings.peers.iter().filter_map(|p| p.endpoint).collect();
     let outer_v6 =
-        endpoints.iter().any(|e| e.is_ipv6()) || settings.bind.is_some_and(|b| b.is_ipv6());
+        endpoints.iter().any(|e| e.is_ipv6()) || settings.daemon.bind.is_some_and(|b| b.is_ipv6());
     let read_mtu = |name: &str| -> Option<u32> {
         std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?.trim().parse().ok()
     };
-    let underlay = if let Some(i) = &settings.interface {
+    let underlay = if let Some(i) = &settings.daemon.interface {
         read_mtu(i).with_context(|| {
             format!("[daemon] interface {i:?} does not exist (no /sys/class/net/{i}/mtu)")
         })?
@@ -53,7 +53,7 @@ pub fn tap_mtu(settings: &Settings) -> anyhow::Result<u32> {
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n != "lo" && n != &settings.tap)
+            .filter(|n| n != "lo" && n != &settings.daemon.tap)
             .filter_map(|n| read_mtu(&n))
             .max()
             .unwrap_or(1500)
@@ -67,7 +67,7 @@ pub fn tap_mtu(settings: &Settings) -> anyhow::Result<u32> {
 }
 
 fn cluster(settings: &Settings) -> anyhow::Result<Option<Cluster>> {
-    match (&settings.cluster, &settings.cluster_secret) {
+    match (&settings.network.cluster, &settings.network.cluster_secret) {
         (Some(c), Some(s)) => {
             if !omni_proto::cluster::is_token(s) {
                 warn!(
@@ -83,9 +83,9 @@ fn cluster(settings: &Settings) -> anyhow::Result<Option<Cluster>> {
 /// The local endpoints announced to Nuclei: this host's addresses on the data port, so
 /// nodes behind the same NAT reach each other over their LAN.
 fn local_endpoints(settings: &Settings, port: u16) -> Vec<SocketAddr> {
-    omni_sys::netif::local_addresses(&[&settings.tap])
+    omni_sys::netif::local_addresses(&[&settings.daemon.tap])
         .into_iter()
-        .filter(|ip| settings.bind.is_none_or(|b| b.is_unspecified() || b == *ip))
+        .filter(|ip| settings.daemon.bind.is_none_or(|b| b.is_unspecified() || b == *ip))
         .map(|ip| SocketAddr::new(ip, port))
         .take(omni_proto::wire::nucleus::MAX_LOCALS)
         .collect()
@@ -105,7 +105,7 @@ struct Daemon {
 }
 
 pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
-    let run_dir = settings.run_dir.clone();
+    let run_dir = settings.daemon.run_dir.clone();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -114,8 +114,8 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     let _lock = RoleLock::acquire(&run_dir.join(paths::DAEMON_LOCK), "omni-daemon")?;
     let cluster = cluster(&settings)?;
     let dp_alive = RoleLock::is_held(&run_dir.join(paths::DATAPLANE_LOCK));
-    let mut params = Params::for_peers(settings.max_peers);
-    params.fdb_capacity = settings.fdb_capacity;
+    let mut params = Params::for_peers(settings.switch.max_peers);
+    params.fdb_capacity = settings.switch.fdb_capacity;
     let region: &'static Region =
         Box::leak(Box::new(Region::open(&run_dir.join(paths::REGION), params, !dp_alive)?));
     if (region.params().max_peers as usize) < settings.peers.len() {
@@ -133,15 +133,15 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     let mut fabric = Fabric::new(
         identity,
         FabricConfig {
-            timers: settings.timers,
+            timers: settings.security.timers,
             psk: cluster.as_ref().map(|c| c.psk()).unwrap_or_else(Psk::none),
-            max_sessions_per_ip: settings.max_sessions_per_ip,
-            cookie_threshold: settings.cookie_threshold,
-            fdb_aging_ms: settings.fdb_aging.as_millis() as u64,
-            flood_limit: settings.flood_limit,
+            max_sessions_per_ip: settings.security.max_sessions_per_ip,
+            cookie_threshold: settings.security.cookie_threshold,
+            fdb_aging_ms: settings.switch.fdb_aging.as_millis() as u64,
+            flood_limit: settings.switch.flood_limit,
             max_sessions: region.params().max_sessions,
-            rendezvous: settings.rendezvous,
-            ciphers: settings.cipher.accepted(),
+            rendezvous: settings.network.rendezvous,
+            ciphers: settings.daemon.cipher.accepted(),
         },
         now,
     );
@@ -154,7 +154,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     let generation_before = channel.generation();
     let new_supervisor = || {
         Supervisor::new(
-            dataplane_binary(settings.dataplane_bin.as_deref()),
+            dataplane_binary(settings.daemon.dataplane_bin.as_deref()),
             dataplane_args(&settings, mtu, &mac).to_argv(),
         )
     };
@@ -178,9 +178,9 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         Some(s)
     };
     let rendezvous = match cluster {
-        Some(c) if !settings.nucleus.is_empty() => {
-            let locals = local_endpoints(&settings, settings.port);
-            Some(Rendezvous::new(c, fabric.public_key(), settings.nucleus.clone(), locals))
+        Some(c) if !settings.network.nucleus.is_empty() => {
+            let locals = local_endpoints(&settings, settings.daemon.port);
+            Some(Rendezvous::new(c, fabric.public_key(), settings.network.nucleus.clone(), locals))
         }
         _ => None,
     };
@@ -223,7 +223,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    info!(identity = %d.fabric.public_key(), port = d.settings.port, tap = %d.settings.tap, mtu, ciphers = %d.settings.cipher.accepted(), "omni-daemon running");
+    info!(identity = %d.fabric.public_key(), port = d.settings.daemon.port, tap = %d.settings.daemon.tap, mtu, ciphers = %d.settings.daemon.cipher.accepted(), "omni-daemon running");
 
     let mut last_tick = 0u64;
     let mut last_liveness = monotonic_ms();
@@ -277,37 +277,38 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
 /// What a data plane this daemon starts is told: the resolved settings, typed as the data
 /// plane's own command line (omni-shm), which the supervisor turns into its argv.
 pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> DataplaneArgs {
-    let socket_like = s.backend != Backend::Dpdk;
+    let socket_like = s.daemon.backend != Backend::Dpdk;
     let d = &s.dpdk;
     let mut a = DataplaneArgs {
-        backend: s.backend,
-        run_dir: s.run_dir.clone(),
-        port: s.port,
-        bind: s.bind.filter(|_| socket_like),
-        tap: s.tap.clone(),
+        backend: s.daemon.backend,
+        run_dir: s.daemon.run_dir.clone(),
+        port: s.daemon.port,
+        bind: s.daemon.bind.filter(|_| socket_like),
+        tap: s.daemon.tap.clone(),
         tap_mtu: mtu,
         tap_mac: Some(*mac),
-        max_peers: s.max_peers,
-        fdb_capacity: s.fdb_capacity,
+        max_peers: s.switch.max_peers,
+        fdb_capacity: s.switch.fdb_capacity,
         supervised: true,
-        no_offload: !s.offload,
+        no_offload: !s.daemon.offload,
         // Explicit either way: the daemon has already resolved the default.
-        crypto_thread: Some(s.crypto_thread),
-        spin_us: s.spin_us,
-        cpu_latency: s.cpu_latency,
-        cpu: s.dataplane_cpu.filter(|_| socket_like),
-        xdp_mode: s.xdp_mode,
-        handshake_rate: s.max_sessions_per_ip,
+        crypto_thread: Some(s.daemon.crypto_thread),
+        spin_us: s.daemon.spin_us,
+        cpu_latency: s.daemon.cpu_latency,
+        cpu: s.daemon.dataplane_cpu.filter(|_| socket_like),
+        xdp_mode: s.daemon.xdp_mode,
+        handshake_rate: s.security.max_sessions_per_ip,
         ..DataplaneArgs::defaults()
     };
-    match s.backend {
+    match s.daemon.backend {
         // Checked by the configuration: the xdp backend has an interface.
-        Backend::Xdp => a.iface = s.interface.clone(),
+        Backend::Xdp => a.iface = s.daemon.interface.clone(),
         // Checked by the configuration: underlay and underlay_ip are set.
         Backend::Dpdk => {
             a.underlay = d.underlay.clone();
-            a.access =
-                Some(d.access.clone().unwrap_or_else(|| format!("net_tap0,iface={}", s.tap)));
+            a.access = Some(
+                d.access.clone().unwrap_or_else(|| format!("net_tap0,iface={}", s.daemon.tap)),
+            );
             a.underlay_ip = d.underlay_ip.clone();
             a.underlay_vlan = d.vlan;
             a.gateway = d.gateway;
@@ -427,7 +428,7 @@ impl Daemon {
     /// whether an adopted data plane (not our child) has died and must be replaced.
     fn check_liveness(&mut self, now: u64) -> bool {
         if self.supervisor.as_ref().is_some_and(|s| !s.has_child())
-            && !RoleLock::is_held(&self.settings.run_dir.join(paths::DATAPLANE_LOCK))
+            && !RoleLock::is_held(&self.settings.daemon.run_dir.join(paths::DATAPLANE_LOCK))
         {
             return true;
         }
@@ -516,7 +517,7 @@ impl Daemon {
             .collect();
         let fdb = self
             .channel
-            .fdb(now, self.settings.fdb_aging.as_millis() as u64)
+            .fdb(now, self.settings.switch.fdb_aging.as_millis() as u64)
             .into_iter()
             .map(|r| FdbStatus {
                 mac: format_mac(&r.mac),
@@ -547,11 +548,11 @@ impl Daemon {
         Status {
             identity: self.fabric.public_key().to_base64(),
             listen_port: h.dp_port.load(Ordering::Relaxed) as u16,
-            interface: self.settings.tap.clone(),
+            interface: self.settings.daemon.tap.clone(),
             mtu: self.mtu,
             mac: format_mac(&self.mac),
             dataplane: DataplaneStatus {
-                backend: self.settings.backend.name().into(),
+                backend: self.settings.daemon.backend.name().into(),
                 pid: (pid != 0).then_some(pid),
                 generation: self.last_generation,
                 restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
@@ -562,7 +563,7 @@ impl Daemon {
             handshakes_completed: st.handshakes_completed,
             drops,
             nuclei: self.rendezvous.as_ref().map(|r| r.status(now)).unwrap_or_default(),
-            cluster: self.settings.cluster.clone(),
+            cluster: self.settings.network.cluster.clone(),
             workers: self.channel.worker_samples(),
         }
     }
@@ -591,8 +592,10 @@ impl Daemon {
             dropped_bad_handshake: st.bad_handshakes(),
             cookie_replies: st.cookie_replies_sent,
             dataplane_restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
-            fdb_entries: self.channel.fdb(now, self.settings.fdb_aging.as_millis() as u64).len()
-                as u64,
+            fdb_entries: self
+                .channel
+                .fdb(now, self.settings.switch.fdb_aging.as_millis() as u64)
+                .len() as u64,
             peers,
             workers: self.channel.worker_samples(),
         };

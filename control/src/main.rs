@@ -296,7 +296,7 @@ fn real_main() -> anyhow::Result<()> {
                     (None, _) => {
                         let force = run.force;
                         let s = load_settings(run, vec![])?;
-                        let id = identity_store::init(&s.identity_path, force)?;
+                        let id = identity_store::init(&s.daemon.identity_path, force)?;
                         println!("Your Public Identity: {}", id.public_key());
                         return Ok(());
                     }
@@ -308,7 +308,7 @@ fn real_main() -> anyhow::Result<()> {
             let check = run.check;
             let peers = pair_peers(&matches, &run.peers, &run.endpoints)?;
             let settings = load_settings(run, peers)?;
-            let identity = identity_store::load(&settings.identity_path)?;
+            let identity = identity_store::load(&settings.daemon.identity_path)?;
             if check {
                 // What the daemon reads of the machine before it starts: the MTU (and so
                 // the interface it is sized from).

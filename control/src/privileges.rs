@@ -42,7 +42,7 @@ pub fn drop_for_daemon(settings: &Settings) {
         .into_iter()
         .flatten()
         .any(|p| omni_shm::settings::dpdk_port_is_pci(p));
-    let permitted = dataplane_needs(settings.backend, pci);
+    let permitted = dataplane_needs(settings.daemon.backend, pci);
     let effective = match settings.metrics_listen {
         Some(a) if a.port() != 0 && a.port() < 1024 => CapSet::of(&[Cap::NetBindService]),
         _ => CapSet::EMPTY,

@@ -106,9 +106,7 @@ fn dataplane_reports_port_in_use_and_bad_arguments() {
 #[test]
 fn dataplane_without_privileges_says_what_it_needs() {
     let _serial = serial();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to drop to an unprivileged user");
+    if !omni_testkit::root_or_skip("it drops to an unprivileged user") {
         return;
     }
     assert!(
@@ -230,8 +228,7 @@ fn dpdk_backend_errors_name_the_problem() {
     assert!(e.contains("--iface is for --backend xdp"), "{e}");
     let e = dp(&["--workers", "9", "--underlay", "net_null0"]);
     assert!(e.contains("--workers") && e.contains("1..=8"), "{e}");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if omni_testkit::root_or_skip("EAL needs it to look a port up") {
         // A port DPDK has no driver for: EAL or the port lookup says which.
         let e = dp(&[
             "--underlay",

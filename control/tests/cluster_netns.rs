@@ -18,8 +18,7 @@ fn iperf3(c: &NatCluster, client: usize, server_ip: &str, secs: u32) -> f64 {
 
 #[test]
 fn two_edges_behind_nat_punch_through_and_the_nucleus_carries_no_data() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let c = NatCluster::new(2, None, &[]);
     c.wait_registered(0);
     c.wait_registered(1);
@@ -52,8 +51,7 @@ fn two_edges_behind_nat_punch_through_and_the_nucleus_carries_no_data() {
 
 #[test]
 fn symmetric_nat_falls_back_to_the_relay() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let c = NatCluster::new(2, Some(2), &[]);
     c.wait_registered(0);
     c.wait_registered(1);
@@ -73,8 +71,7 @@ fn symmetric_nat_falls_back_to_the_relay() {
 
 #[test]
 fn nucleus_restart_keeps_sessions_and_nodes_register_again() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let mut c = NatCluster::new(2, None, &["--register-interval-secs", "2"]);
     c.wait_registered(0);
     c.edges[0].sh_ok("ping -c 2 -i 0.3 -W 8 10.99.0.2");
@@ -126,8 +123,7 @@ fn nucleus_restart_keeps_sessions_and_nodes_register_again() {
 
 #[test]
 fn wrong_cluster_secret_registers_nowhere_and_reaches_no_one() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let mut c = NatCluster::topology(3, None, &[]);
     let good = c.secret.clone();
     c.add_node(1, &good);
@@ -161,8 +157,7 @@ fn wrong_cluster_secret_registers_nowhere_and_reaches_no_one() {
 
 #[test]
 fn three_edges_form_a_full_mesh_and_broadcast_reaches_all() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let c = NatCluster::new(3, None, &[]);
     for i in 0..3 {
         c.wait_registered(i);
@@ -185,8 +180,7 @@ fn three_edges_form_a_full_mesh_and_broadcast_reaches_all() {
 
 #[test]
 fn two_nuclei_losing_one_changes_nothing() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let mut c = NatCluster::topology(3, None, &[]).with_second_nucleus();
     let s = c.secret.clone();
     c.add_node(1, &s);
@@ -214,8 +208,7 @@ fn two_nuclei_losing_one_changes_nothing() {
 
 #[test]
 fn relay_while_udp_is_blocked_then_a_direct_path_takes_over() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let mut c = NatCluster::topology(2, None, &[]);
     // Router 2 drops everything between the two NATs: only the Nucleus gets through.
     c.routers[1].sh_ok(

@@ -187,8 +187,7 @@ fn peer_args(key: &str, endpoint: &str) -> Vec<String> {
 
 #[test]
 fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let dir = TempDir::new("dpdk");
     // A has a crypto worker on a second core (sealing and opening there, in order); B has
     // one worker.
@@ -267,8 +266,7 @@ fn per_worker(n: &Node, name: &str) -> [f64; 2] {
 
 #[test]
 fn two_dpdk_nodes_with_two_io_workers_each_spread_flows_over_both() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let dir = TempDir::new("dpdk-workers");
     // Two I/O workers per data plane, one core each: two RX/TX queue pairs on the memif
     // underlay and on the TAP (the kernel spreads flows over a multi-queue TAP by hash; a
@@ -318,8 +316,7 @@ fn two_dpdk_nodes_with_two_io_workers_each_spread_flows_over_both() {
 
 #[test]
 fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let MixedPair { pair, dir, a, b, ka: _, log_a, _dp: _data_plane } =
         MixedPair::new("dpdk-mixed", "10.77.0.1/24", "10.77.0.1:51820", "10.77.0.2:51820", 77);
     ping_until(&pair.b, "192.168.77.1", &[&a, &b]);
@@ -370,8 +367,7 @@ fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
 
 #[test]
 fn daemons_start_supervise_and_restart_their_dpdk_data_planes() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let dir = TempDir::new("dpdk-sup");
     let (a_ns, b_ns) = (Netns::new("sa"), Netns::new("sb"));
     let sock = dir.0.join("memif.sock").display().to_string();
@@ -421,8 +417,7 @@ fn daemons_start_supervise_and_restart_their_dpdk_data_planes() {
 
 #[test]
 fn dpdk_node_behind_nat_registers_with_the_nucleus_and_reaches_a_peer_through_its_relay() {
-    let _serial = serial();
-    require_root_and_tools(&[TOOLS, &["nft"]].concat());
+    let Some(_serial) = root_test(&[TOOLS, &["nft"]].concat()) else { return };
     // Edge 2 is behind a symmetric NAT: punching fails and the pair falls back to the
     // Nucleus's relay, so the DPDK node does everything the daemon does with a Nucleus.
     let mut c = NatCluster::topology(2, Some(2), &[]);
@@ -487,8 +482,7 @@ fn dpdk_node_behind_nat_registers_with_the_nucleus_and_reaches_a_peer_through_it
 
 #[test]
 fn underlay_interface_removed_then_restored_the_data_plane_comes_back_by_itself() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let pair = Pair::new(1500);
     pair.a.sh_ok("ip addr flush dev ua");
     pair.b.sh_ok("ethtool -K ub tx-udp-segmentation off");
@@ -550,8 +544,7 @@ fn underlay_interface_removed_then_restored_the_data_plane_comes_back_by_itself(
 
 #[test]
 fn dpdk_node_on_an_ipv6_underlay_resolves_its_peer_by_neighbour_discovery() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     // The DPDK data plane owns A's NIC and its IPv6 address; B's kernel finds it by ND.
     let MixedPair { pair, dir: _dir, a, b, ka, log_a, _dp: _data_plane } =
         MixedPair::new("dpdk-v6", "fd77::1/64", "[fd77::1]:51820", "[fd77::2]:51820", 75);
@@ -573,8 +566,7 @@ fn dpdk_node_on_an_ipv6_underlay_resolves_its_peer_by_neighbour_discovery() {
 
 #[test]
 fn jumbo_underlay_between_two_dpdk_data_planes_carries_jumbo_frames() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     // Jumbo frames end to end need an access port that takes them: memif. The pktgen
     // harness does exactly that (a DPDK generator on both access ports, two daemons with
     // DPDK data planes on a 9000-byte memif underlay): 8928-byte frames, none lost to size.
@@ -617,8 +609,7 @@ fn jumbo_underlay_between_two_dpdk_data_planes_carries_jumbo_frames() {
 
 #[test]
 fn dpdk_nodes_on_a_vlan_tag_everything_and_ignore_other_vlans() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     // (This kernel has no 802.1Q support, so both ends are DPDK data planes: memif carries
     // the tagged frames as they are.)
     let dir = TempDir::new("dpdk-vlan");

@@ -20,8 +20,7 @@ fn peer<'a>(status: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
 
 #[test]
 fn handshake_ping_arp_nd_and_status() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.2");
     f.pair.b.sh_ok("ping -c 3 -i 0.2 -W 2 192.168.77.1");
@@ -86,8 +85,7 @@ fn handshake_ping_arp_nd_and_status() {
 
 #[test]
 fn jumbo_underlay_carries_jumbo_frames() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(9000, &[]);
     let st = f.a.status();
     assert_eq!(st["mtu"], 8914, "9000 underlay minus 86");
@@ -99,8 +97,7 @@ fn jumbo_underlay_carries_jumbo_frames() {
 
 #[test]
 fn multicast_reaches_the_other_side() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     let out = f.dir.0.join("mcast4.txt");
@@ -133,8 +130,7 @@ fn multicast_reaches_the_other_side() {
 
 #[test]
 fn iperf3_tcp_over_the_fabric() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     let before = cpu_latency_bound();
@@ -172,8 +168,7 @@ fn iperf3_tcp_over_the_fabric() {
 /// checksum right.
 #[test]
 fn partial_checksums_are_finished_for_a_plain_tap() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::with_args(1500, &[], &["--no-offload"]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     let bps = iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 2);
@@ -202,8 +197,7 @@ fn partial_checksums_are_finished_for_a_plain_tap() {
 /// fabric works as before.
 #[test]
 fn dataplane_cpu_pins_the_io_thread() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let last = std::thread::available_parallelism().map(|n| n.get() - 1).unwrap_or(0).to_string();
     let f = Fabric2::with_args(1500, &["--dataplane-cpu", "0"], &["--dataplane-cpu", &last]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
@@ -225,8 +219,7 @@ fn cpu_latency_bound() -> Option<i32> {
 
 #[test]
 fn unconfigured_key_gets_no_packet_back() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     // C lives in A's namespace on another port, knows B, but B does not know C.
     let c = f.stranger("0.5");
@@ -309,8 +302,7 @@ fn pcap_udp_payloads(path: &std::path::Path) -> Vec<Vec<u8>> {
 
 #[test]
 fn replayed_data_packet_is_dropped_and_counted() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     let pcap = f.dir.0.join("data.pcap");
@@ -358,8 +350,7 @@ fn replayed_data_packet_is_dropped_and_counted() {
 
 #[test]
 fn replayed_handshake_and_tampered_packets_are_dropped_and_counted() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     f.a.wait_established(&f.b.key);
@@ -439,8 +430,7 @@ fn replayed_handshake_and_tampered_packets_are_dropped_and_counted() {
 
 #[test]
 fn rekey_during_iperf3_loses_nothing() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     // Sessions rekey every 2 s (and die at 6 s) during the transfer.
     let f = Fabric2::new(1500, &["--rekey-after-secs", "2", "--reject-after-secs", "6"]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
@@ -512,8 +502,7 @@ fn kernel_queue_drops(f: &Fabric2) -> u64 {
 
 #[test]
 fn dataplane_sigkill_is_survived_without_a_new_handshake() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     let st = f.a.wait_established(&f.b.key);
@@ -554,8 +543,7 @@ fn dataplane_sigkill_is_survived_without_a_new_handshake() {
 
 #[test]
 fn endpoint_roams_to_the_source_of_authenticated_packets() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     assert_eq!(peer(&f.b.status(), &f.a.key)["endpoint"], "10.77.0.1:51820");
@@ -573,8 +561,7 @@ fn endpoint_roams_to_the_source_of_authenticated_packets() {
 
 #[test]
 fn handshake_flood_from_one_address_is_rate_limited() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     // B accepts 2 new handshakes per second per source address.
     let f = Fabric2::new(1500, &["--max-sessions-per-ip", "2"]);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
@@ -598,8 +585,7 @@ fn handshake_flood_from_one_address_is_rate_limited() {
 
 #[test]
 fn daemon_sigkill_and_restart_adopts_the_running_dataplane() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let mut f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     let dp_pid = f.a.status()["dataplane"]["pid"].as_u64().unwrap();
@@ -624,8 +610,7 @@ fn daemon_sigkill_and_restart_adopts_the_running_dataplane() {
 
 #[test]
 fn three_nodes_known_unicast_goes_to_one_peer_broadcast_to_all() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let m = Mesh3::new();
     // Everyone learns everyone (ARP broadcasts reach both other nodes).
     m.nss[0].sh_ok("ping -c 2 -i 0.2 -W 2 192.168.79.2");
@@ -664,8 +649,7 @@ fn three_nodes_known_unicast_goes_to_one_peer_broadcast_to_all() {
 
 #[test]
 fn cookie_reply_under_load_then_handshake_with_mac2() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     // B demands cookies as soon as it sees more than one initiation per second.
     let cfg = TempDir::new("cookie-cfg");
     let path = cfg.0.join("b.toml");
@@ -718,8 +702,7 @@ fn bulk_tcp_data_arrives_intact_with_chacha20_poly1305() {
 /// responder says why.
 #[test]
 fn nodes_without_a_common_cipher_do_not_connect_and_say_why() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::with_args(
         1500,
         &["--cipher", "chacha20-poly1305", "--handshake-timeout-secs", "1"],
@@ -746,8 +729,7 @@ fn nodes_without_a_common_cipher_do_not_connect_and_say_why() {
 /// Sends 32 MiB with socat over TCP (v4 both ways, v6), checking each copy's SHA-256;
 /// repeats the round until the initiator has completed `min_rekeys` more handshakes.
 fn bulk_tcp_data_arrives_intact(extra: &[&str], min_rekeys: u64) {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, extra);
     f.pair.a.sh_ok("ping -c 1 -W 2 192.168.77.2");
     let handshakes = || f.a.status()["handshakes_completed"].as_u64().unwrap();

@@ -32,8 +32,7 @@ fn loss_counters(ns: &Netns) -> (u64, u64) {
 
 #[test]
 fn five_percent_underlay_loss_handshakes_complete_and_tcp_flows() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     // nftables sees a UDP GSO send or a GRO train as one packet: with the offloads on, 5% of
     // *trains* would be lost. Off, every datagram is its own packet and the loss is 5% of
     // datagrams, as on a bad radio link.
@@ -83,8 +82,7 @@ fn five_percent_underlay_loss_handshakes_complete_and_tcp_flows() {
 
 #[test]
 fn private_keys_never_appear_in_logs_status_or_metrics() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     f.a.rekey();
@@ -144,8 +142,7 @@ fn dropped(m: &str, reason: &str) -> u64 {
 
 #[test]
 fn spoofed_handshake_flood_engages_cookies_and_a_peer_still_gets_through() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &["--handshake-timeout-secs", "1"]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     f.a.wait_established(&f.b.key);
@@ -244,8 +241,7 @@ fn outage_between(timeline: &[f64], from: f64, to: f64) -> f64 {
 
 #[test]
 fn sigkill_of_daemon_and_data_planes_during_iperf3_recovers_by_itself() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let mut f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     f.a.wait_established(&f.b.key);
@@ -323,8 +319,7 @@ const CAP_SETPCAP: u64 = 1 << 8;
 
 #[test]
 fn daemon_and_socket_data_plane_drop_their_capabilities() {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let mut f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     let st = f.a.status();
@@ -377,8 +372,7 @@ type SoakSample = (u64, [(u64, u64, u64); 4]);
 /// `secs` of iperf3 in both directions with a rekey every 10 s and A's data plane killed
 /// half-way: no AEAD or replay error, memory and file descriptors flat.
 fn soak(secs: u64) {
-    let _serial = serial();
-    require_root_and_tools(TOOLS);
+    let Some(_serial) = root_test(TOOLS) else { return };
     let f = Fabric2::new(1500, &["--rekey-after-secs", "10"]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     f.a.wait_established(&f.b.key);

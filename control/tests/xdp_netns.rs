@@ -14,8 +14,7 @@ const TOOLS: &[&str] = &["ip", "ping", "iperf3", "socat", "tcpdump", "bash", "py
 /// The start of every test here: one at a time, root and the tools, and a build with the
 /// program. `None`: skip (said on stderr).
 fn start() -> Option<std::sync::MutexGuard<'static, ()>> {
-    let serial = serial();
-    require_root_and_tools(TOOLS);
+    let serial = root_test(TOOLS)?;
     require_xdp().then_some(serial)
 }
 

@@ -6,9 +6,7 @@ use omni_dpdk::{BURST, DpdkError, Eal, EthPort, MbufBurst, Mempool, Ring};
 
 #[test]
 fn eal_pool_ports_and_ring() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: DPDK needs root");
+    if !omni_testkit::root_or_skip("DPDK's EAL needs it") {
         return;
     }
     // --no-huge cannot go with --in-memory; --no-shconf keeps the run directory empty.

@@ -11,9 +11,7 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
 fn bed(rate: u32) -> Option<TestBed> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root (loads a BPF program)");
+    if !omni_testkit::root_or_skip("it loads a BPF program") {
         return None;
     }
     if !omni_xdp::loader::program_built() {

@@ -27,10 +27,10 @@ fuzz_target!(|data: &[u8]| {
     }
     match Settings::resolve(file, CliOverrides::default()) {
         Ok(s) => {
-            assert!(s.tap_mtu.is_none_or(|m| (576..=9202).contains(&m)));
-            assert!(s.timers.reject_after > s.timers.rekey_after);
-            assert!(s.fdb_capacity.is_power_of_two());
-            assert!(s.cookie_threshold >= 1 && s.max_sessions_per_ip >= 1);
+            assert!(s.daemon.tap_mtu.is_none_or(|m| (576..=9202).contains(&m)));
+            assert!(s.security.timers.reject_after > s.security.timers.rekey_after);
+            assert!(s.switch.fdb_capacity.is_power_of_two());
+            assert!(s.security.cookie_threshold >= 1 && s.security.max_sessions_per_ip >= 1);
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }

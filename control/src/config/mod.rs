@@ -12,22 +12,19 @@ mod file;
 pub mod host;
 mod sections;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use omni_proto::PublicKey;
-use omni_proto::aead::CipherChoice;
 use omni_proto::constants as c;
-use omni_shm::settings::{Backend, XdpMode};
 
 pub use file::{
     CliOverrides, DaemonSection, DpdkSection, FileConfig, MetricsSection, NetworkSection,
     OneOrMany, PeerSection, SecuritySection, SwitchSection, TimersSection, file_keys,
 };
 pub use host::{Host, System};
+pub use sections::{Daemon, Network, Security, Switch};
 
-use crate::fabric::{RendezvousTimers, Timers};
 use crate::rendezvous::NucleusSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,43 +49,16 @@ pub struct PeerConfig {
     pub endpoint: Option<SocketAddr>,
 }
 
+/// The resolved configuration, one part per table of the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub identity_path: PathBuf,
-    pub run_dir: PathBuf,
-    pub port: u16,
-    pub bind: Option<IpAddr>,
-    pub interface: Option<String>,
-    pub tap: String,
-    pub tap_mtu: Option<u32>,
-    pub dataplane_bin: Option<PathBuf>,
-    pub offload: bool,
-    pub crypto_thread: bool,
-    /// socket/xdp backends: when idle CPUs are kept polling while the data plane runs.
-    pub cpu_latency: omni_shm::settings::CpuLatency,
-    /// socket/xdp backends: the CPU the data plane's I/O thread runs on.
-    pub dataplane_cpu: Option<u32>,
-    /// socket/xdp backends: the data plane's polling window after traffic (µs).
-    pub spin_us: u64,
-    /// The data plane's backend.
-    pub backend: Backend,
+    pub daemon: Daemon,
+    /// `[security]` and `[timers]`.
+    pub security: Security,
+    pub switch: Switch,
+    pub network: Network,
     /// dpdk backend: its ports and cores.
     pub dpdk: DpdkSection,
-    /// xdp backend: how the XDP program is attached.
-    pub xdp_mode: XdpMode,
-    /// Transport AEADs offered and accepted.
-    pub cipher: CipherChoice,
-    pub nucleus: Vec<NucleusSpec>,
-    pub cluster: Option<String>,
-    pub cluster_secret: Option<String>,
-    pub rendezvous: RendezvousTimers,
-    pub max_sessions_per_ip: u32,
-    pub cookie_threshold: u32,
-    pub timers: Timers,
-    pub fdb_aging: Duration,
-    pub fdb_capacity: u32,
-    pub flood_limit: u32,
-    pub max_peers: u32,
     pub peers: Vec<PeerConfig>,
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -134,45 +104,14 @@ impl Settings {
         cli: CliOverrides,
         host: &dyn Host,
     ) -> Result<Self, ConfigError> {
-        let d = sections::daemon(file.daemon, &cli, host)?;
-        let sec = sections::security(file.security, file.timers, &cli)?;
-        let sw = sections::switch(file.switch, &cli)?;
-        let net = sections::network(file.network, &cli, host)?;
-        let peers = sections::peers(file.peers, &cli, sw.max_peers, host)?;
+        let daemon = sections::daemon(file.daemon, &cli, host)?;
+        let security = sections::security(file.security, file.timers, &cli)?;
+        let switch = sections::switch(file.switch, &cli)?;
+        let network = sections::network(file.network, &cli, host)?;
+        let peers = sections::peers(file.peers, &cli, switch.max_peers, host)?;
         let metrics_listen = sections::metrics(file.metrics, &cli)?;
-        let dpdk = sections::dpdk(file.dpdk, d.backend)?;
-        Ok(Settings {
-            identity_path: d.identity_path,
-            run_dir: d.run_dir,
-            port: d.port,
-            bind: d.bind,
-            interface: d.interface,
-            tap: d.tap,
-            tap_mtu: d.tap_mtu,
-            dataplane_bin: d.dataplane_bin,
-            offload: d.offload,
-            crypto_thread: d.crypto_thread,
-            cpu_latency: d.cpu_latency,
-            dataplane_cpu: d.dataplane_cpu,
-            spin_us: d.spin_us,
-            backend: d.backend,
-            xdp_mode: d.xdp_mode,
-            cipher: d.cipher,
-            dpdk,
-            nucleus: net.nucleus,
-            cluster: net.cluster,
-            cluster_secret: net.cluster_secret,
-            rendezvous: net.rendezvous,
-            max_sessions_per_ip: sec.max_sessions_per_ip,
-            cookie_threshold: sec.cookie_threshold,
-            timers: sec.timers,
-            fdb_aging: sw.fdb_aging,
-            fdb_capacity: sw.fdb_capacity,
-            flood_limit: sw.flood_limit,
-            max_peers: sw.max_peers,
-            peers,
-            metrics_listen,
-        })
+        let dpdk = sections::dpdk(file.dpdk, daemon.backend)?;
+        Ok(Settings { daemon, security, switch, network, dpdk, peers, metrics_listen })
     }
 }
 
@@ -181,18 +120,23 @@ impl Settings {
 pub fn summary(s: &Settings, public_key: &PublicKey, tap_mtu: u32) -> String {
     let mut lines = vec![
         "configuration is valid; omni-daemon would start with:".to_string(),
-        format!("  identity   {} (public key {public_key})", s.identity_path.display()),
+        format!("  identity   {} (public key {public_key})", s.daemon.identity_path.display()),
         format!(
             "  data plane {} backend, UDP port {}, TAP {} (MTU {tap_mtu}){}",
-            s.backend,
-            s.port,
-            s.tap,
-            s.interface.as_deref().map(|i| format!(", underlay interface {i}")).unwrap_or_default()
+            s.daemon.backend,
+            s.daemon.port,
+            s.daemon.tap,
+            s.daemon
+                .interface
+                .as_deref()
+                .map(|i| format!(", underlay interface {i}"))
+                .unwrap_or_default()
         ),
         format!("  peers      {} static", s.peers.len()),
     ];
-    if let Some(cluster) = &s.cluster {
+    if let Some(cluster) = &s.network.cluster {
         let nuclei: Vec<String> = s
+            .network
             .nucleus
             .iter()
             .map(|n| format!("{}{}", n.addr, if n.pinned.is_some() { " (key pinned)" } else { "" }))

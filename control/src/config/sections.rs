@@ -39,6 +39,7 @@ fn secs(
 }
 
 /// `[daemon]`: the node's files, its interfaces and its data plane.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Daemon {
     pub identity_path: PathBuf,
     pub run_dir: PathBuf,
@@ -165,6 +166,7 @@ pub fn daemon(
 }
 
 /// `[security]` and `[timers]`: handshake limits and the protocol timers.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Security {
     pub max_sessions_per_ip: u32,
     pub cookie_threshold: u32,
@@ -255,6 +257,7 @@ pub fn security(
 }
 
 /// `[switch]`: the FDB and flooding.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Switch {
     pub fdb_aging: Duration,
     pub fdb_capacity: u32,
@@ -292,6 +295,7 @@ pub fn switch(sw: SwitchSection, cli: &CliOverrides) -> Result<Switch, ConfigErr
 }
 
 /// `[network]`: the cluster, its Nuclei and the timers of introduced peers.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     pub nucleus: Vec<NucleusSpec>,
     pub cluster: Option<String>,

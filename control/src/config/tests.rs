@@ -1,4 +1,7 @@
 use std::path::Path;
+use std::time::Duration;
+
+use omni_proto::aead::CipherChoice;
 
 use super::*;
 
@@ -56,32 +59,32 @@ fn full_file_parses() {
     ))
     .unwrap();
     let s = Settings::resolve(f, CliOverrides::default()).unwrap();
-    assert_eq!(s.port, 51999);
-    assert_eq!(s.tap, "fab0");
-    assert_eq!(s.interface.as_deref(), Some("eth1"));
-    assert_eq!(s.nucleus[0].addr, "127.0.0.1:51820".parse().unwrap());
-    assert_eq!(s.max_sessions_per_ip, 5);
-    assert_eq!(s.timers.rekey_timeout, Duration::from_secs(2));
+    assert_eq!(s.daemon.port, 51999);
+    assert_eq!(s.daemon.tap, "fab0");
+    assert_eq!(s.daemon.interface.as_deref(), Some("eth1"));
+    assert_eq!(s.network.nucleus[0].addr, "127.0.0.1:51820".parse().unwrap());
+    assert_eq!(s.security.max_sessions_per_ip, 5);
+    assert_eq!(s.security.timers.rekey_timeout, Duration::from_secs(2));
     assert_eq!(s.peers.len(), 1);
     assert_eq!(s.peers[0].endpoint, Some("10.0.0.2:51820".parse().unwrap()));
     assert_eq!(s.metrics_listen, Some("127.0.0.1:9200".parse().unwrap()));
-    assert!(!s.offload);
-    assert!(s.crypto_thread);
-    assert_eq!(s.cpu_latency, omni_shm::settings::CpuLatency::Always);
+    assert!(!s.daemon.offload);
+    assert!(s.daemon.crypto_thread);
+    assert_eq!(s.daemon.cpu_latency, omni_shm::settings::CpuLatency::Always);
 }
 
 #[test]
 fn defaults() {
     let s = Settings::resolve(FileConfig::default(), CliOverrides::default()).unwrap();
-    assert_eq!(s.port, 51820);
-    assert_eq!(s.tap, "omni0");
-    assert_eq!(s.max_sessions_per_ip, 10);
-    assert_eq!(s.timers.rekey_timeout, Duration::from_secs(5));
-    assert_eq!(s.timers.rekey_after, Duration::from_secs(120));
-    assert_eq!(s.fdb_aging, Duration::from_secs(300));
-    assert_eq!(s.run_dir, PathBuf::from("/run/omni"));
+    assert_eq!(s.daemon.port, 51820);
+    assert_eq!(s.daemon.tap, "omni0");
+    assert_eq!(s.security.max_sessions_per_ip, 10);
+    assert_eq!(s.security.timers.rekey_timeout, Duration::from_secs(5));
+    assert_eq!(s.security.timers.rekey_after, Duration::from_secs(120));
+    assert_eq!(s.switch.fdb_aging, Duration::from_secs(300));
+    assert_eq!(s.daemon.run_dir, PathBuf::from("/run/omni"));
     assert_eq!(s.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
-    assert_eq!(s.cipher, CipherChoice::Auto);
+    assert_eq!(s.daemon.cipher, CipherChoice::Auto);
 }
 
 #[test]
@@ -145,7 +148,7 @@ fn dataplane_cpu_is_checked_against_the_allowed_cpus() {
         CliOverrides::default(),
     )
     .unwrap();
-    assert_eq!(s.dataplane_cpu, Some(cpu));
+    assert_eq!(s.daemon.dataplane_cpu, Some(cpu));
     assert_eq!(crate::daemon::dataplane_args(&s, 1400, &[2, 0, 0, 0, 0, 1]).cpu, Some(cpu));
     let e = Settings::resolve(
         parse("[daemon]\ndataplane_cpu = 4000\n").unwrap(),
@@ -170,12 +173,12 @@ fn command_line_overrides_file() {
         ..Default::default()
     };
     let s = Settings::resolve(f, cli).unwrap();
-    assert!(!s.crypto_thread);
-    assert_eq!(s.spin_us, 0);
-    assert_eq!(s.cpu_latency, omni_shm::settings::CpuLatency::Off);
-    assert_eq!(s.cipher, CipherChoice::Only(omni_proto::aead::Aead::ChaCha20Poly1305));
-    assert_eq!(s.port, 2000);
-    assert_eq!(s.tap, "a0");
+    assert!(!s.daemon.crypto_thread);
+    assert_eq!(s.daemon.spin_us, 0);
+    assert_eq!(s.daemon.cpu_latency, omni_shm::settings::CpuLatency::Off);
+    assert_eq!(s.daemon.cipher, CipherChoice::Only(omni_proto::aead::Aead::ChaCha20Poly1305));
+    assert_eq!(s.daemon.port, 2000);
+    assert_eq!(s.daemon.tap, "a0");
     assert_eq!(s.peers.len(), 1, "same key merged");
     assert_eq!(s.peers[0].endpoint, Some("10.0.0.3:2".parse().unwrap()));
     assert_eq!(s.metrics_listen, None);
@@ -195,7 +198,7 @@ fn cluster_secret_files_must_be_private() {
     let text =
         format!("[network]\ncluster = \"fleet\"\ncluster_secret_file = \"{}\"\n", secret.display());
     let s = Settings::resolve(parse(&text).unwrap(), CliOverrides::default()).unwrap();
-    assert_eq!(s.cluster_secret.as_deref(), Some("s3cret"));
+    assert_eq!(s.network.cluster_secret.as_deref(), Some("s3cret"));
     chmod(&secret, 0o644);
     let e =
         Settings::resolve(parse(&text).unwrap(), CliOverrides::default()).unwrap_err().to_string();
@@ -255,10 +258,10 @@ fn validation_asks_the_machine_only_through_its_host() {
     )
     .unwrap();
     let s = Settings::resolve_on(f, CliOverrides::default(), &FakeHost).unwrap();
-    assert_eq!(s.nucleus[0].addr, "192.0.2.7:51820".parse().unwrap());
-    assert_eq!(s.cluster_secret.as_deref(), Some("s3cret"));
-    assert_eq!(s.dataplane_cpu, Some(6));
-    assert!(s.crypto_thread, "8 CPUs: the crypto thread is on by default");
+    assert_eq!(s.network.nucleus[0].addr, "192.0.2.7:51820".parse().unwrap());
+    assert_eq!(s.network.cluster_secret.as_deref(), Some("s3cret"));
+    assert_eq!(s.daemon.dataplane_cpu, Some(6));
+    assert!(s.daemon.crypto_thread, "8 CPUs: the crypto thread is on by default");
     let f = parse("[daemon]\ndataplane_cpu = 9\n").unwrap();
     let e = Settings::resolve_on(f, CliOverrides::default(), &FakeHost).unwrap_err().to_string();
     assert!(e.contains("allowed: 0-7"), "{e}");

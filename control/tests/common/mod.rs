@@ -45,14 +45,13 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Fails the test early, with the fix, when not root or a tool is missing.
-pub fn require_root_and_tools(tools: &[&str]) {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "network tests need root (they create network namespaces); run scripts/test.sh as root"
-    );
+/// The start of a network test: one at a time (the guard), as root (else skipped, see
+/// [`omni_testkit::root_or_skip`]), with the tools it runs; a missing tool fails with the fix.
+pub fn root_test(tools: &[&str]) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let serial = serial();
+    if !omni_testkit::root_or_skip("it creates network namespaces") {
+        return None;
+    }
     for t in tools {
         let ok = Command::new("sh")
             .arg("-c")
@@ -66,6 +65,7 @@ pub fn require_root_and_tools(tools: &[&str]) {
             "{t} is missing; run scripts/setup.sh (installs iproute2, iperf3, socat, tcpdump, nftables)"
         );
     }
+    Some(serial)
 }
 
 /// Runs an iperf3 TCP test from `client` to a one-shot server started in `server` on

@@ -5,6 +5,7 @@
 
 pub mod docs;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -93,7 +94,12 @@ pub fn root_or_skip(needs: &str) -> bool {
     if std::env::var(ROOT_TESTS_REQUIRED).is_ok_and(|v| v == "1") {
         panic!("{test} needs root ({needs}) and {ROOT_TESTS_REQUIRED}=1: run it as root");
     }
-    eprintln!("skipped: {test} needs root ({needs}); scripts/test.sh runs it as root");
+    // Straight to the stream, not through eprintln!: libtest would capture that and show
+    // it only for a failing test, and a skip is worth seeing.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test} needs root ({needs}); scripts/test.sh runs it as root"
+    );
     false
 }
 

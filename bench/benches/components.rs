@@ -10,9 +10,9 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use omni_daemon::fabric::{Fabric, FabricConfig, Output, RendezvousTimers, Timers};
-use omni_dataplane::offload::csum;
 use omni_proto::Identity;
 use omni_proto::noise::Psk;
+use omni_proto::wire::checksum as csum;
 use omni_shm::fdb::{Fdb, FdbEntry};
 use omni_shm::layout::SessionSlot;
 use omni_shm::ring::{Consumer, Producer, RawSlots, RingCtl};

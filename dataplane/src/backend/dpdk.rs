@@ -41,7 +41,9 @@ use std::sync::atomic::{Ordering, fence};
 use super::channel::{self, punt};
 use super::crypto_pool::{Batch, Buf, CryptoPool, Item, Job};
 use super::neighbours::{ArpAction, Neighbours};
-use super::xdp::{L2Route, build_frame, build_headers, csum_add, csum_fold, parse_underlay};
+use super::xdp::{L2Route, build_frame, build_headers, parse_underlay};
+use omni_proto::wire::checksum;
+use omni_proto::wire::ethernet::{self, VLAN_TAG_LEN, ethertype};
 
 /// A port as the user names it: a PCI address, or a virtual device with its arguments
 /// (`net_memif0,role=server,socket=/run/omni/memif.sock`).
@@ -593,8 +595,6 @@ const PORT_DESCRIPTORS: u16 = 1024;
 const OUTER_V4: usize = 14 + 20 + 8;
 /// Ethernet + IPv6 + UDP.
 const OUTER_V6: usize = 14 + 40 + 8;
-/// An 802.1Q tag.
-const VLAN_TAG: usize = 4;
 
 /// Outer headers to one destination, built once and patched per packet (the lengths, and
 /// over IPv4 an incremental IP checksum) while they are fresh, instead of a neighbour
@@ -604,12 +604,12 @@ const VLAN_TAG: usize = 4;
 struct OuterHeaders {
     dst: SocketAddr,
     built_ms: u64,
-    bytes: [u8; OUTER_V6 + VLAN_TAG],
+    bytes: [u8; OUTER_V6 + VLAN_TAG_LEN],
     len: usize,
     /// Where the IP header starts (after a VLAN tag, if any).
     l3: usize,
     /// IPv4: ones' complement sum of the IP header without its total length and checksum.
-    ip_sum: u32,
+    ip_sum: u64,
 }
 
 /// How long built headers are reused before the neighbour table is asked again.
@@ -617,9 +617,9 @@ const OUTER_HEADERS_FRESH_MS: u64 = 100;
 
 impl OuterHeaders {
     fn new(route: &L2Route, udp_port: u16, dst: SocketAddr, now_ms: u64) -> Option<Self> {
-        let l3 = if route.vlan.is_some() { 14 + VLAN_TAG } else { 14 };
+        let l3 = if route.vlan.is_some() { 14 + VLAN_TAG_LEN } else { 14 };
         let len = l3 + if dst.is_ipv4() { 20 + 8 } else { 40 + 8 };
-        let mut bytes = [0u8; OUTER_V6 + VLAN_TAG];
+        let mut bytes = [0u8; OUTER_V6 + VLAN_TAG_LEN];
         if build_headers(&mut bytes[..len], route, udp_port, dst, 0)? != len {
             return None;
         }
@@ -629,7 +629,7 @@ impl OuterHeaders {
             ip.copy_from_slice(&bytes[l3..l3 + 20]);
             ip[2..4].fill(0);
             ip[10..12].fill(0);
-            ip_sum = csum_add(0, &ip);
+            ip_sum = checksum::add(0, &ip);
         }
         Some(Self { dst, built_ms: now_ms, bytes, len, l3, ip_sum })
     }
@@ -647,7 +647,7 @@ impl OuterHeaders {
         if l4 - l3 == 20 {
             let ip_len = (20 + 8 + payload_len) as u16;
             out[l3 + 2..l3 + 4].copy_from_slice(&ip_len.to_be_bytes());
-            let c = csum_fold(self.ip_sum + ip_len as u32);
+            let c = checksum::finish(self.ip_sum + ip_len as u64);
             out[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
         } else {
             out[l3 + 4..l3 + 6].copy_from_slice(&udp_len);
@@ -659,24 +659,16 @@ impl OuterHeaders {
 /// Writes the UDP checksum of an Ethernet + IPv6 + UDP frame whose headers and payload
 /// are final (IPv6 requires it; 0 is sent as 0xffff). Frames of other kinds are left alone.
 fn udp6_checksum(frame: &mut [u8]) {
-    let l3 = if frame.get(12..14) == Some(&[0x81, 0x00]) { 14 + VLAN_TAG } else { 14 };
-    if frame.len() < l3 + 48 || frame[l3 - 2..l3] != [0x86, 0xdd] {
+    let Some(h) = ethernet::l2(frame) else { return };
+    let l4 = h.payload + 40;
+    if h.ethertype != ethertype::IPV6 || frame.len() < l4 + 8 {
         return;
     }
-    let l4 = l3 + 40;
     let udp_len = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]) as usize;
     if frame.len() < l4 + udp_len || udp_len < 8 {
         return;
     }
-    frame[l4 + 6..l4 + 8].fill(0);
-    let mut sum = csum_add(0, &frame[l3 + 8..l3 + 40]);
-    sum += udp_len as u32 + 17;
-    sum = csum_add(sum, &frame[l4..l4 + udp_len]);
-    let c = match csum_fold(sum) {
-        0 => 0xffff,
-        c => c,
-    };
-    frame[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+    super::xdp::udp6_checksum(&mut frame[h.payload..l4 + udp_len]);
 }
 
 /// Datagrams held while their next hop is being resolved.
@@ -821,7 +813,7 @@ impl<'a> DpdkTx<'a> {
 
     /// Where the IP header starts in our frames.
     fn l3(&self) -> usize {
-        if self.neighbours.vlan.is_some() { 14 + VLAN_TAG } else { 14 }
+        if self.neighbours.vlan.is_some() { 14 + VLAN_TAG_LEN } else { 14 }
     }
 
     /// Queues a finished packet for the underlay port.
@@ -1020,7 +1012,7 @@ impl<'r> Shared<'r> {
             pending: std::collections::VecDeque::new(),
             outer: None,
             outer_len: if cfg.underlay_ip.is_ipv4() { OUTER_V4 } else { OUTER_V6 }
-                + if cfg.vlan.is_some() { VLAN_TAG } else { 0 },
+                + if cfg.vlan.is_some() { VLAN_TAG_LEN } else { 0 },
         }
     }
 

@@ -6,13 +6,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::xdp::{csum_add, csum_fold};
+use omni_proto::wire::checksum;
+use omni_proto::wire::ethernet::{self, VLAN_TAG_LEN, ethertype};
+use omni_proto::wire::ip::protocol;
 
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
 const ARP_LEN: usize = 28;
-const IPPROTO_ICMPV6: u8 = 58;
 const ND_NEIGHBOR_SOLICIT: u8 = 135;
 const ND_NEIGHBOR_ADVERT: u8 = 136;
 /// ICMPv6 header (4) + reserved/flags (4) + target (16) + one link-layer option (8).
@@ -153,16 +151,10 @@ impl Neighbours {
     /// Whether `f` is an ARP or ICMPv6 frame (tagged or not) this table should see (not
     /// the fabric's).
     pub fn wants(f: &[u8]) -> bool {
-        if f.len() < 14 {
-            return false;
-        }
-        let (ethertype, l3) = match u16::from_be_bytes([f[12], f[13]]) {
-            ETH_P_8021Q if f.len() >= 18 => (u16::from_be_bytes([f[16], f[17]]), 18),
-            t => (t, 14),
-        };
-        match ethertype {
-            ETH_P_ARP => true,
-            ETH_P_IPV6 => f.len() >= l3 + 40 && f[l3 + 6] == IPPROTO_ICMPV6,
+        let Some(h) = ethernet::l2(f) else { return false };
+        match h.ethertype {
+            ethertype::ARP => true,
+            ethertype::IPV6 => f.len() >= h.payload + 40 && f[h.payload + 6] == protocol::ICMPV6,
             _ => false,
         }
     }
@@ -170,19 +162,14 @@ impl Neighbours {
     /// Handles a received Ethernet frame carrying ARP (0x0806) or ICMPv6 neighbour
     /// discovery (no extension headers): untagged, or tagged with our VLAN when we have one.
     pub fn on_frame(&mut self, now_ms: u64, f: &[u8]) -> ArpAction {
-        if f.len() < 14 {
-            return ArpAction::Ignore;
-        }
-        let tagged = u16::from_be_bytes([f[12], f[13]]) == ETH_P_8021Q;
-        let action = match (tagged, self.vlan) {
-            (false, None) => self.on_untagged(now_ms, f),
-            (true, Some(vid))
-                if f.len() >= 18 && u16::from_be_bytes([f[14], f[15]]) & 0x0fff == vid =>
-            {
+        let Some(h) = ethernet::l2(f) else { return ArpAction::Ignore };
+        let action = match (h.vlan_id(), self.vlan) {
+            (None, None) => self.on_untagged(now_ms, f),
+            (Some(tagged), Some(vid)) if tagged == vid => {
                 // The tag out: the same frame as an untagged one (ARP/ND only: rare).
-                let mut plain = Vec::with_capacity(f.len() - 4);
+                let mut plain = Vec::with_capacity(f.len() - VLAN_TAG_LEN);
                 plain.extend_from_slice(&f[..12]);
-                plain.extend_from_slice(&f[16..]);
+                plain.extend_from_slice(&f[12 + VLAN_TAG_LEN..]);
                 self.on_untagged(now_ms, &plain)
             }
             _ => ArpAction::Ignore,
@@ -195,8 +182,8 @@ impl Neighbours {
 
     fn on_untagged(&mut self, now_ms: u64, f: &[u8]) -> ArpAction {
         match (u16::from_be_bytes([f[12], f[13]]), self.our_ip) {
-            (ETH_P_ARP, IpAddr::V4(o)) => self.on_arp(now_ms, f, o),
-            (ETH_P_IPV6, IpAddr::V6(o)) => self.on_nd(now_ms, f, o),
+            (ethertype::ARP, IpAddr::V4(o)) => self.on_arp(now_ms, f, o),
+            (ethertype::IPV6, IpAddr::V6(o)) => self.on_nd(now_ms, f, o),
             _ => ArpAction::Ignore,
         }
     }
@@ -206,7 +193,7 @@ impl Neighbours {
         let Some(vid) = self.vlan else { return f };
         let mut t = Vec::with_capacity(f.len() + 4);
         t.extend_from_slice(&f[..12]);
-        t.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        t.extend_from_slice(&ethertype::VLAN.to_be_bytes());
         t.extend_from_slice(&vid.to_be_bytes());
         t.extend_from_slice(&f[12..]);
         t
@@ -247,7 +234,7 @@ impl Neighbours {
     /// advertisements teach the sender's (or target's) link-layer address. Messages that
     /// fail RFC 4861's checks (hop limit 255, code 0, checksum) are ignored.
     fn on_nd(&mut self, now_ms: u64, f: &[u8], our: Ipv6Addr) -> ArpAction {
-        if f.len() < 14 + 40 + 24 || f[14] >> 4 != 6 || f[20] != IPPROTO_ICMPV6 || f[21] != 255 {
+        if f.len() < 14 + 40 + 24 || f[14] >> 4 != 6 || f[20] != protocol::ICMPV6 || f[21] != 255 {
             return ArpAction::Ignore;
         }
         let plen = u16::from_be_bytes([f[18], f[19]]) as usize;
@@ -318,7 +305,7 @@ impl Neighbours {
         let mut f = vec![0u8; 14 + ARP_LEN];
         f[0..6].copy_from_slice(&eth_dst);
         f[6..12].copy_from_slice(&self.our_mac);
-        f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+        f[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
         let a = &mut f[14..];
         a[0..2].copy_from_slice(&[0, 1]);
         a[2..4].copy_from_slice(&[8, 0]);
@@ -346,11 +333,11 @@ impl Neighbours {
         let mut f = vec![0u8; 14 + 40 + ND_LEN];
         f[0..6].copy_from_slice(&eth_dst);
         f[6..12].copy_from_slice(&self.our_mac);
-        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
         let ip = &mut f[14..54];
         ip[0] = 0x60;
         ip[4..6].copy_from_slice(&(ND_LEN as u16).to_be_bytes());
-        ip[6] = IPPROTO_ICMPV6;
+        ip[6] = protocol::ICMPV6;
         ip[7] = 255;
         ip[8..24].copy_from_slice(&src.octets());
         ip[24..40].copy_from_slice(&dst.octets());
@@ -372,10 +359,10 @@ impl Neighbours {
 /// The ICMPv6 checksum of `msg` (its checksum field as it is): 0 for a message whose
 /// checksum is right; over a message with a zeroed field, the value to put there.
 fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
-    let mut sum = csum_add(0, &src.octets());
-    sum = csum_add(sum, &dst.octets());
-    sum += msg.len() as u32 + IPPROTO_ICMPV6 as u32;
-    csum_fold(csum_add(sum, msg))
+    let pseudo = checksum::add(checksum::add(0, &src.octets()), &dst.octets())
+        + msg.len() as u64
+        + protocol::ICMPV6 as u64;
+    checksum::finish(checksum::add(pseudo, msg))
 }
 
 /// The solicited-node multicast group of `a` (ff02::1:ffXX:XXXX).

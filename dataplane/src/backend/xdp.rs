@@ -13,6 +13,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
+use omni_proto::constants::ETHERNET_HEADER_LEN;
+use omni_proto::wire::checksum;
+use omni_proto::wire::ethernet::{self, L2, VLAN_TAG_LEN, ethertype};
+use omni_proto::wire::ip::protocol;
 use omni_xdp::xsk::{self, RxDesc, XskConfig, XskMode, XskModeRequest, XskRx, XskTx};
 use omni_xdp::{AttachMode, XdpConfig, XdpFilter, counter};
 use tracing::{info, warn};
@@ -59,12 +63,6 @@ pub struct Underlay {
     pub payload: Range<usize>,
 }
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_UDP: u8 = 17;
-
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
@@ -76,18 +74,11 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 // being stored and reloaded in pieces (a store-forwarding stall each time).
 #[inline(always)]
 pub fn parse_underlay(f: &[u8], port: u16) -> Option<Underlay> {
-    let mut ethertype = be16(f, 12)?;
-    let mut l3 = 14;
-    let mut vlan = None;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        vlan = Some(be16(f, 14)?);
-        ethertype = be16(f, 16)?;
-        l3 = 18;
-    }
-    let (src_ip, our_ip, l4) = match ethertype {
-        ETH_P_IP => {
+    let L2 { tci: vlan, ethertype: et, payload: l3 } = ethernet::l2(f)?;
+    let (src_ip, our_ip, l4) = match et {
+        ethertype::IPV4 => {
             let ihl = ((*f.get(l3)? & 0x0f) as usize) * 4;
-            if f[l3] >> 4 != 4 || ihl < 20 || *f.get(l3 + 9)? != IPPROTO_UDP {
+            if f[l3] >> 4 != 4 || ihl < 20 || *f.get(l3 + 9)? != protocol::UDP {
                 return None;
             }
             if be16(f, l3 + 6)? & 0x3fff != 0 {
@@ -97,8 +88,8 @@ pub fn parse_underlay(f: &[u8], port: u16) -> Option<Underlay> {
             let d: [u8; 4] = f.get(l3 + 16..l3 + 20)?.try_into().ok()?;
             (IpAddr::V4(Ipv4Addr::from(s)), IpAddr::V4(Ipv4Addr::from(d)), l3 + ihl)
         }
-        ETH_P_IPV6 => {
-            if *f.get(l3)? >> 4 != 6 || *f.get(l3 + 6)? != IPPROTO_UDP {
+        ethertype::IPV6 => {
+            if *f.get(l3)? >> 4 != 6 || *f.get(l3 + 6)? != protocol::UDP {
                 return None;
             }
             let s: [u8; 16] = f.get(l3 + 8..l3 + 24)?.try_into().ok()?;
@@ -124,29 +115,10 @@ pub fn parse_underlay(f: &[u8], port: u16) -> Option<Underlay> {
     Some(Underlay { src: SocketAddr::new(src_ip, sport), route, payload: l4 + 8..l4 + udp_len })
 }
 
-/// Internet checksum of `data` added to `sum` (not yet folded).
-pub(crate) fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    if let [last] = chunks.remainder() {
-        sum += (*last as u32) << 8;
-    }
-    sum
-}
-
-pub(crate) fn csum_fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Bytes of Ethernet (+ VLAN) + IP + UDP headers in front of a datagram to `dst` over
 /// `route`, or `None` when the address families of the route and `dst` differ.
 pub fn headers_len(route: &L2Route, dst: SocketAddr) -> Option<usize> {
-    let l3 = if route.vlan.is_some() { 18 } else { 14 };
+    let l3 = ETHERNET_HEADER_LEN + if route.vlan.is_some() { VLAN_TAG_LEN } else { 0 };
     match (route.our_ip, dst.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) => Some(l3 + 20 + 8),
         (IpAddr::V6(_), IpAddr::V6(_)) => Some(l3 + 40 + 8),
@@ -186,7 +158,7 @@ pub fn build_headers(
     dst: SocketAddr,
     payload_len: usize,
 ) -> Option<usize> {
-    let l3 = if route.vlan.is_some() { 18 } else { 14 };
+    let l3 = ETHERNET_HEADER_LEN + if route.vlan.is_some() { VLAN_TAG_LEN } else { 0 };
     let l4 = headers_len(route, dst)? - 8;
     let total = l4 + 8 + payload_len;
     if total > out.len() || 8 + payload_len > u16::MAX as usize {
@@ -194,13 +166,13 @@ pub fn build_headers(
     }
     out[0..6].copy_from_slice(&route.peer_mac);
     out[6..12].copy_from_slice(&route.our_mac);
-    let ethertype = if l4 - l3 == 20 { ETH_P_IP } else { ETH_P_IPV6 };
+    let et = if l4 - l3 == 20 { ethertype::IPV4 } else { ethertype::IPV6 };
     if let Some(tci) = route.vlan {
-        out[12..14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+        out[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
         out[14..16].copy_from_slice(&tci.to_be_bytes());
-        out[16..18].copy_from_slice(&ethertype.to_be_bytes());
+        out[16..18].copy_from_slice(&et.to_be_bytes());
     } else {
-        out[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        out[12..14].copy_from_slice(&et.to_be_bytes());
     }
     let udp_len = (8 + payload_len) as u16;
     out[l4..l4 + 2].copy_from_slice(&local_port.to_be_bytes());
@@ -216,11 +188,10 @@ pub fn build_headers(
             h[4..6].copy_from_slice(&[0, 0]);
             h[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF: sized to the path
             h[8] = 64;
-            h[9] = IPPROTO_UDP;
-            h[10..12].copy_from_slice(&[0, 0]);
+            h[9] = protocol::UDP;
             h[12..16].copy_from_slice(&s.octets());
             h[16..20].copy_from_slice(&d.octets());
-            let c = csum_fold(csum_add(0, h));
+            let c = checksum::ipv4_header(h);
             h[10..12].copy_from_slice(&c.to_be_bytes());
             // UDP checksum 0: allowed over IPv4, and the AEAD protects the payload.
         }
@@ -228,24 +199,26 @@ pub fn build_headers(
             let h = &mut out[l3..l4];
             h[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
             h[4..6].copy_from_slice(&udp_len.to_be_bytes());
-            h[6] = IPPROTO_UDP;
+            h[6] = protocol::UDP;
             h[7] = 64;
             h[8..24].copy_from_slice(&s.octets());
             h[24..40].copy_from_slice(&d.octets());
             // IPv6 requires the UDP checksum (pseudo-header + UDP header + payload).
-            let mut sum = csum_add(0, &s.octets());
-            sum = csum_add(sum, &d.octets());
-            sum += udp_len as u32 + IPPROTO_UDP as u32;
-            sum = csum_add(sum, &out[l4..total]);
-            let c = match csum_fold(sum) {
-                0 => 0xffff,
-                c => c,
-            };
-            out[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+            udp6_checksum(&mut out[l3..total]);
         }
         _ => unreachable!("families checked above"),
     }
     Some(total)
+}
+
+/// Writes the UDP checksum of an IPv6 packet (`packet` from its IPv6 header on) whose
+/// headers and payload are final: IPv6 requires it over the pseudo header and the whole
+/// datagram, and the payload is sealed only once it is in place.
+pub fn udp6_checksum(packet: &mut [u8]) {
+    let (ip, udp) = packet.split_at_mut(40);
+    udp[6..8].fill(0);
+    let c = checksum::udp_field(checksum::transport(ip, 6, protocol::UDP, udp));
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The receiving side of the port: the program and each queue's socket.
@@ -435,6 +408,19 @@ impl XdpTx {
 mod tests {
     use super::*;
 
+    /// RFC 1071 word by word: the sums here are checked against it, not against the code
+    /// that made them.
+    fn rfc1071(data: &[u8]) -> u16 {
+        let mut s: u32 = 0;
+        for c in data.chunks(2) {
+            s += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+
     fn route4() -> L2Route {
         L2Route {
             peer_mac: [2, 0, 0, 0, 0, 2],
@@ -451,7 +437,7 @@ mod tests {
         let n = build_frame(&mut buf, &route4(), 4000, dst, &[b"abcd", b"efgh"]).unwrap();
         assert_eq!(n, 14 + 20 + 8 + 8);
         assert_eq!(&buf[12..14], &[0x08, 0x00]);
-        assert_eq!(csum_fold(csum_add(0, &buf[14..34])), 0, "header checksum verifies");
+        assert_eq!(rfc1071(&buf[14..34]), 0, "header checksum verifies");
         // Parse it as the peer would: source is us.
         let u = parse_underlay(&buf[..n], 51820).unwrap();
         assert_eq!(u.src, "10.0.0.1:4000".parse().unwrap());
@@ -472,10 +458,9 @@ mod tests {
         assert_eq!(n, 18 + 40 + 8 + 5);
         assert_eq!(&buf[12..18], &[0x81, 0x00, 0, 7, 0x86, 0xdd]);
         let l4 = 18 + 40;
-        let mut sum = csum_add(0, &buf[18 + 8..18 + 40]);
-        sum += (n - l4) as u32 + 17;
-        sum = csum_add(sum, &buf[l4..n]);
-        assert_eq!(csum_fold(sum), 0, "UDP checksum verifies");
+        let len = ((n - l4) as u16).to_be_bytes();
+        let pseudo = [&buf[18 + 8..18 + 40], &[0, 0, len[0], len[1], 0, 0, 0, 17][..]].concat();
+        assert_eq!(rfc1071(&[&pseudo[..], &buf[l4..n]].concat()), 0, "UDP checksum verifies");
         let u = parse_underlay(&buf[..n], 51820).unwrap();
         assert_eq!(u.route.vlan, Some(7));
         assert_eq!(u.src, "[fd00::1]:4000".parse().unwrap());

@@ -660,7 +660,7 @@ fn a_second_worker_follows_the_first_through_observed_events() {
 /// A TCP frame (02:..:01 → 02:..:02, IPv4, TCP at 34) whose checksum is partial, as a TAP
 /// hands it over with `NEEDS_CSUM`, in a buffer for `encap_partial`.
 fn partial_tcp_frame(payload: &[u8]) -> (PacketBuf, ChecksumPartial) {
-    use crate::offload::csum;
+    use omni_proto::wire::checksum as csum;
     let mut f = crate::offload::tso::tests::tcp_frame(false, payload, 1, 0x18);
     let pseudo = csum::fold(csum::pseudo(&f[14..], 4, 6, f.len() - 34));
     f[50..52].copy_from_slice(&pseudo.to_be_bytes());

@@ -12,9 +12,10 @@
 
 use omni_proto::wire::transport::ChecksumPartial;
 
-use super::csum;
 use super::tso::{TcpLayout, tcp_layout};
 use super::vnet::{self, VnetHdr};
+use omni_proto::wire::checksum as csum;
+use omni_proto::wire::ip::protocol;
 
 /// A frame that may start or join a run.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +47,7 @@ pub fn candidate(frame: &[u8], checksum: Option<ChecksumPartial>) -> Option<Cand
         Some(_) => return None,
         None => {
             let acc = csum::add(
-                csum::pseudo(&frame[layout.l3..], layout.version, 6, frame.len() - l4),
+                csum::pseudo(&frame[layout.l3..], layout.version, protocol::TCP, frame.len() - l4),
                 &frame[l4..],
             );
             if csum::fold(acc) != 0xffff {
@@ -129,7 +130,7 @@ impl Run {
         }
         hdr[l.l4 + 13] |= self.last_flags & 0x08;
         // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel finishes it.
-        let pseudo = csum::fold(csum::pseudo(&hdr[l.l3..], l.version, 6, n - l.l4));
+        let pseudo = csum::fold(csum::pseudo(&hdr[l.l3..], l.version, protocol::TCP, n - l.l4));
         hdr[l.l4 + 16..l.l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
         VnetHdr {
             flags: vnet::F_NEEDS_CSUM,
@@ -267,7 +268,8 @@ mod tests {
         other[35] ^= 1;
         let l4 = 34;
         other[l4 + 16..l4 + 18].fill(0);
-        let acc = csum::add(csum::pseudo(&other[14..], 4, 6, other.len() - l4), &other[l4..]);
+        let acc =
+            csum::add(csum::pseudo(&other[14..], 4, protocol::TCP, other.len() - l4), &other[l4..]);
         other[l4 + 16..l4 + 18].copy_from_slice(&csum::finish(acc).to_be_bytes());
         let co = candidate_full(&other).unwrap();
         assert!(!run.accepts(&segs[0], &other, &co));

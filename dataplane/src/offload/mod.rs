@@ -2,7 +2,8 @@
 //! call instead of one frame:
 //!
 //! - [`vnet`]: the virtio-net header the TAP puts in front of every frame (`IFF_VNET_HDR`);
-//! - [`csum`]: Internet checksums (RFC 1071) and pseudo headers;
+//! - [`csum`]: finishing the checksums the TAP left partial (the sums are
+//!   `omni_proto::wire::checksum`);
 //! - [`tso`]: cutting a TCP super-frame read from the TAP into MSS-sized frames, each an
 //!   Ethernet frame the fabric seals on its own: its checksum left partial towards peers
 //!   that agreed to carry checksum state, finished for the others;
@@ -19,16 +20,13 @@ pub mod tso;
 pub mod vnet;
 
 /// Where the IP header of an Ethernet frame starts and which IP version it is (plain or one
-/// 802.1Q tag); `None` for anything else.
+/// VLAN tag); `None` for anything else.
 pub fn l3(frame: &[u8]) -> Option<(usize, u8)> {
-    let et = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let (off, ty) = match et(12)? {
-        0x8100 => (18, et(16)?),
-        t => (14, t),
-    };
-    match ty {
-        0x0800 => Some((off, 4)),
-        0x86dd => Some((off, 6)),
+    use omni_proto::wire::ethernet::{ethertype, l2};
+    let h = l2(frame)?;
+    match h.ethertype {
+        ethertype::IPV4 => Some((h.payload, 4)),
+        ethertype::IPV6 => Some((h.payload, 6)),
         _ => None,
     }
 }

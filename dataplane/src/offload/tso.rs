@@ -3,8 +3,9 @@
 
 use omni_proto::wire::transport::ChecksumPartial;
 
-use super::csum;
 use super::vnet::{self, VnetHdr};
+use omni_proto::wire::checksum as csum;
+use omni_proto::wire::ip::protocol;
 
 /// A TCP super-frame and how to cut it into MSS-sized frames.
 pub struct Tso<'a> {
@@ -141,7 +142,7 @@ impl<'a> Tso<'a> {
         if i > 0 {
             out[l4 + 13] &= !0x80; // CWR only on the first
         }
-        let pseudo = csum::pseudo(&out[l3..], self.version, 6, n - l4);
+        let pseudo = csum::pseudo(&out[l3..], self.version, protocol::TCP, n - l4);
         let c = if full_checksum {
             out[l4 + 16..l4 + 18].fill(0);
             csum::finish(csum::add(pseudo, &out[l4..n]))
@@ -160,7 +161,7 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &VnetHdr) -> bool {
     if hdr.flags & vnet::F_NEEDS_CSUM == 0 {
         return true;
     }
-    csum::complete_partial(frame, hdr.csum_start as usize, hdr.csum_offset as usize)
+    super::csum::complete_partial(frame, hdr.csum_start as usize, hdr.csum_offset as usize)
 }
 
 #[cfg(test)]
@@ -196,7 +197,7 @@ pub(crate) mod tests {
             f[24..26].copy_from_slice(&c.to_be_bytes());
         }
         let (l3, ver) = super::super::l3(&f).unwrap();
-        let acc = csum::add(csum::pseudo(&f[l3..], ver, 6, f.len() - l4), &f[l4..]);
+        let acc = csum::add(csum::pseudo(&f[l3..], ver, protocol::TCP, f.len() - l4), &f[l4..]);
         let c = csum::finish(acc);
         f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
         f
@@ -204,8 +205,10 @@ pub(crate) mod tests {
 
     pub fn tcp_checksum_ok(f: &[u8]) -> bool {
         let l = tcp_layout(f).unwrap();
-        csum::fold(csum::add(csum::pseudo(&f[l.l3..], l.version, 6, f.len() - l.l4), &f[l.l4..]))
-            == 0xffff
+        csum::fold(csum::add(
+            csum::pseudo(&f[l.l3..], l.version, protocol::TCP, f.len() - l.l4),
+            &f[l.l4..],
+        )) == 0xffff
     }
 
     #[test]
@@ -273,7 +276,7 @@ pub(crate) mod tests {
                 assert_eq!(t.write_partial(i, &mut part), n);
                 assert_ne!(full[..n], part[..n], "segment {i} left partial");
                 assert!(!tcp_checksum_ok(&part[..n]));
-                assert!(csum::finish_state(&mut part[..n], c));
+                assert!(super::super::csum::finish_state(&mut part[..n], c));
                 assert_eq!(full[..n], part[..n], "v6={v6} segment {i}");
             }
         }
@@ -297,7 +300,7 @@ pub(crate) mod tests {
         let mut f = tcp_frame(false, &[9; 333], 5, 0x10);
         // What the kernel hands over: the pseudo-header sum in the field.
         let l4 = 34;
-        let pseudo = csum::fold(csum::pseudo(&f[14..], 4, 6, f.len() - l4));
+        let pseudo = csum::fold(csum::pseudo(&f[14..], 4, protocol::TCP, f.len() - l4));
         f[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
         let hdr = VnetHdr {
             flags: vnet::F_NEEDS_CSUM,

@@ -1,8 +1,11 @@
-//! The inner Ethernet frame's header, as far as the L2 switch needs it.
+//! Ethernet headers: the inner frame's, as far as the L2 switch needs it, and the one
+//! parser of an 802.1Q / 802.1ad tag, for inner frames and underlay frames alike.
 //!
 //! ```text
 //! 0          6          12          14
 //! | dst MAC  | src MAC  | ethertype | payload
+//! | dst MAC  | src MAC  | 0x8100    | TCI | ethertype | payload     (one VLAN tag)
+//!                       12          14    16          18
 //! ```
 
 use crate::WireError;
@@ -13,6 +16,50 @@ pub mod field {
     pub const DST: Range<usize> = 0..6;
     pub const SRC: Range<usize> = 6..12;
     pub const ETHERTYPE: Range<usize> = 12..14;
+}
+
+/// The EtherTypes the fabric reads or writes (IEEE 802 numbers).
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    /// An 802.1Q (customer) VLAN tag follows.
+    pub const VLAN: u16 = 0x8100;
+    /// An 802.1ad (service) VLAN tag follows.
+    pub const QINQ: u16 = 0x88a8;
+    pub const IPV6: u16 = 0x86dd;
+}
+
+/// Bytes a VLAN tag adds to the header.
+pub const VLAN_TAG_LEN: usize = 4;
+
+/// What follows the MAC addresses of a frame: at most one VLAN tag, then the EtherType of
+/// the payload, which starts at `payload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L2 {
+    /// The tag's TCI (priority, DEI and VLAN id), when the frame has one.
+    pub tci: Option<u16>,
+    pub ethertype: u16,
+    pub payload: usize,
+}
+
+impl L2 {
+    /// The VLAN id (the TCI's low 12 bits).
+    pub fn vlan_id(&self) -> Option<u16> {
+        self.tci.map(|t| t & 0x0fff)
+    }
+}
+
+/// Reads the header of an Ethernet frame, one 802.1Q or 802.1ad tag included; `None` for a
+/// frame too short for what its header says it holds.
+#[inline]
+pub fn l2(frame: &[u8]) -> Option<L2> {
+    let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    match be16(field::ETHERTYPE.start)? {
+        ethertype::VLAN | ethertype::QINQ => {
+            Some(L2 { tci: Some(be16(14)?), ethertype: be16(16)?, payload: 18 })
+        }
+        t => Some(L2 { tci: None, ethertype: t, payload: ETHERNET_HEADER_LEN }),
+    }
 }
 
 pub type MacAddr = [u8; 6];
@@ -69,6 +116,24 @@ impl<T: AsRef<[u8]>> Frame<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn l2_reads_one_tag_of_either_kind() {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x86, 0xdd, 0x60]);
+        assert_eq!(l2(&f), Some(L2 { tci: None, ethertype: ethertype::IPV6, payload: 14 }));
+        let mut t = vec![0u8; 12];
+        t.extend_from_slice(&[0x81, 0x00, 0xa0, 0x2a, 0x08, 0x00]);
+        let h = l2(&t).unwrap();
+        assert_eq!(
+            (h.tci, h.vlan_id(), h.ethertype, h.payload),
+            (Some(0xa02a), Some(42), 0x0800, 18)
+        );
+        t[12..14].copy_from_slice(&[0x88, 0xa8]);
+        assert_eq!(l2(&t).unwrap().vlan_id(), Some(42));
+        assert_eq!(l2(&t[..16]), None, "a tag cut short");
+        assert_eq!(l2(&f[..13]), None);
+    }
 
     #[test]
     fn parses_header_fields() {

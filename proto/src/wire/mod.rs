@@ -2,10 +2,12 @@
 //! zero-copy `Packet<T: AsRef<[u8]>>` view whose `new_checked` validates the length and type,
 //! and a `Repr` with `parse` / `emit`.
 
+pub mod checksum;
 pub mod cookie_reply;
 pub mod ethernet;
 pub mod handshake_init;
 pub mod handshake_resp;
+pub mod ip;
 pub mod nucleus;
 pub mod relay;
 pub mod transport;

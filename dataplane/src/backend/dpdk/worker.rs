@@ -1,0 +1,537 @@
+//! The I/O worker: one run-to-completion loop over its queue pair on both ports, and the
+//! AEAD jobs it hands to crypto workers.
+
+use super::*;
+
+/// What a crypto worker does to one packet.
+pub(super) enum CryptoJob {
+    /// Seal the message at `at..` of a packet whose headers are written.
+    Seal { job: SealJob, at: usize, ok: bool },
+    /// Open the datagram at `payload`; where it came from, for after.
+    Open {
+        pending: Option<PendingOpen>,
+        payload: std::ops::Range<usize>,
+        src: SocketAddr,
+        peer_mac: [u8; 6],
+        opened: Option<usize>,
+    },
+}
+
+impl Job for CryptoJob {
+    fn run(&mut self, bytes: &mut [u8]) {
+        match self {
+            CryptoJob::Seal { job, at, ok } => {
+                *ok = bytes.get_mut(*at..).and_then(|b| job.run(b)).is_some();
+                // Over IPv6 the UDP checksum covers the sealed payload: computed here.
+                udp6_checksum(bytes);
+            }
+            CryptoJob::Open { pending: Some(p), payload, opened, .. } => {
+                *opened = bytes.get_mut(payload.clone()).and_then(|d| p.run(d));
+            }
+            CryptoJob::Open { pending: None, .. } => {}
+        }
+    }
+}
+
+pub(super) struct DpdkWorker<'r> {
+    /// Which worker this is (0: the first, which also watches ports, signals and time).
+    pub(super) index: usize,
+    /// The RX and TX queue it owns on both ports.
+    pub(super) queue: u16,
+    pub(super) bus: &'r Bus,
+    pub(super) stop: &'r AtomicBool,
+    /// Mail taken from the bus, applied each pass (kept to reuse its allocation).
+    pub(super) mail: Vec<BusMsg>,
+    pub(super) engine: Engine<'r>,
+    pub(super) ends: DataplaneEnds<'r>,
+    pub(super) header: &'r Header,
+    pub(super) counters: &'r WorkerCounters,
+    pub(super) bell: &'r Bell,
+    pub(super) frame: PacketBuf,
+    pub(super) punted: bool,
+    pub(super) busy_poll: bool,
+    /// When the underlay link went down (None: up).
+    pub(super) link_down_since: Option<u64>,
+    /// Kernel interfaces behind the ports (role, name, index when started): one that goes
+    /// or is replaced takes its port with it.
+    pub(super) watched: Vec<(&'static str, String, u32)>,
+    /// Consecutive seconds the underlay port failed to report its link.
+    pub(super) link_errors: u32,
+}
+
+impl DpdkWorker<'_> {
+    pub(super) fn run<'p>(
+        &mut self,
+        signals: Option<&omni_sys::SignalFd>,
+        pool: &'p Mempool,
+        underlay: &EthPort,
+        access: &EthPort,
+        tx: &mut DpdkTx<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
+    ) -> anyhow::Result<bool> {
+        let r = self.poll(signals, pool, underlay, access, tx, crypto.as_deref_mut());
+        // Whatever the crypto workers still hold is finished (delivered or sent) before
+        // they stop, so no packet is lost to a clean stop.
+        if let Some(c) = crypto {
+            let mut deliver = MbufBurst::new();
+            while let Some(b) = c.ready(true) {
+                self.finish_batch(monotonic_ms(), c, b, access, tx, &mut deliver);
+            }
+        }
+        tx.flush();
+        r
+    }
+
+    fn poll<'p>(
+        &mut self,
+        signals: Option<&omni_sys::SignalFd>,
+        pool: &'p Mempool,
+        underlay: &EthPort,
+        access: &EthPort,
+        tx: &mut DpdkTx<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
+    ) -> anyhow::Result<bool> {
+        let mut last_housekeeping = monotonic_ms();
+        let mut last_heartbeat = 0;
+        let mut last_signal_check = 0;
+        let mut idle_passes = 0u32;
+        let mut rx: MbufBurst<'p> = MbufBurst::new();
+        let mut deliver: MbufBurst<'p> = MbufBurst::new();
+        let first = self.index == 0;
+        let mut busy = BusyMeter::default();
+        loop {
+            let pass_start = monotonic_ns();
+            if let Some(ns) = busy.pass(pass_start) {
+                self.counters.inc(Counter::BusyNs, ns);
+                self.counters.inc(Counter::BusyPasses, 1);
+            }
+            let now = pass_start / 1_000_000;
+            let mut work = 0;
+            let mut waiting = 0;
+            if self.stop.load(Ordering::Acquire) {
+                if first {
+                    anyhow::bail!("an I/O worker stopped");
+                }
+                return Ok(false);
+            }
+            work += self.read_mail(now, tx);
+            if let Some(remove) = self.commands(now, tx) {
+                return Ok(remove);
+            }
+            work += self.injects(now, tx);
+            work += self.underlay_burst(
+                now,
+                underlay,
+                access,
+                pool,
+                tx,
+                &mut rx,
+                &mut deliver,
+                crypto.as_deref_mut(),
+            );
+            work += self.access_burst(now, access, pool, tx, &mut rx, crypto.as_deref_mut());
+            if let Some(c) = crypto.as_deref_mut() {
+                while let Some(b) = c.ready(false) {
+                    work += b.len();
+                    self.finish_batch(now, c, b, access, tx, &mut deliver);
+                }
+                // Batches in flight come back within microseconds: no sleeping meanwhile
+                // (but waiting for them is not work: it stays out of the busy time).
+                waiting = c.in_flight();
+            }
+            tx.flush();
+            let notify = self.publish_events() | std::mem::take(&mut self.punted);
+            if first && now.saturating_sub(last_heartbeat) >= 100 {
+                self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
+                last_heartbeat = now;
+            }
+            // The first worker keeps time for all: sessions it retires go from the others
+            // through its SessionExpired events.
+            if first && now.saturating_sub(last_housekeeping) >= 1000 {
+                self.engine.housekeeping(now);
+                last_housekeeping = now;
+                self.watch_link(now, underlay);
+                // A port that is gone cannot come back inside this process (DPDK probed
+                // it once): exit with the reason, and whoever supervises the data plane
+                // (omni-daemon, systemd) starts a new one, which waits for the port.
+                if let Err(e) = self.ports_present(underlay) {
+                    tracing::error!(
+                        "{e}; stopping so that a new data plane can take the port when it returns"
+                    );
+                    anyhow::bail!(e);
+                }
+            }
+            if notify {
+                fence(Ordering::SeqCst);
+                if self.header.ctl_parked.load(Ordering::Relaxed) != 0 {
+                    self.bell.ring();
+                }
+            }
+            if let Some(signals) = signals
+                && now.saturating_sub(last_signal_check) >= 50
+            {
+                last_signal_check = now;
+                self.bell.drain();
+                if let Some(sig) = signals.read() {
+                    info!(sig, "signal received, shutting down");
+                    return Ok(true);
+                }
+            }
+            if work > 0 {
+                busy.worked(pass_start);
+            }
+            if work + waiting > 0 {
+                idle_passes = 0;
+                continue;
+            }
+            idle_passes = idle_passes.saturating_add(1);
+            if !self.busy_poll && idle_passes > 64 {
+                // Idle: sleep a little, longer the longer it stays idle (at most 1 ms), so
+                // a shared core is not burnt. The first packet after costs up to that.
+                let us = (idle_passes as u64 - 64).clamp(20, 1000);
+                std::thread::sleep(Duration::from_micros(us));
+            }
+        }
+    }
+
+    /// Once a second: logs underlay link changes; a link down for 3 s gets its port
+    /// restarted (a memif client whose server came back connects again; a NIC renegotiates).
+    fn watch_link(&mut self, now: u64, underlay: &EthPort) {
+        let up = underlay.link().map(|l| l.up).unwrap_or(false);
+        match (up, self.link_down_since) {
+            (true, Some(_)) => {
+                info!(port = underlay.name(), "underlay link up");
+                self.link_down_since = None;
+            }
+            (false, None) => {
+                warn!(port = underlay.name(), "underlay link down");
+                self.link_down_since = Some(now);
+            }
+            (false, Some(t)) if now.saturating_sub(t) >= 3000 => {
+                info!(port = underlay.name(), "underlay link still down: restarting the port");
+                if let Err(e) = underlay.restart() {
+                    warn!(port = underlay.name(), "port restart failed: {e}");
+                }
+                self.link_down_since = Some(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the ports are still there: their kernel interfaces (same index as at start)
+    /// and, for any port, a link status DPDK can still read.
+    fn ports_present(&mut self, underlay: &EthPort) -> Result<(), String> {
+        for (role, name, index) in &self.watched {
+            match omni_sys::netif::if_index(name) {
+                0 => return Err(format!("the {role} port's interface {name} is gone")),
+                i if i != *index => {
+                    return Err(format!("the {role} port's interface {name} was replaced"));
+                }
+                _ => {}
+            }
+        }
+        if underlay.link().is_err() {
+            self.link_errors += 1;
+            if self.link_errors >= 3 {
+                return Err(format!(
+                    "the underlay port {} no longer answers (removed?)",
+                    underlay.name()
+                ));
+            }
+        } else {
+            self.link_errors = 0;
+        }
+        Ok(())
+    }
+
+    fn commands(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> Option<bool> {
+        channel::apply_commands(&mut self.engine, &mut self.ends, self.counters, now, tx)
+    }
+
+    /// Control's packets (handshakes, Nucleus messages): framed and sent as they come.
+    fn injects(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> usize {
+        let n = channel::take_injects(&mut self.ends, self.counters, |to, bytes| match to {
+            Endpoint::Direct(a) => tx.datagram(now, a, &[bytes]),
+            Endpoint::Relay { via, tag } => {
+                let hdr = omni_proto::wire::relay::header(false, &tag);
+                tx.datagram(now, via, &[&hdr, bytes])
+            }
+        });
+        tx.send_out();
+        n
+    }
+
+    /// A burst from the underlay: ARP answered, fabric datagrams opened in place and the
+    /// frames passed to the access port in the same mbufs. With crypto workers, transport
+    /// messages go to them as one batch (opened there, finished here in order).
+    #[allow(clippy::too_many_arguments)]
+    fn underlay_burst<'p>(
+        &mut self,
+        now: u64,
+        underlay: &EthPort,
+        access: &EthPort,
+        pool: &'p Mempool,
+        tx: &mut DpdkTx<'p>,
+        rx: &mut MbufBurst<'p>,
+        deliver: &mut MbufBurst<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
+    ) -> usize {
+        let n = underlay.rx_burst(self.queue, rx, pool);
+        if n == 0 {
+            return 0;
+        }
+        let port = tx.udp_port;
+        let mut batch = crypto.as_deref_mut().map(|c| c.batch());
+        for mut m in rx.drain() {
+            let data = m.data_mut();
+            if Neighbours::wants(data) {
+                match tx.neighbours.on_frame(now, data) {
+                    ArpAction::Reply(r) => tx.raw(&r),
+                    ArpAction::Learned | ArpAction::Ignore => {}
+                }
+                if self.bus.boxes.len() > 1 {
+                    self.bus.post_others(self.index, || BusMsg::Neighbour(data.to_vec()));
+                }
+                if !tx.pending.is_empty() {
+                    tx.retry_pending(now);
+                }
+                continue;
+            }
+            let Some(u) = parse_underlay(data, port) else {
+                // Not the fabric's (other traffic on a dedicated NIC): dropped, counted.
+                self.counters.drop(DropReason::Malformed);
+                continue;
+            };
+            if u.route.our_ip != tx.neighbours.our_ip
+                || u.route.vlan.map(|t| t & 0x0fff) != tx.neighbours.vlan
+            {
+                self.counters.drop(DropReason::Malformed);
+                continue;
+            }
+            let (payload, src, peer_mac) = (u.payload, u.src, u.route.peer_mac);
+            let verdict = match batch.as_mut() {
+                Some(b) => match self.engine.decap_start(now, src, &data[payload.clone()]) {
+                    DecapStart::Open(p) => {
+                        let job = CryptoJob::Open {
+                            pending: Some(p),
+                            payload,
+                            src,
+                            peer_mac,
+                            opened: None,
+                        };
+                        b.push(Item { buf: m, job });
+                        continue;
+                    }
+                    DecapStart::Done(d) => d,
+                },
+                None => self.engine.decap_slice(now, src, &mut data[payload.clone()], tx),
+            };
+            self.after_decap(now, verdict, m, payload.start, src, peer_mac, tx, deliver);
+        }
+        self.deliver(access, deliver);
+        if let (Some(c), Some(b)) = (crypto, batch) {
+            self.dispatch(now, c, b, access, tx, deliver);
+        }
+        n
+    }
+
+    /// Acts on the engine's verdict for the datagram at `p0..` of `m`.
+    #[allow(clippy::too_many_arguments)]
+    fn after_decap<'p>(
+        &mut self,
+        now: u64,
+        verdict: Decap,
+        mut m: Mbuf<'p>,
+        p0: usize,
+        src: SocketAddr,
+        peer_mac: [u8; 6],
+        tx: &mut DpdkTx<'p>,
+        deliver: &mut MbufBurst<'p>,
+    ) {
+        match verdict {
+            Decap::Deliver { offset, len, checksum } => {
+                tx.neighbours.learn(now, src.ip(), peer_mac);
+                if let Some(c) = checksum {
+                    // The access port takes complete frames: finish what the sender left.
+                    let at = p0 + offset;
+                    crate::offload::csum::finish_state(&mut m.data_mut()[at..at + len], c);
+                }
+                let total = m.len();
+                // The caller empties the burst before it can fill (at most one out per
+                // packet in, bursts of at most BURST); dropped if it ever were full.
+                if m.adj(p0 + offset)
+                    && m.trim(total - (p0 + offset) - len)
+                    && let Err(m) = deliver.push(m)
+                {
+                    drop(m);
+                }
+            }
+            Decap::Keepalive => tx.neighbours.learn(now, src.ip(), peer_mac),
+            Decap::Punt { from, offset, len } => {
+                let bytes = &m.data()[p0 + offset..p0 + offset + len];
+                self.punted |= punt(&mut self.ends, self.counters, from, bytes);
+            }
+            Decap::Drop(_) => {}
+        }
+    }
+
+    /// Sends the frames in `deliver` to the access port (what it cannot take is counted).
+    fn deliver(&mut self, access: &EthPort, deliver: &mut MbufBurst<'_>) {
+        for _ in 0..4 {
+            if deliver.is_empty() {
+                break;
+            }
+            access.tx_burst(self.queue, deliver);
+        }
+        if !deliver.is_empty() {
+            self.counters.drop_n(DropReason::AccessError, deliver.len() as u64);
+            drop(std::mem::take(deliver));
+        }
+    }
+
+    /// Hands a batch to the crypto workers, first finishing the oldest ones while all
+    /// their room is taken.
+    fn dispatch<'p>(
+        &mut self,
+        now: u64,
+        c: &mut Crypto<'p>,
+        b: Batch<Mbuf<'p>, CryptoJob>,
+        access: &EthPort,
+        tx: &mut DpdkTx<'p>,
+        deliver: &mut MbufBurst<'p>,
+    ) {
+        while !c.has_room() {
+            let Some(done) = c.ready(true) else { break };
+            self.finish_batch(now, c, done, access, tx, deliver);
+        }
+        c.dispatch(b);
+    }
+
+    /// A batch back from a crypto worker, in the order batches went out: sealed packets
+    /// go to the underlay, opened ones are checked again (replay, session) and delivered.
+    fn finish_batch<'p>(
+        &mut self,
+        now: u64,
+        c: &mut Crypto<'p>,
+        mut b: Batch<Mbuf<'p>, CryptoJob>,
+        access: &EthPort,
+        tx: &mut DpdkTx<'p>,
+        deliver: &mut MbufBurst<'p>,
+    ) {
+        for Item { buf: m, job } in b.drain(..) {
+            match job {
+                CryptoJob::Seal { ok: true, .. } => tx.push_out(m),
+                CryptoJob::Seal { ok: false, .. } => self.counters.drop(DropReason::TxError),
+                CryptoJob::Open { pending, payload, src, peer_mac, opened } => {
+                    let Some(p) = pending else { continue };
+                    let verdict =
+                        self.engine.decap_finish(now, p, opened, &m.data()[payload.clone()], tx);
+                    self.after_decap(now, verdict, m, payload.start, src, peer_mac, tx, deliver);
+                }
+            }
+        }
+        c.recycle(b);
+        self.deliver(access, deliver);
+        tx.send_out();
+    }
+
+    /// A burst of frames from the access port, sealed and queued for the underlay. A
+    /// unicast frame to a peer with a session is sealed where it lies: outer headers and
+    /// the transport header go into the mbuf's headroom, the tag into its tailroom, and the
+    /// same mbuf is sent (no copy); with crypto workers its AEAD runs there, in one batch
+    /// per burst. Anything else (flooding, staging, short rooms) takes the engine's buffer
+    /// path.
+    fn access_burst<'p>(
+        &mut self,
+        now: u64,
+        access: &EthPort,
+        pool: &'p Mempool,
+        tx: &mut DpdkTx<'p>,
+        rx: &mut MbufBurst<'p>,
+        mut crypto: Option<&mut Crypto<'p>>,
+    ) -> usize {
+        let n = access.rx_burst(self.queue, rx, pool);
+        if n == 0 {
+            return 0;
+        }
+        let mut batch = crypto.as_deref_mut().map(|c| c.batch());
+        for mut m in rx.drain() {
+            let flen = m.len();
+            if !m.is_contiguous() || flen > self.frame.frame_area().len() {
+                self.counters.drop(DropReason::BadFrame);
+                continue;
+            }
+            let head = tx.outer_len + TRANSPORT_HEADER_LEN;
+            if m.headroom() >= head + relay::HEADER_LEN
+                && m.tailroom() >= AEAD_TAG_LEN
+                && m.prepend(head)
+                && m.append(AEAD_TAG_LEN)
+            {
+                let msg = &mut m.data_mut()[tx.outer_len..];
+                let (verdict, job) = match batch {
+                    Some(_) => self.engine.encap_in_place_deferred(now, msg, flen),
+                    None => (self.engine.encap_in_place(now, msg, flen), None),
+                };
+                match (verdict, job, batch.as_mut()) {
+                    (InPlace::Sealed { len, to }, Some(job), Some(b)) => {
+                        if let Some((m, at)) = tx.frame_in_place(now, m, len, to, Some(&job)) {
+                            b.push(Item { buf: m, job: CryptoJob::Seal { job, at, ok: false } });
+                        }
+                        continue;
+                    }
+                    (InPlace::Sealed { len, to }, _, _) => {
+                        if let Some((m, _)) = tx.frame_in_place(now, m, len, to, None) {
+                            tx.push_out(m);
+                        }
+                        continue;
+                    }
+                    (InPlace::Dropped, _, _) => continue,
+                    (InPlace::Fallback, _, _) => {
+                        // Untouched: back to the bare frame.
+                        let _ = m.adj(head) && m.trim(AEAD_TAG_LEN);
+                    }
+                }
+            }
+            let f = m.data();
+            self.frame.frame_area()[..f.len()].copy_from_slice(f);
+            self.frame.len = f.len();
+            drop(m);
+            self.engine.encap(now, &mut self.frame, tx);
+        }
+        if let (Some(c), Some(b)) = (crypto, batch) {
+            let mut deliver = MbufBurst::new();
+            self.dispatch(now, c, b, access, tx, &mut deliver);
+        }
+        n
+    }
+
+    /// Moves the engine's events to control and, with several workers, to the others.
+    fn publish_events(&mut self) -> bool {
+        let (bus, index, counters) = (self.bus, self.index, self.counters);
+        let several = bus.boxes.len() > 1;
+        channel::publish_events_with(&mut self.engine, &mut self.ends, self.counters, |ev| {
+            if several && !bus.post_others(index, || BusMsg::Event(ev.clone())) {
+                counters.inc(omni_shm::counters::Counter::EventsDropped, 1);
+            }
+        })
+    }
+
+    /// Applies what the other workers posted. Returns how many messages there were.
+    fn read_mail(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> usize {
+        self.bus.take(self.index, &mut self.mail);
+        let n = self.mail.len();
+        for msg in self.mail.drain(..) {
+            match msg {
+                BusMsg::Event(ev) => self.engine.observe(now, &ev, tx),
+                BusMsg::Neighbour(frame) => {
+                    // Learning only: the worker that received it answered it.
+                    let _ = tx.neighbours.on_frame(now, &frame);
+                }
+            }
+        }
+        if n > 0 && !tx.pending.is_empty() {
+            tx.retry_pending(now);
+        }
+        n
+    }
+}

@@ -1,20 +1,29 @@
-//! AEAD on other cores for a run-to-completion I/O worker (the DPDK backend's extra
-//! lcores), in the manner of WireGuard's parallel encryption with in-order sending.
+//! AEAD on other cores for an I/O worker, in the manner of WireGuard's parallel
+//! encryption with in-order sending: the one crypto pool of every backend (the DPDK
+//! backend's crypto lcores, the socket backend's crypto thread).
 //!
 //! The I/O worker keeps every piece of state (sessions, counters, replay windows, FDB,
-//! neighbours) and all port I/O; per burst it hands a batch of packets whose AEAD is
-//! still to run to the next crypto worker (round robin, over a bounded lock-free channel:
-//! one channel operation per burst, none per packet) and takes batches back **in the
-//! order it handed them out**, so packets leave in the order they came even though
-//! several cores sealed or opened them. A crypto worker touches nothing but the bytes of
-//! its batch: no DPDK call, no allocation, no shared state.
+//! neighbours); per burst it hands a batch of work (packets whose AEAD is still to run, or
+//! for the socket backend packets to seal and send) to the next crypto worker (round
+//! robin, over a bounded channel: one channel operation per burst, none per packet) and
+//! takes batches back **in the order it handed them out**, so packets leave in the order
+//! they came even though several cores worked on them. A crypto worker touches nothing but
+//! its batch and what its own runner holds: no shared state.
 //!
-//! Batches are `Vec`s recycled between the two sides: after start-up nothing is allocated.
+//! Batches are recycled between the two sides: after the first bursts nothing is allocated.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::Scope;
 use std::time::Duration;
+
+/// A batch of work for one crypto worker.
+pub trait Work: Send + Default {
+    /// Nothing to do: such a batch is recycled, not handed out.
+    fn is_empty(&self) -> bool;
+    /// Empties the batch for its next use (its allocations stay).
+    fn clear(&mut self);
+}
 
 /// Bytes a job works on in place (an mbuf's data, or a plain buffer in tests).
 pub trait Buf: Send {
@@ -37,56 +46,97 @@ pub struct Item<B, J> {
     pub job: J,
 }
 
+/// The common batch: packets, each with its job.
 pub type Batch<B, J> = Vec<Item<B, J>>;
 
-/// Batches handed out and not yet taken back, per worker, at most.
-const MAX_OUTSTANDING_PER_WORKER: usize = 4;
-
-pub struct CryptoPool<B, J> {
-    to: Vec<SyncSender<Batch<B, J>>>,
-    from: Vec<Receiver<Batch<B, J>>>,
-    /// The worker each handed-out batch went to, oldest first.
-    outstanding: VecDeque<usize>,
-    next: usize,
-    spare: Vec<Batch<B, J>>,
+impl<B: Buf, J: Job> Work for Batch<B, J> {
+    fn is_empty(&self) -> bool {
+        Vec::is_empty(self)
+    }
+    fn clear(&mut self) {
+        Vec::clear(self)
+    }
 }
 
-impl<B: Buf, J: Job> CryptoPool<B, J> {
-    /// Starts one crypto worker per entry of `cpus` (pinned to that CPU when given) in
-    /// `scope`. They exit when the pool is dropped.
-    pub fn start<'scope, 'env>(
+/// The runner of a pool of [`Batch`]es: each item's job on its bytes.
+pub fn run_jobs<B: Buf, J: Job>(batch: &mut Batch<B, J>) {
+    for item in batch {
+        item.job.run(item.buf.bytes());
+    }
+}
+
+/// What a crypto worker does while no batch is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Spin (a core of its own, `--busy-poll`).
+    Spin,
+    /// Spin a little, then sleep in growing steps up to 1 ms (a shared core is not burnt,
+    /// and the I/O worker never makes a system call to wake it).
+    Sleep,
+    /// Spin a little, then block until a batch comes (nothing runs while idle; handing out
+    /// the first batch after a pause wakes the worker).
+    Block,
+}
+
+/// Where crypto workers run and how they wait.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// One entry per crypto worker: the CPUs it may run on (one: pinned; none: those it
+    /// inherits).
+    pub cpus: Vec<Vec<u32>>,
+    /// Batches handed out and not yet taken back, per worker, at most: the depth of the
+    /// pipeline, and so what it can hold up (latency) against how long a burst may take.
+    pub depth: usize,
+    pub idle: Idle,
+}
+
+pub struct CryptoPool<W> {
+    to: Vec<SyncSender<W>>,
+    from: Vec<Receiver<W>>,
+    /// The worker each handed-out batch went to, oldest first.
+    outstanding: VecDeque<usize>,
+    depth: usize,
+    next: usize,
+    spare: Vec<W>,
+}
+
+impl<W: Work> CryptoPool<W> {
+    /// Starts one crypto worker per entry of `cfg.cpus` in `scope`; each makes its runner
+    /// with `runner()` on its own thread and runs it on every batch it is handed. They exit
+    /// when the pool is dropped.
+    pub fn start<'scope, 'env, F, R>(
         scope: &'scope Scope<'scope, 'env>,
-        cpus: &[Option<u32>],
-        busy_poll: bool,
+        cfg: &PoolConfig,
+        runner: F,
     ) -> std::io::Result<Self>
     where
-        B: 'scope,
-        J: 'scope,
+        W: 'scope,
+        F: Fn() -> R + Send + Clone + 'scope,
+        R: FnMut(&mut W),
     {
+        let depth = cfg.depth.max(1);
         let mut to = vec![];
         let mut from = vec![];
-        for (i, cpu) in cpus.iter().copied().enumerate() {
+        for (i, cpus) in cfg.cpus.iter().enumerate() {
             // Capacity for every batch that can be outstanding: sends never block.
-            let (tx_in, rx_in) = sync_channel(MAX_OUTSTANDING_PER_WORKER);
-            let (tx_out, rx_out) = sync_channel(MAX_OUTSTANDING_PER_WORKER);
+            let (tx_in, rx_in) = sync_channel(depth);
+            let (tx_out, rx_out) = sync_channel(depth);
+            let (cpus, idle, runner) = (cpus.clone(), cfg.idle, runner.clone());
             std::thread::Builder::new().name(format!("omni-crypto{}", i + 1)).spawn_scoped(
                 scope,
                 move || {
-                    if let Some(cpu) = cpu
-                        && let Err(e) = omni_sys::pin_current_thread(cpu)
+                    if !cpus.is_empty()
+                        && let Err(e) = omni_sys::affinity::set_current_thread(&cpus)
                     {
-                        tracing::warn!(cpu, "cannot pin crypto worker: {e}");
+                        tracing::warn!(?cpus, "cannot place crypto worker: {e}");
                     }
-                    crypto_worker(rx_in, tx_out, busy_poll)
+                    crypto_worker(rx_in, tx_out, idle, runner())
                 },
             )?;
             to.push(tx_in);
             from.push(rx_out);
         }
-        let n = cpus.len();
-        let spare =
-            (0..n * MAX_OUTSTANDING_PER_WORKER + 2).map(|_| Vec::with_capacity(32)).collect();
-        Ok(Self { to, from, outstanding: VecDeque::new(), next: 0, spare })
+        Ok(Self { to, from, outstanding: VecDeque::new(), depth, next: 0, spare: vec![] })
     }
 
     pub fn workers(&self) -> usize {
@@ -94,12 +144,13 @@ impl<B: Buf, J: Job> CryptoPool<B, J> {
     }
 
     /// An empty batch to fill.
-    pub fn batch(&mut self) -> Batch<B, J> {
-        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(32))
+    pub fn batch(&mut self) -> W {
+        self.spare.pop().unwrap_or_default()
     }
 
-    /// Gives back a batch emptied by the caller.
-    pub fn recycle(&mut self, mut b: Batch<B, J>) {
+    /// Gives back a batch taken back from [`CryptoPool::ready`] (or from
+    /// [`CryptoPool::batch`] and not used).
+    pub fn recycle(&mut self, mut b: W) {
         b.clear();
         self.spare.push(b);
     }
@@ -110,12 +161,12 @@ impl<B: Buf, J: Job> CryptoPool<B, J> {
 
     /// Whether another batch may be handed out now (else take one back first).
     pub fn has_room(&self) -> bool {
-        self.outstanding.len() < self.to.len() * MAX_OUTSTANDING_PER_WORKER
+        self.outstanding.len() < self.to.len() * self.depth
     }
 
     /// Hands `b` to the next worker. The caller checked [`CryptoPool::has_room`]; an empty
     /// batch is just recycled.
-    pub fn dispatch(&mut self, b: Batch<B, J>) {
+    pub fn dispatch(&mut self, b: W) {
         if b.is_empty() {
             self.recycle(b);
             return;
@@ -134,7 +185,7 @@ impl<B: Buf, J: Job> CryptoPool<B, J> {
 
     /// The oldest batch handed out, if it is back (`wait`: spin until it is). Batches
     /// come back in the order they were handed out.
-    pub fn ready(&mut self, wait: bool) -> Option<Batch<B, J>> {
+    pub fn ready(&mut self, wait: bool) -> Option<W> {
         let &w = self.outstanding.front()?;
         loop {
             match self.from[w].try_recv() {
@@ -154,33 +205,45 @@ impl<B: Buf, J: Job> CryptoPool<B, J> {
     }
 }
 
-fn crypto_worker<B: Buf, J: Job>(
-    work: Receiver<Batch<B, J>>,
-    done: SyncSender<Batch<B, J>>,
-    busy_poll: bool,
+/// Empty polls before a worker that does not spin sleeps or blocks.
+const SPINS: u32 = 256;
+
+fn crypto_worker<W: Work>(
+    work: Receiver<W>,
+    done: SyncSender<W>,
+    idle: Idle,
+    mut run: impl FnMut(&mut W),
 ) {
-    let mut idle = 0u32;
+    let mut empty_polls = 0u32;
     loop {
-        match work.try_recv() {
-            Ok(mut batch) => {
-                idle = 0;
-                for item in &mut batch {
-                    item.job.run(item.buf.bytes());
-                }
-                if done.send(batch).is_err() {
-                    return;
-                }
-            }
+        let next = match work.try_recv() {
+            Ok(b) => Some(b),
             Err(TryRecvError::Disconnected) => return,
             Err(TryRecvError::Empty) => {
-                idle = idle.saturating_add(1);
-                if busy_poll || idle <= 256 {
-                    std::hint::spin_loop();
-                } else {
-                    // As the I/O worker: a shared core is not burnt while idle.
-                    let us = (idle as u64 - 256).clamp(20, 1000);
-                    std::thread::sleep(Duration::from_micros(us));
+                empty_polls = empty_polls.saturating_add(1);
+                match idle {
+                    _ if idle == Idle::Spin || empty_polls <= SPINS => {
+                        std::hint::spin_loop();
+                        None
+                    }
+                    Idle::Block => match work.recv() {
+                        Ok(b) => Some(b),
+                        Err(_) => return,
+                    },
+                    _ => {
+                        // As an idle I/O worker: a shared core is not burnt.
+                        let us = (empty_polls as u64 - SPINS as u64).clamp(20, 1000);
+                        std::thread::sleep(Duration::from_micros(us));
+                        None
+                    }
                 }
+            }
+        };
+        if let Some(mut batch) = next {
+            empty_polls = 0;
+            run(&mut batch);
+            if done.send(batch).is_err() {
+                return;
             }
         }
     }
@@ -204,11 +267,15 @@ mod tests {
         }
     }
 
+    fn config(workers: usize, idle: Idle) -> PoolConfig {
+        PoolConfig { cpus: vec![vec![]; workers], depth: 4, idle }
+    }
+
     #[test]
     fn batches_come_back_in_the_order_they_went_out_with_the_work_done() {
         std::thread::scope(|s| {
-            let mut pool: CryptoPool<Vec<u8>, Slow> =
-                CryptoPool::start(s, &[None, None, None], false).unwrap();
+            let mut pool: CryptoPool<Batch<Vec<u8>, Slow>> =
+                CryptoPool::start(s, &config(3, Idle::Sleep), || run_jobs).unwrap();
             assert_eq!(pool.workers(), 3);
             let mut seen = vec![];
             for round in 0u8..40 {
@@ -237,15 +304,53 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_pool_stops_its_workers() {
-        let t = std::time::Instant::now();
+    fn a_blocked_worker_wakes_for_work_after_a_pause_and_keeps_its_runner() {
         std::thread::scope(|s| {
-            let mut pool: CryptoPool<Vec<u8>, Slow> = CryptoPool::start(s, &[None], false).unwrap();
-            let b = pool.batch();
-            pool.dispatch(b); // empty: recycled, not sent
-            assert_eq!(pool.in_flight(), 0);
+            let runner = || {
+                let mut batches = 0u8;
+                move |b: &mut Batch<Vec<u8>, Slow>| {
+                    batches += 1;
+                    for item in b.iter_mut() {
+                        item.buf[0] = batches;
+                    }
+                }
+            };
+            let mut pool = CryptoPool::start(s, &config(1, Idle::Block), runner).unwrap();
+            for round in 1..=3u8 {
+                // Long past its spins: the worker is blocked when the batch comes.
+                std::thread::sleep(Duration::from_millis(20));
+                let mut b = pool.batch();
+                b.push(Item { buf: vec![0], job: Slow(0) });
+                pool.dispatch(b);
+                let t = std::time::Instant::now();
+                let b = loop {
+                    if let Some(b) = pool.ready(false) {
+                        break b;
+                    }
+                    assert!(t.elapsed() < Duration::from_secs(5), "the blocked worker never woke");
+                    std::thread::yield_now();
+                };
+                assert_eq!(b[0].buf[0], round, "one runner, kept across batches");
+                pool.recycle(b);
+            }
         });
-        // The scope joined the worker: it saw the channel close.
-        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn dropping_the_pool_stops_its_workers_however_they_wait() {
+        for idle in [Idle::Spin, Idle::Sleep, Idle::Block] {
+            let t = std::time::Instant::now();
+            std::thread::scope(|s| {
+                let mut pool: CryptoPool<Batch<Vec<u8>, Slow>> =
+                    CryptoPool::start(s, &config(1, idle), || run_jobs).unwrap();
+                let b = pool.batch();
+                pool.dispatch(b); // empty: recycled, not sent
+                assert_eq!(pool.in_flight(), 0);
+                // Past the spins: a sleeping or blocked worker.
+                std::thread::sleep(Duration::from_millis(10));
+            });
+            // The scope joined the worker: it saw the channel close.
+            assert!(t.elapsed() < Duration::from_secs(5), "{idle:?}");
+        }
     }
 }

@@ -2,6 +2,7 @@ pub mod channel;
 pub mod crypto_pool;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod io_loop;
 pub mod neighbours;
 pub mod socket;
 pub mod spin;

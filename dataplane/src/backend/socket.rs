@@ -1,10 +1,11 @@
-//! The portable backend: a UDP socket for the underlay and a TAP for the access port,
-//! driven by one worker thread.
+//! The portable backend: a UDP socket for the underlay and a TAP for the access port, a
+//! [`Port`] of the one worker loop ([`super::io_loop`]) on one thread.
 //!
 //! The worker polls without blocking while there is work (bursts from each side in turn)
-//! and sleeps in `epoll_wait` only when both sides and both incoming rings are empty.
-//! Before sleeping it marks itself parked in the region header so control rings its
-//! doorbell for new commands; traffic wakes it through the sockets themselves.
+//! and sleeps in `epoll_wait` only when both sides and both incoming rings are empty
+//! (after a short polling window, see [`super::spin`]). Before sleeping it marks itself
+//! parked in the region header so control rings its doorbell for new commands; traffic
+//! wakes it through the sockets themselves.
 //!
 //! Offloads (on by default) keep the kernel's per-packet work low: the TAP hands over TCP
 //! super-frames (TSO) that are cut here, frames for the TAP are joined again (GRO) and
@@ -15,31 +16,33 @@ use std::io::IoSlice;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, bail};
 use omni_proto::constants::MAX_INNER_FRAME;
+use omni_shm::bell::Bell;
+use omni_shm::clock::{monotonic_ms, monotonic_us};
+use omni_shm::counters::{Counter, DropReason, WorkerCounters};
+use omni_shm::endpoint::Endpoint;
+use omni_shm::layout::Params;
+use omni_shm::paths;
+use omni_shm::region::{Region, RoleLock};
+use omni_sys::tap::Tap;
+use omni_sys::{Epoll, SignalFd, wait_writable};
 use tracing::{info, warn};
 
+use super::channel;
+use super::crypto_pool::{CryptoPool, Idle, PoolConfig, Work};
+use super::io_loop::{self, Pass, Port, Shell};
 use super::spin::{Awaits, SpinPolicy};
+use super::xdp::{self, XdpRx, XdpSettings, XdpTx};
 use crate::cpu_latency::{self, CpuLatency};
-use crate::engine::{ChecksumPartial, Decap, Engine, PacketBuf, TxSink};
+use crate::engine::{ChecksumPartial, Decap, PacketBuf, TxSink};
 use crate::mmsg::{MmsgBatch, RxBuf, UdpSocket};
 use crate::offload::csum;
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
-use omni_shm::bell::Bell;
-use omni_shm::clock::{monotonic_ms, monotonic_us};
-use omni_shm::counters::{Counter, DropReason, WorkerCounters};
-use omni_shm::layout::{Header, Params};
-use omni_shm::paths;
-use omni_shm::region::{DataplaneEnds, Region, RoleLock};
-use omni_sys::tap::Tap;
-use omni_sys::{Epoll, SignalFd, wait_writable};
-use std::sync::atomic::{Ordering, fence};
-
-use super::channel::{self, punt};
-use super::xdp::{self, XdpRx, XdpSettings, XdpTx};
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
 pub const BURST: usize = 32;
@@ -81,8 +84,9 @@ pub struct SocketConfig {
     pub xdp: Option<XdpSettings>,
 }
 
-/// Packets on their way to the wire, handed between the I/O thread and the crypto thread.
-struct Batch {
+/// Packets on their way to the wire: the socket backend's batch of [`Work`] for its
+/// crypto thread, which seals and sends it.
+struct SendBatch {
     bufs: Vec<PacketBuf>,
     n: usize,
     /// Datagrams the socket refused while this batch was last sent (counted by the I/O
@@ -90,9 +94,19 @@ struct Batch {
     tx_errors: u64,
 }
 
-impl Batch {
-    fn new(cap: usize) -> Self {
-        Self { bufs: (0..cap).map(|_| PacketBuf::new()).collect(), n: 0, tx_errors: 0 }
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self { bufs: (0..BATCH).map(|_| PacketBuf::new()).collect(), n: 0, tx_errors: 0 }
+    }
+}
+
+impl Work for SendBatch {
+    fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    fn clear(&mut self) {
+        self.n = 0;
+        self.tx_errors = 0;
     }
 }
 
@@ -154,28 +168,31 @@ fn seal_and_send(
 const INLINE_MAX: usize = 8;
 /// Packets per batch.
 const BATCH: usize = BURST * 2;
-
-/// The crypto thread's side of the pipeline.
-struct Pipeline {
-    full: std::sync::mpsc::SyncSender<Batch>,
-    empty: std::sync::mpsc::Receiver<Batch>,
-    spare: Vec<Batch>,
-    in_flight: usize,
-}
+/// Batches with the crypto thread at most: beyond, the I/O thread waits (back pressure)
+/// rather than queue more behind the socket.
+const CRYPTO_DEPTH: usize = 2;
 
 /// The underlay transmit side: a [`TxSink`]. With a crypto thread, full batches are
 /// handed over (sealed and sent there) and the I/O thread goes on reading.
 struct UdpTx<'a> {
     sock: &'a UdpSocket,
     mmsg: MmsgBatch,
-    current: Batch,
+    current: SendBatch,
     counters: &'a WorkerCounters,
     gso: bool,
-    pipeline: Option<Pipeline>,
+    crypto: Option<CryptoPool<SendBatch>>,
     /// The AF_XDP TX ring (xdp backend): preferred where the endpoint's route is known.
     xdp: Option<XdpTx>,
     /// Packets handed over for the underlay since the loop last took the count.
     queued: usize,
+}
+
+/// Counts what a batch back from the crypto thread could not send.
+fn account(counters: &WorkerCounters, b: &mut SendBatch) {
+    if b.tx_errors > 0 {
+        counters.drop_n(DropReason::TxError, b.tx_errors);
+        b.tx_errors = 0;
+    }
 }
 
 impl<'a> UdpTx<'a> {
@@ -183,24 +200,17 @@ impl<'a> UdpTx<'a> {
         sock: &'a UdpSocket,
         counters: &'a WorkerCounters,
         gso: bool,
-        pipeline: Option<Pipeline>,
+        crypto: Option<CryptoPool<SendBatch>>,
     ) -> Self {
         Self {
             sock,
             mmsg: MmsgBatch::new(BATCH),
-            current: Batch::new(BATCH),
+            current: SendBatch::default(),
             counters,
             gso,
-            pipeline,
+            crypto,
             xdp: None,
             queued: 0,
-        }
-    }
-
-    fn account(&self, b: &mut Batch) {
-        if b.tx_errors > 0 {
-            self.counters.drop_n(DropReason::TxError, b.tx_errors);
-            b.tx_errors = 0;
         }
     }
 
@@ -208,32 +218,22 @@ impl<'a> UdpTx<'a> {
         if self.current.n == 0 {
             return;
         }
-        if let Some(mut p) = self.pipeline.take() {
-            while let Ok(mut b) = p.empty.try_recv() {
-                p.in_flight -= 1;
-                self.account(&mut b);
-                p.spare.push(b);
+        if let Some(pool) = self.crypto.as_mut() {
+            while let Some(mut b) = pool.ready(false) {
+                account(self.counters, &mut b);
+                pool.recycle(b);
             }
-            let handoff = p.in_flight > 0 || self.current.n >= INLINE_MAX;
-            if handoff {
-                let mut next = match p.spare.pop() {
-                    Some(b) => b,
-                    None => {
-                        // Every batch is in flight: wait for one (back pressure).
-                        let mut b =
-                            p.empty.recv().expect("crypto thread alive while the pipeline exists");
-                        p.in_flight -= 1;
-                        self.account(&mut b);
-                        b
-                    }
-                };
-                std::mem::swap(&mut next, &mut self.current);
-                p.in_flight += 1;
-                let _ = p.full.send(next);
-                self.pipeline = Some(p);
+            if pool.in_flight() > 0 || self.current.n >= INLINE_MAX {
+                while !pool.has_room() {
+                    // Every batch is in flight: wait for the oldest (back pressure).
+                    let Some(mut b) = pool.ready(true) else { break };
+                    account(self.counters, &mut b);
+                    pool.recycle(b);
+                }
+                let full = std::mem::replace(&mut self.current, pool.batch());
+                pool.dispatch(full);
                 return;
             }
-            self.pipeline = Some(p);
         }
         let mut n = self.current.n;
         if let Some(x) = self.xdp.as_mut() {
@@ -279,24 +279,6 @@ impl TxSink for UdpTx<'_> {
         std::mem::swap(&mut self.current.bufs[self.current.n], pkt);
         self.current.n += 1;
         self.queued += 1;
-    }
-}
-
-/// The crypto thread: seals and sends the batches it is handed, returns them empty.
-fn crypto_thread(
-    sock: &UdpSocket,
-    full: std::sync::mpsc::Receiver<Batch>,
-    empty: std::sync::mpsc::SyncSender<Batch>,
-    mut gso: bool,
-) {
-    let mut mmsg = MmsgBatch::new(BATCH);
-    while let Ok(mut b) = full.recv() {
-        let n = b.n;
-        b.tx_errors += seal_and_send(sock, &mut mmsg, &mut b.bufs[..n], &mut gso);
-        b.n = 0;
-        if empty.send(b).is_err() {
-            return;
-        }
     }
 }
 
@@ -378,61 +360,54 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
 
     // One engine receives everything (a crypto thread only runs the AEAD; windows are
     // updated back on this thread).
-    let mut engine = Engine::new(&region, 0);
-    engine.set_sole_receiver(true);
-    let mut w = Worker {
-        engine,
-        ends: region.dataplane_ends(0),
-        header: h,
-        counters: region.counters(0),
-        sock: &sock,
-        tap: &tap,
-        bell: &bell,
-        rx: (0..RX_BUFS).map(|_| RxBuf::new(RX_BUF)).collect(),
-        rx_mmsg: MmsgBatch::new(RX_BUFS),
-        tap_buf: vec![0u8; TAP_BUF].into_boxed_slice(),
-        frame: PacketBuf::new(),
-        deliveries: Vec::with_capacity(RX_BUFS * 48),
-        gro_hdr: Vec::with_capacity(256),
-        punted: false,
-        spin: SpinPolicy::new(cfg.spin_us),
-        cpu_latency,
-        xdp: xdp_rx,
-    };
-    if w.xdp.is_some() {
-        w.engine.track_sessions();
+    let mut shell = Shell::new(&region, 0, &bell, Some(&signals));
+    shell.engine.set_sole_receiver(true);
+    if xdp_rx.is_some() {
+        shell.engine.track_sessions();
     }
     let remove_tap = std::thread::scope(|scope| -> anyhow::Result<bool> {
-        let pipeline = if use_crypto_thread {
-            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
-            let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
-            let gso = cfg.offload;
-            let sock = &sock;
-            std::thread::Builder::new()
-                .name("omni-crypto".into())
-                .spawn_scoped(scope, move || {
-                    if cfg.cpu.is_some() && !crypto_cpus.is_empty() {
-                        let _ = omni_sys::affinity::set_current_thread(&crypto_cpus);
-                    }
-                    crypto_thread(sock, full_rx, empty_tx, gso)
-                })
+        let crypto = if use_crypto_thread {
+            let placement = if cfg.cpu.is_some() { crypto_cpus } else { vec![] };
+            let pool = PoolConfig { cpus: vec![placement], depth: CRYPTO_DEPTH, idle: Idle::Block };
+            let (sock, gso) = (&sock, cfg.offload);
+            // The crypto thread seals and sends: its own batch of mmsg headers, and its own
+            // view of whether the kernel takes UDP GSO.
+            let runner = move || {
+                let (mut mmsg, mut gso) = (MmsgBatch::new(BATCH), gso);
+                move |b: &mut SendBatch| {
+                    let n = b.n;
+                    b.tx_errors += seal_and_send(sock, &mut mmsg, &mut b.bufs[..n], &mut gso);
+                    b.n = 0;
+                }
+            };
+            let pool = CryptoPool::start(scope, &pool, runner)
                 .context("cannot start the crypto thread")?;
-            w.engine.set_deferred_seal(true);
-            Some(Pipeline {
-                full: full_tx,
-                empty: empty_rx,
-                spare: (0..2).map(|_| Batch::new(BATCH)).collect(),
-                in_flight: 0,
-            })
+            shell.engine.set_deferred_seal(true);
+            Some(pool)
         } else {
             None
         };
-        let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload, pipeline);
+        let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload, crypto);
         tx.xdp = xdp_tx;
-        let r = w.run(&epoll, &signals, &mut tx);
-        // Dropping the sink closes the pipeline; the crypto thread finishes and exits.
-        drop(tx);
-        r
+        let mut port = SocketPort {
+            sock: &sock,
+            tap: &tap,
+            epoll: &epoll,
+            counters: region.counters(0),
+            tx,
+            rx: (0..RX_BUFS).map(|_| RxBuf::new(RX_BUF)).collect(),
+            rx_mmsg: MmsgBatch::new(RX_BUFS),
+            tap_buf: vec![0u8; TAP_BUF].into_boxed_slice(),
+            frame: PacketBuf::new(),
+            deliveries: Vec::with_capacity(RX_BUFS * 48),
+            gro_hdr: Vec::with_capacity(256),
+            spin: SpinPolicy::new(cfg.spin_us),
+            cpu_latency,
+            xdp: xdp_rx,
+            state: LoopState::default(),
+        };
+        // Dropping the port (and its sink) stops the crypto thread, which finishes first.
+        io_loop::run(&mut shell, &mut port)
     })?;
     h.dp_pid.store(0, Ordering::Relaxed);
     if remove_tap && let Err(e) = tap.set_persist(false) {
@@ -466,14 +441,14 @@ fn drop_privileges(xdp: bool) -> String {
     }
 }
 
-struct Worker<'r> {
-    engine: Engine<'r>,
-    ends: DataplaneEnds<'r>,
-    header: &'r Header,
-    counters: &'r WorkerCounters,
+/// The socket backend's ports: a UDP socket (and, for the xdp backend, AF_XDP sockets)
+/// for the underlay, a TAP for the access port.
+struct SocketPort<'r> {
     sock: &'r UdpSocket,
     tap: &'r Tap,
-    bell: &'r Bell,
+    epoll: &'r Epoll,
+    counters: &'r WorkerCounters,
+    tx: UdpTx<'r>,
     rx: Vec<RxBuf>,
     rx_mmsg: MmsgBatch,
     tap_buf: Box<[u8]>,
@@ -481,190 +456,189 @@ struct Worker<'r> {
     /// Frames opened in this pass, waiting to be written to the TAP.
     deliveries: Vec<Delivery>,
     gro_hdr: Vec<u8>,
-    /// A packet was punted since control was last rung.
-    punted: bool,
     spin: SpinPolicy,
     cpu_latency: CpuLatency,
     /// The AF_XDP receive side (xdp backend).
     xdp: Option<XdpRx>,
+    state: LoopState,
+}
+
+/// Where the loop stands between passes: which sources to read, and the polling window.
+struct LoopState {
+    /// The polling window that is running, if one is (see `spin`), and what the last work
+    /// was waiting for.
+    polling: Option<Awaits>,
+    awaits: Awaits,
+    /// Work was done since the loop last parked, and when it last was.
+    worked: bool,
+    last_work_us: u64,
+    /// Packets control injected since the last pass that worked.
+    injected: usize,
+    /// With AF_XDP the kernel socket only gets what the program passes (fragments): read
+    /// it when epoll says so, and once a millisecond under load, not every pass.
+    udp_pending: bool,
+    last_udp_poll: u64,
+    /// The pass right after a wake-up reads the UDP socket only if epoll said it is
+    /// readable (the socket backend; the xdp backend has `udp_pending`). After idle that
+    /// pass runs cold, and a receive that finds nothing costs as much as one that finds
+    /// something (~7 µs measured after 100 ms idle, on the path of every ping).
+    woke_without_udp: bool,
+}
+
+impl Default for LoopState {
+    fn default() -> Self {
+        Self {
+            polling: None,
+            awaits: Awaits::Local,
+            worked: false,
+            last_work_us: 0,
+            injected: 0,
+            udp_pending: true,
+            last_udp_poll: 0,
+            woke_without_udp: false,
+        }
+    }
 }
 
 /// The virtio-net header of a frame passed as is.
 const PLAIN: [u8; vnet::LEN] = [0; vnet::LEN];
 
-impl Worker<'_> {
-    /// The event loop. Returns whether the TAP should be removed on exit.
-    fn run(&mut self, epoll: &Epoll, signals: &SignalFd, tx: &mut UdpTx) -> anyhow::Result<bool> {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
-        let mut last_housekeeping = monotonic_ms();
-        let mut last_heartbeat = 0;
-        let mut last_work_us = 0;
-        // The polling window that is running, if one is (see `spin`), and what the last
-        // work was waiting for.
-        let mut polling: Option<Awaits> = None;
-        let mut awaits = Awaits::Local;
-        // Work was done since the loop last parked.
-        let mut worked = false;
-        // With AF_XDP the kernel socket only gets what the program passes (fragments):
-        // read it when epoll says so, and once a millisecond under load, not every pass.
-        let mut udp_pending = true;
-        let mut last_udp_poll = 0;
-        // The pass right after a wake-up reads the UDP socket only if epoll said it is
-        // readable (the socket backend; the xdp backend has `udp_pending`). After idle that
-        // pass runs cold, and a receive that finds nothing costs as much as one that finds
-        // something (~7 µs measured after 100 ms idle, on the path of every ping).
-        let mut woke_without_udp = false;
-        loop {
-            let now = monotonic_ms();
-            let mut work = 0;
-            // Whether a source may hold more than this pass took: then the loop goes round
-            // again at once. Otherwise every source was read dry (a short batch, EAGAIN)
-            // and the next pass starts from epoll, which returns at once for anything that
-            // came meanwhile (level-triggered), instead of a pass of reads that find
-            // nothing: two system calls fewer per wake-up for interactive traffic.
-            let mut more = false;
-            if let Some(remove_tap) = self.commands(now, tx) {
-                tx.flush();
-                return Ok(remove_tap);
-            }
-            // Before the next packet: the program must let a new session's packets in.
-            self.sync_sessions();
-            let injected = self.injects();
-            let from_xdp = self.xdp_burst(now, tx);
-            work += injected + from_xdp;
-            // Rare (control's packets) or with their own batching: another pass when busy.
-            more |= injected > 0 || from_xdp > 0;
-            let read_udp = match self.xdp {
-                None => !std::mem::take(&mut woke_without_udp),
-                Some(_) => udp_pending || now != last_udp_poll,
-            };
-            if read_udp {
-                last_udp_poll = now;
-                let (n, full) = self.underlay_burst(now, tx)?;
-                udp_pending = n > 0;
-                work += n;
-                more |= full;
-            }
-            let (n, full) = self.access_burst(now, tx)?;
-            work += n;
-            more |= full;
-            tx.flush();
-            let notify = self.publish_events() | std::mem::take(&mut self.punted);
-            if now.saturating_sub(last_heartbeat) >= 100 {
-                if self.cpu_latency.held() && last_heartbeat != 0 {
-                    self.counters.inc(Counter::CpuLatencyHeldMs, now - last_heartbeat);
-                }
-                self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
-                last_heartbeat = now;
-                if let Some(x) = &self.xdp {
-                    x.sync_counters(self.counters);
-                    let dropped: u64 = x.socks.iter().map(|s| s.dropped()).sum();
-                    self.counters.set(Counter::XdpSocketDropped, dropped);
-                }
-            }
-            if now.saturating_sub(last_housekeeping) >= 1000 {
-                self.engine.housekeeping(now);
-                last_housekeeping = now;
-            }
-            self.sync_sessions();
-            self.cpu_latency.note(now, work);
-            // Only what control reads (events, punts) is worth waking it for.
-            if notify {
-                self.ring_control_if_parked();
-            }
-            if work > 0 {
-                if let Some(kind) = polling.take() {
-                    self.spin.caught(kind);
-                }
-                // Control's packets (handshakes) and sealed frames go to peers.
-                awaits = Awaits::after(injected + std::mem::take(&mut tx.queued));
-                worked = true;
-                last_work_us = monotonic_us();
-                if more {
-                    continue;
-                }
-            }
-            // Poll a while for an answer before sleeping (see `spin`), except under bulk
-            // traffic, where the loop seldom sleeps for long and idle CPUs poll anyway.
-            if !self.cpu_latency.bulk_traffic()
-                && monotonic_us().saturating_sub(last_work_us) < self.spin.window_us(awaits)
-            {
-                polling = Some(awaits);
-                std::thread::yield_now();
-                continue;
-            }
-            // Only parks that end a stretch of work count for the policy (not a wake-up by
-            // the doorbell or the epoll timeout that found nothing).
-            let polled = polling.take().is_some();
-            if std::mem::take(&mut worked) {
-                self.spin.parked(awaits, polled);
-            }
-            // Park: announce it, re-check the rings (a command may have raced the flag),
-            // then sleep until a socket, the doorbell or a signal wakes us.
-            self.header.dp_parked.store(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            if !self.ends.cmd.is_empty() || !self.ends.inject.is_empty() {
-                self.header.dp_parked.store(0, Ordering::Relaxed);
-                continue;
-            }
-            let n = epoll.wait(&mut events, 1000).context("epoll_wait")?;
-            self.header.dp_parked.store(0, Ordering::Relaxed);
-            // The socket backend waits on four descriptors, so `events` holds every one
-            // that is ready: a socket it does not list had nothing.
-            woke_without_udp = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP);
-            for ev in &events[..n] {
-                match ev.u64 {
-                    TOKEN_BELL => self.bell.drain(),
-                    TOKEN_UDP => udp_pending = true,
-                    TOKEN_SIGNAL => {
-                        if let Some(sig) = signals.read() {
-                            info!(sig, "signal received, shutting down");
-                            return Ok(true);
-                        }
-                    }
-                    _ => {}
-                }
-            }
+impl<'r> Port for SocketPort<'r> {
+    type Tx = UdpTx<'r>;
+
+    fn tx(&mut self) -> &mut Self::Tx {
+        &mut self.tx
+    }
+
+    /// Before the next packet: the program must let a new session's packets in.
+    fn prepare(&mut self, _now: u64, shell: &mut Shell) -> usize {
+        self.sync_sessions(shell);
+        0
+    }
+
+    fn inject(&mut self, _now: u64, to: Endpoint, bytes: &[u8]) -> bool {
+        self.state.injected += 1;
+        let ok = self.sock.send_via(bytes, &to).is_ok();
+        if !ok {
+            self.counters.drop(DropReason::TxError);
+        }
+        ok
+    }
+
+    /// Whether a source may hold more than this pass took: then the loop goes round again
+    /// at once. Otherwise every source was read dry (a short batch, EAGAIN) and the next
+    /// pass starts from epoll, which returns at once for anything that came meanwhile
+    /// (level-triggered), instead of a pass of reads that find nothing: two system calls
+    /// fewer per wake-up for interactive traffic.
+    fn bursts(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<Pass> {
+        let from_xdp = self.xdp_burst(now, shell);
+        // AF_XDP has its own batching: another pass when busy.
+        let mut pass = Pass { work: from_xdp, more: from_xdp > 0 };
+        let st = &mut self.state;
+        let read_udp = match self.xdp {
+            None => !std::mem::take(&mut st.woke_without_udp),
+            Some(_) => st.udp_pending || now != st.last_udp_poll,
+        };
+        if read_udp {
+            self.state.last_udp_poll = now;
+            let (n, full) = self.underlay_burst(now, shell)?;
+            self.state.udp_pending = n > 0;
+            pass.work += n;
+            pass.more |= full;
+        }
+        let (n, full) = self.access_burst(now, shell)?;
+        pass.work += n;
+        pass.more |= full;
+        Ok(pass)
+    }
+
+    fn flush(&mut self, _now: u64) {
+        self.tx.flush();
+    }
+
+    fn heartbeat(&mut self, since_ms: u64, _shell: &Shell) {
+        if self.cpu_latency.held() {
+            self.counters.inc(Counter::CpuLatencyHeldMs, since_ms);
+        }
+        if let Some(x) = &self.xdp {
+            x.sync_counters(self.counters);
+            let dropped: u64 = x.socks.iter().map(|s| s.dropped()).sum();
+            self.counters.set(Counter::XdpSocketDropped, dropped);
         }
     }
 
+    /// Sessions the engine retired leave the XDP session map.
+    fn housekeeping(&mut self, _now: u64, shell: &mut Shell) -> anyhow::Result<()> {
+        self.sync_sessions(shell);
+        Ok(())
+    }
+
+    fn wait(&mut self, now: u64, shell: &mut Shell, pass: Pass) -> anyhow::Result<Option<bool>> {
+        self.cpu_latency.note(now, pass.work);
+        let st = &mut self.state;
+        if pass.work > 0 {
+            if let Some(kind) = st.polling.take() {
+                self.spin.caught(kind);
+            }
+            // Control's packets (handshakes) and sealed frames go to peers.
+            let to_peer = std::mem::take(&mut st.injected) + std::mem::take(&mut self.tx.queued);
+            st.awaits = Awaits::after(to_peer);
+            st.worked = true;
+            st.last_work_us = monotonic_us();
+            if pass.more {
+                return Ok(None);
+            }
+        }
+        // Poll a while for an answer before sleeping (see `spin`), except under bulk
+        // traffic, where the loop seldom sleeps for long and idle CPUs poll anyway.
+        if !self.cpu_latency.bulk_traffic()
+            && monotonic_us().saturating_sub(st.last_work_us) < self.spin.window_us(st.awaits)
+        {
+            st.polling = Some(st.awaits);
+            std::thread::yield_now();
+            return Ok(None);
+        }
+        // Only parks that end a stretch of work count for the policy (not a wake-up by the
+        // doorbell or the epoll timeout that found nothing).
+        let polled = st.polling.take().is_some();
+        if std::mem::take(&mut st.worked) {
+            self.spin.parked(st.awaits, polled);
+        }
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        let Some(woken) = shell.park(|| self.epoll.wait(&mut events, 1000)) else {
+            return Ok(None);
+        };
+        let n = woken.context("epoll_wait")?;
+        // The socket backend waits on four descriptors, so `events` holds every one that
+        // is ready: a socket it does not list had nothing.
+        st.woke_without_udp = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP);
+        for ev in &events[..n] {
+            match ev.u64 {
+                TOKEN_BELL => shell.bell.drain(),
+                TOKEN_UDP => st.udp_pending = true,
+                TOKEN_SIGNAL if shell.signalled() => return Ok(Some(true)),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl SocketPort<'_> {
     /// Mirrors the engine's session installs and removals into the XDP session map.
-    fn sync_sessions(&mut self) {
+    fn sync_sessions(&mut self, shell: &mut Shell) {
         if let Some(x) = self.xdp.as_mut() {
-            for (index, live) in self.engine.drain_session_changes() {
+            for (index, live) in shell.engine.drain_session_changes() {
                 x.session_changed(index, live);
             }
         }
     }
 
-    fn ring_control_if_parked(&self) {
-        fence(Ordering::SeqCst);
-        if self.header.ctl_parked.load(Ordering::Relaxed) != 0 {
-            self.bell.ring();
-        }
-    }
-
-    /// Applies pending commands. `Some(remove_tap)` on shutdown.
-    fn commands(&mut self, now: u64, tx: &mut UdpTx) -> Option<bool> {
-        channel::apply_commands(&mut self.engine, &mut self.ends, self.counters, now, tx)
-    }
-
-    fn injects(&mut self) -> usize {
-        let (sock, counters) = (self.sock, self.counters);
-        channel::take_injects(&mut self.ends, counters, |to, bytes| {
-            let ok = sock.send_via(bytes, &to).is_ok();
-            if !ok {
-                counters.drop(DropReason::TxError);
-            }
-            ok
-        })
-    }
-
     /// Receives a burst from each AF_XDP socket, opens every datagram in place in the UMEM,
     /// punts what is for control, writes the frames to the TAP, and gives the frames back.
-    fn xdp_burst(&mut self, now: u64, tx: &mut UdpTx) -> usize {
+    fn xdp_burst(&mut self, now: u64, shell: &mut Shell) -> usize {
         let Some(x) = self.xdp.as_mut() else { return 0 };
-        let Some(port) = tx.xdp.as_ref().map(|t| t.port) else { return 0 };
+        let Some(port) = self.tx.xdp.as_ref().map(|t| t.port) else { return 0 };
         let mut total = 0;
         for si in 0..x.socks.len() {
             let XdpRx { socks, descs, .. } = &mut *x;
@@ -685,24 +659,29 @@ impl Worker<'_> {
                     continue;
                 };
                 let (p0, src) = (u.payload.start, u.src);
-                match self.engine.decap_slice(now, src, &mut frame[u.payload.clone()], tx) {
+                match shell.engine.decap_slice(
+                    now,
+                    src,
+                    &mut frame[u.payload.clone()],
+                    &mut self.tx,
+                ) {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = p0 + offset;
                         let checksum =
                             settle_checksum(self.tap, &mut frame[at..at + len], checksum);
                         self.deliveries.push(Delivery { buf: k, start: at, len, checksum });
-                        if let Some(t) = tx.xdp.as_mut() {
+                        if let Some(t) = self.tx.xdp.as_mut() {
                             t.learn(src, u.route, now);
                         }
                     }
                     Decap::Keepalive => {
-                        if let Some(t) = tx.xdp.as_mut() {
+                        if let Some(t) = self.tx.xdp.as_mut() {
                             t.learn(src, u.route, now);
                         }
                     }
                     Decap::Punt { from, offset, len } => {
                         let bytes = &frame[p0 + offset..p0 + offset + len];
-                        self.punted |= punt(&mut self.ends, self.counters, from, bytes);
+                        shell.punt(from, bytes);
                     }
                     Decap::Drop(_) => {}
                 }
@@ -724,7 +703,7 @@ impl Worker<'_> {
     /// Receives a burst of datagram buffers, opens every datagram in place, punts what is
     /// for control, and writes the frames to the TAP (joined where they can be). Returns
     /// the datagrams handled and whether the socket may hold more (the batch was full).
-    fn underlay_burst(&mut self, now: u64, tx: &mut UdpTx) -> anyhow::Result<(usize, bool)> {
+    fn underlay_burst(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<(usize, bool)> {
         let n = match self.rx_mmsg.recv(self.sock, &mut self.rx) {
             Ok(n) => n,
             Err(e) => {
@@ -749,7 +728,7 @@ impl Worker<'_> {
             while off < len {
                 let dl = step.min(len - off);
                 datagrams += 1;
-                match self.engine.decap_slice(now, src, &mut data[off..off + dl], tx) {
+                match shell.engine.decap_slice(now, src, &mut data[off..off + dl], &mut self.tx) {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = off + offset;
                         let checksum = settle_checksum(self.tap, &mut data[at..at + len], checksum);
@@ -757,7 +736,7 @@ impl Worker<'_> {
                     }
                     Decap::Punt { from, offset, len } => {
                         let bytes = &data[off + offset..off + offset + len];
-                        self.punted |= punt(&mut self.ends, self.counters, from, bytes);
+                        shell.punt(from, bytes);
                     }
                     Decap::Keepalive | Decap::Drop(_) => {}
                 }
@@ -778,14 +757,14 @@ impl Worker<'_> {
     /// Reads a burst of frames from the TAP and hands them to the engine; super-frames are
     /// cut into MSS-sized frames first. Returns the frames read and whether the TAP may
     /// hold more (the burst ended at its size, not at EAGAIN).
-    fn access_burst(&mut self, now: u64, tx: &mut UdpTx) -> anyhow::Result<(usize, bool)> {
+    fn access_burst(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<(usize, bool)> {
         let mut n = 0;
         while n < BURST {
             if !self.tap.vnet() {
                 match self.tap.read(self.frame.frame_area()) {
                     Ok(Some(len)) => {
                         self.frame.len = len;
-                        self.engine.encap(now, &mut self.frame, tx);
+                        shell.engine.encap(now, &mut self.frame, &mut self.tx);
                         n += 1;
                         continue;
                     }
@@ -825,7 +804,7 @@ impl Worker<'_> {
                     }
                     self.frame.frame_area()[..frame.len()].copy_from_slice(frame);
                     self.frame.len = frame.len();
-                    self.engine.encap_partial(now, &mut self.frame, checksum, tx);
+                    shell.engine.encap_partial(now, &mut self.frame, checksum, &mut self.tx);
                 }
                 vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => {
                     let Some(t) = Tso::new(frame, &hdr) else {
@@ -842,17 +821,13 @@ impl Worker<'_> {
                             continue;
                         }
                         self.frame.len = t.write_partial(i, self.frame.frame_area());
-                        self.engine.encap_partial(now, &mut self.frame, checksum, tx);
+                        shell.engine.encap_partial(now, &mut self.frame, checksum, &mut self.tx);
                     }
                 }
                 _ => self.counters.drop(DropReason::BadFrame),
             }
         }
         Ok((n, n == BURST))
-    }
-
-    fn publish_events(&mut self) -> bool {
-        channel::publish_events(&mut self.engine, &mut self.ends, self.counters)
     }
 }
 

@@ -69,32 +69,45 @@ pub(super) struct Shared<'r> {
 }
 
 impl<'r> Shared<'r> {
-    pub(super) fn worker(&self, i: usize) -> DpdkWorker<'r> {
-        let mut engine = Engine::new(self.region, i);
+    /// Worker `i`'s shell: its engine and end of the control channel (the first worker
+    /// is given the termination signals).
+    pub(super) fn shell(&self, i: usize, signals: Option<&'r omni_sys::SignalFd>) -> Shell<'r> {
+        let mut shell = Shell::new(self.region, i, self.bell, signals);
         // One I/O worker receives everything (crypto workers only run the AEAD; the
         // window is updated back on the I/O worker): no other engine shares its windows.
-        engine.set_sole_receiver(self.cfg.workers == 1);
-        DpdkWorker {
+        shell.engine.set_sole_receiver(self.cfg.workers == 1);
+        shell
+    }
+
+    /// Worker `i`'s ports, transmit side and crypto workers.
+    pub(super) fn port(&self, i: usize, crypto: Option<Crypto<'r>>) -> DpdkPort<'r> {
+        let w = DpdkWorker {
             index: i,
             queue: i as u16,
-            engine,
-            ends: self.region.dataplane_ends(i),
-            header: self.region.header(),
-            counters: self.region.counters(i),
-            bell: self.bell,
             bus: self.bus,
             stop: self.stop,
             mail: Vec::new(),
+            counters: self.region.counters(i),
             frame: PacketBuf::new(),
-            punted: false,
             busy_poll: self.cfg.busy_poll,
+            idle_passes: 0,
             link_down_since: None,
             watched: Vec::new(),
             link_errors: 0,
+        };
+        DpdkPort {
+            w,
+            pool: self.pool,
+            underlay: self.underlay,
+            access: self.access,
+            tx: self.tx(i),
+            crypto,
+            rx: MbufBurst::new(),
+            deliver: MbufBurst::new(),
         }
     }
 
-    pub(super) fn tx(&self, i: usize) -> DpdkTx<'r> {
+    fn tx(&self, i: usize) -> DpdkTx<'r> {
         let cfg = self.cfg;
         let mut neighbours =
             Neighbours::new(cfg.underlay_ip, cfg.prefix_len, self.our_mac, cfg.gateway);
@@ -133,10 +146,10 @@ impl<'r> Shared<'r> {
         let lcore = omni_dpdk::register_thread()
             .with_context(|| format!("I/O worker {i} cannot register with EAL"))?;
         info!(worker = i, cpu, lcore, "I/O worker ready");
-        let mut w = self.worker(i);
-        let mut tx = self.tx(i);
-        let r = w.run(None, self.pool, self.underlay, self.access, &mut tx, None);
-        drop(tx);
+        let mut shell = self.shell(i, None);
+        let mut port = self.port(i, None);
+        let r = io_loop::run(&mut shell, &mut port);
+        drop(port);
         omni_dpdk::unregister_thread();
         r
     }

@@ -38,22 +38,23 @@ use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::wire::relay;
 use tracing::{info, warn};
 
-use crate::engine::{Decap, DecapStart, Engine, InPlace, PacketBuf, PendingOpen, TxSink};
+use crate::engine::{Decap, DecapStart, InPlace, PacketBuf, PendingOpen, TxSink};
 use crate::session::SealJob;
 use omni_shm::bell::Bell;
-use omni_shm::clock::{BusyMeter, monotonic_ms, monotonic_ns};
+use omni_shm::clock::monotonic_ms;
 use omni_shm::counters::{Counter, DropReason, WorkerCounters};
 use omni_shm::endpoint::Endpoint;
-use omni_shm::layout::{Header, Params};
+use omni_shm::layout::Params;
 use omni_shm::paths;
 use omni_shm::records::Event;
-use omni_shm::region::{DataplaneEnds, Region, RoleLock};
+use omni_shm::region::{Region, RoleLock};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::Ordering;
 
-use crate::backend::channel::{self, punt};
-use crate::backend::crypto_pool::{Batch, Buf, CryptoPool, Item, Job};
+use crate::backend::channel;
+use crate::backend::crypto_pool::{Batch, Buf, CryptoPool, Idle, Item, Job, PoolConfig, run_jobs};
+use crate::backend::io_loop::{self, Pass, Port, Shell};
 use crate::backend::neighbours::{ArpAction, Neighbours};
 use crate::backend::xdp::{L2Route, build_frame, build_headers, parse_underlay};
 use omni_proto::wire::checksum;
@@ -244,18 +245,17 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         bus: &bus,
         stop: &stop,
     };
-    let mut w = shared.worker(0);
-    w.watched = [("underlay", &cfg.underlay), ("access", &cfg.access)]
+    let mut shell = shared.shell(0, Some(&signals));
+    let watched: Vec<_> = [("underlay", &cfg.underlay), ("access", &cfg.access)]
         .into_iter()
         .filter_map(|(role, p)| {
             let name = p.kernel_iface()?;
             Some((role, name.to_string(), omni_sys::netif::if_index(name)))
         })
         .collect();
-    let mut tx = shared.tx(0);
     // With one I/O worker, each further core runs a crypto worker.
-    let crypto_cpus: Vec<Option<u32>> =
-        if workers == 1 { cores[1..].iter().map(|&c| Some(c)).collect() } else { vec![] };
+    let crypto_cpus: Vec<Vec<u32>> =
+        if workers == 1 { cores[1..].iter().map(|&c| vec![c]).collect() } else { vec![] };
     let remove = std::thread::scope(|scope| {
         // Workers 1.. run on threads of their own, pinned to their cores and registered
         // with EAL (mempool caches); the first runs here, on EAL's main lcore.
@@ -276,17 +276,24 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         if workers > 1 {
             info!(workers, cpus = ?&cores[..workers], "I/O workers started");
         }
-        let r = if crypto_cpus.is_empty() {
-            w.run(Some(&signals), &pool, &underlay, &access, &mut tx, None)
+        let crypto = if crypto_cpus.is_empty() {
+            Ok(None)
         } else {
-            match CryptoPool::start(scope, &crypto_cpus, cfg.busy_poll) {
-                Ok(mut crypto) => {
-                    info!(workers = crypto.workers(), cpus = ?&cores[1..], "crypto workers started");
-                    w.run(Some(&signals), &pool, &underlay, &access, &mut tx, Some(&mut crypto))
-                    // Dropping the pool stops its workers; the scope joins them.
+            let idle = if cfg.busy_poll { Idle::Spin } else { Idle::Sleep };
+            let pool = PoolConfig { cpus: crypto_cpus, depth: CRYPTO_DEPTH, idle };
+            CryptoPool::start(scope, &pool, || run_jobs).map(Some)
+        };
+        // Dropping the pool (with the port) stops its workers; the scope joins them.
+        let r = match crypto {
+            Ok(crypto) => {
+                if let Some(c) = &crypto {
+                    info!(workers = c.workers(), cpus = ?&cores[1..], "crypto workers started");
                 }
-                Err(e) => Err(anyhow::Error::from(e).context("cannot start the crypto workers")),
+                let mut port = shared.port(0, crypto);
+                port.w.watched = watched;
+                io_loop::run(&mut shell, &mut port)
             }
+            Err(e) => Err(anyhow::Error::from(e).context("cannot start the crypto workers")),
         };
         stop.store(true, Ordering::Release);
         for (i, h) in others.into_iter().enumerate() {
@@ -299,7 +306,7 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
         r
     });
     h.dp_pid.store(0, Ordering::Relaxed);
-    drop(tx);
+    drop(shell);
     drop(access);
     drop(underlay);
     drop(pool);

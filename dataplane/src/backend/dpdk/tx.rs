@@ -27,7 +27,9 @@ pub(super) struct DpdkTx<'a> {
 }
 
 /// The crypto workers of a DPDK data plane with more than one core.
-pub(super) type Crypto<'p> = CryptoPool<Mbuf<'p>, CryptoJob>;
+pub(super) type Crypto<'p> = CryptoPool<Batch<Mbuf<'p>, CryptoJob>>;
+/// Batches with each crypto worker at most (see [`PoolConfig::depth`]).
+pub(super) const CRYPTO_DEPTH: usize = 4;
 
 impl Buf for Mbuf<'_> {
     fn bytes(&mut self) -> &mut [u8] {

@@ -33,6 +33,7 @@ impl Job for CryptoJob {
     }
 }
 
+/// An I/O worker's own state: its queue pair, its mail, and what it watches.
 pub(super) struct DpdkWorker<'r> {
     /// Which worker this is (0: the first, which also watches ports, signals and time).
     pub(super) index: usize,
@@ -42,14 +43,11 @@ pub(super) struct DpdkWorker<'r> {
     pub(super) stop: &'r AtomicBool,
     /// Mail taken from the bus, applied each pass (kept to reuse its allocation).
     pub(super) mail: Vec<BusMsg>,
-    pub(super) engine: Engine<'r>,
-    pub(super) ends: DataplaneEnds<'r>,
-    pub(super) header: &'r Header,
     pub(super) counters: &'r WorkerCounters,
-    pub(super) bell: &'r Bell,
     pub(super) frame: PacketBuf,
-    pub(super) punted: bool,
     pub(super) busy_poll: bool,
+    /// Passes in a row that found nothing (the idle back-off).
+    pub(super) idle_passes: u32,
     /// When the underlay link went down (None: up).
     pub(super) link_down_since: Option<u64>,
     /// Kernel interfaces behind the ports (role, name, index when started): one that goes
@@ -59,141 +57,126 @@ pub(super) struct DpdkWorker<'r> {
     pub(super) link_errors: u32,
 }
 
-impl DpdkWorker<'_> {
-    pub(super) fn run<'p>(
-        &mut self,
-        signals: Option<&omni_sys::SignalFd>,
-        pool: &'p Mempool,
-        underlay: &EthPort,
-        access: &EthPort,
-        tx: &mut DpdkTx<'p>,
-        mut crypto: Option<&mut Crypto<'p>>,
-    ) -> anyhow::Result<bool> {
-        let r = self.poll(signals, pool, underlay, access, tx, crypto.as_deref_mut());
-        // Whatever the crypto workers still hold is finished (delivered or sent) before
-        // they stop, so no packet is lost to a clean stop.
-        if let Some(c) = crypto {
-            let mut deliver = MbufBurst::new();
-            while let Some(b) = c.ready(true) {
-                self.finish_batch(monotonic_ms(), c, b, access, tx, &mut deliver);
-            }
-        }
-        tx.flush();
-        r
+/// An I/O worker with its ports, transmit side, bursts and crypto workers: the DPDK
+/// backend's [`Port`] of the one worker loop.
+pub(super) struct DpdkPort<'r> {
+    pub(super) w: DpdkWorker<'r>,
+    pub(super) pool: &'r Mempool,
+    pub(super) underlay: &'r EthPort,
+    pub(super) access: &'r EthPort,
+    pub(super) tx: DpdkTx<'r>,
+    pub(super) crypto: Option<Crypto<'r>>,
+    pub(super) rx: MbufBurst<'r>,
+    pub(super) deliver: MbufBurst<'r>,
+}
+
+impl<'r> Port for DpdkPort<'r> {
+    type Tx = DpdkTx<'r>;
+
+    fn tx(&mut self) -> &mut Self::Tx {
+        &mut self.tx
     }
 
-    fn poll<'p>(
-        &mut self,
-        signals: Option<&omni_sys::SignalFd>,
-        pool: &'p Mempool,
-        underlay: &EthPort,
-        access: &EthPort,
-        tx: &mut DpdkTx<'p>,
-        mut crypto: Option<&mut Crypto<'p>>,
-    ) -> anyhow::Result<bool> {
-        let mut last_housekeeping = monotonic_ms();
-        let mut last_heartbeat = 0;
-        let mut last_signal_check = 0;
-        let mut idle_passes = 0u32;
-        let mut rx: MbufBurst<'p> = MbufBurst::new();
-        let mut deliver: MbufBurst<'p> = MbufBurst::new();
-        let first = self.index == 0;
-        let mut busy = BusyMeter::default();
-        loop {
-            let pass_start = monotonic_ns();
-            if let Some(ns) = busy.pass(pass_start) {
-                self.counters.inc(Counter::BusyNs, ns);
-                self.counters.inc(Counter::BusyPasses, 1);
+    /// Another worker failed or the data plane stops: so does this worker.
+    fn stopping(&mut self, _shell: &Shell) -> anyhow::Result<Option<bool>> {
+        if !self.w.stop.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        if self.w.index == 0 {
+            anyhow::bail!("an I/O worker stopped");
+        }
+        Ok(Some(false))
+    }
+
+    fn prepare(&mut self, now: u64, shell: &mut Shell) -> usize {
+        self.w.read_mail(now, shell, &mut self.tx)
+    }
+
+    /// Control's packets (handshakes, Nucleus messages): framed as they come, sent with
+    /// the pass's flush.
+    fn inject(&mut self, now: u64, to: Endpoint, bytes: &[u8]) -> bool {
+        match to {
+            Endpoint::Direct(a) => self.tx.datagram(now, a, &[bytes]),
+            Endpoint::Relay { via, tag } => {
+                let hdr = omni_proto::wire::relay::header(false, &tag);
+                self.tx.datagram(now, via, &[&hdr, bytes])
             }
-            let now = pass_start / 1_000_000;
-            let mut work = 0;
-            let mut waiting = 0;
-            if self.stop.load(Ordering::Acquire) {
-                if first {
-                    anyhow::bail!("an I/O worker stopped");
-                }
-                return Ok(false);
+        }
+    }
+
+    fn bursts(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<Pass> {
+        let Self { w, pool, underlay, access, tx, crypto, rx, deliver } = self;
+        let mut work =
+            w.underlay_burst(now, shell, underlay, access, pool, tx, rx, deliver, crypto.as_mut());
+        work += w.access_burst(now, shell, access, pool, tx, rx, crypto.as_mut());
+        if let Some(c) = crypto.as_mut() {
+            while let Some(b) = c.ready(false) {
+                work += b.len();
+                w.finish_batch(now, shell, c, b, access, tx, deliver);
             }
-            work += self.read_mail(now, tx);
-            if let Some(remove) = self.commands(now, tx) {
-                return Ok(remove);
-            }
-            work += self.injects(now, tx);
-            work += self.underlay_burst(
-                now,
-                underlay,
-                access,
-                pool,
-                tx,
-                &mut rx,
-                &mut deliver,
-                crypto.as_deref_mut(),
+        }
+        Ok(Pass { work, more: work > 0 })
+    }
+
+    fn flush(&mut self, _now: u64) {
+        self.tx.flush();
+    }
+
+    /// With several workers, the others apply what this one's engine decided.
+    fn published(&mut self, ev: &Event) {
+        let w = &self.w;
+        if w.bus.boxes.len() > 1 && !w.bus.post_others(w.index, || BusMsg::Event(ev.clone())) {
+            w.counters.inc(Counter::EventsDropped, 1);
+        }
+    }
+
+    fn housekeeping(&mut self, now: u64, _shell: &mut Shell) -> anyhow::Result<()> {
+        self.w.watch_link(now, self.underlay);
+        // A port that is gone cannot come back inside this process (DPDK probed it once):
+        // exit with the reason, and whoever supervises the data plane (omni-daemon,
+        // systemd) starts a new one, which waits for the port.
+        if let Err(e) = self.w.ports_present(self.underlay) {
+            tracing::error!(
+                "{e}; stopping so that a new data plane can take the port when it returns"
             );
-            work += self.access_burst(now, access, pool, tx, &mut rx, crypto.as_deref_mut());
-            if let Some(c) = crypto.as_deref_mut() {
-                while let Some(b) = c.ready(false) {
-                    work += b.len();
-                    self.finish_batch(now, c, b, access, tx, &mut deliver);
-                }
-                // Batches in flight come back within microseconds: no sleeping meanwhile
-                // (but waiting for them is not work: it stays out of the busy time).
-                waiting = c.in_flight();
-            }
-            tx.flush();
-            let notify = self.publish_events() | std::mem::take(&mut self.punted);
-            if first && now.saturating_sub(last_heartbeat) >= 100 {
-                self.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
-                last_heartbeat = now;
-            }
-            // The first worker keeps time for all: sessions it retires go from the others
-            // through its SessionExpired events.
-            if first && now.saturating_sub(last_housekeeping) >= 1000 {
-                self.engine.housekeeping(now);
-                last_housekeeping = now;
-                self.watch_link(now, underlay);
-                // A port that is gone cannot come back inside this process (DPDK probed
-                // it once): exit with the reason, and whoever supervises the data plane
-                // (omni-daemon, systemd) starts a new one, which waits for the port.
-                if let Err(e) = self.ports_present(underlay) {
-                    tracing::error!(
-                        "{e}; stopping so that a new data plane can take the port when it returns"
-                    );
-                    anyhow::bail!(e);
-                }
-            }
-            if notify {
-                fence(Ordering::SeqCst);
-                if self.header.ctl_parked.load(Ordering::Relaxed) != 0 {
-                    self.bell.ring();
-                }
-            }
-            if let Some(signals) = signals
-                && now.saturating_sub(last_signal_check) >= 50
-            {
-                last_signal_check = now;
-                self.bell.drain();
-                if let Some(sig) = signals.read() {
-                    info!(sig, "signal received, shutting down");
-                    return Ok(true);
-                }
-            }
-            if work > 0 {
-                busy.worked(pass_start);
-            }
-            if work + waiting > 0 {
-                idle_passes = 0;
-                continue;
-            }
-            idle_passes = idle_passes.saturating_add(1);
-            if !self.busy_poll && idle_passes > 64 {
-                // Idle: sleep a little, longer the longer it stays idle (at most 1 ms), so
-                // a shared core is not burnt. The first packet after costs up to that.
-                let us = (idle_passes as u64 - 64).clamp(20, 1000);
-                std::thread::sleep(Duration::from_micros(us));
-            }
+            anyhow::bail!(e);
         }
+        Ok(())
     }
 
+    /// Batches in flight come back within microseconds: no sleeping meanwhile (but waiting
+    /// for them is not work: it stays out of the busy time). Idle: sleep a little, longer
+    /// the longer it stays idle (at most 1 ms), so a shared core is not burnt; the first
+    /// packet after costs up to that. Nothing rings a DPDK worker: it never parks.
+    fn wait(&mut self, _now: u64, _shell: &mut Shell, pass: Pass) -> anyhow::Result<Option<bool>> {
+        let waiting = self.crypto.as_ref().map_or(0, |c| c.in_flight());
+        let w = &mut self.w;
+        if pass.work + waiting > 0 {
+            w.idle_passes = 0;
+            return Ok(None);
+        }
+        w.idle_passes = w.idle_passes.saturating_add(1);
+        if !w.busy_poll && w.idle_passes > 64 {
+            let us = (w.idle_passes as u64 - 64).clamp(20, 1000);
+            std::thread::sleep(Duration::from_micros(us));
+        }
+        Ok(None)
+    }
+
+    /// Whatever the crypto workers still hold is finished (delivered or sent) before they
+    /// stop, so no packet is lost to a clean stop.
+    fn finish(&mut self, shell: &mut Shell) {
+        if let Some(c) = self.crypto.as_mut() {
+            while let Some(b) = c.ready(true) {
+                let (access, tx, deliver) = (self.access, &mut self.tx, &mut self.deliver);
+                self.w.finish_batch(monotonic_ms(), shell, c, b, access, tx, deliver);
+            }
+        }
+        self.tx.flush();
+    }
+}
+
+impl DpdkWorker<'_> {
     /// Once a second: logs underlay link changes; a link down for 3 s gets its port
     /// restarted (a memif client whose server came back connects again; a NIC renegotiates).
     fn watch_link(&mut self, now: u64, underlay: &EthPort) {
@@ -244,23 +227,6 @@ impl DpdkWorker<'_> {
         Ok(())
     }
 
-    fn commands(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> Option<bool> {
-        channel::apply_commands(&mut self.engine, &mut self.ends, self.counters, now, tx)
-    }
-
-    /// Control's packets (handshakes, Nucleus messages): framed and sent as they come.
-    fn injects(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> usize {
-        let n = channel::take_injects(&mut self.ends, self.counters, |to, bytes| match to {
-            Endpoint::Direct(a) => tx.datagram(now, a, &[bytes]),
-            Endpoint::Relay { via, tag } => {
-                let hdr = omni_proto::wire::relay::header(false, &tag);
-                tx.datagram(now, via, &[&hdr, bytes])
-            }
-        });
-        tx.send_out();
-        n
-    }
-
     /// A burst from the underlay: ARP answered, fabric datagrams opened in place and the
     /// frames passed to the access port in the same mbufs. With crypto workers, transport
     /// messages go to them as one batch (opened there, finished here in order).
@@ -268,6 +234,7 @@ impl DpdkWorker<'_> {
     fn underlay_burst<'p>(
         &mut self,
         now: u64,
+        shell: &mut Shell,
         underlay: &EthPort,
         access: &EthPort,
         pool: &'p Mempool,
@@ -310,7 +277,7 @@ impl DpdkWorker<'_> {
             }
             let (payload, src, peer_mac) = (u.payload, u.src, u.route.peer_mac);
             let verdict = match batch.as_mut() {
-                Some(b) => match self.engine.decap_start(now, src, &data[payload.clone()]) {
+                Some(b) => match shell.engine.decap_start(now, src, &data[payload.clone()]) {
                     DecapStart::Open(p) => {
                         let job = CryptoJob::Open {
                             pending: Some(p),
@@ -324,13 +291,13 @@ impl DpdkWorker<'_> {
                     }
                     DecapStart::Done(d) => d,
                 },
-                None => self.engine.decap_slice(now, src, &mut data[payload.clone()], tx),
+                None => shell.engine.decap_slice(now, src, &mut data[payload.clone()], tx),
             };
-            self.after_decap(now, verdict, m, payload.start, src, peer_mac, tx, deliver);
+            self.after_decap(now, shell, verdict, m, payload.start, src, peer_mac, tx, deliver);
         }
         self.deliver(access, deliver);
         if let (Some(c), Some(b)) = (crypto, batch) {
-            self.dispatch(now, c, b, access, tx, deliver);
+            self.dispatch(now, shell, c, b, access, tx, deliver);
         }
         n
     }
@@ -340,6 +307,7 @@ impl DpdkWorker<'_> {
     fn after_decap<'p>(
         &mut self,
         now: u64,
+        shell: &mut Shell,
         verdict: Decap,
         mut m: Mbuf<'p>,
         p0: usize,
@@ -369,7 +337,7 @@ impl DpdkWorker<'_> {
             Decap::Keepalive => tx.neighbours.learn(now, src.ip(), peer_mac),
             Decap::Punt { from, offset, len } => {
                 let bytes = &m.data()[p0 + offset..p0 + offset + len];
-                self.punted |= punt(&mut self.ends, self.counters, from, bytes);
+                shell.punt(from, bytes);
             }
             Decap::Drop(_) => {}
         }
@@ -394,6 +362,7 @@ impl DpdkWorker<'_> {
     fn dispatch<'p>(
         &mut self,
         now: u64,
+        shell: &mut Shell,
         c: &mut Crypto<'p>,
         b: Batch<Mbuf<'p>, CryptoJob>,
         access: &EthPort,
@@ -402,7 +371,7 @@ impl DpdkWorker<'_> {
     ) {
         while !c.has_room() {
             let Some(done) = c.ready(true) else { break };
-            self.finish_batch(now, c, done, access, tx, deliver);
+            self.finish_batch(now, shell, c, done, access, tx, deliver);
         }
         c.dispatch(b);
     }
@@ -412,6 +381,7 @@ impl DpdkWorker<'_> {
     fn finish_batch<'p>(
         &mut self,
         now: u64,
+        shell: &mut Shell,
         c: &mut Crypto<'p>,
         mut b: Batch<Mbuf<'p>, CryptoJob>,
         access: &EthPort,
@@ -425,8 +395,18 @@ impl DpdkWorker<'_> {
                 CryptoJob::Open { pending, payload, src, peer_mac, opened } => {
                     let Some(p) = pending else { continue };
                     let verdict =
-                        self.engine.decap_finish(now, p, opened, &m.data()[payload.clone()], tx);
-                    self.after_decap(now, verdict, m, payload.start, src, peer_mac, tx, deliver);
+                        shell.engine.decap_finish(now, p, opened, &m.data()[payload.clone()], tx);
+                    self.after_decap(
+                        now,
+                        shell,
+                        verdict,
+                        m,
+                        payload.start,
+                        src,
+                        peer_mac,
+                        tx,
+                        deliver,
+                    );
                 }
             }
         }
@@ -444,6 +424,7 @@ impl DpdkWorker<'_> {
     fn access_burst<'p>(
         &mut self,
         now: u64,
+        shell: &mut Shell,
         access: &EthPort,
         pool: &'p Mempool,
         tx: &mut DpdkTx<'p>,
@@ -469,8 +450,8 @@ impl DpdkWorker<'_> {
             {
                 let msg = &mut m.data_mut()[tx.outer_len..];
                 let (verdict, job) = match batch {
-                    Some(_) => self.engine.encap_in_place_deferred(now, msg, flen),
-                    None => (self.engine.encap_in_place(now, msg, flen), None),
+                    Some(_) => shell.engine.encap_in_place_deferred(now, msg, flen),
+                    None => (shell.engine.encap_in_place(now, msg, flen), None),
                 };
                 match (verdict, job, batch.as_mut()) {
                     (InPlace::Sealed { len, to }, Some(job), Some(b)) => {
@@ -496,33 +477,22 @@ impl DpdkWorker<'_> {
             self.frame.frame_area()[..f.len()].copy_from_slice(f);
             self.frame.len = f.len();
             drop(m);
-            self.engine.encap(now, &mut self.frame, tx);
+            shell.engine.encap(now, &mut self.frame, tx);
         }
         if let (Some(c), Some(b)) = (crypto, batch) {
             let mut deliver = MbufBurst::new();
-            self.dispatch(now, c, b, access, tx, &mut deliver);
+            self.dispatch(now, shell, c, b, access, tx, &mut deliver);
         }
         n
     }
 
-    /// Moves the engine's events to control and, with several workers, to the others.
-    fn publish_events(&mut self) -> bool {
-        let (bus, index, counters) = (self.bus, self.index, self.counters);
-        let several = bus.boxes.len() > 1;
-        channel::publish_events_with(&mut self.engine, &mut self.ends, self.counters, |ev| {
-            if several && !bus.post_others(index, || BusMsg::Event(ev.clone())) {
-                counters.inc(omni_shm::counters::Counter::EventsDropped, 1);
-            }
-        })
-    }
-
     /// Applies what the other workers posted. Returns how many messages there were.
-    fn read_mail(&mut self, now: u64, tx: &mut DpdkTx<'_>) -> usize {
+    fn read_mail(&mut self, now: u64, shell: &mut Shell, tx: &mut DpdkTx<'_>) -> usize {
         self.bus.take(self.index, &mut self.mail);
         let n = self.mail.len();
         for msg in self.mail.drain(..) {
             match msg {
-                BusMsg::Event(ev) => self.engine.observe(now, &ev, tx),
+                BusMsg::Event(ev) => shell.engine.observe(now, &ev, tx),
                 BusMsg::Neighbour(frame) => {
                     // Learning only: the worker that received it answered it.
                     let _ = tx.neighbours.on_frame(now, &frame);

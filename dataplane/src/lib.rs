@@ -18,3 +18,4 @@ pub mod mmsg;
 pub mod offload;
 pub mod secret;
 pub mod session;
+pub mod underlay;

@@ -6,12 +6,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use omni_dataplane::backend::neighbours::{ArpAction, Neighbours};
-use omni_dataplane::backend::xdp::parse_underlay;
+use omni_dataplane::underlay;
 
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(u) = parse_underlay(data, 51820) {
+    if let Some(u) = underlay::parse(data, 51820) {
         assert!(u.payload.start <= u.payload.end && u.payload.end <= data.len());
     }
     let _ = Neighbours::wants(data);

@@ -6,15 +6,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use omni_proto::wire::checksum;
-use omni_proto::wire::ethernet::{self, VLAN_TAG_LEN, ethertype};
+use omni_proto::constants::ETHERNET_HEADER_LEN;
+use omni_proto::wire::ethernet::{self, BROADCAST, MacAddr, VLAN_TAG_LEN, ethertype};
 use omni_proto::wire::ip::protocol;
+use omni_proto::wire::ndisc::{self, NEIGHBOR_ADVERT, NEIGHBOR_SOLICIT, multicast_mac};
+use omni_proto::wire::{arp, ipv6};
 
-const ARP_LEN: usize = 28;
-const ND_NEIGHBOR_SOLICIT: u8 = 135;
-const ND_NEIGHBOR_ADVERT: u8 = 136;
-/// ICMPv6 header (4) + reserved/flags (4) + target (16) + one link-layer option (8).
-const ND_LEN: usize = 32;
+/// Hop limit of neighbour discovery, sent and required (RFC 4861 §7.1).
+const ND_HOP_LIMIT: u8 = 255;
 /// An entry is trusted this long after it was last confirmed.
 pub const ENTRY_TTL_MS: u64 = 300_000;
 /// A neighbour learned again from packets is written to the table at most this often.
@@ -115,10 +114,12 @@ impl Neighbours {
         }
         self.asked.insert(hop, now_ms);
         let f = match (hop, self.our_ip) {
-            (IpAddr::V4(h), IpAddr::V4(o)) => self.arp_frame(1, [0xff; 6], [0; 6], o, h),
+            (IpAddr::V4(h), IpAddr::V4(o)) => {
+                self.arp_frame(arp::Operation::Request, BROADCAST, [0; 6], o, h)
+            }
             (IpAddr::V6(h), IpAddr::V6(o)) => {
-                let group = solicited_node(h);
-                self.nd_frame(ND_NEIGHBOR_SOLICIT, multicast_mac(group), o, group, h, 1)
+                let group = ndisc::solicited_node(h);
+                self.nd_frame(NEIGHBOR_SOLICIT, multicast_mac(group), o, group, h, 0)
             }
             _ => return None,
         };
@@ -154,7 +155,10 @@ impl Neighbours {
         let Some(h) = ethernet::l2(f) else { return false };
         match h.ethertype {
             ethertype::ARP => true,
-            ethertype::IPV6 => f.len() >= h.payload + 40 && f[h.payload + 6] == protocol::ICMPV6,
+            ethertype::IPV6 => f
+                .get(h.payload..)
+                .and_then(|ip| ipv6::Packet::new_checked(ip).ok())
+                .is_some_and(|p| p.next_header() == protocol::ICMPV6),
             _ => false,
         }
     }
@@ -181,9 +185,11 @@ impl Neighbours {
     }
 
     fn on_untagged(&mut self, now_ms: u64, f: &[u8]) -> ArpAction {
-        match (u16::from_be_bytes([f[12], f[13]]), self.our_ip) {
-            (ethertype::ARP, IpAddr::V4(o)) => self.on_arp(now_ms, f, o),
-            (ethertype::IPV6, IpAddr::V6(o)) => self.on_nd(now_ms, f, o),
+        let eth = ethernet::Frame::new_unchecked(f);
+        let body = &f[ETHERNET_HEADER_LEN..];
+        match (eth.ethertype(), self.our_ip) {
+            (ethertype::ARP, IpAddr::V4(o)) => self.on_arp(now_ms, body, o),
+            (ethertype::IPV6, IpAddr::V6(o)) => self.on_nd(now_ms, eth.src(), body, o),
             _ => ArpAction::Ignore,
         }
     }
@@ -199,74 +205,48 @@ impl Neighbours {
         t
     }
 
-    fn on_arp(&mut self, now_ms: u64, f: &[u8], our: Ipv4Addr) -> ArpAction {
-        if f.len() < 14 + ARP_LEN {
-            return ArpAction::Ignore;
-        }
-        let a = &f[14..14 + ARP_LEN];
-        // Ethernet (1), IPv4 (0x0800), lengths 6 and 4.
-        if a[0..2] != [0, 1] || a[2..4] != [8, 0] || a[4] != 6 || a[5] != 4 {
-            return ArpAction::Ignore;
-        }
-        let op = u16::from_be_bytes([a[6], a[7]]);
-        let sha: [u8; 6] = a[8..14].try_into().expect("6 bytes");
-        let spa = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
-        let tpa = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
-        match op {
-            1 if tpa == our => {
+    fn on_arp(&mut self, now_ms: u64, body: &[u8], our: Ipv4Addr) -> ArpAction {
+        let Ok(p) = arp::Packet::new_checked(body) else { return ArpAction::Ignore };
+        let a = arp::Repr::parse(&p);
+        let (sha, spa) = (a.sender_mac, a.sender_ip);
+        match a.operation {
+            arp::Operation::Request if a.target_ip == our => {
                 self.learn(now_ms, spa.into(), sha);
-                ArpAction::Reply(self.arp_frame(2, sha, sha, our, spa))
+                ArpAction::Reply(self.arp_frame(arp::Operation::Reply, sha, sha, our, spa))
             }
-            1 | 2 => {
+            arp::Operation::Request | arp::Operation::Reply => {
                 // Replies to us, and gratuitous announcements, refresh what we know; other
                 // people's requests only refresh an entry we already have.
-                if op == 2 || spa == tpa || self.entries.contains_key(&spa.into()) {
+                let reply = a.operation == arp::Operation::Reply;
+                if reply || spa == a.target_ip || self.entries.contains_key(&spa.into()) {
                     self.learn(now_ms, spa.into(), sha);
                     return ArpAction::Learned;
                 }
                 ArpAction::Ignore
             }
-            _ => ArpAction::Ignore,
+            arp::Operation::Other(_) => ArpAction::Ignore,
         }
     }
 
     /// Neighbour solicitations for our address are answered; solicitations and
     /// advertisements teach the sender's (or target's) link-layer address. Messages that
     /// fail RFC 4861's checks (hop limit 255, code 0, checksum) are ignored.
-    fn on_nd(&mut self, now_ms: u64, f: &[u8], our: Ipv6Addr) -> ArpAction {
-        if f.len() < 14 + 40 + 24 || f[14] >> 4 != 6 || f[20] != protocol::ICMPV6 || f[21] != 255 {
+    fn on_nd(&mut self, now_ms: u64, eth_src: MacAddr, body: &[u8], our: Ipv6Addr) -> ArpAction {
+        let Ok(ip) = ipv6::Packet::new_checked(body) else { return ArpAction::Ignore };
+        if ip.next_header() != protocol::ICMPV6 || ip.hop_limit() != ND_HOP_LIMIT {
             return ArpAction::Ignore;
         }
-        let plen = u16::from_be_bytes([f[18], f[19]]) as usize;
-        if plen < 24 || f.len() < 54 + plen {
+        let (src, dst) = (ip.src(), ip.dst());
+        let Some(msg) = ip.payload() else { return ArpAction::Ignore };
+        let Ok(nd) = ndisc::Packet::new_checked(msg) else { return ArpAction::Ignore };
+        if !nd.verify_checksum(src, dst) {
             return ArpAction::Ignore;
         }
-        let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).expect("16 bytes"));
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).expect("16 bytes"));
-        let icmp = &f[54..54 + plen];
-        if icmp[1] != 0 || icmpv6_checksum(src, dst, icmp) != 0 {
-            return ArpAction::Ignore;
-        }
-        let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).expect("16 bytes"));
-        // The link-layer address option (1: source, 2: target), if present.
-        let option = |kind: u8| -> Option<[u8; 6]> {
-            let mut o = &icmp[24..];
-            while o.len() >= 8 {
-                let len = o[1] as usize * 8;
-                if len == 0 || len > o.len() {
-                    return None;
-                }
-                if o[0] == kind && len == 8 {
-                    return o[2..8].try_into().ok();
-                }
-                o = &o[len..];
-            }
-            None
-        };
-        let eth_src: [u8; 6] = f[6..12].try_into().expect("6 bytes");
-        match icmp[0] {
-            ND_NEIGHBOR_SOLICIT => {
-                if let Some(mac) = option(1)
+        let target = nd.target();
+        match nd.kind() {
+            NEIGHBOR_SOLICIT => {
+                let sender = nd.lladdr(ndisc::SOURCE_LLADDR);
+                if let Some(mac) = sender
                     && !src.is_unspecified()
                 {
                     self.learn(now_ms, src.into(), mac);
@@ -275,106 +255,66 @@ impl Neighbours {
                     return ArpAction::Ignore;
                 }
                 // Duplicate address detection (from ::) is answered to all nodes.
-                let (to_ip, to_mac) = if src.is_unspecified() {
+                let (to_ip, to_mac, flags) = if src.is_unspecified() {
                     let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-                    (all, multicast_mac(all))
+                    (all, multicast_mac(all), ndisc::FLAG_OVERRIDE)
                 } else {
-                    (src, option(1).unwrap_or(eth_src))
+                    let flags = ndisc::FLAG_SOLICITED | ndisc::FLAG_OVERRIDE;
+                    (src, sender.unwrap_or(eth_src), flags)
                 };
-                let flags = if src.is_unspecified() { 0x20 } else { 0x60 };
-                ArpAction::Reply(self.nd_frame(ND_NEIGHBOR_ADVERT, to_mac, our, to_ip, our, flags))
+                ArpAction::Reply(self.nd_frame(NEIGHBOR_ADVERT, to_mac, our, to_ip, our, flags))
             }
-            ND_NEIGHBOR_ADVERT => {
-                let mac = option(2).unwrap_or(eth_src);
+            _ => {
+                let mac = nd.lladdr(ndisc::TARGET_LLADDR).unwrap_or(eth_src);
                 self.learn(now_ms, target.into(), mac);
                 ArpAction::Learned
             }
-            _ => ArpAction::Ignore,
         }
     }
 
-    /// An ARP frame from us: `op` 1 request / 2 reply, to `eth_dst`, target `tha`/`tpa`.
+    /// An ARP frame from us, to `eth_dst`, target `tha`/`tpa`.
     fn arp_frame(
         &self,
-        op: u16,
-        eth_dst: [u8; 6],
-        tha: [u8; 6],
+        operation: arp::Operation,
+        eth_dst: MacAddr,
+        tha: MacAddr,
         our: Ipv4Addr,
         tpa: Ipv4Addr,
     ) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + ARP_LEN];
-        f[0..6].copy_from_slice(&eth_dst);
-        f[6..12].copy_from_slice(&self.our_mac);
-        f[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
-        let a = &mut f[14..];
-        a[0..2].copy_from_slice(&[0, 1]);
-        a[2..4].copy_from_slice(&[8, 0]);
-        a[4] = 6;
-        a[5] = 4;
-        a[6..8].copy_from_slice(&op.to_be_bytes());
-        a[8..14].copy_from_slice(&self.our_mac);
-        a[14..18].copy_from_slice(&our.octets());
-        a[18..24].copy_from_slice(&tha);
-        a[24..28].copy_from_slice(&tpa.octets());
+        let mut f = vec![0u8; ETHERNET_HEADER_LEN + arp::LEN];
+        let at = ethernet::emit_header(&mut f, eth_dst, self.our_mac, None, ethertype::ARP);
+        let (sender_mac, sender_ip, target_mac, target_ip) = (self.our_mac, our, tha, tpa);
+        arp::Repr { operation, sender_mac, sender_ip, target_mac, target_ip }.emit(&mut f[at..]);
         f
     }
 
     /// A neighbour solicitation (with our source link-layer address) or advertisement
-    /// (flags in the first byte, with our target link-layer address) from us.
+    /// (with `flags` and our target link-layer address) from us.
     fn nd_frame(
         &self,
         kind: u8,
-        eth_dst: [u8; 6],
+        eth_dst: MacAddr,
         src: Ipv6Addr,
         dst: Ipv6Addr,
         target: Ipv6Addr,
         flags: u8,
     ) -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 40 + ND_LEN];
-        f[0..6].copy_from_slice(&eth_dst);
-        f[6..12].copy_from_slice(&self.our_mac);
-        f[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
-        let ip = &mut f[14..54];
-        ip[0] = 0x60;
-        ip[4..6].copy_from_slice(&(ND_LEN as u16).to_be_bytes());
-        ip[6] = protocol::ICMPV6;
-        ip[7] = 255;
-        ip[8..24].copy_from_slice(&src.octets());
-        ip[24..40].copy_from_slice(&dst.octets());
-        let m = &mut f[54..];
-        m[0] = kind;
-        if kind == ND_NEIGHBOR_ADVERT {
-            m[4] = flags;
+        let mut f = vec![0u8; ETHERNET_HEADER_LEN + ipv6::HEADER_LEN + ndisc::Repr::LEN];
+        let l3 = ethernet::emit_header(&mut f, eth_dst, self.our_mac, None, ethertype::IPV6);
+        let (next_header, payload_len) = (protocol::ICMPV6, ndisc::Repr::LEN);
+        ipv6::Repr {
+            src,
+            dst,
+            next_header,
+            payload_len,
+            hop_limit: ND_HOP_LIMIT,
+            traffic_class: 0,
         }
-        m[8..24].copy_from_slice(&target.octets());
-        m[24] = if kind == ND_NEIGHBOR_SOLICIT { 1 } else { 2 };
-        m[25] = 1;
-        m[26..32].copy_from_slice(&self.our_mac);
-        let c = icmpv6_checksum(src, dst, m);
-        m[2..4].copy_from_slice(&c.to_be_bytes());
+        .emit(&mut f[l3..]);
+        let nd = ndisc::Repr { kind, flags, target, lladdr: self.our_mac };
+        nd.emit(&mut f[l3 + ipv6::HEADER_LEN..], src, dst);
         f
     }
-}
-
-/// The ICMPv6 checksum of `msg` (its checksum field as it is): 0 for a message whose
-/// checksum is right; over a message with a zeroed field, the value to put there.
-fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
-    let pseudo = checksum::add(checksum::add(0, &src.octets()), &dst.octets())
-        + msg.len() as u64
-        + protocol::ICMPV6 as u64;
-    checksum::finish(checksum::add(pseudo, msg))
-}
-
-/// The solicited-node multicast group of `a` (ff02::1:ffXX:XXXX).
-fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
-    let o = a.octets();
-    Ipv6Addr::from([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15]])
-}
-
-/// The Ethernet address of an IPv6 multicast group (33:33 + its last 32 bits).
-fn multicast_mac(group: Ipv6Addr) -> [u8; 6] {
-    let o = group.octets();
-    [0x33, 0x33, o[12], o[13], o[14], o[15]]
 }
 
 #[cfg(test)]
@@ -484,10 +424,10 @@ mod tests {
         let t: Ipv6Addr = target.parse().unwrap();
         let IpAddr::V6(s) = peer.our_ip else { unreachable!() };
         peer.nd_frame(
-            ND_NEIGHBOR_SOLICIT,
-            multicast_mac(solicited_node(t)),
+            NEIGHBOR_SOLICIT,
+            multicast_mac(ndisc::solicited_node(t)),
             s,
-            solicited_node(t),
+            ndisc::solicited_node(t),
             t,
             0,
         )
@@ -512,7 +452,7 @@ mod tests {
         want.extend_from_slice(&OUR_MAC);
         assert_eq!(na, want);
         let (s, d) = ("fd77::1".parse().unwrap(), "fd77::2".parse().unwrap());
-        assert_eq!(icmpv6_checksum(s, d, &na[54..]), 0, "a valid checksum");
+        assert_eq!(ndisc::icmpv6_checksum(s, d, &na[54..]), 0, "a valid checksum");
         assert_ne!(&na[56..58], &[0, 0]);
         // The solicitation taught us the asker.
         assert_eq!(nb.lookup(6, "fd77::2".parse().unwrap()), Some(PEER_MAC));
@@ -524,8 +464,8 @@ mod tests {
         let peer: IpAddr = "fd77::2".parse().unwrap();
         let ns = nb.request(0, peer).expect("a solicitation");
         assert_eq!(&ns[0..6], &[0x33, 0x33, 0xff, 0, 0, 2]);
-        assert_eq!(&ns[38..54], &solicited_node("fd77::2".parse().unwrap()).octets());
-        assert_eq!(ns[54], ND_NEIGHBOR_SOLICIT);
+        assert_eq!(&ns[38..54], &ndisc::solicited_node("fd77::2".parse().unwrap()).octets());
+        assert_eq!(ns[54], NEIGHBOR_SOLICIT);
         assert_eq!(&ns[54 + 24..54 + 26], &[1, 1], "source link-layer option");
         // The peer's answer, built by the peer's own table.
         let mut other = Neighbours::new(peer, 64, PEER_MAC, None);
@@ -583,7 +523,7 @@ mod tests {
         assert!(Neighbours::wants(&tag(&ns, 42)));
         let ArpAction::Reply(na) = nb6.on_frame(4, &tag(&ns, 42)) else { panic!("an advert") };
         assert_eq!(&na[12..16], &[0x81, 0x00, 0, 42]);
-        assert_eq!(na[18 + 40], ND_NEIGHBOR_ADVERT);
+        assert_eq!(na[18 + 40], NEIGHBOR_ADVERT);
     }
 
     #[test]
@@ -595,9 +535,9 @@ mod tests {
         dad.truncate(54 + 24);
         dad[18..20].copy_from_slice(&24u16.to_be_bytes());
         dad[56..58].fill(0);
-        let c = icmpv6_checksum(
+        let c = ndisc::icmpv6_checksum(
             Ipv6Addr::UNSPECIFIED,
-            solicited_node("fd77::1".parse().unwrap()),
+            ndisc::solicited_node("fd77::1".parse().unwrap()),
             &dad[54..],
         );
         dad[56..58].copy_from_slice(&c.to_be_bytes());

@@ -43,6 +43,7 @@ use crate::offload::csum;
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
+use crate::underlay;
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
 pub const BURST: usize = 32;
@@ -654,7 +655,7 @@ impl SocketPort<'_> {
                     self.counters.drop(DropReason::Malformed);
                     continue;
                 };
-                let Some(u) = xdp::parse_underlay(frame, port) else {
+                let Some(u) = underlay::parse(frame, port) else {
                     self.counters.drop(DropReason::Malformed);
                     continue;
                 };

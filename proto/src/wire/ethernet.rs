@@ -62,6 +62,30 @@ pub fn l2(frame: &[u8]) -> Option<L2> {
     }
 }
 
+/// Writes an Ethernet header (with an 802.1Q tag when `tci` is given) into the front of
+/// `out`. Returns where the payload starts.
+#[inline]
+pub fn emit_header(
+    out: &mut [u8],
+    dst: MacAddr,
+    src: MacAddr,
+    tci: Option<u16>,
+    ethertype: u16,
+) -> usize {
+    out[field::DST].copy_from_slice(&dst);
+    out[field::SRC].copy_from_slice(&src);
+    let at = match tci {
+        Some(tci) => {
+            out[field::ETHERTYPE].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+            out[14..16].copy_from_slice(&tci.to_be_bytes());
+            16
+        }
+        None => field::ETHERTYPE.start,
+    };
+    out[at..at + 2].copy_from_slice(&ethertype.to_be_bytes());
+    at + 2
+}
+
 pub type MacAddr = [u8; 6];
 pub const BROADCAST: MacAddr = [0xff; 6];
 
@@ -133,6 +157,17 @@ mod tests {
         assert_eq!(l2(&t).unwrap().vlan_id(), Some(42));
         assert_eq!(l2(&t[..16]), None, "a tag cut short");
         assert_eq!(l2(&f[..13]), None);
+    }
+
+    #[test]
+    fn emits_what_l2_reads_back_byte_for_byte() {
+        let mut f = [0u8; 18];
+        assert_eq!(emit_header(&mut f, [1; 6], [2; 6], None, ethertype::ARP), 14);
+        assert_eq!(f[..14], [1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 0x08, 0x06]);
+        assert_eq!(emit_header(&mut f, [1; 6], [2; 6], Some(0x2007), ethertype::IPV6), 18);
+        assert_eq!(f[12..18], [0x81, 0x00, 0x20, 0x07, 0x86, 0xdd]);
+        let h = l2(&f).unwrap();
+        assert_eq!((h.tci, h.ethertype, h.payload), (Some(0x2007), ethertype::IPV6, 18));
     }
 
     #[test]

@@ -7,7 +7,5 @@ pub mod protocol {
     pub const ICMPV6: u8 = 58;
 }
 
-/// An IPv4 header without options.
-pub const IPV4_HEADER_LEN: usize = 20;
-/// The IPv6 fixed header.
-pub const IPV6_HEADER_LEN: usize = 40;
+pub use crate::wire::ipv4::HEADER_LEN as IPV4_HEADER_LEN;
+pub use crate::wire::ipv6::HEADER_LEN as IPV6_HEADER_LEN;

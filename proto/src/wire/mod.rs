@@ -2,15 +2,20 @@
 //! zero-copy `Packet<T: AsRef<[u8]>>` view whose `new_checked` validates the length and type,
 //! and a `Repr` with `parse` / `emit`.
 
+pub mod arp;
 pub mod checksum;
 pub mod cookie_reply;
 pub mod ethernet;
 pub mod handshake_init;
 pub mod handshake_resp;
 pub mod ip;
+pub mod ipv4;
+pub mod ipv6;
+pub mod ndisc;
 pub mod nucleus;
 pub mod relay;
 pub mod transport;
+pub mod udp;
 
 use crate::WireError;
 use crate::constants::*;

@@ -94,17 +94,11 @@ impl<'r> Shared<'r> {
             link_down_since: None,
             watched: Vec::new(),
             link_errors: 0,
-        };
-        DpdkPort {
-            w,
             pool: self.pool,
             underlay: self.underlay,
             access: self.access,
-            tx: self.tx(i),
-            crypto,
-            rx: MbufBurst::new(),
-            deliver: MbufBurst::new(),
-        }
+        };
+        DpdkPort { w, tx: self.tx(i), crypto, rx: MbufBurst::new(), deliver: MbufBurst::new() }
     }
 
     fn tx(&self, i: usize) -> DpdkTx<'r> {

@@ -56,9 +56,10 @@ use crate::backend::channel;
 use crate::backend::crypto_pool::{Batch, Buf, CryptoPool, Idle, Item, Job, PoolConfig, run_jobs};
 use crate::backend::io_loop::{self, Pass, Port, Shell};
 use crate::backend::neighbours::{ArpAction, Neighbours};
-use crate::backend::xdp::{L2Route, build_frame, build_headers, parse_underlay};
-use omni_proto::wire::checksum;
-use omni_proto::wire::ethernet::{self, VLAN_TAG_LEN, ethertype};
+use crate::underlay::{self, L2Route, build_frame, build_headers, fill_udp6_checksum};
+use omni_proto::constants::ETHERNET_HEADER_LEN;
+use omni_proto::wire::ethernet::VLAN_TAG_LEN;
+use omni_proto::wire::{checksum, ipv4, ipv6, udp};
 
 // Each part sees the others' items through this module.
 use bus::*;

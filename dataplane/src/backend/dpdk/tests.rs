@@ -117,7 +117,7 @@ fn patched_outer_headers_equal_built_ones() {
         let mut patched = vec![0u8; OUTER_V6 + len];
         patched[OUTER_V6..].copy_from_slice(&payload);
         h6.write(&mut patched, len);
-        udp6_checksum(&mut patched);
+        fill_udp6_checksum(&mut patched);
         assert_eq!(patched, built, "IPv6 payload {len}");
     }
     assert!(h.fresh(dst, 1099) && !h.fresh(dst, 1100));
@@ -134,7 +134,7 @@ fn patched_outer_headers_equal_built_ones() {
             let mut patched = vec![0u8; n + len];
             patched[n..].copy_from_slice(&payload);
             hv.write(&mut patched, len);
-            udp6_checksum(&mut patched);
+            fill_udp6_checksum(&mut patched);
             assert_eq!(&patched[12..16], &[0x81, 0, 0, 42]);
             assert_eq!(patched, built, "{our} VLAN payload {len}");
         }

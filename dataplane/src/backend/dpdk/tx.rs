@@ -40,14 +40,14 @@ impl Buf for Mbuf<'_> {
 /// Ethernet + IPv4 + UDP in front of a sealed message on the underlay.
 /// RX and TX descriptors per queue.
 pub(super) const PORT_DESCRIPTORS: u16 = 1024;
-pub(super) const OUTER_V4: usize = 14 + 20 + 8;
+pub(super) const OUTER_V4: usize = ETHERNET_HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
 /// Ethernet + IPv6 + UDP.
-pub(super) const OUTER_V6: usize = 14 + 40 + 8;
+pub(super) const OUTER_V6: usize = ETHERNET_HEADER_LEN + ipv6::HEADER_LEN + udp::HEADER_LEN;
 
 /// Outer headers to one destination, built once and patched per packet (the lengths, and
 /// over IPv4 an incremental IP checksum) while they are fresh, instead of a neighbour
 /// lookup and a full header build per packet. Over IPv6 the UDP checksum, which covers the
-/// sealed payload, is [`udp6_checksum`]'s once the payload is final.
+/// sealed payload, is [`fill_udp6_checksum`]'s once the payload is final.
 #[derive(Clone, Copy)]
 pub(super) struct OuterHeaders {
     pub(super) dst: SocketAddr,
@@ -70,18 +70,19 @@ impl OuterHeaders {
         dst: SocketAddr,
         now_ms: u64,
     ) -> Option<Self> {
-        let l3 = if route.vlan.is_some() { 14 + VLAN_TAG_LEN } else { 14 };
-        let len = l3 + if dst.is_ipv4() { 20 + 8 } else { 40 + 8 };
+        let len = underlay::headers_len(route, dst)?;
+        let l3 =
+            len - udp::HEADER_LEN - if dst.is_ipv4() { ipv4::HEADER_LEN } else { ipv6::HEADER_LEN };
         let mut bytes = [0u8; OUTER_V6 + VLAN_TAG_LEN];
         if build_headers(&mut bytes[..len], route, udp_port, dst, 0)? != len {
             return None;
         }
         let mut ip_sum = 0;
         if dst.is_ipv4() {
-            let mut ip = [0u8; 20];
-            ip.copy_from_slice(&bytes[l3..l3 + 20]);
-            ip[2..4].fill(0);
-            ip[10..12].fill(0);
+            let mut ip = [0u8; ipv4::HEADER_LEN];
+            ip.copy_from_slice(&bytes[l3..l3 + ipv4::HEADER_LEN]);
+            ip[ipv4::field::LENGTH].fill(0);
+            ip[ipv4::field::CHECKSUM].fill(0);
             ip_sum = checksum::add(0, &ip);
         }
         Some(Self { dst, built_ms: now_ms, bytes, len, l3, ip_sum })
@@ -93,35 +94,21 @@ impl OuterHeaders {
 
     /// Writes the headers for a payload of `payload_len` bytes into `out[..self.len]`.
     pub(super) fn write(&self, out: &mut [u8], payload_len: usize) {
-        let (l3, l4) = (self.l3, self.len - 8);
-        let udp_len = ((8 + payload_len) as u16).to_be_bytes();
+        let (l3, l4) = (self.l3, self.len - udp::HEADER_LEN);
+        let udp_len = (udp::HEADER_LEN + payload_len) as u16;
         out[..self.len].copy_from_slice(&self.bytes[..self.len]);
-        out[l4 + 4..l4 + 6].copy_from_slice(&udp_len);
-        if l4 - l3 == 20 {
-            let ip_len = (20 + 8 + payload_len) as u16;
-            out[l3 + 2..l3 + 4].copy_from_slice(&ip_len.to_be_bytes());
+        let (ip, udp) = out[l3..self.len].split_at_mut(l4 - l3);
+        udp[udp::field::LENGTH].copy_from_slice(&udp_len.to_be_bytes());
+        if ip.len() == ipv4::HEADER_LEN {
+            let ip_len = ipv4::HEADER_LEN as u16 + udp_len;
+            ip[ipv4::field::LENGTH].copy_from_slice(&ip_len.to_be_bytes());
             let c = checksum::finish(self.ip_sum + ip_len as u64);
-            out[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+            ip[ipv4::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         } else {
-            out[l3 + 4..l3 + 6].copy_from_slice(&udp_len);
-            out[l4 + 6..l4 + 8].fill(0);
+            ip[ipv6::field::PAYLOAD_LEN].copy_from_slice(&udp_len.to_be_bytes());
+            udp[udp::field::CHECKSUM].fill(0);
         }
     }
-}
-
-/// Writes the UDP checksum of an Ethernet + IPv6 + UDP frame whose headers and payload
-/// are final (IPv6 requires it; 0 is sent as 0xffff). Frames of other kinds are left alone.
-pub(super) fn udp6_checksum(frame: &mut [u8]) {
-    let Some(h) = ethernet::l2(frame) else { return };
-    let l4 = h.payload + 40;
-    if h.ethertype != ethertype::IPV6 || frame.len() < l4 + 8 {
-        return;
-    }
-    let udp_len = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]) as usize;
-    if frame.len() < l4 + udp_len || udp_len < 8 {
-        return;
-    }
-    crate::backend::xdp::udp6_checksum(&mut frame[h.payload..l4 + udp_len]);
 }
 
 /// Datagrams held while their next hop is being resolved.
@@ -249,7 +236,7 @@ impl<'a> DpdkTx<'a> {
         headers.write(m.data_mut(), payload);
         if job.is_none() {
             // Sealed already: an IPv6 checksum can be computed now (else after the AEAD).
-            udp6_checksum(m.data_mut());
+            fill_udp6_checksum(m.data_mut());
         }
         Some((m, at))
     }
@@ -266,7 +253,7 @@ impl<'a> DpdkTx<'a> {
 
     /// Where the IP header starts in our frames.
     fn l3(&self) -> usize {
-        if self.neighbours.vlan.is_some() { 14 + VLAN_TAG_LEN } else { 14 }
+        ETHERNET_HEADER_LEN + if self.neighbours.vlan.is_some() { VLAN_TAG_LEN } else { 0 }
     }
 
     /// Queues a finished packet for the underlay port.

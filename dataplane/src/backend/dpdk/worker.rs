@@ -23,7 +23,7 @@ impl Job for CryptoJob {
             CryptoJob::Seal { job, at, ok } => {
                 *ok = bytes.get_mut(*at..).and_then(|b| job.run(b)).is_some();
                 // Over IPv6 the UDP checksum covers the sealed payload: computed here.
-                udp6_checksum(bytes);
+                fill_udp6_checksum(bytes);
             }
             CryptoJob::Open { pending: Some(p), payload, opened, .. } => {
                 *opened = bytes.get_mut(payload.clone()).and_then(|d| p.run(d));
@@ -55,15 +55,15 @@ pub(super) struct DpdkWorker<'r> {
     pub(super) watched: Vec<(&'static str, String, u32)>,
     /// Consecutive seconds the underlay port failed to report its link.
     pub(super) link_errors: u32,
+    pub(super) pool: &'r Mempool,
+    pub(super) underlay: &'r EthPort,
+    pub(super) access: &'r EthPort,
 }
 
 /// An I/O worker with its ports, transmit side, bursts and crypto workers: the DPDK
 /// backend's [`Port`] of the one worker loop.
 pub(super) struct DpdkPort<'r> {
     pub(super) w: DpdkWorker<'r>,
-    pub(super) pool: &'r Mempool,
-    pub(super) underlay: &'r EthPort,
-    pub(super) access: &'r EthPort,
     pub(super) tx: DpdkTx<'r>,
     pub(super) crypto: Option<Crypto<'r>>,
     pub(super) rx: MbufBurst<'r>,
@@ -105,14 +105,13 @@ impl<'r> Port for DpdkPort<'r> {
     }
 
     fn bursts(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<Pass> {
-        let Self { w, pool, underlay, access, tx, crypto, rx, deliver } = self;
-        let mut work =
-            w.underlay_burst(now, shell, underlay, access, pool, tx, rx, deliver, crypto.as_mut());
-        work += w.access_burst(now, shell, access, pool, tx, rx, crypto.as_mut());
+        let Self { w, tx, crypto, rx, deliver } = self;
+        let mut work = w.underlay_burst(now, shell, tx, rx, deliver, crypto.as_mut());
+        work += w.access_burst(now, shell, tx, rx, crypto.as_mut());
         if let Some(c) = crypto.as_mut() {
             while let Some(b) = c.ready(false) {
                 work += b.len();
-                w.finish_batch(now, shell, c, b, access, tx, deliver);
+                w.finish_batch(now, shell, c, b, tx, deliver);
             }
         }
         Ok(Pass { work, more: work > 0 })
@@ -131,11 +130,11 @@ impl<'r> Port for DpdkPort<'r> {
     }
 
     fn housekeeping(&mut self, now: u64, _shell: &mut Shell) -> anyhow::Result<()> {
-        self.w.watch_link(now, self.underlay);
+        self.w.watch_link(now);
         // A port that is gone cannot come back inside this process (DPDK probed it once):
         // exit with the reason, and whoever supervises the data plane (omni-daemon,
         // systemd) starts a new one, which waits for the port.
-        if let Err(e) = self.w.ports_present(self.underlay) {
+        if let Err(e) = self.w.ports_present() {
             tracing::error!(
                 "{e}; stopping so that a new data plane can take the port when it returns"
             );
@@ -168,18 +167,19 @@ impl<'r> Port for DpdkPort<'r> {
     fn finish(&mut self, shell: &mut Shell) {
         if let Some(c) = self.crypto.as_mut() {
             while let Some(b) = c.ready(true) {
-                let (access, tx, deliver) = (self.access, &mut self.tx, &mut self.deliver);
-                self.w.finish_batch(monotonic_ms(), shell, c, b, access, tx, deliver);
+                let (tx, deliver) = (&mut self.tx, &mut self.deliver);
+                self.w.finish_batch(monotonic_ms(), shell, c, b, tx, deliver);
             }
         }
         self.tx.flush();
     }
 }
 
-impl DpdkWorker<'_> {
+impl<'r> DpdkWorker<'r> {
     /// Once a second: logs underlay link changes; a link down for 3 s gets its port
     /// restarted (a memif client whose server came back connects again; a NIC renegotiates).
-    fn watch_link(&mut self, now: u64, underlay: &EthPort) {
+    fn watch_link(&mut self, now: u64) {
+        let underlay = self.underlay;
         let up = underlay.link().map(|l| l.up).unwrap_or(false);
         match (up, self.link_down_since) {
             (true, Some(_)) => {
@@ -203,7 +203,8 @@ impl DpdkWorker<'_> {
 
     /// Whether the ports are still there: their kernel interfaces (same index as at start)
     /// and, for any port, a link status DPDK can still read.
-    fn ports_present(&mut self, underlay: &EthPort) -> Result<(), String> {
+    fn ports_present(&mut self) -> Result<(), String> {
+        let underlay = self.underlay;
         for (role, name, index) in &self.watched {
             match omni_sys::netif::if_index(name) {
                 0 => return Err(format!("the {role} port's interface {name} is gone")),
@@ -230,20 +231,16 @@ impl DpdkWorker<'_> {
     /// A burst from the underlay: ARP answered, fabric datagrams opened in place and the
     /// frames passed to the access port in the same mbufs. With crypto workers, transport
     /// messages go to them as one batch (opened there, finished here in order).
-    #[allow(clippy::too_many_arguments)]
-    fn underlay_burst<'p>(
+    fn underlay_burst(
         &mut self,
         now: u64,
         shell: &mut Shell,
-        underlay: &EthPort,
-        access: &EthPort,
-        pool: &'p Mempool,
-        tx: &mut DpdkTx<'p>,
-        rx: &mut MbufBurst<'p>,
-        deliver: &mut MbufBurst<'p>,
-        mut crypto: Option<&mut Crypto<'p>>,
+        tx: &mut DpdkTx<'r>,
+        rx: &mut MbufBurst<'r>,
+        deliver: &mut MbufBurst<'r>,
+        mut crypto: Option<&mut Crypto<'r>>,
     ) -> usize {
-        let n = underlay.rx_burst(self.queue, rx, pool);
+        let n = self.underlay.rx_burst(self.queue, rx, self.pool);
         if n == 0 {
             return 0;
         }
@@ -264,7 +261,7 @@ impl DpdkWorker<'_> {
                 }
                 continue;
             }
-            let Some(u) = parse_underlay(data, port) else {
+            let Some(u) = underlay::parse(data, port) else {
                 // Not the fabric's (other traffic on a dedicated NIC): dropped, counted.
                 self.counters.drop(DropReason::Malformed);
                 continue;
@@ -295,26 +292,26 @@ impl DpdkWorker<'_> {
             };
             self.after_decap(now, shell, verdict, m, payload.start, src, peer_mac, tx, deliver);
         }
-        self.deliver(access, deliver);
+        self.deliver(deliver);
         if let (Some(c), Some(b)) = (crypto, batch) {
-            self.dispatch(now, shell, c, b, access, tx, deliver);
+            self.dispatch(now, shell, c, b, tx, deliver);
         }
         n
     }
 
     /// Acts on the engine's verdict for the datagram at `p0..` of `m`.
     #[allow(clippy::too_many_arguments)]
-    fn after_decap<'p>(
+    fn after_decap(
         &mut self,
         now: u64,
         shell: &mut Shell,
         verdict: Decap,
-        mut m: Mbuf<'p>,
+        mut m: Mbuf<'r>,
         p0: usize,
         src: SocketAddr,
         peer_mac: [u8; 6],
-        tx: &mut DpdkTx<'p>,
-        deliver: &mut MbufBurst<'p>,
+        tx: &mut DpdkTx<'r>,
+        deliver: &mut MbufBurst<'r>,
     ) {
         match verdict {
             Decap::Deliver { offset, len, checksum } => {
@@ -344,12 +341,12 @@ impl DpdkWorker<'_> {
     }
 
     /// Sends the frames in `deliver` to the access port (what it cannot take is counted).
-    fn deliver(&mut self, access: &EthPort, deliver: &mut MbufBurst<'_>) {
+    fn deliver(&mut self, deliver: &mut MbufBurst<'_>) {
         for _ in 0..4 {
             if deliver.is_empty() {
                 break;
             }
-            access.tx_burst(self.queue, deliver);
+            self.access.tx_burst(self.queue, deliver);
         }
         if !deliver.is_empty() {
             self.counters.drop_n(DropReason::AccessError, deliver.len() as u64);
@@ -359,34 +356,32 @@ impl DpdkWorker<'_> {
 
     /// Hands a batch to the crypto workers, first finishing the oldest ones while all
     /// their room is taken.
-    fn dispatch<'p>(
+    fn dispatch(
         &mut self,
         now: u64,
         shell: &mut Shell,
-        c: &mut Crypto<'p>,
-        b: Batch<Mbuf<'p>, CryptoJob>,
-        access: &EthPort,
-        tx: &mut DpdkTx<'p>,
-        deliver: &mut MbufBurst<'p>,
+        c: &mut Crypto<'r>,
+        b: Batch<Mbuf<'r>, CryptoJob>,
+        tx: &mut DpdkTx<'r>,
+        deliver: &mut MbufBurst<'r>,
     ) {
         while !c.has_room() {
             let Some(done) = c.ready(true) else { break };
-            self.finish_batch(now, shell, c, done, access, tx, deliver);
+            self.finish_batch(now, shell, c, done, tx, deliver);
         }
         c.dispatch(b);
     }
 
     /// A batch back from a crypto worker, in the order batches went out: sealed packets
     /// go to the underlay, opened ones are checked again (replay, session) and delivered.
-    fn finish_batch<'p>(
+    fn finish_batch(
         &mut self,
         now: u64,
         shell: &mut Shell,
-        c: &mut Crypto<'p>,
-        mut b: Batch<Mbuf<'p>, CryptoJob>,
-        access: &EthPort,
-        tx: &mut DpdkTx<'p>,
-        deliver: &mut MbufBurst<'p>,
+        c: &mut Crypto<'r>,
+        mut b: Batch<Mbuf<'r>, CryptoJob>,
+        tx: &mut DpdkTx<'r>,
+        deliver: &mut MbufBurst<'r>,
     ) {
         for Item { buf: m, job } in b.drain(..) {
             match job {
@@ -411,7 +406,7 @@ impl DpdkWorker<'_> {
             }
         }
         c.recycle(b);
-        self.deliver(access, deliver);
+        self.deliver(deliver);
         tx.send_out();
     }
 
@@ -421,17 +416,15 @@ impl DpdkWorker<'_> {
     /// same mbuf is sent (no copy); with crypto workers its AEAD runs there, in one batch
     /// per burst. Anything else (flooding, staging, short rooms) takes the engine's buffer
     /// path.
-    fn access_burst<'p>(
+    fn access_burst(
         &mut self,
         now: u64,
         shell: &mut Shell,
-        access: &EthPort,
-        pool: &'p Mempool,
-        tx: &mut DpdkTx<'p>,
-        rx: &mut MbufBurst<'p>,
-        mut crypto: Option<&mut Crypto<'p>>,
+        tx: &mut DpdkTx<'r>,
+        rx: &mut MbufBurst<'r>,
+        mut crypto: Option<&mut Crypto<'r>>,
     ) -> usize {
-        let n = access.rx_burst(self.queue, rx, pool);
+        let n = self.access.rx_burst(self.queue, rx, self.pool);
         if n == 0 {
             return 0;
         }
@@ -481,7 +474,7 @@ impl DpdkWorker<'_> {
         }
         if let (Some(c), Some(b)) = (crypto, batch) {
             let mut deliver = MbufBurst::new();
-            self.dispatch(now, shell, c, b, access, tx, &mut deliver);
+            self.dispatch(now, shell, c, b, tx, &mut deliver);
         }
         n
     }

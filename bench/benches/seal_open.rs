@@ -116,7 +116,7 @@ fn open_with(c: &mut Criterion, aead: Aead) {
                     p
                 },
                 |p| {
-                    let v = rx.decap(1000, src, p, &mut rx_sink);
+                    let v = rx.decap(1000, src, p.datagram_mut(), &mut rx_sink);
                     debug_assert!(matches!(v, Decap::Deliver { .. }));
                 },
                 criterion::BatchSize::SmallInput,

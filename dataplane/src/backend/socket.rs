@@ -660,7 +660,7 @@ impl SocketPort<'_> {
                     continue;
                 };
                 let (p0, src) = (u.payload.start, u.src);
-                match shell.engine.decap_slice(
+                match shell.engine.decap(
                     now,
                     src,
                     &mut frame[u.payload.clone()],
@@ -729,7 +729,7 @@ impl SocketPort<'_> {
             while off < len {
                 let dl = step.min(len - off);
                 datagrams += 1;
-                match shell.engine.decap_slice(now, src, &mut data[off..off + dl], &mut self.tx) {
+                match shell.engine.decap(now, src, &mut data[off..off + dl], &mut self.tx) {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = off + offset;
                         let checksum = settle_checksum(self.tap, &mut data[at..at + len], checksum);

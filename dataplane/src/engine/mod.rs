@@ -65,6 +65,12 @@ impl PacketBuf {
     pub fn frame_area(&mut self) -> &mut [u8] {
         &mut self.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + MAX_INNER_FRAME]
     }
+
+    /// The datagram it holds (`data[..len]`), to hand to [`Engine::decap`].
+    pub fn datagram_mut(&mut self) -> &mut [u8] {
+        let len = self.len.min(self.data.len());
+        &mut self.data[..len]
+    }
 }
 
 impl Default for PacketBuf {
@@ -266,7 +272,8 @@ impl<'r> Engine<'r> {
         self.sole_receiver = on;
     }
 
-    pub fn counters(&self) -> &'r WorkerCounters {
+    #[cfg(test)]
+    fn counters(&self) -> &'r WorkerCounters {
         self.counters
     }
 
@@ -626,7 +633,7 @@ impl<'r> Engine<'r> {
     }
 
     /// Sends a keepalive (empty transport message) to `peer` if it has a usable session.
-    pub fn send_keepalive(&mut self, now_ms: u64, peer: u16, tx: &mut impl TxSink) -> bool {
+    fn send_keepalive(&mut self, now_ms: u64, peer: u16, tx: &mut impl TxSink) -> bool {
         if peer as usize >= self.peers.len() || self.peers[peer as usize].endpoint.is_none() {
             return false;
         }
@@ -643,23 +650,10 @@ impl<'r> Engine<'r> {
 
     // ---- underlay → access port ------------------------------------------------------
 
-    /// Classifies and, for transport messages, opens a datagram `pkt.data[..pkt.len]` that
-    /// came from `src`. A relayed datagram is unwrapped first; its peer is then reached
-    /// through the relay it came by.
+    /// Classifies and, for transport messages, opens in place a datagram that came from
+    /// `src` (anywhere in a buffer: UDP GRO hands several in one). A relayed datagram is
+    /// unwrapped first; its peer is then reached through the relay it came by.
     pub fn decap(
-        &mut self,
-        now_ms: u64,
-        src: SocketAddr,
-        pkt: &mut PacketBuf,
-        tx: &mut impl TxSink,
-    ) -> Decap {
-        let len = pkt.len.min(pkt.data.len());
-        self.decap_slice(now_ms, src, &mut pkt.data[..len], tx)
-    }
-
-    /// As [`Engine::decap`], for a datagram anywhere in a buffer (UDP GRO hands several
-    /// in one): it is opened in place.
-    pub fn decap_slice(
         &mut self,
         now_ms: u64,
         src: SocketAddr,
@@ -687,7 +681,7 @@ impl<'r> Engine<'r> {
         verdict
     }
 
-    /// The first half of [`Engine::decap_slice`] for a backend that runs the AEAD on
+    /// The first half of [`Engine::decap`] for a backend that runs the AEAD on
     /// other cores: classifies the datagram and, for a transport message whose counter
     /// the replay window still accepts, returns the AEAD to run ([`PendingOpen::run`])
     /// before [`Engine::decap_finish`]. Everything else is decided here (drops counted).
@@ -1068,7 +1062,8 @@ impl<'r> Engine<'r> {
     }
 
     /// The peer's endpoint as the engine knows it.
-    pub fn endpoint(&self, peer: u16) -> Option<Endpoint> {
+    #[cfg(test)]
+    fn endpoint(&self, peer: u16) -> Option<Endpoint> {
         self.peers.get(peer as usize).and_then(|p| p.endpoint)
     }
 }

@@ -65,7 +65,7 @@ fn pair(name: &str) -> (Engine<'static>, Engine<'static>) {
     // A's keepalive confirms B's session.
     assert_eq!(sink.queued.len(), 1, "initiator sends a keepalive on install");
     let mut ka = sink.queued.pop().unwrap();
-    assert_eq!(b.decap(1, A_EP.parse().unwrap(), &mut ka, &mut sink), Decap::Keepalive);
+    assert_eq!(b.decap(1, A_EP.parse().unwrap(), ka.datagram_mut(), &mut sink), Decap::Keepalive);
     assert!(b.drain_events().any(|e| e == Event::SessionConfirmed { peer: 0, local_index: 200 }));
     (a, b)
 }
@@ -114,7 +114,7 @@ fn install_with(
 }
 
 fn deliver(to: &mut Engine, from_ep: &str, pkt: &mut PacketBuf) -> Decap {
-    to.decap(10, from_ep.parse().unwrap(), pkt, &mut VecSink::default())
+    to.decap(10, from_ep.parse().unwrap(), pkt.datagram_mut(), &mut VecSink::default())
 }
 
 #[test]

@@ -288,7 +288,7 @@ impl<'r> DpdkWorker<'r> {
                     }
                     DecapStart::Done(d) => d,
                 },
-                None => shell.engine.decap_slice(now, src, &mut data[payload.clone()], tx),
+                None => shell.engine.decap(now, src, &mut data[payload.clone()], tx),
             };
             self.after_decap(now, shell, verdict, m, payload.start, src, peer_mac, tx, deliver);
         }

@@ -13,6 +13,7 @@ pub mod constants;
 pub mod features;
 pub mod identity;
 pub mod mac;
+pub mod membership;
 pub mod noise;
 pub mod rate_limiter;
 #[cfg(feature = "store")]

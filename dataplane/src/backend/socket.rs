@@ -660,12 +660,7 @@ impl SocketPort<'_> {
                     continue;
                 };
                 let (p0, src) = (u.payload.start, u.src);
-                match shell.engine.decap(
-                    now,
-                    src,
-                    &mut frame[u.payload.clone()],
-                    &mut self.tx,
-                ) {
+                match shell.engine.decap(now, src, &mut frame[u.payload.clone()], &mut self.tx) {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = p0 + offset;
                         let checksum =

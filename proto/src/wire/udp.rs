@@ -9,7 +9,7 @@ use crate::WireError;
 use crate::wire::checksum;
 use crate::wire::ip::protocol;
 
-pub const HEADER_LEN: usize = 8;
+pub use crate::constants::UDP_HEADER_LEN as HEADER_LEN;
 
 pub mod field {
     use core::ops::Range;

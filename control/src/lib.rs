@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod fabric;
 pub mod handshake;
+pub mod membership;
 pub mod metrics;
 pub mod privileges;
 pub mod rendezvous;

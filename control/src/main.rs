@@ -69,6 +69,61 @@ enum ClusterCmd {
     /// Make a new cluster secret: prints the secret (one token) on stdout, and on stderr
     /// the cluster key a Nucleus may pin.
     New { name: String },
+    /// Create the cluster's authority: an Ed25519 key (file mode 0600, keep it offline)
+    /// that signs certificates, revocations and policies. Prints its public key last.
+    Init {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        authority: PathBuf,
+        /// Replace an existing authority file (every certificate it signed stops counting).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a node certificate: the node's key, name and groups, valid from now.
+    Enroll {
+        #[arg(long, value_name = "FILE")]
+        authority: PathBuf,
+        /// The node's public key (`omni-daemon pubkey` on the node).
+        #[arg(long, value_name = "NODE_PUBKEY")]
+        node: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated groups (e.g. robots,arm).
+        #[arg(long, default_value = "")]
+        groups: String,
+        /// How long it is valid: 90d, 12h, 2w...
+        #[arg(long, default_value = "90d")]
+        expires: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a revocation of a node key (or of one certificate, by serial).
+    Revoke {
+        #[arg(long, value_name = "FILE")]
+        authority: PathBuf,
+        #[arg(long, value_name = "NODE_PUBKEY", required_unless_present = "serial")]
+        node: Option<String>,
+        /// A certificate serial (as `cluster show` prints it) instead of a key.
+        #[arg(long, conflicts_with = "node")]
+        serial: Option<String>,
+        /// Let members forget it after this long (e.g. the certificate's remaining life);
+        /// default: never.
+        #[arg(long)]
+        forget_after: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a group policy from its TOML source ([[allow]] between = ["robots", "ops"]).
+    Policy {
+        #[arg(long, value_name = "FILE")]
+        authority: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Show a certificate, revocation or policy file, its signature checked.
+    Show { file: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +299,117 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
     Ok(Settings::resolve(file, cli)?)
 }
 
+/// The authority's commands: everything runs here, offline; nothing talks to a daemon.
+fn cluster(command: ClusterCmd) -> anyhow::Result<()> {
+    use omni_daemon::membership as m;
+    use omni_proto::membership::{cert, policy, revocation};
+    let now = m::unix_now();
+    let write = |out: &std::path::Path, comment: String, text: String| -> anyhow::Result<()> {
+        std::fs::write(out, format!("{comment}{text}"))
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+        Ok(())
+    };
+    match command {
+        ClusterCmd::New { name } => {
+            let secret = omni_proto::cluster::new_secret_token();
+            let cluster = omni_proto::cluster::Cluster::new(&name, &secret)?;
+            println!("{secret}");
+            eprintln!(
+                "cluster {name}: give the secret above to every node (--cluster {name} --cluster-secret <SECRET>); keep it private."
+            );
+            eprintln!(
+                "cluster key, for a Nucleus that pins its clusters ([[clusters]] name = \"{name}\", key = ...): {}",
+                cluster.public_key()
+            );
+            Ok(())
+        }
+        ClusterCmd::Init { name, authority, force } => {
+            let a = m::create_authority(&authority, &name, force)?;
+            eprintln!(
+                "cluster {name}: authority key in {} (mode 0600; keep it offline). Give nodes its \
+                 public key (--authority-pubkey, [network] authority):",
+                authority.display()
+            );
+            println!("{}", a.identity.public_key());
+            Ok(())
+        }
+        ClusterCmd::Enroll { authority, node, name, groups, expires, out } => {
+            let a = m::load_authority(&authority)?;
+            let node: omni_proto::PublicKey =
+                node.parse().with_context(|| format!("--node {node}: not a public key"))?;
+            let life = m::parse_duration(&expires).context("--expires")?;
+            // A few minutes back: a node whose clock is a little behind still admits it.
+            let not_before = now.saturating_sub(300);
+            let c = cert::Certificate {
+                serial: rand::random(),
+                cluster: a.cluster.clone(),
+                node,
+                name,
+                groups: m::parse_groups(&groups).context("--groups")?,
+                not_before,
+                not_after: now + life,
+            };
+            let bytes = c.sign(&a.identity)?;
+            let s = cert::SignedCertificate::parse(&bytes)?;
+            let comment = format!(
+                "# {} ({}) in cluster {}, valid until {}\n",
+                c.name,
+                c.groups.join(", "),
+                c.cluster,
+                m::format_time(c.not_after)
+            );
+            write(&out, comment, s.to_text())
+        }
+        ClusterCmd::Revoke { authority, node, serial, forget_after, out } => {
+            let a = m::load_authority(&authority)?;
+            let target = match (node, serial) {
+                (Some(k), _) => revocation::Target::Key(
+                    k.parse().with_context(|| format!("--node {k}: not a public key"))?,
+                ),
+                (None, Some(s)) => {
+                    let n = match s.strip_prefix("0x") {
+                        Some(h) => u64::from_str_radix(h, 16),
+                        None => s.parse(),
+                    };
+                    revocation::Target::Serial(
+                        n.with_context(|| format!("--serial {s}"))
+                            .context("expected a number, e.g. 0x1f2e3d4c5b6a7988")?,
+                    )
+                }
+                (None, None) => bail!("name what to revoke: --node KEY or --serial N"),
+            };
+            let until = match forget_after {
+                Some(d) => now + m::parse_duration(&d).context("--forget-after")?,
+                None => 0,
+            };
+            let r =
+                revocation::Revocation { cluster: a.cluster.clone(), target, issued: now, until };
+            let s = revocation::SignedRevocation::parse(&r.sign(&a.identity)?)?;
+            let comment = format!("# revocation in cluster {}\n", a.cluster);
+            write(&out, comment, s.to_text())
+        }
+        ClusterCmd::Policy { authority, file, out } => {
+            let a = m::load_authority(&authority)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let p = m::policy_from_toml(&text, &a.cluster, now)
+                .with_context(|| format!("{} is refused", file.display()))?;
+            let s = policy::SignedPolicy::parse(&p.sign(&a.identity)?)?;
+            let comment = format!("# policy version {} of cluster {}\n", p.version, a.cluster);
+            write(&out, comment, s.to_text())
+        }
+        ClusterCmd::Show { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let d = m::describe(&text, now)
+                .with_context(|| format!("{} is refused", file.display()))?;
+            print!("{d}");
+            Ok(())
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
@@ -266,19 +432,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Cmd::Cluster { command: ClusterCmd::New { name } }) => {
-            let secret = omni_proto::cluster::new_secret_token();
-            let cluster = omni_proto::cluster::Cluster::new(&name, &secret)?;
-            println!("{secret}");
-            eprintln!(
-                "cluster {name}: give the secret above to every node (--cluster {name} --cluster-secret <SECRET>); keep it private."
-            );
-            eprintln!(
-                "cluster key, for a Nucleus that pins its clusters ([[clusters]] name = \"{name}\", key = ...): {}",
-                cluster.public_key()
-            );
-            Ok(())
-        }
+        Some(Cmd::Cluster { command }) => cluster(command),
         Some(Cmd::Completions { shell }) => {
             omni_cli::print_completions(shell, Cli::command());
             Ok(())

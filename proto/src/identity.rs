@@ -142,10 +142,12 @@ impl Identity {
         Zeroizing::new(format!("{}\n", B64.encode(*seed)))
     }
 
-    /// Parses the identity file's text; `path` only names the file in errors.
+    /// Parses the identity file's text (one line of base64; `#` lines are comments); `path`
+    /// only names the file in errors.
     pub fn from_file_text(text: &str, path: &str) -> Result<Self, IdentityError> {
         let bad = || IdentityError::BadIdentityFile { path: path.to_string() };
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        // Lines starting with '#' are comments (an authority file names its cluster in one).
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#'));
         let line = lines.next().ok_or_else(bad)?;
         if lines.next().is_some() {
             return Err(bad());

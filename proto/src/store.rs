@@ -9,9 +9,7 @@ use crate::Identity;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityStoreError {
-    #[error(
-        "identity file {0} already exists; pass --force to replace it (the old identity is lost)"
-    )]
+    #[error("{0} already exists; pass --force to replace it (the key in it is lost)")]
     Exists(String),
     #[error("no identity at {0}; create one with: omni-daemon --init --identity {0}")]
     Missing(String),
@@ -34,6 +32,14 @@ fn io<'p>(
 
 /// Creates a new identity at `path`. Parent directories are created with mode 0700.
 pub fn init(path: &Path, force: bool) -> Result<Identity, IdentityStoreError> {
+    let id = Identity::generate();
+    write_private(path, id.to_file_text().as_bytes(), force)?;
+    Ok(id)
+}
+
+/// Writes a file that holds a secret with mode 0600 (parent directories 0700), never
+/// replacing an existing one without `force`.
+pub fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), IdentityStoreError> {
     if path.exists() && !force {
         return Err(IdentityStoreError::Exists(path.display().to_string()));
     }
@@ -46,9 +52,8 @@ pub fn init(path: &Path, force: bool) -> Result<Identity, IdentityStoreError> {
             .create(dir)
             .map_err(io("create directory", dir))?;
     }
-    let id = Identity::generate();
     // Write a temporary file with the final mode, then rename over: a crash never leaves a
-    // half-written identity, and the secret is never in a file with a looser mode.
+    // half-written file, and the secret is never in a file with a looser mode.
     let tmp = path.with_extension("key.tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -57,14 +62,20 @@ pub fn init(path: &Path, force: bool) -> Result<Identity, IdentityStoreError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io("create", &tmp))?;
-    f.write_all(id.to_file_text().as_bytes()).map_err(io("write", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("sync", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
-    Ok(id)
+    Ok(())
 }
 
 /// Loads the identity at `path`, refusing a file other users can read or write.
 pub fn load(path: &Path) -> Result<Identity, IdentityStoreError> {
+    load_key(path, "identity file")
+}
+
+/// Loads the key in a file of another kind (`what`, e.g. "authority file"), refusing a
+/// file other users can read or write.
+pub fn load_key(path: &Path, what: &'static str) -> Result<Identity, IdentityStoreError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -72,7 +83,7 @@ pub fn load(path: &Path) -> Result<Identity, IdentityStoreError> {
         }
         Err(e) => return Err(io("read", path)(e)),
     };
-    check_private(&meta, "identity file", path)?;
+    check_private(&meta, what, path)?;
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io("read", path))?);
     Ok(Identity::from_file_text(&text, &path.display().to_string())?)
 }

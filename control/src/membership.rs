@@ -1,0 +1,337 @@
+//! Fleet membership at the edge: the authority key file, the policy source (TOML),
+//! durations and times, and statements read from files with errors that name the file.
+//! What the statements mean is `omni_proto::membership`'s.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use omni_proto::Identity;
+use omni_proto::membership::cert::SignedCertificate;
+use omni_proto::membership::policy::{Policy, Rule, SignedPolicy, parse_ethertype};
+use omni_proto::membership::revocation::{SignedRevocation, Target};
+use omni_proto::membership::{Kind, MembershipError, check_name};
+use omni_proto::store;
+use serde::Deserialize;
+
+/// The comment line of an authority file that names its cluster.
+const AUTHORITY_TAG: &str = "# omni-authority cluster=";
+
+/// A cluster's authority: the key that signs its certificates, revocations and policies.
+#[derive(Debug)]
+pub struct Authority {
+    pub identity: Identity,
+    pub cluster: String,
+}
+
+/// Creates an authority for `cluster` at `path` (mode 0600; an existing file is kept
+/// unless `force`).
+pub fn create_authority(path: &Path, cluster: &str, force: bool) -> anyhow::Result<Authority> {
+    omni_proto::cluster::validate_name(cluster)?;
+    let identity = Identity::generate();
+    let text = format!(
+        "{AUTHORITY_TAG}{cluster}\n# keep this file offline: whoever holds it admits nodes\n{}",
+        identity.to_file_text().as_str()
+    );
+    store::write_private(path, text.as_bytes(), force)?;
+    Ok(Authority { identity, cluster: cluster.to_string() })
+}
+
+/// Loads the authority at `path`, refusing a file other users can read or write.
+pub fn load_authority(path: &Path) -> anyhow::Result<Authority> {
+    let identity = store::load(path)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cluster =
+        text.lines().find_map(|l| l.strip_prefix(AUTHORITY_TAG)).map(str::trim).with_context(
+            || {
+                format!(
+                    "{} is not an authority file (no '{AUTHORITY_TAG}NAME' line); make one with \
+                 omni-daemon cluster init NAME --authority {}",
+                    path.display(),
+                    path.display()
+                )
+            },
+        )?;
+    omni_proto::cluster::validate_name(cluster)
+        .with_context(|| format!("the cluster named in {}", path.display()))?;
+    Ok(Authority { identity, cluster: cluster.to_string() })
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A duration such as `90d`, `12h`, `30m`, `45s`, `2w` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => bail!("duration {s:?}: the unit must be s, m, h, d or w (e.g. 90d)"),
+    };
+    let n: u64 = num.parse().with_context(|| format!("duration {s:?}: expected e.g. 90d"))?;
+    match n.checked_mul(scale) {
+        Some(0) | None => bail!("duration {s:?} must be more than zero and less than centuries"),
+        Some(v) => Ok(v),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, min, s) = (rem / 3_600, rem % 3_600 / 60, rem % 60);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{min:02}:{s:02} UTC")
+}
+
+/// Reads a statement of `kind` from a file; errors name the file.
+pub fn read_statement<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, MembershipError>,
+) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&text).with_context(|| format!("{} is refused", path.display()))
+}
+
+/// The policy source file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    /// Newer policies win; default: the time of signing.
+    version: Option<u64>,
+    #[serde(default)]
+    allow: Vec<AllowRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowRule {
+    between: Vec<String>,
+    #[serde(default)]
+    ethertypes: Vec<String>,
+    #[serde(default)]
+    vlans: Vec<u16>,
+}
+
+/// Builds the policy of `cluster` from its TOML source (`[[allow]] between = [A, B]`, with
+/// optional `ethertypes` and `vlans`; a top-level `version`, else `now`).
+pub fn policy_from_toml(text: &str, cluster: &str, now: u64) -> anyhow::Result<Policy> {
+    let f: PolicyFile = toml::from_str(text)?;
+    let mut rules = Vec::with_capacity(f.allow.len());
+    for (i, r) in f.allow.into_iter().enumerate() {
+        let n = i + 1;
+        let [a, b]: [String; 2] = r.between.try_into().map_err(|v: Vec<String>| {
+            anyhow::anyhow!(
+                "[[allow]] number {n}: between names {} groups; name two (a group with itself \
+                 lets its members talk among themselves)",
+                v.len()
+            )
+        })?;
+        let ethertypes = r
+            .ethertypes
+            .iter()
+            .map(|t| parse_ethertype(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("[[allow]] number {n}: ethertypes: {e}"))?;
+        rules.push(Rule { between: [a, b], ethertypes, vlans: r.vlans });
+    }
+    let policy = Policy {
+        cluster: cluster.to_string(),
+        version: f.version.unwrap_or(now),
+        issued: now,
+        rules,
+    };
+    policy.validate()?;
+    Ok(policy)
+}
+
+/// A human description of any statement file's text (`cluster show`), checked as far as a
+/// statement checks itself (its signature by the key it names).
+pub fn describe(text: &str, now: u64) -> anyhow::Result<String> {
+    let armour = |k: Kind| text.contains(&format!("-----BEGIN OMNI {}-----", k.label()));
+    let window = |nb: u64, na: u64| {
+        let state = if now < nb {
+            "not yet valid".to_string()
+        } else if now >= na {
+            "EXPIRED".to_string()
+        } else {
+            format!("expires in {} days", (na - now) / 86_400)
+        };
+        format!("{} .. {} ({state})", format_time(nb), format_time(na))
+    };
+    if armour(Kind::Certificate) {
+        let s = SignedCertificate::from_text(text)?;
+        let c = &s.cert;
+        return Ok(format!(
+            "certificate (signature valid)\n  node       {}\n  name       {}\n  cluster    {}\n  groups     {}\n  serial     {:#018x}\n  valid      {}\n  authority  {}\n",
+            c.node,
+            c.name,
+            c.cluster,
+            if c.groups.is_empty() { "(none)".to_string() } else { c.groups.join(", ") },
+            c.serial,
+            window(c.not_before, c.not_after),
+            s.authority
+        ));
+    }
+    if armour(Kind::Revocation) {
+        let s = SignedRevocation::from_text(text)?;
+        let r = &s.revocation;
+        let target = match r.target {
+            Target::Key(k) => format!("node key {k}"),
+            Target::Serial(n) => format!("certificate serial {n:#018x}"),
+        };
+        let until = if r.until == 0 { "never".to_string() } else { format_time(r.until) };
+        return Ok(format!(
+            "revocation (signature valid)\n  revokes    {target}\n  cluster    {}\n  issued     {}\n  forgotten  {until}\n  authority  {}\n",
+            r.cluster,
+            format_time(r.issued),
+            s.authority
+        ));
+    }
+    if armour(Kind::Policy) {
+        let s = SignedPolicy::from_text(text)?;
+        let p = &s.policy;
+        let mut out = format!(
+            "policy (signature valid)\n  cluster    {}\n  version    {}\n  issued     {}\n  authority  {}\n  rules      {}\n",
+            p.cluster,
+            p.version,
+            format_time(p.issued),
+            s.authority,
+            p.rules.len()
+        );
+        for r in &p.rules {
+            let et = if r.ethertypes.is_empty() {
+                "any EtherType".to_string()
+            } else {
+                r.ethertypes.iter().map(|t| format!("{t:#06x}")).collect::<Vec<_>>().join(", ")
+            };
+            let vl = if r.vlans.is_empty() {
+                "any VLAN".to_string()
+            } else {
+                format!(
+                    "VLAN {}",
+                    r.vlans.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                )
+            };
+            out.push_str(&format!("    {} <-> {}: {et}; {vl}\n", r.between[0], r.between[1]));
+        }
+        return Ok(out);
+    }
+    bail!("no OMNI CERTIFICATE, REVOCATION or POLICY armour in it")
+}
+
+/// Checks a list of group names given on the command line (`robots,arm`).
+pub fn parse_groups(s: &str) -> anyhow::Result<Vec<String>> {
+    let groups: Vec<String> =
+        s.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect();
+    for g in &groups {
+        check_name(g, omni_proto::membership::cert::MAX_GROUP)
+            .map_err(|e| anyhow::anyhow!("group {e}"))?;
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("omni-membership-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn an_authority_file_is_private_names_its_cluster_and_loads_back() {
+        let d = dir("authority");
+        let p = d.join("fleet.authority");
+        let a = create_authority(&p, "ai-robot-fleet", false).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let b = load_authority(&p).unwrap();
+        assert_eq!(
+            (b.cluster.as_str(), b.identity.public_key()),
+            ("ai-robot-fleet", a.identity.public_key())
+        );
+        assert!(create_authority(&p, "ai-robot-fleet", false).is_err(), "never replaced silently");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(load_authority(&p).unwrap_err().to_string().contains("chmod 600"));
+        // A node identity is not an authority.
+        let id = d.join("node.key");
+        store::init(&id, false).unwrap();
+        assert!(load_authority(&id).unwrap_err().to_string().contains("not an authority file"));
+        assert!(create_authority(&d.join("x"), "bad name", false).is_err());
+    }
+
+    #[test]
+    fn durations_and_times() {
+        assert_eq!(parse_duration("90d").unwrap(), 90 * 86_400);
+        assert_eq!(parse_duration("2w").unwrap(), 14 * 86_400);
+        assert_eq!(parse_duration("3600").unwrap(), 3_600);
+        assert!(parse_duration("0d").is_err());
+        assert!(parse_duration("5y").unwrap_err().to_string().contains("unit"));
+        assert!(parse_duration("d").is_err());
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_time(1_796_601_599), "2026-12-06 23:59:59 UTC");
+    }
+
+    #[test]
+    fn a_policy_source_becomes_a_policy_or_an_error_naming_the_rule() {
+        let text = r#"
+            version = 7
+            [[allow]]
+            between = ["robots", "ops"]
+            [[allow]]
+            between = ["cams", "cams"]
+            ethertypes = ["ipv4", "arp"]
+            vlans = [42]
+        "#;
+        let p = policy_from_toml(text, "fleet", 100).unwrap();
+        assert_eq!((p.version, p.issued, p.rules.len()), (7, 100, 2));
+        assert_eq!(p.rules[1].ethertypes, [0x0800, 0x0806]);
+        let one = "[[allow]]\nbetween = [\"robots\"]\n";
+        assert!(policy_from_toml(one, "fleet", 1).unwrap_err().to_string().contains("number 1"));
+        let et = "[[allow]]\nbetween = [\"a\", \"b\"]\nethertypes = [\"ipx\"]\n";
+        assert!(policy_from_toml(et, "fleet", 1).unwrap_err().to_string().contains("ipx"));
+        assert!(policy_from_toml("[[allow]]\nbetwen = []\n", "fleet", 1).is_err(), "typo");
+        assert_eq!(policy_from_toml("", "fleet", 5).unwrap().version, 5, "no rules: nobody talks");
+    }
+
+    #[test]
+    fn describe_names_each_kind() {
+        let a = Identity::from_seed([3; 32]);
+        let cert = omni_proto::membership::cert::Certificate {
+            serial: 1,
+            cluster: "fleet".into(),
+            node: Identity::from_seed([4; 32]).public_key(),
+            name: "robot-7".into(),
+            groups: vec!["robots".into()],
+            not_before: 0,
+            not_after: 90 * 86_400,
+        };
+        let text = SignedCertificate::parse(&cert.sign(&a).unwrap()).unwrap().to_text();
+        let d = describe(&text, 86_400).unwrap();
+        assert!(d.contains("robot-7") && d.contains("expires in 89 days"), "{d}");
+        assert!(describe(&text, 90 * 86_400).unwrap().contains("EXPIRED"));
+        assert!(describe("nothing", 0).is_err());
+    }
+}

@@ -19,8 +19,8 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "fuzz.sh: needs the nightly toolchain and cargo-fuzz: run scripts/setup.sh --fuzz" >&2
   exit 1
 fi
-declare -A crate_of=([wire_messages]=proto [public_key_text]=proto [shm_records]=dataplane [engine_decap]=dataplane [underlay_frames]=dataplane [nucleus_core]=nucleus [nucleus_config]=nucleus [config_toml]=control)
-[ ${#targets[@]} -eq 0 ] && targets=(wire_messages public_key_text shm_records engine_decap underlay_frames nucleus_core nucleus_config config_toml)
+declare -A crate_of=([wire_messages]=proto [public_key_text]=proto [membership]=proto [shm_records]=dataplane [engine_decap]=dataplane [underlay_frames]=dataplane [nucleus_core]=nucleus [nucleus_config]=nucleus [config_toml]=control)
+[ ${#targets[@]} -eq 0 ] && targets=(wire_messages public_key_text membership shm_records engine_decap underlay_frames nucleus_core nucleus_config config_toml)
 for t in "${targets[@]}"; do
   crate=${crate_of[$t]:-}
   [ -z "$crate" ] && { echo "fuzz.sh: unknown target $t" >&2; exit 2; }

@@ -146,6 +146,7 @@ fn cfg() -> FabricConfig {
         max_sessions: 1 << 16,
         rendezvous: RendezvousTimers::default(),
         ciphers: omni_proto::aead::AeadSet::hardware(),
+        admission: None,
     }
 }
 

@@ -102,6 +102,39 @@ struct Daemon {
     mac: [u8; 6],
     last_generation: u32,
     generation_since_ms: u64,
+    revocations: crate::membership::RevocationStore,
+}
+
+/// Membership by certificate, checked against this node's identity: its certificate must
+/// name this key. An expired (or not yet valid) certificate is logged, not fatal: peers
+/// refuse it, and a renewed certificate is taken on restart.
+pub fn admission(
+    settings: &Settings,
+    identity: &Identity,
+) -> anyhow::Result<Option<crate::fabric::Admission>> {
+    let Some(m) = &settings.network.membership else { return Ok(None) };
+    let c = &m.certificate.cert;
+    if c.node != identity.public_key() {
+        bail!(
+            "the certificate in {} is for node {}, but this node is {}: enroll this node's key \
+             (omni-daemon cluster enroll --node {})",
+            m.certificate_path.display(),
+            c.node,
+            identity.public_key(),
+            identity.public_key()
+        );
+    }
+    let now = crate::membership::unix_now();
+    if let Err(e) = m.certificate.admit(&m.authority, &c.cluster, now) {
+        warn!(certificate = %m.certificate_path.display(), "this node's certificate is {e}: peers will refuse it");
+    } else if c.not_after.saturating_sub(now) < 7 * 86_400 {
+        warn!(
+            certificate = %m.certificate_path.display(),
+            expires = %crate::membership::format_time(c.not_after),
+            "this node's certificate expires within 7 days: renew it (omni-daemon cluster enroll)"
+        );
+    }
+    Ok(Some(crate::fabric::Admission::new(m.authority, m.certificate.clone())))
 }
 
 pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
@@ -113,6 +146,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create run directory {}", run_dir.display()))?;
     let _lock = RoleLock::acquire(&run_dir.join(paths::DAEMON_LOCK), "omni-daemon")?;
     let cluster = cluster(&settings)?;
+    let admission = admission(&settings, &identity)?;
     let dp_alive = RoleLock::is_held(&run_dir.join(paths::DATAPLANE_LOCK));
     let mut params = Params::for_peers(settings.switch.max_peers);
     params.fdb_capacity = settings.switch.fdb_capacity;
@@ -142,12 +176,24 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             max_sessions: region.params().max_sessions,
             rendezvous: settings.network.rendezvous,
             ciphers: settings.daemon.cipher.accepted(),
+            admission,
         },
         now,
     );
+    fabric.set_wall_clock(crate::membership::unix_now());
     fabric.set_max_peers(region.params().max_peers as usize);
     for p in &settings.peers {
         fabric.add_peer(p.public_key, p.endpoint);
+    }
+    let revocations = crate::membership::RevocationStore::new(&settings.daemon.state_dir);
+    if let Some(a) = fabric.admission().cloned() {
+        let kept = revocations.load(&a.authority, &a.cluster, crate::membership::unix_now());
+        for r in &kept {
+            fabric.revoke(r.revocation.target);
+        }
+        if !kept.is_empty() {
+            info!(revocations = kept.len(), dir = %settings.daemon.state_dir.display(), "kept revocations applied");
+        }
     }
     fabric.drain_outputs().for_each(drop);
 
@@ -195,6 +241,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         mac,
         last_generation: generation_before,
         generation_since_ms: now,
+        revocations,
     };
     if d.supervisor.as_ref().is_some_and(|s| s.has_child()) {
         d.wait_ready(generation_before, Duration::from_secs(20)).await?;
@@ -375,6 +422,7 @@ impl Daemon {
 
     /// Reads everything the data plane produced and reacts to a new data-plane generation.
     fn pump(&mut self, now: u64) {
+        self.fabric.set_wall_clock(crate::membership::unix_now());
         if self.channel.generation() != self.last_generation {
             self.replay();
         }
@@ -448,6 +496,12 @@ impl Daemon {
     fn handle(&mut self, req: Request) -> serde_json::Value {
         match req {
             Request::Status => serde_json::to_value(self.status()).unwrap_or_default(),
+            Request::Revoke { text } => match self.revoke(&text) {
+                Ok(ended) => serde_json::json!({
+                    "ended": ended.iter().map(|k| k.to_base64()).collect::<Vec<_>>()
+                }),
+                Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+            },
             Request::Rekey { peer } => {
                 let now = monotonic_ms();
                 let only = match peer {
@@ -512,6 +566,9 @@ impl Daemon {
                     tx_bytes: t.tx_bytes,
                     rx_packets: t.rx_packets,
                     tx_packets: t.tx_packets,
+                    name: p.certificate.as_ref().map(|c| c.name.clone()),
+                    groups: p.certificate.as_ref().map(|c| c.groups.clone()).unwrap_or_default(),
+                    certificate_expires: p.certificate.as_ref().map(|c| c.not_after),
                 }
             })
             .collect();
@@ -537,12 +594,7 @@ impl Daemon {
         let st = &self.fabric.stats;
         let mut drops = std::collections::BTreeMap::new();
         for r in omni_shm::counters::DropReason::ALL {
-            let v = match r {
-                omni_shm::counters::DropReason::RateLimited => st.dropped_rate_limited,
-                omni_shm::counters::DropReason::UnknownPeer => st.dropped_unknown_peer,
-                omni_shm::counters::DropReason::BadHandshake => st.bad_handshakes(),
-                other => counters[other as usize],
-            };
+            let v = st.control_drops(r).unwrap_or(counters[r as usize]);
             drops.insert(r.name().to_string(), v);
         }
         Status {
@@ -564,8 +616,35 @@ impl Daemon {
             drops,
             nuclei: self.rendezvous.as_ref().map(|r| r.status(now)).unwrap_or_default(),
             cluster: self.settings.network.cluster.clone(),
+            membership: match self.fabric.admission() {
+                Some(a) => format!("certificates (authority {})", a.authority),
+                None => "shared secret (no revocation)".into(),
+            },
+            certificate_expires: self.fabric.admission().map(|a| a.own.cert.not_after),
             workers: self.channel.worker_samples(),
         }
+    }
+
+    /// A revocation from the operator: checked against this node's authority and cluster,
+    /// kept in the state directory, and applied at once. Returns the peers it ended.
+    fn revoke(&mut self, text: &str) -> anyhow::Result<Vec<omni_proto::PublicKey>> {
+        use omni_proto::membership::revocation::SignedRevocation;
+        let Some(a) = self.fabric.admission() else {
+            bail!(
+                "this node has no authority configured ([network] authority): membership is \
+                 its shared secret, and a revocation cannot be checked here"
+            );
+        };
+        let r = SignedRevocation::from_text(text)?;
+        r.applies(&a.authority, &a.cluster)?;
+        if r.revocation.lapsed(crate::membership::unix_now()) {
+            bail!("this revocation has lapsed (it may be forgotten); nothing to do");
+        }
+        self.revocations.save(&r)?;
+        let ended = self.fabric.revoke(r.revocation.target);
+        self.flush();
+        info!(ended = ended.len(), "revocation applied");
+        Ok(ended)
     }
 
     fn render_metrics(&self) -> String {
@@ -584,12 +663,19 @@ impl Daemon {
         let sample = Sample {
             sessions_active: self.fabric.peers().iter().filter(|p| p.current.is_some()).count()
                 as u64,
-            dp_counters: self.channel.counters().to_vec(),
+            dp_counters: {
+                // Control's drop counts in their slots, beside the data plane's.
+                let mut c = self.channel.counters().to_vec();
+                for r in omni_shm::counters::DropReason::ALL {
+                    if let Some(v) = st.control_drops(r) {
+                        c[r as usize] = v;
+                    }
+                }
+                c
+            },
             handshakes_completed: st.handshakes_completed,
             handshakes_initiated: st.handshakes_initiated,
             dropped_ratelimit: st.dropped_rate_limited,
-            dropped_unknown_peer: st.dropped_unknown_peer,
-            dropped_bad_handshake: st.bad_handshakes(),
             cookie_replies: st.cookie_replies_sent,
             dataplane_restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
             fdb_entries: self
@@ -598,6 +684,10 @@ impl Daemon {
                 .len() as u64,
             peers,
             workers: self.channel.worker_samples(),
+            certificate_expires_in: self
+                .fabric
+                .admission()
+                .map(|a| a.own.cert.not_after as i64 - crate::membership::unix_now() as i64),
         };
         self.metrics.render(&sample)
     }

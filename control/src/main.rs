@@ -47,6 +47,14 @@ enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// Hand a revocation (`omni-daemon cluster revoke`) to the running daemon: it ends
+    /// every session with the revoked node at once, keeps it out from then on, and keeps
+    /// the revocation across restarts.
+    Revoke {
+        file: PathBuf,
+        #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
     /// Start a new handshake with one peer, or with every peer.
     Rekey {
         #[arg(long)]
@@ -169,6 +177,9 @@ struct RunArgs {
     /// Directory for the control socket and shared memory [default: /run/omni].
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Directory for what outlives a restart (revocations) [default: /var/lib/omni].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Path of omni-dataplane [default: next to omni-daemon].
     #[arg(long)]
     dataplane: Option<PathBuf>,
@@ -222,6 +233,12 @@ struct RunArgs {
     /// A file (mode 0600) holding the cluster secret.
     #[arg(long, conflicts_with = "cluster_secret")]
     cluster_secret_file: Option<PathBuf>,
+    /// This node's certificate (`omni-daemon cluster enroll`); needs --authority-pubkey.
+    #[arg(long, value_name = "FILE")]
+    certificate: Option<PathBuf>,
+    /// The cluster authority's public key: peers must hold certificates it signed.
+    #[arg(long, value_name = "AUTHORITY_PUBKEY")]
+    authority_pubkey: Option<String>,
     #[arg(long)]
     max_sessions_per_ip: Option<u32>,
     #[arg(long)]
@@ -274,6 +291,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         bind: run.bind,
         interface: run.interface,
         run_dir: run.run_dir,
+        state_dir: run.state_dir,
         dataplane: run.dataplane,
         metrics_listen: run.metrics_listen,
         no_offload: run.no_offload,
@@ -288,6 +306,8 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,
         cluster_secret_file: run.cluster_secret_file,
+        certificate: run.certificate,
+        authority_pubkey: run.authority_pubkey,
         peers,
         max_sessions_per_ip: run.max_sessions_per_ip,
         handshake_timeout_secs: run.handshake_timeout_secs,
@@ -438,6 +458,14 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Cmd::Man { out }) => Ok(omni_cli::write_man_pages(Cli::command(), out.as_deref())?),
+        Some(Cmd::Revoke { file, run_dir }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let v = runtime()?.block_on(status::query(&run_dir, &Request::Revoke { text }))?;
+            let ended = v["ended"].as_array().map(Vec::len).unwrap_or(0);
+            println!("revocation accepted; sessions ended with {ended} peer(s)");
+            Ok(())
+        }
         Some(Cmd::Rekey { peer, run_dir }) => {
             runtime()?.block_on(status::query(&run_dir, &Request::Rekey { peer }))?;
             Ok(())
@@ -467,6 +495,14 @@ fn real_main() -> anyhow::Result<()> {
                 // What the daemon reads of the machine before it starts: the MTU (and so
                 // the interface it is sized from).
                 let mtu = daemon::tap_mtu(&settings)?;
+                // The certificate names this key and is valid now (at run time an invalid
+                // one is only logged, so that a renewal can follow).
+                daemon::admission(&settings, &identity)?;
+                if let Some(m) = &settings.network.membership {
+                    let (c, now) = (&m.certificate, omni_daemon::membership::unix_now());
+                    c.admit(&m.authority, &c.cert.cluster, now)
+                        .with_context(|| format!("{}", m.certificate_path.display()))?;
+                }
                 println!("{}", config::summary(&settings, &identity.public_key(), mtu));
                 return Ok(());
             }

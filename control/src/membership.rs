@@ -237,6 +237,96 @@ pub fn describe(text: &str, now: u64) -> anyhow::Result<String> {
     bail!("no OMNI CERTIFICATE, REVOCATION or POLICY armour in it")
 }
 
+/// Revocations kept across restarts: one file per revoked key or serial under
+/// `STATE_DIR/revocations/`, written when one is received, read at start (lapsed ones are
+/// deleted then). Bounded by [`MAX_REVOCATIONS`].
+pub struct RevocationStore {
+    dir: std::path::PathBuf,
+}
+
+/// Revocations a node keeps at most (beyond, new ones are refused with an error that says
+/// so: a fleet that revokes this many keys should rotate its authority).
+pub const MAX_REVOCATIONS: usize = 10_000;
+
+impl RevocationStore {
+    pub fn new(state_dir: &Path) -> Self {
+        Self { dir: state_dir.join("revocations") }
+    }
+
+    fn file_name(target: &Target) -> String {
+        match target {
+            Target::Key(k) => {
+                format!(
+                    "key-{}.rev",
+                    k.as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>()
+                )
+            }
+            Target::Serial(s) => format!("serial-{s:016x}.rev"),
+        }
+    }
+
+    /// Keeps `r` (replacing an earlier revocation of the same target).
+    pub fn save(&self, r: &SignedRevocation) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let path = self.dir.join(Self::file_name(&r.revocation.target));
+        if !path.exists() && self.count() >= MAX_REVOCATIONS {
+            bail!(
+                "{} already holds {MAX_REVOCATIONS} revocations; forget lapsed ones                  (cluster revoke --forget-after) or rotate the authority",
+                self.dir.display()
+            );
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, r.to_text())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    fn count(&self) -> usize {
+        std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// The revocations kept for `authority` and `cluster` that have not lapsed at `now`;
+    /// lapsed ones are deleted, unreadable or foreign ones logged and skipped.
+    pub fn load(
+        &self,
+        authority: &omni_proto::PublicKey,
+        cluster: &str,
+        now: u64,
+    ) -> Vec<SignedRevocation> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return vec![] };
+        let mut out = vec![];
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "rev") {
+                continue;
+            }
+            let r = match read_statement(&path, SignedRevocation::from_text) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("skipping a kept revocation: {e:#}");
+                    continue;
+                }
+            };
+            if let Err(e) = r.applies(authority, cluster) {
+                tracing::warn!(file = %path.display(), "skipping a kept revocation: {e}");
+                continue;
+            }
+            if r.revocation.lapsed(now) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            out.push(r);
+        }
+        out
+    }
+}
+
 /// Checks a list of group names given on the command line (`robots,arm`).
 pub fn parse_groups(s: &str) -> anyhow::Result<Vec<String>> {
     let groups: Vec<String> =
@@ -279,6 +369,33 @@ mod tests {
         store::init(&id, false).unwrap();
         assert!(load_authority(&id).unwrap_err().to_string().contains("not an authority file"));
         assert!(create_authority(&d.join("x"), "bad name", false).is_err());
+    }
+
+    #[test]
+    fn revocations_are_kept_bounded_by_target_and_forgotten_when_lapsed() {
+        use omni_proto::membership::revocation::Revocation;
+        let d = dir("store");
+        let store = RevocationStore::new(&d);
+        let a = Identity::from_seed([5; 32]);
+        let sign = |target, until| {
+            let r = Revocation { cluster: "fleet".into(), target, issued: 1, until };
+            SignedRevocation::parse(&r.sign(&a).unwrap()).unwrap()
+        };
+        let key = Identity::from_seed([6; 32]).public_key();
+        store.save(&sign(Target::Key(key), 0)).unwrap();
+        store.save(&sign(Target::Key(key), 0)).unwrap();
+        store.save(&sign(Target::Serial(9), 100)).unwrap();
+        let mode = std::fs::metadata(d.join("revocations")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let loaded = store.load(&a.public_key(), "fleet", 50);
+        assert_eq!(loaded.len(), 2, "one file per target");
+        assert!(store.load(&a.public_key(), "yard", 50).is_empty(), "another cluster's");
+        assert!(store.load(&key, "fleet", 50).is_empty(), "another authority's");
+        // At 100 the serial's revocation lapses, and its file goes.
+        assert_eq!(store.load(&a.public_key(), "fleet", 100).len(), 1);
+        assert_eq!(std::fs::read_dir(d.join("revocations")).unwrap().count(), 1);
+        std::fs::write(d.join("revocations/junk.rev"), "garbage").unwrap();
+        assert_eq!(store.load(&a.public_key(), "fleet", 100).len(), 1, "junk skipped");
     }
 
     #[test]

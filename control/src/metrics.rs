@@ -34,6 +34,7 @@ pub struct Metrics {
     checksum_partial_rx: IntCounter,
     dataplane_restarts: IntCounter,
     fdb_entries: IntGauge,
+    certificate_expiry_seconds: IntGauge,
     dropped: IntCounterVec,
     peer_rx_bytes: IntCounterVec,
     peer_tx_bytes: IntCounterVec,
@@ -51,11 +52,12 @@ pub struct Sample {
     pub handshakes_completed: u64,
     pub handshakes_initiated: u64,
     pub dropped_ratelimit: u64,
-    pub dropped_unknown_peer: u64,
-    pub dropped_bad_handshake: u64,
     pub cookie_replies: u64,
     pub dataplane_restarts: u64,
     pub fdb_entries: u64,
+    /// Seconds until this node's certificate expires (negative: expired); `None` without
+    /// an authority (the gauge is then absent).
+    pub certificate_expires_in: Option<i64>,
     /// (short peer key, rx bytes, tx bytes)
     pub peers: Vec<(String, u64, u64)>,
     /// Each data-plane worker running.
@@ -167,6 +169,11 @@ impl Metrics {
                 "Times the data plane was restarted",
             ),
             fdb_entries: gauge(&r, "omni_fdb_entries", "Live FDB entries"),
+            certificate_expiry_seconds: IntGauge::new(
+                "omni_certificate_expiry_seconds",
+                "Seconds until this node's certificate expires (negative: expired)",
+            )
+            .expect("valid metric"),
             dropped: counter_vec(
                 &r,
                 "omni_packets_dropped_total",
@@ -251,13 +258,15 @@ impl Metrics {
         catch_up(&self.cookie_replies, s.cookie_replies);
         catch_up(&self.dataplane_restarts, s.dataplane_restarts);
         self.fdb_entries.set(s.fdb_entries as i64);
+        if let Some(secs) = s.certificate_expires_in {
+            // Registered on first use: without an authority there is no certificate to
+            // count down, and a gauge stuck at 0 would read as "expired now".
+            let g = &self.certificate_expiry_seconds;
+            let _ = self.registry.register(Box::new(g.clone()));
+            g.set(secs);
+        }
         for r in DropReason::ALL {
-            let v = match r {
-                DropReason::RateLimited => s.dropped_ratelimit,
-                DropReason::UnknownPeer => s.dropped_unknown_peer,
-                DropReason::BadHandshake => s.dropped_bad_handshake,
-                other => s.dp_counters.get(other as usize).copied().unwrap_or(0),
-            };
+            let v = s.dp_counters.get(r as usize).copied().unwrap_or(0);
             catch_up(&self.dropped.with_label_values(&[r.name()]), v);
         }
         for (peer, rx, tx) in &s.peers {
@@ -332,6 +341,7 @@ mod tests {
         let mut dp = vec![0u64; 64];
         dp[Counter::RxPackets as usize] = 5;
         dp[DropReason::Replay as usize] = 2;
+        dp[DropReason::RateLimited as usize] = 4;
         dp[Counter::CpuLatencyHeldMs as usize] = 2500;
         dp[Counter::ChecksumPartialRx as usize] = 7;
         let s = Sample {
@@ -368,6 +378,9 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
         }
+        assert!(!text.contains("omni_certificate_expiry_seconds"), "no authority, no gauge");
+        let s3 = Sample { certificate_expires_in: Some(-5), ..Default::default() };
+        assert!(m.render(&s3).contains("omni_certificate_expiry_seconds -5"));
         // Counters only move forward.
         let s2 = Sample { handshakes_completed: 2, ..Default::default() };
         assert!(m.render(&s2).contains("omni_handshakes_completed_total 3"));

@@ -17,6 +17,10 @@ pub enum Request {
     Rekey {
         peer: Option<String>,
     },
+    /// A revocation (its text form) to apply and keep.
+    Revoke {
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +50,14 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// From its certificate (a cluster with an authority): its name, groups and expiry
+    /// (unix seconds).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub certificate_expires: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +90,13 @@ pub struct Status {
     pub drops: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub cluster: Option<String>,
+    /// How members are admitted: "certificates (authority KEY)" or "shared secret (no
+    /// revocation)".
+    #[serde(default)]
+    pub membership: String,
+    /// This node's certificate expiry (unix seconds), with an authority.
+    #[serde(default)]
+    pub certificate_expires: Option<u64>,
     #[serde(default)]
     pub nuclei: Vec<crate::rendezvous::NucleusStatus>,
     /// The data plane's workers: packets each sealed and opened, and (poll-mode workers)
@@ -196,6 +215,12 @@ pub fn render(s: &Status) -> String {
     if let Some(c) = &s.cluster {
         let _ = writeln!(o, "  cluster: {c}");
     }
+    if !s.membership.is_empty() {
+        let _ = writeln!(o, "  membership: {}", s.membership);
+    }
+    if let Some(t) = s.certificate_expires {
+        let _ = writeln!(o, "  certificate expires: {}", crate::membership::format_time(t));
+    }
     for n in &s.nuclei {
         let _ = writeln!(
             o,
@@ -215,6 +240,14 @@ pub fn render(s: &Status) -> String {
             _ => cipher,
         };
         let _ = writeln!(o, "  session: {} ({}{cipher})", p.session, p.path);
+        if let Some(name) = &p.name {
+            let groups = if p.groups.is_empty() { "no groups".into() } else { p.groups.join(", ") };
+            let expires = p
+                .certificate_expires
+                .map(|t| format!(", certificate expires {}", crate::membership::format_time(t)))
+                .unwrap_or_default();
+            let _ = writeln!(o, "  member: {name} ({groups}){expires}");
+        }
         if let Some(h) = p.last_handshake_secs {
             let _ = writeln!(o, "  latest handshake: {}", ago(h));
         }
@@ -281,6 +314,9 @@ mod tests {
                 tx_bytes: 10,
                 rx_packets: 2,
                 tx_packets: 1,
+                name: Some("robot-7".into()),
+                groups: vec!["robots".into(), "arm".into()],
+                certificate_expires: Some(1_796_601_599),
             }],
             fdb: vec![FdbStatus {
                 mac: "02:00:00:00:00:02".into(),
@@ -290,6 +326,8 @@ mod tests {
             handshakes_completed: 1,
             drops: Default::default(),
             cluster: None,
+            membership: "certificates (authority AUTHKEY)".into(),
+            certificate_expires: Some(0),
             nuclei: vec![],
             workers: vec![
                 crate::channel::WorkerSample {
@@ -309,5 +347,13 @@ mod tests {
         assert!(t.contains("latest handshake: 5 seconds ago"));
         assert!(t.contains("2.00 KiB received, 10 B sent"));
         assert!(t.contains("02:00:00:00:00:02  PEERKEY_"));
+        assert!(t.contains("  membership: certificates (authority AUTHKEY)"), "{t}");
+        assert!(t.contains("  certificate expires: 1970-01-01 00:00:00 UTC"), "{t}");
+        assert!(
+            t.contains(
+                "  member: robot-7 (robots, arm), certificate expires 2026-12-06 23:59:59 UTC"
+            ),
+            "{t}"
+        );
     }
 }

@@ -34,6 +34,63 @@ pub const INITIATION_NOISE_LEN: usize = 32 + 48 + INITIATION_PAYLOAD_LEN + 16;
 pub const RESPONSE_PAYLOAD_LEN: usize = 4;
 /// Noise message 2: ephemeral (32) + encrypted payload (4+16).
 pub const RESPONSE_NOISE_LEN: usize = 32 + RESPONSE_PAYLOAD_LEN + 16;
+/// The most extension bytes a handshake payload may carry after its fixed part: one
+/// certificate of the largest size, as a TLV.
+pub const MAX_EXTENSIONS: usize = TLV_HEAD + crate::membership::cert::MAX_LEN;
+/// Kind and length of an extension.
+const TLV_HEAD: usize = 3;
+const EXT_CERTIFICATE: u8 = 1;
+
+/// What a handshake payload may carry after its fixed part, each as a TLV (kind u8, length
+/// u16 LE, value): the sender's certificate (kind 1), when its cluster has an authority.
+/// Unknown kinds are skipped, so later extensions do not break older nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub certificate: Option<Vec<u8>>,
+}
+
+impl Extensions {
+    fn len(&self) -> usize {
+        self.certificate.as_ref().map_or(0, |c| TLV_HEAD + c.len())
+    }
+
+    fn write(&self, out: &mut [u8]) {
+        if let Some(c) = &self.certificate {
+            out[0] = EXT_CERTIFICATE;
+            out[1..3].copy_from_slice(&(c.len() as u16).to_le_bytes());
+            out[3..3 + c.len()].copy_from_slice(c);
+        }
+    }
+
+    fn read(mut b: &[u8]) -> Result<Self, NoiseError> {
+        let mut ext = Self::default();
+        while !b.is_empty() {
+            if b.len() < TLV_HEAD {
+                return Err(NoiseError::BadExtension("a cut extension header"));
+            }
+            let n = u16::from_le_bytes([b[1], b[2]]) as usize;
+            let value =
+                b.get(TLV_HEAD..TLV_HEAD + n).ok_or(NoiseError::BadExtension("a cut extension"))?;
+            if b[0] == EXT_CERTIFICATE {
+                if ext.certificate.is_some() {
+                    return Err(NoiseError::BadExtension("two certificates"));
+                }
+                ext.certificate = Some(value.to_vec());
+            }
+            b = &b[TLV_HEAD + n..];
+        }
+        Ok(ext)
+    }
+
+    fn check_size(&self) -> Result<(), NoiseError> {
+        if self.len() > MAX_EXTENSIONS {
+            return Err(NoiseError::BadExtension(
+                "a certificate larger than any the authority signs",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A 32-byte pre-shared key; zeroised on drop.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -74,6 +131,10 @@ pub enum NoiseError {
     BadPayload(usize, usize),
     #[error("the responder chose AEAD id {0}, which was not offered")]
     AeadNotOffered(u8),
+    #[error("handshake extensions: {0}")]
+    BadExtension(&'static str),
+    #[error("a handshake message of {0} bytes")]
+    BadLength(usize),
 }
 
 fn params() -> snow::params::NoiseParams {
@@ -134,26 +195,29 @@ pub fn split(hs: &mut HandshakeState, aead: Aead, features: Features) -> Session
     keys
 }
 
-/// Writes Noise message 1 with the timestamp, the AEADs offered and the features
-/// understood. Returns the bytes.
+/// Writes Noise message 1 with the timestamp, the AEADs offered, the features understood
+/// and the extensions. Returns the bytes.
 pub fn write_initiation(
     hs: &mut HandshakeState,
     timestamp: &tai64n::Tai64n,
     offer: AeadSet,
     features: Features,
-) -> Result<[u8; INITIATION_NOISE_LEN], NoiseError> {
-    let mut payload = [0u8; INITIATION_PAYLOAD_LEN];
+    ext: &Extensions,
+) -> Result<Vec<u8>, NoiseError> {
+    ext.check_size()?;
+    let mut payload = vec![0u8; INITIATION_PAYLOAD_LEN + ext.len()];
     payload[..tai64n::LEN].copy_from_slice(&timestamp.to_bytes());
     let word = offer.bits() & 0xffff | (features.bits() as u32) << 16;
-    payload[tai64n::LEN..].copy_from_slice(&word.to_le_bytes());
-    let mut out = [0u8; INITIATION_NOISE_LEN];
+    payload[tai64n::LEN..INITIATION_PAYLOAD_LEN].copy_from_slice(&word.to_le_bytes());
+    ext.write(&mut payload[INITIATION_PAYLOAD_LEN..]);
+    let mut out = vec![0u8; INITIATION_NOISE_LEN + ext.len()];
     let n = hs.write_message(&payload, &mut out)?;
-    debug_assert_eq!(n, INITIATION_NOISE_LEN);
+    debug_assert_eq!(n, out.len());
     Ok(out)
 }
 
 /// What an authenticated initiation says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Initiation {
     /// The initiator's X25519 static key.
     pub remote: [u8; 32],
@@ -162,16 +226,17 @@ pub struct Initiation {
     pub offer: AeadSet,
     /// What the initiator understands (unknown bits included).
     pub features: Features,
+    pub ext: Extensions,
 }
 
 /// Reads Noise message 1.
-pub fn read_initiation(
-    hs: &mut HandshakeState,
-    msg: &[u8; INITIATION_NOISE_LEN],
-) -> Result<Initiation, NoiseError> {
-    let mut payload = Zeroizing::new([0u8; INITIATION_NOISE_LEN]);
+pub fn read_initiation(hs: &mut HandshakeState, msg: &[u8]) -> Result<Initiation, NoiseError> {
+    if !(INITIATION_NOISE_LEN..=INITIATION_NOISE_LEN + MAX_EXTENSIONS).contains(&msg.len()) {
+        return Err(NoiseError::BadLength(msg.len()));
+    }
+    let mut payload = Zeroizing::new(vec![0u8; msg.len()]);
     let n = hs.read_message(msg, &mut payload[..])?;
-    if n != INITIATION_PAYLOAD_LEN {
+    if n < INITIATION_PAYLOAD_LEN {
         return Err(NoiseError::BadPayload(n, INITIATION_PAYLOAD_LEN));
     }
     let mut remote = [0u8; 32];
@@ -179,49 +244,65 @@ pub fn read_initiation(
         remote.copy_from_slice(rs);
     }
     let mut bits = [0u8; 4];
-    bits.copy_from_slice(&payload[tai64n::LEN..n]);
+    bits.copy_from_slice(&payload[tai64n::LEN..INITIATION_PAYLOAD_LEN]);
     let word = u32::from_le_bytes(bits);
     Ok(Initiation {
         remote,
         timestamp: tai64n::Tai64n::from_bytes(&payload[..tai64n::LEN]),
         offer: AeadSet::from_bits(word & 0xffff),
         features: Features::from_bits((word >> 16) as u8),
+        ext: Extensions::read(&payload[INITIATION_PAYLOAD_LEN..n])?,
     })
 }
 
 /// Writes Noise message 2, naming the AEAD chosen for the session and the features both
-/// ends understand.
+/// ends understand, with the extensions.
 pub fn write_response(
     hs: &mut HandshakeState,
     chosen: Aead,
     agreed: Features,
-) -> Result<[u8; RESPONSE_NOISE_LEN], NoiseError> {
-    let mut payload = [0u8; RESPONSE_PAYLOAD_LEN];
+    ext: &Extensions,
+) -> Result<Vec<u8>, NoiseError> {
+    ext.check_size()?;
+    let mut payload = vec![0u8; RESPONSE_PAYLOAD_LEN + ext.len()];
     payload[0] = chosen.id();
     payload[1] = agreed.bits();
-    let mut out = [0u8; RESPONSE_NOISE_LEN];
+    ext.write(&mut payload[RESPONSE_PAYLOAD_LEN..]);
+    let mut out = vec![0u8; RESPONSE_NOISE_LEN + ext.len()];
     let n = hs.write_message(&payload, &mut out)?;
-    debug_assert_eq!(n, RESPONSE_NOISE_LEN);
+    debug_assert_eq!(n, out.len());
     Ok(out)
 }
 
-/// Reads Noise message 2; returns the AEAD the responder chose, which must be one of
-/// `offered` (what our initiation offered), and the features agreed (never more than
-/// `understood`, what our initiation announced).
+/// What an authenticated response says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub aead: Aead,
+    pub features: Features,
+    pub ext: Extensions,
+}
+
+/// Reads Noise message 2; the AEAD the responder chose must be one of `offered` (what our
+/// initiation offered), and the features agreed are never more than `understood` (what our
+/// initiation announced).
 pub fn read_response(
     hs: &mut HandshakeState,
-    msg: &[u8; RESPONSE_NOISE_LEN],
+    msg: &[u8],
     offered: AeadSet,
     understood: Features,
-) -> Result<(Aead, Features), NoiseError> {
-    let mut payload = [0u8; RESPONSE_NOISE_LEN];
+) -> Result<Response, NoiseError> {
+    if !(RESPONSE_NOISE_LEN..=RESPONSE_NOISE_LEN + MAX_EXTENSIONS).contains(&msg.len()) {
+        return Err(NoiseError::BadLength(msg.len()));
+    }
+    let mut payload = vec![0u8; msg.len()];
     let n = hs.read_message(msg, &mut payload)?;
-    if n != RESPONSE_PAYLOAD_LEN {
+    if n < RESPONSE_PAYLOAD_LEN {
         return Err(NoiseError::BadPayload(n, RESPONSE_PAYLOAD_LEN));
     }
-    let agreed = Features::from_bits(payload[1]).intersect(understood);
+    let features = Features::from_bits(payload[1]).intersect(understood);
+    let ext = Extensions::read(&payload[RESPONSE_PAYLOAD_LEN..n])?;
     match Aead::from_id(payload[0]) {
-        Some(a) if offered.contains(a) => Ok((a, agreed)),
+        Some(aead) if offered.contains(aead) => Ok(Response { aead, features, ext }),
         _ => Err(NoiseError::AeadNotOffered(payload[0])),
     }
 }
@@ -246,15 +327,16 @@ mod tests {
         let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), psk_i)?;
         let mut r = responder(&b.x25519_secret(), psk_r)?;
         let ts = Tai64n::from_unix(1000, 0);
-        let m1 = write_initiation(&mut i, &ts, offer, Features::SUPPORTED)?;
+        let m1 = write_initiation(&mut i, &ts, offer, Features::SUPPORTED, &Extensions::default())?;
         let init = read_initiation(&mut r, &m1)?;
         assert_eq!(init.timestamp, Some(ts));
         assert_eq!(init.offer, offer);
         assert_eq!(init.features, Features::SUPPORTED);
         let chosen = accept.choose(init.offer).expect("a common AEAD");
         let agreed = init.features.intersect(Features::SUPPORTED);
-        let m2 = write_response(&mut r, chosen, agreed)?;
-        let (got, got_features) = read_response(&mut i, &m2, offer, Features::SUPPORTED)?;
+        let m2 = write_response(&mut r, chosen, agreed, &Extensions::default())?;
+        let got = read_response(&mut i, &m2, offer, Features::SUPPORTED)?;
+        let (got, got_features) = (got.aead, got.features);
         assert_eq!((got, got_features), (chosen, agreed));
         Ok((split(&mut i, got, got_features), split(&mut r, chosen, agreed), init.remote))
     }
@@ -294,10 +376,17 @@ mod tests {
         let chacha = AeadSet::of(&[Aead::ChaCha20Poly1305]);
         let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
         let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
-        let m1 =
-            write_initiation(&mut i, &Tai64n::from_unix(1, 0), chacha, Features::NONE).unwrap();
+        let m1 = write_initiation(
+            &mut i,
+            &Tai64n::from_unix(1, 0),
+            chacha,
+            Features::NONE,
+            &Extensions::default(),
+        )
+        .unwrap();
         read_initiation(&mut r, &m1).unwrap();
-        let m2 = write_response(&mut r, Aead::Aes256Gcm, Features::NONE).unwrap();
+        let m2 = write_response(&mut r, Aead::Aes256Gcm, Features::NONE, &Extensions::default())
+            .unwrap();
         assert!(matches!(
             read_response(&mut i, &m2, chacha, Features::NONE),
             Err(NoiseError::AeadNotOffered(1))
@@ -315,6 +404,7 @@ mod tests {
             &Tai64n::from_unix(1, 0),
             AeadSet::of(&BOTH),
             Features::SUPPORTED,
+            &Extensions::default(),
         )
         .unwrap();
         // The offer's bytes sit just before the last tag.
@@ -333,13 +423,20 @@ mod tests {
                 initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
             let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
             let offer = AeadSet::of(&BOTH);
-            let m1 =
-                write_initiation(&mut i, &Tai64n::from_unix(1, 0), offer, initiator_knows).unwrap();
+            let m1 = write_initiation(
+                &mut i,
+                &Tai64n::from_unix(1, 0),
+                offer,
+                initiator_knows,
+                &Extensions::default(),
+            )
+            .unwrap();
             let init = read_initiation(&mut r, &m1).unwrap();
             assert_eq!(init.offer, offer, "features do not leak into the AEAD set");
             let agreed = init.features.intersect(responder_knows);
-            let m2 = write_response(&mut r, Aead::Aes256Gcm, agreed).unwrap();
-            let (_, got) = read_response(&mut i, &m2, offer, initiator_knows).unwrap();
+            let m2 =
+                write_response(&mut r, Aead::Aes256Gcm, agreed, &Extensions::default()).unwrap();
+            let got = read_response(&mut i, &m2, offer, initiator_knows).unwrap().features;
             (agreed, got)
         };
         let s = Features::SUPPORTED;
@@ -349,13 +446,63 @@ mod tests {
         // A responder claiming more than was announced gets only what was announced.
         let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
         let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
-        let m1 =
-            write_initiation(&mut i, &Tai64n::from_unix(1, 0), AeadSet::of(&BOTH), Features::NONE)
-                .unwrap();
+        let m1 = write_initiation(
+            &mut i,
+            &Tai64n::from_unix(1, 0),
+            AeadSet::of(&BOTH),
+            Features::NONE,
+            &Extensions::default(),
+        )
+        .unwrap();
         read_initiation(&mut r, &m1).unwrap();
-        let m2 = write_response(&mut r, Aead::Aes256Gcm, Features::from_bits(0xff)).unwrap();
+        let m2 = write_response(
+            &mut r,
+            Aead::Aes256Gcm,
+            Features::from_bits(0xff),
+            &Extensions::default(),
+        )
+        .unwrap();
         let got = read_response(&mut i, &m2, AeadSet::of(&BOTH), Features::NONE).unwrap();
-        assert_eq!(got, (Aead::Aes256Gcm, Features::NONE));
+        assert_eq!((got.aead, got.features), (Aead::Aes256Gcm, Features::NONE));
+    }
+
+    /// Certificates ride in both payloads, encrypted; without one the messages keep
+    /// WireGuard's sizes.
+    #[test]
+    fn extensions_carry_certificates_both_ways() {
+        let a = Identity::from_seed([1; 32]);
+        let b = Identity::from_seed([2; 32]);
+        let (ca, cb) = (vec![0xca; 300], vec![0xcb; 17]);
+        let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
+        let mut r = responder(&b.x25519_secret(), &Psk::none()).unwrap();
+        let ext_a = Extensions { certificate: Some(ca.clone()) };
+        let ts = Tai64n::from_unix(1, 0);
+        let m1 = write_initiation(&mut i, &ts, AeadSet::of(&BOTH), Features::NONE, &ext_a).unwrap();
+        assert_eq!(m1.len(), INITIATION_NOISE_LEN + 3 + 300);
+        assert!(!m1.windows(8).any(|w| w == [0xca; 8]), "the certificate is encrypted");
+        let init = read_initiation(&mut r, &m1).unwrap();
+        assert_eq!(init.ext.certificate, Some(ca));
+        let ext_b = Extensions { certificate: Some(cb.clone()) };
+        let m2 = write_response(&mut r, Aead::Aes256Gcm, Features::NONE, &ext_b).unwrap();
+        assert_eq!(m2.len(), RESPONSE_NOISE_LEN + 3 + 17);
+        let resp = read_response(&mut i, &m2, AeadSet::of(&BOTH), Features::NONE).unwrap();
+        assert_eq!(resp.ext.certificate, Some(cb));
+        // Too large to send.
+        let huge = Extensions { certificate: Some(vec![0; MAX_EXTENSIONS]) };
+        let mut i = initiator(&a.x25519_secret(), &b.public_key().x25519(), &Psk::none()).unwrap();
+        assert!(write_initiation(&mut i, &ts, AeadSet::of(&BOTH), Features::NONE, &huge).is_err());
+    }
+
+    #[test]
+    fn extensions_parse_strictly_and_skip_unknown_kinds() {
+        let cert = |n: usize| [&[1u8][..], &(n as u16).to_le_bytes(), &vec![7; n]].concat();
+        assert_eq!(Extensions::read(&[]).unwrap(), Extensions::default());
+        assert_eq!(Extensions::read(&cert(5)).unwrap().certificate, Some(vec![7; 5]));
+        let unknown = [&[9u8, 2, 0, 0xaa, 0xbb][..], &cert(1)].concat();
+        assert_eq!(Extensions::read(&unknown).unwrap().certificate, Some(vec![7]));
+        assert!(Extensions::read(&cert(5)[..7]).is_err(), "cut value");
+        assert!(Extensions::read(&[1, 0]).is_err(), "cut header");
+        assert!(Extensions::read(&[cert(1), cert(1)].concat()).is_err(), "two certificates");
     }
 
     #[test]

@@ -58,22 +58,23 @@ proptest! {
     }
 
     #[test]
-    fn initiation_round_trips(sender: u32, noise in proptest::array::uniform32(any::<u8>()), m1: [u8; 16], m2: [u8; 16]) {
-        let mut n = [0u8; omni_proto::noise::INITIATION_NOISE_LEN];
+    fn initiation_round_trips(sender: u32, noise in proptest::array::uniform32(any::<u8>()), ext in 0..=omni_proto::noise::MAX_EXTENSIONS, m1: [u8; 16], m2: [u8; 16]) {
+        let mut n = vec![0u8; omni_proto::noise::INITIATION_NOISE_LEN + ext];
         for (i, b) in n.iter_mut().enumerate() { *b = noise[i % 32] ^ i as u8; }
-        let repr = handshake_init::Repr { sender_index: sender, noise: n, mac1: m1, mac2: m2 };
-        let mut buf = [0u8; handshake_init::LEN];
-        repr.emit(&mut buf);
+        let repr = handshake_init::Repr { sender_index: sender, noise: &n, mac1: m1, mac2: m2 };
+        let buf = repr.to_vec();
         prop_assert_eq!(MessageType::of(&buf), Ok(MessageType::HandshakeInitiation));
-        prop_assert_eq!(handshake_init::Repr::parse(&handshake_init::Packet::new_checked(&buf[..]).unwrap()), repr);
+        let p = handshake_init::Packet::new_checked(&buf[..]).unwrap();
+        prop_assert_eq!(handshake_init::Repr::parse(&p), repr);
     }
 
     #[test]
     fn response_round_trips(sender: u32, receiver: u32, m1: [u8; 16], m2: [u8; 16]) {
-        let repr = handshake_resp::Repr { sender_index: sender, receiver_index: receiver, noise: [sender as u8; omni_proto::noise::RESPONSE_NOISE_LEN], mac1: m1, mac2: m2 };
-        let mut buf = [0u8; handshake_resp::LEN];
-        repr.emit(&mut buf);
-        prop_assert_eq!(handshake_resp::Repr::parse(&handshake_resp::Packet::new_checked(&buf[..]).unwrap()), repr);
+        let noise = [sender as u8; omni_proto::noise::RESPONSE_NOISE_LEN];
+        let repr = handshake_resp::Repr { sender_index: sender, receiver_index: receiver, noise: &noise, mac1: m1, mac2: m2 };
+        let buf = repr.to_vec();
+        let p = handshake_resp::Packet::new_checked(&buf[..]).unwrap();
+        prop_assert_eq!(handshake_resp::Repr::parse(&p), repr);
     }
 
     #[test]

@@ -51,10 +51,15 @@ pub enum DropReason {
     XdpRateLimited,
     /// XDP: fabric packets on a queue without an AF_XDP socket.
     XdpNoSocket,
+    /// Handshakes refused for want of a valid, unrevoked certificate (a cluster with an
+    /// authority; counted by control).
+    Uncertified,
+    /// Transport packets on the sessions of a peer whose membership was revoked.
+    Revoked,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 23] = [
         Self::Malformed,
         Self::BadMac1,
         Self::UnknownIndex,
@@ -76,6 +81,8 @@ impl DropReason {
         Self::XdpUnknownIndex,
         Self::XdpRateLimited,
         Self::XdpNoSocket,
+        Self::Uncertified,
+        Self::Revoked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +108,8 @@ impl DropReason {
             Self::XdpUnknownIndex => "xdp_unknown_index",
             Self::XdpRateLimited => "xdp_rate_limited",
             Self::XdpNoSocket => "xdp_no_socket",
+            Self::Uncertified => "uncertified",
+            Self::Revoked => "revoked",
         }
     }
 }

@@ -219,6 +219,11 @@ pub enum Command {
     Shutdown {
         remove_tap: bool,
     },
+    /// The peer's membership was revoked: as `RemovePeer`, and its packets still arriving
+    /// on the sessions it had are dropped as `revoked` (until those would have expired).
+    RevokePeer {
+        peer: u16,
+    },
 }
 
 mod kind {
@@ -230,6 +235,7 @@ mod kind {
     pub const SEND_KEEPALIVE: u8 = 6;
     pub const RESET_STATE: u8 = 7;
     pub const SHUTDOWN: u8 = 8;
+    pub const REVOKE_PEER: u8 = 9;
 
     pub const EV_HANDSHAKE_NEEDED: u8 = 1;
     pub const EV_REKEY_NEEDED: u8 = 2;
@@ -293,6 +299,10 @@ impl Command {
                 w.u8(kind::SHUTDOWN);
                 w.u8(*remove_tap as u8);
             }
+            Command::RevokePeer { peer } => {
+                w.u8(kind::REVOKE_PEER);
+                w.u16(*peer);
+            }
         }
     }
 
@@ -317,6 +327,7 @@ impl Command {
             }),
             kind::SET_PEER => Command::SetPeer { peer: r.u16()?, endpoint: r.endpoint()? },
             kind::REMOVE_PEER => Command::RemovePeer { peer: r.u16()? },
+            kind::REVOKE_PEER => Command::RevokePeer { peer: r.u16()? },
             kind::INSTALL_SESSION => {
                 let peer = r.u16()?;
                 let place = match r.u8()? {
@@ -516,6 +527,10 @@ mod tests {
             Command::Shutdown { remove_tap: true }
         ));
         assert!(matches!(round_trip(&Command::ResetState), Command::ResetState));
+        assert!(matches!(
+            round_trip(&Command::RevokePeer { peer: 7 }),
+            Command::RevokePeer { peer: 7 }
+        ));
     }
 
     #[test]

@@ -280,6 +280,8 @@ mod tests {
     fn wire_constants_match_the_protocol() {
         assert_eq!(wire::HANDSHAKE_INITIATION_LEN, handshake_init::LEN);
         assert_eq!(wire::HANDSHAKE_RESPONSE_LEN, handshake_resp::LEN);
+        assert_eq!(wire::HANDSHAKE_EXTENSIONS_MAX, omni_proto::noise::MAX_EXTENSIONS);
+        assert_eq!(handshake_init::MAX_LEN, handshake_init::LEN + wire::HANDSHAKE_EXTENSIONS_MAX);
         assert_eq!(wire::COOKIE_REPLY_LEN, cookie_reply::LEN);
         assert_eq!(wire::RELAY_HEADER_LEN, omni_proto::wire::relay::HEADER_LEN);
         assert_eq!(wire::TRANSPORT, omni_proto::constants::MSG_TRANSPORT);

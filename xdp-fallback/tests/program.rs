@@ -137,6 +137,24 @@ fn handshakes_are_limited_per_source_address() {
 }
 
 #[test]
+fn handshakes_carrying_certificates_pass_and_longer_ones_do_not() {
+    use omni_proto::wire::{handshake_init as hi, handshake_resp as hr};
+    let Some(b) = bed(100) else { return };
+    let msg = |kind: u8, len: usize| {
+        let mut p = vec![0x5a; len];
+        p[..4].copy_from_slice(&[kind, 0, 0, 0]);
+        frame(false, false, PORT, &p)
+    };
+    for (kind, min, max) in [(1, hi::LEN, hi::MAX_LEN), (2, hr::LEN, hr::MAX_LEN)] {
+        for len in [min, min + 400, max] {
+            assert_eq!(judge(&b, &msg(kind, len)), (XDP_DROP, c::DROP_NO_SOCKET), "{kind}: {len}");
+        }
+        assert_eq!(judge(&b, &msg(kind, max + 1)), (XDP_DROP, c::DROP_MALFORMED), "{kind}");
+        assert_eq!(judge(&b, &msg(kind, min - 1)), (XDP_DROP, c::DROP_MALFORMED), "{kind}");
+    }
+}
+
+#[test]
 fn the_baseline_drops_everything() {
     let Some(b) = bed(10) else { return };
     let r = b.run(Program::DropAll, &frame(false, false, 53, b"x"), 1000).unwrap();

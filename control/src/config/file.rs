@@ -45,6 +45,8 @@ pub struct DaemonSection {
     pub bind: Option<IpAddr>,
     pub identity: Option<PathBuf>,
     pub run_dir: Option<PathBuf>,
+    /// What outlives a restart (revocations received).
+    pub state_dir: Option<PathBuf>,
     /// Path of the omni-dataplane binary (default: next to omni-daemon).
     pub dataplane: Option<PathBuf>,
     /// TAP TSO/GRO and UDP GSO/GRO in the data plane (default true).
@@ -78,6 +80,10 @@ pub struct NetworkSection {
     pub cluster_secret: Option<String>,
     /// A file holding the cluster secret (mode 0600), instead of `cluster_secret`.
     pub cluster_secret_file: Option<PathBuf>,
+    /// This node's certificate (`omni-daemon cluster enroll`).
+    pub certificate: Option<PathBuf>,
+    /// The cluster authority's public key: peers must hold certificates it signed.
+    pub authority: Option<String>,
     /// Fall back to the Nucleus relay when punching found no path within this long.
     pub relay_after_secs: Option<f64>,
     /// While relayed, try for a direct path this often.
@@ -211,6 +217,7 @@ pub struct CliOverrides {
     pub bind: Option<IpAddr>,
     pub interface: Option<String>,
     pub run_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     pub dataplane: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub no_offload: bool,
@@ -225,6 +232,8 @@ pub struct CliOverrides {
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
+    pub certificate: Option<PathBuf>,
+    pub authority_pubkey: Option<String>,
     /// `(public key, endpoint)` pairs in command-line order.
     pub peers: Vec<(String, Option<String>)>,
     pub max_sessions_per_ip: Option<u32>,

@@ -20,6 +20,8 @@ pub trait Host {
     ) -> Result<SocketAddr, ConfigError>;
     /// The contents of a file holding a secret (refused when other users can read it).
     fn read_secret(&self, path: &Path, what: &'static str) -> Result<String, String>;
+    /// The contents of a file that holds nothing secret (a certificate).
+    fn read_file(&self, path: &Path) -> Result<String, String>;
     /// The CPUs this process may run on (empty: unknown).
     fn allowed_cpus(&self) -> Vec<u32>;
     /// How many CPUs the machine gives this process.
@@ -51,6 +53,10 @@ impl Host for System {
         omni_proto::store::read_private(path, what)
             .map(|s| s.to_string())
             .map_err(|e| e.to_string())
+    }
+
+    fn read_file(&self, path: &Path) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
 
     fn allowed_cpus(&self) -> Vec<u32> {

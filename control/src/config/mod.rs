@@ -65,6 +65,7 @@ pub struct Settings {
 
 pub const DEFAULT_IDENTITY: &str = "/etc/omni/identity.key";
 pub const DEFAULT_RUN_DIR: &str = "/run/omni";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/omni";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9100";
 
 /// The config file used when `--config` is not given.
@@ -144,6 +145,20 @@ pub fn summary(s: &Settings, public_key: &PublicKey, tap_mtu: u32) -> String {
         let via = if nuclei.is_empty() { "no Nucleus".into() } else { nuclei.join(", ") };
         lines.push(format!("  cluster    {cluster} via {via}"));
     }
+    lines.push(match &s.network.membership {
+        Some(m) => {
+            let c = &m.certificate.cert;
+            format!(
+                "  membership certificate {} ({}, groups {}, serial {:#018x}), authority {}",
+                m.certificate_path.display(),
+                c.name,
+                if c.groups.is_empty() { "none".to_string() } else { c.groups.join(",") },
+                c.serial,
+                m.authority
+            )
+        }
+        None => "  membership shared secret (no revocation)".to_string(),
+    });
     lines.push(format!(
         "  metrics    {}",
         s.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "off".into())

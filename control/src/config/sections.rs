@@ -43,6 +43,7 @@ fn secs(
 pub struct Daemon {
     pub identity_path: PathBuf,
     pub run_dir: PathBuf,
+    pub state_dir: PathBuf,
     pub port: u16,
     pub bind: Option<IpAddr>,
     pub interface: Option<String>,
@@ -147,6 +148,11 @@ pub fn daemon(
             .or(d.identity)
             .unwrap_or_else(|| DEFAULT_IDENTITY.into()),
         run_dir: cli.run_dir.clone().or(d.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
+        state_dir: cli
+            .state_dir
+            .clone()
+            .or(d.state_dir)
+            .unwrap_or_else(|| super::DEFAULT_STATE_DIR.into()),
         port: cli.port.or(d.port).unwrap_or(c::DEFAULT_PORT),
         bind: cli.bind.or(d.bind),
         interface,
@@ -300,7 +306,63 @@ pub struct Network {
     pub nucleus: Vec<NucleusSpec>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
+    /// Membership by certificate (`None`: the cluster secret alone).
+    pub membership: Option<Membership>,
     pub rendezvous: RendezvousTimers,
+}
+
+/// This node's membership by certificate: the authority it trusts and its own certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub authority: omni_proto::PublicKey,
+    pub certificate: omni_proto::membership::cert::SignedCertificate,
+    pub certificate_path: std::path::PathBuf,
+}
+
+/// `[network] certificate` and `authority`: both or neither; the certificate signed by that
+/// authority (for this node's key: checked where the identity is loaded).
+fn membership(
+    n: &NetworkSection,
+    cli: &CliOverrides,
+    host: &dyn Host,
+) -> Result<Option<Membership>, ConfigError> {
+    let path = cli.certificate.clone().or(n.certificate.clone());
+    let authority = cli.authority_pubkey.clone().or(n.authority.clone());
+    let (path, authority) = match (path, authority) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(invalid(
+                "[network] authority",
+                "a certificate needs the authority's public key (--authority-pubkey), which \
+                 peers' certificates are checked against",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "[network] certificate",
+                "with an authority, this node needs its own certificate (omni-daemon cluster \
+                 enroll --node <this node's key>); peers refuse it without one",
+            ));
+        }
+        (Some(p), Some(a)) => (p, a),
+    };
+    let authority: omni_proto::PublicKey = authority
+        .parse()
+        .map_err(|e| invalid("[network] authority", format!("{authority:?}: {e}")))?;
+    let text = host.read_file(&path).map_err(|e| invalid("[network] certificate", e))?;
+    let certificate = omni_proto::membership::cert::SignedCertificate::from_text(&text)
+        .map_err(|e| invalid("[network] certificate", format!("{}: {e}", path.display())))?;
+    if certificate.authority != authority {
+        return Err(invalid(
+            "[network] certificate",
+            format!(
+                "{} is signed by authority {}, not the configured {authority}",
+                path.display(),
+                certificate.authority
+            ),
+        ));
+    }
+    Ok(Some(Membership { authority, certificate, certificate_path: path }))
 }
 
 pub fn network(
@@ -308,13 +370,23 @@ pub fn network(
     cli: &CliOverrides,
     host: &dyn Host,
 ) -> Result<Network, ConfigError> {
+    let membership = membership(&n, cli, host)?;
     let nucleus: Vec<String> = match (&cli.nucleus[..], n.nucleus) {
         ([_, ..], _) => cli.nucleus.clone(),
         ([], None) => vec![],
         ([], Some(OneOrMany::One(s))) => vec![s],
         ([], Some(OneOrMany::Many(v))) => v,
     };
-    let cluster = cli.cluster.clone().or(n.cluster);
+    let cert_cluster = membership.as_ref().map(|m| m.certificate.cert.cluster.clone());
+    let cluster = cli.cluster.clone().or(n.cluster).or(cert_cluster.clone());
+    if let (Some(c), Some(cc)) = (&cluster, &cert_cluster)
+        && c != cc
+    {
+        return Err(invalid(
+            "[network] cluster",
+            format!("is {c:?}, but this node's certificate is for cluster {cc:?}"),
+        ));
+    }
     let secret_file = cli.cluster_secret_file.clone().or(n.cluster_secret_file);
     let cluster_secret = match (cli.cluster_secret.clone().or(n.cluster_secret), secret_file) {
         (Some(_), Some(_)) => {
@@ -339,10 +411,13 @@ pub fn network(
     if let Some(c) = &cluster {
         omni_proto::cluster::validate_name(c)
             .map_err(|e| invalid("[network] cluster", e.to_string()))?;
-        if cluster_secret.is_none() {
+        // With an authority the secret is a second factor, except that a Nucleus still
+        // checks membership with the key derived from it.
+        if cluster_secret.is_none() && (membership.is_none() || !nucleus.is_empty()) {
             return Err(invalid(
                 "[network] cluster_secret",
-                "a cluster needs its secret (omni-daemon cluster new NAME prints one)",
+                "a cluster needs its secret (omni-daemon cluster new NAME prints one); with an \
+                 authority only a Nucleus still needs it",
             ));
         }
     }
@@ -380,7 +455,7 @@ pub fn network(
             0.0,
         )?,
     };
-    Ok(Network { nucleus, cluster, cluster_secret, rendezvous })
+    Ok(Network { nucleus, cluster, cluster_secret, membership, rendezvous })
 }
 
 /// `[[peers]]` and `--peer`/`--endpoint`: one entry per key (the command line's endpoint

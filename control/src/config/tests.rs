@@ -223,7 +223,11 @@ fn cluster_secret_files_must_be_private() {
 }
 
 /// A machine made up for the test: names, secret files and CPUs are what it says.
-struct FakeHost;
+/// A machine with names, a secret file and (certificate) files of its own.
+#[derive(Default)]
+struct FakeHost {
+    files: Vec<(String, String)>,
+}
 
 impl Host for FakeHost {
     fn resolve(&self, key: &str, text: &str, port: Option<u16>) -> Result<SocketAddr, ConfigError> {
@@ -242,6 +246,13 @@ impl Host for FakeHost {
             Err("unreadable".into())
         }
     }
+    fn read_file(&self, path: &std::path::Path) -> Result<String, String> {
+        self.files
+            .iter()
+            .find(|(p, _)| Path::new(p) == path)
+            .map(|(_, text)| text.clone())
+            .ok_or_else(|| format!("cannot read {}: no such file", path.display()))
+    }
     fn allowed_cpus(&self) -> Vec<u32> {
         vec![0, 1, 2, 3, 4, 5, 6, 7]
     }
@@ -257,12 +268,14 @@ fn validation_asks_the_machine_only_through_its_host() {
          cluster_secret_file = \"/fake/secret\"\n",
     )
     .unwrap();
-    let s = Settings::resolve_on(f, CliOverrides::default(), &FakeHost).unwrap();
+    let s = Settings::resolve_on(f, CliOverrides::default(), &FakeHost::default()).unwrap();
     assert_eq!(s.network.nucleus[0].addr, "192.0.2.7:51820".parse().unwrap());
     assert_eq!(s.network.cluster_secret.as_deref(), Some("s3cret"));
     assert_eq!(s.daemon.dataplane_cpu, Some(6));
     assert!(s.daemon.crypto_thread, "8 CPUs: the crypto thread is on by default");
     let f = parse("[daemon]\ndataplane_cpu = 9\n").unwrap();
-    let e = Settings::resolve_on(f, CliOverrides::default(), &FakeHost).unwrap_err().to_string();
+    let e = Settings::resolve_on(f, CliOverrides::default(), &FakeHost::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("allowed: 0-7"), "{e}");
 }

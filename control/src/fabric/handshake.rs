@@ -52,6 +52,9 @@ impl Fabric {
             self.stats.dropped_replayed_initiation += 1;
             return;
         }
+        if !self.admit(now_ms, id, init.ext.certificate.as_deref()) {
+            return;
+        }
         let Some(aead) = self.ciphers.choose(init.offer) else {
             // Authenticated, so worth saying why this peer cannot connect.
             self.stats.dropped_no_common_cipher += 1;
@@ -69,7 +72,8 @@ impl Fabric {
             return;
         };
         let agreed = init.features.intersect(Features::SUPPORTED);
-        let Ok(resp_noise) = noise::write_response(&mut hs, aead, agreed) else {
+        let ext = self.handshake_extensions();
+        let Ok(resp_noise) = noise::write_response(&mut hs, aead, agreed, &ext) else {
             self.stats.dropped_bad_handshake += 1;
             return;
         };
@@ -78,15 +82,14 @@ impl Fabric {
             return;
         };
         let keys = noise::split(&mut hs, aead, agreed);
-        let mut out = [0u8; handshake_resp::LEN];
-        handshake_resp::Repr {
+        let mut out = handshake_resp::Repr {
             sender_index: local_index,
             receiver_index: pkt.sender_index(),
-            noise: resp_noise,
+            noise: &resp_noise,
             mac1: [0; 16],
             mac2: [0; 16],
         }
-        .emit(&mut out);
+        .to_vec();
         let peer = &mut self.peers[id as usize];
         let cookie = peer.cookie.filter(|(_, t)| {
             now_ms.saturating_sub(*t) < omni_proto::constants::COOKIE_LIFETIME.as_millis() as u64
@@ -116,7 +119,7 @@ impl Fabric {
             self.forget_index(p.local_index);
         }
         self.cmd(install_cmd(id, &session, SessionPlace::Next, now_ms));
-        self.out.push(Output::Inject { to: src, bytes: out.to_vec() });
+        self.out.push(Output::Inject { to: src, bytes: out });
         self.peers[id as usize].last_handshake_ms = Some(now_ms);
         self.stats.handshakes_completed += 1;
         info!(peer = %self.peers[id as usize].public_key.short(), %src, cipher = %aead, "handshake completed (responder)");
@@ -141,7 +144,7 @@ impl Fabric {
             self.stats.dropped_bad_handshake += 1;
             return;
         };
-        let (aead, agreed) = match noise::read_response(
+        let resp = match noise::read_response(
             &mut pending.hs,
             pkt.noise(),
             pending.offer,
@@ -157,6 +160,11 @@ impl Fabric {
             }
         };
         let mut pending = peer.pending.take().expect("checked above");
+        if !self.admit(now_ms, id, resp.ext.certificate.as_deref()) {
+            self.forget_index(pending.local_index);
+            return;
+        }
+        let (aead, agreed) = (resp.aead, resp.features);
         let keys = noise::split(&mut pending.hs, aead, agreed);
         let session = SessionInfo {
             local_index: idx,
@@ -202,6 +210,9 @@ impl Fabric {
     }
 
     pub(super) fn initiate_with(&mut self, now_ms: u64, id: u16, probe: bool) {
+        if self.peers[id as usize].revoked {
+            return;
+        }
         let dests = self.destinations(now_ms, id, probe);
         if dests.is_empty() {
             return;
@@ -220,20 +231,20 @@ impl Fabric {
             return;
         };
         let offer = self.ciphers;
+        let ext = self.handshake_extensions();
         let Ok(noise_bytes) =
-            noise::write_initiation(&mut hs, &Tai64n::now(), offer, Features::SUPPORTED)
+            noise::write_initiation(&mut hs, &Tai64n::now(), offer, Features::SUPPORTED, &ext)
         else {
             self.indices.release(local_index);
             return;
         };
-        let mut msg = [0u8; handshake_init::LEN];
-        handshake_init::Repr {
+        let mut msg = handshake_init::Repr {
             sender_index: local_index,
-            noise: noise_bytes,
+            noise: &noise_bytes,
             mac1: [0; 16],
             mac2: [0; 16],
         }
-        .emit(&mut msg);
+        .to_vec();
         let cookie = peer.cookie.filter(|(_, t)| {
             now_ms.saturating_sub(*t) < omni_proto::constants::COOKIE_LIFETIME.as_millis() as u64
         });
@@ -256,7 +267,7 @@ impl Fabric {
         });
         self.by_index.insert(local_index, id);
         for to in &dests {
-            self.out.push(Output::Inject { to: *to, bytes: msg.to_vec() });
+            self.out.push(Output::Inject { to: *to, bytes: msg.clone() });
         }
         self.stats.handshakes_initiated += 1;
         debug!(peer = %self.peers[id as usize].public_key.short(), ?dests, "handshake initiation sent");

@@ -27,6 +27,10 @@ impl Fabric {
             debug!(peer = %m.key.short(), "peer table full; member ignored");
             return;
         };
+        if self.peers[id as usize].revoked {
+            // A Nucleus may list it (it may not know yet, or lie): it stays out.
+            return;
+        }
         if !known {
             self.cmd(Command::SetPeer { peer: id, endpoint: None });
         }

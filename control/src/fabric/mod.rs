@@ -10,11 +10,13 @@
 //! plane and packets to inject, collected in [`Fabric::drain_outputs`]. Time is the shared
 //! monotonic clock in milliseconds, so tests drive it directly.
 
+mod admission;
 mod handshake;
 pub mod index;
 mod members;
 mod timers;
 
+pub use admission::Admission;
 pub use members::MemberUpdate;
 pub use timers::{RendezvousTimers, Timers};
 
@@ -73,6 +75,8 @@ pub struct FabricStats {
     pub cookie_replies_sent: u64,
     pub cookies_received: u64,
     pub keepalives_requested: u64,
+    /// Handshakes refused for want of a valid, unrevoked certificate.
+    pub dropped_uncertified: u64,
 }
 
 impl FabricStats {
@@ -82,6 +86,19 @@ impl FabricStats {
         self.dropped_bad_handshake
             + self.dropped_replayed_initiation
             + self.dropped_no_common_cipher
+    }
+
+    /// The drops of `reason` that control counts (handshakes it refuses); `None` for the
+    /// data plane's.
+    pub fn control_drops(&self, reason: omni_shm::counters::DropReason) -> Option<u64> {
+        use omni_shm::counters::DropReason as R;
+        match reason {
+            R::RateLimited => Some(self.dropped_rate_limited),
+            R::UnknownPeer => Some(self.dropped_unknown_peer),
+            R::BadHandshake => Some(self.bad_handshakes()),
+            R::Uncertified => Some(self.dropped_uncertified),
+            _ => None,
+        }
     }
 }
 
@@ -148,6 +165,12 @@ pub struct Peer {
     /// When a refusal for want of a common cipher was last logged (it retries every few
     /// seconds; one line a minute says it).
     cipher_refusal_logged_ms: Option<u64>,
+    /// What the peer's certificate says, once a handshake admitted it (with an authority).
+    pub certificate: Option<omni_proto::membership::cert::Certificate>,
+    /// When a refusal of its certificate was last logged (one line a minute).
+    admission_refusal_logged_ms: Option<u64>,
+    /// Its membership was revoked: no handshake with it, nothing of it in the data plane.
+    pub revoked: bool,
 }
 
 impl Peer {
@@ -182,6 +205,10 @@ pub struct Fabric {
     load_count: u32,
     out: Vec<Output>,
     pub stats: FabricStats,
+    /// Membership by certificate (`None`: the cluster secret alone).
+    admission: Option<Admission>,
+    /// Unix time in seconds, for certificates' validity (an input, as the monotonic clock).
+    wall_secs: u64,
 }
 
 /// Static settings of a fabric.
@@ -197,6 +224,8 @@ pub struct FabricConfig {
     pub rendezvous: RendezvousTimers,
     /// Transport AEADs offered as initiator and accepted as responder.
     pub ciphers: AeadSet,
+    /// Membership by certificate, when the cluster has an authority.
+    pub admission: Option<Admission>,
 }
 
 impl Fabric {
@@ -232,6 +261,51 @@ impl Fabric {
             load_count: 0,
             out: Vec::new(),
             stats: FabricStats::default(),
+            admission: cfg.admission,
+            wall_secs: 0,
+        }
+    }
+
+    /// The unix time (seconds), which certificates are checked against. The I/O layer
+    /// sets it before every tick and dispatch.
+    pub fn set_wall_clock(&mut self, unix_secs: u64) {
+        self.wall_secs = unix_secs;
+    }
+
+    pub fn admission(&self) -> Option<&Admission> {
+        self.admission.as_ref()
+    }
+
+    /// The extensions our handshake messages carry (our certificate, with an authority).
+    fn handshake_extensions(&self) -> noise::Extensions {
+        self.admission.as_ref().map(Admission::extensions).unwrap_or_default()
+    }
+
+    /// Checks peer `id`'s certificate (with an authority; else every peer is admitted).
+    /// On refusal it is counted and logged (once a minute per peer), and false returned.
+    fn admit(&mut self, now_ms: u64, id: u16, certificate: Option<&[u8]>) -> bool {
+        let Some(adm) = &self.admission else { return true };
+        let peer = &mut self.peers[id as usize];
+        match adm.check(&peer.public_key, certificate, self.wall_secs) {
+            Ok(c) => {
+                peer.certificate = Some(c);
+                true
+            }
+            Err(why) => {
+                self.stats.dropped_uncertified += 1;
+                if peer
+                    .admission_refusal_logged_ms
+                    .is_none_or(|t| now_ms.saturating_sub(t) >= 60_000)
+                {
+                    peer.admission_refusal_logged_ms = Some(now_ms);
+                    warn!(
+                        peer = %peer.public_key.short(),
+                        refused = self.stats.dropped_uncertified,
+                        "handshake refused: {why}"
+                    );
+                }
+                false
+            }
         }
     }
 
@@ -303,6 +377,9 @@ impl Fabric {
             last_handshake_ms: None,
             keepalive_for_rx_ms: 0,
             cipher_refusal_logged_ms: None,
+            certificate: None,
+            admission_refusal_logged_ms: None,
+            revoked: self.admission.as_ref().is_some_and(|a| a.revokes_key(&key)),
         });
         self.by_x25519.insert(key.x25519(), id);
         Some(id)
@@ -319,6 +396,9 @@ impl Fabric {
         self.cmd(Command::Configure(self.dp_config.clone()));
         for id in 0..self.peers.len() {
             let p = &self.peers[id];
+            if p.revoked {
+                continue;
+            }
             let mut cmds = vec![Command::SetPeer { peer: id as u16, endpoint: p.endpoint }];
             // Current first: installing it moves nothing else into place.
             for (s, place) in [

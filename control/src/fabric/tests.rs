@@ -16,6 +16,7 @@ fn cfg() -> FabricConfig {
         max_sessions: 64,
         rendezvous: RendezvousTimers::default(),
         ciphers: AeadSet::of(&Aead::ALL),
+        admission: None,
     }
 }
 
@@ -458,4 +459,131 @@ fn simultaneous_initiations_end_with_one_working_pair_of_sessions() {
     let b_cur = b.peers()[0].current.is_some();
     assert!(a_cur ^ b_cur, "one initiator session: a {a_cur} b {b_cur}");
     assert!(!a.peers()[0].handshaking() && !b.peers()[0].handshaking(), "nothing left to retry");
+}
+
+/// An authority and a certificate from it for identity `seed`, valid for unix time 100-200.
+fn certified(authority: &Identity, seed: u8, cluster: &str) -> Admission {
+    use omni_proto::membership::cert::{Certificate, SignedCertificate};
+    let c = Certificate {
+        serial: seed as u64,
+        cluster: cluster.into(),
+        node: Identity::from_seed([seed; 32]).public_key(),
+        name: format!("node-{seed}"),
+        groups: vec!["robots".into()],
+        not_before: 100,
+        not_after: 200,
+    };
+    Admission::new(
+        authority.public_key(),
+        SignedCertificate::parse(&c.sign(authority).unwrap()).unwrap(),
+    )
+}
+
+fn certified_pair(adm_a: Option<Admission>, adm_b: Option<Admission>) -> (Fabric, Fabric) {
+    let (mut a, mut b) = pair_with(
+        FabricConfig { admission: adm_a, ..cfg() },
+        FabricConfig { admission: adm_b, ..cfg() },
+    );
+    a.set_wall_clock(150);
+    b.set_wall_clock(150);
+    (a, b)
+}
+
+/// Runs A's initiation through B and B's answer (if any) through A; returns whether each
+/// side installed a session.
+fn try_handshake(a: &mut Fabric, b: &mut Fabric, now: u64) -> (bool, bool) {
+    std::thread::sleep(Duration::from_millis(18));
+    a.initiate(now, 0);
+    let init = injects(a);
+    b.on_punt(now, A_EP.parse().unwrap(), &init[0].1);
+    let (bc, bi) = split_outputs(b);
+    if let Some((_, resp)) = bi.first() {
+        a.on_punt(now, B_EP.parse().unwrap(), resp);
+    }
+    let (ac, _) = split_outputs(a);
+    (!installs(&ac).is_empty(), !installs(&bc).is_empty())
+}
+
+#[test]
+fn certified_peers_complete_handshakes_and_learn_each_others_certificates() {
+    let auth = Identity::from_seed([9; 32]);
+    let (mut a, mut b) =
+        certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (true, true));
+    assert_eq!(a.peers()[0].certificate.as_ref().unwrap().name, "node-2");
+    assert_eq!(b.peers()[0].certificate.as_ref().unwrap().groups, ["robots"]);
+    assert_eq!((a.stats.dropped_uncertified, b.stats.dropped_uncertified), (0, 0));
+}
+
+#[test]
+fn a_responder_refuses_an_initiator_without_a_valid_certificate() {
+    let auth = Identity::from_seed([9; 32]);
+    let other = Identity::from_seed([8; 32]);
+    for (why, adm_a) in [
+        ("no certificate", None),
+        ("another authority", Some(certified(&other, 1, "fleet"))),
+        ("another cluster", Some(certified(&auth, 1, "yard"))),
+        ("someone else's certificate", Some(certified(&auth, 3, "fleet"))),
+    ] {
+        let (mut a, mut b) = certified_pair(adm_a, Some(certified(&auth, 2, "fleet")));
+        let (_, b_installed) = try_handshake(&mut a, &mut b, 10);
+        assert!(!b_installed, "{why}");
+        assert_eq!(b.stats.dropped_uncertified, 1, "{why}");
+        assert!(b.peers()[0].certificate.is_none());
+    }
+    // Out of the validity window at the responder's clock.
+    let (mut a, mut b) =
+        certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
+    b.set_wall_clock(200);
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (false, false));
+    assert_eq!(b.stats.dropped_uncertified, 1);
+}
+
+#[test]
+fn an_initiator_refuses_a_responder_without_a_valid_certificate() {
+    let auth = Identity::from_seed([9; 32]);
+    // B has no authority (a shared-secret node): it answers, without a certificate.
+    let (mut a, mut b) = certified_pair(Some(certified(&auth, 1, "fleet")), None);
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (false, true));
+    assert_eq!(a.stats.dropped_uncertified, 1);
+    assert!(a.peers()[0].current.is_none() && !a.peers()[0].handshaking());
+    // Revoked by serial at A: refused even with an otherwise valid certificate.
+    let (mut a, mut b) =
+        certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
+    a.admission
+        .as_mut()
+        .unwrap()
+        .revoked
+        .push(omni_proto::membership::revocation::Target::Serial(2));
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (false, true));
+    assert_eq!(a.stats.dropped_uncertified, 1);
+}
+
+#[test]
+fn a_revoked_peer_loses_its_sessions_and_cannot_handshake_again() {
+    use omni_proto::membership::revocation::Target;
+    let auth = Identity::from_seed([9; 32]);
+    let (mut a, mut b) =
+        certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (true, true));
+    // At B, revoke A by its certificate's serial (1).
+    let ended = b.revoke(Target::Serial(1));
+    assert_eq!(ended, vec![a.public_key()]);
+    let (cmds, _) = split_outputs(&mut b);
+    assert!(cmds.iter().any(|c| matches!(c, Command::RevokePeer { peer: 0 })), "{cmds:?}");
+    let p = &b.peers()[0];
+    assert!(p.revoked && p.current.is_none() && p.next.is_none() && p.certificate.is_none());
+    assert!(b.revoke(Target::Serial(1)).is_empty(), "once");
+    // A tries again: B refuses; and B never starts one towards A.
+    assert_eq!(try_handshake(&mut a, &mut b, 20), (false, false));
+    assert_eq!(b.stats.dropped_uncertified, 1);
+    b.request_handshake(30, 0);
+    assert!(injects(&mut b).is_empty());
+    // A replay of B's state to a restarted data plane leaves A out.
+    b.replay(40);
+    let (cmds, _) = split_outputs(&mut b);
+    assert!(!cmds.iter().any(|c| matches!(c, Command::SetPeer { peer: 0, .. })));
+    // Without an authority, nothing is revoked.
+    let (_, mut c) = pair_with(cfg(), cfg());
+    assert!(c.revoke(Target::Key(a.public_key())).is_empty());
 }

@@ -212,7 +212,13 @@ pub struct Engine<'r> {
     /// No other engine receives on this engine's sessions (see
     /// [`Engine::set_sole_receiver`]).
     sole_receiver: bool,
+    /// Receiver indices of revoked peers' sessions and until when packets on them count as
+    /// `revoked` drops rather than unknown indices (bounded: [`REVOKED_MAX`]).
+    revoked: Vec<(u32, u64)>,
 }
+
+/// Receiver indices of revoked sessions remembered at most.
+const REVOKED_MAX: usize = 4096;
 
 /// Finishes the partial checksum of the frame in `pkt` (bounds checked by the caller).
 fn finish_checksum(pkt: &mut PacketBuf, c: ChecksumPartial) {
@@ -245,6 +251,7 @@ impl<'r> Engine<'r> {
             defer_seal: false,
             session_log: None,
             sole_receiver: false,
+            revoked: Vec::new(),
         }
     }
 
@@ -764,10 +771,18 @@ impl<'r> Engine<'r> {
         match MessageType::of(msg) {
             Ok(MessageType::Transport) => {}
             Ok(MessageType::HandshakeInitiation) => {
-                return done(self.check_handshake(msg, handshake_init::LEN, from));
+                return done(self.check_handshake(
+                    msg,
+                    handshake_init::LEN..=handshake_init::MAX_LEN,
+                    from,
+                ));
             }
             Ok(MessageType::HandshakeResponse) => {
-                return done(self.check_handshake(msg, handshake_resp::LEN, from));
+                return done(self.check_handshake(
+                    msg,
+                    handshake_resp::LEN..=handshake_resp::MAX_LEN,
+                    from,
+                ));
             }
             Ok(MessageType::CookieReply) => {
                 return done(if msg.len() == cookie_reply::LEN {
@@ -787,7 +802,9 @@ impl<'r> Engine<'r> {
         };
         let (idx, counter) = (tp.receiver_index(), tp.counter());
         let Some(sess) = self.session(idx) else {
-            return done(Decap::Drop(DropReason::UnknownIndex));
+            let revoked = self.revoked.iter().any(|&(i, _)| i == idx);
+            let reason = if revoked { DropReason::Revoked } else { DropReason::UnknownIndex };
+            return done(Decap::Drop(reason));
         };
         if self.expired(sess, now_ms) {
             return done(Decap::Drop(DropReason::Expired));
@@ -845,8 +862,13 @@ impl<'r> Engine<'r> {
         Decap::Deliver { offset: TRANSPORT_HEADER_LEN, len: n, checksum }
     }
 
-    fn check_handshake(&self, msg: &[u8], expected: usize, from: Endpoint) -> Decap {
-        if msg.len() != expected {
+    fn check_handshake(
+        &self,
+        msg: &[u8],
+        sizes: std::ops::RangeInclusive<usize>,
+        from: Endpoint,
+    ) -> Decap {
+        if !sizes.contains(&msg.len()) {
             return Decap::Drop(DropReason::Malformed);
         }
         if self.mac1_check && !macs::verify_mac1(msg, &self.cfg.mac1_key) {
@@ -930,6 +952,21 @@ impl<'r> Engine<'r> {
             Command::RemovePeer { peer } => {
                 if !self.valid_peer(peer) {
                     return None;
+                }
+                self.remove_peer(peer);
+                self.stats(peer).reset();
+            }
+            Command::RevokePeer { peer } => {
+                if !self.valid_peer(peer) {
+                    return None;
+                }
+                let p = &self.peers[peer as usize];
+                let until = now_ms + self.cfg.reject_after_ms;
+                for idx in [p.current, p.previous, p.next].into_iter().flatten() {
+                    if self.revoked.len() >= REVOKED_MAX {
+                        self.revoked.remove(0);
+                    }
+                    self.revoked.push((idx, until));
                 }
                 self.remove_peer(peer);
                 self.stats(peer).reset();
@@ -1048,6 +1085,7 @@ impl<'r> Engine<'r> {
 
     /// Periodic work (about once a second): retire sessions past their reject-after time.
     pub fn housekeeping(&mut self, now_ms: u64) {
+        self.revoked.retain(|&(_, until)| until > now_ms);
         let expired: Vec<(u16, u32)> = self
             .sessions
             .iter()

@@ -170,6 +170,35 @@ fn replayed_and_tampered_packets_are_dropped_and_counted() {
 }
 
 #[test]
+fn a_revoked_peer_is_forgotten_and_its_packets_count_as_revoked_until_they_would_expire() {
+    let (mut a, mut b) = pair("revoke");
+    let mut sink = VecSink::default();
+    // B learns A's MAC from a frame, then A is revoked at B.
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"hello");
+    a.encap(10, &mut f, &mut sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert!(matches!(deliver(&mut b, A_EP, &mut pkt), Decap::Deliver { .. }));
+    assert_eq!(b.fdb().lookup(&MAC_A, 10), Some(0));
+    b.apply(20, Command::RevokePeer { peer: 0 }, &mut sink);
+    assert_eq!(b.fdb().lookup(&MAC_A, 20), None, "its FDB entries are flushed");
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"still here");
+    a.encap(30, &mut f, &mut sink);
+    let mut late = sink.queued.pop().unwrap();
+    let mut later = PacketBuf::new();
+    later.data[..late.len].copy_from_slice(&late.data[..late.len]);
+    later.len = late.len;
+    assert_eq!(deliver(&mut b, A_EP, &mut late), Decap::Drop(DropReason::Revoked));
+    assert_eq!(b.counters().get_drop(DropReason::Revoked), 1);
+    // Nothing from B reaches A any more: B's frames have no peer to go to.
+    let mut f = frame(MAC_A, MAC_B, b"reply");
+    b.encap(31, &mut f, &mut sink);
+    assert!(sink.queued.is_empty());
+    // Past the time its sessions would have expired: an unknown index like any other.
+    b.housekeeping(20 + DataplaneConfig::default().reject_after_ms + 1);
+    assert_eq!(deliver(&mut b, A_EP, &mut later), Decap::Drop(DropReason::UnknownIndex));
+}
+
+#[test]
 fn replay_from_another_address_does_not_move_the_endpoint() {
     let (mut a, mut b) = pair("roam");
     let mut sink = VecSink::default();

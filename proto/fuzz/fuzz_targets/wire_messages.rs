@@ -9,14 +9,10 @@ use omni_proto::wire::{
 fuzz_target!(|data: &[u8]| {
     let _ = MessageType::of(data);
     if let Ok(p) = handshake_init::Packet::new_checked(data) {
-        let mut out = [0u8; handshake_init::LEN];
-        handshake_init::Repr::parse(&p).emit(&mut out);
-        assert_eq!(&out[..], data);
+        assert_eq!(handshake_init::Repr::parse(&p).to_vec(), data);
     }
     if let Ok(p) = handshake_resp::Packet::new_checked(data) {
-        let mut out = [0u8; handshake_resp::LEN];
-        handshake_resp::Repr::parse(&p).emit(&mut out);
-        assert_eq!(&out[..], data);
+        assert_eq!(handshake_resp::Repr::parse(&p).to_vec(), data);
     }
     if let Ok(p) = cookie_reply::Packet::new_checked(data) {
         let mut out = [0u8; cookie_reply::LEN];

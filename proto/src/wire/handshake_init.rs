@@ -1,27 +1,32 @@
-//! Handshake initiation (type 1), 152 bytes:
+//! Handshake initiation (type 1), 152 bytes, or more when its Noise payload carries
+//! extensions (a certificate: [`crate::noise::Extensions`]):
 //!
 //! ```text
-//! 0      4              8                     120     136     152
-//! | 1 0 0 0 | sender u32 | noise message 1 (112) | mac1 | mac2 |
+//! 0      4              8                          len-32  len-16  len
+//! | 1 0 0 0 | sender u32 | noise message 1 (112 + ext) | mac1 | mac2 |
 //! ```
 
 use super::{read_u32, write_type};
 use crate::WireError;
 use crate::constants::MSG_HANDSHAKE_INITIATION;
 use crate::mac::{MAC_LEN, Mac};
-use crate::noise::INITIATION_NOISE_LEN;
+use crate::noise::{INITIATION_NOISE_LEN, MAX_EXTENSIONS};
 
 pub mod field {
     use core::ops::Range;
     pub const TYPE: Range<usize> = 0..4;
     pub const SENDER: Range<usize> = 4..8;
-    pub const NOISE: Range<usize> = 8..120;
-    pub const MAC1: Range<usize> = 120..136;
-    pub const MAC2: Range<usize> = 136..152;
+    /// The Noise message starts here and ends where the macs start.
+    pub const NOISE: usize = 8;
+    /// mac1 and mac2 are the last 32 bytes.
+    pub const MACS_FROM_END: usize = 32;
 }
 
-pub const LEN: usize = field::MAC2.end;
-const _: () = assert!(field::NOISE.end - field::NOISE.start == INITIATION_NOISE_LEN);
+/// The length without extensions (WireGuard's), and the shortest initiation.
+pub const LEN: usize = field::NOISE + INITIATION_NOISE_LEN + field::MACS_FROM_END;
+/// The longest initiation: a certificate of the largest size in its payload.
+pub const MAX_LEN: usize = LEN + MAX_EXTENSIONS;
+const _: () = assert!(LEN == 152);
 
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
@@ -33,10 +38,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Self { buffer }
     }
 
-    /// Checks the exact length and the type word.
+    /// Checks the length (from [`LEN`] to [`MAX_LEN`]) and the type word.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
         let b = buffer.as_ref();
-        if b.len() != LEN {
+        if !(LEN..=MAX_LEN).contains(&b.len()) {
             return Err(WireError::BadLength { len: b.len(), expected: LEN });
         }
         if b[field::TYPE] != [MSG_HANDSHAKE_INITIATION, 0, 0, 0] {
@@ -45,53 +50,71 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(Self { buffer })
     }
 
+    fn macs_at(&self) -> usize {
+        self.buffer.as_ref().len() - field::MACS_FROM_END
+    }
+
     pub fn sender_index(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::SENDER.start)
     }
-    pub fn noise(&self) -> &[u8; INITIATION_NOISE_LEN] {
-        self.buffer.as_ref()[field::NOISE].try_into().expect("checked length")
+    /// Noise message 1 ([`INITIATION_NOISE_LEN`] bytes and the extensions).
+    pub fn noise(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::NOISE..self.macs_at()]
     }
     pub fn mac1(&self) -> Mac {
-        self.buffer.as_ref()[field::MAC1].try_into().expect("checked length")
+        let at = self.macs_at();
+        self.buffer.as_ref()[at..at + MAC_LEN].try_into().expect("checked length")
     }
     pub fn mac2(&self) -> Mac {
-        self.buffer.as_ref()[field::MAC2].try_into().expect("checked length")
+        let at = self.macs_at() + MAC_LEN;
+        self.buffer.as_ref()[at..at + MAC_LEN].try_into().expect("checked length")
     }
     pub fn into_inner(self) -> T {
         self.buffer
     }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    pub fn set_sender_index(&mut self, v: u32) {
-        self.buffer.as_mut()[field::SENDER].copy_from_slice(&v.to_le_bytes());
-    }
-    pub fn noise_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer.as_mut()[field::NOISE]
-    }
-}
-
 /// A parsed initiation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Repr {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repr<'a> {
     pub sender_index: u32,
-    pub noise: [u8; INITIATION_NOISE_LEN],
+    pub noise: &'a [u8],
     pub mac1: [u8; MAC_LEN],
     pub mac2: [u8; MAC_LEN],
 }
 
-impl Repr {
-    pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Self {
-        Self { sender_index: p.sender_index(), noise: *p.noise(), mac1: p.mac1(), mac2: p.mac2() }
+impl<'a> Repr<'a> {
+    pub fn parse<T: AsRef<[u8]>>(p: &'a Packet<T>) -> Self {
+        Self { sender_index: p.sender_index(), noise: p.noise(), mac1: p.mac1(), mac2: p.mac2() }
     }
 
-    /// Writes all fields, macs included as given (see `wire::macs::seal` to compute them).
-    pub fn emit(&self, buf: &mut [u8; LEN]) {
+    /// The message's length.
+    pub fn len(&self) -> usize {
+        field::NOISE + self.noise.len() + field::MACS_FROM_END
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Writes all fields, macs included as given (see `wire::macs::seal` to compute them),
+    /// into the first [`Repr::len`] bytes of `buf`. Returns that length.
+    pub fn emit(&self, buf: &mut [u8]) -> usize {
+        let n = self.len();
+        let buf = &mut buf[..n];
         write_type(buf, MSG_HANDSHAKE_INITIATION);
         buf[field::SENDER].copy_from_slice(&self.sender_index.to_le_bytes());
-        buf[field::NOISE].copy_from_slice(&self.noise);
-        buf[field::MAC1].copy_from_slice(&self.mac1);
-        buf[field::MAC2].copy_from_slice(&self.mac2);
+        buf[field::NOISE..n - field::MACS_FROM_END].copy_from_slice(self.noise);
+        buf[n - 32..n - 16].copy_from_slice(&self.mac1);
+        buf[n - 16..].copy_from_slice(&self.mac2);
+        n
+    }
+
+    /// The message as a new buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len()];
+        self.emit(&mut v);
+        v
     }
 }
 
@@ -101,14 +124,11 @@ mod tests {
 
     #[test]
     fn byte_exact_emit_and_parse() {
-        let repr = Repr {
-            sender_index: 0x0403_0201,
-            noise: [0x11; INITIATION_NOISE_LEN],
-            mac1: [0x22; 16],
-            mac2: [0x33; 16],
-        };
+        let noise = [0x11; INITIATION_NOISE_LEN];
+        let repr =
+            Repr { sender_index: 0x0403_0201, noise: &noise, mac1: [0x22; 16], mac2: [0x33; 16] };
         let mut buf = [0u8; LEN];
-        repr.emit(&mut buf);
+        assert_eq!(repr.emit(&mut buf), LEN);
         assert_eq!(&buf[..8], &[1, 0, 0, 0, 1, 2, 3, 4]);
         assert!(buf[8..120].iter().all(|&b| b == 0x11));
         assert!(buf[120..136].iter().all(|&b| b == 0x22));
@@ -118,17 +138,28 @@ mod tests {
     }
 
     #[test]
+    fn with_extensions_the_macs_move_to_the_new_end() {
+        let noise = [0x11; INITIATION_NOISE_LEN + 40];
+        let repr = Repr { sender_index: 1, noise: &noise, mac1: [0x22; 16], mac2: [0x33; 16] };
+        let v = repr.to_vec();
+        assert_eq!(v.len(), LEN + 40);
+        assert!(v[LEN + 8..LEN + 24].iter().all(|&b| b == 0x22));
+        let p = Packet::new_checked(&v[..]).unwrap();
+        assert_eq!(Repr::parse(&p), repr);
+    }
+
+    #[test]
     fn rejects_wrong_length_and_type() {
-        let mut buf = [0u8; LEN];
+        let mut buf = vec![0u8; MAX_LEN + 1];
         buf[0] = 1;
         assert!(Packet::new_checked(&buf[..LEN - 1]).is_err());
-        let mut long = [0u8; LEN + 1];
-        long[0] = 1;
-        assert!(Packet::new_checked(&long[..]).is_err());
-        buf[0] = 2;
+        assert!(Packet::new_checked(&buf[..LEN]).is_ok());
+        assert!(Packet::new_checked(&buf[..MAX_LEN]).is_ok());
         assert!(Packet::new_checked(&buf[..]).is_err());
+        buf[0] = 2;
+        assert!(Packet::new_checked(&buf[..LEN]).is_err());
         buf[0] = 1;
         buf[3] = 1;
-        assert!(Packet::new_checked(&buf[..]).is_err());
+        assert!(Packet::new_checked(&buf[..LEN]).is_err());
     }
 }

@@ -31,8 +31,11 @@ pub mod wire {
     pub const TRANSPORT: u8 = 4;
     pub const NUCLEUS: u8 = 5;
     pub const RELAYED: u8 = 7;
+    /// Handshakes are this long, or up to `HANDSHAKE_EXTENSIONS_MAX` longer when they carry
+    /// a certificate.
     pub const HANDSHAKE_INITIATION_LEN: usize = 152;
     pub const HANDSHAKE_RESPONSE_LEN: usize = 96;
+    pub const HANDSHAKE_EXTENSIONS_MAX: usize = 788;
     pub const COOKIE_REPLY_LEN: usize = 64;
     /// Type word, receiver index, counter, and the AEAD tag of an empty payload.
     pub const TRANSPORT_MIN_LEN: usize = 32;

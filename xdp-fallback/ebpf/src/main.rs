@@ -201,8 +201,8 @@ fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) 
     }
     match word[0] {
         wire::TRANSPORT => transport(ctx, payload, len),
-        wire::HANDSHAKE_INITIATION => handshake(len == wire::HANDSHAKE_INITIATION_LEN, src, cfg),
-        wire::HANDSHAKE_RESPONSE => handshake(len == wire::HANDSHAKE_RESPONSE_LEN, src, cfg),
+        wire::HANDSHAKE_INITIATION => handshake(sized(len, wire::HANDSHAKE_INITIATION_LEN), src, cfg),
+        wire::HANDSHAKE_RESPONSE => handshake(sized(len, wire::HANDSHAKE_RESPONSE_LEN), src, cfg),
         wire::COOKIE_REPLY => handshake(len == wire::COOKIE_REPLY_LEN, src, cfg),
         wire::NUCLEUS => {
             if len < wire::NUCLEUS_MIN_LEN {
@@ -229,10 +229,10 @@ fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) 
             match iw[0] {
                 wire::TRANSPORT => transport(ctx, inner, ilen),
                 wire::HANDSHAKE_INITIATION => {
-                    handshake(ilen == wire::HANDSHAKE_INITIATION_LEN, src, cfg)
+                    handshake(sized(ilen, wire::HANDSHAKE_INITIATION_LEN), src, cfg)
                 }
                 wire::HANDSHAKE_RESPONSE => {
-                    handshake(ilen == wire::HANDSHAKE_RESPONSE_LEN, src, cfg)
+                    handshake(sized(ilen, wire::HANDSHAKE_RESPONSE_LEN), src, cfg)
                 }
                 wire::COOKIE_REPLY => handshake(ilen == wire::COOKIE_REPLY_LEN, src, cfg),
                 _ => Verdict::Drop(counter::DROP_MALFORMED),
@@ -259,6 +259,13 @@ fn transport(ctx: &XdpContext, msg: usize, len: usize) -> Verdict {
 }
 
 #[inline(always)]
+/// Whether a handshake message of `len` bytes has its kind's size: `base`, or up to a
+/// certificate's worth more.
+#[inline(always)]
+fn sized(len: usize, base: usize) -> bool {
+    len >= base && len <= base + wire::HANDSHAKE_EXTENSIONS_MAX
+}
+
 fn handshake(length_ok: bool, src: &[u8; 16], cfg: &XdpConfig) -> Verdict {
     if !length_ok {
         return Verdict::Drop(counter::DROP_MALFORMED);

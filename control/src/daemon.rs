@@ -103,11 +103,13 @@ struct Daemon {
     last_generation: u32,
     generation_since_ms: u64,
     revocations: crate::membership::RevocationStore,
+    /// When the coming expiry of this node's certificate was last warned of.
+    expiry_warned_ms: Option<u64>,
 }
 
 /// Membership by certificate, checked against this node's identity: its certificate must
 /// name this key. An expired (or not yet valid) certificate is logged, not fatal: peers
-/// refuse it, and a renewed certificate is taken on restart.
+/// refuse it, and a renewed one is taken on SIGHUP.
 pub fn admission(
     settings: &Settings,
     identity: &Identity,
@@ -127,12 +129,6 @@ pub fn admission(
     let now = crate::membership::unix_now();
     if let Err(e) = m.certificate.admit(&m.authority, &c.cluster, now) {
         warn!(certificate = %m.certificate_path.display(), "this node's certificate is {e}: peers will refuse it");
-    } else if c.not_after.saturating_sub(now) < 7 * 86_400 {
-        warn!(
-            certificate = %m.certificate_path.display(),
-            expires = %crate::membership::format_time(c.not_after),
-            "this node's certificate expires within 7 days: renew it (omni-daemon cluster enroll)"
-        );
     }
     Ok(Some(crate::fabric::Admission::new(m.authority, m.certificate.clone())))
 }
@@ -242,6 +238,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         last_generation: generation_before,
         generation_since_ms: now,
         revocations,
+        expiry_warned_ms: None,
     };
     if d.supervisor.as_ref().is_some_and(|s| s.has_child()) {
         d.wait_ready(generation_before, Duration::from_secs(20)).await?;
@@ -270,6 +267,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     info!(identity = %d.fabric.public_key(), port = d.settings.daemon.port, tap = %d.settings.daemon.tap, mtu, ciphers = %d.settings.daemon.cipher.accepted(), "omni-daemon running");
 
     let mut last_tick = 0u64;
@@ -290,6 +288,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = sighup.recv() => d.reload_certificate(),
         }
         if let Some(status) = exited {
             d.restart_dataplane(status).await;
@@ -311,6 +310,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
                 d.replace_adopted().await;
             }
             last_liveness = now;
+            d.warn_of_expiry(now);
         }
         d.flush();
     }
@@ -623,6 +623,62 @@ impl Daemon {
             certificate_expires: self.fabric.admission().map(|a| a.own.cert.not_after),
             workers: self.channel.worker_samples(),
         }
+    }
+
+    /// SIGHUP: the certificate file again (a renewal), taken if it is valid now for this
+    /// node, authority and cluster; sessions stay up, and later handshakes carry it.
+    fn reload_certificate(&mut self) {
+        use omni_proto::membership::cert::SignedCertificate;
+        let Some(m) = self.settings.network.membership.clone() else {
+            info!("SIGHUP: no certificate configured, nothing to reload");
+            return;
+        };
+        let me = self.fabric.public_key();
+        let Some(a) = self.fabric.admission() else { return };
+        let (authority, cluster) = (a.authority, a.cluster.clone());
+        let read = || -> anyhow::Result<SignedCertificate> {
+            let text = std::fs::read_to_string(&m.certificate_path)?;
+            let c = SignedCertificate::from_text(&text)?;
+            c.admit(&authority, &cluster, crate::membership::unix_now())?;
+            if c.cert.node != me {
+                bail!("it is for node {}, not this one ({me})", c.cert.node);
+            }
+            Ok(c)
+        };
+        match read() {
+            Ok(c) => {
+                info!(
+                    certificate = %m.certificate_path.display(),
+                    serial = format!("{:#018x}", c.cert.serial),
+                    expires = %crate::membership::format_time(c.cert.not_after),
+                    "SIGHUP: certificate reloaded"
+                );
+                self.fabric.set_certificate(c);
+                self.expiry_warned_ms = None;
+            }
+            Err(e) => warn!(
+                certificate = %m.certificate_path.display(),
+                "SIGHUP: keeping the current certificate: {e:#}"
+            ),
+        }
+    }
+
+    /// Warns, once an hour, while this node's certificate has less than 7 days left.
+    fn warn_of_expiry(&mut self, now_ms: u64) {
+        let Some(a) = self.fabric.admission() else { return };
+        let left = a.own.cert.not_after.saturating_sub(crate::membership::unix_now());
+        if left >= 7 * 86_400
+            || self.expiry_warned_ms.is_some_and(|t| now_ms.saturating_sub(t) < 3_600_000)
+        {
+            return;
+        }
+        self.expiry_warned_ms = Some(now_ms);
+        warn!(
+            expires = %crate::membership::format_time(a.own.cert.not_after),
+            "this node's certificate expires in {} hours: renew it (omni-daemon cluster enroll), \
+             then SIGHUP the daemon",
+            left / 3_600
+        );
     }
 
     /// A revocation from the operator: checked against this node's authority and cluster,

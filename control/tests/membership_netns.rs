@@ -23,10 +23,21 @@ fn authority(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 fn enroll(dir: &Path, authority: &Path, node_key: &str, name: &str, groups: &str) -> PathBuf {
+    enroll_for(dir, authority, node_key, name, groups, "1d")
+}
+
+fn enroll_for(
+    dir: &Path,
+    authority: &Path,
+    node_key: &str,
+    name: &str,
+    groups: &str,
+    expires: &str,
+) -> PathBuf {
     let out = dir.join(format!("{name}.cert"));
     run_ok(&format!(
         "{} cluster enroll --authority {} --node {node_key} --name {name} --groups {groups} \
-         --expires 1d --out {}",
+         --expires {expires} --out {}",
         daemon(),
         authority.display(),
         out.display()
@@ -93,6 +104,18 @@ fn certified_peers_connect_and_a_revocation_ends_the_session_and_survives_a_rest
     let m = a.metrics(9100);
     let left = metric(&m, "omni_certificate_expiry_seconds").expect("the expiry gauge");
     assert!(left > 80_000.0 && left <= 86_400.0, "{left}");
+
+    // A renewal: a new certificate in the same file and SIGHUP; the session stays up.
+    let expires = st["certificate_expires"].as_u64().unwrap();
+    enroll_for(d, &auth, &ka, "controller", "ops", "2d");
+    // '[o]' keeps the shell that runs pkill, whose command line holds the pattern, out.
+    run_ok(&format!("pkill -HUP -f '[o]mni-daemon .*--run-dir {} '", a.run_dir.display()));
+    a.wait_for("the renewed certificate", Duration::from_secs(5), |s| {
+        s["certificate_expires"].as_u64().unwrap_or(0) >= expires + 86_000
+    });
+    assert!(a.log_text().contains("SIGHUP: certificate reloaded"));
+    assert_eq!(peer(&a.status(), &kb)["session"], "established");
+    pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
 
     // Revoke B at A, while B keeps pinging: A ends the session at once.
     let rev = d.join("robot-7.revocation");

@@ -276,6 +276,14 @@ impl Fabric {
         self.admission.as_ref()
     }
 
+    /// A renewed certificate for this node (with an authority): later handshakes carry it;
+    /// sessions stay.
+    pub fn set_certificate(&mut self, own: omni_proto::membership::cert::SignedCertificate) {
+        if let Some(a) = self.admission.as_mut() {
+            a.own = own;
+        }
+    }
+
     /// The extensions our handshake messages carry (our certificate, with an authority).
     fn handshake_extensions(&self) -> noise::Extensions {
         self.admission.as_ref().map(Admission::extensions).unwrap_or_default()

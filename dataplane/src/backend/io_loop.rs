@@ -6,10 +6,11 @@
 //! (a shutdown ends the loop); the port's preparation (the XDP session map, mail from
 //! other workers); packets control injected; a burst from each side of the port; the flush
 //! of what the pass queued; the engine's events for control. The first worker also keeps
-//! the heartbeat (100 ms), the engine's time-outs and the port's health (1 s) and reads
-//! termination signals (50 ms). Then the port decides how to wait for more
-//! ([`Port::wait`]): poll a while, sleep, or park until a descriptor or the doorbell wakes
-//! it ([`Shell::park`]).
+//! the heartbeat (100 ms) and the engine's time-outs and the port's health (1 s). Then the
+//! port decides how to wait for more ([`Port::wait`]): poll a while, sleep, or park until a
+//! descriptor, the doorbell or a termination signal wakes it ([`Shell::park`]). A port
+//! that never parks reads signals itself ([`Shell::signalled`], from [`Port::stopping`]):
+//! a port that parks must not pay two system calls for them on every wake-up.
 
 use std::sync::atomic::{Ordering, fence};
 
@@ -30,8 +31,6 @@ use crate::engine::{Engine, TxSink};
 const HEARTBEAT_MS: u64 = 100;
 /// How often the engine's time-outs run and the port's health is checked.
 const HOUSEKEEPING_MS: u64 = 1000;
-/// How often a busy worker looks for termination signals (an idle one is woken by them).
-const SIGNAL_CHECK_MS: u64 = 50;
 
 /// What every I/O worker holds, whatever its ports: the engine, its end of the control
 /// channel and the shared header.
@@ -48,6 +47,9 @@ pub struct Shell<'r> {
     pub signals: Option<&'r SignalFd>,
     /// A message was punted since control was last rung.
     punted: bool,
+    /// The worker slept in [`Shell::park`] since the loop last looked: the time since its
+    /// last pass with work was not work.
+    parked: bool,
 }
 
 impl<'r> Shell<'r> {
@@ -67,6 +69,7 @@ impl<'r> Shell<'r> {
             first: worker == 0,
             signals,
             punted: false,
+            parked: false,
         }
     }
 
@@ -86,6 +89,7 @@ impl<'r> Shell<'r> {
         let woken = if !self.ends.cmd.is_empty() || !self.ends.inject.is_empty() {
             None
         } else {
+            self.parked = true;
             Some(wait())
         };
         self.header.dp_parked.store(0, Ordering::Relaxed);
@@ -128,8 +132,9 @@ pub trait Port {
 
     fn tx(&mut self) -> &mut Self::Tx;
 
-    /// Whether the worker must stop before this pass (an error: the data plane fails).
-    fn stopping(&mut self, _shell: &Shell) -> anyhow::Result<Option<bool>> {
+    /// Whether the worker must stop before this pass (an error: the data plane fails); a
+    /// port that never parks reads termination signals here.
+    fn stopping(&mut self, _now: u64, _shell: &Shell) -> anyhow::Result<Option<bool>> {
         Ok(None)
     }
 
@@ -145,13 +150,13 @@ pub trait Port {
     fn bursts(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<Pass>;
 
     /// Sends what the pass queued.
-    fn flush(&mut self, now: u64);
+    fn flush(&mut self);
 
     /// An event the engine raised, on its way to control.
     fn published(&mut self, _event: &Event) {}
 
     /// With the heartbeat (first worker); `since_ms`: since the last one (0 at the first).
-    fn heartbeat(&mut self, _since_ms: u64, _shell: &Shell) {}
+    fn heartbeat(&mut self, _since_ms: u64) {}
 
     /// After the engine's time-outs (first worker). An error stops the data plane.
     fn housekeeping(&mut self, _now: u64, _shell: &mut Shell) -> anyhow::Result<()> {
@@ -176,7 +181,6 @@ pub fn run<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
 fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
     let mut last_heartbeat = 0;
     let mut last_housekeeping = monotonic_ms();
-    let mut last_signal_check = 0;
     let mut busy = BusyMeter::default();
     loop {
         let start = monotonic_ns();
@@ -185,12 +189,12 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
             shell.counters.inc(Counter::BusyPasses, 1);
         }
         let now = start / 1_000_000;
-        if let Some(remove) = port.stopping(shell)? {
+        if let Some(remove) = port.stopping(now, shell)? {
             return Ok(remove);
         }
         let Shell { engine, ends, counters, .. } = shell;
         if let Some(remove) = channel::apply_commands(engine, ends, counters, now, port.tx()) {
-            port.flush(now);
+            port.flush();
             return Ok(remove);
         }
         let prepared = port.prepare(now, shell);
@@ -198,7 +202,7 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
             port.inject(now, to, bytes)
         });
         let burst = port.bursts(now, shell)?;
-        port.flush(now);
+        port.flush();
         let Shell { engine, ends, counters, .. } = shell;
         let published =
             channel::publish_events_with(engine, ends, counters, |ev| port.published(ev));
@@ -206,7 +210,7 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
         if shell.first && now.saturating_sub(last_heartbeat) >= HEARTBEAT_MS {
             shell.header.dp_heartbeat_ms.store(now, Ordering::Relaxed);
             let since = if last_heartbeat == 0 { 0 } else { now - last_heartbeat };
-            port.heartbeat(since, shell);
+            port.heartbeat(since);
             last_heartbeat = now;
         }
         if shell.first && now.saturating_sub(last_housekeeping) >= HOUSEKEEPING_MS {
@@ -218,14 +222,6 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
         if notify {
             shell.ring_control_if_parked();
         }
-        if shell.signals.is_some() && now.saturating_sub(last_signal_check) >= SIGNAL_CHECK_MS {
-            last_signal_check = now;
-            // Rung only at a parked process: what came while this one was busy is stale.
-            shell.bell.drain();
-            if shell.signalled() {
-                return Ok(true);
-            }
-        }
         let work = prepared + injected + burst.work;
         if work > 0 {
             busy.worked(start);
@@ -234,6 +230,9 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
         let pass = Pass { work, more: burst.more || injected > 0 };
         if let Some(remove) = port.wait(now, shell, pass)? {
             return Ok(remove);
+        }
+        if std::mem::take(&mut shell.parked) {
+            busy = BusyMeter::default();
         }
     }
 }
@@ -273,6 +272,8 @@ mod tests {
         finished: bool,
         punt_in_first_burst: bool,
         fail: bool,
+        /// Each wait parks this long (a port that sleeps in epoll).
+        park_ms: u64,
     }
 
     impl Script {
@@ -287,6 +288,7 @@ mod tests {
                 finished: false,
                 punt_in_first_burst: false,
                 fail: false,
+                park_ms: 0,
             }
         }
     }
@@ -296,7 +298,7 @@ mod tests {
         fn tx(&mut self) -> &mut NullTx {
             &mut self.tx
         }
-        fn stopping(&mut self, _shell: &Shell) -> anyhow::Result<Option<bool>> {
+        fn stopping(&mut self, _now: u64, _shell: &Shell) -> anyhow::Result<Option<bool>> {
             if self.fail {
                 anyhow::bail!("a port failed");
             }
@@ -312,16 +314,20 @@ mod tests {
             }
             Ok(self.bursts.pop_front().unwrap_or_default())
         }
-        fn flush(&mut self, _now: u64) {
+        fn flush(&mut self) {
             self.flushes += 1;
         }
         fn wait(
             &mut self,
             _now: u64,
-            _shell: &mut Shell,
+            shell: &mut Shell,
             pass: Pass,
         ) -> anyhow::Result<Option<bool>> {
             self.waits.push(pass);
+            if self.park_ms > 0 {
+                let ms = self.park_ms;
+                shell.park(|| std::thread::sleep(std::time::Duration::from_millis(ms)));
+            }
             if self.waits.len() == 3 {
                 let mut ends = self.region.control_ends(0);
                 let cmd = Command::Shutdown { remove_tap: true };
@@ -382,6 +388,18 @@ mod tests {
         assert!(region.header().dp_heartbeat_ms.load(Ordering::Relaxed) > 0, "first: heartbeat");
         let busy = region.counters(0).get(Counter::BusyPasses);
         assert_eq!(busy, 1, "one pass found work");
+    }
+
+    #[test]
+    fn time_parked_after_a_pass_with_work_is_not_busy_time() {
+        let (region, bell, _control) = setup("busy");
+        let mut shell = Shell::new(region, 0, bell, None);
+        let mut port = Script::new(region, &[Pass { work: 3, more: false }]);
+        port.park_ms = 30;
+        run(&mut shell, &mut port).unwrap();
+        let c = region.counters(0);
+        assert_eq!(c.get(Counter::BusyPasses), 0, "its only working pass ended in a park");
+        assert!(c.get(Counter::BusyNs) < 30_000_000);
     }
 
     #[test]

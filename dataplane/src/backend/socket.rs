@@ -553,11 +553,11 @@ impl<'r> Port for SocketPort<'r> {
         Ok(pass)
     }
 
-    fn flush(&mut self, _now: u64) {
+    fn flush(&mut self) {
         self.tx.flush();
     }
 
-    fn heartbeat(&mut self, since_ms: u64, _shell: &Shell) {
+    fn heartbeat(&mut self, since_ms: u64) {
         if self.cpu_latency.held() {
             self.counters.inc(Counter::CpuLatencyHeldMs, since_ms);
         }

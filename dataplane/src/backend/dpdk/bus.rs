@@ -91,6 +91,7 @@ impl<'r> Shared<'r> {
             frame: PacketBuf::new(),
             busy_poll: self.cfg.busy_poll,
             idle_passes: 0,
+            last_signal_check: 0,
             link_down_since: None,
             watched: Vec::new(),
             link_errors: 0,

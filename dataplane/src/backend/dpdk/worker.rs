@@ -33,6 +33,9 @@ impl Job for CryptoJob {
     }
 }
 
+/// How often the first worker looks for termination signals.
+const SIGNAL_CHECK_MS: u64 = 50;
+
 /// An I/O worker's own state: its queue pair, its mail, and what it watches.
 pub(super) struct DpdkWorker<'r> {
     /// Which worker this is (0: the first, which also watches ports, signals and time).
@@ -48,6 +51,8 @@ pub(super) struct DpdkWorker<'r> {
     pub(super) busy_poll: bool,
     /// Passes in a row that found nothing (the idle back-off).
     pub(super) idle_passes: u32,
+    /// When termination signals were last looked for.
+    pub(super) last_signal_check: u64,
     /// When the underlay link went down (None: up).
     pub(super) link_down_since: Option<u64>,
     /// Kernel interfaces behind the ports (role, name, index when started): one that goes
@@ -77,15 +82,27 @@ impl<'r> Port for DpdkPort<'r> {
         &mut self.tx
     }
 
-    /// Another worker failed or the data plane stops: so does this worker.
-    fn stopping(&mut self, _shell: &Shell) -> anyhow::Result<Option<bool>> {
-        if !self.w.stop.load(Ordering::Acquire) {
-            return Ok(None);
+    /// Another worker failed or the data plane stops: so does this worker. The first reads
+    /// termination signals every [`SIGNAL_CHECK_MS`] (a DPDK worker never parks, so nothing
+    /// else would).
+    fn stopping(&mut self, now: u64, shell: &Shell) -> anyhow::Result<Option<bool>> {
+        if self.w.stop.load(Ordering::Acquire) {
+            if self.w.index == 0 {
+                anyhow::bail!("an I/O worker stopped");
+            }
+            return Ok(Some(false));
         }
-        if self.w.index == 0 {
-            anyhow::bail!("an I/O worker stopped");
+        if shell.signals.is_some()
+            && now.saturating_sub(self.w.last_signal_check) >= SIGNAL_CHECK_MS
+        {
+            self.w.last_signal_check = now;
+            // Rung only at a parked process: what came meanwhile is stale.
+            shell.bell.drain();
+            if shell.signalled() {
+                return Ok(Some(true));
+            }
         }
-        Ok(Some(false))
+        Ok(None)
     }
 
     fn prepare(&mut self, now: u64, shell: &mut Shell) -> usize {
@@ -117,7 +134,7 @@ impl<'r> Port for DpdkPort<'r> {
         Ok(Pass { work, more: work > 0 })
     }
 
-    fn flush(&mut self, _now: u64) {
+    fn flush(&mut self) {
         self.tx.flush();
     }
 

@@ -696,10 +696,17 @@ impl Daemon {
         if r.revocation.lapsed(crate::membership::unix_now()) {
             bail!("this revocation has lapsed (it may be forgotten); nothing to do");
         }
-        self.revocations.save(&r)?;
+        // Applied first: a state directory that cannot take it must not keep a stolen node in.
         let ended = self.fabric.revoke(r.revocation.target);
         self.flush();
         info!(ended = ended.len(), "revocation applied");
+        if let Err(e) = self.revocations.save(&r) {
+            warn!("the revocation is applied but not kept across a restart: {e:#}");
+            bail!(
+                "applied, but not kept: {e:#}; hand it to the daemon again after fixing \
+                 [daemon] state_dir"
+            );
+        }
         Ok(ended)
     }
 

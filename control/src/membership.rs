@@ -265,7 +265,8 @@ impl RevocationStore {
         }
     }
 
-    /// Keeps `r` (replacing an earlier revocation of the same target).
+    /// Keeps `r`, unless a revocation of the same target that lasts at least as long is
+    /// kept already (a later one with a shorter life must not shorten it).
     pub fn save(&self, r: &SignedRevocation) -> anyhow::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -274,6 +275,12 @@ impl RevocationStore {
             .create(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let path = self.dir.join(Self::file_name(&r.revocation.target));
+        let lasts = |until: u64| if until == 0 { u64::MAX } else { until };
+        if let Ok(kept) = read_statement(&path, SignedRevocation::from_text)
+            && lasts(kept.revocation.until) >= lasts(r.revocation.until)
+        {
+            return Ok(());
+        }
         if !path.exists() && self.count() >= MAX_REVOCATIONS {
             bail!(
                 "{} already holds {MAX_REVOCATIONS} revocations; forget lapsed ones                  (cluster revoke --forget-after) or rotate the authority",
@@ -288,7 +295,8 @@ impl RevocationStore {
     }
 
     fn count(&self) -> usize {
-        std::fs::read_dir(&self.dir).map(|d| d.count()).unwrap_or(0)
+        let rev = |e: &std::fs::DirEntry| e.path().extension().is_some_and(|x| x == "rev");
+        std::fs::read_dir(&self.dir).map(|d| d.flatten().filter(rev).count()).unwrap_or(0)
     }
 
     /// The revocations kept for `authority` and `cluster` that have not lapsed at `now`;
@@ -385,6 +393,9 @@ mod tests {
         store.save(&sign(Target::Key(key), 0)).unwrap();
         store.save(&sign(Target::Key(key), 0)).unwrap();
         store.save(&sign(Target::Serial(9), 100)).unwrap();
+        // A later revocation of the key that would lapse does not shorten the kept one.
+        store.save(&sign(Target::Key(key), 10)).unwrap();
+        assert_eq!(store.load(&a.public_key(), "fleet", 20).len(), 2);
         let mode = std::fs::metadata(d.join("revocations")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let loaded = store.load(&a.public_key(), "fleet", 50);

@@ -68,10 +68,11 @@ impl Admission {
 }
 
 impl Fabric {
-    /// Revokes `target` (a node key, or a certificate serial): every peer it names loses
-    /// its sessions, here and in the data plane (which drops what still comes on them as
-    /// `revoked` and forgets the peer's MACs), and no handshake with it completes again.
-    /// Returns the keys of the peers it ended. Without an authority nothing is revoked.
+    /// Revokes `target`: every peer it names loses its sessions, here and in the data plane
+    /// (which drops what still comes on them as `revoked` and forgets the peer's MACs). A
+    /// revoked key never completes a handshake again; a revoked certificate (by serial) is
+    /// refused, and its node may come back only with another valid certificate. Returns the
+    /// keys of the peers it ended. Without an authority nothing is revoked.
     pub fn revoke(&mut self, target: Target) -> Vec<PublicKey> {
         let Some(adm) = self.admission.as_mut() else { return vec![] };
         if !adm.revoked.contains(&target) {
@@ -88,15 +89,16 @@ impl Fabric {
                 continue;
             }
             ended.push(p.public_key);
-            self.end_revoked(id as u16);
+            self.end_revoked(id as u16, matches!(target, Target::Key(_)));
         }
         ended
     }
 
-    /// Ends everything with peer `id`, which was revoked.
-    fn end_revoked(&mut self, id: u16) {
+    /// Ends everything with peer `id`, whose key (`key`) or certificate was revoked.
+    fn end_revoked(&mut self, id: u16, key: bool) {
         let p = &mut self.peers[id as usize];
-        p.revoked = true;
+        p.revoked |= key;
+        p.dp_forgotten = true;
         p.certificate = None;
         let sessions = [p.current.take(), p.previous.take(), p.next.take()];
         let pending = p.pending.take().map(|h| h.local_index);

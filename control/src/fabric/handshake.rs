@@ -52,9 +52,9 @@ impl Fabric {
             self.stats.dropped_replayed_initiation += 1;
             return;
         }
-        if !self.admit(now_ms, id, init.ext.certificate.as_deref()) {
+        let Some(admitted) = self.admit(now_ms, id, init.ext.certificate.as_deref()) else {
             return;
-        }
+        };
         let Some(aead) = self.ciphers.choose(init.offer) else {
             // Authenticated, so worth saying why this peer cannot connect.
             self.stats.dropped_no_common_cipher += 1;
@@ -109,6 +109,7 @@ impl Fabric {
             self.forget_index(old.local_index);
         }
         self.by_index.insert(local_index, id);
+        self.admitted(id, admitted);
         // Both sides punch at once, so often both initiate. Once we have answered theirs, our
         // own attempt is redundant (and, if the other NAT dropped it, would only come back
         // as another handshake after its retry). Exactly one side may give up its attempt,
@@ -160,10 +161,10 @@ impl Fabric {
             }
         };
         let mut pending = peer.pending.take().expect("checked above");
-        if !self.admit(now_ms, id, resp.ext.certificate.as_deref()) {
+        let Some(admitted) = self.admit(now_ms, id, resp.ext.certificate.as_deref()) else {
             self.forget_index(pending.local_index);
             return;
-        }
+        };
         let (aead, agreed) = (resp.aead, resp.features);
         let keys = noise::split(&mut pending.hs, aead, agreed);
         let session = SessionInfo {
@@ -174,6 +175,7 @@ impl Fabric {
             initiator: true,
         };
         self.set_endpoint(id, src);
+        self.admitted(id, admitted);
         let peer = &mut self.peers[id as usize];
         let old_prev = peer.previous.take();
         peer.previous = peer.current.replace(session.clone());

@@ -169,8 +169,17 @@ pub struct Peer {
     pub certificate: Option<omni_proto::membership::cert::Certificate>,
     /// When a refusal of its certificate was last logged (one line a minute).
     admission_refusal_logged_ms: Option<u64>,
-    /// Its membership was revoked: no handshake with it, nothing of it in the data plane.
+    /// Its key was revoked: no handshake with it, nothing of it in the data plane.
     pub revoked: bool,
+    /// The data plane forgot it (a revocation ended its sessions): announce it again
+    /// before a new session is installed.
+    dp_forgotten: bool,
+}
+
+/// What admission let in: anyone (no authority), or a peer with this certificate.
+pub(super) enum Admitted {
+    Anyone,
+    Certified(omni_proto::membership::cert::Certificate),
 }
 
 impl Peer {
@@ -290,15 +299,13 @@ impl Fabric {
     }
 
     /// Checks peer `id`'s certificate (with an authority; else every peer is admitted).
-    /// On refusal it is counted and logged (once a minute per peer), and false returned.
-    fn admit(&mut self, now_ms: u64, id: u16, certificate: Option<&[u8]>) -> bool {
-        let Some(adm) = &self.admission else { return true };
+    /// On refusal it is counted and logged (once a minute per peer), and `None` returned;
+    /// what it admits is recorded by [`Fabric::admitted`] once the session is installed.
+    fn admit(&mut self, now_ms: u64, id: u16, certificate: Option<&[u8]>) -> Option<Admitted> {
+        let Some(adm) = &self.admission else { return Some(Admitted::Anyone) };
         let peer = &mut self.peers[id as usize];
         match adm.check(&peer.public_key, certificate, self.wall_secs) {
-            Ok(c) => {
-                peer.certificate = Some(c);
-                true
-            }
+            Ok(c) => Some(Admitted::Certified(c)),
             Err(why) => {
                 self.stats.dropped_uncertified += 1;
                 if peer
@@ -312,8 +319,22 @@ impl Fabric {
                         "handshake refused: {why}"
                     );
                 }
-                false
+                None
             }
+        }
+    }
+
+    /// A session with peer `id` is being installed under what [`Fabric::admit`] admitted:
+    /// its certificate is the peer's now, and a data plane that forgot the peer (a
+    /// certificate of it was revoked) is told of it again first.
+    fn admitted(&mut self, id: u16, a: Admitted) {
+        let p = &mut self.peers[id as usize];
+        if let Admitted::Certified(c) = a {
+            p.certificate = Some(c);
+        }
+        if std::mem::take(&mut p.dp_forgotten) {
+            let endpoint = p.endpoint;
+            self.cmd(Command::SetPeer { peer: id, endpoint });
         }
     }
 
@@ -388,6 +409,7 @@ impl Fabric {
             certificate: None,
             admission_refusal_logged_ms: None,
             revoked: self.admission.as_ref().is_some_and(|a| a.revokes_key(&key)),
+            dp_forgotten: false,
         });
         self.by_x25519.insert(key.x25519(), id);
         Some(id)

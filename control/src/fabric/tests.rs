@@ -461,11 +461,16 @@ fn simultaneous_initiations_end_with_one_working_pair_of_sessions() {
     assert!(!a.peers()[0].handshaking() && !b.peers()[0].handshaking(), "nothing left to retry");
 }
 
-/// An authority and a certificate from it for identity `seed`, valid for unix time 100-200.
-fn certified(authority: &Identity, seed: u8, cluster: &str) -> Admission {
+/// A certificate from `authority` for identity `seed`, valid for unix time 100-200.
+fn cert_for(
+    authority: &Identity,
+    seed: u8,
+    cluster: &str,
+    serial: u64,
+) -> omni_proto::membership::cert::SignedCertificate {
     use omni_proto::membership::cert::{Certificate, SignedCertificate};
     let c = Certificate {
-        serial: seed as u64,
+        serial,
         cluster: cluster.into(),
         node: Identity::from_seed([seed; 32]).public_key(),
         name: format!("node-{seed}"),
@@ -473,10 +478,12 @@ fn certified(authority: &Identity, seed: u8, cluster: &str) -> Admission {
         not_before: 100,
         not_after: 200,
     };
-    Admission::new(
-        authority.public_key(),
-        SignedCertificate::parse(&c.sign(authority).unwrap()).unwrap(),
-    )
+    SignedCertificate::parse(&c.sign(authority).unwrap()).unwrap()
+}
+
+/// Admission under `authority` for identity `seed`, with certificate serial `seed`.
+fn certified(authority: &Identity, seed: u8, cluster: &str) -> Admission {
+    Admission::new(authority.public_key(), cert_for(authority, seed, cluster, seed as u64))
 }
 
 fn certified_pair(adm_a: Option<Admission>, adm_b: Option<Admission>) -> (Fabric, Fabric) {
@@ -560,21 +567,21 @@ fn an_initiator_refuses_a_responder_without_a_valid_certificate() {
 }
 
 #[test]
-fn a_revoked_peer_loses_its_sessions_and_cannot_handshake_again() {
+fn a_revoked_key_loses_its_sessions_and_cannot_handshake_again() {
     use omni_proto::membership::revocation::Target;
     let auth = Identity::from_seed([9; 32]);
     let (mut a, mut b) =
         certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
     assert_eq!(try_handshake(&mut a, &mut b, 10), (true, true));
-    // At B, revoke A by its certificate's serial (1).
-    let ended = b.revoke(Target::Serial(1));
+    let ended = b.revoke(Target::Key(a.public_key()));
     assert_eq!(ended, vec![a.public_key()]);
     let (cmds, _) = split_outputs(&mut b);
     assert!(cmds.iter().any(|c| matches!(c, Command::RevokePeer { peer: 0 })), "{cmds:?}");
     let p = &b.peers()[0];
     assert!(p.revoked && p.current.is_none() && p.next.is_none() && p.certificate.is_none());
-    assert!(b.revoke(Target::Serial(1)).is_empty(), "once");
-    // A tries again: B refuses; and B never starts one towards A.
+    assert!(b.revoke(Target::Key(a.public_key())).is_empty(), "once");
+    // A tries again, even with a new certificate: refused; B never starts one towards A.
+    a.set_certificate(cert_for(&auth, 1, "fleet", 99));
     assert_eq!(try_handshake(&mut a, &mut b, 20), (false, false));
     assert_eq!(b.stats.dropped_uncertified, 1);
     b.request_handshake(30, 0);
@@ -586,4 +593,53 @@ fn a_revoked_peer_loses_its_sessions_and_cannot_handshake_again() {
     // Without an authority, nothing is revoked.
     let (_, mut c) = pair_with(cfg(), cfg());
     assert!(c.revoke(Target::Key(a.public_key())).is_empty());
+}
+
+#[test]
+fn a_revoked_certificate_ends_the_sessions_and_only_another_certificate_gets_back_in() {
+    use omni_proto::membership::revocation::Target;
+    let auth = Identity::from_seed([9; 32]);
+    let (mut a, mut b) =
+        certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (true, true));
+    assert_eq!(b.revoke(Target::Serial(1)), vec![a.public_key()]);
+    split_outputs(&mut b);
+    assert!(!b.peers()[0].revoked, "the key itself is not revoked");
+    assert_eq!(try_handshake(&mut a, &mut b, 20), (false, false), "the same certificate");
+    // A new certificate for A (serial 77): admitted, and B's data plane, which forgot A,
+    // hears of it again before the session is installed.
+    a.set_certificate(cert_for(&auth, 1, "fleet", 77));
+    std::thread::sleep(Duration::from_millis(18));
+    a.initiate(30, 0);
+    let init = injects(&mut a);
+    b.on_punt(30, A_EP.parse().unwrap(), &init[0].1);
+    let (cmds, _) = split_outputs(&mut b);
+    let set = cmds.iter().position(|c| matches!(c, Command::SetPeer { peer: 0, .. }));
+    let install = cmds.iter().position(|c| matches!(c, Command::InstallSession(_)));
+    assert!(set.is_some() && set < install, "{cmds:?}");
+    assert_eq!(b.peers()[0].certificate.as_ref().unwrap().serial, 77);
+}
+
+#[test]
+fn a_certificate_is_recorded_only_when_its_session_is_installed() {
+    let auth = Identity::from_seed([9; 32]);
+    // B accepts only ChaCha20 and A offers only AES: A's certificate passes, the
+    // handshake still fails, and B records nothing of A.
+    let only = |x: Aead| AeadSet::of(&[x]);
+    let (mut a, mut b) = pair_with(
+        FabricConfig {
+            admission: Some(certified(&auth, 1, "fleet")),
+            ciphers: only(Aead::Aes256Gcm),
+            ..cfg()
+        },
+        FabricConfig {
+            admission: Some(certified(&auth, 2, "fleet")),
+            ciphers: only(Aead::ChaCha20Poly1305),
+            ..cfg()
+        },
+    );
+    a.set_wall_clock(150);
+    b.set_wall_clock(150);
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (false, false));
+    assert!(b.peers()[0].certificate.is_none());
 }

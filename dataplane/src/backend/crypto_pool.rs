@@ -96,8 +96,11 @@ pub struct CryptoPool<W> {
     /// The worker each handed-out batch went to, oldest first.
     outstanding: VecDeque<usize>,
     depth: usize,
+    idle: Idle,
     next: usize,
     spare: Vec<W>,
+    /// A worker died (a panic) or stopped taking work: its batches are lost.
+    failed: bool,
 }
 
 impl<W: Work> CryptoPool<W> {
@@ -136,7 +139,16 @@ impl<W: Work> CryptoPool<W> {
             to.push(tx_in);
             from.push(rx_out);
         }
-        Ok(Self { to, from, outstanding: VecDeque::new(), depth, next: 0, spare: vec![] })
+        Ok(Self {
+            to,
+            from,
+            outstanding: VecDeque::new(),
+            depth,
+            idle: cfg.idle,
+            next: 0,
+            spare: vec![],
+            failed: false,
+        })
     }
 
     pub fn workers(&self) -> usize {
@@ -159,6 +171,12 @@ impl<W: Work> CryptoPool<W> {
         self.outstanding.len()
     }
 
+    /// Whether a worker died or stopped taking work (the data plane should stop: what it
+    /// hands out is lost).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
     /// Whether another batch may be handed out now (else take one back first).
     pub fn has_room(&self) -> bool {
         self.outstanding.len() < self.to.len() * self.depth
@@ -178,28 +196,42 @@ impl<W: Work> CryptoPool<W> {
             // Cannot happen while has_room was checked (the channel holds every batch
             // that can be outstanding) and the worker lives; its packets are dropped.
             Err(e) => {
-                tracing::warn!(worker = w, "crypto worker not taking work: {e}");
+                tracing::error!(worker = w, "crypto worker not taking work: {e}");
+                self.failed = true;
             }
         }
     }
 
-    /// The oldest batch handed out, if it is back (`wait`: spin until it is). Batches
-    /// come back in the order they were handed out.
+    /// The oldest batch handed out, if it is back (`wait`: until it is; spinning, or
+    /// blocked for a pool whose workers block). Batches come back in the order they were
+    /// handed out.
     pub fn ready(&mut self, wait: bool) -> Option<W> {
         let &w = self.outstanding.front()?;
-        loop {
-            match self.from[w].try_recv() {
-                Ok(b) => {
-                    self.outstanding.pop_front();
-                    return Some(b);
+        let got = match self.from[w].try_recv() {
+            Err(TryRecvError::Empty) if wait && self.idle == Idle::Block => {
+                self.from[w].recv().map_err(|_| TryRecvError::Disconnected)
+            }
+            Err(TryRecvError::Empty) if wait => loop {
+                std::hint::spin_loop();
+                match self.from[w].try_recv() {
+                    Err(TryRecvError::Empty) => continue,
+                    other => break other,
                 }
-                Err(TryRecvError::Empty) if wait => std::hint::spin_loop(),
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Disconnected) => {
-                    // A worker that died (a panic) takes its batches with it.
-                    self.outstanding.pop_front();
-                    return None;
-                }
+            },
+            other => other,
+        };
+        match got {
+            Ok(b) => {
+                self.outstanding.pop_front();
+                Some(b)
+            }
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => {
+                // A worker that died (a panic) takes its batches with it.
+                tracing::error!(worker = w, "a crypto worker died; its batches are lost");
+                self.outstanding.pop_front();
+                self.failed = true;
+                None
             }
         }
     }
@@ -334,6 +366,24 @@ mod tests {
                 pool.recycle(b);
             }
         });
+    }
+
+    #[test]
+    fn a_worker_that_dies_marks_the_pool_failed() {
+        let r = std::panic::catch_unwind(|| {
+            std::thread::scope(|s| {
+                let die =
+                    || |_: &mut Batch<Vec<u8>, Slow>| panic!("a crypto worker dies (expected)");
+                let mut pool = CryptoPool::start(s, &config(1, Idle::Block), die).unwrap();
+                let mut b = pool.batch();
+                b.push(Item { buf: vec![1], job: Slow(0) });
+                pool.dispatch(b);
+                assert!(!pool.failed());
+                assert!(pool.ready(true).is_none(), "the batch died with it");
+                assert!(pool.failed());
+            })
+        });
+        assert!(r.is_err(), "the scope reports the worker's panic");
     }
 
     #[test]

@@ -47,9 +47,9 @@ pub struct Shell<'r> {
     pub signals: Option<&'r SignalFd>,
     /// A message was punted since control was last rung.
     punted: bool,
-    /// The worker slept in [`Shell::park`] since the loop last looked: the time since its
-    /// last pass with work was not work.
-    parked: bool,
+    /// When the worker last went to sleep in [`Shell::park`], if it did since the loop
+    /// last looked: a pass with work before it ended there.
+    parked_at_ns: Option<u64>,
 }
 
 impl<'r> Shell<'r> {
@@ -69,7 +69,7 @@ impl<'r> Shell<'r> {
             first: worker == 0,
             signals,
             punted: false,
-            parked: false,
+            parked_at_ns: None,
         }
     }
 
@@ -89,7 +89,7 @@ impl<'r> Shell<'r> {
         let woken = if !self.ends.cmd.is_empty() || !self.ends.inject.is_empty() {
             None
         } else {
-            self.parked = true;
+            self.parked_at_ns = Some(monotonic_ns());
             Some(wait())
         };
         self.header.dp_parked.store(0, Ordering::Relaxed);
@@ -231,8 +231,12 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
         if let Some(remove) = port.wait(now, shell, pass)? {
             return Ok(remove);
         }
-        if std::mem::take(&mut shell.parked) {
-            busy = BusyMeter::default();
+        // A pass with work that ended in a park lasted until the park, not the next pass.
+        if let Some(t) = shell.parked_at_ns.take()
+            && let Some(ns) = busy.pass(t)
+        {
+            shell.counters.inc(Counter::BusyNs, ns);
+            shell.counters.inc(Counter::BusyPasses, 1);
         }
     }
 }
@@ -398,8 +402,8 @@ mod tests {
         port.park_ms = 30;
         run(&mut shell, &mut port).unwrap();
         let c = region.counters(0);
-        assert_eq!(c.get(Counter::BusyPasses), 0, "its only working pass ended in a park");
-        assert!(c.get(Counter::BusyNs) < 30_000_000);
+        assert_eq!(c.get(Counter::BusyPasses), 1, "the working pass, up to its park");
+        assert!(c.get(Counter::BusyNs) < 30_000_000, "{} ns", c.get(Counter::BusyNs));
     }
 
     #[test]

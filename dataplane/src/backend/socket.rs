@@ -511,6 +511,15 @@ impl<'r> Port for SocketPort<'r> {
         &mut self.tx
     }
 
+    /// The crypto thread died: stop, so that a new data plane takes over (its batches
+    /// would be lost from now on).
+    fn stopping(&mut self, _now: u64, _shell: &Shell) -> anyhow::Result<Option<bool>> {
+        if self.tx.crypto.as_ref().is_some_and(CryptoPool::failed) {
+            bail!("the crypto thread stopped");
+        }
+        Ok(None)
+    }
+
     /// Before the next packet: the program must let a new session's packets in.
     fn prepare(&mut self, _now: u64, shell: &mut Shell) -> usize {
         self.sync_sessions(shell);
@@ -575,6 +584,8 @@ impl<'r> Port for SocketPort<'r> {
     }
 
     fn wait(&mut self, now: u64, shell: &mut Shell, pass: Pass) -> anyhow::Result<Option<bool>> {
+        // Sessions the pass retired (a rekey confirmed) leave the XDP map before a park.
+        self.sync_sessions(shell);
         self.cpu_latency.note(now, pass.work);
         let st = &mut self.state;
         if pass.work > 0 {
@@ -622,6 +633,19 @@ impl<'r> Port for SocketPort<'r> {
             }
         }
         Ok(None)
+    }
+
+    /// What the crypto thread still holds is sent before the data plane stops.
+    fn finish(&mut self, _shell: &mut Shell) {
+        let counters = self.counters;
+        if let Some(pool) = self.tx.crypto.as_mut() {
+            while pool.in_flight() > 0 {
+                if let Some(mut b) = pool.ready(true) {
+                    account(counters, &mut b);
+                    pool.recycle(b);
+                }
+            }
+        }
     }
 }
 

@@ -960,6 +960,8 @@ impl<'r> Engine<'r> {
                 if !self.valid_peer(peer) {
                     return None;
                 }
+                // Pruned here too: only the first worker runs housekeeping.
+                self.revoked.retain(|&(_, until)| until > now_ms);
                 let p = &self.peers[peer as usize];
                 let until = now_ms + self.cfg.reject_after_ms;
                 for idx in [p.current, p.previous, p.next].into_iter().flatten() {

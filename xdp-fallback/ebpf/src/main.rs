@@ -258,7 +258,6 @@ fn transport(ctx: &XdpContext, msg: usize, len: usize) -> Verdict {
     }
 }
 
-#[inline(always)]
 /// Whether a handshake message of `len` bytes has its kind's size: `base`, or up to a
 /// certificate's worth more.
 #[inline(always)]
@@ -266,6 +265,7 @@ fn sized(len: usize, base: usize) -> bool {
     len >= base && len <= base + wire::HANDSHAKE_EXTENSIONS_MAX
 }
 
+#[inline(always)]
 fn handshake(length_ok: bool, src: &[u8; 16], cfg: &XdpConfig) -> Verdict {
     if !length_ok {
         return Verdict::Drop(counter::DROP_MALFORMED);

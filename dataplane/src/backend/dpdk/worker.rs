@@ -92,6 +92,9 @@ impl<'r> Port for DpdkPort<'r> {
             }
             return Ok(Some(false));
         }
+        if self.crypto.as_ref().is_some_and(Crypto::failed) {
+            anyhow::bail!("a crypto worker stopped");
+        }
         if shell.signals.is_some()
             && now.saturating_sub(self.w.last_signal_check) >= SIGNAL_CHECK_MS
         {

@@ -130,16 +130,7 @@ impl SignedCertificate {
         cluster: &str,
         now: u64,
     ) -> Result<(), MembershipError> {
-        if self.authority != *authority {
-            return Err(MembershipError::WrongAuthority {
-                found: self.authority,
-                expected: *authority,
-            });
-        }
-        if self.cert.cluster != cluster {
-            let (found, expected) = (self.cert.cluster.clone(), cluster.to_string());
-            return Err(MembershipError::WrongCluster { found, expected });
-        }
+        super::check_issuer(&self.authority, &self.cert.cluster, authority, cluster)?;
         if now < self.cert.not_before {
             return Err(MembershipError::NotYetValid { not_before: self.cert.not_before, now });
         }

@@ -100,6 +100,27 @@ impl MembershipError {
     }
 }
 
+/// Whether a statement by `found_authority` about `found_cluster` binds a node of
+/// `cluster` that trusts `authority`.
+pub(crate) fn check_issuer(
+    found_authority: &PublicKey,
+    found_cluster: &str,
+    authority: &PublicKey,
+    cluster: &str,
+) -> Result<(), MembershipError> {
+    if found_authority != authority {
+        return Err(MembershipError::WrongAuthority {
+            found: *found_authority,
+            expected: *authority,
+        });
+    }
+    if found_cluster != cluster {
+        let (found, expected) = (found_cluster.to_string(), cluster.to_string());
+        return Err(MembershipError::WrongCluster { found, expected });
+    }
+    Ok(())
+}
+
 /// Signs `body` as a statement of `kind` by `authority`: the envelope's bytes.
 pub fn seal(kind: Kind, body: &[u8], authority: &Identity) -> Vec<u8> {
     assert!(body.len() <= MAX_BODY, "a statement body of {} bytes", body.len());

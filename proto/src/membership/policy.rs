@@ -200,17 +200,7 @@ impl SignedPolicy {
 
     /// Whether it binds a node of `cluster` that trusts `authority`.
     pub fn applies(&self, authority: &PublicKey, cluster: &str) -> Result<(), MembershipError> {
-        if self.authority != *authority {
-            return Err(MembershipError::WrongAuthority {
-                found: self.authority,
-                expected: *authority,
-            });
-        }
-        if self.policy.cluster != cluster {
-            let (found, expected) = (self.policy.cluster.clone(), cluster.to_string());
-            return Err(MembershipError::WrongCluster { found, expected });
-        }
-        Ok(())
+        super::check_issuer(&self.authority, &self.policy.cluster, authority, cluster)
     }
 }
 

@@ -94,17 +94,7 @@ impl SignedRevocation {
 
     /// Whether it binds a node of `cluster` that trusts `authority`.
     pub fn applies(&self, authority: &PublicKey, cluster: &str) -> Result<(), MembershipError> {
-        if self.authority != *authority {
-            return Err(MembershipError::WrongAuthority {
-                found: self.authority,
-                expected: *authority,
-            });
-        }
-        if self.revocation.cluster != cluster {
-            let (found, expected) = (self.revocation.cluster.clone(), cluster.to_string());
-            return Err(MembershipError::WrongCluster { found, expected });
-        }
-        Ok(())
+        super::check_issuer(&self.authority, &self.revocation.cluster, authority, cluster)
     }
 
     /// Whether it revokes a node with `key` holding a certificate with `serial`.

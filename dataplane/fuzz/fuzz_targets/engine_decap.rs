@@ -55,6 +55,6 @@ fuzz_target!(|data: &[u8]| {
     let n = data.len().min(pkt.data.len());
     pkt.data[..n].copy_from_slice(&data[..n]);
     pkt.len = n;
-    let v = e.decap(2, "10.0.0.9:9".parse().unwrap(), &mut pkt, &mut sink);
+    let v = e.decap(2, "10.0.0.9:9".parse().unwrap(), pkt.datagram_mut(), &mut sink);
     assert!(!matches!(v, Decap::Deliver { .. } | Decap::Keepalive), "random bytes never authenticate");
 });

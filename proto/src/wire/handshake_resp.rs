@@ -95,18 +95,14 @@ impl<'a> Repr<'a> {
         }
     }
 
-    /// The message's length.
-    pub fn len(&self) -> usize {
+    /// The message's length on the wire.
+    pub fn wire_len(&self) -> usize {
         field::NOISE + self.noise.len() + field::MACS_FROM_END
     }
 
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Writes all fields into the first [`Repr::len`] bytes of `buf`. Returns that length.
+    /// Writes all fields into the first [`Repr::wire_len`] bytes of `buf`. Returns that length.
     pub fn emit(&self, buf: &mut [u8]) -> usize {
-        let n = self.len();
+        let n = self.wire_len();
         let buf = &mut buf[..n];
         write_type(buf, MSG_HANDSHAKE_RESPONSE);
         buf[field::SENDER].copy_from_slice(&self.sender_index.to_le_bytes());
@@ -119,7 +115,7 @@ impl<'a> Repr<'a> {
 
     /// The message as a new buffer.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut v = vec![0u8; self.len()];
+        let mut v = vec![0u8; self.wire_len()];
         self.emit(&mut v);
         v
     }

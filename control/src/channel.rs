@@ -12,7 +12,7 @@ use omni_shm::counters::N_COUNTERS;
 use omni_shm::fdb::{Fdb, FdbRecord};
 use omni_shm::layout::Header;
 use omni_shm::paths;
-use omni_shm::records::{Event, decode_packet, encode_packet};
+use omni_shm::records::{Event, decode_packet, encode_control, encode_packet};
 use omni_shm::region::ControlEnds;
 use std::sync::atomic::{Ordering, fence};
 use tracing::warn;
@@ -123,7 +123,15 @@ impl Channel {
                     }
                 }
                 // Handled by the daemon before outputs reach the channel.
-                Output::PunchRequest(_) => Ok(()),
+                Output::PunchRequest(_) | Output::Statement { .. } => Ok(()),
+                Output::Control { peer, bytes } => {
+                    let (peer, bytes) = (*peer, bytes.as_slice());
+                    self.ends[0].inject.push_with(|slot| {
+                        if !encode_control(slot, peer, bytes) {
+                            warn!(len = bytes.len(), "control message too large; dropped");
+                        }
+                    })
+                }
                 // Any worker can send a packet: the first takes them all.
                 Output::Inject { to, bytes } => {
                     let (to, bytes) = (*to, bytes.as_slice());

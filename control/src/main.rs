@@ -55,6 +55,14 @@ enum Cmd {
         #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// Hand a group policy (`omni-daemon cluster policy`) to the running daemon: it is in
+    /// force at once (if newer than the one in force), kept across restarts, and passed on
+    /// to every peer and Nucleus.
+    Policy {
+        file: PathBuf,
+        #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
     /// Start a new handshake with one peer, or with every peer.
     Rekey {
         #[arg(long)]
@@ -416,6 +424,15 @@ fn cluster(command: ClusterCmd) -> anyhow::Result<()> {
             let p = m::policy_from_toml(&text, &a.cluster, now)
                 .with_context(|| format!("{} is refused", file.display()))?;
             let s = policy::SignedPolicy::parse(&p.sign(&a.identity)?)?;
+            if s.bytes.len() > omni_proto::membership::MAX_SHARED {
+                bail!(
+                    "{} is refused: signed, the policy is {} bytes, and members pass on at most \
+                     {} (fewer rules, or shorter group names)",
+                    file.display(),
+                    s.bytes.len(),
+                    omni_proto::membership::MAX_SHARED
+                );
+            }
             let comment = format!("# policy version {} of cluster {}\n", p.version, a.cluster);
             write(&out, comment, s.to_text())
         }
@@ -464,6 +481,13 @@ fn real_main() -> anyhow::Result<()> {
             let v = runtime()?.block_on(status::query(&run_dir, &Request::Revoke { text }))?;
             let ended = v["ended"].as_array().map(Vec::len).unwrap_or(0);
             println!("revocation accepted; sessions ended with {ended} peer(s)");
+            Ok(())
+        }
+        Some(Cmd::Policy { file, run_dir }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let v = runtime()?.block_on(status::query(&run_dir, &Request::Policy { text }))?;
+            println!("policy version {} in force", v["version"]);
             Ok(())
         }
         Some(Cmd::Rekey { peer, run_dir }) => {

@@ -283,7 +283,8 @@ impl RevocationStore {
         }
         if !path.exists() && self.count() >= MAX_REVOCATIONS {
             bail!(
-                "{} already holds {MAX_REVOCATIONS} revocations; forget lapsed ones                  (cluster revoke --forget-after) or rotate the authority",
+                "{} already holds {MAX_REVOCATIONS} revocations; forget lapsed ones \
+                 (cluster revoke --forget-after) or rotate the authority",
                 self.dir.display()
             );
         }
@@ -332,6 +333,50 @@ impl RevocationStore {
             out.push(r);
         }
         out
+    }
+}
+
+/// The group policy in force, kept across restarts in `STATE_DIR/policy.signed` (the
+/// newest version received).
+pub struct PolicyStore {
+    path: std::path::PathBuf,
+}
+
+impl PolicyStore {
+    pub fn new(state_dir: &Path) -> Self {
+        Self { path: state_dir.join("policy.signed") }
+    }
+
+    pub fn save(&self, p: &SignedPolicy) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.path.parent().expect("a file in the state directory");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, p.to_text())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// The kept policy, if there is one for `authority` and `cluster` (anything else is
+    /// logged and ignored).
+    pub fn load(&self, authority: &omni_proto::PublicKey, cluster: &str) -> Option<SignedPolicy> {
+        if !self.path.exists() {
+            return None;
+        }
+        let p = read_statement(&self.path, SignedPolicy::from_text)
+            .and_then(|p| p.applies(authority, cluster).map(|()| p).map_err(Into::into));
+        match p {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), "ignoring the kept policy: {e:#}");
+                None
+            }
+        }
     }
 }
 

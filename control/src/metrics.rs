@@ -35,6 +35,10 @@ pub struct Metrics {
     dataplane_restarts: IntCounter,
     fdb_entries: IntGauge,
     certificate_expiry_seconds: IntGauge,
+    /// With an authority (registered on first use, as the certificate's gauge).
+    revocations_known: IntGauge,
+    policy_version: IntGauge,
+    statements_refused: IntCounter,
     dropped: IntCounterVec,
     peer_rx_bytes: IntCounterVec,
     peer_tx_bytes: IntCounterVec,
@@ -58,6 +62,9 @@ pub struct Sample {
     /// Seconds until this node's certificate expires (negative: expired); `None` without
     /// an authority (the gauge is then absent).
     pub certificate_expires_in: Option<i64>,
+    /// With an authority: revocations held, the policy's version (0: none), statements
+    /// refused.
+    pub membership: Option<(u64, u64, u64)>,
     /// (short peer key, rx bytes, tx bytes)
     pub peers: Vec<(String, u64, u64)>,
     /// Each data-plane worker running.
@@ -174,6 +181,21 @@ impl Metrics {
                 "Seconds until this node's certificate expires (negative: expired)",
             )
             .expect("valid metric"),
+            revocations_known: IntGauge::new(
+                "omni_revocations_known",
+                "Revocations this node holds (keys and certificate serials shut out)",
+            )
+            .expect("valid metric"),
+            policy_version: IntGauge::new(
+                "omni_policy_version",
+                "Version of the group policy in force (0: none, everyone may talk)",
+            )
+            .expect("valid metric"),
+            statements_refused: IntCounter::new(
+                "omni_statements_refused_total",
+                "Revocations and policies from peers or Nuclei refused (invalid, foreign, lapsed)",
+            )
+            .expect("valid metric"),
             dropped: counter_vec(
                 &r,
                 "omni_packets_dropped_total",
@@ -264,6 +286,14 @@ impl Metrics {
             let g = &self.certificate_expiry_seconds;
             let _ = self.registry.register(Box::new(g.clone()));
             g.set(secs);
+        }
+        if let Some((revocations, version, refused)) = s.membership {
+            let _ = self.registry.register(Box::new(self.revocations_known.clone()));
+            let _ = self.registry.register(Box::new(self.policy_version.clone()));
+            let _ = self.registry.register(Box::new(self.statements_refused.clone()));
+            self.revocations_known.set(revocations as i64);
+            self.policy_version.set(version as i64);
+            catch_up(&self.statements_refused, refused);
         }
         for r in DropReason::ALL {
             let v = s.dp_counters.get(r as usize).copied().unwrap_or(0);
@@ -381,6 +411,12 @@ mod tests {
         assert!(!text.contains("omni_certificate_expiry_seconds"), "no authority, no gauge");
         let s3 = Sample { certificate_expires_in: Some(-5), ..Default::default() };
         assert!(m.render(&s3).contains("omni_certificate_expiry_seconds -5"));
+        assert!(!text.contains("omni_policy_version"), "no authority, no membership gauges");
+        let s4 = Sample { membership: Some((3, 7, 2)), ..Default::default() };
+        let t = m.render(&s4);
+        assert!(t.contains("omni_revocations_known 3"), "{t}");
+        assert!(t.contains("omni_policy_version 7"), "{t}");
+        assert!(t.contains("omni_statements_refused_total 2"), "{t}");
         // Counters only move forward.
         let s2 = Sample { handshakes_completed: 2, ..Default::default() };
         assert!(m.render(&s2).contains("omni_handshakes_completed_total 3"));

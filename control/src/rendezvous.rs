@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 
 use omni_proto::cluster::{Cluster, relay_tag};
 use omni_proto::tai64n::Tai64n;
-use omni_proto::wire::nucleus::{self, Members, NodeRequest, Register, Registered, subtype};
+use omni_proto::wire::nucleus::{
+    self, Members, NodeRequest, Register, RegisterMembership, Registered, Statement, subtype,
+};
 use omni_proto::{Identity, PublicKey};
 use omni_shm::endpoint::Endpoint;
 use tracing::{info, warn};
@@ -39,6 +41,31 @@ struct NucleusState {
     reflexive: Option<SocketAddr>,
     last_members: Option<Tai64n>,
     members: u16,
+    /// The Nucleus's statement set being received, and the last one received whole (which
+    /// REGISTER names, so that the Nucleus sends a set only to a node without it).
+    set: SetProgress,
+}
+
+#[derive(Default)]
+struct SetProgress {
+    id: u64,
+    count: u16,
+    received: std::collections::HashSet<u16>,
+    complete: u64,
+}
+
+impl SetProgress {
+    fn record(&mut self, id: u64, index: u16, count: u16) {
+        if id != self.id || count != self.count {
+            *self = Self { id, count, received: Default::default(), complete: self.complete };
+        }
+        if index < count {
+            self.received.insert(index);
+        }
+        if self.received.len() == count as usize {
+            self.complete = id;
+        }
+    }
 }
 
 /// What `status` shows of a Nucleus.
@@ -57,6 +84,10 @@ pub struct Rendezvous {
     nuclei: Vec<NucleusState>,
     locals: Vec<SocketAddr>,
     own: PublicKey,
+    /// This node's certificate (a cluster with an authority), shown in every REGISTER.
+    certificate: Option<Vec<u8>>,
+    /// Statements Nuclei sent, for the daemon to check ([`Rendezvous::take_statements`]).
+    statements: Vec<Vec<u8>>,
     pub dropped: u64,
 }
 
@@ -86,13 +117,45 @@ impl Rendezvous {
                     reflexive: None,
                     last_members: None,
                     members: 0,
+                    set: SetProgress::default(),
                 })
                 .collect(),
             cluster,
             locals,
             own,
+            certificate: None,
+            statements: Vec::new(),
             dropped: 0,
         }
+    }
+
+    /// This node's certificate (signed bytes), shown to Nuclei from the next REGISTER on
+    /// (and after a renewal).
+    pub fn set_certificate(&mut self, certificate: Vec<u8>) {
+        self.certificate = Some(certificate);
+    }
+
+    /// The statements Nuclei sent since the last call (unchecked: the caller checks them).
+    pub fn take_statements(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.statements)
+    }
+
+    /// Passes a statement this node accepted on to every Nucleus (each keeps it for nodes
+    /// that register later and pushes it to its members). Returns how many it went to.
+    pub fn upload(&self, bytes: &[u8], out: &mut Vec<Output>) -> usize {
+        for n in &self.nuclei {
+            let msg = Statement {
+                cluster_key: self.cluster.public_key(),
+                sender: self.own,
+                set_id: 0,
+                index: 0,
+                count: 0,
+                statement: bytes.to_vec(),
+            }
+            .build();
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+        }
+        self.nuclei.len()
     }
 
     pub fn cluster_key(&self) -> PublicKey {
@@ -119,7 +182,18 @@ impl Rendezvous {
                 continue;
             }
             let ts = Tai64n::now();
-            let msg = Register::build(&self.cluster, identity, n.key.as_ref(), ts, &self.locals);
+            let membership = self
+                .certificate
+                .as_ref()
+                .map(|c| RegisterMembership { set_id: n.set.complete, certificate: c.clone() });
+            let msg = Register::build_with(
+                &self.cluster,
+                identity,
+                n.key.as_ref(),
+                ts,
+                &self.locals,
+                membership.as_ref(),
+            );
             n.sent.push_back(ts);
             if n.sent.len() > 4 {
                 n.sent.pop_front();
@@ -243,6 +317,16 @@ impl Rendezvous {
                     })
                     .collect()
             }
+            Ok((subtype::STATEMENT, _)) => {
+                match Statement::parse(b) {
+                    Ok(st) if st.cluster_key == cluster_key && self.certificate.is_some() => {
+                        n.set.record(st.set_id, st.index, st.count);
+                        self.statements.push(st.statement);
+                    }
+                    _ => self.dropped += 1,
+                }
+                vec![]
+            }
             _ => {
                 self.dropped += 1;
                 vec![]
@@ -295,7 +379,7 @@ mod tests {
         out.drain(..)
             .map(|o| match o {
                 Output::Inject { bytes, .. } => bytes,
-                Output::Command(_) | Output::PunchRequest(_) => panic!("only packets"),
+                _ => panic!("only packets"),
             })
             .collect()
     }

@@ -17,8 +17,12 @@ pub enum Request {
     Rekey {
         peer: Option<String>,
     },
-    /// A revocation (its text form) to apply and keep.
+    /// A revocation (its text form) to apply, keep and pass on.
     Revoke {
+        text: String,
+    },
+    /// A group policy (its text form) to put in force, keep and pass on.
+    Policy {
         text: String,
     },
 }
@@ -43,7 +47,8 @@ pub struct PeerStatus {
     /// The transport AEAD of the session in use (or the newest one being confirmed).
     #[serde(default)]
     pub cipher: Option<String>,
-    /// The protocol features that session agreed to ("checksum-state", or "none").
+    /// The protocol features that session agreed to ("checksum-state,control-messages", or
+    /// "none").
     #[serde(default)]
     pub features: Option<String>,
     pub rx_bytes: u64,
@@ -97,6 +102,12 @@ pub struct Status {
     /// This node's certificate expiry (unix seconds), with an authority.
     #[serde(default)]
     pub certificate_expires: Option<u64>,
+    /// The group policy in force (with an authority; `None`: no policy, everyone may talk).
+    #[serde(default)]
+    pub policy_version: Option<u64>,
+    /// Revocations this node holds (with an authority).
+    #[serde(default)]
+    pub revocations_known: usize,
     #[serde(default)]
     pub nuclei: Vec<crate::rendezvous::NucleusStatus>,
     /// The data plane's workers: packets each sealed and opened, and (poll-mode workers)
@@ -218,6 +229,12 @@ pub fn render(s: &Status) -> String {
     if !s.membership.is_empty() {
         let _ = writeln!(o, "  membership: {}", s.membership);
     }
+    if s.certificate_expires.is_some() {
+        let policy = s
+            .policy_version
+            .map_or("none (every member may talk)".into(), |v| format!("version {v}"));
+        let _ = writeln!(o, "  policy: {policy}; revocations known: {}", s.revocations_known);
+    }
     if let Some(t) = s.certificate_expires {
         let _ = writeln!(o, "  certificate expires: {}", crate::membership::format_time(t));
     }
@@ -328,6 +345,8 @@ mod tests {
             cluster: None,
             membership: "certificates (authority AUTHKEY)".into(),
             certificate_expires: Some(0),
+            policy_version: Some(4),
+            revocations_known: 2,
             nuclei: vec![],
             workers: vec![
                 crate::channel::WorkerSample {
@@ -349,6 +368,7 @@ mod tests {
         assert!(t.contains("02:00:00:00:00:02  PEERKEY_"));
         assert!(t.contains("  membership: certificates (authority AUTHKEY)"), "{t}");
         assert!(t.contains("  certificate expires: 1970-01-01 00:00:00 UTC"), "{t}");
+        assert!(t.contains("  policy: version 4; revocations known: 2"), "{t}");
         assert!(
             t.contains(
                 "  member: robot-7 (robots, arm), certificate expires 2026-12-06 23:59:59 UTC"

@@ -51,7 +51,10 @@ fn handshake_ping_arp_nd_and_status() {
         "chacha20-poly1305"
     };
     assert_eq!(p["cipher"], expect_cipher);
-    assert_eq!(p["features"], "checksum-state", "both ends of this build agree to it");
+    assert_eq!(
+        p["features"], "checksum-state,control-messages",
+        "both ends of this build agree to them"
+    );
     let fdb = st["fdb"].as_array().unwrap();
     let e = fdb.iter().find(|e| e["mac"] == mac_b).expect("B's MAC learned");
     assert_eq!(e["peer"], f.b.key);

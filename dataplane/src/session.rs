@@ -196,6 +196,23 @@ impl Session {
         seal_with(&self.send, counter, len, buf)
     }
 
+    /// As [`Session::seal`] for a control message: the header is marked
+    /// ([`transport::mark_control`]) before the AEAD, which authenticates the mark.
+    pub fn seal_control(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        limit: u64,
+        slot: &SessionSlot,
+    ) -> Option<usize> {
+        if buf.len() < TRANSPORT_HEADER_LEN + len + AEAD_TAG_LEN {
+            return None;
+        }
+        let counter = self.take_counter(buf, None, limit, slot)?;
+        transport::mark_control(buf);
+        seal_with(&self.send, counter, len, buf)
+    }
+
     /// The part of sealing that must happen in order: takes the next counter and writes the
     /// header. The AEAD itself is the returned job, which any thread may run later.
     #[inline]

@@ -52,6 +52,7 @@ pub struct NucleusSection {
     pub open: Option<bool>,
     pub relay_bytes_per_sec: Option<u64>,
     pub relay_burst_bytes: Option<u64>,
+    pub run_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +60,9 @@ pub struct NucleusSection {
 pub struct ClusterSection {
     pub name: String,
     pub key: String,
+    /// The cluster authority's public key: register only certified nodes, keep and spread
+    /// its revocations and policies.
+    pub authority: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,8 +96,15 @@ pub struct Settings {
     pub relay_bytes_per_sec: u64,
     pub relay_burst_bytes: u64,
     pub clusters: Vec<(String, PublicKey)>,
+    /// Clusters (by name) with an authority.
+    pub authorities: Vec<(String, PublicKey)>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the control socket (`control.sock`) lives.
+    pub run_dir: PathBuf,
 }
+
+/// The default run directory (systemd's RuntimeDirectory=omni-nucleus).
+pub const DEFAULT_RUN_DIR: &str = "/run/omni-nucleus";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -121,6 +132,7 @@ pub struct Overrides {
     pub member_timeout_secs: Option<u64>,
     pub register_interval_secs: Option<u16>,
     pub relay_bytes_per_sec: Option<u64>,
+    pub run_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -158,7 +170,14 @@ impl Settings {
             return bad("[nucleus] registrations_per_ip must be at least 1".into());
         }
         let mut clusters = vec![];
+        let mut authorities = vec![];
         for (i, c) in f.clusters.iter().enumerate() {
+            if let Some(a) = &c.authority {
+                let key: PublicKey = a.parse().map_err(|e| {
+                    ConfigError::Invalid(format!("[[clusters]] #{} authority: {e}", i + 1))
+                })?;
+                authorities.push((c.name.clone(), key));
+            }
             if let Err(e) = omni_proto::cluster::validate_name(&c.name) {
                 return bad(format!("[[clusters]] #{} name: {e}", i + 1));
             }
@@ -199,7 +218,9 @@ impl Settings {
             relay_bytes_per_sec,
             relay_burst_bytes: n.relay_burst_bytes.unwrap_or(1_000_000).max(1500),
             clusters,
+            authorities,
             metrics_listen,
+            run_dir: o.run_dir.or(n.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
         })
     }
 }

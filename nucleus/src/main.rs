@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use omni_nucleus::config::{Overrides, Settings};
 use omni_proto::store;
@@ -42,6 +43,9 @@ struct Cli {
     /// Relay budget per node [default: 12500000].
     #[arg(long)]
     relay_bytes_per_sec: Option<u64>,
+    /// Where the control socket lives [default: /run/omni-nucleus].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +54,21 @@ enum Cmd {
     Pubkey {
         #[arg(long, default_value = "/etc/omni/nucleus.key")]
         identity: PathBuf,
+    },
+    /// Hand a revocation (`omni-daemon cluster revoke`) to the running Nucleus: it removes
+    /// the revoked member, pushes the revocation to every member, and gives it to nodes
+    /// that register later. The cluster needs `authority` in its [[clusters]] entry.
+    Revoke {
+        file: PathBuf,
+        #[arg(long, default_value = omni_nucleus::config::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Hand a group policy (`omni-daemon cluster policy`) to the running Nucleus, which
+    /// pushes it to every member and to nodes that register later.
+    Policy {
+        file: PathBuf,
+        #[arg(long, default_value = omni_nucleus::config::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
     },
     /// Print a shell completion script (e.g. `omni-nucleus completions bash`).
     Completions { shell: omni_cli::Shell },
@@ -79,6 +98,17 @@ fn real_main() -> anyhow::Result<()> {
             println!("{}", load_or_create(&identity)?.public_key());
             return Ok(());
         }
+        Some(Cmd::Revoke { file, run_dir }) | Some(Cmd::Policy { file, run_dir }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let what = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(omni_nucleus::server::send_statement(&run_dir, &text))
+                .with_context(|| format!("{} is refused", file.display()))?;
+            println!("{what}");
+            return Ok(());
+        }
         Some(Cmd::Completions { shell }) => {
             omni_cli::print_completions(shell, Cli::command());
             return Ok(());
@@ -97,6 +127,7 @@ fn real_main() -> anyhow::Result<()> {
             member_timeout_secs: cli.member_timeout_secs,
             register_interval_secs: cli.register_interval_secs,
             relay_bytes_per_sec: cli.relay_bytes_per_sec,
+            run_dir: cli.run_dir,
         },
     )?;
     let identity = load_or_create(&settings.identity)?;

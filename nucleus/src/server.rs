@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::core::{Core, DropReason, Limits, Stats};
+use crate::core::{Core, DropReason, Limits};
 
 struct Metrics {
     registry: Registry,
@@ -21,6 +21,9 @@ struct Metrics {
     punches: IntCounter,
     relayed_packets: IntCounter,
     relayed_bytes: IntCounter,
+    statements_accepted: IntCounter,
+    revocations: IntGaugeVec,
+    policy_version: IntGaugeVec,
     dropped: IntCounterVec,
 }
 
@@ -55,20 +58,53 @@ impl Metrics {
             counter("omni_nucleus_relayed_packets_total", "Packets relayed between members");
         let relayed_bytes =
             counter("omni_nucleus_relayed_bytes_total", "Bytes of sealed packets relayed");
+        let statements_accepted = counter(
+            "omni_nucleus_statements_accepted_total",
+            "New revocations and policies accepted (from members or the operator)",
+        );
+        let gauge = |n: &str, h: &str| {
+            let g = IntGaugeVec::new(Opts::new(n, h), &["cluster"]).expect("valid");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let revocations = gauge("omni_nucleus_revocations_held", "Revocations held per cluster");
+        let policy_version =
+            gauge("omni_nucleus_policy_version", "Version of the group policy held per cluster");
         let dropped = IntCounterVec::new(
             Opts::new("omni_nucleus_dropped_total", "Datagrams dropped, by reason"),
             &["reason"],
         )
         .expect("valid");
         reg(Box::new(dropped.clone()));
-        Self { registry: r, nodes, registrations, punches, relayed_packets, relayed_bytes, dropped }
+        Self {
+            registry: r,
+            nodes,
+            registrations,
+            punches,
+            relayed_packets,
+            relayed_bytes,
+            statements_accepted,
+            revocations,
+            policy_version,
+            dropped,
+        }
     }
 
-    fn render(&self, stats: &Stats, per_cluster: &[(String, usize)]) -> String {
+    fn render(&self, core: &Core) -> String {
+        let stats = &core.stats;
         self.nodes.reset();
-        for (name, n) in per_cluster {
-            self.nodes.with_label_values(&[name]).set(*n as i64);
+        for (name, n) in core.members_per_cluster() {
+            self.nodes.with_label_values(&[&name]).set(n as i64);
         }
+        self.revocations.reset();
+        self.policy_version.reset();
+        for (name, revs, version) in core.statements_per_cluster() {
+            self.revocations.with_label_values(&[&name]).set(revs as i64);
+            if let Some(v) = version {
+                self.policy_version.with_label_values(&[&name]).set(v as i64);
+            }
+        }
+        catch_up(&self.statements_accepted, stats.statements_accepted);
         catch_up(&self.registrations, stats.registrations);
         catch_up(&self.punches, stats.punches);
         catch_up(&self.relayed_packets, stats.relayed_packets);
@@ -123,8 +159,23 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         relay_burst_bytes: settings.relay_burst_bytes,
     };
     let mut core = Core::new(identity, limits, &settings.clusters);
+    for (name, authority) in &settings.authorities {
+        core.set_authority(name, *authority);
+        info!(cluster = %name, %authority, "certified members only; revocations and policies kept and spread");
+    }
     let metrics = Metrics::new();
-    let snapshot = Arc::new(Mutex::new(metrics.render(&core.stats, &[])));
+    let snapshot = Arc::new(Mutex::new(metrics.render(&core)));
+    let (op_tx, mut op_rx) = tokio::sync::mpsc::channel::<Operator>(8);
+    let control_path = settings.run_dir.join(CONTROL_SOCKET);
+    match bind_control(&settings.run_dir) {
+        Ok(l) => {
+            tokio::spawn(serve_control(l, op_tx));
+        }
+        Err(e) => warn!(
+            "no control socket ({e:#}): `omni-nucleus revoke` and `policy` cannot reach this \
+             Nucleus; set [nucleus] run_dir or --run-dir to a writable directory"
+        ),
+    }
     if let Some(addr) = settings.metrics_listen {
         let l = TcpListener::bind(addr).await.with_context(|| {
             format!(
@@ -150,8 +201,17 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 core.tick(now_ms(), Tai64n::now());
                 if let Ok(mut s) = snapshot.lock() {
-                    *s = metrics.render(&core.stats, &core.members_per_cluster());
+                    *s = metrics.render(&core);
                 }
+            }
+            Some((text, reply)) = op_rx.recv() => {
+                let r = statement_from_text(&text)
+                    .and_then(|bytes| core.operator_statement(Tai64n::now(), &bytes));
+                match &r {
+                    Ok(what) => info!("operator: {what}"),
+                    Err(e) => warn!("operator statement refused: {e}"),
+                }
+                let _ = reply.send(r);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -161,6 +221,83 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             let _ = sock.try_send_to(&msg, to);
         }
     }
+    let _ = std::fs::remove_file(&control_path);
     info!("Nucleus stopped");
     Ok(())
+}
+
+/// The control socket's name in the run directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// A statement (text form) from the operator and where its answer goes.
+type Operator = (String, tokio::sync::oneshot::Sender<Result<String, String>>);
+
+fn bind_control(run_dir: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let path = run_dir.join(CONTROL_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    tokio::net::UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))
+}
+
+/// The operator's requests: a statement's text, up to end of input; the answer is one
+/// line, `ok: ...` or `error: ...`.
+async fn serve_control(l: tokio::net::UnixListener, ops: tokio::sync::mpsc::Sender<Operator>) {
+    loop {
+        let Ok((mut s, _)) = l.accept().await else { continue };
+        let ops = ops.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut text = String::new();
+                (&mut s).take(64 * 1024).read_to_string(&mut text).await?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let answer = match ops.send((text, tx)).await {
+                    Ok(()) => rx.await.unwrap_or_else(|_| Err("the Nucleus is stopping".into())),
+                    Err(_) => Err("the Nucleus is stopping".into()),
+                };
+                let line = match answer {
+                    Ok(what) => format!("ok: {what}\n"),
+                    Err(e) => format!("error: {e}\n"),
+                };
+                s.write_all(line.as_bytes()).await?;
+                s.shutdown().await
+            })
+            .await;
+        });
+    }
+}
+
+/// A revocation's or policy's signed bytes from its text form.
+fn statement_from_text(text: &str) -> Result<Vec<u8>, String> {
+    use omni_proto::membership::{policy::SignedPolicy, revocation::SignedRevocation};
+    if text.contains("-----BEGIN OMNI POLICY-----") {
+        return SignedPolicy::from_text(text).map(|p| p.bytes).map_err(|e| e.to_string());
+    }
+    SignedRevocation::from_text(text).map(|r| r.bytes).map_err(|e| e.to_string())
+}
+
+/// Hands a statement file's text to the running Nucleus at `run_dir`; returns its answer.
+pub async fn send_statement(run_dir: &std::path::Path, text: &str) -> anyhow::Result<String> {
+    let path = run_dir.join(CONTROL_SOCKET);
+    let mut s = tokio::net::UnixStream::connect(&path).await.with_context(|| {
+        format!(
+            "cannot reach the Nucleus at {} (is omni-nucleus running, with this --run-dir?)",
+            path.display()
+        )
+    })?;
+    s.write_all(text.as_bytes()).await?;
+    s.shutdown().await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .context("the Nucleus did not answer within 10 s")??;
+    let answer = answer.trim();
+    match answer.strip_prefix("ok: ") {
+        Some(what) => Ok(what.to_string()),
+        None => anyhow::bail!("{}", answer.strip_prefix("error: ").unwrap_or(answer)),
+    }
 }

@@ -22,8 +22,12 @@ impl Features {
     /// its kernel), as virtio does between a guest and its host. The AEAD protects the
     /// frame end to end, so the checksum would only prove again what the tag proved.
     pub const CHECKSUM_STATE: Features = Features(1);
+    /// The receiver takes control messages inside the tunnel
+    /// ([`crate::wire::transport::CONTROL`]): membership statements (revocations,
+    /// policies) that members pass on to the peers they have sessions with.
+    pub const CONTROL_MESSAGES: Features = Features(2);
     /// Everything this build understands.
-    pub const SUPPORTED: Features = Features(1);
+    pub const SUPPORTED: Features = Features(3);
 
     pub const fn from_bits(bits: u8) -> Self {
         Self(bits)
@@ -56,6 +60,9 @@ impl fmt::Display for Features {
         if self.contains(Features::CHECKSUM_STATE) {
             names.push("checksum-state");
         }
+        if self.contains(Features::CONTROL_MESSAGES) {
+            names.push("control-messages");
+        }
         let unknown = self.0 & !Features::SUPPORTED.0;
         if unknown != 0 {
             return write!(f, "{}+{unknown:#04x}", names.join(","));
@@ -75,8 +82,9 @@ mod tests {
         assert!(!Features::NONE.contains(Features::CHECKSUM_STATE));
         assert_eq!(Features::from_bits(0xff).intersect(s), s);
         assert_eq!(Features::NONE.intersect(s), Features::NONE);
-        assert_eq!(s.to_string(), "checksum-state");
+        assert!(s.contains(Features::CONTROL_MESSAGES));
+        assert_eq!(s.to_string(), "checksum-state,control-messages");
         assert_eq!(Features::NONE.to_string(), "none");
-        assert_eq!(Features::from_bits(3).to_string(), "checksum-state+0x02");
+        assert_eq!(Features::from_bits(5).to_string(), "checksum-state+0x04");
     }
 }

@@ -56,10 +56,13 @@ pub enum DropReason {
     Uncertified,
     /// Transport packets on the sessions of a peer whose membership was revoked.
     Revoked,
+    /// Frames the group policy forbids between this node and the peer (received, or a
+    /// unicast frame not sent).
+    Policy,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         Self::Malformed,
         Self::BadMac1,
         Self::UnknownIndex,
@@ -83,6 +86,7 @@ impl DropReason {
         Self::XdpNoSocket,
         Self::Uncertified,
         Self::Revoked,
+        Self::Policy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +114,7 @@ impl DropReason {
             Self::XdpNoSocket => "xdp_no_socket",
             Self::Uncertified => "uncertified",
             Self::Revoked => "revoked",
+            Self::Policy => "policy",
         }
     }
 }

@@ -224,6 +224,38 @@ pub enum Command {
     RevokePeer {
         peer: u16,
     },
+    /// What may pass between this node and the peer (group policy): everything (`all`),
+    /// or only frames matching one of `pairs` (EtherType, VLAN id; see
+    /// `omni_proto::membership::policy::Permission::pairs`). A long list comes in several
+    /// commands: the first replaces, the ones with `append` add to it. A peer announced by
+    /// `SetPeer` may pass everything until told otherwise.
+    SetAccess {
+        peer: u16,
+        all: bool,
+        append: bool,
+        pairs: Vec<(u16, u16)>,
+    },
+}
+
+/// Pairs one `SetAccess` command carries at most (it fits a command slot).
+pub const ACCESS_PAIRS_PER_COMMAND: usize = 60;
+
+impl Command {
+    /// The commands that set `peer`'s access to `pairs` (`None`: everything).
+    pub fn set_access(peer: u16, pairs: Option<&[(u16, u16)]>) -> Vec<Command> {
+        let Some(pairs) = pairs else {
+            return vec![Command::SetAccess { peer, all: true, append: false, pairs: vec![] }];
+        };
+        let mut chunks: Vec<_> = pairs.chunks(ACCESS_PAIRS_PER_COMMAND).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Command::SetAccess { peer, all: false, append: i > 0, pairs: c.to_vec() })
+            .collect()
+    }
 }
 
 mod kind {
@@ -236,6 +268,7 @@ mod kind {
     pub const RESET_STATE: u8 = 7;
     pub const SHUTDOWN: u8 = 8;
     pub const REVOKE_PEER: u8 = 9;
+    pub const SET_ACCESS: u8 = 10;
 
     pub const EV_HANDSHAKE_NEEDED: u8 = 1;
     pub const EV_REKEY_NEEDED: u8 = 2;
@@ -303,6 +336,17 @@ impl Command {
                 w.u8(kind::REVOKE_PEER);
                 w.u16(*peer);
             }
+            Command::SetAccess { peer, all, append, pairs } => {
+                w.u8(kind::SET_ACCESS);
+                w.u16(*peer);
+                w.u8(*all as u8 | (*append as u8) << 1);
+                let pairs = &pairs[..pairs.len().min(ACCESS_PAIRS_PER_COMMAND)];
+                w.u8(pairs.len() as u8);
+                for &(t, v) in pairs {
+                    w.u16(t);
+                    w.u16(v);
+                }
+            }
         }
     }
 
@@ -328,6 +372,19 @@ impl Command {
             kind::SET_PEER => Command::SetPeer { peer: r.u16()?, endpoint: r.endpoint()? },
             kind::REMOVE_PEER => Command::RemovePeer { peer: r.u16()? },
             kind::REVOKE_PEER => Command::RevokePeer { peer: r.u16()? },
+            kind::SET_ACCESS => {
+                let peer = r.u16()?;
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(RecordError::BadField("access flags"));
+                }
+                let n = r.u8()? as usize;
+                if n > ACCESS_PAIRS_PER_COMMAND {
+                    return Err(RecordError::BadField("access pair count"));
+                }
+                let pairs = (0..n).map(|_| Ok((r.u16()?, r.u16()?))).collect::<Result<_, _>>()?;
+                Command::SetAccess { peer, all: flags & 1 != 0, append: flags & 2 != 0, pairs }
+            }
             kind::INSTALL_SESSION => {
                 let peer = r.u16()?;
                 let place = match r.u8()? {
@@ -434,8 +491,13 @@ impl Event {
     }
 }
 
-/// Packet records (punt and inject): `len u16 | pad (6) | endpoint (32) | bytes`.
+/// Packet records (punt and inject): `len u16 | kind u8 | pad | peer u16 | pad (2) |
+/// endpoint (32) | bytes`. Kind 0: a datagram to or from the endpoint (the peer is unused).
+/// Kind 1 (inject only): a control message for the data plane to seal to the peer
+/// ([`encode_control`]).
 pub const PACKET_HEADER: usize = 40;
+const PACKET_DATAGRAM: u8 = 0;
+const PACKET_CONTROL: u8 = 1;
 /// Size of a packet slot; handshake and Nucleus messages fit with room to spare.
 pub const PACKET_SLOT: usize = 2048;
 /// Largest packet a record carries.
@@ -454,18 +516,51 @@ pub fn encode_packet(slot: &mut [u8], addr: Endpoint, bytes: &[u8]) -> bool {
     true
 }
 
-/// Reads a packet record: its address and bytes.
-pub fn decode_packet(slot: &[u8]) -> Result<(Endpoint, &[u8]), RecordError> {
-    let len = u16::from_le_bytes(
-        slot.get(..2)
-            .ok_or(RecordError::Truncated)?
-            .try_into()
-            .map_err(|_| RecordError::Truncated)?,
-    ) as usize;
-    let addr = decode_endpoint(slot.get(8..).ok_or(RecordError::Truncated)?)?
-        .ok_or(RecordError::BadField("packet address"))?;
+/// Writes a record asking the data plane to seal `bytes` as a control message to `peer`
+/// (under its current session). Returns false if it does not fit.
+pub fn encode_control(slot: &mut [u8], peer: u16, bytes: &[u8]) -> bool {
+    if PACKET_HEADER + bytes.len() > slot.len() {
+        return false;
+    }
+    slot[..2].copy_from_slice(&(bytes.len() as u16).to_le_bytes());
+    slot[2..PACKET_HEADER].fill(0);
+    slot[2] = PACKET_CONTROL;
+    slot[4..6].copy_from_slice(&peer.to_le_bytes());
+    slot[PACKET_HEADER..PACKET_HEADER + bytes.len()].copy_from_slice(bytes);
+    true
+}
+
+/// A packet record, read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketRecord<'a> {
+    Datagram { addr: Endpoint, bytes: &'a [u8] },
+    Control { peer: u16, bytes: &'a [u8] },
+}
+
+/// Reads a packet record.
+pub fn decode_record(slot: &[u8]) -> Result<PacketRecord<'_>, RecordError> {
+    let head = slot.get(..PACKET_HEADER).ok_or(RecordError::Truncated)?;
+    let len = u16::from_le_bytes([head[0], head[1]]) as usize;
     let bytes = slot.get(PACKET_HEADER..PACKET_HEADER + len).ok_or(RecordError::Truncated)?;
-    Ok((addr, bytes))
+    match head[2] {
+        PACKET_DATAGRAM => {
+            let addr =
+                decode_endpoint(&head[8..])?.ok_or(RecordError::BadField("packet address"))?;
+            Ok(PacketRecord::Datagram { addr, bytes })
+        }
+        PACKET_CONTROL => {
+            Ok(PacketRecord::Control { peer: u16::from_le_bytes([head[4], head[5]]), bytes })
+        }
+        k => Err(RecordError::UnknownKind(k)),
+    }
+}
+
+/// Reads a datagram record: its address and bytes (a record of another kind is an error).
+pub fn decode_packet(slot: &[u8]) -> Result<(Endpoint, &[u8]), RecordError> {
+    match decode_record(slot)? {
+        PacketRecord::Datagram { addr, bytes } => Ok((addr, bytes)),
+        PacketRecord::Control { .. } => Err(RecordError::BadField("packet kind")),
+    }
 }
 
 #[cfg(test)]
@@ -534,6 +629,41 @@ mod tests {
     }
 
     #[test]
+    fn access_commands_are_byte_exact_and_split_to_fit() {
+        let mut slot = [0u8; COMMAND_SLOT];
+        Command::SetAccess { peer: 3, all: false, append: true, pairs: vec![(0x0800, 42)] }
+            .encode(&mut slot);
+        assert_eq!(&slot[..9], &[10, 3, 0, 2, 1, 0x00, 0x08, 42, 0]);
+        let all = Command::set_access(5, None);
+        assert!(
+            matches!(&all[..], [Command::SetAccess { peer: 5, all: true, append: false, pairs }] if pairs.is_empty())
+        );
+        let none = Command::set_access(5, Some(&[]));
+        assert!(
+            matches!(&none[..], [Command::SetAccess { all: false, append: false, pairs, .. }] if pairs.is_empty())
+        );
+        let many: Vec<(u16, u16)> = (0..130).map(|i| (0x0800, i)).collect();
+        let cmds = Command::set_access(5, Some(&many));
+        assert_eq!(cmds.len(), 3);
+        let mut back = vec![];
+        for (i, c) in cmds.iter().enumerate() {
+            match round_trip(c) {
+                Command::SetAccess { peer: 5, all: false, append, pairs } => {
+                    assert_eq!(append, i > 0);
+                    back.extend(pairs);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(back, many);
+        // A count past what a slot holds, or unknown flags: refused.
+        slot[..5].copy_from_slice(&[10, 3, 0, 0, ACCESS_PAIRS_PER_COMMAND as u8 + 1]);
+        assert_eq!(Command::decode(&slot).unwrap_err(), RecordError::BadField("access pair count"));
+        slot[..5].copy_from_slice(&[10, 3, 0, 4, 0]);
+        assert_eq!(Command::decode(&slot).unwrap_err(), RecordError::BadField("access flags"));
+    }
+
+    #[test]
     fn byte_exact_set_peer() {
         let mut slot = [0u8; 40];
         let ep = Endpoint::Relay { via: "1.2.3.4:258".parse().unwrap(), tag: [0xa; 8] };
@@ -597,5 +727,16 @@ mod tests {
         assert!(!encode_packet(&mut slot, addr, &[0; MAX_PACKET_RECORD + 1]));
         slot[..2].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(decode_packet(&slot).unwrap_err(), RecordError::Truncated);
+        // A control message for peer 0x0102.
+        assert!(encode_control(&mut slot, 0x0102, &[7, 8]));
+        assert_eq!(&slot[..8], &[2, 0, 1, 0, 2, 1, 0, 0]);
+        assert_eq!(
+            decode_record(&slot).unwrap(),
+            PacketRecord::Control { peer: 0x0102, bytes: &[7, 8] }
+        );
+        assert_eq!(decode_packet(&slot).unwrap_err(), RecordError::BadField("packet kind"));
+        assert!(!encode_control(&mut slot, 1, &[0; MAX_PACKET_RECORD + 1]));
+        slot[2] = 9;
+        assert_eq!(decode_record(&slot).unwrap_err(), RecordError::UnknownKind(9));
     }
 }

@@ -21,11 +21,19 @@ pub struct Admission {
     pub own: SignedCertificate,
     /// What is revoked: keys and certificate serials.
     pub revoked: Vec<Target>,
+    /// The group policy in force (the newest seen); none: every member may talk.
+    pub policy: Option<omni_proto::membership::policy::SignedPolicy>,
 }
 
 impl Admission {
     pub fn new(authority: PublicKey, own: SignedCertificate) -> Self {
-        Self { authority, cluster: own.cert.cluster.clone(), own, revoked: Vec::new() }
+        Self {
+            authority,
+            cluster: own.cert.cluster.clone(),
+            own,
+            revoked: Vec::new(),
+            policy: None,
+        }
     }
 
     /// What our handshake messages carry.

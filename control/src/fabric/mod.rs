@@ -14,6 +14,7 @@ mod admission;
 mod handshake;
 pub mod index;
 mod members;
+mod statements;
 mod timers;
 
 pub use admission::Admission;
@@ -50,6 +51,16 @@ pub enum Output {
     },
     /// Ask the Nuclei to make this member and us punch towards each other now.
     PunchRequest(PublicKey),
+    /// A control message for the data plane to seal to `peer` (a membership statement).
+    Control {
+        peer: u16,
+        bytes: Vec<u8>,
+    },
+    /// A membership statement a peer sent inside its tunnel, for the daemon to check.
+    Statement {
+        from: PublicKey,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Per-peer timestamps and byte counts from the data plane's shared-memory statistics.
@@ -336,6 +347,8 @@ impl Fabric {
             let endpoint = p.endpoint;
             self.cmd(Command::SetPeer { peer: id, endpoint });
         }
+        // Before the session: no frame passes that the policy forbids.
+        self.announce_access(id);
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -440,6 +453,10 @@ impl Fabric {
                     cmds.push(install_cmd(id as u16, s, place, now_ms));
                 }
             }
+            if let Some(access) = self.policy().is_some().then(|| self.access(id as u16)) {
+                // After SetPeer, before the sessions.
+                cmds.splice(1..1, Command::set_access(id as u16, access.as_deref()));
+            }
             self.out.extend(cmds.into_iter().map(Output::Command));
         }
     }
@@ -450,6 +467,7 @@ impl Fabric {
             Ok(MessageType::HandshakeInitiation) => self.on_initiation(now_ms, src, msg),
             Ok(MessageType::HandshakeResponse) => self.on_response(now_ms, src, msg),
             Ok(MessageType::CookieReply) => self.on_cookie_reply(now_ms, msg),
+            Ok(MessageType::Transport) => self.on_control_message(msg),
             _ => self.stats.dropped_bad_handshake += 1,
         }
     }

@@ -49,7 +49,7 @@ fn split_outputs(f: &mut Fabric) -> (Vec<Command>, Vec<(Endpoint, Vec<u8>)>) {
         match o {
             Output::Command(x) => c.push(x),
             Output::Inject { to, bytes } => i.push((to, bytes)),
-            Output::PunchRequest(_) => {}
+            Output::PunchRequest(_) | Output::Control { .. } | Output::Statement { .. } => {}
         }
     }
     (c, i)
@@ -642,4 +642,113 @@ fn a_certificate_is_recorded_only_when_its_session_is_installed() {
     b.set_wall_clock(150);
     assert_eq!(try_handshake(&mut a, &mut b, 10), (false, false));
     assert!(b.peers()[0].certificate.is_none());
+}
+
+fn signed_policy(authority: &Identity, version: u64, rules: &[(&str, &str)]) -> SignedPolicy {
+    use omni_proto::membership::policy::{Policy, Rule};
+    let p = Policy {
+        cluster: "fleet".into(),
+        version,
+        issued: 100,
+        rules: rules
+            .iter()
+            .map(|(a, b)| Rule {
+                between: [a.to_string(), b.to_string()],
+                ethertypes: vec![],
+                vlans: vec![],
+            })
+            .collect(),
+    };
+    SignedPolicy::parse(&p.sign(authority).unwrap()).unwrap()
+}
+
+fn access_cmds(cmds: &[Command]) -> Vec<(u16, bool, Vec<(u16, u16)>)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::SetAccess { peer, all, pairs, .. } => Some((*peer, *all, pairs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+use omni_proto::membership::policy::SignedPolicy;
+
+#[test]
+fn a_policy_sets_each_admitted_peers_access_before_its_sessions() {
+    let auth = Identity::from_seed([9; 32]);
+    let (mut a, mut b) =
+        certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
+    // Both are "robots": robots may not talk to robots under this policy.
+    assert!(a.set_policy(signed_policy(&auth, 1, &[("robots", "ops")])));
+    assert!(split_outputs(&mut a).0.is_empty(), "no admitted peer yet: nothing to tell");
+    std::thread::sleep(Duration::from_millis(18));
+    a.initiate(10, 0);
+    let init = injects(&mut a);
+    b.on_punt(10, A_EP.parse().unwrap(), &init[0].1);
+    let (_, bi) = split_outputs(&mut b);
+    a.on_punt(10, B_EP.parse().unwrap(), &bi[0].1);
+    let (cmds, _) = split_outputs(&mut a);
+    let access_at = cmds.iter().position(|c| matches!(c, Command::SetAccess { .. })).unwrap();
+    let install_at = cmds.iter().position(|c| matches!(c, Command::InstallSession(_))).unwrap();
+    assert!(access_at < install_at, "access before the session: {cmds:?}");
+    assert_eq!(access_cmds(&cmds), [(0, false, vec![])], "robots-robots: nothing");
+    assert_eq!(a.access(0), Some(vec![]));
+    // A newer policy lets them talk: every admitted peer is told at once.
+    assert!(a.set_policy(signed_policy(&auth, 2, &[("robots", "robots")])));
+    let (cmds, _) = split_outputs(&mut a);
+    assert_eq!(access_cmds(&cmds), [(0, true, vec![])]);
+    // A replay of the data plane carries the access after SetPeer, before the sessions.
+    a.replay(11);
+    let (cmds, _) = split_outputs(&mut a);
+    let set_peer = cmds.iter().position(|c| matches!(c, Command::SetPeer { .. })).unwrap();
+    let access = cmds.iter().position(|c| matches!(c, Command::SetAccess { .. })).unwrap();
+    let install = cmds.iter().position(|c| matches!(c, Command::InstallSession(_))).unwrap();
+    assert!(set_peer < access && access < install, "{cmds:?}");
+    // Without an authority there is no policy.
+    let (mut plain, _) = pair_with(cfg(), cfg());
+    assert!(!plain.set_policy(signed_policy(&auth, 3, &[])));
+    assert_eq!(plain.access(0), None);
+}
+
+#[test]
+fn statements_spread_to_peers_with_sessions_and_come_back_as_outputs() {
+    let auth = Identity::from_seed([9; 32]);
+    let (mut a, mut b) =
+        certified_pair(Some(certified(&auth, 1, "fleet")), Some(certified(&auth, 2, "fleet")));
+    assert_eq!(a.spread(b"OMR1 x", None), 0, "no session yet");
+    assert_eq!(try_handshake(&mut a, &mut b, 10), (true, true));
+    assert_eq!(a.spread(b"OMR1 x", None), 1);
+    let sent: Vec<_> = a
+        .drain_outputs()
+        .filter_map(|o| match o {
+            Output::Control { peer, bytes } => Some((peer, bytes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, [(0, b"OMR1 x".to_vec())]);
+    // Not back to where it came from.
+    let b_key = Identity::from_seed([2; 32]).public_key();
+    assert_eq!(a.spread(b"OMR1 x", Some(&b_key)), 0);
+    // An opened control message punted by B's data plane, on the session A installed.
+    let idx = a.peers()[0].current.as_ref().unwrap().remote_index;
+    let mut msg = vec![4, 0, 0xff, 0xff];
+    msg.extend_from_slice(&idx.to_le_bytes());
+    msg.extend_from_slice(&[0; 8]);
+    msg.extend_from_slice(b"OMP1 policy");
+    b.on_punt(12, A_EP.parse().unwrap(), &msg);
+    let got: Vec<_> = b
+        .drain_outputs()
+        .filter_map(|o| match o {
+            Output::Statement { from, bytes } => Some((from, bytes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [(Identity::from_seed([1; 32]).public_key(), b"OMP1 policy".to_vec())]);
+    // Unmarked, or on an unknown index: nothing.
+    msg[2] = 0;
+    b.on_punt(12, A_EP.parse().unwrap(), &msg);
+    msg[2] = 0xff;
+    msg[4] ^= 0xff;
+    b.on_punt(12, A_EP.parse().unwrap(), &msg);
+    assert!(!b.drain_outputs().any(|o| matches!(o, Output::Statement { .. })));
 }

@@ -9,7 +9,7 @@ use omni_shm::clock::monotonic_ms;
 use omni_shm::counters::{Counter, DropReason, WorkerCounters};
 use omni_shm::endpoint::Endpoint;
 use omni_shm::layout::Header;
-use omni_shm::records::{Command, decode_packet, encode_packet};
+use omni_shm::records::{Command, PacketRecord, decode_record, encode_packet};
 use omni_shm::region::DataplaneEnds;
 use std::sync::atomic::Ordering;
 
@@ -51,13 +51,13 @@ pub fn apply_commands(
 pub fn take_injects(
     ends: &mut DataplaneEnds,
     counters: &WorkerCounters,
-    mut send: impl FnMut(Endpoint, &[u8]) -> bool,
+    mut send: impl FnMut(PacketRecord<'_>) -> bool,
 ) -> usize {
     let mut n = 0;
     for _ in 0..PER_CALL {
-        let r = ends.inject.pop_with(|slot| match decode_packet(slot) {
-            Ok((to, bytes)) => {
-                if send(to, bytes) {
+        let r = ends.inject.pop_with(|slot| match decode_record(slot) {
+            Ok(record) => {
+                if send(record) {
                     counters.inc(Counter::Injected, 1);
                 }
             }

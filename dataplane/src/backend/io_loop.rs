@@ -19,7 +19,7 @@ use omni_shm::clock::{BusyMeter, monotonic_ms, monotonic_ns};
 use omni_shm::counters::{Counter, WorkerCounters};
 use omni_shm::endpoint::Endpoint;
 use omni_shm::layout::Header;
-use omni_shm::records::Event;
+use omni_shm::records::{Event, PacketRecord};
 use omni_shm::region::{DataplaneEnds, Region};
 use omni_sys::SignalFd;
 use tracing::info;
@@ -198,8 +198,12 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
             return Ok(remove);
         }
         let prepared = port.prepare(now, shell);
-        let injected = channel::take_injects(&mut shell.ends, shell.counters, |to, bytes| {
-            port.inject(now, to, bytes)
+        let Shell { engine, ends, counters, .. } = shell;
+        let injected = channel::take_injects(ends, counters, |record| match record {
+            PacketRecord::Datagram { addr, bytes } => port.inject(now, addr, bytes),
+            PacketRecord::Control { peer, bytes } => {
+                engine.send_control(now, peer, bytes, port.tx())
+            }
         });
         let burst = port.bursts(now, shell)?;
         port.flush();

@@ -168,8 +168,31 @@ pub enum InPlace {
     Fallback,
 }
 
+/// What may pass between this node and a peer (group policy, set by control).
+enum Access {
+    All,
+    /// Frames matching one of these (EtherType, VLAN id) pairs
+    /// ([`omni_proto::membership::policy::pairs_allow`]); none: nothing.
+    Only(Vec<(u16, u16)>),
+}
+
+impl Access {
+    /// Whether `frame` (a whole Ethernet frame) may pass. O(1) for `All`, the common case;
+    /// else one read of the header and a scan of a short list.
+    #[inline(always)]
+    fn permits(&self, frame: &[u8]) -> bool {
+        match self {
+            Access::All => true,
+            Access::Only(pairs) => ethernet::l2(frame).is_some_and(|l2| {
+                omni_proto::membership::policy::pairs_allow(pairs, l2.ethertype, l2.vlan_id())
+            }),
+        }
+    }
+}
+
 struct Peer {
     active: bool,
+    access: Access,
     endpoint: Option<Endpoint>,
     current: Option<u32>,
     previous: Option<u32>,
@@ -182,6 +205,7 @@ impl Peer {
     fn empty() -> Self {
         Self {
             active: false,
+            access: Access::All,
             endpoint: None,
             current: None,
             previous: None,
@@ -215,6 +239,8 @@ pub struct Engine<'r> {
     /// Receiver indices of revoked peers' sessions and until when packets on them count as
     /// `revoked` drops rather than unknown indices (bounded: [`REVOKED_MAX`]).
     revoked: Vec<(u32, u64)>,
+    /// The peers a flood goes to (kept to reuse its allocation).
+    flood_targets: Vec<u16>,
 }
 
 /// Receiver indices of revoked sessions remembered at most.
@@ -252,6 +278,7 @@ impl<'r> Engine<'r> {
             session_log: None,
             sole_receiver: false,
             revoked: Vec::new(),
+            flood_targets: Vec::new(),
         }
     }
 
@@ -372,21 +399,25 @@ impl<'r> Engine<'r> {
         true
     }
 
+    /// Sends a group-addressed or unknown frame to every peer the policy lets it reach (up
+    /// to the flood limit).
     fn flood(&mut self, now_ms: u64, pkt: &mut PacketBuf, tx: &mut impl TxSink) {
         let limit = self.cfg.flood_limit as usize;
-        let n = self.active.len();
-        if n == 0 {
-            return;
-        }
+        let len = pkt.len;
+        let mut permitted = std::mem::take(&mut self.flood_targets);
+        permitted.clear();
+        let frame = &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+        permitted.extend(
+            self.active.iter().copied().filter(|&p| self.peers[p as usize].access.permits(frame)),
+        );
+        let n = permitted.len();
         if n > limit {
             self.counters.drop_n(DropReason::FloodLimit, (n - limit) as u64);
         }
         let targets = n.min(limit);
         self.counters.inc(Counter::FloodCopies, targets as u64);
-        let len = pkt.len;
         // Every target but the last gets a copy; the last takes the original in place.
-        for i in 0..targets {
-            let peer = self.active[i];
+        for (i, &peer) in permitted[..targets].iter().enumerate() {
             if i + 1 == targets {
                 self.send_frame(now_ms, peer, pkt, None, tx);
             } else {
@@ -408,6 +439,7 @@ impl<'r> Engine<'r> {
                 }
             }
         }
+        self.flood_targets = permitted;
     }
 
     /// Resolves the session for sending a frame to `peer`; when there is none, stages a copy
@@ -445,6 +477,11 @@ impl<'r> Engine<'r> {
         tx: &mut impl TxSink,
     ) {
         let len = pkt.len;
+        let frame = &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len];
+        if !self.peers[peer as usize].access.permits(frame) {
+            self.counters.drop(DropReason::Policy);
+            return;
+        }
         let current = self.usable_current(peer, now_ms);
         let checksum = checksum.filter(|&c| {
             let peer_takes_it =
@@ -589,6 +626,10 @@ impl<'r> Engine<'r> {
         let Some(p) = self.peers.get(peer as usize).filter(|p| p.active) else {
             return FALLBACK;
         };
+        // Forbidden frames are counted by the fallback.
+        if !p.access.permits(&msg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + frame_len]) {
+            return FALLBACK;
+        }
         let Some(to) = p.endpoint else { return FALLBACK };
         let Some(idx) = self.usable_current(peer, now_ms) else { return FALLBACK };
         match self.seal_slice(now_ms, peer, idx, msg, frame_len, None, defer) {
@@ -628,6 +669,11 @@ impl<'r> Engine<'r> {
         let staged = std::mem::take(&mut self.peers[peer as usize].staged);
         let n = staged.len();
         for frame in &staged {
+            // The policy may have changed while they waited.
+            if !self.peers[peer as usize].access.permits(frame) {
+                self.counters.drop(DropReason::Policy);
+                continue;
+            }
             let buf = tx.buffer();
             buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + frame.len()]
                 .copy_from_slice(frame);
@@ -653,6 +699,42 @@ impl<'r> Engine<'r> {
         } else {
             false
         }
+    }
+
+    /// Seals `bytes` as a control message ([`transport::CONTROL`]) to `peer` under its
+    /// current session and queues it. Returns false (nothing sent) when the peer has no
+    /// usable session or endpoint, or the message is too long: control sends it again
+    /// later or by another way.
+    pub fn send_control(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        bytes: &[u8],
+        tx: &mut impl TxSink,
+    ) -> bool {
+        if peer as usize >= self.peers.len() || bytes.is_empty() || bytes.len() > MAX_INNER_FRAME {
+            return false;
+        }
+        let Some(endpoint) = self.peers[peer as usize].endpoint else { return false };
+        let Some(idx) = self.usable_current(peer, now_ms) else { return false };
+        let limit = self.cfg.reject_after_messages;
+        let slot = self.slot(idx);
+        let sess = self.sessions[(idx & self.session_mask) as usize]
+            .as_deref_mut()
+            .expect("usable session exists");
+        let buf = tx.buffer();
+        buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + bytes.len()].copy_from_slice(bytes);
+        let Some(n) = sess.seal_control(&mut buf.data, bytes.len(), limit, slot) else {
+            return false;
+        };
+        buf.seal = None;
+        buf.len = n;
+        buf.addr = Some(endpoint.addr());
+        buf.relay = endpoint.relay_tag();
+        tx.commit();
+        self.stats(peer).record_tx(bytes.len(), now_ms);
+        self.counters.inc(Counter::TxPackets, 1);
+        true
     }
 
     // ---- underlay → access port ------------------------------------------------------
@@ -842,10 +924,17 @@ impl<'r> Engine<'r> {
             self.counters.inc(Counter::KeepalivesRx, 1);
             return Decap::Keepalive;
         }
+        if transport::is_control(msg) {
+            // For control: the opened message, which it matches to the peer by its index.
+            return Decap::Punt { from, offset: 0, len: TRANSPORT_HEADER_LEN + n };
+        }
         if n < ETHERNET_HEADER_LEN {
             return Decap::Drop(DropReason::BadInnerFrame);
         }
         let frame = &msg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
+        if !self.peers[peer as usize].access.permits(frame) {
+            return Decap::Drop(DropReason::Policy);
+        }
         let src_mac: MacAddr = frame[ethernet::field::SRC].try_into().expect("length checked");
         if !ethernet::is_group(&src_mac) && src_mac != [0; 6] {
             match self.fdb.learn(&src_mac, peer, now_ms) {
@@ -972,6 +1061,21 @@ impl<'r> Engine<'r> {
                 }
                 self.remove_peer(peer);
                 self.stats(peer).reset();
+            }
+            Command::SetAccess { peer, all, append, pairs } => {
+                if !self.valid_peer(peer) {
+                    return None;
+                }
+                let access = &mut self.peers[peer as usize].access;
+                match access {
+                    _ if all => *access = Access::All,
+                    Access::Only(have) if append => {
+                        let room = omni_proto::membership::policy::MAX_PAIRS
+                            - have.len().min(omni_proto::membership::policy::MAX_PAIRS);
+                        have.extend(pairs.into_iter().take(room));
+                    }
+                    _ => *access = Access::Only(pairs),
+                }
             }
             Command::InstallSession(s) => self.install(now_ms, s, tx),
             Command::RemoveSession { local_index } => self.remove_session(local_index),

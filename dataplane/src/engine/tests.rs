@@ -780,3 +780,126 @@ fn partial_checksums_are_finished_for_floods_and_older_peers() {
     assert!(!a.encap_partial(20, &mut f, Some(bad), &mut sink));
     assert_eq!(a.counters().get_drop(DropReason::BadFrame), 1);
 }
+
+/// A frame of `ethertype` (tagged with `vlan` when given) from MAC_A to MAC_B.
+fn typed_frame(ethertype: u16, vlan: Option<u16>) -> PacketBuf {
+    let mut p = PacketBuf::new();
+    let f = p.frame_area();
+    f[..6].copy_from_slice(&MAC_B);
+    f[6..12].copy_from_slice(&MAC_A);
+    let at = match vlan {
+        Some(v) => {
+            f[12..14].copy_from_slice(&ethernet::ethertype::VLAN.to_be_bytes());
+            f[14..16].copy_from_slice(&v.to_be_bytes());
+            16
+        }
+        None => 12,
+    };
+    f[at..at + 2].copy_from_slice(&ethertype.to_be_bytes());
+    p.len = at + 2 + 20;
+    p
+}
+
+#[test]
+fn group_policy_stops_forbidden_frames_both_ways_and_counts_them() {
+    let (mut a, mut b) = pair("policy");
+    let mut sink = VecSink::default();
+    // B learns MAC_A, A learns MAC_B: unicast both ways.
+    let mut f = frame(MAC_B, MAC_A, b"hi");
+    a.encap(10, &mut f, &mut sink);
+    assert!(matches!(
+        deliver(&mut b, A_EP, &mut sink.queued.pop().unwrap()),
+        Decap::Deliver { .. }
+    ));
+    let mut f = frame(MAC_A, MAC_B, b"hi");
+    b.encap(10, &mut f, &mut sink);
+    assert!(matches!(
+        deliver(&mut a, B_EP, &mut sink.queued.pop().unwrap()),
+        Decap::Deliver { .. }
+    ));
+    // A may send B only IPv4 on VLAN 42; B's side still allows all (to see A's receive check).
+    let pairs = [(0x0800, 42)];
+    for c in Command::set_access(0, Some(&pairs)) {
+        a.apply(10, c, &mut sink);
+    }
+    let mut ok = typed_frame(0x0800, Some(42));
+    a.encap(11, &mut ok, &mut sink);
+    assert_eq!(sink.queued.len(), 1, "permitted frame sent");
+    assert!(matches!(
+        deliver(&mut b, A_EP, &mut sink.queued.pop().unwrap()),
+        Decap::Deliver { .. }
+    ));
+    for (t, v) in [(0x0800, None), (0x0800, Some(43)), (0x86dd, Some(42))] {
+        let mut no = typed_frame(t, v);
+        a.encap(11, &mut no, &mut sink);
+    }
+    assert!(sink.queued.is_empty(), "forbidden unicast not sent");
+    assert_eq!(a.counters().get_drop(DropReason::Policy), 3);
+    // Broadcasts: not sent to a peer that may not get them (not a drop: not for it).
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"arp");
+    a.encap(12, &mut f, &mut sink);
+    assert!(sink.queued.is_empty());
+    assert_eq!(a.counters().get(Counter::FloodCopies), 1, "only the first, unknown unicast");
+    // Received: B sends an untagged IPv4 frame, which A's access refuses on arrival.
+    let mut f = frame(MAC_A, MAC_B, b"no");
+    b.encap(13, &mut f, &mut sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(deliver(&mut a, B_EP, &mut pkt), Decap::Drop(DropReason::Policy));
+    assert_eq!(a.counters().get_drop(DropReason::Policy), 4);
+    // Nothing allowed, then everything again.
+    for c in Command::set_access(0, Some(&[])) {
+        a.apply(14, c, &mut sink);
+    }
+    let mut f = typed_frame(0x0800, Some(42));
+    a.encap(14, &mut f, &mut sink);
+    assert!(sink.queued.is_empty());
+    for c in Command::set_access(0, None) {
+        a.apply(15, c, &mut sink);
+    }
+    let mut f = typed_frame(0x86dd, None);
+    a.encap(15, &mut f, &mut sink);
+    assert_eq!(sink.queued.len(), 1);
+    // Frames staged while forbidden are not sent when a session comes.
+    a.apply(
+        16,
+        Command::SetPeer { peer: 1, endpoint: Some("10.0.0.9:1".parse().unwrap()) },
+        &mut sink,
+    );
+    sink.queued.clear();
+    let mut f = frame(ethernet::BROADCAST, MAC_A, b"staged");
+    a.encap(16, &mut f, &mut sink);
+    for c in Command::set_access(1, Some(&[])) {
+        a.apply(16, c, &mut sink);
+    }
+    install(&mut a, 1, 300, 400, SessionPlace::Current, false, [5; 32], [6; 32], &mut sink);
+    assert!(sink.queued.iter().all(|p| p.addr != Some("10.0.0.9:1".parse().unwrap())));
+}
+
+#[test]
+fn control_messages_are_sealed_marked_and_punted_not_delivered() {
+    let (mut a, mut b) = pair("control");
+    let mut sink = VecSink::default();
+    assert!(a.send_control(10, 0, b"OMR1 revocation", &mut sink));
+    let mut pkt = sink.queued.pop().unwrap();
+    assert!(transport::is_control(&pkt.data[..pkt.len]));
+    // Forbidding every frame does not stop control messages.
+    for c in Command::set_access(0, Some(&[])) {
+        b.apply(10, c, &mut sink);
+    }
+    let n = b"OMR1 revocation".len();
+    assert_eq!(
+        deliver(&mut b, A_EP, &mut pkt),
+        Decap::Punt { from: A_EP.parse().unwrap(), offset: 0, len: 16 + n }
+    );
+    assert_eq!(&pkt.data[16..16 + n], b"OMR1 revocation");
+    assert_eq!(u32::from_le_bytes(pkt.data[4..8].try_into().unwrap()), 200, "B's index");
+    // The mark is authenticated: cleared, the message no longer opens.
+    assert!(a.send_control(11, 0, b"again", &mut sink));
+    let mut pkt = sink.queued.pop().unwrap();
+    pkt.data[2..4].fill(0);
+    assert_eq!(deliver(&mut b, A_EP, &mut pkt), Decap::Drop(DropReason::AuthFailed));
+    // No session, no peer, nothing to say: nothing sent.
+    assert!(!a.send_control(12, 5, b"x", &mut sink));
+    assert!(!a.send_control(12, 0, b"", &mut sink));
+    assert!(sink.queued.is_empty());
+}

@@ -9,6 +9,13 @@
 //! - **RELAY**: from a registered member's reflexive endpoint, to another member of the same
 //!   cluster by tag, within the sender's byte budget; the inner message is never opened.
 //!
+//! - **STATEMENT** (for a cluster whose authority the Nucleus knows, `[[clusters]]
+//!   authority`): a revocation or policy from a registered member or the operator, checked
+//!   against the authority, kept ([`statements`]) and pushed to every member; a revoked
+//!   member is removed. Such a cluster registers only nodes that show a valid, unrevoked
+//!   certificate in their REGISTER, and a registering node that lacks the current statement
+//!   set gets all of it.
+//!
 //! Every message that fails a check is dropped silently and counted by reason. Memory is
 //! bounded: `max_members` in all, per-IP buckets with bounded tables, expiry of the silent.
 
@@ -16,10 +23,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use omni_proto::cluster::relay_tag;
+use omni_proto::membership::cert::SignedCertificate;
 use omni_proto::rate_limiter::{RateLimiter, TokenBucket};
 use omni_proto::tai64n::Tai64n;
 use omni_proto::wire::nucleus::{
-    self, MemberEntry, Members, NodeRequest, Register, Registered, subtype,
+    self, MemberEntry, Members, NodeRequest, Register, Registered, Statement, subtype,
 };
 use omni_proto::wire::{MessageType, relay};
 use omni_proto::{Identity, PublicKey};
@@ -41,10 +49,17 @@ pub enum DropReason {
     UnknownRelaySource,
     UnknownRelayTarget,
     RelayRate,
+    /// A registration without a valid certificate, in a cluster with an authority.
+    Uncertified,
+    /// A registration by a revoked node or certificate.
+    Revoked,
+    /// A statement that is malformed, foreign or lapsed, or for a cluster whose
+    /// authority this Nucleus does not know.
+    BadStatement,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 16] = [
         Self::Malformed,
         Self::BadSignature,
         Self::WrongNucleus,
@@ -58,6 +73,9 @@ impl DropReason {
         Self::UnknownRelaySource,
         Self::UnknownRelayTarget,
         Self::RelayRate,
+        Self::Uncertified,
+        Self::Revoked,
+        Self::BadStatement,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +93,9 @@ impl DropReason {
             Self::UnknownRelaySource => "unknown_relay_source",
             Self::UnknownRelayTarget => "unknown_relay_target",
             Self::RelayRate => "relay_rate",
+            Self::Uncertified => "uncertified",
+            Self::Revoked => "revoked",
+            Self::BadStatement => "bad_statement",
         }
     }
 }
@@ -85,6 +106,9 @@ pub struct Stats {
     pub punches: u64,
     pub relayed_packets: u64,
     pub relayed_bytes: u64,
+    /// New statements accepted, and STATEMENT messages sent to members.
+    pub statements_accepted: u64,
+    pub statements_sent: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -107,6 +131,8 @@ struct Member {
     last_ts: Tai64n,
     tag: [u8; 8],
     relay: TokenBucket,
+    /// Its certificate's serial (clusters with an authority).
+    serial: Option<u64>,
 }
 
 impl Member {
@@ -122,6 +148,21 @@ struct ClusterState {
     name: String,
     pinned: bool,
     members: HashMap<PublicKey, Member>,
+    /// The cluster's authority, when configured: certified members only, statements kept.
+    authority: Option<PublicKey>,
+    statements: StatementSet,
+}
+
+impl ClusterState {
+    fn new(name: String, pinned: bool) -> Self {
+        Self {
+            name,
+            pinned,
+            members: HashMap::new(),
+            authority: None,
+            statements: StatementSet::default(),
+        }
+    }
 }
 
 pub struct Core {
@@ -143,10 +184,7 @@ impl Core {
         let mut clusters = HashMap::new();
         let mut names = HashMap::new();
         for (name, key) in pinned {
-            clusters.insert(
-                *key,
-                ClusterState { name: name.clone(), pinned: true, members: HashMap::new() },
-            );
+            clusters.insert(*key, ClusterState::new(name.clone(), true));
             names.insert(name.clone(), *key);
         }
         Self {
@@ -192,6 +230,7 @@ impl Core {
                 Ok((subtype::UNREGISTER, _)) | Ok((subtype::PUNCH_REQUEST, _)) => {
                     self.on_request(now_ms, wall, src, b)
                 }
+                Ok((subtype::STATEMENT, _)) => self.on_statement(now_ms, wall, src, b),
                 _ => self.drop(DropReason::Malformed),
             },
             Ok(MessageType::Relay) => self.on_relay(now_ms, src, b),
@@ -231,17 +270,21 @@ impl Core {
             if !self.limits.open {
                 return self.drop(DropReason::UnknownCluster);
             }
-            self.clusters.insert(
-                reg.cluster_key,
-                ClusterState {
-                    name: reg.cluster_name.clone(),
-                    pinned: false,
-                    members: HashMap::new(),
-                },
-            );
+            self.clusters
+                .insert(reg.cluster_key, ClusterState::new(reg.cluster_name.clone(), false));
             self.names.insert(reg.cluster_name.clone(), reg.cluster_key);
         }
         let cluster = self.clusters.get_mut(&reg.cluster_key).expect("inserted above");
+        let serial = match cluster.authority {
+            None => None,
+            Some(authority) => match certified(&reg, &authority, &cluster.name, wall) {
+                Err(()) => return self.drop(DropReason::Uncertified),
+                Ok(serial) if cluster.statements.revokes(&reg.node_key, serial) => {
+                    return self.drop(DropReason::Revoked);
+                }
+                Ok(serial) => Some(serial),
+            },
+        };
         let existing = cluster.members.get(&reg.node_key);
         if existing.is_some_and(|m| reg.timestamp <= m.last_ts) {
             return self.drop(DropReason::Replay);
@@ -258,6 +301,7 @@ impl Core {
                 m.locals = reg.locals.clone();
                 m.last_seen_ms = now_ms;
                 m.last_ts = reg.timestamp;
+                m.serial = serial;
                 (changed, old)
             }
             None => {
@@ -274,6 +318,7 @@ impl Core {
                             self.limits.relay_burst_bytes,
                             now_ms,
                         ),
+                        serial,
                     },
                 );
                 self.total_members += 1;
@@ -311,6 +356,11 @@ impl Core {
         }
         .build(&self.identity);
         self.out.push((src, reply));
+        // Statements before members: a node learns what is revoked, and the policy, first.
+        let held = reg.membership.as_ref().map(|m| m.set_id);
+        if held.is_some_and(|id| id != cluster.statements.id()) {
+            self.send_statements(reg.cluster_key, src);
+        }
         let entries: Vec<MemberEntry> = others.iter().map(|(_, e, _)| e.clone()).collect();
         for m in Members::build_all(&self.identity, &reg.node_key, wall, changed, &entries) {
             self.out.push((src, m));
@@ -425,6 +475,123 @@ impl Core {
         }
     }
 
+    /// Makes cluster `name` (pinned) one with an authority: it registers only certified
+    /// nodes and keeps and spreads that authority's statements. Returns false for a
+    /// cluster that is not pinned.
+    pub fn set_authority(&mut self, name: &str, authority: PublicKey) -> bool {
+        let Some(key) = self.names.get(name) else { return false };
+        let Some(c) = self.clusters.get_mut(key).filter(|c| c.pinned) else { return false };
+        c.authority = Some(authority);
+        true
+    }
+
+    /// A statement from the operator (the control socket): for the cluster it names,
+    /// which must have an authority here. Returns what it did, in words.
+    pub fn operator_statement(&mut self, wall: Tai64n, bytes: &[u8]) -> Result<String, String> {
+        let name = statement_cluster(bytes)?;
+        let Some(&ck) = self.names.get(&name) else {
+            return Err(format!("cluster {name:?} is not served here"));
+        };
+        match self.accept_statement(ck, bytes, wall)? {
+            Added::Known => Ok("already held; nothing to do".into()),
+            Added::Revocation(_) => Ok(format!("revocation accepted for cluster {name}")),
+            Added::Policy(v) => Ok(format!("policy version {v} accepted for cluster {name}")),
+        }
+    }
+
+    /// A STATEMENT from a registered member.
+    fn on_statement(&mut self, now_ms: u64, wall: Tai64n, src: SocketAddr, b: &[u8]) {
+        if !self.limiter.allow(src.ip(), now_ms) {
+            return self.drop(DropReason::RateLimited);
+        }
+        let Ok(st) = Statement::parse(b) else { return self.drop(DropReason::Malformed) };
+        if self.by_addr.get(&src) != Some(&(st.cluster_key, st.sender)) {
+            return self.drop(DropReason::UnknownMember);
+        }
+        if self.accept_statement(st.cluster_key, &st.statement, wall).is_err() {
+            self.drop(DropReason::BadStatement);
+        }
+    }
+
+    /// Checks and keeps a statement for cluster `ck`; a new one goes to every member, and
+    /// a revocation removes the members it names.
+    fn accept_statement(
+        &mut self,
+        ck: PublicKey,
+        bytes: &[u8],
+        wall: Tai64n,
+    ) -> Result<Added, String> {
+        let Some(c) = self.clusters.get_mut(&ck) else { return Err("unknown cluster".into()) };
+        let Some(authority) = c.authority else {
+            return Err(format!(
+                "cluster {:?} has no authority here ([[clusters]] authority in nucleus.toml)",
+                c.name
+            ));
+        };
+        let added = c.statements.add(bytes, &authority, &c.name, wall.unix_secs())?;
+        if added == Added::Known {
+            return Ok(added);
+        }
+        self.stats.statements_accepted += 1;
+        if let Added::Revocation(_) = added {
+            let revoked: Vec<PublicKey> = c
+                .members
+                .iter()
+                .filter(|(k, m)| c.statements.revokes(k, m.serial.unwrap_or(u64::MAX)))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in revoked {
+                self.remove_member(ck, k, wall);
+            }
+        }
+        let c = &self.clusters[&ck];
+        let (id, count) = (c.statements.id(), c.statements.all().len() as u16);
+        let msg = Statement {
+            cluster_key: ck,
+            sender: self.own,
+            set_id: id,
+            index: count - 1,
+            count,
+            statement: bytes.to_vec(),
+        }
+        .build();
+        let addrs: Vec<SocketAddr> = c.members.values().map(|m| m.reflexive).collect();
+        self.stats.statements_sent += addrs.len() as u64;
+        self.out.extend(addrs.into_iter().map(|a| (a, msg.clone())));
+        Ok(added)
+    }
+
+    /// Sends every statement held for cluster `ck` to `to`.
+    fn send_statements(&mut self, ck: PublicKey, to: SocketAddr) {
+        let c = &self.clusters[&ck];
+        let all = c.statements.all();
+        let count = all.len().min(u16::MAX as usize) as u16;
+        for (i, st) in all.iter().take(count as usize).enumerate() {
+            let msg = Statement {
+                cluster_key: ck,
+                sender: self.own,
+                set_id: c.statements.id(),
+                index: i as u16,
+                count,
+                statement: st.to_vec(),
+            };
+            self.out.push((to, msg.build()));
+        }
+        self.stats.statements_sent += count as u64;
+    }
+
+    /// Per cluster with an authority: (name, revocations held, policy version).
+    pub fn statements_per_cluster(&self) -> Vec<(String, usize, Option<u64>)> {
+        let mut v: Vec<_> = self
+            .clusters
+            .values()
+            .filter(|c| c.authority.is_some())
+            .map(|c| (c.name.clone(), c.statements.revocations(), c.statements.policy_version()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Periodic work: forget members silent for longer than the member timeout.
     pub fn tick(&mut self, now_ms: u64, wall: Tai64n) {
         let timeout = self.limits.member_timeout_ms;
@@ -441,8 +608,43 @@ impl Core {
         for (ck, k) in expired {
             self.remove_member(ck, k, wall);
         }
+        for c in self.clusters.values_mut() {
+            c.statements.prune(wall.unix_secs());
+        }
         self.limiter.gc(now_ms);
     }
+}
+
+mod statements;
+
+use statements::{Added, StatementSet};
+
+/// The serial of the valid certificate for `authority` and `cluster` that a registration
+/// shows for its own key.
+fn certified(
+    reg: &Register,
+    authority: &PublicKey,
+    cluster: &str,
+    wall: Tai64n,
+) -> Result<u64, ()> {
+    let m = reg.membership.as_ref().ok_or(())?;
+    let c = SignedCertificate::parse(&m.certificate).map_err(|_| ())?;
+    c.admit(authority, cluster, wall.unix_secs()).map_err(|_| ())?;
+    if c.cert.node != reg.node_key {
+        return Err(());
+    }
+    Ok(c.cert.serial)
+}
+
+/// The cluster a revocation or policy is for.
+fn statement_cluster(bytes: &[u8]) -> Result<String, String> {
+    use omni_proto::membership::{policy::SignedPolicy, revocation::SignedRevocation};
+    if let Ok(r) = SignedRevocation::parse(bytes) {
+        return Ok(r.revocation.cluster);
+    }
+    SignedPolicy::parse(bytes)
+        .map(|p| p.policy.cluster)
+        .map_err(|e| format!("neither a revocation nor a policy: {e}"))
 }
 
 #[cfg(test)]

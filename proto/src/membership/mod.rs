@@ -33,6 +33,10 @@ const HEAD: usize = 6;
 const SIGNATURE: usize = 64;
 /// The longest body of any statement (a policy of many rules is the largest).
 pub const MAX_BODY: usize = 16 * 1024;
+/// The longest revocation or policy members pass on (signed, in bytes): one control
+/// message inside the tunnel, one Nucleus message, under any path's MTU. A policy signed
+/// larger is refused by `cluster policy`.
+pub const MAX_SHARED: usize = 1_100;
 
 /// The three kinds of statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -84,6 +84,46 @@ impl Permission {
     pub fn is_none(&self) -> bool {
         self.grants.is_empty()
     }
+
+    /// The permission flattened for the data plane: `None` for everything, else the
+    /// (EtherType, VLAN id) pairs a frame must match one of ([`ANY_ETHERTYPE`] and
+    /// [`ANY_VLAN`] match anything; an empty list, nothing). At most [`MAX_PAIRS`]: a
+    /// permission that names more is cut there, which only ever forbids more.
+    pub fn pairs(&self) -> Option<Vec<(u16, u16)>> {
+        let any = |list: &[u16], wildcard: u16| {
+            if list.is_empty() { vec![wildcard] } else { list.to_vec() }
+        };
+        let mut pairs = Vec::new();
+        for g in &self.grants {
+            if g.ethertypes.is_empty() && g.vlans.is_empty() {
+                return None;
+            }
+            for t in any(&g.ethertypes, ANY_ETHERTYPE) {
+                for v in any(&g.vlans, ANY_VLAN) {
+                    if !pairs.contains(&(t, v)) {
+                        pairs.push((t, v));
+                    }
+                }
+            }
+        }
+        pairs.truncate(MAX_PAIRS);
+        Some(pairs)
+    }
+}
+
+/// In [`Permission::pairs`]: any EtherType (no EtherType is below 0x0600).
+pub const ANY_ETHERTYPE: u16 = 0;
+/// In [`Permission::pairs`]: any VLAN, or none (VLAN ids stop at 4095).
+pub const ANY_VLAN: u16 = 0xffff;
+/// Pairs a flattened permission holds at most.
+pub const MAX_PAIRS: usize = 1024;
+
+/// Whether a frame of `ethertype` on `vlan` matches one of `pairs` ([`Permission::pairs`]).
+#[inline]
+pub fn pairs_allow(pairs: &[(u16, u16)], ethertype: u16, vlan: Option<u16>) -> bool {
+    pairs
+        .iter()
+        .any(|&(t, v)| (t == ANY_ETHERTYPE || t == ethertype) && (v == ANY_VLAN || Some(v) == vlan))
 }
 
 /// An EtherType by name (`ipv4`, `arp`, `ipv6`, `vlan`) or number (`0x88b5`, `34997`).
@@ -243,6 +283,37 @@ mod tests {
         assert_eq!(s.policy, p);
         assert!(s.applies(&a.public_key(), "fleet").is_ok());
         assert_eq!(SignedPolicy::from_text(&s.to_text()).unwrap().policy, p);
+    }
+
+    #[test]
+    fn flattened_permissions_allow_what_the_rules_allow() {
+        let p = robots_ops();
+        let (robot, ops, cam) = (groups(&["robots"]), groups(&["ops"]), groups(&["cams"]));
+        assert_eq!(p.permission(&robot, &ops).pairs(), None, "an unrestricted rule: all");
+        assert_eq!(p.permission(&robot, &robot).pairs(), Some(vec![]), "no rule: nothing");
+        let cams = p.permission(&cam, &cam).pairs().unwrap();
+        assert_eq!(cams, vec![(ethertype::IPV4, 42), (ethertype::ARP, 42)]);
+        for (t, v) in [
+            (ethertype::IPV4, None),
+            (ethertype::IPV4, Some(42)),
+            (ethertype::IPV4, Some(43)),
+            (ethertype::ARP, Some(42)),
+            (ethertype::IPV6, Some(42)),
+        ] {
+            let want = p.permission(&cam, &cam).allows(t, v);
+            assert_eq!(pairs_allow(&cams, t, v), want, "{t:#x} {v:?}");
+        }
+        let only_v6 =
+            Permission { grants: vec![Grant { ethertypes: vec![ethertype::IPV6], vlans: vec![] }] };
+        let pairs = only_v6.pairs().unwrap();
+        assert_eq!(pairs, vec![(ethertype::IPV6, ANY_VLAN)]);
+        assert!(pairs_allow(&pairs, ethertype::IPV6, None));
+        assert!(pairs_allow(&pairs, ethertype::IPV6, Some(7)));
+        assert!(!pairs_allow(&pairs, ethertype::ARP, None));
+        let only_vlan = Permission { grants: vec![Grant { ethertypes: vec![], vlans: vec![9] }] };
+        let pairs = only_vlan.pairs().unwrap();
+        assert!(pairs_allow(&pairs, ethertype::ARP, Some(9)));
+        assert!(!pairs_allow(&pairs, ethertype::ARP, None));
     }
 
     #[test]

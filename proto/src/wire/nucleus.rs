@@ -13,7 +13,19 @@
 //! MEMBERS       Nucleus -> node   Nucleus key, node key, TAI64N, entries
 //!                                 {key, present, endpoints}, sig(Nucleus); flag PUNCH = "send
 //!                                 to these now"
+//! STATEMENT     either way        cluster key, sender key, statement set id, index, count,
+//!                                 a membership statement (revocation or policy)
 //! ```
+//!
+//! A REGISTER with flag [`FLAG_MEMBERSHIP`] (a node of a cluster with an authority) carries
+//! after its local endpoints, under both signatures: the id of the Nucleus's statement set
+//! the node holds all of (u64, 0 for none), and its certificate (u16 length, 2 zero bytes,
+//! the certificate). A Nucleus that knows the cluster's authority registers only nodes
+//! whose certificate is valid and unrevoked, and sends a node whose set id is not its own
+//! every statement it holds, one STATEMENT each (`index` of `count`, under its set id).
+//! STATEMENT carries no signature of its own: the statement is the authority's, and every
+//! receiver checks it before anything else. A node sends one to a Nucleus to pass on a
+//! revocation or policy it received.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -29,7 +41,11 @@ pub mod subtype {
     pub const REGISTERED: u8 = 3;
     pub const MEMBERS: u8 = 4;
     pub const PUNCH_REQUEST: u8 = 5;
+    pub const STATEMENT: u8 = 6;
 }
+
+/// REGISTER flag: a membership trailer ([`RegisterMembership`]) follows the locals.
+pub const FLAG_MEMBERSHIP: u8 = 2;
 
 /// MEMBERS flag: the recipient should send to the listed members at once (hole punching).
 pub const FLAG_PUNCH: u8 = 1;
@@ -124,9 +140,23 @@ pub struct Register {
     pub timestamp: Tai64n,
     pub cluster_name: String,
     pub locals: Vec<SocketAddr>,
+    /// With [`FLAG_MEMBERSHIP`].
+    pub membership: Option<RegisterMembership>,
     /// Length of the part both signatures cover the start of.
     signed_len: usize,
 }
+
+/// What a node of a cluster with an authority adds to its REGISTER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterMembership {
+    /// The Nucleus statement set the node holds all of (0: none).
+    pub set_id: u64,
+    /// The node's certificate (signed bytes).
+    pub certificate: Vec<u8>,
+}
+
+/// The longest certificate a REGISTER carries.
+pub const MAX_REGISTER_CERTIFICATE: usize = 1024;
 
 impl Register {
     /// Builds and signs a registration.
@@ -137,8 +167,21 @@ impl Register {
         timestamp: Tai64n,
         locals: &[SocketAddr],
     ) -> Vec<u8> {
+        Self::build_with(cluster, node, nucleus_key, timestamp, locals, None)
+    }
+
+    /// Builds and signs a registration, with a membership trailer when given.
+    pub fn build_with(
+        cluster: &Cluster,
+        node: &Identity,
+        nucleus_key: Option<&PublicKey>,
+        timestamp: Tai64n,
+        locals: &[SocketAddr],
+        membership: Option<&RegisterMembership>,
+    ) -> Vec<u8> {
         let locals = &locals[..locals.len().min(MAX_LOCALS)];
-        let mut v = header(subtype::REGISTER, 0);
+        let flags = if membership.is_some() { FLAG_MEMBERSHIP } else { 0 };
+        let mut v = header(subtype::REGISTER, flags);
         v.extend_from_slice(cluster.public_key().as_bytes());
         v.extend_from_slice(node.public_key().as_bytes());
         v.extend_from_slice(nucleus_key.map(|k| *k.as_bytes()).as_ref().unwrap_or(&[0; 32]));
@@ -147,6 +190,13 @@ impl Register {
         v.extend_from_slice(&[locals.len() as u8, 0, 0, 0]);
         for l in locals {
             put_endpoint(&mut v, l);
+        }
+        if let Some(m) = membership {
+            let cert = &m.certificate[..m.certificate.len().min(MAX_REGISTER_CERTIFICATE)];
+            v.extend_from_slice(&m.set_id.to_le_bytes());
+            v.extend_from_slice(&(cert.len() as u16).to_le_bytes());
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(cert);
         }
         let cs = cluster.sign(&v);
         v.extend_from_slice(&cs);
@@ -157,7 +207,8 @@ impl Register {
 
     /// Parses the structure (signatures are checked by `verify`).
     pub fn parse(b: &[u8]) -> Result<Self, WireError> {
-        if classify(b)?.0 != subtype::REGISTER {
+        let (sub, flags) = classify(b)?;
+        if sub != subtype::REGISTER || flags & !FLAG_MEMBERSHIP != 0 {
             return Err(WireError::BadField("subtype"));
         }
         if b.len() < reg::LOCALS + 2 * SIG_LEN {
@@ -167,7 +218,25 @@ impl Register {
         if n > MAX_LOCALS || b[reg::N_LOCALS + 1..reg::LOCALS] != [0, 0, 0] {
             return Err(WireError::BadField("local endpoint count"));
         }
-        let signed_len = reg::LOCALS + n * ENDPOINT_LEN;
+        let mut signed_len = reg::LOCALS + n * ENDPOINT_LEN;
+        let membership = if flags & FLAG_MEMBERSHIP != 0 {
+            let t = b
+                .get(signed_len..signed_len + 12)
+                .ok_or(WireError::Truncated { len: b.len(), need: signed_len + 12 })?;
+            let set_id = u64::from_le_bytes(t[..8].try_into().expect("8 bytes"));
+            let len = u16::from_le_bytes([t[8], t[9]]) as usize;
+            if len > MAX_REGISTER_CERTIFICATE || t[10..12] != [0, 0] {
+                return Err(WireError::BadField("certificate length"));
+            }
+            let certificate = b
+                .get(signed_len + 12..signed_len + 12 + len)
+                .ok_or(WireError::Truncated { len: b.len(), need: signed_len + 12 + len })?
+                .to_vec();
+            signed_len += 12 + len;
+            Some(RegisterMembership { set_id, certificate })
+        } else {
+            None
+        };
         if b.len() != signed_len + 2 * SIG_LEN {
             return Err(WireError::BadLength { len: b.len(), expected: signed_len + 2 * SIG_LEN });
         }
@@ -186,6 +255,7 @@ impl Register {
             cluster_name: cluster::parse_name_field(&b[reg::NAME..reg::N_LOCALS])
                 .ok_or(WireError::BadField("cluster name"))?,
             locals,
+            membership,
             signed_len,
         })
     }
@@ -198,6 +268,68 @@ impl Register {
         };
         identity::verify(&self.cluster_key, &b[..self.signed_len], &cs)
             && identity::verify(&self.node_key, &b[..self.signed_len + SIG_LEN], &ns)
+    }
+}
+
+// ---- STATEMENT -----------------------------------------------------------------------------
+
+/// A membership statement passed between a node and a Nucleus (see the module comment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub cluster_key: PublicKey,
+    /// The node (towards a Nucleus) or the Nucleus (towards a node) sending it.
+    pub sender: PublicKey,
+    /// From a Nucleus: the id of its statement set this belongs to; from a node, 0.
+    pub set_id: u64,
+    /// From a Nucleus: this statement's place in the set, and the set's size.
+    pub index: u16,
+    pub count: u16,
+    pub statement: Vec<u8>,
+}
+
+const STATEMENT_FIXED: usize = 88;
+/// The longest statement a STATEMENT carries.
+pub const MAX_STATEMENT: usize = MAX_MESSAGE - STATEMENT_FIXED;
+
+impl Statement {
+    pub fn build(&self) -> Vec<u8> {
+        let st = &self.statement[..self.statement.len().min(MAX_STATEMENT)];
+        let mut v = header(subtype::STATEMENT, 0);
+        v.extend_from_slice(self.cluster_key.as_bytes());
+        v.extend_from_slice(self.sender.as_bytes());
+        v.extend_from_slice(&self.set_id.to_le_bytes());
+        v.extend_from_slice(&self.index.to_le_bytes());
+        v.extend_from_slice(&self.count.to_le_bytes());
+        v.extend_from_slice(&(st.len() as u16).to_le_bytes());
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(st);
+        v
+    }
+
+    pub fn parse(b: &[u8]) -> Result<Self, WireError> {
+        let (sub, flags) = classify(b)?;
+        if sub != subtype::STATEMENT || flags != 0 {
+            return Err(WireError::BadField("subtype"));
+        }
+        if b.len() < STATEMENT_FIXED {
+            return Err(WireError::Truncated { len: b.len(), need: STATEMENT_FIXED });
+        }
+        let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        let len = u16_at(84) as usize;
+        if len == 0 || len > MAX_STATEMENT || b[86..88] != [0, 0] {
+            return Err(WireError::BadField("statement length"));
+        }
+        if b.len() != STATEMENT_FIXED + len {
+            return Err(WireError::BadLength { len: b.len(), expected: STATEMENT_FIXED + len });
+        }
+        Ok(Self {
+            cluster_key: get_key(&b[8..40])?,
+            sender: get_key(&b[40..72])?,
+            set_id: u64::from_le_bytes(b[72..80].try_into().expect("8 bytes")),
+            index: u16_at(80),
+            count: u16_at(82),
+            statement: b[STATEMENT_FIXED..].to_vec(),
+        })
     }
 }
 
@@ -582,6 +714,60 @@ mod tests {
         let mut t = u.clone();
         t[50] ^= 1;
         assert!(NodeRequest::parse(&t).map(|r| !r.verify(&t)).unwrap_or(true));
+    }
+
+    #[test]
+    fn a_certified_registration_carries_its_trailer_under_both_signatures() {
+        let (c, node, nucleus) = ids();
+        let ts = Tai64n::from_unix(1_700_000_000, 5);
+        let m = RegisterMembership { set_id: 0x0102_0304_0506_0708, certificate: vec![7; 40] };
+        let b = Register::build_with(&c, &node, Some(&nucleus.public_key()), ts, &[], Some(&m));
+        assert_eq!(b[5], FLAG_MEMBERSHIP);
+        assert_eq!(&b[152..164], &[8, 7, 6, 5, 4, 3, 2, 1, 40, 0, 0, 0]);
+        assert_eq!(&b[164..204], &[7; 40][..]);
+        assert_eq!(b.len(), 204 + 2 * SIG_LEN);
+        let r = Register::parse(&b).unwrap();
+        assert_eq!(r.membership.as_ref(), Some(&m));
+        assert!(r.verify(&b));
+        let mut t = b.clone();
+        t[170] ^= 1;
+        assert!(!Register::parse(&t).unwrap().verify(&t), "the certificate is signed");
+        let mut t = b.clone();
+        t[160] = 0xff;
+        t[161] = 0xff;
+        assert!(Register::parse(&t).is_err(), "a certificate past the limit");
+        assert!(Register::parse(&b[..170]).is_err());
+        let mut t = b.clone();
+        t[5] = 4;
+        assert!(Register::parse(&t).is_err(), "unknown flags");
+        let plain = Register::build(&c, &node, None, ts, &[]);
+        assert_eq!(Register::parse(&plain).unwrap().membership, None);
+    }
+
+    #[test]
+    fn statements_are_byte_exact_and_bounded() {
+        let (c, node, _) = ids();
+        let s = Statement {
+            cluster_key: c.public_key(),
+            sender: node.public_key(),
+            set_id: 9,
+            index: 1,
+            count: 2,
+            statement: b"OMR1...".to_vec(),
+        };
+        let b = s.build();
+        assert_eq!(&b[..8], &[5, 0, 0, 0, subtype::STATEMENT, 0, 0, 0]);
+        assert_eq!(&b[72..88], &[9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, 7, 0, 0, 0]);
+        assert_eq!(&b[88..], b"OMR1...");
+        assert_eq!(Statement::parse(&b).unwrap(), s);
+        assert!(Statement::parse(&b[..b.len() - 1]).is_err());
+        let mut t = b.clone();
+        t[84] = 0;
+        t[85] = 0;
+        assert!(Statement::parse(&t).is_err(), "empty");
+        let big = Statement { statement: vec![1; MAX_STATEMENT], ..s.clone() }.build();
+        assert_eq!(big.len(), MAX_MESSAGE);
+        assert!(Statement::parse(&big).is_ok());
     }
 
     #[test]

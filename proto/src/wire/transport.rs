@@ -16,6 +16,13 @@
 //! on marked partial. When bytes 1-3 are not all zero, the AEAD's associated data is the
 //! type word (bytes 0-3), so the state is authenticated with the frame; otherwise there is
 //! none, exactly as before.
+//!
+//! Bytes 1-3 equal to [`CONTROL`] (an offset of 0 with a start, which no checksum state
+//! is) mark a **control message**: the payload is not a frame but a message for the
+//! receiver's control plane (a membership statement passed on between members), sent only
+//! to a peer that agreed to [`crate::features::Features::CONTROL_MESSAGES`]. Being non-zero,
+//! the mark is authenticated as associated data: nobody on the path can turn a frame into
+//! a control message or back.
 
 use super::{read_u32, write_type};
 use crate::WireError;
@@ -121,10 +128,27 @@ impl ChecksumPartial {
         let start = u16::from_le_bytes([b[field::CSUM_START.start], b[field::CSUM_START.end - 1]]);
         match (offset, start) {
             (0, 0) => Ok(None),
+            (0, CONTROL_START) => Ok(None),
             (0, _) => Err(WireError::BadField("checksum start without offset")),
             _ => Ok(Some(Self { start, offset })),
         }
     }
+}
+
+/// Bytes 1-3 of a control message's type word.
+pub const CONTROL: [u8; 3] = [0, 0xff, 0xff];
+const CONTROL_START: u16 = 0xffff;
+
+/// Whether the transport message at the start of `msg` is a control message.
+#[inline]
+pub fn is_control(msg: &[u8]) -> bool {
+    msg.get(field::CSUM_OFFSET..field::CSUM_START.end) == Some(&CONTROL[..])
+}
+
+/// Marks the transport header at the start of `msg` (at least 4 bytes) as a control
+/// message's, before it is sealed.
+pub fn mark_control(msg: &mut [u8]) {
+    msg[field::CSUM_OFFSET..field::CSUM_START.end].copy_from_slice(&CONTROL);
 }
 
 /// The associated data of the AEAD for a transport message whose header is at the start
@@ -224,6 +248,20 @@ mod tests {
         let mut ka = vec![0u8; MIN_LEN];
         Header { receiver_index: 1, counter: 1, checksum: Some(c) }.emit(&mut ka);
         assert!(Packet::new_checked(&ka[..]).is_err());
+    }
+
+    #[test]
+    fn a_control_message_is_marked_and_authenticated() {
+        let mut buf = vec![0u8; 16 + 20 + 16];
+        Header { receiver_index: 7, counter: 9, checksum: None }.emit(&mut buf);
+        assert!(!is_control(&buf));
+        mark_control(&mut buf);
+        assert_eq!(&buf[..4], &[4, 0, 0xff, 0xff]);
+        assert!(is_control(&buf));
+        assert_eq!(associated_data(&buf), &[4, 0, 0xff, 0xff], "the mark is authenticated");
+        let p = Packet::new_checked(&buf[..]).unwrap();
+        assert_eq!(p.checksum_state(), Ok(None), "no checksum state");
+        assert!(!is_control(&buf[..3]));
     }
 
     #[test]

@@ -91,6 +91,8 @@ fn local_endpoints(settings: &Settings, port: u16) -> Vec<SocketAddr> {
         .collect()
 }
 
+mod statements;
+
 struct Daemon {
     rendezvous: Option<Rendezvous>,
     settings: Settings,
@@ -103,6 +105,11 @@ struct Daemon {
     last_generation: u32,
     generation_since_ms: u64,
     revocations: crate::membership::RevocationStore,
+    policies: crate::membership::PolicyStore,
+    /// Statements seen lately (copies from several peers are not checked again).
+    seen: statements::Seen,
+    /// Statements from peers or Nuclei refused (invalid, foreign, lapsed).
+    statements_refused: u64,
     /// When the coming expiry of this node's certificate was last warned of.
     expiry_warned_ms: Option<u64>,
 }
@@ -191,6 +198,13 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             info!(revocations = kept.len(), dir = %settings.daemon.state_dir.display(), "kept revocations applied");
         }
     }
+    let policies = crate::membership::PolicyStore::new(&settings.daemon.state_dir);
+    if let Some(a) = fabric.admission().cloned()
+        && let Some(p) = policies.load(&a.authority, &a.cluster)
+    {
+        info!(version = p.policy.version, "kept group policy in force");
+        fabric.set_policy(p);
+    }
     fabric.drain_outputs().for_each(drop);
 
     let generation_before = channel.generation();
@@ -222,7 +236,12 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     let rendezvous = match cluster {
         Some(c) if !settings.network.nucleus.is_empty() => {
             let locals = local_endpoints(&settings, settings.daemon.port);
-            Some(Rendezvous::new(c, fabric.public_key(), settings.network.nucleus.clone(), locals))
+            let mut r =
+                Rendezvous::new(c, fabric.public_key(), settings.network.nucleus.clone(), locals);
+            if let Some(a) = fabric.admission() {
+                r.set_certificate(a.own.bytes.clone());
+            }
+            Some(r)
         }
         _ => None,
     };
@@ -238,6 +257,9 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         last_generation: generation_before,
         generation_since_ms: now,
         revocations,
+        policies,
+        seen: statements::Seen::default(),
+        statements_refused: 0,
         expiry_warned_ms: None,
     };
     if d.supervisor.as_ref().is_some_and(|s| s.has_child()) {
@@ -407,6 +429,7 @@ impl Daemon {
         let now = monotonic_ms();
         let mut outs = Vec::new();
         let produced: Vec<Output> = self.fabric.drain_outputs().collect();
+        let mut statements = vec![];
         for o in produced {
             match o {
                 Output::PunchRequest(key) => {
@@ -414,10 +437,14 @@ impl Daemon {
                         r.punch_request(now, self.fabric.identity(), &key, &mut outs);
                     }
                 }
+                Output::Statement { from, bytes } => statements.push((from, bytes)),
                 other => outs.push(other),
             }
         }
         self.channel.send(outs);
+        for (from, bytes) in statements {
+            self.statement_received(&bytes, statements::Source::Peer(from));
+        }
     }
 
     /// Reads everything the data plane produced and reacts to a new data-plane generation.
@@ -427,6 +454,7 @@ impl Daemon {
             self.replay();
         }
         let (fabric, channel, rdv) = (&mut self.fabric, &mut self.channel, &mut self.rendezvous);
+        let mut nucleus_statements = vec![];
         channel.drain_events(|e| fabric.on_event(now, e));
         channel.drain_punts(|src, bytes| match (src, rdv.as_mut()) {
             (Endpoint::Direct(a), Some(r))
@@ -436,9 +464,13 @@ impl Daemon {
                 for m in r.on_message(now, a, bytes) {
                     fabric.on_member(now, &m);
                 }
+                nucleus_statements.extend(r.take_statements());
             }
             _ => fabric.on_punt(now, src, bytes),
         });
+        for bytes in nucleus_statements {
+            self.statement_received(&bytes, statements::Source::Nucleus);
+        }
         if let Some(s) = self.supervisor.as_mut()
             && now.saturating_sub(self.generation_since_ms) > 60_000
         {
@@ -496,12 +528,29 @@ impl Daemon {
     fn handle(&mut self, req: Request) -> serde_json::Value {
         match req {
             Request::Status => serde_json::to_value(self.status()).unwrap_or_default(),
-            Request::Revoke { text } => match self.revoke(&text) {
-                Ok(ended) => serde_json::json!({
-                    "ended": ended.iter().map(|k| k.to_base64()).collect::<Vec<_>>()
-                }),
-                Err(e) => serde_json::json!({"error": format!("{e:#}")}),
-            },
+            Request::Revoke { text } => {
+                match self.statement_text(&text, omni_proto::membership::Kind::Revocation) {
+                    Ok(statements::Applied::Revocation { ended }) => serde_json::json!({
+                        "ended": ended.iter().map(|k| k.to_base64()).collect::<Vec<_>>()
+                    }),
+                    Ok(_) => serde_json::json!({"ended": [], "known": true}),
+                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+                }
+            }
+            Request::Policy { text } => {
+                match self.statement_text(&text, omni_proto::membership::Kind::Policy) {
+                    Ok(statements::Applied::Policy { version }) => {
+                        serde_json::json!({"version": version})
+                    }
+                    Ok(_) => serde_json::json!({
+                        "error": format!(
+                            "not newer than the policy in force (version {})",
+                            self.fabric.policy().map(|p| p.policy.version).unwrap_or(0)
+                        )
+                    }),
+                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+                }
+            }
             Request::Rekey { peer } => {
                 let now = monotonic_ms();
                 let only = match peer {
@@ -621,6 +670,8 @@ impl Daemon {
                 None => "shared secret (no revocation)".into(),
             },
             certificate_expires: self.fabric.admission().map(|a| a.own.cert.not_after),
+            policy_version: self.fabric.policy().map(|p| p.policy.version),
+            revocations_known: self.fabric.admission().map_or(0, |a| a.revoked.len()),
             workers: self.channel.worker_samples(),
         }
     }
@@ -653,6 +704,9 @@ impl Daemon {
                     expires = %crate::membership::format_time(c.cert.not_after),
                     "SIGHUP: certificate reloaded"
                 );
+                if let Some(r) = self.rendezvous.as_mut() {
+                    r.set_certificate(c.bytes.clone());
+                }
                 self.fabric.set_certificate(c);
                 self.expiry_warned_ms = None;
             }
@@ -679,35 +733,6 @@ impl Daemon {
              then SIGHUP the daemon",
             left / 3_600
         );
-    }
-
-    /// A revocation from the operator: checked against this node's authority and cluster,
-    /// kept in the state directory, and applied at once. Returns the peers it ended.
-    fn revoke(&mut self, text: &str) -> anyhow::Result<Vec<omni_proto::PublicKey>> {
-        use omni_proto::membership::revocation::SignedRevocation;
-        let Some(a) = self.fabric.admission() else {
-            bail!(
-                "this node has no authority configured ([network] authority): membership is \
-                 its shared secret, and a revocation cannot be checked here"
-            );
-        };
-        let r = SignedRevocation::from_text(text)?;
-        r.applies(&a.authority, &a.cluster)?;
-        if r.revocation.lapsed(crate::membership::unix_now()) {
-            bail!("this revocation has lapsed (it may be forgotten); nothing to do");
-        }
-        // Applied first: a state directory that cannot take it must not keep a stolen node in.
-        let ended = self.fabric.revoke(r.revocation.target);
-        self.flush();
-        info!(ended = ended.len(), "revocation applied");
-        if let Err(e) = self.revocations.save(&r) {
-            warn!("the revocation is applied but not kept across a restart: {e:#}");
-            bail!(
-                "applied, but not kept: {e:#}; hand it to the daemon again after fixing \
-                 [daemon] state_dir"
-            );
-        }
-        Ok(ended)
     }
 
     fn render_metrics(&self) -> String {
@@ -751,6 +776,10 @@ impl Daemon {
                 .fabric
                 .admission()
                 .map(|a| a.own.cert.not_after as i64 - crate::membership::unix_now() as i64),
+            membership: self.fabric.admission().map(|a| {
+                let version = a.policy.as_ref().map_or(0, |p| p.policy.version);
+                (a.revoked.len() as u64, version, self.statements_refused)
+            }),
         };
         self.metrics.render(&sample)
     }

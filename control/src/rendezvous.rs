@@ -482,4 +482,55 @@ mod tests {
         r2.on_message(1, from, &m[0]);
         assert_eq!(r2.dropped, 1);
     }
+
+    #[test]
+    fn statements_are_taken_and_the_set_held_whole_is_named_in_register() {
+        let (mut r, node, nucleus) = setup();
+        let from: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let cluster_key = r.cluster_key();
+        let st = |index: u16, count: u16, set_id: u64| {
+            Statement {
+                cluster_key,
+                sender: nucleus.public_key(),
+                set_id,
+                index,
+                count,
+                statement: vec![index as u8 + 1; 4],
+            }
+            .build()
+        };
+        let (s0, s1) = (st(0, 2, 7), st(1, 2, 7));
+        // Without a certificate (no authority), statements are not taken.
+        r.on_message(1, from, &s0);
+        assert!(r.take_statements().is_empty());
+        r.set_certificate(vec![9; 10]);
+        r.on_message(1, from, &s0);
+        assert_eq!(r.take_statements(), [vec![1; 4]]);
+        let register_set = |r: &mut Rendezvous, now: u64| {
+            let mut out = vec![];
+            r.nuclei[0].next_send_ms = 0;
+            r.tick(now, &node, &mut out);
+            let b = sent(&mut out).remove(0);
+            Register::parse(&b).unwrap().membership.unwrap()
+        };
+        assert_eq!(register_set(&mut r, 2).set_id, 0, "set 7 not whole yet");
+        r.on_message(3, from, &s1);
+        let m = register_set(&mut r, 4);
+        assert_eq!((m.set_id, m.certificate), (7, vec![9; 10]));
+        // A push of a newer set's last statement alone: the whole set stays the older one.
+        r.on_message(5, from, &st(2, 3, 8));
+        assert_eq!(register_set(&mut r, 6).set_id, 7);
+        // From another cluster, or another address: dropped.
+        let mut other = st(0, 1, 9);
+        other[8] ^= 1;
+        let before = r.dropped;
+        r.on_message(7, from, &other);
+        r.on_message(7, "192.0.2.9:1".parse().unwrap(), &s0);
+        assert_eq!(r.dropped, before + 2);
+        // Uploads go to every Nucleus.
+        let mut out = vec![];
+        assert_eq!(r.upload(b"OMR1", &mut out), 1);
+        let up = Statement::parse(&sent(&mut out)[0]).unwrap();
+        assert_eq!((up.sender, up.statement), (node.public_key(), b"OMR1".to_vec()));
+    }
 }

@@ -244,3 +244,169 @@ fn punch_request_and_unregister() {
     assert!(!members_for(&o, b)[0].entries[0].present);
     assert_eq!(core.members_per_cluster()[0].1, 1);
 }
+
+mod membership {
+    use super::*;
+    use omni_proto::membership::cert::Certificate;
+    use omni_proto::membership::policy::{Policy, Rule};
+    use omni_proto::membership::revocation::{Revocation, Target};
+    use omni_proto::wire::nucleus::{RegisterMembership, Statement};
+
+    fn authority() -> Identity {
+        Identity::from_seed([77; 32])
+    }
+
+    fn cert(n: &Identity, serial: u64) -> Vec<u8> {
+        Certificate {
+            serial,
+            cluster: "fleet".into(),
+            node: n.public_key(),
+            name: "n".into(),
+            groups: vec![],
+            not_before: T0 - 10,
+            not_after: T0 + 1000,
+        }
+        .sign(&authority())
+        .unwrap()
+    }
+
+    fn certified_reg(n: &Identity, s: u64, set_id: u64, certificate: Vec<u8>) -> Vec<u8> {
+        let m = RegisterMembership { set_id, certificate };
+        nucleus::Register::build_with(&cluster(), n, None, wall(s), &[], Some(&m))
+    }
+
+    fn revocation(target: Target) -> Vec<u8> {
+        Revocation { cluster: "fleet".into(), target, issued: T0, until: 0 }
+            .sign(&authority())
+            .unwrap()
+    }
+
+    fn policy(version: u64) -> Vec<u8> {
+        let rule = Rule { between: ["a".into(), "b".into()], ethertypes: vec![], vlans: vec![] };
+        Policy { cluster: "fleet".into(), version, issued: T0, rules: vec![rule] }
+            .sign(&authority())
+            .unwrap()
+    }
+
+    fn statements_to(msgs: &[(SocketAddr, Vec<u8>)], to: SocketAddr) -> Vec<Statement> {
+        msgs.iter()
+            .filter(|(a, b)| *a == to && b[4] == subtype::STATEMENT)
+            .map(|(_, b)| Statement::parse(b).unwrap())
+            .collect()
+    }
+
+    fn core() -> Core {
+        let mut core = Core::new(node(100), limits(), &[("fleet".into(), cluster().public_key())]);
+        assert!(core.set_authority("fleet", authority().public_key()));
+        assert!(!core.set_authority("other", authority().public_key()), "not pinned");
+        core
+    }
+
+    #[test]
+    fn a_cluster_with_an_authority_registers_certified_nodes_only() {
+        let mut core = core();
+        let a: SocketAddr = "203.0.113.1:40001".parse().unwrap();
+        core.handle(1, wall(0), a, &reg(&cluster(), &node(1), 0));
+        assert_eq!(core.stats.drops[DropReason::Uncertified as usize], 1, "no certificate");
+        core.handle(1, wall(1), a, &certified_reg(&node(1), 1, 0, cert(&node(2), 5)));
+        assert_eq!(core.stats.drops[DropReason::Uncertified as usize], 2, "another node's");
+        let forged = Certificate {
+            serial: 1,
+            cluster: "fleet".into(),
+            node: node(1).public_key(),
+            name: "n".into(),
+            groups: vec![],
+            not_before: T0 - 10,
+            not_after: T0 + 1000,
+        }
+        .sign(&node(50))
+        .unwrap();
+        core.handle(1, wall(2), a, &certified_reg(&node(1), 2, 0, forged));
+        assert_eq!(core.stats.drops[DropReason::Uncertified as usize], 3, "another authority");
+        core.handle(1, wall(2000), a, &certified_reg(&node(1), 2000, 0, cert(&node(1), 5)));
+        assert_eq!(core.stats.drops[DropReason::Uncertified as usize], 4, "expired");
+        core.handle(1, wall(3), a, &certified_reg(&node(1), 3, 0, cert(&node(1), 5)));
+        assert_eq!(core.members_per_cluster(), [("fleet".to_string(), 1)]);
+    }
+
+    #[test]
+    fn statements_are_kept_pushed_and_sent_to_nodes_that_lack_them() {
+        let mut core = core();
+        let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
+            "203.0.113.1:40001".parse().unwrap(),
+            "203.0.113.2:40002".parse().unwrap(),
+            "203.0.113.3:40003".parse().unwrap(),
+        );
+        core.handle(1, wall(0), a, &certified_reg(&node(1), 0, 0, cert(&node(1), 1)));
+        core.handle(1, wall(0), b, &certified_reg(&node(2), 0, 0, cert(&node(2), 2)));
+        core.handle(1, wall(0), c, &certified_reg(&node(3), 0, 0, cert(&node(3), 3)));
+        outs(&mut core);
+        // The operator revokes node 3's certificate: pushed to all, node 3 removed.
+        let r = revocation(Target::Serial(3));
+        assert!(core.operator_statement(wall(1), &r).unwrap().contains("revocation accepted"));
+        let o = outs(&mut core);
+        let to_a = statements_to(&o, a);
+        assert_eq!(to_a.len(), 1);
+        assert_eq!(to_a[0].statement, r);
+        assert_eq!((to_a[0].index, to_a[0].count), (0, 1));
+        let id = to_a[0].set_id;
+        assert_ne!(id, 0);
+        assert!(members_for(&o, a).iter().any(|m| m.entries.iter().any(|e| !e.present)));
+        assert_eq!(core.members_per_cluster(), [("fleet".to_string(), 2)]);
+        assert_eq!(core.operator_statement(wall(1), &r).unwrap(), "already held; nothing to do");
+        // Node 3 cannot register again with that certificate.
+        core.handle(2, wall(2), c, &certified_reg(&node(3), 2, id, cert(&node(3), 3)));
+        assert_eq!(core.stats.drops[DropReason::Revoked as usize], 1);
+        // A member uploads a policy: accepted and pushed.
+        let up = Statement {
+            cluster_key: cluster().public_key(),
+            sender: node(1).public_key(),
+            set_id: 0,
+            index: 0,
+            count: 0,
+            statement: policy(4),
+        };
+        core.handle(3, wall(3), a, &up.build());
+        let o = outs(&mut core);
+        let to_b = statements_to(&o, b);
+        assert_eq!(to_b.len(), 1);
+        assert_eq!((to_b[0].index, to_b[0].count), (1, 2));
+        let id2 = to_b[0].set_id;
+        assert_eq!(core.statements_per_cluster(), [("fleet".to_string(), 1, Some(4))]);
+        // From an address that is not that member's: refused.
+        core.handle(3, wall(3), c, &Statement { statement: policy(5), ..up.clone() }.build());
+        assert_eq!(core.stats.drops[DropReason::UnknownMember as usize], 1);
+        // A node holding the current set gets nothing at registration; one holding an
+        // older set (or none) gets all of it, before its member list.
+        core.handle(4, wall(4), b, &certified_reg(&node(2), 4, id2, cert(&node(2), 2)));
+        assert!(statements_to(&outs(&mut core), b).is_empty());
+        core.handle(5, wall(5), b, &certified_reg(&node(2), 5, id, cert(&node(2), 2)));
+        let o = outs(&mut core);
+        let got = statements_to(&o, b);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].statement.clone(), got[1].statement.clone()), (r, policy(4)));
+        assert!(got.iter().all(|s| s.set_id == id2 && s.count == 2));
+        let first_statement = o.iter().position(|(_, m)| m[4] == subtype::STATEMENT).unwrap();
+        let first_members = o.iter().position(|(_, m)| m[4] == subtype::MEMBERS).unwrap();
+        assert!(first_statement < first_members);
+        // Foreign or malformed statements are refused and counted.
+        let foreign =
+            Revocation { cluster: "fleet".into(), target: Target::Serial(9), issued: T0, until: 0 }
+                .sign(&node(60))
+                .unwrap();
+        core.handle(6, wall(6), a, &Statement { statement: foreign, ..up.clone() }.build());
+        core.handle(6, wall(6), a, &Statement { statement: b"junk".to_vec(), ..up }.build());
+        assert_eq!(core.stats.drops[DropReason::BadStatement as usize], 2);
+        assert!(core.operator_statement(wall(6), &policy(3)).unwrap().contains("already"));
+    }
+
+    #[test]
+    fn a_cluster_without_an_authority_keeps_no_statements() {
+        let mut core = Core::new(node(100), limits(), &[]);
+        let a: SocketAddr = "203.0.113.1:40001".parse().unwrap();
+        core.handle(1, wall(0), a, &certified_reg(&node(1), 0, 0, cert(&node(1), 1)));
+        assert_eq!(core.members_per_cluster(), [("fleet".to_string(), 1)], "trailer ignored");
+        let err = core.operator_statement(wall(1), &revocation(Target::Serial(1))).unwrap_err();
+        assert!(err.contains("no authority"), "{err}");
+    }
+}

@@ -489,6 +489,11 @@ pub struct Mesh3 {
 
 impl Mesh3 {
     pub fn new() -> Self {
+        Self::with(|_, _| vec![])
+    }
+
+    /// As `new`, node `i` (whose key is given) started with `extra(i, key)` too.
+    pub fn with(extra: impl Fn(usize, &str) -> Vec<String>) -> Self {
         let switch = Netns::new("s");
         switch.sh_ok("ip link add br0 type bridge && ip link set br0 up");
         let dir = TempDir::new("mesh");
@@ -516,6 +521,7 @@ impl Mesh3 {
                     format!("10.79.0.{}:51820", j + 1),
                 ]);
             }
+            args.extend(extra(i, &ids[i].1));
             nodes.push(Node::start(&nss[i], &dir.0, &format!("n{i}"), &ids[i].0, &ids[i].1, &args));
         }
         for (i, n) in nodes.iter().enumerate() {
@@ -699,7 +705,19 @@ impl NatCluster {
     }
 
     pub fn add_node_with(&mut self, i: usize, secret: &str, extra: &[&str]) {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        self.add_node_keyed(i, secret, |_| extra);
+    }
+
+    /// As `add_node_with`, the extra arguments made from the node's new key.
+    pub fn add_node_keyed(
+        &mut self,
+        i: usize,
+        secret: &str,
+        extra: impl FnOnce(&str) -> Vec<String>,
+    ) {
         let (id, key) = new_identity(&self.dir.0, &format!("e{i}"));
+        let extra = extra(&key);
         let mut args: Vec<String> = [
             "--nucleus",
             &format!("{}@10.200.0.10:51820", self.nucleus_key),
@@ -714,7 +732,7 @@ impl NatCluster {
         if let Some((_, _, k2)) = &self.second {
             args.extend(["--nucleus".to_string(), format!("{k2}@10.200.0.11:51820")]);
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra);
         let node = Node::start(&self.edges[i - 1], &self.dir.0, &format!("e{i}"), &id, &key, &args);
         node.wait_running();
         self.edges[i - 1].sh_ok(&format!("ip addr add 10.99.0.{i}/24 dev omni0"));

@@ -662,7 +662,10 @@ fn signed_policy(authority: &Identity, version: u64, rules: &[(&str, &str)]) -> 
     SignedPolicy::parse(&p.sign(authority).unwrap()).unwrap()
 }
 
-fn access_cmds(cmds: &[Command]) -> Vec<(u16, bool, Vec<(u16, u16)>)> {
+/// A `SetAccess` command: peer, all, pairs.
+type AccessCmd = (u16, bool, Vec<(u16, u16)>);
+
+fn access_cmds(cmds: &[Command]) -> Vec<AccessCmd> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::SetAccess { peer, all, pairs, .. } => Some((*peer, *all, pairs.clone())),

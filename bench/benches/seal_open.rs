@@ -2,6 +2,9 @@
 //! (FDB lookup, session, header, in-place AEAD, counters) against AWS-LC's raw AEAD on the
 //! same buffers, in the same run, for each transport AEAD (ChaCha20-Poly1305, AES-256-GCM).
 //!
+//! `dataplane_policy` is the same path under a group policy that lets this peer have three
+//! EtherTypes (IPv4 last in the list, the frames' own): what enforcing a policy costs.
+//!
 //!   cargo bench -p omni-bench --bench seal_open
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
@@ -67,8 +70,29 @@ fn seal_with(c: &mut Criterion, aead: Aead) {
             })
         });
         assert!(sink.count > 0, "the engine sealed");
+        let mut e =
+            engine_with_session(&format!("sealp{size}{}", aead.id()), aead, [1; 32], [2; 32], 5, 6);
+        learn(&e, DST);
+        under_policy(&mut e);
+        let before = sink.count;
+        g.bench_with_input(BenchmarkId::new("dataplane_policy", size), &size, |b, &size| {
+            b.iter(|| {
+                frame_into(&mut pkt, size);
+                e.encap(1000, &mut pkt, &mut sink);
+            })
+        });
+        assert!(sink.count > before, "the policy let the frames through");
     }
     g.finish();
+}
+
+/// Puts peer 0 under a policy that allows ARP, IPv6 and IPv4 (in that order).
+fn under_policy(e: &mut omni_dataplane::engine::Engine) {
+    use omni_proto::membership::policy::ANY_VLAN;
+    let pairs = [(0x0806, ANY_VLAN), (0x86dd, ANY_VLAN), (0x0800, ANY_VLAN)];
+    for c in omni_shm::records::Command::set_access(0, Some(&pairs)) {
+        e.apply(0, c, &mut LastPacket::default());
+    }
 }
 
 fn open(c: &mut Criterion) {
@@ -97,16 +121,47 @@ fn open_with(c: &mut Criterion, aead: Aead) {
         // Data plane: a stream of fresh packets from the peer, opened in place (header
         // parse, index lookup, replay window, AEAD, FDB learning, counters). Sealing them
         // happens outside the timed part.
-        let mut tx =
-            engine_with_session(&format!("otx{size}{}", aead.id()), aead, [1; 32], [2; 32], 5, 6);
+        for policy in [false, true] {
+            open_dataplane(&mut g, aead, size, policy);
+        }
+    }
+    g.finish();
+}
+
+fn open_dataplane(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    aead: Aead,
+    size: usize,
+    policy: bool,
+) {
+    {
+        let tag = if policy { "p" } else { "" };
+        let mut tx = engine_with_session(
+            &format!("otx{tag}{size}{}", aead.id()),
+            aead,
+            [1; 32],
+            [2; 32],
+            5,
+            6,
+        );
         learn(&tx, DST);
-        let mut rx =
-            engine_with_session(&format!("orx{size}{}", aead.id()), aead, [2; 32], [1; 32], 6, 5);
+        let mut rx = engine_with_session(
+            &format!("orx{tag}{size}{}", aead.id()),
+            aead,
+            [2; 32],
+            [1; 32],
+            6,
+            5,
+        );
+        if policy {
+            under_policy(&mut rx);
+        }
         let mut sink = LastPacket::default();
         let mut rx_sink = LastPacket::default();
         let src = "10.0.0.2:51820".parse().unwrap();
         let mut pkt = PacketBuf::new();
-        g.bench_with_input(BenchmarkId::new("dataplane", size), &size, |b, &size| {
+        let name = if policy { "dataplane_policy" } else { "dataplane" };
+        g.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
             b.iter_batched_ref(
                 || {
                     frame_into(&mut pkt, size);
@@ -123,7 +178,6 @@ fn open_with(c: &mut Criterion, aead: Aead) {
             )
         });
     }
-    g.finish();
 }
 
 criterion_group!(benches, seal, open);

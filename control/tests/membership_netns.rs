@@ -224,6 +224,40 @@ fn a_certificate_from_another_authority_or_for_another_key_is_refused() {
     });
     assert_ne!(peer(&st, &kb)["session"], "established");
     assert!(a.log_text().contains("handshake refused"), "{}", a.log_text());
+
+    // B again, now with a certificate from the right authority that has expired: refused,
+    // and A's log (a new A: refusals are logged once a minute per peer) names the expiry.
+    let (mut a, mut b) = (a, b);
+    a.stop();
+    b.stop();
+    let a = Node::start_in(
+        &pair.a,
+        &d.join("a-run2"),
+        d,
+        "a2",
+        &ida,
+        &ka,
+        &args(&kb, UNDERLAY_B, &cert_a, &auth_key, &d.join("sa2")),
+    );
+    a.wait_running();
+    let expired = enroll_for(d, &auth, &kb, "robot-9", "robots", "1s");
+    std::thread::sleep(Duration::from_secs(2));
+    let b = Node::start_in(
+        &pair.b,
+        &d.join("b-run2"),
+        d,
+        "b2",
+        &idb,
+        &kb,
+        &args(&ka, UNDERLAY_A, &expired, &auth_key, &d.join("sb2")),
+    );
+    b.wait_running();
+    assert!(b.log_text().contains("peers will refuse it"), "{}", b.log_text());
+    let _ = pair.b.sh("ping -c 3 -i 0.3 -W 1 192.168.77.1");
+    a.wait_for("the expired certificate refused", Duration::from_secs(15), |_| {
+        a.log_text().contains("its certificate is expired at")
+    });
+    assert_ne!(peer(&a.status(), &kb)["session"], "established");
 }
 
 /// Node `i` of a test: its certificate and the arguments that use it.

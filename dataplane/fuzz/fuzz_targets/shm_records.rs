@@ -3,7 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use omni_shm::records::{COMMAND_SLOT, Command, EVENT_SLOT, Event, decode_packet};
+use omni_shm::records::{
+    COMMAND_SLOT, Command, EVENT_SLOT, Event, PACKET_SLOT, PacketRecord, decode_packet,
+    decode_record, encode_control, encode_packet,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(c) = Command::decode(data) {
@@ -18,4 +21,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Event::decode(&slot).unwrap(), e);
     }
     let _ = decode_packet(data);
+    // A record re-encodes to one that reads the same.
+    if let Ok(r) = decode_record(data)
+        && data.len() <= PACKET_SLOT
+    {
+        let mut slot = vec![0u8; PACKET_SLOT];
+        match r {
+            PacketRecord::Datagram { addr, bytes } => assert!(encode_packet(&mut slot, addr, bytes)),
+            PacketRecord::Control { peer, bytes } => assert!(encode_control(&mut slot, peer, bytes)),
+        }
+        assert_eq!(decode_record(&slot).unwrap(), r);
+    }
 });

@@ -31,6 +31,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(r) = nucleus::Register::parse(data) {
         let _ = r.verify(data);
+        assert!(r.membership.is_none_or(|m| m.certificate.len() <= nucleus::MAX_REGISTER_CERTIFICATE));
+    }
+    if let Ok(s) = nucleus::Statement::parse(data) {
+        assert_eq!(s.build(), data, "a statement rebuilds byte for byte");
     }
     if let Ok(r) = nucleus::NodeRequest::parse(data) {
         let _ = r.verify(data);

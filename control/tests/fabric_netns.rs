@@ -65,7 +65,8 @@ fn handshake_ping_arp_nd_and_status() {
         bin("omni-daemon").display(),
         f.a.run_dir.display()
     ));
-    let line = format!("session: established (direct, {expect_cipher}, checksum-state)");
+    let line =
+        format!("session: established (direct, {expect_cipher}, checksum-state,control-messages)");
     assert!(table.contains(&line), "{table}");
 
     // Prometheus metrics.

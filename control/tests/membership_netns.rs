@@ -487,4 +487,33 @@ fn a_revocation_at_one_member_reaches_six_behind_nats_within_5_s_even_without_th
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(refused > 0, "the Nucleus did not refuse the revoked node's registration");
+    // Nor does a fresh key with the cluster secret alone get in: the Nucleus wants a
+    // certificate (and members would refuse it too).
+    drop(again);
+    let (fresh, fresh_key) = new_identity(&d, "fresh");
+    let secret_only = &args5[..6];
+    let newcomer = Node::start_in(
+        &c.edges[4],
+        &d.join("fresh-run"),
+        &d,
+        "fresh",
+        &fresh,
+        &fresh_key,
+        secret_only,
+    );
+    newcomer.wait_running();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let uncertified = loop {
+        let n = c
+            .nucleus_metrics()
+            .lines()
+            .find(|l| l.starts_with("omni_nucleus_dropped_total{reason=\"uncertified\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        if n > 0 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(uncertified > 0, "the Nucleus registered a node without a certificate");
 }

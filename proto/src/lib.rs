@@ -15,6 +15,7 @@ pub mod identity;
 pub mod mac;
 pub mod membership;
 pub mod noise;
+pub mod qos;
 pub mod rate_limiter;
 #[cfg(feature = "store")]
 pub mod store;

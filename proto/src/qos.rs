@@ -1,0 +1,329 @@
+//! Traffic classes and the IP TOS byte across the tunnel: what a frame's class is (by its
+//! 802.1Q priority when tagged, else by its IPv4/IPv6 DSCP), which DSCP the outer datagram
+//! carries, and how ECN crosses the tunnel as RFC 6040 says (normal mode). No I/O; the
+//! data plane calls these per frame, so each is a few loads and a table lookup.
+//!
+//! ```text
+//! TOS byte (IPv4 byte 1, IPv6 traffic class):  | DSCP (6 bits) | ECN (2 bits) |
+//! 802.1Q TCI:                                   | PCP (3) | DEI (1) | VLAN id (12) |
+//! ```
+
+use crate::wire::ethernet::{self, ethertype};
+
+/// A frame's class: real-time goes first, background last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Class {
+    RealTime = 0,
+    Normal = 1,
+    Background = 2,
+}
+
+impl Class {
+    pub const ALL: [Class; 3] = [Class::RealTime, Class::Normal, Class::Background];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Class::RealTime => "realtime",
+            Class::Normal => "normal",
+            Class::Background => "background",
+        }
+    }
+
+    /// The DSCP the outer datagram carries for this class when the inner frame has none
+    /// (not IP): EF, best effort, CS1.
+    pub const fn dscp(self) -> u8 {
+        match self {
+            Class::RealTime => dscp::EF,
+            Class::Normal => 0,
+            Class::Background => dscp::CS1,
+        }
+    }
+}
+
+impl std::str::FromStr for Class {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Class::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("{s:?} is not a class (realtime, normal, background)"))
+    }
+}
+
+/// Named DSCP values (RFC 2474, 3246, 4594).
+pub mod dscp {
+    pub const CS1: u8 = 8;
+    pub const CS5: u8 = 40;
+    pub const EF: u8 = 46;
+    pub const CS6: u8 = 48;
+    pub const CS7: u8 = 56;
+}
+
+/// ECN codepoints (RFC 3168), the TOS byte's low two bits.
+pub mod ecn {
+    pub const NOT_ECT: u8 = 0;
+    pub const ECT1: u8 = 1;
+    pub const ECT0: u8 = 2;
+    pub const CE: u8 = 3;
+    pub const MASK: u8 = 3;
+}
+
+/// Which class each DSCP and each 802.1Q priority (PCP) maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassMap {
+    pub dscp: [Class; 64],
+    pub pcp: [Class; 8],
+}
+
+impl Default for ClassMap {
+    /// EF, CS5, CS6, CS7 and PCP 5-7: real-time; CS1 and PCP 1: background; the rest normal.
+    fn default() -> Self {
+        let mut dscp = [Class::Normal; 64];
+        for d in [dscp::EF, dscp::CS5, dscp::CS6, dscp::CS7] {
+            dscp[d as usize] = Class::RealTime;
+        }
+        dscp[dscp::CS1 as usize] = Class::Background;
+        let mut pcp = [Class::Normal; 8];
+        pcp[5..].fill(Class::RealTime);
+        pcp[1] = Class::Background;
+        Self { dscp, pcp }
+    }
+}
+
+/// Where a frame's IP TOS byte is, and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tos {
+    /// Offset of the byte holding it in the frame (IPv6: the traffic class straddles bytes
+    /// `at` and `at + 1`).
+    pub at: usize,
+    pub value: u8,
+    pub v6: bool,
+}
+
+/// The IP TOS byte (IPv4) or traffic class (IPv6) of an Ethernet frame, behind at most one
+/// VLAN tag; `None` for anything else or a frame too short to hold it.
+#[inline]
+pub fn inner_tos(frame: &[u8]) -> Option<Tos> {
+    let l2 = ethernet::l2(frame)?;
+    let ip = frame.get(l2.payload..)?;
+    match l2.ethertype {
+        ethertype::IPV4 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
+            Some(Tos { at: l2.payload + 1, value: ip[1], v6: false })
+        }
+        ethertype::IPV6 if ip.len() >= 40 && ip[0] >> 4 == 6 => {
+            Some(Tos { at: l2.payload, value: (ip[0] << 4) | (ip[1] >> 4), v6: true })
+        }
+        _ => None,
+    }
+}
+
+impl ClassMap {
+    /// A frame's class: its PCP when it is tagged, else its DSCP, else normal. O(1).
+    #[inline]
+    pub fn classify(&self, frame: &[u8]) -> Class {
+        match ethernet::l2(frame) {
+            Some(l2) if l2.tci.is_some() => self.pcp[(l2.tci.unwrap_or(0) >> 13) as usize],
+            Some(_) => {
+                inner_tos(frame).map_or(Class::Normal, |t| self.dscp[(t.value >> 2) as usize])
+            }
+            None => Class::Normal,
+        }
+    }
+}
+
+/// The outer TOS of a datagram carrying `frame` of `class`: the inner DSCP copied (RFC 2983
+/// uniform model) or, for a frame without one, the class's; the inner ECN copied (RFC 6040
+/// normal mode), so that a congested underlay can mark the outer header.
+#[inline]
+pub fn outer_tos(frame: &[u8], class: Class) -> u8 {
+    match inner_tos(frame) {
+        Some(t) => t.value,
+        None => class.dscp() << 2,
+    }
+}
+
+/// What RFC 6040 (section 4.2) does with an arriving frame, given the outer ECN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decap {
+    /// Deliver it as it is.
+    Keep,
+    /// Deliver it with the inner ECN set to this.
+    Set(u8),
+    /// Drop it: congestion marked on a packet whose sender cannot take the mark.
+    Drop,
+}
+
+/// RFC 6040's decapsulation table for inner ECN `inner` and outer ECN `outer`.
+pub const fn decap_ecn(inner: u8, outer: u8) -> Decap {
+    match (inner & ecn::MASK, outer & ecn::MASK) {
+        (ecn::NOT_ECT, ecn::CE) => Decap::Drop,
+        (ecn::ECT0 | ecn::ECT1, ecn::CE) => Decap::Set(ecn::CE),
+        (ecn::ECT0, ecn::ECT1) => Decap::Set(ecn::ECT1),
+        _ => Decap::Keep,
+    }
+}
+
+/// Applies the outer ECN `outer` to `frame` at decapsulation. Returns false when the frame
+/// must be dropped. The IPv4 header checksum is updated incrementally (RFC 1624).
+pub fn apply_outer_ecn(frame: &mut [u8], outer: u8) -> bool {
+    if outer & ecn::MASK == ecn::NOT_ECT {
+        return true;
+    }
+    let Some(t) = inner_tos(frame) else { return true };
+    match decap_ecn(t.value, outer) {
+        Decap::Keep => true,
+        Decap::Drop => false,
+        Decap::Set(e) => {
+            let new = (t.value & !ecn::MASK) | e;
+            if t.v6 {
+                // Traffic class = low nibble of byte 0, high nibble of byte 1; ECN is the
+                // low 2 bits of the class: bits 5-4 of byte 1.
+                frame[t.at + 1] = (frame[t.at + 1] & 0xcf) | ((new & ecn::MASK) << 4);
+            } else {
+                let ip = t.at - 1;
+                let old_word = u16::from_be_bytes([frame[ip], frame[ip + 1]]);
+                frame[t.at] = new;
+                let new_word = u16::from_be_bytes([frame[ip], frame[ip + 1]]);
+                let sum = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
+                // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
+                let mut acc = (!sum) as u32 + (!old_word) as u32 + new_word as u32;
+                acc = (acc & 0xffff) + (acc >> 16);
+                acc = (acc & 0xffff) + (acc >> 16);
+                frame[ip + 10..ip + 12].copy_from_slice(&(!(acc as u16)).to_be_bytes());
+            }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::checksum;
+
+    /// An Ethernet frame with an IPv4 header of TOS `tos` (checksum filled), tagged when
+    /// `tci` is given.
+    fn v4(tos: u8, tci: Option<u16>) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        if let Some(t) = tci {
+            f[12..14].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+            f.extend_from_slice(&t.to_be_bytes());
+            f.extend_from_slice(&ethertype::IPV4.to_be_bytes());
+        } else {
+            f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        }
+        let ip_at = f.len();
+        f.extend_from_slice(&[0x45, tos, 0, 28, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend_from_slice(&[0; 8]);
+        let sum = checksum::finish(checksum::add(0, &f[ip_at..ip_at + 20]));
+        f[ip_at + 10..ip_at + 12].copy_from_slice(&sum.to_be_bytes());
+        f
+    }
+
+    fn v6(tc: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        f.extend_from_slice(&[0x60 | (tc >> 4), (tc << 4) | 0x0a, 0xbc, 0xde]);
+        f.extend_from_slice(&[0; 36]);
+        f
+    }
+
+    fn v4_checksum_ok(f: &[u8], ip_at: usize) -> bool {
+        checksum::fold(checksum::add(0, &f[ip_at..ip_at + 20])) == 0xffff
+    }
+
+    #[test]
+    fn classes_follow_pcp_when_tagged_else_dscp() {
+        let m = ClassMap::default();
+        assert_eq!(m.classify(&v4(dscp::EF << 2, None)), Class::RealTime);
+        assert_eq!(m.classify(&v4((dscp::EF << 2) | ecn::ECT0, None)), Class::RealTime);
+        assert_eq!(m.classify(&v4(dscp::CS6 << 2, None)), Class::RealTime);
+        assert_eq!(m.classify(&v4(dscp::CS1 << 2, None)), Class::Background);
+        assert_eq!(m.classify(&v4(0, None)), Class::Normal);
+        assert_eq!(m.classify(&v6(dscp::EF << 2)), Class::RealTime);
+        assert_eq!(m.classify(&v6(dscp::CS1 << 2)), Class::Background);
+        // Tagged: the PCP decides, whatever the DSCP.
+        assert_eq!(m.classify(&v4(0, Some(5 << 13 | 42))), Class::RealTime);
+        assert_eq!(m.classify(&v4(dscp::EF << 2, Some(1 << 13 | 42))), Class::Background);
+        assert_eq!(m.classify(&v4(dscp::EF << 2, Some(42))), Class::Normal);
+        // Not IP, short, or a bad version: normal.
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+        assert_eq!(m.classify(&arp), Class::Normal);
+        assert_eq!(m.classify(&v4(dscp::EF << 2, None)[..30]), Class::Normal);
+        let mut bad = v4(dscp::EF << 2, None);
+        bad[14] = 0x65;
+        assert_eq!(m.classify(&bad), Class::Normal);
+        assert_eq!(m.classify(&[0u8; 10]), Class::Normal);
+    }
+
+    #[test]
+    fn a_fragment_keeps_its_class() {
+        // Every IPv4 fragment carries the TOS byte: later fragments classify the same.
+        let mut f = v4(dscp::EF << 2, None);
+        f[14 + 6..14 + 8].copy_from_slice(&0x00b9u16.to_be_bytes());
+        assert_eq!(ClassMap::default().classify(&f), Class::RealTime);
+    }
+
+    #[test]
+    fn the_outer_tos_copies_dscp_and_ecn_or_takes_the_class() {
+        assert_eq!(outer_tos(&v4(0xb8 | ecn::ECT0, None), Class::RealTime), 0xba);
+        assert_eq!(outer_tos(&v6(0xb9), Class::RealTime), 0xb9);
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+        assert_eq!(outer_tos(&arp, Class::RealTime), 0xb8);
+        assert_eq!(outer_tos(&arp, Class::Background), 0x20);
+        assert_eq!(outer_tos(&arp, Class::Normal), 0);
+    }
+
+    #[test]
+    fn rfc_6040_decapsulation_table() {
+        use ecn::*;
+        // Rows: inner; columns: outer Not-ECT, ECT(0), ECT(1), CE.
+        let table = [
+            (NOT_ECT, [Decap::Keep, Decap::Keep, Decap::Keep, Decap::Drop]),
+            (ECT0, [Decap::Keep, Decap::Keep, Decap::Set(ECT1), Decap::Set(CE)]),
+            (ECT1, [Decap::Keep, Decap::Keep, Decap::Keep, Decap::Set(CE)]),
+            (CE, [Decap::Keep, Decap::Keep, Decap::Keep, Decap::Keep]),
+        ];
+        for (inner, row) in table {
+            for (outer, want) in [NOT_ECT, ECT0, ECT1, CE].into_iter().zip(row) {
+                assert_eq!(decap_ecn(inner, outer), want, "inner {inner} outer {outer}");
+            }
+        }
+    }
+
+    #[test]
+    fn ce_on_the_outer_header_marks_the_inner_packet_byte_exact() {
+        let mut f = v4(0xb8 | ecn::ECT0, None);
+        assert!(apply_outer_ecn(&mut f, ecn::CE));
+        assert_eq!(f[15], 0xbb);
+        assert!(v4_checksum_ok(&f, 14), "the IPv4 checksum is updated");
+        let expected = {
+            let mut g = v4(0xbb, None);
+            g[24..26].copy_from_slice(&f[24..26]);
+            g
+        };
+        assert_eq!(f, expected, "the same bytes as a packet built with CE");
+        // Tagged, IPv4.
+        let mut t = v4(ecn::ECT1, Some(42));
+        assert!(apply_outer_ecn(&mut t, ecn::CE));
+        assert_eq!(t[19], ecn::CE);
+        assert!(v4_checksum_ok(&t, 18));
+        // IPv6: ECN is bits 5-4 of byte 1; the flow label is untouched.
+        let mut s = v6(0xb8 | ecn::ECT0);
+        assert!(apply_outer_ecn(&mut s, ecn::CE));
+        assert_eq!(&s[14..18], &[0x6b, 0xba, 0xbc, 0xde]);
+        assert_eq!(inner_tos(&s).unwrap().value, 0xbb);
+        // Not-ECT under CE: dropped; under no mark: untouched.
+        let mut n = v4(0xb8, None);
+        assert!(!apply_outer_ecn(&mut n, ecn::CE));
+        let before = v4(0xb8 | ecn::ECT0, None);
+        let mut same = before.clone();
+        assert!(apply_outer_ecn(&mut same, ecn::NOT_ECT));
+        assert!(apply_outer_ecn(&mut same, ecn::ECT0));
+        assert_eq!(same, before);
+    }
+}

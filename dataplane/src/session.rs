@@ -251,7 +251,7 @@ impl Session {
             return None;
         }
         self.tx_next = counter + 1;
-        Header { receiver_index: self.remote_index, counter, checksum }.emit(buf);
+        Header { receiver_index: self.remote_index, counter, checksum, control: false }.emit(buf);
         Some(counter)
     }
 

@@ -168,6 +168,8 @@ pub struct Header {
     pub counter: u64,
     /// The inner frame's checksum state (`None`: complete).
     pub checksum: Option<ChecksumPartial>,
+    /// A control message ([`CONTROL`]) rather than a frame (then `checksum` is `None`).
+    pub control: bool,
 }
 
 impl Header {
@@ -176,6 +178,7 @@ impl Header {
             receiver_index: p.receiver_index(),
             counter: p.counter(),
             checksum: p.checksum_state().ok().flatten(),
+            control: is_control(p.buffer.as_ref()),
         }
     }
 
@@ -183,7 +186,9 @@ impl Header {
     #[inline]
     pub fn emit(&self, buf: &mut [u8]) {
         write_type(buf, MSG_TRANSPORT);
-        if let Some(c) = self.checksum {
+        if self.control {
+            mark_control(buf);
+        } else if let Some(c) = self.checksum {
             buf[field::CSUM_OFFSET] = c.offset;
             buf[field::CSUM_START].copy_from_slice(&c.start.to_le_bytes());
         }
@@ -207,8 +212,13 @@ mod tests {
     #[test]
     fn byte_exact_header() {
         let mut buf = [0u8; 40];
-        Header { receiver_index: 0x1122_3344, counter: 0x0102_0304_0506_0708, checksum: None }
-            .emit(&mut buf);
+        Header {
+            receiver_index: 0x1122_3344,
+            counter: 0x0102_0304_0506_0708,
+            checksum: None,
+            control: false,
+        }
+        .emit(&mut buf);
         assert_eq!(&buf[..16], &[4, 0, 0, 0, 0x44, 0x33, 0x22, 0x11, 8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(associated_data(&buf), &[] as &[u8], "no state: no associated data");
         let p = Packet::new_checked(&buf[..]).unwrap();
@@ -224,7 +234,7 @@ mod tests {
         // A 100-byte frame: TCP at 34, checksum field at 50.
         let mut buf = vec![0u8; 16 + 100 + 16];
         let c = ChecksumPartial { start: 34, offset: 16 };
-        let h = Header { receiver_index: 7, counter: 9, checksum: Some(c) };
+        let h = Header { receiver_index: 7, counter: 9, checksum: Some(c), control: false };
         h.emit(&mut buf);
         assert_eq!(&buf[..4], &[4, 16, 34, 0]);
         assert_eq!(associated_data(&buf), &[4, 16, 34, 0], "state is authenticated");
@@ -246,21 +256,27 @@ mod tests {
         assert!(Packet::new_checked(&buf[..]).is_err());
         // A keepalive cannot carry state.
         let mut ka = vec![0u8; MIN_LEN];
-        Header { receiver_index: 1, counter: 1, checksum: Some(c) }.emit(&mut ka);
+        Header { receiver_index: 1, counter: 1, checksum: Some(c), control: false }.emit(&mut ka);
         assert!(Packet::new_checked(&ka[..]).is_err());
     }
 
     #[test]
     fn a_control_message_is_marked_and_authenticated() {
         let mut buf = vec![0u8; 16 + 20 + 16];
-        Header { receiver_index: 7, counter: 9, checksum: None }.emit(&mut buf);
+        let mut h = Header { receiver_index: 7, counter: 9, checksum: None, control: false };
+        h.emit(&mut buf);
         assert!(!is_control(&buf));
         mark_control(&mut buf);
         assert_eq!(&buf[..4], &[4, 0, 0xff, 0xff]);
+        h.control = true;
+        let mut again = vec![0u8; 16];
+        h.emit(&mut again);
+        assert_eq!(again[..], buf[..16], "the Repr writes the mark");
         assert!(is_control(&buf));
         assert_eq!(associated_data(&buf), &[4, 0, 0xff, 0xff], "the mark is authenticated");
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert_eq!(p.checksum_state(), Ok(None), "no checksum state");
+        assert_eq!(Header::parse(&p), h, "and reads it back");
         assert!(!is_control(&buf[..3]));
     }
 

@@ -786,3 +786,43 @@ fn bulk_tcp_data_arrives_intact(extra: &[&str], min_rekeys: u64) {
         }
     }
 }
+
+/// The outer DSCP follows the inner one (EF stays EF on the underlay, for switches and
+/// Wi-Fi queues to act on), and CE set on the underlay reaches the inner packet (RFC 6040):
+/// an ECN-capable one arrives marked CE, one that is not is dropped and counted.
+#[test]
+fn dscp_goes_out_on_the_underlay_and_ce_comes_back_in() {
+    let Some(_serial) = root_test(&["ip", "ping", "tcpdump", "nft"]) else { return };
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    let pcap = f.dir.0.join("underlay.pcap");
+    let mut cap = capture(&f.pair.b, "ub", &pcap, "udp and src host 10.77.0.1", None);
+    std::thread::sleep(Duration::from_millis(500));
+    f.pair.a.sh_ok("ping -Q 0xb8 -c 3 -i 0.2 -W 2 192.168.77.2");
+    std::thread::sleep(Duration::from_millis(300));
+    cap.stop("INT");
+    let seen = run_ok(&format!("tcpdump -v -nr {} 2>/dev/null", pcap.display()));
+    assert!(seen.contains("tos 0xb8"), "EF on the underlay: {seen}");
+
+    // The underlay marks congestion on everything B receives from the fabric.
+    let rules = f.dir.0.join("ce.nft");
+    std::fs::write(
+        &rules,
+        "table ip congest {\n chain pre {\n  type filter hook prerouting priority raw - 10; policy accept;\n  udp dport 51820 ip ecn set ce\n }\n}\n",
+    )
+    .unwrap();
+    f.pair.b.sh_ok(&format!("nft -f {}", rules.display()));
+    let inner = f.dir.0.join("inner.pcap");
+    let mut cap = capture(&f.pair.b, "omni0", &inner, "icmp and src host 192.168.77.1", None);
+    std::thread::sleep(Duration::from_millis(500));
+    // ECT(0) pings arrive with CE.
+    f.pair.a.sh_ok("ping -Q 0x02 -c 3 -i 0.2 -W 2 192.168.77.2");
+    std::thread::sleep(Duration::from_millis(300));
+    cap.stop("INT");
+    let seen = run_ok(&format!("tcpdump -v -nr {} 2>/dev/null", inner.display()));
+    assert!(seen.contains("tos 0x3"), "CE on the inner packet: {seen}");
+    // Not-ECT pings under CE are dropped, as RFC 6040 says, and counted.
+    assert!(f.pair.a.sh("ping -c 2 -i 0.2 -W 1 192.168.77.2").status.code() != Some(0));
+    let drops = f.b.status()["drops"]["ce_not_ect"].as_u64().unwrap_or(0);
+    assert!(drops >= 2, "ce_not_ect drops: {drops}");
+}

@@ -36,7 +36,8 @@ const UDP_GRO: libc::c_int = 104;
 pub const GSO_MAX_SEGMENTS: usize = 64;
 /// Most bytes in one UDP GSO send.
 pub const GSO_MAX_BYTES: usize = 65_000;
-/// Control-message room per datagram (one UDP_GRO or UDP_SEGMENT option).
+/// Control-message room per datagram: UDP_GRO or UDP_SEGMENT, and the IP TOS (traffic
+/// class), each `CMSG_SPACE(4)` = 24 bytes at most.
 const CTRL_LEN: usize = 64;
 
 /// A receive buffer for [`MmsgBatch::recv`]: with UDP GRO it may hold several datagrams of
@@ -48,11 +49,14 @@ pub struct RxBuf {
     pub addr: Option<SocketAddr>,
     /// Datagram size when GRO coalesced several, else 0.
     pub seg: usize,
+    /// The IP TOS (IPv6 traffic class) they came with, when the socket asked for it
+    /// ([`UdpSocket::enable_recv_tos`]); GRO coalesces only datagrams with the same.
+    pub tos: u8,
 }
 
 impl RxBuf {
     pub fn new(size: usize) -> Self {
-        Self { data: vec![0u8; size].into_boxed_slice(), len: 0, addr: None, seg: 0 }
+        Self { data: vec![0u8; size].into_boxed_slice(), len: 0, addr: None, seg: 0, tos: 0 }
     }
 }
 
@@ -219,6 +223,16 @@ impl UdpSocket {
         setsockopt_int(self.fd.as_raw_fd(), SOL_UDP, UDP_GRO, 1).is_ok()
     }
 
+    /// Asks the kernel for each datagram's IP TOS (IPv6 traffic class): the outer DSCP and
+    /// ECN, for RFC 6040 at decapsulation. False when it cannot.
+    pub fn enable_recv_tos(&self) -> bool {
+        let fd = self.fd.as_raw_fd();
+        let v4 = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_RECVTOS, 1).is_ok();
+        let v6 =
+            !self.v6 || setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1).is_ok();
+        v4 && v6
+    }
+
     /// Sends one datagram to an endpoint, wrapped in a relay header for a relayed one
     /// (control traffic: the copy does not matter here).
     pub fn send_via(&self, bytes: &[u8], to: &Endpoint) -> io::Result<usize> {
@@ -316,30 +330,49 @@ impl MmsgBatch {
         h.msg_controllen = CTRL_LEN as _;
     }
 
-    /// Puts a UDP_SEGMENT option (`seg` bytes per datagram) on header `i`.
-    fn with_segment(&mut self, i: usize, seg: u16) {
-        // SAFETY: the control buffer is CTRL_LEN bytes, aligned for cmsghdr (an array of u8
-        // inside a Vec of arrays may not be; we write through unaligned pointers), and
-        // CMSG_SPACE(2) fits in it.
-        unsafe {
-            let space = libc::CMSG_SPACE(2) as usize;
-            let buf = self.ctrl[i].as_mut_ptr();
-            let hdr = libc::cmsghdr {
-                cmsg_len: libc::CMSG_LEN(2) as _,
-                cmsg_level: SOL_UDP,
-                cmsg_type: UDP_SEGMENT,
-            };
-            std::ptr::write_unaligned(buf.cast::<libc::cmsghdr>(), hdr);
-            let data = buf.add(std::mem::size_of::<libc::cmsghdr>());
-            std::ptr::write_unaligned(data.cast::<u16>(), seg);
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_control = buf.cast();
-            h.msg_controllen = space as _;
+    /// Puts the options of a send on header `i`: UDP_SEGMENT (`seg` bytes per datagram)
+    /// when given, and the IP TOS (IPv6 traffic class for an IPv6 destination) when not 0.
+    fn with_options(&mut self, i: usize, seg: Option<u16>, tos: u8, v6_dst: bool) {
+        let mut at = 0;
+        let mut put = |level: libc::c_int, kind: libc::c_int, data: &[u8]| {
+            // SAFETY: CMSG_LEN/CMSG_SPACE of at most 4 bytes; two options take at most
+            // 2 * CMSG_SPACE(4) = 48 <= CTRL_LEN bytes. The buffer (an array of u8 inside
+            // a Vec) may not be aligned for cmsghdr: it is written unaligned.
+            unsafe {
+                let buf = self.ctrl[i].as_mut_ptr().add(at);
+                let hdr = libc::cmsghdr {
+                    cmsg_len: libc::CMSG_LEN(data.len() as u32) as _,
+                    cmsg_level: level,
+                    cmsg_type: kind,
+                };
+                std::ptr::write_unaligned(buf.cast::<libc::cmsghdr>(), hdr);
+                let dst = buf.add(std::mem::size_of::<libc::cmsghdr>());
+                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+                at += libc::CMSG_SPACE(data.len() as u32) as usize;
+            }
+        };
+        if let Some(seg) = seg {
+            put(SOL_UDP, UDP_SEGMENT, &seg.to_ne_bytes());
+        }
+        if tos != 0 {
+            let v = (tos as libc::c_int).to_ne_bytes();
+            if v6_dst {
+                put(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &v);
+            } else {
+                put(libc::IPPROTO_IP, libc::IP_TOS, &v);
+            }
+        }
+        let h = &mut self.hdrs[i].msg_hdr;
+        if at > 0 {
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = at as _;
         }
     }
 
-    /// The UDP_GRO segment size in header `i`'s received options, if any.
-    fn gro_size(&self, i: usize) -> usize {
+    /// The UDP_GRO segment size (0 when none) and the IP TOS (traffic class; 0 when none)
+    /// in header `i`'s received options.
+    fn options(&self, i: usize) -> (usize, u8) {
+        let (mut seg, mut tos) = (0, 0);
         let h = &self.hdrs[i].msg_hdr;
         // msg_controllen is usize on glibc, u32 elsewhere: the cast is for portability.
         #[allow(clippy::unnecessary_cast)]
@@ -354,15 +387,18 @@ impl MmsgBatch {
             if clen < hdr_size || at + clen > buf.len() {
                 break;
             }
-            if c.cmsg_level == SOL_UDP && c.cmsg_type == UDP_GRO && clen >= hdr_size + 4 {
-                let v = i32::from_ne_bytes(
-                    buf[at + hdr_size..at + hdr_size + 4].try_into().expect("4 bytes"),
-                );
-                return v.max(0) as usize;
+            let data = &buf[at + hdr_size..at + clen];
+            let int = || data.get(..4).map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+            match (c.cmsg_level, c.cmsg_type) {
+                (SOL_UDP, UDP_GRO) => seg = int().unwrap_or(0).max(0) as usize,
+                // IPv4 gives the byte itself, IPv6 an int.
+                (libc::IPPROTO_IP, libc::IP_TOS) => tos = data.first().copied().unwrap_or(0),
+                (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => tos = int().unwrap_or(0) as u8,
+                _ => {}
             }
             at += clen.next_multiple_of(std::mem::size_of::<usize>());
         }
-        0
+        (seg, tos)
     }
 
     /// Receives into up to `bufs.len()` buffers; fills `len`, `addr` and `seg` of each.
@@ -408,7 +444,7 @@ impl MmsgBatch {
             let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             bufs[i].len = if truncated { usize::MAX } else { self.hdrs[i].msg_len as usize };
             bufs[i].addr = from_sockaddr(&self.addrs[i]);
-            bufs[i].seg = self.gro_size(i);
+            (bufs[i].seg, bufs[i].tos) = self.options(i);
         }
         Ok(r)
     }
@@ -434,6 +470,7 @@ impl MmsgBatch {
                         || prev_short
                         || b.addr != first.addr
                         || b.relay != first.relay
+                        || b.tos != first.tos
                         || wire(b) > seg
                         || j - i >= GSO_MAX_SEGMENTS
                         || total + wire(b) > GSO_MAX_BYTES
@@ -467,9 +504,11 @@ impl MmsgBatch {
                 None => 0,
             };
             self.point(h, 2 * i, 2 * (j - i), alen);
-            if j - i > 1 {
-                self.with_segment(h, seg as u16);
-            }
+            let v6_dst = first.addr.is_some_and(|a| match a {
+                SocketAddr::V4(_) => false,
+                SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_none(),
+            });
+            self.with_options(h, (j - i > 1).then_some(seg as u16), first.tos, v6_dst);
             self.group[h] = j - i;
             h += 1;
             i = j;

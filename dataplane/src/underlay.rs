@@ -34,6 +34,8 @@ pub struct Underlay {
     pub src: SocketAddr,
     pub route: L2Route,
     pub payload: Range<usize>,
+    /// The outer IP header's TOS byte (traffic class for IPv6): DSCP and ECN.
+    pub tos: u8,
 }
 
 /// Parses an Ethernet frame (one VLAN tag at most) carrying IPv4 (not a fragment) or IPv6
@@ -45,20 +47,20 @@ pub struct Underlay {
 pub fn parse(f: &[u8], port: u16) -> Option<Underlay> {
     let L2 { tci: vlan, ethertype: et, payload: l3 } = ethernet::l2(f)?;
     let ip = f.get(l3..)?;
-    let (src_ip, our_ip, l4) = match et {
+    let (src_ip, our_ip, l4, tos) = match et {
         ethertype::IPV4 => {
             let p = ipv4::Packet::new_checked(ip).ok()?;
             if p.protocol() != protocol::UDP || p.is_fragment() {
                 return None;
             }
-            (IpAddr::V4(p.src()), IpAddr::V4(p.dst()), l3 + p.header_len())
+            (IpAddr::V4(p.src()), IpAddr::V4(p.dst()), l3 + p.header_len(), p.dscp_ecn())
         }
         ethertype::IPV6 => {
             let p = ipv6::Packet::new_checked(ip).ok()?;
             if p.next_header() != protocol::UDP {
                 return None;
             }
-            (IpAddr::V6(p.src()), IpAddr::V6(p.dst()), l3 + ipv6::HEADER_LEN)
+            (IpAddr::V6(p.src()), IpAddr::V6(p.dst()), l3 + ipv6::HEADER_LEN, p.traffic_class())
         }
         _ => return None,
     };
@@ -69,7 +71,7 @@ pub fn parse(f: &[u8], port: u16) -> Option<Underlay> {
     let eth = ethernet::Frame::new_unchecked(f);
     let route = L2Route { peer_mac: eth.src(), our_mac: eth.dst(), our_ip, vlan };
     let payload = l4 + udp::HEADER_LEN..l4 + u.len() as usize;
-    Some(Underlay { src: SocketAddr::new(src_ip, u.src_port()), route, payload })
+    Some(Underlay { src: SocketAddr::new(src_ip, u.src_port()), route, payload, tos })
 }
 
 /// Bytes of Ethernet (+ VLAN) + IP + UDP headers in front of a datagram to `dst` over
@@ -84,13 +86,14 @@ pub fn headers_len(route: &L2Route, dst: SocketAddr) -> Option<usize> {
 }
 
 /// Writes an Ethernet + IP + UDP frame to `dst` carrying `parts` (concatenated) into
-/// `out`. Returns its length, or `None` if it does not fit or the address families of
-/// the route and `dst` differ.
+/// `out`, its IP TOS (traffic class) `tos`. Returns its length, or `None` if it does not
+/// fit or the address families of the route and `dst` differ.
 pub fn build_frame(
     out: &mut [u8],
     route: &L2Route,
     local_port: u16,
     dst: SocketAddr,
+    tos: u8,
     parts: &[&[u8]],
 ) -> Option<usize> {
     let payload_len: usize = parts.iter().map(|p| p.len()).sum();
@@ -102,7 +105,7 @@ pub fn build_frame(
         out[off..off + p.len()].copy_from_slice(p);
         off += p.len();
     }
-    build_headers(out, route, local_port, dst, payload_len)
+    build_headers(out, route, local_port, dst, tos, payload_len)
 }
 
 /// Writes the Ethernet + IP + UDP headers to `dst` in front of a payload of `payload_len`
@@ -113,6 +116,7 @@ pub fn build_headers(
     route: &L2Route,
     local_port: u16,
     dst: SocketAddr,
+    tos: u8,
     payload_len: usize,
 ) -> Option<usize> {
     let l4 = headers_len(route, dst)? - udp::HEADER_LEN;
@@ -126,13 +130,13 @@ pub fn build_headers(
     udp::Repr { src_port: local_port, dst_port: dst.port(), payload_len }.emit(&mut out[l4..]);
     match (route.our_ip, dst.ip()) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let (protocol, dscp_ecn) = (protocol::UDP, 0);
+            let (protocol, dscp_ecn) = (protocol::UDP, tos);
             let ip = ipv4::Repr { src, dst, protocol, payload_len: udp_len, ttl: TTL, dscp_ecn };
             // UDP checksum 0: allowed over IPv4, and the AEAD protects the payload.
             ip.emit(&mut out[l3..]);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            let (next_header, traffic_class) = (protocol::UDP, 0);
+            let (next_header, traffic_class) = (protocol::UDP, tos);
             ipv6::Repr {
                 src,
                 dst,
@@ -194,7 +198,7 @@ mod tests {
     fn ipv4_frame_is_byte_exact_round_trips_and_has_a_valid_header_checksum() {
         let mut buf = [0u8; 256];
         let dst: SocketAddr = "10.0.0.2:51820".parse().unwrap();
-        let n = build_frame(&mut buf, &route4(), 4000, dst, &[b"abcd", b"efgh"]).unwrap();
+        let n = build_frame(&mut buf, &route4(), 4000, dst, 0, &[b"abcd", b"efgh"]).unwrap();
         assert_eq!(n, 14 + 20 + 8 + 8);
         #[rustfmt::skip]
         let want: [u8; 42] = [
@@ -213,6 +217,12 @@ mod tests {
         assert_eq!(u.route.our_ip, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(parse(&buf[..n], 51821), None, "other port");
         assert_eq!(parse(&buf[..n - 1], 51820), None, "truncated");
+        assert_eq!(u.tos, 0);
+        // EF with ECT(0): the TOS byte and the checksum follow.
+        let n = build_frame(&mut buf, &route4(), 4000, dst, 0xba, &[b"abcd", b"efgh"]).unwrap();
+        assert_eq!(buf[15], 0xba);
+        assert_eq!(rfc1071(&buf[14..34]), 0, "header checksum verifies");
+        assert_eq!(parse(&buf[..n], 51820).unwrap().tos, 0xba);
     }
 
     #[test]
@@ -220,8 +230,10 @@ mod tests {
         let r = L2Route { our_ip: "fd00::1".parse().unwrap(), vlan: Some(7), ..route4() };
         let mut buf = [0u8; 256];
         let dst: SocketAddr = "[fd00::2]:51820".parse().unwrap();
-        let n = build_frame(&mut buf, &r, 4000, dst, &[b"hello"]).unwrap();
+        let n = build_frame(&mut buf, &r, 4000, dst, 0xb9, &[b"hello"]).unwrap();
         assert_eq!(n, 18 + 40 + 8 + 5);
+        assert_eq!(&buf[18..20], &[0x6b, 0x90], "traffic class 0xb9 after the version");
+        assert_eq!(parse(&buf[..n], 51820).unwrap().tos, 0xb9);
         assert_eq!(&buf[12..18], &[0x81, 0x00, 0, 7, 0x86, 0xdd]);
         let l4 = 18 + 40;
         let len = ((n - l4) as u16).to_be_bytes();
@@ -244,16 +256,16 @@ mod tests {
     fn mixed_families_and_oversize_are_refused() {
         let mut buf = [0u8; 64];
         let v6: SocketAddr = "[fd00::2]:1".parse().unwrap();
-        assert_eq!(build_frame(&mut buf, &route4(), 1, v6, &[b"x"]), None);
+        assert_eq!(build_frame(&mut buf, &route4(), 1, v6, 0, &[b"x"]), None);
         let v4: SocketAddr = "10.0.0.2:1".parse().unwrap();
-        assert_eq!(build_frame(&mut buf, &route4(), 1, v4, &[&[0u8; 40]]), None);
+        assert_eq!(build_frame(&mut buf, &route4(), 1, v4, 0, &[&[0u8; 40]]), None);
     }
 
     #[test]
     fn non_udp_fragments_and_garbage_are_not_underlay() {
         let mut buf = [0u8; 128];
         let dst: SocketAddr = "10.0.0.2:51820".parse().unwrap();
-        let n = build_frame(&mut buf, &route4(), 4000, dst, &[b"abcd"]).unwrap();
+        let n = build_frame(&mut buf, &route4(), 4000, dst, 0, &[b"abcd"]).unwrap();
         let mut frag = buf;
         frag[14 + 6] |= 0x20; // MF
         assert_eq!(parse(&frag[..n], 51820), None);

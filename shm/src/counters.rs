@@ -59,10 +59,13 @@ pub enum DropReason {
     /// Frames the group policy forbids between this node and the peer (received, or a
     /// unicast frame not sent).
     Policy,
+    /// Frames that arrived congestion-marked (CE on the outer header) but are not
+    /// ECN-capable, dropped as RFC 6040 says.
+    CeNotEct,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         Self::Malformed,
         Self::BadMac1,
         Self::UnknownIndex,
@@ -87,6 +90,7 @@ impl DropReason {
         Self::Uncertified,
         Self::Revoked,
         Self::Policy,
+        Self::CeNotEct,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +119,7 @@ impl DropReason {
             Self::Uncertified => "uncertified",
             Self::Revoked => "revoked",
             Self::Policy => "policy",
+            Self::CeNotEct => "ce_not_ect",
         }
     }
 }

@@ -314,6 +314,11 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     let sock = UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?;
     let port = sock.local_port().context("cannot read the bound port")?;
     let gro = cfg.offload && sock.enable_gro();
+    if !sock.enable_recv_tos() {
+        tracing::warn!(
+            "the kernel gives no IP TOS of received datagrams: ECN marks on the underlay are not passed to omni0"
+        );
+    }
     let tap = Tap::open(&cfg.tap, cfg.offload)?;
     tap.configure(cfg.tap_mtu, cfg.tap_mac)?;
     let bell =
@@ -684,7 +689,14 @@ impl SocketPort<'_> {
                     continue;
                 };
                 let (p0, src) = (u.payload.start, u.src);
-                match shell.engine.decap(now, src, &mut frame[u.payload.clone()], &mut self.tx) {
+                let tos = u.tos;
+                match shell.engine.decap_marked(
+                    now,
+                    src,
+                    tos,
+                    &mut frame[u.payload.clone()],
+                    &mut self.tx,
+                ) {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = p0 + offset;
                         let checksum =
@@ -737,7 +749,8 @@ impl SocketPort<'_> {
         self.deliveries.clear();
         let mut datagrams = 0;
         for bi in 0..n {
-            let RxBuf { data, len, addr, seg } = &mut self.rx[bi];
+            let RxBuf { data, len, addr, seg, tos } = &mut self.rx[bi];
+            let tos = *tos;
             let Some(src) = *addr else { continue };
             if *len == usize::MAX {
                 self.counters.drop(DropReason::Malformed);
@@ -748,7 +761,13 @@ impl SocketPort<'_> {
             while off < len {
                 let dl = step.min(len - off);
                 datagrams += 1;
-                match shell.engine.decap(now, src, &mut data[off..off + dl], &mut self.tx) {
+                match shell.engine.decap_marked(
+                    now,
+                    src,
+                    tos,
+                    &mut data[off..off + dl],
+                    &mut self.tx,
+                ) {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = off + offset;
                         let checksum = settle_checksum(self.tap, &mut data[at..at + len], checksum);

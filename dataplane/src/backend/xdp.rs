@@ -207,9 +207,9 @@ impl XdpTx {
         let n = match pkt.relay {
             Some(tag) => {
                 relay_hdr = omni_proto::wire::relay::header(false, &tag);
-                build_frame(frame, &route, port, dst, &[&relay_hdr, body])
+                build_frame(frame, &route, port, dst, pkt.tos, &[&relay_hdr, body])
             }
-            None => build_frame(frame, &route, port, dst, &[body]),
+            None => build_frame(frame, &route, port, dst, pkt.tos, &[body]),
         };
         match n {
             Some(n) => {

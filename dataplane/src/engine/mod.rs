@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use omni_proto::constants::{
     ETHERNET_HEADER_LEN, MAX_INNER_FRAME, MAX_TRANSPORT_PACKET, TRANSPORT_HEADER_LEN,
 };
+use omni_proto::qos::{self, ClassMap};
 use omni_proto::wire::ethernet::{self, MacAddr};
 pub use omni_proto::wire::transport::ChecksumPartial;
 use omni_proto::wire::{
@@ -47,6 +48,9 @@ pub struct PacketBuf {
     /// Set when the engine defers the AEAD ([`Engine::set_deferred_seal`]): the sender must
     /// run it before the packet goes out. `len` is already the sealed length.
     pub seal: Option<SealJob>,
+    /// The outer IP TOS byte (DSCP and ECN, [`omni_proto::qos::outer_tos`]): set by the
+    /// engine on what it seals, read by the backend on what it receives.
+    pub tos: u8,
 }
 
 impl PacketBuf {
@@ -57,6 +61,7 @@ impl PacketBuf {
             addr: None,
             relay: None,
             seal: None,
+            tos: 0,
         }
     }
 
@@ -142,6 +147,8 @@ pub struct PendingOpen {
     from: Endpoint,
     /// Where the transport message starts in the datagram (past a relay header).
     msg_off: usize,
+    /// The outer TOS it came with.
+    tos: u8,
 }
 
 impl PendingOpen {
@@ -160,8 +167,9 @@ enum Classified {
 /// What [`Engine::encap_in_place`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InPlace {
-    /// Sealed where it lies: the message is the first `len` bytes of the slice given, for `to`.
-    Sealed { len: usize, to: Endpoint },
+    /// Sealed where it lies: the message is the first `len` bytes of the slice given, for
+    /// `to`, its outer TOS `tos`.
+    Sealed { len: usize, to: Endpoint, tos: u8 },
     /// Counted and dropped (the session may send no more).
     Dropped,
     /// Not for the fast path: hand the frame to [`Engine::encap`].
@@ -241,10 +249,27 @@ pub struct Engine<'r> {
     revoked: Vec<(u32, u64)>,
     /// The peers a flood goes to (kept to reuse its allocation).
     flood_targets: Vec<u16>,
+    /// Traffic classes, for the outer DSCP of frames that carry none (not IP).
+    classes: ClassMap,
 }
 
 /// Receiver indices of revoked sessions remembered at most.
 const REVOKED_MAX: usize = 4096;
+
+/// RFC 6040 at decapsulation: the outer ECN (of `tos`) onto the frame a verdict delivers.
+#[inline]
+fn congestion(verdict: Decap, tos: u8, dgram: &mut [u8]) -> Decap {
+    match verdict {
+        Decap::Deliver { offset, len, .. } if tos & qos::ecn::MASK != qos::ecn::NOT_ECT => {
+            if qos::apply_outer_ecn(&mut dgram[offset..offset + len], tos) {
+                verdict
+            } else {
+                Decap::Drop(DropReason::CeNotEct)
+            }
+        }
+        _ => verdict,
+    }
+}
 
 /// Finishes the partial checksum of the frame in `pkt` (bounds checked by the caller).
 fn finish_checksum(pkt: &mut PacketBuf, c: ChecksumPartial) {
@@ -279,6 +304,7 @@ impl<'r> Engine<'r> {
             sole_receiver: false,
             revoked: Vec::new(),
             flood_targets: Vec::new(),
+            classes: ClassMap::default(),
         }
     }
 
@@ -353,6 +379,12 @@ impl<'r> Engine<'r> {
         let idx = self.peers[peer as usize].current?;
         let s = self.session(idx)?;
         (!self.expired(s, now_ms) && s.tx_counter() < self.cfg.reject_after_messages).then_some(idx)
+    }
+
+    /// The outer TOS for `frame` ([`omni_proto::qos::outer_tos`]).
+    #[inline]
+    fn outer_tos(&self, frame: &[u8]) -> u8 {
+        qos::outer_tos(frame, self.classes.classify(frame))
     }
 
     // ---- access port → underlay ------------------------------------------------------
@@ -515,11 +547,14 @@ impl<'r> Engine<'r> {
         checksum: Option<ChecksumPartial>,
     ) -> bool {
         let defer = self.defer_seal;
+        // Read before the AEAD turns the frame into ciphertext.
+        let tos = self.outer_tos(&buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + buf.len]);
         let Some((n, job)) =
             self.seal_slice(now_ms, peer, idx, &mut buf.data, buf.len, checksum, defer)
         else {
             return false;
         };
+        buf.tos = tos;
         let endpoint = self.peers[peer as usize].endpoint;
         buf.seal = job;
         buf.len = n;
@@ -632,8 +667,9 @@ impl<'r> Engine<'r> {
         }
         let Some(to) = p.endpoint else { return FALLBACK };
         let Some(idx) = self.usable_current(peer, now_ms) else { return FALLBACK };
+        let tos = self.outer_tos(&msg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + frame_len]);
         match self.seal_slice(now_ms, peer, idx, msg, frame_len, None, defer) {
-            Some((len, job)) => (InPlace::Sealed { len, to }, job),
+            Some((len, job)) => (InPlace::Sealed { len, to, tos }, job),
             None => (InPlace::Dropped, None),
         }
     }
@@ -728,6 +764,7 @@ impl<'r> Engine<'r> {
             return false;
         };
         buf.seal = None;
+        buf.tos = 0;
         buf.len = n;
         buf.addr = Some(endpoint.addr());
         buf.relay = endpoint.relay_tag();
@@ -749,6 +786,20 @@ impl<'r> Engine<'r> {
         dgram: &mut [u8],
         tx: &mut impl TxSink,
     ) -> Decap {
+        self.decap_marked(now_ms, src, 0, dgram, tx)
+    }
+
+    /// As [`Engine::decap`], for a datagram whose outer IP header carried TOS `tos`: its
+    /// ECN crosses to the frame as RFC 6040 says (CE marks an ECN-capable frame; a frame
+    /// that is not is dropped as `ce_not_ect`).
+    pub fn decap_marked(
+        &mut self,
+        now_ms: u64,
+        src: SocketAddr,
+        tos: u8,
+        dgram: &mut [u8],
+        tx: &mut impl TxSink,
+    ) -> Decap {
         let verdict = match self.classify(now_ms, src, dgram) {
             Classified::Done(d) => d,
             Classified::Transport { idx, counter, from, msg_off } => {
@@ -764,6 +815,7 @@ impl<'r> Engine<'r> {
                 .shifted(msg_off)
             }
         };
+        let verdict = congestion(verdict, tos, dgram);
         if let Decap::Drop(r) = verdict {
             self.counters.drop(r);
         }
@@ -775,6 +827,17 @@ impl<'r> Engine<'r> {
     /// the replay window still accepts, returns the AEAD to run ([`PendingOpen::run`])
     /// before [`Engine::decap_finish`]. Everything else is decided here (drops counted).
     pub fn decap_start(&mut self, now_ms: u64, src: SocketAddr, dgram: &[u8]) -> DecapStart {
+        self.decap_start_marked(now_ms, src, 0, dgram)
+    }
+
+    /// As [`Engine::decap_start`], with the outer TOS (see [`Engine::decap_marked`]).
+    pub fn decap_start_marked(
+        &mut self,
+        now_ms: u64,
+        src: SocketAddr,
+        tos: u8,
+        dgram: &[u8],
+    ) -> DecapStart {
         let verdict = match self.classify(now_ms, src, dgram) {
             Classified::Done(d) => d,
             Classified::Transport { idx, counter, from, msg_off } => {
@@ -786,6 +849,7 @@ impl<'r> Engine<'r> {
                             local_index: idx,
                             from,
                             msg_off,
+                            tos,
                         });
                     }
                     None => Decap::Drop(DropReason::Replay),
@@ -806,7 +870,7 @@ impl<'r> Engine<'r> {
         now_ms: u64,
         p: PendingOpen,
         opened: Option<usize>,
-        dgram: &[u8],
+        dgram: &mut [u8],
         tx: &mut impl TxSink,
     ) -> Decap {
         let idx = p.local_index;
@@ -829,6 +893,7 @@ impl<'r> Engine<'r> {
                 }
             },
         };
+        let verdict = congestion(verdict, p.tos, dgram);
         if let Decap::Drop(r) = verdict {
             self.counters.drop(r);
         }

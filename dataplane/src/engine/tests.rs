@@ -555,7 +555,7 @@ fn in_place_seal_matches_the_buffer_path_and_falls_back_for_the_rest() {
     msg[30..30 + payload.len()].copy_from_slice(payload);
     let tx_before = b.counters().get(Counter::TxPackets);
     let r = b.encap_in_place(11, &mut msg, frame_len);
-    let InPlace::Sealed { len, to } = r else { panic!("{r:?}") };
+    let InPlace::Sealed { len, to, .. } = r else { panic!("{r:?}") };
     assert_eq!(len, 16 + frame_len + 16);
     assert_eq!(to, Endpoint::Direct(A_EP.parse().unwrap()));
     assert_eq!(b.counters().get(Counter::TxPackets), tx_before + 1);
@@ -601,11 +601,11 @@ fn deferred_open_checks_replay_and_session_again_when_it_finishes() {
     let r2 = p2.run(&mut c2);
     assert_eq!(r1, Some(18 + 13 - 4));
     assert_eq!(
-        b.decap_finish(11, p1, r1, &c1, &mut sink),
+        b.decap_finish(11, p1, r1, &mut c1, &mut sink),
         Decap::Deliver { offset: 16, len: 27, checksum: None }
     );
     assert_eq!(&c1[16 + 14..16 + 27], b"deferred open");
-    assert_eq!(b.decap_finish(11, p2, r2, &c2, &mut sink), Decap::Drop(DropReason::Replay));
+    assert_eq!(b.decap_finish(11, p2, r2, &mut c2, &mut sink), Decap::Drop(DropReason::Replay));
     assert_eq!(b.counters().get_drop(DropReason::Replay), 1);
     // Once accepted, a third copy is refused before any AEAD runs.
     let c3 = msg.clone();
@@ -622,7 +622,7 @@ fn deferred_open_checks_replay_and_session_again_when_it_finishes() {
     let DecapStart::Open(p) = b.decap_start(13, a_ep, &t) else { panic!() };
     let r = p.run(&mut t);
     assert_eq!(r, None);
-    assert_eq!(b.decap_finish(13, p, r, &t, &mut sink), Decap::Drop(DropReason::AuthFailed));
+    assert_eq!(b.decap_finish(13, p, r, &mut t, &mut sink), Decap::Drop(DropReason::AuthFailed));
 
     // The session goes while the AEAD runs: dropped as unknown, not delivered.
     a.encap(14, &mut frame(MAC_B, MAC_A, b"late"), &mut sink);
@@ -633,7 +633,7 @@ fn deferred_open_checks_replay_and_session_again_when_it_finishes() {
     assert!(r.is_some());
     b.apply(14, Command::ResetState, &mut sink);
     assert_eq!(
-        b.decap_finish(14, p, r, &late.data[..len], &mut sink),
+        b.decap_finish(14, p, r, &mut late.data[..len], &mut sink),
         Decap::Drop(DropReason::UnknownIndex)
     );
     // Non-transport messages are decided at once.
@@ -902,4 +902,53 @@ fn control_messages_are_sealed_marked_and_punted_not_delivered() {
     assert!(!a.send_control(12, 5, b"x", &mut sink));
     assert!(!a.send_control(12, 0, b"", &mut sink));
     assert!(sink.queued.is_empty());
+}
+
+/// An IPv4 frame from MAC_A to MAC_B with TOS `tos` (header checksum filled).
+fn ip_frame(tos: u8) -> PacketBuf {
+    let mut p = frame(MAC_B, MAC_A, &[0; 28]);
+    let ip = &mut p.frame_area()[14..34];
+    ip[..12].copy_from_slice(&[0x45, tos, 0, 28, 0, 1, 0x40, 0, 64, 17, 0, 0]);
+    ip[12..20].copy_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    let sum = omni_proto::wire::checksum::finish(omni_proto::wire::checksum::add(0, ip));
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+#[test]
+fn the_outer_tos_follows_the_frame_and_ce_crosses_back_as_rfc_6040_says() {
+    use omni_proto::qos::ecn;
+    let (mut a, mut b) = pair("tos");
+    let mut sink = VecSink::default();
+    // EF with ECT(0): the outer TOS is the inner one; ARP (no DSCP) goes best effort.
+    let mut f = ip_frame(0xb8 | ecn::ECT0);
+    a.encap(10, &mut f, &mut sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(pkt.tos, 0xba);
+    let mut arp = frame(ethernet::BROADCAST, MAC_A, b"who-has");
+    arp.frame_area()[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    a.encap(10, &mut arp, &mut sink);
+    assert_eq!(sink.queued.pop().unwrap().tos, 0);
+    // CE on the outer header: the inner packet arrives marked CE, checksum still right.
+    let v =
+        b.decap_marked(11, A_EP.parse().unwrap(), 0xb8 | ecn::CE, pkt.datagram_mut(), &mut sink);
+    let Decap::Deliver { offset, len, .. } = v else { panic!("{v:?}") };
+    let inner = &pkt.data[offset..offset + len];
+    assert_eq!(inner[15], 0xbb);
+    let sum = omni_proto::wire::checksum::add(0, &inner[14..34]);
+    assert_eq!(omni_proto::wire::checksum::fold(sum), 0xffff);
+    // A frame that is not ECN-capable under CE is dropped and counted.
+    let mut f = ip_frame(0xb8);
+    a.encap(12, &mut f, &mut sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    let v = b.decap_marked(13, A_EP.parse().unwrap(), ecn::CE, pkt.datagram_mut(), &mut sink);
+    assert_eq!(v, Decap::Drop(DropReason::CeNotEct));
+    assert_eq!(b.counters().get_drop(DropReason::CeNotEct), 1);
+    // Without a mark nothing changes.
+    let mut f = ip_frame(ecn::ECT1);
+    a.encap(14, &mut f, &mut sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    let v = b.decap_marked(15, A_EP.parse().unwrap(), ecn::ECT1, pkt.datagram_mut(), &mut sink);
+    let Decap::Deliver { offset, .. } = v else { panic!("{v:?}") };
+    assert_eq!(pkt.data[offset + 15], ecn::ECT1);
 }

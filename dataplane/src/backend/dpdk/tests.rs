@@ -99,24 +99,26 @@ fn patched_outer_headers_equal_built_ones() {
     };
     let dst: SocketAddr = "10.0.0.2:51821".parse().unwrap();
     let h = OuterHeaders::new(&route, 51820, dst, 1000).unwrap();
-    for len in [0usize, 1, 32, 100, 1452, 9000] {
+    // Every TOS too: written into the cached headers, the checksum patched to match.
+    for (len, tos) in [0usize, 1, 32, 100, 1452, 9000].into_iter().zip([0, 0xb8, 0xbb, 1, 0xff, 0])
+    {
         let mut built = vec![0u8; OUTER_V4 + len];
-        build_headers(&mut built, &route, 51820, dst, len).unwrap();
+        build_headers(&mut built, &route, 51820, dst, tos, len).unwrap();
         let mut patched = vec![0u8; OUTER_V4 + len];
-        h.write(&mut patched, len);
-        assert_eq!(patched[..OUTER_V4], built[..OUTER_V4], "payload {len}");
+        h.write(&mut patched, len, tos);
+        assert_eq!(patched[..OUTER_V4], built[..OUTER_V4], "payload {len} tos {tos:#x}");
     }
     // IPv6: the headers, then the checksum over the final payload, equal a full build.
     let route6 = L2Route { our_ip: "fd00::1".parse().unwrap(), ..route };
     let dst6: SocketAddr = "[fd00::2]:51821".parse().unwrap();
     let h6 = OuterHeaders::new(&route6, 51820, dst6, 1000).unwrap();
-    for len in [0usize, 1, 33, 1452] {
+    for (len, tos) in [0usize, 1, 33, 1452].into_iter().zip([0xba, 0, 0xff, 3]) {
         let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
         let mut built = vec![0u8; OUTER_V6 + len];
-        build_frame(&mut built, &route6, 51820, dst6, &[&payload]).unwrap();
+        build_frame(&mut built, &route6, 51820, dst6, tos, &[&payload]).unwrap();
         let mut patched = vec![0u8; OUTER_V6 + len];
         patched[OUTER_V6..].copy_from_slice(&payload);
-        h6.write(&mut patched, len);
+        h6.write(&mut patched, len, tos);
         fill_udp6_checksum(&mut patched);
         assert_eq!(patched, built, "IPv6 payload {len}");
     }
@@ -130,10 +132,10 @@ fn patched_outer_headers_equal_built_ones() {
             let payload: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
             let n = hv.len;
             let mut built = vec![0u8; n + len];
-            build_frame(&mut built, &r, 51820, to, &[&payload]).unwrap();
+            build_frame(&mut built, &r, 51820, to, 0xb8, &[&payload]).unwrap();
             let mut patched = vec![0u8; n + len];
             patched[n..].copy_from_slice(&payload);
-            hv.write(&mut patched, len);
+            hv.write(&mut patched, len, 0xb8);
             fill_udp6_checksum(&mut patched);
             assert_eq!(&patched[12..16], &[0x81, 0, 0, 42]);
             assert_eq!(patched, built, "{our} VLAN payload {len}");

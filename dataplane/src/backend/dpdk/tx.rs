@@ -19,7 +19,7 @@ pub(super) struct DpdkTx<'a> {
     pub(super) counters: &'a WorkerCounters,
     pub(super) max_ip: usize,
     /// Datagrams waiting for ARP: (queued at, destination, bytes).
-    pub(super) pending: std::collections::VecDeque<(u64, SocketAddr, Vec<u8>)>,
+    pub(super) pending: std::collections::VecDeque<(u64, SocketAddr, u8, Vec<u8>)>,
     /// The outer headers last built for a packet sealed in place.
     pub(super) outer: Option<OuterHeaders>,
     /// Bytes of outer headers for our address family (Ethernet + IPv4/IPv6 + UDP).
@@ -74,7 +74,7 @@ impl OuterHeaders {
         let l3 =
             len - udp::HEADER_LEN - if dst.is_ipv4() { ipv4::HEADER_LEN } else { ipv6::HEADER_LEN };
         let mut bytes = [0u8; OUTER_V6 + VLAN_TAG_LEN];
-        if build_headers(&mut bytes[..len], route, udp_port, dst, 0)? != len {
+        if build_headers(&mut bytes[..len], route, udp_port, dst, 0, 0)? != len {
             return None;
         }
         let mut ip_sum = 0;
@@ -92,8 +92,9 @@ impl OuterHeaders {
         self.dst == dst && now_ms.saturating_sub(self.built_ms) < OUTER_HEADERS_FRESH_MS
     }
 
-    /// Writes the headers for a payload of `payload_len` bytes into `out[..self.len]`.
-    pub(super) fn write(&self, out: &mut [u8], payload_len: usize) {
+    /// Writes the headers for a payload of `payload_len` bytes into `out[..self.len]`, with
+    /// IP TOS (traffic class) `tos` (the cached headers carry 0).
+    pub(super) fn write(&self, out: &mut [u8], payload_len: usize, tos: u8) {
         let (l3, l4) = (self.l3, self.len - udp::HEADER_LEN);
         let udp_len = (udp::HEADER_LEN + payload_len) as u16;
         out[..self.len].copy_from_slice(&self.bytes[..self.len]);
@@ -102,10 +103,15 @@ impl OuterHeaders {
         if ip.len() == ipv4::HEADER_LEN {
             let ip_len = ipv4::HEADER_LEN as u16 + udp_len;
             ip[ipv4::field::LENGTH].copy_from_slice(&ip_len.to_be_bytes());
-            let c = checksum::finish(self.ip_sum + ip_len as u64);
+            ip[ipv4::field::DSCP_ECN] = tos;
+            // The TOS is the low byte of the header's first 16-bit word.
+            let c = checksum::finish(self.ip_sum + ip_len as u64 + tos as u64);
             ip[ipv4::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
         } else {
             ip[ipv6::field::PAYLOAD_LEN].copy_from_slice(&udp_len.to_be_bytes());
+            // Version 6, then the traffic class across the next 8 bits (flow label 0).
+            ip[0] = 0x60 | (tos >> 4);
+            ip[1] = (tos << 4) | (ip[1] & 0x0f);
             udp[udp::field::CHECKSUM].fill(0);
         }
     }
@@ -132,7 +138,7 @@ impl<'a> DpdkTx<'a> {
     }
 
     /// Frames one datagram `parts` to `dst` into an mbuf, resolving the next hop.
-    pub(super) fn datagram(&mut self, now: u64, dst: SocketAddr, parts: &[&[u8]]) -> bool {
+    pub(super) fn datagram(&mut self, now: u64, dst: SocketAddr, tos: u8, parts: &[&[u8]]) -> bool {
         if dst.is_ipv4() != self.neighbours.our_ip.is_ipv4() {
             // An endpoint of the other IP version than our underlay address.
             self.counters.drop(DropReason::TxError);
@@ -147,7 +153,7 @@ impl<'a> DpdkTx<'a> {
                 self.pending.pop_front();
                 self.counters.drop(DropReason::TxError);
             }
-            self.pending.push_back((now, dst, parts.concat()));
+            self.pending.push_back((now, dst, tos, parts.concat()));
             return false;
         };
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -166,7 +172,7 @@ impl<'a> DpdkTx<'a> {
             self.counters.drop(DropReason::TxError);
             return false;
         }
-        if build_frame(m.data_mut(), &route, self.udp_port, dst, parts).is_none() {
+        if build_frame(m.data_mut(), &route, self.udp_port, dst, tos, parts).is_none() {
             self.counters.drop(DropReason::TxError);
             return false;
         }
@@ -189,6 +195,7 @@ impl<'a> DpdkTx<'a> {
         mut m: Mbuf<'a>,
         msg_len: usize,
         to: Endpoint,
+        tos: u8,
         job: Option<&SealJob>,
     ) -> Option<(Mbuf<'a>, usize)> {
         let dst = to.addr();
@@ -222,7 +229,7 @@ impl<'a> DpdkTx<'a> {
                         self.counters.drop(DropReason::TxError);
                         return None;
                     }
-                    self.datagram(now, dst, &[&m.data()[outer..outer + payload]]);
+                    self.datagram(now, dst, tos, &[&m.data()[outer..outer + payload]]);
                     return None;
                 };
                 let Some(h) = OuterHeaders::new(&self.route(peer_mac), self.udp_port, dst, now)
@@ -233,7 +240,7 @@ impl<'a> DpdkTx<'a> {
                 self.outer.insert(h)
             }
         };
-        headers.write(m.data_mut(), payload);
+        headers.write(m.data_mut(), payload, tos);
         if job.is_none() {
             // Sealed already: an IPv6 checksum can be computed now (else after the AEAD).
             fill_udp6_checksum(m.data_mut());
@@ -268,11 +275,11 @@ impl<'a> DpdkTx<'a> {
     /// than [`PENDING_MAX_AGE_MS`] (counted).
     pub(super) fn retry_pending(&mut self, now: u64) {
         for _ in 0..self.pending.len() {
-            let Some((t, dst, bytes)) = self.pending.pop_front() else { break };
+            let Some((t, dst, tos, bytes)) = self.pending.pop_front() else { break };
             if self.neighbours.lookup(now, dst.ip()).is_some() {
-                self.datagram(now, dst, &[&bytes]);
+                self.datagram(now, dst, tos, &[&bytes]);
             } else if now.saturating_sub(t) < PENDING_MAX_AGE_MS {
-                self.pending.push_back((t, dst, bytes));
+                self.pending.push_back((t, dst, tos, bytes));
             } else {
                 self.counters.drop(DropReason::TxError);
             }
@@ -312,9 +319,9 @@ impl<'a> DpdkTx<'a> {
             let _ = match pkt.relay {
                 Some(tag) => {
                     let hdr = omni_proto::wire::relay::header(false, &tag);
-                    self.datagram(now, dst, &[&hdr, body])
+                    self.datagram(now, dst, pkt.tos, &[&hdr, body])
                 }
-                None => self.datagram(now, dst, &[body]),
+                None => self.datagram(now, dst, pkt.tos, &[body]),
             };
         }
         self.bufs = bufs;

@@ -116,10 +116,10 @@ impl<'r> Port for DpdkPort<'r> {
     /// the pass's flush.
     fn inject(&mut self, now: u64, to: Endpoint, bytes: &[u8]) -> bool {
         match to {
-            Endpoint::Direct(a) => self.tx.datagram(now, a, &[bytes]),
+            Endpoint::Direct(a) => self.tx.datagram(now, a, 0, &[bytes]),
             Endpoint::Relay { via, tag } => {
                 let hdr = omni_proto::wire::relay::header(false, &tag);
-                self.tx.datagram(now, via, &[&hdr, bytes])
+                self.tx.datagram(now, via, 0, &[&hdr, bytes])
             }
         }
     }
@@ -292,23 +292,25 @@ impl<'r> DpdkWorker<'r> {
                 self.counters.drop(DropReason::Malformed);
                 continue;
             }
-            let (payload, src, peer_mac) = (u.payload, u.src, u.route.peer_mac);
+            let (payload, src, peer_mac, tos) = (u.payload, u.src, u.route.peer_mac, u.tos);
             let verdict = match batch.as_mut() {
-                Some(b) => match shell.engine.decap_start(now, src, &data[payload.clone()]) {
-                    DecapStart::Open(p) => {
-                        let job = CryptoJob::Open {
-                            pending: Some(p),
-                            payload,
-                            src,
-                            peer_mac,
-                            opened: None,
-                        };
-                        b.push(Item { buf: m, job });
-                        continue;
+                Some(b) => {
+                    match shell.engine.decap_start_marked(now, src, tos, &data[payload.clone()]) {
+                        DecapStart::Open(p) => {
+                            let job = CryptoJob::Open {
+                                pending: Some(p),
+                                payload,
+                                src,
+                                peer_mac,
+                                opened: None,
+                            };
+                            b.push(Item { buf: m, job });
+                            continue;
+                        }
+                        DecapStart::Done(d) => d,
                     }
-                    DecapStart::Done(d) => d,
-                },
-                None => shell.engine.decap(now, src, &mut data[payload.clone()], tx),
+                }
+                None => shell.engine.decap_marked(now, src, tos, &mut data[payload.clone()], tx),
             };
             self.after_decap(now, shell, verdict, m, payload.start, src, peer_mac, tx, deliver);
         }
@@ -409,8 +411,9 @@ impl<'r> DpdkWorker<'r> {
                 CryptoJob::Seal { ok: false, .. } => self.counters.drop(DropReason::TxError),
                 CryptoJob::Open { pending, payload, src, peer_mac, opened } => {
                     let Some(p) = pending else { continue };
-                    let verdict =
-                        shell.engine.decap_finish(now, p, opened, &m.data()[payload.clone()], tx);
+                    let mut m = m;
+                    let data = &mut m.data_mut()[payload.clone()];
+                    let verdict = shell.engine.decap_finish(now, p, opened, data, tx);
                     self.after_decap(
                         now,
                         shell,
@@ -467,14 +470,14 @@ impl<'r> DpdkWorker<'r> {
                     None => (shell.engine.encap_in_place(now, msg, flen), None),
                 };
                 match (verdict, job, batch.as_mut()) {
-                    (InPlace::Sealed { len, to }, Some(job), Some(b)) => {
-                        if let Some((m, at)) = tx.frame_in_place(now, m, len, to, Some(&job)) {
+                    (InPlace::Sealed { len, to, tos }, Some(job), Some(b)) => {
+                        if let Some((m, at)) = tx.frame_in_place(now, m, len, to, tos, Some(&job)) {
                             b.push(Item { buf: m, job: CryptoJob::Seal { job, at, ok: false } });
                         }
                         continue;
                     }
-                    (InPlace::Sealed { len, to }, _, _) => {
-                        if let Some((m, _)) = tx.frame_in_place(now, m, len, to, None) {
+                    (InPlace::Sealed { len, to, tos }, _, _) => {
+                        if let Some((m, _)) = tx.frame_in_place(now, m, len, to, tos, None) {
                             tx.push_out(m);
                         }
                         continue;

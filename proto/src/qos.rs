@@ -143,6 +143,18 @@ pub fn outer_tos(frame: &[u8], class: Class) -> u8 {
     }
 }
 
+impl ClassMap {
+    /// [`outer_tos`], classifying `frame` only when it carries no DSCP of its own (one
+    /// header read for IP frames, the common case).
+    #[inline]
+    pub fn outer_tos(&self, frame: &[u8]) -> u8 {
+        match inner_tos(frame) {
+            Some(t) => t.value,
+            None => self.classify(frame).dscp() << 2,
+        }
+    }
+}
+
 /// What RFC 6040 (section 4.2) does with an arriving frame, given the outer ECN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decap {
@@ -276,6 +288,12 @@ mod tests {
         assert_eq!(outer_tos(&arp, Class::RealTime), 0xb8);
         assert_eq!(outer_tos(&arp, Class::Background), 0x20);
         assert_eq!(outer_tos(&arp, Class::Normal), 0);
+        let m = ClassMap::default();
+        assert_eq!(m.outer_tos(&v4(0xb8 | ecn::ECT0, None)), 0xba);
+        assert_eq!(m.outer_tos(&arp), 0);
+        let mut tagged_arp = v4(0, Some(6 << 13 | 1));
+        tagged_arp[16..18].copy_from_slice(&ethertype::ARP.to_be_bytes());
+        assert_eq!(m.outer_tos(&tagged_arp), 0xb8, "PCP 6: real-time, EF outside");
     }
 
     #[test]

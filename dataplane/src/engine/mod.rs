@@ -384,7 +384,7 @@ impl<'r> Engine<'r> {
     /// The outer TOS for `frame` ([`omni_proto::qos::outer_tos`]).
     #[inline]
     fn outer_tos(&self, frame: &[u8]) -> u8 {
-        qos::outer_tos(frame, self.classes.classify(frame))
+        self.classes.outer_tos(frame)
     }
 
     // ---- access port → underlay ------------------------------------------------------

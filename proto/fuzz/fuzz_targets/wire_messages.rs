@@ -49,6 +49,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = relay::Packet::new_checked(data) {
         let _ = (p.tag(), p.inner(), p.is_request());
     }
+    // A frame's class and the ECN rules: any bytes, no panic; a CE mark changes at most
+    // the TOS byte (and the IPv4 checksum) of an ECN-capable IP frame.
+    let classes = omni_proto::qos::ClassMap::default();
+    let _ = (classes.classify(data), classes.outer_tos(data));
+    let mut marked = data.to_vec();
+    if omni_proto::qos::apply_outer_ecn(&mut marked, omni_proto::qos::ecn::CE) {
+        assert_eq!(marked.len(), data.len());
+    }
     let _ = macs::verify_mac1(data, &[7; 32]);
     let _ = macs::verify_mac2(data, &[7; 16]);
     let _ = macs::mac1_of(data);

@@ -795,13 +795,7 @@ fn dscp_goes_out_on_the_underlay_and_ce_comes_back_in() {
     let Some(_serial) = root_test(&["ip", "ping", "tcpdump", "nft"]) else { return };
     let f = Fabric2::new(1500, &[]);
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
-    let pcap = f.dir.0.join("underlay.pcap");
-    let mut cap = capture(&f.pair.b, "ub", &pcap, "udp and src host 10.77.0.1", None);
-    std::thread::sleep(Duration::from_millis(500));
-    f.pair.a.sh_ok("ping -Q 0xb8 -c 3 -i 0.2 -W 2 192.168.77.2");
-    std::thread::sleep(Duration::from_millis(300));
-    cap.stop("INT");
-    let seen = run_ok(&format!("tcpdump -v -nr {} 2>/dev/null", pcap.display()));
+    let seen = seen_at_b(&f, "ub", "udp and src host 10.77.0.1", "ping -Q 0xb8");
     assert!(seen.contains("tos 0xb8"), "EF on the underlay: {seen}");
 
     // The underlay marks congestion on everything B receives from the fabric.
@@ -812,17 +806,23 @@ fn dscp_goes_out_on_the_underlay_and_ce_comes_back_in() {
     )
     .unwrap();
     f.pair.b.sh_ok(&format!("nft -f {}", rules.display()));
-    let inner = f.dir.0.join("inner.pcap");
-    let mut cap = capture(&f.pair.b, "omni0", &inner, "icmp and src host 192.168.77.1", None);
-    std::thread::sleep(Duration::from_millis(500));
     // ECT(0) pings arrive with CE.
-    f.pair.a.sh_ok("ping -Q 0x02 -c 3 -i 0.2 -W 2 192.168.77.2");
-    std::thread::sleep(Duration::from_millis(300));
-    cap.stop("INT");
-    let seen = run_ok(&format!("tcpdump -v -nr {} 2>/dev/null", inner.display()));
+    let seen = seen_at_b(&f, "omni0", "icmp and src host 192.168.77.1", "ping -Q 0x02");
     assert!(seen.contains("tos 0x3"), "CE on the inner packet: {seen}");
     // Not-ECT pings under CE are dropped, as RFC 6040 says, and counted.
     assert!(f.pair.a.sh("ping -c 2 -i 0.2 -W 1 192.168.77.2").status.code() != Some(0));
     let drops = f.b.status()["drops"]["ce_not_ect"].as_u64().unwrap_or(0);
     assert!(drops >= 2, "ce_not_ect drops: {drops}");
+}
+
+/// What a capture on B's `iface` (pcap `filter`) saw, verbosely, while A ran `ping`
+/// (its options) three times towards B's omni0.
+fn seen_at_b(f: &Fabric2, iface: &str, filter: &str, ping: &str) -> String {
+    let pcap = f.dir.0.join(format!("{iface}.pcap"));
+    let mut cap = capture(&f.pair.b, iface, &pcap, filter, None);
+    std::thread::sleep(Duration::from_millis(500));
+    f.pair.a.sh_ok(&format!("{ping} -c 3 -i 0.2 -W 2 192.168.77.2"));
+    std::thread::sleep(Duration::from_millis(300));
+    cap.stop("INT");
+    run_ok(&format!("tcpdump -v -nr {} 2>/dev/null", pcap.display()))
 }

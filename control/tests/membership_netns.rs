@@ -473,19 +473,7 @@ fn a_revocation_at_one_member_reaches_six_behind_nats_within_5_s_even_without_th
     let again =
         Node::start_in(&c.edges[4], &d.join("e5-again"), &d, "e5-again", &id5, &victim, &args5);
     again.wait_running();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let m = c.nucleus_metrics();
-        let n = m
-            .lines()
-            .find(|l| l.starts_with("omni_nucleus_dropped_total{reason=\"revoked\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        if n > 0 || Instant::now() > deadline {
-            break n;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let refused = nucleus_drops(&c, "revoked");
     assert!(refused > 0, "the Nucleus did not refuse the revoked node's registration");
     // Nor does a fresh key with the cluster secret alone get in: the Nucleus wants a
     // certificate (and members would refuse it too).
@@ -502,18 +490,24 @@ fn a_revocation_at_one_member_reaches_six_behind_nats_within_5_s_even_without_th
         secret_only,
     );
     newcomer.wait_running();
+    let uncertified = nucleus_drops(&c, "uncertified");
+    assert!(uncertified > 0, "the Nucleus registered a node without a certificate");
+}
+
+/// The Nucleus's count of drops for `reason`, waited for (10 s at most) to become non-zero.
+fn nucleus_drops(c: &NatCluster, reason: &str) -> u64 {
+    let prefix = format!("omni_nucleus_dropped_total{{reason=\"{reason}\"}}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let uncertified = loop {
+    loop {
         let n = c
             .nucleus_metrics()
             .lines()
-            .find(|l| l.starts_with("omni_nucleus_dropped_total{reason=\"uncertified\"}"))
+            .find(|l| l.starts_with(&prefix))
             .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .unwrap_or(0);
         if n > 0 || Instant::now() > deadline {
-            break n;
+            return n;
         }
         std::thread::sleep(Duration::from_millis(300));
-    };
-    assert!(uncertified > 0, "the Nucleus registered a node without a certificate");
+    }
 }

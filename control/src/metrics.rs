@@ -39,6 +39,7 @@ pub struct Metrics {
     revocations_known: IntGauge,
     policy_version: IntGauge,
     statements_refused: IntCounter,
+    peers_refused: IntCounter,
     dropped: IntCounterVec,
     peer_rx_bytes: IntCounterVec,
     peer_tx_bytes: IntCounterVec,
@@ -59,6 +60,7 @@ pub struct Sample {
     pub cookie_replies: u64,
     pub dataplane_restarts: u64,
     pub fdb_entries: u64,
+    pub peers_refused: u64,
     /// Seconds until this node's certificate expires (negative: expired); `None` without
     /// an authority (the gauge is then absent).
     pub certificate_expires_in: Option<i64>,
@@ -176,6 +178,11 @@ impl Metrics {
                 "Times the data plane was restarted",
             ),
             fdb_entries: gauge(&r, "omni_fdb_entries", "Live FDB entries"),
+            peers_refused: counter(
+                &r,
+                "omni_peers_refused_total",
+                "Members a Nucleus introduced that did not fit the peer table (max_peers)",
+            ),
             certificate_expiry_seconds: IntGauge::new(
                 "omni_certificate_expiry_seconds",
                 "Seconds until this node's certificate expires (negative: expired)",
@@ -280,6 +287,7 @@ impl Metrics {
         catch_up(&self.cookie_replies, s.cookie_replies);
         catch_up(&self.dataplane_restarts, s.dataplane_restarts);
         self.fdb_entries.set(s.fdb_entries as i64);
+        catch_up(&self.peers_refused, s.peers_refused);
         if let Some(secs) = s.certificate_expires_in {
             // Registered on first use: without an authority there is no certificate to
             // count down, and a gauge stuck at 0 would read as "expired now".

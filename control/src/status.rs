@@ -108,6 +108,9 @@ pub struct Status {
     /// Revocations this node holds (with an authority).
     #[serde(default)]
     pub revocations_known: usize,
+    /// Members a Nucleus introduced that did not fit the peer table (`max_peers`).
+    #[serde(default)]
+    pub peers_refused: u64,
     #[serde(default)]
     pub nuclei: Vec<crate::rendezvous::NucleusStatus>,
     /// The data plane's workers: packets each sealed and opened, and (poll-mode workers)
@@ -225,6 +228,13 @@ pub fn render(s: &Status) -> String {
     }
     if let Some(c) = &s.cluster {
         let _ = writeln!(o, "  cluster: {c}");
+    }
+    if s.peers_refused > 0 {
+        let _ = writeln!(
+            o,
+            "  peer table full: {} members left out (raise [switch] max_peers)",
+            s.peers_refused
+        );
     }
     if !s.membership.is_empty() {
         let _ = writeln!(o, "  membership: {}", s.membership);
@@ -347,6 +357,7 @@ mod tests {
             certificate_expires: Some(0),
             policy_version: Some(4),
             revocations_known: 2,
+            peers_refused: 3,
             nuclei: vec![],
             workers: vec![
                 crate::channel::WorkerSample {
@@ -369,6 +380,7 @@ mod tests {
         assert!(t.contains("  membership: certificates (authority AUTHKEY)"), "{t}");
         assert!(t.contains("  certificate expires: 1970-01-01 00:00:00 UTC"), "{t}");
         assert!(t.contains("  policy: version 4; revocations known: 2"), "{t}");
+        assert!(t.contains("peer table full: 3 members left out"), "{t}");
         assert!(
             t.contains(
                 "  member: robot-7 (robots, arm), certificate expires 2026-12-06 23:59:59 UTC"

@@ -671,6 +671,7 @@ impl Daemon {
             },
             certificate_expires: self.fabric.admission().map(|a| a.own.cert.not_after),
             policy_version: self.fabric.policy().map(|p| p.policy.version),
+            peers_refused: st.peers_refused,
             revocations_known: self.fabric.admission().map_or(0, |a| a.revoked.len()),
             workers: self.channel.worker_samples(),
         }
@@ -765,6 +766,7 @@ impl Daemon {
             handshakes_initiated: st.handshakes_initiated,
             dropped_ratelimit: st.dropped_rate_limited,
             cookie_replies: st.cookie_replies_sent,
+            peers_refused: st.peers_refused,
             dataplane_restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
             fdb_entries: self
                 .channel

@@ -24,7 +24,9 @@ impl Fabric {
         }
         let known = self.by_x25519.contains_key(&m.key.x25519());
         let Some(id) = self.insert_peer(m.key, true) else {
-            debug!(peer = %m.key.short(), "peer table full; member ignored");
+            if m.present {
+                self.table_full(now_ms, &m.key);
+            }
             return;
         };
         if self.peers[id as usize].revoked {
@@ -61,6 +63,23 @@ impl Fabric {
             // Relayed with a working session: probe for a direct path only.
             self.initiate_with(now_ms, id, !unreached && relayed);
         }
+    }
+
+    /// A member that did not fit the peer table: counted, and said once a minute (a partial
+    /// mesh is never silent).
+    fn table_full(&mut self, now_ms: u64, key: &PublicKey) {
+        self.stats.peers_refused += 1;
+        if self.table_full_warned_ms.is_some_and(|t| now_ms.saturating_sub(t) < 60_000) {
+            return;
+        }
+        self.table_full_warned_ms = Some(now_ms);
+        warn!(
+            peer = %key.short(),
+            max_peers = self.max_peers,
+            refused = self.stats.peers_refused,
+            "peer table full: members beyond it are ignored, the mesh is partial; raise \
+             [switch] max_peers"
+        );
     }
 
     /// Where a handshake initiation to peer `id` goes: the endpoint in use, every direct

@@ -88,6 +88,8 @@ pub struct FabricStats {
     pub keepalives_requested: u64,
     /// Handshakes refused for want of a valid, unrevoked certificate.
     pub dropped_uncertified: u64,
+    /// Members a Nucleus introduced that did not fit the peer table (`max_peers`).
+    pub peers_refused: u64,
 }
 
 impl FabricStats {
@@ -229,6 +231,8 @@ pub struct Fabric {
     admission: Option<Admission>,
     /// Unix time in seconds, for certificates' validity (an input, as the monotonic clock).
     wall_secs: u64,
+    /// When a full peer table was last warned of.
+    table_full_warned_ms: Option<u64>,
 }
 
 /// Static settings of a fabric.
@@ -283,6 +287,7 @@ impl Fabric {
             stats: FabricStats::default(),
             admission: cfg.admission,
             wall_secs: 0,
+            table_full_warned_ms: None,
         }
     }
 

@@ -356,6 +356,22 @@ fn member(key: PublicKey, eps: &[&str], punch: bool) -> MemberUpdate {
 }
 
 #[test]
+fn a_full_peer_table_counts_the_members_it_leaves_out() {
+    let mut f = Fabric::new(Identity::from_seed([1; 32]), cfg(), 0);
+    f.set_max_peers(1);
+    let (k2, k3) =
+        (Identity::from_seed([2; 32]).public_key(), Identity::from_seed([3; 32]).public_key());
+    f.on_member(10, &member(k2, &["10.0.0.2:51820"], false));
+    f.on_member(10, &member(k3, &["10.0.0.3:51820"], false));
+    f.on_member(11, &member(k3, &["10.0.0.3:51820"], false));
+    assert_eq!(f.peers().len(), 1);
+    assert_eq!(f.stats.peers_refused, 2);
+    // A member leaving is not one refused.
+    f.on_member(12, &MemberUpdate { present: false, ..member(k3, &[], false) });
+    assert_eq!(f.stats.peers_refused, 2);
+}
+
+#[test]
 fn members_are_punched_on_every_candidate_then_relayed() {
     let ia = Identity::from_seed([1; 32]);
     let kb = Identity::from_seed([2; 32]).public_key();

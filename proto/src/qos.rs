@@ -20,16 +20,6 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 3] = [Class::RealTime, Class::Normal, Class::Background];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Class::RealTime => "realtime",
-            Class::Normal => "normal",
-            Class::Background => "background",
-        }
-    }
-
     /// The DSCP the outer datagram carries for this class when the inner frame has none
     /// (not IP): EF, best effort, CS1.
     pub const fn dscp(self) -> u8 {
@@ -38,16 +28,6 @@ impl Class {
             Class::Normal => 0,
             Class::Background => dscp::CS1,
         }
-    }
-}
-
-impl std::str::FromStr for Class {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Class::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .ok_or_else(|| format!("{s:?} is not a class (realtime, normal, background)"))
     }
 }
 

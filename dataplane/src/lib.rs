@@ -12,10 +12,12 @@
 //! replay windows) is the `omni-shm` crate; system calls are `omni-sys`.
 
 pub mod backend;
+pub mod codel;
 pub mod cpu_latency;
 pub mod engine;
 pub mod mmsg;
 pub mod offload;
 pub mod secret;
 pub mod session;
+pub mod steer;
 pub mod underlay;

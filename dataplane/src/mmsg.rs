@@ -143,6 +143,61 @@ impl UdpSocket {
     /// Binds `addr:port` (`None`: all addresses, both families when possible), non-blocking,
     /// with socket buffers of `buf_bytes` (forced past the sysctl limit when root).
     pub fn bind(addr: Option<IpAddr>, port: u16, buf_bytes: usize) -> Result<Self, UdpError> {
+        Self::bind_with(addr, port, buf_bytes, false)
+    }
+
+    /// The fabric port as two sockets of one reuseport group, bulk (bound first: index 0)
+    /// and real-time, and the steering program that splits arriving datagrams between them
+    /// by outer DSCP ([`crate::steer`]). The port is first bound alone, so a port another
+    /// process holds is the same clear error as [`UdpSocket::bind`] (a reuseport socket
+    /// would join its group instead), and port 0 becomes the port the kernel chose. When
+    /// the kernel refuses the group or the program (an old kernel), one socket is bound
+    /// and `single` says why.
+    pub fn bind_lanes(
+        addr: Option<IpAddr>,
+        port: u16,
+        bulk_bytes: usize,
+        rt_bytes: usize,
+        program: &[libc::sock_filter],
+    ) -> Result<Lanes, UdpError> {
+        let alone = Self::bind(addr, port, bulk_bytes)?;
+        let port = alone.local_port().map_err(UdpError::Socket)?;
+        drop(alone);
+        let group = Self::bind_with(addr, port, bulk_bytes, true)
+            .and_then(|bulk| Ok((bulk, Self::bind_with(addr, port, rt_bytes, true)?)))
+            .map_err(io::Error::other)
+            .and_then(|(bulk, rt)| bulk.attach_reuseport_cbpf(program).map(|()| (bulk, rt)));
+        Ok(match group {
+            Ok((bulk, rt)) => Lanes { bulk, rt: Some(rt), single: None },
+            Err(e) => {
+                Lanes { bulk: Self::bind(addr, port, bulk_bytes)?, rt: None, single: Some(e) }
+            }
+        })
+    }
+
+    /// Attaches a classic BPF program choosing the group member for each datagram.
+    fn attach_reuseport_cbpf(&self, program: &[libc::sock_filter]) -> io::Result<()> {
+        let prog =
+            libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
+        // SAFETY: prog points at `program`, alive for the call; the kernel copies it.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_CBPF,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    fn bind_with(
+        addr: Option<IpAddr>,
+        port: u16,
+        buf_bytes: usize,
+        reuseport: bool,
+    ) -> Result<Self, UdpError> {
         let want_v6 = !matches!(addr, Some(IpAddr::V4(_)));
         let (fd, v6) = match Self::socket(want_v6) {
             Ok(fd) => (fd, want_v6),
@@ -154,6 +209,10 @@ impl UdpSocket {
         let raw = fd.as_raw_fd();
         if v6 {
             setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
+                .map_err(UdpError::Socket)?;
+        }
+        if reuseport {
+            setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
                 .map_err(UdpError::Socket)?;
         }
         for (force, plain) in
@@ -273,6 +332,14 @@ impl AsRawFd for UdpSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// The fabric port's sockets from [`UdpSocket::bind_lanes`].
+pub struct Lanes {
+    pub bulk: UdpSocket,
+    /// The real-time lane's socket; `None` when the kernel refused the split (`single`).
+    pub rt: Option<UdpSocket>,
+    pub single: Option<io::Error>,
 }
 
 /// Reusable headers for one recvmmsg / sendmmsg batch.
@@ -574,6 +641,49 @@ mod tests {
                 "127.0.0.1".parse::<IpAddr>().unwrap(),
                 "mapped back to IPv4"
             );
+        }
+    }
+
+    /// The kernel runs the steering program: EF (and CS5-CS7) datagrams land on the
+    /// real-time socket, the rest on the bulk one, over IPv4 and IPv6 loopback.
+    #[test]
+    fn lanes_split_arriving_datagrams_by_outer_dscp() {
+        let prog = crate::steer::program(crate::steer::real_time_dscps(&Default::default()));
+        let lanes = UdpSocket::bind_lanes(None, 0, 1 << 20, 1 << 18, &prog).unwrap();
+        if let Some(e) = &lanes.single {
+            panic!("this kernel refused the reuseport group: {e}");
+        }
+        let rt = lanes.rt.as_ref().unwrap();
+        let port = lanes.bulk.local_port().unwrap();
+        assert_eq!(rt.local_port().unwrap(), port, "one port, two sockets");
+        // A second node on the same port is refused, as without lanes.
+        assert!(matches!(
+            UdpSocket::bind_lanes(None, port, 1 << 20, 1 << 18, &prog),
+            Err(UdpError::InUse { .. })
+        ));
+        let sender = UdpSocket::bind(None, 0, 1 << 20).unwrap();
+        let mut batch = MmsgBatch::new(4);
+        let mut inb: Vec<RxBuf> = (0..4).map(|_| RxBuf::new(2048)).collect();
+        for to in ["127.0.0.1", "::1"] {
+            let to: SocketAddr = SocketAddr::new(to.parse().unwrap(), port);
+            for (tos, want_rt) in [(0xb8u8, true), (0x00, false), (0xc0, true), (0x20, false)] {
+                let mut p = PacketBuf::new();
+                (p.len, p.addr, p.tos) = (64, Some(to), tos);
+                p.data[0] = tos;
+                assert_eq!(batch.send(&sender, std::slice::from_ref(&p), false).unwrap(), 1);
+                let (hit, miss) = if want_rt { (rt, &lanes.bulk) } else { (&lanes.bulk, rt) };
+                let mut n = 0;
+                for _ in 0..200 {
+                    n = batch.recv(hit, &mut inb).unwrap();
+                    if n > 0 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                assert_eq!(n, 1, "TOS {tos:#x} to {to}: not on the {} socket", want_rt);
+                assert_eq!(inb[0].data[0], tos);
+                assert_eq!(batch.recv(miss, &mut inb).unwrap(), 0, "TOS {tos:#x}: one copy");
+            }
         }
     }
 

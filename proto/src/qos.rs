@@ -85,7 +85,11 @@ pub struct Tos {
 /// VLAN tag; `None` for anything else or a frame too short to hold it.
 #[inline]
 pub fn inner_tos(frame: &[u8]) -> Option<Tos> {
-    let l2 = ethernet::l2(frame)?;
+    tos_after(frame, &ethernet::l2(frame)?)
+}
+
+#[inline]
+fn tos_after(frame: &[u8], l2: &ethernet::L2) -> Option<Tos> {
     let ip = frame.get(l2.payload..)?;
     match l2.ethertype {
         ethertype::IPV4 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
@@ -102,36 +106,30 @@ impl ClassMap {
     /// A frame's class: its PCP when it is tagged, else its DSCP, else normal. O(1).
     #[inline]
     pub fn classify(&self, frame: &[u8]) -> Class {
-        match ethernet::l2(frame) {
-            Some(l2) if l2.tci.is_some() => self.pcp[(l2.tci.unwrap_or(0) >> 13) as usize],
-            Some(_) => {
-                inner_tos(frame).map_or(Class::Normal, |t| self.dscp[(t.value >> 2) as usize])
-            }
-            None => Class::Normal,
-        }
+        self.mark(frame).0
     }
-}
 
-/// The outer TOS of a datagram carrying `frame` of `class`: the inner DSCP copied (RFC 2983
-/// uniform model) or, for a frame without one, the class's; the inner ECN copied (RFC 6040
-/// normal mode), so that a congested underlay can mark the outer header.
-#[inline]
-pub fn outer_tos(frame: &[u8], class: Class) -> u8 {
-    match inner_tos(frame) {
-        Some(t) => t.value,
-        None => class.dscp() << 2,
-    }
-}
-
-impl ClassMap {
-    /// [`outer_tos`], classifying `frame` only when it carries no DSCP of its own (one
-    /// header read for IP frames, the common case).
+    /// A frame's class and the TOS of the datagram that carries it, from one header read.
+    /// The outer DSCP is the inner one copied (RFC 2983 uniform model) when that maps to
+    /// the frame's class, else the class's own ([`Class::dscp`]: a tagged frame whose PCP
+    /// decides, a frame without IP), so the outer DSCP always names the class: the
+    /// receiver's data plane picks the datagram's lane by it. The inner ECN is copied (RFC 6040 normal mode), so that a congested
+    /// underlay can mark the outer header.
     #[inline]
-    pub fn outer_tos(&self, frame: &[u8]) -> u8 {
-        match inner_tos(frame) {
-            Some(t) => t.value,
-            None => self.classify(frame).dscp() << 2,
-        }
+    pub fn mark(&self, frame: &[u8]) -> (Class, u8) {
+        let Some(l2) = ethernet::l2(frame) else { return (Class::Normal, 0) };
+        let tos = tos_after(frame, &l2);
+        let by_dscp = |t: &Tos| self.dscp[(t.value >> 2) as usize];
+        let class = match l2.tci {
+            Some(tci) => self.pcp[(tci >> 13) as usize],
+            None => tos.as_ref().map_or(Class::Normal, by_dscp),
+        };
+        let outer = match tos {
+            Some(t) if by_dscp(&t) == class => t.value,
+            Some(t) => class.dscp() << 2 | t.value & ecn::MASK,
+            None => class.dscp() << 2,
+        };
+        (class, outer)
     }
 }
 
@@ -260,20 +258,21 @@ mod tests {
     }
 
     #[test]
-    fn the_outer_tos_copies_dscp_and_ecn_or_takes_the_class() {
-        assert_eq!(outer_tos(&v4(0xb8 | ecn::ECT0, None), Class::RealTime), 0xba);
-        assert_eq!(outer_tos(&v6(0xb9), Class::RealTime), 0xb9);
-        let mut arp = vec![0u8; 42];
-        arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
-        assert_eq!(outer_tos(&arp, Class::RealTime), 0xb8);
-        assert_eq!(outer_tos(&arp, Class::Background), 0x20);
-        assert_eq!(outer_tos(&arp, Class::Normal), 0);
+    fn the_outer_tos_copies_dscp_and_ecn_or_names_the_class() {
         let m = ClassMap::default();
-        assert_eq!(m.outer_tos(&v4(0xb8 | ecn::ECT0, None)), 0xba);
-        assert_eq!(m.outer_tos(&arp), 0);
-        let mut tagged_arp = v4(0, Some(6 << 13 | 1));
-        tagged_arp[16..18].copy_from_slice(&ethertype::ARP.to_be_bytes());
-        assert_eq!(m.outer_tos(&tagged_arp), 0xb8, "PCP 6: real-time, EF outside");
+        assert_eq!(m.mark(&v4(0xb8 | ecn::ECT0, None)), (Class::RealTime, 0xba));
+        assert_eq!(m.mark(&v6(0xb9)), (Class::RealTime, 0xb9));
+        assert_eq!(m.mark(&v4(0x28, None)), (Class::Normal, 0x28), "AF11 copied");
+        let arp = [&[0xffu8; 6][..], &[2; 6], &[0x08, 0x06], &[0; 28]].concat();
+        assert_eq!(m.mark(&arp), (Class::Normal, 0));
+        let tagged_arp =
+            [&[0xffu8; 6][..], &[2; 6], &[0x81, 0, 0xc0, 1, 0x08, 0x06], &[0; 28]].concat();
+        assert_eq!(m.mark(&tagged_arp), (Class::RealTime, 0xb8), "PCP 6: real-time, EF outside");
+        // A tagged frame's PCP decides; the outer DSCP says so, the ECN is kept.
+        assert_eq!(m.mark(&v4(ecn::ECT0, Some(5 << 13 | 42))), (Class::RealTime, 0xba));
+        assert_eq!(m.mark(&v4(0xb8 | ecn::CE, Some(1 << 13 | 42))), (Class::Background, 0x23));
+        assert_eq!(m.mark(&v4(0xb8, Some(6 << 13 | 42))), (Class::RealTime, 0xb8), "agrees");
+        assert_eq!(m.mark(&[0u8; 10]), (Class::Normal, 0));
     }
 
     #[test]

@@ -62,10 +62,14 @@ pub enum DropReason {
     /// Frames that arrived congestion-marked (CE on the outer header) but are not
     /// ECN-capable, dropped as RFC 6040 says.
     CeNotEct,
+    /// Bulk frames dropped from the access port's queue because they waited there longer
+    /// than the delay target allows (CoDel; see docs/qos.md), or to make room for newer
+    /// ones in a full queue.
+    QueueDelay,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 26] = [
         Self::Malformed,
         Self::BadMac1,
         Self::UnknownIndex,
@@ -91,6 +95,7 @@ impl DropReason {
         Self::Revoked,
         Self::Policy,
         Self::CeNotEct,
+        Self::QueueDelay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +125,7 @@ impl DropReason {
             Self::Revoked => "revoked",
             Self::Policy => "policy",
             Self::CeNotEct => "ce_not_ect",
+            Self::QueueDelay => "queue_delay",
         }
     }
 }
@@ -177,6 +183,10 @@ pub enum Counter {
     ChecksumPartialTx,
     /// Frames opened whose sender left the checksum partial.
     ChecksumPartialRx,
+    /// Datagrams sent on the real-time lane (at once, never behind bulk).
+    RealTimeSent,
+    /// Datagrams received on the real-time lane's socket.
+    RealTimeReceived,
 }
 
 /// Number of counter slots per worker (drops 0..32, others 32..64).

@@ -205,6 +205,10 @@ pub struct DataplaneArgs {
     /// Same as --crypto-thread false.
     #[arg(long)]
     pub no_crypto_thread: bool,
+    /// socket backend: no real-time lane (one underlay socket; real-time frames queue
+    /// with bulk ones). See docs/qos.md.
+    #[arg(long)]
+    pub no_qos_lanes: bool,
     /// xdp backend: the NIC the underlay arrives on (required with --backend xdp).
     #[arg(long)]
     pub iface: Option<String>,
@@ -306,6 +310,7 @@ impl DataplaneArgs {
             cpu,
             crypto_thread,
             no_crypto_thread,
+            no_qos_lanes,
             iface,
             xdp_mode,
             xsk_mode,
@@ -339,6 +344,7 @@ impl DataplaneArgs {
         a.some("--cpu", cpu);
         a.some("--crypto-thread", crypto_thread);
         a.flag("--no-crypto-thread", *no_crypto_thread);
+        a.flag("--no-qos-lanes", *no_qos_lanes);
         a.some("--iface", iface);
         a.value("--xdp-mode", value_name(*xdp_mode));
         a.value("--xsk-mode", value_name(*xsk_mode));
@@ -441,6 +447,7 @@ mod tests {
             cpu: Some(1),
             crypto_thread: Some(false),
             no_crypto_thread: true,
+            no_qos_lanes: true,
             iface: Some("eth1".into()),
             xdp_mode: XdpMode::Skb,
             xsk_mode: XskMode::ZeroCopy,

@@ -36,6 +36,7 @@ use super::crypto_pool::{CryptoPool, Idle, PoolConfig, Work};
 use super::io_loop::{self, Pass, Port, Shell};
 use super::spin::{Awaits, SpinPolicy};
 use super::xdp::{self, XdpRx, XdpSettings, XdpTx};
+use crate::codel::Codel;
 use crate::cpu_latency::{self, CpuLatency};
 use crate::engine::{ChecksumPartial, Decap, PacketBuf, TxSink};
 use crate::mmsg::{MmsgBatch, RxBuf, UdpSocket};
@@ -43,7 +44,9 @@ use crate::offload::csum;
 use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
-use crate::underlay;
+use crate::{steer, underlay};
+use omni_proto::qos::{Class, ClassMap};
+use std::collections::VecDeque;
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
 pub const BURST: usize = 32;
@@ -83,6 +86,10 @@ pub struct SocketConfig {
     /// socket stays for what the program passes to the kernel and for packets to
     /// endpoints whose outer headers are not known yet.
     pub xdp: Option<XdpSettings>,
+    /// A real-time lane beside the bulk one (socket backend): a second socket on the port,
+    /// which the kernel hands datagrams with a real-time outer DSCP ([`crate::steer`]),
+    /// read first, and which real-time datagrams are sent on at once.
+    pub lanes: bool,
 }
 
 /// Packets on their way to the wire: the socket backend's batch of [`Work`] for its
@@ -173,6 +180,46 @@ const BATCH: usize = BURST * 2;
 /// rather than queue more behind the socket.
 const CRYPTO_DEPTH: usize = 2;
 
+/// Real-time datagrams sent at once per pass at most; beyond, they wait with the bulk
+/// batch: a sender marking everything real time cannot starve the rest.
+const RT_PER_PASS: usize = 64;
+/// Socket buffers of the real-time lane: real-time traffic is light, and a deep queue is
+/// what the lane is there to avoid.
+const RT_SOCKET_BUFFER: usize = 256 << 10;
+/// Datagrams per bulk receive burst when the real-time lane is split (about 100 µs of
+/// opening): the most a real-time datagram waits behind bulk in this process.
+const BULK_BUDGET: usize = 64;
+
+/// The real-time lane's send side: datagrams whose outer DSCP is real time are sealed
+/// and sent on its socket as soon as the engine hands them over, never behind a batch, a
+/// GSO train, the crypto thread or a full bulk socket buffer.
+struct RtTx<'a> {
+    sock: &'a UdpSocket,
+    /// The outer DSCPs of the lane ([`crate::steer::real_time_dscps`]).
+    dscps: u64,
+    mmsg: MmsgBatch,
+    gso: bool,
+    /// Sent at once in this pass (see [`RT_PER_PASS`]).
+    sent: usize,
+}
+
+impl RtTx<'_> {
+    /// Sends `buf` now if it is real time and the pass's share is not spent.
+    fn send_now(&mut self, buf: &mut PacketBuf, counters: &WorkerCounters) -> bool {
+        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= RT_PER_PASS {
+            return false;
+        }
+        self.sent += 1;
+        counters.inc(Counter::RealTimeSent, 1);
+        let errors =
+            seal_and_send(self.sock, &mut self.mmsg, std::slice::from_mut(buf), &mut self.gso);
+        if errors > 0 {
+            counters.drop_n(DropReason::TxError, errors);
+        }
+        true
+    }
+}
+
 /// The underlay transmit side: a [`TxSink`]. With a crypto thread, full batches are
 /// handed over (sealed and sent there) and the I/O thread goes on reading.
 struct UdpTx<'a> {
@@ -186,6 +233,8 @@ struct UdpTx<'a> {
     xdp: Option<XdpTx>,
     /// Packets handed over for the underlay since the loop last took the count.
     queued: usize,
+    /// The real-time lane, when split.
+    rt: Option<RtTx<'a>>,
 }
 
 /// Counts what a batch back from the crypto thread could not send.
@@ -212,10 +261,14 @@ impl<'a> UdpTx<'a> {
             crypto,
             xdp: None,
             queued: 0,
+            rt: None,
         }
     }
 
     fn flush(&mut self) {
+        if let Some(rt) = self.rt.as_mut() {
+            rt.sent = 0;
+        }
         if self.current.n == 0 {
             return;
         }
@@ -270,10 +323,17 @@ impl TxSink for UdpTx<'_> {
         &mut self.current.bufs[self.current.n]
     }
     fn commit(&mut self) {
-        self.current.n += 1;
         self.queued += 1;
+        let buf = &mut self.current.bufs[self.current.n];
+        if !self.rt.as_mut().is_some_and(|rt| rt.send_now(buf, self.counters)) {
+            self.current.n += 1;
+        }
     }
     fn commit_swap(&mut self, pkt: &mut PacketBuf) {
+        if self.rt.as_mut().is_some_and(|rt| rt.send_now(pkt, self.counters)) {
+            self.queued += 1;
+            return;
+        }
         if self.current.n == self.current.bufs.len() {
             self.flush();
         }
@@ -284,6 +344,7 @@ impl TxSink for UdpTx<'_> {
 }
 
 const TOKEN_UDP: u64 = 0;
+const TOKEN_UDP_RT: u64 = 4;
 const TOKEN_TAP: u64 = 1;
 const TOKEN_BELL: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
@@ -311,13 +372,18 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             )
         })?;
     }
-    let sock = UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?;
+    let (sock, rt_sock) = bind_underlay(&cfg)?;
     let port = sock.local_port().context("cannot read the bound port")?;
     let gro = cfg.offload && sock.enable_gro();
     if !sock.enable_recv_tos() {
         tracing::warn!(
             "the kernel gives no IP TOS of received datagrams: ECN marks on the underlay are not passed to omni0"
         );
+    }
+    if let Some(rt) = &rt_sock {
+        // As the bulk socket: the kernel coalesces only for sockets that ask (see
+        // docs/design/qos-lanes-research.md), and CE marks must reach omni0.
+        let _ = (cfg.offload && rt.enable_gro(), rt.enable_recv_tos());
     }
     let tap = Tap::open(&cfg.tap, cfg.offload)?;
     tap.configure(cfg.tap_mtu, cfg.tap_mac)?;
@@ -326,6 +392,9 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot bind doorbell in {}", cfg.run_dir.display()))?;
     let epoll = Epoll::new().context("epoll")?;
     epoll.add(sock.as_raw_fd(), TOKEN_UDP)?;
+    if let Some(rt) = &rt_sock {
+        epoll.add(rt.as_raw_fd(), TOKEN_UDP_RT)?;
+    }
     epoll.add(tap.as_raw_fd(), TOKEN_TAP)?;
     epoll.add(bell.as_raw_fd(), TOKEN_BELL)?;
     epoll.add(signals.as_raw_fd(), TOKEN_SIGNAL)?;
@@ -355,6 +424,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         tap_offload = tap.vnet(),
         udp_gro = gro,
         crypto_thread = use_crypto_thread,
+        lanes = if rt_sock.is_some() { "real-time, bulk" } else { "one" },
         cpu_latency = %cfg.cpu_latency,
         cpu = cfg.cpu.map_or("any".to_string(), |c| c.to_string()),
         backend = if xdp_rx.is_some() { "xdp" } else { "socket" },
@@ -395,8 +465,16 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         };
         let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload, crypto);
         tx.xdp = xdp_tx;
+        tx.rt = rt_sock.as_ref().map(|sock| RtTx {
+            sock,
+            dscps: steer::real_time_dscps(&ClassMap::default()),
+            mmsg: MmsgBatch::new(1),
+            gso: false,
+            sent: 0,
+        });
         let mut port = SocketPort {
             sock: &sock,
+            rt_sock: rt_sock.as_ref(),
             tap: &tap,
             epoll: &epoll,
             counters: region.counters(0),
@@ -411,6 +489,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             cpu_latency,
             xdp: xdp_rx,
             state: LoopState::default(),
+            queue: rt_sock.as_ref().map(|_| AccessQueue::new(QUEUE_TARGET_US, QUEUE_INTERVAL_US)),
         };
         // Dropping the port (and its sink) stops the crypto thread, which finishes first.
         io_loop::run(&mut shell, &mut port)
@@ -421,6 +500,23 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     }
     info!(remove_tap, "data plane stopped");
     Ok(())
+}
+
+/// The underlay socket, and the real-time lane's beside it when asked for and the kernel
+/// takes the split (else the lane is one socket, and the log says why).
+fn bind_underlay(cfg: &SocketConfig) -> anyhow::Result<(UdpSocket, Option<UdpSocket>)> {
+    if !cfg.lanes || cfg.xdp.is_some() {
+        return Ok((UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?, None));
+    }
+    let program = steer::program(steer::real_time_dscps(&ClassMap::default()));
+    let lanes =
+        UdpSocket::bind_lanes(cfg.bind, cfg.port, cfg.socket_buffer, RT_SOCKET_BUFFER, &program)?;
+    if let Some(e) = &lanes.single {
+        warn!(
+            "no real-time lane: the kernel refused a second socket on the port or its steering program ({e}); real-time frames share the bulk queue"
+        );
+    }
+    Ok((lanes.bulk, lanes.rt))
 }
 
 /// Setup is done (sockets bound, TAP open and configured, XDP attached): keeps only what
@@ -451,6 +547,8 @@ fn drop_privileges(xdp: bool) -> String {
 /// for the underlay, a TAP for the access port.
 struct SocketPort<'r> {
     sock: &'r UdpSocket,
+    /// The real-time lane's socket, read before the bulk one.
+    rt_sock: Option<&'r UdpSocket>,
     tap: &'r Tap,
     epoll: &'r Epoll,
     counters: &'r WorkerCounters,
@@ -467,6 +565,8 @@ struct SocketPort<'r> {
     /// The AF_XDP receive side (xdp backend).
     xdp: Option<XdpRx>,
     state: LoopState,
+    /// The access port's queue by class (with the real-time lane).
+    queue: Option<AccessQueue>,
 }
 
 /// Where the loop stands between passes: which sources to read, and the polling window.
@@ -489,6 +589,11 @@ struct LoopState {
     /// pass runs cold, and a receive that finds nothing costs as much as one that finds
     /// something (~7 µs measured after 100 ms idle, on the path of every ping).
     woke_without_udp: bool,
+    /// The same for the real-time lane's socket.
+    woke_without_rt: bool,
+    /// Receive buffers for the next bulk burst: with a real-time lane, about
+    /// [`BULK_BUDGET`] datagrams (fewer buffers when UDP GRO fills them with trains).
+    bulk_bufs: usize,
 }
 
 impl Default for LoopState {
@@ -502,6 +607,8 @@ impl Default for LoopState {
             udp_pending: true,
             last_udp_poll: 0,
             woke_without_udp: false,
+            woke_without_rt: false,
+            bulk_bufs: RX_BUFS,
         }
     }
 }
@@ -554,9 +661,23 @@ impl<'r> Port for SocketPort<'r> {
             None => !std::mem::take(&mut st.woke_without_udp),
             Some(_) => st.udp_pending || now != st.last_udp_poll,
         };
+        // The real-time lane first: what waits there never waits behind bulk.
+        if let Some(rt) = self.rt_sock
+            && !std::mem::take(&mut self.state.woke_without_rt)
+        {
+            let (n, full) = self.underlay_burst(now, shell, rt, RX_BUFS)?;
+            self.counters.inc(Counter::RealTimeReceived, n as u64);
+            pass.work += n;
+            pass.more |= full;
+        }
         if read_udp {
             self.state.last_udp_poll = now;
-            let (n, full) = self.underlay_burst(now, shell)?;
+            let bufs = if self.rt_sock.is_some() { self.state.bulk_bufs } else { RX_BUFS };
+            let (n, full) = self.underlay_burst(now, shell, self.sock, bufs)?;
+            if full {
+                // Datagrams per buffer in a full burst decide the next one's buffers.
+                self.state.bulk_bufs = (BULK_BUDGET * bufs / n.max(1)).clamp(1, RX_BUFS);
+            }
             self.state.udp_pending = n > 0;
             pass.work += n;
             pass.more |= full;
@@ -629,6 +750,7 @@ impl<'r> Port for SocketPort<'r> {
         // The socket backend waits on four descriptors, so `events` holds every one that
         // is ready: a socket it does not list had nothing.
         st.woke_without_udp = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP);
+        st.woke_without_rt = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP_RT);
         for ev in &events[..n] {
             match ev.u64 {
                 TOKEN_BELL => shell.bell.drain(),
@@ -732,11 +854,19 @@ impl SocketPort<'_> {
         total
     }
 
-    /// Receives a burst of datagram buffers, opens every datagram in place, punts what is
-    /// for control, and writes the frames to the TAP (joined where they can be). Returns
-    /// the datagrams handled and whether the socket may hold more (the batch was full).
-    fn underlay_burst(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<(usize, bool)> {
-        let n = match self.rx_mmsg.recv(self.sock, &mut self.rx) {
+    /// Receives a burst of up to `bufs` datagram buffers from `sock`, opens every datagram
+    /// in place, punts what is for control, and writes the frames to the TAP (joined where
+    /// they can be). Returns the datagrams handled and whether the socket may hold more
+    /// (the batch was full).
+    fn underlay_burst(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+        sock: &UdpSocket,
+        bufs: usize,
+    ) -> anyhow::Result<(usize, bool)> {
+        let bufs = bufs.min(self.rx.len());
+        let n = match self.rx_mmsg.recv(sock, &mut self.rx[..bufs]) {
             Ok(n) => n,
             Err(e) => {
                 // Transient socket errors are not fatal; count them, never log per packet.
@@ -745,7 +875,7 @@ impl SocketPort<'_> {
                 return Ok((1, true));
             }
         };
-        let full = n == self.rx.len();
+        let full = n == bufs;
         self.deliveries.clear();
         let mut datagrams = 0;
         for bi in 0..n {
@@ -795,78 +925,228 @@ impl SocketPort<'_> {
 
     /// Reads a burst of frames from the TAP and hands them to the engine; super-frames are
     /// cut into MSS-sized frames first. Returns the frames read and whether the TAP may
-    /// hold more (the burst ended at its size, not at EAGAIN).
+    /// hold more (the burst ended at its size, not at EAGAIN). With an access queue, see
+    /// [`AccessQueue`].
     fn access_burst(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<(usize, bool)> {
+        if self.queue.is_some() {
+            return self.queued_access_burst(now, shell);
+        }
         let mut n = 0;
-        while n < BURST {
-            if !self.tap.vnet() {
-                match self.tap.read(self.frame.frame_area()) {
-                    Ok(Some(len)) => {
-                        self.frame.len = len;
-                        shell.engine.encap(now, &mut self.frame, &mut self.tx);
-                        n += 1;
-                        continue;
-                    }
-                    Ok(None) => break,
-                    Err(e) => bail!("access port {} failed: {e}", self.tap.name()),
-                }
-            }
-            let len = match self.tap.read(&mut self.tap_buf) {
-                Ok(Some(len)) => len,
-                Ok(None) => break,
-                Err(e) => bail!("access port {} failed: {e}", self.tap.name()),
-            };
-            n += 1;
-            let Some(hdr) = VnetHdr::parse(&self.tap_buf[..len.min(vnet::LEN)]) else {
-                self.counters.drop(DropReason::BadFrame);
-                continue;
-            };
-            let frame = &mut self.tap_buf[vnet::LEN..len];
-            match hdr.gso() {
-                vnet::GSO_NONE => {
-                    // A checksum the kernel left to us stays partial for the engine, which
-                    // finishes it unless the peer's end takes it so.
-                    // (An offset the header cannot carry is finished here.)
-                    let checksum = if hdr.flags & vnet::F_NEEDS_CSUM == 0 {
-                        None
-                    } else if let Ok(offset @ 1..) = u8::try_from(hdr.csum_offset) {
-                        Some(ChecksumPartial { start: hdr.csum_start, offset })
-                    } else if tso::complete_checksum(frame, &hdr) {
-                        None
-                    } else {
-                        self.counters.drop(DropReason::BadFrame);
-                        continue;
-                    };
-                    if frame.len() > MAX_INNER_FRAME {
-                        self.counters.drop(DropReason::BadFrame);
-                        continue;
-                    }
-                    self.frame.frame_area()[..frame.len()].copy_from_slice(frame);
-                    self.frame.len = frame.len();
-                    shell.engine.encap_partial(now, &mut self.frame, checksum, &mut self.tx);
-                }
-                vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => {
-                    let Some(t) = Tso::new(frame, &hdr) else {
-                        self.counters.drop(DropReason::BadFrame);
-                        continue;
-                    };
-                    // Segments leave with the checksum partial, as the kernel handed the
-                    // super-frame over: no pass over the payload here (the engine finishes
-                    // it for a peer that cannot take it so).
-                    let checksum = Some(t.checksum_partial());
-                    for i in 0..t.count() {
-                        if t.len(i) > MAX_INNER_FRAME {
-                            self.counters.drop(DropReason::BadFrame);
+        let mut buf = std::mem::take(&mut self.tap_buf);
+        let r = (|| {
+            while n < BURST {
+                if !self.tap.vnet() {
+                    match self.tap.read(self.frame.frame_area()) {
+                        Ok(Some(len)) => {
+                            self.frame.len = len;
+                            shell.engine.encap(now, &mut self.frame, &mut self.tx);
+                            n += 1;
                             continue;
                         }
-                        self.frame.len = t.write_partial(i, self.frame.frame_area());
-                        shell.engine.encap_partial(now, &mut self.frame, checksum, &mut self.tx);
+                        Ok(None) => break,
+                        Err(e) => bail!("access port {} failed: {e}", self.tap.name()),
                     }
                 }
-                _ => self.counters.drop(DropReason::BadFrame),
+                let len = match self.tap.read(&mut buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(e) => bail!("access port {} failed: {e}", self.tap.name()),
+                };
+                n += 1;
+                self.encap_read(now, shell, &mut buf[..len], false);
+            }
+            Ok((n, n == BURST))
+        })();
+        self.tap_buf = buf;
+        r
+    }
+
+    /// The access port with a queue: reads the TAP dry into the queue (so nothing waits in
+    /// the kernel's ring, where a real-time frame could not overtake), hands every
+    /// real-time frame to the engine, then bulk ones up to [`BULK_BUDGET`] datagrams,
+    /// dropping what waited too long ([`Codel`]).
+    fn queued_access_burst(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+    ) -> anyhow::Result<(usize, bool)> {
+        let mut q = self.queue.take().expect("called with a queue");
+        let r = self.drain_tap(&mut q);
+        let now_us = monotonic_us();
+        let mut work = 0;
+        while let Some(mut f) = q.rt.pop_front() {
+            work += self.encap_read(now, shell, &mut f.buf[..f.len], false);
+            q.free.push(f.buf);
+        }
+        while work < BULK_BUDGET {
+            let Some(mut f) = q.bulk.pop_front() else { break };
+            let sojourn = now_us.saturating_sub(f.read_us);
+            let drop = q.codel.on_dequeue(now_us, sojourn, q.bulk.is_empty());
+            if drop {
+                self.counters.drop(DropReason::QueueDelay);
+            }
+            work += self.encap_read(now, shell, &mut f.buf[..f.len], drop);
+            q.free.push(f.buf);
+        }
+        let more = !q.bulk.is_empty() || matches!(r, Ok(true));
+        self.queue = Some(q);
+        r.map(|_| (work, more))
+    }
+
+    /// Reads the TAP into the queue until it is dry (or [`READ_MAX`] frames), by class.
+    /// A full queue makes room by dropping its oldest bulk frame; full of real-time
+    /// frames, it stops reading. Returns whether the TAP may hold more.
+    fn drain_tap(&mut self, q: &mut AccessQueue) -> anyhow::Result<bool> {
+        let now_us = monotonic_us();
+        for _ in 0..READ_MAX {
+            let buf = match q.free.pop() {
+                Some(b) => b,
+                None => match q.bulk.pop_front() {
+                    Some(oldest) => {
+                        self.counters.drop(DropReason::QueueDelay);
+                        oldest.buf
+                    }
+                    None => return Ok(true),
+                },
+            };
+            let mut f = Queued { buf, len: 0, read_us: now_us };
+            match self.tap.read(&mut f.buf) {
+                Ok(Some(len)) => f.len = len,
+                Ok(None) => {
+                    q.free.push(f.buf);
+                    return Ok(false);
+                }
+                Err(e) => {
+                    q.free.push(f.buf);
+                    bail!("access port {} failed: {e}", self.tap.name());
+                }
+            }
+            let frame = &f.buf[if self.tap.vnet() { vnet::LEN } else { 0 }..f.len];
+            match q.classes.classify(frame) {
+                Class::RealTime => q.rt.push_back(f),
+                _ => q.bulk.push_back(f),
             }
         }
-        Ok((n, n == BURST))
+        Ok(true)
+    }
+
+    /// Hands one frame read from the TAP (behind its virtio-net header when the TAP has
+    /// them) to the engine, cutting a super-frame into MSS-sized frames; `drop_first`: the
+    /// queue drops it (for a super-frame, only its first segment: one loss for TCP to
+    /// see, not 40). Returns the frames it made.
+    fn encap_read(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+        read: &mut [u8],
+        drop_first: bool,
+    ) -> usize {
+        if !self.tap.vnet() {
+            if drop_first || read.len() > MAX_INNER_FRAME {
+                return 1;
+            }
+            self.frame.frame_area()[..read.len()].copy_from_slice(read);
+            self.frame.len = read.len();
+            shell.engine.encap(now, &mut self.frame, &mut self.tx);
+            return 1;
+        }
+        let len = read.len();
+        let Some(hdr) = VnetHdr::parse(&read[..len.min(vnet::LEN)]) else {
+            self.counters.drop(DropReason::BadFrame);
+            return 1;
+        };
+        let frame = &mut read[vnet::LEN..];
+        match hdr.gso() {
+            vnet::GSO_NONE => {
+                if drop_first {
+                    return 1;
+                }
+                // A checksum the kernel left to us stays partial for the engine, which
+                // finishes it unless the peer's end takes it so.
+                // (An offset the header cannot carry is finished here.)
+                let checksum = if hdr.flags & vnet::F_NEEDS_CSUM == 0 {
+                    None
+                } else if let Ok(offset @ 1..) = u8::try_from(hdr.csum_offset) {
+                    Some(ChecksumPartial { start: hdr.csum_start, offset })
+                } else if tso::complete_checksum(frame, &hdr) {
+                    None
+                } else {
+                    self.counters.drop(DropReason::BadFrame);
+                    return 1;
+                };
+                if frame.len() > MAX_INNER_FRAME {
+                    self.counters.drop(DropReason::BadFrame);
+                    return 1;
+                }
+                self.frame.frame_area()[..frame.len()].copy_from_slice(frame);
+                self.frame.len = frame.len();
+                shell.engine.encap_partial(now, &mut self.frame, checksum, &mut self.tx);
+                1
+            }
+            vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => {
+                let Some(t) = Tso::new(frame, &hdr) else {
+                    self.counters.drop(DropReason::BadFrame);
+                    return 1;
+                };
+                // Segments leave with the checksum partial, as the kernel handed the
+                // super-frame over: no pass over the payload here (the engine finishes
+                // it for a peer that cannot take it so).
+                let checksum = Some(t.checksum_partial());
+                for i in usize::from(drop_first)..t.count() {
+                    if t.len(i) > MAX_INNER_FRAME {
+                        self.counters.drop(DropReason::BadFrame);
+                        continue;
+                    }
+                    self.frame.len = t.write_partial(i, self.frame.frame_area());
+                    shell.engine.encap_partial(now, &mut self.frame, checksum, &mut self.tx);
+                }
+                t.count()
+            }
+            _ => {
+                self.counters.drop(DropReason::BadFrame);
+                1
+            }
+        }
+    }
+}
+
+/// The access queue's delay target and CoDel interval: a LAN fabric's round trips are
+/// well under a millisecond, and the robot's control loop wants its frames through in one.
+const QUEUE_TARGET_US: u64 = 500;
+const QUEUE_INTERVAL_US: u64 = 10_000;
+/// Frames the access queue holds at most (each buffer fits a 64 KB super-frame).
+const QUEUE_SLOTS: usize = 128;
+/// TAP reads per pass at most (the queue's reads; a pass then serves some).
+const READ_MAX: usize = 256;
+
+/// A frame read from the TAP, waiting in the access queue.
+struct Queued {
+    buf: Box<[u8]>,
+    len: usize,
+    /// When it was read (monotonic µs): its wait in the queue is CoDel's measure.
+    read_us: u64,
+}
+
+/// The access port's queue (with the real-time lane): frames read eagerly from the TAP,
+/// by class. Real-time frames go first, all of them each pass; bulk frames wait behind,
+/// their standing delay bounded by CoDel.
+struct AccessQueue {
+    classes: ClassMap,
+    free: Vec<Box<[u8]>>,
+    rt: VecDeque<Queued>,
+    bulk: VecDeque<Queued>,
+    codel: Codel,
+}
+
+impl AccessQueue {
+    fn new(target_us: u64, interval_us: u64) -> Self {
+        Self {
+            classes: ClassMap::default(),
+            free: (0..QUEUE_SLOTS).map(|_| vec![0u8; TAP_BUF].into_boxed_slice()).collect(),
+            rt: VecDeque::with_capacity(QUEUE_SLOTS),
+            bulk: VecDeque::with_capacity(QUEUE_SLOTS),
+            codel: Codel::new(target_us, interval_us),
+        }
     }
 }
 

@@ -97,6 +97,7 @@ fn main() -> ExitCode {
                     std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)
                 }),
             xdp,
+            lanes: !args.no_qos_lanes,
         }),
     };
     match result {

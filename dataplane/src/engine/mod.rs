@@ -48,7 +48,7 @@ pub struct PacketBuf {
     /// Set when the engine defers the AEAD ([`Engine::set_deferred_seal`]): the sender must
     /// run it before the packet goes out. `len` is already the sealed length.
     pub seal: Option<SealJob>,
-    /// The outer IP TOS byte (DSCP and ECN, [`omni_proto::qos::outer_tos`]): set by the
+    /// The outer IP TOS byte (DSCP and ECN, [`omni_proto::qos::ClassMap::mark`]): set by the
     /// engine on what it seals, read by the backend on what it receives.
     pub tos: u8,
 }
@@ -381,10 +381,11 @@ impl<'r> Engine<'r> {
         (!self.expired(s, now_ms) && s.tx_counter() < self.cfg.reject_after_messages).then_some(idx)
     }
 
-    /// The outer TOS for `frame` ([`omni_proto::qos::outer_tos`]).
+    /// The outer TOS for `frame` ([`ClassMap::mark`]): its DSCP names the frame's class,
+    /// which picks the lane the datagram goes in, here and at the receiver.
     #[inline]
     fn outer_tos(&self, frame: &[u8]) -> u8 {
-        self.classes.outer_tos(frame)
+        self.classes.mark(frame).1
     }
 
     // ---- access port → underlay ------------------------------------------------------

@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     // A frame's class and the ECN rules: any bytes, no panic; a CE mark changes at most
     // the TOS byte (and the IPv4 checksum) of an ECN-capable IP frame.
     let classes = omni_proto::qos::ClassMap::default();
-    let _ = (classes.classify(data), classes.outer_tos(data));
+    let _ = (classes.classify(data), classes.mark(data));
     let mut marked = data.to_vec();
     if omni_proto::qos::apply_outer_ecn(&mut marked, omni_proto::qos::ecn::CE) {
         assert_eq!(marked.len(), data.len());

@@ -4,7 +4,7 @@
 #   scripts/setup.sh            build + test dependencies
 #   scripts/setup.sh --fuzz     also the nightly toolchain and cargo-fuzz
 #   scripts/setup.sh --bench    also what bench/compare compares against (wireguard-go, wg,
-#                               boringtun in bench/.tools) and gnuplot
+#                               boringtun and gotatun in bench/.tools) and gnuplot
 #   scripts/setup.sh --package  also cargo-deb and man-db (scripts/package.sh, its test)
 set -euo pipefail
 
@@ -82,6 +82,10 @@ if [ "$want_bench" = 1 ]; then
   if [ ! -x "$tools/bin/boringtun-cli" ]; then
     echo "setup.sh: building boringtun-cli into $tools (a comparison point, not part of OmniNervous)"
     cargo install boringtun-cli --locked --root "$tools" >/dev/null 2>&1 || cargo install boringtun-cli --root "$tools" >/dev/null
+  fi
+  if [ ! -x "$tools/bin/gotatun" ]; then
+    echo "setup.sh: building gotatun into $tools (Mullvad's user-space WireGuard, a comparison point)"
+    cargo install gotatun-cli --locked --root "$tools" >/dev/null 2>&1 || cargo install gotatun-cli --root "$tools" >/dev/null
   fi
 fi
 

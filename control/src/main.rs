@@ -197,6 +197,14 @@ struct RunArgs {
     /// Turn off the data plane's TAP and UDP offloads (for comparison).
     #[arg(long)]
     no_offload: bool,
+    /// socket backend: no real-time lane (real-time frames queue with bulk ones); see
+    /// docs/qos.md.
+    #[arg(long)]
+    no_qos_lanes: bool,
+    /// Microseconds bulk frames may stand in the data plane's access queue before CoDel
+    /// drops (50 to 100000) [default: 500].
+    #[arg(long)]
+    qos_delay_target_us: Option<u64>,
     /// Seal and send bulk traffic on a second data-plane thread: true or false [default:
     /// true with 4 cores or more].
     #[arg(long)]
@@ -303,6 +311,8 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         dataplane: run.dataplane,
         metrics_listen: run.metrics_listen,
         no_offload: run.no_offload,
+        no_qos_lanes: run.no_qos_lanes,
+        qos_delay_target_us: run.qos_delay_target_us,
         crypto_thread: run.crypto_thread,
         cpu_latency: run.cpu_latency,
         dataplane_cpu: run.dataplane_cpu,

@@ -209,6 +209,10 @@ pub struct DataplaneArgs {
     /// with bulk ones). See docs/qos.md.
     #[arg(long)]
     pub no_qos_lanes: bool,
+    /// socket backend: microseconds bulk frames may stand in the access queue before CoDel
+    /// drops.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=100_000))]
+    pub qos_delay_target_us: u64,
     /// xdp backend: the NIC the underlay arrives on (required with --backend xdp).
     #[arg(long)]
     pub iface: Option<String>,
@@ -311,6 +315,7 @@ impl DataplaneArgs {
             crypto_thread,
             no_crypto_thread,
             no_qos_lanes,
+            qos_delay_target_us,
             iface,
             xdp_mode,
             xsk_mode,
@@ -345,6 +350,7 @@ impl DataplaneArgs {
         a.some("--crypto-thread", crypto_thread);
         a.flag("--no-crypto-thread", *no_crypto_thread);
         a.flag("--no-qos-lanes", *no_qos_lanes);
+        a.value("--qos-delay-target-us", qos_delay_target_us);
         a.some("--iface", iface);
         a.value("--xdp-mode", value_name(*xdp_mode));
         a.value("--xsk-mode", value_name(*xsk_mode));
@@ -448,6 +454,7 @@ mod tests {
             crypto_thread: Some(false),
             no_crypto_thread: true,
             no_qos_lanes: true,
+            qos_delay_target_us: 1234,
             iface: Some("eth1".into()),
             xdp_mode: XdpMode::Skb,
             xsk_mode: XskMode::ZeroCopy,

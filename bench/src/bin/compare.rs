@@ -2,11 +2,12 @@
 //! one machine in one run.
 //!
 //! Two network namespaces joined by one veth (MTU 1500, then 9000). For every path (bare
-//! veth, kernel VXLAN, wireguard-go, boringtun, a plain user-space TAP relay as the latency
-//! floor, OmniNervous on each backend) and every
+//! veth, kernel VXLAN, wireguard-go, boringtun, gotatun, a plain user-space TAP relay as the
+//! latency floor, OmniNervous on each backend) and every
 //! repetition (the order alternates), a fresh pair of namespaces is built and measured:
 //! iperf3 TCP with 1 and 4 streams, UDP with 64-byte and MTU-sized datagrams at the highest
-//! rate losing under 0.1 % (a sweep), ping RTT idle and under load, and CPU per Gbit/s
+//! rate losing under 0.1 % (a sweep), ping RTT idle and under load (unmarked and DSCP EF),
+//! and CPU per Gbit/s
 //! (whole machine, from /proc/stat; and the tunnel's own processes). Medians and min-max
 //! over repetitions go to a markdown table with ratios to wireguard-go and VXLAN, a JSON
 //! file and PNG plots (gnuplot).
@@ -41,7 +42,7 @@ struct Args {
     /// Underlay MTUs [default: 1500,9000; short: 1500].
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
-    /// Only these paths (veth, vxlan, wireguard-go, boringtun, floor, omni-socket,
+    /// Only these paths (veth, vxlan, wireguard-go, boringtun, gotatun, floor, omni-socket,
     /// omni-socket-pinned, omni-socket-chacha, omni-socket-nooffload, omni-xdp, omni-dpdk).
     /// floor is a plain TAP-UDP relay without crypto (bench/src/bin/tap_relay.rs): the
     /// latency floor of any user-space TAP tunnel here, with OmniNervous' polling window.
@@ -59,6 +60,10 @@ struct Args {
     /// boringtun-cli [default: bench/.tools/bin/boringtun-cli, else on PATH].
     #[arg(long)]
     boringtun: Option<PathBuf>,
+    /// gotatun (Mullvad's user-space WireGuard) [default: bench/.tools/bin/gotatun, else
+    /// on PATH].
+    #[arg(long)]
+    gotatun: Option<PathBuf>,
     /// More omni-daemon arguments for every OmniNervous path, space-separated (to measure
     /// a setting: --omni-args="--cpu-latency off").
     #[arg(long, allow_hyphen_values = true)]
@@ -72,6 +77,7 @@ enum Kind {
     Vxlan,
     WireguardGo,
     Boringtun,
+    Gotatun,
     Floor,
     OmniSocket,
     OmniSocketPinned,
@@ -82,11 +88,12 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 12] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
         Kind::Boringtun,
+        Kind::Gotatun,
         Kind::Floor,
         Kind::OmniSocket,
         Kind::OmniSocketPinned,
@@ -102,6 +109,7 @@ impl Kind {
             Kind::Vxlan => "vxlan",
             Kind::WireguardGo => "wireguard-go",
             Kind::Boringtun => "boringtun",
+            Kind::Gotatun => "gotatun",
             Kind::Floor => "floor",
             Kind::OmniSocket => "omni-socket",
             Kind::OmniSocketPinned => "omni-socket-pinned",
@@ -118,6 +126,7 @@ impl Kind {
             Kind::Vxlan => "kernel VXLAN (L2, unencrypted)",
             Kind::WireguardGo => "wireguard-go (L3)",
             Kind::Boringtun => "boringtun (L3)",
+            Kind::Gotatun => "gotatun (L3; Mullvad, recvmmsg/sendmmsg, UDP GRO)",
             Kind::Floor => "user-space floor: plain TAP-UDP relay, no crypto (latency reference)",
             Kind::OmniSocket => "OmniNervous socket backend",
             Kind::OmniSocketPinned => "OmniNervous socket, data planes pinned (A: CPU 0, B: last)",
@@ -135,7 +144,7 @@ impl Kind {
         match self {
             Kind::Veth => 0,
             Kind::Vxlan => 50,
-            Kind::WireguardGo | Kind::Boringtun => 80,
+            Kind::WireguardGo | Kind::Boringtun | Kind::Gotatun => 80,
             // Outer IPv4 and UDP headers, the inner Ethernet header.
             Kind::Floor => 42,
             Kind::OmniSocket
@@ -159,6 +168,10 @@ struct Sample {
     ping_idle_p99_ms: f64,
     ping_load_p50_ms: f64,
     ping_load_p99_ms: f64,
+    /// The same under the same load, the pings marked DSCP EF (`ping -Q 0xb8`): the
+    /// real-time class.
+    ping_load_ef_p50_ms: f64,
+    ping_load_ef_p99_ms: f64,
     /// Whole-machine cores busy per Gbit/s during the 1-stream TCP run.
     cpu_cores_per_gbps: f64,
     /// The tunnel's own processes (0 for kernel paths, whose work is in softirq).
@@ -170,10 +183,14 @@ struct Sample {
     #[serde(skip)]
     idle_rtts: Vec<f64>,
     #[serde(skip)]
+    loaded_rtts: Vec<f64>,
+    #[serde(skip)]
+    loaded_ef_rtts: Vec<f64>,
+    #[serde(skip)]
     echo_rtts: Vec<f64>,
 }
 
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 14] = [
     "tcp1_gbps",
     "tcp4_gbps",
     "udp64_kpps",
@@ -182,6 +199,8 @@ const FIELDS: [&str; 12] = [
     "ping_idle_p99_ms",
     "ping_load_p50_ms",
     "ping_load_p99_ms",
+    "ping_load_ef_p50_ms",
+    "ping_load_ef_p99_ms",
     "cpu_cores_per_gbps",
     "tunnel_cores_per_gbps",
     "echo_idle_p50_ms",
@@ -199,6 +218,8 @@ impl Sample {
             "ping_idle_p99_ms" => self.ping_idle_p99_ms,
             "ping_load_p50_ms" => self.ping_load_p50_ms,
             "ping_load_p99_ms" => self.ping_load_p99_ms,
+            "ping_load_ef_p50_ms" => self.ping_load_ef_p50_ms,
+            "ping_load_ef_p99_ms" => self.ping_load_ef_p99_ms,
             "cpu_cores_per_gbps" => self.cpu_cores_per_gbps,
             "tunnel_cores_per_gbps" => self.tunnel_cores_per_gbps,
             "echo_idle_p50_ms" => self.echo_idle_p50_ms.unwrap_or(f64::NAN),
@@ -258,6 +279,7 @@ struct Ctx {
     bin: PathBuf,
     omni_args: Vec<String>,
     boringtun: Option<PathBuf>,
+    gotatun: Option<PathBuf>,
     dir: TempDir,
 }
 
@@ -284,12 +306,16 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
             }
             Ok(Path_ { target: "10.11.0.2".into(), inner_mtu: inner, _procs: vec![], pids: vec![] })
         }
-        Kind::WireguardGo | Kind::Boringtun => {
+        Kind::WireguardGo | Kind::Boringtun | Kind::Gotatun => {
             let (ka, pa) = wg_keys(ctx.dir.path(), "a");
             let (kb, pb) = wg_keys(ctx.dir.path(), "b");
             let mut procs = vec![];
             let mut pids = vec![];
-            let tag = if kind == Kind::WireguardGo { "wg" } else { "bt" };
+            let tag = match kind {
+                Kind::WireguardGo => "wg",
+                Kind::Boringtun => "bt",
+                _ => "gt",
+            };
             for (ns, me) in [(&p.a, 1u8), (&p.b, 2u8)] {
                 let ifname = format!("{tag}{}{me}", omni_testkit::seq());
                 let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
@@ -298,6 +324,16 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                         ns,
                         &["env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", "-f", &ifname],
                     ),
+                    Kind::Gotatun => {
+                        let gt = ctx.gotatun.as_ref().context("gotatun not found")?;
+                        let gt = gt.display().to_string();
+                        // No thread or GSO flags: it takes what tokio gives it (a worker
+                        // per core) and always uses recvmmsg/sendmmsg with UDP GRO.
+                        Background::spawn(
+                            ns,
+                            &[&gt, "-f", "--disable-drop-privileges", "-l", "/dev/null", &ifname],
+                        )
+                    }
                     _ => {
                         let bt = ctx.boringtun.as_ref().context("boringtun-cli not found")?;
                         let bt = bt.display().to_string();
@@ -589,6 +625,12 @@ fn ping_rtts(ns: &Netns, target: &str, count: u32, interval: f64) -> Vec<f64> {
     sorted_rtts(&o.stdout)
 }
 
+/// As [`ping_rtts`], the echo requests sent with IP TOS `tos` (0xb8: DSCP EF).
+fn ping_rtts_marked(ns: &Netns, target: &str, count: u32, interval: f64, tos: u8) -> Vec<f64> {
+    let o = ns.sh(&format!("ping -Q {tos:#x} -c {count} -i {interval} -W 1 {target}"));
+    sorted_rtts(&o.stdout)
+}
+
 /// Round trips of a 64-byte UDP datagram between two processes on the bare veth, one every
 /// 100 ms like the idle ping (bench/src/bin/udp_echo.rs). Empty if it could not run.
 fn udp_echo_rtts(p: &Pair, ctx: &Ctx, count: u32) -> Vec<f64> {
@@ -667,13 +709,18 @@ fn measure(kind: Kind, mtu: u32, ctx: &Ctx, plan: &Plan) -> anyhow::Result<Sampl
     // Under load: a TCP stream runs while pinging.
     p.b.sh_ok("iperf3 -s -D -1 -B 0.0.0.0 >/dev/null 2>&1 || true");
     std::thread::sleep(Duration::from_millis(250));
-    let load_secs = (pings as f64 * 0.011).ceil() as u32 + 2;
+    // Two ping series (unmarked, then EF) under one load.
+    let load_secs = (2.0 * pings as f64 * 0.011).ceil() as u32 + 2;
     let mut load = Background::spawn(&p.a, &["iperf3", "-c", t, "-t", &load_secs.to_string()]);
     std::thread::sleep(Duration::from_millis(700));
     let loaded = ping_rtts(&p.a, t, pings, 0.01);
+    let loaded_ef = ping_rtts_marked(&p.a, t, pings, 0.01, 0xb8);
     load.stop("TERM");
     s.ping_load_p50_ms = pct(&loaded, 0.5);
     s.ping_load_p99_ms = pct(&loaded, 0.99);
+    s.ping_load_ef_p50_ms = pct(&loaded_ef, 0.5);
+    s.ping_load_ef_p99_ms = pct(&loaded_ef, 0.99);
+    (s.loaded_rtts, s.loaded_ef_rtts) = (loaded, loaded_ef);
     Ok(s)
 }
 
@@ -734,11 +781,11 @@ fn markdown(rep: &Report) -> String {
         let (wg, vx) = (med(Kind::WireguardGo, "tcp1_gbps"), med(Kind::Vxlan, "tcp1_gbps"));
         let vx_p99 = med(Kind::Vxlan, "ping_idle_p99_ms");
         o.push_str(&format!("\n**veth MTU {mtu}** (median, min-max over repetitions)\n\n"));
-        o.push_str("| path | TCP 1 stream Gbit/s | x wireguard-go | x VXLAN | TCP 4 streams Gbit/s | UDP 64 B kpps | UDP MTU Gbit/s | ping idle p50 / p99 ms | idle p99 x VXLAN | ping loaded p50 / p99 ms | CPU cores per Gbit/s (all / tunnel) |\n");
-        o.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        o.push_str("| path | TCP 1 stream Gbit/s | x wireguard-go | x VXLAN | TCP 4 streams Gbit/s | UDP 64 B kpps | UDP MTU Gbit/s | ping idle p50 / p99 ms | idle p99 x VXLAN | ping loaded p50 / p99 ms | EF ping loaded p50 / p99 ms | CPU cores per Gbit/s (all / tunnel) |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in rows {
             if let Some(e) = &r.error {
-                o.push_str(&format!("| {} | not measured: {e} | | | | | | | | | |\n", r.label));
+                o.push_str(&format!("| {} | not measured: {e} | | | | | | | | | | |\n", r.label));
                 continue;
             }
             let s = |f: &str| {
@@ -750,7 +797,7 @@ fn markdown(rep: &Report) -> String {
             };
             let t1 = s("tcp1_gbps");
             o.push_str(&format!(
-                "| {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} / {} |\n",
+                "| {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} / {} | {} | {} / {} | {} / {} | {} / {} |\n",
                 r.label,
                 fmt(t1.median, 2),
                 fmt(t1.min, 2),
@@ -765,6 +812,8 @@ fn markdown(rep: &Report) -> String {
                 fmt(s("ping_idle_p99_ms").median / vx_p99, 2),
                 fmt(s("ping_load_p50_ms").median, 3),
                 fmt(s("ping_load_p99_ms").median, 3),
+                fmt(s("ping_load_ef_p50_ms").median, 3),
+                fmt(s("ping_load_ef_p99_ms").median, 3),
                 fmt(s("cpu_cores_per_gbps").median, 2),
                 fmt(s("tunnel_cores_per_gbps").median, 2),
             ));
@@ -780,6 +829,36 @@ fn markdown(rep: &Report) -> String {
         }
     }
     o
+}
+
+/// Writes `<name>.gp` (drawing `<name>.png`): one CDF line per (file stem, title, RTTs).
+fn cdf_plot(
+    out: &Path,
+    name: &str,
+    title: &str,
+    series: Vec<(String, String, Vec<f64>)>,
+) -> anyhow::Result<()> {
+    let mut lines = vec![];
+    for (stem, label, mut v) in series {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            continue;
+        }
+        let file = format!("rtt_{stem}.dat");
+        let body: String = v
+            .iter()
+            .enumerate()
+            .map(|(i, x)| format!("{x} {}\n", (i + 1) as f64 / v.len() as f64))
+            .collect();
+        std::fs::write(out.join(&file), body)?;
+        lines.push(format!("'{file}' using 1:2 with lines lw 2 title '{label}'"));
+    }
+    let gp = format!(
+        "set terminal pngcairo size 900,520 font 'sans,10'\nset output '{name}.png'\nset xlabel 'ping RTT, ms (log)'\nset ylabel 'fraction'\nset logscale x\nset grid\nset key bottom right\nset title '{title}'\nplot {}\n",
+        lines.join(", ")
+    );
+    std::fs::write(out.join(format!("{name}.gp")), gp)?;
+    Ok(())
 }
 
 fn plots(rep: &Report, out: &Path) -> anyhow::Result<()> {
@@ -829,39 +908,42 @@ fn plots(rep: &Report, out: &Path) -> anyhow::Result<()> {
         using.join(", ")
     );
     std::fs::write(out.join("throughput.gp"), gp)?;
-    // Latency CDF of idle pings at the first MTU.
-    let mut lines = vec![];
-    if let Some(rows) = rep.results.get(&mtus[0]) {
-        // Each path's pings, and under the bare veth the two-process UDP echo.
-        let series = rows.iter().filter(|r| r.error.is_none()).flat_map(|r| {
-            let ping: Vec<f64> =
-                r.samples.iter().flat_map(|s| s.idle_rtts.iter().copied()).collect();
-            let echo: Vec<f64> =
-                r.samples.iter().flat_map(|s| s.echo_rtts.iter().copied()).collect();
-            [(r.path.name(), r.path.name(), ping), ("udp-echo", "udp-echo (no tunnel)", echo)]
-        });
-        for (stem, title, mut all) in series {
-            all.sort_by(|a, b| a.total_cmp(b));
-            if all.is_empty() {
-                continue;
-            }
-            let file = format!("rtt_{stem}.dat");
-            let body: String = all
-                .iter()
-                .enumerate()
-                .map(|(i, v)| format!("{v} {}\n", (i + 1) as f64 / all.len() as f64))
-                .collect();
-            std::fs::write(out.join(&file), body)?;
-            lines.push(format!("'{file}' using 1:2 with lines lw 2 title '{title}'"));
-        }
-    }
-    let gp = format!(
-        "set terminal pngcairo size 900,520 font 'sans,10'\nset output 'latency_cdf.png'\nset xlabel 'ping RTT, ms (log)'\nset ylabel 'fraction'\nset logscale x\nset grid\nset key bottom right\nset title 'idle RTT CDF (ping every 100 ms), MTU {}'\nplot {}\n",
-        mtus[0],
-        lines.join(", ")
-    );
-    std::fs::write(out.join("latency_cdf.gp"), gp)?;
-    for g in ["throughput.gp", "latency_cdf.gp"] {
+    // Latency CDFs at the first MTU: idle pings (and under the bare veth the two-process
+    // UDP echo), then pings under load, unmarked and EF.
+    let rows: Vec<&PathResult> = rep
+        .results
+        .get(&mtus[0])
+        .map(|rows| rows.iter().filter(|r| r.error.is_none()).collect())
+        .unwrap_or_default();
+    let all = |r: &PathResult, f: fn(&Sample) -> &Vec<f64>| -> Vec<f64> {
+        r.samples.iter().flat_map(|s| f(s).iter().copied()).collect()
+    };
+    let idle = rows.iter().flat_map(|r| {
+        [
+            (r.path.name().to_string(), r.path.name().to_string(), all(r, |s| &s.idle_rtts)),
+            ("udp-echo".into(), "udp-echo (no tunnel)".into(), all(r, |s| &s.echo_rtts)),
+        ]
+    });
+    cdf_plot(
+        out,
+        "latency_cdf",
+        &format!("idle RTT CDF (ping every 100 ms), MTU {}", mtus[0]),
+        idle.collect(),
+    )?;
+    let loaded = rows.iter().flat_map(|r| {
+        let n = r.path.name();
+        [
+            (format!("load_{n}"), n.to_string(), all(r, |s| &s.loaded_rtts)),
+            (format!("load_ef_{n}"), format!("{n} EF"), all(r, |s| &s.loaded_ef_rtts)),
+        ]
+    });
+    cdf_plot(
+        out,
+        "latency_loaded_cdf",
+        &format!("RTT CDF under a TCP stream (ping every 10 ms, unmarked and EF), MTU {}", mtus[0]),
+        loaded.collect(),
+    )?;
+    for g in ["throughput.gp", "latency_cdf.gp", "latency_loaded_cdf.gp"] {
         let o = run(&format!("cd {} && gnuplot {g}", out.display()));
         if !o.status.success() {
             eprintln!("compare: gnuplot {g}: {}", String::from_utf8_lossy(&o.stderr));
@@ -906,6 +988,16 @@ fn main() -> anyhow::Result<()> {
             None
         }
     });
+    let gotatun = a.gotatun.clone().or_else(|| {
+        let local = root.join("bench/.tools/bin/gotatun");
+        if local.exists() {
+            Some(local)
+        } else if have("gotatun") {
+            Some("gotatun".into())
+        } else {
+            None
+        }
+    });
     if let Some(bad) = a.only.iter().find(|o| !Kind::ALL.iter().any(|k| k.name() == o.as_str())) {
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
         bail!("--only: unknown path {bad:?} (paths: {})", names.join(", "));
@@ -928,6 +1020,7 @@ fn main() -> anyhow::Result<()> {
             .map(String::from)
             .collect(),
         boringtun,
+        gotatun,
         dir: TempDir::new("compare"),
     };
     if !ctx.bin.join("omni-daemon").exists() {
@@ -950,6 +1043,9 @@ fn main() -> anyhow::Result<()> {
                     }
                     Kind::Boringtun if ctx.boringtun.is_none() || !have("wg") => {
                         Some("boringtun-cli not installed")
+                    }
+                    Kind::Gotatun if ctx.gotatun.is_none() || !have("wg") => {
+                        Some("gotatun not installed (scripts/setup.sh --bench builds it)")
                     }
                     Kind::OmniXdp if mtu > 3000 => {
                         Some("the XDP backend takes underlay MTUs up to 4078 (one page per frame)")
@@ -1000,7 +1096,7 @@ fn main() -> anyhow::Result<()> {
     plots(&report, &out)?;
     println!("{md}");
     println!(
-        "\nresults in {} (report.md, results.json, throughput.png, latency_cdf.png)",
+        "\nresults in {} (report.md, results.json, throughput.png, latency_cdf.png, latency_loaded_cdf.png)",
         out.display()
     );
     Ok(())

@@ -23,6 +23,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub switch: SwitchSection,
     #[serde(default)]
+    pub qos: QosSection,
+    #[serde(default)]
     pub dpdk: DpdkSection,
     #[serde(default)]
     pub peers: Vec<PeerSection>,
@@ -156,6 +158,16 @@ pub struct SwitchSection {
     pub max_peers: Option<u32>,
 }
 
+/// `[qos]`: traffic classes in the data plane (docs/qos.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosSection {
+    /// A real-time lane beside the bulk one (socket backend; default true).
+    pub lanes: Option<bool>,
+    /// Microseconds bulk frames may stand in the access queue before CoDel drops.
+    pub delay_target_us: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSection {
@@ -201,6 +213,7 @@ pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
         ("security", field_names::<SecuritySection>()),
         ("timers", field_names::<TimersSection>()),
         ("switch", field_names::<SwitchSection>()),
+        ("qos", field_names::<QosSection>()),
         ("dpdk", field_names::<DpdkSection>()),
         ("peers", field_names::<PeerSection>()),
         ("metrics", field_names::<MetricsSection>()),
@@ -221,6 +234,8 @@ pub struct CliOverrides {
     pub dataplane: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub no_offload: bool,
+    pub no_qos_lanes: bool,
+    pub qos_delay_target_us: Option<u64>,
     pub crypto_thread: Option<bool>,
     pub cpu_latency: Option<String>,
     pub dataplane_cpu: Option<u32>,

@@ -20,10 +20,10 @@ use omni_proto::constants as c;
 
 pub use file::{
     CliOverrides, DaemonSection, DpdkSection, FileConfig, MetricsSection, NetworkSection,
-    OneOrMany, PeerSection, SecuritySection, SwitchSection, TimersSection, file_keys,
+    OneOrMany, PeerSection, QosSection, SecuritySection, SwitchSection, TimersSection, file_keys,
 };
 pub use host::{Host, System};
-pub use sections::{Daemon, Network, Security, Switch};
+pub use sections::{Daemon, Network, Qos, Security, Switch};
 
 use crate::rendezvous::NucleusSpec;
 
@@ -56,6 +56,7 @@ pub struct Settings {
     /// `[security]` and `[timers]`.
     pub security: Security,
     pub switch: Switch,
+    pub qos: Qos,
     pub network: Network,
     /// dpdk backend: its ports and cores.
     pub dpdk: DpdkSection,
@@ -108,11 +109,12 @@ impl Settings {
         let daemon = sections::daemon(file.daemon, &cli, host)?;
         let security = sections::security(file.security, file.timers, &cli)?;
         let switch = sections::switch(file.switch, &cli)?;
+        let qos = sections::qos(file.qos, &cli)?;
         let network = sections::network(file.network, &cli, host)?;
         let peers = sections::peers(file.peers, &cli, switch.max_peers, host)?;
         let metrics_listen = sections::metrics(file.metrics, &cli)?;
         let dpdk = sections::dpdk(file.dpdk, daemon.backend)?;
-        Ok(Settings { daemon, security, switch, network, dpdk, peers, metrics_listen })
+        Ok(Settings { daemon, security, switch, qos, network, dpdk, peers, metrics_listen })
     }
 }
 

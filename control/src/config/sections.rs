@@ -13,7 +13,7 @@ use omni_shm::settings::{Backend, CpuLatency, SPIN_DEFAULT_US, SPIN_MAX_US, XdpM
 
 use super::file::{
     CliOverrides, DaemonSection, DpdkSection, MetricsSection, NetworkSection, OneOrMany,
-    PeerSection, SecuritySection, SwitchSection, TimersSection,
+    PeerSection, QosSection, SecuritySection, SwitchSection, TimersSection,
 };
 use super::host::Host;
 use super::{
@@ -260,6 +260,24 @@ pub fn security(
         ));
     }
     Ok(Security { max_sessions_per_ip, cookie_threshold, timers })
+}
+
+/// `[qos]`: traffic classes in the data plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Qos {
+    pub lanes: bool,
+    pub delay_target_us: u64,
+}
+
+pub fn qos(q: QosSection, cli: &CliOverrides) -> Result<Qos, ConfigError> {
+    let delay_target_us = cli.qos_delay_target_us.or(q.delay_target_us).unwrap_or(500);
+    if !(50..=100_000).contains(&delay_target_us) {
+        return Err(invalid(
+            "[qos] delay_target_us",
+            format!("{delay_target_us} is out of range (50 to 100000 microseconds)"),
+        ));
+    }
+    Ok(Qos { lanes: !cli.no_qos_lanes && q.lanes.unwrap_or(true), delay_target_us })
 }
 
 /// `[switch]`: the FDB and flooding.

@@ -360,6 +360,8 @@ pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Dataplane
         fdb_capacity: s.switch.fdb_capacity,
         supervised: true,
         no_offload: !s.daemon.offload,
+        no_qos_lanes: !s.qos.lanes,
+        qos_delay_target_us: s.qos.delay_target_us,
         // Explicit either way: the daemon has already resolved the default.
         crypto_thread: Some(s.daemon.crypto_thread),
         spin_us: s.daemon.spin_us,

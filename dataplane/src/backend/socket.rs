@@ -90,6 +90,8 @@ pub struct SocketConfig {
     /// which the kernel hands datagrams with a real-time outer DSCP ([`crate::steer`]),
     /// read first, and which real-time datagrams are sent on at once.
     pub lanes: bool,
+    /// How long bulk frames may stand in the access queue (CoDel's target).
+    pub delay_target_us: u64,
 }
 
 /// Packets on their way to the wire: the socket backend's batch of [`Work`] for its
@@ -489,7 +491,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             cpu_latency,
             xdp: xdp_rx,
             state: LoopState::default(),
-            queue: rt_sock.as_ref().map(|_| AccessQueue::new(QUEUE_TARGET_US, QUEUE_INTERVAL_US)),
+            queue: rt_sock.as_ref().map(|_| AccessQueue::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
         };
         // Dropping the port (and its sink) stops the crypto thread, which finishes first.
         io_loop::run(&mut shell, &mut port)
@@ -1110,9 +1112,8 @@ impl SocketPort<'_> {
     }
 }
 
-/// The access queue's delay target and CoDel interval: a LAN fabric's round trips are
-/// well under a millisecond, and the robot's control loop wants its frames through in one.
-const QUEUE_TARGET_US: u64 = 500;
+/// The access queue's CoDel interval (its delay target is configured): about the round
+/// trip of the flows it holds, and a LAN fabric's are well under a millisecond.
 const QUEUE_INTERVAL_US: u64 = 10_000;
 /// Frames the access queue holds at most (each buffer fits a 64 KB super-frame).
 const QUEUE_SLOTS: usize = 128;

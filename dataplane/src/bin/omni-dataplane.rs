@@ -98,6 +98,7 @@ fn main() -> ExitCode {
                 }),
             xdp,
             lanes: !args.no_qos_lanes,
+            delay_target_us: args.qos_delay_target_us,
         }),
     };
     match result {

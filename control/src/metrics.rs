@@ -47,6 +47,8 @@ pub struct Metrics {
     worker_tx_packets: IntCounterVec,
     worker_busy_seconds: CounterVec,
     cpu_latency_held_seconds: prometheus::Counter,
+    realtime_packets: IntCounterVec,
+    queue_ce_marked: IntCounter,
 }
 
 /// What one scrape reports.
@@ -256,6 +258,17 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            realtime_packets: counter_vec(
+                &r,
+                "omni_realtime_packets_total",
+                "Datagrams on the real-time lane (docs/qos.md), sent and received",
+                "direction",
+            ),
+            queue_ce_marked: counter(
+                &r,
+                "omni_queue_ce_marked_total",
+                "ECN-capable frames CoDel marked CE instead of dropping (drops: reason queue_delay)",
+            ),
             registry: r,
         }
     }
@@ -321,9 +334,45 @@ impl Metrics {
                 busy.inc_by(secs - busy.get());
             }
         }
+        catch_up(&self.realtime_packets.with_label_values(&["sent"]), dp(Counter::RealTimeSent));
+        catch_up(
+            &self.realtime_packets.with_label_values(&["received"]),
+            dp(Counter::RealTimeReceived),
+        );
+        catch_up(&self.queue_ce_marked, dp(Counter::QueueCeMarked));
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        queue_delay_histograms(&s.dp_counters, &mut text);
+        text
+    }
+}
+
+/// `omni_queue_delay_seconds`: the data plane's queue-delay histograms, written out as the
+/// text exposition (the buckets are counted in shared memory, not by a client histogram).
+fn queue_delay_histograms(dp: &[u64], out: &mut String) {
+    use omni_shm::counters::{DELAY_BOUNDS_US, DelayHistogram, DelayQueue};
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP omni_queue_delay_seconds Time frames waited in the data plane: the access queue (read from omni0 until sealed) and the underlay socket's receive queue, per class\n# TYPE omni_queue_delay_seconds histogram"
+    );
+    for q in DelayQueue::ALL {
+        let h = DelayHistogram::of(dp, q);
+        let (queue, class) = q.labels();
+        let labels = format!("queue=\"{queue}\",class=\"{class}\"");
+        let mut cumulative = 0;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cumulative += n;
+            let le =
+                DELAY_BOUNDS_US.get(i).map_or("+Inf".into(), |b| format!("{}", *b as f64 / 1e6));
+            let _ = writeln!(
+                out,
+                "omni_queue_delay_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "omni_queue_delay_seconds_sum{{{labels}}} {}", h.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "omni_queue_delay_seconds_count{{{labels}}} {cumulative}");
     }
 }
 
@@ -376,7 +425,14 @@ mod tests {
     #[test]
     fn exposition_has_the_required_metrics() {
         let m = Metrics::new();
-        let mut dp = vec![0u64; 64];
+        let mut dp = vec![0u64; omni_shm::counters::N_COUNTERS];
+        dp[Counter::RealTimeSent as usize] = 8;
+        let w = omni_shm::counters::WorkerCounters::new_for_test();
+        w.delay(omni_shm::counters::DelayQueue::ReceiveBulk, 700);
+        w.delay(omni_shm::counters::DelayQueue::ReceiveBulk, 20_000);
+        for (i, v) in dp.iter_mut().enumerate().skip(64) {
+            *v = w.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+        }
         dp[Counter::RxPackets as usize] = 5;
         dp[DropReason::Replay as usize] = 2;
         dp[DropReason::RateLimited as usize] = 4;
@@ -399,6 +455,12 @@ mod tests {
         let text = m.render(&s);
         for needle in [
             "omni_sessions_active 1",
+            "omni_realtime_packets_total{direction=\"sent\"} 8",
+            "omni_queue_delay_seconds_bucket{queue=\"receive\",class=\"bulk\",le=\"0.0005\"} 0",
+            "omni_queue_delay_seconds_bucket{queue=\"receive\",class=\"bulk\",le=\"0.001\"} 1",
+            "omni_queue_delay_seconds_bucket{queue=\"receive\",class=\"bulk\",le=\"+Inf\"} 2",
+            "omni_queue_delay_seconds_sum{queue=\"receive\",class=\"bulk\"} 0.0207",
+            "omni_queue_delay_seconds_count{queue=\"access\",class=\"real-time\"} 0",
             "omni_packets_rx_total 5",
             "omni_packets_tx_total 0",
             "omni_bytes_rx_total 0",

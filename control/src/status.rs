@@ -81,6 +81,64 @@ pub struct DataplaneStatus {
     pub heartbeat_age_ms: Option<u64>,
 }
 
+/// Traffic classes in the data plane (docs/qos.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QosStatus {
+    /// A real-time lane is asked for (`[qos] lanes`, socket backend).
+    pub lanes: bool,
+    /// Datagrams sent and received on the real-time lane.
+    pub real_time_sent: u64,
+    pub real_time_received: u64,
+    /// Frames CoDel dropped (`queue_delay`) or, ECN-capable, marked CE.
+    pub queue_delay_drops: u64,
+    pub ce_marked: u64,
+    /// How long frames waited, per queue and class.
+    pub queue_delay: Vec<QueueDelayStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QueueDelayStatus {
+    /// `access` (read from omni0 until sealed) or `receive` (the underlay socket's queue).
+    pub queue: String,
+    /// `real-time` or `bulk`.
+    pub class: String,
+    /// Frames (GRO trains, on receive) measured.
+    pub count: u64,
+    pub mean_us: u64,
+    /// The histogram bucket bound under which 99 % waited (`None`: above 10 ms, or none).
+    pub p99_le_us: Option<u64>,
+}
+
+impl QosStatus {
+    /// From the data plane's counters (summed over workers).
+    pub fn from_counters(lanes: bool, c: &[u64]) -> Self {
+        use omni_shm::counters::{Counter, DelayHistogram, DelayQueue, DropReason};
+        let get = |i: usize| c.get(i).copied().unwrap_or(0);
+        let queue_delay = DelayQueue::ALL
+            .iter()
+            .map(|&q| {
+                let h = DelayHistogram::of(c, q);
+                let (queue, class) = q.labels();
+                QueueDelayStatus {
+                    queue: queue.into(),
+                    class: class.into(),
+                    count: h.count(),
+                    mean_us: h.sum_us.checked_div(h.count()).unwrap_or(0),
+                    p99_le_us: h.quantile_bound_us(0.99),
+                }
+            })
+            .collect();
+        Self {
+            lanes,
+            real_time_sent: get(Counter::RealTimeSent as usize),
+            real_time_received: get(Counter::RealTimeReceived as usize),
+            queue_delay_drops: get(DropReason::QueueDelay as usize),
+            ce_marked: get(Counter::QueueCeMarked as usize),
+            queue_delay,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub identity: String,
@@ -117,6 +175,8 @@ pub struct Status {
     /// time spent on work.
     #[serde(default)]
     pub workers: Vec<crate::channel::WorkerSample>,
+    #[serde(default)]
+    pub qos: QosStatus,
 }
 
 pub type Pending = (Request, oneshot::Sender<serde_json::Value>);
@@ -228,6 +288,28 @@ pub fn render(s: &Status) -> String {
     }
     if let Some(c) = &s.cluster {
         let _ = writeln!(o, "  cluster: {c}");
+    }
+    let q = &s.qos;
+    let _ = writeln!(
+        o,
+        "  qos: real-time lane {}; {} sent, {} received; queue delay: {} dropped, {} marked CE",
+        if q.lanes { "on" } else { "off" },
+        q.real_time_sent,
+        q.real_time_received,
+        q.queue_delay_drops,
+        q.ce_marked
+    );
+    let waited: Vec<String> = q
+        .queue_delay
+        .iter()
+        .filter(|d| d.count > 0)
+        .map(|d| {
+            let p99 = d.p99_le_us.map_or("> 10000".into(), |b| format!("<= {b}"));
+            format!("{} {} {} / {} us", d.queue, d.class, d.mean_us, p99)
+        })
+        .collect();
+    if !waited.is_empty() {
+        let _ = writeln!(o, "  waited (mean / p99): {}", waited.join(", "));
     }
     if s.peers_refused > 0 {
         let _ = writeln!(
@@ -359,6 +441,21 @@ mod tests {
             revocations_known: 2,
             peers_refused: 3,
             nuclei: vec![],
+            qos: QosStatus::from_counters(true, &{
+                use omni_shm::counters::{Counter, DropReason};
+                let mut c = vec![0u64; omni_shm::counters::N_COUNTERS];
+                c[Counter::RealTimeSent as usize] = 11;
+                c[Counter::RealTimeReceived as usize] = 12;
+                c[DropReason::QueueDelay as usize] = 3;
+                c[Counter::QueueCeMarked as usize] = 1;
+                let w = omni_shm::counters::WorkerCounters::new_for_test();
+                w.delay(omni_shm::counters::DelayQueue::AccessBulk, 700);
+                w.delay(omni_shm::counters::DelayQueue::AccessBulk, 300);
+                for (i, v) in c.iter_mut().enumerate().skip(64) {
+                    *v = w.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+                }
+                c
+            }),
             workers: vec![
                 crate::channel::WorkerSample {
                     rx_packets: 7,
@@ -381,6 +478,13 @@ mod tests {
         assert!(t.contains("  certificate expires: 1970-01-01 00:00:00 UTC"), "{t}");
         assert!(t.contains("  policy: version 4; revocations known: 2"), "{t}");
         assert!(t.contains("peer table full: 3 members left out"), "{t}");
+        assert!(
+            t.contains(
+                "  qos: real-time lane on; 11 sent, 12 received; queue delay: 3 dropped, 1 marked CE"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("  waited (mean / p99): access bulk 500 / <= 1000 us\n"), "{t}");
         assert!(
             t.contains(
                 "  member: robot-7 (robots, arm), certificate expires 2026-12-06 23:59:59 UTC"

@@ -37,8 +37,9 @@ pub const GSO_MAX_SEGMENTS: usize = 64;
 /// Most bytes in one UDP GSO send.
 pub const GSO_MAX_BYTES: usize = 65_000;
 /// Control-message room per datagram: UDP_GRO or UDP_SEGMENT, and the IP TOS (traffic
-/// class), each `CMSG_SPACE(4)` = 24 bytes at most.
-const CTRL_LEN: usize = 64;
+/// class), each `CMSG_SPACE(4)` = 24 bytes at most, and the receive timestamp
+/// (`CMSG_SPACE(16)` = 32).
+const CTRL_LEN: usize = 96;
 
 /// A receive buffer for [`MmsgBatch::recv`]: with UDP GRO it may hold several datagrams of
 /// `seg` bytes each (the last may be shorter).
@@ -52,11 +53,21 @@ pub struct RxBuf {
     /// The IP TOS (IPv6 traffic class) they came with, when the socket asked for it
     /// ([`UdpSocket::enable_recv_tos`]); GRO coalesces only datagrams with the same.
     pub tos: u8,
+    /// When the kernel received them (CLOCK_REALTIME, ns), when the socket asked
+    /// ([`UdpSocket::enable_rx_timestamps`]); else 0.
+    pub stamp_ns: u64,
 }
 
 impl RxBuf {
     pub fn new(size: usize) -> Self {
-        Self { data: vec![0u8; size].into_boxed_slice(), len: 0, addr: None, seg: 0, tos: 0 }
+        Self {
+            data: vec![0u8; size].into_boxed_slice(),
+            len: 0,
+            addr: None,
+            seg: 0,
+            tos: 0,
+            stamp_ns: 0,
+        }
     }
 }
 
@@ -292,6 +303,13 @@ impl UdpSocket {
         v4 && v6
     }
 
+    /// Asks the kernel for the time each datagram arrived (SO_TIMESTAMPNS): how long it
+    /// then waited in the socket's queue is the receive side's queue delay. False when it
+    /// cannot.
+    pub fn enable_rx_timestamps(&self) -> bool {
+        setsockopt_int(self.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1).is_ok()
+    }
+
     /// Sends one datagram to an endpoint, wrapped in a relay header for a relayed one
     /// (control traffic: the copy does not matter here).
     pub fn send_via(&self, bytes: &[u8], to: &Endpoint) -> io::Result<usize> {
@@ -436,10 +454,10 @@ impl MmsgBatch {
         }
     }
 
-    /// The UDP_GRO segment size (0 when none) and the IP TOS (traffic class; 0 when none)
-    /// in header `i`'s received options.
-    fn options(&self, i: usize) -> (usize, u8) {
-        let (mut seg, mut tos) = (0, 0);
+    /// The UDP_GRO segment size (0 when none), the IP TOS (traffic class; 0 when none) and
+    /// the receive time (ns; 0 when none) in header `i`'s received options.
+    fn options(&self, i: usize) -> (usize, u8, u64) {
+        let (mut seg, mut tos, mut stamp) = (0, 0, 0);
         let h = &self.hdrs[i].msg_hdr;
         // msg_controllen is usize on glibc, u32 elsewhere: the cast is for portability.
         #[allow(clippy::unnecessary_cast)]
@@ -461,11 +479,16 @@ impl MmsgBatch {
                 // IPv4 gives the byte itself, IPv6 an int.
                 (libc::IPPROTO_IP, libc::IP_TOS) => tos = data.first().copied().unwrap_or(0),
                 (libc::IPPROTO_IPV6, libc::IPV6_TCLASS) => tos = int().unwrap_or(0) as u8,
+                (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS) if data.len() >= 16 => {
+                    let word =
+                        |k: usize| u64::from_ne_bytes(data[k..k + 8].try_into().expect("8 bytes"));
+                    stamp = word(0).saturating_mul(1_000_000_000).saturating_add(word(8));
+                }
                 _ => {}
             }
             at += clen.next_multiple_of(std::mem::size_of::<usize>());
         }
-        (seg, tos)
+        (seg, tos, stamp)
     }
 
     /// Receives into up to `bufs.len()` buffers; fills `len`, `addr` and `seg` of each.
@@ -511,7 +534,7 @@ impl MmsgBatch {
             let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             bufs[i].len = if truncated { usize::MAX } else { self.hdrs[i].msg_len as usize };
             bufs[i].addr = from_sockaddr(&self.addrs[i]);
-            (bufs[i].seg, bufs[i].tos) = self.options(i);
+            (bufs[i].seg, bufs[i].tos, bufs[i].stamp_ns) = self.options(i);
         }
         Ok(r)
     }
@@ -615,6 +638,7 @@ mod tests {
     fn loopback_batch_round_trip() {
         let a = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, 1 << 20).unwrap();
         let b = UdpSocket::bind(None, 0, 1 << 20).unwrap();
+        assert!(b.enable_rx_timestamps());
         let b_addr: SocketAddr = format!("127.0.0.1:{}", b.local_port().unwrap()).parse().unwrap();
         let mut out: Vec<PacketBuf> = (0..4).map(|_| PacketBuf::new()).collect();
         for (i, p) in out.iter_mut().enumerate() {
@@ -636,6 +660,11 @@ mod tests {
         assert_eq!(got, 4);
         for (i, p) in inb.iter().take(4).enumerate() {
             assert_eq!((p.data[0], p.len), (i as u8, 100 + i));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            assert!(now.abs_diff(p.stamp_ns) < 5_000_000_000, "stamped {} at {now}", p.stamp_ns);
             assert_eq!(
                 p.addr.unwrap().ip(),
                 "127.0.0.1".parse::<IpAddr>().unwrap(),

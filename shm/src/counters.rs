@@ -187,10 +187,91 @@ pub enum Counter {
     RealTimeSent,
     /// Datagrams received on the real-time lane's socket.
     RealTimeReceived,
+    /// ECN-capable frames CoDel marked CE (instead of dropping them) in the access queue
+    /// or the bulk receive queue.
+    QueueCeMarked,
 }
 
-/// Number of counter slots per worker (drops 0..32, others 32..64).
-pub const N_COUNTERS: usize = 64;
+/// The data plane's queues whose delay is measured ([`WorkerCounters::delay`]): the access
+/// port's queue (frames read from the TAP until the engine takes them) and the underlay
+/// socket's receive queue (from the kernel's receive timestamp to the read), per lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DelayQueue {
+    AccessRealTime = 0,
+    AccessBulk,
+    ReceiveRealTime,
+    ReceiveBulk,
+}
+
+impl DelayQueue {
+    pub const ALL: [DelayQueue; 4] =
+        [Self::AccessRealTime, Self::AccessBulk, Self::ReceiveRealTime, Self::ReceiveBulk];
+
+    /// (queue, class) as the metrics label them.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Self::AccessRealTime => ("access", "real-time"),
+            Self::AccessBulk => ("access", "bulk"),
+            Self::ReceiveRealTime => ("receive", "real-time"),
+            Self::ReceiveBulk => ("receive", "bulk"),
+        }
+    }
+}
+
+/// Upper bounds (µs) of the queue-delay histogram's buckets; one more bucket above the last.
+pub const DELAY_BOUNDS_US: [u64; 8] = [50, 100, 250, 500, 1000, 2500, 5000, 10_000];
+/// Slots of one queue's histogram: its buckets (not cumulative), then the sum of delays (µs).
+const DELAY_SLOTS: usize = DELAY_BOUNDS_US.len() + 2;
+/// Where the histograms start.
+const DELAY_BASE: usize = 64;
+
+/// One queue's delay histogram, read back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DelayHistogram {
+    /// Per bucket (not cumulative): at most `DELAY_BOUNDS_US[i]`, the last above them all.
+    pub buckets: [u64; DELAY_BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl DelayHistogram {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Reads the histogram of `q` out of a counter snapshot (summed over workers).
+    pub fn of(slots: &[u64], q: DelayQueue) -> Self {
+        let at = DELAY_BASE + q as usize * DELAY_SLOTS;
+        let mut h = Self::default();
+        for (i, b) in h.buckets.iter_mut().enumerate() {
+            *b = slots.get(at + i).copied().unwrap_or(0);
+        }
+        h.sum_us = slots.get(at + DELAY_SLOTS - 1).copied().unwrap_or(0);
+        h
+    }
+
+    /// The smallest bucket bound (µs) at or under which a fraction `q` of the delays lie
+    /// (`None`: no delays, or above the last bound).
+    pub fn quantile_bound_us(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let want = (n as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b;
+            if seen >= want {
+                return DELAY_BOUNDS_US.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
+/// Number of counter slots per worker (drops 0..32, others 32..64, delay histograms 64..104).
+pub const N_COUNTERS: usize = 128;
+const _: () = assert!(DELAY_BASE + DelayQueue::ALL.len() * DELAY_SLOTS <= N_COUNTERS);
 
 /// One worker's counter block, as it lies in shared memory.
 #[repr(C, align(128))]
@@ -238,11 +319,46 @@ impl WorkerCounters {
     pub fn get(&self, c: Counter) -> u64 {
         self.slots[c as usize].load(Ordering::Relaxed)
     }
+
+    /// Records that a frame (or a GRO train) waited `us` microseconds in queue `q`.
+    #[inline]
+    pub fn delay(&self, q: DelayQueue, us: u64) {
+        let bucket = DELAY_BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(DELAY_BOUNDS_US.len());
+        let at = DELAY_BASE + q as usize * DELAY_SLOTS;
+        self.add(at + bucket, 1);
+        self.add(at + DELAY_SLOTS - 1, us);
+    }
+}
+
+impl WorkerCounters {
+    /// A block outside any region (tests; a scratch block to read counters into).
+    pub fn new_for_test() -> Box<Self> {
+        Box::new(Self { slots: std::array::from_fn(|_| AtomicU64::new(0)) })
+    }
 }
 
 #[cfg(test)]
-impl WorkerCounters {
-    pub fn new_for_test() -> Box<Self> {
-        Box::new(Self { slots: std::array::from_fn(|_| AtomicU64::new(0)) })
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_land_in_their_bucket_and_read_back_per_queue() {
+        let c = WorkerCounters::new_for_test();
+        for us in [0, 50, 51, 499, 500, 9_999, 10_000, 10_001, 1_000_000] {
+            c.delay(DelayQueue::AccessBulk, us);
+        }
+        c.delay(DelayQueue::ReceiveRealTime, 70);
+        let slots: Vec<u64> = c.slots.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+        let h = DelayHistogram::of(&slots, DelayQueue::AccessBulk);
+        assert_eq!(h.buckets, [2, 1, 0, 2, 0, 0, 0, 2, 2]);
+        assert_eq!(h.sum_us, 50 + 51 + 499 + 500 + 9_999 + 10_000 + 10_001 + 1_000_000);
+        assert_eq!(h.count(), 9);
+        assert_eq!(h.quantile_bound_us(0.5), Some(500));
+        assert_eq!(h.quantile_bound_us(0.99), None, "above the last bound");
+        let rt = DelayHistogram::of(&slots, DelayQueue::ReceiveRealTime);
+        assert_eq!((rt.count(), rt.sum_us, rt.quantile_bound_us(0.99)), (1, 70, Some(100)));
+        assert_eq!(DelayHistogram::of(&slots, DelayQueue::AccessRealTime).count(), 0);
+        // The histograms stay clear of the other counters.
+        assert!(slots[..DELAY_BASE].iter().all(|&v| v == 0));
     }
 }

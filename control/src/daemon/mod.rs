@@ -676,6 +676,10 @@ impl Daemon {
             peers_refused: st.peers_refused,
             revocations_known: self.fabric.admission().map_or(0, |a| a.revoked.len()),
             workers: self.channel.worker_samples(),
+            qos: crate::status::QosStatus::from_counters(
+                self.settings.qos.lanes && self.settings.daemon.backend == Backend::Socket,
+                &counters,
+            ),
         }
     }
 

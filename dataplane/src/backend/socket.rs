@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use omni_proto::constants::MAX_INNER_FRAME;
 use omni_shm::bell::Bell;
 use omni_shm::clock::{monotonic_ms, monotonic_us};
-use omni_shm::counters::{Counter, DropReason, WorkerCounters};
+use omni_shm::counters::{Counter, DelayQueue, DropReason, WorkerCounters};
 use omni_shm::endpoint::Endpoint;
 use omni_shm::layout::Params;
 use omni_shm::paths;
@@ -45,7 +45,7 @@ use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
 use crate::{steer, underlay};
-use omni_proto::qos::{Class, ClassMap};
+use omni_proto::qos::{self, Class, ClassMap};
 use std::collections::VecDeque;
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
@@ -382,10 +382,13 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             "the kernel gives no IP TOS of received datagrams: ECN marks on the underlay are not passed to omni0"
         );
     }
+    // With a real-time lane, the bulk lane's receive queue is bounded by its delay.
+    let rx_stamps = rt_sock.is_some() && sock.enable_rx_timestamps();
     if let Some(rt) = &rt_sock {
         // As the bulk socket: the kernel coalesces only for sockets that ask (see
-        // docs/design/qos-lanes-research.md), and CE marks must reach omni0.
-        let _ = (cfg.offload && rt.enable_gro(), rt.enable_recv_tos());
+        // docs/design/qos-lanes-research.md), CE marks must reach omni0, and the lane's
+        // queue delay is measured.
+        let _ = (cfg.offload && rt.enable_gro(), rt.enable_recv_tos(), rt.enable_rx_timestamps());
     }
     let tap = Tap::open(&cfg.tap, cfg.offload)?;
     tap.configure(cfg.tap_mtu, cfg.tap_mac)?;
@@ -491,7 +494,10 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             cpu_latency,
             xdp: xdp_rx,
             state: LoopState::default(),
-            queue: rt_sock.as_ref().map(|_| AccessQueue::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
+            queue: rt_sock
+                .as_ref()
+                .map(|_| AccessQueue::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
+            rx_codel: rx_stamps.then(|| Codel::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
         };
         // Dropping the port (and its sink) stops the crypto thread, which finishes first.
         io_loop::run(&mut shell, &mut port)
@@ -569,6 +575,9 @@ struct SocketPort<'r> {
     state: LoopState,
     /// The access port's queue by class (with the real-time lane).
     queue: Option<AccessQueue>,
+    /// CoDel on the bulk socket's receive queue (with the real-time lane), measured by the
+    /// kernel's receive timestamps.
+    rx_codel: Option<Codel>,
 }
 
 /// Where the loop stands between passes: which sources to read, and the polling window.
@@ -667,7 +676,8 @@ impl<'r> Port for SocketPort<'r> {
         if let Some(rt) = self.rt_sock
             && !std::mem::take(&mut self.state.woke_without_rt)
         {
-            let (n, full) = self.underlay_burst(now, shell, rt, RX_BUFS)?;
+            let (n, full) =
+                self.underlay_burst(now, shell, rt, RX_BUFS, DelayQueue::ReceiveRealTime)?;
             self.counters.inc(Counter::RealTimeReceived, n as u64);
             pass.work += n;
             pass.more |= full;
@@ -675,7 +685,8 @@ impl<'r> Port for SocketPort<'r> {
         if read_udp {
             self.state.last_udp_poll = now;
             let bufs = if self.rt_sock.is_some() { self.state.bulk_bufs } else { RX_BUFS };
-            let (n, full) = self.underlay_burst(now, shell, self.sock, bufs)?;
+            let (n, full) =
+                self.underlay_burst(now, shell, self.sock, bufs, DelayQueue::ReceiveBulk)?;
             if full {
                 // Datagrams per buffer in a full burst decide the next one's buffers.
                 self.state.bulk_bufs = (BULK_BUDGET * bufs / n.max(1)).clamp(1, RX_BUFS);
@@ -860,12 +871,15 @@ impl SocketPort<'_> {
     /// in place, punts what is for control, and writes the frames to the TAP (joined where
     /// they can be). Returns the datagrams handled and whether the socket may hold more
     /// (the batch was full).
+    /// `lane`: where the socket's queue delay is counted; the bulk lane's is bounded by
+    /// [`SocketPort::rx_codel`].
     fn underlay_burst(
         &mut self,
         now: u64,
         shell: &mut Shell,
         sock: &UdpSocket,
         bufs: usize,
+        lane: DelayQueue,
     ) -> anyhow::Result<(usize, bool)> {
         let bufs = bufs.min(self.rx.len());
         let n = match self.rx_mmsg.recv(sock, &mut self.rx[..bufs]) {
@@ -880,9 +894,22 @@ impl SocketPort<'_> {
         let full = n == bufs;
         self.deliveries.clear();
         let mut datagrams = 0;
+        let (now_us, now_real_ns) = (monotonic_us(), realtime_ns());
         for bi in 0..n {
-            let RxBuf { data, len, addr, seg, tos } = &mut self.rx[bi];
+            let RxBuf { data, len, addr, seg, tos, stamp_ns } = &mut self.rx[bi];
             let tos = *tos;
+            // How long this buffer waited in the socket, for CoDel: one decision per
+            // buffer (a GRO train has one timestamp), applied to its first frame.
+            let sojourn_us = (*stamp_ns > 0).then(|| now_real_ns.saturating_sub(*stamp_ns) / 1000);
+            if let Some(us) = sojourn_us {
+                self.counters.delay(lane, us);
+            }
+            let mut congested = match (self.rx_codel.as_mut(), sojourn_us) {
+                (Some(c), Some(us)) if lane == DelayQueue::ReceiveBulk => {
+                    c.on_dequeue(now_us, us, !full && bi + 1 == n)
+                }
+                _ => false,
+            };
             let Some(src) = *addr else { continue };
             if *len == usize::MAX {
                 self.counters.drop(DropReason::Malformed);
@@ -902,7 +929,12 @@ impl SocketPort<'_> {
                 ) {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = off + offset;
-                        let checksum = settle_checksum(self.tap, &mut data[at..at + len], checksum);
+                        let frame = &mut data[at..at + len];
+                        if std::mem::take(&mut congested) && !mark_congested(frame, self.counters) {
+                            off += dl.max(1);
+                            continue;
+                        }
+                        let checksum = settle_checksum(self.tap, frame, checksum);
                         self.deliveries.push(Delivery { buf: bi, start: at, len, checksum });
                     }
                     Decap::Punt { from, offset, len } => {
@@ -977,15 +1009,18 @@ impl SocketPort<'_> {
         let now_us = monotonic_us();
         let mut work = 0;
         while let Some(mut f) = q.rt.pop_front() {
+            self.counters.delay(DelayQueue::AccessRealTime, now_us.saturating_sub(f.read_us));
             work += self.encap_read(now, shell, &mut f.buf[..f.len], false);
             q.free.push(f.buf);
         }
         while work < BULK_BUDGET {
             let Some(mut f) = q.bulk.pop_front() else { break };
             let sojourn = now_us.saturating_sub(f.read_us);
-            let drop = q.codel.on_dequeue(now_us, sojourn, q.bulk.is_empty());
+            self.counters.delay(DelayQueue::AccessBulk, sojourn);
+            let mut drop = q.codel.on_dequeue(now_us, sojourn, q.bulk.is_empty());
             if drop {
-                self.counters.drop(DropReason::QueueDelay);
+                let at = if self.tap.vnet() { vnet::LEN } else { 0 };
+                drop = !mark_congested(&mut f.buf[at..f.len], self.counters);
             }
             work += self.encap_read(now, shell, &mut f.buf[..f.len], drop);
             q.free.push(f.buf);
@@ -1149,6 +1184,26 @@ impl AccessQueue {
             codel: Codel::new(target_us, interval_us),
         }
     }
+}
+
+/// CoDel picked `frame`: an ECN-capable IP frame is marked CE (RFC 8289 section 5: mark
+/// rather than drop), anything else is dropped. Returns whether it goes on.
+fn mark_congested(frame: &mut [u8], counters: &WorkerCounters) -> bool {
+    let ect = qos::inner_tos(frame).is_some_and(|t| t.value & qos::ecn::MASK != 0);
+    if ect && qos::apply_outer_ecn(frame, qos::ecn::CE) {
+        counters.inc(Counter::QueueCeMarked, 1);
+        true
+    } else {
+        counters.drop(DropReason::QueueDelay);
+        false
+    }
+}
+
+/// Now on the clock the kernel stamps received datagrams with (CLOCK_REALTIME), in ns.
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// An opened frame waiting to be written to the TAP.

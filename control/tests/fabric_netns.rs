@@ -826,3 +826,68 @@ fn seen_at_b(f: &Fabric2, iface: &str, filter: &str, ping: &str) -> String {
     cap.stop("INT");
     run_ok(&format!("tcpdump -v -nr {} 2>/dev/null", pcap.display()))
 }
+
+/// Round trips (ms) of `count` pings every 10 ms from A to B's omni0, with `opts`
+/// (`-Q 0xb8`: DSCP EF), sorted.
+fn ping_rtts(f: &Fabric2, opts: &str, count: u32) -> Vec<f64> {
+    let o = f.pair.a.sh(&format!("ping {opts} -c {count} -i 0.01 -W 1 192.168.77.2"));
+    let mut v: Vec<f64> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("time=").and_then(|t| t.parse().ok()))
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// Under a saturating TCP flow over omni0, EF-marked pings take the real-time lane at both
+/// ends (the requests at A, the echo replies, which keep the TOS, at B) and so never wait
+/// behind the bulk queues; unmarked ones do. Loose bounds: this is a test, not a benchmark
+/// (bench/compare measures the same under load, EF and unmarked).
+#[test]
+fn real_time_frames_take_their_lane_past_a_saturating_tcp_flow() {
+    let Some(_serial) = root_test(TOOLS) else { return };
+    let f = Fabric2::new(1500, &[]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    let lane = |s: &serde_json::Value, k: &str| s["qos"][k].as_u64().unwrap_or(0);
+    let before = (lane(&f.a.status(), "real_time_sent"), lane(&f.b.status(), "real_time_sent"));
+    let (plain, ef) = std::thread::scope(|s| {
+        let load = s.spawn(|| iperf3_tcp(&f.pair.a, &f.pair.b, "192.168.77.2", 8));
+        std::thread::sleep(Duration::from_millis(1500));
+        let plain = ping_rtts(&f, "", 150);
+        let ef = ping_rtts(&f, "-Q 0xb8", 150);
+        let bps = load.join().expect("iperf3 ran");
+        assert!(bps > 1e6, "the load moved data: {bps} bit/s");
+        (plain, ef)
+    });
+    let pct = |v: &[f64], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    eprintln!(
+        "loaded ping p50 / p90: unmarked {:.3} / {:.3} ms, EF {:.3} / {:.3} ms",
+        pct(&plain, 0.5),
+        pct(&plain, 0.9),
+        pct(&ef, 0.5),
+        pct(&ef, 0.9)
+    );
+    assert!(ef.len() >= 140, "EF pings answered under load: {} of 150", ef.len());
+    assert!(pct(&ef, 0.9) < 20.0, "EF p90 {:.3} ms", pct(&ef, 0.9));
+    assert!(
+        pct(&ef, 0.5) <= pct(&plain, 0.5) + 0.5,
+        "EF p50 {:.3} ms against unmarked {:.3} ms",
+        pct(&ef, 0.5),
+        pct(&plain, 0.5)
+    );
+    // The EF requests went on A's lane and the replies on B's; nothing else did.
+    let (sa, sb) = (f.a.status(), f.b.status());
+    let sent = (lane(&sa, "real_time_sent") - before.0, lane(&sb, "real_time_sent") - before.1);
+    assert!((150..=160).contains(&sent.0), "A's real-time lane carried {} datagrams", sent.0);
+    assert!(sent.1 >= ef.len() as u64 && sent.1 <= 160, "B's lane carried {}", sent.1);
+    assert!(lane(&sb, "real_time_received") >= sent.0, "B received them on its lane: {sb}");
+    assert!(sa["qos"]["lanes"].as_bool() == Some(true));
+    // Real-time datagrams overtook bulk ones of the same session: within the replay
+    // window, so none was taken for a replay.
+    for s in [&sa, &sb] {
+        assert_eq!(s["drops"]["replay"].as_u64(), Some(0), "{}", s["drops"]);
+    }
+    let waited = sa["qos"]["queue_delay"].as_array().expect("queue delays").clone();
+    let rt = waited.iter().find(|d| d["queue"] == "access" && d["class"] == "real-time");
+    assert!(rt.is_some_and(|d| d["count"].as_u64() >= Some(150)), "{waited:?}");
+}

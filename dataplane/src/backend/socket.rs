@@ -13,7 +13,7 @@
 //! UDP GRO delivers several datagrams per receive. See [`crate::offload`].
 
 use std::io::IoSlice;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -1311,5 +1311,51 @@ fn write_frames<'a>(
             counters.drop_n(DropReason::AccessError, (end - k) as u64);
         }
         k = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real-time datagrams go at once, up to the pass's share; the rest (and anything not
+    /// real time) wait with the bulk batch, so a sender that marks everything EF cannot
+    /// starve bulk traffic.
+    #[test]
+    fn the_real_time_lane_sends_at_once_up_to_its_share_per_pass() {
+        let sock = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, 1 << 20).unwrap();
+        let peer = UdpSocket::bind(Some("127.0.0.1".parse().unwrap()), 0, 1 << 22).unwrap();
+        let to = SocketAddr::from(([127, 0, 0, 1], peer.local_port().unwrap()));
+        let counters = WorkerCounters::new_for_test();
+        let mut rt = RtTx {
+            sock: &sock,
+            dscps: steer::real_time_dscps(&ClassMap::default()),
+            mmsg: MmsgBatch::new(1),
+            gso: false,
+            sent: 0,
+        };
+        let mut pkt = PacketBuf::new();
+        (pkt.len, pkt.addr, pkt.tos) = (100, Some(to), 0xb8);
+        let taken: Vec<bool> =
+            (0..RT_PER_PASS + 6).map(|_| rt.send_now(&mut pkt, &counters)).collect();
+        assert!(taken[..RT_PER_PASS].iter().all(|&t| t), "the share goes at once");
+        assert!(taken[RT_PER_PASS..].iter().all(|&t| !t), "beyond it, with the bulk batch");
+        assert_eq!(counters.get(Counter::RealTimeSent), RT_PER_PASS as u64);
+        pkt.tos = 0x28;
+        rt.sent = 0;
+        assert!(!rt.send_now(&mut pkt, &counters), "AF11 is not real time");
+        pkt.tos = 0xba; // EF with ECT(0)
+        assert!(rt.send_now(&mut pkt, &counters), "a new pass, a new share");
+        let mut got = 0;
+        let mut mmsg = MmsgBatch::new(16);
+        let mut bufs: Vec<RxBuf> = (0..16).map(|_| RxBuf::new(2048)).collect();
+        for _ in 0..200 {
+            got += mmsg.recv(&peer, &mut bufs).unwrap();
+            if got == RT_PER_PASS + 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(got, RT_PER_PASS + 1);
     }
 }

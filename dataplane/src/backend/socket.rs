@@ -13,7 +13,7 @@
 //! UDP GRO delivers several datagrams per receive. See [`crate::offload`].
 
 use std::io::IoSlice;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -1317,6 +1317,7 @@ fn write_frames<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     /// Real-time datagrams go at once, up to the pass's share; the rest (and anything not
     /// real time) wait with the bulk batch, so a sender that marks everything EF cannot

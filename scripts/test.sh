@@ -44,7 +44,8 @@ target/release/compare --short --out target/compare-short
 # The paths every machine has must have been measured, and the two-process echo under them
 # (basic regular expressions: '|' and '(' are literal).
 for row in '^| bare veth | [0-9]' '^| kernel VXLAN (L2, unencrypted) | [0-9]' \
-  '^| OmniNervous socket backend | [0-9]' 'udp_echo: no TAP.*RTT p50 / p99 [0-9]'; do
+  '^| OmniNervous socket backend | [0-9]' '^| gotatun (L3.* | [0-9]' \
+  'udp_echo: no TAP.*RTT p50 / p99 [0-9]'; do
   grep -q -- "$row" target/compare-short/report.md \
     || { echo "compare --short: report.md has no line matching '$row'" >&2; exit 1; }
 done

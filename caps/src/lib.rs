@@ -30,6 +30,8 @@ pub enum Cap {
     SysRawio = 17,
     /// BPF on kernels without CAP_BPF; physical addresses for DPDK's PA-mode PCI drivers.
     SysAdmin = 21,
+    /// A negative nice value for the data plane's I/O thread.
+    SysNice = 23,
     /// The verifier accepts the XDP program's packet pointer arithmetic only with it.
     Perfmon = 38,
     /// Loading the XDP program, creating and updating its maps.
@@ -46,12 +48,13 @@ impl Cap {
             Cap::IpcLock => "cap_ipc_lock",
             Cap::SysRawio => "cap_sys_rawio",
             Cap::SysAdmin => "cap_sys_admin",
+            Cap::SysNice => "cap_sys_nice",
             Cap::Perfmon => "cap_perfmon",
             Cap::Bpf => "cap_bpf",
         }
     }
 
-    const ALL: [Cap; 9] = [
+    const ALL: [Cap; 10] = [
         Cap::SetPcap,
         Cap::NetBindService,
         Cap::NetAdmin,
@@ -59,6 +62,7 @@ impl Cap {
         Cap::IpcLock,
         Cap::SysRawio,
         Cap::SysAdmin,
+        Cap::SysNice,
         Cap::Perfmon,
         Cap::Bpf,
     ];

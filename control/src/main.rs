@@ -220,6 +220,10 @@ struct RunArgs {
     /// cores your applications use) [default: the scheduler places it].
     #[arg(long)]
     dataplane_cpu: Option<u32>,
+    /// socket/xdp backends: the data plane's I/O thread's nice value, -20 to 19 [default:
+    /// -10, ahead of applications on a busy machine; 0: as every other process].
+    #[arg(long, allow_hyphen_values = true)]
+    dataplane_nice: Option<i32>,
     /// socket/xdp backends: microseconds the data plane keeps polling after traffic
     /// (yielding the CPU) before it sleeps, so an answer costs no wake-up; it backs off
     /// where it catches nothing and is off under bulk traffic; 0 sleeps at once [default:
@@ -316,6 +320,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         crypto_thread: run.crypto_thread,
         cpu_latency: run.cpu_latency,
         dataplane_cpu: run.dataplane_cpu,
+        dataplane_nice: run.dataplane_nice,
         spin_us: run.spin_us,
         backend: run.backend,
         xdp_mode: run.xdp_mode,

@@ -18,8 +18,9 @@ pub fn dataplane_needs(backend: Backend, pci: bool) -> CapSet {
     if backend == Backend::Dpdk {
         return omni_shm::settings::dpdk_capabilities(pci);
     }
-    // CAP_SETPCAP lets it empty its own bounding set when done.
-    let mut need = vec![Cap::NetAdmin, Cap::NetBindService, Cap::SetPcap];
+    // CAP_SETPCAP lets it empty its own bounding set when done; CAP_SYS_NICE raises its
+    // I/O thread's priority (`dataplane_nice`).
+    let mut need = vec![Cap::NetAdmin, Cap::NetBindService, Cap::SetPcap, Cap::SysNice];
     if backend == Backend::Xdp {
         need.extend([Cap::NetRaw, Cap::IpcLock]);
         if caps::kernel_has(Cap::Bpf) {

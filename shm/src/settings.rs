@@ -83,6 +83,10 @@ impl std::fmt::Display for CpuLatency {
 
 /// The default polling window after traffic (`omni-dataplane --spin-us`, `[daemon] spin_us`).
 pub const SPIN_DEFAULT_US: u64 = 200;
+/// The data plane's I/O thread's default nice value: above applications, so that on a
+/// busy machine a packet does not wait a scheduler slice for it (measured in docs/qos.md),
+/// still below the kernel's own threads.
+pub const NICE_DEFAULT: i32 = -10;
 /// The largest polling window accepted.
 pub const SPIN_MAX_US: u64 = 10_000;
 
@@ -198,6 +202,11 @@ pub struct DataplaneArgs {
     /// places it]. The dpdk backend takes --cores.
     #[arg(long)]
     pub cpu: Option<u32>,
+    /// socket and xdp backends: the I/O thread's nice value (-20 to 19; negative needs
+    /// CAP_SYS_NICE): on a machine whose applications keep the CPUs busy, packets then
+    /// wait less for the data plane to be scheduled. 0: as every other process.
+    #[arg(long, default_value_t = NICE_DEFAULT, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
     /// Seal and send bulk traffic on a second thread: true or false [default: true with 4
     /// cores or more; with fewer, the thread competes with everything else and costs].
     #[arg(long)]
@@ -312,6 +321,7 @@ impl DataplaneArgs {
             spin_us,
             cpu_latency,
             cpu,
+            nice,
             crypto_thread,
             no_crypto_thread,
             no_qos_lanes,
@@ -347,6 +357,7 @@ impl DataplaneArgs {
         a.value("--spin-us", spin_us);
         a.value("--cpu-latency", value_name(*cpu_latency));
         a.some("--cpu", cpu);
+        a.value("--nice", nice);
         a.some("--crypto-thread", crypto_thread);
         a.flag("--no-crypto-thread", *no_crypto_thread);
         a.flag("--no-qos-lanes", *no_qos_lanes);
@@ -451,6 +462,7 @@ mod tests {
             spin_us: 0,
             cpu_latency: CpuLatency::Always,
             cpu: Some(1),
+            nice: -3,
             crypto_thread: Some(false),
             no_crypto_thread: true,
             no_qos_lanes: true,

@@ -1,4 +1,4 @@
-//! CPU affinity of the calling thread.
+//! Where the calling thread runs: its CPUs (affinity) and its share of them (nice).
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: u32) -> std::io::Result<()> {
@@ -21,6 +21,14 @@ pub fn set_current_thread(cpus: &[u32]) -> std::io::Result<()> {
     }
     // SAFETY: pid 0 is the calling thread; the set is valid for its size.
     let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Sets the calling thread's nice value (-20: most CPU when contended, 19: least). A
+/// negative one needs CAP_SYS_NICE. Threads it starts later inherit it.
+pub fn set_current_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: plain system call; on Linux, PRIO_PROCESS with who = 0 is the calling thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 

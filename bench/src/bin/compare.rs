@@ -43,7 +43,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     mtu: Vec<u32>,
     /// Only these paths (veth, vxlan, wireguard-go, boringtun, gotatun, floor, omni-socket,
-    /// omni-socket-pinned, omni-socket-chacha, omni-socket-nooffload, omni-xdp, omni-dpdk).
+    /// omni-socket-pinned, omni-socket-chacha, omni-socket-nooffload, omni-socket-noqos,
+    /// omni-xdp, omni-dpdk).
     /// floor is a plain TAP-UDP relay without crypto (bench/src/bin/tap_relay.rs): the
     /// latency floor of any user-space TAP tunnel here, with OmniNervous' polling window.
     /// OmniNervous paths use the cipher the nodes negotiate on this CPU (AES-256-GCM with AES
@@ -83,12 +84,13 @@ enum Kind {
     OmniSocketPinned,
     OmniSocketChacha,
     OmniSocketNooffload,
+    OmniSocketNoqos,
     OmniXdp,
     OmniDpdk,
 }
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 13] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
@@ -99,6 +101,7 @@ impl Kind {
         Kind::OmniSocketPinned,
         Kind::OmniSocketChacha,
         Kind::OmniSocketNooffload,
+        Kind::OmniSocketNoqos,
         Kind::OmniXdp,
         Kind::OmniDpdk,
     ];
@@ -115,6 +118,7 @@ impl Kind {
             Kind::OmniSocketPinned => "omni-socket-pinned",
             Kind::OmniSocketChacha => "omni-socket-chacha",
             Kind::OmniSocketNooffload => "omni-socket-nooffload",
+            Kind::OmniSocketNoqos => "omni-socket-noqos",
             Kind::OmniXdp => "omni-xdp",
             Kind::OmniDpdk => "omni-dpdk",
         }
@@ -132,6 +136,9 @@ impl Kind {
             Kind::OmniSocketPinned => "OmniNervous socket, data planes pinned (A: CPU 0, B: last)",
             Kind::OmniSocketChacha => "OmniNervous socket, ChaCha20-Poly1305",
             Kind::OmniSocketNooffload => "OmniNervous socket, offloads off",
+            Kind::OmniSocketNoqos => {
+                "OmniNervous socket, no real-time lane, nice 0 (the data plane before issue 24)"
+            }
             Kind::OmniXdp => "OmniNervous XDP backend (AF_XDP, copy mode on veth)",
             Kind::OmniDpdk => {
                 "OmniNervous DPDK backend (net_af_packet on the veth, net_tap access)"
@@ -151,6 +158,7 @@ impl Kind {
             | Kind::OmniSocketPinned
             | Kind::OmniSocketChacha
             | Kind::OmniSocketNooffload
+            | Kind::OmniSocketNoqos
             | Kind::OmniXdp
             | Kind::OmniDpdk => omni_proto::constants::fabric_overhead(false) as u32,
         }
@@ -398,6 +406,7 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
         | Kind::OmniSocketPinned
         | Kind::OmniSocketChacha
         | Kind::OmniSocketNooffload
+        | Kind::OmniSocketNoqos
         | Kind::OmniXdp
         | Kind::OmniDpdk => {
             let daemon = ctx.bin.join("omni-daemon");
@@ -420,6 +429,9 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                 args.extend(ctx.omni_args.iter().cloned());
                 if kind == Kind::OmniSocketNooffload {
                     args.push("--no-offload".into());
+                }
+                if kind == Kind::OmniSocketNoqos {
+                    args.extend(["--no-qos-lanes", "--dataplane-nice", "0"].map(String::from));
                 }
                 if kind == Kind::OmniSocketPinned {
                     // Each node's data plane on a CPU of its own, as on two machines with

@@ -61,6 +61,9 @@ pub struct DaemonSection {
     /// socket/xdp backends: the CPU the data plane's I/O thread is pinned to (default: the
     /// scheduler places it). The dpdk backend takes `[dpdk] cores`.
     pub dataplane_cpu: Option<u32>,
+    /// socket/xdp backends: the data plane's I/O thread's nice value (default -10; 0: as
+    /// every other process).
+    pub dataplane_nice: Option<i32>,
     /// socket/xdp backends: microseconds the data plane keeps polling after traffic before
     /// it sleeps, so that an answer costs no wake-up (default 200; 0 sleeps at once).
     pub spin_us: Option<u64>,
@@ -239,6 +242,7 @@ pub struct CliOverrides {
     pub crypto_thread: Option<bool>,
     pub cpu_latency: Option<String>,
     pub dataplane_cpu: Option<u32>,
+    pub dataplane_nice: Option<i32>,
     pub spin_us: Option<u64>,
     pub backend: Option<String>,
     pub xdp_mode: Option<String>,

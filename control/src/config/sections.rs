@@ -9,7 +9,9 @@ use std::time::Duration;
 use omni_proto::PublicKey;
 use omni_proto::aead::{CipherChoice, CipherConfigError};
 use omni_proto::constants as c;
-use omni_shm::settings::{Backend, CpuLatency, SPIN_DEFAULT_US, SPIN_MAX_US, XdpMode};
+use omni_shm::settings::{
+    Backend, CpuLatency, NICE_DEFAULT, SPIN_DEFAULT_US, SPIN_MAX_US, XdpMode,
+};
 
 use super::file::{
     CliOverrides, DaemonSection, DpdkSection, MetricsSection, NetworkSection, OneOrMany,
@@ -54,6 +56,7 @@ pub struct Daemon {
     pub crypto_thread: bool,
     pub cpu_latency: CpuLatency,
     pub dataplane_cpu: Option<u32>,
+    pub dataplane_nice: i32,
     pub spin_us: u64,
     pub backend: Backend,
     pub xdp_mode: XdpMode,
@@ -122,6 +125,13 @@ pub fn daemon(
             ));
         }
     }
+    let dataplane_nice = cli.dataplane_nice.or(d.dataplane_nice).unwrap_or(NICE_DEFAULT);
+    if !(-20..=19).contains(&dataplane_nice) {
+        return Err(invalid(
+            "[daemon] dataplane_nice",
+            format!("{dataplane_nice} is out of range (-20 to 19)"),
+        ));
+    }
     let spin_us = cli.spin_us.or(d.spin_us).unwrap_or(SPIN_DEFAULT_US);
     if spin_us > SPIN_MAX_US {
         return Err(invalid(
@@ -164,6 +174,7 @@ pub fn daemon(
         crypto_thread: cli.crypto_thread.or(d.crypto_thread).unwrap_or(host.cpus() >= 4),
         cpu_latency,
         dataplane_cpu,
+        dataplane_nice,
         spin_us,
         backend,
         xdp_mode,

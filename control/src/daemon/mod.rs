@@ -367,6 +367,7 @@ pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Dataplane
         spin_us: s.daemon.spin_us,
         cpu_latency: s.daemon.cpu_latency,
         cpu: s.daemon.dataplane_cpu.filter(|_| socket_like),
+        nice: s.daemon.dataplane_nice,
         xdp_mode: s.daemon.xdp_mode,
         handshake_rate: s.security.max_sessions_per_ip,
         ..DataplaneArgs::defaults()

@@ -92,6 +92,7 @@ fn main() -> ExitCode {
             spin_us: args.spin_us,
             cpu_latency: args.cpu_latency,
             cpu: args.cpu,
+            nice: args.nice,
             crypto_thread: !args.no_crypto_thread
                 && args.crypto_thread.unwrap_or_else(|| {
                     std::thread::available_parallelism().map(|n| n.get() >= 4).unwrap_or(false)

@@ -1,7 +1,8 @@
 //! Microbenchmarks of the parts on the packet path and of handshake processing:
 //! FDB lookup and learning, the replay window, the shared-memory ring, the Internet
-//! checksum of the TCP offloads (against a 64-bit add-with-carry loop), and how many
-//! handshakes per second a responder completes.
+//! checksum of the TCP offloads (against a 64-bit add-with-carry loop), the traffic-class
+//! classifier that every frame from omni0 goes through (docs/qos.md; compare with a seal's
+//! cost in the seal_open bench), and how many handshakes per second a responder completes.
 //!
 //!   cargo bench -p omni-bench --bench components
 
@@ -105,6 +106,33 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
+/// `ClassMap::mark` (class and outer TOS) of a 1434-byte IPv4 frame, a VLAN-tagged one, an
+/// IPv6 one and an ARP frame: one header read and a table lookup each.
+fn classify(c: &mut Criterion) {
+    use omni_proto::qos::ClassMap;
+    let mut g = c.benchmark_group("classify");
+    g.throughput(Throughput::Elements(1));
+    let map = ClassMap::default();
+    let eth = |ethertype: &[u8]| {
+        [&[0x02u8, 0, 0, 0, 0, 0xb, 0x02, 0, 0, 0, 0, 0xa][..], ethertype].concat()
+    };
+    let mut v4 = eth(&[0x08, 0x00]);
+    v4.extend_from_slice(&[0x45, 0xb8]);
+    v4.resize(1434, 0);
+    let mut tagged = eth(&[0x81, 0x00, 0xa0, 0x2a, 0x08, 0x00]);
+    tagged.extend_from_slice(&[0x45, 0x00]);
+    tagged.resize(1438, 0);
+    let mut v6 = eth(&[0x86, 0xdd]);
+    v6.extend_from_slice(&[0x60, 0x00]);
+    v6.resize(1434, 0);
+    let mut arp = eth(&[0x08, 0x06]);
+    arp.resize(42, 0);
+    for (name, frame) in [("ipv4_ef", &v4), ("vlan_pcp5", &tagged), ("ipv6", &v6), ("arp", &arp)] {
+        g.bench_function(name, |b| b.iter(|| black_box(map.mark(black_box(frame)))));
+    }
+    g.finish();
+}
+
 fn ring(c: &mut Criterion) {
     let ctl = RingCtl::default();
     let mut mem = vec![0u8; 1024 * 64];
@@ -198,5 +226,5 @@ fn handshake(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fdb, checksum, replay, ring, handshake);
+criterion_group!(benches, fdb, checksum, replay, classify, ring, handshake);
 criterion_main!(benches);

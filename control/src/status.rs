@@ -84,7 +84,8 @@ pub struct DataplaneStatus {
 /// Traffic classes in the data plane (docs/qos.md).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct QosStatus {
-    /// A real-time lane is asked for (`[qos] lanes`, socket backend).
+    /// Real-time frames go first (`[qos] lanes`): through the access queue and, with the
+    /// socket backend, the sockets (the xdp backend's receive side is AF_XDP).
     pub lanes: bool,
     /// Datagrams sent and received on the real-time lane.
     pub real_time_sent: u64,

@@ -678,7 +678,7 @@ impl Daemon {
             revocations_known: self.fabric.admission().map_or(0, |a| a.revoked.len()),
             workers: self.channel.worker_samples(),
             qos: crate::status::QosStatus::from_counters(
-                self.settings.qos.lanes && self.settings.daemon.backend == Backend::Socket,
+                self.settings.qos.lanes && self.settings.daemon.backend != Backend::Dpdk,
                 &counters,
             ),
         }

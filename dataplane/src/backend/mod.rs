@@ -1,3 +1,4 @@
+pub mod access_queue;
 pub mod channel;
 pub mod crypto_pool;
 #[cfg(feature = "dpdk")]

@@ -31,6 +31,7 @@ use omni_sys::tap::Tap;
 use omni_sys::{Epoll, SignalFd, wait_writable};
 use tracing::{info, warn};
 
+use super::access_queue::{AccessQueue, Served};
 use super::channel;
 use super::crypto_pool::{CryptoPool, Idle, PoolConfig, Work};
 use super::io_loop::{self, Pass, Port, Shell};
@@ -45,8 +46,7 @@ use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
 use crate::{steer, underlay};
-use omni_proto::qos::{self, Class, ClassMap};
-use std::collections::VecDeque;
+use omni_proto::qos::{self, ClassMap};
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
 pub const BURST: usize = 32;
@@ -444,7 +444,11 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         tap_offload = tap.vnet(),
         udp_gro = gro,
         crypto_thread = use_crypto_thread,
-        lanes = if rt_sock.is_some() { "real-time, bulk" } else { "one" },
+        lanes = match (rt_sock.is_some(), cfg.lanes) {
+            (true, _) => "real-time, bulk",
+            (false, true) => "real-time first in the access queue",
+            (false, false) => "one",
+        },
         cpu_latency = %cfg.cpu_latency,
         cpu = cfg.cpu.map_or("any".to_string(), |c| c.to_string()),
         nice,
@@ -510,9 +514,11 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             cpu_latency,
             xdp: xdp_rx,
             state: LoopState::default(),
-            queue: rt_sock
-                .as_ref()
-                .map(|_| AccessQueue::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
+            // The access queue needs no second socket: the xdp backend (whose receive side
+            // is AF_XDP) and a kernel that refused the split have it too.
+            queue: cfg.lanes.then(|| {
+                AccessQueue::new(QUEUE_SLOTS, TAP_BUF, cfg.delay_target_us, QUEUE_INTERVAL_US)
+            }),
             rx_codel: rx_stamps.then(|| Codel::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
         };
         // Dropping the port (and its sink) stops the crypto thread, which finishes first.
@@ -1013,8 +1019,8 @@ impl SocketPort<'_> {
 
     /// The access port with a queue: reads the TAP dry into the queue (so nothing waits in
     /// the kernel's ring, where a real-time frame could not overtake), hands every
-    /// real-time frame to the engine, then bulk ones up to [`BULK_BUDGET`] datagrams,
-    /// dropping what waited too long ([`Codel`]).
+    /// real-time frame to the engine, then bulk ones up to [`BULK_BUDGET`] datagrams, CoDel
+    /// marking or dropping what waited too long.
     fn queued_access_burst(
         &mut self,
         now: u64,
@@ -1023,61 +1029,51 @@ impl SocketPort<'_> {
         let mut q = self.queue.take().expect("called with a queue");
         let r = self.drain_tap(&mut q);
         let now_us = monotonic_us();
+        let at = if self.tap.vnet() { vnet::LEN } else { 0 };
         let mut work = 0;
-        while let Some(mut f) = q.rt.pop_front() {
-            self.counters.delay(DelayQueue::AccessRealTime, now_us.saturating_sub(f.read_us));
-            work += self.encap_read(now, shell, &mut f.buf[..f.len], false);
-            q.free.push(f.buf);
+        while work < BULK_BUDGET || q.has_real_time() {
+            let Some(served) = q.next(now_us) else { break };
+            let (mut frame, drop) = match served {
+                Served::RealTime { frame, waited_us } => {
+                    self.counters.delay(DelayQueue::AccessRealTime, waited_us);
+                    (frame, false)
+                }
+                Served::Bulk { mut frame, waited_us, congested } => {
+                    self.counters.delay(DelayQueue::AccessBulk, waited_us);
+                    let drop =
+                        congested && !mark_congested(&mut frame.buf[at..frame.len], self.counters);
+                    (frame, drop)
+                }
+            };
+            work += self.encap_read(now, shell, &mut frame.buf[..frame.len], drop);
+            q.recycle(frame.buf);
         }
-        while work < BULK_BUDGET {
-            let Some(mut f) = q.bulk.pop_front() else { break };
-            let sojourn = now_us.saturating_sub(f.read_us);
-            self.counters.delay(DelayQueue::AccessBulk, sojourn);
-            let mut drop = q.codel.on_dequeue(now_us, sojourn, q.bulk.is_empty());
-            if drop {
-                let at = if self.tap.vnet() { vnet::LEN } else { 0 };
-                drop = !mark_congested(&mut f.buf[at..f.len], self.counters);
-            }
-            work += self.encap_read(now, shell, &mut f.buf[..f.len], drop);
-            q.free.push(f.buf);
-        }
-        let more = !q.bulk.is_empty() || matches!(r, Ok(true));
+        let more = q.has_bulk() || matches!(r, Ok(true));
         self.queue = Some(q);
         r.map(|_| (work, more))
     }
 
-    /// Reads the TAP into the queue until it is dry (or [`READ_MAX`] frames), by class.
-    /// A full queue makes room by dropping its oldest bulk frame; full of real-time
-    /// frames, it stops reading. Returns whether the TAP may hold more.
+    /// Reads the TAP into the queue until it is dry (or [`READ_MAX`] frames). A full queue
+    /// makes room by dropping its oldest bulk frame; full of real-time frames, it stops
+    /// reading. Returns whether the TAP may hold more.
     fn drain_tap(&mut self, q: &mut AccessQueue) -> anyhow::Result<bool> {
         let now_us = monotonic_us();
+        let at = if self.tap.vnet() { vnet::LEN } else { 0 };
         for _ in 0..READ_MAX {
-            let buf = match q.free.pop() {
-                Some(b) => b,
-                None => match q.bulk.pop_front() {
-                    Some(oldest) => {
-                        self.counters.drop(DropReason::QueueDelay);
-                        oldest.buf
-                    }
-                    None => return Ok(true),
-                },
-            };
-            let mut f = Queued { buf, len: 0, read_us: now_us };
-            match self.tap.read(&mut f.buf) {
-                Ok(Some(len)) => f.len = len,
+            let Some((mut buf, dropped)) = q.slot() else { return Ok(true) };
+            if dropped {
+                self.counters.drop(DropReason::QueueDelay);
+            }
+            match self.tap.read(&mut buf) {
+                Ok(Some(len)) => q.push(buf, len, at, now_us),
                 Ok(None) => {
-                    q.free.push(f.buf);
+                    q.recycle(buf);
                     return Ok(false);
                 }
                 Err(e) => {
-                    q.free.push(f.buf);
+                    q.recycle(buf);
                     bail!("access port {} failed: {e}", self.tap.name());
                 }
-            }
-            let frame = &f.buf[if self.tap.vnet() { vnet::LEN } else { 0 }..f.len];
-            match q.classes.classify(frame) {
-                Class::RealTime => q.rt.push_back(f),
-                _ => q.bulk.push_back(f),
             }
         }
         Ok(true)
@@ -1170,37 +1166,6 @@ const QUEUE_INTERVAL_US: u64 = 10_000;
 const QUEUE_SLOTS: usize = 128;
 /// TAP reads per pass at most (the queue's reads; a pass then serves some).
 const READ_MAX: usize = 256;
-
-/// A frame read from the TAP, waiting in the access queue.
-struct Queued {
-    buf: Box<[u8]>,
-    len: usize,
-    /// When it was read (monotonic µs): its wait in the queue is CoDel's measure.
-    read_us: u64,
-}
-
-/// The access port's queue (with the real-time lane): frames read eagerly from the TAP,
-/// by class. Real-time frames go first, all of them each pass; bulk frames wait behind,
-/// their standing delay bounded by CoDel.
-struct AccessQueue {
-    classes: ClassMap,
-    free: Vec<Box<[u8]>>,
-    rt: VecDeque<Queued>,
-    bulk: VecDeque<Queued>,
-    codel: Codel,
-}
-
-impl AccessQueue {
-    fn new(target_us: u64, interval_us: u64) -> Self {
-        Self {
-            classes: ClassMap::default(),
-            free: (0..QUEUE_SLOTS).map(|_| vec![0u8; TAP_BUF].into_boxed_slice()).collect(),
-            rt: VecDeque::with_capacity(QUEUE_SLOTS),
-            bulk: VecDeque::with_capacity(QUEUE_SLOTS),
-            codel: Codel::new(target_us, interval_us),
-        }
-    }
-}
 
 /// CoDel picked `frame`: an ECN-capable IP frame is marked CE (RFC 8289 section 5: mark
 /// rather than drop), anything else is dropped. Returns whether it goes on.

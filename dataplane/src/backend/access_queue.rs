@@ -1,0 +1,189 @@
+//! The access port's queue (with the real-time lane, docs/qos.md): frames read eagerly
+//! from the TAP wait here by class instead of in the kernel's ring, where a real-time frame
+//! could not overtake. Real-time frames leave first; bulk ones after them, each with
+//! CoDel's verdict on how long it waited. Sans-IO: buffers come and go through the caller,
+//! time comes in as microseconds.
+
+use std::collections::VecDeque;
+
+use omni_proto::qos::{Class, ClassMap};
+
+use crate::codel::Codel;
+
+/// A frame read from the TAP, waiting.
+pub struct Queued {
+    pub buf: Box<[u8]>,
+    pub len: usize,
+    /// When it was read (monotonic µs): its wait is CoDel's measure.
+    pub read_us: u64,
+}
+
+/// What [`AccessQueue::next`] hands on.
+pub enum Served {
+    RealTime {
+        frame: Queued,
+        waited_us: u64,
+    },
+    /// `congested`: CoDel picked it (the caller marks it CE or drops it).
+    Bulk {
+        frame: Queued,
+        waited_us: u64,
+        congested: bool,
+    },
+}
+
+pub struct AccessQueue {
+    classes: ClassMap,
+    free: Vec<Box<[u8]>>,
+    rt: VecDeque<Queued>,
+    bulk: VecDeque<Queued>,
+    codel: Codel,
+}
+
+impl AccessQueue {
+    /// A queue of `slots` buffers of `slot_bytes` each, bulk delay bounded by CoDel.
+    pub fn new(slots: usize, slot_bytes: usize, target_us: u64, interval_us: u64) -> Self {
+        Self {
+            classes: ClassMap::default(),
+            free: (0..slots).map(|_| vec![0u8; slot_bytes].into_boxed_slice()).collect(),
+            rt: VecDeque::with_capacity(slots),
+            bulk: VecDeque::with_capacity(slots),
+            codel: Codel::new(target_us, interval_us),
+        }
+    }
+
+    /// A buffer to read the next frame into: a free one, else the oldest bulk frame's, which
+    /// is dropped (`true`: the caller counts it). `None`: the queue is full of real-time
+    /// frames; stop reading.
+    pub fn slot(&mut self) -> Option<(Box<[u8]>, bool)> {
+        if let Some(b) = self.free.pop() {
+            return Some((b, false));
+        }
+        self.bulk.pop_front().map(|oldest| (oldest.buf, true))
+    }
+
+    /// A buffer back, unused or done with.
+    pub fn recycle(&mut self, buf: Box<[u8]>) {
+        self.free.push(buf);
+    }
+
+    /// Queues the frame read into `buf[..len]` at `read_us`; the Ethernet frame starts at
+    /// `frame_at` (after a virtio-net header).
+    pub fn push(&mut self, buf: Box<[u8]>, len: usize, frame_at: usize, read_us: u64) {
+        let class = self.classes.classify(buf.get(frame_at..len).unwrap_or(&[]));
+        let frame = Queued { buf, len, read_us };
+        match class {
+            Class::RealTime => self.rt.push_back(frame),
+            _ => self.bulk.push_back(frame),
+        }
+    }
+
+    pub fn has_real_time(&self) -> bool {
+        !self.rt.is_empty()
+    }
+
+    pub fn has_bulk(&self) -> bool {
+        !self.bulk.is_empty()
+    }
+
+    /// The next frame to hand on at `now_us`: every real-time one before any bulk one.
+    pub fn next(&mut self, now_us: u64) -> Option<Served> {
+        if let Some(frame) = self.rt.pop_front() {
+            let waited_us = now_us.saturating_sub(frame.read_us);
+            return Some(Served::RealTime { frame, waited_us });
+        }
+        let frame = self.bulk.pop_front()?;
+        let waited_us = now_us.saturating_sub(frame.read_us);
+        let congested = self.codel.on_dequeue(now_us, waited_us, self.bulk.is_empty());
+        Some(Served::Bulk { frame, waited_us, congested })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An untagged IPv4 frame with TOS `tos`, in a buffer of 64 bytes.
+    fn frame(q: &mut AccessQueue, tos: u8, id: u8, read_us: u64) {
+        let (mut buf, dropped) = q.slot().expect("room");
+        assert!(!dropped);
+        buf[..14].copy_from_slice(&[0xff; 14]);
+        buf[12..14].copy_from_slice(&[0x08, 0x00]);
+        buf[14] = 0x45;
+        buf[15] = tos;
+        buf[16..34].fill(0);
+        buf[34] = id;
+        q.push(buf, 35, 0, read_us);
+    }
+
+    fn id(s: &Served) -> (bool, u8) {
+        match s {
+            Served::RealTime { frame, .. } => (true, frame.buf[34]),
+            Served::Bulk { frame, .. } => (false, frame.buf[34]),
+        }
+    }
+
+    #[test]
+    fn real_time_frames_leave_before_every_bulk_frame_each_in_order() {
+        let mut q = AccessQueue::new(8, 64, 500, 10_000);
+        for (tos, n) in [(0, 1), (0x28, 2), (0xb8, 3), (0, 4), (0xc0, 5), (0x20, 6)] {
+            frame(&mut q, tos, n, 0);
+        }
+        let mut order = vec![];
+        while let Some(s) = q.next(10) {
+            order.push(id(&s));
+            let (Served::RealTime { frame, .. } | Served::Bulk { frame, .. }) = s;
+            q.recycle(frame.buf);
+        }
+        let want = [(true, 3), (true, 5), (false, 1), (false, 2), (false, 4), (false, 6)];
+        assert_eq!(order, want);
+        assert!(!q.has_bulk() && !q.has_real_time());
+    }
+
+    #[test]
+    fn a_full_queue_makes_room_by_dropping_its_oldest_bulk_frame_never_a_real_time_one() {
+        let mut q = AccessQueue::new(3, 64, 500, 10_000);
+        frame(&mut q, 0, 1, 0);
+        frame(&mut q, 0xb8, 2, 0);
+        frame(&mut q, 0, 3, 0);
+        let (buf, dropped) = q.slot().expect("the oldest bulk frame's buffer");
+        assert!(dropped);
+        q.recycle(buf);
+        let (buf, dropped) = q.slot().expect("free again");
+        assert!(!dropped);
+        q.push(buf, 0, 0, 0); // a runt: classified normal, queued as bulk
+        assert_eq!(q.next(0).map(|s| id(&s)), Some((true, 2)));
+        assert_eq!(q.next(0).map(|s| id(&s)), Some((false, 3)), "1 was dropped");
+        // Full of real-time frames: no slot, the caller stops reading.
+        let mut q = AccessQueue::new(2, 64, 500, 10_000);
+        frame(&mut q, 0xb8, 1, 0);
+        frame(&mut q, 0xb8, 2, 0);
+        assert!(q.slot().is_none());
+    }
+
+    #[test]
+    fn bulk_frames_standing_past_the_target_for_an_interval_are_picked_by_codel() {
+        let mut q = AccessQueue::new(4, 64, 500, 10_000);
+        let mut picked = vec![];
+        // A standing queue of three: a frame in and one out every 100 µs, each having
+        // waited 2 ms, for 30 ms.
+        for _ in 0..3 {
+            frame(&mut q, 0, 0, 0);
+        }
+        for t in (0..30_000).step_by(100) {
+            frame(&mut q, 0, 0, t);
+            let Some(Served::Bulk { frame, waited_us, congested }) = q.next(t + 2000) else {
+                panic!("a bulk frame is queued")
+            };
+            assert!(waited_us >= 2000);
+            if congested {
+                picked.push(t);
+            }
+            q.recycle(frame.buf);
+        }
+        assert!(!picked.is_empty() && picked[0] >= 9_000, "after an interval: {picked:?}");
+        // Real-time frames are never picked, however long they waited.
+        frame(&mut q, 0xb8, 7, 0);
+        assert!(matches!(q.next(1_000_000), Some(Served::RealTime { waited_us: 1_000_000, .. })));
+    }
+}

@@ -328,6 +328,14 @@ fn dpdk_node_and_socket_node_in_one_fabric_over_af_packet() {
     iperf3_both_ways(&pair, 77, "DPDK (af_packet) <-> socket");
     let log = std::fs::read_to_string(&log_a).unwrap_or_default();
     assert!(log.contains("backend=\"dpdk\""), "{log}");
+    // EF frames: the DPDK node seals them at once and writes EF in its own outer headers;
+    // the socket node's kernel hands them to its real-time socket by that DSCP.
+    let lane = |n: &Node, k: &str| n.status()["qos"][k].as_u64().unwrap_or(0);
+    let before = (lane(&a, "real_time_sent"), lane(&b, "real_time_received"));
+    pair.a.sh_ok("ping -Q 0xb8 -c 5 -i 0.2 -W 3 192.168.77.2");
+    let sent = lane(&a, "real_time_sent") - before.0;
+    let received = lane(&b, "real_time_received") - before.1;
+    assert!(sent >= 5 && received >= 5, "EF on the lanes: DPDK sent {sent}, socket got {received}");
     // Stealth: garbage to the fabric port and to a closed port of the DPDK node gets
     // nothing back (no cookie, no ICMP: there is no kernel stack behind that address).
     let pcap = dir.0.join("dpdk-stealth.pcap");

@@ -89,6 +89,7 @@ impl<'r> Shared<'r> {
             mail: Vec::new(),
             counters: self.region.counters(i),
             frame: PacketBuf::new(),
+            classes: Default::default(),
             busy_poll: self.cfg.busy_poll,
             idle_passes: 0,
             last_signal_check: 0,

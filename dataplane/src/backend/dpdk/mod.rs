@@ -35,6 +35,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use omni_dpdk::{BURST, Eal, EthPort, Mbuf, MbufBurst, Mempool};
 use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
+use omni_proto::qos::{Class, ClassMap};
 use omni_proto::wire::relay;
 use tracing::{info, warn};
 

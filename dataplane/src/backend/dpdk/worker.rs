@@ -48,6 +48,9 @@ pub(super) struct DpdkWorker<'r> {
     pub(super) mail: Vec<BusMsg>,
     pub(super) counters: &'r WorkerCounters,
     pub(super) frame: PacketBuf,
+    /// Traffic classes: a real-time frame from the access port is sealed here and sent at
+    /// once, never in a crypto batch or behind the pass's other packets (docs/qos.md).
+    pub(super) classes: ClassMap,
     pub(super) busy_poll: bool,
     /// Passes in a row that found nothing (the idle back-off).
     pub(super) idle_passes: u32,
@@ -454,6 +457,7 @@ impl<'r> DpdkWorker<'r> {
         let mut batch = crypto.as_deref_mut().map(|c| c.batch());
         for mut m in rx.drain() {
             let flen = m.len();
+            let real_time = self.classes.classify(m.data()) == Class::RealTime;
             if !m.is_contiguous() || flen > self.frame.frame_area().len() {
                 self.counters.drop(DropReason::BadFrame);
                 continue;
@@ -466,8 +470,8 @@ impl<'r> DpdkWorker<'r> {
             {
                 let msg = &mut m.data_mut()[tx.outer_len..];
                 let (verdict, job) = match batch {
-                    Some(_) => shell.engine.encap_in_place_deferred(now, msg, flen),
-                    None => (shell.engine.encap_in_place(now, msg, flen), None),
+                    Some(_) if !real_time => shell.engine.encap_in_place_deferred(now, msg, flen),
+                    _ => (shell.engine.encap_in_place(now, msg, flen), None),
                 };
                 match (verdict, job, batch.as_mut()) {
                     (InPlace::Sealed { len, to, tos }, Some(job), Some(b)) => {
@@ -479,6 +483,11 @@ impl<'r> DpdkWorker<'r> {
                     (InPlace::Sealed { len, to, tos }, _, _) => {
                         if let Some((m, _)) = tx.frame_in_place(now, m, len, to, tos, None) {
                             tx.push_out(m);
+                            if real_time {
+                                // Out now (with what is already sealed ahead of it).
+                                tx.send_out();
+                                self.counters.inc(Counter::RealTimeSent, 1);
+                            }
                         }
                         continue;
                     }

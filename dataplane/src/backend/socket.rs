@@ -187,6 +187,9 @@ const CRYPTO_DEPTH: usize = 2;
 /// Real-time datagrams sent at once per pass at most; beyond, they wait with the bulk
 /// batch: a sender marking everything real time cannot starve the rest.
 const RT_PER_PASS: usize = 64;
+/// Under load, the real-time socket is read at most this often (µs): a real-time datagram
+/// then waits at most this long plus one bulk burst for its read.
+const RT_POLL_US: u64 = 50;
 /// Socket buffers of the real-time lane: real-time traffic is light, and a deep queue is
 /// what the lane is there to avoid.
 const RT_SOCKET_BUFFER: usize = 256 << 10;
@@ -622,8 +625,10 @@ struct LoopState {
     /// pass runs cold, and a receive that finds nothing costs as much as one that finds
     /// something (~7 µs measured after 100 ms idle, on the path of every ping).
     woke_without_udp: bool,
-    /// The same for the real-time lane's socket.
-    woke_without_rt: bool,
+    /// After a wake-up, whether epoll listed the real-time lane's socket (`None`: the loop
+    /// did not sleep since it was last read), and when it was last read.
+    rt_woken: Option<bool>,
+    last_rt_poll_us: u64,
     /// Receive buffers for the next bulk burst: with a real-time lane, about
     /// [`BULK_BUDGET`] datagrams (fewer buffers when UDP GRO fills them with trains).
     bulk_bufs: usize,
@@ -640,7 +645,8 @@ impl Default for LoopState {
             udp_pending: true,
             last_udp_poll: 0,
             woke_without_udp: false,
-            woke_without_rt: false,
+            rt_woken: None,
+            last_rt_poll_us: 0,
             bulk_bufs: RX_BUFS,
         }
     }
@@ -694,10 +700,19 @@ impl<'r> Port for SocketPort<'r> {
             None => !std::mem::take(&mut st.woke_without_udp),
             Some(_) => st.udp_pending || now != st.last_udp_poll,
         };
-        // The real-time lane first: what waits there never waits behind bulk.
+        // The real-time lane first: what waits there never waits behind bulk. Under load
+        // (passes back to back) at most every RT_POLL_US: a receive that finds nothing
+        // is a system call per pass, a few per cent of a core at bulk rates.
+        let now_us = monotonic_us();
+        let st = &mut self.state;
+        let rt_due = match std::mem::take(&mut st.rt_woken) {
+            Some(ready) => ready,
+            None => now_us.saturating_sub(st.last_rt_poll_us) >= RT_POLL_US,
+        };
         if let Some(rt) = self.rt_sock
-            && !std::mem::take(&mut self.state.woke_without_rt)
+            && rt_due
         {
+            self.state.last_rt_poll_us = now_us;
             let (n, full) =
                 self.underlay_burst(now, shell, rt, RX_BUFS, DelayQueue::ReceiveRealTime)?;
             self.counters.inc(Counter::RealTimeReceived, n as u64);
@@ -785,7 +800,7 @@ impl<'r> Port for SocketPort<'r> {
         // The socket backend waits on four descriptors, so `events` holds every one that
         // is ready: a socket it does not list had nothing.
         st.woke_without_udp = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP);
-        st.woke_without_rt = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP_RT);
+        st.rt_woken = Some(events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP_RT));
         for ev in &events[..n] {
             match ev.u64 {
                 TOKEN_BELL => shell.bell.drain(),

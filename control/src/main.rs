@@ -221,7 +221,7 @@ struct RunArgs {
     #[arg(long)]
     dataplane_cpu: Option<u32>,
     /// socket/xdp backends: the data plane's I/O thread's nice value, -20 to 19 [default:
-    /// -10, ahead of applications on a busy machine; 0: as every other process].
+    /// 0; -10 puts it ahead of busy applications, which then get less CPU].
     #[arg(long, allow_hyphen_values = true)]
     dataplane_nice: Option<i32>,
     /// socket/xdp backends: microseconds the data plane keeps polling after traffic

@@ -61,8 +61,8 @@ pub struct DaemonSection {
     /// socket/xdp backends: the CPU the data plane's I/O thread is pinned to (default: the
     /// scheduler places it). The dpdk backend takes `[dpdk] cores`.
     pub dataplane_cpu: Option<u32>,
-    /// socket/xdp backends: the data plane's I/O thread's nice value (default -10; 0: as
-    /// every other process).
+    /// socket/xdp backends: the data plane's I/O thread's nice value (default 0; -10 puts
+    /// it ahead of busy applications).
     pub dataplane_nice: Option<i32>,
     /// socket/xdp backends: microseconds the data plane keeps polling after traffic before
     /// it sleeps, so that an answer costs no wake-up (default 200; 0 sleeps at once).

@@ -382,15 +382,17 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         })?;
     }
     // Before the crypto thread starts (it inherits it), while CAP_SYS_NICE is held.
-    let nice = match omni_sys::affinity::set_current_thread_nice(cfg.nice) {
-        Ok(()) => cfg.nice.to_string(),
-        Err(e) => {
-            warn!(
-                "cannot set the data plane's nice value to {} ({e}; it needs CAP_SYS_NICE): it competes with applications on equal terms",
-                cfg.nice
-            );
-            "0".into()
-        }
+    let nice = match cfg.nice {
+        0 => "inherited".to_string(),
+        n => match omni_sys::affinity::set_current_thread_nice(n) {
+            Ok(()) => n.to_string(),
+            Err(e) => {
+                warn!(
+                    "cannot set the data plane's nice value to {n} ({e}; it needs CAP_SYS_NICE): it competes with applications on equal terms"
+                );
+                "inherited".into()
+            }
+        },
     };
     let (sock, rt_sock) = bind_underlay(&cfg)?;
     let port = sock.local_port().context("cannot read the bound port")?;
@@ -1068,17 +1070,13 @@ impl SocketPort<'_> {
         r.map(|_| (work, more))
     }
 
-    /// Reads the TAP into the queue until it is dry (or [`READ_MAX`] frames). A full queue
-    /// makes room by dropping its oldest bulk frame; full of real-time frames, it stops
-    /// reading. Returns whether the TAP may hold more.
+    /// Reads the TAP into the queue until it is dry, the queue is full or [`READ_MAX`]
+    /// frames came. Returns whether the TAP may hold more.
     fn drain_tap(&mut self, q: &mut AccessQueue) -> anyhow::Result<bool> {
         let now_us = monotonic_us();
         let at = if self.tap.vnet() { vnet::LEN } else { 0 };
         for _ in 0..READ_MAX {
-            let Some((mut buf, dropped)) = q.slot() else { return Ok(true) };
-            if dropped {
-                self.counters.drop(DropReason::QueueDelay);
-            }
+            let Some(mut buf) = q.slot() else { return Ok(true) };
             match self.tap.read(&mut buf) {
                 Ok(Some(len)) => q.push(buf, len, at, now_us),
                 Ok(None) => {

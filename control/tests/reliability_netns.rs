@@ -316,6 +316,7 @@ fn sigkill_of_daemon_and_data_planes_during_iperf3_recovers_by_itself() {
 const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_SETPCAP: u64 = 1 << 8;
+const CAP_SYS_NICE: u64 = 1 << 23;
 
 #[test]
 fn daemon_and_socket_data_plane_drop_their_capabilities() {
@@ -333,7 +334,7 @@ fn daemon_and_socket_data_plane_drop_their_capabilities() {
     }
     // The daemon: nothing in force; what a data plane needs for setup only permitted
     // (it starts a new one after a crash), and nothing more for any program it runs.
-    let needs = CAP_NET_ADMIN | CAP_NET_BIND_SERVICE | CAP_SETPCAP;
+    let needs = CAP_NET_ADMIN | CAP_NET_BIND_SERVICE | CAP_SETPCAP | CAP_SYS_NICE;
     for t in thread_caps(daemon) {
         assert_eq!(t, (0, needs, needs, true), "daemon thread (eff, prm, bnd, nnp) {t:x?}");
     }
@@ -356,7 +357,7 @@ fn daemon_and_socket_data_plane_drop_their_capabilities() {
     reliability_row(
         "privileges (socket)",
         "capabilities of every thread after setup, and after a data plane restart",
-        "data plane: none; daemon: none in force; NET_ADMIN, NET_BIND_SERVICE, SETPCAP permitted and bounding",
+        "data plane: none; daemon: none in force; NET_ADMIN, NET_BIND_SERVICE, SETPCAP, SYS_NICE permitted and bounding",
         "no_new_privs on both",
     );
 }

@@ -63,8 +63,8 @@ fn two_xdp_nodes(mode: &str) {
         for t in thread_caps(dp) {
             assert_eq!(t, (1 << 39, 1 << 39, 1 << 39, true), "data plane (eff, prm, bnd, nnp)");
         }
-        // NET_ADMIN, NET_RAW, IPC_LOCK, NET_BIND_SERVICE, SETPCAP, PERFMON, BPF.
-        let needs = 1 << 12 | 1 << 13 | 1 << 14 | 1 << 10 | 1 << 8 | 1 << 38 | 1 << 39;
+        // NET_ADMIN, NET_RAW, IPC_LOCK, NET_BIND_SERVICE, SETPCAP, SYS_NICE, PERFMON, BPF.
+        let needs = 1 << 12 | 1 << 13 | 1 << 14 | 1 << 10 | 1 << 8 | 1 << 23 | 1 << 38 | 1 << 39;
         for t in thread_caps(n.daemon_pid().unwrap() as u64) {
             assert_eq!(t, (0, needs, needs, true), "daemon (eff, prm, bnd, nnp)");
         }

@@ -964,6 +964,12 @@ fn plots(rep: &Report, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A tunnel to compare against: built into bench/.tools by `setup.sh --bench`, else on PATH.
+fn comparison_tool(root: &Path, name: &str) -> Option<PathBuf> {
+    let local = root.join("bench/.tools/bin").join(name);
+    if local.exists() { Some(local) } else { have(name).then(|| name.into()) }
+}
+
 fn main() -> anyhow::Result<()> {
     omni_testkit::clean_up_on_signals();
     let a = Args::parse();
@@ -990,26 +996,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         a.mtu.clone()
     };
-    let boringtun = a.boringtun.clone().or_else(|| {
-        let local = root.join("bench/.tools/bin/boringtun-cli");
-        if local.exists() {
-            Some(local)
-        } else if have("boringtun-cli") {
-            Some("boringtun-cli".into())
-        } else {
-            None
-        }
-    });
-    let gotatun = a.gotatun.clone().or_else(|| {
-        let local = root.join("bench/.tools/bin/gotatun");
-        if local.exists() {
-            Some(local)
-        } else if have("gotatun") {
-            Some("gotatun".into())
-        } else {
-            None
-        }
-    });
+    let boringtun = a.boringtun.clone().or_else(|| comparison_tool(&root, "boringtun-cli"));
+    let gotatun = a.gotatun.clone().or_else(|| comparison_tool(&root, "gotatun"));
     if let Some(bad) = a.only.iter().find(|o| !Kind::ALL.iter().any(|k| k.name() == o.as_str())) {
         let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
         bail!("--only: unknown path {bad:?} (paths: {})", names.join(", "));

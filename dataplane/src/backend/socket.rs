@@ -394,7 +394,10 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             }
         },
     };
-    let (sock, rt_sock) = bind_underlay(&cfg)?;
+    // The outer DSCPs of the real-time lane: what the kernel steers to its socket and
+    // what is sent on it.
+    let rt_dscps = steer::real_time_dscps(&ClassMap::default());
+    let (sock, rt_sock) = bind_underlay(&cfg, rt_dscps)?;
     let port = sock.local_port().context("cannot read the bound port")?;
     let gro = cfg.offload && sock.enable_gro();
     if !sock.enable_recv_tos() {
@@ -497,7 +500,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         tx.xdp = xdp_tx;
         tx.rt = rt_sock.as_ref().map(|sock| RtTx {
             sock,
-            dscps: steer::real_time_dscps(&ClassMap::default()),
+            dscps: rt_dscps,
             mmsg: MmsgBatch::new(1),
             gso: false,
             sent: 0,
@@ -539,11 +542,14 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
 
 /// The underlay socket, and the real-time lane's beside it when asked for and the kernel
 /// takes the split (else the lane is one socket, and the log says why).
-fn bind_underlay(cfg: &SocketConfig) -> anyhow::Result<(UdpSocket, Option<UdpSocket>)> {
+fn bind_underlay(
+    cfg: &SocketConfig,
+    rt_dscps: u64,
+) -> anyhow::Result<(UdpSocket, Option<UdpSocket>)> {
     if !cfg.lanes || cfg.xdp.is_some() {
         return Ok((UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?, None));
     }
-    let program = steer::program(steer::real_time_dscps(&ClassMap::default()));
+    let program = steer::program(rt_dscps);
     let lanes =
         UdpSocket::bind_lanes(cfg.bind, cfg.port, cfg.socket_buffer, RT_SOCKET_BUFFER, &program)?;
     if let Some(e) = &lanes.single {
@@ -705,14 +711,12 @@ impl<'r> Port for SocketPort<'r> {
         // The real-time lane first: what waits there never waits behind bulk. Under load
         // (passes back to back) at most every RT_POLL_US: a receive that finds nothing
         // is a system call per pass, a few per cent of a core at bulk rates.
-        let now_us = monotonic_us();
-        let st = &mut self.state;
-        let rt_due = match std::mem::take(&mut st.rt_woken) {
-            Some(ready) => ready,
-            None => now_us.saturating_sub(st.last_rt_poll_us) >= RT_POLL_US,
-        };
         if let Some(rt) = self.rt_sock
-            && rt_due
+            && let now_us = monotonic_us()
+            && match std::mem::take(&mut self.state.rt_woken) {
+                Some(ready) => ready,
+                None => now_us.saturating_sub(self.state.last_rt_poll_us) >= RT_POLL_US,
+            }
         {
             self.state.last_rt_poll_us = now_us;
             let (n, full) =

@@ -205,6 +205,24 @@ struct RunArgs {
     /// drops (50 to 100000) [default: 500].
     #[arg(long)]
     qos_delay_target_us: Option<u64>,
+    /// DSCPs of real-time frames, comma-separated: names (EF, CS5, AF41, ...) or numbers
+    /// 0-63, or none [default: EF,CS5,CS6,CS7].
+    #[arg(long, value_name = "LIST")]
+    qos_real_time_dscp: Option<String>,
+    /// DSCPs of background frames [default: CS1].
+    #[arg(long, value_name = "LIST")]
+    qos_background_dscp: Option<String>,
+    /// 802.1Q priorities (0-7) of real-time frames; a tagged frame's PCP decides its class
+    /// [default: 5,6,7].
+    #[arg(long, value_name = "LIST")]
+    qos_real_time_pcp: Option<String>,
+    /// 802.1Q priorities of background frames [default: 1].
+    #[arg(long, value_name = "LIST")]
+    qos_background_pcp: Option<String>,
+    /// Per cent of each data-plane pass that real-time datagrams may take ahead of bulk
+    /// ones (1 to 90) [default: 33].
+    #[arg(long, value_name = "PERCENT")]
+    qos_real_time_share: Option<u8>,
     /// Seal and send bulk traffic on a second data-plane thread: true or false [default:
     /// true with 4 cores or more].
     #[arg(long)]
@@ -317,6 +335,11 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         no_offload: run.no_offload,
         no_qos_lanes: run.no_qos_lanes,
         qos_delay_target_us: run.qos_delay_target_us,
+        qos_real_time_dscp: run.qos_real_time_dscp,
+        qos_background_dscp: run.qos_background_dscp,
+        qos_real_time_pcp: run.qos_real_time_pcp,
+        qos_background_pcp: run.qos_background_pcp,
+        qos_real_time_share: run.qos_real_time_share,
         crypto_thread: run.crypto_thread,
         cpu_latency: run.cpu_latency,
         dataplane_cpu: run.dataplane_cpu,

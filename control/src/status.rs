@@ -95,6 +95,19 @@ pub struct QosStatus {
     pub ce_marked: u64,
     /// How long frames waited, per queue and class.
     pub queue_delay: Vec<QueueDelayStatus>,
+    /// The class map in force (`[qos]`), as the options write it: `CS5,EF,CS6,CS7`,
+    /// `5,6,7`, `none`.
+    #[serde(default)]
+    pub real_time_dscp: String,
+    #[serde(default)]
+    pub background_dscp: String,
+    #[serde(default)]
+    pub real_time_pcp: String,
+    #[serde(default)]
+    pub background_pcp: String,
+    /// Per cent of each pass real-time datagrams may take ahead of bulk.
+    #[serde(default)]
+    pub real_time_share: u8,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -136,6 +149,19 @@ impl QosStatus {
             queue_delay_drops: get(DropReason::QueueDelay as usize),
             ce_marked: get(Counter::QueueCeMarked as usize),
             queue_delay,
+            ..Self::default()
+        }
+    }
+
+    /// With the class map and share in force.
+    pub fn with_classes(self, sets: &omni_proto::qos::ClassSets, real_time_share: u8) -> Self {
+        Self {
+            real_time_dscp: sets.real_time_dscp.to_string(),
+            background_dscp: sets.background_dscp.to_string(),
+            real_time_pcp: sets.real_time_pcp.to_string(),
+            background_pcp: sets.background_pcp.to_string(),
+            real_time_share,
+            ..self
         }
     }
 }
@@ -312,6 +338,17 @@ pub fn render(s: &Status) -> String {
     if !waited.is_empty() {
         let _ = writeln!(o, "  waited (mean / p99): {}", waited.join(", "));
     }
+    if !q.real_time_dscp.is_empty() {
+        let _ = writeln!(
+            o,
+            "  classes: real-time DSCP {} PCP {} (up to {} % of a pass); background DSCP {} PCP {}",
+            q.real_time_dscp,
+            q.real_time_pcp,
+            q.real_time_share,
+            q.background_dscp,
+            q.background_pcp
+        );
+    }
     if s.peers_refused > 0 {
         let _ = writeln!(
             o,
@@ -456,7 +493,8 @@ mod tests {
                     *v = w.slots[i].load(std::sync::atomic::Ordering::Relaxed);
                 }
                 c
-            }),
+            })
+            .with_classes(&Default::default(), 33),
             workers: vec![
                 crate::channel::WorkerSample {
                     rx_packets: 7,
@@ -486,6 +524,12 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("  waited (mean / p99): access bulk 500 / <= 1000 us\n"), "{t}");
+        assert!(
+            t.contains(
+                "  classes: real-time DSCP CS5,EF,CS6,CS7 PCP 5,6,7 (up to 33 % of a pass); background DSCP CS1 PCP 1\n"
+            ),
+            "{t}"
+        );
         assert!(
             t.contains(
                 "  member: robot-7 (robots, arm), certificate expires 2026-12-06 23:59:59 UTC"

@@ -815,6 +815,27 @@ fn dscp_goes_out_on_the_underlay_and_ce_comes_back_in() {
     assert!(drops >= 2, "ce_not_ect drops: {drops}");
 }
 
+/// `[qos]`'s class map decides (here `--qos-real-time-dscp AF41` on both nodes): AF41
+/// pings take the real-time lane at A and arrive on B's, keeping their DSCP on the
+/// underlay; EF ones, not in the map, are bulk.
+#[test]
+fn a_configured_class_map_decides_what_takes_the_lane() {
+    let Some(_serial) = root_test(&["ip", "ping", "tcpdump"]) else { return };
+    let f = Fabric2::new(1500, &["--qos-real-time-dscp", "AF41", "--qos-background-dscp", "none"]);
+    f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
+    let lane = |n: &Node, k: &str| n.status()["qos"][k].as_u64().unwrap_or(0);
+    let s = f.a.status();
+    assert_eq!(s["qos"]["real_time_dscp"], "AF41", "{}", s["qos"]);
+    assert_eq!(s["qos"]["background_dscp"], "none");
+    let (sent, received) = (lane(&f.a, "real_time_sent"), lane(&f.b, "real_time_received"));
+    f.pair.a.sh_ok("ping -Q 0xb8 -c 3 -i 0.2 -W 2 192.168.77.2");
+    assert_eq!(lane(&f.a, "real_time_sent"), sent, "EF is not real time in this map");
+    let seen = seen_at_b(&f, "ub", "udp and src host 10.77.0.1", "ping -Q 0x88");
+    assert!(seen.contains("tos 0x88"), "AF41 copied onto the underlay: {seen}");
+    assert!(lane(&f.a, "real_time_sent") >= sent + 3, "AF41 pings took A's lane");
+    assert!(lane(&f.b, "real_time_received") >= received + 3, "and arrived on B's");
+}
+
 /// What a capture on B's `iface` (pcap `filter`) saw, verbosely, while A ran `ping`
 /// (its options) three times towards B's omni0.
 fn seen_at_b(f: &Fabric2, iface: &str, filter: &str, ping: &str) -> String {

@@ -59,15 +59,208 @@ pub struct ClassMap {
 impl Default for ClassMap {
     /// EF, CS5, CS6, CS7 and PCP 5-7: real-time; CS1 and PCP 1: background; the rest normal.
     fn default() -> Self {
-        let mut dscp = [Class::Normal; 64];
-        for d in [dscp::EF, dscp::CS5, dscp::CS6, dscp::CS7] {
-            dscp[d as usize] = Class::RealTime;
+        Self::new(ClassSets::default()).expect("the default sets are disjoint")
+    }
+}
+
+/// A set of DSCPs (bit `d`: DSCP `d`), written as a comma-separated list of names (`EF`,
+/// `CS0`-`CS7`, `AF11`-`AF43`, `LE`, `VA`, any case) or numbers 0-63; `none` is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DscpSet(pub u64);
+
+/// A set of 802.1Q priorities (bit `p`: PCP `p`), written as a comma-separated list of
+/// numbers 0-7; `none` is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PcpSet(pub u8);
+
+/// What does not parse as a [`DscpSet`] or [`PcpSet`], or sets that cannot make a map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassMapError {
+    #[error("{0:?} is not a DSCP (a number 0-63 or a name: EF, CS0-CS7, AF11-AF43, LE, VA)")]
+    Dscp(String),
+    #[error("{0:?} is not an 802.1Q priority (a number 0-7)")]
+    Pcp(String),
+    #[error("DSCP {0} is in both the real-time and the background set")]
+    DscpInBoth(String),
+    #[error("PCP {0} is in both the real-time and the background set")]
+    PcpInBoth(u8),
+}
+
+/// Names of DSCPs (RFC 2474 class selectors, RFC 2597 assured forwarding, RFC 3246 EF,
+/// RFC 5865 voice-admit, RFC 8622 lower effort).
+const DSCP_NAMES: [(&str, u8); 22] = [
+    ("CS0", 0),
+    ("LE", 1),
+    ("CS1", 8),
+    ("AF11", 10),
+    ("AF12", 12),
+    ("AF13", 14),
+    ("CS2", 16),
+    ("AF21", 18),
+    ("AF22", 20),
+    ("AF23", 22),
+    ("CS3", 24),
+    ("AF31", 26),
+    ("AF32", 28),
+    ("AF33", 30),
+    ("CS4", 32),
+    ("AF41", 34),
+    ("AF42", 36),
+    ("AF43", 38),
+    ("CS5", 40),
+    ("VA", 44),
+    ("EF", 46),
+    ("CS6", 48),
+];
+
+impl DscpSet {
+    /// One DSCP by name or number.
+    pub fn parse_one(s: &str) -> Result<u8, ClassMapError> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<u8>() {
+            return if n < 64 { Ok(n) } else { Err(ClassMapError::Dscp(s.into())) };
         }
-        dscp[dscp::CS1 as usize] = Class::Background;
-        let mut pcp = [Class::Normal; 8];
-        pcp[5..].fill(Class::RealTime);
-        pcp[1] = Class::Background;
-        Self { dscp, pcp }
+        if s.eq_ignore_ascii_case("CS7") {
+            return Ok(dscp::CS7);
+        }
+        DSCP_NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|&(_, d)| d)
+            .ok_or_else(|| ClassMapError::Dscp(s.into()))
+    }
+
+    /// A DSCP's name, or its number when it has none.
+    pub fn name(d: u8) -> String {
+        match DSCP_NAMES.iter().find(|&&(_, v)| v == d) {
+            Some((name, _)) => name.to_string(),
+            None if d == dscp::CS7 => "CS7".into(),
+            None => d.to_string(),
+        }
+    }
+
+    pub fn contains(self, d: u8) -> bool {
+        d < 64 && self.0 >> d & 1 == 1
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = u8> {
+        (0..64u8).filter(move |&d| self.contains(d))
+    }
+}
+
+impl FromIterator<u8> for DscpSet {
+    fn from_iter<I: IntoIterator<Item = u8>>(it: I) -> Self {
+        Self(it.into_iter().filter(|&d| d < 64).fold(0, |s, d| s | 1 << d))
+    }
+}
+
+impl PcpSet {
+    pub fn parse_one(s: &str) -> Result<u8, ClassMapError> {
+        let s = s.trim();
+        s.parse::<u8>().ok().filter(|&p| p < 8).ok_or_else(|| ClassMapError::Pcp(s.into()))
+    }
+
+    pub fn contains(self, p: u8) -> bool {
+        p < 8 && self.0 >> p & 1 == 1
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = u8> {
+        (0..8u8).filter(move |&p| self.contains(p))
+    }
+}
+
+impl FromIterator<u8> for PcpSet {
+    fn from_iter<I: IntoIterator<Item = u8>>(it: I) -> Self {
+        Self(it.into_iter().filter(|&p| p < 8).fold(0, |s, p| s | 1 << p))
+    }
+}
+
+/// The items of a comma-separated list; `none` and the empty string have none.
+fn list_items(s: &str) -> impl Iterator<Item = &str> {
+    let empty = s.trim().is_empty() || s.trim().eq_ignore_ascii_case("none");
+    s.split(',').filter(move |_| !empty)
+}
+
+impl std::str::FromStr for DscpSet {
+    type Err = ClassMapError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        list_items(s).map(Self::parse_one).collect()
+    }
+}
+
+impl std::str::FromStr for PcpSet {
+    type Err = ClassMapError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        list_items(s).map(Self::parse_one).collect()
+    }
+}
+
+/// Writes a list as its parser reads it back, `none` for none.
+fn write_list(
+    f: &mut std::fmt::Formatter<'_>,
+    items: impl Iterator<Item = String>,
+) -> std::fmt::Result {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() { f.write_str("none") } else { f.write_str(&items.join(",")) }
+}
+
+impl std::fmt::Display for DscpSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_list(f, self.iter().map(Self::name))
+    }
+}
+
+impl std::fmt::Display for PcpSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write_list(f, self.iter().map(|p| p.to_string()))
+    }
+}
+
+/// The sets a [`ClassMap`] is made from: what is not real-time or background is normal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassSets {
+    pub real_time_dscp: DscpSet,
+    pub background_dscp: DscpSet,
+    pub real_time_pcp: PcpSet,
+    pub background_pcp: PcpSet,
+}
+
+impl Default for ClassSets {
+    fn default() -> Self {
+        Self {
+            real_time_dscp: [dscp::EF, dscp::CS5, dscp::CS6, dscp::CS7].into_iter().collect(),
+            background_dscp: [dscp::CS1].into_iter().collect(),
+            real_time_pcp: [5, 6, 7].into_iter().collect(),
+            background_pcp: [1].into_iter().collect(),
+        }
+    }
+}
+
+impl ClassMap {
+    /// The map of `sets`; a code in both the real-time and the background set is refused.
+    pub fn new(sets: ClassSets) -> Result<Self, ClassMapError> {
+        let both = DscpSet(sets.real_time_dscp.0 & sets.background_dscp.0);
+        if let Some(d) = both.iter().next() {
+            return Err(ClassMapError::DscpInBoth(DscpSet::name(d)));
+        }
+        if let Some(p) = PcpSet(sets.real_time_pcp.0 & sets.background_pcp.0).iter().next() {
+            return Err(ClassMapError::PcpInBoth(p));
+        }
+        let class = |rt: bool, bg: bool| match (rt, bg) {
+            (true, _) => Class::RealTime,
+            (_, true) => Class::Background,
+            _ => Class::Normal,
+        };
+        Ok(Self {
+            dscp: std::array::from_fn(|d| {
+                let d = d as u8;
+                class(sets.real_time_dscp.contains(d), sets.background_dscp.contains(d))
+            }),
+            pcp: std::array::from_fn(|p| {
+                let p = p as u8;
+                class(sets.real_time_pcp.contains(p), sets.background_pcp.contains(p))
+            }),
+        })
     }
 }
 
@@ -247,6 +440,49 @@ mod tests {
         bad[14] = 0x65;
         assert_eq!(m.classify(&bad), Class::Normal);
         assert_eq!(m.classify(&[0u8; 10]), Class::Normal);
+    }
+
+    #[test]
+    fn dscp_and_pcp_lists_parse_and_print_back() {
+        let s: DscpSet = "EF, cs5,48 ,cs7".parse().unwrap();
+        assert_eq!(s, ClassSets::default().real_time_dscp);
+        assert_eq!(s.to_string(), "CS5,EF,CS6,CS7");
+        assert_eq!("af41,LE,63,VA".parse::<DscpSet>().unwrap().to_string(), "LE,AF41,VA,63");
+        assert_eq!("none".parse::<DscpSet>().unwrap(), DscpSet(0));
+        assert_eq!("".parse::<DscpSet>().unwrap().to_string(), "none");
+        for bad in ["64", "AF14", "EF,", "-1", "ef cs5"] {
+            let e = bad.parse::<DscpSet>().unwrap_err();
+            assert!(matches!(e, ClassMapError::Dscp(_)), "{bad}: {e}");
+        }
+        assert_eq!("7,5,6".parse::<PcpSet>().unwrap(), PcpSet(0xe0));
+        assert_eq!(PcpSet(0xe0).to_string(), "5,6,7");
+        assert_eq!("none".parse::<PcpSet>().unwrap().to_string(), "none");
+        assert!("8".parse::<PcpSet>().unwrap_err().to_string().contains("0-7"));
+        // Every name reads back as itself.
+        for d in 0..64 {
+            assert_eq!(DscpSet::parse_one(&DscpSet::name(d)), Ok(d));
+        }
+    }
+
+    #[test]
+    fn a_configured_map_classifies_by_its_sets() {
+        let sets = ClassSets {
+            real_time_dscp: "AF41".parse().unwrap(),
+            background_dscp: "none".parse().unwrap(),
+            real_time_pcp: "4".parse().unwrap(),
+            background_pcp: "0".parse().unwrap(),
+        };
+        let m = ClassMap::new(sets).unwrap();
+        assert_eq!(m.classify(&v4(dscp::EF << 2, None)), Class::Normal, "EF is not listed");
+        assert_eq!(m.mark(&v4(34 << 2, None)), (Class::RealTime, 34 << 2), "AF41 copied out");
+        assert_eq!(m.classify(&v4(dscp::CS1 << 2, None)), Class::Normal);
+        assert_eq!(m.classify(&v4(0, Some(4 << 13 | 7))), Class::RealTime);
+        assert_eq!(m.classify(&v4(0, Some(7))), Class::Background);
+        assert_eq!(m.classify(&v4(0, Some(6 << 13 | 7))), Class::Normal);
+        let both = ClassSets { background_dscp: "AF41,CS1".parse().unwrap(), ..sets };
+        assert_eq!(ClassMap::new(both), Err(ClassMapError::DscpInBoth("AF41".into())));
+        let both = ClassSets { background_pcp: "4".parse().unwrap(), ..sets };
+        assert_eq!(ClassMap::new(both), Err(ClassMapError::PcpInBoth(4)));
     }
 
     #[test]

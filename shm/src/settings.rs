@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use omni_proto::qos::{ClassSets, DscpSet, PcpSet};
+
 /// The data plane's port backend (`omni-dataplane --backend`, `[daemon] backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Backend {
@@ -88,6 +90,10 @@ pub const SPIN_DEFAULT_US: u64 = 200;
 /// CPUs busy, but takes that time from the applications themselves: measured on 2 cores,
 /// a UDP receiver then lost 2 % of a 1 Gbit/s flow instead of 0.02 % (docs/qos.md).
 pub const NICE_DEFAULT: i32 = 0;
+
+/// `--qos-real-time-share` when not given: real-time datagrams may take a third of a pass
+/// ahead of bulk ones.
+pub const REAL_TIME_SHARE_DEFAULT: u8 = 33;
 /// The largest polling window accepted.
 pub const SPIN_MAX_US: u64 = 10_000;
 
@@ -223,6 +229,25 @@ pub struct DataplaneArgs {
     /// drops.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=100_000))]
     pub qos_delay_target_us: u64,
+    /// DSCPs of real-time frames: names (EF, CS5, AF41, ...) or numbers, comma-separated;
+    /// none for none.
+    #[arg(long, default_value_t = ClassSets::default().real_time_dscp)]
+    pub qos_real_time_dscp: DscpSet,
+    /// DSCPs of background frames.
+    #[arg(long, default_value_t = ClassSets::default().background_dscp)]
+    pub qos_background_dscp: DscpSet,
+    /// 802.1Q priorities (PCP, 0-7) of real-time frames (a tagged frame's PCP decides its
+    /// class).
+    #[arg(long, default_value_t = ClassSets::default().real_time_pcp)]
+    pub qos_real_time_pcp: PcpSet,
+    /// 802.1Q priorities of background frames.
+    #[arg(long, default_value_t = ClassSets::default().background_pcp)]
+    pub qos_background_pcp: PcpSet,
+    /// socket and xdp backends: the most of each pass's datagrams, in per cent, that
+    /// real-time ones may take ahead of bulk (beyond, they wait with bulk): a sender that
+    /// marks everything real time cannot starve the rest.
+    #[arg(long, default_value_t = REAL_TIME_SHARE_DEFAULT, value_parser = clap::value_parser!(u8).range(1..=90))]
+    pub qos_real_time_share: u8,
     /// xdp backend: the NIC the underlay arrives on (required with --backend xdp).
     #[arg(long)]
     pub iface: Option<String>,
@@ -303,6 +328,16 @@ impl DataplaneArgs {
             .args
     }
 
+    /// The traffic classes' sets (`--qos-real-time-dscp` and the rest).
+    pub fn class_sets(&self) -> ClassSets {
+        ClassSets {
+            real_time_dscp: self.qos_real_time_dscp,
+            background_dscp: self.qos_background_dscp,
+            real_time_pcp: self.qos_real_time_pcp,
+            background_pcp: self.qos_background_pcp,
+        }
+    }
+
     /// The command line that parses back to `self` (tested): what the daemon starts a data
     /// plane with. Every field is named here (no `..`), so a new one cannot be forgotten.
     pub fn to_argv(&self) -> Vec<String> {
@@ -327,6 +362,11 @@ impl DataplaneArgs {
             no_crypto_thread,
             no_qos_lanes,
             qos_delay_target_us,
+            qos_real_time_dscp,
+            qos_background_dscp,
+            qos_real_time_pcp,
+            qos_background_pcp,
+            qos_real_time_share,
             iface,
             xdp_mode,
             xsk_mode,
@@ -363,6 +403,11 @@ impl DataplaneArgs {
         a.flag("--no-crypto-thread", *no_crypto_thread);
         a.flag("--no-qos-lanes", *no_qos_lanes);
         a.value("--qos-delay-target-us", qos_delay_target_us);
+        a.value("--qos-real-time-dscp", qos_real_time_dscp);
+        a.value("--qos-background-dscp", qos_background_dscp);
+        a.value("--qos-real-time-pcp", qos_real_time_pcp);
+        a.value("--qos-background-pcp", qos_background_pcp);
+        a.value("--qos-real-time-share", qos_real_time_share);
         a.some("--iface", iface);
         a.value("--xdp-mode", value_name(*xdp_mode));
         a.value("--xsk-mode", value_name(*xsk_mode));
@@ -468,6 +513,11 @@ mod tests {
             no_crypto_thread: true,
             no_qos_lanes: true,
             qos_delay_target_us: 1234,
+            qos_real_time_dscp: "AF41,EF".parse().unwrap(),
+            qos_background_dscp: "none".parse().unwrap(),
+            qos_real_time_pcp: "4".parse().unwrap(),
+            qos_background_pcp: "0,1".parse().unwrap(),
+            qos_real_time_share: 50,
             iface: Some("eth1".into()),
             xdp_mode: XdpMode::Skb,
             xsk_mode: XskMode::ZeroCopy,

@@ -169,6 +169,49 @@ pub struct QosSection {
     pub lanes: Option<bool>,
     /// Microseconds bulk frames may stand in the access queue before CoDel drops.
     pub delay_target_us: Option<u64>,
+    /// DSCPs (names or numbers) of real-time frames (default EF, CS5, CS6, CS7).
+    pub real_time_dscp: Option<CodeList>,
+    /// DSCPs of background frames (default CS1).
+    pub background_dscp: Option<CodeList>,
+    /// 802.1Q priorities of real-time frames (default 5, 6, 7).
+    pub real_time_pcp: Option<CodeList>,
+    /// 802.1Q priorities of background frames (default 1).
+    pub background_pcp: Option<CodeList>,
+    /// Per cent of each pass real-time datagrams may take ahead of bulk ones (default 33).
+    pub real_time_share: Option<u8>,
+}
+
+/// A list of codes as the file may write it: `["EF", "CS5", 48]` or `"EF,CS5,48"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CodeList {
+    Text(String),
+    Items(Vec<CodeItem>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CodeItem {
+    Number(i64),
+    Name(String),
+}
+
+impl CodeList {
+    /// The comma-separated form the parsers read (an empty array: none).
+    pub fn to_text(&self) -> String {
+        match self {
+            CodeList::Text(s) => s.clone(),
+            CodeList::Items(items) if items.is_empty() => "none".into(),
+            CodeList::Items(items) => items
+                .iter()
+                .map(|i| match i {
+                    CodeItem::Number(n) => n.to_string(),
+                    CodeItem::Name(s) => s.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +282,11 @@ pub struct CliOverrides {
     pub no_offload: bool,
     pub no_qos_lanes: bool,
     pub qos_delay_target_us: Option<u64>,
+    pub qos_real_time_dscp: Option<String>,
+    pub qos_background_dscp: Option<String>,
+    pub qos_real_time_pcp: Option<String>,
+    pub qos_background_pcp: Option<String>,
+    pub qos_real_time_share: Option<u8>,
     pub crypto_thread: Option<bool>,
     pub cpu_latency: Option<String>,
     pub dataplane_cpu: Option<u32>,

@@ -9,12 +9,14 @@ use std::time::Duration;
 use omni_proto::PublicKey;
 use omni_proto::aead::{CipherChoice, CipherConfigError};
 use omni_proto::constants as c;
+use omni_proto::qos::{ClassMap, ClassMapError, ClassSets};
 use omni_shm::settings::{
-    Backend, CpuLatency, NICE_DEFAULT, SPIN_DEFAULT_US, SPIN_MAX_US, XdpMode,
+    Backend, CpuLatency, NICE_DEFAULT, REAL_TIME_SHARE_DEFAULT, SPIN_DEFAULT_US, SPIN_MAX_US,
+    XdpMode,
 };
 
 use super::file::{
-    CliOverrides, DaemonSection, DpdkSection, MetricsSection, NetworkSection, OneOrMany,
+    CliOverrides, CodeList, DaemonSection, DpdkSection, MetricsSection, NetworkSection, OneOrMany,
     PeerSection, QosSection, SecuritySection, SwitchSection, TimersSection,
 };
 use super::host::Host;
@@ -278,6 +280,10 @@ pub fn security(
 pub struct Qos {
     pub lanes: bool,
     pub delay_target_us: u64,
+    /// What is real time and what background (checked disjoint).
+    pub classes: ClassSets,
+    /// Per cent of each pass real-time datagrams may take ahead of bulk ones.
+    pub real_time_share: u8,
 }
 
 pub fn qos(q: QosSection, cli: &CliOverrides) -> Result<Qos, ConfigError> {
@@ -288,7 +294,62 @@ pub fn qos(q: QosSection, cli: &CliOverrides) -> Result<Qos, ConfigError> {
             format!("{delay_target_us} is out of range (50 to 100000 microseconds)"),
         ));
     }
-    Ok(Qos { lanes: !cli.no_qos_lanes && q.lanes.unwrap_or(true), delay_target_us })
+    let d = ClassSets::default();
+    let classes = ClassSets {
+        real_time_dscp: code_set(
+            "[qos] real_time_dscp",
+            &cli.qos_real_time_dscp,
+            &q.real_time_dscp,
+            d.real_time_dscp,
+        )?,
+        background_dscp: code_set(
+            "[qos] background_dscp",
+            &cli.qos_background_dscp,
+            &q.background_dscp,
+            d.background_dscp,
+        )?,
+        real_time_pcp: code_set(
+            "[qos] real_time_pcp",
+            &cli.qos_real_time_pcp,
+            &q.real_time_pcp,
+            d.real_time_pcp,
+        )?,
+        background_pcp: code_set(
+            "[qos] background_pcp",
+            &cli.qos_background_pcp,
+            &q.background_pcp,
+            d.background_pcp,
+        )?,
+    };
+    ClassMap::new(classes).map_err(|e| invalid("[qos]", e.to_string()))?;
+    let real_time_share =
+        cli.qos_real_time_share.or(q.real_time_share).unwrap_or(REAL_TIME_SHARE_DEFAULT);
+    if !(1..=90).contains(&real_time_share) {
+        return Err(invalid(
+            "[qos] real_time_share",
+            format!("{real_time_share} is out of range (1 to 90 per cent)"),
+        ));
+    }
+    Ok(Qos {
+        lanes: !cli.no_qos_lanes && q.lanes.unwrap_or(true),
+        delay_target_us,
+        classes,
+        real_time_share,
+    })
+}
+
+/// A set of codes from the command line, else the file, else `default`; an error names
+/// `key`.
+fn code_set<T: std::str::FromStr<Err = ClassMapError>>(
+    key: &str,
+    cli: &Option<String>,
+    file: &Option<CodeList>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match cli.clone().or_else(|| file.as_ref().map(CodeList::to_text)) {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|e: ClassMapError| invalid(key, e.to_string())),
+    }
 }
 
 /// `[switch]`: the FDB and flooding.

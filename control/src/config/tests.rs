@@ -117,6 +117,10 @@ fn bad_values_are_named() {
         ("[daemon]\ncpu_latency = \"sometimes\"\n", "cpu_latency"),
         ("[daemon]\ndataplane_cpu = 100000\n", "dataplane_cpu"),
         ("[daemon]\nspin_us = 10001\n", "spin_us"),
+        ("[qos]\nreal_time_dscp = [\"EF\", \"AF14\"]\n", "[qos] real_time_dscp"),
+        ("[qos]\nbackground_pcp = \"9\"\n", "[qos] background_pcp"),
+        ("[qos]\nbackground_dscp = [\"EF\"]\n", "DSCP EF is in both"),
+        ("[qos]\nreal_time_share = 95\n", "[qos] real_time_share"),
         (
             "[daemon]\nbackend = \"dpdk\"\ndataplane_cpu = 0\n[dpdk]\nunderlay = \"net_af_packet0,iface=u\"\nunderlay_ip = \"10.0.0.1/24\"\n",
             "[dpdk] cores",
@@ -157,6 +161,38 @@ fn dataplane_cpu_is_checked_against_the_allowed_cpus() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("dataplane_cpu") && e.contains("allowed:"), "{e}");
+}
+
+#[test]
+fn the_class_map_is_configured_and_passed_to_the_data_plane() {
+    use omni_proto::qos::{ClassSets, DscpSet};
+    let s = Settings::resolve(FileConfig::default(), CliOverrides::default()).unwrap();
+    assert_eq!(s.qos.classes, ClassSets::default());
+    assert_eq!(s.qos.real_time_share, 33);
+    let f = parse(
+        "[qos]\nreal_time_dscp = [\"EF\", 34, \"cs6\"]\nbackground_dscp = []\nreal_time_pcp = \"4,5\"\nreal_time_share = 50\n",
+    )
+    .unwrap();
+    let s = Settings::resolve(f, CliOverrides::default()).unwrap();
+    assert_eq!(s.qos.classes.real_time_dscp, "AF41,EF,CS6".parse::<DscpSet>().unwrap());
+    assert_eq!(s.qos.classes.background_dscp, DscpSet(0));
+    assert_eq!(s.qos.classes.real_time_pcp.to_string(), "4,5");
+    assert_eq!(s.qos.classes.background_pcp.to_string(), "1", "the default");
+    let args = crate::daemon::dataplane_args(&s, 1400, &[2, 0, 0, 0, 0, 1]);
+    assert_eq!(args.class_sets(), s.qos.classes);
+    assert_eq!(args.qos_real_time_share, 50);
+    let argv = args.to_argv().join(" ");
+    assert!(argv.contains("--qos-real-time-dscp AF41,EF,CS6 --qos-background-dscp none"), "{argv}");
+    // The command line wins.
+    let f = parse("[qos]\nreal_time_dscp = \"EF\"\n").unwrap();
+    let cli = CliOverrides {
+        qos_real_time_dscp: Some("cs5".into()),
+        qos_real_time_share: Some(10),
+        ..Default::default()
+    };
+    let s = Settings::resolve(f, cli).unwrap();
+    assert_eq!(s.qos.classes.real_time_dscp.to_string(), "CS5");
+    assert_eq!(s.qos.real_time_share, 10);
 }
 
 #[test]

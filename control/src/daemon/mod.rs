@@ -362,6 +362,11 @@ pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Dataplane
         no_offload: !s.daemon.offload,
         no_qos_lanes: !s.qos.lanes,
         qos_delay_target_us: s.qos.delay_target_us,
+        qos_real_time_dscp: s.qos.classes.real_time_dscp,
+        qos_background_dscp: s.qos.classes.background_dscp,
+        qos_real_time_pcp: s.qos.classes.real_time_pcp,
+        qos_background_pcp: s.qos.classes.background_pcp,
+        qos_real_time_share: s.qos.real_time_share,
         // Explicit either way: the daemon has already resolved the default.
         crypto_thread: Some(s.daemon.crypto_thread),
         spin_us: s.daemon.spin_us,
@@ -680,7 +685,8 @@ impl Daemon {
             qos: crate::status::QosStatus::from_counters(
                 self.settings.qos.lanes && self.settings.daemon.backend != Backend::Dpdk,
                 &counters,
-            ),
+            )
+            .with_classes(&self.settings.qos.classes, self.settings.qos.real_time_share),
         }
     }
 

@@ -41,10 +41,17 @@ pub struct AccessQueue {
 }
 
 impl AccessQueue {
-    /// A queue of `slots` buffers of `slot_bytes` each, bulk delay bounded by CoDel.
-    pub fn new(slots: usize, slot_bytes: usize, target_us: u64, interval_us: u64) -> Self {
+    /// A queue of `slots` buffers of `slot_bytes` each, frames sorted by `classes`, bulk
+    /// delay bounded by CoDel.
+    pub fn new(
+        classes: ClassMap,
+        slots: usize,
+        slot_bytes: usize,
+        target_us: u64,
+        interval_us: u64,
+    ) -> Self {
         Self {
-            classes: ClassMap::default(),
+            classes,
             free: (0..slots).map(|_| vec![0u8; slot_bytes].into_boxed_slice()).collect(),
             rt: VecDeque::with_capacity(slots),
             bulk: VecDeque::with_capacity(slots),
@@ -122,7 +129,7 @@ mod tests {
 
     #[test]
     fn real_time_frames_leave_before_every_bulk_frame_each_in_order() {
-        let mut q = AccessQueue::new(8, 64, 500, 10_000);
+        let mut q = AccessQueue::new(ClassMap::default(), 8, 64, 500, 10_000);
         for (tos, n) in [(0, 1), (0x28, 2), (0xb8, 3), (0, 4), (0xc0, 5), (0x20, 6)] {
             frame(&mut q, tos, n, 0);
         }
@@ -139,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_takes_no_more_until_a_frame_leaves() {
-        let mut q = AccessQueue::new(2, 64, 500, 10_000);
+        let mut q = AccessQueue::new(ClassMap::default(), 2, 64, 500, 10_000);
         frame(&mut q, 0, 1, 0);
         frame(&mut q, 0xb8, 2, 0);
         assert!(q.slot().is_none(), "full: the caller stops reading");
@@ -153,7 +160,7 @@ mod tests {
 
     #[test]
     fn bulk_frames_standing_past_the_target_for_an_interval_are_picked_by_codel() {
-        let mut q = AccessQueue::new(4, 64, 500, 10_000);
+        let mut q = AccessQueue::new(ClassMap::default(), 4, 64, 500, 10_000);
         let mut picked = vec![];
         // A standing queue of three: a frame in and one out every 100 µs, each having
         // waited 2 ms, for 30 ms.

@@ -94,6 +94,11 @@ pub struct SocketConfig {
     pub lanes: bool,
     /// How long bulk frames may stand in the access queue (CoDel's target).
     pub delay_target_us: u64,
+    /// Which frames are real time, normal or background (`[qos]`).
+    pub classes: ClassMap,
+    /// The most of a pass's datagrams, in per cent, that real-time ones take ahead of
+    /// bulk ([`RtTx`]).
+    pub real_time_share: u8,
 }
 
 /// Packets on their way to the wire: the socket backend's batch of [`Work`] for its
@@ -184,9 +189,13 @@ const BATCH: usize = BURST * 2;
 /// rather than queue more behind the socket.
 const CRYPTO_DEPTH: usize = 2;
 
-/// Real-time datagrams sent at once per pass at most; beyond, they wait with the bulk
+/// Real-time datagrams sent at once per pass at most, for a share of `percent` of the
+/// pass's datagrams beside [`BULK_BUDGET`] bulk ones; beyond, they wait with the bulk
 /// batch: a sender marking everything real time cannot starve the rest.
-const RT_PER_PASS: usize = 64;
+fn real_time_per_pass(percent: u8) -> usize {
+    let p = usize::from(percent.clamp(1, 99));
+    (BULK_BUDGET * p / (100 - p)).max(1)
+}
 /// Under load, the real-time socket is read at most this often (µs): a real-time datagram
 /// then waits at most this long plus one bulk burst for its read.
 const RT_POLL_US: u64 = 50;
@@ -208,14 +217,15 @@ struct RtTx<'a> {
     dscps: u64,
     mmsg: MmsgBatch,
     gso: bool,
-    /// Sent at once in this pass (see [`RT_PER_PASS`]).
+    /// Sent at once in this pass, and the most that may be ([`real_time_per_pass`]).
     sent: usize,
+    per_pass: usize,
 }
 
 impl RtTx<'_> {
     /// Sends `buf` now if it is real time and the pass's share is not spent.
     fn send_now(&mut self, buf: &mut PacketBuf, counters: &WorkerCounters) -> bool {
-        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= RT_PER_PASS {
+        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= self.per_pass {
             return false;
         }
         self.sent += 1;
@@ -396,7 +406,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     };
     // The outer DSCPs of the real-time lane: what the kernel steers to its socket and
     // what is sent on it.
-    let rt_dscps = steer::real_time_dscps(&ClassMap::default());
+    let rt_dscps = steer::real_time_dscps(&cfg.classes);
     let (sock, rt_sock) = bind_underlay(&cfg, rt_dscps)?;
     let port = sock.local_port().context("cannot read the bound port")?;
     let gro = cfg.offload && sock.enable_gro();
@@ -471,6 +481,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     // updated back on this thread).
     let mut shell = Shell::new(&region, 0, &bell, Some(&signals));
     shell.engine.set_sole_receiver(true);
+    shell.engine.set_classes(cfg.classes.clone());
     if xdp_rx.is_some() {
         shell.engine.track_sessions();
     }
@@ -504,6 +515,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             mmsg: MmsgBatch::new(1),
             gso: false,
             sent: 0,
+            per_pass: real_time_per_pass(cfg.real_time_share),
         });
         let mut port = SocketPort {
             sock: &sock,
@@ -525,7 +537,14 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             // The access queue needs no second socket: the xdp backend (whose receive side
             // is AF_XDP) and a kernel that refused the split have it too.
             queue: cfg.lanes.then(|| {
-                AccessQueue::new(QUEUE_SLOTS, TAP_BUF, cfg.delay_target_us, QUEUE_INTERVAL_US)
+                let classes = cfg.classes.clone();
+                AccessQueue::new(
+                    classes,
+                    QUEUE_SLOTS,
+                    TAP_BUF,
+                    cfg.delay_target_us,
+                    QUEUE_INTERVAL_US,
+                )
             }),
             rx_codel: rx_stamps.then(|| Codel::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
         };
@@ -1332,14 +1351,16 @@ mod tests {
             mmsg: MmsgBatch::new(1),
             gso: false,
             sent: 0,
+            per_pass: real_time_per_pass(20),
         };
+        const PER_PASS: usize = 32; // 20 % of a pass: 32 beside 128 bulk datagrams
         let mut pkt = PacketBuf::new();
         (pkt.len, pkt.addr, pkt.tos) = (100, Some(to), 0xb8);
         let taken: Vec<bool> =
-            (0..RT_PER_PASS + 6).map(|_| rt.send_now(&mut pkt, &counters)).collect();
-        assert!(taken[..RT_PER_PASS].iter().all(|&t| t), "the share goes at once");
-        assert!(taken[RT_PER_PASS..].iter().all(|&t| !t), "beyond it, with the bulk batch");
-        assert_eq!(counters.get(Counter::RealTimeSent), RT_PER_PASS as u64);
+            (0..PER_PASS + 6).map(|_| rt.send_now(&mut pkt, &counters)).collect();
+        assert!(taken[..PER_PASS].iter().all(|&t| t), "the share goes at once");
+        assert!(taken[PER_PASS..].iter().all(|&t| !t), "beyond it, with the bulk batch");
+        assert_eq!(counters.get(Counter::RealTimeSent), PER_PASS as u64);
         pkt.tos = 0x28;
         rt.sent = 0;
         assert!(!rt.send_now(&mut pkt, &counters), "AF11 is not real time");
@@ -1350,11 +1371,19 @@ mod tests {
         let mut bufs: Vec<RxBuf> = (0..16).map(|_| RxBuf::new(2048)).collect();
         for _ in 0..200 {
             got += mmsg.recv(&peer, &mut bufs).unwrap();
-            if got == RT_PER_PASS + 1 {
+            if got == PER_PASS + 1 {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        assert_eq!(got, RT_PER_PASS + 1);
+        assert_eq!(got, PER_PASS + 1);
+    }
+
+    #[test]
+    fn the_real_time_share_is_a_part_of_each_pass() {
+        assert_eq!(real_time_per_pass(omni_shm::settings::REAL_TIME_SHARE_DEFAULT), 63);
+        assert_eq!(real_time_per_pass(50), BULK_BUDGET);
+        assert_eq!(real_time_per_pass(90), 9 * BULK_BUDGET);
+        assert_eq!(real_time_per_pass(1), 1, "never none");
     }
 }

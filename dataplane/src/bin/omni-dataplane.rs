@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use omni_dataplane::backend::socket::{SocketConfig, run};
 use omni_dataplane::backend::xdp::XdpSettings;
+use omni_proto::qos::ClassMap;
 use omni_shm::Params;
 use omni_shm::settings::{Backend, DataplaneArgs, XdpMode, XskMode};
 use omni_xdp::AttachMode;
@@ -29,6 +30,15 @@ fn main() -> ExitCode {
         eprintln!("omni-dataplane: {e}");
         return ExitCode::from(2);
     }
+    let classes = match ClassMap::new(args.class_sets()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "omni-dataplane: --qos-real-time-dscp/pcp and --qos-background-dscp/pcp: {e}"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let xdp = match (args.backend, &args.iface) {
         (Backend::Socket | Backend::Dpdk, None) => None,
         (Backend::Dpdk, Some(_)) => {
@@ -71,7 +81,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match args.backend {
-        Backend::Dpdk => match dpdk_config(&args, params) {
+        Backend::Dpdk => match dpdk_config(&args, params, classes) {
             Ok(cfg) => run_dpdk(cfg),
             Err(e) => {
                 eprintln!("omni-dataplane: {e}");
@@ -100,6 +110,8 @@ fn main() -> ExitCode {
             xdp,
             lanes: !args.no_qos_lanes,
             delay_target_us: args.qos_delay_target_us,
+            classes,
+            real_time_share: args.qos_real_time_share,
         }),
     };
     match result {
@@ -115,6 +127,7 @@ fn main() -> ExitCode {
 fn dpdk_config(
     args: &DataplaneArgs,
     params: Params,
+    classes: ClassMap,
 ) -> Result<omni_dataplane::backend::dpdk::DpdkConfig, String> {
     use omni_dataplane::backend::dpdk::{DpdkConfig, PortSpec, parse_cidr};
     let need = |v: &Option<String>, flag: &str, example: &str| {
@@ -146,6 +159,7 @@ fn dpdk_config(
         busy_poll: args.busy_poll,
         underlay_mtu: args.underlay_mtu,
         tap_mac: args.tap_mac,
+        classes,
     })
 }
 
@@ -155,7 +169,7 @@ fn run_dpdk(cfg: omni_dataplane::backend::dpdk::DpdkConfig) -> anyhow::Result<()
 }
 
 #[cfg(not(feature = "dpdk"))]
-fn dpdk_config(_: &DataplaneArgs, _: Params) -> Result<(), String> {
+fn dpdk_config(_: &DataplaneArgs, _: Params, _: ClassMap) -> Result<(), String> {
     Err("this build has no DPDK backend (built without the dpdk feature: install libdpdk-dev and libclang-dev, then rebuild)".into())
 }
 

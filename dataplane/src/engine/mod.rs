@@ -332,6 +332,12 @@ impl<'r> Engine<'r> {
         self.sole_receiver = on;
     }
 
+    /// The traffic classes frames are marked by on the underlay (`[qos]`; default:
+    /// [`ClassMap::default`]).
+    pub fn set_classes(&mut self, classes: ClassMap) {
+        self.classes = classes;
+    }
+
     #[cfg(test)]
     fn counters(&self) -> &'r WorkerCounters {
         self.counters

@@ -76,6 +76,7 @@ impl<'r> Shared<'r> {
         // One I/O worker receives everything (crypto workers only run the AEAD; the
         // window is updated back on the I/O worker): no other engine shares its windows.
         shell.engine.set_sole_receiver(self.cfg.workers == 1);
+        shell.engine.set_classes(self.cfg.classes.clone());
         shell
     }
 
@@ -89,7 +90,7 @@ impl<'r> Shared<'r> {
             mail: Vec::new(),
             counters: self.region.counters(i),
             frame: PacketBuf::new(),
-            classes: Default::default(),
+            classes: self.cfg.classes.clone(),
             busy_poll: self.cfg.busy_poll,
             idle_passes: 0,
             last_signal_check: 0,

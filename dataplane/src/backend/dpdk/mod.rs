@@ -97,6 +97,8 @@ pub struct DpdkConfig {
     pub underlay_mtu: u16,
     /// MAC for a `net_tap` access port (the daemon's stable one), unless its args set one.
     pub tap_mac: Option<[u8; 6]>,
+    /// Which frames are real time (sealed and sent at once by the worker).
+    pub classes: ClassMap,
 }
 
 /// Runs the DPDK backend until shutdown. Errors are startup errors meant for the operator.

@@ -32,6 +32,7 @@ fn cfg() -> DpdkConfig {
         busy_poll: false,
         underlay_mtu: 1500,
         tap_mac: None,
+        classes: Default::default(),
     }
 }
 

@@ -104,6 +104,22 @@ fn two_xdp_nodes(mode: &str) {
     let redirected = metric(&m, "omni_xdp_redirected_total").unwrap_or(0.0);
     assert!(redirected > 1000.0, "redirected to AF_XDP: {redirected}\n{m}");
     assert_eq!(metric(&m, "omni_packets_dropped_total{reason=\"xdp_unknown_index\"}"), Some(0.0));
+    // EF-marked traffic takes the real-time lane: the program passes it to the kernel
+    // socket, which the data plane reads first (counted as the program's counters sync).
+    let lane = |n: &Node| n.status()["qos"]["real_time_received"].as_u64().unwrap_or(0);
+    let before = (lane(&f.a), lane(&f.b));
+    f.pair.a.sh_ok("ping -Q 0xb8 -c 5 -i 0.1 -W 2 192.168.77.2");
+    let moved = omni_testkit::wait_until(Duration::from_secs(5), || {
+        lane(&f.b) >= before.1 + 5 && lane(&f.a) >= before.0 + 5
+    });
+    assert!(
+        moved,
+        "EF on the lane: A {} -> {}, B {} -> {}",
+        before.0,
+        lane(&f.a),
+        before.1,
+        lane(&f.b)
+    );
 }
 
 #[test]

@@ -115,6 +115,51 @@ fn unauthorised_fabric_port_traffic_is_dropped_by_reason() {
     assert_eq!(judge(&b, &first), (XDP_DROP, c::DROP_MALFORMED));
 }
 
+/// `frame` with DSCP `dscp` in its IPv4 TOS or IPv6 traffic class.
+fn with_dscp(mut f: Vec<u8>, v6: bool, vlan: bool, dscp: u8) -> Vec<u8> {
+    let l3 = if vlan { 18 } else { 14 };
+    if v6 {
+        f[l3] = (f[l3] & 0xf0) | (dscp >> 2);
+        f[l3 + 1] = (f[l3 + 1] & 0x3f) | (dscp << 6);
+    } else {
+        f[l3 + 1] = dscp << 2;
+    }
+    f
+}
+
+#[test]
+fn real_time_transport_takes_the_kernel_lane() {
+    if !omni_testkit::root_or_skip("it loads a BPF program") || !omni_xdp::loader::program_built() {
+        return;
+    }
+    const EF: u8 = 46;
+    let cfg =
+        XdpConfig { real_time_dscps: 1 << EF | 1 << 40, ..XdpConfig::with_rate(PORT, 10, 10) };
+    let mut b = TestBed::load(cfg).expect("load");
+    b.add_session(0x1234).unwrap();
+    for (v6, vlan) in [(false, false), (true, false), (false, true), (true, true)] {
+        let with = |p: &[u8], dscp| with_dscp(frame(v6, vlan, PORT, p), v6, vlan, dscp);
+        let at = format!("v6 {v6} vlan {vlan}");
+        assert_eq!(judge(&b, &with(&transport(0x1234), EF)), (XDP_PASS, c::PASS_REAL_TIME), "{at}");
+        assert_eq!(judge(&b, &with(&transport(0x1234), 40)), (XDP_PASS, c::PASS_REAL_TIME), "{at}");
+        // Bulk stays on AF_XDP (here: no socket bound), unknown indices are still dropped.
+        assert_eq!(judge(&b, &with(&transport(0x1234), 0)), (XDP_DROP, c::DROP_NO_SOCKET), "{at}");
+        assert_eq!(judge(&b, &with(&transport(0x1234), 47)), (XDP_DROP, c::DROP_NO_SOCKET), "{at}");
+        assert_eq!(
+            judge(&b, &with(&transport(0x9999), EF)),
+            (XDP_DROP, c::DROP_UNKNOWN_INDEX),
+            "{at}"
+        );
+        let mut relayed = vec![7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        relayed.extend(transport(0x1234));
+        assert_eq!(judge(&b, &with(&relayed, EF)), (XDP_PASS, c::PASS_REAL_TIME), "{at}");
+        // Handshakes are control, whatever their DSCP.
+        let mut init = vec![1u8, 0, 0, 0];
+        init.extend([0x5a; omni_proto::wire::handshake_init::LEN - 4]);
+        assert_eq!(judge(&b, &with(&init, EF)).0, XDP_DROP, "{at}: no socket");
+    }
+}
+
 #[test]
 fn handshakes_are_limited_per_source_address() {
     let Some(b) = bed(3) else { return };

@@ -438,7 +438,8 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     epoll.add(signals.as_raw_fd(), TOKEN_SIGNAL)?;
     let (xdp_rx, xdp_tx) = match &cfg.xdp {
         Some(x) => {
-            let (rx, tx) = xdp::open(x, port, region.counters(0))?;
+            let lane = if cfg.lanes { rt_dscps } else { 0 };
+            let (rx, tx) = xdp::open(x, port, region.counters(0), lane)?;
             for (q, s) in rx.socks.iter().enumerate() {
                 epoll.add(s.as_raw_fd(), TOKEN_XSK + q as u64)?;
             }
@@ -532,6 +533,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             gro_hdr: Vec::with_capacity(256),
             spin: SpinPolicy::new(cfg.spin_us),
             cpu_latency,
+            xdp_lane: xdp_rx.is_some() && cfg.lanes,
             xdp: xdp_rx,
             state: LoopState::default(),
             // The access queue needs no second socket: the xdp backend (whose receive side
@@ -624,6 +626,9 @@ struct SocketPort<'r> {
     cpu_latency: CpuLatency,
     /// The AF_XDP receive side (xdp backend).
     xdp: Option<XdpRx>,
+    /// The xdp backend's real-time lane: its program passes real-time transport messages to
+    /// the kernel socket, which is then read first and often.
+    xdp_lane: bool,
     state: LoopState,
     /// The access port's queue by class (with the real-time lane).
     queue: Option<AccessQueue>,
@@ -719,14 +724,33 @@ impl<'r> Port for SocketPort<'r> {
     /// (level-triggered), instead of a pass of reads that find nothing: two system calls
     /// fewer per wake-up for interactive traffic.
     fn bursts(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<Pass> {
-        let from_xdp = self.xdp_burst(now, shell);
-        // AF_XDP has its own batching: another pass when busy.
-        let mut pass = Pass { work: from_xdp, more: from_xdp > 0 };
+        let mut pass = Pass::default();
         let st = &mut self.state;
+        // With AF_XDP, the kernel socket is the real-time lane (the program passes real-time
+        // transport messages to it): read first, and under load every RT_POLL_US.
         let read_udp = match self.xdp {
             None => !std::mem::take(&mut st.woke_without_udp),
-            Some(_) => st.udp_pending || now != st.last_udp_poll,
+            Some(_) => {
+                let rt_due = self.xdp_lane && {
+                    let now_us = monotonic_us();
+                    let due = now_us.saturating_sub(st.last_rt_poll_us) >= RT_POLL_US;
+                    if due {
+                        st.last_rt_poll_us = now_us;
+                    }
+                    due
+                };
+                st.udp_pending || now != st.last_udp_poll || rt_due
+            }
         };
+        if self.xdp.is_some() && read_udp {
+            let queue =
+                if self.xdp_lane { DelayQueue::ReceiveRealTime } else { DelayQueue::ReceiveBulk };
+            self.udp_burst(now, shell, queue, &mut pass)?;
+        }
+        let from_xdp = self.xdp_burst(now, shell);
+        // AF_XDP has its own batching: another pass when busy.
+        pass.work += from_xdp;
+        pass.more |= from_xdp > 0;
         // The real-time lane first: what waits there never waits behind bulk. Under load
         // (passes back to back) at most every RT_POLL_US: a receive that finds nothing
         // is a system call per pass, a few per cent of a core at bulk rates.
@@ -744,18 +768,8 @@ impl<'r> Port for SocketPort<'r> {
             pass.work += n;
             pass.more |= full;
         }
-        if read_udp {
-            self.state.last_udp_poll = now;
-            let bufs = if self.rt_sock.is_some() { self.state.bulk_bufs } else { RX_BUFS };
-            let (n, full) =
-                self.underlay_burst(now, shell, self.sock, bufs, DelayQueue::ReceiveBulk)?;
-            if full {
-                // Datagrams per buffer in a full burst decide the next one's buffers.
-                self.state.bulk_bufs = (BULK_BUDGET * bufs / n.max(1)).clamp(1, RX_BUFS);
-            }
-            self.state.udp_pending = n > 0;
-            pass.work += n;
-            pass.more |= full;
+        if self.xdp.is_none() && read_udp {
+            self.udp_burst(now, shell, DelayQueue::ReceiveBulk, &mut pass)?;
         }
         let (n, full) = self.access_burst(now, shell)?;
         pass.work += n;
@@ -927,6 +941,29 @@ impl SocketPort<'_> {
             x.socks[si].release(&x.descs[..n]);
         }
         total
+    }
+
+    /// A burst from the kernel socket, the bulk lane (socket backend, with
+    /// [`BULK_BUDGET`] datagrams when a real-time socket is beside it) or the xdp
+    /// backend's real-time lane; `queue` says which, for its delay.
+    fn udp_burst(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+        queue: DelayQueue,
+        pass: &mut Pass,
+    ) -> anyhow::Result<()> {
+        self.state.last_udp_poll = now;
+        let bufs = if self.rt_sock.is_some() { self.state.bulk_bufs } else { RX_BUFS };
+        let (n, full) = self.underlay_burst(now, shell, self.sock, bufs, queue)?;
+        if full && self.rt_sock.is_some() {
+            // Datagrams per buffer in a full burst decide the next one's buffers.
+            self.state.bulk_bufs = (BULK_BUDGET * bufs / n.max(1)).clamp(1, RX_BUFS);
+        }
+        self.state.udp_pending = n > 0;
+        pass.work += n;
+        pass.more |= full;
+        Ok(())
     }
 
     /// Receives a burst of up to `bufs` datagram buffers from `sock`, opens every datagram

@@ -47,6 +47,7 @@ pub struct XdpRx {
     base_drops: [u64; 4],
     base_redirected: u64,
     base_passed: u64,
+    base_real_time: u64,
 }
 
 /// The sending side: queue 0's socket and the routes learned.
@@ -84,6 +85,7 @@ pub fn open(
     s: &XdpSettings,
     port: u16,
     counters: &WorkerCounters,
+    real_time_dscps: u64,
 ) -> anyhow::Result<(XdpRx, XdpTx)> {
     use anyhow::Context;
     if !omni_xdp::loader::program_built() {
@@ -104,7 +106,10 @@ pub fn open(
             xsk::FRAME_SIZE - 18
         );
     }
-    let cfg = XdpConfig::with_rate(port, s.handshake_rate, s.handshake_rate);
+    let cfg = XdpConfig {
+        real_time_dscps,
+        ..XdpConfig::with_rate(port, s.handshake_rate, s.handshake_rate)
+    };
     let mut filter = XdpFilter::attach(&s.iface, s.mode, cfg)?;
     let queues = rx_queues(&s.iface);
     let xcfg = XskConfig { mode: s.xsk_mode, ..XskConfig::default() };
@@ -135,6 +140,7 @@ pub fn open(
         base_drops: XDP_DROPS.map(|(r, _)| counters.get_drop(r)),
         base_redirected: counters.get(Counter::XdpRedirected),
         base_passed: counters.get(Counter::XdpPassed),
+        base_real_time: counters.get(Counter::RealTimeReceived),
     };
     let tx =
         XdpTx { sock: tx.expect("at least one queue"), routes: HashMap::new(), port, last: None };
@@ -152,6 +158,8 @@ impl XdpRx {
             c[counter::REDIRECT_TRANSPORT as usize] + c[counter::REDIRECT_CONTROL as usize];
         counters.set(Counter::XdpRedirected, self.base_redirected + redirected);
         counters.set(Counter::XdpPassed, self.base_passed + c[counter::PASS as usize]);
+        let real_time = c[counter::PASS_REAL_TIME as usize];
+        counters.set(Counter::RealTimeReceived, self.base_real_time + real_time);
     }
 
     /// Mirrors a session install (true) or removal into the program's session map.

@@ -58,6 +58,10 @@ pub struct XdpConfig {
     /// The same for Nucleus signalling.
     pub nucleus_interval_ns: u64,
     pub nucleus_burst_ns: u64,
+    /// Outer DSCPs of the real-time lane (bit `d`: DSCP `d`): transport messages with one
+    /// pass to the kernel's UDP socket, which the data plane reads before the AF_XDP ring,
+    /// instead of queueing behind bulk there. 0: none.
+    pub real_time_dscps: u64,
 }
 
 impl XdpConfig {
@@ -72,6 +76,7 @@ impl XdpConfig {
             handshake_burst_ns: interval * burst.max(1).saturating_sub(1) as u64,
             nucleus_interval_ns: nucleus_interval,
             nucleus_burst_ns: nucleus_interval * 399,
+            real_time_dscps: 0,
         }
     }
 }
@@ -103,7 +108,10 @@ pub mod counter {
     pub const DROP_NO_SOCKET: u32 = 5;
     /// Everything else, passed to the kernel.
     pub const PASS: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Transport messages for a live session with a real-time outer DSCP, passed to the
+    /// kernel's UDP socket (the real-time lane).
+    pub const PASS_REAL_TIME: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 #[cfg(feature = "user")]

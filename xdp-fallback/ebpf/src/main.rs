@@ -49,6 +49,10 @@ pub fn omni_xdp(ctx: XdpContext) -> u32 {
             count(counter::PASS);
             XDP_PASS
         }
+        Verdict::PassRealTime => {
+            count(counter::PASS_REAL_TIME);
+            XDP_PASS
+        }
         Verdict::Drop(reason) => {
             count(reason);
             XDP_DROP
@@ -72,6 +76,9 @@ pub fn omni_xdp(ctx: XdpContext) -> u32 {
 
 enum Verdict {
     Pass,
+    /// A real-time transport message: to the kernel's UDP socket, the data plane's
+    /// real-time lane.
+    PassRealTime,
     Drop(u32),
     /// To the AF_XDP socket; the counter to bump if it gets there.
     Redirect(u32),
@@ -121,6 +128,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
         l3 = ETH_HLEN + 4;
     }
     let mut src = [0u8; 16];
+    let dscp;
     let l4;
     if proto == ETH_P_IP {
         let Some(vihl) = read::<u8>(ctx, l3) else { return Verdict::Pass };
@@ -131,6 +139,8 @@ fn classify(ctx: &XdpContext) -> Verdict {
         if ihl < 20 {
             return Verdict::Pass;
         }
+        let Some(tos) = read::<u8>(ctx, l3 + 1) else { return Verdict::Pass };
+        dscp = tos >> 2;
         let Some(ip_proto) = read::<u8>(ctx, l3 + 9) else { return Verdict::Pass };
         if ip_proto != IPPROTO_UDP {
             return Verdict::Pass;
@@ -157,6 +167,10 @@ fn classify(ctx: &XdpContext) -> Verdict {
             return Verdict::Drop(counter::DROP_MALFORMED);
         }
     } else if proto == ETH_P_IPV6 {
+        // The traffic class straddles bytes 0 and 1: its DSCP is bits 3-0 of byte 0 and
+        // bits 7-6 of byte 1.
+        let Some(vtc) = read::<[u8; 2]>(ctx, l3) else { return Verdict::Pass };
+        dscp = ((vtc[0] & 0x0f) << 2) | (vtc[1] >> 6);
         let Some(next) = read::<u8>(ctx, l3 + 6) else { return Verdict::Pass };
         if next != IPPROTO_UDP {
             return Verdict::Pass;
@@ -170,7 +184,8 @@ fn classify(ctx: &XdpContext) -> Verdict {
     } else {
         return Verdict::Pass;
     }
-    fabric_message(ctx, l4, &src, cfg)
+    let real_time = (cfg.real_time_dscps >> dscp) & 1 == 1;
+    fabric_message(ctx, l4, &src, cfg, real_time)
 }
 
 #[inline(always)]
@@ -180,7 +195,13 @@ fn is_fabric_port(ctx: &XdpContext, l4: usize, port: u16) -> bool {
 
 /// Decides on a datagram sent to the fabric port.
 #[inline(always)]
-fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) -> Verdict {
+fn fabric_message(
+    ctx: &XdpContext,
+    l4: usize,
+    src: &[u8; 16],
+    cfg: &XdpConfig,
+    real_time: bool,
+) -> Verdict {
     // Every read below is bounds-checked on its own and comes before the length checks:
     // were it after, the compiler would fold its check into theirs, in a form the
     // verifier cannot follow.
@@ -200,7 +221,7 @@ fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) 
         return Verdict::Drop(counter::DROP_MALFORMED);
     }
     match word[0] {
-        wire::TRANSPORT => transport(ctx, payload, len),
+        wire::TRANSPORT => transport(ctx, payload, len, real_time),
         wire::HANDSHAKE_INITIATION => handshake(sized(len, wire::HANDSHAKE_INITIATION_LEN), src, cfg),
         wire::HANDSHAKE_RESPONSE => handshake(sized(len, wire::HANDSHAKE_RESPONSE_LEN), src, cfg),
         wire::COOKIE_REPLY => handshake(len == wire::COOKIE_REPLY_LEN, src, cfg),
@@ -227,7 +248,7 @@ fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) 
                 return Verdict::Drop(counter::DROP_MALFORMED);
             }
             match iw[0] {
-                wire::TRANSPORT => transport(ctx, inner, ilen),
+                wire::TRANSPORT => transport(ctx, inner, ilen, real_time),
                 wire::HANDSHAKE_INITIATION => {
                     handshake(sized(ilen, wire::HANDSHAKE_INITIATION_LEN), src, cfg)
                 }
@@ -243,7 +264,7 @@ fn fabric_message(ctx: &XdpContext, l4: usize, src: &[u8; 16], cfg: &XdpConfig) 
 }
 
 #[inline(always)]
-fn transport(ctx: &XdpContext, msg: usize, len: usize) -> Verdict {
+fn transport(ctx: &XdpContext, msg: usize, len: usize, real_time: bool) -> Verdict {
     let Some(index) = read::<[u8; 4]>(ctx, msg + 4) else {
         return Verdict::Drop(counter::DROP_MALFORMED);
     };
@@ -251,10 +272,12 @@ fn transport(ctx: &XdpContext, msg: usize, len: usize) -> Verdict {
         return Verdict::Drop(counter::DROP_MALFORMED);
     }
     let index = u32::from_le_bytes(index);
-    if SESSIONS.get_ptr(index).is_some() {
-        Verdict::Redirect(counter::REDIRECT_TRANSPORT)
-    } else {
+    if SESSIONS.get_ptr(index).is_none() {
         Verdict::Drop(counter::DROP_UNKNOWN_INDEX)
+    } else if real_time {
+        Verdict::PassRealTime
+    } else {
+        Verdict::Redirect(counter::REDIRECT_TRANSPORT)
     }
 }
 

@@ -197,7 +197,7 @@ struct RunArgs {
     /// Turn off the data plane's TAP and UDP offloads (for comparison).
     #[arg(long)]
     no_offload: bool,
-    /// socket backend: no real-time lane (real-time frames queue with bulk ones); see
+    /// socket and xdp backends: no real-time lane (real-time frames queue with bulk ones); see
     /// docs/qos.md.
     #[arg(long)]
     no_qos_lanes: bool,

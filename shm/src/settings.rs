@@ -221,7 +221,7 @@ pub struct DataplaneArgs {
     /// Same as --crypto-thread false.
     #[arg(long)]
     pub no_crypto_thread: bool,
-    /// socket backend: no real-time lane (one underlay socket; real-time frames queue
+    /// socket and xdp backends: no real-time lane (one underlay socket; real-time frames queue
     /// with bulk ones). See docs/qos.md.
     #[arg(long)]
     pub no_qos_lanes: bool,

@@ -165,7 +165,7 @@ pub struct SwitchSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QosSection {
-    /// A real-time lane beside the bulk one (socket backend; default true).
+    /// A real-time lane beside the bulk one (socket and xdp backends; default true).
     pub lanes: Option<bool>,
     /// Microseconds bulk frames may stand in the access queue before CoDel drops.
     pub delay_target_us: Option<u64>,

@@ -745,7 +745,11 @@ impl<'r> Port for SocketPort<'r> {
         if self.xdp.is_some() && read_udp {
             let queue =
                 if self.xdp_lane { DelayQueue::ReceiveRealTime } else { DelayQueue::ReceiveBulk };
+            let before = pass.work;
             self.udp_burst(now, shell, queue, &mut pass)?;
+            if self.xdp_lane {
+                self.saw_real_time(pass.work - before, monotonic_us());
+            }
         }
         let from_xdp = self.xdp_burst(now, shell);
         // AF_XDP has its own batching: another pass when busy.
@@ -765,6 +769,7 @@ impl<'r> Port for SocketPort<'r> {
             let (n, full) =
                 self.underlay_burst(now, shell, rt, RX_BUFS, DelayQueue::ReceiveRealTime)?;
             self.counters.inc(Counter::RealTimeReceived, n as u64);
+            self.saw_real_time(n, now_us);
             pass.work += n;
             pass.more |= full;
         }
@@ -941,6 +946,14 @@ impl SocketPort<'_> {
             x.socks[si].release(&x.descs[..n]);
         }
         total
+    }
+
+    /// `n` real-time datagrams came from peers: answers may follow on the access port, so
+    /// the access queue reads the TAP dry for a while ([`AccessQueue::saw_real_time`]).
+    fn saw_real_time(&mut self, n: usize, now_us: u64) {
+        if let (true, Some(q)) = (n > 0, self.queue.as_mut()) {
+            q.saw_real_time(now_us);
+        }
     }
 
     /// A burst from the kernel socket, the bulk lane (socket backend, with
@@ -1136,7 +1149,7 @@ impl SocketPort<'_> {
         let now_us = monotonic_us();
         let at = if self.tap.vnet() { vnet::LEN } else { 0 };
         for _ in 0..READ_MAX {
-            let Some(mut buf) = q.slot() else { return Ok(true) };
+            let Some(mut buf) = q.slot(now_us) else { return Ok(true) };
             match self.tap.read(&mut buf) {
                 Ok(Some(len)) => q.push(buf, len, at, now_us),
                 Ok(None) => {

@@ -219,8 +219,8 @@ struct RunArgs {
     /// 802.1Q priorities of background frames [default: 1].
     #[arg(long, value_name = "LIST")]
     qos_background_pcp: Option<String>,
-    /// Per cent of each data-plane pass that real-time datagrams may take ahead of bulk
-    /// ones (1 to 90) [default: 33].
+    /// socket backend: per cent of each data-plane pass that real-time datagrams may take
+    /// ahead of bulk ones on their own socket (1 to 90) [default: 33].
     #[arg(long, value_name = "PERCENT")]
     qos_real_time_share: Option<u8>,
     /// Seal and send bulk traffic on a second data-plane thread: true or false [default:

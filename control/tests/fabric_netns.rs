@@ -821,7 +821,8 @@ fn dscp_goes_out_on_the_underlay_and_ce_comes_back_in() {
 #[test]
 fn a_configured_class_map_decides_what_takes_the_lane() {
     let Some(_serial) = root_test(&["ip", "ping", "tcpdump"]) else { return };
-    let f = Fabric2::new(1500, &["--qos-real-time-dscp", "AF41", "--qos-background-dscp", "none"]);
+    let args = ["--qos-real-time-dscp", "AF41", "--qos-background-dscp", "none"];
+    let f = Fabric2::new(1500, &[&args[..], &["--qos-background-pcp", "none"]].concat());
     f.pair.a.sh_ok("ping -c 2 -i 0.2 -W 2 192.168.77.2");
     let lane = |n: &Node, k: &str| n.status()["qos"][k].as_u64().unwrap_or(0);
     let s = f.a.status();

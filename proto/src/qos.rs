@@ -20,8 +20,8 @@ pub enum Class {
 }
 
 impl Class {
-    /// The DSCP the outer datagram carries for this class when the inner frame has none
-    /// (not IP): EF, best effort, CS1.
+    /// The class's usual DSCP: EF, best effort, CS1 (the default map's outer codes; a
+    /// configured map picks from its own sets, [`ClassMap::outer`]).
     pub const fn dscp(self) -> u8 {
         match self {
             Class::RealTime => dscp::EF,
@@ -54,6 +54,10 @@ pub mod ecn {
 pub struct ClassMap {
     pub dscp: [Class; 64],
     pub pcp: [Class; 8],
+    /// The DSCP the outer datagram carries for a frame of each class (by `Class as usize`)
+    /// whose own DSCP does not name it: one of the class's own codes, so the receiver,
+    /// reading it through the same map, sees the class.
+    pub outer: [u8; 3],
 }
 
 impl Default for ClassMap {
@@ -84,6 +88,10 @@ pub enum ClassMapError {
     DscpInBoth(String),
     #[error("PCP {0} is in both the real-time and the background set")]
     PcpInBoth(u8),
+    #[error(
+        "{0} PCPs are set but no {0} DSCP: the outer datagram could not name the class (add a DSCP, e.g. {1})"
+    )]
+    PcpWithoutDscp(&'static str, &'static str),
 }
 
 /// Names of DSCPs (RFC 2474 class selectors, RFC 2597 assured forwarding, RFC 3246 EF,
@@ -246,6 +254,18 @@ impl ClassMap {
         if let Some(p) = PcpSet(sets.real_time_pcp.0 & sets.background_pcp.0).iter().next() {
             return Err(ClassMapError::PcpInBoth(p));
         }
+        if sets.real_time_pcp.0 != 0 && sets.real_time_dscp.0 == 0 {
+            return Err(ClassMapError::PcpWithoutDscp("real-time", "EF"));
+        }
+        if sets.background_pcp.0 != 0 && sets.background_dscp.0 == 0 {
+            return Err(ClassMapError::PcpWithoutDscp("background", "CS1"));
+        }
+        // The class's usual code when it has it, else its lowest.
+        let outer = |set: DscpSet, usual: u8| match set.contains(usual) {
+            true => usual,
+            false => set.iter().next().unwrap_or(usual),
+        };
+        let normal = DscpSet(!(sets.real_time_dscp.0 | sets.background_dscp.0));
         let class = |rt: bool, bg: bool| match (rt, bg) {
             (true, _) => Class::RealTime,
             (_, true) => Class::Background,
@@ -260,6 +280,11 @@ impl ClassMap {
                 let p = p as u8;
                 class(sets.real_time_pcp.contains(p), sets.background_pcp.contains(p))
             }),
+            outer: [
+                outer(sets.real_time_dscp, dscp::EF),
+                outer(normal, 0),
+                outer(sets.background_dscp, dscp::CS1),
+            ],
         })
     }
 }
@@ -319,8 +344,8 @@ impl ClassMap {
         };
         let outer = match tos {
             Some(t) if by_dscp(&t) == class => t.value,
-            Some(t) => class.dscp() << 2 | t.value & ecn::MASK,
-            None => class.dscp() << 2,
+            Some(t) => self.outer[class as usize] << 2 | t.value & ecn::MASK,
+            None => self.outer[class as usize] << 2,
         };
         (class, outer)
     }
@@ -468,7 +493,7 @@ mod tests {
     fn a_configured_map_classifies_by_its_sets() {
         let sets = ClassSets {
             real_time_dscp: "AF41".parse().unwrap(),
-            background_dscp: "none".parse().unwrap(),
+            background_dscp: "LE".parse().unwrap(),
             real_time_pcp: "4".parse().unwrap(),
             background_pcp: "0".parse().unwrap(),
         };
@@ -483,6 +508,33 @@ mod tests {
         assert_eq!(ClassMap::new(both), Err(ClassMapError::DscpInBoth("AF41".into())));
         let both = ClassSets { background_pcp: "4".parse().unwrap(), ..sets };
         assert_eq!(ClassMap::new(both), Err(ClassMapError::PcpInBoth(4)));
+        // The outer DSCP names the class in this map: a tagged frame of PCP 4 (real time)
+        // goes out as AF41, not EF; a tagged background frame (PCP 0) as the lowest
+        // background code; with none, the map is refused.
+        assert_eq!(m.mark(&v4(0, Some(4 << 13 | 7))), (Class::RealTime, 34 << 2));
+        let bg = ClassSets { background_dscp: "LE,CS1".parse().unwrap(), ..sets };
+        assert_eq!(
+            ClassMap::new(bg).unwrap().mark(&v4(2, Some(7))),
+            (Class::Background, 8 << 2 | 2)
+        );
+        let bg = ClassSets { background_dscp: "LE".parse().unwrap(), ..sets };
+        assert_eq!(ClassMap::new(bg).unwrap().mark(&v4(0, Some(7))), (Class::Background, 1 << 2));
+        assert_eq!(
+            ClassMap::new(ClassSets { background_dscp: DscpSet(0), ..sets }),
+            Err(ClassMapError::PcpWithoutDscp("background", "CS1")),
+            "PCP 0 is background but no DSCP is"
+        );
+        let no_rt = ClassSets { real_time_dscp: DscpSet(0), ..ClassSets::default() };
+        assert!(matches!(ClassMap::new(no_rt), Err(ClassMapError::PcpWithoutDscp("real-time", _))));
+        let off = ClassSets { real_time_dscp: DscpSet(0), real_time_pcp: PcpSet(0), ..no_rt };
+        assert!(ClassMap::new(off).is_ok(), "no real time at all is a valid map");
+        // Normal frames keep 0 unless 0 is another class's.
+        let zero_bg = ClassSets { background_dscp: "CS0".parse().unwrap(), ..ClassSets::default() };
+        assert_eq!(
+            ClassMap::new(zero_bg).unwrap().outer[Class::Normal as usize],
+            1,
+            "LE: the lowest code left"
+        );
     }
 
     #[test]

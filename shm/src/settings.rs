@@ -243,8 +243,8 @@ pub struct DataplaneArgs {
     /// 802.1Q priorities of background frames.
     #[arg(long, default_value_t = ClassSets::default().background_pcp)]
     pub qos_background_pcp: PcpSet,
-    /// socket and xdp backends: the most of each pass's datagrams, in per cent, that
-    /// real-time ones may take ahead of bulk (beyond, they wait with bulk): a sender that
+    /// socket backend: the most of each pass's datagrams, in per cent, that real-time ones
+    /// may take ahead of bulk on their own socket (beyond, they wait with bulk): a sender that
     /// marks everything real time cannot starve the rest.
     #[arg(long, default_value_t = REAL_TIME_SHARE_DEFAULT, value_parser = clap::value_parser!(u8).range(1..=90))]
     pub qos_real_time_share: u8,

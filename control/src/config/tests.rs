@@ -121,6 +121,7 @@ fn bad_values_are_named() {
         ("[qos]\nbackground_pcp = \"9\"\n", "[qos] background_pcp"),
         ("[qos]\nbackground_dscp = [\"EF\"]\n", "DSCP EF is in both"),
         ("[qos]\nreal_time_share = 95\n", "[qos] real_time_share"),
+        ("[qos]\nbackground_dscp = []\n", "background PCPs are set but no background DSCP"),
         (
             "[daemon]\nbackend = \"dpdk\"\ndataplane_cpu = 0\n[dpdk]\nunderlay = \"net_af_packet0,iface=u\"\nunderlay_ip = \"10.0.0.1/24\"\n",
             "[dpdk] cores",
@@ -170,14 +171,14 @@ fn the_class_map_is_configured_and_passed_to_the_data_plane() {
     assert_eq!(s.qos.classes, ClassSets::default());
     assert_eq!(s.qos.real_time_share, 33);
     let f = parse(
-        "[qos]\nreal_time_dscp = [\"EF\", 34, \"cs6\"]\nbackground_dscp = []\nreal_time_pcp = \"4,5\"\nreal_time_share = 50\n",
+        "[qos]\nreal_time_dscp = [\"EF\", 34, \"cs6\"]\nbackground_dscp = []\nbackground_pcp = \"none\"\nreal_time_pcp = \"4,5\"\nreal_time_share = 50\n",
     )
     .unwrap();
     let s = Settings::resolve(f, CliOverrides::default()).unwrap();
     assert_eq!(s.qos.classes.real_time_dscp, "AF41,EF,CS6".parse::<DscpSet>().unwrap());
     assert_eq!(s.qos.classes.background_dscp, DscpSet(0));
     assert_eq!(s.qos.classes.real_time_pcp.to_string(), "4,5");
-    assert_eq!(s.qos.classes.background_pcp.to_string(), "1", "the default");
+    assert_eq!(s.qos.classes.background_pcp.to_string(), "none");
     let args = crate::daemon::dataplane_args(&s, 1400, &[2, 0, 0, 0, 0, 1]);
     assert_eq!(args.class_sets(), s.qos.classes);
     assert_eq!(args.qos_real_time_share, 50);

@@ -416,7 +416,11 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         );
     }
     // With a real-time lane, the bulk lane's receive queue is bounded by its delay.
-    let rx_stamps = rt_sock.is_some() && sock.enable_rx_timestamps();
+    // With AF_XDP and lanes, the kernel socket is the real-time lane: its wait is measured
+    // too (and, not being bulk, never bounded by CoDel).
+    let stamped =
+        (rt_sock.is_some() || cfg.xdp.is_some() && cfg.lanes) && sock.enable_rx_timestamps();
+    let rx_stamps = stamped && rt_sock.is_some();
     if let Some(rt) = &rt_sock {
         // As the bulk socket: the kernel coalesces only for sockets that ask (see
         // docs/design/qos-lanes-research.md), CE marks must reach omni0, and the lane's

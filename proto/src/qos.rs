@@ -19,18 +19,6 @@ pub enum Class {
     Background = 2,
 }
 
-impl Class {
-    /// The class's usual DSCP: EF, best effort, CS1 (the default map's outer codes; a
-    /// configured map picks from its own sets, [`ClassMap::outer`]).
-    pub const fn dscp(self) -> u8 {
-        match self {
-            Class::RealTime => dscp::EF,
-            Class::Normal => 0,
-            Class::Background => dscp::CS1,
-        }
-    }
-}
-
 /// Named DSCP values (RFC 2474, 3246, 4594).
 pub mod dscp {
     pub const CS1: u8 = 8;
@@ -329,10 +317,10 @@ impl ClassMap {
 
     /// A frame's class and the TOS of the datagram that carries it, from one header read.
     /// The outer DSCP is the inner one copied (RFC 2983 uniform model) when that maps to
-    /// the frame's class, else the class's own ([`Class::dscp`]: a tagged frame whose PCP
-    /// decides, a frame without IP), so the outer DSCP always names the class: the
-    /// receiver's data plane picks the datagram's lane by it. The inner ECN is copied (RFC 6040 normal mode), so that a congested
-    /// underlay can mark the outer header.
+    /// the frame's class, else the class's own ([`ClassMap::outer`]: a tagged frame whose
+    /// PCP decides, a frame without IP), so the outer DSCP always names the class: the
+    /// receiver's data plane picks the datagram's lane by it. The inner ECN is copied (RFC
+    /// 6040 normal mode), so that a congested underlay can mark the outer header.
     #[inline]
     pub fn mark(&self, frame: &[u8]) -> (Class, u8) {
         let Some(l2) = ethernet::l2(frame) else { return (Class::Normal, 0) };

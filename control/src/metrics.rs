@@ -49,6 +49,7 @@ pub struct Metrics {
     cpu_latency_held_seconds: prometheus::Counter,
     realtime_packets: IntCounterVec,
     queue_ce_marked: IntCounter,
+    class_frames: IntCounterVec,
 }
 
 /// What one scrape reports.
@@ -269,6 +270,16 @@ impl Metrics {
                 "omni_queue_ce_marked_total",
                 "ECN-capable frames CoDel marked CE instead of dropping (drops: reason queue_delay)",
             ),
+            class_frames: {
+                let opts = Opts::new(
+                    "omni_class_frames_total",
+                    "Frames per traffic class (docs/qos.md): sealed (sent, by the class map) and \
+                     delivered (received, by the outer DSCP)",
+                );
+                let c = IntCounterVec::new(opts, &["class", "direction"]).expect("valid name");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             registry: r,
         }
     }
@@ -340,6 +351,12 @@ impl Metrics {
             dp(Counter::RealTimeReceived),
         );
         catch_up(&self.queue_ce_marked, dp(Counter::QueueCeMarked));
+        use omni_proto::qos::Class;
+        for class in Class::ALL {
+            let labels = |d| self.class_frames.with_label_values(&[class.name(), d]);
+            catch_up(&labels("sent"), dp(Counter::sent(class)));
+            catch_up(&labels("received"), dp(Counter::received(class)));
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         let mut text = String::from_utf8(buf).unwrap_or_default();
@@ -427,6 +444,7 @@ mod tests {
         let m = Metrics::new();
         let mut dp = vec![0u64; omni_shm::counters::N_COUNTERS];
         dp[Counter::RealTimeSent as usize] = 8;
+        dp[Counter::ReceivedBackground as usize] = 6;
         let w = omni_shm::counters::WorkerCounters::new_for_test();
         w.delay(omni_shm::counters::DelayQueue::ReceiveBulk, 700);
         w.delay(omni_shm::counters::DelayQueue::ReceiveBulk, 20_000);
@@ -456,6 +474,8 @@ mod tests {
         for needle in [
             "omni_sessions_active 1",
             "omni_realtime_packets_total{direction=\"sent\"} 8",
+            "omni_class_frames_total{class=\"background\",direction=\"received\"} 6",
+            "omni_class_frames_total{class=\"real-time\",direction=\"sent\"} 0",
             "omni_queue_delay_seconds_bucket{queue=\"receive\",class=\"bulk\",le=\"0.0005\"} 0",
             "omni_queue_delay_seconds_bucket{queue=\"receive\",class=\"bulk\",le=\"0.001\"} 1",
             "omni_queue_delay_seconds_bucket{queue=\"receive\",class=\"bulk\",le=\"+Inf\"} 2",

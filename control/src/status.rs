@@ -95,6 +95,9 @@ pub struct QosStatus {
     pub ce_marked: u64,
     /// How long frames waited, per queue and class.
     pub queue_delay: Vec<QueueDelayStatus>,
+    /// Frames sealed and delivered per class (`real-time`, `normal`, `background`).
+    #[serde(default)]
+    pub class_packets: Vec<ClassPacketsStatus>,
     /// The class map in force (`[qos]`), as the options write it: `CS5,EF,CS6,CS7`,
     /// `5,6,7`, `none`.
     #[serde(default)]
@@ -108,6 +111,15 @@ pub struct QosStatus {
     /// Per cent of each pass real-time datagrams may take ahead of bulk.
     #[serde(default)]
     pub real_time_share: u8,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClassPacketsStatus {
+    pub class: String,
+    /// Frames of the class sealed (by the class map).
+    pub sent: u64,
+    /// Frames of the class opened and delivered (by the outer DSCP).
+    pub received: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -142,8 +154,18 @@ impl QosStatus {
                 }
             })
             .collect();
+        use omni_proto::qos::Class;
+        let class_packets = Class::ALL
+            .into_iter()
+            .map(|c| ClassPacketsStatus {
+                class: c.name().into(),
+                sent: get(Counter::sent(c) as usize),
+                received: get(Counter::received(c) as usize),
+            })
+            .collect();
         Self {
             lanes,
+            class_packets,
             real_time_sent: get(Counter::RealTimeSent as usize),
             real_time_received: get(Counter::RealTimeReceived as usize),
             queue_delay_drops: get(DropReason::QueueDelay as usize),
@@ -338,6 +360,14 @@ pub fn render(s: &Status) -> String {
     if !waited.is_empty() {
         let _ = writeln!(o, "  waited (mean / p99): {}", waited.join(", "));
     }
+    if q.class_packets.iter().any(|c| c.sent + c.received > 0) {
+        let per_class: Vec<String> = q
+            .class_packets
+            .iter()
+            .map(|c| format!("{} {} / {}", c.class, c.sent, c.received))
+            .collect();
+        let _ = writeln!(o, "  frames per class (sent / received): {}", per_class.join(", "));
+    }
     if !q.real_time_dscp.is_empty() {
         let _ = writeln!(
             o,
@@ -486,6 +516,9 @@ mod tests {
                 c[Counter::RealTimeReceived as usize] = 12;
                 c[DropReason::QueueDelay as usize] = 3;
                 c[Counter::QueueCeMarked as usize] = 1;
+                c[Counter::SentRealTime as usize] = 5;
+                c[Counter::ReceivedNormal as usize] = 90;
+                c[Counter::SentBackground as usize] = 4;
                 let w = omni_shm::counters::WorkerCounters::new_for_test();
                 w.delay(omni_shm::counters::DelayQueue::AccessBulk, 700);
                 w.delay(omni_shm::counters::DelayQueue::AccessBulk, 300);
@@ -524,6 +557,12 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("  waited (mean / p99): access bulk 500 / <= 1000 us\n"), "{t}");
+        assert!(
+            t.contains(
+                "  frames per class (sent / received): real-time 5 / 0, normal 0 / 90, background 4 / 0\n"
+            ),
+            "{t}"
+        );
         assert!(
             t.contains(
                 "  classes: real-time DSCP CS5,EF,CS6,CS7 PCP 5,6,7 (up to 33 % of a pass); background DSCP CS1 PCP 1\n"

@@ -225,6 +225,30 @@ fn two_dpdk_nodes_over_memif_ping_arp_multicast_iperf3() {
         std::fs::read_to_string(&sink).unwrap_or_default().contains("dds-2")
     });
     assert!(got, "multicast crossed: {:?}", std::fs::read_to_string(&sink));
+    // Classes: EF pings (and their EF replies) take the lanes both ways, through each
+    // node's access queue; A opens them outside its crypto worker's batches. CS1 pings
+    // go as background.
+    a_ns.sh_ok("ping -Q 0xb8 -c 5 -i 0.2 -W 3 192.168.98.2");
+    a_ns.sh_ok("ping -Q 0x20 -c 3 -i 0.2 -W 3 192.168.98.2");
+    let (qa, qb) = (na.status()["qos"].clone(), nb.status()["qos"].clone());
+    let n = |q: &serde_json::Value, k: &str| q[k].as_u64().unwrap_or(0);
+    let frames = |q: &serde_json::Value, class: &str, dir: &str| {
+        let all = q["class_packets"].as_array().cloned().unwrap_or_default();
+        all.iter().find(|c| c["class"] == class).map_or(0, |c| c[dir].as_u64().unwrap_or(0))
+    };
+    let waited = |q: &serde_json::Value, class: &str| {
+        let all = q["queue_delay"].as_array().cloned().unwrap_or_default();
+        all.iter()
+            .find(|d| d["queue"] == "access" && d["class"] == class)
+            .map_or(0, |d| d["count"].as_u64().unwrap_or(0))
+    };
+    for (q, who) in [(&qa, "A"), (&qb, "B")] {
+        assert!(n(q, "real_time_sent") >= 5 && n(q, "real_time_received") >= 5, "{who}: {q}");
+        assert!(frames(q, "real-time", "sent") >= 5, "{who}: {q}");
+        assert!(waited(q, "real-time") >= 5, "{who}'s access queue: {q}");
+    }
+    assert!(frames(&qa, "background", "sent") >= 3, "{qa}");
+    assert!(frames(&qb, "background", "received") >= 3 && waited(&qb, "background") >= 3, "{qb}");
     // Bulk TCP.
     let bps = iperf3_tcp(&a_ns, &b_ns, "192.168.98.2", 3);
     assert!(bps > 10e6, "iperf3 over the DPDK fabric: {bps}");

@@ -4,6 +4,9 @@
 //! plane knows when each frame was read (so the wait is exact), to keep the standing queue
 //! that a TCP flow builds near `target` instead of at the size of the buffers.
 
+use omni_proto::qos;
+use omni_shm::counters::{Counter, DropReason, WorkerCounters};
+
 /// CoDel's state for one queue.
 #[derive(Debug, Clone)]
 pub struct Codel {
@@ -86,6 +89,19 @@ impl Codel {
     /// Whether it is in a dropping episode.
     pub fn dropping(&self) -> bool {
         self.dropping
+    }
+}
+
+/// CoDel picked `frame`: an ECN-capable IP frame is marked CE (RFC 8289 section 5: mark
+/// rather than drop), anything else is dropped. Returns whether it goes on.
+pub fn mark_congested(frame: &mut [u8], counters: &WorkerCounters) -> bool {
+    let ect = qos::inner_tos(frame).is_some_and(|t| t.value & qos::ecn::MASK != 0);
+    if ect && qos::apply_outer_ecn(frame, qos::ecn::CE) {
+        counters.inc(Counter::QueueCeMarked, 1);
+        true
+    } else {
+        counters.drop(DropReason::QueueDelay);
+        false
     }
 }
 

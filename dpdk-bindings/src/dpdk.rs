@@ -366,6 +366,12 @@ impl<'p> Mbuf<'p> {
     }
 }
 
+impl AsMut<[u8]> for Mbuf<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.data_mut()
+    }
+}
+
 impl Drop for Mbuf<'_> {
     fn drop(&mut self) {
         // SAFETY: we own the mbuf; it goes back to its pool.

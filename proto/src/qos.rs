@@ -19,6 +19,19 @@ pub enum Class {
     Background = 2,
 }
 
+impl Class {
+    pub const ALL: [Class; 3] = [Class::RealTime, Class::Normal, Class::Background];
+
+    /// As `status` and the metrics write it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Class::RealTime => "real-time",
+            Class::Normal => "normal",
+            Class::Background => "background",
+        }
+    }
+}
+
 /// Named DSCP values (RFC 2474, 3246, 4594).
 pub mod dscp {
     pub const CS1: u8 = 8;

@@ -2,6 +2,8 @@
 //! writer, so increments are plain load + store (no locked instruction); control sums the
 //! blocks when it reads them.
 
+use omni_proto::qos::Class;
+
 use crate::sync::{AtomicU64, Ordering};
 
 /// Why a packet was dropped. The names are the `reason` label of
@@ -190,7 +192,40 @@ pub enum Counter {
     /// ECN-capable frames CoDel marked CE (instead of dropping them) in the access queue
     /// or the bulk receive queue.
     QueueCeMarked,
+    /// Frames sealed, per class (by the class map; [`Counter::sent`]).
+    SentRealTime,
+    SentNormal,
+    SentBackground,
+    /// Frames opened and delivered, per class (by the outer DSCP; [`Counter::received`]).
+    ReceivedRealTime,
+    ReceivedNormal,
+    ReceivedBackground,
 }
+
+impl Counter {
+    /// The counter of frames of `class` sealed.
+    #[inline]
+    pub const fn sent(class: Class) -> Self {
+        match class {
+            Class::RealTime => Self::SentRealTime,
+            Class::Normal => Self::SentNormal,
+            Class::Background => Self::SentBackground,
+        }
+    }
+
+    /// The counter of frames of `class` delivered.
+    #[inline]
+    pub const fn received(class: Class) -> Self {
+        match class {
+            Class::RealTime => Self::ReceivedRealTime,
+            Class::Normal => Self::ReceivedNormal,
+            Class::Background => Self::ReceivedBackground,
+        }
+    }
+}
+
+/// The last counter: they all lie below the histograms.
+const _: () = assert!((Counter::ReceivedBackground as usize) < DELAY_BASE);
 
 /// The data plane's queues whose delay is measured ([`WorkerCounters::delay`]): the access
 /// port's queue (frames read from the TAP until the engine takes them) and the underlay
@@ -199,20 +234,28 @@ pub enum Counter {
 #[repr(usize)]
 pub enum DelayQueue {
     AccessRealTime = 0,
+    /// The normal class's (bulk: it shares the lane with background frames elsewhere).
     AccessBulk,
     ReceiveRealTime,
     ReceiveBulk,
+    AccessBackground,
 }
 
 impl DelayQueue {
-    pub const ALL: [DelayQueue; 4] =
-        [Self::AccessRealTime, Self::AccessBulk, Self::ReceiveRealTime, Self::ReceiveBulk];
+    pub const ALL: [DelayQueue; 5] = [
+        Self::AccessRealTime,
+        Self::AccessBulk,
+        Self::AccessBackground,
+        Self::ReceiveRealTime,
+        Self::ReceiveBulk,
+    ];
 
     /// (queue, class) as the metrics label them.
     pub fn labels(self) -> (&'static str, &'static str) {
         match self {
             Self::AccessRealTime => ("access", "real-time"),
             Self::AccessBulk => ("access", "bulk"),
+            Self::AccessBackground => ("access", "background"),
             Self::ReceiveRealTime => ("receive", "real-time"),
             Self::ReceiveBulk => ("receive", "bulk"),
         }
@@ -224,7 +267,7 @@ pub const DELAY_BOUNDS_US: [u64; 8] = [50, 100, 250, 500, 1000, 2500, 5000, 10_0
 /// Slots of one queue's histogram: its buckets (not cumulative), then the sum of delays (µs).
 const DELAY_SLOTS: usize = DELAY_BOUNDS_US.len() + 2;
 /// Where the histograms start.
-const DELAY_BASE: usize = 64;
+const DELAY_BASE: usize = 96;
 
 /// One queue's delay histogram, read back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -270,7 +313,7 @@ impl DelayHistogram {
 }
 
 /// Number of counter slots per worker (drops 0..32, others 32..64, delay histograms 64..104).
-pub const N_COUNTERS: usize = 128;
+pub const N_COUNTERS: usize = 160;
 const _: () = assert!(DELAY_BASE + DelayQueue::ALL.len() * DELAY_SLOTS <= N_COUNTERS);
 
 /// One worker's counter block, as it lies in shared memory.

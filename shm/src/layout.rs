@@ -17,7 +17,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"OMNISHM\x01");
 /// Bumped whenever any layout or record format changes.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 pub const HEADER_SIZE: usize = 4096;
 
 /// The region header. All fields are atomics: the region is shared with another process.

@@ -682,11 +682,8 @@ impl Daemon {
             peers_refused: st.peers_refused,
             revocations_known: self.fabric.admission().map_or(0, |a| a.revoked.len()),
             workers: self.channel.worker_samples(),
-            qos: crate::status::QosStatus::from_counters(
-                self.settings.qos.lanes && self.settings.daemon.backend != Backend::Dpdk,
-                &counters,
-            )
-            .with_classes(&self.settings.qos.classes, self.settings.qos.real_time_share),
+            qos: crate::status::QosStatus::from_counters(self.settings.qos.lanes, &counters)
+                .with_classes(&self.settings.qos.classes, self.settings.qos.real_time_share),
         }
     }
 

@@ -1,35 +1,51 @@
 //! The access port's queue (with the real-time lane, docs/qos.md): frames read eagerly
-//! from the TAP wait here by class instead of in the kernel's ring, where a real-time frame
-//! could not overtake. Real-time frames leave first; bulk ones after them, each with
-//! CoDel's verdict on how long it waited. Sans-IO: buffers come and go through the caller,
-//! time comes in as microseconds.
+//! from the access port wait here by class instead of in the port's own ring (the TAP's
+//! kernel ring, a NIC's descriptors), where a real-time frame could not overtake.
+//! Real-time frames leave first, then normal ones, then background ones (which keep a
+//! share, so they are not starved); each bulk frame with its class's CoDel verdict on how
+//! long it waited. Sans-IO and generic over the buffer (the socket backend's boxed frames,
+//! the DPDK backend's mbufs): buffers come and go through the caller, time comes in as
+//! microseconds.
 
 use std::collections::VecDeque;
 
 use omni_proto::qos::{Class, ClassMap};
 
-use crate::codel::Codel;
+use omni_shm::counters::{DelayQueue, WorkerCounters};
 
-/// A frame read from the TAP, waiting.
-pub struct Queued {
-    pub buf: Box<[u8]>,
+use crate::codel::{self, Codel};
+
+/// A frame read from the access port, waiting.
+pub struct Queued<B> {
+    pub buf: B,
     pub len: usize,
     /// When it was read (monotonic µs): its wait is CoDel's measure.
     pub read_us: u64,
 }
 
-/// What [`AccessQueue::next`] hands on.
-pub enum Served {
-    RealTime {
-        frame: Queued,
-        waited_us: u64,
-    },
-    /// `congested`: CoDel picked it (the caller marks it CE or drops it).
-    Bulk {
-        frame: Queued,
-        waited_us: u64,
-        congested: bool,
-    },
+/// A frame [`AccessQueue::next`] hands on.
+pub struct Served<B> {
+    pub frame: Queued<B>,
+    pub class: Class,
+    pub waited_us: u64,
+    /// CoDel picked it (never a real-time frame): the caller marks it CE or drops it.
+    pub congested: bool,
+}
+
+impl<B: AsMut<[u8]>> Served<B> {
+    /// Records the frame's wait in its class's histogram; one CoDel picked is marked CE
+    /// when ECN-capable, else it is to be dropped. Its Ethernet frame starts at `at` (after
+    /// a virtio-net header). Returns whether it goes on.
+    pub fn settle(&mut self, at: usize, counters: &WorkerCounters) -> bool {
+        let queue = match self.class {
+            Class::RealTime => DelayQueue::AccessRealTime,
+            Class::Normal => DelayQueue::AccessBulk,
+            Class::Background => DelayQueue::AccessBackground,
+        };
+        counters.delay(queue, self.waited_us);
+        let frame = self.frame.buf.as_mut().get_mut(at..self.frame.len).unwrap_or_default();
+        !self.congested || codel::mark_congested(frame, counters)
+    }
 }
 
 /// Bytes read ahead while no real-time frame came lately. With nothing to overtake, a deep
@@ -39,43 +55,63 @@ pub enum Served {
 /// full-size frames, keeps the pipeline fed.
 pub const SHALLOW_BYTES: usize = 256 << 10;
 /// How long after the last real-time frame (read here, or received from a peer) the queue
-/// keeps reading the TAP dry.
+/// keeps reading the access port dry.
 pub const REAL_TIME_RECENT_US: u64 = 1_000_000;
+/// The share (per cent of bytes) background frames keep while normal ones wait too: a log
+/// upload yields to everything else, but is not starved by a saturating normal flow.
+pub const BACKGROUND_SHARE_PERCENT: u64 = 10;
 
-pub struct AccessQueue {
+pub struct AccessQueue<B> {
     classes: ClassMap,
-    free: Vec<Box<[u8]>>,
-    rt: VecDeque<Queued>,
-    bulk: VecDeque<Queued>,
+    /// Frames it holds at most.
+    capacity: usize,
+    /// Buffers the caller keeps here between frames ([`AccessQueue::slot`]; the socket
+    /// backend's; DPDK's mbufs go back to their pool instead).
+    spare: Vec<B>,
+    /// By `Class as usize`.
+    lanes: [VecDeque<Queued<B>>; 3],
     /// Bytes of the frames queued.
     queued_bytes: usize,
     last_real_time_us: Option<u64>,
-    codel: Codel,
+    /// One CoDel per bulk class (normal, background): a standing background queue must not
+    /// get normal frames dropped.
+    codel: [Codel; 2],
+    /// Bytes background frames may still send ahead of normal ones: earned by the normal
+    /// bytes sent while background ones wait ([`BACKGROUND_SHARE_PERCENT`]).
+    background_credit: u64,
 }
 
-impl AccessQueue {
-    /// A queue of `slots` buffers of `slot_bytes` each, frames sorted by `classes`, bulk
-    /// delay bounded by CoDel.
-    pub fn new(
-        classes: ClassMap,
-        slots: usize,
-        slot_bytes: usize,
-        target_us: u64,
-        interval_us: u64,
-    ) -> Self {
+impl<B> AccessQueue<B> {
+    /// A queue of at most `capacity` frames, sorted by `classes`, bulk delay bounded by
+    /// CoDel.
+    pub fn new(classes: ClassMap, capacity: usize, target_us: u64, interval_us: u64) -> Self {
         Self {
             classes,
-            free: (0..slots).map(|_| vec![0u8; slot_bytes].into_boxed_slice()).collect(),
-            rt: VecDeque::with_capacity(slots),
-            bulk: VecDeque::with_capacity(slots),
+            capacity,
+            spare: Vec::new(),
+            lanes: std::array::from_fn(|_| VecDeque::with_capacity(capacity)),
             queued_bytes: 0,
             last_real_time_us: None,
-            codel: Codel::new(target_us, interval_us),
+            codel: std::array::from_fn(|_| Codel::new(target_us, interval_us)),
+            background_credit: 0,
         }
     }
 
+    /// As [`AccessQueue::new`], with one spare buffer per frame it can hold, made by `buf`.
+    pub fn with_buffers(
+        classes: ClassMap,
+        capacity: usize,
+        target_us: u64,
+        interval_us: u64,
+        buf: impl FnMut(usize) -> B,
+    ) -> Self {
+        let mut q = Self::new(classes, capacity, target_us, interval_us);
+        q.spare = (0..capacity).map(buf).collect();
+        q
+    }
+
     /// Whether a real-time frame came within [`REAL_TIME_RECENT_US`] of `now_us`: then the
-    /// TAP is read dry, so the next one cannot wait behind bulk in the kernel's ring;
+    /// access port is read dry, so the next one cannot wait behind bulk in the port's ring;
     /// otherwise only [`SHALLOW_BYTES`] are read ahead.
     pub fn real_time_lately(&self, now_us: u64) -> bool {
         self.last_real_time_us.is_some_and(|t| now_us.saturating_sub(t) < REAL_TIME_RECENT_US)
@@ -86,58 +122,101 @@ impl AccessQueue {
         self.last_real_time_us = Some(now_us);
     }
 
-    /// A buffer to read the next frame into. `None`: the queue is full; stop reading, and
-    /// what comes next waits in the kernel's ring. (Dropping the oldest bulk frame to read
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(VecDeque::is_empty)
+    }
+
+    /// Whether to read another frame from the access port. No: the queue is full, or,
+    /// without real-time traffic lately, [`SHALLOW_BYTES`] are queued; stop reading, and
+    /// what comes next waits in the port's ring. (Dropping the oldest bulk frame to read
     /// on would only move the loss here, and spend the reads: measured, a UDP flow at the
     /// data plane's capacity lost a third of its datagrams that way.)
-    /// Without real-time traffic lately, also `None` once [`SHALLOW_BYTES`] are queued.
-    pub fn slot(&mut self, now_us: u64) -> Option<Box<[u8]>> {
-        if self.queued_bytes >= SHALLOW_BYTES && !self.real_time_lately(now_us) {
+    pub fn has_room(&self, now_us: u64) -> bool {
+        self.len() < self.capacity
+            && (self.queued_bytes < SHALLOW_BYTES || self.real_time_lately(now_us))
+    }
+
+    /// A spare buffer to read the next frame into, when [`AccessQueue::has_room`].
+    pub fn slot(&mut self, now_us: u64) -> Option<B> {
+        if !self.has_room(now_us) {
             return None;
         }
-        self.free.pop()
+        self.spare.pop()
     }
 
     /// A buffer back, unused or done with.
-    pub fn recycle(&mut self, buf: Box<[u8]>) {
-        self.free.push(buf);
+    pub fn recycle(&mut self, buf: B) {
+        self.spare.push(buf);
     }
 
-    /// Queues the frame read into `buf[..len]` at `read_us`; the Ethernet frame starts at
-    /// `frame_at` (after a virtio-net header).
-    pub fn push(&mut self, buf: Box<[u8]>, len: usize, frame_at: usize, read_us: u64) {
-        let class = self.classes.classify(buf.get(frame_at..len).unwrap_or(&[]));
-        let frame = Queued { buf, len, read_us };
-        self.queued_bytes += len;
-        match class {
-            Class::RealTime => {
-                self.saw_real_time(read_us);
-                self.rt.push_back(frame)
-            }
-            _ => self.bulk.push_back(frame),
+    /// A frame's class by the queue's map.
+    #[inline]
+    pub fn classify(&self, frame: &[u8]) -> Class {
+        self.classes.classify(frame)
+    }
+
+    /// Queues a frame of `len` bytes of `class` ([`AccessQueue::classify`]) read at
+    /// `read_us`.
+    pub fn push(&mut self, buf: B, class: Class, len: usize, read_us: u64) {
+        if class == Class::RealTime {
+            self.saw_real_time(read_us);
         }
+        self.queued_bytes += len;
+        self.lanes[class as usize].push_back(Queued { buf, len, read_us });
     }
 
     pub fn has_real_time(&self) -> bool {
-        !self.rt.is_empty()
+        !self.lanes[Class::RealTime as usize].is_empty()
     }
 
+    /// Whether normal or background frames wait.
     pub fn has_bulk(&self) -> bool {
-        !self.bulk.is_empty()
+        self.lanes[1..].iter().any(|l| !l.is_empty())
     }
 
-    /// The next frame to hand on at `now_us`: every real-time one before any bulk one.
-    pub fn next(&mut self, now_us: u64) -> Option<Served> {
-        if let Some(frame) = self.rt.pop_front() {
-            self.queued_bytes -= frame.len;
-            let waited_us = now_us.saturating_sub(frame.read_us);
-            return Some(Served::RealTime { frame, waited_us });
-        }
-        let frame = self.bulk.pop_front()?;
+    /// The next frame to hand on at `now_us`: every real-time one first, then normal ones,
+    /// background ones when no normal one waits or on the credit normal ones earned them.
+    pub fn next(&mut self, now_us: u64) -> Option<Served<B>> {
+        let class = self.next_class()?;
+        let frame = self.lanes[class as usize].pop_front()?;
         self.queued_bytes -= frame.len;
         let waited_us = now_us.saturating_sub(frame.read_us);
-        let congested = self.codel.on_dequeue(now_us, waited_us, self.bulk.is_empty());
-        Some(Served::Bulk { frame, waited_us, congested })
+        let congested = match class {
+            Class::RealTime => false,
+            Class::Normal | Class::Background => {
+                let bg = class == Class::Background;
+                if bg {
+                    self.background_credit =
+                        self.background_credit.saturating_sub(frame.len as u64);
+                } else if !self.lanes[Class::Background as usize].is_empty() {
+                    self.background_credit += frame.len as u64 * BACKGROUND_SHARE_PERCENT
+                        / (100 - BACKGROUND_SHARE_PERCENT);
+                }
+                let drained = self.lanes[class as usize].is_empty();
+                self.codel[bg as usize].on_dequeue(now_us, waited_us, drained)
+            }
+        };
+        Some(Served { frame, class, waited_us, congested })
+    }
+
+    /// The lane the next frame leaves from.
+    fn next_class(&self) -> Option<Class> {
+        let [rt, normal, background] = &self.lanes;
+        if !rt.is_empty() {
+            return Some(Class::RealTime);
+        }
+        match (normal.front(), background.front()) {
+            (None, None) => None,
+            (Some(_), None) => Some(Class::Normal),
+            (None, Some(_)) => Some(Class::Background),
+            (Some(_), Some(b)) if self.background_credit >= b.len as u64 => Some(Class::Background),
+            (Some(_), Some(_)) => Some(Class::Normal),
+        }
     }
 }
 
@@ -145,91 +224,126 @@ impl AccessQueue {
 mod tests {
     use super::*;
 
-    /// An untagged IPv4 frame with TOS `tos`, in a buffer of 64 bytes.
-    fn frame(q: &mut AccessQueue, tos: u8, id: u8, read_us: u64) {
-        let mut buf = q.slot(0).expect("room");
+    type Q = AccessQueue<Box<[u8]>>;
+
+    /// An untagged IPv4 frame with TOS `tos` and id byte `id`, `len` bytes long (at
+    /// least 35), read into a spare buffer and queued.
+    fn frame_of(q: &mut Q, tos: u8, id: u8, len: usize, read_us: u64) -> Option<()> {
+        let mut buf = q.slot(read_us)?;
         buf[..14].copy_from_slice(&[0xff; 14]);
         buf[12..14].copy_from_slice(&[0x08, 0x00]);
         buf[14] = 0x45;
         buf[15] = tos;
         buf[16..34].fill(0);
         buf[34] = id;
-        q.push(buf, 35, 0, read_us);
+        let class = q.classify(&buf[..len]);
+        q.push(buf, class, len, read_us);
+        Some(())
     }
 
-    fn id(s: &Served) -> (bool, u8) {
-        match s {
-            Served::RealTime { frame, .. } => (true, frame.buf[34]),
-            Served::Bulk { frame, .. } => (false, frame.buf[34]),
-        }
+    fn frame(q: &mut Q, tos: u8, id: u8, read_us: u64) {
+        frame_of(q, tos, id, 35, read_us).expect("room");
+    }
+
+    fn queue(slots: usize, slot_bytes: usize) -> Q {
+        AccessQueue::with_buffers(ClassMap::default(), slots, 500, 10_000, |_| {
+            vec![0u8; slot_bytes].into_boxed_slice()
+        })
+    }
+
+    /// Serves one frame and gives its buffer back: (class, id byte, congested).
+    fn serve(q: &mut Q, now_us: u64) -> Option<(Class, u8, bool)> {
+        let s = q.next(now_us)?;
+        let r = (s.class, s.frame.buf[34], s.congested);
+        q.recycle(s.frame.buf);
+        Some(r)
     }
 
     #[test]
-    fn real_time_frames_leave_before_every_bulk_frame_each_in_order() {
-        let mut q = AccessQueue::new(ClassMap::default(), 8, 64, 500, 10_000);
-        for (tos, n) in [(0, 1), (0x28, 2), (0xb8, 3), (0, 4), (0xc0, 5), (0x20, 6)] {
+    fn real_time_frames_leave_first_then_normal_then_background_each_in_order() {
+        let mut q = queue(8, 64);
+        for (tos, n) in [(0, 1), (0x20, 2), (0xb8, 3), (0, 4), (0xc0, 5), (0x28, 6)] {
             frame(&mut q, tos, n, 0);
         }
-        let mut order = vec![];
-        while let Some(s) = q.next(10) {
-            order.push(id(&s));
-            let (Served::RealTime { frame, .. } | Served::Bulk { frame, .. }) = s;
-            q.recycle(frame.buf);
-        }
-        let want = [(true, 3), (true, 5), (false, 1), (false, 2), (false, 4), (false, 6)];
+        let order: Vec<_> = std::iter::from_fn(|| serve(&mut q, 10)).map(|s| (s.0, s.1)).collect();
+        use Class::*;
+        let want =
+            [(RealTime, 3), (RealTime, 5), (Normal, 1), (Normal, 4), (Normal, 6), (Background, 2)];
         assert_eq!(order, want);
-        assert!(!q.has_bulk() && !q.has_real_time());
+        assert!(!q.has_bulk() && !q.has_real_time() && q.is_empty());
+    }
+
+    /// Under a saturating normal flow, background frames keep their share of the bytes
+    /// (not more, and not nothing).
+    #[test]
+    fn background_keeps_its_share_beside_a_saturating_normal_flow() {
+        let mut q = queue(64, 1500);
+        let mut sent = [0usize; 3];
+        // Both flows keep their frames queued: one in per frame of theirs out.
+        let (normal, background) = ((0, 1500), (0x20, 1000));
+        for _ in 0..32 {
+            for (tos, len) in [normal, background] {
+                frame_of(&mut q, tos, 0, len, 0).expect("room");
+            }
+        }
+        for t in 0..10_000u64 {
+            let (class, ..) = serve(&mut q, t).expect("queued");
+            let (tos, len) = if class == Class::Background { background } else { normal };
+            sent[class as usize] += len;
+            frame_of(&mut q, tos, 0, len, t).expect("room");
+        }
+        let share = sent[2] as f64 * 100.0 / (sent[1] + sent[2]) as f64;
+        let want = BACKGROUND_SHARE_PERCENT as f64;
+        assert!((share - want).abs() < 1.0, "background share {share:.1} %, want {want} %");
+        // Alone, background frames leave at once, credit or not.
+        let mut q = queue(4, 64);
+        for n in 1..=3 {
+            frame(&mut q, 0x20, n, 0);
+        }
+        let order: Vec<_> = std::iter::from_fn(|| serve(&mut q, 1)).map(|s| (s.0, s.1)).collect();
+        assert_eq!(order, [(Class::Background, 1), (Class::Background, 2), (Class::Background, 3)]);
     }
 
     #[test]
     fn a_full_queue_takes_no_more_until_a_frame_leaves() {
-        let mut q = AccessQueue::new(ClassMap::default(), 2, 64, 500, 10_000);
+        let mut q = queue(2, 64);
         frame(&mut q, 0, 1, 0);
         frame(&mut q, 0xb8, 2, 0);
-        assert!(q.slot(0).is_none(), "full: the caller stops reading");
-        let Some(Served::RealTime { frame: f, .. }) = q.next(0) else { panic!("real time first") };
-        q.recycle(f.buf);
+        assert!(!q.has_room(0) && q.slot(0).is_none(), "full: the caller stops reading");
+        assert_eq!(serve(&mut q, 0), Some((Class::RealTime, 2, false)));
         let buf = q.slot(0).expect("a slot again");
-        q.push(buf, 0, 0, 0); // a runt: classified normal, queued as bulk
-        assert_eq!(q.next(0).map(|s| id(&s)), Some((false, 1)));
+        q.push(buf, Class::Normal, 0, 0); // a runt: queued as normal
+        assert_eq!(serve(&mut q, 0).map(|s| s.1), Some(1));
         assert!(q.has_bulk(), "the runt waits behind it");
     }
 
     /// Without real-time traffic the queue reads only [`SHALLOW_BYTES`] ahead (frames are
-    /// sealed while in cache); a real-time frame, read or received, makes it read the TAP
+    /// sealed while in cache); a real-time frame, read or received, makes it read the port
     /// dry for [`REAL_TIME_RECENT_US`].
     #[test]
     fn the_queue_reads_deep_only_while_real_time_traffic_flows() {
         const BIG: usize = 64 << 10;
-        let mut q = AccessQueue::new(ClassMap::default(), 16, BIG + 64, 500, 10_000);
-        let bulk = |q: &mut AccessQueue, now| {
-            let buf = q.slot(now)?;
-            q.push(buf, BIG, 0, now);
-            Some(())
-        };
+        let mut q = queue(16, BIG + 64);
+        let bulk = |q: &mut Q, now| frame_of(q, 0, 0, BIG, now);
         let mut n = 0;
         while bulk(&mut q, 5).is_some() {
             n += 1;
         }
         assert_eq!(n, SHALLOW_BYTES / BIG, "shallow: {n} super-frames");
         // The next real-time frame is read once a bulk one has left.
-        let (Served::RealTime { frame: f, .. } | Served::Bulk { frame: f, .. }) =
-            q.next(8).expect("queued");
-        q.recycle(f.buf);
+        serve(&mut q, 8).expect("queued");
         frame(&mut q, 0xb8, 1, 10);
         assert!(q.real_time_lately(10));
         while bulk(&mut q, 20).is_some() {
             n += 1;
         }
         assert_eq!(n - 1 + 1, 16, "deep: every slot (one bulk frame left, one real-time came)");
-        // A second later, shallow again: no slot until enough has left.
+        // A second later, shallow again: no room until enough has left.
         let later = 10 + REAL_TIME_RECENT_US;
         assert!(!q.real_time_lately(later));
         let mut served = 0;
-        while q.slot(later).map(|b| q.recycle(b)).is_none() {
-            let (Served::RealTime { frame, .. } | Served::Bulk { frame, .. }) =
-                q.next(later).expect("frames queued");
-            q.recycle(frame.buf);
+        while !q.has_room(later) {
+            serve(&mut q, later).expect("frames queued");
             served += 1;
         }
         assert_eq!(served, 16 - SHALLOW_BYTES / BIG + 1, "down to under {SHALLOW_BYTES} B");
@@ -239,29 +353,45 @@ mod tests {
         assert!(q.slot(later).is_none() && q.queued_bytes > SHALLOW_BYTES);
     }
 
+    /// CoDel per bulk class: a standing queue is picked after an interval; real-time
+    /// frames never are; a background queue standing behind normal traffic does not get
+    /// normal frames picked.
     #[test]
     fn bulk_frames_standing_past_the_target_for_an_interval_are_picked_by_codel() {
-        let mut q = AccessQueue::new(ClassMap::default(), 4, 64, 500, 10_000);
-        let mut picked = vec![];
-        // A standing queue of three: a frame in and one out every 100 µs, each having
-        // waited 2 ms, for 30 ms.
-        for _ in 0..3 {
-            frame(&mut q, 0, 0, 0);
-        }
-        for t in (0..30_000).step_by(100) {
-            frame(&mut q, 0, 0, t);
-            let Some(Served::Bulk { frame, waited_us, congested }) = q.next(t + 2000) else {
-                panic!("a bulk frame is queued")
-            };
-            assert!(waited_us >= 2000);
-            if congested {
-                picked.push(t);
+        for tos in [0, 0x20] {
+            let mut q = queue(4, 64);
+            let mut picked = vec![];
+            // A standing queue of three: a frame in and one out every 100 µs, each having
+            // waited 2 ms, for 30 ms.
+            for _ in 0..3 {
+                frame(&mut q, tos, 0, 0);
             }
-            q.recycle(frame.buf);
+            for t in (0..30_000).step_by(100) {
+                frame(&mut q, tos, 0, t);
+                let Some(s) = q.next(t + 2000) else { panic!("a bulk frame is queued") };
+                assert!(s.waited_us >= 2000 && s.class != Class::RealTime);
+                if s.congested {
+                    picked.push(t);
+                }
+                q.recycle(s.frame.buf);
+            }
+            assert!(!picked.is_empty() && picked[0] >= 9_000, "after an interval: {picked:?}");
+            frame(&mut q, 0xb8, 7, 0);
+            let s = q.next(1_000_000).expect("queued");
+            assert!(s.class == Class::RealTime && s.waited_us == 1_000_000 && !s.congested);
         }
-        assert!(!picked.is_empty() && picked[0] >= 9_000, "after an interval: {picked:?}");
-        // Real-time frames are never picked, however long they waited.
-        frame(&mut q, 0xb8, 7, 0);
-        assert!(matches!(q.next(1_000_000), Some(Served::RealTime { waited_us: 1_000_000, .. })));
+        // Background standing for 30 ms; normal frames passing through quickly.
+        let mut q = queue(8, 64);
+        for t in (0..30_000u64).step_by(100) {
+            frame(&mut q, 0x20, 1, t.saturating_sub(5000));
+            frame(&mut q, 0, 2, t);
+            while let Some(s) = q.next(t + 100) {
+                assert!(s.class == Class::Background || !s.congested, "normal frame picked");
+                q.recycle(s.frame.buf);
+                if q.len() <= 1 {
+                    break;
+                }
+            }
+        }
     }
 }

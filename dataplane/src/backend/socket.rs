@@ -31,13 +31,13 @@ use omni_sys::tap::Tap;
 use omni_sys::{Epoll, SignalFd, wait_writable};
 use tracing::{info, warn};
 
-use super::access_queue::{AccessQueue, Served};
+use super::access_queue::AccessQueue;
 use super::channel;
 use super::crypto_pool::{CryptoPool, Idle, PoolConfig, Work};
 use super::io_loop::{self, Pass, Port, Shell};
 use super::spin::{Awaits, SpinPolicy};
 use super::xdp::{self, XdpRx, XdpSettings, XdpTx};
-use crate::codel::Codel;
+use crate::codel::{self, Codel};
 use crate::cpu_latency::{self, CpuLatency};
 use crate::engine::{ChecksumPartial, Decap, PacketBuf, TxSink};
 use crate::mmsg::{MmsgBatch, RxBuf, UdpSocket};
@@ -46,7 +46,7 @@ use crate::offload::gro::{self, Run};
 use crate::offload::tso::{self, Tso};
 use crate::offload::vnet::{self, VnetHdr};
 use crate::{steer, underlay};
-use omni_proto::qos::{self, ClassMap};
+use omni_proto::qos::ClassMap;
 
 /// Frames read from the TAP (or datagram buffers received) per pass of the loop.
 pub const BURST: usize = 32;
@@ -544,12 +544,12 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
             // is AF_XDP) and a kernel that refused the split have it too.
             queue: cfg.lanes.then(|| {
                 let classes = cfg.classes.clone();
-                AccessQueue::new(
+                AccessQueue::with_buffers(
                     classes,
                     QUEUE_SLOTS,
-                    TAP_BUF,
                     cfg.delay_target_us,
                     QUEUE_INTERVAL_US,
+                    |_| vec![0u8; TAP_BUF].into_boxed_slice(),
                 )
             }),
             rx_codel: rx_stamps.then(|| Codel::new(cfg.delay_target_us, QUEUE_INTERVAL_US)),
@@ -635,7 +635,7 @@ struct SocketPort<'r> {
     xdp_lane: bool,
     state: LoopState,
     /// The access port's queue by class (with the real-time lane).
-    queue: Option<AccessQueue>,
+    queue: Option<AccessQueue<Box<[u8]>>>,
     /// CoDel on the bulk socket's receive queue (with the real-time lane), measured by the
     /// kernel's receive timestamps.
     rx_codel: Option<Codel>,
@@ -1046,7 +1046,9 @@ impl SocketPort<'_> {
                     Decap::Deliver { offset, len, checksum } => {
                         let at = off + offset;
                         let frame = &mut data[at..at + len];
-                        if std::mem::take(&mut congested) && !mark_congested(frame, self.counters) {
+                        if std::mem::take(&mut congested)
+                            && !codel::mark_congested(frame, self.counters)
+                        {
                             off += dl.max(1);
                             continue;
                         }
@@ -1126,21 +1128,11 @@ impl SocketPort<'_> {
         let at = if self.tap.vnet() { vnet::LEN } else { 0 };
         let mut work = 0;
         while work < BULK_BUDGET || q.has_real_time() {
-            let Some(served) = q.next(now_us) else { break };
-            let (mut frame, drop) = match served {
-                Served::RealTime { frame, waited_us } => {
-                    self.counters.delay(DelayQueue::AccessRealTime, waited_us);
-                    (frame, false)
-                }
-                Served::Bulk { mut frame, waited_us, congested } => {
-                    self.counters.delay(DelayQueue::AccessBulk, waited_us);
-                    let drop =
-                        congested && !mark_congested(&mut frame.buf[at..frame.len], self.counters);
-                    (frame, drop)
-                }
-            };
-            work += self.encap_read(now, shell, &mut frame.buf[..frame.len], drop);
-            q.recycle(frame.buf);
+            let Some(mut served) = q.next(now_us) else { break };
+            let goes_on = served.settle(at, self.counters);
+            let frame = &mut served.frame;
+            work += self.encap_read(now, shell, &mut frame.buf[..frame.len], !goes_on);
+            q.recycle(served.frame.buf);
         }
         let more = q.has_bulk() || matches!(r, Ok(true));
         self.queue = Some(q);
@@ -1149,13 +1141,16 @@ impl SocketPort<'_> {
 
     /// Reads the TAP into the queue until it is dry, the queue is full or [`READ_MAX`]
     /// frames came. Returns whether the TAP may hold more.
-    fn drain_tap(&mut self, q: &mut AccessQueue) -> anyhow::Result<bool> {
+    fn drain_tap(&mut self, q: &mut AccessQueue<Box<[u8]>>) -> anyhow::Result<bool> {
         let now_us = monotonic_us();
         let at = if self.tap.vnet() { vnet::LEN } else { 0 };
         for _ in 0..READ_MAX {
             let Some(mut buf) = q.slot(now_us) else { return Ok(true) };
             match self.tap.read(&mut buf) {
-                Ok(Some(len)) => q.push(buf, len, at, now_us),
+                Ok(Some(len)) => {
+                    let class = q.classify(buf.get(at..len).unwrap_or_default());
+                    q.push(buf, class, len, now_us);
+                }
                 Ok(None) => {
                     q.recycle(buf);
                     return Ok(false);
@@ -1256,19 +1251,6 @@ const QUEUE_INTERVAL_US: u64 = 10_000;
 const QUEUE_SLOTS: usize = 128;
 /// TAP reads per pass at most (the queue's reads; a pass then serves some).
 const READ_MAX: usize = 256;
-
-/// CoDel picked `frame`: an ECN-capable IP frame is marked CE (RFC 8289 section 5: mark
-/// rather than drop), anything else is dropped. Returns whether it goes on.
-fn mark_congested(frame: &mut [u8], counters: &WorkerCounters) -> bool {
-    let ect = qos::inner_tos(frame).is_some_and(|t| t.value & qos::ecn::MASK != 0);
-    if ect && qos::apply_outer_ecn(frame, qos::ecn::CE) {
-        counters.inc(Counter::QueueCeMarked, 1);
-        true
-    } else {
-        counters.drop(DropReason::QueueDelay);
-        false
-    }
-}
 
 /// Now on the clock the kernel stamps received datagrams with (CLOCK_REALTIME), in ns.
 fn realtime_ns() -> u64 {

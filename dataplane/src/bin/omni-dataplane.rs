@@ -160,6 +160,8 @@ fn dpdk_config(
         underlay_mtu: args.underlay_mtu,
         tap_mac: args.tap_mac,
         classes,
+        lanes: !args.no_qos_lanes,
+        delay_target_us: args.qos_delay_target_us,
     })
 }
 

@@ -387,13 +387,6 @@ impl<'r> Engine<'r> {
         (!self.expired(s, now_ms) && s.tx_counter() < self.cfg.reject_after_messages).then_some(idx)
     }
 
-    /// The outer TOS for `frame` ([`ClassMap::mark`]): its DSCP names the frame's class,
-    /// which picks the lane the datagram goes in, here and at the receiver.
-    #[inline]
-    fn outer_tos(&self, frame: &[u8]) -> u8 {
-        self.classes.mark(frame).1
-    }
-
     // ---- access port → underlay ------------------------------------------------------
 
     /// Handles a frame read from the access port into `pkt` (at `data[16..16 + len]`).
@@ -555,12 +548,14 @@ impl<'r> Engine<'r> {
     ) -> bool {
         let defer = self.defer_seal;
         // Read before the AEAD turns the frame into ciphertext.
-        let tos = self.outer_tos(&buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + buf.len]);
+        let (class, tos) =
+            self.classes.mark(&buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + buf.len]);
         let Some((n, job)) =
             self.seal_slice(now_ms, peer, idx, &mut buf.data, buf.len, checksum, defer)
         else {
             return false;
         };
+        self.counters.inc(Counter::sent(class), 1);
         buf.tos = tos;
         let endpoint = self.peers[peer as usize].endpoint;
         buf.seal = job;
@@ -674,9 +669,15 @@ impl<'r> Engine<'r> {
         }
         let Some(to) = p.endpoint else { return FALLBACK };
         let Some(idx) = self.usable_current(peer, now_ms) else { return FALLBACK };
-        let tos = self.outer_tos(&msg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + frame_len]);
+        // The outer TOS: its DSCP names the frame's class, which picks the lane the
+        // datagram goes in, here and at the receiver.
+        let (class, tos) =
+            self.classes.mark(&msg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + frame_len]);
         match self.seal_slice(now_ms, peer, idx, msg, frame_len, None, defer) {
-            Some((len, job)) => (InPlace::Sealed { len, to, tos }, job),
+            Some((len, job)) => {
+                self.counters.inc(Counter::sent(class), 1);
+                (InPlace::Sealed { len, to, tos }, job)
+            }
             None => (InPlace::Dropped, None),
         }
     }
@@ -822,9 +823,20 @@ impl<'r> Engine<'r> {
                 .shifted(msg_off)
             }
         };
+        self.settle(verdict, tos, dgram)
+    }
+
+    /// The verdict on a datagram after its outer ECN (RFC 6040, [`congestion`]), counted:
+    /// a drop by its reason, a delivery by the class its outer DSCP names.
+    fn settle(&mut self, verdict: Decap, tos: u8, dgram: &mut [u8]) -> Decap {
         let verdict = congestion(verdict, tos, dgram);
-        if let Decap::Drop(r) = verdict {
-            self.counters.drop(r);
+        match verdict {
+            Decap::Drop(r) => self.counters.drop(r),
+            Decap::Deliver { .. } => {
+                let class = self.classes.dscp[(tos >> 2) as usize];
+                self.counters.inc(Counter::received(class), 1);
+            }
+            _ => {}
         }
         verdict
     }
@@ -900,11 +912,7 @@ impl<'r> Engine<'r> {
                 }
             },
         };
-        let verdict = congestion(verdict, p.tos, dgram);
-        if let Decap::Drop(r) = verdict {
-            self.counters.drop(r);
-        }
-        verdict
+        self.settle(verdict, p.tos, dgram)
     }
 
     /// Unwraps a relay header and sorts the message: handshakes and signalling are

@@ -917,9 +917,14 @@ fn ip_frame(tos: u8) -> PacketBuf {
 
 #[test]
 fn the_outer_tos_follows_the_frame_and_ce_crosses_back_as_rfc_6040_says() {
+    use omni_proto::qos::Class;
     use omni_proto::qos::ecn;
     let (mut a, mut b) = pair("tos");
     let mut sink = VecSink::default();
+    let sent = |e: &Engine, c: Class| e.counters().get(Counter::sent(c));
+    let got = |e: &Engine, c: Class| e.counters().get(Counter::received(c));
+    let sent_before = Class::ALL.map(|c| sent(&a, c));
+    let got_before = Class::ALL.map(|c| got(&b, c));
     // EF with ECT(0): the outer TOS is the inner one; ARP (no DSCP) goes best effort.
     let mut f = ip_frame(0xb8 | ecn::ECT0);
     a.encap(10, &mut f, &mut sink);
@@ -951,4 +956,17 @@ fn the_outer_tos_follows_the_frame_and_ce_crosses_back_as_rfc_6040_says() {
     let v = b.decap_marked(15, A_EP.parse().unwrap(), ecn::ECT1, pkt.datagram_mut(), &mut sink);
     let Decap::Deliver { offset, .. } = v else { panic!("{v:?}") };
     assert_eq!(pkt.data[offset + 15], ecn::ECT1);
+    // A CS1 frame goes as background.
+    let mut f = ip_frame(0x20);
+    a.encap(16, &mut f, &mut sink);
+    let mut pkt = sink.queued.pop().unwrap();
+    assert_eq!(pkt.tos, 0x20);
+    let v = b.decap_marked(17, A_EP.parse().unwrap(), 0x20, pkt.datagram_mut(), &mut sink);
+    assert!(matches!(v, Decap::Deliver { .. }), "{v:?}");
+    // Frames are counted per class: sealed by the map, delivered by the outer DSCP (the
+    // one dropped for CE is not).
+    let sent = Class::ALL.map(|c| sent(&a, c) - sent_before[c as usize]);
+    assert_eq!(sent, [2, 2, 1], "real-time, normal (one ARP), background");
+    let got = Class::ALL.map(|c| got(&b, c) - got_before[c as usize]);
+    assert_eq!(got, [1, 1, 1]);
 }

@@ -91,6 +91,15 @@ impl<'r> Shared<'r> {
             counters: self.region.counters(i),
             frame: PacketBuf::new(),
             classes: self.cfg.classes.clone(),
+            access_queue: self.cfg.lanes.then(|| {
+                let cfg = self.cfg;
+                AccessQueue::new(
+                    cfg.classes.clone(),
+                    ACCESS_QUEUE_FRAMES,
+                    cfg.delay_target_us,
+                    ACCESS_INTERVAL_US,
+                )
+            }),
             busy_poll: self.cfg.busy_poll,
             idle_passes: 0,
             last_signal_check: 0,

@@ -42,7 +42,7 @@ use tracing::{info, warn};
 use crate::engine::{Decap, DecapStart, InPlace, PacketBuf, PendingOpen, TxSink};
 use crate::session::SealJob;
 use omni_shm::bell::Bell;
-use omni_shm::clock::monotonic_ms;
+use omni_shm::clock::{monotonic_ms, monotonic_us};
 use omni_shm::counters::{Counter, DropReason, WorkerCounters};
 use omni_shm::endpoint::Endpoint;
 use omni_shm::layout::Params;
@@ -53,6 +53,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
+use crate::backend::access_queue::AccessQueue;
 use crate::backend::channel;
 use crate::backend::crypto_pool::{Batch, Buf, CryptoPool, Idle, Item, Job, PoolConfig, run_jobs};
 use crate::backend::io_loop::{self, Pass, Port, Shell};
@@ -99,7 +100,19 @@ pub struct DpdkConfig {
     pub tap_mac: Option<[u8; 6]>,
     /// Which frames are real time (sealed and sent at once by the worker).
     pub classes: ClassMap,
+    /// Real-time lanes: an access queue per worker, read ahead, real time first.
+    pub lanes: bool,
+    /// The bulk classes' queue-delay target (CoDel), µs.
+    pub delay_target_us: u64,
 }
+
+/// Frames each worker's access queue holds at most (with `lanes`): about a TAP's kernel
+/// ring (1000 frames), so what would wait there waits here instead, sorted by class.
+pub(super) const ACCESS_QUEUE_FRAMES: usize = 1024;
+/// Frames read ahead from the access port in one pass at most.
+pub(super) const ACCESS_READ_MAX: usize = 8 * BURST;
+/// CoDel's interval on the access queue: about a round trip of the flows in it.
+pub(super) const ACCESS_INTERVAL_US: u64 = 10_000;
 
 /// Runs the DPDK backend until shutdown. Errors are startup errors meant for the operator.
 pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
@@ -167,7 +180,9 @@ pub fn run(cfg: DpdkConfig) -> anyhow::Result<()> {
     // One frame per mbuf, jumbo included: headroom (outer headers go there) + the frame.
     let data_room = (frame_room(cfg.underlay_mtu).max(2048) + 128) as u16;
     // Every queue's RX and TX descriptors full at once, with room to spare.
-    let mbufs = (8191u32).max(cfg.workers as u32 * 4 * PORT_DESCRIPTORS as u32 + 2047);
+    // And each worker's access queue full.
+    let queued = if cfg.lanes { cfg.workers as u32 * ACCESS_QUEUE_FRAMES as u32 } else { 0 };
+    let mbufs = (8191u32).max(cfg.workers as u32 * 4 * PORT_DESCRIPTORS as u32 + 2047) + queued;
     let pool = Mempool::new(&eal, "omni_mbufs", mbufs, 256, data_room)?;
     let mut underlay = EthPort::by_name(&eal, cfg.underlay.name())
         .with_context(|| format!("underlay port {}", cfg.underlay.name()))?;

@@ -33,6 +33,8 @@ fn cfg() -> DpdkConfig {
         underlay_mtu: 1500,
         tap_mac: None,
         classes: Default::default(),
+        lanes: true,
+        delay_target_us: 5000,
     }
 }
 

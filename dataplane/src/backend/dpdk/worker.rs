@@ -49,8 +49,12 @@ pub(super) struct DpdkWorker<'r> {
     pub(super) counters: &'r WorkerCounters,
     pub(super) frame: PacketBuf,
     /// Traffic classes: a real-time frame from the access port is sealed here and sent at
-    /// once, never in a crypto batch or behind the pass's other packets (docs/qos.md).
+    /// once, never in a crypto batch or behind the pass's other packets; a real-time
+    /// datagram from the underlay is opened here and delivered before the batch it came
+    /// with (docs/qos.md).
     pub(super) classes: ClassMap,
+    /// The access port's queue (`[qos] lanes`; see [`AccessQueue`]).
+    pub(super) access_queue: Option<AccessQueue<Mbuf<'r>>>,
     pub(super) busy_poll: bool,
     /// Passes in a row that found nothing (the idle back-off).
     pub(super) idle_passes: u32,
@@ -296,8 +300,18 @@ impl<'r> DpdkWorker<'r> {
                 continue;
             }
             let (payload, src, peer_mac, tos) = (u.payload, u.src, u.route.peer_mac, u.tos);
+            // The receive lane: a real-time datagram is opened here, not in a batch, and
+            // delivered with this burst, ahead of the batches in flight.
+            let real_time = self.classes.dscp[(tos >> 2) as usize] == Class::RealTime;
+            if real_time {
+                self.counters.inc(Counter::RealTimeReceived, 1);
+                if let Some(q) = self.access_queue.as_mut() {
+                    // Its answer may follow on the access port: read it dry for a while.
+                    q.saw_real_time(monotonic_us());
+                }
+            }
             let verdict = match batch.as_mut() {
-                Some(b) => {
+                Some(b) if !real_time => {
                     match shell.engine.decap_start_marked(now, src, tos, &data[payload.clone()]) {
                         DecapStart::Open(p) => {
                             let job = CryptoJob::Open {
@@ -313,7 +327,7 @@ impl<'r> DpdkWorker<'r> {
                         DecapStart::Done(d) => d,
                     }
                 }
-                None => shell.engine.decap_marked(now, src, tos, &mut data[payload.clone()], tx),
+                _ => shell.engine.decap_marked(now, src, tos, &mut data[payload.clone()], tx),
             };
             self.after_decap(now, shell, verdict, m, payload.start, src, peer_mac, tx, deliver);
         }
@@ -436,12 +450,9 @@ impl<'r> DpdkWorker<'r> {
         tx.send_out();
     }
 
-    /// A burst of frames from the access port, sealed and queued for the underlay. A
-    /// unicast frame to a peer with a session is sealed where it lies: outer headers and
-    /// the transport header go into the mbuf's headroom, the tag into its tailroom, and the
-    /// same mbuf is sent (no copy); with crypto workers its AEAD runs there, in one batch
-    /// per burst. Anything else (flooding, staging, short rooms) takes the engine's buffer
-    /// path.
+    /// Frames from the access port, sealed and queued for the underlay. With an access
+    /// queue (`[qos] lanes`), the port is read ahead into it and real-time frames go first
+    /// ([`DpdkWorker::queued_access_burst`]); without, one burst as it comes.
     fn access_burst(
         &mut self,
         now: u64,
@@ -450,65 +461,130 @@ impl<'r> DpdkWorker<'r> {
         rx: &mut MbufBurst<'r>,
         mut crypto: Option<&mut Crypto<'r>>,
     ) -> usize {
+        if self.access_queue.is_some() {
+            return self.queued_access_burst(now, shell, tx, rx, crypto);
+        }
         let n = self.access.rx_burst(self.queue, rx, self.pool);
         if n == 0 {
             return 0;
         }
         let mut batch = crypto.as_deref_mut().map(|c| c.batch());
-        for mut m in rx.drain() {
-            let flen = m.len();
+        for m in rx.drain() {
             let real_time = self.classes.classify(m.data()) == Class::RealTime;
-            if !m.is_contiguous() || flen > self.frame.frame_area().len() {
-                self.counters.drop(DropReason::BadFrame);
-                continue;
-            }
-            let head = tx.outer_len + TRANSPORT_HEADER_LEN;
-            if m.headroom() >= head + relay::HEADER_LEN
-                && m.tailroom() >= AEAD_TAG_LEN
-                && m.prepend(head)
-                && m.append(AEAD_TAG_LEN)
-            {
-                let msg = &mut m.data_mut()[tx.outer_len..];
-                let (verdict, job) = match batch {
-                    Some(_) if !real_time => shell.engine.encap_in_place_deferred(now, msg, flen),
-                    _ => (shell.engine.encap_in_place(now, msg, flen), None),
-                };
-                match (verdict, job, batch.as_mut()) {
-                    (InPlace::Sealed { len, to, tos }, Some(job), Some(b)) => {
-                        if let Some((m, at)) = tx.frame_in_place(now, m, len, to, tos, Some(&job)) {
-                            b.push(Item { buf: m, job: CryptoJob::Seal { job, at, ok: false } });
-                        }
-                        continue;
-                    }
-                    (InPlace::Sealed { len, to, tos }, _, _) => {
-                        if let Some((m, _)) = tx.frame_in_place(now, m, len, to, tos, None) {
-                            tx.push_out(m);
-                            if real_time {
-                                // Out now (with what is already sealed ahead of it).
-                                tx.send_out();
-                                self.counters.inc(Counter::RealTimeSent, 1);
-                            }
-                        }
-                        continue;
-                    }
-                    (InPlace::Dropped, _, _) => continue,
-                    (InPlace::Fallback, _, _) => {
-                        // Untouched: back to the bare frame.
-                        let _ = m.adj(head) && m.trim(AEAD_TAG_LEN);
-                    }
-                }
-            }
-            let f = m.data();
-            self.frame.frame_area()[..f.len()].copy_from_slice(f);
-            self.frame.len = f.len();
-            drop(m);
-            shell.engine.encap(now, &mut self.frame, tx);
+            self.seal_access_frame(now, shell, tx, m, real_time, batch.as_mut());
         }
         if let (Some(c), Some(b)) = (crypto, batch) {
             let mut deliver = MbufBurst::new();
             self.dispatch(now, shell, c, b, tx, &mut deliver);
         }
         n
+    }
+
+    /// The access port with a queue: reads up to [`ACCESS_READ_MAX`] frames ahead (the
+    /// port's ring is where a real-time frame could not overtake), then seals every
+    /// real-time frame queued and a burst of bulk ones, CoDel marking or dropping those
+    /// that waited too long.
+    fn queued_access_burst(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+        tx: &mut DpdkTx<'r>,
+        rx: &mut MbufBurst<'r>,
+        mut crypto: Option<&mut Crypto<'r>>,
+    ) -> usize {
+        let mut q = self.access_queue.take().expect("called with a queue");
+        let now_us = monotonic_us();
+        let mut read = 0;
+        while read < ACCESS_READ_MAX && q.has_room(now_us) {
+            let n = self.access.rx_burst(self.queue, rx, self.pool);
+            for m in rx.drain() {
+                let (class, len) = (q.classify(m.data()), m.len());
+                q.push(m, class, len, now_us);
+            }
+            read += n;
+            if n < BURST {
+                break;
+            }
+        }
+        let mut batch = crypto.as_deref_mut().map(|c| c.batch());
+        let mut bulk = 0;
+        while bulk < BURST || q.has_real_time() {
+            let Some(mut served) = q.next(now_us) else { break };
+            let real_time = served.class == Class::RealTime;
+            bulk += usize::from(!real_time);
+            if served.settle(0, self.counters) {
+                self.seal_access_frame(now, shell, tx, served.frame.buf, real_time, batch.as_mut());
+            }
+        }
+        self.access_queue = Some(q);
+        if let (Some(c), Some(b)) = (crypto, batch) {
+            let mut deliver = MbufBurst::new();
+            self.dispatch(now, shell, c, b, tx, &mut deliver);
+        }
+        read + bulk
+    }
+
+    /// Seals one frame from the access port. A unicast frame to a peer with a session is
+    /// sealed where it lies: outer headers and the transport header go into the mbuf's
+    /// headroom, the tag into its tailroom, and the same mbuf is sent (no copy); with
+    /// crypto workers its AEAD runs there, in `batch`. A real-time frame is sealed here
+    /// and sent at once, never in a batch. Anything else (flooding, staging, short rooms)
+    /// takes the engine's buffer path.
+    fn seal_access_frame(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+        tx: &mut DpdkTx<'r>,
+        mut m: Mbuf<'r>,
+        real_time: bool,
+        batch: Option<&mut Batch<Mbuf<'r>, CryptoJob>>,
+    ) {
+        let flen = m.len();
+        if !m.is_contiguous() || flen > self.frame.frame_area().len() {
+            self.counters.drop(DropReason::BadFrame);
+            return;
+        }
+        let head = tx.outer_len + TRANSPORT_HEADER_LEN;
+        if m.headroom() >= head + relay::HEADER_LEN
+            && m.tailroom() >= AEAD_TAG_LEN
+            && m.prepend(head)
+            && m.append(AEAD_TAG_LEN)
+        {
+            let msg = &mut m.data_mut()[tx.outer_len..];
+            let (verdict, job) = match batch {
+                Some(_) if !real_time => shell.engine.encap_in_place_deferred(now, msg, flen),
+                _ => (shell.engine.encap_in_place(now, msg, flen), None),
+            };
+            match (verdict, job, batch) {
+                (InPlace::Sealed { len, to, tos }, Some(job), Some(b)) => {
+                    if let Some((m, at)) = tx.frame_in_place(now, m, len, to, tos, Some(&job)) {
+                        b.push(Item { buf: m, job: CryptoJob::Seal { job, at, ok: false } });
+                    }
+                    return;
+                }
+                (InPlace::Sealed { len, to, tos }, _, _) => {
+                    if let Some((m, _)) = tx.frame_in_place(now, m, len, to, tos, None) {
+                        tx.push_out(m);
+                        if real_time {
+                            // Out now (with what is already sealed ahead of it).
+                            tx.send_out();
+                            self.counters.inc(Counter::RealTimeSent, 1);
+                        }
+                    }
+                    return;
+                }
+                (InPlace::Dropped, _, _) => return,
+                (InPlace::Fallback, _, _) => {
+                    // Untouched: back to the bare frame.
+                    let _ = m.adj(head) && m.trim(AEAD_TAG_LEN);
+                }
+            }
+        }
+        let f = m.data();
+        self.frame.frame_area()[..f.len()].copy_from_slice(f);
+        self.frame.len = f.len();
+        drop(m);
+        shell.engine.encap(now, &mut self.frame, tx);
     }
 
     /// Applies what the other workers posted. Returns how many messages there were.

@@ -352,6 +352,54 @@ impl ClassMap {
     }
 }
 
+/// A hash of a frame's flow, for queues that treat flows apart: IPv4 / IPv6 addresses,
+/// protocol and, for TCP and UDP, ports (not for a fragment, so every fragment of a
+/// datagram hashes alike); MAC addresses and ethertype for anything else. Not keyed: it
+/// spreads flows, it does not defend against chosen collisions.
+#[inline]
+pub fn flow_hash(frame: &[u8]) -> u32 {
+    use crate::wire::{ipv4, ipv6};
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let fold = |h: u64, bytes: &[u8]| {
+        bytes.chunks(8).fold(h, |h, c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            (h ^ u64::from_le_bytes(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(23)
+        })
+    };
+    let Some(l2) = ethernet::l2(frame) else { return 0 };
+    let ip = &frame[l2.payload..];
+    let (key, l4) = match l2.ethertype {
+        ethertype::IPV4 if ip.len() >= 20 && ip[0] >> 4 == 4 => {
+            let flags = u16::from_be_bytes([ip[6], ip[7]]);
+            let whole = flags & 0x3fff == 0; // neither MF nor an offset
+            let proto = ip[ipv4::field::PROTOCOL];
+            let ports =
+                (whole && (proto == TCP || proto == UDP)).then(|| (ip[0] & 0x0f) as usize * 4);
+            (fold(proto as u64, &ip[ipv4::field::SRC.start..ipv4::field::DST.end]), ports)
+        }
+        ethertype::IPV6 if ip.len() >= 40 && ip[0] >> 4 == 6 => {
+            let next = ip[ipv6::field::NEXT_HEADER];
+            let ports = (next == TCP || next == UDP).then_some(40);
+            (fold(next as u64, &ip[ipv6::field::SRC.start..ipv6::field::DST.end]), ports)
+        }
+        t => (fold(t as u64, &frame[..12]), None),
+    };
+    let mut h = match l4.and_then(|at| ip.get(at..at + 4)) {
+        Some(ports) => fold(key, ports),
+        None => key,
+    };
+    // A product carries only upwards: mix every bit into every other (MurmurHash3's
+    // finaliser), so that any slice of the result tells flows apart.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
 /// What RFC 6040 (section 4.2) does with an arriving frame, given the outer ECN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decap {
@@ -437,6 +485,58 @@ mod tests {
         f.extend_from_slice(&[0x60 | (tc >> 4), (tc << 4) | 0x0a, 0xbc, 0xde]);
         f.extend_from_slice(&[0; 36]);
         f
+    }
+
+    #[test]
+    fn flows_hash_by_addresses_protocol_and_ports_fragments_alike() {
+        let udp = v4(0, None); // UDP 10.0.0.1 -> 10.0.0.2, ports 0 -> 0
+        let port = |f: &[u8], at: usize, p: u16| {
+            let mut f = f.to_vec();
+            f[at..at + 2].copy_from_slice(&p.to_be_bytes());
+            f
+        };
+        let h = flow_hash(&udp);
+        assert_eq!(h, flow_hash(&port(&udp, 16, 0x0100)), "the TOS is no part of it");
+        assert_eq!(
+            h,
+            flow_hash(&{
+                let mut f = udp.clone();
+                f[15] = 0xb8;
+                f
+            })
+        );
+        let other_src_port = port(&udp, 34, 5000);
+        let other_dst_port = port(&udp, 36, 5000);
+        let other_addr = port(&udp, 28, 0x0a09);
+        let hashes =
+            [h, flow_hash(&other_src_port), flow_hash(&other_dst_port), flow_hash(&other_addr)];
+        for i in 0..hashes.len() {
+            for j in i + 1..hashes.len() {
+                assert_ne!(hashes[i], hashes[j], "{i} and {j}");
+            }
+        }
+        // A fragment hashes without ports: every fragment of a datagram alike.
+        let first = port(&port(&udp, 20, 0x2000), 34, 5000); // MF set
+        let later = port(&port(&udp, 20, 0x00b9), 34, 7777); // an offset, no ports
+        assert_eq!(flow_hash(&first), flow_hash(&later));
+        assert_ne!(flow_hash(&first), flow_hash(&other_src_port));
+        // IPv6 by addresses and ports too; anything else by MACs and ethertype; a runt 0.
+        let mut six = v6(0);
+        six.resize(14 + 40 + 4, 0);
+        six[14 + 6] = 17;
+        let h6 = flow_hash(&six);
+        six[14 + 40] = 1;
+        assert_ne!(h6, flow_hash(&six));
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let ha = flow_hash(&arp);
+        arp[6] = 2;
+        assert_ne!(ha, flow_hash(&arp));
+        assert_eq!(flow_hash(&[0; 10]), 0);
+        // Flows a port apart land in different buckets of a small table.
+        let buckets: std::collections::HashSet<u32> =
+            (0..40).map(|p| flow_hash(&port(&udp, 36, 20_000 + p)) % 1024).collect();
+        assert!(buckets.len() >= 38, "{} buckets of 40 flows", buckets.len());
     }
 
     fn v4_checksum_ok(f: &[u8], ip_at: usize) -> bool {

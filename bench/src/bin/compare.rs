@@ -44,7 +44,7 @@ struct Args {
     mtu: Vec<u32>,
     /// Only these paths (veth, vxlan, wireguard-go, boringtun, gotatun, floor, omni-socket,
     /// omni-socket-pinned, omni-socket-chacha, omni-socket-nooffload, omni-socket-noqos,
-    /// omni-xdp, omni-dpdk).
+    /// omni-xdp, omni-dpdk, omni-dpdk-noqos).
     /// floor is a plain TAP-UDP relay without crypto (bench/src/bin/tap_relay.rs): the
     /// latency floor of any user-space TAP tunnel here, with OmniNervous' polling window.
     /// OmniNervous paths use the cipher the nodes negotiate on this CPU (AES-256-GCM with AES
@@ -87,10 +87,11 @@ enum Kind {
     OmniSocketNoqos,
     OmniXdp,
     OmniDpdk,
+    OmniDpdkNoqos,
 }
 
 impl Kind {
-    const ALL: [Kind; 13] = [
+    const ALL: [Kind; 14] = [
         Kind::Veth,
         Kind::Vxlan,
         Kind::WireguardGo,
@@ -104,6 +105,7 @@ impl Kind {
         Kind::OmniSocketNoqos,
         Kind::OmniXdp,
         Kind::OmniDpdk,
+        Kind::OmniDpdkNoqos,
     ];
 
     fn name(self) -> &'static str {
@@ -121,6 +123,7 @@ impl Kind {
             Kind::OmniSocketNoqos => "omni-socket-noqos",
             Kind::OmniXdp => "omni-xdp",
             Kind::OmniDpdk => "omni-dpdk",
+            Kind::OmniDpdkNoqos => "omni-dpdk-noqos",
         }
     }
 
@@ -143,6 +146,7 @@ impl Kind {
             Kind::OmniDpdk => {
                 "OmniNervous DPDK backend (net_af_packet on the veth, net_tap access)"
             }
+            Kind::OmniDpdkNoqos => "OmniNervous DPDK, no access queue (--no-qos-lanes)",
         }
     }
 
@@ -160,7 +164,8 @@ impl Kind {
             | Kind::OmniSocketNooffload
             | Kind::OmniSocketNoqos
             | Kind::OmniXdp
-            | Kind::OmniDpdk => omni_proto::constants::fabric_overhead(false) as u32,
+            | Kind::OmniDpdk
+            | Kind::OmniDpdkNoqos => omni_proto::constants::fabric_overhead(false) as u32,
         }
     }
 }
@@ -408,7 +413,8 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
         | Kind::OmniSocketNooffload
         | Kind::OmniSocketNoqos
         | Kind::OmniXdp
-        | Kind::OmniDpdk => {
+        | Kind::OmniDpdk
+        | Kind::OmniDpdkNoqos => {
             let daemon = ctx.bin.join("omni-daemon");
             let keys = omni_bench::two_identities(
                 &daemon,
@@ -430,6 +436,9 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                 if kind == Kind::OmniSocketNooffload {
                     args.push("--no-offload".into());
                 }
+                if kind == Kind::OmniDpdkNoqos {
+                    args.push("--no-qos-lanes".into());
+                }
                 if kind == Kind::OmniSocketNoqos {
                     args.extend(["--no-qos-lanes", "--dataplane-nice", "0"].map(String::from));
                 }
@@ -447,7 +456,7 @@ fn setup(kind: Kind, p: &Pair, mtu: u32, ctx: &Ctx) -> anyhow::Result<Path_> {
                     let iface = if me == 1 { "ua" } else { "ub" };
                     args.extend(["--backend", "xdp", "--interface", iface].map(String::from));
                 }
-                if kind == Kind::OmniDpdk {
+                if matches!(kind, Kind::OmniDpdk | Kind::OmniDpdkNoqos) {
                     // The DPDK data plane owns the veth end (net_af_packet) with its own
                     // address; the kernel's goes. One lcore each, on different cores.
                     let iface = if me == 1 { "ua" } else { "ub" };
@@ -1050,7 +1059,7 @@ fn main() -> anyhow::Result<()> {
                     Kind::OmniXdp if mtu > 3000 => {
                         Some("the XDP backend takes underlay MTUs up to 4078 (one page per frame)")
                     }
-                    Kind::OmniDpdk if mtu > 1500 => Some(
+                    Kind::OmniDpdk | Kind::OmniDpdkNoqos if mtu > 1500 => Some(
                         "the DPDK backend's net_tap access port carries at most 1522-byte frames (DPDK 22.11), so omni0 would stay at 1500; jumbo frames end to end need a memif or NIC access port (dpdk_pktgen --underlay-mtu 9000)",
                     ),
                     _ => None,

@@ -3,13 +3,15 @@
 //! kernel ring, a NIC's descriptors), where a real-time frame could not overtake.
 //! Real-time frames leave first, then normal ones, then background ones (which keep a
 //! share, so they are not starved); each bulk frame with its class's CoDel verdict on how
-//! long it waited. Sans-IO and generic over the buffer (the socket backend's boxed frames,
+//! long it waited. Among normal frames, one of a flow with nothing else queued (a sparse
+//! flow: an unmarked ping, a DNS query, an SSH keystroke) goes ahead of the flows that
+//! keep a queue standing, as fq_codel's new flows do. Sans-IO and generic over the buffer (the socket backend's boxed frames,
 //! the DPDK backend's mbufs): buffers come and go through the caller, time comes in as
 //! microseconds.
 
 use std::collections::VecDeque;
 
-use omni_proto::qos::{Class, ClassMap};
+use omni_proto::qos::{self, Class, ClassMap};
 
 use omni_shm::counters::{DelayQueue, WorkerCounters};
 
@@ -21,6 +23,16 @@ pub struct Queued<B> {
     pub len: usize,
     /// When it was read (monotonic µs): its wait is CoDel's measure.
     pub read_us: u64,
+    /// Its flow's bucket ([`Sort::bucket`]).
+    bucket: u16,
+}
+
+/// How the queue sorts a frame ([`AccessQueue::sort`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort {
+    pub class: Class,
+    /// Its flow's bucket (of [`FLOW_BUCKETS`], by [`qos::flow_hash`]).
+    pub bucket: u16,
 }
 
 /// A frame [`AccessQueue::next`] hands on.
@@ -60,6 +72,14 @@ pub const REAL_TIME_RECENT_US: u64 = 1_000_000;
 /// The share (per cent of bytes) background frames keep while normal ones wait too: a log
 /// upload yields to everything else, but is not starved by a saturating normal flow.
 pub const BACKGROUND_SHARE_PERCENT: u64 = 10;
+/// Buckets flows are hashed into to tell a sparse flow (nothing else of it queued) from
+/// one with a standing queue: two flows in one bucket count as one (a sparse flow that
+/// shares a bulk flow's bucket waits with it).
+pub const FLOW_BUCKETS: usize = 1024;
+/// Frames of sparse flows queued ahead of the normal lane at most: many new flows at
+/// once (a scan, a burst of short connections) queue as normal frames beyond it, so they
+/// cannot starve the flows with a queue.
+pub const SPARSE_MAX: usize = 32;
 
 pub struct AccessQueue<B> {
     classes: ClassMap,
@@ -70,6 +90,10 @@ pub struct AccessQueue<B> {
     spare: Vec<B>,
     /// By `Class as usize`.
     lanes: [VecDeque<Queued<B>>; 3],
+    /// Normal frames of sparse flows, served before the normal lane.
+    sparse: VecDeque<Queued<B>>,
+    /// Normal frames queued per flow bucket (either lane).
+    backlog: Box<[u16]>,
     /// Bytes of the frames queued.
     queued_bytes: usize,
     last_real_time_us: Option<u64>,
@@ -90,6 +114,8 @@ impl<B> AccessQueue<B> {
             capacity,
             spare: Vec::new(),
             lanes: std::array::from_fn(|_| VecDeque::with_capacity(capacity)),
+            sparse: VecDeque::with_capacity(SPARSE_MAX),
+            backlog: vec![0; FLOW_BUCKETS].into_boxed_slice(),
             queued_bytes: 0,
             last_real_time_us: None,
             codel: std::array::from_fn(|_| Codel::new(target_us, interval_us)),
@@ -124,11 +150,11 @@ impl<B> AccessQueue<B> {
 
     /// Frames queued.
     pub fn len(&self) -> usize {
-        self.lanes.iter().map(VecDeque::len).sum()
+        self.lanes.iter().map(VecDeque::len).sum::<usize>() + self.sparse.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lanes.iter().all(VecDeque::is_empty)
+        self.len() == 0
     }
 
     /// Whether to read another frame from the access port. No: the queue is full, or,
@@ -154,20 +180,39 @@ impl<B> AccessQueue<B> {
         self.spare.push(buf);
     }
 
-    /// A frame's class by the queue's map.
+    /// A frame's class by the queue's map, and its flow's bucket (normal frames only:
+    /// the other classes are not told apart by flow).
     #[inline]
-    pub fn classify(&self, frame: &[u8]) -> Class {
-        self.classes.classify(frame)
+    pub fn sort(&self, frame: &[u8]) -> Sort {
+        let class = self.classes.classify(frame);
+        let bucket = match class {
+            Class::Normal => (qos::flow_hash(frame) as usize % FLOW_BUCKETS) as u16,
+            _ => 0,
+        };
+        Sort { class, bucket }
     }
 
-    /// Queues a frame of `len` bytes of `class` ([`AccessQueue::classify`]) read at
+    /// Queues a frame of `len` bytes sorted as `sort` ([`AccessQueue::sort`]), read at
     /// `read_us`.
-    pub fn push(&mut self, buf: B, class: Class, len: usize, read_us: u64) {
-        if class == Class::RealTime {
-            self.saw_real_time(read_us);
-        }
+    pub fn push(&mut self, buf: B, sort: Sort, len: usize, read_us: u64) {
         self.queued_bytes += len;
-        self.lanes[class as usize].push_back(Queued { buf, len, read_us });
+        let frame = Queued { buf, len, read_us, bucket: sort.bucket };
+        match sort.class {
+            Class::RealTime => {
+                self.saw_real_time(read_us);
+                self.lanes[Class::RealTime as usize].push_back(frame);
+            }
+            Class::Normal => {
+                let queued = &mut self.backlog[sort.bucket as usize];
+                let sparse = *queued == 0 && self.sparse.len() < SPARSE_MAX;
+                *queued = queued.saturating_add(1);
+                match sparse {
+                    true => self.sparse.push_back(frame),
+                    false => self.lanes[Class::Normal as usize].push_back(frame),
+                }
+            }
+            Class::Background => self.lanes[Class::Background as usize].push_back(frame),
+        }
     }
 
     pub fn has_real_time(&self) -> bool {
@@ -176,15 +221,28 @@ impl<B> AccessQueue<B> {
 
     /// Whether normal or background frames wait.
     pub fn has_bulk(&self) -> bool {
-        self.lanes[1..].iter().any(|l| !l.is_empty())
+        !self.sparse.is_empty() || self.lanes[1..].iter().any(|l| !l.is_empty())
     }
 
-    /// The next frame to hand on at `now_us`: every real-time one first, then normal ones,
-    /// background ones when no normal one waits or on the credit normal ones earned them.
+    /// The next frame to hand on at `now_us`: every real-time one first, then normal ones
+    /// (sparse flows' first), background ones when no normal one waits or on the credit
+    /// normal ones earned them.
     pub fn next(&mut self, now_us: u64) -> Option<Served<B>> {
+        if !self.has_real_time()
+            && let Some(frame) = self.sparse.pop_front()
+        {
+            // Nothing else of its flow was queued: it stands in no queue, CoDel leaves it.
+            self.left_normal(&frame);
+            let waited_us = now_us.saturating_sub(frame.read_us);
+            return Some(Served { frame, class: Class::Normal, waited_us, congested: false });
+        }
         let class = self.next_class()?;
         let frame = self.lanes[class as usize].pop_front()?;
-        self.queued_bytes -= frame.len;
+        if class == Class::Normal {
+            self.left_normal(&frame);
+        } else {
+            self.queued_bytes -= frame.len;
+        }
         let waited_us = now_us.saturating_sub(frame.read_us);
         let congested = match class {
             Class::RealTime => false,
@@ -193,9 +251,6 @@ impl<B> AccessQueue<B> {
                 if bg {
                     self.background_credit =
                         self.background_credit.saturating_sub(frame.len as u64);
-                } else if !self.lanes[Class::Background as usize].is_empty() {
-                    self.background_credit += frame.len as u64 * BACKGROUND_SHARE_PERCENT
-                        / (100 - BACKGROUND_SHARE_PERCENT);
                 }
                 let drained = self.lanes[class as usize].is_empty();
                 self.codel[bg as usize].on_dequeue(now_us, waited_us, drained)
@@ -204,7 +259,18 @@ impl<B> AccessQueue<B> {
         Some(Served { frame, class, waited_us, congested })
     }
 
-    /// The lane the next frame leaves from.
+    /// A normal frame left (from either lane).
+    fn left_normal(&mut self, frame: &Queued<B>) {
+        self.queued_bytes -= frame.len;
+        let queued = &mut self.backlog[frame.bucket as usize];
+        *queued = queued.saturating_sub(1);
+        if !self.lanes[Class::Background as usize].is_empty() {
+            self.background_credit +=
+                frame.len as u64 * BACKGROUND_SHARE_PERCENT / (100 - BACKGROUND_SHARE_PERCENT);
+        }
+    }
+
+    /// The lane the next frame leaves from (the sparse one aside).
     fn next_class(&self) -> Option<Class> {
         let [rt, normal, background] = &self.lanes;
         if !rt.is_empty() {
@@ -226,23 +292,32 @@ mod tests {
 
     type Q = AccessQueue<Box<[u8]>>;
 
-    /// An untagged IPv4 frame with TOS `tos` and id byte `id`, `len` bytes long (at
-    /// least 35), read into a spare buffer and queued.
-    fn frame_of(q: &mut Q, tos: u8, id: u8, len: usize, read_us: u64) -> Option<()> {
-        let mut buf = q.slot(read_us)?;
+    /// An untagged IPv4 frame with TOS `tos` and id byte `id` (at 40), `len` bytes long,
+    /// read into a spare buffer and queued. Protocol 0 (one flow for all) unless `udp`
+    /// gives a UDP destination port (a flow of its own; `len` at least 38).
+    fn flow_frame(q: &mut Q, tos: u8, udp: Option<u16>, id: u8, len: usize, at: u64) -> Option<()> {
+        let mut buf = q.slot(at)?;
         buf[..14].copy_from_slice(&[0xff; 14]);
         buf[12..14].copy_from_slice(&[0x08, 0x00]);
         buf[14] = 0x45;
         buf[15] = tos;
-        buf[16..34].fill(0);
-        buf[34] = id;
-        let class = q.classify(&buf[..len]);
-        q.push(buf, class, len, read_us);
+        buf[16..41].fill(0);
+        if let Some(port) = udp {
+            buf[23] = 17;
+            buf[36..38].copy_from_slice(&port.to_be_bytes());
+        }
+        buf[40] = id;
+        let sort = q.sort(&buf[..len]);
+        q.push(buf, sort, len, at);
         Some(())
     }
 
+    fn frame_of(q: &mut Q, tos: u8, id: u8, len: usize, read_us: u64) -> Option<()> {
+        flow_frame(q, tos, None, id, len, read_us)
+    }
+
     fn frame(q: &mut Q, tos: u8, id: u8, read_us: u64) {
-        frame_of(q, tos, id, 35, read_us).expect("room");
+        frame_of(q, tos, id, 41, read_us).expect("room");
     }
 
     fn queue(slots: usize, slot_bytes: usize) -> Q {
@@ -254,7 +329,7 @@ mod tests {
     /// Serves one frame and gives its buffer back: (class, id byte, congested).
     fn serve(q: &mut Q, now_us: u64) -> Option<(Class, u8, bool)> {
         let s = q.next(now_us)?;
-        let r = (s.class, s.frame.buf[34], s.congested);
+        let r = (s.class, s.frame.buf[40], s.congested);
         q.recycle(s.frame.buf);
         Some(r)
     }
@@ -271,6 +346,36 @@ mod tests {
             [(RealTime, 3), (RealTime, 5), (Normal, 1), (Normal, 4), (Normal, 6), (Background, 2)];
         assert_eq!(order, want);
         assert!(!q.has_bulk() && !q.has_real_time() && q.is_empty());
+    }
+
+    /// A frame of a flow with nothing else queued goes ahead of a flow's standing queue
+    /// (after real time), the flow's next frame behind its own; never more than
+    /// [`SPARSE_MAX`] such frames at once.
+    #[test]
+    fn a_sparse_flow_goes_ahead_of_a_standing_queue() {
+        let mut q = queue(128, 64);
+        let bulk = Some(5001);
+        for id in 1..=10 {
+            flow_frame(&mut q, 0, bulk, id, 64, 0).expect("room");
+        }
+        flow_frame(&mut q, 0, Some(53), 11, 64, 1).expect("room"); // a DNS query
+        flow_frame(&mut q, 0, Some(53), 12, 64, 1).expect("room"); // and its next
+        flow_frame(&mut q, 0xb8, Some(9), 13, 64, 2).expect("room");
+        let order: Vec<u8> = std::iter::from_fn(|| serve(&mut q, 10)).map(|s| s.1).collect();
+        // The bulk flow's first frame found nothing of its own queued either.
+        assert_eq!(order, [13, 1, 11, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]);
+        // Forty new flows at once: 32 go ahead, the rest queue as normal frames.
+        for id in 1..=10 {
+            flow_frame(&mut q, 0, bulk, id, 64, 20).expect("room");
+        }
+        serve(&mut q, 20).expect("the bulk flow's first");
+        for port in 0..40 {
+            flow_frame(&mut q, 0, Some(20_000 + port), 100 + port as u8, 64, 21).expect("room");
+        }
+        let order: Vec<u8> = std::iter::from_fn(|| serve(&mut q, 30)).map(|s| s.1).collect();
+        let ahead = order.iter().take_while(|&&id| id >= 100).count();
+        assert!((SPARSE_MAX - 2..=SPARSE_MAX).contains(&ahead), "{ahead} ahead: {order:?}");
+        assert!(q.is_empty() && q.backlog.iter().all(|&b| b == 0), "backlog counts even");
     }
 
     /// Under a saturating normal flow, background frames keep their share of the bytes
@@ -312,7 +417,7 @@ mod tests {
         assert!(!q.has_room(0) && q.slot(0).is_none(), "full: the caller stops reading");
         assert_eq!(serve(&mut q, 0), Some((Class::RealTime, 2, false)));
         let buf = q.slot(0).expect("a slot again");
-        q.push(buf, Class::Normal, 0, 0); // a runt: queued as normal
+        q.push(buf, Sort { class: Class::Normal, bucket: 0 }, 0, 0); // a runt: as normal
         assert_eq!(serve(&mut q, 0).map(|s| s.1), Some(1));
         assert!(q.has_bulk(), "the runt waits behind it");
     }

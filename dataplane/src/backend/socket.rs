@@ -1148,8 +1148,8 @@ impl SocketPort<'_> {
             let Some(mut buf) = q.slot(now_us) else { return Ok(true) };
             match self.tap.read(&mut buf) {
                 Ok(Some(len)) => {
-                    let class = q.classify(buf.get(at..len).unwrap_or_default());
-                    q.push(buf, class, len, now_us);
+                    let sort = q.sort(buf.get(at..len).unwrap_or_default());
+                    q.push(buf, sort, len, now_us);
                 }
                 Ok(None) => {
                     q.recycle(buf);

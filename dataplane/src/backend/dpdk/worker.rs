@@ -498,8 +498,8 @@ impl<'r> DpdkWorker<'r> {
         while read < ACCESS_READ_MAX && q.has_room(now_us) {
             let n = self.access.rx_burst(self.queue, rx, self.pool);
             for m in rx.drain() {
-                let (class, len) = (q.classify(m.data()), m.len());
-                q.push(m, class, len, now_us);
+                let (sort, len) = (q.sort(m.data()), m.len());
+                q.push(m, sort, len, now_us);
             }
             read += n;
             if n < BURST {

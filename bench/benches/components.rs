@@ -107,7 +107,8 @@ fn replay(c: &mut Criterion) {
 }
 
 /// `ClassMap::mark` (class and outer TOS) of a 1434-byte IPv4 frame, a VLAN-tagged one, an
-/// IPv6 one and an ARP frame: one header read and a table lookup each.
+/// IPv6 one and an ARP frame: one header read and a table lookup each; and the flow hash
+/// the access queue takes of a normal frame.
 fn classify(c: &mut Criterion) {
     use omni_proto::qos::ClassMap;
     let mut g = c.benchmark_group("classify");
@@ -130,6 +131,14 @@ fn classify(c: &mut Criterion) {
     for (name, frame) in [("ipv4_ef", &v4), ("vlan_pcp5", &tagged), ("ipv6", &v6), ("arp", &arp)] {
         g.bench_function(name, |b| b.iter(|| black_box(map.mark(black_box(frame)))));
     }
+    // What the access queue adds for a normal frame: its flow's hash (addresses, ports).
+    let mut tcp = eth(&[0x08, 0x00]);
+    tcp.extend_from_slice(&[0x45, 0x00, 0x05, 0x8c, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1]);
+    tcp.extend_from_slice(&[10, 0, 0, 2, 0x9c, 0x40, 0x14, 0x51]);
+    tcp.resize(1434, 0);
+    g.bench_function("flow_hash_ipv4_tcp", |b| {
+        b.iter(|| black_box(omni_proto::qos::flow_hash(black_box(&tcp))))
+    });
     g.finish();
 }
 

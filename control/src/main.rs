@@ -197,8 +197,8 @@ struct RunArgs {
     /// Turn off the data plane's TAP and UDP offloads (for comparison).
     #[arg(long)]
     no_offload: bool,
-    /// socket and xdp backends: no real-time lane (real-time frames queue with bulk ones); see
-    /// docs/qos.md.
+    /// No real-time lane: no access queue (real-time frames queue with bulk ones), one
+    /// underlay socket; see docs/qos.md.
     #[arg(long)]
     no_qos_lanes: bool,
     /// Microseconds bulk frames may stand in the data plane's access queue before CoDel

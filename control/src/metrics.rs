@@ -273,8 +273,8 @@ impl Metrics {
             class_frames: {
                 let opts = Opts::new(
                     "omni_class_frames_total",
-                    "Frames per traffic class (docs/qos.md): sealed (sent, by the class map) and \
-                     delivered (received, by the outer DSCP)",
+                    "Frames per traffic class (docs/qos.md): sealed (sent, by the class map), \
+                     opened (received, by the outer DSCP), dropped by a queue (CoDel)",
                 );
                 let c = IntCounterVec::new(opts, &["class", "direction"]).expect("valid name");
                 r.register(Box::new(c.clone())).expect("unique metric");
@@ -356,6 +356,9 @@ impl Metrics {
             let labels = |d| self.class_frames.with_label_values(&[class.name(), d]);
             catch_up(&labels("sent"), dp(Counter::sent(class)));
             catch_up(&labels("received"), dp(Counter::received(class)));
+            if let Some(c) = Counter::queue_dropped(class) {
+                catch_up(&labels("dropped"), dp(c));
+            }
         }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -448,8 +451,12 @@ mod tests {
         let w = omni_shm::counters::WorkerCounters::new_for_test();
         w.delay(omni_shm::counters::DelayQueue::ReceiveBulk, 700);
         w.delay(omni_shm::counters::DelayQueue::ReceiveBulk, 20_000);
-        for (i, v) in dp.iter_mut().enumerate().skip(64) {
-            *v = w.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+        // The histograms' slots (the only ones the scratch block has set).
+        for (i, v) in dp.iter_mut().enumerate() {
+            let slot = w.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+            if slot != 0 {
+                *v = slot;
+            }
         }
         dp[Counter::RxPackets as usize] = 5;
         dp[DropReason::Replay as usize] = 2;

@@ -118,8 +118,11 @@ pub struct ClassPacketsStatus {
     pub class: String,
     /// Frames of the class sealed (by the class map).
     pub sent: u64,
-    /// Frames of the class opened and delivered (by the outer DSCP).
+    /// Frames of the class opened (by the outer DSCP).
     pub received: u64,
+    /// Frames of the class a queue dropped for waiting too long (CoDel; never real time).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -161,6 +164,7 @@ impl QosStatus {
                 class: c.name().into(),
                 sent: get(Counter::sent(c) as usize),
                 received: get(Counter::received(c) as usize),
+                dropped: Counter::queue_dropped(c).map_or(0, |d| get(d as usize)),
             })
             .collect();
         Self {
@@ -364,9 +368,13 @@ pub fn render(s: &Status) -> String {
         let per_class: Vec<String> = q
             .class_packets
             .iter()
-            .map(|c| format!("{} {} / {}", c.class, c.sent, c.received))
+            .map(|c| format!("{} {} / {} / {}", c.class, c.sent, c.received, c.dropped))
             .collect();
-        let _ = writeln!(o, "  frames per class (sent / received): {}", per_class.join(", "));
+        let _ = writeln!(
+            o,
+            "  frames per class (sent / received / dropped by a queue): {}",
+            per_class.join(", ")
+        );
     }
     if !q.real_time_dscp.is_empty() {
         let _ = writeln!(
@@ -519,11 +527,16 @@ mod tests {
                 c[Counter::SentRealTime as usize] = 5;
                 c[Counter::ReceivedNormal as usize] = 90;
                 c[Counter::SentBackground as usize] = 4;
+                c[Counter::QueueDroppedBackground as usize] = 2;
                 let w = omni_shm::counters::WorkerCounters::new_for_test();
                 w.delay(omni_shm::counters::DelayQueue::AccessBulk, 700);
                 w.delay(omni_shm::counters::DelayQueue::AccessBulk, 300);
-                for (i, v) in c.iter_mut().enumerate().skip(64) {
-                    *v = w.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+                // The histograms' slots (the only ones the scratch block has set).
+                for (i, v) in c.iter_mut().enumerate() {
+                    let slot = w.slots[i].load(std::sync::atomic::Ordering::Relaxed);
+                    if slot != 0 {
+                        *v = slot;
+                    }
                 }
                 c
             })
@@ -559,7 +572,7 @@ mod tests {
         assert!(t.contains("  waited (mean / p99): access bulk 500 / <= 1000 us\n"), "{t}");
         assert!(
             t.contains(
-                "  frames per class (sent / received): real-time 5 / 0, normal 0 / 90, background 4 / 0\n"
+                "  frames per class (sent / received / dropped by a queue): real-time 5 / 0 / 0, normal 0 / 90 / 0, background 4 / 0 / 2\n"
             ),
             "{t}"
         );

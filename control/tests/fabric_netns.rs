@@ -835,6 +835,17 @@ fn a_configured_class_map_decides_what_takes_the_lane() {
     assert!(seen.contains("tos 0x88"), "AF41 copied onto the underlay: {seen}");
     assert!(lane(&f.a, "real_time_sent") >= sent + 3, "AF41 pings took A's lane");
     assert!(lane(&f.b, "real_time_received") >= received + 3, "and arrived on B's");
+    // The frames are counted by the class the map gives them: CS1 is normal here.
+    let frames = |n: &Node, class: &str, dir: &str| {
+        let q = n.status()["qos"]["class_packets"].clone();
+        let all = q.as_array().cloned().unwrap_or_default();
+        all.iter().find(|c| c["class"] == class).map_or(0, |c| c[dir].as_u64().unwrap_or(0))
+    };
+    let normal = frames(&f.b, "normal", "received");
+    f.pair.a.sh_ok("ping -Q 0x20 -c 3 -i 0.2 -W 2 192.168.77.2");
+    assert!(frames(&f.b, "normal", "received") >= normal + 3, "CS1 counted as normal");
+    assert_eq!(frames(&f.a, "background", "sent"), 0, "no background class in this map");
+    assert!(frames(&f.a, "real-time", "sent") >= 6, "AF41 counted as real time");
 }
 
 /// What a capture on B's `iface` (pcap `filter`) saw, verbosely, while A ran `ping`

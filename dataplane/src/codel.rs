@@ -92,15 +92,19 @@ impl Codel {
     }
 }
 
-/// CoDel picked `frame`: an ECN-capable IP frame is marked CE (RFC 8289 section 5: mark
-/// rather than drop), anything else is dropped. Returns whether it goes on.
-pub fn mark_congested(frame: &mut [u8], counters: &WorkerCounters) -> bool {
+/// CoDel picked `frame`, of `class`: an ECN-capable IP frame is marked CE (RFC 8289
+/// section 5: mark rather than drop), anything else is dropped (counted by reason and
+/// class). Returns whether it goes on.
+pub fn mark_congested(frame: &mut [u8], class: qos::Class, counters: &WorkerCounters) -> bool {
     let ect = qos::inner_tos(frame).is_some_and(|t| t.value & qos::ecn::MASK != 0);
     if ect && qos::apply_outer_ecn(frame, qos::ecn::CE) {
         counters.inc(Counter::QueueCeMarked, 1);
         true
     } else {
         counters.drop(DropReason::QueueDelay);
+        if let Some(c) = Counter::queue_dropped(class) {
+            counters.inc(c, 1);
+        }
         false
     }
 }

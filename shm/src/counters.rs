@@ -200,6 +200,11 @@ pub enum Counter {
     ReceivedRealTime,
     ReceivedNormal,
     ReceivedBackground,
+    /// Bulk frames a queue dropped for waiting too long (CoDel; also counted as the drop
+    /// reason `queue_delay`), per class ([`Counter::queue_dropped`]). Real-time frames are
+    /// never dropped by a queue.
+    QueueDroppedNormal,
+    QueueDroppedBackground,
 }
 
 impl Counter {
@@ -224,8 +229,20 @@ impl Counter {
     }
 }
 
+impl Counter {
+    /// The counter of frames of `class` a queue dropped (`None`: real time, never).
+    #[inline]
+    pub const fn queue_dropped(class: Class) -> Option<Self> {
+        match class {
+            Class::RealTime => None,
+            Class::Normal => Some(Self::QueueDroppedNormal),
+            Class::Background => Some(Self::QueueDroppedBackground),
+        }
+    }
+}
+
 /// The last counter: they all lie below the histograms.
-const _: () = assert!((Counter::ReceivedBackground as usize) < DELAY_BASE);
+const _: () = assert!((Counter::QueueDroppedBackground as usize) < DELAY_BASE);
 
 /// The data plane's queues whose delay is measured ([`WorkerCounters::delay`]): the access
 /// port's queue (frames read from the TAP until the engine takes them) and the underlay

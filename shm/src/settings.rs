@@ -221,12 +221,12 @@ pub struct DataplaneArgs {
     /// Same as --crypto-thread false.
     #[arg(long)]
     pub no_crypto_thread: bool,
-    /// socket and xdp backends: no real-time lane (one underlay socket; real-time frames queue
-    /// with bulk ones). See docs/qos.md.
+    /// No real-time lane: no access queue on any backend (real-time frames queue with bulk
+    /// ones), one underlay socket on the socket and xdp backends. See docs/qos.md.
     #[arg(long)]
     pub no_qos_lanes: bool,
-    /// socket backend: microseconds bulk frames may stand in the access queue before CoDel
-    /// drops.
+    /// Microseconds bulk frames may stand in the access queue (and the socket backend's bulk
+    /// receive queue) before CoDel drops.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=100_000))]
     pub qos_delay_target_us: u64,
     /// DSCPs of real-time frames: names (EF, CS5, AF41, ...) or numbers, comma-separated;

@@ -56,7 +56,7 @@ impl<B: AsMut<[u8]>> Served<B> {
         };
         counters.delay(queue, self.waited_us);
         let frame = self.frame.buf.as_mut().get_mut(at..self.frame.len).unwrap_or_default();
-        !self.congested || codel::mark_congested(frame, counters)
+        !self.congested || codel::mark_congested(frame, self.class, counters)
     }
 }
 
@@ -85,6 +85,9 @@ pub struct AccessQueue<B> {
     classes: ClassMap,
     /// Frames it holds at most.
     capacity: usize,
+    /// Bytes it reads ahead while no real-time frame came lately ([`SHALLOW_BYTES`] unless
+    /// set).
+    shallow_bytes: usize,
     /// Buffers the caller keeps here between frames ([`AccessQueue::slot`]; the socket
     /// backend's; DPDK's mbufs go back to their pool instead).
     spare: Vec<B>,
@@ -112,6 +115,7 @@ impl<B> AccessQueue<B> {
         Self {
             classes,
             capacity,
+            shallow_bytes: SHALLOW_BYTES,
             spare: Vec::new(),
             lanes: std::array::from_fn(|_| VecDeque::with_capacity(capacity)),
             sparse: VecDeque::with_capacity(SPARSE_MAX),
@@ -136,9 +140,15 @@ impl<B> AccessQueue<B> {
         q
     }
 
+    /// Reads only `bytes` ahead while no real-time frame came lately.
+    pub fn with_shallow_bytes(mut self, bytes: usize) -> Self {
+        self.shallow_bytes = bytes;
+        self
+    }
+
     /// Whether a real-time frame came within [`REAL_TIME_RECENT_US`] of `now_us`: then the
     /// access port is read dry, so the next one cannot wait behind bulk in the port's ring;
-    /// otherwise only [`SHALLOW_BYTES`] are read ahead.
+    /// otherwise only [`SHALLOW_BYTES`] (or what was set) are read ahead.
     pub fn real_time_lately(&self, now_us: u64) -> bool {
         self.last_real_time_us.is_some_and(|t| now_us.saturating_sub(t) < REAL_TIME_RECENT_US)
     }
@@ -164,7 +174,7 @@ impl<B> AccessQueue<B> {
     /// data plane's capacity lost a third of its datagrams that way.)
     pub fn has_room(&self, now_us: u64) -> bool {
         self.len() < self.capacity
-            && (self.queued_bytes < SHALLOW_BYTES || self.real_time_lately(now_us))
+            && (self.queued_bytes < self.shallow_bytes || self.real_time_lately(now_us))
     }
 
     /// A spare buffer to read the next frame into, when [`AccessQueue::has_room`].
@@ -376,6 +386,36 @@ mod tests {
         let ahead = order.iter().take_while(|&&id| id >= 100).count();
         assert!((SPARSE_MAX - 2..=SPARSE_MAX).contains(&ahead), "{ahead} ahead: {order:?}");
         assert!(q.is_empty() && q.backlog.iter().all(|&b| b == 0), "backlog counts even");
+    }
+
+    /// A frame CoDel picked: an ECN-capable one is marked CE and goes on, another is
+    /// dropped and counted by its class; each wait lands in its class's histogram.
+    #[test]
+    fn settling_a_picked_frame_marks_or_drops_it_by_class() {
+        use omni_shm::counters::{Counter, DelayHistogram, DelayQueue, DropReason};
+        let counters = WorkerCounters::new_for_test();
+        let mut q = queue(4, 64);
+        frame(&mut q, 0x20 | qos::ecn::ECT0, 1, 0);
+        frame(&mut q, 0x20, 2, 0);
+        frame(&mut q, 0, 3, 0);
+        let mut settled = vec![];
+        while let Some(mut s) = q.next(700) {
+            s.congested = true; // as CoDel would have it
+            settled.push((s.class, s.settle(0, &counters), s.frame.buf[15]));
+        }
+        use Class::*;
+        assert_eq!(
+            settled,
+            [(Normal, false, 0), (Background, true, 0x23), (Background, false, 0x20)]
+        );
+        assert_eq!(counters.get(Counter::QueueDroppedBackground), 1);
+        assert_eq!(counters.get(Counter::QueueDroppedNormal), 1);
+        assert_eq!(counters.get_drop(DropReason::QueueDelay), 2);
+        assert_eq!(counters.get(Counter::QueueCeMarked), 1);
+        let slots: Vec<u64> =
+            counters.slots.iter().map(|s| s.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        assert_eq!(DelayHistogram::of(&slots, DelayQueue::AccessBackground).count(), 2);
+        assert_eq!(DelayHistogram::of(&slots, DelayQueue::AccessBulk).count(), 1);
     }
 
     /// Under a saturating normal flow, background frames keep their share of the bytes

@@ -1026,6 +1026,7 @@ impl SocketPort<'_> {
                 }
                 _ => false,
             };
+            let class = shell.engine.classes().dscp[(tos >> 2) as usize];
             let Some(src) = *addr else { continue };
             if *len == usize::MAX {
                 self.counters.drop(DropReason::Malformed);
@@ -1047,7 +1048,7 @@ impl SocketPort<'_> {
                         let at = off + offset;
                         let frame = &mut data[at..at + len];
                         if std::mem::take(&mut congested)
-                            && !codel::mark_congested(frame, self.counters)
+                            && !codel::mark_congested(frame, class, self.counters)
                         {
                             off += dl.max(1);
                             continue;

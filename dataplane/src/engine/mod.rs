@@ -334,6 +334,11 @@ impl<'r> Engine<'r> {
 
     /// The traffic classes frames are marked by on the underlay (`[qos]`; default:
     /// [`ClassMap::default`]).
+    /// The class map in force.
+    pub fn classes(&self) -> &ClassMap {
+        &self.classes
+    }
+
     pub fn set_classes(&mut self, classes: ClassMap) {
         self.classes = classes;
     }

@@ -99,6 +99,7 @@ impl<'r> Shared<'r> {
                     cfg.delay_target_us,
                     ACCESS_INTERVAL_US,
                 )
+                .with_shallow_bytes(ACCESS_SHALLOW_BYTES)
             }),
             busy_poll: self.cfg.busy_poll,
             idle_passes: 0,

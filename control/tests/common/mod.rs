@@ -579,6 +579,55 @@ impl Drop for NucleusProc {
     }
 }
 
+/// How an edge's router translates and filters (the NAT matrix of issue 25).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// Port-preserving masquerade with the fabric port forwarded to the edge (as UPnP or
+    /// PCP would set up): anyone reaches the node.
+    Open,
+    /// Plain masquerade, no inbound filter: the port is kept, unless an early inbound
+    /// packet to the router took the tuple first; then the kernel picks a random one.
+    PortChanging,
+    /// Masquerade; unsolicited input dropped (a home router).
+    Home,
+    /// Masquerade with a random port per destination (`fully-random`), behind Home's filter.
+    Symmetric,
+}
+
+impl NatKind {
+    pub const ALL: [NatKind; 4] = [Self::Open, Self::PortChanging, Self::Home, Self::Symmetric];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::PortChanging => "port-changing",
+            Self::Home => "home router",
+            Self::Symmetric => "symmetric",
+        }
+    }
+
+    /// The router's nftables rules for edge `i` (at 192.168.(10+i).2).
+    fn rules(self, i: usize) -> String {
+        let mode = if self == Self::Symmetric { " fully-random" } else { "" };
+        let forward = match self {
+            Self::Open => format!(
+                " chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname \"wan\" udp dport 51820 dnat to 192.168.{}.2\n }}\n",
+                10 + i
+            ),
+            _ => String::new(),
+        };
+        let filter = match self {
+            Self::Home | Self::Symmetric => {
+                "table inet filter {\n chain input {\n  type filter hook input priority filter; policy accept;\n  iifname \"wan\" ct state new drop\n }\n}\n"
+            }
+            Self::Open | Self::PortChanging => "",
+        };
+        format!(
+            "table ip nat {{\n{forward} chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"wan\" masquerade{mode}\n }}\n}}\n{filter}"
+        )
+    }
+}
+
 /// An "internet" bridge, a Nucleus at 10.200.0.10, and edges each behind its own nftables
 /// NAT router (the same topology as scripts/cluster.sh). Edge i has omni0 = 10.99.0.i.
 pub struct NatCluster {
@@ -608,41 +657,60 @@ impl NatCluster {
         c
     }
 
-    /// The namespaces, NATs and the Nucleus; no node yet.
+    /// The namespaces, NATs (home routers; `symmetric`: that edge's is symmetric) and the
+    /// Nucleus; no node yet.
     pub fn topology(n: usize, symmetric: Option<usize>, nucleus_args: &[&str]) -> Self {
+        let kinds: Vec<NatKind> = (1..=n)
+            .map(|i| if symmetric == Some(i) { NatKind::Symmetric } else { NatKind::Home })
+            .collect();
+        Self::topology_of(&kinds, false, nucleus_args)
+    }
+
+    /// As `topology`, one edge per NAT of `kinds`. `routed`: the "internet" is a router
+    /// (10.200.0.1, forwarding between /32 links) instead of a bridge, so a packet between
+    /// two NATs crosses a hop where its TTL counts, as on the real Internet.
+    pub fn topology_of(kinds: &[NatKind], routed: bool, nucleus_args: &[&str]) -> Self {
         let inet = Netns::new("i");
-        inet.sh_ok("ip link add br0 type bridge && ip link set br0 up");
+        if routed {
+            inet.sh_ok("sysctl -qw net.ipv4.ip_forward=1");
+        } else {
+            inet.sh_ok("ip link add br0 type bridge && ip link set br0 up");
+        }
+        // Joins `ns`'s `wan` to the internet at 10.200.0.`host`.
+        let attach = |ns: &Netns, link: &str, host: u32| {
+            run_ok(&format!(
+                "ip link add wan netns {} type veth peer name {link} netns {}",
+                ns.name, inet.name
+            ));
+            if routed {
+                inet.sh_ok(&format!(
+                    "ip addr add 10.200.0.1/32 dev {link} && ip link set {link} up && ip route add 10.200.0.{host}/32 dev {link}"
+                ));
+                ns.sh_ok(&format!(
+                    "ip addr add 10.200.0.{host}/32 dev wan && ip link set wan up && ip route add 10.200.0.1/32 dev wan && ip route add 10.200.0.0/24 via 10.200.0.1"
+                ));
+            } else {
+                inet.sh_ok(&format!("ip link set {link} master br0 && ip link set {link} up"));
+                ns.sh_ok(&format!("ip addr add 10.200.0.{host}/24 dev wan && ip link set wan up"));
+            }
+        };
         let nucleus_ns = Netns::new("n");
-        run_ok(&format!(
-            "ip link add wan netns {} type veth peer name pnuc netns {}",
-            nucleus_ns.name, inet.name
-        ));
-        inet.sh_ok("ip link set pnuc master br0 && ip link set pnuc up");
-        nucleus_ns.sh_ok("ip addr add 10.200.0.10/24 dev wan && ip link set wan up");
+        attach(&nucleus_ns, "pnuc", 10);
         let (mut routers, mut edges) = (vec![], vec![]);
-        for i in 1..=n {
+        for (i, kind) in (1..).zip(kinds) {
             let r = Netns::new(&format!("r{i}"));
             let e = Netns::new(&format!("e{i}"));
-            run_ok(&format!(
-                "ip link add wan netns {} type veth peer name pr{i} netns {}",
-                r.name, inet.name
-            ));
-            inet.sh_ok(&format!("ip link set pr{i} master br0 && ip link set pr{i} up"));
+            attach(&r, &format!("pr{i}"), 20 + i as u32);
             run_ok(&format!(
                 "ip link add lan netns {} type veth peer name eth0 netns {}",
                 r.name, e.name
             ));
             r.sh_ok(&format!(
-                "ip addr add 10.200.0.{}/24 dev wan && ip link set wan up && ip addr add 192.168.{}.1/24 dev lan && ip link set lan up && sysctl -qw net.ipv4.ip_forward=1",
-                20 + i,
+                "ip addr add 192.168.{}.1/24 dev lan && ip link set lan up && sysctl -qw net.ipv4.ip_forward=1",
                 10 + i
             ));
             e.sh_ok(&format!("ip addr add 192.168.{}.2/24 dev eth0 && ip link set eth0 up && ip route add default via 192.168.{}.1", 10 + i, 10 + i));
-            let mode = if symmetric == Some(i) { " fully-random" } else { "" };
-            let rules = dir_file(&format!(
-                "table ip nat {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"wan\" masquerade{mode}\n }}\n}}\n\
-                 table inet filter {{\n chain input {{\n  type filter hook input priority filter; policy accept;\n  iifname \"wan\" ct state new drop\n }}\n}}\n"
-            ));
+            let rules = dir_file(&kind.rules(i));
             r.sh_ok(&format!("nft -f {}", rules.display()));
             let _ = std::fs::remove_file(rules);
             routers.push(r);

@@ -104,9 +104,8 @@ fn nat_routers_behave_as_labelled() {
     // takes it itself (conntrack keeps the tuple), so the edge's own datagram to that peer
     // leaves from another port; the home router drops it without keeping state.
     for router in ["10.200.0.21", "10.200.0.22"] {
-        c.nucleus_ns.sh_ok(&format!(
-            "echo early | socat -u - UDP4-DATAGRAM:{router}:51820,bind=:7002"
-        ));
+        c.nucleus_ns
+            .sh_ok(&format!("echo early | socat -u - UDP4-DATAGRAM:{router}:51820,bind=:7002"));
     }
     let seen_from = |edge: usize| {
         let f = c.dir.0.join(format!("early-{edge}"));

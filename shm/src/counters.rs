@@ -241,7 +241,7 @@ impl Counter {
     }
 }
 
-/// The last counter: they all lie below the histograms.
+/// The last counter (keep this on the last one): they all lie below the histograms.
 const _: () = assert!((Counter::QueueDroppedBackground as usize) < DELAY_BASE);
 
 /// The data plane's queues whose delay is measured ([`WorkerCounters::delay`]): the access
@@ -329,7 +329,7 @@ impl DelayHistogram {
     }
 }
 
-/// Number of counter slots per worker (drops 0..32, others 32..64, delay histograms 64..104).
+/// Number of counter slots per worker (drops 0..32, others 32..96, delay histograms 96..146).
 pub const N_COUNTERS: usize = 160;
 const _: () = assert!(DELAY_BASE + DelayQueue::ALL.len() * DELAY_SLOTS <= N_COUNTERS);
 

@@ -5,8 +5,9 @@
 //! share, so they are not starved); each bulk frame with its class's CoDel verdict on how
 //! long it waited. Among normal frames, one of a flow with nothing else queued (a sparse
 //! flow: an unmarked ping, a DNS query, an SSH keystroke) goes ahead of the flows that
-//! keep a queue standing, as fq_codel's new flows do. Sans-IO and generic over the buffer (the socket backend's boxed frames,
-//! the DPDK backend's mbufs): buffers come and go through the caller, time comes in as
+//! keep a queue standing, as fq_codel's new flows do, on a credit those flows earn back.
+//! Sans-IO and generic over the buffer (the socket backend's boxed frames, the DPDK
+//! backend's mbufs): buffers come and go through the caller, time comes in as
 //! microseconds.
 
 use std::collections::VecDeque;
@@ -77,9 +78,20 @@ pub const BACKGROUND_SHARE_PERCENT: u64 = 10;
 /// shares a bulk flow's bucket waits with it).
 pub const FLOW_BUCKETS: usize = 1024;
 /// Frames of sparse flows queued ahead of the normal lane at most: many new flows at
-/// once (a scan, a burst of short connections) queue as normal frames beyond it, so they
-/// cannot starve the flows with a queue.
+/// once (a scan, a burst of short connections) queue as normal frames beyond it.
 pub const SPARSE_MAX: usize = 32;
+/// Bytes of sparse frames that may go ahead of a waiting normal lane; each byte the normal
+/// lane sends earns one back (up to this). So a stream of new flows (a scan, random
+/// source ports) takes at most half the bytes from flows with a queue, never all of them,
+/// while a ping finds the whole budget.
+pub const SPARSE_BURST_BYTES: u64 = 16 << 10;
+
+/// Real-time frames handed on per pass at most beside `bulk` bulk ones, for a share of
+/// `percent` of the pass: a sender marking everything real time cannot starve the rest.
+pub fn real_time_per_pass(bulk: usize, percent: u8) -> usize {
+    let p = usize::from(percent.clamp(1, 99));
+    (bulk * p / (100 - p)).max(1)
+}
 
 pub struct AccessQueue<B> {
     classes: ClassMap,
@@ -97,6 +109,9 @@ pub struct AccessQueue<B> {
     sparse: VecDeque<Queued<B>>,
     /// Normal frames queued per flow bucket (either lane).
     backlog: Box<[u16]>,
+    /// Bytes sparse frames may still send ahead of a waiting normal lane
+    /// ([`SPARSE_BURST_BYTES`]).
+    sparse_credit: u64,
     /// Bytes of the frames queued.
     queued_bytes: usize,
     last_real_time_us: Option<u64>,
@@ -120,6 +135,7 @@ impl<B> AccessQueue<B> {
             lanes: std::array::from_fn(|_| VecDeque::with_capacity(capacity)),
             sparse: VecDeque::with_capacity(SPARSE_MAX),
             backlog: vec![0; FLOW_BUCKETS].into_boxed_slice(),
+            sparse_credit: SPARSE_BURST_BYTES,
             queued_bytes: 0,
             last_real_time_us: None,
             codel: std::array::from_fn(|_| Codel::new(target_us, interval_us)),
@@ -235,38 +251,71 @@ impl<B> AccessQueue<B> {
     }
 
     /// The next frame to hand on at `now_us`: every real-time one first, then normal ones
-    /// (sparse flows' first), background ones when no normal one waits or on the credit
-    /// normal ones earned them.
+    /// (sparse flows' first, on their credit), background ones when no normal one waits or
+    /// on the credit normal ones earned them.
     pub fn next(&mut self, now_us: u64) -> Option<Served<B>> {
-        if !self.has_real_time()
-            && let Some(frame) = self.sparse.pop_front()
-        {
-            // Nothing else of its flow was queued: it stands in no queue, CoDel leaves it.
-            self.left_normal(&frame);
-            let waited_us = now_us.saturating_sub(frame.read_us);
-            return Some(Served { frame, class: Class::Normal, waited_us, congested: false });
-        }
-        let class = self.next_class()?;
-        let frame = self.lanes[class as usize].pop_front()?;
-        if class == Class::Normal {
-            self.left_normal(&frame);
-        } else {
-            self.queued_bytes -= frame.len;
-        }
+        let lane = self.next_lane()?;
+        let frame = match lane {
+            Lane::Sparse => self.sparse.pop_front()?,
+            Lane::Of(class) => self.lanes[class as usize].pop_front()?,
+        };
+        let len = frame.len as u64;
         let waited_us = now_us.saturating_sub(frame.read_us);
-        let congested = match class {
-            Class::RealTime => false,
-            Class::Normal | Class::Background => {
-                let bg = class == Class::Background;
-                if bg {
-                    self.background_credit =
-                        self.background_credit.saturating_sub(frame.len as u64);
-                }
-                let drained = self.lanes[class as usize].is_empty();
-                self.codel[bg as usize].on_dequeue(now_us, waited_us, drained)
+        let (class, congested) = match lane {
+            // Nothing else of its flow was queued: it stands in no queue, CoDel leaves it.
+            Lane::Sparse => {
+                self.sparse_credit = self.sparse_credit.saturating_sub(len);
+                self.left_normal(&frame);
+                (Class::Normal, false)
+            }
+            Lane::Of(Class::RealTime) => {
+                self.queued_bytes -= frame.len;
+                (Class::RealTime, false)
+            }
+            Lane::Of(Class::Normal) => {
+                self.sparse_credit = (self.sparse_credit + len).min(SPARSE_BURST_BYTES);
+                self.left_normal(&frame);
+                let drained = self.lanes[Class::Normal as usize].is_empty();
+                (Class::Normal, self.codel[0].on_dequeue(now_us, waited_us, drained))
+            }
+            Lane::Of(Class::Background) => {
+                self.queued_bytes -= frame.len;
+                self.background_credit = self.background_credit.saturating_sub(len);
+                let drained = self.lanes[Class::Background as usize].is_empty();
+                (Class::Background, self.codel[1].on_dequeue(now_us, waited_us, drained))
             }
         };
         Some(Served { frame, class, waited_us, congested })
+    }
+
+    /// The lane the next frame leaves from.
+    fn next_lane(&mut self) -> Option<Lane> {
+        if self.has_real_time() {
+            return Some(Lane::Of(Class::RealTime));
+        }
+        let normal_waits =
+            !self.sparse.is_empty() || !self.lanes[Class::Normal as usize].is_empty();
+        match self.lanes[Class::Background as usize].front() {
+            Some(b) if !normal_waits || self.background_credit >= b.len as u64 => {
+                return Some(Lane::Of(Class::Background));
+            }
+            _ => {}
+        }
+        if self.sparse_goes_next() {
+            return Some(Lane::Sparse);
+        }
+        // Sparse frames out of credit wait for the normal lane, which is not empty then.
+        (!self.lanes[Class::Normal as usize].is_empty()).then_some(Lane::Of(Class::Normal))
+    }
+
+    /// Whether a sparse flow's frame goes next: always when the normal lane is empty, else
+    /// while its credit lasts.
+    fn sparse_goes_next(&mut self) -> bool {
+        let Some(front) = self.sparse.front() else { return false };
+        if self.lanes[Class::Normal as usize].is_empty() {
+            self.sparse_credit = SPARSE_BURST_BYTES;
+        }
+        self.sparse_credit >= front.len as u64
     }
 
     /// A normal frame left (from either lane).
@@ -279,21 +328,14 @@ impl<B> AccessQueue<B> {
                 frame.len as u64 * BACKGROUND_SHARE_PERCENT / (100 - BACKGROUND_SHARE_PERCENT);
         }
     }
+}
 
-    /// The lane the next frame leaves from (the sparse one aside).
-    fn next_class(&self) -> Option<Class> {
-        let [rt, normal, background] = &self.lanes;
-        if !rt.is_empty() {
-            return Some(Class::RealTime);
-        }
-        match (normal.front(), background.front()) {
-            (None, None) => None,
-            (Some(_), None) => Some(Class::Normal),
-            (None, Some(_)) => Some(Class::Background),
-            (Some(_), Some(b)) if self.background_credit >= b.len as u64 => Some(Class::Background),
-            (Some(_), Some(_)) => Some(Class::Normal),
-        }
-    }
+/// Where [`AccessQueue::next`] takes a frame from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// A sparse flow's normal frame.
+    Sparse,
+    Of(Class),
 }
 
 #[cfg(test)]
@@ -418,6 +460,40 @@ mod tests {
         assert_eq!(DelayHistogram::of(&slots, DelayQueue::AccessBulk).count(), 1);
     }
 
+    /// A stream of new flows (a scan) beside a standing flow and a background one: the
+    /// standing flow keeps at least half the bytes, background its share.
+    #[test]
+    fn new_flows_without_end_do_not_starve_the_flows_with_a_queue() {
+        let mut q = queue(256, 1500);
+        let mut next_port = 10_000u16;
+        let mut scan = |q: &mut Q, t| {
+            next_port = next_port.wrapping_add(1);
+            flow_frame(q, 0, Some(next_port), 1, 1000, t)
+        };
+        for _ in 0..20 {
+            flow_frame(&mut q, 0, Some(5001), 2, 1500, 0).expect("room");
+            flow_frame(&mut q, 0x20, Some(5002), 3, 1500, 0).expect("room");
+        }
+        let mut bytes = [0usize; 4]; // scan, standing, background, other
+        for t in 0..20_000u64 {
+            while q.sparse.len() < SPARSE_MAX && scan(&mut q, t).is_some() {}
+            let s = q.next(t).expect("queued");
+            let id = s.frame.buf[40];
+            bytes[usize::from(id.min(4)) - 1] += s.frame.len;
+            q.recycle(s.frame.buf);
+            if id > 1 {
+                // The standing flows keep their queues.
+                let tos = if id == 3 { 0x20 } else { 0 };
+                flow_frame(&mut q, tos, Some(5000 + u16::from(id - 1)), id, 1500, t).expect("room");
+            }
+        }
+        let total = bytes.iter().sum::<usize>() as f64;
+        let share = |i: usize| bytes[i] as f64 * 100.0 / total;
+        assert!(share(1) >= 40.0, "the standing flow got {:.1} % ({bytes:?})", share(1));
+        assert!(share(2) >= 8.0, "background got {:.1} % ({bytes:?})", share(2));
+        assert!(share(0) >= 30.0, "the new flows still went ahead: {:.1} %", share(0));
+    }
+
     /// Under a saturating normal flow, background frames keep their share of the bytes
     /// (not more, and not nothing).
     #[test]
@@ -482,7 +558,7 @@ mod tests {
         while bulk(&mut q, 20).is_some() {
             n += 1;
         }
-        assert_eq!(n - 1 + 1, 16, "deep: every slot (one bulk frame left, one real-time came)");
+        assert_eq!(n, 16, "deep: every slot (one bulk frame left, one real-time came)");
         // A second later, shallow again: no room until enough has left.
         let later = 10 + REAL_TIME_RECENT_US;
         assert!(!q.real_time_lately(later));

@@ -193,8 +193,7 @@ const CRYPTO_DEPTH: usize = 2;
 /// pass's datagrams beside [`BULK_BUDGET`] bulk ones; beyond, they wait with the bulk
 /// batch: a sender marking everything real time cannot starve the rest.
 fn real_time_per_pass(percent: u8) -> usize {
-    let p = usize::from(percent.clamp(1, 99));
-    (BULK_BUDGET * p / (100 - p)).max(1)
+    super::access_queue::real_time_per_pass(BULK_BUDGET, percent)
 }
 /// Under load, the real-time socket is read at most this often (µs): a real-time datagram
 /// then waits at most this long plus one bulk burst for its read.

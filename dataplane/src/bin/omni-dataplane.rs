@@ -161,6 +161,7 @@ fn dpdk_config(
         tap_mac: args.tap_mac,
         classes,
         lanes: !args.no_qos_lanes,
+        real_time_share: args.qos_real_time_share,
         delay_target_us: args.qos_delay_target_us,
     })
 }

@@ -332,13 +332,13 @@ impl<'r> Engine<'r> {
         self.sole_receiver = on;
     }
 
-    /// The traffic classes frames are marked by on the underlay (`[qos]`; default:
-    /// [`ClassMap::default`]).
     /// The class map in force.
     pub fn classes(&self) -> &ClassMap {
         &self.classes
     }
 
+    /// The traffic classes frames are marked by on the underlay (`[qos]`; default:
+    /// [`ClassMap::default`]).
     pub fn set_classes(&mut self, classes: ClassMap) {
         self.classes = classes;
     }

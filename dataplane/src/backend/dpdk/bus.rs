@@ -91,6 +91,10 @@ impl<'r> Shared<'r> {
             counters: self.region.counters(i),
             frame: PacketBuf::new(),
             classes: self.cfg.classes.clone(),
+            real_time_per_pass: crate::backend::access_queue::real_time_per_pass(
+                BURST,
+                self.cfg.real_time_share,
+            ),
             access_queue: self.cfg.lanes.then(|| {
                 let cfg = self.cfg;
                 AccessQueue::new(

@@ -102,6 +102,8 @@ pub struct DpdkConfig {
     pub classes: ClassMap,
     /// Real-time lanes: an access queue per worker, read ahead, real time first.
     pub lanes: bool,
+    /// Per cent of a pass real-time frames from the access queue may take ahead of bulk.
+    pub real_time_share: u8,
     /// The bulk classes' queue-delay target (CoDel), µs.
     pub delay_target_us: u64,
 }
@@ -109,12 +111,12 @@ pub struct DpdkConfig {
 /// Frames each worker's access queue holds at most (with `lanes`): about a TAP's kernel
 /// ring (1000 frames), so what would wait there waits here instead, sorted by class.
 pub(super) const ACCESS_QUEUE_FRAMES: usize = 1024;
-/// Bytes the access queue reads ahead while no real-time frame came lately: a burst of
-/// full-size frames, as without the queue. Deeper, a saturating TCP flow's standing queue
-/// moves from the port's ring into the access queue, where CoDel drops from it: measured
-/// with `bench/compare`, four TCP streams lost about 10 % with the socket backend's 256 KB
-/// (1.5 ms at DPDK's 1.4 Gbit/s here).
-pub(super) const ACCESS_SHALLOW_BYTES: usize = BURST * 1536;
+/// Bytes the access queue reads ahead while no real-time frame came lately: 1, so a burst
+/// is read only into an empty queue, as without one. Deeper, a saturating TCP flow's
+/// standing queue moves from the port's ring into the access queue, where CoDel drops from
+/// it: measured with `bench/compare`, four TCP streams lost about 10 % with the socket
+/// backend's 256 KB (1.5 ms at DPDK's 1.4 Gbit/s here).
+pub(super) const ACCESS_SHALLOW_BYTES: usize = 1;
 /// Frames read ahead from the access port in one pass at most.
 pub(super) const ACCESS_READ_MAX: usize = 8 * BURST;
 /// CoDel's interval on the access queue: about a round trip of the flows in it.

@@ -34,6 +34,7 @@ fn cfg() -> DpdkConfig {
         tap_mac: None,
         classes: Default::default(),
         lanes: true,
+        real_time_share: 33,
         delay_target_us: 5000,
     }
 }

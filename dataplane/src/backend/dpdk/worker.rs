@@ -55,6 +55,8 @@ pub(super) struct DpdkWorker<'r> {
     pub(super) classes: ClassMap,
     /// The access port's queue (`[qos] lanes`; see [`AccessQueue`]).
     pub(super) access_queue: Option<AccessQueue<Mbuf<'r>>>,
+    /// Real-time frames from the access queue per pass at most (`[qos] real_time_share`).
+    pub(super) real_time_per_pass: usize,
     pub(super) busy_poll: bool,
     /// Passes in a row that found nothing (the idle back-off).
     pub(super) idle_passes: u32,
@@ -192,6 +194,15 @@ impl<'r> Port for DpdkPort<'r> {
     /// Whatever the crypto workers still hold is finished (delivered or sent) before they
     /// stop, so no packet is lost to a clean stop.
     fn finish(&mut self, shell: &mut Shell) {
+        // Frames read ahead into the access queue go out too, sealed here.
+        if let Some(mut q) = self.w.access_queue.take() {
+            let now = monotonic_ms();
+            while let Some(served) = q.next(monotonic_us()) {
+                let real_time = served.class == Class::RealTime;
+                let tx = &mut self.tx;
+                self.w.seal_access_frame(now, shell, tx, served.frame.buf, real_time, None);
+            }
+        }
         if let Some(c) = self.crypto.as_mut() {
             while let Some(b) = c.ready(true) {
                 let (tx, deliver) = (&mut self.tx, &mut self.deliver);
@@ -472,6 +483,10 @@ impl<'r> DpdkWorker<'r> {
         for m in rx.drain() {
             let real_time = self.classes.classify(m.data()) == Class::RealTime;
             self.seal_access_frame(now, shell, tx, m, real_time, batch.as_mut());
+            if real_time {
+                // Out now (with what is already sealed ahead of it).
+                tx.send_out();
+            }
         }
         if let (Some(c), Some(b)) = (crypto, batch) {
             let mut deliver = MbufBurst::new();
@@ -495,7 +510,9 @@ impl<'r> DpdkWorker<'r> {
         let mut q = self.access_queue.take().expect("called with a queue");
         let now_us = monotonic_us();
         let mut read = 0;
-        while read < ACCESS_READ_MAX && q.has_room(now_us) {
+        // A burst is read only where it fits whole (the pool holds that many for the queue).
+        while read < ACCESS_READ_MAX && q.len() + BURST <= ACCESS_QUEUE_FRAMES && q.has_room(now_us)
+        {
             let n = self.access.rx_burst(self.queue, rx, self.pool);
             for m in rx.drain() {
                 let (sort, len) = (q.sort(m.data()), m.len());
@@ -507,14 +524,27 @@ impl<'r> DpdkWorker<'r> {
             }
         }
         let mut batch = crypto.as_deref_mut().map(|c| c.batch());
-        let mut bulk = 0;
-        while bulk < BURST || q.has_real_time() {
+        // Real-time frames take the lane up to their share of the pass; past it they are
+        // sealed as bulk ones are (and count as such), so marking everything real time
+        // cannot starve the rest.
+        let (mut bulk, mut on_lane, mut unsent) = (0, 0, false);
+        while bulk < BURST || (q.has_real_time() && on_lane < self.real_time_per_pass) {
             let Some(mut served) = q.next(now_us) else { break };
-            let real_time = served.class == Class::RealTime;
-            bulk += usize::from(!real_time);
-            if served.settle(0, self.counters) {
-                self.seal_access_frame(now, shell, tx, served.frame.buf, real_time, batch.as_mut());
+            let lane = served.class == Class::RealTime && on_lane < self.real_time_per_pass;
+            if !lane && std::mem::take(&mut unsent) {
+                // The real-time run is over: out now, ahead of the bulk that follows.
+                tx.send_out();
             }
+            on_lane += usize::from(lane);
+            bulk += usize::from(!lane);
+            if served.settle(0, self.counters) {
+                let (m, b) = (served.frame.buf, batch.as_mut());
+                self.seal_access_frame(now, shell, tx, m, lane, b);
+                unsent |= lane;
+            }
+        }
+        if unsent {
+            tx.send_out();
         }
         self.access_queue = Some(q);
         if let (Some(c), Some(b)) = (crypto, batch) {
@@ -527,9 +557,9 @@ impl<'r> DpdkWorker<'r> {
     /// Seals one frame from the access port. A unicast frame to a peer with a session is
     /// sealed where it lies: outer headers and the transport header go into the mbuf's
     /// headroom, the tag into its tailroom, and the same mbuf is sent (no copy); with
-    /// crypto workers its AEAD runs there, in `batch`. A real-time frame is sealed here
-    /// and sent at once, never in a batch. Anything else (flooding, staging, short rooms)
-    /// takes the engine's buffer path.
+    /// crypto workers its AEAD runs there, in `batch`. A real-time frame is sealed here,
+    /// never in a batch, for the caller to send at once. Anything else (flooding, staging,
+    /// short rooms) takes the engine's buffer path.
     fn seal_access_frame(
         &mut self,
         now: u64,
@@ -566,8 +596,6 @@ impl<'r> DpdkWorker<'r> {
                     if let Some((m, _)) = tx.frame_in_place(now, m, len, to, tos, None) {
                         tx.push_out(m);
                         if real_time {
-                            // Out now (with what is already sealed ahead of it).
-                            tx.send_out();
                             self.counters.inc(Counter::RealTimeSent, 1);
                         }
                     }

@@ -496,9 +496,9 @@ impl<'r> DpdkWorker<'r> {
     }
 
     /// The access port with a queue: reads up to [`ACCESS_READ_MAX`] frames ahead (the
-    /// port's ring is where a real-time frame could not overtake), then seals every
-    /// real-time frame queued and a burst of bulk ones, CoDel marking or dropping those
-    /// that waited too long.
+    /// port's ring is where a real-time frame could not overtake), then seals the queued
+    /// real-time frames (up to their share of the pass) and a burst of bulk ones, CoDel
+    /// marking or dropping those that waited too long.
     fn queued_access_burst(
         &mut self,
         now: u64,

@@ -84,7 +84,7 @@ pub const SPARSE_MAX: usize = 32;
 /// lane sends earns one back (up to this). So a stream of new flows (a scan, random
 /// source ports) takes at most half the bytes from flows with a queue, never all of them,
 /// while a ping finds the whole budget.
-pub const SPARSE_BURST_BYTES: u64 = 16 << 10;
+pub const SPARSE_BURST_BYTES: i64 = 16 << 10;
 
 /// Real-time frames handed on per pass at most beside `bulk` bulk ones, for a share of
 /// `percent` of the pass: a sender marking everything real time cannot starve the rest.
@@ -110,8 +110,9 @@ pub struct AccessQueue<B> {
     /// Normal frames queued per flow bucket (either lane).
     backlog: Box<[u16]>,
     /// Bytes sparse frames may still send ahead of a waiting normal lane
-    /// ([`SPARSE_BURST_BYTES`]).
-    sparse_credit: u64,
+    /// ([`SPARSE_BURST_BYTES`]); below zero, what the last one overdrew, which the normal
+    /// lane pays back first.
+    sparse_credit: i64,
     /// Bytes of the frames queued.
     queued_bytes: usize,
     last_real_time_us: Option<u64>,
@@ -264,7 +265,7 @@ impl<B> AccessQueue<B> {
         let (class, congested) = match lane {
             // Nothing else of its flow was queued: it stands in no queue, CoDel leaves it.
             Lane::Sparse => {
-                self.sparse_credit = self.sparse_credit.saturating_sub(len);
+                self.sparse_credit -= len as i64;
                 self.left_normal(&frame);
                 (Class::Normal, false)
             }
@@ -273,7 +274,7 @@ impl<B> AccessQueue<B> {
                 (Class::RealTime, false)
             }
             Lane::Of(Class::Normal) => {
-                self.sparse_credit = (self.sparse_credit + len).min(SPARSE_BURST_BYTES);
+                self.sparse_credit = (self.sparse_credit + len as i64).min(SPARSE_BURST_BYTES);
                 self.left_normal(&frame);
                 let drained = self.lanes[Class::Normal as usize].is_empty();
                 (Class::Normal, self.codel[0].on_dequeue(now_us, waited_us, drained))
@@ -309,13 +310,17 @@ impl<B> AccessQueue<B> {
     }
 
     /// Whether a sparse flow's frame goes next: always when the normal lane is empty, else
-    /// while its credit lasts.
+    /// while credit is left (a frame larger than what is left, a super-frame larger than
+    /// the whole budget, still goes, and takes the rest).
     fn sparse_goes_next(&mut self) -> bool {
-        let Some(front) = self.sparse.front() else { return false };
+        if self.sparse.is_empty() {
+            return false;
+        }
         if self.lanes[Class::Normal as usize].is_empty() {
             self.sparse_credit = SPARSE_BURST_BYTES;
+            return true;
         }
-        self.sparse_credit >= front.len as u64
+        self.sparse_credit > 0
     }
 
     /// A normal frame left (from either lane).
@@ -458,6 +463,29 @@ mod tests {
             counters.slots.iter().map(|s| s.load(std::sync::atomic::Ordering::Relaxed)).collect();
         assert_eq!(DelayHistogram::of(&slots, DelayQueue::AccessBackground).count(), 2);
         assert_eq!(DelayHistogram::of(&slots, DelayQueue::AccessBulk).count(), 1);
+    }
+
+    /// A sparse super-frame larger than the whole sparse budget leaves too, whether the
+    /// normal lane waits or not (it once stood there for good, and everything behind it).
+    #[test]
+    fn a_sparse_frame_larger_than_the_budget_is_not_stuck() {
+        const BIG: usize = 64 << 10;
+        let mut q = queue(8, BIG);
+        flow_frame(&mut q, 0, Some(1), 1, BIG, 0).expect("room");
+        flow_frame(&mut q, 0, Some(2), 2, 100, 0).expect("room");
+        let order: Vec<u8> = std::iter::from_fn(|| serve(&mut q, 1)).map(|s| s.1).collect();
+        assert_eq!(order, [1, 2], "alone");
+        // Beside a standing flow, with the credit spent.
+        for id in [3, 4, 5] {
+            flow_frame(&mut q, 0, Some(7), id, 1500, 2).expect("room");
+        }
+        flow_frame(&mut q, 0, Some(8), 6, BIG, 2).expect("room");
+        flow_frame(&mut q, 0, Some(9), 7, BIG, 2).expect("room");
+        let order: Vec<u8> = std::iter::from_fn(|| serve(&mut q, 3)).map(|s| s.1).collect();
+        // 3 (a flow's first) and 6 go on the credit, 6 overdrawing it by 48 KB; 7 waits
+        // until the normal lane has paid that back or, as here, run dry.
+        assert_eq!(order, [3, 6, 4, 5, 7]);
+        assert!(q.is_empty());
     }
 
     /// A stream of new flows (a scan) beside a standing flow and a background one: the

@@ -488,11 +488,23 @@ impl<'r> DpdkWorker<'r> {
                 tx.send_out();
             }
         }
-        if let (Some(c), Some(b)) = (crypto, batch) {
-            let mut deliver = MbufBurst::new();
-            self.dispatch(now, shell, c, b, tx, &mut deliver);
-        }
+        self.dispatch_seals(now, shell, crypto, batch, tx);
         n
+    }
+
+    /// Hands the access side's batch of seals to the crypto workers (with none, everything
+    /// was sealed in place already). Sealing delivers nothing to the access port.
+    fn dispatch_seals(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+        crypto: Option<&mut Crypto<'r>>,
+        batch: Option<Batch<Mbuf<'r>, CryptoJob>>,
+        tx: &mut DpdkTx<'r>,
+    ) {
+        if let (Some(c), Some(b)) = (crypto, batch) {
+            self.dispatch(now, shell, c, b, tx, &mut MbufBurst::new());
+        }
     }
 
     /// The access port with a queue: reads up to [`ACCESS_READ_MAX`] frames ahead (the
@@ -547,10 +559,7 @@ impl<'r> DpdkWorker<'r> {
             tx.send_out();
         }
         self.access_queue = Some(q);
-        if let (Some(c), Some(b)) = (crypto, batch) {
-            let mut deliver = MbufBurst::new();
-            self.dispatch(now, shell, c, b, tx, &mut deliver);
-        }
+        self.dispatch_seals(now, shell, crypto, batch, tx);
         read + bulk
     }
 

@@ -133,10 +133,10 @@ impl Channel {
                     })
                 }
                 // Any worker can send a packet: the first takes them all.
-                Output::Inject { to, bytes } => {
-                    let (to, bytes) = (*to, bytes.as_slice());
+                Output::Inject { to, bytes, ttl } => {
+                    let (to, ttl, bytes) = (*to, *ttl, bytes.as_slice());
                     self.ends[0].inject.push_with(|slot| {
-                        if !encode_packet(slot, to, bytes) {
+                        if !encode_packet(slot, to, ttl, bytes) {
                             warn!(
                                 len = bytes.len(),
                                 "packet too large for the inject ring; dropped"

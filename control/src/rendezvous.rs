@@ -153,7 +153,7 @@ impl Rendezvous {
                 statement: bytes.to_vec(),
             }
             .build();
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
         }
         self.nuclei.len()
     }
@@ -198,7 +198,7 @@ impl Rendezvous {
             if n.sent.len() > 4 {
                 n.sent.pop_front();
             }
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
             // Until answered, retry soon (doubling); once answered, the Nucleus's interval.
             n.next_send_ms = now_ms + n.retry_ms;
             n.retry_ms = (n.retry_ms * 2).min(n.interval_ms);
@@ -216,7 +216,7 @@ impl Rendezvous {
                 Tai64n::now(),
                 None,
             );
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
         }
     }
 
@@ -237,7 +237,7 @@ impl Rendezvous {
                 Tai64n::now(),
                 Some(target),
             );
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg });
+            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
         }
     }
 

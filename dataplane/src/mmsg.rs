@@ -311,37 +311,59 @@ impl UdpSocket {
     }
 
     /// Sends one datagram to an endpoint, wrapped in a relay header for a relayed one
-    /// (control traffic: the copy does not matter here).
-    pub fn send_via(&self, bytes: &[u8], to: &Endpoint) -> io::Result<usize> {
+    /// (control traffic: the copy does not matter here), with IP TTL / hop limit `ttl`
+    /// unless it is 0.
+    pub fn send_via(&self, bytes: &[u8], to: &Endpoint, ttl: u8) -> io::Result<usize> {
         match to.relay_tag() {
-            None => self.send_to(bytes, &to.addr()),
+            None => self.send_to(bytes, &to.addr(), ttl),
             Some(tag) => {
                 let mut v = relay::header(false, &tag).to_vec();
                 v.extend_from_slice(bytes);
-                self.send_to(&v, &to.addr())
+                self.send_to(&v, &to.addr(), ttl)
             }
         }
     }
 
-    /// Sends one datagram (injected control traffic).
-    pub fn send_to(&self, bytes: &[u8], addr: &SocketAddr) -> io::Result<usize> {
+    /// Sends one datagram (injected control traffic); `ttl` as in [`Self::send_via`]. The
+    /// TTL goes as a per-datagram option (IP_TTL / IPV6_HOPLIMIT), not a socket option: the
+    /// data path shares the socket.
+    pub fn send_to(&self, bytes: &[u8], addr: &SocketAddr, ttl: u8) -> io::Result<usize> {
         if !self.v6 && addr.is_ipv6() {
             return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
         }
         // SAFETY: sockaddr_storage is plain data; zero is valid.
         let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let len = to_sockaddr(addr, self.v6, &mut ss);
-        // SAFETY: bytes and ss are valid for the lengths passed.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        };
+        let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+        // An 8-byte-aligned buffer for one int option.
+        let mut ctrl = [0u64; 4];
+        // SAFETY: msghdr is plain data; zero is valid.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = len;
+        h.msg_iov = &mut iov;
+        h.msg_iovlen = 1;
+        if ttl != 0 {
+            let (level, kind) = if addr.is_ipv6() {
+                (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
+            } else {
+                (libc::IPPROTO_IP, libc::IP_TTL)
+            };
+            let v = ttl as libc::c_int;
+            // SAFETY: ctrl is 32 aligned bytes, more than CMSG_SPACE(4) (24); CMSG_FIRSTHDR
+            // of a header whose control length covers it points at its start.
+            unsafe {
+                h.msg_control = ctrl.as_mut_ptr().cast();
+                h.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+                let c = libc::CMSG_FIRSTHDR(&h);
+                (*c).cmsg_level = level;
+                (*c).cmsg_type = kind;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), v);
+            }
+        }
+        // SAFETY: h points at ss, iov (over bytes) and ctrl, all alive for the call.
+        let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &h, 0) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 }

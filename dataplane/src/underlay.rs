@@ -168,6 +168,23 @@ pub fn fill_udp6_checksum(frame: &mut [u8]) {
     udp::fill_checksum_v6(&mut frame[h.payload..end]);
 }
 
+/// Sets the IP TTL (IPv6 hop limit) of an Ethernet + IP frame the fabric built, and the
+/// IPv4 header checksum to match: a low TTL makes a NAT-opening punch packet (it passes this
+/// side's NAT and dies before the far one). Frames of other kinds are left alone.
+pub fn set_ttl(frame: &mut [u8], ttl: u8) {
+    let Some(h) = ethernet::l2(frame) else { return };
+    let Some(ip) = frame.get_mut(h.payload..) else { return };
+    match h.ethertype {
+        ethertype::IPV4 => {
+            let Ok(mut p) = ipv4::Packet::new_checked(ip) else { return };
+            p.set_ttl(ttl);
+            p.fill_checksum();
+        }
+        ethertype::IPV6 if ip.len() >= ipv6::HEADER_LEN => ip[ipv6::field::HOP_LIMIT] = ttl,
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +240,11 @@ mod tests {
         assert_eq!(buf[15], 0xba);
         assert_eq!(rfc1071(&buf[14..34]), 0, "header checksum verifies");
         assert_eq!(parse(&buf[..n], 51820).unwrap().tos, 0xba);
+        // A punch opener: TTL 2, and the header checksum follows.
+        set_ttl(&mut buf[..n], 2);
+        assert_eq!(buf[22], 2);
+        assert_eq!(rfc1071(&buf[14..34]), 0, "header checksum verifies after set_ttl");
+        assert_eq!(parse(&buf[..n], 51820).unwrap().src, "10.0.0.1:4000".parse().unwrap());
     }
 
     #[test]
@@ -250,6 +272,10 @@ mod tests {
         fill_udp6_checksum(&mut buf[..n]);
         assert_ne!(buf[l4 + 6..l4 + 8], before[l4 + 6..l4 + 8]);
         assert_eq!(rfc1071(&[&pseudo[..], &buf[l4..n]].concat()), 0, "verifies again");
+        // The hop limit is not in the UDP checksum: setting it keeps the frame valid.
+        set_ttl(&mut buf[..n], 3);
+        assert_eq!(buf[18 + 7], 3);
+        assert_eq!(rfc1071(&[&pseudo[..], &buf[l4..n]].concat()), 0, "verifies with hop limit 3");
     }
 
     #[test]

@@ -491,8 +491,10 @@ impl Event {
     }
 }
 
-/// Packet records (punt and inject): `len u16 | kind u8 | pad | peer u16 | pad (2) |
-/// endpoint (32) | bytes`. Kind 0: a datagram to or from the endpoint (the peer is unused).
+/// Packet records (punt and inject): `len u16 | kind u8 | ttl u8 | peer u16 | pad (2) |
+/// endpoint (32) | bytes`. Kind 0: a datagram to or from the endpoint (the peer is unused);
+/// an injected one leaves with the IP TTL / hop limit `ttl` (0: the system's default; a
+/// low one opens this side's NAT mapping without reaching the far NAT).
 /// Kind 1 (inject only): a control message for the data plane to seal to the peer
 /// ([`encode_control`]).
 pub const PACKET_HEADER: usize = 40;
@@ -503,14 +505,15 @@ pub const PACKET_SLOT: usize = 2048;
 /// Largest packet a record carries.
 pub const MAX_PACKET_RECORD: usize = PACKET_SLOT - PACKET_HEADER;
 
-/// Writes a packet record into a slot. Returns false (writing nothing useful) if it does
-/// not fit.
-pub fn encode_packet(slot: &mut [u8], addr: Endpoint, bytes: &[u8]) -> bool {
+/// Writes a packet record into a slot (`ttl` 0: the default). Returns false (writing
+/// nothing useful) if it does not fit.
+pub fn encode_packet(slot: &mut [u8], addr: Endpoint, ttl: u8, bytes: &[u8]) -> bool {
     if PACKET_HEADER + bytes.len() > slot.len() {
         return false;
     }
     slot[..2].copy_from_slice(&(bytes.len() as u16).to_le_bytes());
     slot[2..8].fill(0);
+    slot[3] = ttl;
     encode_endpoint(Some(addr), &mut slot[8..8 + ENDPOINT_LEN]);
     slot[PACKET_HEADER..PACKET_HEADER + bytes.len()].copy_from_slice(bytes);
     true
@@ -533,7 +536,7 @@ pub fn encode_control(slot: &mut [u8], peer: u16, bytes: &[u8]) -> bool {
 /// A packet record, read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketRecord<'a> {
-    Datagram { addr: Endpoint, bytes: &'a [u8] },
+    Datagram { addr: Endpoint, ttl: u8, bytes: &'a [u8] },
     Control { peer: u16, bytes: &'a [u8] },
 }
 
@@ -546,7 +549,7 @@ pub fn decode_record(slot: &[u8]) -> Result<PacketRecord<'_>, RecordError> {
         PACKET_DATAGRAM => {
             let addr =
                 decode_endpoint(&head[8..])?.ok_or(RecordError::BadField("packet address"))?;
-            Ok(PacketRecord::Datagram { addr, bytes })
+            Ok(PacketRecord::Datagram { addr, ttl: head[3], bytes })
         }
         PACKET_CONTROL => {
             Ok(PacketRecord::Control { peer: u16::from_le_bytes([head[4], head[5]]), bytes })
@@ -558,7 +561,7 @@ pub fn decode_record(slot: &[u8]) -> Result<PacketRecord<'_>, RecordError> {
 /// Reads a datagram record: its address and bytes (a record of another kind is an error).
 pub fn decode_packet(slot: &[u8]) -> Result<(Endpoint, &[u8]), RecordError> {
     match decode_record(slot)? {
-        PacketRecord::Datagram { addr, bytes } => Ok((addr, bytes)),
+        PacketRecord::Datagram { addr, bytes, .. } => Ok((addr, bytes)),
         PacketRecord::Control { .. } => Err(RecordError::BadField("packet kind")),
     }
 }
@@ -718,13 +721,20 @@ mod tests {
     fn packet_records() {
         let mut slot = [0u8; PACKET_SLOT];
         let addr = Endpoint::Direct("192.0.2.1:51820".parse().unwrap());
-        assert!(encode_packet(&mut slot, addr, &[1, 2, 3]));
+        assert!(encode_packet(&mut slot, addr, 0, &[1, 2, 3]));
         let (a, b) = decode_packet(&slot).unwrap();
         assert_eq!((a, b), (addr, &[1u8, 2, 3][..]));
+        // A low-TTL opener keeps its TTL.
+        assert!(encode_packet(&mut slot, addr, 2, &[5]));
+        assert_eq!(slot[3], 2);
+        assert_eq!(
+            decode_record(&slot).unwrap(),
+            PacketRecord::Datagram { addr, ttl: 2, bytes: &[5] }
+        );
         let relayed = Endpoint::Relay { via: "[2001:db8::1]:51820".parse().unwrap(), tag: [9; 8] };
-        assert!(encode_packet(&mut slot, relayed, &[4]));
+        assert!(encode_packet(&mut slot, relayed, 0, &[4]));
         assert_eq!(decode_packet(&slot).unwrap().0, relayed);
-        assert!(!encode_packet(&mut slot, addr, &[0; MAX_PACKET_RECORD + 1]));
+        assert!(!encode_packet(&mut slot, addr, 0, &[0; MAX_PACKET_RECORD + 1]));
         slot[..2].copy_from_slice(&u16::MAX.to_le_bytes());
         assert_eq!(decode_packet(&slot).unwrap_err(), RecordError::Truncated);
         // A control message for peer 0x0102.

@@ -95,6 +95,8 @@ pub struct NetworkSection {
     pub direct_retry_secs: Option<f64>,
     /// Keepalive interval towards Nucleus-introduced peers (NAT mappings); 0 disables.
     pub persistent_keepalive_secs: Option<f64>,
+    /// IP TTL of the punch opener sent before each direct handshake attempt (0: none).
+    pub punch_opener_ttl: Option<u8>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -544,6 +544,7 @@ pub fn network(
             d0.persistent_keepalive_ms,
             0.0,
         )?,
+        opener_ttl: n.punch_opener_ttl.unwrap_or(d0.opener_ttl),
     };
     Ok(Network { nucleus, cluster, cluster_secret, membership, rendezvous })
 }

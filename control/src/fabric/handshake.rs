@@ -29,7 +29,7 @@ impl Fabric {
         }
         if self.under_load(now_ms) && !self.cookies.verify_mac2(msg, &src.addr(), now_ms) {
             let reply = self.cookies.reply(pkt.sender_index(), &pkt.mac1(), &src.addr(), now_ms);
-            self.out.push(Output::Inject { to: src, bytes: reply.to_vec() });
+            self.out.push(Output::Inject { to: src, bytes: reply.to_vec(), ttl: 0 });
             self.stats.cookie_replies_sent += 1;
             return;
         }
@@ -120,7 +120,7 @@ impl Fabric {
             self.forget_index(p.local_index);
         }
         self.cmd(install_cmd(id, &session, SessionPlace::Next, now_ms));
-        self.out.push(Output::Inject { to: src, bytes: out });
+        self.out.push(Output::Inject { to: src, bytes: out, ttl: 0 });
         self.peers[id as usize].last_handshake_ms = Some(now_ms);
         self.stats.handshakes_completed += 1;
         info!(peer = %self.peers[id as usize].public_key.short(), %src, cipher = %aead, "handshake completed (responder)");
@@ -257,6 +257,7 @@ impl Fabric {
         let max_jitter =
             (omni_proto::constants::REKEY_TIMEOUT_JITTER.as_millis() as u64).min(timeout_ms / 15);
         let next_retry_ms = now_ms + timeout_ms + rand::random::<u64>() % (max_jitter + 1);
+        let deferred = self.send_initiation(now_ms, id, &dests, &msg);
         self.peers[id as usize].pending = Some(Pending {
             local_index,
             hs,
@@ -266,11 +267,9 @@ impl Fabric {
             probe,
             mac1,
             offer,
+            deferred,
         });
         self.by_index.insert(local_index, id);
-        for to in &dests {
-            self.out.push(Output::Inject { to: *to, bytes: msg.clone() });
-        }
         self.stats.handshakes_initiated += 1;
         debug!(peer = %self.peers[id as usize].public_key.short(), ?dests, "handshake initiation sent");
     }

@@ -14,11 +14,13 @@ mod admission;
 mod handshake;
 pub mod index;
 mod members;
+mod punch;
 mod statements;
 mod timers;
 
 pub use admission::Admission;
 pub use members::MemberUpdate;
+pub use punch::PUNCH_OPEN_MS;
 pub use timers::{RendezvousTimers, Timers};
 
 use std::collections::HashMap;
@@ -45,9 +47,13 @@ use omni_proto::rate_limiter::RateLimiter;
 #[derive(Debug)]
 pub enum Output {
     Command(Command),
+    /// A datagram for the data plane to send as it is; `ttl` 0 is the system's default, a
+    /// low one makes a punch opener (it opens this side's NAT mapping and dies before the
+    /// far NAT, see `docs/design/nat-traversal.md`).
     Inject {
         to: Endpoint,
         bytes: Vec<u8>,
+        ttl: u8,
     },
     /// Ask the Nuclei to make this member and us punch towards each other now.
     PunchRequest(PublicKey),
@@ -90,6 +96,8 @@ pub struct FabricStats {
     pub dropped_uncertified: u64,
     /// Members a Nucleus introduced that did not fit the peer table (`max_peers`).
     pub peers_refused: u64,
+    /// Low-TTL punch openers sent (one per direct candidate per attempt).
+    pub punch_openers_sent: u64,
 }
 
 impl FabricStats {
@@ -139,6 +147,8 @@ struct Pending {
     mac1: Mac,
     /// The AEADs it offered (the response must name one of them).
     offer: AeadSet,
+    /// Its full-TTL sends that wait for the far side's opener.
+    deferred: Option<punch::Deferred>,
 }
 
 /// A punch trigger does not restart a handshake sent less than this long ago (several

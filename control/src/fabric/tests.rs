@@ -36,7 +36,7 @@ fn pair_with(cfg_a: FabricConfig, cfg_b: FabricConfig) -> (Fabric, Fabric) {
 fn injects(f: &mut Fabric) -> Vec<(Endpoint, Vec<u8>)> {
     f.drain_outputs()
         .filter_map(|o| match o {
-            Output::Inject { to, bytes } => Some((to, bytes)),
+            Output::Inject { to, bytes, .. } => Some((to, bytes)),
             _ => None,
         })
         .collect()
@@ -48,7 +48,7 @@ fn split_outputs(f: &mut Fabric) -> (Vec<Command>, Vec<(Endpoint, Vec<u8>)>) {
     for o in f.drain_outputs() {
         match o {
             Output::Command(x) => c.push(x),
-            Output::Inject { to, bytes } => i.push((to, bytes)),
+            Output::Inject { to, bytes, .. } => i.push((to, bytes)),
             Output::PunchRequest(_) | Output::Control { .. } | Output::Statement { .. } => {}
         }
     }
@@ -394,6 +394,74 @@ fn members_are_punched_on_every_candidate_then_relayed() {
     // Only once per attempt round.
     a.tick(4_200, |_| Activity::default());
     assert!(injects(&mut a).is_empty());
+}
+
+/// Each attempt's datagrams as (destination, ttl).
+fn sends(f: &mut Fabric) -> Vec<(Endpoint, u8)> {
+    f.drain_outputs()
+        .filter_map(|o| match o {
+            Output::Inject { to, ttl, .. } => Some((to, ttl)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_punch_opens_the_local_nat_before_sending_at_full_ttl() {
+    let ia = Identity::from_seed([1; 32]);
+    let kb = Identity::from_seed([2; 32]).public_key();
+    let (far, lan) = ("203.0.113.2:40000".parse().unwrap(), "192.168.1.2:51820".parse().unwrap());
+    let mut a = Fabric::new(ia, cfg(), 1);
+    a.on_member(1000, &member(kb, &["203.0.113.2:40000", "192.168.1.2:51820"], true));
+    // First the openers, at TTL 2, to every candidate.
+    assert_eq!(sends(&mut a), vec![(far, 2), (lan, 2)]);
+    assert_eq!(a.stats.punch_openers_sent, 2);
+    // Nothing at full TTL before the far side has had time to open its own mapping.
+    a.tick(1000 + PUNCH_OPEN_MS - 100, |_| Activity::default());
+    assert_eq!(sends(&mut a), vec![]);
+    a.tick(1000 + PUNCH_OPEN_MS, |_| Activity::default());
+    assert_eq!(sends(&mut a), vec![(far, 0), (lan, 0)]);
+    a.tick(1000 + PUNCH_OPEN_MS + 100, |_| Activity::default());
+    assert_eq!(sends(&mut a), vec![], "once per attempt");
+    // The retry (rekey timeout, 5 s) opens again first; the relay, once tried, goes at once.
+    a.tick(6_400, |_| Activity::default());
+    let retry = sends(&mut a);
+    assert!(retry.contains(&(far, 2)) && retry.contains(&(lan, 2)), "{retry:?}");
+    assert!(retry.iter().any(|(t, ttl)| t.is_relay() && *ttl == 0), "{retry:?}");
+    assert!(!retry.contains(&(far, 0)), "{retry:?}");
+    // With openers off, every candidate gets the initiation at once (as before).
+    let mut c = Fabric::new(
+        Identity::from_seed([3; 32]),
+        FabricConfig {
+            rendezvous: RendezvousTimers { opener_ttl: 0, ..Default::default() },
+            ..cfg()
+        },
+        1,
+    );
+    c.on_member(1000, &member(kb, &["203.0.113.2:40000"], true));
+    assert_eq!(sends(&mut c), vec![(far, 0)]);
+}
+
+#[test]
+fn an_attempt_answered_before_its_full_send_owes_nothing() {
+    let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let (ka, kb) = (ia.public_key(), ib.public_key());
+    let mut a = Fabric::new(ia, cfg(), 1);
+    let mut b = Fabric::new(ib, cfg(), 1);
+    a.on_member(0, &member(kb, &["192.168.1.2:51820"], true));
+    // On a LAN the opener arrives: B answers it at once.
+    let opener = injects(&mut a);
+    b.on_member(0, &member(ka, &["192.168.1.1:51820"], false));
+    b.drain_outputs().for_each(drop);
+    b.on_punt(1, "192.168.1.1:51820".parse().unwrap(), &opener[0].1);
+    let resp = injects(&mut b);
+    a.on_punt(2, "192.168.1.2:51820".parse().unwrap(), &resp[0].1);
+    assert!(a.peers()[0].current.is_some());
+    a.drain_outputs().for_each(drop);
+    a.tick(PUNCH_OPEN_MS + 1, |_| Activity::default());
+    let lan: Endpoint = "192.168.1.2:51820".parse().unwrap();
+    assert!(!sends(&mut a).contains(&(lan, 0)), "no full-TTL resend of an answered attempt");
+    assert_eq!(b.stats.dropped_replayed_initiation, 0);
 }
 
 #[test]

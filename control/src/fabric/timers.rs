@@ -45,11 +45,19 @@ pub struct RendezvousTimers {
     pub direct_retry_ms: u64,
     /// Keep NAT mappings open: send a keepalive when nothing was sent for this long.
     pub persistent_keepalive_ms: u64,
+    /// The IP TTL of a punch opener (0: no openers, every attempt goes at once at full
+    /// TTL). 2 passes this side's NAT and dies at the next hop.
+    pub opener_ttl: u8,
 }
 
 impl Default for RendezvousTimers {
     fn default() -> Self {
-        Self { relay_after_ms: 3_000, direct_retry_ms: 30_000, persistent_keepalive_ms: 25_000 }
+        Self {
+            relay_after_ms: 3_000,
+            direct_retry_ms: 30_000,
+            persistent_keepalive_ms: 25_000,
+            opener_ttl: 2,
+        }
     }
 }
 
@@ -91,6 +99,7 @@ impl Fabric {
                     self.initiate_with(now_ms, id, probe);
                 }
             }
+            self.send_deferred(now_ms, id);
             let p = &self.peers[id as usize];
             let recently_active = act.last_data_tx_ms.max(act.last_data_rx_ms)
                 + ms(t.keepalive)

@@ -27,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     {
         let mut slot = vec![0u8; PACKET_SLOT];
         match r {
-            PacketRecord::Datagram { addr, bytes } => assert!(encode_packet(&mut slot, addr, bytes)),
+            PacketRecord::Datagram { addr, ttl, bytes } => {
+                assert!(encode_packet(&mut slot, addr, ttl, bytes))
+            }
             PacketRecord::Control { peer, bytes } => assert!(encode_control(&mut slot, peer, bytes)),
         }
         assert_eq!(decode_record(&slot).unwrap(), r);

@@ -111,7 +111,7 @@ pub fn punt(
     bytes: &[u8],
 ) -> bool {
     match ends.punt.push_with(|slot| {
-        encode_packet(slot, from, bytes);
+        encode_packet(slot, from, 0, bytes);
     }) {
         Ok(()) => {
             counters.inc(Counter::Punted, 1);

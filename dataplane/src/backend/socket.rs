@@ -712,9 +712,9 @@ impl<'r> Port for SocketPort<'r> {
         0
     }
 
-    fn inject(&mut self, _now: u64, to: Endpoint, bytes: &[u8]) -> bool {
+    fn inject(&mut self, _now: u64, to: Endpoint, ttl: u8, bytes: &[u8]) -> bool {
         self.state.injected += 1;
-        let ok = self.sock.send_via(bytes, &to).is_ok();
+        let ok = self.sock.send_via(bytes, &to, ttl).is_ok();
         if !ok {
             self.counters.drop(DropReason::TxError);
         }

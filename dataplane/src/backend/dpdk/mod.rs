@@ -58,7 +58,7 @@ use crate::backend::channel;
 use crate::backend::crypto_pool::{Batch, Buf, CryptoPool, Idle, Item, Job, PoolConfig, run_jobs};
 use crate::backend::io_loop::{self, Pass, Port, Shell};
 use crate::backend::neighbours::{ArpAction, Neighbours};
-use crate::underlay::{self, L2Route, build_frame, build_headers, fill_udp6_checksum};
+use crate::underlay::{self, L2Route, build_frame, build_headers, fill_udp6_checksum, set_ttl};
 use omni_proto::constants::ETHERNET_HEADER_LEN;
 use omni_proto::wire::ethernet::VLAN_TAG_LEN;
 use omni_proto::wire::{checksum, ipv4, ipv6, udp};

@@ -19,7 +19,7 @@ pub(super) struct DpdkTx<'a> {
     pub(super) counters: &'a WorkerCounters,
     pub(super) max_ip: usize,
     /// Datagrams waiting for ARP: (queued at, destination, bytes).
-    pub(super) pending: std::collections::VecDeque<(u64, SocketAddr, u8, Vec<u8>)>,
+    pub(super) pending: std::collections::VecDeque<(u64, SocketAddr, u8, u8, Vec<u8>)>,
     /// The outer headers last built for a packet sealed in place.
     pub(super) outer: Option<OuterHeaders>,
     /// Bytes of outer headers for our address family (Ethernet + IPv4/IPv6 + UDP).
@@ -137,8 +137,16 @@ impl<'a> DpdkTx<'a> {
         }
     }
 
-    /// Frames one datagram `parts` to `dst` into an mbuf, resolving the next hop.
-    pub(super) fn datagram(&mut self, now: u64, dst: SocketAddr, tos: u8, parts: &[&[u8]]) -> bool {
+    /// Frames one datagram `parts` to `dst` into an mbuf, resolving the next hop; with IP
+    /// TTL / hop limit `ttl` unless it is 0.
+    pub(super) fn datagram(
+        &mut self,
+        now: u64,
+        dst: SocketAddr,
+        tos: u8,
+        ttl: u8,
+        parts: &[&[u8]],
+    ) -> bool {
         if dst.is_ipv4() != self.neighbours.our_ip.is_ipv4() {
             // An endpoint of the other IP version than our underlay address.
             self.counters.drop(DropReason::TxError);
@@ -153,7 +161,7 @@ impl<'a> DpdkTx<'a> {
                 self.pending.pop_front();
                 self.counters.drop(DropReason::TxError);
             }
-            self.pending.push_back((now, dst, tos, parts.concat()));
+            self.pending.push_back((now, dst, tos, ttl, parts.concat()));
             return false;
         };
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -175,6 +183,9 @@ impl<'a> DpdkTx<'a> {
         if build_frame(m.data_mut(), &route, self.udp_port, dst, tos, parts).is_none() {
             self.counters.drop(DropReason::TxError);
             return false;
+        }
+        if ttl != 0 {
+            set_ttl(m.data_mut(), ttl);
         }
         if let Err(m) = self.out.push(m) {
             self.send_out();
@@ -229,7 +240,7 @@ impl<'a> DpdkTx<'a> {
                         self.counters.drop(DropReason::TxError);
                         return None;
                     }
-                    self.datagram(now, dst, tos, &[&m.data()[outer..outer + payload]]);
+                    self.datagram(now, dst, tos, 0, &[&m.data()[outer..outer + payload]]);
                     return None;
                 };
                 let Some(h) = OuterHeaders::new(&self.route(peer_mac), self.udp_port, dst, now)
@@ -275,11 +286,11 @@ impl<'a> DpdkTx<'a> {
     /// than [`PENDING_MAX_AGE_MS`] (counted).
     pub(super) fn retry_pending(&mut self, now: u64) {
         for _ in 0..self.pending.len() {
-            let Some((t, dst, tos, bytes)) = self.pending.pop_front() else { break };
+            let Some((t, dst, tos, ttl, bytes)) = self.pending.pop_front() else { break };
             if self.neighbours.lookup(now, dst.ip()).is_some() {
-                self.datagram(now, dst, tos, &[&bytes]);
+                self.datagram(now, dst, tos, ttl, &[&bytes]);
             } else if now.saturating_sub(t) < PENDING_MAX_AGE_MS {
-                self.pending.push_back((t, dst, tos, bytes));
+                self.pending.push_back((t, dst, tos, ttl, bytes));
             } else {
                 self.counters.drop(DropReason::TxError);
             }
@@ -319,9 +330,9 @@ impl<'a> DpdkTx<'a> {
             let _ = match pkt.relay {
                 Some(tag) => {
                     let hdr = omni_proto::wire::relay::header(false, &tag);
-                    self.datagram(now, dst, pkt.tos, &[&hdr, body])
+                    self.datagram(now, dst, pkt.tos, 0, &[&hdr, body])
                 }
-                None => self.datagram(now, dst, pkt.tos, &[body]),
+                None => self.datagram(now, dst, pkt.tos, 0, &[body]),
             };
         }
         self.bufs = bufs;

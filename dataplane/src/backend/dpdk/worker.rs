@@ -123,12 +123,12 @@ impl<'r> Port for DpdkPort<'r> {
 
     /// Control's packets (handshakes, Nucleus messages): framed as they come, sent with
     /// the pass's flush.
-    fn inject(&mut self, now: u64, to: Endpoint, bytes: &[u8]) -> bool {
+    fn inject(&mut self, now: u64, to: Endpoint, ttl: u8, bytes: &[u8]) -> bool {
         match to {
-            Endpoint::Direct(a) => self.tx.datagram(now, a, 0, &[bytes]),
+            Endpoint::Direct(a) => self.tx.datagram(now, a, 0, ttl, &[bytes]),
             Endpoint::Relay { via, tag } => {
                 let hdr = omni_proto::wire::relay::header(false, &tag);
-                self.tx.datagram(now, via, 0, &[&hdr, bytes])
+                self.tx.datagram(now, via, 0, ttl, &[&hdr, bytes])
             }
         }
     }

@@ -17,6 +17,11 @@
 //! name = "ai-robot-fleet"
 //! key = "<omni-daemon cluster new prints it>"
 //!
+//! [server]                        # the relay over TLS on TCP, for nodes where UDP is blocked
+//! tcp_listen = "0.0.0.0:443"      # off unless set; a bare address takes port 443
+//! tls_cert = "/etc/omni/nucleus.crt"  # PEM; without both, a self-signed certificate
+//! tls_key = "/etc/omni/nucleus.pem"
+//!
 //! [metrics]
 //! listen = "127.0.0.1:9200"
 //! ```
@@ -36,7 +41,18 @@ pub struct File {
     #[serde(default)]
     pub clusters: Vec<ClusterSection>,
     #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
     pub metrics: MetricsSection,
+}
+
+/// The relay over TLS on TCP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub tcp_listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +94,7 @@ pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
     vec![
         ("nucleus", field_names::<NucleusSection>()),
         ("clusters", field_names::<ClusterSection>()),
+        ("server", field_names::<ServerSection>()),
         ("metrics", field_names::<MetricsSection>()),
     ]
 }
@@ -99,6 +116,10 @@ pub struct Settings {
     /// Clusters (by name) with an authority.
     pub authorities: Vec<(String, PublicKey)>,
     pub metrics_listen: Option<SocketAddr>,
+    /// The TLS-over-TCP relay's address (`None`: off).
+    pub tcp_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Where the control socket (`control.sock`) lives.
     pub run_dir: PathBuf,
 }
@@ -129,6 +150,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub identity: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    pub tcp_listen: Option<String>,
     pub member_timeout_secs: Option<u64>,
     pub register_interval_secs: Option<u16>,
     pub relay_bytes_per_sec: Option<u64>,
@@ -200,6 +222,10 @@ impl Settings {
         };
         let relay_bytes_per_sec =
             o.relay_bytes_per_sec.or(n.relay_bytes_per_sec).unwrap_or(12_500_000);
+        let tcp_listen = match o.tcp_listen.or(f.server.tcp_listen).as_deref() {
+            None | Some("off") | Some("") => None,
+            Some(t) => Some(tcp_address(t)?),
+        };
         Ok(Self {
             listen: o
                 .listen
@@ -220,9 +246,28 @@ impl Settings {
             clusters,
             authorities,
             metrics_listen,
+            tcp_listen,
+            tls_cert: f.server.tls_cert,
+            tls_key: f.server.tls_key,
             run_dir: o.run_dir.or(n.run_dir).unwrap_or_else(|| DEFAULT_RUN_DIR.into()),
         })
     }
+}
+
+/// `[server] tcp_listen` / `--tcp-listen`: `ADDR:PORT`, or a bare address (IPv6 in
+/// brackets or not) on port 443.
+fn tcp_address(t: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bare = t.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, crate::tcp::DEFAULT_PORT))
+        .map_err(|_| {
+            ConfigError::Invalid(format!(
+                "[server] tcp_listen: {t:?} is not address[:port] (e.g. 0.0.0.0:443) or \"off\""
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -249,5 +294,26 @@ mod tests {
             toml::from_str("[nucleus]\nregister_interval_secs = 30\nmember_timeout_secs = 10\n")
                 .unwrap();
         assert!(Settings::resolve(f, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn the_tcp_relay_is_off_by_default_and_takes_port_443_when_none_is_given() {
+        let s = Settings::resolve(File::default(), Overrides::default()).unwrap();
+        assert_eq!(s.tcp_listen, None);
+        for (text, want) in [
+            ("0.0.0.0", "0.0.0.0:443"),
+            ("[::]", "[::]:443"),
+            ("::1", "[::1]:443"),
+            ("127.0.0.1:8443", "127.0.0.1:8443"),
+        ] {
+            let o = Overrides { tcp_listen: Some(text.into()), ..Default::default() };
+            let s = Settings::resolve(File::default(), o).unwrap();
+            assert_eq!(s.tcp_listen, Some(want.parse().unwrap()), "{text}");
+        }
+        let f: File = toml::from_str("[server]\ntcp_listen = \"nonsense\"\n").unwrap();
+        let e = Settings::resolve(f, Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("tcp_listen"), "{e}");
+        let f: File = toml::from_str("[server]\ntcp_listen = \"off\"\n").unwrap();
+        assert_eq!(Settings::resolve(f, Overrides::default()).unwrap().tcp_listen, None);
     }
 }

@@ -34,6 +34,10 @@ struct Cli {
     /// Prometheus address, or "off" [default: 127.0.0.1:9200].
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Also relay over TLS on TCP at ADDR[:PORT] (port 443 if none), for nodes whose
+    /// networks block UDP [default: off].
+    #[arg(long, value_name = "ADDR")]
+    tcp_listen: Option<String>,
     /// Drop members silent this long [default: 3 x register interval + 5].
     #[arg(long)]
     member_timeout_secs: Option<u64>,
@@ -124,6 +128,7 @@ fn real_main() -> anyhow::Result<()> {
             listen: cli.listen,
             identity: cli.identity,
             metrics_listen: cli.metrics_listen,
+            tcp_listen: cli.tcp_listen,
             member_timeout_secs: cli.member_timeout_secs,
             register_interval_secs: cli.register_interval_secs,
             relay_bytes_per_sec: cli.relay_bytes_per_sec,
@@ -147,8 +152,10 @@ fn drop_privileges(settings: &Settings) {
         return;
     }
     let low = |port: u16| port != 0 && port < 1024;
-    let keep =
-        if low(settings.listen.port()) || settings.metrics_listen.is_some_and(|a| low(a.port())) {
+    let keep = if low(settings.listen.port())
+        || settings.metrics_listen.is_some_and(|a| low(a.port()))
+        || settings.tcp_listen.is_some_and(|a| low(a.port()))
+    {
             CapSet::of(&[Cap::NetBindService])
         } else {
             CapSet::EMPTY

@@ -1,18 +1,22 @@
-//! The Nucleus process: one UDP socket, the core, a 1 s tick, and Prometheus metrics.
+//! The Nucleus process: one UDP socket (and, when configured, the TLS/TCP relay), the core,
+//! a 1 s tick, and Prometheus metrics.
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use omni_proto::Identity;
 use omni_proto::tai64n::Tai64n;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::core::{Core, DropReason, Limits};
+use crate::tcp::{self, Connections, TcpLimits, TcpStats};
 
 struct Metrics {
     registry: Registry,
@@ -25,6 +29,8 @@ struct Metrics {
     revocations: IntGaugeVec,
     policy_version: IntGaugeVec,
     dropped: IntCounterVec,
+    tcp_open: IntGauge,
+    tcp_events: IntCounterVec,
 }
 
 fn catch_up(c: &IntCounter, v: u64) {
@@ -76,6 +82,21 @@ impl Metrics {
         )
         .expect("valid");
         reg(Box::new(dropped.clone()));
+        let tcp_open =
+            IntGauge::new("omni_nucleus_tcp_connections", "Open connections to the TLS/TCP relay")
+                .expect("valid");
+        reg(Box::new(tcp_open.clone()));
+        let tcp_events = IntCounterVec::new(
+            Opts::new(
+                "omni_nucleus_tcp_events_total",
+                "TLS/TCP relay: connections accepted and refused (limits, failed or slow \
+                 handshakes, oversized frames, timeouts), frames in and out, frames dropped \
+                 for a full send queue",
+            ),
+            &["event"],
+        )
+        .expect("valid");
+        reg(Box::new(tcp_events.clone()));
         Self {
             registry: r,
             nodes,
@@ -87,10 +108,12 @@ impl Metrics {
             revocations,
             policy_version,
             dropped,
+            tcp_open,
+            tcp_events,
         }
     }
 
-    fn render(&self, core: &Core) -> String {
+    fn render(&self, core: &Core, tcp: &TcpStats) -> String {
         let stats = &core.stats;
         self.nodes.reset();
         for (name, n) in core.members_per_cluster() {
@@ -111,6 +134,19 @@ impl Metrics {
         catch_up(&self.relayed_bytes, stats.relayed_bytes);
         for r in DropReason::ALL {
             catch_up(&self.dropped.with_label_values(&[r.name()]), stats.drops[r as usize]);
+        }
+        self.tcp_open.set(tcp.open.load(Ordering::Relaxed) as i64);
+        for (event, v) in [
+            ("accepted", &tcp.accepted),
+            ("refused_limit", &tcp.refused_limit),
+            ("handshake_failed", &tcp.handshake_failed),
+            ("oversized", &tcp.oversized),
+            ("timed_out", &tcp.timed_out),
+            ("frames_in", &tcp.frames_in),
+            ("frames_out", &tcp.frames_out),
+            ("send_dropped", &tcp.send_dropped),
+        ] {
+            catch_up(&self.tcp_events.with_label_values(&[event]), v.load(Ordering::Relaxed));
         }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -164,7 +200,26 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         info!(cluster = %name, %authority, "certified members only; revocations and policies kept and spread");
     }
     let metrics = Metrics::new();
-    let snapshot = Arc::new(Mutex::new(metrics.render(&core)));
+    let tcp_stats = Arc::new(TcpStats::default());
+    let snapshot = Arc::new(Mutex::new(metrics.render(&core, &tcp_stats)));
+    let conns = Connections::default();
+    // Frames from TCP relay clients, for the core (bounded: a flood waits, it is not kept).
+    let (tcp_tx, mut tcp_rx) = tokio::sync::mpsc::channel::<(SocketAddr, Vec<u8>)>(1024);
+    if let Some(addr) = settings.tcp_listen {
+        let acceptor = tcp::tls_acceptor(settings.tls_cert.as_deref(), settings.tls_key.as_deref())?;
+        let l = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for the TCP relay on {addr} (set [server] tcp_listen or --tcp-listen to another address, or off)")
+        })?;
+        info!(%addr, "relay over TLS on TCP");
+        tokio::spawn(tcp::serve(
+            l,
+            acceptor,
+            tcp_tx,
+            conns.clone(),
+            tcp_stats.clone(),
+            TcpLimits::default(),
+        ));
+    }
     let (op_tx, mut op_rx) = tokio::sync::mpsc::channel::<Operator>(8);
     let control_path = settings.run_dir.join(CONTROL_SOCKET);
     match bind_control(&settings.run_dir) {
@@ -198,10 +253,11 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
                 Ok((n, src)) => core.handle(now_ms(), Tai64n::now(), src, &buf[..n]),
                 Err(e) => warn!("receive: {e}"),
             },
+            Some((src, bytes)) = tcp_rx.recv() => core.handle(now_ms(), Tai64n::now(), src, &bytes),
             _ = tick.tick() => {
                 core.tick(now_ms(), Tai64n::now());
                 if let Ok(mut s) = snapshot.lock() {
-                    *s = metrics.render(&core);
+                    *s = metrics.render(&core, &tcp_stats);
                 }
             }
             Some((text, reply)) = op_rx.recv() => {
@@ -217,6 +273,12 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
         }
         for (to, msg) in core.drain() {
+            if tcp::is_virtual(&to) {
+                if !conns.send(&to, msg) {
+                    tcp_stats.send_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             // A full socket buffer or an unreachable member must not stop the Nucleus.
             let _ = sock.try_send_to(&msg, to);
         }

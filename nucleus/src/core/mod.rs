@@ -136,8 +136,11 @@ struct Member {
 }
 
 impl Member {
+    /// Where peers may reach it directly: its reflexive address (not when it came over the
+    /// TCP relay: that one is the Nucleus's own), then its local ones.
     fn endpoints(&self) -> Vec<SocketAddr> {
-        let mut v = vec![self.reflexive];
+        let mut v: Vec<SocketAddr> =
+            Some(self.reflexive).filter(|r| !crate::tcp::is_virtual(r)).into_iter().collect();
         v.extend(self.locals.iter().filter(|l| **l != self.reflexive).copied());
         v.truncate(nucleus::MAX_MEMBER_ENDPOINTS);
         v

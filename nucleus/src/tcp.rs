@@ -1,0 +1,402 @@
+//! The relay over TLS on TCP, for nodes whose networks block UDP: each connection carries
+//! the same datagrams as the UDP socket (REGISTER, MEMBERS, sealed relayed packets), one
+//! per frame (`u16` big-endian length, then the bytes). The core sees a connection as a
+//! source address of its own in `100::/64` (RFC 6666, discard-only: never a real source),
+//! so registration, the relay and its budget per node work unchanged; what the Nucleus
+//! reads is what it reads over UDP, nothing more. TLS hides the traffic's shape from the
+//! networks that block UDP and lets it pass as HTTPS; authentication stays where it is (the
+//! Nucleus signs its answers, nodes seal their packets end to end), so a node does not
+//! need to verify the certificate, which may therefore be self-signed.
+//!
+//! Bounded against bad clients: connections in all and per client IP, a TLS handshake
+//! and each frame must arrive within a deadline (slowloris), a silent connection is closed,
+//! an oversized frame closes its connection, and each connection's send queue is bounded.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+/// The largest frame: a relayed datagram of a 9000-byte underlay, with room.
+pub const MAX_FRAME: usize = 9216;
+/// The default port (HTTPS: what networks that block UDP still let through).
+pub const DEFAULT_PORT: u16 = 443;
+/// The ALPN protocol name both sides offer.
+pub const ALPN: &[u8] = b"omni-relay/1";
+
+/// The first 64 bits of a connection's source address in the core.
+const VIRTUAL_PREFIX: [u16; 4] = [0x0100, 0, 0, 0];
+
+/// The source address the core sees for connection number `n`.
+pub fn virtual_addr(n: u64) -> SocketAddr {
+    let [a, b, c, d] = VIRTUAL_PREFIX;
+    let w = |i: u32| (n >> (48 - 16 * i)) as u16;
+    let ip = Ipv6Addr::new(a, b, c, d, w(0), w(1), w(2), w(3));
+    SocketAddr::V6(SocketAddrV6::new(ip, DEFAULT_PORT, 0, 0))
+}
+
+/// Whether `a` is a TCP connection's address (not one a peer can send to).
+pub fn is_virtual(a: &SocketAddr) -> bool {
+    matches!(a.ip(), IpAddr::V6(ip) if ip.segments()[..4] == VIRTUAL_PREFIX)
+}
+
+/// Limits on clients.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub per_ip: usize,
+    /// The TLS handshake must complete within this.
+    pub handshake_timeout: Duration,
+    /// A frame, once begun, must arrive whole within this.
+    pub frame_timeout: Duration,
+    /// A connection with no frame for this long is closed (nodes re-register every 20 s).
+    pub idle_timeout: Duration,
+    /// Frames waiting to go out to one connection; more are dropped (counted).
+    pub send_queue: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            per_ip: 64,
+            handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            send_queue: 256,
+        }
+    }
+}
+
+/// What the TCP relay counts (read by the metrics).
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    pub accepted: AtomicU64,
+    pub open: AtomicU64,
+    pub refused_limit: AtomicU64,
+    pub handshake_failed: AtomicU64,
+    pub oversized: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub send_dropped: AtomicU64,
+}
+
+/// The connections' send queues, by their address in the core.
+#[derive(Clone, Default)]
+pub struct Connections {
+    inner: Arc<Mutex<ConnTable>>,
+}
+
+#[derive(Default)]
+struct ConnTable {
+    by_addr: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    per_ip: HashMap<IpAddr, usize>,
+    next: u64,
+}
+
+impl Connections {
+    /// Queues `msg` for the connection at `to`. Returns false when there is no such
+    /// connection or its queue is full.
+    pub fn send(&self, to: &SocketAddr, msg: Vec<u8>) -> bool {
+        let t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.by_addr.get(to).is_some_and(|tx| tx.try_send(msg).is_ok())
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Admits a client from `ip` within the limits: its address and send queue.
+    fn admit(
+        &self,
+        ip: IpAddr,
+        limits: &TcpLimits,
+    ) -> Option<(SocketAddr, mpsc::Receiver<Vec<u8>>)> {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.per_ip.get(&ip).copied().unwrap_or(0);
+        if t.by_addr.len() >= limits.max_connections || n >= limits.per_ip {
+            return None;
+        }
+        t.next += 1;
+        let addr = virtual_addr(t.next);
+        let (tx, rx) = mpsc::channel(limits.send_queue);
+        t.by_addr.insert(addr, tx);
+        *t.per_ip.entry(ip).or_default() += 1;
+        Some((addr, rx))
+    }
+
+    fn remove(&self, addr: &SocketAddr, ip: IpAddr) {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.by_addr.remove(addr);
+        if let Some(n) = t.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The TLS configuration: the certificate and key in PEM files when given, else a fresh
+/// self-signed certificate (nodes authenticate the Nucleus by its signatures, not by TLS).
+pub fn tls_acceptor(cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (chain, key) = match (cert, key) {
+        (Some(c), Some(k)) => {
+            let chain = CertificateDer::pem_file_iter(c)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("[server] tls_cert {}: not a PEM certificate", c.display()))?;
+            let key = PrivateKeyDer::from_pem_file(k)
+                .with_context(|| format!("[server] tls_key {}: not a PEM private key", k.display()))?;
+            (chain, key)
+        }
+        (None, None) => {
+            let c = rcgen::generate_simple_self_signed(vec!["omni-nucleus".into()])
+                .context("generating the self-signed TLS certificate")?;
+            let key = PrivateKeyDer::Pkcs8(c.key_pair.serialize_der().into());
+            (vec![c.cert.der().clone()], key)
+        }
+        _ => anyhow::bail!("[server] tls_cert and tls_key go together: set both, or neither"),
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the TLS certificate and key do not match")?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Accepts clients for ever: each connection's frames go to `to_core` with its address;
+/// what the core sends to that address goes back through [`Connections::send`].
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    to_core: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    conns: Connections,
+    stats: Arc<TcpStats>,
+    limits: TcpLimits,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                warn!("TCP relay accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some((addr, rx)) = conns.admit(peer.ip(), &limits) else {
+            stats.refused_limit.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "TCP relay: connection limit reached; refused");
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let (acceptor, to_core, conns, stats) =
+            (acceptor.clone(), to_core.clone(), conns.clone(), stats.clone());
+        tokio::spawn(async move {
+            connection(stream, acceptor, addr, rx, to_core, &stats, &limits).await;
+            conns.remove(&addr, peer.ip());
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    to_core: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    stats: &TcpStats,
+    limits: &TcpLimits,
+) {
+    let _ = stream.set_nodelay(true);
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            stats.handshake_failed.fetch_add(1, Ordering::Relaxed);
+            debug!(%addr, "TCP relay: TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let (mut r, mut w) = tokio::io::split(tls);
+    let writer = async {
+        while let Some(msg) = rx.recv().await {
+            if write_frame(&mut w, &msg).await.is_err() {
+                break;
+            }
+            stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let reader = async {
+        loop {
+            match read_frame(&mut r, limits).await {
+                Ok(f) => {
+                    stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    if to_core.send((addr, f)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(FrameError::Oversized) => {
+                    stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(FrameError::TimedOut) => {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(FrameError::Closed) => break,
+            }
+        }
+    };
+    // Either side ending ends the connection.
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+    info!(%addr, "TCP relay connection closed");
+}
+
+#[derive(Debug, PartialEq)]
+pub enum FrameError {
+    Oversized,
+    TimedOut,
+    Closed,
+}
+
+/// Reads one frame: waits up to the idle timeout for it to begin and the frame timeout for
+/// the rest. A zero or oversized length is an error (the stream cannot be resynchronised).
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    limits: &TcpLimits,
+) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 2];
+    match tokio::time::timeout(limits.idle_timeout, r.read_exact(&mut len[..1])).await {
+        Err(_) => return Err(FrameError::TimedOut),
+        Ok(Err(_)) => return Err(FrameError::Closed),
+        Ok(Ok(_)) => {}
+    }
+    let rest = async {
+        r.read_exact(&mut len[1..]).await?;
+        let n = u16::from_be_bytes(len) as usize;
+        if n == 0 || n > MAX_FRAME {
+            return Ok(Err(FrameError::Oversized));
+        }
+        let mut buf = vec![0u8; n];
+        r.read_exact(&mut buf).await?;
+        Ok::<_, std::io::Error>(Ok(buf))
+    };
+    match tokio::time::timeout(limits.frame_timeout, rest).await {
+        Err(_) => Err(FrameError::TimedOut),
+        Ok(Err(_)) => Err(FrameError::Closed),
+        Ok(Ok(r)) => r,
+    }
+}
+
+/// Writes one frame (its length, then the bytes) and flushes it.
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
+    if msg.is_empty() || msg.len() > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame size"));
+    }
+    let mut b = Vec::with_capacity(2 + msg.len());
+    b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    b.extend_from_slice(msg);
+    w.write_all(&b).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_addresses_are_distinct_and_recognised() {
+        let (a, b) = (virtual_addr(1), virtual_addr(0x1_0000_0001));
+        assert_ne!(a, b);
+        assert!(is_virtual(&a) && is_virtual(&b));
+        assert_eq!(a.to_string(), "[100::1]:443");
+        assert_eq!(b.to_string(), "[100::1:0:1]:443");
+        for real in ["203.0.113.1:443", "[2001:db8::1]:443", "[::ffff:1.2.3.4]:1"] {
+            assert!(!is_virtual(&real.parse().unwrap()), "{real}");
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_ones_end_the_stream() {
+        let limits = TcpLimits { frame_timeout: Duration::from_millis(200), ..Default::default() };
+        let (mut a, mut b) = tokio::io::duplex(64 * 1024);
+        write_frame(&mut a, b"hello").await.unwrap();
+        assert_eq!(read_frame(&mut b, &limits).await.unwrap(), b"hello");
+        assert!(write_frame(&mut a, &[0; MAX_FRAME + 1]).await.is_err(), "refused to send");
+        // An oversized length from a client.
+        a.write_all(&(MAX_FRAME as u16 + 1).to_be_bytes()).await.unwrap();
+        assert_eq!(read_frame(&mut b, &limits).await, Err(FrameError::Oversized));
+        // A zero length.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&[0, 0]).await.unwrap();
+        assert_eq!(read_frame(&mut b, &limits).await, Err(FrameError::Oversized));
+        // Slowloris: a frame begun and never finished.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&[0, 10, 1, 2]).await.unwrap();
+        assert_eq!(read_frame(&mut b, &limits).await, Err(FrameError::TimedOut));
+        // Idle: nothing at all.
+        let idle = TcpLimits { idle_timeout: Duration::from_millis(100), ..limits };
+        let (_a, mut b) = tokio::io::duplex(1024);
+        assert_eq!(read_frame(&mut b, &idle).await, Err(FrameError::TimedOut));
+        // Closed mid-frame.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&[0, 10, 1]).await.unwrap();
+        drop(a);
+        assert_eq!(read_frame(&mut b, &limits).await, Err(FrameError::Closed));
+    }
+
+    #[test]
+    fn connections_are_limited_in_all_and_per_ip() {
+        let limits = TcpLimits { max_connections: 3, per_ip: 2, ..Default::default() };
+        let c = Connections::default();
+        let ip1: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip2: IpAddr = "192.0.2.2".parse().unwrap();
+        let (a1, _r1) = c.admit(ip1, &limits).unwrap();
+        let (_a2, _r2) = c.admit(ip1, &limits).unwrap();
+        assert!(c.admit(ip1, &limits).is_none(), "per IP");
+        let (_a3, _r3) = c.admit(ip2, &limits).unwrap();
+        assert!(c.admit(ip2, &limits).is_none(), "in all");
+        c.remove(&a1, ip1);
+        assert!(c.admit(ip1, &limits).is_some(), "a slot freed");
+        assert!(c.send(&_a2, vec![1]), "queued to a live connection");
+        assert!(!c.send(&a1, vec![1]), "not to a closed one");
+    }
+
+    #[test]
+    fn a_self_signed_acceptor_is_made_and_half_a_pair_is_refused() {
+        assert!(tls_acceptor(None, None).is_ok());
+        let e = tls_acceptor(Some(Path::new("/nonexistent")), None).err().unwrap();
+        assert!(e.to_string().contains("go together"), "{e}");
+        let e = tls_acceptor(Some(Path::new("/nonexistent")), Some(Path::new("/x"))).err().unwrap();
+        assert!(format!("{e:#}").contains("tls_cert"), "{e:#}");
+    }
+}

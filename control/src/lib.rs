@@ -15,3 +15,4 @@ pub mod privileges;
 pub mod rendezvous;
 pub mod status;
 pub mod supervisor;
+pub mod tcp_bridge;

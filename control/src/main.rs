@@ -262,6 +262,10 @@ struct RunArgs {
     /// Nucleus address (repeatable).
     #[arg(long, action = ArgAction::Append)]
     nucleus: Vec<String>,
+    /// Port of the Nuclei's relay over TLS on TCP, used when UDP gets no answer; 0: never
+    /// [default: 443].
+    #[arg(long, value_name = "PORT")]
+    nucleus_tcp_port: Option<u16>,
     #[arg(long)]
     cluster: Option<String>,
     /// The cluster secret (visible to other users in the process list: prefer
@@ -349,6 +353,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         xdp_mode: run.xdp_mode,
         cipher: run.cipher,
         nucleus: run.nucleus,
+        nucleus_tcp_port: run.nucleus_tcp_port,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,
         cluster_secret_file: run.cluster_secret_file,

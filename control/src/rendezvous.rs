@@ -5,6 +5,12 @@
 //!
 //! Packets go out through the data plane's inject ring from the data port, so a Nucleus
 //! sees the same NAT mapping as peers do.
+//!
+//! Where UDP is blocked: a Nucleus that has not answered over UDP for [`TCP_AFTER_MS`] is
+//! reached over its TLS/TCP relay instead, through a bridge the daemon runs on loopback
+//! (`crate::tcp_bridge`): the data plane sends to the bridge's UDP address as if it were
+//! the Nucleus, so registration and the relay work unchanged. While on TCP, a REGISTER also
+//! goes over UDP every [`UDP_PROBE_MS`]; the first answer over UDP moves back to it.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,6 +33,25 @@ pub struct NucleusSpec {
     pub text: String,
     pub addr: SocketAddr,
     pub pinned: Option<PublicKey>,
+    /// Its relay over TLS on TCP (`None`: UDP only).
+    pub tcp: Option<SocketAddr>,
+}
+
+/// How a Nucleus is reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Transport {
+    Udp,
+    /// Asked the daemon for a TLS connection at this time.
+    Connecting(u64),
+    /// Through the daemon's bridge at this loopback address.
+    Tcp(SocketAddr),
+}
+
+/// What the daemon is asked to do with the TLS/TCP relay of Nucleus `index`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TcpRequest {
+    Connect { index: usize, to: SocketAddr },
+    Close { index: usize },
 }
 
 struct NucleusState {
@@ -44,6 +69,32 @@ struct NucleusState {
     /// The Nucleus's statement set being received, and the last one received whole (which
     /// REGISTER names, so that the Nucleus sends a set only to a node without it).
     set: SetProgress,
+    transport: Transport,
+    /// When the first REGISTER went out, and when one was last answered over UDP.
+    first_sent_ms: Option<u64>,
+    udp_ack_ms: Option<u64>,
+    /// While on TCP: when a REGISTER last went over UDP to see whether it works again.
+    udp_probe_ms: u64,
+    /// No new TLS connection before this (after one failed).
+    tcp_retry_ms: u64,
+}
+
+impl NucleusState {
+    /// Where its messages go now: the Nucleus, or the bridge to its TCP relay.
+    fn via(&self) -> SocketAddr {
+        match self.transport {
+            Transport::Tcp(bridge) => bridge,
+            _ => self.spec.addr,
+        }
+    }
+
+    /// Whether UDP has gone unanswered long enough to try TCP.
+    fn udp_silent(&self, now_ms: u64) -> bool {
+        let Some(first) = self.first_sent_ms else { return false };
+        // Answered: silent once a refresh (due an interval after the answer) is unanswered.
+        let since = self.udp_ack_ms.map_or(first, |t| t + self.interval_ms);
+        now_ms >= since + TCP_AFTER_MS
+    }
 }
 
 #[derive(Default)]
@@ -72,6 +123,9 @@ impl SetProgress {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NucleusStatus {
     pub address: String,
+    /// `udp`, or `tcp` while reached over its TLS/TCP relay.
+    #[serde(default)]
+    pub transport: String,
     pub key: Option<String>,
     pub registered: bool,
     pub reflexive: Option<String>,
@@ -88,6 +142,10 @@ pub struct Rendezvous {
     certificate: Option<Vec<u8>>,
     /// Statements Nuclei sent, for the daemon to check ([`Rendezvous::take_statements`]).
     statements: Vec<Vec<u8>>,
+    /// For the daemon: TLS connections to open or close ([`Rendezvous::take_tcp_requests`]).
+    tcp_requests: Vec<TcpRequest>,
+    /// For the fabric: a Nucleus's relay that moved between UDP and TCP (old, new address).
+    moves: Vec<(SocketAddr, SocketAddr)>,
     pub dropped: u64,
 }
 
@@ -95,6 +153,12 @@ pub struct Rendezvous {
 const FIRST_RETRY_MS: u64 = 1000;
 /// A registration not refreshed for this many intervals counts as lost.
 const LOST_AFTER_INTERVALS: u64 = 3;
+/// A Nucleus silent over UDP this long is tried over its TCP relay.
+pub const TCP_AFTER_MS: u64 = 4_000;
+/// While on TCP, a REGISTER goes over UDP this often.
+pub const UDP_PROBE_MS: u64 = 5_000;
+/// A TLS connection not up within this long is given up (and tried again after as long).
+const TCP_CONNECT_MS: u64 = 10_000;
 
 impl Rendezvous {
     pub fn new(
@@ -118,6 +182,11 @@ impl Rendezvous {
                     last_members: None,
                     members: 0,
                     set: SetProgress::default(),
+                    transport: Transport::Udp,
+                    first_sent_ms: None,
+                    udp_ack_ms: None,
+                    udp_probe_ms: 0,
+                    tcp_retry_ms: 0,
                 })
                 .collect(),
             cluster,
@@ -125,6 +194,8 @@ impl Rendezvous {
             own,
             certificate: None,
             statements: Vec::new(),
+            tcp_requests: Vec::new(),
+            moves: Vec::new(),
             dropped: 0,
         }
     }
@@ -153,7 +224,7 @@ impl Rendezvous {
                 statement: bytes.to_vec(),
             }
             .build();
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
+            out.push(Output::Inject { to: Endpoint::Direct(n.via()), bytes: msg, ttl: 0 });
         }
         self.nuclei.len()
     }
@@ -162,8 +233,87 @@ impl Rendezvous {
         self.cluster.public_key()
     }
 
+    /// Whether `addr` is a Nucleus (or the bridge to one's TCP relay).
     pub fn is_nucleus(&self, addr: &SocketAddr) -> bool {
-        self.nuclei.iter().any(|n| n.spec.addr == *addr)
+        self.nuclei.iter().any(|n| n.spec.addr == *addr || n.via() == *addr)
+    }
+
+    /// Whether `addr` is the bridge to a Nucleus's TCP relay (a peer relayed through it is
+    /// on the `relay-tcp` path).
+    pub fn is_tcp_bridge(&self, addr: &SocketAddr) -> bool {
+        self.nuclei.iter().any(|n| n.transport == Transport::Tcp(*addr))
+    }
+
+    /// The TLS connections the daemon should open or close, since the last call.
+    pub fn take_tcp_requests(&mut self) -> Vec<TcpRequest> {
+        std::mem::take(&mut self.tcp_requests)
+    }
+
+    /// Relays that moved between UDP and TCP since the last call: (old, new) addresses.
+    pub fn take_moves(&mut self) -> Vec<(SocketAddr, SocketAddr)> {
+        std::mem::take(&mut self.moves)
+    }
+
+    /// The daemon's bridge to Nucleus `index`'s TCP relay is up at `bridge`: register
+    /// through it now.
+    pub fn tcp_up(&mut self, index: usize, bridge: SocketAddr) {
+        let Some(n) = self.nuclei.get_mut(index) else { return };
+        if !matches!(n.transport, Transport::Connecting(_)) {
+            // Moved back to UDP meanwhile.
+            self.tcp_requests.push(TcpRequest::Close { index });
+            return;
+        }
+        info!(nucleus = %n.spec.text, "no answer over UDP: registering over the TLS/TCP relay");
+        self.moves.push((n.spec.addr, bridge));
+        n.transport = Transport::Tcp(bridge);
+        n.next_send_ms = 0;
+        n.retry_ms = FIRST_RETRY_MS;
+    }
+
+    /// The bridge to Nucleus `index`'s TCP relay failed or closed.
+    pub fn tcp_down(&mut self, now_ms: u64, index: usize) {
+        let Some(n) = self.nuclei.get_mut(index) else { return };
+        if let Transport::Tcp(bridge) = n.transport {
+            warn!(nucleus = %n.spec.text, "the TLS/TCP relay connection closed");
+            self.moves.push((bridge, n.spec.addr));
+        }
+        if n.transport != Transport::Udp {
+            n.transport = Transport::Udp;
+            n.tcp_retry_ms = now_ms + TCP_CONNECT_MS;
+        }
+    }
+
+    /// Over TCP until UDP answers again, and back.
+    fn tick_transport(&mut self, now_ms: u64, index: usize) {
+        let n = &mut self.nuclei[index];
+        let Some(tcp) = n.spec.tcp else { return };
+        match n.transport {
+            Transport::Udp if n.udp_silent(now_ms) && now_ms >= n.tcp_retry_ms => {
+                n.transport = Transport::Connecting(now_ms);
+                self.tcp_requests.push(TcpRequest::Connect { index, to: tcp });
+            }
+            Transport::Connecting(t) if now_ms.saturating_sub(t) >= TCP_CONNECT_MS => {
+                n.transport = Transport::Udp;
+                n.tcp_retry_ms = now_ms + TCP_CONNECT_MS;
+                self.tcp_requests.push(TcpRequest::Close { index });
+            }
+            _ => {}
+        }
+    }
+
+    /// UDP answered Nucleus `index` again: leave its TCP relay.
+    fn back_to_udp(&mut self, index: usize) {
+        let n = &mut self.nuclei[index];
+        match n.transport {
+            Transport::Udp => return,
+            Transport::Tcp(bridge) => {
+                info!(nucleus = %n.spec.text, "UDP answers again: leaving the TLS/TCP relay");
+                self.moves.push((bridge, n.spec.addr));
+            }
+            Transport::Connecting(_) => {}
+        }
+        n.transport = Transport::Udp;
+        self.tcp_requests.push(TcpRequest::Close { index });
     }
 
     pub fn registered_count(&self, now_ms: u64) -> usize {
@@ -177,8 +327,14 @@ impl Rendezvous {
 
     /// Registers (or re-registers) with every Nucleus that is due.
     pub fn tick(&mut self, now_ms: u64, identity: &Identity, out: &mut Vec<Output>) {
+        for i in 0..self.nuclei.len() {
+            self.tick_transport(now_ms, i);
+        }
         for n in &mut self.nuclei {
-            if now_ms < n.next_send_ms {
+            // On TCP, see now and then whether UDP works again.
+            let probe_udp = matches!(n.transport, Transport::Tcp(_))
+                && now_ms.saturating_sub(n.udp_probe_ms) >= UDP_PROBE_MS;
+            if now_ms < n.next_send_ms && !probe_udp {
                 continue;
             }
             let ts = Tai64n::now();
@@ -198,7 +354,13 @@ impl Rendezvous {
             if n.sent.len() > 4 {
                 n.sent.pop_front();
             }
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
+            n.first_sent_ms.get_or_insert(now_ms);
+            if probe_udp {
+                n.udp_probe_ms = now_ms;
+                out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
+                continue;
+            }
+            out.push(Output::Inject { to: Endpoint::Direct(n.via()), bytes: msg, ttl: 0 });
             // Until answered, retry soon (doubling); once answered, the Nucleus's interval.
             n.next_send_ms = now_ms + n.retry_ms;
             n.retry_ms = (n.retry_ms * 2).min(n.interval_ms);
@@ -216,7 +378,7 @@ impl Rendezvous {
                 Tai64n::now(),
                 None,
             );
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
+            out.push(Output::Inject { to: Endpoint::Direct(n.via()), bytes: msg, ttl: 0 });
         }
     }
 
@@ -237,7 +399,7 @@ impl Rendezvous {
                 Tai64n::now(),
                 Some(target),
             );
-            out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
+            out.push(Output::Inject { to: Endpoint::Direct(n.via()), bytes: msg, ttl: 0 });
         }
     }
 
@@ -245,10 +407,13 @@ impl Rendezvous {
     pub fn on_message(&mut self, now_ms: u64, from: SocketAddr, b: &[u8]) -> Vec<MemberUpdate> {
         let cluster_key = self.cluster.public_key();
         let own = self.own;
-        let Some(n) = self.nuclei.iter_mut().find(|n| n.spec.addr == from) else {
+        let Some(index) = self.nuclei.iter().position(|n| n.spec.addr == from || n.via() == from)
+        else {
             self.dropped += 1;
             return vec![];
         };
+        let over_udp = from == self.nuclei[index].spec.addr;
+        let n = &mut self.nuclei[index];
         let accept_key = |n: &mut NucleusState, key: PublicKey| -> bool {
             match (n.spec.pinned, n.key) {
                 (Some(p), _) => p == key,
@@ -287,6 +452,10 @@ impl Rendezvous {
                 if first {
                     info!(nucleus = %n.spec.text, reflexive = %r.reflexive, members = r.members, "registered with Nucleus");
                 }
+                if over_udp {
+                    n.udp_ack_ms = Some(now_ms);
+                    self.back_to_udp(index);
+                }
                 vec![]
             }
             Ok((subtype::MEMBERS, _)) => {
@@ -304,7 +473,7 @@ impl Rendezvous {
                     return vec![];
                 }
                 n.last_members = Some(m.timestamp);
-                let via = n.spec.addr;
+                let via = from;
                 m.entries
                     .into_iter()
                     .filter(|e| e.key != own)
@@ -339,6 +508,10 @@ impl Rendezvous {
             .iter()
             .map(|n| NucleusStatus {
                 address: n.spec.text.clone(),
+                transport: match n.transport {
+                    Transport::Tcp(_) => "tcp".into(),
+                    _ => "udp".into(),
+                },
                 key: n.key.map(|k| k.to_base64()),
                 registered: self.live(n, now_ms),
                 reflexive: n.reflexive.map(|r| r.to_string()),
@@ -362,6 +535,7 @@ mod tests {
             text: "n".into(),
             addr: "192.0.2.1:51820".parse().unwrap(),
             pinned: None,
+            tcp: None,
         };
         (
             Rendezvous::new(

@@ -156,10 +156,10 @@ fn drop_privileges(settings: &Settings) {
         || settings.metrics_listen.is_some_and(|a| low(a.port()))
         || settings.tcp_listen.is_some_and(|a| low(a.port()))
     {
-            CapSet::of(&[Cap::NetBindService])
-        } else {
-            CapSet::EMPTY
-        };
+        CapSet::of(&[Cap::NetBindService])
+    } else {
+        CapSet::EMPTY
+    };
     match omni_caps::restrict(keep, keep, keep) {
         Ok(()) => tracing::info!(kept = %keep, "capabilities dropped"),
         Err(e) => tracing::warn!("capabilities not dropped: {e}"),

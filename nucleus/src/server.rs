@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use omni_proto::Identity;
 use omni_proto::tai64n::Tai64n;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
@@ -206,7 +208,8 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     // Frames from TCP relay clients, for the core (bounded: a flood waits, it is not kept).
     let (tcp_tx, mut tcp_rx) = tokio::sync::mpsc::channel::<(SocketAddr, Vec<u8>)>(1024);
     if let Some(addr) = settings.tcp_listen {
-        let acceptor = tcp::tls_acceptor(settings.tls_cert.as_deref(), settings.tls_key.as_deref())?;
+        let acceptor =
+            tcp::tls_acceptor(settings.tls_cert.as_deref(), settings.tls_key.as_deref())?;
         let l = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen for the TCP relay on {addr} (set [server] tcp_listen or --tcp-listen to another address, or off)")
         })?;

@@ -1,6 +1,6 @@
 //! The relay over TLS on TCP, for nodes whose networks block UDP: each connection carries
 //! the same datagrams as the UDP socket (REGISTER, MEMBERS, sealed relayed packets), one
-//! per frame (`u16` big-endian length, then the bytes). The core sees a connection as a
+//! per frame ([`omni_proto::wire::stream`]). The core sees a connection as a
 //! source address of its own in `100::/64` (RFC 6666, discard-only: never a real source),
 //! so registration, the relay and its budget per node work unchanged; what the Nucleus
 //! reads is what it reads over UDP, nothing more. TLS hides the traffic's shape from the
@@ -26,12 +26,9 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-/// The largest frame: a relayed datagram of a 9000-byte underlay, with room.
-pub const MAX_FRAME: usize = 9216;
+use omni_proto::wire::stream;
 /// The default port (HTTPS: what networks that block UDP still let through).
 pub const DEFAULT_PORT: u16 = 443;
-/// The ALPN protocol name both sides offer.
-pub const ALPN: &[u8] = b"omni-relay/1";
 
 /// The first 64 bits of a connection's source address in the core.
 const VIRTUAL_PREFIX: [u16; 4] = [0x0100, 0, 0, 0];
@@ -160,9 +157,12 @@ pub fn tls_acceptor(cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<T
         (Some(c), Some(k)) => {
             let chain = CertificateDer::pem_file_iter(c)
                 .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("[server] tls_cert {}: not a PEM certificate", c.display()))?;
-            let key = PrivateKeyDer::from_pem_file(k)
-                .with_context(|| format!("[server] tls_key {}: not a PEM private key", k.display()))?;
+                .with_context(|| {
+                    format!("[server] tls_cert {}: not a PEM certificate", c.display())
+                })?;
+            let key = PrivateKeyDer::from_pem_file(k).with_context(|| {
+                format!("[server] tls_key {}: not a PEM private key", k.display())
+            })?;
             (chain, key)
         }
         (None, None) => {
@@ -180,7 +180,7 @@ pub fn tls_acceptor(cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<T
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .context("the TLS certificate and key do not match")?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.alpn_protocols = vec![stream::ALPN.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
@@ -302,10 +302,9 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
     }
     let rest = async {
         r.read_exact(&mut len[1..]).await?;
-        let n = u16::from_be_bytes(len) as usize;
-        if n == 0 || n > MAX_FRAME {
+        let Ok(n) = stream::parse_header(len) else {
             return Ok(Err(FrameError::Oversized));
-        }
+        };
         let mut buf = vec![0u8; n];
         r.read_exact(&mut buf).await?;
         Ok::<_, std::io::Error>(Ok(buf))
@@ -319,12 +318,9 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
 
 /// Writes one frame (its length, then the bytes) and flushes it.
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
-    if msg.is_empty() || msg.len() > MAX_FRAME {
+    let Some(b) = stream::frame(msg) else {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame size"));
-    }
-    let mut b = Vec::with_capacity(2 + msg.len());
-    b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    b.extend_from_slice(msg);
+    };
     w.write_all(&b).await?;
     w.flush().await
 }

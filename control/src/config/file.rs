@@ -97,6 +97,8 @@ pub struct NetworkSection {
     pub persistent_keepalive_secs: Option<f64>,
     /// IP TTL of the punch opener sent before each direct handshake attempt (0: none).
     pub punch_opener_ttl: Option<u8>,
+    /// Port of the Nuclei's relay over TLS on TCP, tried when UDP gets no answer (0: never).
+    pub nucleus_tcp_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +300,7 @@ pub struct CliOverrides {
     pub xdp_mode: Option<String>,
     pub cipher: Option<String>,
     pub nucleus: Vec<String>,
+    pub nucleus_tcp_port: Option<u16>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,

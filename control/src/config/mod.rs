@@ -91,7 +91,7 @@ pub fn nucleus_spec(text: &str, host: &dyn Host) -> Result<NucleusSpec, String> 
     };
     let addr =
         host.resolve("--nucleus", hostport, Some(c::DEFAULT_PORT)).map_err(|e| e.to_string())?;
-    Ok(NucleusSpec { text: text.to_string(), addr, pinned })
+    Ok(NucleusSpec { text: text.to_string(), addr, pinned, tcp: None })
 }
 
 impl Settings {

@@ -27,6 +27,9 @@ use super::{
 use crate::fabric::{RendezvousTimers, Timers};
 use crate::rendezvous::NucleusSpec;
 
+/// The port of a Nucleus's relay over TLS on TCP (HTTPS: what UDP-blocking networks pass).
+pub const DEFAULT_NUCLEUS_TCP_PORT: u16 = 443;
+
 /// A duration in seconds within `min..=max`, or `default`.
 fn secs(
     key: &str,
@@ -517,9 +520,16 @@ pub fn network(
             "a Nucleus serves a cluster: set --cluster and --cluster-secret too",
         ));
     }
+    let tcp_port = cli.nucleus_tcp_port.or(n.nucleus_tcp_port).unwrap_or(DEFAULT_NUCLEUS_TCP_PORT);
     let nucleus = nucleus
         .iter()
         .map(|t| nucleus_spec(t, host).map_err(|m| invalid("[network] nucleus", m)))
+        .map(|s| {
+            s.map(|s| NucleusSpec {
+                tcp: (tcp_port != 0).then(|| SocketAddr::new(s.addr.ip(), tcp_port)),
+                ..s
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let d0 = RendezvousTimers::default();
     let ms = |key: &str, v: Option<f64>, dflt: u64, min: f64| -> Result<u64, ConfigError> {

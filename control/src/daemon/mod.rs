@@ -95,6 +95,9 @@ mod statements;
 
 struct Daemon {
     rendezvous: Option<Rendezvous>,
+    /// Bridges to Nuclei's TLS/TCP relays (where UDP is blocked), and what they report.
+    bridges: crate::tcp_bridge::Bridges,
+    bridge_rx: tokio::sync::mpsc::Receiver<crate::tcp_bridge::BridgeEvent>,
     settings: Settings,
     fabric: Fabric,
     channel: Channel,
@@ -236,8 +239,18 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     let rendezvous = match cluster {
         Some(c) if !settings.network.nucleus.is_empty() => {
             let locals = local_endpoints(&settings, settings.daemon.port);
-            let mut r =
-                Rendezvous::new(c, fabric.public_key(), settings.network.nucleus.clone(), locals);
+            let mut nuclei = settings.network.nucleus.clone();
+            // The TCP bridge is reached over loopback, which only the kernel's sockets do.
+            if settings.daemon.backend != Backend::Socket && nuclei.iter().any(|n| n.tcp.is_some())
+            {
+                info!(
+                    "the Nuclei's TLS/TCP relay is not used with the {:?} backend (it needs the \
+                     socket backend); UDP only",
+                    settings.daemon.backend
+                );
+                nuclei.iter_mut().for_each(|n| n.tcp = None);
+            }
+            let mut r = Rendezvous::new(c, fabric.public_key(), nuclei, locals);
             if let Some(a) = fabric.admission() {
                 r.set_certificate(a.own.bytes.clone());
             }
@@ -245,8 +258,11 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let (bridge_tx, bridge_rx) = tokio::sync::mpsc::channel(16);
     let mut d = Daemon {
         rendezvous,
+        bridges: crate::tcp_bridge::Bridges::new(bridge_tx),
+        bridge_rx,
         settings,
         fabric,
         channel,
@@ -311,6 +327,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => d.reload_certificate(),
+            Some(ev) = d.bridge_rx.recv() => d.on_bridge(ev),
         }
         if let Some(status) = exited {
             d.restart_dataplane(status).await;
@@ -325,6 +342,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
                 r.tick(now, d.fabric.identity(), &mut outs);
                 d.channel.send(outs);
             }
+            d.rendezvous_transport();
             last_tick = now;
         }
         if now.saturating_sub(last_liveness) >= 1000 {
@@ -455,6 +473,29 @@ impl Daemon {
         }
     }
 
+    /// A bridge to a Nucleus's TLS/TCP relay came up or went down.
+    fn on_bridge(&mut self, ev: crate::tcp_bridge::BridgeEvent) {
+        use crate::tcp_bridge::BridgeEvent;
+        let Some(r) = self.rendezvous.as_mut() else { return };
+        match ev {
+            BridgeEvent::Up { index, bridge } => r.tcp_up(index, bridge),
+            BridgeEvent::Down { index } => r.tcp_down(monotonic_ms(), index),
+        }
+        self.rendezvous_transport();
+    }
+
+    /// Carries out what the rendezvous decided about the Nuclei's TCP relays: bridges to
+    /// open or close, and relayed peers to move with their Nucleus.
+    fn rendezvous_transport(&mut self) {
+        let Some(r) = self.rendezvous.as_mut() else { return };
+        for req in r.take_tcp_requests() {
+            self.bridges.apply(req);
+        }
+        for (old, new) in r.take_moves() {
+            self.fabric.relay_moved(old, new);
+        }
+    }
+
     /// Reads everything the data plane produced and reacts to a new data-plane generation.
     fn pump(&mut self, now: u64) {
         self.fabric.set_wall_clock(crate::membership::unix_now());
@@ -479,6 +520,7 @@ impl Daemon {
         for bytes in nucleus_statements {
             self.statement_received(&bytes, statements::Source::Nucleus);
         }
+        self.rendezvous_transport();
         if let Some(s) = self.supervisor.as_mut()
             && now.saturating_sub(self.generation_since_ms) > 60_000
         {
@@ -601,7 +643,14 @@ impl Daemon {
                     public_key: p.public_key.to_base64(),
                     endpoint: p.endpoint.map(|e| e.to_string()),
                     session: session.into(),
-                    path: p.path().into(),
+                    path: match p.endpoint {
+                        Some(Endpoint::Relay { via, .. })
+                            if self.rendezvous.as_ref().is_some_and(|r| r.is_tcp_bridge(&via)) =>
+                        {
+                            "relay-tcp".into()
+                        }
+                        _ => p.path().into(),
+                    },
                     origin: if p.dynamic { "nucleus" } else { "static" }.into(),
                     last_handshake_secs: p.last_handshake_ms.map(|t| now.saturating_sub(t) / 1000),
                     handshaking: p.handshaking(),

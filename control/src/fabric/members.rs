@@ -65,6 +65,28 @@ impl Fabric {
         }
     }
 
+    /// A Nucleus's relay moved (between UDP and its TLS/TCP relay, `old` and `new` being
+    /// where it is sent to): peers relayed through it keep their sessions and go the new
+    /// way, with no new handshake (the relay tag does not depend on the way).
+    pub fn relay_moved(&mut self, old: SocketAddr, new: SocketAddr) {
+        for id in 0..self.peers.len() as u16 {
+            let p = &mut self.peers[id as usize];
+            let moved = |e: Endpoint| match e {
+                Endpoint::Relay { via, tag } if via == old => {
+                    Some(Endpoint::Relay { via: new, tag })
+                }
+                _ => None,
+            };
+            if let Some(r) = p.relay.and_then(moved) {
+                p.relay = Some(r);
+            }
+            if let Some(e) = p.endpoint.and_then(moved) {
+                p.endpoint = Some(e);
+                self.cmd(Command::SetPeer { peer: id, endpoint: Some(e) });
+            }
+        }
+    }
+
     /// A member that did not fit the peer table: counted, and said once a minute (a partial
     /// mesh is never silent).
     fn table_full(&mut self, now_ms: u64, key: &PublicKey) {

@@ -14,6 +14,7 @@ pub mod ipv6;
 pub mod ndisc;
 pub mod nucleus;
 pub mod relay;
+pub mod stream;
 pub mod transport;
 pub mod udp;
 

@@ -210,7 +210,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     if let Some(addr) = settings.tcp_listen {
         let acceptor =
             tcp::tls_acceptor(settings.tls_cert.as_deref(), settings.tls_key.as_deref())?;
-        let l = TcpListener::bind(addr).await.with_context(|| {
+        let l = tcp::listen(addr).with_context(|| {
             format!("cannot listen for the TCP relay on {addr} (set [server] tcp_listen or --tcp-listen to another address, or off)")
         })?;
         info!(%addr, "relay over TLS on TCP");

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -59,6 +59,9 @@ pub struct TcpLimits {
     pub idle_timeout: Duration,
     /// Frames waiting to go out to one connection; more are dropped (counted).
     pub send_queue: usize,
+    /// TLS handshakes in progress at once: each holds ~13 KB of TLS state, so a crowd of
+    /// clients that never finish costs this many, and the rest only their sockets.
+    pub handshakes: usize,
 }
 
 impl Default for TcpLimits {
@@ -70,6 +73,7 @@ impl Default for TcpLimits {
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             send_queue: 256,
+            handshakes: 256,
         }
     }
 }
@@ -96,7 +100,10 @@ pub struct Connections {
 
 #[derive(Default)]
 struct ConnTable {
+    /// Connections past their TLS handshake.
     by_addr: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Every connection, handshaking or not, in all and per client IP.
+    count: usize,
     per_ip: HashMap<IpAddr, usize>,
     next: u64,
 }
@@ -109,36 +116,39 @@ impl Connections {
         t.by_addr.get(to).is_some_and(|tx| tx.try_send(msg).is_ok())
     }
 
+    /// Connections, handshaking or not.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_addr.len()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).count
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Admits a client from `ip` within the limits: its address and send queue.
-    fn admit(
-        &self,
-        ip: IpAddr,
-        limits: &TcpLimits,
-    ) -> Option<(SocketAddr, mpsc::Receiver<Vec<u8>>)> {
+    /// Admits a client from `ip` within the limits: its address.
+    fn admit(&self, ip: IpAddr, limits: &TcpLimits) -> Option<SocketAddr> {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let n = t.per_ip.get(&ip).copied().unwrap_or(0);
-        if t.by_addr.len() >= limits.max_connections || n >= limits.per_ip {
+        if t.count >= limits.max_connections || n >= limits.per_ip {
             return None;
         }
         t.next += 1;
-        let addr = virtual_addr(t.next);
-        let (tx, rx) = mpsc::channel(limits.send_queue);
-        t.by_addr.insert(addr, tx);
+        t.count += 1;
         *t.per_ip.entry(ip).or_default() += 1;
-        Some((addr, rx))
+        Some(virtual_addr(t.next))
+    }
+
+    /// A send queue for the admitted connection at `addr`, once its handshake is done.
+    fn attach(&self, addr: SocketAddr, limits: &TcpLimits) -> mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = mpsc::channel(limits.send_queue);
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_addr.insert(addr, tx);
+        rx
     }
 
     fn remove(&self, addr: &SocketAddr, ip: IpAddr) {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         t.by_addr.remove(addr);
+        t.count -= 1;
         if let Some(n) = t.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -184,6 +194,18 @@ pub fn tls_acceptor(cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<T
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Connections waiting to be accepted: a burst of clients (a fleet moving to TCP at once)
+/// is queued, not dropped into SYN retries.
+const BACKLOG: u32 = 4096;
+
+/// The relay's listening socket.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(BACKLOG)
+}
+
 /// Accepts clients for ever: each connection's frames go to `to_core` with its address;
 /// what the core sends to that address goes back through [`Connections::send`].
 pub async fn serve(
@@ -194,6 +216,7 @@ pub async fn serve(
     stats: Arc<TcpStats>,
     limits: TcpLimits,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -204,45 +227,67 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some((addr, rx)) = conns.admit(peer.ip(), &limits) else {
+        let Some(addr) = conns.admit(peer.ip(), &limits) else {
             stats.refused_limit.fetch_add(1, Ordering::Relaxed);
             debug!(%peer, "TCP relay: connection limit reached; refused");
             continue;
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
-        let (acceptor, to_core, conns, stats) =
-            (acceptor.clone(), to_core.clone(), conns.clone(), stats.clone());
+        let (acceptor, to_core, conns, stats, handshakes) =
+            (acceptor.clone(), to_core.clone(), conns.clone(), stats.clone(), handshakes.clone());
         tokio::spawn(async move {
-            connection(stream, acceptor, addr, rx, to_core, &stats, &limits).await;
+            let tls = handshake(stream, &acceptor, &handshakes, &stats, &limits).await;
+            if let Some(tls) = tls {
+                let rx = conns.attach(addr, &limits);
+                // Boxed: a task waiting for its handshake stays small.
+                Box::pin(connection(tls, addr, rx, to_core, &stats, &limits)).await;
+            }
             conns.remove(&addr, peer.ip());
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn connection(
+/// The TLS handshake, within the deadline (waiting for a turn counts), or `None`
+/// (counted).
+async fn handshake(
     stream: TcpStream,
-    acceptor: TlsAcceptor,
+    acceptor: &TlsAcceptor,
+    turns: &tokio::sync::Semaphore,
+    stats: &TcpStats,
+    limits: &TcpLimits,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    let done = tokio::time::timeout_at(deadline, async {
+        let _turn = turns.acquire().await;
+        // Boxed: only a connection with its turn holds the TLS state.
+        Box::pin(acceptor.accept(stream)).await
+    });
+    match done.await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            stats.handshake_failed.fetch_add(1, Ordering::Relaxed);
+            debug!("TCP relay: TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Frames both ways until either side ends.
+async fn connection(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
     to_core: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     stats: &TcpStats,
     limits: &TcpLimits,
 ) {
-    let _ = stream.set_nodelay(true);
-    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            stats.handshake_failed.fetch_add(1, Ordering::Relaxed);
-            debug!(%addr, "TCP relay: TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            stats.timed_out.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
     let (mut r, mut w) = tokio::io::split(tls);
     let writer = async {
         while let Some(msg) = rx.recv().await {
@@ -376,14 +421,18 @@ mod tests {
         let c = Connections::default();
         let ip1: IpAddr = "192.0.2.1".parse().unwrap();
         let ip2: IpAddr = "192.0.2.2".parse().unwrap();
-        let (a1, _r1) = c.admit(ip1, &limits).unwrap();
-        let (_a2, _r2) = c.admit(ip1, &limits).unwrap();
+        let a1 = c.admit(ip1, &limits).unwrap();
+        let a2 = c.admit(ip1, &limits).unwrap();
         assert!(c.admit(ip1, &limits).is_none(), "per IP");
-        let (_a3, _r3) = c.admit(ip2, &limits).unwrap();
+        let _a3 = c.admit(ip2, &limits).unwrap();
         assert!(c.admit(ip2, &limits).is_none(), "in all");
+        assert_eq!(c.len(), 3);
+        assert!(!c.send(&a2, vec![1]), "nothing is queued before the handshake");
+        let _r1 = c.attach(a1, &limits);
+        let _r2 = c.attach(a2, &limits);
         c.remove(&a1, ip1);
         assert!(c.admit(ip1, &limits).is_some(), "a slot freed");
-        assert!(c.send(&_a2, vec![1]), "queued to a live connection");
+        assert!(c.send(&a2, vec![1]), "queued to a live connection");
         assert!(!c.send(&a1, vec![1]), "not to a closed one");
     }
 

@@ -256,7 +256,7 @@ impl Rendezvous {
 
     /// The daemon's bridge to Nucleus `index`'s TCP relay is up at `bridge`: register
     /// through it now.
-    pub fn tcp_up(&mut self, index: usize, bridge: SocketAddr) {
+    pub fn tcp_up(&mut self, now_ms: u64, index: usize, bridge: SocketAddr) {
         let Some(n) = self.nuclei.get_mut(index) else { return };
         if !matches!(n.transport, Transport::Connecting(_)) {
             // Moved back to UDP meanwhile.
@@ -266,6 +266,7 @@ impl Rendezvous {
         info!(nucleus = %n.spec.text, "no answer over UDP: registering over the TLS/TCP relay");
         self.moves.push((n.spec.addr, bridge));
         n.transport = Transport::Tcp(bridge);
+        n.udp_probe_ms = now_ms;
         n.next_send_ms = 0;
         n.retry_ms = FIRST_RETRY_MS;
     }
@@ -706,5 +707,108 @@ mod tests {
         assert_eq!(r.upload(b"OMR1", &mut out), 1);
         let up = Statement::parse(&sent(&mut out)[0]).unwrap();
         assert_eq!((up.sender, up.statement), (node.public_key(), b"OMR1".to_vec()));
+    }
+
+    /// Each REGISTER sent, with where it went.
+    fn registers(out: &mut Vec<Output>) -> Vec<(SocketAddr, Tai64n)> {
+        out.drain(..)
+            .map(|o| match o {
+                Output::Inject { to, bytes, .. } => {
+                    (to.addr(), Register::parse(&bytes).expect("a REGISTER").timestamp)
+                }
+                _ => panic!("only packets"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn silent_udp_moves_to_the_tcp_relay_and_an_answer_over_udp_moves_back() {
+        let (mut r, node, nucleus) = setup();
+        let (udp, tcp): (SocketAddr, SocketAddr) =
+            ("192.0.2.1:51820".parse().unwrap(), "192.0.2.1:443".parse().unwrap());
+        r.nuclei[0].spec.tcp = Some(tcp);
+        let bridge: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let answer = |echo: Tai64n| {
+            Registered {
+                nucleus_key: nucleus.public_key(),
+                node_key: node.public_key(),
+                echo,
+                reflexive: "203.0.113.9:4000".parse().unwrap(),
+                interval_secs: 20,
+                members: 0,
+            }
+            .build(&nucleus)
+        };
+        let mut out = vec![];
+        r.tick(0, &node, &mut out);
+        assert_eq!(registers(&mut out)[0].0, udp);
+        // No answer over UDP for 4 s: the daemon is asked for a TLS connection, once.
+        r.tick(TCP_AFTER_MS - 100, &node, &mut out);
+        assert!(r.take_tcp_requests().is_empty());
+        r.tick(TCP_AFTER_MS, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
+        r.tick(TCP_AFTER_MS + 100, &node, &mut out);
+        assert!(r.take_tcp_requests().is_empty());
+        out.clear();
+        // Up: registration goes through the bridge at once, relayed peers move with it.
+        r.tcp_up(4_100, 0, bridge);
+        assert_eq!(r.take_moves(), vec![(udp, bridge)]);
+        assert!(r.is_nucleus(&bridge) && r.is_tcp_bridge(&bridge) && r.is_nucleus(&udp));
+        r.tick(4_200, &node, &mut out);
+        let sent = registers(&mut out);
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![bridge], "{sent:?}");
+        r.on_message(4_300, bridge, &answer(sent[0].1));
+        assert_eq!(r.registered_count(4_300), 1);
+        assert_eq!(r.status(4_300)[0].transport, "tcp");
+        // Member lists over TCP name the bridge as the relay.
+        let peer = Identity::from_seed([2; 32]).public_key();
+        let entry = MemberEntry { key: peer, present: true, endpoints: vec![] };
+        let m = Members::build_all(
+            &nucleus,
+            &node.public_key(),
+            Tai64n::from_unix(100, 0),
+            true,
+            &[entry],
+        );
+        assert_eq!(r.on_message(4_400, bridge, &m[0])[0].relay.addr(), bridge);
+        // Every UDP_PROBE_MS a REGISTER also goes over UDP; its answer moves back to UDP.
+        r.tick(4_100 + UDP_PROBE_MS - 100, &node, &mut out);
+        assert!(registers(&mut out).is_empty());
+        r.tick(4_100 + UDP_PROBE_MS, &node, &mut out);
+        let probe = registers(&mut out);
+        assert_eq!(probe.iter().map(|s| s.0).collect::<Vec<_>>(), vec![udp]);
+        r.on_message(9_300, udp, &answer(probe[0].1));
+        assert_eq!(r.status(9_300)[0].transport, "udp");
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
+        assert_eq!(r.take_moves(), vec![(bridge, udp)]);
+        assert!(!r.is_tcp_bridge(&bridge));
+        r.tick(30_000, &node, &mut out);
+        assert!(registers(&mut out).iter().all(|s| s.0 == udp));
+    }
+
+    #[test]
+    fn a_failed_tls_connection_is_retried_after_a_pause_and_udp_only_never_tries() {
+        let (mut r, node, _) = setup();
+        let mut out = vec![];
+        // Without a TCP relay configured: UDP only, however long it stays silent.
+        r.tick(0, &node, &mut out);
+        r.tick(60_000, &node, &mut out);
+        assert!(r.take_tcp_requests().is_empty());
+        let tcp: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        r.nuclei[0].spec.tcp = Some(tcp);
+        r.tick(60_100, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
+        r.tcp_down(61_000, 0);
+        assert!(r.take_moves().is_empty(), "it never came up");
+        r.tick(61_100, &node, &mut out);
+        assert!(r.take_tcp_requests().is_empty(), "a pause first");
+        r.tick(61_000 + TCP_CONNECT_MS, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
+        // A connection that never reports is given up at the deadline.
+        r.tick(61_000 + 2 * TCP_CONNECT_MS, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
+        // Up after it was given up: closed again.
+        r.tcp_up(90_000, 0, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
     }
 }

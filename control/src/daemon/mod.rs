@@ -478,7 +478,7 @@ impl Daemon {
         use crate::tcp_bridge::BridgeEvent;
         let Some(r) = self.rendezvous.as_mut() else { return };
         match ev {
-            BridgeEvent::Up { index, bridge } => r.tcp_up(index, bridge),
+            BridgeEvent::Up { index, bridge } => r.tcp_up(monotonic_ms(), index, bridge),
             BridgeEvent::Down { index } => r.tcp_down(monotonic_ms(), index),
         }
         self.rendezvous_transport();

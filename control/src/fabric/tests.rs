@@ -465,6 +465,32 @@ fn an_attempt_answered_before_its_full_send_owes_nothing() {
 }
 
 #[test]
+fn a_relay_that_moves_to_tcp_takes_its_relayed_peers_along_without_a_handshake() {
+    let ia = Identity::from_seed([1; 32]);
+    let (kb, kc) =
+        (Identity::from_seed([2; 32]).public_key(), Identity::from_seed([3; 32]).public_key());
+    let mut a = Fabric::new(ia, cfg(), 1);
+    a.on_member(0, &member(kb, &["203.0.113.2:40000"], true));
+    a.on_member(0, &member(kc, &["203.0.113.3:40000"], true));
+    let (udp, bridge): (SocketAddr, SocketAddr) =
+        ("192.0.2.100:51820".parse().unwrap(), "127.0.0.1:40000".parse().unwrap());
+    let tag = [9; 8];
+    // B is relayed through the Nucleus; C is direct.
+    a.set_endpoint(0, Endpoint::Relay { via: udp, tag });
+    a.set_endpoint(1, "203.0.113.3:40000".parse().unwrap());
+    a.drain_outputs().for_each(drop);
+    let initiated = a.stats.handshakes_initiated;
+    a.relay_moved(udp, bridge);
+    let (cmds, sent) = split_outputs(&mut a);
+    let moved = Endpoint::Relay { via: bridge, tag };
+    assert_eq!(a.peers()[0].endpoint, Some(moved));
+    assert!(matches!(cmds[..], [Command::SetPeer { peer: 0, endpoint: Some(e) }] if e == moved));
+    assert_eq!(a.peers()[1].endpoint, Some("203.0.113.3:40000".parse().unwrap()), "C stays");
+    assert!(a.peers()[1].relay.is_some_and(|r| r.addr() == bridge), "its fallback moves too");
+    assert!(sent.is_empty() && a.stats.handshakes_initiated == initiated, "no new handshake");
+}
+
+#[test]
 fn a_handshake_through_the_relay_puts_the_peer_on_the_relay_path() {
     let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
     let (ka, kb) = (ia.public_key(), ib.public_key());

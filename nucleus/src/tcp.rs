@@ -392,9 +392,9 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64 * 1024);
         write_frame(&mut a, b"hello").await.unwrap();
         assert_eq!(read_frame(&mut b, &limits).await.unwrap(), b"hello");
-        assert!(write_frame(&mut a, &[0; MAX_FRAME + 1]).await.is_err(), "refused to send");
+        assert!(write_frame(&mut a, &[0; stream::MAX_FRAME + 1]).await.is_err(), "refused to send");
         // An oversized length from a client.
-        a.write_all(&(MAX_FRAME as u16 + 1).to_be_bytes()).await.unwrap();
+        a.write_all(&(stream::MAX_FRAME as u16 + 1).to_be_bytes()).await.unwrap();
         assert_eq!(read_frame(&mut b, &limits).await, Err(FrameError::Oversized));
         // A zero length.
         let (mut a, mut b) = tokio::io::duplex(1024);

@@ -156,9 +156,16 @@ fn seal_and_send(
     let bufs = &bufs[..sealed];
     let mut sent = 0;
     let mut stalls = 0;
+    // Off for one send after the kernel refused a GSO run as larger than the path MTU it
+    // learned (EMSGSIZE): sent one by one, each datagram is fragmented instead of lost.
+    let mut gso_now = *gso;
     while sent < bufs.len() {
-        match mmsg.send(sock, &bufs[sent..], *gso) {
-            Ok(n) => sent += n,
+        match mmsg.send(sock, &bufs[sent..], gso_now) {
+            Ok(n) => {
+                sent += n;
+                gso_now = *gso;
+            }
+            Err(e) if gso_now && e.raw_os_error() == Some(libc::EMSGSIZE) => gso_now = false,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 stalls += 1;
                 if stalls > 20 || !wait_writable(sock.as_raw_fd(), 5) {
@@ -169,9 +176,11 @@ fn seal_and_send(
             Err(e) if *gso && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
                 warn!("UDP GSO refused ({e}); sending datagrams one by one");
                 *gso = false;
+                gso_now = false;
             }
-            Err(_) => {
+            Err(e) => {
                 // This datagram cannot go (no route, bad address); skip it.
+                tracing::debug!(to = ?bufs[sent].addr, len = bufs[sent].len, gso = *gso, "send failed: {e}");
                 errors += 1;
                 sent += 1;
             }

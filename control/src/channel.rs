@@ -123,7 +123,7 @@ impl Channel {
                     }
                 }
                 // Handled by the daemon before outputs reach the channel.
-                Output::PunchRequest(_) | Output::Statement { .. } => Ok(()),
+                Output::PunchRequest(_) | Output::Reregister | Output::Statement { .. } => Ok(()),
                 Output::Control { peer, bytes } => {
                     let (peer, bytes) = (*peer, bytes.as_slice());
                     self.ends[0].inject.push_with(|slot| {

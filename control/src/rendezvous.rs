@@ -368,6 +368,14 @@ impl Rendezvous {
         }
     }
 
+    /// Registers with every Nucleus at the next tick (a direct path died: this side's
+    /// mapping may have changed, and a registration is how a Nucleus learns it).
+    pub fn reregister_now(&mut self) {
+        for n in &mut self.nuclei {
+            n.next_send_ms = 0;
+        }
+    }
+
     /// Tells every Nucleus we are leaving (on shutdown).
     pub fn unregister(&self, identity: &Identity, out: &mut Vec<Output>) {
         for n in &self.nuclei {

@@ -166,3 +166,58 @@ fn nat_matrix() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Seconds until `ping` from `ns` to `ip` answers again (one try every 200 ms), or `None`
+/// within `limit`.
+fn back_after(ns: &Netns, ip: &str, limit: Duration) -> Option<f64> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ns.sh(&format!("ping -c 1 -W 0.2 {ip}")).status.success() {
+            return Some(start.elapsed().as_secs_f64());
+        }
+    }
+    None
+}
+
+/// A router's public address changes under a direct pair (a new DHCP lease, a carrier NAT
+/// rebinding): the fabric finds the new address and goes direct again, without waiting for
+/// the session to expire.
+#[test]
+fn a_new_public_address_is_found_again() {
+    let Some(_serial) = root_test(TOOLS) else { return };
+    let mut c = NatCluster::topology_of(&[NatKind::Home, NatKind::Home], true, &[]);
+    let secret = c.secret.clone();
+    c.add_node(1, &secret);
+    c.add_node(2, &secret);
+    let start = Instant::now();
+    while paths(&c) != ["direct", "direct"] {
+        assert!(start.elapsed() < Duration::from_secs(15), "direct at first: {:?}", paths(&c));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.edges[0].sh_ok("ping -c 2 -i 0.2 -W 2 10.99.0.2");
+    // Router 1 moves from 10.200.0.21 to 10.200.0.31 (its NAT entries go with the address).
+    c.routers[0].sh_ok(
+        "ip addr del 10.200.0.21/32 dev wan && ip addr add 10.200.0.31/32 dev wan && \
+         ip route replace 10.200.0.1/32 dev wan && ip route replace 10.200.0.0/24 via 10.200.0.1",
+    );
+    c.inet.sh_ok("ip route del 10.200.0.21/32 && ip route add 10.200.0.31/32 dev pr1");
+    let moved = Instant::now();
+    let back = back_after(&c.edges[1], "10.99.0.1", Duration::from_secs(60));
+    println!("NATMOVE|traffic back after|{back:?}");
+    let back = back.expect("traffic resumes after the address change");
+    let mut direct = None;
+    while moved.elapsed() < Duration::from_secs(60) {
+        if paths(&c) == ["direct", "direct"]
+            && c.nodes[1].status()["peers"][0]["endpoint"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("10.200.0.31"))
+        {
+            direct = Some(moved.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("NATMOVE|direct again after|{direct:?}|paths {:?}", paths(&c));
+    assert!(back < 10.0, "traffic back within 10 s: {back:.1} s");
+    assert!(direct.is_some_and(|d| d < 30.0), "direct to the new address within 30 s: {direct:?}");
+}

@@ -458,6 +458,11 @@ impl Daemon {
         let mut statements = vec![];
         for o in produced {
             match o {
+                Output::Reregister => {
+                    if let Some(r) = self.rendezvous.as_mut() {
+                        r.reregister_now();
+                    }
+                }
                 Output::PunchRequest(key) => {
                     if let Some(r) = &self.rendezvous {
                         r.punch_request(now, self.fabric.identity(), &key, &mut outs);

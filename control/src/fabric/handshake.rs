@@ -268,6 +268,7 @@ impl Fabric {
             mac1,
             offer,
             deferred,
+            sent_to: dests.clone(),
         });
         self.by_index.insert(local_index, id);
         self.stats.handshakes_initiated += 1;

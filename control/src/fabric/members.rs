@@ -51,17 +51,26 @@ impl Fabric {
         }
         let unreached = p.current.is_none();
         let relayed = p.endpoint.is_some_and(|e| e.is_relay());
-        let just_sent = p
+        // The same attempt just went out (several Nuclei announce a member at once); an
+        // attempt elsewhere (to a stale address) does not count.
+        let recent = p
             .pending
             .as_ref()
-            .is_some_and(|x| now_ms.saturating_sub(x.sent_ms) < PUNCH_DEBOUNCE_MS);
-        if (m.punch || !known) && (unreached || relayed) && !just_sent {
+            .filter(|x| now_ms.saturating_sub(x.sent_ms) < PUNCH_DEBOUNCE_MS)
+            .map(|x| x.sent_to.clone());
+        let just_sent = recent.is_some_and(|to| to == self.destinations(now_ms, id, !unreached));
+        let p = &mut self.peers[id as usize];
+        // A punch for a peer already direct means an address changed on one side (the
+        // Nucleus saw a new mapping, or the peer asked): the path in use may be dead, so it
+        // is probed again, towards the addresses as they are now.
+        let direct_but_moved = m.punch && !unreached && !relayed;
+        if (m.punch || !known) && (unreached || relayed || direct_but_moved) && !just_sent {
             if unreached && p.punch_started_ms.is_none() {
                 p.punch_started_ms = Some(now_ms);
                 p.relay_tried = false;
             }
-            // Relayed with a working session: probe for a direct path only.
-            self.initiate_with(now_ms, id, !unreached && relayed);
+            // With a working session: probe for a direct path only.
+            self.initiate_with(now_ms, id, !unreached);
         }
     }
 

@@ -57,6 +57,10 @@ pub enum Output {
     },
     /// Ask the Nuclei to make this member and us punch towards each other now.
     PunchRequest(PublicKey),
+    /// Register with every Nucleus now: a direct path died, maybe because this side's NAT
+    /// mapping changed, which the Nucleus learns from a registration and then has both
+    /// sides punch again.
+    Reregister,
     /// A control message for the data plane to seal to `peer` (a membership statement).
     Control {
         peer: u16,
@@ -149,6 +153,8 @@ struct Pending {
     offer: AeadSet,
     /// Its full-TTL sends that wait for the far side's opener.
     deferred: Option<punch::Deferred>,
+    /// Where it went.
+    sent_to: Vec<Endpoint>,
 }
 
 /// A punch trigger does not restart a handshake sent less than this long ago (several
@@ -243,6 +249,8 @@ pub struct Fabric {
     wall_secs: u64,
     /// When a full peer table was last warned of.
     table_full_warned_ms: Option<u64>,
+    /// When a quiet direct path last had this node register again.
+    last_reregister_ms: Option<u64>,
 }
 
 /// Static settings of a fabric.
@@ -298,6 +306,7 @@ impl Fabric {
             admission: cfg.admission,
             wall_secs: 0,
             table_full_warned_ms: None,
+            last_reregister_ms: None,
         }
     }
 

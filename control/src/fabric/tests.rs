@@ -49,7 +49,10 @@ fn split_outputs(f: &mut Fabric) -> (Vec<Command>, Vec<(Endpoint, Vec<u8>)>) {
         match o {
             Output::Command(x) => c.push(x),
             Output::Inject { to, bytes, .. } => i.push((to, bytes)),
-            Output::PunchRequest(_) | Output::Control { .. } | Output::Statement { .. } => {}
+            Output::PunchRequest(_)
+            | Output::Reregister
+            | Output::Control { .. }
+            | Output::Statement { .. } => {}
         }
     }
     (c, i)
@@ -462,6 +465,67 @@ fn an_attempt_answered_before_its_full_send_owes_nothing() {
     let lan: Endpoint = "192.168.1.2:51820".parse().unwrap();
     assert!(!sends(&mut a).contains(&(lan, 0)), "no full-TTL resend of an answered attempt");
     assert_eq!(b.stats.dropped_replayed_initiation, 0);
+}
+
+/// A and B, Nucleus-introduced, with a session on the direct path B's LAN address.
+fn direct_pair() -> (Fabric, Fabric) {
+    let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let (ka, kb) = (ia.public_key(), ib.public_key());
+    let mut a = Fabric::new(ia, cfg(), 1);
+    let mut b = Fabric::new(ib, cfg(), 1);
+    a.on_member(0, &member(kb, &["192.168.1.2:51820"], true));
+    let opener = injects(&mut a);
+    b.on_member(0, &member(ka, &["192.168.1.1:51820"], false));
+    b.drain_outputs().for_each(drop);
+    b.on_punt(1, "192.168.1.1:51820".parse().unwrap(), &opener[0].1);
+    let resp = injects(&mut b);
+    a.on_punt(2, "192.168.1.2:51820".parse().unwrap(), &resp[0].1);
+    a.drain_outputs().for_each(drop);
+    assert!(a.peers()[0].current.is_some() && a.peers()[0].path() == "direct");
+    (a, b)
+}
+
+#[test]
+fn a_quiet_direct_path_has_the_node_register_again_at_most_every_ten_seconds() {
+    let (mut a, _b) = direct_pair();
+    let sending = |now: u64| Activity {
+        last_rx_ms: 2,
+        last_data_rx_ms: 2,
+        last_tx_ms: now,
+        last_data_tx_ms: now,
+    };
+    let reregisters =
+        |a: &mut Fabric| a.drain_outputs().filter(|o| matches!(o, Output::Reregister)).count();
+    a.tick(4_000, |_| sending(4_000));
+    assert_eq!(reregisters(&mut a), 0, "not yet quiet for 5 s");
+    a.tick(5_100, |_| sending(5_100));
+    assert_eq!(reregisters(&mut a), 1);
+    a.tick(9_000, |_| sending(9_000));
+    assert_eq!(reregisters(&mut a), 0, "at most every 10 s");
+    a.tick(15_200, |_| sending(15_200));
+    assert_eq!(reregisters(&mut a), 1);
+    // Hearing back, or not sending: nothing.
+    a.tick(40_000, |_| Activity { last_rx_ms: 39_000, ..sending(39_500) });
+    a.tick(60_000, |_| sending(1_000));
+    assert_eq!(reregisters(&mut a), 0);
+}
+
+#[test]
+fn a_punch_for_a_peer_already_direct_probes_its_new_address() {
+    let (mut a, _b) = direct_pair();
+    let kb = Identity::from_seed([2; 32]).public_key();
+    // The Nucleus saw B at a new address and says so with a punch.
+    a.on_member(10_000, &member(kb, &["203.0.113.9:40000"], true));
+    let moved: Endpoint = "203.0.113.9:40000".parse().unwrap();
+    assert_eq!(sends(&mut a), vec![(moved, 2)], "an opener to the new address");
+    a.tick(10_000 + PUNCH_OPEN_MS, |_| Activity::default());
+    assert!(sends(&mut a).contains(&(moved, 0)));
+    // The same list again (a second Nucleus) within the debounce: not restarted.
+    a.on_member(10_600, &member(kb, &["203.0.113.9:40000"], true));
+    assert_eq!(sends(&mut a), vec![]);
+    // Without a punch, a list for a direct peer changes nothing.
+    a.on_member(20_000, &member(kb, &["203.0.113.10:40000"], false));
+    assert_eq!(sends(&mut a), vec![]);
 }
 
 #[test]

@@ -36,6 +36,11 @@ impl Default for Timers {
     }
 }
 
+/// A direct path that carried data out and nothing back for this long may be dead.
+const DIRECT_QUIET_MS: u64 = 5_000;
+/// Registrations caused by quiet direct paths, at most this often.
+const REREGISTER_EVERY_MS: u64 = 10_000;
+
 /// How the fabric reaches peers a Nucleus introduced.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RendezvousTimers {
@@ -142,6 +147,9 @@ impl Fabric {
                     < ms(t.keepalive) + ms(t.rekey_timeout)
             {
                 debug!(peer = %p.public_key.short(), "no reply to data; new handshake");
+                if p.dynamic {
+                    self.reregister(now_ms);
+                }
                 self.initiate(now_ms, id);
             }
             self.tick_rendezvous(now_ms, id, &act);
@@ -182,6 +190,22 @@ impl Fabric {
             let key = p.public_key;
             self.out.push(Output::PunchRequest(key));
         }
+        // Sending to a direct peer and hearing nothing: this side's mapping may have
+        // changed (a new address, a NAT rebinding), which a registration tells the Nucleus,
+        // which then has both sides punch again. Long before the dead-peer rule (15 s),
+        // and at most every REREGISTER_EVERY_MS (a one-way stream looks the same until the
+        // peer's keepalive).
+        let p = &self.peers[id as usize];
+        if p.current.is_some()
+            && p.endpoint.is_some_and(|e| !e.is_relay())
+            && act.last_data_tx_ms > act.last_rx_ms
+            && now_ms.saturating_sub(act.last_rx_ms.max(p.last_handshake_ms.unwrap_or(0)))
+                >= DIRECT_QUIET_MS
+            && now_ms.saturating_sub(act.last_data_tx_ms) < DIRECT_QUIET_MS
+        {
+            debug!(peer = %p.public_key.short(), "no reply on the direct path; registering again");
+            self.reregister(now_ms);
+        }
         let p = &mut self.peers[id as usize];
         let quiet_since = act.last_tx_ms.max(p.last_persistent_keepalive_ms);
         if p.current.is_some()
@@ -192,6 +216,14 @@ impl Fabric {
             p.last_persistent_keepalive_ms = now_ms;
             self.stats.keepalives_requested += 1;
             self.cmd(Command::SendKeepalive { peer: id });
+        }
+    }
+
+    /// Registers with the Nuclei again, at most every [`REREGISTER_EVERY_MS`].
+    fn reregister(&mut self, now_ms: u64) {
+        if self.last_reregister_ms.is_none_or(|t| now_ms.saturating_sub(t) >= REREGISTER_EVERY_MS) {
+            self.last_reregister_ms = Some(now_ms);
+            self.out.push(Output::Reregister);
         }
     }
 

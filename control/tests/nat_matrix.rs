@@ -140,10 +140,10 @@ fn nat_routers_behave_as_labelled() {
     drop(listen);
 }
 
-/// Every pair of NAT kinds. Asserted: the pairs that go direct today do so within 5 s, a
-/// pair of symmetric NATs uses the relay, and every pair carries traffic. The others
-/// (port-changing, and symmetric with a port-changing or home router) are measured and
-/// printed; issue 25 is to make them direct.
+/// Every pair of NAT kinds. Asserted: every pair without a symmetric NAT goes direct
+/// within 5 s (port-changing ones thanks to the low-TTL opener), a pair of symmetric NATs
+/// uses the relay, and every pair carries traffic. Symmetric with a port-changing or home
+/// router is measured and printed: it needs probing many ports (issue 25, not built yet).
 #[test]
 fn nat_matrix() {
     let Some(_serial) = root_test(TOOLS) else { return };
@@ -154,7 +154,7 @@ fn nat_matrix() {
             let (path, direct_after) = run_pair([a, b]);
             let secs = direct_after.map_or("-".to_string(), |s| format!("{s:.1}"));
             eprintln!("NATMATRIX|{}|{}|{path}|{secs}", a.name(), b.name());
-            let direct_expected = matches!((a, b), (Open, _) | (Home, Home));
+            let direct_expected = matches!((a, b), (Open, _)) || (a != Symmetric && b != Symmetric);
             let in_time = direct_after.is_some_and(|s| s <= DIRECT_WITHIN.as_secs_f64());
             if direct_expected && !in_time {
                 failures.push(format!("{} x {}: {path} after {secs} s", a.name(), b.name()));

@@ -179,12 +179,10 @@ fn back_after(ns: &Netns, ip: &str, limit: Duration) -> Option<f64> {
     None
 }
 
-/// A router's public address changes under a direct pair (a new DHCP lease, a carrier NAT
-/// rebinding): the fabric finds the new address and goes direct again, without waiting for
-/// the session to expire.
-#[test]
-fn a_new_public_address_is_found_again() {
-    let Some(_serial) = root_test(TOOLS) else { return };
+/// Two home-router edges, direct; then router 1 moves from 10.200.0.21 to 10.200.0.31
+/// (its NAT entries go with the address), becoming symmetric if told. Returns the cluster
+/// and when the move happened.
+fn direct_pair_then_move(symmetric: bool) -> (NatCluster, Instant) {
     let mut c = NatCluster::topology_of(&[NatKind::Home, NatKind::Home], true, &[]);
     let secret = c.secret.clone();
     c.add_node(1, &secret);
@@ -195,13 +193,27 @@ fn a_new_public_address_is_found_again() {
         std::thread::sleep(Duration::from_millis(100));
     }
     c.edges[0].sh_ok("ping -c 2 -i 0.2 -W 2 10.99.0.2");
-    // Router 1 moves from 10.200.0.21 to 10.200.0.31 (its NAT entries go with the address).
+    if symmetric {
+        c.routers[0].sh_ok(
+            "nft flush chain ip nat postrouting && \
+             nft add rule ip nat postrouting oifname wan masquerade fully-random",
+        );
+    }
     c.routers[0].sh_ok(
         "ip addr del 10.200.0.21/32 dev wan && ip addr add 10.200.0.31/32 dev wan && \
          ip route replace 10.200.0.1/32 dev wan && ip route replace 10.200.0.0/24 via 10.200.0.1",
     );
     c.inet.sh_ok("ip route del 10.200.0.21/32 && ip route add 10.200.0.31/32 dev pr1");
-    let moved = Instant::now();
+    (c, Instant::now())
+}
+
+/// A router's public address changes under a direct pair (a new DHCP lease, a carrier NAT
+/// rebinding): the fabric finds the new address and goes direct again, without waiting for
+/// the session to expire.
+#[test]
+fn a_new_public_address_is_found_again() {
+    let Some(_serial) = root_test(TOOLS) else { return };
+    let (c, moved) = direct_pair_then_move(false);
     let back = back_after(&c.edges[1], "10.99.0.1", Duration::from_secs(60));
     println!("NATMOVE|traffic back after|{back:?}");
     let back = back.expect("traffic resumes after the address change");
@@ -220,4 +232,18 @@ fn a_new_public_address_is_found_again() {
     println!("NATMOVE|direct again after|{direct:?}|paths {:?}", paths(&c));
     assert!(back < 10.0, "traffic back within 10 s: {back:.1} s");
     assert!(direct.is_some_and(|d| d < 30.0), "direct to the new address within 30 s: {direct:?}");
+}
+
+/// As above, but the new network is a symmetric NAT, where no direct path opens: the pair
+/// moves to the relay on the same session instead of waiting for it to expire.
+#[test]
+fn a_direct_path_that_cannot_come_back_moves_to_the_relay() {
+    let Some(_serial) = root_test(TOOLS) else { return };
+    let (c, _moved) = direct_pair_then_move(true);
+    let back = back_after(&c.edges[1], "10.99.0.1", Duration::from_secs(60));
+    println!("NATMOVE|symmetric: traffic back after|{back:?}|paths {:?}", paths(&c));
+    let back = back.expect("traffic resumes after the move");
+    assert!(back < 25.0, "traffic back within 25 s: {back:.1} s");
+    assert_eq!(paths(&c), ["relay", "relay"]);
+    c.edges[0].sh_ok("ping -c 3 -i 0.2 -W 2 10.99.0.2");
 }

@@ -511,6 +511,32 @@ fn a_quiet_direct_path_has_the_node_register_again_at_most_every_ten_seconds() {
 }
 
 #[test]
+fn a_dead_direct_path_moves_to_the_relay_at_once_and_keeps_its_session() {
+    let (mut a, _b) = direct_pair();
+    let session = a.peers()[0].current.as_ref().map(|s| s.local_index);
+    let relay = a.peers()[0].relay.unwrap();
+    let sending = |now: u64| Activity {
+        last_rx_ms: 2,
+        last_data_rx_ms: 2,
+        last_tx_ms: now,
+        last_data_tx_ms: now,
+    };
+    a.tick(14_000, |_| sending(14_000));
+    assert_eq!(a.peers()[0].path(), "direct", "not dead yet");
+    a.drain_outputs().for_each(drop);
+    a.tick(15_100, |_| sending(15_100));
+    assert_eq!(a.peers()[0].endpoint, Some(relay));
+    assert_eq!(a.peers()[0].current.as_ref().map(|s| s.local_index), session, "same session");
+    let (cmds, sent) = split_outputs(&mut a);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::SetPeer { peer: 0, endpoint: Some(e) } if *e == relay))
+    );
+    assert!(sent.iter().any(|(to, _)| *to == relay), "a handshake through the relay");
+    assert!(sent.iter().any(|(to, _)| !to.is_relay()), "and the direct candidates again");
+}
+
+#[test]
 fn a_punch_for_a_peer_already_direct_probes_its_new_address() {
     let (mut a, _b) = direct_pair();
     let kb = Identity::from_seed([2; 32]).public_key();

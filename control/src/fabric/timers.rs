@@ -140,15 +140,24 @@ impl Fabric {
             // Dead peer: we keep sending data and hear nothing back.
             let p = &self.peers[id as usize];
             let heard = act.last_rx_ms.max(p.last_handshake_ms.unwrap_or(0));
-            if p.pending.is_none()
+            // A probe for a direct path (which may never answer) does not hold this back.
+            if p.pending.as_ref().is_none_or(|x| x.probe)
                 && act.last_data_tx_ms > act.last_rx_ms
                 && now_ms.saturating_sub(heard) >= ms(t.keepalive) + ms(t.rekey_timeout)
                 && now_ms.saturating_sub(act.last_data_tx_ms)
                     < ms(t.keepalive) + ms(t.rekey_timeout)
             {
                 debug!(peer = %p.public_key.short(), "no reply to data; new handshake");
+                // A dead direct path: on to the relay at once (the session's keys do not
+                // depend on the path; the peer follows the relayed packets), and the
+                // handshake tries the direct candidates again beside it.
+                let relay = p.relay.filter(|_| p.endpoint.is_some_and(|e| !e.is_relay()));
                 if p.dynamic {
                     self.reregister(now_ms);
+                    if let Some(relay) = relay {
+                        info!(peer = %self.peers[id as usize].public_key.short(), "the direct path is dead; relaying");
+                        self.set_endpoint(id, relay);
+                    }
                 }
                 self.initiate(now_ms, id);
             }

@@ -40,6 +40,7 @@ pub struct Metrics {
     policy_version: IntGauge,
     statements_refused: IntCounter,
     peers_refused: IntCounter,
+    punch_openers: IntCounter,
     dropped: IntCounterVec,
     peer_rx_bytes: IntCounterVec,
     peer_tx_bytes: IntCounterVec,
@@ -64,6 +65,7 @@ pub struct Sample {
     pub dataplane_restarts: u64,
     pub fdb_entries: u64,
     pub peers_refused: u64,
+    pub punch_openers: u64,
     /// Seconds until this node's certificate expires (negative: expired); `None` without
     /// an authority (the gauge is then absent).
     pub certificate_expires_in: Option<i64>,
@@ -185,6 +187,11 @@ impl Metrics {
                 &r,
                 "omni_peers_refused_total",
                 "Members a Nucleus introduced that did not fit the peer table (max_peers)",
+            ),
+            punch_openers: counter(
+                &r,
+                "omni_punch_openers_total",
+                "Low-TTL punch openers sent ahead of direct attempts to Nucleus-introduced peers",
             ),
             certificate_expiry_seconds: IntGauge::new(
                 "omni_certificate_expiry_seconds",
@@ -312,6 +319,7 @@ impl Metrics {
         catch_up(&self.dataplane_restarts, s.dataplane_restarts);
         self.fdb_entries.set(s.fdb_entries as i64);
         catch_up(&self.peers_refused, s.peers_refused);
+        catch_up(&self.punch_openers, s.punch_openers);
         if let Some(secs) = s.certificate_expires_in {
             // Registered on first use: without an authority there is no certificate to
             // count down, and a gauge stuck at 0 would read as "expired now".
@@ -468,6 +476,7 @@ mod tests {
             dp_counters: dp,
             handshakes_completed: 3,
             dropped_ratelimit: 4,
+            punch_openers: 6,
             peers: vec![("abcd".into(), 10, 20)],
             workers: vec![crate::channel::WorkerSample {
                 rx_packets: 5,
@@ -502,6 +511,7 @@ mod tests {
             "omni_cpu_latency_held_seconds_total 2.5",
             "omni_checksum_partial_rx_total 7",
             "omni_checksum_partial_tx_total 0",
+            "omni_punch_openers_total 6",
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
         }

@@ -34,7 +34,8 @@ pub struct PeerStatus {
     /// `established` (keys in use), `confirming` (handshake done, waiting for the
     /// initiator's first packet), `handshaking`, or `none`.
     pub session: String,
-    /// `direct`, or `relay` (through a Nucleus).
+    /// `direct`, `relay` (through a Nucleus), or `relay-tcp` (through a Nucleus's relay
+    /// over TLS on TCP, UDP being blocked).
     pub path: String,
     /// `static` (configured) or `nucleus` (introduced by a Nucleus).
     #[serde(default)]
@@ -409,9 +410,10 @@ pub fn render(s: &Status) -> String {
     for n in &s.nuclei {
         let _ = writeln!(
             o,
-            "  nucleus: {} ({}{})",
+            "  nucleus: {} ({}{}{})",
             n.address,
             if n.registered { "registered" } else { "not registered" },
+            if n.transport == "tcp" { " over TLS/TCP: UDP gets no answer" } else { "" },
             n.reflexive.as_ref().map(|r| format!(", seen as {r}")).unwrap_or_default()
         );
     }
@@ -516,7 +518,15 @@ mod tests {
             policy_version: Some(4),
             revocations_known: 2,
             peers_refused: 3,
-            nuclei: vec![],
+            nuclei: vec![crate::rendezvous::NucleusStatus {
+                address: "nucleus.example".into(),
+                transport: "tcp".into(),
+                key: None,
+                registered: true,
+                reflexive: None,
+                last_ack_secs: Some(1),
+                members: 2,
+            }],
             qos: QosStatus::from_counters(true, &{
                 use omni_shm::counters::{Counter, DropReason};
                 let mut c = vec![0u64; omni_shm::counters::N_COUNTERS];
@@ -563,6 +573,10 @@ mod tests {
         assert!(t.contains("  certificate expires: 1970-01-01 00:00:00 UTC"), "{t}");
         assert!(t.contains("  policy: version 4; revocations known: 2"), "{t}");
         assert!(t.contains("peer table full: 3 members left out"), "{t}");
+        assert!(
+            t.contains("  nucleus: nucleus.example (registered over TLS/TCP: UDP gets no answer)"),
+            "{t}"
+        );
         assert!(
             t.contains(
                 "  qos: real-time lane on; 11 sent, 12 received; queue delay: 3 dropped, 1 marked CE"

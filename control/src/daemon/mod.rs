@@ -831,6 +831,7 @@ impl Daemon {
             dropped_ratelimit: st.dropped_rate_limited,
             cookie_replies: st.cookie_replies_sent,
             peers_refused: st.peers_refused,
+            punch_openers: st.punch_openers_sent,
             dataplane_restarts: self.supervisor.as_ref().map(|s| s.restarts).unwrap_or(0),
             fdb_entries: self
                 .channel

@@ -75,6 +75,9 @@ struct NucleusState {
     udp_ack_ms: Option<u64>,
     /// While on TCP: when a REGISTER last went over UDP to see whether it works again.
     udp_probe_ms: u64,
+    /// When the TCP relay came up, and when it last answered a REGISTER.
+    tcp_since_ms: u64,
+    tcp_ack_ms: u64,
     /// No new TLS connection before this (after one failed).
     tcp_retry_ms: u64,
 }
@@ -157,6 +160,9 @@ const LOST_AFTER_INTERVALS: u64 = 3;
 pub const TCP_AFTER_MS: u64 = 4_000;
 /// While on TCP, a REGISTER goes over UDP this often.
 pub const UDP_PROBE_MS: u64 = 5_000;
+/// After a REGISTER over UDP from the TCP relay, one over TCP this much later unless UDP
+/// answered.
+const UDP_PROBE_GRACE_MS: u64 = 1_000;
 /// A TLS connection not up within this long is given up (and tried again after as long).
 const TCP_CONNECT_MS: u64 = 10_000;
 
@@ -186,6 +192,8 @@ impl Rendezvous {
                     first_sent_ms: None,
                     udp_ack_ms: None,
                     udp_probe_ms: 0,
+                    tcp_since_ms: 0,
+                    tcp_ack_ms: 0,
                     tcp_retry_ms: 0,
                 })
                 .collect(),
@@ -267,24 +275,20 @@ impl Rendezvous {
         self.moves.push((n.spec.addr, bridge));
         n.transport = Transport::Tcp(bridge);
         n.udp_probe_ms = now_ms;
+        n.tcp_since_ms = now_ms;
         n.next_send_ms = 0;
         n.retry_ms = FIRST_RETRY_MS;
     }
 
     /// The bridge to Nucleus `index`'s TCP relay failed or closed.
     pub fn tcp_down(&mut self, now_ms: u64, index: usize) {
-        let Some(n) = self.nuclei.get_mut(index) else { return };
-        if let Transport::Tcp(bridge) = n.transport {
-            warn!(nucleus = %n.spec.text, "the TLS/TCP relay connection closed");
-            self.moves.push((bridge, n.spec.addr));
-        }
-        if n.transport != Transport::Udp {
-            n.transport = Transport::Udp;
-            n.tcp_retry_ms = now_ms + TCP_CONNECT_MS;
+        if index < self.nuclei.len() {
+            self.leave_tcp(index, now_ms + TCP_CONNECT_MS, "the TLS/TCP relay connection closed");
         }
     }
 
-    /// Over TCP until UDP answers again, and back.
+    /// Over TCP until UDP answers again, and back; a connection that stops answering is
+    /// replaced (a path that died without a reset would otherwise hold it for many minutes).
     fn tick_transport(&mut self, now_ms: u64, index: usize) {
         let n = &mut self.nuclei[index];
         let Some(tcp) = n.spec.tcp else { return };
@@ -294,9 +298,12 @@ impl Rendezvous {
                 self.tcp_requests.push(TcpRequest::Connect { index, to: tcp });
             }
             Transport::Connecting(t) if now_ms.saturating_sub(t) >= TCP_CONNECT_MS => {
-                n.transport = Transport::Udp;
-                n.tcp_retry_ms = now_ms + TCP_CONNECT_MS;
-                self.tcp_requests.push(TcpRequest::Close { index });
+                self.leave_tcp(index, now_ms + TCP_CONNECT_MS, "no TLS/TCP relay connection");
+            }
+            Transport::Tcp(_)
+                if now_ms >= n.tcp_since_ms.max(n.tcp_ack_ms) + n.interval_ms + TCP_AFTER_MS =>
+            {
+                self.leave_tcp(index, now_ms, "the TLS/TCP relay stopped answering; reconnecting");
             }
             _ => {}
         }
@@ -304,16 +311,23 @@ impl Rendezvous {
 
     /// UDP answered Nucleus `index` again: leave its TCP relay.
     fn back_to_udp(&mut self, index: usize) {
+        self.leave_tcp(index, 0, "UDP answers again: leaving the TLS/TCP relay");
+    }
+
+    /// Back to UDP for Nucleus `index` (relayed peers follow), the bridge closed, no new
+    /// TLS connection before `retry_ms`.
+    fn leave_tcp(&mut self, index: usize, retry_ms: u64, why: &str) {
         let n = &mut self.nuclei[index];
         match n.transport {
             Transport::Udp => return,
             Transport::Tcp(bridge) => {
-                info!(nucleus = %n.spec.text, "UDP answers again: leaving the TLS/TCP relay");
+                info!(nucleus = %n.spec.text, "{why}");
                 self.moves.push((bridge, n.spec.addr));
             }
             Transport::Connecting(_) => {}
         }
         n.transport = Transport::Udp;
+        n.tcp_retry_ms = retry_ms;
         self.tcp_requests.push(TcpRequest::Close { index });
     }
 
@@ -358,6 +372,10 @@ impl Rendezvous {
             n.first_sent_ms.get_or_insert(now_ms);
             if probe_udp {
                 n.udp_probe_ms = now_ms;
+                // Should the probe reach the Nucleus but its answer not come back (UDP blocked
+                // one way), the Nucleus now sends to the UDP address: register over TCP again
+                // soon, unless UDP answered meanwhile.
+                n.next_send_ms = n.next_send_ms.min(now_ms + UDP_PROBE_GRACE_MS);
                 out.push(Output::Inject { to: Endpoint::Direct(n.spec.addr), bytes: msg, ttl: 0 });
                 continue;
             }
@@ -464,6 +482,8 @@ impl Rendezvous {
                 if over_udp {
                     n.udp_ack_ms = Some(now_ms);
                     self.back_to_udp(index);
+                } else {
+                    n.tcp_ack_ms = now_ms;
                 }
                 vec![]
             }
@@ -523,7 +543,11 @@ impl Rendezvous {
                 },
                 key: n.key.map(|k| k.to_base64()),
                 registered: self.live(n, now_ms),
-                reflexive: n.reflexive.map(|r| r.to_string()),
+                // Over TCP the Nucleus sees the connection, not an address of this node.
+                reflexive: n
+                    .reflexive
+                    .filter(|_| !matches!(n.transport, Transport::Tcp(_)))
+                    .map(|r| r.to_string()),
                 last_ack_secs: n.last_ack_ms.map(|t| now_ms.saturating_sub(t) / 1000),
                 members: n.members,
             })
@@ -808,6 +832,7 @@ mod tests {
         assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
         r.tcp_down(61_000, 0);
         assert!(r.take_moves().is_empty(), "it never came up");
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
         r.tick(61_100, &node, &mut out);
         assert!(r.take_tcp_requests().is_empty(), "a pause first");
         r.tick(61_000 + TCP_CONNECT_MS, &node, &mut out);
@@ -818,5 +843,49 @@ mod tests {
         // Up after it was given up: closed again.
         r.tcp_up(90_000, 0, "127.0.0.1:1".parse().unwrap());
         assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
+    }
+
+    #[test]
+    fn a_tcp_relay_that_stops_answering_is_replaced_and_an_unanswered_probe_re_registers_over_tcp()
+    {
+        let (mut r, node, nucleus) = setup();
+        let (udp, tcp, bridge): (SocketAddr, SocketAddr, SocketAddr) = (
+            "192.0.2.1:51820".parse().unwrap(),
+            "192.0.2.1:443".parse().unwrap(),
+            "127.0.0.1:40000".parse().unwrap(),
+        );
+        r.nuclei[0].spec.tcp = Some(tcp);
+        let mut out = vec![];
+        r.tick(0, &node, &mut out);
+        r.tick(TCP_AFTER_MS, &node, &mut out);
+        r.take_tcp_requests();
+        r.tcp_up(4_100, 0, bridge);
+        r.take_moves();
+        r.tick(4_100, &node, &mut out);
+        let reg = registers(&mut out);
+        let ok = Registered {
+            nucleus_key: nucleus.public_key(),
+            node_key: node.public_key(),
+            echo: reg[0].1,
+            reflexive: "[100::1]:443".parse().unwrap(),
+            interval_secs: 20,
+            members: 0,
+        };
+        r.on_message(4_200, bridge, &ok.build(&nucleus));
+        assert_eq!(r.status(4_200)[0].reflexive, None, "not this node's address");
+        // The UDP probe (at 9.1 s) goes unanswered: over TCP again 1 s later.
+        r.tick(9_100, &node, &mut out);
+        assert_eq!(registers(&mut out).iter().map(|s| s.0).collect::<Vec<_>>(), vec![udp]);
+        r.tick(9_100 + UDP_PROBE_GRACE_MS, &node, &mut out);
+        assert_eq!(registers(&mut out).iter().map(|s| s.0).collect::<Vec<_>>(), vec![bridge]);
+        // From now on no answer over TCP either: given up an interval and 4 s after the
+        // last answer, and a new connection asked for at once (UDP is still silent).
+        r.tick(4_200 + 20_000 + TCP_AFTER_MS - 100, &node, &mut out);
+        assert!(r.take_tcp_requests().is_empty());
+        r.tick(4_200 + 20_000 + TCP_AFTER_MS, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
+        assert_eq!(r.take_moves(), vec![(bridge, udp)]);
+        r.tick(4_200 + 20_000 + TCP_AFTER_MS + 100, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
     }
 }

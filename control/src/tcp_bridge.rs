@@ -46,12 +46,15 @@ pub struct Bridges {
     tasks: HashMap<usize, JoinHandle<()>>,
     events: mpsc::Sender<BridgeEvent>,
     tls: Arc<rustls::ClientConfig>,
+    /// The data plane's UDP port: only datagrams from it are carried (another local
+    /// process must not take over the Nucleus's traffic).
+    data_port: u16,
 }
 
 impl Bridges {
-    /// Bridges reporting on `events`.
-    pub fn new(events: mpsc::Sender<BridgeEvent>) -> Self {
-        Self { tasks: HashMap::new(), events, tls: Arc::new(client_config()) }
+    /// Bridges for the data plane on `data_port`, reporting on `events`.
+    pub fn new(events: mpsc::Sender<BridgeEvent>, data_port: u16) -> Self {
+        Self { tasks: HashMap::new(), events, tls: Arc::new(client_config()), data_port }
     }
 
     /// Opens or closes a bridge as the rendezvous asks.
@@ -61,11 +64,11 @@ impl Bridges {
                 if let Some(old) = self.tasks.remove(&index) {
                     old.abort();
                 }
-                let (events, tls) = (self.events.clone(), self.tls.clone());
+                let (events, tls, port) = (self.events.clone(), self.tls.clone(), self.data_port);
                 self.tasks.insert(
                     index,
                     tokio::spawn(async move {
-                        if let Err(e) = run(index, to, tls, &events).await {
+                        if let Err(e) = run(index, to, port, tls, &events).await {
                             info!(nucleus = %to, "TLS/TCP relay: {e:#}");
                         }
                         let _ = events.send(BridgeEvent::Down { index }).await;
@@ -91,6 +94,7 @@ impl Drop for Bridges {
 async fn run(
     index: usize,
     to: SocketAddr,
+    data_port: u16,
     tls: Arc<rustls::ClientConfig>,
     events: &mpsc::Sender<BridgeEvent>,
 ) -> anyhow::Result<()> {
@@ -109,16 +113,24 @@ async fn run(
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .with_context(|| format!("no connection to {to} within {CONNECT_TIMEOUT:?}"))??;
+    // Whatever else listens on that port (a web server on 443) is not the relay.
+    if conn.get_ref().1.alpn_protocol() != Some(stream::ALPN) {
+        anyhow::bail!("{to} is not a Nucleus TCP relay (no {:?} protocol)", "omni-relay/1");
+    }
     let bridge = udp.local_addr()?;
     debug!(nucleus = %to, %bridge, "TLS/TCP relay connected");
     events.send(BridgeEvent::Up { index, bridge }).await.ok();
     let (mut r, mut w) = tokio::io::split(conn);
-    // Where the data plane sends from (learned from its first datagram).
+    // Where the data plane sends from (its port is known; the address is learned from its
+    // first datagram: it may be bound to an underlay address rather than the wildcard).
     let dataplane = std::sync::Mutex::new(None::<SocketAddr>);
     let upstream = async {
         let mut buf = vec![0u8; stream::MAX_FRAME];
         loop {
             let (n, from) = udp.recv_from(&mut buf).await?;
+            if from.port() != data_port {
+                continue;
+            }
             *dataplane.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
             if let Some(f) = stream::frame(&buf[..n]) {
                 w.write_all(&f).await?;

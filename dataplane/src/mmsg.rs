@@ -344,7 +344,9 @@ impl UdpSocket {
         h.msg_iov = &mut iov;
         h.msg_iovlen = 1;
         if ttl != 0 {
-            let (level, kind) = if addr.is_ipv6() {
+            // An IPv4-mapped destination leaves as IPv4, which takes the IPv4 option.
+            let v6_dst = matches!(addr, SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_none());
+            let (level, kind) = if v6_dst {
                 (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
             } else {
                 (libc::IPPROTO_IP, libc::IP_TTL)

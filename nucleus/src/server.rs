@@ -93,7 +93,7 @@ impl Metrics {
                 "omni_nucleus_tcp_events_total",
                 "TLS/TCP relay: connections accepted and refused (limits, failed or slow \
                  handshakes, oversized frames, timeouts), frames in and out, frames dropped \
-                 for a full send queue",
+                 (the connection gone or its send queue full)",
             ),
             &["event"],
         )
@@ -220,7 +220,10 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
             tcp_tx,
             conns.clone(),
             tcp_stats.clone(),
-            TcpLimits::default(),
+            TcpLimits {
+                idle_timeout: settings.member_timeout.max(TcpLimits::default().idle_timeout),
+                ..TcpLimits::default()
+            },
         ));
     }
     let (op_tx, mut op_rx) = tokio::sync::mpsc::channel::<Operator>(8);
@@ -253,6 +256,8 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
+                // A TCP connection's address over UDP is spoofed.
+                Ok((_, src)) if tcp::is_virtual(&src) => {}
                 Ok((n, src)) => core.handle(now_ms(), Tai64n::now(), src, &buf[..n]),
                 Err(e) => warn!("receive: {e}"),
             },

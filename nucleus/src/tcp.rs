@@ -55,7 +55,8 @@ pub struct TcpLimits {
     pub handshake_timeout: Duration,
     /// A frame, once begun, must arrive whole within this.
     pub frame_timeout: Duration,
-    /// A connection with no frame for this long is closed (nodes re-register every 20 s).
+    /// A connection with no frame for this long is closed (nodes re-register every 20 s;
+    /// the server makes it at least the member timeout).
     pub idle_timeout: Duration,
     /// Frames waiting to go out to one connection; more are dropped (counted).
     pub send_queue: usize,
@@ -72,7 +73,7 @@ impl Default for TcpLimits {
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
-            send_queue: 256,
+            send_queue: 64,
             handshakes: 256,
         }
     }
@@ -105,7 +106,19 @@ struct ConnTable {
     /// Every connection, handshaking or not, in all and per client IP.
     count: usize,
     per_ip: HashMap<IpAddr, usize>,
-    next: u64,
+}
+
+/// What the per-client limit counts by: the IPv4 address, or the IPv6 /64 (one host may
+/// hold a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
 }
 
 impl Connections {
@@ -128,14 +141,20 @@ impl Connections {
     /// Admits a client from `ip` within the limits: its address.
     fn admit(&self, ip: IpAddr, limits: &TcpLimits) -> Option<SocketAddr> {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let n = t.per_ip.get(&ip).copied().unwrap_or(0);
+        let n = t.per_ip.get(&client_key(ip)).copied().unwrap_or(0);
         if t.count >= limits.max_connections || n >= limits.per_ip {
             return None;
         }
-        t.next += 1;
         t.count += 1;
-        *t.per_ip.entry(ip).or_default() += 1;
-        Some(virtual_addr(t.next))
+        *t.per_ip.entry(client_key(ip)).or_default() += 1;
+        // Random, so that no one can guess a connection's address and spoof it over UDP
+        // (the server drops UDP from 100::/64 as well); a clash with a live one is redrawn.
+        loop {
+            let addr = virtual_addr(rand::random());
+            if !t.by_addr.contains_key(&addr) {
+                return Some(addr);
+            }
+        }
     }
 
     /// A send queue for the admitted connection at `addr`, once its handshake is done.
@@ -149,10 +168,11 @@ impl Connections {
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         t.by_addr.remove(addr);
         t.count -= 1;
-        if let Some(n) = t.per_ip.get_mut(&ip) {
+        let key = client_key(ip);
+        if let Some(n) = t.per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                t.per_ip.remove(&ip);
+                t.per_ip.remove(&key);
             }
         }
     }
@@ -289,10 +309,17 @@ async fn connection(
     limits: &TcpLimits,
 ) {
     let (mut r, mut w) = tokio::io::split(tls);
+    // A client that does not read is closed once a write waits the frame timeout, so it
+    // holds at most its queue.
     let writer = async {
         while let Some(msg) = rx.recv().await {
-            if write_frame(&mut w, &msg).await.is_err() {
-                break;
+            match tokio::time::timeout(limits.frame_timeout, write_frame(&mut w, &msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
             }
             stats.frames_out.fetch_add(1, Ordering::Relaxed);
         }
@@ -373,6 +400,15 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> std
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_are_counted_by_ipv4_address_or_ipv6_64() {
+        let k = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("192.0.2.1"), "192.0.2.1");
+        assert_eq!(k("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2::ffff"), "2001:db8:1:2::");
+        assert_eq!(k("::ffff:192.0.2.1"), "192.0.2.1");
+    }
 
     #[test]
     fn virtual_addresses_are_distinct_and_recognised() {

@@ -261,7 +261,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
     let (bridge_tx, bridge_rx) = tokio::sync::mpsc::channel(16);
     let mut d = Daemon {
         rendezvous,
-        bridges: crate::tcp_bridge::Bridges::new(bridge_tx),
+        bridges: crate::tcp_bridge::Bridges::new(bridge_tx, settings.daemon.port),
         bridge_rx,
         settings,
         fabric,

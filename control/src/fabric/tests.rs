@@ -447,24 +447,17 @@ fn a_punch_opens_the_local_nat_before_sending_at_full_ttl() {
 
 #[test]
 fn an_attempt_answered_before_its_full_send_owes_nothing() {
-    let (ia, ib) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
-    let (ka, kb) = (ia.public_key(), ib.public_key());
-    let mut a = Fabric::new(ia, cfg(), 1);
-    let mut b = Fabric::new(ib, cfg(), 1);
-    a.on_member(0, &member(kb, &["192.168.1.2:51820"], true));
-    // On a LAN the opener arrives: B answers it at once.
-    let opener = injects(&mut a);
-    b.on_member(0, &member(ka, &["192.168.1.1:51820"], false));
-    b.drain_outputs().for_each(drop);
-    b.on_punt(1, "192.168.1.1:51820".parse().unwrap(), &opener[0].1);
-    let resp = injects(&mut b);
-    a.on_punt(2, "192.168.1.2:51820".parse().unwrap(), &resp[0].1);
-    assert!(a.peers()[0].current.is_some());
-    a.drain_outputs().for_each(drop);
+    // On a LAN the opener arrives and is answered at once (`direct_pair`).
+    let (mut a, b) = direct_pair();
     a.tick(PUNCH_OPEN_MS + 1, |_| Activity::default());
     let lan: Endpoint = "192.168.1.2:51820".parse().unwrap();
     assert!(!sends(&mut a).contains(&(lan, 0)), "no full-TTL resend of an answered attempt");
     assert_eq!(b.stats.dropped_replayed_initiation, 0);
+}
+
+/// Activity of a peer that data goes to (last at `now`) and nothing came from since 2 ms.
+fn sending(now: u64) -> Activity {
+    Activity { last_rx_ms: 2, last_data_rx_ms: 2, last_tx_ms: now, last_data_tx_ms: now }
 }
 
 /// A and B, Nucleus-introduced, with a session on the direct path B's LAN address.
@@ -488,12 +481,6 @@ fn direct_pair() -> (Fabric, Fabric) {
 #[test]
 fn a_quiet_direct_path_has_the_node_register_again_at_most_every_ten_seconds() {
     let (mut a, _b) = direct_pair();
-    let sending = |now: u64| Activity {
-        last_rx_ms: 2,
-        last_data_rx_ms: 2,
-        last_tx_ms: now,
-        last_data_tx_ms: now,
-    };
     let reregisters =
         |a: &mut Fabric| a.drain_outputs().filter(|o| matches!(o, Output::Reregister)).count();
     a.tick(4_000, |_| sending(4_000));
@@ -515,12 +502,6 @@ fn a_dead_direct_path_moves_to_the_relay_at_once_and_keeps_its_session() {
     let (mut a, _b) = direct_pair();
     let session = a.peers()[0].current.as_ref().map(|s| s.local_index);
     let relay = a.peers()[0].relay.unwrap();
-    let sending = |now: u64| Activity {
-        last_rx_ms: 2,
-        last_data_rx_ms: 2,
-        last_tx_ms: now,
-        last_data_tx_ms: now,
-    };
     a.tick(14_000, |_| sending(14_000));
     assert_eq!(a.peers()[0].path(), "direct", "not dead yet");
     a.drain_outputs().for_each(drop);

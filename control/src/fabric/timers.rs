@@ -66,6 +66,15 @@ impl Default for RendezvousTimers {
     }
 }
 
+/// Whether data still goes out to `p` (within the last `ms`) and nothing came back from
+/// it for `ms`: the path may be dead.
+fn unanswered_for(p: &Peer, act: &Activity, now_ms: u64, ms: u64) -> bool {
+    let heard = act.last_rx_ms.max(p.last_handshake_ms.unwrap_or(0));
+    act.last_data_tx_ms > act.last_rx_ms
+        && now_ms.saturating_sub(heard) >= ms
+        && now_ms.saturating_sub(act.last_data_tx_ms) < ms
+}
+
 impl Fabric {
     /// Periodic work (every ~100 ms): session expiry, handshake retries, rekeying,
     /// keepalives, dead-peer detection, idle cleanup.
@@ -139,13 +148,9 @@ impl Fabric {
             }
             // Dead peer: we keep sending data and hear nothing back.
             let p = &self.peers[id as usize];
-            let heard = act.last_rx_ms.max(p.last_handshake_ms.unwrap_or(0));
             // A probe for a direct path (which may never answer) does not hold this back.
             if p.pending.as_ref().is_none_or(|x| x.probe)
-                && act.last_data_tx_ms > act.last_rx_ms
-                && now_ms.saturating_sub(heard) >= ms(t.keepalive) + ms(t.rekey_timeout)
-                && now_ms.saturating_sub(act.last_data_tx_ms)
-                    < ms(t.keepalive) + ms(t.rekey_timeout)
+                && unanswered_for(p, &act, now_ms, ms(t.keepalive) + ms(t.rekey_timeout))
             {
                 debug!(peer = %p.public_key.short(), "no reply to data; new handshake");
                 // A dead direct path: on to the relay at once (the session's keys do not
@@ -207,10 +212,7 @@ impl Fabric {
         let p = &self.peers[id as usize];
         if p.current.is_some()
             && p.endpoint.is_some_and(|e| !e.is_relay())
-            && act.last_data_tx_ms > act.last_rx_ms
-            && now_ms.saturating_sub(act.last_rx_ms.max(p.last_handshake_ms.unwrap_or(0)))
-                >= DIRECT_QUIET_MS
-            && now_ms.saturating_sub(act.last_data_tx_ms) < DIRECT_QUIET_MS
+            && unanswered_for(p, act, now_ms, DIRECT_QUIET_MS)
         {
             debug!(peer = %p.public_key.short(), "no reply on the direct path; registering again");
             self.reregister(now_ms);

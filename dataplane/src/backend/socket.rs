@@ -158,6 +158,8 @@ fn seal_and_send(
     let mut stalls = 0;
     // Off for one send after the kernel refused a GSO run as larger than the path MTU it
     // learned (EMSGSIZE): sent one by one, each datagram is fragmented instead of lost.
+    // (Kernels before the 2021 udp_send_skb change say EINVAL instead, which turns GSO
+    // off for good below: slower, never lost.)
     let mut gso_now = *gso;
     while sent < bufs.len() {
         match mmsg.send(sock, &bufs[sent..], gso_now) {

@@ -80,6 +80,8 @@ struct NucleusState {
     tcp_ack_ms: u64,
     /// No new TLS connection before this (after one failed).
     tcp_retry_ms: u64,
+    /// TLS connections that failed in a row.
+    tcp_failures: u32,
 }
 
 impl NucleusState {
@@ -165,6 +167,8 @@ pub const UDP_PROBE_MS: u64 = 5_000;
 const UDP_PROBE_GRACE_MS: u64 = 1_000;
 /// A TLS connection not up within this long is given up (and tried again after as long).
 const TCP_CONNECT_MS: u64 = 10_000;
+/// The longest pause between failed TLS connections.
+const TCP_PAUSE_MAX_MS: u64 = 300_000;
 
 impl Rendezvous {
     pub fn new(
@@ -195,6 +199,7 @@ impl Rendezvous {
                     tcp_since_ms: 0,
                     tcp_ack_ms: 0,
                     tcp_retry_ms: 0,
+                    tcp_failures: 0,
                 })
                 .collect(),
             cluster,
@@ -274,6 +279,7 @@ impl Rendezvous {
         info!(nucleus = %n.spec.text, "no answer over UDP: registering over the TLS/TCP relay");
         self.moves.push((n.spec.addr, bridge));
         n.transport = Transport::Tcp(bridge);
+        n.tcp_failures = 0;
         n.udp_probe_ms = now_ms;
         n.tcp_since_ms = now_ms;
         n.next_send_ms = 0;
@@ -283,8 +289,19 @@ impl Rendezvous {
     /// The bridge to Nucleus `index`'s TCP relay failed or closed.
     pub fn tcp_down(&mut self, now_ms: u64, index: usize) {
         if index < self.nuclei.len() {
-            self.leave_tcp(index, now_ms + TCP_CONNECT_MS, "the TLS/TCP relay connection closed");
+            let retry = now_ms + self.tcp_pause(index);
+            self.leave_tcp(index, retry, "the TLS/TCP relay connection closed");
         }
+    }
+
+    /// How long to wait before the next TLS connection to Nucleus `index` after one failed:
+    /// 10 s, doubling with each failure in a row up to 5 minutes (a Nucleus that is down, or
+    /// a web server on its port 443, is not hammered by a fleet).
+    fn tcp_pause(&mut self, index: usize) -> u64 {
+        let n = &mut self.nuclei[index];
+        let pause = (TCP_CONNECT_MS << n.tcp_failures.min(5)).min(TCP_PAUSE_MAX_MS);
+        n.tcp_failures += 1;
+        pause
     }
 
     /// Over TCP until UDP answers again, and back; a connection that stops answering is
@@ -298,7 +315,8 @@ impl Rendezvous {
                 self.tcp_requests.push(TcpRequest::Connect { index, to: tcp });
             }
             Transport::Connecting(t) if now_ms.saturating_sub(t) >= TCP_CONNECT_MS => {
-                self.leave_tcp(index, now_ms + TCP_CONNECT_MS, "no TLS/TCP relay connection");
+                let retry = now_ms + self.tcp_pause(index);
+                self.leave_tcp(index, retry, "no TLS/TCP relay connection");
             }
             Transport::Tcp(_)
                 if now_ms >= n.tcp_since_ms.max(n.tcp_ack_ms) + n.interval_ms + TCP_AFTER_MS =>
@@ -837,12 +855,23 @@ mod tests {
         assert!(r.take_tcp_requests().is_empty(), "a pause first");
         r.tick(61_000 + TCP_CONNECT_MS, &node, &mut out);
         assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
-        // A connection that never reports is given up at the deadline.
+        // A connection that never reports is given up at the deadline; the next pause is
+        // twice as long (20 s), and so on.
         r.tick(61_000 + 2 * TCP_CONNECT_MS, &node, &mut out);
         assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
         // Up after it was given up: closed again.
         r.tcp_up(90_000, 0, "127.0.0.1:1".parse().unwrap());
         assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Close { index: 0 }]);
+        r.tick(81_000 + 20_000 - 100, &node, &mut out);
+        assert!(r.take_tcp_requests().is_empty(), "20 s after the second failure");
+        r.tick(81_000 + 20_000, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
+        // Up: the pause starts again from 10 s at the next failure.
+        r.tcp_up(101_500, 0, "127.0.0.1:1".parse().unwrap());
+        r.tcp_down(102_000, 0);
+        r.take_tcp_requests();
+        r.tick(102_000 + TCP_CONNECT_MS, &node, &mut out);
+        assert_eq!(r.take_tcp_requests(), vec![TcpRequest::Connect { index: 0, to: tcp }]);
     }
 
     #[test]

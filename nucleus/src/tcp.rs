@@ -130,12 +130,9 @@ impl Connections {
     }
 
     /// Connections, handshaking or not.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Admits a client from `ip` within the limits: its address.

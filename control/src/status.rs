@@ -48,7 +48,7 @@ pub struct PeerStatus {
     /// The transport AEAD of the session in use (or the newest one being confirmed).
     #[serde(default)]
     pub cipher: Option<String>,
-    /// The protocol features that session agreed to ("checksum-state,control-messages", or
+    /// The protocol features that session agreed to ("checksum-state,control-messages,path-probes", or
     /// "none").
     #[serde(default)]
     pub features: Option<String>,

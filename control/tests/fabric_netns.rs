@@ -52,7 +52,7 @@ fn handshake_ping_arp_nd_and_status() {
     };
     assert_eq!(p["cipher"], expect_cipher);
     assert_eq!(
-        p["features"], "checksum-state,control-messages",
+        p["features"], "checksum-state,control-messages,path-probes",
         "both ends of this build agree to them"
     );
     let fdb = st["fdb"].as_array().unwrap();
@@ -65,8 +65,9 @@ fn handshake_ping_arp_nd_and_status() {
         bin("omni-daemon").display(),
         f.a.run_dir.display()
     ));
-    let line =
-        format!("session: established (direct, {expect_cipher}, checksum-state,control-messages)");
+    let line = format!(
+        "session: established (direct, {expect_cipher}, checksum-state,control-messages,path-probes)"
+    );
     assert!(table.contains(&line), "{table}");
 
     // Prometheus metrics.

@@ -22,6 +22,10 @@ pub enum UdpError {
     Bind { addr: IpAddr, port: u16, source: io::Error },
     #[error("cannot create UDP socket: {0}")]
     Socket(io::Error),
+    #[error(
+        "uplink {iface}: {source}; check the name with `ip link` (--uplink / [network] uplinks)"
+    )]
+    Uplink { iface: String, source: io::Error },
 }
 
 pub struct UdpSocket {
@@ -201,6 +205,43 @@ impl UdpSocket {
             )
         };
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// A socket for uplink `iface`: bound to that interface (SO_BINDTODEVICE), so what it
+    /// sends leaves by it (the interface's route to the destination, whatever the main
+    /// table prefers) and it receives only what arrives there; on a port the kernel picks.
+    pub fn bind_device(
+        addr: Option<IpAddr>,
+        iface: &str,
+        buf_bytes: usize,
+    ) -> Result<Self, UdpError> {
+        let uplink = |source| UdpError::Uplink { iface: iface.to_string(), source };
+        if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains('\0') {
+            return Err(uplink(io::Error::other("not an interface name")));
+        }
+        let sock = Self::bind_with(addr, 0, buf_bytes, false)?;
+        // SAFETY: the name's bytes are alive for the call; the kernel copies at most len.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                iface.as_ptr().cast(),
+                iface.len() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            let e = match e.raw_os_error() {
+                Some(libc::ENODEV) => io::Error::other("no such interface"),
+                Some(libc::EPERM) => io::Error::other(
+                    "binding to an interface needs CAP_NET_RAW (run as root, or from omni-daemon)",
+                ),
+                _ => e,
+            };
+            return Err(uplink(e));
+        }
+        Ok(sock)
     }
 
     fn bind_with(

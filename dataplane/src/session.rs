@@ -18,7 +18,7 @@ use aws_lc_rs::aead::{Aad, Nonce};
 use omni_proto::constants::{AEAD_TAG_LEN, TRANSPORT_HEADER_LEN};
 use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
-use omni_proto::wire::transport::{self, ChecksumPartial, Header};
+use omni_proto::wire::transport::{self, ChecksumPartial, Header, Kind};
 
 use crate::secret::AeadKey;
 use omni_shm::layout::SessionSlot;
@@ -94,6 +94,8 @@ pub struct Session {
     /// The peer takes frames with partial checksums (both ends agreed to
     /// [`Features::CHECKSUM_STATE`]).
     pub checksum_state: bool,
+    /// The peer answers path probes ([`Features::PATH_PROBES`]).
+    pub path_probes: bool,
     /// Keys are wiped from memory when the session goes (the `Arc`'s last holder).
     send: Arc<AeadKey>,
     recv: Arc<AeadKey>,
@@ -162,6 +164,7 @@ impl Session {
             created_ms,
             rekey_requested: false,
             checksum_state: keys.features.contains(Features::CHECKSUM_STATE),
+            path_probes: keys.features.contains(Features::PATH_PROBES),
             send: Arc::new(AeadKey::new(keys.aead, &keys.send)),
             recv: Arc::new(AeadKey::new(keys.aead, &keys.recv)),
             tx_next,
@@ -196,10 +199,12 @@ impl Session {
         seal_with(&self.send, counter, len, buf)
     }
 
-    /// As [`Session::seal`] for a control message: the header is marked
-    /// ([`transport::mark_control`]) before the AEAD, which authenticates the mark.
-    pub fn seal_control(
+    /// As [`Session::seal`] for a message that is not a frame (a control message, a path
+    /// probe): the header is marked ([`transport::mark`]) before the AEAD, which
+    /// authenticates the mark.
+    pub fn seal_marked(
         &mut self,
+        kind: Kind,
         buf: &mut [u8],
         len: usize,
         limit: u64,
@@ -209,7 +214,7 @@ impl Session {
             return None;
         }
         let counter = self.take_counter(buf, None, limit, slot)?;
-        transport::mark_control(buf);
+        transport::mark(buf, kind);
         seal_with(&self.send, counter, len, buf)
     }
 
@@ -251,7 +256,8 @@ impl Session {
             return None;
         }
         self.tx_next = counter + 1;
-        Header { receiver_index: self.remote_index, counter, checksum, control: false }.emit(buf);
+        Header { receiver_index: self.remote_index, counter, checksum, kind: Kind::Frame }
+            .emit(buf);
         Some(counter)
     }
 

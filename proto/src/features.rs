@@ -26,8 +26,11 @@ impl Features {
     /// ([`crate::wire::transport::CONTROL`]): membership statements (revocations,
     /// policies) that members pass on to the peers they have sessions with.
     pub const CONTROL_MESSAGES: Features = Features(2);
+    /// The receiver answers path probes ([`crate::wire::path_probe`]) and does not roam
+    /// the peer to where they come from: a node with several uplinks may probe each.
+    pub const PATH_PROBES: Features = Features(4);
     /// Everything this build understands.
-    pub const SUPPORTED: Features = Features(3);
+    pub const SUPPORTED: Features = Features(7);
 
     pub const fn from_bits(bits: u8) -> Self {
         Self(bits)
@@ -63,6 +66,9 @@ impl fmt::Display for Features {
         if self.contains(Features::CONTROL_MESSAGES) {
             names.push("control-messages");
         }
+        if self.contains(Features::PATH_PROBES) {
+            names.push("path-probes");
+        }
         let unknown = self.0 & !Features::SUPPORTED.0;
         if unknown != 0 {
             return write!(f, "{}+{unknown:#04x}", names.join(","));
@@ -83,8 +89,10 @@ mod tests {
         assert_eq!(Features::from_bits(0xff).intersect(s), s);
         assert_eq!(Features::NONE.intersect(s), Features::NONE);
         assert!(s.contains(Features::CONTROL_MESSAGES));
-        assert_eq!(s.to_string(), "checksum-state,control-messages");
+        assert!(s.contains(Features::PATH_PROBES));
+        assert_eq!(s.to_string(), "checksum-state,control-messages,path-probes");
         assert_eq!(Features::NONE.to_string(), "none");
-        assert_eq!(Features::from_bits(5).to_string(), "checksum-state+0x04");
+        assert_eq!(Features::from_bits(5).to_string(), "checksum-state,path-probes");
+        assert_eq!(Features::from_bits(9).to_string(), "checksum-state+0x08");
     }
 }

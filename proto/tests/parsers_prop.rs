@@ -90,7 +90,7 @@ proptest! {
         let mut buf = vec![0u8; transport::MIN_LEN + payload];
         let fits = start as usize + offset as usize + 2 <= payload;
         let checksum = fits.then_some(transport::ChecksumPartial { start, offset });
-        let h = transport::Header { receiver_index: receiver, counter, checksum, control: false };
+        let h = transport::Header { receiver_index: receiver, counter, checksum, kind: transport::Kind::Frame };
         h.emit(&mut buf);
         let p = transport::Packet::new_checked(&buf[..]).unwrap();
         prop_assert_eq!(transport::Header::parse(&p), h);

@@ -205,6 +205,15 @@ pub enum Counter {
     /// never dropped by a queue.
     QueueDroppedNormal,
     QueueDroppedBackground,
+    /// Path probes sent on the uplinks, and answers to them received (with several
+    /// uplinks; docs/uplinks.md).
+    PathProbesSent,
+    PathProbesAnswered,
+    /// Peers' traffic moved from one uplink to another (a path stopped answering, or a
+    /// preferred one came back).
+    UplinkSwitches,
+    /// Probes from peers answered.
+    PathProbesEchoed,
 }
 
 impl Counter {
@@ -242,7 +251,7 @@ impl Counter {
 }
 
 /// The last counter (keep this on the last one): they all lie below the histograms.
-const _: () = assert!((Counter::QueueDroppedBackground as usize) < DELAY_BASE);
+const _: () = assert!((Counter::PathProbesEchoed as usize) < DELAY_BASE);
 
 /// The data plane's queues whose delay is measured ([`WorkerCounters::delay`]): the access
 /// port's queue (frames read from the TAP until the engine takes them) and the underlay

@@ -17,7 +17,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"OMNISHM\x01");
 /// Bumped whenever any layout or record format changes.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 pub const HEADER_SIZE: usize = 4096;
 
 /// The region header. All fields are atomics: the region is shared with another process.
@@ -76,6 +76,30 @@ pub struct PeerStats {
     /// keepalive and dead-peer timers need to tell the two apart.
     pub last_data_rx_ms: AtomicU64,
     pub last_data_tx_ms: AtomicU64,
+    /// With several uplinks: which one carries the traffic to the peer and which answer
+    /// probes ([`Uplinks::pack`]); 0 otherwise.
+    pub uplinks: AtomicU64,
+}
+
+/// What a worker knows of the paths to a peer over its uplinks, as kept in
+/// [`PeerStats::uplinks`] for control to show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uplinks {
+    /// The uplink the peer's traffic goes out on (its index, from 1; 0: none chosen).
+    pub active: u8,
+    /// Bit `i - 1` for uplink `i` that answered its last probes in time.
+    pub alive: u8,
+    /// The smoothed round trip over the active uplink, µs (0: not measured yet).
+    pub rtt_us: u32,
+}
+
+impl Uplinks {
+    pub fn pack(self) -> u64 {
+        self.active as u64 | (self.alive as u64) << 8 | (self.rtt_us as u64) << 32
+    }
+    pub fn unpack(v: u64) -> Self {
+        Self { active: v as u8, alive: (v >> 8) as u8, rtt_us: (v >> 32) as u32 }
+    }
 }
 
 /// Adds to a single-writer counter without a locked instruction.
@@ -118,6 +142,7 @@ impl PeerStats {
             &self.last_tx_ms,
             &self.last_data_rx_ms,
             &self.last_data_tx_ms,
+            &self.uplinks,
         ] {
             a.store(0, Ordering::Relaxed);
         }

@@ -94,6 +94,12 @@ pub const NICE_DEFAULT: i32 = 0;
 /// `--qos-real-time-share` when not given: real-time datagrams may take a third of a pass
 /// ahead of bulk ones.
 pub const REAL_TIME_SHARE_DEFAULT: u8 = 33;
+/// Milliseconds between path probes on each uplink ([`DataplaneArgs::uplink_probe_ms`]):
+/// a path that stops answering is left after 3 of them, within 200 ms with some room
+/// for the answer's round trip.
+pub const UPLINK_PROBE_DEFAULT_MS: u32 = 40;
+/// Uplinks at most (one bit each in [`crate::layout::Uplinks::alive`]).
+pub const MAX_UPLINKS: usize = 8;
 /// The largest polling window accepted.
 pub const SPIN_MAX_US: u64 = 10_000;
 
@@ -248,6 +254,17 @@ pub struct DataplaneArgs {
     /// marks everything real time cannot starve the rest.
     #[arg(long, default_value_t = REAL_TIME_SHARE_DEFAULT, value_parser = clap::value_parser!(u8).range(1..=90))]
     pub qos_real_time_share: u8,
+    /// socket backend: an underlay interface that reaches the peers (repeat it: --uplink
+    /// wlan0 --uplink wwan0). Each peer's traffic goes out on one of them, the first listed
+    /// that answers path probes; when that one stops answering it moves to the next in
+    /// about 3 probe intervals, in the same session. Each needs a route to the peers
+    /// (a default route of its own, with any metric). See docs/uplinks.md.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+    /// socket backend, with --uplink: milliseconds between path probes on each uplink, to
+    /// each peer with traffic (a path is dead after 3 intervals without an answer).
+    #[arg(long, default_value_t = UPLINK_PROBE_DEFAULT_MS, value_parser = clap::value_parser!(u32).range(10..=1000))]
+    pub uplink_probe_ms: u32,
     /// xdp backend: the NIC the underlay arrives on (required with --backend xdp).
     #[arg(long)]
     pub iface: Option<String>,
@@ -367,6 +384,8 @@ impl DataplaneArgs {
             qos_real_time_pcp,
             qos_background_pcp,
             qos_real_time_share,
+            uplinks,
+            uplink_probe_ms,
             iface,
             xdp_mode,
             xsk_mode,
@@ -408,6 +427,10 @@ impl DataplaneArgs {
         a.value("--qos-real-time-pcp", qos_real_time_pcp);
         a.value("--qos-background-pcp", qos_background_pcp);
         a.value("--qos-real-time-share", qos_real_time_share);
+        for u in uplinks {
+            a.value("--uplink", u);
+        }
+        a.value("--uplink-probe-ms", uplink_probe_ms);
         a.some("--iface", iface);
         a.value("--xdp-mode", value_name(*xdp_mode));
         a.value("--xsk-mode", value_name(*xsk_mode));
@@ -518,6 +541,8 @@ mod tests {
             qos_real_time_pcp: "4".parse().unwrap(),
             qos_background_pcp: "0,1".parse().unwrap(),
             qos_real_time_share: 50,
+            uplinks: vec!["wlan0".into(), "wwan0".into()],
+            uplink_probe_ms: 25,
             iface: Some("eth1".into()),
             xdp_mode: XdpMode::Skb,
             xsk_mode: XskMode::ZeroCopy,

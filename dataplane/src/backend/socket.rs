@@ -27,6 +27,7 @@ use omni_shm::endpoint::Endpoint;
 use omni_shm::layout::Params;
 use omni_shm::paths;
 use omni_shm::region::{Region, RoleLock};
+use omni_shm::settings::MAX_UPLINKS;
 use omni_sys::tap::Tap;
 use omni_sys::{Epoll, SignalFd, wait_writable};
 use tracing::{info, warn};
@@ -99,6 +100,11 @@ pub struct SocketConfig {
     /// The most of a pass's datagrams, in per cent, that real-time ones take ahead of
     /// bulk ([`RtTx`]).
     pub real_time_share: u8,
+    /// Underlay interfaces to reach peers by, in order of preference (see
+    /// [`crate::engine::Engine::set_uplinks`]); none: the fabric port only.
+    pub uplinks: Vec<String>,
+    /// Milliseconds between path probes on each uplink.
+    pub uplink_probe_ms: u32,
 }
 
 /// Packets on their way to the wire: the socket backend's batch of [`Work`] for its
@@ -128,10 +134,11 @@ impl Work for SendBatch {
 }
 
 /// Seals what the engine left to seal, then sends: runs of equal-size datagrams as UDP GSO
-/// sends. When the socket buffer is full it waits for room (bounded), which pushes back
-/// on the TAP side instead of dropping. Returns the datagrams that could not go.
+/// sends, each run by the socket its datagrams leave by (`socks[local]`: the fabric port,
+/// or an uplink). When a socket buffer is full it waits for room (bounded), which pushes
+/// back on the TAP side instead of dropping. Returns the datagrams that could not go.
 fn seal_and_send(
-    sock: &UdpSocket,
+    socks: &[&UdpSocket],
     mmsg: &mut MmsgBatch,
     bufs: &mut [PacketBuf],
     gso: &mut bool,
@@ -153,7 +160,20 @@ fn seal_and_send(
         }
     }
     let mut errors = (bufs.len() - sealed) as u64;
-    let bufs = &bufs[..sealed];
+    let mut bufs = &bufs[..sealed];
+    while let Some(first) = bufs.first() {
+        let run = bufs.iter().take_while(|b| b.local == first.local).count();
+        // An uplink that is not there (never, from the engine) is the fabric port.
+        let sock = socks.get(first.local as usize).unwrap_or(&socks[0]);
+        errors += send_run(sock, mmsg, &bufs[..run], gso);
+        bufs = &bufs[run..];
+    }
+    errors
+}
+
+/// Sends sealed datagrams on one socket (see [`seal_and_send`]).
+fn send_run(sock: &UdpSocket, mmsg: &mut MmsgBatch, bufs: &[PacketBuf], gso: &mut bool) -> u64 {
+    let mut errors = 0;
     let mut sent = 0;
     let mut stalls = 0;
     // Off for one send after the kernel refused a GSO run as larger than the path MTU it
@@ -235,13 +255,13 @@ struct RtTx<'a> {
 impl RtTx<'_> {
     /// Sends `buf` now if it is real time and the pass's share is not spent.
     fn send_now(&mut self, buf: &mut PacketBuf, counters: &WorkerCounters) -> bool {
-        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= self.per_pass {
+        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= self.per_pass || buf.local != 0 {
             return false;
         }
         self.sent += 1;
         counters.inc(Counter::RealTimeSent, 1);
         let errors =
-            seal_and_send(self.sock, &mut self.mmsg, std::slice::from_mut(buf), &mut self.gso);
+            seal_and_send(&[self.sock], &mut self.mmsg, std::slice::from_mut(buf), &mut self.gso);
         if errors > 0 {
             counters.drop_n(DropReason::TxError, errors);
         }
@@ -252,7 +272,8 @@ impl RtTx<'_> {
 /// The underlay transmit side: a [`TxSink`]. With a crypto thread, full batches are
 /// handed over (sealed and sent there) and the I/O thread goes on reading.
 struct UdpTx<'a> {
-    sock: &'a UdpSocket,
+    /// The fabric port's socket, then each uplink's (by [`PacketBuf::local`]).
+    socks: Vec<&'a UdpSocket>,
     mmsg: MmsgBatch,
     current: SendBatch,
     counters: &'a WorkerCounters,
@@ -276,13 +297,13 @@ fn account(counters: &WorkerCounters, b: &mut SendBatch) {
 
 impl<'a> UdpTx<'a> {
     fn new(
-        sock: &'a UdpSocket,
+        socks: Vec<&'a UdpSocket>,
         counters: &'a WorkerCounters,
         gso: bool,
         crypto: Option<CryptoPool<SendBatch>>,
     ) -> Self {
         Self {
-            sock,
+            socks,
             mmsg: MmsgBatch::new(BATCH),
             current: SendBatch::default(),
             counters,
@@ -336,7 +357,7 @@ impl<'a> UdpTx<'a> {
             n = keep;
         }
         let errors =
-            seal_and_send(self.sock, &mut self.mmsg, &mut self.current.bufs[..n], &mut self.gso);
+            seal_and_send(&self.socks, &mut self.mmsg, &mut self.current.bufs[..n], &mut self.gso);
         if errors > 0 {
             self.counters.drop_n(DropReason::TxError, errors);
         }
@@ -377,6 +398,8 @@ const TOKEN_UDP_RT: u64 = 4;
 const TOKEN_TAP: u64 = 1;
 const TOKEN_BELL: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
+/// Uplink `i`'s socket (from 1): `TOKEN_UPLINK + i - 1`.
+const TOKEN_UPLINK: u64 = 8;
 /// AF_XDP socket of RX queue `q`: `TOKEN_XSK + q`.
 const TOKEN_XSK: u64 = 16;
 
@@ -437,6 +460,10 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         // queue delay is measured.
         let _ = (cfg.offload && rt.enable_gro(), rt.enable_recv_tos(), rt.enable_rx_timestamps());
     }
+    let uplinks = bind_uplinks(&cfg)?;
+    for u in &uplinks {
+        let _ = (cfg.offload && u.enable_gro(), u.enable_recv_tos());
+    }
     let tap = Tap::open(&cfg.tap, cfg.offload)?;
     tap.configure(cfg.tap_mtu, cfg.tap_mac)?;
     let bell =
@@ -446,6 +473,9 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     epoll.add(sock.as_raw_fd(), TOKEN_UDP)?;
     if let Some(rt) = &rt_sock {
         epoll.add(rt.as_raw_fd(), TOKEN_UDP_RT)?;
+    }
+    for (i, u) in uplinks.iter().enumerate() {
+        epoll.add(u.as_raw_fd(), TOKEN_UPLINK + i as u64)?;
     }
     epoll.add(tap.as_raw_fd(), TOKEN_TAP)?;
     epoll.add(bell.as_raw_fd(), TOKEN_BELL)?;
@@ -487,6 +517,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         nice,
         backend = if xdp_rx.is_some() { "xdp" } else { "socket" },
         xdp_mode = xdp_rx.as_ref().map(|x| x.filter.mode().name()).unwrap_or("none"),
+        uplinks = %if cfg.uplinks.is_empty() { "none".to_string() } else { cfg.uplinks.join(",") },
         capabilities = %privileges,
         "data plane ready"
     );
@@ -497,6 +528,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     let mut shell = Shell::new(&region, 0, &bell, Some(&signals));
     shell.engine.set_sole_receiver(true);
     shell.engine.set_classes(cfg.classes.clone());
+    shell.engine.set_uplinks(uplinks.len() as u8, cfg.uplink_probe_ms);
     if xdp_rx.is_some() {
         shell.engine.track_sessions();
     }
@@ -504,14 +536,14 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         let crypto = if use_crypto_thread {
             let placement = if cfg.cpu.is_some() { crypto_cpus } else { vec![] };
             let pool = PoolConfig { cpus: vec![placement], depth: CRYPTO_DEPTH, idle: Idle::Block };
-            let (sock, gso) = (&sock, cfg.offload);
+            let (socks, gso) = (all_sockets(&sock, &uplinks), cfg.offload);
             // The crypto thread seals and sends: its own batch of mmsg headers, and its own
             // view of whether the kernel takes UDP GSO.
             let runner = move || {
-                let (mut mmsg, mut gso) = (MmsgBatch::new(BATCH), gso);
+                let (mut mmsg, mut gso, socks) = (MmsgBatch::new(BATCH), gso, socks.clone());
                 move |b: &mut SendBatch| {
                     let n = b.n;
-                    b.tx_errors += seal_and_send(sock, &mut mmsg, &mut b.bufs[..n], &mut gso);
+                    b.tx_errors += seal_and_send(&socks, &mut mmsg, &mut b.bufs[..n], &mut gso);
                     b.n = 0;
                 }
             };
@@ -522,7 +554,8 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         } else {
             None
         };
-        let mut tx = UdpTx::new(&sock, region.counters(0), cfg.offload, crypto);
+        let mut tx =
+            UdpTx::new(all_sockets(&sock, &uplinks), region.counters(0), cfg.offload, crypto);
         tx.xdp = xdp_tx;
         tx.rt = rt_sock.as_ref().map(|sock| RtTx {
             sock,
@@ -535,6 +568,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         let mut port = SocketPort {
             sock: &sock,
             rt_sock: rt_sock.as_ref(),
+            uplinks: &uplinks,
             tap: &tap,
             epoll: &epoll,
             counters: region.counters(0),
@@ -595,6 +629,27 @@ fn bind_underlay(
     Ok((lanes.bulk, lanes.rt))
 }
 
+/// A socket per uplink (`--uplink`), in order; none without uplinks.
+fn bind_uplinks(cfg: &SocketConfig) -> anyhow::Result<Vec<UdpSocket>> {
+    if cfg.uplinks.len() > MAX_UPLINKS {
+        bail!("{} uplinks given; at most {MAX_UPLINKS} are supported", cfg.uplinks.len());
+    }
+    if !cfg.uplinks.is_empty() && cfg.xdp.is_some() {
+        bail!("uplinks work on the socket backend only; remove --uplink or use --backend socket");
+    }
+    Ok(cfg
+        .uplinks
+        .iter()
+        .map(|name| UdpSocket::bind_device(cfg.bind, name, cfg.socket_buffer))
+        .collect::<Result<_, _>>()?)
+}
+
+/// The sockets packets leave by, as [`PacketBuf::local`] numbers them: the fabric port's,
+/// then each uplink's.
+fn all_sockets<'a>(sock: &'a UdpSocket, uplinks: &'a [UdpSocket]) -> Vec<&'a UdpSocket> {
+    std::iter::once(sock).chain(uplinks).collect()
+}
+
 /// Setup is done (sockets bound, TAP open and configured, XDP attached): keeps only what
 /// the running data plane still uses. The socket backend needs nothing; the XDP backend
 /// updates its BPF maps (the session map, counter reads), which needs CAP_BPF. Returns
@@ -625,6 +680,8 @@ struct SocketPort<'r> {
     sock: &'r UdpSocket,
     /// The real-time lane's socket, read before the bulk one.
     rt_sock: Option<&'r UdpSocket>,
+    /// Each uplink's socket (`--uplink`), read after the fabric port's.
+    uplinks: &'r [UdpSocket],
     tap: &'r Tap,
     epoll: &'r Epoll,
     counters: &'r WorkerCounters,
@@ -678,6 +735,9 @@ struct LoopState {
     /// Receive buffers for the next bulk burst: with a real-time lane, about
     /// [`BULK_BUDGET`] datagrams (fewer buffers when UDP GRO fills them with trains).
     bulk_bufs: usize,
+    /// After a wake-up, the uplink sockets epoll listed (bit `i - 1` for uplink `i`); `None`:
+    /// the loop did not sleep since they were last read, so all are read.
+    uplinks_woken: Option<u8>,
 }
 
 impl Default for LoopState {
@@ -694,6 +754,7 @@ impl Default for LoopState {
             rt_woken: None,
             last_rt_poll_us: 0,
             bulk_bufs: RX_BUFS,
+            uplinks_woken: None,
         }
     }
 }
@@ -790,6 +851,7 @@ impl<'r> Port for SocketPort<'r> {
         if self.xdp.is_none() && read_udp {
             self.udp_burst(now, shell, DelayQueue::ReceiveBulk, &mut pass)?;
         }
+        self.uplink_bursts(now, shell, &mut pass)?;
         let (n, full) = self.access_burst(now, shell)?;
         pass.work += n;
         pass.more |= full;
@@ -850,8 +912,13 @@ impl<'r> Port for SocketPort<'r> {
         if std::mem::take(&mut st.worked) {
             self.spin.parked(st.awaits, polled);
         }
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
-        let Some(woken) = shell.park(|| self.epoll.wait(&mut events, 1000)) else {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        // With uplinks, the loop wakes for the next round of path probes.
+        let timeout = shell
+            .engine
+            .uplinks_due_ms()
+            .map_or(1000, |due| due.saturating_sub(monotonic_ms()).clamp(1, 1000));
+        let Some(woken) = shell.park(|| self.epoll.wait(&mut events, timeout as i32)) else {
             return Ok(None);
         };
         let n = woken.context("epoll_wait")?;
@@ -859,6 +926,11 @@ impl<'r> Port for SocketPort<'r> {
         // is ready: a socket it does not list had nothing.
         st.woke_without_udp = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP);
         st.rt_woken = Some(events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP_RT));
+        st.uplinks_woken =
+            Some(events[..n].iter().fold(0, |m, ev| match ev.u64.checked_sub(TOKEN_UPLINK) {
+                Some(i) if i < MAX_UPLINKS as u64 => m | 1 << i,
+                _ => m,
+            }));
         for ev in &events[..n] {
             match ev.u64 {
                 TOKEN_BELL => shell.bell.drain(),
@@ -1084,6 +1156,35 @@ impl SocketPort<'_> {
             &rx[b].data[st..st + ln]
         });
         Ok((datagrams, full))
+    }
+
+    /// Reads each uplink's socket (those epoll listed, after a wake-up) and, when due,
+    /// probes the paths over the uplinks ([`crate::engine::Engine::probe_uplinks`]).
+    fn uplink_bursts(
+        &mut self,
+        now: u64,
+        shell: &mut Shell,
+        pass: &mut Pass,
+    ) -> anyhow::Result<()> {
+        if self.uplinks.is_empty() {
+            return Ok(());
+        }
+        let woken = self.state.uplinks_woken.take().unwrap_or(u8::MAX);
+        for (i, sock) in self.uplinks.iter().enumerate() {
+            if woken >> i & 1 == 0 {
+                continue;
+            }
+            shell.engine.set_receiving_on(i as u8 + 1);
+            let r = self.underlay_burst(now, shell, sock, RX_BUFS, DelayQueue::ReceiveBulk);
+            shell.engine.set_receiving_on(0);
+            let (n, full) = r?;
+            pass.work += n;
+            pass.more |= full;
+        }
+        if shell.engine.uplinks_due_ms().is_some_and(|due| now >= due) {
+            shell.engine.probe_uplinks(now, &mut self.tx);
+        }
+        Ok(())
     }
 
     /// Reads a burst of frames from the TAP and hands them to the engine; super-frames are

@@ -74,6 +74,12 @@ fn main() -> ExitCode {
             handshake_rate: args.handshake_rate,
         }),
     };
+    if !matches!(args.backend, Backend::Socket) && !args.uplinks.is_empty() {
+        eprintln!(
+            "omni-dataplane: --uplink works on the socket backend only (remove it, or use --backend socket)"
+        );
+        return ExitCode::from(2);
+    }
     if !matches!(args.backend, Backend::Dpdk)
         && (args.underlay.is_some() || args.access.is_some() || args.underlay_ip.is_some())
     {
@@ -112,6 +118,8 @@ fn main() -> ExitCode {
             delay_target_us: args.qos_delay_target_us,
             classes,
             real_time_share: args.qos_real_time_share,
+            uplinks: args.uplinks,
+            uplink_probe_ms: args.uplink_probe_ms,
         }),
     };
     match result {

@@ -15,6 +15,7 @@ use omni_proto::constants::{
 use omni_proto::qos::{self, ClassMap};
 use omni_proto::wire::ethernet::{self, MacAddr};
 pub use omni_proto::wire::transport::ChecksumPartial;
+use omni_proto::wire::transport::Kind;
 use omni_proto::wire::{
     MessageType, cookie_reply, handshake_init, handshake_resp, macs, relay, transport,
 };
@@ -51,6 +52,9 @@ pub struct PacketBuf {
     /// The outer IP TOS byte (DSCP and ECN, [`omni_proto::qos::ClassMap::mark`]): set by the
     /// engine on what it seals, read by the backend on what it receives.
     pub tos: u8,
+    /// The underlay socket it leaves by: 0 the fabric port, `i` uplink `i`
+    /// ([`Engine::set_uplinks`]). Set by the engine on what it queues.
+    pub local: u8,
 }
 
 impl PacketBuf {
@@ -62,6 +66,7 @@ impl PacketBuf {
             relay: None,
             seal: None,
             tos: 0,
+            local: 0,
         }
     }
 
@@ -207,6 +212,10 @@ struct Peer {
     next: Option<u32>,
     staged: Vec<Vec<u8>>,
     last_handshake_event_ms: u64,
+    /// The uplink its direct traffic leaves by (0: the fabric port; see [`paths`]).
+    uplink: u8,
+    /// Its paths over the uplinks, once probed.
+    paths: Option<Box<paths::PeerPaths>>,
 }
 
 impl Peer {
@@ -220,6 +229,8 @@ impl Peer {
             next: None,
             staged: Vec::new(),
             last_handshake_event_ms: 0,
+            uplink: 0,
+            paths: None,
         }
     }
 }
@@ -251,6 +262,10 @@ pub struct Engine<'r> {
     flood_targets: Vec<u16>,
     /// Traffic classes, for the outer DSCP of frames that carry none (not IP).
     classes: ClassMap,
+    /// Several uplinks, probed ([`paths`]); `None`: one underlay socket.
+    probing: Option<paths::Probing>,
+    /// The socket the datagrams being opened came in on ([`Engine::set_receiving_on`]).
+    rx_local: u8,
 }
 
 /// Receiver indices of revoked sessions remembered at most.
@@ -305,6 +320,8 @@ impl<'r> Engine<'r> {
             revoked: Vec::new(),
             flood_targets: Vec::new(),
             classes: ClassMap::default(),
+            probing: None,
+            rx_local: 0,
         }
     }
 
@@ -565,9 +582,20 @@ impl<'r> Engine<'r> {
         let endpoint = self.peers[peer as usize].endpoint;
         buf.seal = job;
         buf.len = n;
+        self.address(peer, endpoint, buf);
+        true
+    }
+
+    /// Where a packet sealed for `peer` goes: its endpoint, through the relay's header when
+    /// relayed, by the peer's uplink when direct.
+    #[inline(always)]
+    fn address(&self, peer: u16, endpoint: Option<Endpoint>, buf: &mut PacketBuf) {
         buf.addr = endpoint.map(|e| e.addr());
         buf.relay = endpoint.and_then(|e| e.relay_tag());
-        true
+        buf.local = match endpoint {
+            Some(Endpoint::Direct(_)) => self.peers[peer as usize].uplink,
+            _ => 0,
+        };
     }
 
     /// Seals the frame at `data[16..16 + frame_len]` for `peer` under session `idx`: writes
@@ -773,14 +801,14 @@ impl<'r> Engine<'r> {
             .expect("usable session exists");
         let buf = tx.buffer();
         buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + bytes.len()].copy_from_slice(bytes);
-        let Some(n) = sess.seal_control(&mut buf.data, bytes.len(), limit, slot) else {
+        let Some(n) = sess.seal_marked(Kind::Control, &mut buf.data, bytes.len(), limit, slot)
+        else {
             return false;
         };
         buf.seal = None;
         buf.tos = 0;
         buf.len = n;
-        buf.addr = Some(endpoint.addr());
-        buf.relay = endpoint.relay_tag();
+        self.address(peer, Some(endpoint), buf);
         tx.commit();
         self.stats(peer).record_tx(bytes.len(), now_ms);
         self.counters.inc(Counter::TxPackets, 1);
@@ -992,15 +1020,22 @@ impl<'r> Engine<'r> {
         msg: &[u8],
         tx: &mut impl TxSink,
     ) -> Decap {
+        // A path probe moves nothing: probing a standby path must not steal the traffic.
+        let kind = transport::Kind::of(msg);
         // The new address first: frames staged for a session confirmed now go there, and
         // other workers learn of both in the same order.
-        if self.peers[peer as usize].endpoint != Some(from) {
+        if kind != transport::Kind::PathProbe && self.peers[peer as usize].endpoint != Some(from) {
             self.peers[peer as usize].endpoint = Some(from);
             self.event(Event::EndpointChanged { peer, endpoint: Some(from) });
         }
         if self.peers[peer as usize].next == Some(idx) {
             self.confirm_next(now_ms, peer, tx);
             self.event(Event::SessionConfirmed { peer, local_index: idx });
+        }
+        if kind == transport::Kind::PathProbe {
+            // Heard from the peer, but no data.
+            self.stats(peer).record_rx(0, now_ms);
+            return self.on_path_probe(now_ms, peer, from, n, msg, tx);
         }
         self.stats(peer).record_rx(n, now_ms);
         self.counters.inc(Counter::RxPackets, 1);
@@ -1009,7 +1044,7 @@ impl<'r> Engine<'r> {
             self.counters.inc(Counter::KeepalivesRx, 1);
             return Decap::Keepalive;
         }
-        if transport::is_control(msg) {
+        if kind == transport::Kind::Control {
             // For control: the opened message, which it matches to the peer by its index.
             return Decap::Punt { from, offset: 0, len: TRANSPORT_HEADER_LEN + n };
         }
@@ -1297,5 +1332,6 @@ impl<'r> Engine<'r> {
     }
 }
 
+mod paths;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use super::*;
 use omni_proto::aead::Aead;
 use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
-use omni_shm::layout::Params;
+use omni_shm::layout::{Params, Uplinks};
 use std::path::PathBuf;
 
 #[derive(Default)]
@@ -969,4 +969,160 @@ fn the_outer_tos_follows_the_frame_and_ce_crosses_back_as_rfc_6040_says() {
     assert_eq!(sent, [2, 2, 1], "real-time, normal (one ARP), background");
     let got = Class::ALL.map(|c| got(&b, c) - got_before[c as usize]);
     assert_eq!(got, [1, 1, 1]);
+}
+
+// ---- several uplinks (paths.rs) --------------------------------------------------------
+
+/// Where A's uplink `i` (from 1) reaches B from, as B sees it (each behind its own NAT).
+fn uplink_ep(i: u8) -> SocketAddr {
+    format!("192.0.2.{i}:4000{i}").parse().unwrap()
+}
+
+/// One probe round at `now`: A probes; what A sent on an uplink in `up` reaches B from
+/// that uplink's address, and B's answers come back. Returns where B sends A's traffic.
+fn probe_round(a: &mut Engine, b: &mut Engine, now: u64, up: &[u8]) -> Option<Endpoint> {
+    let mut sink = VecSink::default();
+    a.probe_uplinks(now, &mut sink);
+    let mut answers = VecSink::default();
+    for mut pkt in sink.queued.drain(..) {
+        assert_eq!(pkt.addr, Some(B_EP.parse().unwrap()), "every path goes to B");
+        if up.contains(&pkt.local) {
+            b.decap(now, uplink_ep(pkt.local), pkt.datagram_mut(), &mut answers);
+        }
+    }
+    for mut pkt in answers.queued.drain(..) {
+        // B answers where each probe came from, by the socket it came in on.
+        assert_eq!(pkt.local, 0);
+        assert!((1..=2).any(|i| Some(uplink_ep(i)) == pkt.addr), "to a probe's source");
+        assert_eq!(
+            a.decap(now, B_EP.parse().unwrap(), pkt.datagram_mut(), &mut sink),
+            Decap::Keepalive
+        );
+    }
+    b.endpoint(0)
+}
+
+#[test]
+fn traffic_goes_on_the_first_working_uplink_and_moves_when_it_stops_answering() {
+    let (mut a, mut b) = pair("uplinks");
+    a.set_uplinks(2, 40);
+    let mut sink = VecSink::default();
+    // No data yet: nobody is probed.
+    a.probe_uplinks(0, &mut sink);
+    assert!(sink.queued.is_empty());
+    // Data: A sends a frame (by the fabric port: no path is known yet).
+    let mut f = frame(MAC_B, MAC_A, b"hello");
+    a.encap(5, &mut f, &mut sink);
+    assert_eq!(sink.queued.pop().unwrap().local, 0);
+    // Both uplinks answer: traffic moves to uplink 1, and a keepalive says so at once.
+    let mut now = 40;
+    probe_round(&mut a, &mut b, now, &[1, 2]);
+    assert_eq!(a.counters().get(Counter::PathProbesSent), 2);
+    assert_eq!(b.counters().get(Counter::PathProbesEchoed), 2);
+    assert_eq!(a.counters().get(Counter::PathProbesAnswered), 2);
+    assert_eq!(b.endpoint(0), Some(A_EP.parse().unwrap()), "a probe never roams the peer");
+    now += 40;
+    let mut sink = VecSink::default();
+    a.probe_uplinks(now, &mut sink);
+    let ka = sink.queued.iter().find(|p| p.local == 1 && p.len == transport::MIN_LEN);
+    assert!(ka.is_some(), "a keepalive on the new uplink");
+    let mut f = frame(MAC_B, MAC_A, b"data");
+    a.encap(now, &mut f, &mut sink);
+    let mut data = sink.queued.pop().unwrap();
+    assert_eq!(data.local, 1, "data follows the uplink");
+    assert!(matches!(
+        b.decap(now, uplink_ep(1), data.datagram_mut(), &mut sink),
+        Decap::Deliver { .. }
+    ));
+    assert_eq!(b.endpoint(0), Some(Endpoint::Direct(uplink_ep(1))), "B roams to it with data");
+    let up = Uplinks::unpack(a.stats(0).uplinks.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!((up.active, up.alive), (1, 0b11));
+    // Uplink 1 goes dark: within 3 intervals (+ round trips) traffic is on uplink 2.
+    let cut = now;
+    let mut moved = None;
+    while now < cut + 400 {
+        now += 40;
+        let mut f = frame(MAC_B, MAC_A, b"data");
+        a.encap(now, &mut f, &mut sink);
+        if sink.queued.pop().unwrap().local == 2 {
+            moved = Some(now);
+            break;
+        }
+        probe_round(&mut a, &mut b, now, &[2]);
+    }
+    let moved = moved.expect("moved to uplink 2");
+    assert!(moved - cut <= 200, "moved after {} ms", moved - cut);
+    assert_eq!(a.counters().get(Counter::UplinkSwitches), 1);
+    assert_eq!(b.endpoint(0), Some(Endpoint::Direct(uplink_ep(2))), "the keepalive moved B");
+    // Uplink 1 comes back: traffic stays on 2 for RECOVER_MS, then returns.
+    let back = now;
+    let mut returned = None;
+    while now < back + 2000 {
+        now += 40;
+        probe_round(&mut a, &mut b, now, &[1, 2]);
+        let mut f = frame(MAC_B, MAC_A, b"data");
+        a.encap(now, &mut f, &mut sink);
+        if sink.queued.pop().unwrap().local == 1 {
+            returned = Some(now);
+            break;
+        }
+    }
+    let returned = returned.expect("back on uplink 1");
+    assert!(returned - back >= paths::RECOVER_MS, "no flapping: {} ms", returned - back);
+    assert_eq!(a.counters().get(Counter::UplinkSwitches), 2);
+    // No new session was needed for any of it.
+    assert_eq!(a.peers[0].current, Some(100));
+}
+
+#[test]
+fn a_peer_without_path_probes_is_not_probed_and_bad_probes_are_dropped() {
+    let mut a = Engine::new(region("uplinks-old-a"), 0);
+    let mut b = Engine::new(region("uplinks-old-b"), 0);
+    let mut sink = VecSink::default();
+    a.apply(0, Command::SetPeer { peer: 0, endpoint: Some(B_EP.parse().unwrap()) }, &mut sink);
+    b.apply(0, Command::SetPeer { peer: 0, endpoint: Some(A_EP.parse().unwrap()) }, &mut sink);
+    let old = Features::CHECKSUM_STATE;
+    install_with(
+        &mut a,
+        0,
+        100,
+        200,
+        SessionPlace::Current,
+        true,
+        [[1; 32], [2; 32]],
+        old,
+        &mut sink,
+    );
+    install_with(
+        &mut b,
+        0,
+        200,
+        100,
+        SessionPlace::Current,
+        false,
+        [[2; 32], [1; 32]],
+        old,
+        &mut sink,
+    );
+    a.set_uplinks(2, 40);
+    let mut f = frame(MAC_B, MAC_A, b"hello");
+    a.encap(5, &mut f, &mut sink);
+    sink.queued.clear();
+    a.probe_uplinks(40, &mut sink);
+    assert!(sink.queued.is_empty(), "an older peer would roam to the probes: none sent");
+    // A probe with a bad payload (sealed properly, so it authenticates) is dropped.
+    let mut p = PacketBuf::new();
+    let idx = b.usable_current(0, 50).unwrap();
+    let slot = b.slot(idx);
+    let sess = b.sessions[(idx & b.session_mask) as usize].as_deref_mut().unwrap();
+    p.data[16..16 + 8].copy_from_slice(&[9, 1, 0, 0, 1, 0, 0, 0]);
+    p.len = sess.seal_marked(Kind::PathProbe, &mut p.data, 8, u64::MAX, slot).unwrap();
+    let v = a.decap(50, B_EP.parse().unwrap(), p.datagram_mut(), &mut sink);
+    assert_eq!(v, Decap::Drop(DropReason::BadInnerFrame));
+    // Replayed, it is a replay.
+    let mut again = PacketBuf::new();
+    again.data[..p.len].copy_from_slice(&p.data[..p.len]);
+    again.len = p.len;
+    let v = a.decap(51, B_EP.parse().unwrap(), again.datagram_mut(), &mut sink);
+    assert_eq!(v, Decap::Drop(DropReason::Replay));
 }

@@ -13,6 +13,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod ndisc;
 pub mod nucleus;
+pub mod path_probe;
 pub mod relay;
 pub mod stream;
 pub mod transport;

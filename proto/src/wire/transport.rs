@@ -23,6 +23,12 @@
 //! to a peer that agreed to [`crate::features::Features::CONTROL_MESSAGES`]. Being non-zero,
 //! the mark is authenticated as associated data: nobody on the path can turn a frame into
 //! a control message or back.
+//!
+//! Bytes 1-3 equal to [`PATH_PROBE`] mark a **path probe** ([`super::path_probe`]): the data
+//! plane's own probe of one underlay path (an uplink) or its answer, sent only to a peer that
+//! agreed to [`crate::features::Features::PATH_PROBES`]. A probe is authenticated like any
+//! message but moves nothing: the receiver answers it where it came from and does not roam
+//! the peer there, so probing a standby path never steals the traffic.
 
 use super::{read_u32, write_type};
 use crate::WireError;
@@ -128,7 +134,7 @@ impl ChecksumPartial {
         let start = u16::from_le_bytes([b[field::CSUM_START.start], b[field::CSUM_START.end - 1]]);
         match (offset, start) {
             (0, 0) => Ok(None),
-            (0, CONTROL_START) => Ok(None),
+            (0, CONTROL_START | PATH_PROBE_START) => Ok(None),
             (0, _) => Err(WireError::BadField("checksum start without offset")),
             _ => Ok(Some(Self { start, offset })),
         }
@@ -139,16 +145,54 @@ impl ChecksumPartial {
 pub const CONTROL: [u8; 3] = [0, 0xff, 0xff];
 const CONTROL_START: u16 = 0xffff;
 
+/// Bytes 1-3 of a path probe's type word.
+pub const PATH_PROBE: [u8; 3] = [0, 0xfe, 0xff];
+const PATH_PROBE_START: u16 = 0xfffe;
+
+/// What a transport message carries, by the mark in bytes 1-3 of its type word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// An inner Ethernet frame (or, empty, a keepalive).
+    #[default]
+    Frame,
+    /// A message for the receiver's control plane ([`CONTROL`]).
+    Control,
+    /// A path probe or its answer ([`PATH_PROBE`]).
+    PathProbe,
+}
+
+impl Kind {
+    /// The kind of the transport message at the start of `msg`.
+    #[inline]
+    pub fn of(msg: &[u8]) -> Self {
+        match msg.get(field::CSUM_OFFSET..field::CSUM_START.end) {
+            Some(m) if m == CONTROL => Kind::Control,
+            Some(m) if m == PATH_PROBE => Kind::PathProbe,
+            _ => Kind::Frame,
+        }
+    }
+}
+
 /// Whether the transport message at the start of `msg` is a control message.
 #[inline]
 pub fn is_control(msg: &[u8]) -> bool {
-    msg.get(field::CSUM_OFFSET..field::CSUM_START.end) == Some(&CONTROL[..])
+    Kind::of(msg) == Kind::Control
 }
 
-/// Marks the transport header at the start of `msg` (at least 4 bytes) as a control
-/// message's, before it is sealed.
+/// Marks the transport header at the start of `msg` (at least 4 bytes) as carrying `kind`
+/// (a frame's mark is its checksum state, written by [`Header::emit`]), before it is sealed.
+pub fn mark(msg: &mut [u8], kind: Kind) {
+    let m = match kind {
+        Kind::Frame => return,
+        Kind::Control => CONTROL,
+        Kind::PathProbe => PATH_PROBE,
+    };
+    msg[field::CSUM_OFFSET..field::CSUM_START.end].copy_from_slice(&m);
+}
+
+/// Marks the transport header at the start of `msg` as a control message's.
 pub fn mark_control(msg: &mut [u8]) {
-    msg[field::CSUM_OFFSET..field::CSUM_START.end].copy_from_slice(&CONTROL);
+    mark(msg, Kind::Control);
 }
 
 /// The associated data of the AEAD for a transport message whose header is at the start
@@ -168,8 +212,8 @@ pub struct Header {
     pub counter: u64,
     /// The inner frame's checksum state (`None`: complete).
     pub checksum: Option<ChecksumPartial>,
-    /// A control message ([`CONTROL`]) rather than a frame (then `checksum` is `None`).
-    pub control: bool,
+    /// What it carries: a control message or a path probe has no checksum state.
+    pub kind: Kind,
 }
 
 impl Header {
@@ -178,7 +222,7 @@ impl Header {
             receiver_index: p.receiver_index(),
             counter: p.counter(),
             checksum: p.checksum_state().ok().flatten(),
-            control: is_control(p.buffer.as_ref()),
+            kind: Kind::of(p.buffer.as_ref()),
         }
     }
 
@@ -186,8 +230,8 @@ impl Header {
     #[inline]
     pub fn emit(&self, buf: &mut [u8]) {
         write_type(buf, MSG_TRANSPORT);
-        if self.control {
-            mark_control(buf);
+        if self.kind != Kind::Frame {
+            mark(buf, self.kind);
         } else if let Some(c) = self.checksum {
             buf[field::CSUM_OFFSET] = c.offset;
             buf[field::CSUM_START].copy_from_slice(&c.start.to_le_bytes());
@@ -216,7 +260,7 @@ mod tests {
             receiver_index: 0x1122_3344,
             counter: 0x0102_0304_0506_0708,
             checksum: None,
-            control: false,
+            kind: Kind::Frame,
         }
         .emit(&mut buf);
         assert_eq!(&buf[..16], &[4, 0, 0, 0, 0x44, 0x33, 0x22, 0x11, 8, 7, 6, 5, 4, 3, 2, 1]);
@@ -234,7 +278,7 @@ mod tests {
         // A 100-byte frame: TCP at 34, checksum field at 50.
         let mut buf = vec![0u8; 16 + 100 + 16];
         let c = ChecksumPartial { start: 34, offset: 16 };
-        let h = Header { receiver_index: 7, counter: 9, checksum: Some(c), control: false };
+        let h = Header { receiver_index: 7, counter: 9, checksum: Some(c), kind: Kind::Frame };
         h.emit(&mut buf);
         assert_eq!(&buf[..4], &[4, 16, 34, 0]);
         assert_eq!(associated_data(&buf), &[4, 16, 34, 0], "state is authenticated");
@@ -256,19 +300,20 @@ mod tests {
         assert!(Packet::new_checked(&buf[..]).is_err());
         // A keepalive cannot carry state.
         let mut ka = vec![0u8; MIN_LEN];
-        Header { receiver_index: 1, counter: 1, checksum: Some(c), control: false }.emit(&mut ka);
+        Header { receiver_index: 1, counter: 1, checksum: Some(c), kind: Kind::Frame }
+            .emit(&mut ka);
         assert!(Packet::new_checked(&ka[..]).is_err());
     }
 
     #[test]
     fn a_control_message_is_marked_and_authenticated() {
         let mut buf = vec![0u8; 16 + 20 + 16];
-        let mut h = Header { receiver_index: 7, counter: 9, checksum: None, control: false };
+        let mut h = Header { receiver_index: 7, counter: 9, checksum: None, kind: Kind::Frame };
         h.emit(&mut buf);
         assert!(!is_control(&buf));
         mark_control(&mut buf);
         assert_eq!(&buf[..4], &[4, 0, 0xff, 0xff]);
-        h.control = true;
+        h.kind = Kind::Control;
         let mut again = vec![0u8; 16];
         h.emit(&mut again);
         assert_eq!(again[..], buf[..16], "the Repr writes the mark");
@@ -278,6 +323,24 @@ mod tests {
         assert_eq!(p.checksum_state(), Ok(None), "no checksum state");
         assert_eq!(Header::parse(&p), h, "and reads it back");
         assert!(!is_control(&buf[..3]));
+    }
+
+    #[test]
+    fn a_path_probe_is_marked_authenticated_and_not_a_control_message() {
+        let mut buf = vec![0u8; 16 + 8 + 16];
+        let h = Header { receiver_index: 7, counter: 9, checksum: None, kind: Kind::PathProbe };
+        h.emit(&mut buf);
+        assert_eq!(&buf[..4], &[4, 0, 0xfe, 0xff]);
+        assert_eq!(Kind::of(&buf), Kind::PathProbe);
+        assert!(!is_control(&buf));
+        assert_eq!(associated_data(&buf), &[4, 0, 0xfe, 0xff], "the mark is authenticated");
+        let p = Packet::new_checked(&buf[..]).unwrap();
+        assert_eq!(p.checksum_state(), Ok(None));
+        assert_eq!(Header::parse(&p), h);
+        // Any other start without an offset is still malformed.
+        buf[1..4].copy_from_slice(&[0, 0xfd, 0xff]);
+        assert!(Packet::new_checked(&buf[..]).is_err());
+        assert_eq!(Kind::of(&buf), Kind::Frame);
     }
 
     #[test]

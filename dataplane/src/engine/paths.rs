@@ -1,0 +1,285 @@
+//! Paths over several uplinks (Wi-Fi and LTE): one session per peer, its traffic sent on
+//! the first listed uplink that works, moved to the next within about three probe
+//! intervals when it stops, with no new handshake.
+//!
+//! Every probe interval, each peer with recent traffic and a direct endpoint gets a path
+//! probe ([`omni_proto::wire::path_probe`]) on every uplink, sealed under its current
+//! session; the peer answers each to the address it came from, without roaming there. A
+//! path is alive while its answers come back within `3 × interval + 2 × its round trip`.
+//! The peer's traffic goes out on the first alive uplink in the configured order; a more
+//! preferred one that comes back takes over only after answering for [`RECOVER_MS`] (no
+//! flapping on a path that answers one probe in three). On a move, a keepalive goes out on
+//! the new uplink at once: the peer roams to it (as to any authenticated packet) and its
+//! answers follow.
+//!
+//! Until the first answer the peer's traffic leaves through the fabric port (the default
+//! route). A relayed peer is not probed: the relay is reached through the fabric port.
+
+use omni_proto::constants::TRANSPORT_HEADER_LEN;
+use omni_proto::wire::path_probe;
+use omni_proto::wire::transport::Kind;
+use omni_shm::counters::{Counter, DropReason};
+use omni_shm::endpoint::Endpoint;
+use omni_shm::layout::Uplinks;
+use omni_shm::settings::MAX_UPLINKS;
+
+use super::{Decap, Engine, TxSink};
+
+/// How long a preferred uplink must answer before traffic moves back to it.
+pub const RECOVER_MS: u64 = 1000;
+/// Peers without data either way for this long are not probed (their path is chosen
+/// again within three intervals of traffic starting).
+pub const IDLE_MS: u64 = 30_000;
+/// Probes remembered per uplink, to match late answers and time them.
+const IN_FLIGHT: usize = 4;
+
+/// The uplinks this engine sends on, and when they are probed next.
+pub(super) struct Probing {
+    count: u8,
+    interval_ms: u64,
+    next_ms: u64,
+}
+
+/// One uplink's path to one peer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Path {
+    /// The last probes sent: (sequence, when).
+    sent: [(u32, u64); IN_FLIGHT],
+    /// When an answer last came (0: never), and since when the path has answered without
+    /// a gap that made it dead.
+    answered_ms: u64,
+    alive_since_ms: u64,
+    /// Smoothed round trip (RFC 6298's 1/8 gain), µs; 0 until measured.
+    srtt_us: u32,
+}
+
+impl Path {
+    fn alive(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let dead_after = 3 * interval_ms + 2 * (self.srtt_us as u64).div_ceil(1000);
+        self.answered_ms != 0 && now_ms.saturating_sub(self.answered_ms) <= dead_after
+    }
+}
+
+/// What an engine knows of the paths to one peer.
+#[derive(Debug, Default)]
+pub(super) struct PeerPaths {
+    /// The uplink the peer's traffic goes out on (from 1; 0: the fabric port).
+    pub(super) active: u8,
+    sequence: u32,
+    paths: [Path; MAX_UPLINKS],
+}
+
+impl Probing {
+    pub(super) fn new(count: u8, interval_ms: u32) -> Self {
+        Self { count, interval_ms: interval_ms.max(1) as u64, next_ms: 0 }
+    }
+}
+
+impl<'r> Engine<'r> {
+    /// Sends on `count` uplinks (sockets 1 to `count` of the backend; 0 turns it off),
+    /// probing each every `interval_ms`.
+    pub fn set_uplinks(&mut self, count: u8, interval_ms: u32) {
+        let count = count.min(MAX_UPLINKS as u8);
+        self.probing = (count > 0).then(|| Probing::new(count, interval_ms));
+    }
+
+    /// Which underlay socket the datagrams the next [`Engine::decap`] calls open came in on
+    /// (0: the fabric port; `i`: uplink `i`): answers to path probes leave by it.
+    pub fn set_receiving_on(&mut self, local: u8) {
+        self.rx_local = local;
+    }
+
+    /// When [`Engine::probe_uplinks`] is next due (`None`: no uplinks).
+    pub fn uplinks_due_ms(&self) -> Option<u64> {
+        self.probing.as_ref().map(|p| p.next_ms)
+    }
+
+    /// Probes every uplink to every peer with recent traffic, then moves each peer to the
+    /// uplink it should be on. Call when [`Engine::uplinks_due_ms`] has come.
+    pub fn probe_uplinks(&mut self, now_ms: u64, tx: &mut impl TxSink) {
+        let Some(p) = self.probing.as_mut() else { return };
+        if now_ms < p.next_ms {
+            return;
+        }
+        p.next_ms = now_ms + p.interval_ms;
+        let (count, interval) = (p.count, p.interval_ms);
+        for i in 0..self.active.len() {
+            let peer = self.active[i];
+            if !self.probed(peer, now_ms) {
+                continue;
+            }
+            let Some(to) = self.peers[peer as usize].endpoint else { continue };
+            let paths = self.peers[peer as usize].paths.get_or_insert_default();
+            paths.sequence = paths.sequence.wrapping_add(1).max(1);
+            let sequence = paths.sequence;
+            for path in &mut paths.paths[..count as usize] {
+                path.sent[sequence as usize % IN_FLIGHT] = (sequence, now_ms);
+            }
+            for uplink in 1..=count {
+                let r = path_probe::Repr { answer: false, uplink, sequence };
+                if self.send_probe(now_ms, peer, to, uplink, r, tx) {
+                    self.counters.inc(Counter::PathProbesSent, 1);
+                }
+            }
+            self.choose_uplink(now_ms, peer, count, interval, tx);
+        }
+    }
+
+    /// Whether `peer` is probed now: a current session that answers probes, a direct
+    /// endpoint, and data either way within [`IDLE_MS`].
+    fn probed(&self, peer: u16, now_ms: u64) -> bool {
+        let p = &self.peers[peer as usize];
+        if !matches!(p.endpoint, Some(Endpoint::Direct(_))) {
+            return false;
+        }
+        let answers = self
+            .usable_current(peer, now_ms)
+            .and_then(|i| self.session(i))
+            .is_some_and(|s| s.path_probes);
+        let st = self.stats(peer);
+        let last = st
+            .last_data_tx_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(st.last_data_rx_ms.load(std::sync::atomic::Ordering::Relaxed));
+        answers && last != 0 && now_ms.saturating_sub(last) <= IDLE_MS
+    }
+
+    /// Moves `peer` to the first alive uplink, or back to a preferred one that has answered
+    /// for [`RECOVER_MS`]; a move sends a keepalive on the new uplink at once.
+    fn choose_uplink(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        count: u8,
+        interval_ms: u64,
+        tx: &mut impl TxSink,
+    ) {
+        let Some(paths) = self.peers[peer as usize].paths.as_deref_mut() else { return };
+        let alive = |u: u8| paths.paths[u as usize - 1].alive(now_ms, interval_ms);
+        let active = paths.active;
+        let stays = active != 0 && alive(active);
+        let better = (1..=count).find(|&u| {
+            alive(u)
+                && (!stays
+                    || u < active
+                        && now_ms.saturating_sub(paths.paths[u as usize - 1].alive_since_ms)
+                            >= RECOVER_MS)
+        });
+        let mask = (1..=count).filter(|&u| alive(u)).fold(0u8, |m, u| m | 1 << (u - 1));
+        let chosen = match better {
+            Some(u) if !stays || u < active => u,
+            _ => active,
+        };
+        let rtt_us = match chosen {
+            0 => 0,
+            u => paths.paths[u as usize - 1].srtt_us,
+        };
+        paths.active = chosen;
+        let moved = chosen != active;
+        self.stats(peer).uplinks.store(
+            Uplinks { active: chosen, alive: mask, rtt_us }.pack(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if moved {
+            self.peers[peer as usize].uplink = chosen;
+            if active != 0 {
+                self.counters.inc(Counter::UplinkSwitches, 1);
+                tracing::info!(
+                    peer,
+                    from = active,
+                    to = chosen,
+                    "peer's traffic moved to another uplink"
+                );
+            }
+            // The peer roams to the new path at once instead of at our next frame.
+            self.send_keepalive(now_ms, peer, tx);
+        }
+    }
+
+    /// Seals path probe `r` to `peer` under its current session and queues it for `to`
+    /// on socket `local`. False when there is no usable session.
+    fn send_probe(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        to: Endpoint,
+        local: u8,
+        r: path_probe::Repr,
+        tx: &mut impl TxSink,
+    ) -> bool {
+        let Some(idx) = self.usable_current(peer, now_ms) else { return false };
+        let limit = self.cfg.reject_after_messages;
+        let slot = self.slot(idx);
+        let sess = self.sessions[(idx & self.session_mask) as usize]
+            .as_deref_mut()
+            .expect("usable session exists");
+        let buf = tx.buffer();
+        r.emit(&mut buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + path_probe::LEN]);
+        let Some(n) =
+            sess.seal_marked(Kind::PathProbe, &mut buf.data, path_probe::LEN, limit, slot)
+        else {
+            return false;
+        };
+        buf.seal = None;
+        buf.tos = 0;
+        buf.len = n;
+        buf.addr = Some(to.addr());
+        buf.relay = to.relay_tag();
+        buf.local = if to.is_relay() { 0 } else { local };
+        tx.commit();
+        true
+    }
+
+    /// An authenticated path probe from `peer` (`n` payload bytes at `msg[16..]`): a
+    /// probe is answered where it came from, by the socket it came in on; an answer marks
+    /// its uplink's path alive and times it. Neither roams the peer.
+    pub(super) fn on_path_probe(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        from: Endpoint,
+        n: usize,
+        msg: &[u8],
+        tx: &mut impl TxSink,
+    ) -> Decap {
+        let payload = &msg[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + n];
+        let Ok(p) = path_probe::Packet::new_checked(payload) else {
+            return Decap::Drop(DropReason::BadInnerFrame);
+        };
+        let r = path_probe::Repr::parse(&p);
+        if !r.answer {
+            let local = self.rx_local;
+            if self.send_probe(now_ms, peer, from, local, r.answered(), tx) {
+                self.counters.inc(Counter::PathProbesEchoed, 1);
+            }
+            return Decap::Keepalive;
+        }
+        let Some(count) = self.probing.as_ref().map(|p| p.count) else {
+            return Decap::Keepalive;
+        };
+        let Some(paths) = self.peers[peer as usize].paths.as_deref_mut() else {
+            return Decap::Keepalive;
+        };
+        if !(1..=count).contains(&r.uplink) {
+            return Decap::Drop(DropReason::BadInnerFrame);
+        }
+        let interval = self.probing.as_ref().map_or(1, |p| p.interval_ms);
+        let path = &mut paths.paths[r.uplink as usize - 1];
+        let Some(&(_, sent_ms)) = path.sent.iter().find(|&&(s, t)| s == r.sequence && t != 0)
+        else {
+            // Older than the probes remembered: proves nothing about now.
+            return Decap::Keepalive;
+        };
+        if !path.alive(now_ms, interval) {
+            path.alive_since_ms = now_ms;
+        }
+        path.answered_ms = now_ms.max(1);
+        let rtt_us = (now_ms.saturating_sub(sent_ms) * 1000).min(u32::MAX as u64) as u32;
+        path.srtt_us = match path.srtt_us {
+            0 => rtt_us.max(1),
+            s => (s - s / 8 + rtt_us / 8).max(1),
+        };
+        self.counters.inc(Counter::PathProbesAnswered, 1);
+        Decap::Keepalive
+    }
+}

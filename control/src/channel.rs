@@ -54,6 +54,9 @@ pub struct PeerTraffic {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Its paths over the uplinks (the first worker's: uplinks are a socket-backend
+    /// feature, which runs one).
+    pub uplinks: omni_shm::layout::Uplinks,
 }
 
 impl Channel {
@@ -252,6 +255,10 @@ impl Channel {
                 t.tx_bytes += s.tx_bytes.load(Ordering::Relaxed);
                 t.rx_packets += s.rx_packets.load(Ordering::Relaxed);
                 t.tx_packets += s.tx_packets.load(Ordering::Relaxed);
+                if w == 0 {
+                    t.uplinks =
+                        omni_shm::layout::Uplinks::unpack(s.uplinks.load(Ordering::Relaxed));
+                }
             }
         }
         t

@@ -266,6 +266,14 @@ struct RunArgs {
     /// [default: 443].
     #[arg(long, value_name = "PORT")]
     nucleus_tcp_port: Option<u16>,
+    /// socket backend: an underlay interface to reach peers by (repeatable, in order of
+    /// preference: --uplink wlan0 --uplink wwan0); each peer's traffic moves to the next
+    /// within ~3 probe intervals when its uplink stops answering (docs/uplinks.md).
+    #[arg(long = "uplink", value_name = "IFACE", action = ArgAction::Append)]
+    uplinks: Vec<String>,
+    /// Milliseconds between path probes on each uplink (10 to 1000) [default: 40].
+    #[arg(long, value_name = "MS")]
+    uplink_probe_ms: Option<u32>,
     #[arg(long)]
     cluster: Option<String>,
     /// The cluster secret (visible to other users in the process list: prefer
@@ -354,6 +362,8 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         cipher: run.cipher,
         nucleus: run.nucleus,
         nucleus_tcp_port: run.nucleus_tcp_port,
+        uplinks: run.uplinks,
+        uplink_probe_ms: run.uplink_probe_ms,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,
         cluster_secret_file: run.cluster_secret_file,

@@ -49,6 +49,8 @@ pub struct Metrics {
     worker_busy_seconds: CounterVec,
     cpu_latency_held_seconds: prometheus::Counter,
     realtime_packets: IntCounterVec,
+    path_probes: IntCounterVec,
+    uplink_switches: IntCounter,
     queue_ce_marked: IntCounter,
     class_frames: IntCounterVec,
 }
@@ -272,6 +274,18 @@ impl Metrics {
                 "Datagrams on the real-time lane (docs/qos.md), sent and received",
                 "direction",
             ),
+            path_probes: counter_vec(
+                &r,
+                "omni_path_probes_total",
+                "Path probes over the uplinks (docs/uplinks.md): sent, answered (answers received), \
+                 echoed (peers' probes answered)",
+                "event",
+            ),
+            uplink_switches: counter(
+                &r,
+                "omni_uplink_switches_total",
+                "Peers whose traffic moved to another uplink (a path stopped answering, or a preferred one came back)",
+            ),
             queue_ce_marked: counter(
                 &r,
                 "omni_queue_ce_marked_total",
@@ -359,6 +373,14 @@ impl Metrics {
             dp(Counter::RealTimeReceived),
         );
         catch_up(&self.queue_ce_marked, dp(Counter::QueueCeMarked));
+        for (event, c) in [
+            ("sent", Counter::PathProbesSent),
+            ("answered", Counter::PathProbesAnswered),
+            ("echoed", Counter::PathProbesEchoed),
+        ] {
+            catch_up(&self.path_probes.with_label_values(&[event]), dp(c));
+        }
+        catch_up(&self.uplink_switches, dp(Counter::UplinkSwitches));
         use omni_proto::qos::Class;
         for class in Class::ALL {
             let labels = |d| self.class_frames.with_label_values(&[class.name(), d]);

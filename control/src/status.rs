@@ -64,6 +64,15 @@ pub struct PeerStatus {
     pub groups: Vec<String>,
     #[serde(default)]
     pub certificate_expires: Option<u64>,
+    /// With several uplinks (`[network] uplinks`): the one the peer's traffic goes out on
+    /// (`None` until one answered a probe; traffic then leaves by the default route), those
+    /// answering probes, and the round trip over the one in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uplinks_alive: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_rtt_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -435,6 +444,15 @@ pub fn render(s: &Status) -> String {
                 .unwrap_or_default();
             let _ = writeln!(o, "  member: {name} ({groups}){expires}");
         }
+        if let Some(u) = &p.uplink {
+            let rtt = p.uplink_rtt_ms.map(|r| format!(", rtt {r:.1} ms")).unwrap_or_default();
+            let alive = if p.uplinks_alive.is_empty() {
+                "none".to_string()
+            } else {
+                p.uplinks_alive.join(", ")
+            };
+            let _ = writeln!(o, "  uplink: {u}{rtt} (answering: {alive})");
+        }
         if let Some(h) = p.last_handshake_secs {
             let _ = writeln!(o, "  latest handshake: {}", ago(h));
         }
@@ -504,6 +522,9 @@ mod tests {
                 name: Some("robot-7".into()),
                 groups: vec!["robots".into(), "arm".into()],
                 certificate_expires: Some(1_796_601_599),
+                uplink: Some("wwan0".into()),
+                uplinks_alive: vec!["wwan0".into()],
+                uplink_rtt_ms: Some(42.25),
             }],
             fdb: vec![FdbStatus {
                 mac: "02:00:00:00:00:02".into(),
@@ -567,6 +588,7 @@ mod tests {
         assert!(t.contains("peer: PEERKEY_PEERKEY"));
         assert!(t.contains("session: established (direct, aes-256-gcm, checksum-state)"), "{t}");
         assert!(t.contains("latest handshake: 5 seconds ago"));
+        assert!(t.contains("  uplink: wwan0, rtt 42.2 ms (answering: wwan0)"), "{t}");
         assert!(t.contains("2.00 KiB received, 10 B sent"));
         assert!(t.contains("02:00:00:00:00:02  PEERKEY_"));
         assert!(t.contains("  membership: certificates (authority AUTHKEY)"), "{t}");

@@ -99,6 +99,11 @@ pub struct NetworkSection {
     pub punch_opener_ttl: Option<u8>,
     /// Port of the Nuclei's relay over TLS on TCP, tried when UDP gets no answer (0: never).
     pub nucleus_tcp_port: Option<u16>,
+    /// socket backend: underlay interfaces to reach peers by, in order of preference
+    /// (docs/uplinks.md).
+    pub uplinks: Option<Vec<String>>,
+    /// Milliseconds between path probes on each uplink (default 40).
+    pub uplink_probe_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +306,8 @@ pub struct CliOverrides {
     pub cipher: Option<String>,
     pub nucleus: Vec<String>,
     pub nucleus_tcp_port: Option<u16>,
+    pub uplinks: Vec<String>,
+    pub uplink_probe_ms: Option<u32>,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,

@@ -114,6 +114,15 @@ impl Settings {
         let peers = sections::peers(file.peers, &cli, switch.max_peers, host)?;
         let metrics_listen = sections::metrics(file.metrics, &cli)?;
         let dpdk = sections::dpdk(file.dpdk, daemon.backend)?;
+        if !network.uplinks.is_empty() && daemon.backend != omni_shm::settings::Backend::Socket {
+            return Err(invalid(
+                "[network] uplinks",
+                format!(
+                    "work on the socket backend only (this is the {} backend): remove them or use backend = \"socket\"",
+                    daemon.backend
+                ),
+            ));
+        }
         Ok(Settings { daemon, security, switch, qos, network, dpdk, peers, metrics_listen })
     }
 }
@@ -137,6 +146,13 @@ pub fn summary(s: &Settings, public_key: &PublicKey, tap_mtu: u32) -> String {
         ),
         format!("  peers      {} static", s.peers.len()),
     ];
+    if !s.network.uplinks.is_empty() {
+        lines.push(format!(
+            "  uplinks    {} (in that order; probed every {} ms)",
+            s.network.uplinks.join(", "),
+            s.network.uplink_probe_ms
+        ));
+    }
     if let Some(cluster) = &s.network.cluster {
         let nuclei: Vec<String> = s
             .network

@@ -11,8 +11,8 @@ use omni_proto::aead::{CipherChoice, CipherConfigError};
 use omni_proto::constants as c;
 use omni_proto::qos::{ClassMap, ClassMapError, ClassSets};
 use omni_shm::settings::{
-    Backend, CpuLatency, NICE_DEFAULT, REAL_TIME_SHARE_DEFAULT, SPIN_DEFAULT_US, SPIN_MAX_US,
-    XdpMode,
+    Backend, CpuLatency, MAX_UPLINKS, NICE_DEFAULT, REAL_TIME_SHARE_DEFAULT, SPIN_DEFAULT_US,
+    SPIN_MAX_US, UPLINK_PROBE_DEFAULT_MS, XdpMode,
 };
 
 use super::file::{
@@ -402,6 +402,10 @@ pub struct Network {
     /// Membership by certificate (`None`: the cluster secret alone).
     pub membership: Option<Membership>,
     pub rendezvous: RendezvousTimers,
+    /// Underlay interfaces the data plane sends on, in order of preference (none: the
+    /// fabric port alone), and the milliseconds between their path probes.
+    pub uplinks: Vec<String>,
+    pub uplink_probe_ms: u32,
 }
 
 /// This node's membership by certificate: the authority it trusts and its own certificate.
@@ -556,7 +560,43 @@ pub fn network(
         )?,
         opener_ttl: n.punch_opener_ttl.unwrap_or(d0.opener_ttl),
     };
-    Ok(Network { nucleus, cluster, cluster_secret, membership, rendezvous })
+    let uplinks =
+        if cli.uplinks.is_empty() { n.uplinks.unwrap_or_default() } else { cli.uplinks.clone() };
+    check_uplinks(&uplinks)?;
+    let uplink_probe_ms =
+        cli.uplink_probe_ms.or(n.uplink_probe_ms).unwrap_or(UPLINK_PROBE_DEFAULT_MS);
+    if !(10..=1000).contains(&uplink_probe_ms) {
+        return Err(invalid(
+            "[network] uplink_probe_ms",
+            format!("{uplink_probe_ms} is out of range (10 to 1000 ms)"),
+        ));
+    }
+    Ok(Network {
+        nucleus,
+        cluster,
+        cluster_secret,
+        membership,
+        rendezvous,
+        uplinks,
+        uplink_probe_ms,
+    })
+}
+
+/// Uplink names: interface names (the kernel's rules), each once, at most [`MAX_UPLINKS`].
+fn check_uplinks(uplinks: &[String]) -> Result<(), ConfigError> {
+    let key = "[network] uplinks";
+    if uplinks.len() > MAX_UPLINKS {
+        return Err(invalid(key, format!("{} given, at most {MAX_UPLINKS}", uplinks.len())));
+    }
+    for (i, u) in uplinks.iter().enumerate() {
+        if u.is_empty() || u.len() > 15 || u.contains(['/', ' ', '\t', '\n', '\0']) {
+            return Err(invalid(key, format!("{u:?} is not an interface name")));
+        }
+        if uplinks[..i].contains(u) {
+            return Err(invalid(key, format!("{u} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 /// `[[peers]]` and `--peer`/`--endpoint`: one entry per key (the command line's endpoint

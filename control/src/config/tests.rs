@@ -316,3 +316,39 @@ fn validation_asks_the_machine_only_through_its_host() {
         .to_string();
     assert!(e.contains("allowed: 0-7"), "{e}");
 }
+
+#[test]
+fn uplinks_are_checked_and_passed_to_the_data_plane() {
+    let s = Settings::resolve(FileConfig::default(), CliOverrides::default()).unwrap();
+    assert!(s.network.uplinks.is_empty());
+    assert_eq!(s.network.uplink_probe_ms, 40);
+    let f = parse("[network]\nuplinks = [\"wlan0\", \"wwan0\"]\nuplink_probe_ms = 25\n").unwrap();
+    let s = Settings::resolve(f, CliOverrides::default()).unwrap();
+    assert_eq!(s.network.uplinks, ["wlan0", "wwan0"]);
+    let argv = crate::daemon::dataplane_args(&s, 1400, &[2, 0, 0, 0, 0, 1]).to_argv().join(" ");
+    assert!(argv.contains("--uplink wlan0 --uplink wwan0 --uplink-probe-ms 25"), "{argv}");
+    // The command line's list replaces the file's.
+    let f = parse("[network]\nuplinks = [\"wlan0\", \"wwan0\"]\n").unwrap();
+    let cli = CliOverrides { uplinks: vec!["eth1".into()], ..Default::default() };
+    assert_eq!(Settings::resolve(f, cli).unwrap().network.uplinks, ["eth1"]);
+    let cases = [
+        ("[network]\nuplinks = [\"a\", \"a\"]\n", "a is listed twice"),
+        ("[network]\nuplinks = [\"a/b\"]\n", "not an interface name"),
+        ("[network]\nuplinks = [\"this-name-is-too-long\"]\n", "not an interface name"),
+        (
+            "[network]\nuplinks = [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\"]\n",
+            "at most 8",
+        ),
+        ("[network]\nuplink_probe_ms = 5\n", "[network] uplink_probe_ms"),
+        (
+            "[daemon]\nbackend = \"xdp\"\ninterface = \"eth0\"\n[network]\nuplinks = [\"a\", \"b\"]\n",
+            "socket backend only",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = Settings::resolve(parse(text).unwrap(), CliOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{text:?}: {e}");
+    }
+}

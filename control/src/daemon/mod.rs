@@ -393,6 +393,8 @@ pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Dataplane
         nice: s.daemon.dataplane_nice,
         xdp_mode: s.daemon.xdp_mode,
         handshake_rate: s.security.max_sessions_per_ip,
+        uplinks: s.network.uplinks.clone(),
+        uplink_probe_ms: s.network.uplink_probe_ms,
         ..DataplaneArgs::defaults()
     };
     match s.daemon.backend {
@@ -626,6 +628,11 @@ impl Daemon {
         }
     }
 
+    /// The name of uplink `u` (from 1; 0 is none).
+    fn uplink_name(&self, u: u8) -> Option<String> {
+        u.checked_sub(1).and_then(|i| self.settings.network.uplinks.get(i as usize)).cloned()
+    }
+
     fn status(&self) -> Status {
         let now = monotonic_ms();
         let peers: Vec<PeerStatus> = self
@@ -680,6 +687,13 @@ impl Daemon {
                     name: p.certificate.as_ref().map(|c| c.name.clone()),
                     groups: p.certificate.as_ref().map(|c| c.groups.clone()).unwrap_or_default(),
                     certificate_expires: p.certificate.as_ref().map(|c| c.not_after),
+                    uplink: self.uplink_name(t.uplinks.active),
+                    uplinks_alive: (1..=8u8)
+                        .filter(|u| t.uplinks.alive >> (u - 1) & 1 == 1)
+                        .filter_map(|u| self.uplink_name(u))
+                        .collect(),
+                    uplink_rtt_ms: (t.uplinks.active != 0 && t.uplinks.rtt_us != 0)
+                        .then(|| t.uplinks.rtt_us as f64 / 1000.0),
                 }
             })
             .collect();

@@ -676,24 +676,7 @@ impl NatCluster {
         } else {
             inet.sh_ok("ip link add br0 type bridge && ip link set br0 up");
         }
-        // Joins `ns`'s `wan` to the internet at 10.200.0.`host`.
-        let attach = |ns: &Netns, link: &str, host: u32| {
-            run_ok(&format!(
-                "ip link add wan netns {} type veth peer name {link} netns {}",
-                ns.name, inet.name
-            ));
-            if routed {
-                inet.sh_ok(&format!(
-                    "ip addr add 10.200.0.1/32 dev {link} && ip link set {link} up && ip route add 10.200.0.{host}/32 dev {link}"
-                ));
-                ns.sh_ok(&format!(
-                    "ip addr add 10.200.0.{host}/32 dev wan && ip link set wan up && ip route add 10.200.0.1/32 dev wan && ip route add 10.200.0.0/24 via 10.200.0.1"
-                ));
-            } else {
-                inet.sh_ok(&format!("ip link set {link} master br0 && ip link set {link} up"));
-                ns.sh_ok(&format!("ip addr add 10.200.0.{host}/24 dev wan && ip link set wan up"));
-            }
-        };
+        let attach = |ns: &Netns, link: &str, host: u32| attach_to(&inet, routed, ns, link, host);
         let nucleus_ns = Netns::new("n");
         attach(&nucleus_ns, "pnuc", 10);
         let (mut routers, mut edges) = (vec![], vec![]);
@@ -839,6 +822,54 @@ impl NatCluster {
                 })
             })
         })
+    }
+}
+
+/// Joins `ns`'s `wan` to the internet `inet` at 10.200.0.`host` (see
+/// [`NatCluster::topology_of`] for `routed`).
+fn attach_to(inet: &Netns, routed: bool, ns: &Netns, link: &str, host: u32) {
+    run_ok(&format!(
+        "ip link add wan netns {} type veth peer name {link} netns {}",
+        ns.name, inet.name
+    ));
+    if routed {
+        inet.sh_ok(&format!(
+            "ip addr add 10.200.0.1/32 dev {link} && ip link set {link} up && ip route add 10.200.0.{host}/32 dev {link}"
+        ));
+        ns.sh_ok(&format!(
+            "ip addr add 10.200.0.{host}/32 dev wan && ip link set wan up && ip route add 10.200.0.1/32 dev wan && ip route add 10.200.0.0/24 via 10.200.0.1"
+        ));
+    } else {
+        inet.sh_ok(&format!("ip link set {link} master br0 && ip link set {link} up"));
+        ns.sh_ok(&format!("ip addr add 10.200.0.{host}/24 dev wan && ip link set wan up"));
+    }
+}
+
+impl NatCluster {
+    /// Gives edge `edge` (1-based) a second uplink, `eth1` = 192.168.(30+edge).2, through a
+    /// router of its own (`kind`, at 10.200.0.(40+edge) on the internet), with a default
+    /// route of a higher metric (the first uplink stays the main table's choice). The
+    /// topology must be `routed`. Returns the new router.
+    pub fn add_uplink(&mut self, edge: usize, kind: NatKind) -> Netns {
+        let r = Netns::new(&format!("u{edge}"));
+        attach_to(&self.inet, true, &r, &format!("pu{edge}"), 40 + edge as u32);
+        let e = &self.edges[edge - 1];
+        run_ok(&format!(
+            "ip link add lan netns {} type veth peer name eth1 netns {}",
+            r.name, e.name
+        ));
+        let net = 30 + edge;
+        r.sh_ok(&format!(
+            "ip addr add 192.168.{net}.1/24 dev lan && ip link set lan up && sysctl -qw net.ipv4.ip_forward=1"
+        ));
+        e.sh_ok(&format!(
+            "ip addr add 192.168.{net}.2/24 dev eth1 && ip link set eth1 up && ip route add default via 192.168.{net}.1 dev eth1 metric 200"
+        ));
+        // Its LAN is 192.168.(10 + i) for rules(i).
+        let rules = dir_file(&kind.rules(net - 10));
+        r.sh_ok(&format!("nft -f {}", rules.display()));
+        let _ = std::fs::remove_file(rules);
+        r
     }
 }
 

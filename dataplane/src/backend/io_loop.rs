@@ -143,9 +143,10 @@ pub trait Port {
         0
     }
 
-    /// Sends one packet control injected, with IP TTL / hop limit `ttl` unless it is 0.
-    /// Returns whether it went (failures counted).
-    fn inject(&mut self, now: u64, to: Endpoint, ttl: u8, bytes: &[u8]) -> bool;
+    /// Sends one packet control injected, with IP TTL / hop limit `ttl` unless it is 0, by
+    /// underlay socket `local` ([`Engine::uplink_to`]; 0 where the port has one). Returns
+    /// whether it went (failures counted).
+    fn inject(&mut self, now: u64, to: Endpoint, ttl: u8, local: u8, bytes: &[u8]) -> bool;
 
     /// Receives and handles a burst from each side.
     fn bursts(&mut self, now: u64, shell: &mut Shell) -> anyhow::Result<Pass>;
@@ -201,7 +202,9 @@ fn passes<P: Port>(shell: &mut Shell, port: &mut P) -> anyhow::Result<bool> {
         let prepared = port.prepare(now, shell);
         let Shell { engine, ends, counters, .. } = shell;
         let injected = channel::take_injects(ends, counters, |record| match record {
-            PacketRecord::Datagram { addr, ttl, bytes } => port.inject(now, addr, ttl, bytes),
+            PacketRecord::Datagram { addr, ttl, bytes } => {
+                port.inject(now, addr, ttl, engine.uplink_to(&addr), bytes)
+            }
             PacketRecord::Control { peer, bytes } => {
                 engine.send_control(now, peer, bytes, port.tx())
             }
@@ -313,7 +316,7 @@ mod tests {
             }
             Ok(None)
         }
-        fn inject(&mut self, _now: u64, _to: Endpoint, _ttl: u8, bytes: &[u8]) -> bool {
+        fn inject(&mut self, _now: u64, _to: Endpoint, _ttl: u8, _local: u8, bytes: &[u8]) -> bool {
             self.injected.push(bytes.to_vec());
             true
         }

@@ -784,9 +784,13 @@ impl<'r> Port for SocketPort<'r> {
         0
     }
 
-    fn inject(&mut self, _now: u64, to: Endpoint, ttl: u8, bytes: &[u8]) -> bool {
+    fn inject(&mut self, _now: u64, to: Endpoint, ttl: u8, local: u8, bytes: &[u8]) -> bool {
         self.state.injected += 1;
-        let ok = self.sock.send_via(bytes, &to, ttl).is_ok();
+        let sock = match local {
+            0 => self.sock,
+            u => self.uplinks.get(u as usize - 1).unwrap_or(self.sock),
+        };
+        let ok = sock.send_via(bytes, &to, ttl).is_ok();
         if !ok {
             self.counters.drop(DropReason::TxError);
         }

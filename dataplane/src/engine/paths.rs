@@ -38,6 +38,8 @@ pub(super) struct Probing {
     count: u8,
     interval_ms: u64,
     next_ms: u64,
+    /// The uplink a peer was last moved to (0: none yet).
+    last_chosen: u8,
 }
 
 /// One uplink's path to one peer.
@@ -71,7 +73,7 @@ pub(super) struct PeerPaths {
 
 impl Probing {
     pub(super) fn new(count: u8, interval_ms: u32) -> Self {
-        Self { count, interval_ms: interval_ms.max(1) as u64, next_ms: 0 }
+        Self { count, interval_ms: interval_ms.max(1) as u64, next_ms: 0, last_chosen: 0 }
     }
 }
 
@@ -87,6 +89,26 @@ impl<'r> Engine<'r> {
     /// (0: the fabric port; `i`: uplink `i`): answers to path probes leave by it.
     pub fn set_receiving_on(&mut self, local: u8) {
         self.rx_local = local;
+    }
+
+    /// The socket a datagram control injects for `to` leaves by: a peer's handshake goes on
+    /// the uplink that peer's traffic is on; anything else (a Nucleus) on the uplink a peer
+    /// last moved to, which is the one known to work (0, the fabric port, before any, and
+    /// for this host's own addresses).
+    pub fn uplink_to(&self, to: &Endpoint) -> u8 {
+        let Some(p) = self.probing.as_ref() else { return 0 };
+        // The daemon's own bridge to a Nucleus's TCP relay is on this host.
+        if to.addr().ip().is_loopback() || to.addr().ip().to_canonical().is_loopback() {
+            return 0;
+        }
+        if to.is_relay() {
+            return p.last_chosen;
+        }
+        self.active
+            .iter()
+            .map(|&peer| &self.peers[peer as usize])
+            .find(|peer| peer.endpoint.as_ref() == Some(to))
+            .map_or(p.last_chosen, |peer| peer.uplink)
     }
 
     /// When [`Engine::probe_uplinks`] is next due (`None`: no uplinks).
@@ -182,6 +204,9 @@ impl<'r> Engine<'r> {
         );
         if moved {
             self.peers[peer as usize].uplink = chosen;
+            if let Some(p) = self.probing.as_mut() {
+                p.last_chosen = chosen;
+            }
             if active != 0 {
                 self.counters.inc(Counter::UplinkSwitches, 1);
                 tracing::info!(

@@ -123,7 +123,7 @@ impl<'r> Port for DpdkPort<'r> {
 
     /// Control's packets (handshakes, Nucleus messages): framed as they come, sent with
     /// the pass's flush.
-    fn inject(&mut self, now: u64, to: Endpoint, ttl: u8, bytes: &[u8]) -> bool {
+    fn inject(&mut self, now: u64, to: Endpoint, ttl: u8, _local: u8, bytes: &[u8]) -> bool {
         match to {
             Endpoint::Direct(a) => self.tx.datagram(now, a, 0, ttl, &[bytes]),
             Endpoint::Relay { via, tag } => {

@@ -51,10 +51,14 @@ fuzz_target!(|data: &[u8]| {
         }),
         &mut sink,
     );
+    // Two uplinks: answers to path probes are looked at too (none authenticates here).
+    e.set_uplinks(2, 40);
+    e.set_receiving_on(data.first().map_or(0, |b| b % 3));
     let mut pkt = PacketBuf::new();
     let n = data.len().min(pkt.data.len());
     pkt.data[..n].copy_from_slice(&data[..n]);
     pkt.len = n;
     let v = e.decap(2, "10.0.0.9:9".parse().unwrap(), pkt.datagram_mut(), &mut sink);
     assert!(!matches!(v, Decap::Deliver { .. } | Decap::Keepalive), "random bytes never authenticate");
+    e.probe_uplinks(3, &mut sink);
 });

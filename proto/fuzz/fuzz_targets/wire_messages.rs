@@ -3,7 +3,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use omni_proto::wire::{
-    MessageType, cookie_reply, ethernet, handshake_init, handshake_resp, macs, nucleus, relay, transport,
+    MessageType, cookie_reply, ethernet, handshake_init, handshake_resp, macs, nucleus, path_probe,
+    relay, transport,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -48,6 +49,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = relay::Packet::new_checked(data) {
         let _ = (p.tag(), p.inner(), p.is_request());
+    }
+    if let Ok(p) = path_probe::Packet::new_checked(data) {
+        let mut out = [0u8; path_probe::LEN];
+        path_probe::Repr::parse(&p).emit(&mut out);
+        // The reserved bytes are written as zero.
+        assert_eq!((&out[..2], &out[4..]), (&data[..2], &data[4..]));
     }
     // A frame's class and the ECN rules: any bytes, no panic; a CE mark changes at most
     // the TOS byte (and the IPv4 checksum) of an ECN-capable IP frame.

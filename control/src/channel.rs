@@ -54,9 +54,9 @@ pub struct PeerTraffic {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
-    /// Its paths over the uplinks (the first worker's: uplinks are a socket-backend
-    /// feature, which runs one).
-    pub uplinks: omni_shm::layout::Uplinks,
+    /// What probing found of its paths (the first worker's: path probing is a socket and
+    /// xdp backend feature, which run one).
+    pub paths: omni_shm::layout::PathState,
 }
 
 impl Channel {
@@ -256,8 +256,7 @@ impl Channel {
                 t.rx_packets += s.rx_packets.load(Ordering::Relaxed);
                 t.tx_packets += s.tx_packets.load(Ordering::Relaxed);
                 if w == 0 {
-                    t.uplinks =
-                        omni_shm::layout::Uplinks::unpack(s.uplinks.load(Ordering::Relaxed));
+                    t.paths = omni_shm::layout::PathState::unpack(s.paths.load(Ordering::Relaxed));
                 }
             }
         }

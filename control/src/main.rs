@@ -274,6 +274,10 @@ struct RunArgs {
     /// Milliseconds between path probes on each uplink (10 to 1000) [default: 40].
     #[arg(long, value_name = "MS")]
     uplink_probe_ms: Option<u32>,
+    /// Do not probe peers' path MTU (frames too big for a narrower path are then
+    /// fragmented by the kernel, or lost on the xdp backend; docs/path-mtu.md).
+    #[arg(long)]
+    no_path_mtu_probing: bool,
     #[arg(long)]
     cluster: Option<String>,
     /// The cluster secret (visible to other users in the process list: prefer
@@ -364,6 +368,7 @@ fn load_settings(run: RunArgs, peers: Vec<(String, Option<String>)>) -> anyhow::
         nucleus_tcp_port: run.nucleus_tcp_port,
         uplinks: run.uplinks,
         uplink_probe_ms: run.uplink_probe_ms,
+        no_path_mtu_probing: run.no_path_mtu_probing,
         cluster: run.cluster,
         cluster_secret: run.cluster_secret,
         cluster_secret_file: run.cluster_secret_file,

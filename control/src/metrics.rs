@@ -51,6 +51,7 @@ pub struct Metrics {
     realtime_packets: IntCounterVec,
     path_probes: IntCounterVec,
     uplink_switches: IntCounter,
+    path_mtu_too_big: IntCounter,
     queue_ce_marked: IntCounter,
     class_frames: IntCounterVec,
 }
@@ -286,6 +287,11 @@ impl Metrics {
                 "omni_uplink_switches_total",
                 "Peers whose traffic moved to another uplink (a path stopped answering, or a preferred one came back)",
             ),
+            path_mtu_too_big: counter(
+                &r,
+                "omni_path_mtu_too_big_total",
+                "Packets larger than the path MTU found to their peer, answered with ICMP \"too big\" (docs/path-mtu.md)",
+            ),
             queue_ce_marked: counter(
                 &r,
                 "omni_queue_ce_marked_total",
@@ -381,6 +387,7 @@ impl Metrics {
             catch_up(&self.path_probes.with_label_values(&[event]), dp(c));
         }
         catch_up(&self.uplink_switches, dp(Counter::UplinkSwitches));
+        catch_up(&self.path_mtu_too_big, dp(Counter::PathMtuTooBig));
         use omni_proto::qos::Class;
         for class in Class::ALL {
             let labels = |d| self.class_frames.with_label_values(&[class.name(), d]);

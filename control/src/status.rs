@@ -73,6 +73,11 @@ pub struct PeerStatus {
     pub uplinks_alive: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink_rtt_ms: Option<f64>,
+    /// The largest IP packet on `omni0` that reaches this peer in one datagram, when
+    /// probing found the path narrower than `omni0` (larger ones are answered with ICMP
+    /// "too big"); `None`: the whole MTU crosses, or not probed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -453,6 +458,9 @@ pub fn render(s: &Status) -> String {
             };
             let _ = writeln!(o, "  uplink: {u}{rtt} (answering: {alive})");
         }
+        if let Some(m) = p.path_mtu {
+            let _ = writeln!(o, "  path MTU: {m} (larger packets are answered \"too big\")");
+        }
         if let Some(h) = p.last_handshake_secs {
             let _ = writeln!(o, "  latest handshake: {}", ago(h));
         }
@@ -525,6 +533,7 @@ mod tests {
                 uplink: Some("wwan0".into()),
                 uplinks_alive: vec!["wwan0".into()],
                 uplink_rtt_ms: Some(42.25),
+                path_mtu: Some(1354),
             }],
             fdb: vec![FdbStatus {
                 mac: "02:00:00:00:00:02".into(),
@@ -589,6 +598,7 @@ mod tests {
         assert!(t.contains("session: established (direct, aes-256-gcm, checksum-state)"), "{t}");
         assert!(t.contains("latest handshake: 5 seconds ago"));
         assert!(t.contains("  uplink: wwan0, rtt 42.2 ms (answering: wwan0)"), "{t}");
+        assert!(t.contains("  path MTU: 1354 (larger packets"), "{t}");
         assert!(t.contains("2.00 KiB received, 10 B sent"));
         assert!(t.contains("02:00:00:00:00:02  PEERKEY_"));
         assert!(t.contains("  membership: certificates (authority AUTHKEY)"), "{t}");

@@ -161,33 +161,61 @@ impl UdpSocket {
         Self::bind_with(addr, port, buf_bytes, false)
     }
 
-    /// The fabric port as two sockets of one reuseport group, bulk (bound first: index 0)
-    /// and real-time, and the steering program that splits arriving datagrams between them
-    /// by outer DSCP ([`crate::steer`]). The port is first bound alone, so a port another
-    /// process holds is the same clear error as [`UdpSocket::bind`] (a reuseport socket
-    /// would join its group instead), and port 0 becomes the port the kernel chose. When
-    /// the kernel refuses the group or the program (an old kernel), one socket is bound
-    /// and `single` says why.
+    /// The fabric port as sockets of one reuseport group: bulk (bound first: index 0), the
+    /// real-time lane's (`rt_bytes`; index 1) and a "don't fragment" socket for path MTU
+    /// probes (`df`; last, never chosen by the program, only sends), and the steering
+    /// program that splits arriving datagrams between bulk and real time by outer DSCP
+    /// ([`crate::steer`]; with no real-time socket it chooses bulk). The port is first bound
+    /// alone, so a port another process holds is the same clear error as
+    /// [`UdpSocket::bind`] (a reuseport socket would join its group instead), and port 0
+    /// becomes the port the kernel chose. When the kernel refuses the group or the program
+    /// (an old kernel), one socket is bound and `single` says why.
     pub fn bind_lanes(
         addr: Option<IpAddr>,
         port: u16,
         bulk_bytes: usize,
-        rt_bytes: usize,
+        rt_bytes: Option<usize>,
+        df: bool,
         program: &[libc::sock_filter],
     ) -> Result<Lanes, UdpError> {
         let alone = Self::bind(addr, port, bulk_bytes)?;
         let port = alone.local_port().map_err(UdpError::Socket)?;
         drop(alone);
-        let group = Self::bind_with(addr, port, bulk_bytes, true)
-            .and_then(|bulk| Ok((bulk, Self::bind_with(addr, port, rt_bytes, true)?)))
-            .map_err(io::Error::other)
-            .and_then(|(bulk, rt)| bulk.attach_reuseport_cbpf(program).map(|()| (bulk, rt)));
-        Ok(match group {
-            Ok((bulk, rt)) => Lanes { bulk, rt: Some(rt), single: None },
-            Err(e) => {
-                Lanes { bulk: Self::bind(addr, port, bulk_bytes)?, rt: None, single: Some(e) }
+        let member = |bytes| Self::bind_with(addr, port, bytes, true).map_err(io::Error::other);
+        let group = (|| -> io::Result<Lanes> {
+            let bulk = member(bulk_bytes)?;
+            let rt = rt_bytes.map(member).transpose()?;
+            let df = if df { Some(member(DF_SOCKET_BUFFER)?) } else { None };
+            if let Some(d) = &df {
+                d.set_dont_fragment()?;
             }
+            bulk.attach_reuseport_cbpf(program)?;
+            Ok(Lanes { bulk, rt, df, single: None })
+        })();
+        Ok(match group {
+            Ok(lanes) => lanes,
+            Err(e) => Lanes {
+                bulk: Self::bind(addr, port, bulk_bytes)?,
+                rt: None,
+                df: None,
+                single: Some(e),
+            },
         })
+    }
+
+    /// Sends every datagram with "don't fragment", whatever path MTU the kernel learned
+    /// (`IP_PMTUDISC_PROBE`): one too big for the path is dropped on the way (or refused
+    /// here, for the local link), never fragmented.
+    fn set_dont_fragment(&self) -> io::Result<()> {
+        const IP_PMTUDISC_PROBE: libc::c_int = 3;
+        const IPV6_PMTUDISC_PROBE: libc::c_int = 3;
+        let fd = self.fd.as_raw_fd();
+        // An IPv6 socket sends IPv4 too (mapped addresses): both levels.
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)?;
+        if self.v6 {
+            setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)?;
+        }
+        Ok(())
     }
 
     /// Attaches a classic BPF program choosing the group member for each datagram.
@@ -420,10 +448,16 @@ impl AsRawFd for UdpSocket {
 /// The fabric port's sockets from [`UdpSocket::bind_lanes`].
 pub struct Lanes {
     pub bulk: UdpSocket,
-    /// The real-time lane's socket; `None` when the kernel refused the split (`single`).
+    /// The real-time lane's socket; `None` when not asked for or the kernel refused the
+    /// split (`single`).
     pub rt: Option<UdpSocket>,
+    /// The "don't fragment" socket for path MTU probes; `None` as `rt`.
+    pub df: Option<UdpSocket>,
     pub single: Option<io::Error>,
 }
+
+/// Socket buffers of the "don't fragment" socket: it sends a few probes a second.
+const DF_SOCKET_BUFFER: usize = 256 << 10;
 
 /// Reusable headers for one recvmmsg / sendmmsg batch.
 pub struct MmsgBatch {
@@ -743,7 +777,7 @@ mod tests {
     #[test]
     fn lanes_split_arriving_datagrams_by_outer_dscp() {
         let prog = crate::steer::program(crate::steer::real_time_dscps(&Default::default()));
-        let lanes = UdpSocket::bind_lanes(None, 0, 1 << 20, 1 << 18, &prog).unwrap();
+        let lanes = UdpSocket::bind_lanes(None, 0, 1 << 20, Some(1 << 18), true, &prog).unwrap();
         if let Some(e) = &lanes.single {
             panic!("this kernel refused the reuseport group: {e}");
         }
@@ -752,7 +786,7 @@ mod tests {
         assert_eq!(rt.local_port().unwrap(), port, "one port, two sockets");
         // A second node on the same port is refused, as without lanes.
         assert!(matches!(
-            UdpSocket::bind_lanes(None, port, 1 << 20, 1 << 18, &prog),
+            UdpSocket::bind_lanes(None, port, 1 << 20, Some(1 << 18), false, &prog),
             Err(UdpError::InUse { .. })
         ));
         let sender = UdpSocket::bind(None, 0, 1 << 20).unwrap();

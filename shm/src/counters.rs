@@ -214,6 +214,9 @@ pub enum Counter {
     UplinkSwitches,
     /// Probes from peers answered.
     PathProbesEchoed,
+    /// Frames larger than the path MTU found to their peer, answered with ICMP "too big"
+    /// (docs/path-mtu.md).
+    PathMtuTooBig,
 }
 
 impl Counter {
@@ -251,7 +254,7 @@ impl Counter {
 }
 
 /// The last counter (keep this on the last one): they all lie below the histograms.
-const _: () = assert!((Counter::PathProbesEchoed as usize) < DELAY_BASE);
+const _: () = assert!((Counter::PathMtuTooBig as usize) < DELAY_BASE);
 
 /// The data plane's queues whose delay is measured ([`WorkerCounters::delay`]): the access
 /// port's queue (frames read from the TAP until the engine takes them) and the underlay

@@ -76,29 +76,40 @@ pub struct PeerStats {
     /// keepalive and dead-peer timers need to tell the two apart.
     pub last_data_rx_ms: AtomicU64,
     pub last_data_tx_ms: AtomicU64,
-    /// With several uplinks: which one carries the traffic to the peer and which answer
-    /// probes ([`Uplinks::pack`]); 0 otherwise.
-    pub uplinks: AtomicU64,
+    /// What probing found of the paths to the peer ([`PathState::pack`]); 0: nothing.
+    pub paths: AtomicU64,
 }
 
-/// What a worker knows of the paths to a peer over its uplinks, as kept in
-/// [`PeerStats::uplinks`] for control to show.
+/// What a worker's probes found of the paths to a peer, as kept in [`PeerStats::paths`]
+/// for control to show.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Uplinks {
-    /// The uplink the peer's traffic goes out on (its index, from 1; 0: none chosen).
+pub struct PathState {
+    /// With several uplinks: the one the peer's traffic goes out on (its index, from 1;
+    /// 0: none chosen).
     pub active: u8,
     /// Bit `i - 1` for uplink `i` that answered its last probes in time.
     pub alive: u8,
+    /// The largest IP packet on `omni0` that reaches the peer in one datagram, found by
+    /// probing (0: not known, or no smaller than the interface's).
+    pub mtu: u16,
     /// The smoothed round trip over the active uplink, µs (0: not measured yet).
     pub rtt_us: u32,
 }
 
-impl Uplinks {
+impl PathState {
     pub fn pack(self) -> u64 {
-        self.active as u64 | (self.alive as u64) << 8 | (self.rtt_us as u64) << 32
+        self.active as u64
+            | (self.alive as u64) << 8
+            | (self.mtu as u64) << 16
+            | (self.rtt_us as u64) << 32
     }
     pub fn unpack(v: u64) -> Self {
-        Self { active: v as u8, alive: (v >> 8) as u8, rtt_us: (v >> 32) as u32 }
+        Self {
+            active: v as u8,
+            alive: (v >> 8) as u8,
+            mtu: (v >> 16) as u16,
+            rtt_us: (v >> 32) as u32,
+        }
     }
 }
 
@@ -142,7 +153,7 @@ impl PeerStats {
             &self.last_tx_ms,
             &self.last_data_rx_ms,
             &self.last_data_tx_ms,
-            &self.uplinks,
+            &self.paths,
         ] {
             a.store(0, Ordering::Relaxed);
         }

@@ -265,6 +265,11 @@ pub struct DataplaneArgs {
     /// each peer with traffic (a path is dead after 3 intervals without an answer).
     #[arg(long, default_value_t = UPLINK_PROBE_DEFAULT_MS, value_parser = clap::value_parser!(u32).range(10..=1000))]
     pub uplink_probe_ms: u32,
+    /// socket and xdp backends: do not probe each peer's path MTU (frames too big for a
+    /// narrower path are then fragmented by the kernel on the socket backend and lost on
+    /// the xdp backend, instead of answered with ICMP "too big"). See docs/path-mtu.md.
+    #[arg(long)]
+    pub no_path_mtu_probing: bool,
     /// xdp backend: the NIC the underlay arrives on (required with --backend xdp).
     #[arg(long)]
     pub iface: Option<String>,
@@ -386,6 +391,7 @@ impl DataplaneArgs {
             qos_real_time_share,
             uplinks,
             uplink_probe_ms,
+            no_path_mtu_probing,
             iface,
             xdp_mode,
             xsk_mode,
@@ -431,6 +437,7 @@ impl DataplaneArgs {
             a.value("--uplink", u);
         }
         a.value("--uplink-probe-ms", uplink_probe_ms);
+        a.flag("--no-path-mtu-probing", *no_path_mtu_probing);
         a.some("--iface", iface);
         a.value("--xdp-mode", value_name(*xdp_mode));
         a.value("--xsk-mode", value_name(*xsk_mode));
@@ -543,6 +550,7 @@ mod tests {
             qos_real_time_share: 50,
             uplinks: vec!["wlan0".into(), "wwan0".into()],
             uplink_probe_ms: 25,
+            no_path_mtu_probing: true,
             iface: Some("eth1".into()),
             xdp_mode: XdpMode::Skb,
             xsk_mode: XskMode::ZeroCopy,

@@ -104,6 +104,9 @@ pub struct NetworkSection {
     pub uplinks: Option<Vec<String>>,
     /// Milliseconds between path probes on each uplink (default 40).
     pub uplink_probe_ms: Option<u32>,
+    /// Probe each peer's path MTU and answer frames too big for it with ICMP "too big"
+    /// (default true; socket and xdp backends).
+    pub path_mtu_probing: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +311,7 @@ pub struct CliOverrides {
     pub nucleus_tcp_port: Option<u16>,
     pub uplinks: Vec<String>,
     pub uplink_probe_ms: Option<u32>,
+    pub no_path_mtu_probing: bool,
     pub cluster: Option<String>,
     pub cluster_secret: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,

@@ -406,6 +406,8 @@ pub struct Network {
     /// fabric port alone), and the milliseconds between their path probes.
     pub uplinks: Vec<String>,
     pub uplink_probe_ms: u32,
+    /// Probe each peer's path MTU ([`omni_shm::settings::DataplaneArgs::no_path_mtu_probing`]).
+    pub path_mtu_probing: bool,
 }
 
 /// This node's membership by certificate: the authority it trusts and its own certificate.
@@ -571,6 +573,7 @@ pub fn network(
             format!("{uplink_probe_ms} is out of range (10 to 1000 ms)"),
         ));
     }
+    let path_mtu_probing = !cli.no_path_mtu_probing && n.path_mtu_probing.unwrap_or(true);
     Ok(Network {
         nucleus,
         cluster,
@@ -579,6 +582,7 @@ pub fn network(
         rendezvous,
         uplinks,
         uplink_probe_ms,
+        path_mtu_probing,
     })
 }
 

@@ -395,6 +395,7 @@ pub(crate) fn dataplane_args(s: &Settings, mtu: u32, mac: &[u8; 6]) -> Dataplane
         handshake_rate: s.security.max_sessions_per_ip,
         uplinks: s.network.uplinks.clone(),
         uplink_probe_ms: s.network.uplink_probe_ms,
+        no_path_mtu_probing: !s.network.path_mtu_probing,
         ..DataplaneArgs::defaults()
     };
     match s.daemon.backend {
@@ -687,13 +688,14 @@ impl Daemon {
                     name: p.certificate.as_ref().map(|c| c.name.clone()),
                     groups: p.certificate.as_ref().map(|c| c.groups.clone()).unwrap_or_default(),
                     certificate_expires: p.certificate.as_ref().map(|c| c.not_after),
-                    uplink: self.uplink_name(t.uplinks.active),
+                    uplink: self.uplink_name(t.paths.active),
                     uplinks_alive: (1..=8u8)
-                        .filter(|u| t.uplinks.alive >> (u - 1) & 1 == 1)
+                        .filter(|u| t.paths.alive >> (u - 1) & 1 == 1)
                         .filter_map(|u| self.uplink_name(u))
                         .collect(),
-                    uplink_rtt_ms: (t.uplinks.active != 0 && t.uplinks.rtt_us != 0)
-                        .then(|| t.uplinks.rtt_us as f64 / 1000.0),
+                    uplink_rtt_ms: (t.paths.active != 0 && t.paths.rtt_us != 0)
+                        .then(|| t.paths.rtt_us as f64 / 1000.0),
+                    path_mtu: (t.paths.mtu != 0).then_some(t.paths.mtu),
                 }
             })
             .collect();

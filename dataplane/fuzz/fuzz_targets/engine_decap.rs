@@ -60,5 +60,5 @@ fuzz_target!(|data: &[u8]| {
     pkt.len = n;
     let v = e.decap(2, "10.0.0.9:9".parse().unwrap(), pkt.datagram_mut(), &mut sink);
     assert!(!matches!(v, Decap::Deliver { .. } | Decap::Keepalive), "random bytes never authenticate");
-    e.probe_uplinks(3, &mut sink);
+    e.probe_paths(3, &mut sink);
 });

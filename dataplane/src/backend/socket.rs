@@ -105,6 +105,9 @@ pub struct SocketConfig {
     pub uplinks: Vec<String>,
     /// Milliseconds between path probes on each uplink.
     pub uplink_probe_ms: u32,
+    /// Probe each peer's path MTU and answer frames too big for it with ICMP "too big"
+    /// ([`crate::engine::Engine::set_path_mtu_probing`]).
+    pub path_mtu: bool,
 }
 
 /// Packets on their way to the wire: the socket backend's batch of [`Work`] for its
@@ -440,7 +443,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     // The outer DSCPs of the real-time lane: what the kernel steers to its socket and
     // what is sent on it.
     let rt_dscps = steer::real_time_dscps(&cfg.classes);
-    let (sock, rt_sock) = bind_underlay(&cfg, rt_dscps)?;
+    let (sock, rt_sock, df_sock) = bind_underlay(&cfg, rt_dscps)?;
     let port = sock.local_port().context("cannot read the bound port")?;
     let gro = cfg.offload && sock.enable_gro();
     if !sock.enable_recv_tos() {
@@ -517,6 +520,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         nice,
         backend = if xdp_rx.is_some() { "xdp" } else { "socket" },
         xdp_mode = xdp_rx.as_ref().map(|x| x.filter.mode().name()).unwrap_or("none"),
+        path_mtu_probing = df_sock.is_some(),
         uplinks = %if cfg.uplinks.is_empty() { "none".to_string() } else { cfg.uplinks.join(",") },
         capabilities = %privileges,
         "data plane ready"
@@ -529,6 +533,11 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     shell.engine.set_sole_receiver(true);
     shell.engine.set_classes(cfg.classes.clone());
     shell.engine.set_uplinks(uplinks.len() as u8, cfg.uplink_probe_ms);
+    if df_sock.is_some() {
+        // The "don't fragment" socket comes after the uplinks' (`all_sockets`).
+        let max_frame = cfg.tap_mtu as usize + omni_proto::constants::ETHERNET_HEADER_LEN;
+        shell.engine.set_path_mtu_probing(max_frame, 1 + uplinks.len() as u8);
+    }
     if xdp_rx.is_some() {
         shell.engine.track_sessions();
     }
@@ -536,7 +545,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         let crypto = if use_crypto_thread {
             let placement = if cfg.cpu.is_some() { crypto_cpus } else { vec![] };
             let pool = PoolConfig { cpus: vec![placement], depth: CRYPTO_DEPTH, idle: Idle::Block };
-            let (socks, gso) = (all_sockets(&sock, &uplinks), cfg.offload);
+            let (socks, gso) = (all_sockets(&sock, &uplinks, df_sock.as_ref()), cfg.offload);
             // The crypto thread seals and sends: its own batch of mmsg headers, and its own
             // view of whether the kernel takes UDP GSO.
             let runner = move || {
@@ -554,8 +563,12 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         } else {
             None
         };
-        let mut tx =
-            UdpTx::new(all_sockets(&sock, &uplinks), region.counters(0), cfg.offload, crypto);
+        let mut tx = UdpTx::new(
+            all_sockets(&sock, &uplinks, df_sock.as_ref()),
+            region.counters(0),
+            cfg.offload,
+            crypto,
+        );
         tx.xdp = xdp_tx;
         tx.rt = rt_sock.as_ref().map(|sock| RtTx {
             sock,
@@ -609,24 +622,32 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The underlay socket, and the real-time lane's beside it when asked for and the kernel
-/// takes the split (else the lane is one socket, and the log says why).
+/// The underlay socket, and beside it on the same port the real-time lane's (asked for,
+/// socket backend) and the "don't fragment" one for path MTU probes (asked for), when the
+/// kernel takes the reuseport group (else one socket, and the log says why).
 fn bind_underlay(
     cfg: &SocketConfig,
     rt_dscps: u64,
-) -> anyhow::Result<(UdpSocket, Option<UdpSocket>)> {
-    if !cfg.lanes || cfg.xdp.is_some() {
-        return Ok((UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?, None));
+) -> anyhow::Result<(UdpSocket, Option<UdpSocket>, Option<UdpSocket>)> {
+    let rt = cfg.lanes && cfg.xdp.is_none();
+    if !rt && !cfg.path_mtu {
+        return Ok((UdpSocket::bind(cfg.bind, cfg.port, cfg.socket_buffer)?, None, None));
     }
-    let program = steer::program(rt_dscps);
-    let lanes =
-        UdpSocket::bind_lanes(cfg.bind, cfg.port, cfg.socket_buffer, RT_SOCKET_BUFFER, &program)?;
+    let program = steer::program(if rt { rt_dscps } else { 0 });
+    let lanes = UdpSocket::bind_lanes(
+        cfg.bind,
+        cfg.port,
+        cfg.socket_buffer,
+        rt.then_some(RT_SOCKET_BUFFER),
+        cfg.path_mtu,
+        &program,
+    )?;
     if let Some(e) = &lanes.single {
         warn!(
-            "no real-time lane: the kernel refused a second socket on the port or its steering program ({e}); real-time frames share the bulk queue"
+            "the kernel refused a second socket on the port or its steering program ({e}): no real-time lane (real-time frames share the bulk queue) and no path MTU probing"
         );
     }
-    Ok((lanes.bulk, lanes.rt))
+    Ok((lanes.bulk, lanes.rt, lanes.df))
 }
 
 /// A socket per uplink (`--uplink`), in order; none without uplinks.
@@ -645,9 +666,13 @@ fn bind_uplinks(cfg: &SocketConfig) -> anyhow::Result<Vec<UdpSocket>> {
 }
 
 /// The sockets packets leave by, as [`PacketBuf::local`] numbers them: the fabric port's,
-/// then each uplink's.
-fn all_sockets<'a>(sock: &'a UdpSocket, uplinks: &'a [UdpSocket]) -> Vec<&'a UdpSocket> {
-    std::iter::once(sock).chain(uplinks).collect()
+/// each uplink's, then the fabric port's "don't fragment" one (path MTU probes).
+fn all_sockets<'a>(
+    sock: &'a UdpSocket,
+    uplinks: &'a [UdpSocket],
+    df: Option<&'a UdpSocket>,
+) -> Vec<&'a UdpSocket> {
+    std::iter::once(sock).chain(uplinks).chain(df).collect()
 }
 
 /// Setup is done (sockets bound, TAP open and configured, XDP attached): keeps only what
@@ -859,6 +884,7 @@ impl<'r> Port for SocketPort<'r> {
         let (n, full) = self.access_burst(now, shell)?;
         pass.work += n;
         pass.more |= full;
+        self.probes_and_answers(now, shell);
         Ok(pass)
     }
 
@@ -920,7 +946,7 @@ impl<'r> Port for SocketPort<'r> {
         // With uplinks, the loop wakes for the next round of path probes.
         let timeout = shell
             .engine
-            .uplinks_due_ms()
+            .probes_due_ms()
             .map_or(1000, |due| due.saturating_sub(monotonic_ms()).clamp(1, 1000));
         let Some(woken) = shell.park(|| self.epoll.wait(&mut events, timeout as i32)) else {
             return Ok(None);
@@ -1185,10 +1211,25 @@ impl SocketPort<'_> {
             pass.work += n;
             pass.more |= full;
         }
-        if shell.engine.uplinks_due_ms().is_some_and(|due| now >= due) {
-            shell.engine.probe_uplinks(now, &mut self.tx);
-        }
         Ok(())
+    }
+
+    /// Sends the path probes that are due, and writes the ICMP "too big" answers the engine
+    /// made to the TAP.
+    fn probes_and_answers(&mut self, now: u64, shell: &mut Shell) {
+        if shell.engine.probes_due_ms().is_some_and(|due| now >= due) {
+            shell.engine.probe_paths(now, &mut self.tx);
+        }
+        for frame in shell.engine.drain_reflected() {
+            let written = if self.tap.vnet() {
+                self.tap.writev(&[IoSlice::new(&PLAIN), IoSlice::new(&frame)])
+            } else {
+                self.tap.write(&frame)
+            };
+            if written.is_err() {
+                self.counters.drop(DropReason::AccessError);
+            }
+        }
     }
 
     /// Reads a burst of frames from the TAP and hands them to the engine; super-frames are

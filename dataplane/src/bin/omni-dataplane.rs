@@ -120,6 +120,7 @@ fn main() -> ExitCode {
             real_time_share: args.qos_real_time_share,
             uplinks: args.uplinks,
             uplink_probe_ms: args.uplink_probe_ms,
+            path_mtu: !args.no_path_mtu_probing,
         }),
     };
     match result {

@@ -216,6 +216,11 @@ struct Peer {
     uplink: u8,
     /// Its paths over the uplinks, once probed.
     paths: Option<Box<paths::PeerPaths>>,
+    /// The largest frame its path carries in one datagram, when probing found it smaller
+    /// than the largest frame (0: no limit; see [`pmtu`]).
+    frame_limit: u16,
+    /// The search for its path MTU.
+    mtu: Option<Box<pmtu::PathMtu>>,
 }
 
 impl Peer {
@@ -231,6 +236,8 @@ impl Peer {
             last_handshake_event_ms: 0,
             uplink: 0,
             paths: None,
+            frame_limit: 0,
+            mtu: None,
         }
     }
 }
@@ -266,6 +273,10 @@ pub struct Engine<'r> {
     probing: Option<paths::Probing>,
     /// The socket the datagrams being opened came in on ([`Engine::set_receiving_on`]).
     rx_local: u8,
+    /// Path MTU probing ([`pmtu`]); `None`: off.
+    mtu_probing: Option<pmtu::MtuProbing>,
+    /// ICMP "too big" answers for the access port ([`Engine::drain_reflected`]).
+    reflected: Vec<Vec<u8>>,
 }
 
 /// Receiver indices of revoked sessions remembered at most.
@@ -322,6 +333,8 @@ impl<'r> Engine<'r> {
             classes: ClassMap::default(),
             probing: None,
             rx_local: 0,
+            mtu_probing: None,
+            reflected: Vec::new(),
         }
     }
 
@@ -536,6 +549,13 @@ impl<'r> Engine<'r> {
             self.counters.drop(DropReason::Policy);
             return;
         }
+        let limit = self.peers[peer as usize].frame_limit;
+        if limit != 0 && len > limit as usize {
+            let frame = frame.to_vec();
+            if self.too_big(&frame, limit) {
+                return;
+            }
+        }
         let current = self.usable_current(peer, now_ms);
         let checksum = checksum.filter(|&c| {
             let peer_takes_it =
@@ -701,6 +721,10 @@ impl<'r> Engine<'r> {
             return FALLBACK;
         }
         let Some(to) = p.endpoint else { return FALLBACK };
+        // Too big for the path: the fallback answers it.
+        if p.frame_limit != 0 && frame_len > p.frame_limit as usize {
+            return FALLBACK;
+        }
         let Some(idx) = self.usable_current(peer, now_ms) else { return FALLBACK };
         // The outer TOS: its DSCP names the frame's class, which picks the lane the
         // datagram goes in, here and at the receiver.
@@ -1026,6 +1050,7 @@ impl<'r> Engine<'r> {
         // other workers learn of both in the same order.
         if kind != transport::Kind::PathProbe && self.peers[peer as usize].endpoint != Some(from) {
             self.peers[peer as usize].endpoint = Some(from);
+            self.mtu_path_changed(peer);
             self.event(Event::EndpointChanged { peer, endpoint: Some(from) });
         }
         if self.peers[peer as usize].next == Some(idx) {
@@ -1113,6 +1138,7 @@ impl<'r> Engine<'r> {
             Event::EndpointChanged { peer, endpoint } => {
                 if let Some(p) = self.peers.get_mut(peer as usize).filter(|p| p.active) {
                     p.endpoint = endpoint;
+                    self.mtu_path_changed(peer);
                 }
             }
             Event::SessionExpired { local_index, .. } => self.remove_session(local_index),
@@ -1154,7 +1180,10 @@ impl<'r> Engine<'r> {
                     p.active = true;
                     self.active.push(peer);
                 }
-                p.endpoint = endpoint;
+                if p.endpoint != endpoint {
+                    p.endpoint = endpoint;
+                    self.mtu_path_changed(peer);
+                }
                 // New endpoint, staged frames may now go.
                 self.flush_staged(now_ms, peer, tx);
             }
@@ -1333,5 +1362,6 @@ impl<'r> Engine<'r> {
 }
 
 mod paths;
+mod pmtu;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ use omni_proto::wire::path_probe;
 use omni_proto::wire::transport::Kind;
 use omni_shm::counters::{Counter, DropReason};
 use omni_shm::endpoint::Endpoint;
-use omni_shm::layout::Uplinks;
+use omni_shm::layout::PathState;
 use omni_shm::settings::MAX_UPLINKS;
 
 use super::{Decap, Engine, TxSink};
@@ -111,13 +111,24 @@ impl<'r> Engine<'r> {
             .map_or(p.last_chosen, |peer| peer.uplink)
     }
 
-    /// When [`Engine::probe_uplinks`] is next due (`None`: no uplinks).
-    pub fn uplinks_due_ms(&self) -> Option<u64> {
-        self.probing.as_ref().map(|p| p.next_ms)
+    /// When [`Engine::probe_paths`] is next due (`None`: no probing).
+    pub fn probes_due_ms(&self) -> Option<u64> {
+        let uplinks = self.probing.as_ref().map(|p| p.next_ms);
+        match (uplinks, self.mtu_due_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The probes that are due: the uplinks' ([`Engine::probe_uplinks`]) and the path
+    /// MTU searches ([`super::pmtu`]). Call when [`Engine::probes_due_ms`] has come.
+    pub fn probe_paths(&mut self, now_ms: u64, tx: &mut impl TxSink) {
+        self.probe_uplinks(now_ms, tx);
+        self.search_mtus(now_ms, tx);
     }
 
     /// Probes every uplink to every peer with recent traffic, then moves each peer to the
-    /// uplink it should be on. Call when [`Engine::uplinks_due_ms`] has come.
+    /// uplink it should be on.
     pub fn probe_uplinks(&mut self, now_ms: u64, tx: &mut impl TxSink) {
         let Some(p) = self.probing.as_mut() else { return };
         if now_ms < p.next_ms {
@@ -139,7 +150,7 @@ impl<'r> Engine<'r> {
             }
             for uplink in 1..=count {
                 let r = path_probe::Repr { answer: false, uplink, sequence };
-                if self.send_probe(now_ms, peer, to, uplink, r, tx) {
+                if self.send_probe(now_ms, peer, to, uplink, r, path_probe::LEN, tx) {
                     self.counters.inc(Counter::PathProbesSent, 1);
                 }
             }
@@ -149,7 +160,7 @@ impl<'r> Engine<'r> {
 
     /// Whether `peer` is probed now: a current session that answers probes, a direct
     /// endpoint, and data either way within [`IDLE_MS`].
-    fn probed(&self, peer: u16, now_ms: u64) -> bool {
+    pub(super) fn probed(&self, peer: u16, now_ms: u64) -> bool {
         let p = &self.peers[peer as usize];
         if !matches!(p.endpoint, Some(Endpoint::Direct(_))) {
             return false;
@@ -198,12 +209,14 @@ impl<'r> Engine<'r> {
         };
         paths.active = chosen;
         let moved = chosen != active;
-        self.stats(peer).uplinks.store(
-            Uplinks { active: chosen, alive: mask, rtt_us }.pack(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let stats = self.stats(peer);
+        let mut st = PathState::unpack(stats.paths.load(std::sync::atomic::Ordering::Relaxed));
+        (st.active, st.alive, st.rtt_us) = (chosen, mask, rtt_us);
+        stats.paths.store(st.pack(), std::sync::atomic::Ordering::Relaxed);
         if moved {
             self.peers[peer as usize].uplink = chosen;
+            // Another path: its MTU is found again (on the fabric port only).
+            self.mtu_path_changed(peer);
             if let Some(p) = self.probing.as_mut() {
                 p.last_chosen = chosen;
             }
@@ -221,17 +234,21 @@ impl<'r> Engine<'r> {
         }
     }
 
-    /// Seals path probe `r` to `peer` under its current session and queues it for `to`
-    /// on socket `local`. False when there is no usable session.
-    fn send_probe(
+    /// Seals path probe `r`, padded to `len` payload bytes, to `peer` under its current
+    /// session and queues it for `to` on socket `local`. False when there is no usable
+    /// session.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_probe(
         &mut self,
         now_ms: u64,
         peer: u16,
         to: Endpoint,
         local: u8,
         r: path_probe::Repr,
+        len: usize,
         tx: &mut impl TxSink,
     ) -> bool {
+        let len = len.clamp(path_probe::LEN, omni_proto::constants::MAX_INNER_FRAME);
         let Some(idx) = self.usable_current(peer, now_ms) else { return false };
         let limit = self.cfg.reject_after_messages;
         let slot = self.slot(idx);
@@ -239,10 +256,9 @@ impl<'r> Engine<'r> {
             .as_deref_mut()
             .expect("usable session exists");
         let buf = tx.buffer();
+        buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].fill(0);
         r.emit(&mut buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + path_probe::LEN]);
-        let Some(n) =
-            sess.seal_marked(Kind::PathProbe, &mut buf.data, path_probe::LEN, limit, slot)
-        else {
+        let Some(n) = sess.seal_marked(Kind::PathProbe, &mut buf.data, len, limit, slot) else {
             return false;
         };
         buf.seal = None;
@@ -274,9 +290,13 @@ impl<'r> Engine<'r> {
         let r = path_probe::Repr::parse(&p);
         if !r.answer {
             let local = self.rx_local;
-            if self.send_probe(now_ms, peer, from, local, r.answered(), tx) {
+            if self.send_probe(now_ms, peer, from, local, r.answered(), path_probe::LEN, tx) {
                 self.counters.inc(Counter::PathProbesEchoed, 1);
             }
+            return Decap::Keepalive;
+        }
+        if r.uplink == 0 {
+            self.mtu_answered(peer, r.sequence);
             return Decap::Keepalive;
         }
         let Some(count) = self.probing.as_ref().map(|p| p.count) else {

@@ -5,7 +5,7 @@ use super::*;
 use omni_proto::aead::Aead;
 use omni_proto::features::Features;
 use omni_proto::noise::SessionKeys;
-use omni_shm::layout::{Params, Uplinks};
+use omni_shm::layout::{Params, PathState};
 use std::path::PathBuf;
 
 #[derive(Default)]
@@ -982,7 +982,7 @@ fn uplink_ep(i: u8) -> SocketAddr {
 /// that uplink's address, and B's answers come back. Returns where B sends A's traffic.
 fn probe_round(a: &mut Engine, b: &mut Engine, now: u64, up: &[u8]) -> Option<Endpoint> {
     let mut sink = VecSink::default();
-    a.probe_uplinks(now, &mut sink);
+    a.probe_paths(now, &mut sink);
     let mut answers = VecSink::default();
     for mut pkt in sink.queued.drain(..) {
         assert_eq!(pkt.addr, Some(B_EP.parse().unwrap()), "every path goes to B");
@@ -1008,7 +1008,7 @@ fn traffic_goes_on_the_first_working_uplink_and_moves_when_it_stops_answering() 
     a.set_uplinks(2, 40);
     let mut sink = VecSink::default();
     // No data yet: nobody is probed.
-    a.probe_uplinks(0, &mut sink);
+    a.probe_paths(0, &mut sink);
     assert!(sink.queued.is_empty());
     // Data: A sends a frame (by the fabric port: no path is known yet).
     let mut f = frame(MAC_B, MAC_A, b"hello");
@@ -1023,7 +1023,7 @@ fn traffic_goes_on_the_first_working_uplink_and_moves_when_it_stops_answering() 
     assert_eq!(b.endpoint(0), Some(A_EP.parse().unwrap()), "a probe never roams the peer");
     now += 40;
     let mut sink = VecSink::default();
-    a.probe_uplinks(now, &mut sink);
+    a.probe_paths(now, &mut sink);
     let ka = sink.queued.iter().find(|p| p.local == 1 && p.len == transport::MIN_LEN);
     assert!(ka.is_some(), "a keepalive on the new uplink");
     let mut f = frame(MAC_B, MAC_A, b"data");
@@ -1035,7 +1035,7 @@ fn traffic_goes_on_the_first_working_uplink_and_moves_when_it_stops_answering() 
         Decap::Deliver { .. }
     ));
     assert_eq!(b.endpoint(0), Some(Endpoint::Direct(uplink_ep(1))), "B roams to it with data");
-    let up = Uplinks::unpack(a.stats(0).uplinks.load(std::sync::atomic::Ordering::Relaxed));
+    let up = PathState::unpack(a.stats(0).paths.load(std::sync::atomic::Ordering::Relaxed));
     assert_eq!((up.active, up.alive), (1, 0b11));
     // Uplink 1 goes dark: within 3 intervals (+ round trips) traffic is on uplink 2.
     let cut = now;
@@ -1108,7 +1108,7 @@ fn a_peer_without_path_probes_is_not_probed_and_bad_probes_are_dropped() {
     let mut f = frame(MAC_B, MAC_A, b"hello");
     a.encap(5, &mut f, &mut sink);
     sink.queued.clear();
-    a.probe_uplinks(40, &mut sink);
+    a.probe_paths(40, &mut sink);
     assert!(sink.queued.is_empty(), "an older peer would roam to the probes: none sent");
     // A probe with a bad payload (sealed properly, so it authenticates) is dropped.
     let mut p = PacketBuf::new();

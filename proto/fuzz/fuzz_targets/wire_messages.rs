@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         let mut out = [0u8; path_probe::LEN];
         path_probe::Repr::parse(&p).emit(&mut out);
         // The reserved bytes are written as zero.
-        assert_eq!((&out[..2], &out[4..]), (&data[..2], &data[4..]));
+        assert_eq!((&out[..2], &out[4..]), (&data[..2], &data[4..path_probe::LEN]));
     }
     // A frame's class and the ECN rules: any bytes, no panic; a CE mark changes at most
     // the TOS byte (and the IPv4 checksum) of an ECN-capable IP frame.
@@ -63,6 +63,10 @@ fuzz_target!(|data: &[u8]| {
     let mut marked = data.to_vec();
     if omni_proto::qos::apply_outer_ecn(&mut marked, omni_proto::qos::ecn::CE) {
         assert_eq!(marked.len(), data.len());
+    }
+    let mut answer = [0u8; omni_proto::wire::too_big::MAX_LEN];
+    if let Some(n) = omni_proto::wire::too_big::answer(data, 1300, &mut answer) {
+        assert!(n <= answer.len());
     }
     let _ = macs::verify_mac1(data, &[7; 32]);
     let _ = macs::verify_mac2(data, &[7; 16]);

@@ -16,6 +16,7 @@ pub mod nucleus;
 pub mod path_probe;
 pub mod relay;
 pub mod stream;
+pub mod too_big;
 pub mod transport;
 pub mod udp;
 

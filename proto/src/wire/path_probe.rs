@@ -38,14 +38,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Self { buffer }
     }
 
-    /// Checks the length (exactly [`LEN`]) and the kind.
+    /// Checks the length (at least [`LEN`]; the rest is padding) and the kind.
     pub fn new_checked(buffer: T) -> Result<Self, WireError> {
         let b = buffer.as_ref();
         if b.len() < LEN {
             return Err(WireError::Truncated { len: b.len(), need: LEN });
-        }
-        if b.len() > LEN {
-            return Err(WireError::Oversize { len: b.len(), max: LEN });
         }
         if !matches!(b[field::KIND], KIND_PROBE | KIND_ANSWER) {
             return Err(WireError::BadField("path probe kind"));
@@ -68,7 +65,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
     pub answer: bool,
-    /// The prober's uplink the probe left on (its index, from 1).
+    /// The prober's uplink the probe left on (its index, from 1; 0: the fabric port, for a
+    /// path MTU probe).
     pub uplink: u8,
     pub sequence: u32,
 }
@@ -112,7 +110,8 @@ mod tests {
     #[test]
     fn bad_lengths_and_kinds_are_refused() {
         assert!(matches!(Packet::new_checked(&[1u8; 7][..]), Err(WireError::Truncated { .. })));
-        assert!(matches!(Packet::new_checked(&[1u8; 9][..]), Err(WireError::Oversize { .. })));
+        let padded = Packet::new_checked(&[1u8; 1400][..]).expect("padding is allowed");
+        assert_eq!(padded.sequence(), 0x0101_0101);
         for kind in [0u8, 3, 0xff] {
             let mut b = [0u8; LEN];
             b[0] = kind;

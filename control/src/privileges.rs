@@ -13,14 +13,18 @@ use tracing::{info, warn};
 use crate::config::Settings;
 
 /// What a data plane of `backend` needs while it sets up (`pci`: a DPDK data plane with
-/// a PCI port).
-pub fn dataplane_needs(backend: Backend, pci: bool) -> CapSet {
+/// a PCI port; `uplinks`: sockets bound to interfaces, which kernels before 5.7 allow only
+/// with CAP_NET_RAW).
+pub fn dataplane_needs(backend: Backend, pci: bool, uplinks: bool) -> CapSet {
     if backend == Backend::Dpdk {
         return omni_shm::settings::dpdk_capabilities(pci);
     }
     // CAP_SETPCAP lets it empty its own bounding set when done; CAP_SYS_NICE raises its
     // I/O thread's priority (`dataplane_nice`).
     let mut need = vec![Cap::NetAdmin, Cap::NetBindService, Cap::SetPcap, Cap::SysNice];
+    if uplinks {
+        need.push(Cap::NetRaw);
+    }
     if backend == Backend::Xdp {
         need.extend([Cap::NetRaw, Cap::IpcLock]);
         if caps::kernel_has(Cap::Bpf) {
@@ -43,7 +47,8 @@ pub fn drop_for_daemon(settings: &Settings) {
         .into_iter()
         .flatten()
         .any(|p| omni_shm::settings::dpdk_port_is_pci(p));
-    let permitted = dataplane_needs(settings.daemon.backend, pci);
+    let uplinks = !settings.network.uplinks.is_empty();
+    let permitted = dataplane_needs(settings.daemon.backend, pci, uplinks);
     let effective = match settings.metrics_listen {
         Some(a) if a.port() != 0 && a.port() < 1024 => CapSet::of(&[Cap::NetBindService]),
         _ => CapSet::EMPTY,

@@ -96,6 +96,9 @@ fn cutting_the_uplink_in_use_moves_the_traffic_within_200_ms_without_a_handshake
         "the same session carried on"
     );
     assert!(metric(&m, "omni_uplink_switches_total").unwrap_or(0.0) >= 1.0);
+    // The Nucleus is reached by the working uplink too (the node registered again there).
+    c.wait_registered(0);
+    assert!(c.nodes[0].log_text().contains("registering again"), "re-registered on eth1");
     println!(
         "UPLINKS|probes sent {:?}, answered {:?}",
         metric(&m, "omni_path_probes_total{event=\"sent\"}"),

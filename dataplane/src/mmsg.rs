@@ -263,7 +263,7 @@ impl UdpSocket {
             let e = match e.raw_os_error() {
                 Some(libc::ENODEV) => io::Error::other("no such interface"),
                 Some(libc::EPERM) => io::Error::other(
-                    "binding to an interface needs CAP_NET_RAW (run as root, or from omni-daemon)",
+                    "binding to an interface needs CAP_NET_RAW on this kernel (run as root)",
                 ),
                 _ => e,
             };

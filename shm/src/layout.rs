@@ -56,6 +56,10 @@ pub struct Header {
     /// Workers the data plane runs (each with its own rings, counters and peer
     /// statistics; at most `n_workers`): control sends every command to each of them.
     pub dp_workers: AtomicU32,
+    /// With several uplinks: the one Nucleus traffic (registration, the relay) leaves by
+    /// (0: the fabric port). When it changes, control registers again, so the Nucleus
+    /// learns the address that traffic now comes from.
+    pub dp_nucleus_uplink: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);

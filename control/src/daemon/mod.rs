@@ -98,6 +98,8 @@ struct Daemon {
     /// Bridges to Nuclei's TLS/TCP relays (where UDP is blocked), and what they report.
     bridges: crate::tcp_bridge::Bridges,
     bridge_rx: tokio::sync::mpsc::Receiver<crate::tcp_bridge::BridgeEvent>,
+    /// The uplink the data plane last said Nucleus traffic leaves by (several uplinks).
+    nucleus_uplink: u32,
     settings: Settings,
     fabric: Fabric,
     channel: Channel,
@@ -263,6 +265,7 @@ pub async fn run(settings: Settings, identity: Identity) -> anyhow::Result<()> {
         rendezvous,
         bridges: crate::tcp_bridge::Bridges::new(bridge_tx, settings.daemon.port),
         bridge_rx,
+        nucleus_uplink: 0,
         settings,
         fabric,
         channel,
@@ -496,6 +499,14 @@ impl Daemon {
     /// open or close, and relayed peers to move with their Nucleus.
     fn rendezvous_transport(&mut self) {
         let Some(r) = self.rendezvous.as_mut() else { return };
+        // Nucleus traffic moved to another uplink: the Nucleus must see the new address
+        // (it relays only from the registered one).
+        let uplink = self.channel.header().dp_nucleus_uplink.load(Ordering::Relaxed);
+        if uplink != self.nucleus_uplink {
+            self.nucleus_uplink = uplink;
+            info!(uplink, "Nucleus traffic leaves by another uplink: registering again");
+            r.reregister_now();
+        }
         for req in r.take_tcp_requests() {
             self.bridges.apply(req);
         }

@@ -62,8 +62,10 @@ impl Fabric {
         let p = &mut self.peers[id as usize];
         // A punch for a peer already direct means an address changed on one side (the
         // Nucleus saw a new mapping, or the peer asked): the path in use may be dead, so it
-        // is probed again, towards the addresses as they are now.
-        let direct_but_moved = m.punch && !unreached && !relayed;
+        // is probed again, towards the addresses as they are now. Unless the address in use
+        // is the one the Nucleus now sees: the peer already roamed there (an uplink move).
+        let in_use = p.endpoint.is_some_and(|e| m.endpoints.contains(&e.addr()));
+        let direct_but_moved = m.punch && !unreached && !relayed && !in_use;
         if (m.punch || !known) && (unreached || relayed || direct_but_moved) && !just_sent {
             if unreached && p.punch_started_ms.is_none() {
                 p.punch_started_ms = Some(now_ms);

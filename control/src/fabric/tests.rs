@@ -533,6 +533,11 @@ fn a_punch_for_a_peer_already_direct_probes_its_new_address() {
     // Without a punch, a list for a direct peer changes nothing.
     a.on_member(20_000, &member(kb, &["203.0.113.10:40000"], false));
     assert_eq!(sends(&mut a), vec![]);
+    // A punch naming the address in use (the peer moved to another uplink and we roamed
+    // with it before its new registration): nothing to find, no handshake.
+    let in_use = a.peers()[0].endpoint.expect("direct").addr().to_string();
+    a.on_member(30_000, &member(kb, &[&in_use, "203.0.113.11:40000"], true));
+    assert_eq!(sends(&mut a), vec![]);
 }
 
 #[test]

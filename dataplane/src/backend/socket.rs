@@ -245,7 +245,8 @@ const BULK_BUDGET: usize = 128;
 /// and sent on its socket as soon as the engine hands them over, never behind a batch, a
 /// GSO train, the crypto thread or a full bulk socket buffer.
 struct RtTx<'a> {
-    sock: &'a UdpSocket,
+    /// The real-time socket on the fabric port, then the uplinks' (by [`PacketBuf::local`]).
+    socks: Vec<&'a UdpSocket>,
     /// The outer DSCPs of the lane ([`crate::steer::real_time_dscps`]).
     dscps: u64,
     mmsg: MmsgBatch,
@@ -258,13 +259,13 @@ struct RtTx<'a> {
 impl RtTx<'_> {
     /// Sends `buf` now if it is real time and the pass's share is not spent.
     fn send_now(&mut self, buf: &mut PacketBuf, counters: &WorkerCounters) -> bool {
-        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= self.per_pass || buf.local != 0 {
+        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= self.per_pass {
             return false;
         }
         self.sent += 1;
         counters.inc(Counter::RealTimeSent, 1);
         let errors =
-            seal_and_send(&[self.sock], &mut self.mmsg, std::slice::from_mut(buf), &mut self.gso);
+            seal_and_send(&self.socks, &mut self.mmsg, std::slice::from_mut(buf), &mut self.gso);
         if errors > 0 {
             counters.drop_n(DropReason::TxError, errors);
         }
@@ -571,7 +572,7 @@ pub fn run(cfg: SocketConfig) -> anyhow::Result<()> {
         );
         tx.xdp = xdp_tx;
         tx.rt = rt_sock.as_ref().map(|sock| RtTx {
-            sock,
+            socks: all_sockets(sock, &uplinks, None),
             dscps: rt_dscps,
             mmsg: MmsgBatch::new(1),
             gso: false,
@@ -658,10 +659,16 @@ fn bind_uplinks(cfg: &SocketConfig) -> anyhow::Result<Vec<UdpSocket>> {
     if !cfg.uplinks.is_empty() && cfg.xdp.is_some() {
         bail!("uplinks work on the socket backend only; remove --uplink or use --backend socket");
     }
+    // Each uplink sends from its own interface's address: the fabric port's bind address
+    // says only which family.
+    let any = cfg.bind.map(|a| match a {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    });
     Ok(cfg
         .uplinks
         .iter()
-        .map(|name| UdpSocket::bind_device(cfg.bind, name, cfg.socket_buffer))
+        .map(|name| UdpSocket::bind_device(any, name, cfg.socket_buffer))
         .collect::<Result<_, _>>()?)
 }
 
@@ -952,8 +959,8 @@ impl<'r> Port for SocketPort<'r> {
             return Ok(None);
         };
         let n = woken.context("epoll_wait")?;
-        // The socket backend waits on four descriptors, so `events` holds every one that
-        // is ready: a socket it does not list had nothing.
+        // The socket backend waits on at most 13 descriptors (with 8 uplinks), so `events`
+        // holds every one that is ready: a socket it does not list had nothing.
         st.woke_without_udp = !events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP);
         st.rt_woken = Some(events[..n].iter().any(|ev| ev.u64 == TOKEN_UDP_RT));
         st.uplinks_woken =
@@ -1539,7 +1546,7 @@ mod tests {
         let to = SocketAddr::from(([127, 0, 0, 1], peer.local_port().unwrap()));
         let counters = WorkerCounters::new_for_test();
         let mut rt = RtTx {
-            sock: &sock,
+            socks: vec![&sock],
             dscps: steer::real_time_dscps(&ClassMap::default()),
             mmsg: MmsgBatch::new(1),
             gso: false,

@@ -614,7 +614,8 @@ impl<'r> Engine<'r> {
         buf.relay = endpoint.and_then(|e| e.relay_tag());
         buf.local = match endpoint {
             Some(Endpoint::Direct(_)) => self.peers[peer as usize].uplink,
-            _ => 0,
+            Some(Endpoint::Relay { via, .. }) => self.nucleus_local(via),
+            None => 0,
         };
     }
 

@@ -30,23 +30,38 @@ pub const RECOVER_MS: u64 = 1000;
 /// Peers without data either way for this long are not probed (their path is chosen
 /// again within three intervals of traffic starting).
 pub const IDLE_MS: u64 = 30_000;
-/// Probes remembered per uplink, to match late answers and time them.
-const IN_FLIGHT: usize = 4;
+/// Probe rounds remembered per peer, to match late answers and time them: at the
+/// default interval, answers up to 2.5 s late still count.
+const IN_FLIGHT: usize = 64;
 
 /// The uplinks this engine sends on, and when they are probed next.
 pub(super) struct Probing {
     count: u8,
     interval_ms: u64,
     next_ms: u64,
-    /// The uplink a peer was last moved to (0: none yet).
-    last_chosen: u8,
+    /// The uplink Nucleus traffic and relayed packets leave by: the first that answers
+    /// some peer's probes (0, the fabric port, until one does).
+    nucleus_uplink: u8,
 }
+
+/// Whether a peer is probed now ([`Engine::probe_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Probed {
+    Yes,
+    /// Probed but quiet: what was found of its paths stays.
+    Idle,
+    /// Not probed (relayed, no endpoint, no session, or one without the feature): its
+    /// traffic leaves by the fabric port, or the relay's uplink.
+    No,
+}
+
+/// How long the loop may sleep when no peer is probed: probing starts at most this long
+/// after traffic does.
+const IDLE_TICK_MS: u64 = 1000;
 
 /// One uplink's path to one peer.
 #[derive(Debug, Clone, Copy, Default)]
 struct Path {
-    /// The last probes sent: (sequence, when).
-    sent: [(u32, u64); IN_FLIGHT],
     /// When an answer last came (0: never), and since when the path has answered without
     /// a gap that made it dead.
     answered_ms: u64,
@@ -63,17 +78,25 @@ impl Path {
 }
 
 /// What an engine knows of the paths to one peer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct PeerPaths {
     /// The uplink the peer's traffic goes out on (from 1; 0: the fabric port).
     pub(super) active: u8,
     sequence: u32,
+    /// The last rounds of probes: (sequence, when), by sequence modulo [`IN_FLIGHT`].
+    sent: [(u32, u64); IN_FLIGHT],
     paths: [Path; MAX_UPLINKS],
+}
+
+impl Default for PeerPaths {
+    fn default() -> Self {
+        Self { active: 0, sequence: 0, sent: [(0, 0); IN_FLIGHT], paths: Default::default() }
+    }
 }
 
 impl Probing {
     pub(super) fn new(count: u8, interval_ms: u32) -> Self {
-        Self { count, interval_ms: interval_ms.max(1) as u64, next_ms: 0, last_chosen: 0 }
+        Self { count, interval_ms: interval_ms.max(1) as u64, next_ms: 0, nucleus_uplink: 0 }
     }
 }
 
@@ -83,6 +106,8 @@ impl<'r> Engine<'r> {
     pub fn set_uplinks(&mut self, count: u8, interval_ms: u32) {
         let count = count.min(MAX_UPLINKS as u8);
         self.probing = (count > 0).then(|| Probing::new(count, interval_ms));
+        // A restarted data plane starts over on the fabric port; control follows.
+        self.region.header().dp_nucleus_uplink.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Which underlay socket the datagrams the next [`Engine::decap`] calls open came in on
@@ -92,23 +117,28 @@ impl<'r> Engine<'r> {
     }
 
     /// The socket a datagram control injects for `to` leaves by: a peer's handshake goes on
-    /// the uplink that peer's traffic is on; anything else (a Nucleus) on the uplink a peer
-    /// last moved to, which is the one known to work (0, the fabric port, before any, and
-    /// for this host's own addresses).
+    /// the uplink that peer's traffic is on; anything else (a Nucleus) by
+    /// [`Engine::nucleus_local`].
     pub fn uplink_to(&self, to: &Endpoint) -> u8 {
-        let Some(p) = self.probing.as_ref() else { return 0 };
-        // The daemon's own bridge to a Nucleus's TCP relay is on this host.
-        if to.addr().ip().is_loopback() || to.addr().ip().to_canonical().is_loopback() {
-            return 0;
-        }
-        if to.is_relay() {
-            return p.last_chosen;
+        if self.probing.is_none() || to.is_relay() {
+            return self.nucleus_local(to.addr());
         }
         self.active
             .iter()
             .map(|&peer| &self.peers[peer as usize])
             .find(|peer| peer.endpoint.as_ref() == Some(to))
-            .map_or(p.last_chosen, |peer| peer.uplink)
+            .map_or_else(|| self.nucleus_local(to.addr()), |peer| peer.uplink)
+    }
+
+    /// The socket Nucleus traffic to `to` leaves by, registration and relayed packets
+    /// alike (the Nucleus relays only from the address a node registered from): the first
+    /// uplink that answers some peer's probes, 0 (the fabric port) before any, and for the
+    /// daemon's own bridge to a Nucleus's TCP relay, on this host.
+    pub(super) fn nucleus_local(&self, to: std::net::SocketAddr) -> u8 {
+        match self.probing.as_ref() {
+            Some(p) if !to.ip().to_canonical().is_loopback() => p.nucleus_uplink,
+            _ => 0,
+        }
     }
 
     /// When [`Engine::probe_paths`] is next due (`None`: no probing).
@@ -128,57 +158,94 @@ impl<'r> Engine<'r> {
     }
 
     /// Probes every uplink to every peer with recent traffic, then moves each peer to the
-    /// uplink it should be on.
+    /// uplink it should be on, and Nucleus traffic to the first uplink any peer's probes
+    /// found alive.
     pub fn probe_uplinks(&mut self, now_ms: u64, tx: &mut impl TxSink) {
         let Some(p) = self.probing.as_mut() else { return };
         if now_ms < p.next_ms {
             return;
         }
-        p.next_ms = now_ms + p.interval_ms;
         let (count, interval) = (p.count, p.interval_ms);
+        let (mut probed, mut alive) = (false, 0u8);
         for i in 0..self.active.len() {
             let peer = self.active[i];
-            if !self.probed(peer, now_ms) {
-                continue;
+            match self.probe_state(peer, now_ms) {
+                Probed::Yes => {}
+                Probed::Idle => continue,
+                Probed::No => {
+                    self.unprobe(peer);
+                    continue;
+                }
             }
             let Some(to) = self.peers[peer as usize].endpoint else { continue };
+            probed = true;
             let paths = self.peers[peer as usize].paths.get_or_insert_default();
             paths.sequence = paths.sequence.wrapping_add(1).max(1);
             let sequence = paths.sequence;
-            for path in &mut paths.paths[..count as usize] {
-                path.sent[sequence as usize % IN_FLIGHT] = (sequence, now_ms);
-            }
+            paths.sent[sequence as usize % IN_FLIGHT] = (sequence, now_ms);
             for uplink in 1..=count {
                 let r = path_probe::Repr { answer: false, uplink, sequence };
                 if self.send_probe(now_ms, peer, to, uplink, r, path_probe::LEN, tx) {
                     self.counters.inc(Counter::PathProbesSent, 1);
                 }
             }
-            self.choose_uplink(now_ms, peer, count, interval, tx);
+            alive |= self.choose_uplink(now_ms, peer, count, interval, tx);
+        }
+        let p = self.probing.as_mut().expect("checked above");
+        p.next_ms = now_ms + if probed { interval } else { IDLE_TICK_MS };
+        // The first uplink alive for anyone; none alive: where it was.
+        if alive != 0 {
+            let first = alive.trailing_zeros() as u8 + 1;
+            if first != p.nucleus_uplink {
+                tracing::info!(
+                    from = p.nucleus_uplink,
+                    to = first,
+                    "Nucleus traffic moved to another uplink"
+                );
+                p.nucleus_uplink = first;
+                let h = self.region.header();
+                h.dp_nucleus_uplink.store(first as u32, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
-    /// Whether `peer` is probed now: a current session that answers probes, a direct
-    /// endpoint, and data either way within [`IDLE_MS`].
-    pub(super) fn probed(&self, peer: u16, now_ms: u64) -> bool {
+    /// Whether `peer` is probed now: [`Probed::Yes`] for a current session that answers
+    /// probes, a direct endpoint, and data either way within [`IDLE_MS`].
+    pub(super) fn probe_state(&self, peer: u16, now_ms: u64) -> Probed {
         let p = &self.peers[peer as usize];
-        if !matches!(p.endpoint, Some(Endpoint::Direct(_))) {
-            return false;
+        let answers = matches!(p.endpoint, Some(Endpoint::Direct(_)))
+            && self
+                .usable_current(peer, now_ms)
+                .and_then(|i| self.session(i))
+                .is_some_and(|s| s.path_probes);
+        if !answers {
+            return Probed::No;
         }
-        let answers = self
-            .usable_current(peer, now_ms)
-            .and_then(|i| self.session(i))
-            .is_some_and(|s| s.path_probes);
         let st = self.stats(peer);
         let last = st
             .last_data_tx_ms
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(st.last_data_rx_ms.load(std::sync::atomic::Ordering::Relaxed));
-        answers && last != 0 && now_ms.saturating_sub(last) <= IDLE_MS
+        if last != 0 && now_ms.saturating_sub(last) <= IDLE_MS { Probed::Yes } else { Probed::Idle }
+    }
+
+    /// `peer` is no longer probed (relayed, or a session without the feature): its traffic
+    /// leaves by the fabric port again, and what was found of its paths goes.
+    fn unprobe(&mut self, peer: u16) {
+        let p = &mut self.peers[peer as usize];
+        if p.uplink == 0 && p.paths.is_none() {
+            return;
+        }
+        (p.uplink, p.paths) = (0, None);
+        let stats = self.stats(peer);
+        let mut st = PathState::unpack(stats.paths.load(std::sync::atomic::Ordering::Relaxed));
+        (st.active, st.alive, st.rtt_us) = (0, 0, 0);
+        stats.paths.store(st.pack(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Moves `peer` to the first alive uplink, or back to a preferred one that has answered
-    /// for [`RECOVER_MS`]; a move sends a keepalive on the new uplink at once.
+    /// for [`RECOVER_MS`]; a move sends a keepalive on the new uplink at once. Returns the
+    /// peer's alive uplinks (bit `i - 1` for uplink `i`).
     fn choose_uplink(
         &mut self,
         now_ms: u64,
@@ -186,8 +253,8 @@ impl<'r> Engine<'r> {
         count: u8,
         interval_ms: u64,
         tx: &mut impl TxSink,
-    ) {
-        let Some(paths) = self.peers[peer as usize].paths.as_deref_mut() else { return };
+    ) -> u8 {
+        let Some(paths) = self.peers[peer as usize].paths.as_deref_mut() else { return 0 };
         let alive = |u: u8| paths.paths[u as usize - 1].alive(now_ms, interval_ms);
         let active = paths.active;
         let stays = active != 0 && alive(active);
@@ -217,9 +284,6 @@ impl<'r> Engine<'r> {
             self.peers[peer as usize].uplink = chosen;
             // Another path: its MTU is found again (on the fabric port only).
             self.mtu_path_changed(peer);
-            if let Some(p) = self.probing.as_mut() {
-                p.last_chosen = chosen;
-            }
             if active != 0 {
                 self.counters.inc(Counter::UplinkSwitches, 1);
                 tracing::info!(
@@ -232,6 +296,7 @@ impl<'r> Engine<'r> {
             // The peer roams to the new path at once instead of at our next frame.
             self.send_keepalive(now_ms, peer, tx);
         }
+        mask
     }
 
     /// Seals path probe `r`, padded to `len` payload bytes, to `peer` under its current
@@ -266,7 +331,7 @@ impl<'r> Engine<'r> {
         buf.len = n;
         buf.addr = Some(to.addr());
         buf.relay = to.relay_tag();
-        buf.local = if to.is_relay() { 0 } else { local };
+        buf.local = if to.is_relay() { self.nucleus_local(to.addr()) } else { local };
         tx.commit();
         true
     }
@@ -305,16 +370,17 @@ impl<'r> Engine<'r> {
         let Some(paths) = self.peers[peer as usize].paths.as_deref_mut() else {
             return Decap::Keepalive;
         };
-        if !(1..=count).contains(&r.uplink) {
+        // The answer to uplink u's probe comes back to uplink u's socket.
+        if !(1..=count).contains(&r.uplink) || r.uplink != self.rx_local {
             return Decap::Drop(DropReason::BadInnerFrame);
         }
         let interval = self.probing.as_ref().map_or(1, |p| p.interval_ms);
-        let path = &mut paths.paths[r.uplink as usize - 1];
-        let Some(&(_, sent_ms)) = path.sent.iter().find(|&&(s, t)| s == r.sequence && t != 0)
-        else {
+        let (seq, sent_ms) = paths.sent[r.sequence as usize % IN_FLIGHT];
+        if seq != r.sequence || sent_ms == 0 {
             // Older than the probes remembered: proves nothing about now.
             return Decap::Keepalive;
-        };
+        }
+        let path = &mut paths.paths[r.uplink as usize - 1];
         if !path.alive(now_ms, interval) {
             path.alive_since_ms = now_ms;
         }

@@ -37,8 +37,9 @@ const ROUNDS_UNANSWERED: u8 = 3;
 pub const RESEARCH_MS: u64 = 600_000;
 /// The search ends when its bounds are this close.
 const PRECISION: u16 = 8;
-/// How often searches are looked at.
+/// How often searches are looked at, and when no peer is searched for.
 const TICK_MS: u64 = 100;
+const IDLE_TICK_MS: u64 = 1000;
 /// ICMP answers queued for the access port at most (more are not made until it drains).
 const REFLECT_MAX: usize = 64;
 /// Bytes sealing adds to a frame.
@@ -144,13 +145,16 @@ impl<'r> Engine<'r> {
         if now_ms < m.next_ms {
             return;
         }
-        m.next_ms = now_ms + TICK_MS;
         let (max, local) = (m.max, m.local);
+        let mut searched = false;
         for i in 0..self.active.len() {
             let peer = self.active[i];
-            if self.peers[peer as usize].uplink != 0 || !self.probed(peer, now_ms) {
+            if self.peers[peer as usize].uplink != 0
+                || self.probe_state(peer, now_ms) != super::paths::Probed::Yes
+            {
                 continue;
             }
+            searched = true;
             let Some(to) = self.peers[peer as usize].endpoint else { continue };
             let st =
                 self.peers[peer as usize].mtu.get_or_insert_with(|| Box::new(PathMtu::new(max)));
@@ -184,6 +188,9 @@ impl<'r> Engine<'r> {
             }
             self.peers[peer as usize].mtu.as_deref_mut().expect("made above").round = round;
         }
+        // Nobody to search for: the loop need not wake often for it.
+        let m = self.mtu_probing.as_mut().expect("checked above");
+        m.next_ms = now_ms + if searched { TICK_MS } else { IDLE_TICK_MS };
     }
 
     /// The frame limit for `peer` (0: none), kept where the fast path reads it, and the

@@ -993,11 +993,13 @@ fn probe_round(a: &mut Engine, b: &mut Engine, now: u64, up: &[u8]) -> Option<En
     for mut pkt in answers.queued.drain(..) {
         // B answers where each probe came from, by the socket it came in on.
         assert_eq!(pkt.local, 0);
-        assert!((1..=2).any(|i| Some(uplink_ep(i)) == pkt.addr), "to a probe's source");
-        assert_eq!(
-            a.decap(now, B_EP.parse().unwrap(), pkt.datagram_mut(), &mut sink),
-            Decap::Keepalive
-        );
+        let uplink =
+            (1..=2).find(|&i| Some(uplink_ep(i)) == pkt.addr).expect("to a probe's source");
+        // It comes back to that uplink's socket.
+        a.set_receiving_on(uplink);
+        let v = a.decap(now, B_EP.parse().unwrap(), pkt.datagram_mut(), &mut sink);
+        a.set_receiving_on(0);
+        assert_eq!(v, Decap::Keepalive);
     }
     b.endpoint(0)
 }
@@ -1014,8 +1016,9 @@ fn traffic_goes_on_the_first_working_uplink_and_moves_when_it_stops_answering() 
     let mut f = frame(MAC_B, MAC_A, b"hello");
     a.encap(5, &mut f, &mut sink);
     assert_eq!(sink.queued.pop().unwrap().local, 0);
-    // Both uplinks answer: traffic moves to uplink 1, and a keepalive says so at once.
-    let mut now = 40;
+    // Both uplinks answer (at the next round: with nobody to probe, rounds were a second
+    // apart): traffic moves to uplink 1, and a keepalive says so at once.
+    let mut now = 1000;
     probe_round(&mut a, &mut b, now, &[1, 2]);
     assert_eq!(a.counters().get(Counter::PathProbesSent), 2);
     assert_eq!(b.counters().get(Counter::PathProbesEchoed), 2);
@@ -1054,6 +1057,12 @@ fn traffic_goes_on_the_first_working_uplink_and_moves_when_it_stops_answering() 
     assert!(moved - cut <= 200, "moved after {} ms", moved - cut);
     assert_eq!(a.counters().get(Counter::UplinkSwitches), 1);
     assert_eq!(b.endpoint(0), Some(Endpoint::Direct(uplink_ep(2))), "the keepalive moved B");
+    // Nucleus traffic follows the first uplink alive (control registers again on it);
+    // the daemon's loopback bridge stays on the fabric port.
+    let nucleus = Endpoint::Direct("10.0.0.10:51820".parse().unwrap());
+    assert_eq!(a.uplink_to(&nucleus), 2);
+    assert_eq!(a.region.header().dp_nucleus_uplink.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(a.uplink_to(&Endpoint::Direct("127.0.0.1:4000".parse().unwrap())), 0);
     // Uplink 1 comes back: traffic stays on 2 for RECOVER_MS, then returns.
     let back = now;
     let mut returned = None;
@@ -1072,6 +1081,29 @@ fn traffic_goes_on_the_first_working_uplink_and_moves_when_it_stops_answering() 
     assert_eq!(a.counters().get(Counter::UplinkSwitches), 2);
     // No new session was needed for any of it.
     assert_eq!(a.peers[0].current, Some(100));
+    assert_eq!(a.uplink_to(&nucleus), 1);
+    // An answer must come back to the socket of the uplink it names.
+    let mut probes = VecSink::default();
+    now += 40;
+    a.probe_paths(now, &mut probes);
+    let mut answers = VecSink::default();
+    for mut pkt in probes.queued.drain(..).filter(|p| p.local == 1) {
+        b.decap(now, uplink_ep(1), pkt.datagram_mut(), &mut answers);
+    }
+    let mut answer = answers.queued.pop().expect("an answer");
+    a.set_receiving_on(2);
+    let v = a.decap(now, B_EP.parse().unwrap(), answer.datagram_mut(), &mut sink);
+    assert_eq!(v, Decap::Drop(DropReason::BadInnerFrame));
+    a.set_receiving_on(0);
+    // Relayed, the peer is no longer probed: its traffic leaves by the relay's socket.
+    let relay = Endpoint::Relay { via: "10.0.0.10:51820".parse().unwrap(), tag: [7; 8] };
+    a.apply(now, Command::SetPeer { peer: 0, endpoint: Some(relay) }, &mut sink);
+    now += 40;
+    a.probe_paths(now, &mut VecSink::default());
+    assert_eq!(a.peers[0].uplink, 0);
+    let mut f = frame(MAC_B, MAC_A, b"data");
+    a.encap(now, &mut f, &mut sink);
+    assert_eq!(sink.queued.pop().unwrap().local, 1, "the relay by the Nucleus's uplink");
 }
 
 #[test]

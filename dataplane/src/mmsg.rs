@@ -31,6 +31,9 @@ pub enum UdpError {
 pub struct UdpSocket {
     fd: OwnedFd,
     v6: bool,
+    /// Sends with "don't fragment" whatever the kernel learned ([`UdpSocket::bind_lanes`]'s
+    /// probe socket): a datagram it refuses as too big is a probe that failed, not an error.
+    dont_fragment: bool,
 }
 
 const SOL_UDP: libc::c_int = 17;
@@ -185,8 +188,8 @@ impl UdpSocket {
         let group = (|| -> io::Result<Lanes> {
             let bulk = member(bulk_bytes)?;
             let rt = rt_bytes.map(member).transpose()?;
-            let df = if df { Some(member(DF_SOCKET_BUFFER)?) } else { None };
-            if let Some(d) = &df {
+            let mut df = if df { Some(member(DF_SOCKET_BUFFER)?) } else { None };
+            if let Some(d) = &mut df {
                 d.set_dont_fragment()?;
             }
             bulk.attach_reuseport_cbpf(program)?;
@@ -206,7 +209,7 @@ impl UdpSocket {
     /// Sends every datagram with "don't fragment", whatever path MTU the kernel learned
     /// (`IP_PMTUDISC_PROBE`): one too big for the path is dropped on the way (or refused
     /// here, for the local link), never fragmented.
-    fn set_dont_fragment(&self) -> io::Result<()> {
+    fn set_dont_fragment(&mut self) -> io::Result<()> {
         const IP_PMTUDISC_PROBE: libc::c_int = 3;
         const IPV6_PMTUDISC_PROBE: libc::c_int = 3;
         let fd = self.fd.as_raw_fd();
@@ -215,7 +218,13 @@ impl UdpSocket {
         if self.v6 {
             setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)?;
         }
+        self.dont_fragment = true;
         Ok(())
+    }
+
+    /// Whether it sends with "don't fragment" whatever the kernel learned (path MTU probes).
+    pub fn is_dont_fragment(&self) -> bool {
+        self.dont_fragment
     }
 
     /// Attaches a classic BPF program choosing the group member for each datagram.
@@ -319,7 +328,7 @@ impl UdpSocket {
                 UdpError::Bind { addr: bind_ip, port, source: e }
             });
         }
-        Ok(Self { fd, v6 })
+        Ok(Self { fd, v6, dont_fragment: false })
     }
 
     fn socket(v6: bool) -> io::Result<OwnedFd> {

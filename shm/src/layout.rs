@@ -147,6 +147,13 @@ impl PeerStats {
         }
     }
 
+    /// Records that the peer was heard from now without a packet to count (a path probe's
+    /// answer: probing is the fabric's own traffic, not the peer's).
+    #[inline]
+    pub fn record_heard(&self, now_ms: u64) {
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+    }
+
     pub fn reset(&self) {
         for a in [
             &self.rx_packets,

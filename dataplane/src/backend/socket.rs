@@ -203,6 +203,11 @@ fn send_run(sock: &UdpSocket, mmsg: &mut MmsgBatch, bufs: &[PacketBuf], gso: &mu
                 *gso = false;
                 gso_now = false;
             }
+            // A path MTU probe larger than this host's own link: it failed, as it would have
+            // further on.
+            Err(e) if sock.is_dont_fragment() && e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                sent += 1;
+            }
             Err(e) => {
                 // This datagram cannot go (no route, bad address); skip it.
                 tracing::debug!(to = ?bufs[sent].addr, len = bufs[sent].len, gso = *gso, "send failed: {e}");

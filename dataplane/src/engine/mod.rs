@@ -1059,8 +1059,8 @@ impl<'r> Engine<'r> {
             self.event(Event::SessionConfirmed { peer, local_index: idx });
         }
         if kind == transport::Kind::PathProbe {
-            // Heard from the peer, but no data.
-            self.stats(peer).record_rx(0, now_ms);
+            // Heard from the peer, but neither data nor a packet of its own to count.
+            self.stats(peer).record_heard(now_ms);
             return self.on_path_probe(now_ms, peer, from, n, msg, tx);
         }
         self.stats(peer).record_rx(n, now_ms);

@@ -183,12 +183,20 @@ fn send_run(sock: &UdpSocket, mmsg: &mut MmsgBatch, bufs: &[PacketBuf], gso: &mu
     // learned (EMSGSIZE): sent one by one, each datagram is fragmented instead of lost.
     // (Kernels before the 2021 udp_send_skb change say EINVAL instead, which turns GSO
     // off for good below: slower, never lost.)
-    let mut gso_now = *gso;
+    // Path MTU probes go one by one: a GSO send of several would fail (or be lost) as one.
+    let df = sock.is_dont_fragment();
+    let mut gso_now = *gso && !df;
     while sent < bufs.len() {
         match mmsg.send(sock, &bufs[sent..], gso_now) {
             Ok(n) => {
                 sent += n;
-                gso_now = *gso;
+                gso_now = *gso && !df;
+            }
+            // A path MTU probe the kernel refuses (larger than this host's own link, or no
+            // room): it failed, as it would have further on; not a send error.
+            Err(e) if df && e.kind() != std::io::ErrorKind::Interrupted => {
+                tracing::trace!(len = bufs[sent].len, "path MTU probe not sent: {e}");
+                sent += 1;
             }
             Err(e) if gso_now && e.raw_os_error() == Some(libc::EMSGSIZE) => gso_now = false,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -202,11 +210,6 @@ fn send_run(sock: &UdpSocket, mmsg: &mut MmsgBatch, bufs: &[PacketBuf], gso: &mu
                 warn!("UDP GSO refused ({e}); sending datagrams one by one");
                 *gso = false;
                 gso_now = false;
-            }
-            // A path MTU probe larger than this host's own link: it failed, as it would have
-            // further on.
-            Err(e) if sock.is_dont_fragment() && e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                sent += 1;
             }
             Err(e) => {
                 // This datagram cannot go (no route, bad address); skip it.
@@ -264,7 +267,11 @@ struct RtTx<'a> {
 impl RtTx<'_> {
     /// Sends `buf` now if it is real time and the pass's share is not spent.
     fn send_now(&mut self, buf: &mut PacketBuf, counters: &WorkerCounters) -> bool {
-        if self.dscps >> (buf.tos >> 2) & 1 == 0 || self.sent >= self.per_pass {
+        // Not a socket of the lane's (a path MTU probe's): the bulk path sends it.
+        if self.dscps >> (buf.tos >> 2) & 1 == 0
+            || self.sent >= self.per_pass
+            || buf.local as usize >= self.socks.len()
+        {
             return false;
         }
         self.sent += 1;

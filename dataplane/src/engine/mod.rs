@@ -221,6 +221,9 @@ struct Peer {
     frame_limit: u16,
     /// The search for its path MTU.
     mtu: Option<Box<pmtu::PathMtu>>,
+    /// The last path probe's sequence: kept while the searches above start over, so a
+    /// late answer to an old probe never passes for a new one's.
+    probe_sequence: u32,
 }
 
 impl Peer {
@@ -238,6 +241,7 @@ impl Peer {
             paths: None,
             frame_limit: 0,
             mtu: None,
+            probe_sequence: 0,
         }
     }
 }
@@ -275,8 +279,10 @@ pub struct Engine<'r> {
     rx_local: u8,
     /// Path MTU probing ([`pmtu`]); `None`: off.
     mtu_probing: Option<pmtu::MtuProbing>,
-    /// ICMP "too big" answers for the access port ([`Engine::drain_reflected`]).
+    /// ICMP "too big" answers for the access port ([`Engine::drain_reflected`]), and the
+    /// window they are counted in: (since when, how many).
     reflected: Vec<Vec<u8>>,
+    reflect_budget: (u64, u32),
 }
 
 /// Receiver indices of revoked sessions remembered at most.
@@ -335,6 +341,7 @@ impl<'r> Engine<'r> {
             rx_local: 0,
             mtu_probing: None,
             reflected: Vec::new(),
+            reflect_budget: (0, 0),
         }
     }
 
@@ -456,6 +463,18 @@ impl<'r> Engine<'r> {
             && let Some(peer) = self.fdb.lookup(&dst, now_ms)
             && self.peers.get(peer as usize).is_some_and(|p| p.active)
         {
+            // Too big for the path to its peer: its sender is told (see `pmtu`).
+            let limit = self.peers[peer as usize].frame_limit;
+            if limit != 0
+                && len > limit as usize
+                && self.too_big(
+                    now_ms,
+                    &pkt.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len],
+                    limit,
+                )
+            {
+                return true;
+            }
             self.send_frame(now_ms, peer, pkt, checksum, tx);
             return true;
         }
@@ -549,13 +568,7 @@ impl<'r> Engine<'r> {
             self.counters.drop(DropReason::Policy);
             return;
         }
-        let limit = self.peers[peer as usize].frame_limit;
-        if limit != 0 && len > limit as usize {
-            let frame = frame.to_vec();
-            if self.too_big(&frame, limit) {
-                return;
-            }
-        }
+
         let current = self.usable_current(peer, now_ms);
         let checksum = checksum.filter(|&c| {
             let peer_takes_it =

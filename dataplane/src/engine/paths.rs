@@ -82,7 +82,6 @@ impl Path {
 pub(super) struct PeerPaths {
     /// The uplink the peer's traffic goes out on (from 1; 0: the fabric port).
     pub(super) active: u8,
-    sequence: u32,
     /// The last rounds of probes: (sequence, when), by sequence modulo [`IN_FLIGHT`].
     sent: [(u32, u64); IN_FLIGHT],
     paths: [Path; MAX_UPLINKS],
@@ -90,7 +89,7 @@ pub(super) struct PeerPaths {
 
 impl Default for PeerPaths {
     fn default() -> Self {
-        Self { active: 0, sequence: 0, sent: [(0, 0); IN_FLIGHT], paths: Default::default() }
+        Self { active: 0, sent: [(0, 0); IN_FLIGHT], paths: Default::default() }
     }
 }
 
@@ -179,9 +178,8 @@ impl<'r> Engine<'r> {
             }
             let Some(to) = self.peers[peer as usize].endpoint else { continue };
             probed = true;
+            let sequence = self.next_probe_sequence(peer);
             let paths = self.peers[peer as usize].paths.get_or_insert_default();
-            paths.sequence = paths.sequence.wrapping_add(1).max(1);
-            let sequence = paths.sequence;
             paths.sent[sequence as usize % IN_FLIGHT] = (sequence, now_ms);
             for uplink in 1..=count {
                 let r = path_probe::Repr { answer: false, uplink, sequence };
@@ -207,6 +205,13 @@ impl<'r> Engine<'r> {
                 h.dp_nucleus_uplink.store(first as u32, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+
+    /// A new path probe sequence for `peer` (never 0).
+    pub(super) fn next_probe_sequence(&mut self, peer: u16) -> u32 {
+        let p = &mut self.peers[peer as usize];
+        p.probe_sequence = p.probe_sequence.wrapping_add(1).max(1);
+        p.probe_sequence
     }
 
     /// Whether `peer` is probed now: [`Probed::Yes`] for a current session that answers

@@ -25,10 +25,12 @@ use super::{Engine, TxSink};
 /// Datagrams of this size (the sealed message, outer headers excluded) are taken to cross
 /// any path: 1280 bytes (IPv6's minimum MTU) less an IPv6 and a UDP header.
 pub const FLOOR: u16 = 1232;
-/// Sizes probed per round.
+/// Sizes probed per round: the smallest not known to cross (the base), and more spread up
+/// to the largest not known to fail.
 const SIZES: u16 = 8;
-/// Copies of each size: a size fails only when every copy is lost.
-const COPIES: usize = 2;
+/// Copies of each size, sent apart (all sizes, then all again): a size fails only when
+/// every copy is lost.
+const COPIES: usize = 3;
 /// How long a round's answers are awaited.
 pub const ROUND_MS: u64 = 1000;
 /// Rounds without a single answer before the search waits for the next one.
@@ -40,8 +42,12 @@ const PRECISION: u16 = 8;
 /// How often searches are looked at, and when no peer is searched for.
 const TICK_MS: u64 = 100;
 const IDLE_TICK_MS: u64 = 1000;
-/// ICMP answers queued for the access port at most (more are not made until it drains).
+/// ICMP answers queued for the access port at most (more are not made until it drains),
+/// and made per [`REFLECT_WINDOW_MS`] at most: an application that keeps sending too big
+/// costs a bounded share of the loop.
 const REFLECT_MAX: usize = 64;
+const REFLECT_PER_WINDOW: u32 = 100;
+const REFLECT_WINDOW_MS: u64 = 100;
 /// Bytes sealing adds to a frame.
 const SEAL_OVERHEAD: u16 = (TRANSPORT_HEADER_LEN + AEAD_TAG_LEN) as u16;
 
@@ -62,7 +68,6 @@ pub(super) struct PathMtu {
     /// above the largest).
     lo: u16,
     hi: u16,
-    sequence: u32,
     /// The round in flight: (sequence, datagram size, answered).
     round: Vec<(u32, u16, bool)>,
     /// When the round went out (0: none in flight), and when the next one is due.
@@ -77,7 +82,6 @@ impl PathMtu {
             known: 0,
             lo: FLOOR - 1,
             hi: max + 1,
-            sequence: 0,
             round: Vec::with_capacity(SIZES as usize * COPIES),
             round_at_ms: 0,
             next_ms: 0,
@@ -85,10 +89,15 @@ impl PathMtu {
         }
     }
 
-    /// The next round's sizes: spread over `(lo, hi)`, the largest `hi - 1`.
-    fn sizes(&self) -> impl Iterator<Item = u16> + '_ {
-        let span = (self.hi - 1).saturating_sub(self.lo);
-        (1..=SIZES).map(move |k| self.lo + (span as u32 * k as u32 / SIZES as u32) as u16)
+    /// The next round's sizes, ascending and distinct: from `lo + 1` (the base: if even it
+    /// fails, the peer does not answer) to `hi - 1`.
+    fn sizes(&self) -> Vec<u16> {
+        let (first, last) = (self.lo + 1, (self.hi - 1).max(self.lo + 1));
+        let mut v: Vec<u16> = (0..SIZES)
+            .map(|k| first + ((last - first) as u32 * k as u32 / (SIZES - 1) as u32) as u16)
+            .collect();
+        v.dedup();
+        v
     }
 
     /// Ends the round in flight: the bounds move, and the search ends or goes on.
@@ -172,14 +181,13 @@ impl<'r> Engine<'r> {
                 continue;
             }
             st.round_at_ms = now_ms.max(1);
-            let sizes: Vec<u16> = st.sizes().collect();
+            let sizes = st.sizes();
             let mut round = std::mem::take(&mut st.round);
-            for size in sizes {
-                for _ in 0..COPIES {
-                    let st = self.peers[peer as usize].mtu.as_deref_mut().expect("made above");
-                    st.sequence = st.sequence.wrapping_add(1);
-                    let r = path_probe::Repr { answer: false, uplink: 0, sequence: st.sequence };
-                    round.push((r.sequence, size, false));
+            for _ in 0..COPIES {
+                for &size in &sizes {
+                    let sequence = self.next_probe_sequence(peer);
+                    let r = path_probe::Repr { answer: false, uplink: 0, sequence };
+                    round.push((sequence, size, false));
                     let pad = (size - SEAL_OVERHEAD) as usize;
                     if self.send_probe(now_ms, peer, to, local, r, pad, tx) {
                         self.counters.inc(Counter::PathProbesSent, 1);
@@ -224,14 +232,25 @@ impl<'r> Engine<'r> {
 
     /// `frame`, for `peer`, is larger than its path's frame limit `limit`: answers it with
     /// ICMP "too big" on the access port when it is an IP packet that gets one (then it is
-    /// dropped: true); otherwise it goes as it is (false).
-    pub(super) fn too_big(&mut self, frame: &[u8], limit: u16) -> bool {
+    /// dropped: true); otherwise it goes as it is (false). Past the answers' budget it is
+    /// dropped unanswered: its sender sends it again, and is answered then.
+    pub(super) fn too_big(&mut self, now_ms: u64, frame: &[u8], limit: u16) -> bool {
         let Some(l2) = ethernet::l2(frame) else { return false };
         let mtu = limit.saturating_sub(l2.payload as u16);
-        let mut answer = vec![0u8; too_big::MAX_LEN];
-        let Some(n) = too_big::answer(frame, mtu, &mut answer) else { return false };
+        if !too_big::applies(frame, mtu) {
+            return false;
+        }
         self.counters.inc(Counter::PathMtuTooBig, 1);
-        if self.reflected.len() < REFLECT_MAX {
+        let (window, made) = &mut self.reflect_budget;
+        if now_ms >= *window + REFLECT_WINDOW_MS {
+            (*window, *made) = (now_ms, 0);
+        }
+        if *made >= REFLECT_PER_WINDOW || self.reflected.len() >= REFLECT_MAX {
+            return true;
+        }
+        *made += 1;
+        let mut answer = vec![0u8; too_big::MAX_LEN];
+        if let Some(n) = too_big::answer(frame, mtu, &mut answer) {
             answer.truncate(n);
             self.reflected.push(answer);
         }
@@ -253,8 +272,8 @@ mod tests {
         while st.known == 0 {
             rounds += 1;
             assert!(rounds <= 6, "converges in a few rounds: {st:?}");
-            let sizes: Vec<u16> = st.sizes().collect();
-            assert_eq!(sizes.len(), SIZES as usize);
+            let sizes = st.sizes();
+            assert!(sizes.len() <= SIZES as usize && sizes[0] == st.lo + 1, "{sizes:?}");
             assert!(sizes.iter().all(|&s| s > st.lo && s < st.hi), "{sizes:?} in {st:?}");
             st.round = sizes.iter().map(|&s| (0, s, s <= path)).collect();
             now += ROUND_MS;
@@ -265,16 +284,32 @@ mod tests {
         assert_eq!(st.next_ms, now + RESEARCH_MS);
         // A path that carries everything: one round.
         let mut st = PathMtu::new(max);
-        st.round = st.sizes().map(|s| (0, s, true)).collect();
+        st.round = st.sizes().into_iter().map(|s| (0, s, true)).collect();
         st.settle(1, max);
         assert_eq!(st.known, max);
+    }
+
+    #[test]
+    fn a_jumbo_omni0_over_a_1500_byte_path_and_a_path_at_the_floor_converge() {
+        let max = 9000 + 14 + SEAL_OVERHEAD;
+        for path in [1500 - 28, FLOOR + 3] {
+            let mut st = PathMtu::new(max);
+            let mut rounds = 0;
+            while st.known == 0 {
+                rounds += 1;
+                assert!(rounds <= 8, "{path}: {st:?}");
+                st.round = st.sizes().into_iter().map(|s| (0, s, s <= path)).collect();
+                st.settle(rounds, max);
+            }
+            assert!(st.known <= path && path - st.known <= PRECISION, "{} for {path}", st.known);
+        }
     }
 
     #[test]
     fn a_silent_peer_gives_the_search_up_until_later() {
         let mut st = PathMtu::new(1460);
         for i in 1..=ROUNDS_UNANSWERED as u64 {
-            st.round = st.sizes().map(|s| (0, s, false)).collect();
+            st.round = st.sizes().into_iter().map(|s| (0, s, false)).collect();
             st.settle(i, 1460);
         }
         assert_eq!(st.known, 0);

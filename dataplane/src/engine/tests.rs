@@ -1158,3 +1158,56 @@ fn a_peer_without_path_probes_is_not_probed_and_bad_probes_are_dropped() {
     let v = a.decap(51, B_EP.parse().unwrap(), again.datagram_mut(), &mut sink);
     assert_eq!(v, Decap::Drop(DropReason::Replay));
 }
+
+// ---- path MTU (pmtu.rs) ---------------------------------------------------------------
+
+/// An IPv4 UDP packet of `ip_len` bytes from 10.0.0.1 to 10.0.0.2, to `dst`, DF or not.
+fn big_ip_frame(dst: MacAddr, ip_len: usize, df: bool) -> PacketBuf {
+    let mut p = frame(dst, MAC_A, &vec![0; ip_len]);
+    let ip = &mut p.frame_area()[14..34];
+    let len = (ip_len as u16).to_be_bytes();
+    let flags = if df { 0x40 } else { 0 };
+    ip[..12].copy_from_slice(&[0x45, 0, len[0], len[1], 0, 1, flags, 0, 64, 17, 0, 0]);
+    ip[12..20].copy_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    let sum = omni_proto::wire::checksum::finish(omni_proto::wire::checksum::add(0, ip));
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+#[test]
+fn a_frame_too_big_for_the_path_is_answered_with_icmp_and_not_sent() {
+    let (mut a, mut b) = pair("too-big");
+    let mut sink = VecSink::default();
+    // A learns B's MAC; the path to B carries frames of up to 1000 bytes.
+    let mut f = frame(MAC_A, MAC_B, b"hello");
+    b.encap(1, &mut f, &mut sink);
+    deliver(&mut a, B_EP, &mut sink.queued.pop().unwrap());
+    a.peers[0].frame_limit = 1000;
+    let mut f = big_ip_frame(MAC_B, 1200, true);
+    a.encap(2, &mut f, &mut sink);
+    assert!(sink.queued.is_empty(), "not sent");
+    let answers: Vec<Vec<u8>> = a.drain_reflected().collect();
+    assert_eq!(answers.len(), 1);
+    let icmp = &answers[0][34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1000 - 14, "the IP MTU");
+    assert_eq!(&answers[0][..6], &MAC_A, "back to the sender");
+    // Without DF, small enough, or flooded (unknown destination): sent as it is.
+    for (mut f, what) in [
+        (big_ip_frame(MAC_B, 1200, false), "no DF"),
+        (big_ip_frame(MAC_B, 900, true), "fits"),
+        (big_ip_frame([0x02, 0, 0, 0, 0, 0x77], 1200, true), "unknown unicast"),
+    ] {
+        a.encap(3, &mut f, &mut sink);
+        assert_eq!(sink.queued.len(), 1, "{what}");
+        sink.queued.clear();
+    }
+    // A sender that keeps at it: every frame counted and dropped, answers bounded.
+    for t in 0..150 {
+        let mut f = big_ip_frame(MAC_B, 1200, true);
+        a.encap(10 + t / 100, &mut f, &mut sink);
+    }
+    assert!(sink.queued.is_empty());
+    assert_eq!(a.counters().get(Counter::PathMtuTooBig), 151);
+    assert_eq!(a.drain_reflected().count(), 64, "at most 64 waiting");
+}

@@ -32,28 +32,65 @@ const ICMP_UNREACHABLE: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_TOO_BIG: u8 = 2;
 
+/// A packet that gets an answer, checked.
+struct Quoted<'a> {
+    dst: ethernet::MacAddr,
+    src: ethernet::MacAddr,
+    l2: ethernet::L2,
+    ip: Ip,
+    /// What the answer quotes of it.
+    quote: &'a [u8],
+}
+
+enum Ip {
+    V4(ipv4::Repr),
+    V6(ipv6::Repr),
+}
+
+/// Whether `frame` gets an answer for `mtu` ([`answer`]), without making it.
+pub fn applies(frame: &[u8], mtu: u16) -> bool {
+    quoted(frame, mtu).is_some()
+}
+
 /// Writes into `out` (at least [`MAX_LEN`] bytes) the answer to `frame`, an Ethernet frame
 /// whose IP packet exceeds `mtu` (the largest IP packet the path carries). Returns its
 /// length, or `None` when the frame gets none (not IP, IPv4 without DF, an ICMP error, an
 /// MTU below the version's minimum, ...): it is then sent as it is.
 pub fn answer(frame: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
-    let l2 = ethernet::l2(frame)?;
-    let packet = frame.get(l2.payload..)?;
-    let dst: ethernet::MacAddr = frame[ethernet::field::DST].try_into().ok()?;
-    let src: ethernet::MacAddr = frame[ethernet::field::SRC].try_into().ok()?;
-    if ethernet::is_group(&dst) || ethernet::is_group(&src) || out.len() < MAX_LEN {
+    let q = quoted(frame, mtu)?;
+    if out.len() < MAX_LEN {
         return None;
     }
-    let at = ethernet::emit_header(out, src, dst, l2.tci, l2.ethertype);
-    let n = match l2.ethertype {
-        ethernet::ethertype::IPV4 => answer_v4(packet, mtu, &mut out[at..])?,
-        ethernet::ethertype::IPV6 => answer_v6(packet, mtu, &mut out[at..])?,
-        _ => return None,
+    let at = ethernet::emit_header(out, q.src, q.dst, q.l2.tci, q.l2.ethertype);
+    let n = match q.ip {
+        Ip::V4(r) => emit_v4(&r, q.quote, mtu, &mut out[at..]),
+        Ip::V6(r) => emit_v6(&r, q.quote, mtu, &mut out[at..]),
     };
     Some(at + n)
 }
 
-fn answer_v4(packet: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
+/// Every check an answer needs, and what it quotes.
+fn quoted(frame: &[u8], mtu: u16) -> Option<Quoted<'_>> {
+    let l2 = ethernet::l2(frame)?;
+    // An 802.1ad outer tag would come back as 802.1Q: no answer rather than a wrong one.
+    if frame.get(ethernet::field::ETHERTYPE)? == ethernet::ethertype::QINQ.to_be_bytes() {
+        return None;
+    }
+    let packet = frame.get(l2.payload..)?;
+    let dst: ethernet::MacAddr = frame[ethernet::field::DST].try_into().ok()?;
+    let src: ethernet::MacAddr = frame[ethernet::field::SRC].try_into().ok()?;
+    if ethernet::is_group(&dst) || ethernet::is_group(&src) {
+        return None;
+    }
+    let (ip, quote) = match l2.ethertype {
+        ethernet::ethertype::IPV4 => quoted_v4(packet, mtu)?,
+        ethernet::ethertype::IPV6 => quoted_v6(packet, mtu)?,
+        _ => return None,
+    };
+    Some(Quoted { dst, src, l2, ip, quote })
+}
+
+fn quoted_v4(packet: &[u8], mtu: u16) -> Option<(Ip, &[u8])> {
     let p = ipv4::Packet::new_checked(packet).ok()?;
     let r = ipv4::Repr::parse(&p).ok()?;
     let flags = u16::from_be_bytes([packet[6], packet[7]]);
@@ -65,7 +102,24 @@ fn answer_v4(packet: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
     if r.protocol == ICMP && !matches!(packet.get(p.header_len()), Some(0) | Some(8)) {
         return None;
     }
-    let quote = &packet[..(p.header_len() + r.payload_len).min(QUOTE_V4)];
+    Some((Ip::V4(r), &packet[..(p.header_len() + r.payload_len).min(QUOTE_V4)]))
+}
+
+fn quoted_v6(packet: &[u8], mtu: u16) -> Option<(Ip, &[u8])> {
+    let p = ipv6::Packet::new_checked(packet).ok()?;
+    let r = ipv6::Repr::parse(&p).ok()?;
+    let unicast = |a: Ipv6Addr| !(a.is_multicast() || a.is_unspecified());
+    if mtu < MIN_MTU_V6 || !unicast(r.src) || !unicast(r.dst) {
+        return None;
+    }
+    // ICMPv6 errors (types below 128) are never answered.
+    if r.next_header == protocol::ICMPV6 && packet.get(ipv6::HEADER_LEN).is_some_and(|&t| t < 128) {
+        return None;
+    }
+    Some((Ip::V6(r), &packet[..(ipv6::HEADER_LEN + r.payload_len).min(QUOTE_V6)]))
+}
+
+fn emit_v4(r: &ipv4::Repr, quote: &[u8], mtu: u16, out: &mut [u8]) -> usize {
     let icmp_len = 8 + quote.len();
     ipv4::Repr {
         src: r.dst,
@@ -82,21 +136,10 @@ fn answer_v4(packet: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
     icmp[8..].copy_from_slice(quote);
     let c = checksum::finish(checksum::add(0, icmp));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    Some(ipv4::HEADER_LEN + icmp_len)
+    ipv4::HEADER_LEN + icmp_len
 }
 
-fn answer_v6(packet: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
-    let p = ipv6::Packet::new_checked(packet).ok()?;
-    let r = ipv6::Repr::parse(&p).ok()?;
-    let unicast = |a: Ipv6Addr| !(a.is_multicast() || a.is_unspecified());
-    if mtu < MIN_MTU_V6 || !unicast(r.src) || !unicast(r.dst) {
-        return None;
-    }
-    // ICMPv6 errors (types below 128) are never answered.
-    if r.next_header == protocol::ICMPV6 && packet.get(ipv6::HEADER_LEN).is_some_and(|&t| t < 128) {
-        return None;
-    }
-    let quote = &packet[..(ipv6::HEADER_LEN + r.payload_len).min(QUOTE_V6)];
+fn emit_v6(r: &ipv6::Repr, quote: &[u8], mtu: u16, out: &mut [u8]) -> usize {
     let icmp_len = 8 + quote.len();
     ipv6::Repr {
         src: r.dst,
@@ -113,7 +156,7 @@ fn answer_v6(packet: &[u8], mtu: u16, out: &mut [u8]) -> Option<usize> {
     icmp[8..].copy_from_slice(quote);
     let c = ndisc::icmpv6_checksum(r.dst, r.src, icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    Some(ipv6::HEADER_LEN + icmp_len)
+    ipv6::HEADER_LEN + icmp_len
 }
 
 #[cfg(test)]
@@ -224,5 +267,9 @@ mod tests {
         assert_eq!(answer(&f, 1300, &mut out), None, "ARP");
         assert_eq!(answer(&v4(1400, true)[..30], 1300, &mut out), None, "truncated");
         assert_eq!(answer(&v4(1400, true), 1300, &mut out[..100]), None, "no room");
+        assert!(applies(&v4(1400, true), 1300) && !applies(&v4(1400, false), 1300));
+        let mut f = v6(1500, protocol::TCP, 0);
+        f[12..14].copy_from_slice(&ethernet::ethertype::QINQ.to_be_bytes());
+        assert_eq!(answer(&f, 1400, &mut out), None, "802.1ad: no answer rather than a wrong tag");
     }
 }

@@ -113,8 +113,16 @@ impl Fabric {
         // Both sides punch at once, so often both initiate. Once we have answered theirs, our
         // own attempt is redundant (and, if the other NAT dropped it, would only come back
         // as another handshake after its retry). Exactly one side may give up its attempt,
-        // or each would drop the other's answer: the one with the lower key does.
-        if self.public_key() < self.peers[id as usize].public_key
+        // or each would drop the other's answer: the one with the lower key does. Either
+        // side does when its own has gone nowhere yet but as openers (which die on the way,
+        // punch.rs): the other side never saw it, and sending it now would only make a
+        // second session.
+        let p = &self.peers[id as usize];
+        let unseen = p
+            .pending
+            .as_ref()
+            .is_some_and(|x| x.deferred.as_ref().is_some_and(|d| d.to.len() == x.sent_to.len()));
+        if (self.public_key() < p.public_key || unseen)
             && let Some(p) = self.peers[id as usize].pending.take()
         {
             self.forget_index(p.local_index);

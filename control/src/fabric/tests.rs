@@ -446,6 +446,32 @@ fn a_punch_opens_the_local_nat_before_sending_at_full_ttl() {
 }
 
 #[test]
+fn when_both_punch_an_attempt_not_yet_sent_in_full_is_given_up_for_the_others() {
+    // Both are introduced at once and send openers. A's full initiation reaches B before
+    // B's own full send: whichever key is higher, B answers and gives its own up, so one
+    // handshake makes the session (a second would replace it a moment later).
+    for (sa, sb) in [([1; 32], [2; 32]), ([2; 32], [1; 32])] {
+        let (ia, ib) = (Identity::from_seed(sa), Identity::from_seed(sb));
+        let (ka, kb) = (ia.public_key(), ib.public_key());
+        let mut a = Fabric::new(ia, cfg(), 1);
+        let mut b = Fabric::new(ib, cfg(), 1);
+        a.on_member(0, &member(kb, &["203.0.113.2:40000"], true));
+        b.on_member(0, &member(ka, &["203.0.113.1:40000"], true));
+        let _ = (injects(&mut a), injects(&mut b));
+        a.tick(PUNCH_OPEN_MS, |_| Activity::default());
+        let full = injects(&mut a);
+        assert_eq!(full.len(), 1, "A's full send");
+        b.on_punt(PUNCH_OPEN_MS + 10, "203.0.113.1:40000".parse().unwrap(), &full[0].1);
+        let answer = injects(&mut b);
+        assert_eq!(answer.len(), 1, "B answers");
+        b.tick(PUNCH_OPEN_MS + 50, |_| Activity::default());
+        assert_eq!(injects(&mut b), vec![], "and owes nothing of its own");
+        a.on_punt(PUNCH_OPEN_MS + 20, "203.0.113.2:40000".parse().unwrap(), &answer[0].1);
+        assert_eq!(a.stats.handshakes_completed + b.stats.handshakes_completed, 2, "one handshake");
+    }
+}
+
+#[test]
 fn an_attempt_answered_before_its_full_send_owes_nothing() {
     // On a LAN the opener arrives and is answered at once (`direct_pair`).
     let (mut a, b) = direct_pair();

@@ -816,6 +816,33 @@ impl<'r> Engine<'r> {
         }
     }
 
+    /// Seals a message that is not a frame (`kind`; its `len` payload bytes written by
+    /// `fill`) to `peer` under its current session, in the sink's next buffer, which it
+    /// returns for the caller to address and commit. `None`: no usable session.
+    fn seal_message<'t>(
+        &mut self,
+        now_ms: u64,
+        peer: u16,
+        kind: Kind,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        tx: &'t mut impl TxSink,
+    ) -> Option<&'t mut PacketBuf> {
+        let idx = self.usable_current(peer, now_ms)?;
+        let limit = self.cfg.reject_after_messages;
+        let slot = self.slot(idx);
+        let sess = self.sessions[(idx & self.session_mask) as usize]
+            .as_deref_mut()
+            .expect("usable session exists");
+        let buf = tx.buffer();
+        fill(&mut buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len]);
+        let n = sess.seal_marked(kind, &mut buf.data, len, limit, slot)?;
+        buf.seal = None;
+        buf.tos = 0;
+        buf.len = n;
+        Some(buf)
+    }
+
     /// Seals `bytes` as a control message ([`transport::CONTROL`]) to `peer` under its
     /// current session and queues it. Returns false (nothing sent) when the peer has no
     /// usable session or endpoint, or the message is too long: control sends it again
@@ -831,21 +858,11 @@ impl<'r> Engine<'r> {
             return false;
         }
         let Some(endpoint) = self.peers[peer as usize].endpoint else { return false };
-        let Some(idx) = self.usable_current(peer, now_ms) else { return false };
-        let limit = self.cfg.reject_after_messages;
-        let slot = self.slot(idx);
-        let sess = self.sessions[(idx & self.session_mask) as usize]
-            .as_deref_mut()
-            .expect("usable session exists");
-        let buf = tx.buffer();
-        buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + bytes.len()].copy_from_slice(bytes);
-        let Some(n) = sess.seal_marked(Kind::Control, &mut buf.data, bytes.len(), limit, slot)
+        let fill = |m: &mut [u8]| m.copy_from_slice(bytes);
+        let Some(buf) = self.seal_message(now_ms, peer, Kind::Control, bytes.len(), fill, tx)
         else {
             return false;
         };
-        buf.seal = None;
-        buf.tos = 0;
-        buf.len = n;
         self.address(peer, Some(endpoint), buf);
         tx.commit();
         self.stats(peer).record_tx(bytes.len(), now_ms);

@@ -319,21 +319,13 @@ impl<'r> Engine<'r> {
         tx: &mut impl TxSink,
     ) -> bool {
         let len = len.clamp(path_probe::LEN, omni_proto::constants::MAX_INNER_FRAME);
-        let Some(idx) = self.usable_current(peer, now_ms) else { return false };
-        let limit = self.cfg.reject_after_messages;
-        let slot = self.slot(idx);
-        let sess = self.sessions[(idx & self.session_mask) as usize]
-            .as_deref_mut()
-            .expect("usable session exists");
-        let buf = tx.buffer();
-        buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + len].fill(0);
-        r.emit(&mut buf.data[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + path_probe::LEN]);
-        let Some(n) = sess.seal_marked(Kind::PathProbe, &mut buf.data, len, limit, slot) else {
+        let fill = |m: &mut [u8]| {
+            m.fill(0);
+            r.emit(&mut m[..path_probe::LEN]);
+        };
+        let Some(buf) = self.seal_message(now_ms, peer, Kind::PathProbe, len, fill, tx) else {
             return false;
         };
-        buf.seal = None;
-        buf.tos = 0;
-        buf.len = n;
         buf.addr = Some(to.addr());
         buf.relay = to.relay_tag();
         buf.local = if to.is_relay() { self.nucleus_local(to.addr()) } else { local };

@@ -147,6 +147,15 @@ impl PeerStats {
         }
     }
 
+    /// Changes what probing found of the peer's paths ([`PeerStats::paths`]). Only the
+    /// owning worker calls this.
+    #[inline]
+    pub fn update_paths(&self, change: impl FnOnce(&mut PathState)) {
+        let mut st = PathState::unpack(self.paths.load(Ordering::Relaxed));
+        change(&mut st);
+        self.paths.store(st.pack(), Ordering::Relaxed);
+    }
+
     /// Records that the peer was heard from now without a packet to count (a path probe's
     /// answer: probing is the fabric's own traffic, not the peer's).
     #[inline]

@@ -20,7 +20,6 @@ use omni_proto::wire::path_probe;
 use omni_proto::wire::transport::Kind;
 use omni_shm::counters::{Counter, DropReason};
 use omni_shm::endpoint::Endpoint;
-use omni_shm::layout::PathState;
 use omni_shm::settings::MAX_UPLINKS;
 
 use super::{Decap, Engine, TxSink};
@@ -242,10 +241,7 @@ impl<'r> Engine<'r> {
             return;
         }
         (p.uplink, p.paths) = (0, None);
-        let stats = self.stats(peer);
-        let mut st = PathState::unpack(stats.paths.load(std::sync::atomic::Ordering::Relaxed));
-        (st.active, st.alive, st.rtt_us) = (0, 0, 0);
-        stats.paths.store(st.pack(), std::sync::atomic::Ordering::Relaxed);
+        self.stats(peer).update_paths(|st| (st.active, st.alive, st.rtt_us) = (0, 0, 0));
     }
 
     /// Moves `peer` to the first alive uplink, or back to a preferred one that has answered
@@ -281,10 +277,8 @@ impl<'r> Engine<'r> {
         };
         paths.active = chosen;
         let moved = chosen != active;
-        let stats = self.stats(peer);
-        let mut st = PathState::unpack(stats.paths.load(std::sync::atomic::Ordering::Relaxed));
-        (st.active, st.alive, st.rtt_us) = (chosen, mask, rtt_us);
-        stats.paths.store(st.pack(), std::sync::atomic::Ordering::Relaxed);
+        self.stats(peer)
+            .update_paths(|st| (st.active, st.alive, st.rtt_us) = (chosen, mask, rtt_us));
         if moved {
             self.peers[peer as usize].uplink = chosen;
             // Another path: its MTU is found again (on the fabric port only).

@@ -206,12 +206,7 @@ impl<'r> Engine<'r> {
     fn set_frame_limit(&mut self, peer: u16, limit: u16) {
         self.peers[peer as usize].frame_limit = limit;
         let ip_mtu = limit.saturating_sub(ethernet::field::ETHERTYPE.end as u16);
-        let stats = self.stats(peer);
-        let mut st = omni_shm::layout::PathState::unpack(
-            stats.paths.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        st.mtu = ip_mtu;
-        stats.paths.store(st.pack(), std::sync::atomic::Ordering::Relaxed);
+        self.stats(peer).update_paths(|st| st.mtu = ip_mtu);
     }
 
     /// The peer's path changed (it roamed, or was set): its path MTU is found again.
